@@ -1,0 +1,174 @@
+"""Loading contract documents from YAML with file, field path and line for every error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from corral.contracts._models import API_VERSION, Agent, Tool
+from corral.errors import ContractIssue, InvalidContract
+
+__all__ = ["KINDS", "Document", "load_documents", "load_paths", "parse_document"]
+
+KINDS: dict[str, type[BaseModel]] = {"Agent": Agent, "Tool": Tool}
+"""Contract kinds this version understands, by ``kind``."""
+
+_Lines = dict[tuple[str | int, ...], int]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One validated contract document and where it came from."""
+
+    source: str
+    index: int
+    contract: Agent | Tool
+
+
+def load_paths(paths: Iterable[Path]) -> list[Document]:
+    """Load every YAML document in files and directories (``*.yaml``/``*.yml``, recursive, sorted).
+
+    Raises:
+        InvalidContract: with every problem found in every file; nothing is returned partially.
+    """
+    files: list[Path] = []
+    issues: list[ContractIssue] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in {".yaml", ".yml"})
+            if not found:
+                issues.append(ContractIssue(str(path), 0, "", None, "no *.yaml or *.yml files"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            issues.append(ContractIssue(str(path), 0, "", None, "no such file or directory"))
+    documents: list[Document] = []
+    for file in files:
+        try:
+            documents.extend(load_documents(file.read_text(encoding="utf-8"), source=str(file)))
+        except InvalidContract as exc:
+            issues.extend(exc.issues)
+        except UnicodeDecodeError as exc:
+            issues.append(ContractIssue(str(file), 0, "", None, f"not UTF-8 text: {exc}"))
+    if issues:
+        raise InvalidContract(issues)
+    return documents
+
+
+def load_documents(text: str, *, source: str = "<string>") -> list[Document]:
+    """Parse and validate every document of a YAML stream.
+
+    Args:
+        text: YAML text, one or many documents separated by ``---``.
+        source: Name used in error messages (a file path).
+
+    Returns:
+        The documents in order; empty documents are skipped.
+
+    Raises:
+        InvalidContract: YAML syntax errors, unknown kinds or invalid fields, each with its
+            line (one-based) and field path.
+    """
+    loader = yaml.SafeLoader(text)
+    documents: list[Document] = []
+    issues: list[ContractIssue] = []
+    index = 0
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            data = loader.construct_document(node)
+            lines: _Lines = {}
+            _collect_lines(node, (), lines)
+            try:
+                documents.append(Document(source, index, parse_document(data, lines=lines)))
+            except InvalidContract as exc:
+                issues.extend(
+                    ContractIssue(source, index, i.path, i.line, i.message) for i in exc.issues
+                )
+            index += 1
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        issues.append(ContractIssue(source, index, "", line, f"invalid YAML: {problem}"))
+    finally:
+        loader.dispose()
+    if issues:
+        raise InvalidContract(issues)
+    return documents
+
+
+def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | Tool:
+    """Validate one already-parsed document (a mapping with ``apiVersion`` and ``kind``).
+
+    Raises:
+        InvalidContract: naming each bad field (with its line when ``lines`` maps paths to lines).
+    """
+    lines = lines or {}
+
+    def issue(path: tuple[str | int, ...], message: str) -> InvalidContract:
+        return InvalidContract([ContractIssue("<request>", 0, _dotted(path), _line(lines, path), message)])
+
+    if not isinstance(data, dict):
+        raise issue((), f"a document must be a mapping, got {type(data).__name__}")
+    if data.get("apiVersion") != API_VERSION:
+        raise issue(("apiVersion",), f"must be {API_VERSION!r}, got {data.get('apiVersion')!r}")
+    kind = data.get("kind")
+    model = KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise issue(("kind",), f"unknown kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+    try:
+        contract = model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidContract(
+            [
+                ContractIssue(
+                    "<request>", 0, _dotted(err["loc"]), _line(lines, err["loc"]), _message(err)
+                )
+                for err in exc.errors(include_url=False)
+            ]
+        ) from None
+    assert isinstance(contract, Agent | Tool)
+    return contract
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field (check the spelling; `corral schema KIND` lists the fields)"
+    return str(err["msg"])
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line(lines: _Lines, path: tuple[str | int, ...]) -> int | None:
+    # A missing field has no line of its own: fall back to its closest existing parent.
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def _collect_lines(node: yaml.Node, path: tuple[str | int, ...], lines: _Lines) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            _collect_lines(value_node, (*path, key), lines)
+            # The key's own line is the better answer for "this field is wrong".
+            lines[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _collect_lines(item, (*path, i), lines)

@@ -1,0 +1,193 @@
+"""Corral's one error tree.
+
+Every error Corral raises on purpose derives from :class:`CorralError`. Only ``corral.api`` maps
+these to HTTP status codes (one table in ``corral/api/_errors.py``); the CLI maps them to exit codes.
+
+```
+CorralError
+├── InvalidContract        a YAML/JSON contract failed validation (file, field path, line)
+├── InvalidRequest         a request is well-formed but cannot be honoured as asked
+├── NotFound               an object does not exist (in this tenant)
+├── Conflict               the request contradicts stored state (e.g. a version reused)
+├── PolicyDenied           a governed action was refused
+├── BudgetExceeded         a run hit one of its limits
+├── ToolFailed             a tool call failed; recorded in the step, the run goes on
+│   └── PathOutsideWorkspace
+├── ModelAPIError          a model provider failed or returned garbage
+└── LocalModelUnavailable  the embedded model runtime is missing or did not start
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BudgetExceeded",
+    "Conflict",
+    "ContractIssue",
+    "CorralError",
+    "InvalidContract",
+    "InvalidRequest",
+    "LocalModelUnavailable",
+    "ModelAPIError",
+    "NotFound",
+    "PathOutsideWorkspace",
+    "PolicyDenied",
+    "ToolFailed",
+]
+
+
+class CorralError(Exception):
+    """Base of every error Corral raises on purpose.
+
+    Args:
+        message: What went wrong and how to fix it, for a person.
+        code: A stable machine-readable code (snake_case), e.g. ``"agent_not_found"``.
+    """
+
+    default_code = "corral_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of this error: ``{"code": str, "message": str, ...extra}``."""
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class ContractIssue:
+    """One problem in a contract document.
+
+    Attributes:
+        file: Path of the file (or ``"<request>"`` for an API body).
+        document: Zero-based index of the YAML document within the file.
+        path: Field path, dotted (``spec.limits.max_iterations``).
+        line: One-based line number in the file, or ``None`` when unknown.
+        message: What is wrong with the value.
+    """
+
+    file: str
+    document: int
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        field = self.path or "<document>"
+        return f"{where}: {field}: {self.message}"
+
+
+class InvalidContract(CorralError):
+    """One or more contract documents are invalid; nothing was written."""
+
+    default_code = "invalid_contract"
+
+    def __init__(self, issues: list[ContractIssue]) -> None:
+        lines = "\n".join(f"  {issue}" for issue in issues)
+        super().__init__(f"{len(issues)} problem(s) in contract; nothing was applied:\n{lines}")
+        self.issues = issues
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON body with one entry per issue."""
+        body = super().to_dict()
+        body["issues"] = [issue.__dict__ for issue in self.issues]
+        return body
+
+
+class InvalidRequest(CorralError):
+    """The request is well-formed but cannot be honoured as asked."""
+
+    default_code = "invalid_request"
+
+
+class NotFound(CorralError):
+    """An object does not exist (in the caller's tenant).
+
+    Args:
+        message: Names the object and lists what does exist where that helps.
+        kind: The object's kind (``"agent"``, ``"run"``...).
+        name: Its name or id.
+        known: Names that do exist, to help the caller.
+    """
+
+    default_code = "not_found"
+
+    def __init__(
+        self, message: str, *, kind: str, name: str, known: list[str] | None = None
+    ) -> None:
+        super().__init__(message, code=f"{kind}_not_found")
+        self.kind = kind
+        self.name = name
+        self.known = known or []
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON body with the kind, the name and the known names."""
+        return {**super().to_dict(), "kind": self.kind, "name": self.name, "known": self.known}
+
+
+class Conflict(CorralError):
+    """The request contradicts stored state."""
+
+    default_code = "conflict"
+
+
+class PolicyDenied(CorralError):
+    """A governed action was refused (tool not allowed, agent retired...)."""
+
+    default_code = "policy_denied"
+
+
+class BudgetExceeded(CorralError):
+    """A run hit one of its limits.
+
+    Args:
+        message: Which limit and its value.
+        limit: The limit's field name (``max_iterations``...).
+    """
+
+    default_code = "budget_exceeded"
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class ToolFailed(CorralError):
+    """A tool call failed. The error is recorded in the step and shown to the model."""
+
+    default_code = "tool_failed"
+
+
+class PathOutsideWorkspace(ToolFailed):
+    """A path argument resolves outside the run's workspace root (``..``, absolute, symlink)."""
+
+    default_code = "path_outside_workspace"
+
+
+class ModelAPIError(CorralError):
+    """A model provider call failed.
+
+    Args:
+        message: What failed.
+        provider: Provider name (``openai``, ``local``...).
+        status_code: HTTP status returned by the provider, if any.
+    """
+
+    default_code = "model_api_error"
+
+    def __init__(self, message: str, *, provider: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status_code = status_code
+
+
+class LocalModelUnavailable(CorralError):
+    """The embedded local model cannot be served (runtime not installed, weights missing, port...)."""
+
+    default_code = "local_model_unavailable"

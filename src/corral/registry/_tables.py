@@ -1,0 +1,74 @@
+"""Registry rows: agents and tools, each with immutable content-addressed versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from corral.store._base import Base, TenantMixin, utcnow
+
+__all__ = ["AgentRow", "AgentVersionRow", "ToolRow", "ToolVersionRow"]
+
+
+class AgentRow(TenantMixin, Base):
+    """An agent's identity; its content lives in :class:`AgentVersionRow`."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    latest_version: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentVersionRow(TenantMixin, Base):
+    """One immutable version of an agent: the canonical spec and its SHA-256 digest."""
+
+    __tablename__ = "agent_versions"
+    __table_args__ = (UniqueConstraint("agent_id", "version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    """1 for the first version, +1 for each new one."""
+    digest: Mapped[str] = mapped_column(String(71))
+    """``sha256:<hex>`` of the canonical JSON of the document (version excluded)."""
+    document: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ToolRow(TenantMixin, Base):
+    """A tool's identity; its schema and effects live in :class:`ToolVersionRow`."""
+
+    __tablename__ = "tools"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    type: Mapped[str] = mapped_column(String(16))
+    side_effect: Mapped[str] = mapped_column(String(16))
+    latest_version: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ToolVersionRow(TenantMixin, Base):
+    """One immutable version of a tool."""
+
+    __tablename__ = "tool_versions"
+    __table_args__ = (UniqueConstraint("tool_id", "version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tool_id: Mapped[str] = mapped_column(ForeignKey("tools.id"), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(71))
+    document: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

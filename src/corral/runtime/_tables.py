@@ -1,0 +1,96 @@
+"""Runtime rows: runs (with their lease), append-only steps and tool calls."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from corral.store._base import Base, TenantMixin, utcnow
+
+__all__ = ["RunRow", "StepRow", "ToolCallRow"]
+
+
+class RunRow(TenantMixin, Base):
+    """A run: its status, budgets used and lease. Small; large payloads live in steps."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_claim", "status", "lease_expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    agent_name: Mapped[str] = mapped_column(String(63))
+    agent_version_id: Mapped[str] = mapped_column(ForeignKey("agent_versions.id"))
+    agent_version: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[str] = mapped_column(String(32), default="dev")
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    task: Mapped[str] = mapped_column(Text)
+    workspace: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    output: Mapped[str | None] = mapped_column(Text)
+    terminal_reason: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    step_count: Mapped[int] = mapped_column(Integer, default=0)
+    """Checkpointed steps; the next step has this index."""
+    iterations: Mapped[int] = mapped_column(Integer, default=0)
+    tool_call_count: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    trace_id: Mapped[str] = mapped_column(String(32))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StepRow(TenantMixin, Base):
+    """One checkpointed iteration of the loop: the model's decision and its outcome."""
+
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("run_id", "index"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(24))
+    """``tool_calls``, ``final_answer`` or ``invalid_decision``."""
+    model: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[dict[str, Any]]
+    """The parsed decision, or ``{"raw": ..., "error": ...}`` for an invalid one."""
+    error: Mapped[str | None] = mapped_column(Text)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ToolCallRow(TenantMixin, Base):
+    """One tool call of a step, with its idempotency key ``{run_id}:{step}:{call_index}``."""
+
+    __tablename__ = "tool_calls"
+    __table_args__ = (UniqueConstraint("idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    step_index: Mapped[int] = mapped_column(Integer)
+    call_index: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(120))
+    tool_name: Mapped[str] = mapped_column(String(63))
+    tool_version: Mapped[str | None] = mapped_column(String(32))
+    arguments: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    """``STARTED``, ``COMPLETED``, ``FAILED`` or ``DENIED``."""
+    output: Mapped[str | None] = mapped_column(Text)
+    output_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    """Size of the full output in bytes, before truncation."""
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,19 @@
+"""The store: engines, sessions, the declarative base and migrations (SQLite and PostgreSQL)."""
+
+from corral.store._base import DEFAULT_TENANT, Base, TenantMixin, new_id, utcnow
+from corral.store._engine import Store, create_engine
+from corral.store._migrate import current_revision, ensure_migrated, head_revision, upgrade
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "Base",
+    "Store",
+    "TenantMixin",
+    "create_engine",
+    "current_revision",
+    "ensure_migrated",
+    "head_revision",
+    "new_id",
+    "upgrade",
+    "utcnow",
+]
