@@ -1,7 +1,8 @@
 """Corral's one error tree.
 
 Every error Corral raises on purpose derives from :class:`CorralError`. Only ``corral.api`` maps
-these to HTTP status codes (one table in ``corral/api/_errors.py``); the CLI maps them to exit codes.
+these to HTTP status codes (one table in ``corral/api/_errors.py``); the CLI maps them to
+exit codes.
 
 ```
 CorralError
@@ -188,6 +189,6 @@ class ModelAPIError(CorralError):
 
 
 class LocalModelUnavailable(CorralError):
-    """The embedded local model cannot be served (runtime not installed, weights missing, port...)."""
+    """The embedded model cannot be served (runtime not installed, weights missing, port...)."""
 
     default_code = "local_model_unavailable"

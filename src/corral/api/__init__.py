@@ -1,1 +1,6 @@
-"""Corral package."""
+"""The REST API (FastAPI): thin routes over the domain services."""
+
+from corral.api._errors import STATUS_CODES, status_for
+from corral.api.app import create_app
+
+__all__ = ["STATUS_CODES", "create_app", "status_for"]

@@ -1,1 +1,19 @@
-"""Corral package."""
+"""The audit chain: append-only, hash-chained events per tenant."""
+
+from corral.audit._chain import (
+    GENESIS_HASH,
+    ChainVerification,
+    append_event,
+    canonical_json,
+    event_hash,
+    verify_chain,
+)
+
+__all__ = [
+    "GENESIS_HASH",
+    "ChainVerification",
+    "append_event",
+    "canonical_json",
+    "event_hash",
+    "verify_chain",
+]

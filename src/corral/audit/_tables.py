@@ -14,7 +14,7 @@ __all__ = ["AuditEventRow", "AuditHeadRow"]
 
 
 class AuditEventRow(TenantMixin, Base):
-    """One audit event. ``hash`` = SHA-256 over the canonical JSON of the event and ``prev_hash``."""
+    """An audit event; ``hash`` = SHA-256 of the canonical JSON of the event and ``prev_hash``."""
 
     __tablename__ = "audit_events"
     __table_args__ = (UniqueConstraint("tenant_id", "seq"),)

@@ -115,7 +115,9 @@ def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | Tool:
     lines = lines or {}
 
     def issue(path: tuple[str | int, ...], message: str) -> InvalidContract:
-        return InvalidContract([ContractIssue("<request>", 0, _dotted(path), _line(lines, path), message)])
+        return InvalidContract(
+            [ContractIssue("<request>", 0, _dotted(path), _line(lines, path), message)]
+        )
 
     if not isinstance(data, dict):
         raise issue((), f"a document must be a mapping, got {type(data).__name__}")

@@ -82,7 +82,7 @@ class AgentModel(_Strict):
 
 
 class AgentTools(_Strict):
-    """Tools offered to the agent. A tool is callable iff it matches ``allowed`` and not ``denied``."""
+    """Tools offered to the agent: callable iff it matches ``allowed`` and not ``denied``."""
 
     allowed: list[Annotated[str, Field(pattern=_TOOL_PATTERN)]] = Field(default_factory=list)
     denied: list[Annotated[str, Field(pattern=_TOOL_PATTERN)]] = Field(default_factory=list)

@@ -59,7 +59,7 @@ class StepRow(TenantMixin, Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     index: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(24))
-    """``tool_calls``, ``final_answer`` or ``invalid_decision``."""
+    """``tool_calls``, ``final_answer``, ``invalid_decision`` or ``model_error``."""
     model: Mapped[str] = mapped_column(String(200))
     decision: Mapped[dict[str, Any]]
     """The parsed decision, or ``{"raw": ..., "error": ...}`` for an invalid one."""

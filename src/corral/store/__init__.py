@@ -1,7 +1,7 @@
 """The store: engines, sessions, the declarative base and migrations (SQLite and PostgreSQL)."""
 
 from corral.store._base import DEFAULT_TENANT, Base, TenantMixin, new_id, utcnow
-from corral.store._engine import Store, create_engine
+from corral.store._engine import Store, create_engine, skip_locked
 from corral.store._migrate import current_revision, ensure_migrated, head_revision, upgrade
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "ensure_migrated",
     "head_revision",
     "new_id",
+    "skip_locked",
     "upgrade",
     "utcnow",
 ]

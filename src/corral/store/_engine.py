@@ -16,10 +16,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-__all__ = ["Store", "create_engine"]
+__all__ = ["Store", "create_engine", "skip_locked"]
 
 
-def create_engine(url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = 30_000) -> AsyncEngine:
+def create_engine(
+    url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = 30_000
+) -> AsyncEngine:
     """Create an async engine for ``url`` with Corral's per-database settings.
 
     SQLite: WAL journal, ``synchronous=NORMAL`` (durable across application crashes; the last
@@ -65,7 +67,9 @@ class Store:
         echo: Log SQL statements.
     """
 
-    def __init__(self, url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = 30_000) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = 30_000
+    ) -> None:
         self.url = url
         self.engine = create_engine(url, echo=echo, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -84,3 +88,11 @@ class Store:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def skip_locked(query: Any, dialect: str) -> Any:
+    """Make a claim query skip rows other transactions hold (PostgreSQL ``FOR UPDATE SKIP LOCKED``).
+
+    SQLite needs nothing: ``BEGIN IMMEDIATE`` already serialises writers.
+    """
+    return query.with_for_update(skip_locked=True) if dialect == "postgresql" else query

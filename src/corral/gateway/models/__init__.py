@@ -1,1 +1,53 @@
-"""Corral package."""
+"""The model gateway's providers: OpenAI-compatible endpoints and the embedded local model.
+
+Every provider implements :class:`ModelProvider`: one :class:`ModelRequest` in, one
+:class:`ModelResponse` (a parsed :data:`Decision`, raw text, usage) out.
+"""
+
+from corral.gateway.models._base import (
+    Decision,
+    FinalAnswer,
+    Message,
+    ModelProvider,
+    ModelRequest,
+    ModelResponse,
+    ToolCall,
+    ToolDefinition,
+    Usage,
+)
+from corral.gateway.models._decision import (
+    DEFAULT_MAX_STRING,
+    MAX_GRAMMAR_REPEAT,
+    decision_instructions,
+    decision_schema,
+    parse_json_decision,
+)
+from corral.gateway.models._local import (
+    LOCAL_MODEL_ALIAS,
+    LocalModelServer,
+    find_default_model_path,
+    local_provider,
+)
+from corral.gateway.models._openai import OpenAICompatibleProvider
+
+__all__ = [
+    "DEFAULT_MAX_STRING",
+    "LOCAL_MODEL_ALIAS",
+    "MAX_GRAMMAR_REPEAT",
+    "Decision",
+    "FinalAnswer",
+    "LocalModelServer",
+    "Message",
+    "ModelProvider",
+    "ModelRequest",
+    "ModelResponse",
+    "OpenAICompatibleProvider",
+    "ToolCall",
+    "ToolDefinition",
+    "Usage",
+    "decision_instructions",
+    "decision_schema",
+    "find_default_model_path",
+    "local_provider",
+    "parse_json_decision",
+]

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 import corral.store._base
-from sqlalchemy.dialects import postgresql
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -286,7 +286,9 @@ def _seed_default_tenant() -> None:
         "VALUES ('default', 'default', 'Default tenant', 'active', CURRENT_TIMESTAMP)"
     )
     # The chain of each tenant starts from an all-zero "previous hash".
-    op.execute("INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ('default', 0, '" + "0" * 64 + "')")
+    op.execute(
+        "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ('default', 0, '" + "0" * 64 + "')"
+    )
 
 
 def downgrade() -> None:

@@ -1,0 +1,63 @@
+"""The one place where Corral errors become HTTP responses."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from corral.errors import (
+    BudgetExceeded,
+    Conflict,
+    CorralError,
+    InvalidContract,
+    InvalidRequest,
+    LocalModelUnavailable,
+    ModelAPIError,
+    NotFound,
+    PolicyDenied,
+)
+
+__all__ = ["STATUS_CODES", "install_error_handlers", "status_for"]
+
+STATUS_CODES: list[tuple[type[CorralError], int]] = [
+    (InvalidContract, 422),
+    (InvalidRequest, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (PolicyDenied, 403),
+    (BudgetExceeded, 429),
+    (LocalModelUnavailable, 503),
+    (ModelAPIError, 502),
+]
+"""Error class -> HTTP status; the first matching class wins. Anything else: 500."""
+
+_CODE_STATUS = {"store_not_migrated": 503}
+
+
+def status_for(error: CorralError) -> int:
+    """The HTTP status of ``error``."""
+    for cls, status in STATUS_CODES:
+        if isinstance(error, cls):
+            return status
+    return _CODE_STATUS.get(error.code, 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map :class:`CorralError` and request validation errors to JSON bodies ``{code, message}``."""
+
+    @app.exception_handler(CorralError)
+    async def _corral_error(_request: Request, exc: CorralError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        return JSONResponse(
+            {
+                "code": "invalid_request",
+                "message": "The request is invalid: " + "; ".join(problems),
+                "issues": problems,
+            },
+            status_code=422,
+        )

@@ -1,0 +1,149 @@
+"""Routes: ``/v1/agents``, ``/v1/tools`` and ``/v1/apply`` (the registry)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+
+from corral.api._deps import CallerDep, SessionDep
+from corral.api._schemas import (
+    AgentOut,
+    AgentVersionOut,
+    ApplyRequest,
+    ApplyResultOut,
+    Page,
+    ToolOut,
+)
+from corral.contracts import Agent, parse_document
+from corral.errors import ContractIssue, InvalidContract
+from corral.registry import (
+    ApplyResult,
+    apply_documents,
+    get_agent_version,
+    list_agent_versions,
+    list_agents,
+    list_tools,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["registry"])
+
+
+def _result(result: ApplyResult) -> ApplyResultOut:
+    return ApplyResultOut.model_validate(result.__dict__)
+
+
+def _parse_all(documents: list[dict[str, Any]]) -> list[Any]:
+    contracts, issues = [], []
+    for index, document in enumerate(documents):
+        try:
+            contracts.append(parse_document(document))
+        except InvalidContract as exc:
+            issues.extend(
+                ContractIssue("<request>", index, i.path, None, i.message) for i in exc.issues
+            )
+    if issues:
+        raise InvalidContract(issues)
+    return contracts
+
+
+@router.post("/apply", response_model=list[ApplyResultOut])
+async def apply(body: ApplyRequest, session: SessionDep, caller: CallerDep) -> list[ApplyResultOut]:
+    """Apply Agent and Tool documents in one transaction: all of them, or none."""
+    results = await apply_documents(
+        session,
+        _parse_all(body.documents),
+        tenant_id=caller.tenant_id,
+        actor=caller.principal,
+        dry_run=body.dry_run,
+    )
+    return [_result(r) for r in results]
+
+
+@router.get("/agents", response_model=Page[AgentOut])
+async def get_agents(
+    session: SessionDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    after: Annotated[str | None, Query(description="Cursor: `next` of the previous page.")] = None,
+) -> Page[AgentOut]:
+    """Agents by name, one page at a time."""
+    rows = await list_agents(session, tenant_id=caller.tenant_id, limit=limit, after=after)
+    items = [AgentOut.model_validate(row) for row in rows]
+    return Page(items=items, next=items[-1].name if len(items) == limit else None)
+
+
+@router.post("/agents", response_model=ApplyResultOut)
+async def post_agent(
+    session: SessionDep,
+    caller: CallerDep,
+    document: Annotated[dict[str, Any], Body(description="An Agent document.")],
+    dry_run: bool = False,
+) -> ApplyResultOut:
+    """Register an agent, or a new version of it (a no-op when the spec is unchanged)."""
+    contract = _parse_all([document])[0]
+    if not isinstance(contract, Agent):
+        raise InvalidContract(
+            [ContractIssue("<request>", 0, "kind", None, "POST /v1/agents takes kind 'Agent'")]
+        )
+    results = await apply_documents(
+        session, [contract], tenant_id=caller.tenant_id, actor=caller.principal, dry_run=dry_run
+    )
+    return _result(results[0])
+
+
+@router.get("/agents/{name}", response_model=AgentOut)
+async def get_agent(name: str, session: SessionDep, caller: CallerDep) -> AgentOut:
+    """An agent, its latest version's digest and the tools it may call."""
+    agent, version = await get_agent_version(session, name, tenant_id=caller.tenant_id)
+    spec = Agent.model_validate(version.document).spec
+    tools = await list_tools(session, tenant_id=caller.tenant_id, limit=10_000)
+    return AgentOut.model_validate(agent).model_copy(
+        update={
+            "description": spec.description,
+            "owner": spec.owner,
+            "risk_tier": spec.risk_tier,
+            "digest": version.digest,
+            "allowed_tools": [t.name for t, _ in tools if spec.tools.permits(t.name)],
+        }
+    )
+
+
+@router.get("/agents/{name}/versions", response_model=list[AgentVersionOut])
+async def get_agent_versions(
+    name: str, session: SessionDep, caller: CallerDep
+) -> list[AgentVersionOut]:
+    """Every version of an agent, newest first."""
+    rows = await list_agent_versions(session, name, tenant_id=caller.tenant_id)
+    return [
+        AgentVersionOut(
+            version=r.version, digest=r.digest, created_at=r.created_at, document=r.document
+        )
+        for r in rows
+    ]
+
+
+@router.get("/tools", response_model=Page[ToolOut])
+async def get_tools(
+    session: SessionDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    after: Annotated[str | None, Query(description="Cursor: `next` of the previous page.")] = None,
+) -> Page[ToolOut]:
+    """Registered tools by name, one page at a time."""
+    rows = await list_tools(session, tenant_id=caller.tenant_id, limit=limit, after=after)
+    items = [
+        ToolOut(
+            name=tool.name,
+            type=tool.type,
+            side_effect=tool.side_effect,
+            latest_version=tool.latest_version,
+            digest=version.digest,
+            description=version.document["spec"]["description"],
+            input_schema=version.document["spec"]["input_schema"],
+        )
+        for tool, version in rows
+    ]
+    return Page(items=items, next=items[-1].name if len(items) == limit else None)

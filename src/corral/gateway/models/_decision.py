@@ -1,0 +1,166 @@
+"""Schema-constrained JSON decisions for models that are weak at native tool calling.
+
+The model must answer with exactly one JSON object matching :func:`decision_schema`: either
+``{"tool": NAME, "arguments": {...}}`` for one tool call, or ``{"final_answer": "..."}``. One
+``anyOf`` branch per allowed tool ties the tool's name (``const``) to its own argument schema,
+so a grammar-constrained sampler (llama.cpp) can only produce calls that name an offered tool.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema_rs
+
+from corral.gateway.models._base import Decision, FinalAnswer, ToolCall, ToolDefinition
+
+__all__ = [
+    "DEFAULT_MAX_STRING",
+    "MAX_GRAMMAR_REPEAT",
+    "decision_instructions",
+    "decision_schema",
+    "parse_json_decision",
+]
+
+DEFAULT_MAX_STRING = 512
+"""``maxLength`` put on argument strings that have none, so sampling always terminates."""
+
+
+MAX_GRAMMAR_REPEAT = 1000
+"""Largest ``maxLength - minLength`` (or ``maxItems - minItems``) llama.cpp can compile.
+
+llama-cpp-python turns ``maxLength: n`` into ``n`` nested optional groups, and llama.cpp's grammar
+parser rejects more than 1000 of them ("number of rules that are going to be repeated multiplied
+by the new repetition exceeds sane defaults"); llama-cpp-python 0.3.36's server then crashes
+instead of answering with an error. Measured with llama-cpp-python 0.3.36: 1000 compiles, 1001
+does not. Larger bounds are lowered to this; the tool gateway still validates the arguments.
+"""
+
+
+def _clamp_repeat(schema: dict[str, Any], low: str, high: str) -> None:
+    """Lower ``schema[high]`` so that ``high - low`` is at most :data:`MAX_GRAMMAR_REPEAT`."""
+    top, floor = schema.get(high), schema.get(low)
+    if isinstance(top, int):
+        schema[high] = min(top, (floor if isinstance(floor, int) else 0) + MAX_GRAMMAR_REPEAT)
+
+
+def _bounded(schema: Any, max_string: int) -> Any:
+    """Copy of ``schema`` where every ``type: string`` without ``maxLength`` gets one.
+
+    Bounds too large for llama.cpp's grammar compiler are lowered (:data:`MAX_GRAMMAR_REPEAT`).
+    """
+    if isinstance(schema, dict):
+        out = {key: _bounded(value, max_string) for key, value in schema.items()}
+        if out.get("type") == "string" and "maxLength" not in out and "enum" not in out:
+            out["maxLength"] = max_string
+        _clamp_repeat(out, "minLength", "maxLength")
+        _clamp_repeat(out, "minItems", "maxItems")
+        return out
+    if isinstance(schema, list):
+        return [_bounded(item, max_string) for item in schema]
+    return schema
+
+
+def decision_schema(
+    tools: list[ToolDefinition],
+    *,
+    max_answer_chars: int = 4000,
+    max_string: int = DEFAULT_MAX_STRING,
+) -> dict[str, Any]:
+    """The JSON Schema of one decision over ``tools``.
+
+    Args:
+        tools: Tools the model may call now.
+        max_answer_chars: ``maxLength`` of the final answer, lowered to
+            :data:`MAX_GRAMMAR_REPEAT` if larger.
+        max_string: ``maxLength`` added to argument strings that have none.
+
+    Returns:
+        ``{"anyOf": [one branch per tool..., final-answer branch]}``; every branch has
+        ``additionalProperties: false``. Every ``maxLength``/``maxItems`` exceeds its minimum
+        by at most :data:`MAX_GRAMMAR_REPEAT`, so llama.cpp can compile it into a grammar.
+    """
+    branches: list[dict[str, Any]] = []
+    for tool in tools:
+        arguments = _bounded(tool.input_schema, max_string)
+        arguments.setdefault("additionalProperties", False)
+        branches.append(
+            {
+                "type": "object",
+                "properties": {"tool": {"const": tool.name}, "arguments": arguments},
+                "required": ["tool", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    branches.append(
+        {
+            "type": "object",
+            "properties": {
+                "final_answer": {
+                    "type": "string",
+                    "maxLength": min(max_answer_chars, MAX_GRAMMAR_REPEAT),
+                }
+            },
+            "required": ["final_answer"],
+            "additionalProperties": False,
+        }
+    )
+    return {"anyOf": branches}
+
+
+def decision_instructions(tools: list[ToolDefinition]) -> str:
+    """A system-prompt section that explains the JSON decision format and lists the tools."""
+    lines = [
+        "Reply with exactly one JSON object and nothing else.",
+        'To call a tool: {"tool": "<tool name>", "arguments": {...}}.',
+        'To finish: {"final_answer": "<your answer>"}.',
+    ]
+    if tools:
+        lines.append("Tools:")
+        for tool in tools:
+            props = tool.input_schema.get("properties", {})
+            args = ", ".join(f"{name}: {spec.get('type', 'any')}" for name, spec in props.items())
+            lines.append(f"- {tool.name}({args}): {tool.description}")
+    else:
+        lines.append("No tools are available now: give your final answer.")
+    return "\n".join(lines)
+
+
+def parse_json_decision(text: str, tools: list[ToolDefinition]) -> Decision:
+    """Parse a JSON decision produced under :func:`decision_schema`.
+
+    Only the decision's shape is checked here (a known tool name and an ``arguments`` object);
+    the arguments are validated against the tool's schema by the tool gateway.
+
+    Raises:
+        ValueError: with a message addressed to the model (it is fed back so it can correct).
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"your reply is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise ValueError("your reply must be one JSON object")
+    if set(data) == {"final_answer"} and isinstance(data["final_answer"], str):
+        return FinalAnswer(data["final_answer"])
+    names = [tool.name for tool in tools]
+    if "tool" in data:
+        name = data.get("tool")
+        if name not in names:
+            raise ValueError(
+                f"unknown tool {name!r}; available tools: {', '.join(names) or 'none'}"
+            )
+        arguments = data.get("arguments", {})
+        if not isinstance(arguments, dict) or set(data) - {"tool", "arguments"}:
+            raise ValueError('a tool call is {"tool": NAME, "arguments": {...}} and nothing else')
+        return [ToolCall(id="call_0", name=str(name), arguments=arguments)]
+    raise ValueError('reply with {"tool": ..., "arguments": {...}} or {"final_answer": "..."}')
+
+
+def validate_decision_schema(schema: dict[str, Any]) -> None:
+    """Raise ``ValueError`` if ``schema`` is not a valid JSON Schema (used by tests)."""
+    try:
+        jsonschema_rs.validator_for(schema)
+    except Exception as exc:
+        raise ValueError(str(exc)) from exc

@@ -1,0 +1,437 @@
+"""The builtin read-only workspace tools: ``fs.list_dir``, ``fs.read_file``, ``fs.search_text``.
+
+Every path argument goes through :func:`resolve_in_workspace`, which canonicalises it (``..``
+and symlinks resolved) before checking that it stays inside the run's workspace root. The tools
+only read; none of them writes, creates or deletes anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from corral.contracts._models import API_VERSION, Tool
+from corral.errors import PathOutsideWorkspace, ToolFailed
+
+__all__ = ["BUILTIN_TOOLS", "BuiltinTool", "resolve_in_workspace"]
+
+_MAX_PATH_CHARS = 1024
+_MAX_LIST_ENTRIES = 500
+_BINARY_SNIFF_BYTES = 8192
+_MAX_MATCH_LINE_CHARS = 200
+_MAX_READ_LINES = 2000
+_MAX_OFFSET = 10_000_000
+_DEFAULT_READ_LINES = 400
+_MAX_SEARCH_RESULTS = 200
+_DEFAULT_SEARCH_RESULTS = 50
+_SKIPPED_DIRS = frozenset({"__pycache__"})
+
+
+class _BuiltinRun(Protocol):
+    async def __call__(
+        self, arguments: dict[str, Any], workspace: Path | None, *, max_file_bytes: int
+    ) -> str: ...
+
+
+@dataclass(frozen=True)
+class BuiltinTool:
+    """A tool shipped with Corral: its registry document and its implementation.
+
+    Attributes:
+        contract: The ``Tool`` document registered for it (``type: builtin``).
+        run: ``await run(arguments, workspace, max_file_bytes=...)`` returns the text output for
+            the model; raises :class:`~corral.errors.ToolFailed` (or its subclass
+            :class:`~corral.errors.PathOutsideWorkspace`) when the call fails.
+    """
+
+    contract: Tool
+    run: _BuiltinRun
+
+
+def resolve_in_workspace(workspace: Path | None, path: str) -> Path:
+    """Canonicalise a path argument and check that it stays inside the workspace.
+
+    The path is joined to the workspace root and resolved with :func:`os.path.realpath` (``..``
+    collapsed, symlinks followed) *before* the containment check, so ``a/../../x`` and a
+    symlink pointing out of the root are both refused. The path need not exist.
+
+    Args:
+        workspace: The run's workspace root, or ``None`` when the run has none.
+        path: A path relative to the workspace root; ``""`` and ``"."`` mean the root.
+
+    Returns:
+        The absolute, canonical path, inside ``realpath(workspace)``.
+
+    Raises:
+        ToolFailed: ``code="no_workspace"`` when ``workspace`` is ``None`` or not a directory;
+            ``code="invalid_arguments"`` when ``path`` contains a NUL byte.
+        PathOutsideWorkspace: When ``path`` is absolute or resolves outside the root.
+    """
+    return _resolve(workspace, path)[0]
+
+
+def _resolve(workspace: Path | None, path: str) -> tuple[Path, Path]:
+    """``(resolved path, canonical workspace root)``; see :func:`resolve_in_workspace`."""
+    if workspace is None:
+        raise ToolFailed(
+            "This run has no workspace, so the fs.* tools cannot read files; "
+            "start the run with `--workspace DIR`.",
+            code="no_workspace",
+        )
+    if "\0" in path:
+        raise ToolFailed(f"Path {path!r} contains a NUL byte.", code="invalid_arguments")
+    if os.path.isabs(path):
+        raise PathOutsideWorkspace(
+            f"Path {path!r} is absolute; use a path relative to the workspace root "
+            "(e.g. 'src/main.py', or '.' for the root)."
+        )
+    root = Path(os.path.realpath(workspace))
+    if not root.is_dir():
+        raise ToolFailed(
+            "This run's workspace is not an existing directory; "
+            "start the run with `--workspace DIR` naming a directory.",
+            code="no_workspace",
+        )
+    resolved = Path(os.path.realpath(os.path.join(root, path)))
+    if not resolved.is_relative_to(root):
+        raise PathOutsideWorkspace(
+            f"Path {path!r} resolves outside the workspace (through '..' or a symlink); "
+            "use a path relative to the workspace root that stays inside it."
+        )
+    return resolved, root
+
+
+# --- arguments ---------------------------------------------------------------------------------
+
+
+def _str_arg(arguments: dict[str, Any], name: str, default: str | None = None) -> str:
+    value = arguments.get(name, default)
+    if value is None:
+        raise ToolFailed(f"Argument {name!r} is required.", code="invalid_arguments")
+    if not isinstance(value, str) or len(value) > _MAX_PATH_CHARS:
+        raise ToolFailed(
+            f"Argument {name!r} must be a string of at most {_MAX_PATH_CHARS} characters.",
+            code="invalid_arguments",
+        )
+    return value
+
+
+def _int_arg(arguments: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = arguments.get(name, default)
+    # bool is an int subclass; true/false are not line counts.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ToolFailed(
+            f"Argument {name!r} must be an integer from {low} to {high}; got {value!r}.",
+            code="invalid_arguments",
+        )
+    return value
+
+
+# --- file helpers ------------------------------------------------------------------------------
+
+
+def _split_lines(text: str) -> list[str]:
+    # Split on "\n" only (not str.splitlines) so line numbers agree with editors and grep.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _read_text(file: Path, path: str, max_file_bytes: int) -> str | None:
+    """The file's text, or ``None`` when it is binary (a NUL byte in its first 8 KiB)."""
+    with file.open("rb") as handle:
+        # Read one byte more than allowed: the file may have grown since it was stat'ed.
+        data = handle.read(max_file_bytes + 1)
+    if len(data) > max_file_bytes:
+        raise ToolFailed(
+            f"{path!r} is larger than the {max_file_bytes}-byte limit.", code="file_too_large"
+        )
+    if b"\0" in data[:_BINARY_SNIFF_BYTES]:
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
+def _stat(resolved: Path, path: str) -> os.stat_result:
+    try:
+        return resolved.stat()
+    except FileNotFoundError:
+        raise ToolFailed(
+            f"No such file or directory {path!r} in the workspace; "
+            "call fs.list_dir to see what exists.",
+            code="not_found",
+        ) from None
+    except OSError as exc:
+        raise ToolFailed(f"Cannot access {path!r}: {exc.strerror}.", code="tool_failed") from None
+
+
+# --- fs.list_dir -------------------------------------------------------------------------------
+
+
+def _list_dir(resolved: Path, path: str) -> str:
+    if not stat.S_ISDIR(_stat(resolved, path).st_mode):
+        raise ToolFailed(
+            f"{path!r} is not a directory; use fs.read_file to read a file.",
+            code="not_a_directory",
+        )
+    try:
+        with os.scandir(resolved) as scan:
+            names = sorted(entry.name + "/" if entry.is_dir() else entry.name for entry in scan)
+    except OSError as exc:
+        raise ToolFailed(f"Cannot list {path!r}: {exc.strerror}.", code="tool_failed") from None
+    if not names:
+        return "[empty directory]"
+    lines = names[:_MAX_LIST_ENTRIES]
+    if len(names) > _MAX_LIST_ENTRIES:
+        lines.append(f"[... {len(names) - _MAX_LIST_ENTRIES} more entries omitted]")
+    return "\n".join(lines)
+
+
+async def _run_list_dir(
+    arguments: dict[str, Any], workspace: Path | None, *, max_file_bytes: int
+) -> str:
+    path = _str_arg(arguments, "path", ".")
+    resolved = resolve_in_workspace(workspace, path)
+    return await asyncio.to_thread(_list_dir, resolved, path)
+
+
+# --- fs.read_file ------------------------------------------------------------------------------
+
+
+def _read_file(resolved: Path, path: str, offset: int, limit: int, max_file_bytes: int) -> str:
+    info = _stat(resolved, path)
+    if stat.S_ISDIR(info.st_mode):
+        raise ToolFailed(f"{path!r} is a directory; use fs.list_dir to list it.", code="not_a_file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ToolFailed(f"{path!r} is not a regular file.", code="not_a_file")
+    if info.st_size > max_file_bytes:
+        raise ToolFailed(
+            f"{path!r} is {info.st_size} bytes, larger than the {max_file_bytes}-byte limit "
+            "for fs.read_file; use fs.search_text to find lines in it instead.",
+            code="file_too_large",
+        )
+    try:
+        text = _read_text(resolved, path, max_file_bytes)
+    except OSError as exc:
+        raise ToolFailed(f"Cannot read {path!r}: {exc.strerror}.", code="tool_failed") from None
+    if text is None:
+        raise ToolFailed(
+            f"{path!r} is a binary file; only text files can be read.", code="binary_file"
+        )
+    lines = _split_lines(text)
+    if not lines and offset == 0:
+        return "[empty file]"
+    if offset >= len(lines):
+        raise ToolFailed(
+            f"offset={offset} is past the end of {path!r}, which has {len(lines)} lines.",
+            code="invalid_arguments",
+        )
+    end = offset + limit
+    output = "\n".join(lines[offset:end])
+    if end < len(lines):
+        output += f"\n[... {len(lines) - end} more lines; call again with offset={end}]"
+    return output
+
+
+async def _run_read_file(
+    arguments: dict[str, Any], workspace: Path | None, *, max_file_bytes: int
+) -> str:
+    path = _str_arg(arguments, "path")
+    offset = _int_arg(arguments, "offset", 0, 0, _MAX_OFFSET)
+    limit = _int_arg(arguments, "limit", _DEFAULT_READ_LINES, 1, _MAX_READ_LINES)
+    resolved = resolve_in_workspace(workspace, path)
+    return await asyncio.to_thread(_read_file, resolved, path, offset, limit, max_file_bytes)
+
+
+# --- fs.search_text ----------------------------------------------------------------------------
+
+
+def _walk_files(top: Path, root: Path) -> Iterator[Path]:
+    """Files under ``top`` in sorted order, skipping hidden dirs and links leaving ``root``."""
+    if not top.is_dir():
+        yield top
+        return
+    # Symlinked directories are not descended into (followlinks=False): no cycles, no duplicates.
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(
+            name for name in dirnames if not name.startswith(".") and name not in _SKIPPED_DIRS
+        )
+        for name in sorted(filenames):
+            file = Path(dirpath, name)
+            if Path(os.path.realpath(file)).is_relative_to(root):
+                yield file
+
+
+def _search_file(file: Path, needle: str, max_file_bytes: int) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` for each matching line; nothing for unreadable files."""
+    try:
+        info = file.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_file_bytes:
+            return
+        text = _read_text(file, str(file), max_file_bytes)
+    except (OSError, ToolFailed):
+        return
+    if text is None:
+        return
+    for number, line in enumerate(_split_lines(text), start=1):
+        if needle in line.casefold():
+            yield number, line
+
+
+def _search_text(
+    resolved: Path, root: Path, path: str, query: str, max_results: int, max_file_bytes: int
+) -> str:
+    _stat(resolved, path)
+    needle = query.casefold()
+    results: list[str] = []
+    for file in _walk_files(resolved, root):
+        relative = file.relative_to(root).as_posix()
+        for number, line in _search_file(file, needle, max_file_bytes):
+            if len(results) == max_results:
+                results.append(
+                    f"[stopped at max_results={max_results}; more matches exist, "
+                    "narrow the query or the path]"
+                )
+                return "\n".join(results)
+            results.append(f"{relative}:{number}: {line.strip()[:_MAX_MATCH_LINE_CHARS]}")
+    if not results:
+        return f"No matches for {query!r} in {path!r}."
+    return "\n".join(results)
+
+
+async def _run_search_text(
+    arguments: dict[str, Any], workspace: Path | None, *, max_file_bytes: int
+) -> str:
+    query = _str_arg(arguments, "query")
+    if not query:
+        raise ToolFailed("Argument 'query' must not be empty.", code="invalid_arguments")
+    path = _str_arg(arguments, "path", ".")
+    max_results = _int_arg(
+        arguments, "max_results", _DEFAULT_SEARCH_RESULTS, 1, _MAX_SEARCH_RESULTS
+    )
+    resolved, root = _resolve(workspace, path)
+    return await asyncio.to_thread(
+        _search_text, resolved, root, path, query, max_results, max_file_bytes
+    )
+
+
+# --- the registry documents --------------------------------------------------------------------
+
+_PATH_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": _MAX_PATH_CHARS}
+
+
+def _contract(name: str, description: str, input_schema: dict[str, Any]) -> Tool:
+    return Tool.model_validate(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "Tool",
+            "metadata": {"name": name, "version": "1.0.0"},
+            "spec": {
+                "description": description,
+                "type": "builtin",
+                "side_effect": "read",
+                "input_schema": input_schema,
+            },
+        }
+    )
+
+
+_LIST_DIR = _contract(
+    "fs.list_dir",
+    "List the entries of a directory in the workspace, sorted by name, one per line; "
+    "directories end with '/'. At most 500 entries are shown. Paths are relative to the "
+    "workspace root ('.' is the root).",
+    {
+        "type": "object",
+        "properties": {
+            "path": {
+                **_PATH_SCHEMA,
+                "default": ".",
+                "description": "Directory relative to the workspace root; '.' is the root.",
+            },
+        },
+        "additionalProperties": False,
+    },
+)
+
+_READ_FILE = _contract(
+    "fs.read_file",
+    "Read lines of a text file in the workspace. Returns the lines as they are (no line "
+    "numbers). When more lines remain, the last line says so and gives the offset to pass "
+    "next. Refuses directories, binary files and files over the size limit. To start at line "
+    "N reported by fs.search_text, pass offset=N-1.",
+    {
+        "type": "object",
+        "properties": {
+            "path": {
+                **_PATH_SCHEMA,
+                "minLength": 1,
+                "description": "File relative to the workspace root, e.g. 'src/app.py'.",
+            },
+            "offset": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": _MAX_OFFSET,
+                "default": 0,
+                "description": "Number of lines to skip from the start of the file.",
+            },
+            "limit": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": _MAX_READ_LINES,
+                "default": _DEFAULT_READ_LINES,
+                "description": "Maximum number of lines to return.",
+            },
+        },
+        "required": ["path"],
+        "additionalProperties": False,
+    },
+)
+
+_SEARCH_TEXT = _contract(
+    "fs.search_text",
+    "Search text files in the workspace for a plain substring (case-insensitive, not a "
+    "regular expression). Searches a directory recursively, or one file. Returns one line per "
+    "match as 'path:LINE: text', paths relative to the workspace root. Hidden directories "
+    "(starting with '.'), __pycache__, binary files and files over the size limit are skipped.",
+    {
+        "type": "object",
+        "properties": {
+            "query": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": _MAX_PATH_CHARS,
+                "description": "Text to look for, matched case-insensitively within a line.",
+            },
+            "path": {
+                **_PATH_SCHEMA,
+                "default": ".",
+                "description": "Directory or file to search, relative to the workspace root.",
+            },
+            "max_results": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": _MAX_SEARCH_RESULTS,
+                "default": _DEFAULT_SEARCH_RESULTS,
+                "description": "Stop after this many matching lines.",
+            },
+        },
+        "required": ["query"],
+        "additionalProperties": False,
+    },
+)
+
+BUILTIN_TOOLS: dict[str, BuiltinTool] = {
+    tool.contract.metadata.name: tool
+    for tool in (
+        BuiltinTool(contract=_LIST_DIR, run=_run_list_dir),
+        BuiltinTool(contract=_READ_FILE, run=_run_read_file),
+        BuiltinTool(contract=_SEARCH_TEXT, run=_run_search_text),
+    )
+}
+"""The builtin tools by name (``fs.list_dir``, ``fs.read_file``, ``fs.search_text``)."""

@@ -1,0 +1,160 @@
+"""The composition root: one object that wires store, gateways, runtime and tracing together.
+
+``corral up`` builds one :class:`Platform` from settings and serves it; tests build one on a
+temporary store with :class:`corral.testing.ScriptedModel` as a provider.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from corral.errors import LocalModelUnavailable, ModelAPIError
+from corral.gateway.models import (
+    LocalModelServer,
+    ModelProvider,
+    ModelRequest,
+    ModelResponse,
+    OpenAICompatibleProvider,
+    local_provider,
+)
+from corral.gateway.models._gateway import ModelGateway
+from corral.gateway.tools._fs import BUILTIN_TOOLS
+from corral.gateway.tools._gateway import ToolGateway
+from corral.observability import Tracing
+from corral.registry import apply_documents
+from corral.runtime import RunExecutor, Worker
+from corral.settings import Settings
+from corral.store import DEFAULT_TENANT, Store, ensure_migrated, upgrade
+
+__all__ = ["Platform", "UnavailableProvider"]
+
+log = logging.getLogger(__name__)
+
+
+class UnavailableProvider:
+    """Stands in for a provider that could not start; every call fails with the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Raise the reason the provider is unavailable.
+
+        Raises:
+            ModelAPIError: always.
+        """
+        raise ModelAPIError(self.reason, provider=self.name)
+
+
+class Platform:
+    """Store, gateways, runtime and tracing for one process.
+
+    Args:
+        settings: Settings to build from.
+        providers: Extra model providers by name (e.g. ``{"scripted": ScriptedModel(...)}``);
+            they replace configured providers of the same name.
+        start_local_model: Start the embedded model (``local`` provider) in :meth:`start`.
+        migrate: Apply pending migrations in :meth:`start` (the embedded mode); otherwise refuse
+            an unmigrated database.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        providers: Mapping[str, ModelProvider] | None = None,
+        start_local_model: bool = False,
+        migrate: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = Store(
+            settings.store_url,
+            echo=settings.store.echo,
+            sqlite_busy_timeout_ms=settings.store.sqlite_busy_timeout_ms,
+        )
+        self.tracing = Tracing()
+        self._extra_providers = dict(providers or {})
+        self._start_local_model = start_local_model
+        self._migrate = migrate
+        self.local_server: LocalModelServer | None = None
+        self.models = ModelGateway({}, self.tracing.tracer)
+        self.tools = ToolGateway(settings.tools, self.tracing.tracer)
+        self.executor = RunExecutor(
+            self.store,
+            self.models,
+            self.tools,
+            self.tracing,
+            lease_seconds=settings.runtime.lease_seconds,
+        )
+        self.worker = Worker(
+            self.store,
+            self.executor,
+            concurrency=settings.runtime.worker_concurrency,
+            poll_interval_seconds=settings.runtime.poll_interval_seconds,
+            lease_seconds=settings.runtime.lease_seconds,
+        )
+
+    async def start(self) -> None:
+        """Migrate (or check), register builtin tools, start providers.
+
+        Raises:
+            CorralError: ``store_not_migrated`` when ``migrate=False`` and the database is behind.
+        """
+        if self._migrate:
+            await upgrade(self.store)
+        else:
+            await ensure_migrated(self.store)
+        await self.register_builtin_tools()
+        self.models.providers.update(await self._build_providers())
+
+    async def register_builtin_tools(self, tenant_id: str = DEFAULT_TENANT) -> None:
+        """Apply the builtin tools' documents (a no-op when they are unchanged)."""
+        async with self.store.transaction() as session:
+            await apply_documents(
+                session,
+                [tool.contract for tool in BUILTIN_TOOLS.values()],
+                tenant_id=tenant_id,
+                actor="system",
+            )
+
+    async def _build_providers(self) -> dict[str, ModelProvider]:
+        providers: dict[str, ModelProvider] = {}
+        openai_settings = self.settings.openai
+        if openai_settings.base_url or openai_settings.api_key:
+            try:
+                providers["openai"] = OpenAICompatibleProvider.from_settings(openai_settings)
+            except ModelAPIError as exc:
+                providers["openai"] = UnavailableProvider("openai", exc.message)
+        if self._start_local_model and "local" not in self._extra_providers:
+            providers["local"] = await self._start_local()
+        elif "local" not in self._extra_providers:
+            providers["local"] = UnavailableProvider(
+                "local",
+                "the embedded model is not running in this process; start Corral with "
+                "`corral up` (without --no-local-model)",
+            )
+        providers.update(self._extra_providers)
+        return providers
+
+    async def _start_local(self) -> ModelProvider:
+        server = LocalModelServer(self.settings.local_model, log_dir=self.settings.home / "logs")
+        try:
+            await server.start()
+        except LocalModelUnavailable as exc:
+            log.warning("embedded model unavailable: %s", exc.message)
+            return UnavailableProvider("local", exc.message)
+        self.local_server = server
+        return local_provider(server.base_url, self.settings.local_model)
+
+    async def close(self) -> None:
+        """Stop the embedded model, close providers and the store."""
+        if self.local_server is not None:
+            await self.local_server.stop()
+        for provider in self.models.providers.values():
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                await close()
+        await self.store.dispose()
+        self.tracing.shutdown()

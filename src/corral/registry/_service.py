@@ -1,0 +1,359 @@
+"""The registry: apply Agent and Tool documents as immutable, content-addressed versions."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.audit import append_event, canonical_json
+from corral.contracts import Agent, Tool
+from corral.errors import Conflict, NotFound
+from corral.registry._tables import AgentRow, AgentVersionRow, ToolRow, ToolVersionRow
+from corral.store._base import new_id, utcnow
+
+__all__ = [
+    "FIRST_VERSION",
+    "ApplyResult",
+    "apply_documents",
+    "digest_of",
+    "get_agent",
+    "get_agent_version",
+    "list_agent_versions",
+    "list_agents",
+    "list_tools",
+    "next_patch",
+]
+
+FIRST_VERSION = "0.1.0"
+"""Version given to the first version of an object whose document names none."""
+
+Contract = Agent | Tool
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What applying one document did (or would do, in a dry run).
+
+    Attributes:
+        kind: ``Agent`` or ``Tool``.
+        name: The object's name.
+        action: ``created`` (new object), ``updated`` (new version) or ``unchanged``.
+        version: The version now latest (or that would be).
+        previous_version: The latest version before, if any.
+        digest: ``sha256:<hex>`` of the document (version excluded).
+        diff: Unified diff of the previous document's YAML against the new one.
+    """
+
+    kind: str
+    name: str
+    action: Literal["created", "updated", "unchanged"]
+    version: str
+    previous_version: str | None
+    digest: str
+    diff: str
+
+
+def document_of(contract: Contract) -> dict[str, Any]:
+    """The JSON document stored for a contract: aliases (``apiVersion``), defaults filled in."""
+    return contract.model_dump(mode="json", by_alias=True)
+
+
+def digest_of(contract: Contract) -> str:
+    """``sha256:<hex>`` over the canonical JSON of the document without ``metadata.version``.
+
+    Defaults are filled in before hashing, so omitting a field and writing its default give
+    the same digest.
+    """
+    document = document_of(contract)
+    document["metadata"].pop("version", None)
+    return "sha256:" + hashlib.sha256(canonical_json(document)).hexdigest()
+
+
+def _semver(version: str) -> tuple[int, int, int]:
+    major, minor, patch = (int(part) for part in version.split("."))
+    return major, minor, patch
+
+
+def next_patch(version: str) -> str:
+    """``1.2.3`` -> ``1.2.4``."""
+    major, minor, patch = _semver(version)
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def _yaml(document: dict[str, Any] | None) -> list[str]:
+    if document is None:
+        return []
+    return yaml.safe_dump(document, sort_keys=False).splitlines(keepends=True)
+
+
+def _diff(name: str, old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    return "".join(
+        difflib.unified_diff(_yaml(old), _yaml(new), f"{name} (current)", f"{name} (applied)")
+    )
+
+
+_TABLES: dict[
+    str, tuple[type[AgentRow] | type[ToolRow], type[AgentVersionRow] | type[ToolVersionRow]]
+] = {
+    "Agent": (AgentRow, AgentVersionRow),
+    "Tool": (ToolRow, ToolVersionRow),
+}
+
+
+async def apply_documents(
+    session: AsyncSession,
+    contracts: list[Contract],
+    *,
+    tenant_id: str,
+    actor: str,
+    dry_run: bool = False,
+) -> list[ApplyResult]:
+    """Apply documents in the caller's transaction: unchanged ones are no-ops.
+
+    A changed document becomes a new immutable version: its ``metadata.version`` if given
+    (it must be greater than the latest), else the latest with its patch bumped. Each new
+    version appends an audit event.
+
+    Raises:
+        Conflict: a given version already exists or is not greater than the latest; or the
+            same object appears twice in ``contracts``.
+    """
+    seen: set[tuple[str, str]] = set()
+    results: list[ApplyResult] = []
+    for contract in contracts:
+        key = (contract.kind, contract.metadata.name)
+        if key in seen:
+            raise Conflict(
+                f"{contract.kind} {contract.metadata.name!r} appears twice; apply it once."
+            )
+        seen.add(key)
+        results.append(
+            await _apply_one(session, contract, tenant_id=tenant_id, actor=actor, dry_run=dry_run)
+        )
+    return results
+
+
+async def _latest(session: AsyncSession, contract: Contract, tenant_id: str) -> tuple[Any, Any]:
+    object_table, version_table = _TABLES[contract.kind]
+    row = (
+        await session.execute(
+            select(object_table).where(
+                object_table.tenant_id == tenant_id, object_table.name == contract.metadata.name
+            )
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        return None, None
+    parent = version_table.agent_id if version_table is AgentVersionRow else version_table.tool_id  # type: ignore[union-attr]
+    latest = (
+        await session.execute(
+            select(version_table).where(
+                parent == row.id, version_table.version == row.latest_version
+            )
+        )
+    ).scalar_one()
+    return row, latest
+
+
+async def _apply_one(
+    session: AsyncSession, contract: Contract, *, tenant_id: str, actor: str, dry_run: bool
+) -> ApplyResult:
+    name, kind = contract.metadata.name, contract.kind
+    digest, document = digest_of(contract), document_of(contract)
+    row, latest = await _latest(session, contract, tenant_id)
+    if latest is not None and latest.digest == digest:
+        return ApplyResult(kind, name, "unchanged", latest.version, latest.version, digest, "")
+    explicit = contract.metadata.version
+    if latest is None:
+        version = explicit or FIRST_VERSION
+    elif explicit is None:
+        version = next_patch(latest.version)
+    elif _semver(explicit) <= _semver(latest.version):
+        raise Conflict(
+            f"{kind} {name!r} version {explicit} is not greater than the latest version "
+            f"{latest.version}, and the content differs; raise metadata.version or remove it "
+            "to have the patch bumped."
+        )
+    else:
+        version = explicit
+    document["metadata"]["version"] = version
+    result = ApplyResult(
+        kind,
+        name,
+        "created" if latest is None else "updated",
+        version,
+        None if latest is None else latest.version,
+        digest,
+        _diff(name, None if latest is None else latest.document, document),
+    )
+    if not dry_run:
+        await _store_version(session, contract, row, latest, result, document, tenant_id, actor)
+    return result
+
+
+async def _store_version(
+    session: AsyncSession,
+    contract: Contract,
+    row: Any,
+    latest: Any,
+    result: ApplyResult,
+    document: dict[str, Any],
+    tenant_id: str,
+    actor: str,
+) -> None:
+    now = utcnow()
+    version_id = new_id("ver")
+    if isinstance(contract, Agent):
+        if row is None:
+            row = AgentRow(id=new_id("agt"), tenant_id=tenant_id, name=result.name, created_at=now)
+            session.add(row)
+        row.status = contract.spec.status
+        version_row: AgentVersionRow | ToolVersionRow = AgentVersionRow(agent_id=row.id)
+    else:
+        if row is None:
+            row = ToolRow(id=new_id("tool"), tenant_id=tenant_id, name=result.name, created_at=now)
+            session.add(row)
+        row.type = contract.spec.type
+        row.side_effect = contract.spec.side_effect
+        version_row = ToolVersionRow(tool_id=row.id)
+    row.latest_version = result.version
+    row.updated_at = now
+    await session.flush()
+    version_row.id = version_id
+    version_row.tenant_id = tenant_id
+    version_row.version = result.version
+    version_row.ordinal = 1 if latest is None else latest.ordinal + 1
+    version_row.digest = result.digest
+    version_row.document = document
+    version_row.created_at = now
+    session.add(version_row)
+    await session.flush()
+    await append_event(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action=f"{result.kind.lower()}.{'created' if latest is None else 'version_created'}",
+        subject=f"{result.kind.lower()}:{result.name}@{result.version}",
+        outcome="success",
+        details={"digest": result.digest, "previous_version": result.previous_version},
+    )
+
+
+async def list_agents(
+    session: AsyncSession, *, tenant_id: str, limit: int = 100, after: str | None = None
+) -> list[AgentRow]:
+    """Agents ordered by name; ``after`` is the last name of the previous page."""
+    query = select(AgentRow).where(AgentRow.tenant_id == tenant_id)
+    if after:
+        query = query.where(AgentRow.name > after)
+    return list((await session.execute(query.order_by(AgentRow.name).limit(limit))).scalars())
+
+
+async def get_agent(session: AsyncSession, name: str, *, tenant_id: str) -> AgentRow:
+    """The agent named ``name``.
+
+    Raises:
+        NotFound: listing the agents that do exist.
+    """
+    row = (
+        await session.execute(
+            select(AgentRow).where(AgentRow.tenant_id == tenant_id, AgentRow.name == name)
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        known = list(
+            (
+                await session.execute(
+                    select(AgentRow.name)
+                    .where(AgentRow.tenant_id == tenant_id)
+                    .order_by(AgentRow.name)
+                    .limit(50)
+                )
+            ).scalars()
+        )
+        hint = f"known agents: {', '.join(known)}" if known else "no agents are registered"
+        raise NotFound(
+            f"Agent {name!r} not found ({hint}); register it with `corral apply -f FILE`.",
+            kind="agent",
+            name=name,
+            known=known,
+        )
+    return row
+
+
+async def list_agent_versions(
+    session: AsyncSession, name: str, *, tenant_id: str
+) -> list[AgentVersionRow]:
+    """Every version of the agent, newest first.
+
+    Raises:
+        NotFound: no such agent.
+    """
+    agent = await get_agent(session, name, tenant_id=tenant_id)
+    query = (
+        select(AgentVersionRow)
+        .where(AgentVersionRow.agent_id == agent.id)
+        .order_by(AgentVersionRow.ordinal.desc())
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def get_agent_version(
+    session: AsyncSession, name: str, version: str | None = None, *, tenant_id: str
+) -> tuple[AgentRow, AgentVersionRow]:
+    """The agent and one of its versions (``None``: the latest).
+
+    Raises:
+        NotFound: no such agent, or no such version (listing the versions).
+    """
+    agent = await get_agent(session, name, tenant_id=tenant_id)
+    wanted = version or agent.latest_version
+    row = (
+        await session.execute(
+            select(AgentVersionRow).where(
+                AgentVersionRow.agent_id == agent.id, AgentVersionRow.version == wanted
+            )
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        versions = [
+            v.version for v in await list_agent_versions(session, name, tenant_id=tenant_id)
+        ]
+        raise NotFound(
+            f"Agent {name!r} has no version {wanted!r}; versions: {', '.join(versions)}.",
+            kind="agent_version",
+            name=f"{name}@{wanted}",
+            known=versions,
+        )
+    return agent, row
+
+
+async def list_tools(
+    session: AsyncSession, *, tenant_id: str, limit: int = 100, after: str | None = None
+) -> list[tuple[ToolRow, ToolVersionRow]]:
+    """Tools with their latest version, ordered by name; ``after`` pages by name."""
+    query = (
+        select(ToolRow, ToolVersionRow)
+        .join(
+            ToolVersionRow,
+            (ToolVersionRow.tool_id == ToolRow.id)
+            & (ToolVersionRow.version == ToolRow.latest_version),
+        )
+        .where(ToolRow.tenant_id == tenant_id)
+    )
+    if after:
+        query = query.where(ToolRow.name > after)
+    rows = await session.execute(query.order_by(ToolRow.name).limit(limit))
+    return [(tool, version) for tool, version in rows.tuples()]
+
+
+async def count_agents(session: AsyncSession, *, tenant_id: str) -> int:
+    """Number of agents in the tenant."""
+    query = select(func.count()).select_from(AgentRow).where(AgentRow.tenant_id == tenant_id)
+    return int((await session.execute(query)).scalar_one())

@@ -1,0 +1,259 @@
+"""Creating and reading runs (the control side of the runtime; workers execute them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.audit import append_event
+from corral.contracts import Agent
+from corral.errors import InvalidRequest, NotFound, PolicyDenied
+from corral.observability import new_trace_id
+from corral.observability._tables import SpanRow
+from corral.registry import get_agent_version
+from corral.runtime._tables import RunRow, StepRow, ToolCallRow
+from corral.store._base import new_id, utcnow
+
+__all__ = [
+    "RUN_STATUSES",
+    "TERMINAL_STATUSES",
+    "create_run",
+    "get_run",
+    "list_run_spans",
+    "list_runs",
+    "list_steps",
+]
+
+TERMINAL_STATUSES = frozenset(
+    {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED", "TIMED_OUT", "BUDGET_EXCEEDED", "KILLED"}
+)
+"""A run in one of these states never changes again (DESIGN.md, "The main job")."""
+
+RUN_STATUSES = frozenset({"QUEUED", "RUNNING", "AWAITING_APPROVAL", *TERMINAL_STATUSES})
+
+
+async def create_run(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    agent_name: str,
+    task: str,
+    requested_by: str,
+    workspace: str | None = None,
+    stage: str = "dev",
+    version: str | None = None,
+    model: str | None = None,
+) -> RunRow:
+    """Create a ``QUEUED`` run and its ``run.created`` audit event in the caller's transaction.
+
+    Args:
+        session: A session inside the caller's transaction.
+        tenant_id: Tenant of the caller.
+        agent_name: Registered agent to run.
+        task: The task, in words, given to the agent (1..100,000 characters).
+        requested_by: Principal asking for the run.
+        workspace: Directory the ``fs.*`` tools may read (absolute after resolution), or ``None``.
+        stage: Release stage (``dev`` until stage bindings exist).
+        version: Agent version; ``None``: the latest.
+        model: ``provider/model`` to use instead of the agent's default; must be allowed.
+
+    Raises:
+        NotFound: unknown agent or version (the message lists the known ones).
+        PolicyDenied: the agent is retired.
+        InvalidRequest: empty task, a workspace that is not a directory, or a model the agent
+            does not allow.
+    """
+    if not task.strip() or len(task) > 100_000:
+        raise InvalidRequest("The task must be 1 to 100,000 characters of text.")
+    agent_row, version_row = await get_agent_version(
+        session, agent_name, version, tenant_id=tenant_id
+    )
+    spec = Agent.model_validate(version_row.document).spec
+    if spec.status == "retired":
+        raise PolicyDenied(
+            f"Agent {agent_name!r} is retired and cannot run; apply a version with "
+            "status 'active' to bring it back.",
+            code="agent_retired",
+        )
+    chosen = model or spec.model.default
+    if chosen not in (spec.model.default, *spec.model.allowed):
+        raise InvalidRequest(
+            f"Model {chosen!r} is not allowed to agent {agent_name!r}; allowed: "
+            f"{', '.join([spec.model.default, *spec.model.allowed])}."
+        )
+    resolved = _resolve_workspace(workspace)
+    now = utcnow()
+    run = RunRow(
+        id=new_id("run"),
+        tenant_id=tenant_id,
+        agent_id=agent_row.id,
+        agent_name=agent_name,
+        agent_version_id=version_row.id,
+        agent_version=version_row.version,
+        stage=stage,
+        status="QUEUED",
+        task=task,
+        workspace=resolved,
+        requested_by=requested_by,
+        model=chosen,
+        trace_id=new_trace_id(),
+        step_count=0,
+        iterations=0,
+        tool_call_count=0,
+        input_tokens=0,
+        output_tokens=0,
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(run)
+    await session.flush()
+    await append_event(
+        session,
+        tenant_id=tenant_id,
+        actor=requested_by,
+        action="run.created",
+        subject=f"run:{run.id}",
+        outcome="success",
+        run_id=run.id,
+        trace_id=run.trace_id,
+        details={
+            "agent": agent_name,
+            "version": version_row.version,
+            "digest": version_row.digest,
+            "stage": stage,
+            "model": chosen,
+            "deprecated": spec.status == "deprecated",
+        },
+    )
+    return run
+
+
+def _resolve_workspace(workspace: str | None) -> str | None:
+    if workspace is None:
+        return None
+    path = Path(workspace).expanduser()
+    if not path.is_absolute():
+        raise InvalidRequest(
+            f"Workspace {workspace!r} must be an absolute path on the server "
+            "(the CLI resolves relative paths for you)."
+        )
+    if not path.is_dir():
+        raise InvalidRequest(f"Workspace {workspace!r} is not a directory on the server.")
+    return str(path.resolve())
+
+
+async def get_run(session: AsyncSession, run_id: str, *, tenant_id: str) -> RunRow:
+    """The run ``run_id``.
+
+    Raises:
+        NotFound: no such run in this tenant.
+    """
+    run = (
+        await session.execute(
+            select(RunRow).where(RunRow.id == run_id, RunRow.tenant_id == tenant_id)
+        )
+    ).scalar_one_or_none()
+    if run is None:
+        raise NotFound(
+            f"Run {run_id!r} not found; list runs with `corral get runs`.", kind="run", name=run_id
+        )
+    return run
+
+
+async def list_runs(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    agent_name: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    before: str | None = None,
+) -> list[RunRow]:
+    """Runs newest first. ``before`` is the last run id of the previous page.
+
+    Raises:
+        InvalidRequest: an unknown status.
+        NotFound: ``before`` names no run.
+    """
+    query = select(RunRow).where(RunRow.tenant_id == tenant_id)
+    if agent_name:
+        query = query.where(RunRow.agent_name == agent_name)
+    if status:
+        if status not in RUN_STATUSES:
+            raise InvalidRequest(
+                f"Unknown run status {status!r}; use one of {', '.join(sorted(RUN_STATUSES))}."
+            )
+        query = query.where(RunRow.status == status)
+    if before:
+        cursor = await get_run(session, before, tenant_id=tenant_id)
+        query = query.where(
+            (RunRow.created_at < cursor.created_at)
+            | ((RunRow.created_at == cursor.created_at) & (RunRow.id < cursor.id))
+        )
+    query = query.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+async def list_steps(
+    session: AsyncSession, run_id: str, *, tenant_id: str, after: int = -1
+) -> list[tuple[StepRow, list[ToolCallRow]]]:
+    """The run's steps with index > ``after``, oldest first, each with its tool calls.
+
+    Raises:
+        NotFound: no such run in this tenant.
+    """
+    await get_run(session, run_id, tenant_id=tenant_id)
+    steps = list(
+        (
+            await session.execute(
+                select(StepRow)
+                .where(StepRow.run_id == run_id, StepRow.index > after)
+                .order_by(StepRow.index)
+            )
+        ).scalars()
+    )
+    calls: dict[int, list[ToolCallRow]] = {step.index: [] for step in steps}
+    if steps:
+        rows = await session.execute(
+            select(ToolCallRow)
+            .where(ToolCallRow.run_id == run_id, ToolCallRow.step_index > after)
+            .order_by(ToolCallRow.step_index, ToolCallRow.call_index)
+        )
+        for call in rows.scalars():
+            calls.setdefault(call.step_index, []).append(call)
+    return [(step, calls[step.index]) for step in steps]
+
+
+async def list_run_spans(
+    session: AsyncSession, run_id: str, *, tenant_id: str
+) -> list[dict[str, Any]]:
+    """Every stored span of the run's trace, by start time.
+
+    Raises:
+        NotFound: no such run in this tenant.
+    """
+    run = await get_run(session, run_id, tenant_id=tenant_id)
+    rows = await session.execute(
+        select(SpanRow)
+        .where(SpanRow.trace_id == run.trace_id, SpanRow.tenant_id == tenant_id)
+        .order_by(SpanRow.start_time)
+    )
+    return [
+        {
+            "span_id": span.span_id,
+            "parent_span_id": span.parent_span_id,
+            "trace_id": span.trace_id,
+            "name": span.name,
+            "kind": span.kind,
+            "status": span.status,
+            "start_time": span.start_time,
+            "end_time": span.end_time,
+            "duration_ms": (span.end_time - span.start_time).total_seconds() * 1000,
+            "attributes": span.attributes,
+        }
+        for span in rows.scalars()
+    ]
