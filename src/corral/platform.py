@@ -73,6 +73,11 @@ class Platform:
             settings.store_url,
             echo=settings.store.echo,
             sqlite_busy_timeout_ms=settings.store.sqlite_busy_timeout_ms,
+            connect_args=(
+                {"server_settings": {"search_path": settings.store.postgres_schema}}
+                if settings.store.postgres_schema
+                else None
+            ),
         )
         self.tracing = Tracing()
         self._extra_providers = dict(providers or {})

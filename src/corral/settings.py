@@ -38,6 +38,8 @@ class StoreSettings(BaseModel):
     """Log every SQL statement (debugging only)."""
     sqlite_busy_timeout_ms: int = 30_000
     """Milliseconds a SQLite writer waits for the write lock before failing."""
+    postgres_schema: str | None = None
+    """PostgreSQL schema (``search_path``) holding Corral's tables. ``None``: the default."""
 
 
 class ApiSettings(BaseModel):

@@ -68,7 +68,12 @@ def test_call_accepts_an_argument_called_name() -> None:
 
 async def test_list_of_calls_gets_unique_ids() -> None:
     model = ScriptedModel(
-        [[ScriptedModel.call("fs.read_file", path="a"), ScriptedModel.call("fs.read_file", path="b")]]
+        [
+            [
+                ScriptedModel.call("fs.read_file", path="a"),
+                ScriptedModel.call("fs.read_file", path="b"),
+            ]
+        ]
     )
 
     response = await model.complete(request())

@@ -36,7 +36,8 @@ def _result(result: ApplyResult) -> ApplyResultOut:
 
 
 def _parse_all(documents: list[dict[str, Any]]) -> list[Any]:
-    contracts, issues = [], []
+    contracts: list[Any] = []
+    issues: list[ContractIssue] = []
     for index, document in enumerate(documents):
         try:
             contracts.append(parse_document(document))

@@ -1,1 +1,41 @@
-"""Corral package."""
+"""The ``corral`` command line. Commands talk to the REST API, except those that run servers."""
+
+from __future__ import annotations
+
+import typer
+
+from corral import __version__
+from corral.cli import audit, registry, runs, server
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="corral",
+    help="Corral: build, run, govern and observe LLM agents.\n\n"
+    "Start with `corral up`, then `corral apply -f examples/agents/` and "
+    '`corral run repo-analyst "What does this code do?" --workspace . --follow`.',
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command(rich_help_panel="Serve")(server.up)
+app.command(rich_help_panel="Serve")(server.worker)
+app.add_typer(server.db_app, name="db", rich_help_panel="Serve")
+app.command(rich_help_panel="Registry")(registry.apply)
+app.command(rich_help_panel="Registry")(registry.get)
+app.command(rich_help_panel="Registry")(registry.describe)
+app.command(rich_help_panel="Registry")(registry.schema)
+app.command(rich_help_panel="Runs")(runs.run)
+app.command(rich_help_panel="Runs")(runs.trace)
+app.add_typer(audit.app, name="audit", rich_help_panel="Evidence")
+
+
+@app.command(rich_help_panel="Serve")
+def version() -> None:
+    """Print Corral's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Entry point of the ``corral`` console script."""
+    app()

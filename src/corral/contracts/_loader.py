@@ -85,6 +85,9 @@ def load_documents(text: str, *, source: str = "<string>") -> list[Document]:
             if node is None:
                 continue
             data = loader.construct_document(node)
+            if data is None:  # an empty document, e.g. after a trailing ``---``
+                index += 1
+                continue
             lines: _Lines = {}
             _collect_lines(node, (), lines)
             try:

@@ -28,7 +28,7 @@ __all__ = [
     "ToolSpec",
 ]
 
-API_VERSION = "corral.dev/v1"
+API_VERSION: Literal["corral.dev/v1"] = "corral.dev/v1"
 
 _NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _TOOL_NAME = r"^[a-z0-9]([-_.a-z0-9]{0,61}[a-z0-9])?$"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event, canonical_json
@@ -98,14 +98,6 @@ def _diff(name: str, old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     )
 
 
-_TABLES: dict[
-    str, tuple[type[AgentRow] | type[ToolRow], type[AgentVersionRow] | type[ToolVersionRow]]
-] = {
-    "Agent": (AgentRow, AgentVersionRow),
-    "Tool": (ToolRow, ToolVersionRow),
-}
-
-
 async def apply_documents(
     session: AsyncSession,
     contracts: list[Contract],
@@ -140,25 +132,25 @@ async def apply_documents(
 
 
 async def _latest(session: AsyncSession, contract: Contract, tenant_id: str) -> tuple[Any, Any]:
-    object_table, version_table = _TABLES[contract.kind]
-    row = (
-        await session.execute(
-            select(object_table).where(
-                object_table.tenant_id == tenant_id, object_table.name == contract.metadata.name
-            )
+    """The object's row and its latest version row, or ``(None, None)``."""
+    name = contract.metadata.name
+    query: Select[Any, Any]
+    if isinstance(contract, Agent):
+        query = (
+            select(AgentRow, AgentVersionRow)
+            .join(AgentVersionRow, AgentVersionRow.agent_id == AgentRow.id)
+            .where(AgentRow.tenant_id == tenant_id, AgentRow.name == name)
+            .where(AgentVersionRow.version == AgentRow.latest_version)
         )
-    ).scalar_one_or_none()
-    if row is None:
-        return None, None
-    parent = version_table.agent_id if version_table is AgentVersionRow else version_table.tool_id  # type: ignore[union-attr]
-    latest = (
-        await session.execute(
-            select(version_table).where(
-                parent == row.id, version_table.version == row.latest_version
-            )
+    else:
+        query = (
+            select(ToolRow, ToolVersionRow)
+            .join(ToolVersionRow, ToolVersionRow.tool_id == ToolRow.id)
+            .where(ToolRow.tenant_id == tenant_id, ToolRow.name == name)
+            .where(ToolVersionRow.version == ToolRow.latest_version)
         )
-    ).scalar_one()
-    return row, latest
+    found = (await session.execute(query)).one_or_none()
+    return (None, None) if found is None else (found[0], found[1])
 
 
 async def _apply_one(

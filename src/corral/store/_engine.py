@@ -20,7 +20,11 @@ __all__ = ["Store", "create_engine", "skip_locked"]
 
 
 def create_engine(
-    url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = 30_000
+    url: str,
+    *,
+    echo: bool = False,
+    sqlite_busy_timeout_ms: int = 30_000,
+    connect_args: dict[str, Any] | None = None,
 ) -> AsyncEngine:
     """Create an async engine for ``url`` with Corral's per-database settings.
 
@@ -33,13 +37,16 @@ def create_engine(
         url: SQLAlchemy async URL (``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://...``).
         echo: Log SQL statements.
         sqlite_busy_timeout_ms: Milliseconds a SQLite writer waits for the lock.
+        connect_args: Passed to the driver's ``connect`` (e.g. asyncpg ``server_settings``).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, echo=echo, pool_pre_ping=True)
+        return create_async_engine(
+            url, echo=echo, pool_pre_ping=True, connect_args=connect_args or {}
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, echo=echo)
+    engine = create_async_engine(url, echo=echo, connect_args=connect_args or {})
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -65,13 +72,25 @@ class Store:
     Args:
         url: SQLAlchemy async URL.
         echo: Log SQL statements.
+        sqlite_busy_timeout_ms: Milliseconds a SQLite writer waits for the lock.
+        connect_args: Passed to the driver's ``connect``.
     """
 
     def __init__(
-        self, url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = 30_000
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        sqlite_busy_timeout_ms: int = 30_000,
+        connect_args: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
-        self.engine = create_engine(url, echo=echo, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms)
+        self.engine = create_engine(
+            url,
+            echo=echo,
+            sqlite_busy_timeout_ms=sqlite_busy_timeout_ms,
+            connect_args=connect_args,
+        )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property

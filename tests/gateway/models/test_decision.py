@@ -20,7 +20,10 @@ READ_FILE = ToolDefinition(
     description="Read a text file from the workspace.",
     input_schema={
         "type": "object",
-        "properties": {"path": {"type": "string"}, "encoding": {"type": "string", "enum": ["utf-8"]}},
+        "properties": {
+            "path": {"type": "string"},
+            "encoding": {"type": "string", "enum": ["utf-8"]},
+        },
         "required": ["path"],
     },
 )

