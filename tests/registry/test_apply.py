@@ -3,9 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import agent_document
 from sqlalchemy import func, select
 
+from conftest import agent_document
 from corral.audit._tables import AuditEventRow
 from corral.contracts import parse_document
 from corral.errors import Conflict, NotFound
@@ -20,7 +20,9 @@ from corral.registry import (
 from corral.registry._tables import AgentRow, AgentVersionRow
 
 
-async def apply(platform: Platform, *documents: dict[str, Any], **options: Any) -> list[ApplyResult]:
+async def apply(
+    platform: Platform, *documents: dict[str, Any], **options: Any
+) -> list[ApplyResult]:
     async with platform.store.transaction() as session:
         return await apply_documents(
             session,
@@ -34,10 +36,11 @@ async def apply(platform: Platform, *documents: dict[str, Any], **options: Any) 
 async def counts(platform: Platform) -> tuple[int, int, int]:
     """(agents, agent versions, audit events) in the store."""
     async with platform.store.transaction() as session:
-        return tuple(  # type: ignore[return-value]
+        agents, versions, events = [
             (await session.execute(select(func.count()).select_from(table))).scalar_one()
             for table in (AgentRow, AgentVersionRow, AuditEventRow)
-        )
+        ]
+    return agents, versions, events
 
 
 async def test_first_apply_creates_version_0_1_0(make_platform) -> None:
@@ -51,8 +54,10 @@ async def test_first_apply_creates_version_0_1_0(make_platform) -> None:
     assert await counts(platform) == (before[0] + 1, before[1] + 1, before[2] + 1)
     async with platform.store.transaction() as session:
         event = (
-            await session.execute(select(AuditEventRow).order_by(AuditEventRow.seq.desc()))
-        ).scalars().first()
+            (await session.execute(select(AuditEventRow).order_by(AuditEventRow.seq.desc())))
+            .scalars()
+            .first()
+        )
     assert (event.action, event.subject, event.actor) == (
         "agent.created",
         "agent:repo-analyst@0.1.0",
@@ -90,9 +95,9 @@ async def test_changed_spec_bumps_the_patch_and_keeps_the_old_version(make_platf
         agent, latest = await get_agent_version(session, "repo-analyst", tenant_id="default")
         events = (
             await session.execute(
-                select(AuditEventRow.action, AuditEventRow.subject).where(
-                    AuditEventRow.subject.like("agent:repo-analyst@%")
-                )
+                select(AuditEventRow.action, AuditEventRow.subject)
+                .where(AuditEventRow.subject.like("agent:repo-analyst@%"))
+                .order_by(AuditEventRow.seq)
             )
         ).all()
     assert [v.version for v in versions] == ["0.1.2", "0.1.1", "0.1.0"]
@@ -144,7 +149,7 @@ async def test_explicit_version_not_greater_with_new_content_conflicts(
     platform = await make_platform()
     await apply(platform, agent_document())
     before = await counts(platform)
-    with pytest.raises(Conflict, match="not greater than the latest version 0.1.0"):
+    with pytest.raises(Conflict, match=r"not greater than the latest version 0\.1\.0"):
         await apply(platform, versioned(version, instructions="Different."))
     assert await counts(platform) == before
 

@@ -159,7 +159,7 @@ async def verify_chain(
     Detects an edited event (hash mismatch), a removed or reordered event (sequence gap or
     ``prev_hash`` mismatch) and a removed tail (head beyond the last event).
     """
-    prev_hash, expected_seq, checked = GENESIS_HASH, 1, 0
+    prev_hash, expected_seq, checked, last_id = GENESIS_HASH, 1, 0, None
     columns = [c.name for c in AuditEventRow.__table__.columns]
     while True:
         rows = (
@@ -176,12 +176,21 @@ async def verify_chain(
             bad = _check(event, expected_seq, prev_hash)
             if bad:
                 return ChainVerification(False, tenant_id, checked, event["seq"], event["id"], bad)
-            prev_hash, expected_seq = event["hash"], expected_seq + 1
+            prev_hash, expected_seq, last_id = event["hash"], expected_seq + 1, event["id"]
         if len(rows) < batch_size:
             break
     head = await session.get(AuditHeadRow, tenant_id)
     last_seq = expected_seq - 1
-    if head is not None and (head.seq != last_seq or (last_seq and head.hash != prev_hash)):
+    if head is not None and head.seq == last_seq and last_seq and head.hash != prev_hash:
+        return ChainVerification(
+            False,
+            tenant_id,
+            checked,
+            last_seq,
+            last_id,
+            "the last event's hash does not match the chain head: it was modified or replaced",
+        )
+    if head is not None and head.seq != last_seq:
         return ChainVerification(
             False,
             tenant_id,

@@ -62,7 +62,13 @@ def up(
             "process or set CORRAL_LOCAL_MODEL__PORT, or start with --no-local-model."
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    platform = Platform(settings, start_local_model=local_model and settings.local_model.enabled)
+    # The embedded SQLite store migrates itself; a shared database is migrated deliberately
+    # (`corral db upgrade`) and the server refuses to start on one that is behind.
+    platform = Platform(
+        settings,
+        start_local_model=local_model and settings.local_model.enabled,
+        migrate=settings.store_url.startswith("sqlite"),
+    )
     typer.echo(
         f"Corral {settings.store_url.split('://')[0]} store in {settings.home}; "
         f"API on http://{api.host}:{api.port} (Ctrl-C to stop)"

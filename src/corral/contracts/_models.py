@@ -114,7 +114,7 @@ class AgentLimits(_Strict):
     max_cost_usd: Annotated[Decimal | None, Field(ge=0)] = None
     """US dollars per run (enforced by the model gateway's cost ledger)."""
     max_input_tokens: Annotated[int | None, Field(ge=1)] = None
-    """Input tokens per model call; larger contexts are refused before the call."""
+    """Estimated input tokens per model call; older tool outputs are elided to fit it."""
 
 
 class MemoryScope(_Strict):

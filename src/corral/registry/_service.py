@@ -342,7 +342,7 @@ async def list_tools(
     if after:
         query = query.where(ToolRow.name > after)
     rows = await session.execute(query.order_by(ToolRow.name).limit(limit))
-    return [(tool, version) for tool, version in rows.tuples()]
+    return [(tool, version) for tool, version in rows]
 
 
 async def count_agents(session: AsyncSession, *, tenant_id: str) -> int:

@@ -35,13 +35,19 @@ from corral.observability._tables import SpanRow
 from corral.registry._tables import AgentVersionRow, ToolRow, ToolVersionRow
 from corral.runtime._context import (
     decision_document,
+    fit_context,
     initial_messages,
     step_messages,
 )
 from corral.runtime._tables import RunRow, StepRow, ToolCallRow
 from corral.store import Store, new_id, utcnow
 
-__all__ = ["LeaseLost", "Phase", "RunExecutor"]
+__all__ = ["LAST_ITERATION_NOTICE", "LeaseLost", "Phase", "RunExecutor"]
+
+
+LAST_ITERATION_NOTICE = (
+    "This is your last step: no more tools. Give your final answer now from what you have."
+)
 
 
 class Phase(enum.Enum):
@@ -77,6 +83,8 @@ class _StepRecord:
     calls: list[tuple[ToolCallContext, str, str, dict[str, Any], ToolResult]] = field(
         default_factory=list
     )
+    tools_withdrawn: bool = False
+    """The model was offered no tools (last iteration): any call it makes is refused."""
 
 
 @dataclass
@@ -190,10 +198,18 @@ class RunExecutor:
 
     async def _call_model(self, state: _RunState) -> tuple[_StepRecord, _Terminal | None]:
         spec = state.spec
+        messages = fit_context(state.messages, spec.limits.max_input_tokens)
+        tools = state.definitions
+        if state.iterations == spec.limits.max_iterations - 1 and tools:
+            # The last iteration offers no tools: the model must answer with what it has,
+            # rather than the run ending BUDGET_EXCEEDED mid-investigation.
+            messages = [*messages, Message("user", LAST_ITERATION_NOTICE)]
+            tools = []
+        withdrawn = not tools
         request = ModelRequest(
             model="",
-            messages=list(state.messages),
-            tools=state.definitions,
+            messages=messages,
+            tools=tools,
             temperature=spec.model.temperature,
             max_output_tokens=spec.model.max_output_tokens,
         )
@@ -253,6 +269,7 @@ class RunExecutor:
         record = _StepRecord(
             "tool_calls", model, document, started, None, usage.input_tokens, usage.output_tokens
         )
+        record.tools_withdrawn = withdrawn
         return record, None
 
     async def _call_tools(self, state: _RunState, record: _StepRecord) -> _Terminal | None:
@@ -278,7 +295,7 @@ class RunExecutor:
             )
             result = await self.tools.call(
                 ctx,
-                state.tools,
+                {} if record.tools_withdrawn else state.tools,
                 call["name"],
                 call["arguments"],
                 agent_tools=state.spec.tools,

@@ -86,6 +86,8 @@ def test_schema_lowers_bounds_llama_cpp_cannot_compile() -> None:
                 "content": {"type": "string", "maxLength": 100_000},
                 "prefix": {"type": "string", "minLength": 5, "maxLength": 5000},
                 "lines": {"type": "array", "items": {"type": "string"}, "maxItems": 10_000},
+                "slug": {"type": "string", "pattern": "^[a-z]{1,5000}$"},
+                "code": {"type": "string", "pattern": "^[A-Z]{2,40}$"},
             },
         },
     )
@@ -96,6 +98,8 @@ def test_schema_lowers_bounds_llama_cpp_cannot_compile() -> None:
     assert props["content"]["maxLength"] == MAX_GRAMMAR_REPEAT
     assert props["prefix"]["maxLength"] == 5 + MAX_GRAMMAR_REPEAT
     assert props["lines"]["maxItems"] == MAX_GRAMMAR_REPEAT
+    assert "pattern" not in props["slug"]
+    assert props["code"]["pattern"] == "^[A-Z]{2,40}$"
     assert schema["anyOf"][1]["properties"]["final_answer"]["maxLength"] == MAX_GRAMMAR_REPEAT
 
 

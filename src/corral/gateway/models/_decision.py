@@ -9,6 +9,7 @@ so a grammar-constrained sampler (llama.cpp) can only produce calls that name an
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jsonschema_rs
@@ -32,9 +33,10 @@ MAX_GRAMMAR_REPEAT = 1000
 
 llama-cpp-python turns ``maxLength: n`` into ``n`` nested optional groups, and llama.cpp's grammar
 parser rejects more than 1000 of them ("number of rules that are going to be repeated multiplied
-by the new repetition exceeds sane defaults"); llama-cpp-python 0.3.36's server then crashes
-instead of answering with an error. Measured with llama-cpp-python 0.3.36: 1000 compiles, 1001
-does not. Larger bounds are lowered to this; the tool gateway still validates the arguments.
+by the new repetition exceeds sane defaults"); llama-cpp-python 0.3.36's server then dies with
+SIGSEGV instead of answering with an error. Measured with llama-cpp-python 0.3.36: a span of 1000
+compiles, 1001 does not (the same holds for ``{m,n}`` in a ``pattern``). Larger bounds are lowered
+to this; the tool gateway still validates the arguments against the tool's own schema.
 """
 
 
@@ -45,13 +47,27 @@ def _clamp_repeat(schema: dict[str, Any], low: str, high: str) -> None:
         schema[high] = min(top, (floor if isinstance(floor, int) else 0) + MAX_GRAMMAR_REPEAT)
 
 
+_QUANTIFIER = re.compile(r"\{(\d*),(\d+)\}")
+
+
+def _pattern_compiles(pattern: Any) -> bool:
+    """Whether no ``{m,n}`` quantifier in ``pattern`` spans more than :data:`MAX_GRAMMAR_REPEAT`."""
+    if not isinstance(pattern, str):
+        return True
+    spans = (int(high) - int(low or 0) for low, high in _QUANTIFIER.findall(pattern))
+    return all(span <= MAX_GRAMMAR_REPEAT for span in spans)
+
+
 def _bounded(schema: Any, max_string: int) -> Any:
     """Copy of ``schema`` where every ``type: string`` without ``maxLength`` gets one.
 
-    Bounds too large for llama.cpp's grammar compiler are lowered (:data:`MAX_GRAMMAR_REPEAT`).
+    Bounds too large for llama.cpp's grammar compiler are lowered (:data:`MAX_GRAMMAR_REPEAT`),
+    and a ``pattern`` with such a quantifier is dropped.
     """
     if isinstance(schema, dict):
         out = {key: _bounded(value, max_string) for key, value in schema.items()}
+        if not _pattern_compiles(out.get("pattern")):
+            del out["pattern"]
         if out.get("type") == "string" and "maxLength" not in out and "enum" not in out:
             out["maxLength"] = max_string
         _clamp_repeat(out, "minLength", "maxLength")

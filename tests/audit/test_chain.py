@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from conftest import agent_document, register
+from corral.audit import GENESIS_HASH, append_event, event_hash, verify_chain
+from corral.audit._chain import ChainVerification
+from corral.audit._tables import AuditEventRow, AuditHeadRow
+from corral.platform import Platform
+from corral.runtime import create_run
+from corral.testing import ScriptedModel
+
+
+async def busy_platform(make_platform, workspace) -> Platform:
+    """A platform whose default chain holds applies, two runs and their tool calls."""
+    model = ScriptedModel(
+        [
+            ScriptedModel.call("fs.list_dir", path="."),
+            ScriptedModel.answer("first"),
+            ScriptedModel.call("fs.read_file", path="../outside"),
+            ScriptedModel.answer("second"),
+        ]
+    )
+    platform = await make_platform(scripted=model)
+    await register(platform, agent_document())
+    await register(platform, agent_document(instructions="Version two."))
+    for task in ("one", "two"):
+        async with platform.store.transaction() as session:
+            await create_run(
+                session,
+                tenant_id="default",
+                agent_name="repo-analyst",
+                task=task,
+                requested_by="user:test",
+                workspace=str(workspace),
+            )
+        await platform.worker.run_until_idle()
+    return platform
+
+
+async def verify(platform: Platform, tenant_id: str = "default") -> ChainVerification:
+    async with platform.store.transaction() as session:
+        return await verify_chain(session, tenant_id=tenant_id)
+
+
+async def events(platform: Platform, tenant_id: str = "default") -> list[AuditEventRow]:
+    async with platform.store.transaction() as session:
+        query = (
+            select(AuditEventRow)
+            .where(AuditEventRow.tenant_id == tenant_id)
+            .order_by(AuditEventRow.seq)
+        )
+        return list((await session.execute(query)).scalars())
+
+
+async def tamper(platform: Platform, seq: int, tenant_id: str = "default", **values: Any) -> None:
+    """Change a stored event behind the application's back."""
+    async with platform.store.transaction() as session:
+        await session.execute(
+            update(AuditEventRow.__table__)
+            .where(AuditEventRow.tenant_id == tenant_id, AuditEventRow.seq == seq)
+            .values(**values)
+        )
+
+
+async def test_chain_of_applies_and_runs_verifies(make_platform, workspace) -> None:
+    platform = await busy_platform(make_platform, workspace)
+    stored = await events(platform)
+    actions = [e.action for e in stored]
+    for expected in ("tool.created", "agent.created", "agent.version_created", "run.created"):
+        assert expected in actions
+    assert actions.count("run.finished") == 2
+    assert actions.count("tool.call") == 2
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+    assert stored[0].prev_hash == GENESIS_HASH
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(stored))
+    result = await verify(platform)
+    assert result == ChainVerification(True, "default", len(stored))
+
+
+async def test_edited_details_are_reported_at_that_event(make_platform, workspace) -> None:
+    platform = await busy_platform(make_platform, workspace)
+    stored = await events(platform)
+    victim = next(e for e in stored if e.action == "tool.call")
+    await tamper(platform, victim.seq, details={**victim.details, "error_type": None, "x": 1})
+    result = await verify(platform)
+    assert not result.ok
+    assert (result.first_bad_seq, result.first_bad_id) == (victim.seq, victim.id)
+    assert result.events_checked == victim.seq
+    assert "modified" in (result.reason or "")
+
+
+async def test_edited_outcome_is_reported_at_the_first_bad_event(make_platform, workspace) -> None:
+    platform = await busy_platform(make_platform, workspace)
+    stored = await events(platform)
+    finished = [e for e in stored if e.action == "run.finished"]
+    # Two edits: the earlier one is reported.
+    await tamper(platform, finished[1].seq, outcome="failed")
+    await tamper(platform, finished[0].seq, outcome="failed")
+    result = await verify(platform)
+    assert (result.ok, result.first_bad_seq) == (False, finished[0].seq)
+
+
+async def test_edit_with_recomputed_hash_breaks_the_next_link(make_platform, workspace) -> None:
+    platform = await busy_platform(make_platform, workspace)
+    stored = await events(platform)
+    victim = stored[3]
+    forged = {c.name: getattr(victim, c.key) for c in AuditEventRow.__table__.columns}
+    forged["actor"] = "user:mallory"
+    await tamper(platform, victim.seq, actor="user:mallory", hash=event_hash(forged))
+    result = await verify(platform)
+    assert (result.ok, result.first_bad_seq) == (False, victim.seq + 1)
+    assert "prev_hash" in (result.reason or "")
+
+
+async def test_deleted_middle_event_is_reported(make_platform, workspace) -> None:
+    platform = await busy_platform(make_platform, workspace)
+    stored = await events(platform)
+    middle = stored[len(stored) // 2]
+    async with platform.store.transaction() as session:
+        await session.execute(delete(AuditEventRow).where(AuditEventRow.id == middle.id))
+    result = await verify(platform)
+    assert not result.ok
+    # The gap is found at the event after the removed one.
+    assert result.first_bad_seq == middle.seq + 1
+    assert f"expected seq {middle.seq}" in (result.reason or "")
+
+
+async def test_deleted_last_event_is_reported_by_the_head(make_platform, workspace) -> None:
+    platform = await busy_platform(make_platform, workspace)
+    stored = await events(platform)
+    async with platform.store.transaction() as session:
+        await session.execute(delete(AuditEventRow).where(AuditEventRow.id == stored[-1].id))
+    result = await verify(platform)
+    assert not result.ok
+    assert result.first_bad_seq == stored[-1].seq
+    assert result.events_checked == len(stored) - 1
+    assert "removed from the end" in (result.reason or "")
+
+
+async def test_rewritten_last_event_is_reported_by_the_head(make_platform, workspace) -> None:
+    platform = await busy_platform(make_platform, workspace)
+    last = (await events(platform))[-1]
+    forged = {c.name: getattr(last, c.key) for c in AuditEventRow.__table__.columns}
+    forged["outcome"] = "failed"
+    await tamper(platform, last.seq, outcome="failed", hash=event_hash(forged))
+    result = await verify(platform)
+    assert (result.ok, result.first_bad_seq, result.first_bad_id) == (False, last.seq, last.id)
+    assert "head" in (result.reason or "")
+
+
+async def test_chain_is_per_tenant(make_platform, workspace) -> None:
+    platform = await busy_platform(make_platform, workspace)
+    async with platform.store.transaction() as session:
+        for n in range(3):
+            await append_event(
+                session,
+                tenant_id="acme",
+                actor="user:acme",
+                action="test.event",
+                subject=f"thing:{n}",
+                outcome="success",
+                details={"n": n},
+            )
+    acme = await events(platform, "acme")
+    assert [e.seq for e in acme] == [1, 2, 3]
+    assert acme[0].prev_hash == GENESIS_HASH
+    assert (await verify(platform, "acme")) == ChainVerification(True, "acme", 3)
+    default_count = len(await events(platform))
+    assert (await verify(platform)).events_checked == default_count
+
+    # Breaking one tenant's chain leaves the other's intact.
+    await tamper(platform, 2, tenant_id="acme", subject="thing:forged")
+    assert (await verify(platform, "acme")).first_bad_seq == 2
+    assert (await verify(platform)).ok
+    async with platform.store.transaction() as session:
+        rows = await session.execute(select(AuditHeadRow.tenant_id, AuditHeadRow.seq))
+        heads = {row.tenant_id: row.seq for row in rows}
+    assert heads == {"default": default_count, "acme": 3}
+
+
+async def test_tenant_without_events_verifies_empty(make_platform) -> None:
+    platform = await make_platform()
+    assert (await verify(platform, "nobody")) == ChainVerification(True, "nobody", 0)
+    async with platform.store.transaction() as session:
+        count = (
+            await session.execute(
+                select(func.count())
+                .select_from(AuditEventRow)
+                .where(AuditEventRow.tenant_id == "nobody")
+            )
+        ).scalar_one()
+    assert count == 0
