@@ -25,13 +25,17 @@ class ApiClient:
     """
 
     def __init__(self, base_url: str | None = None, *, timeout_seconds: float = 30.0) -> None:
-        self.base_url = base_url or get_settings().api_url
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_seconds)
+        self.base_url = (base_url or get_settings().api_url).rstrip("/")
+        self.timeout_seconds = timeout_seconds
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request and return the decoded JSON body; exit with a message on error."""
         try:
-            response = self._http.request(method, path, **kwargs)
+            # One connection per call: CLI commands make a handful of calls, and nothing is
+            # left open when a command exits early.
+            response = httpx.request(
+                method, f"{self.base_url}{path}", timeout=self.timeout_seconds, **kwargs
+            )
         except httpx.ConnectError:
             fail(
                 f"cannot reach Corral at {self.base_url}; start it with `corral up` "

@@ -208,7 +208,7 @@ class RunExecutor:
         withdrawn = not tools
         request = ModelRequest(
             model="",
-            messages=messages,
+            messages=list(messages),  # a copy: state.messages grows after the call
             tools=tools,
             temperature=spec.model.temperature,
             max_output_tokens=spec.model.max_output_tokens,

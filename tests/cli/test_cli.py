@@ -1,0 +1,176 @@
+"""The CLI against a real Corral server (uvicorn in a thread, SQLite, ScriptedModel)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from corral.api import create_app
+from corral.cli import app
+from corral.platform import Platform
+from corral.settings import Settings, get_settings
+from corral.testing import ScriptedModel
+
+AGENT_YAML = """\
+apiVersion: corral.dev/v1
+kind: Agent
+metadata:
+  name: repo-analyst
+spec:
+  description: Answers questions about a codebase.
+  owner: platform-team
+  instructions: Answer using the fs tools.
+  model: {default: scripted/test}
+  tools: {allowed: ["fs.*"]}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A live API with a worker; the CLI is pointed at it through CORRAL_API__URL."""
+    model = ScriptedModel(
+        lambda request: (
+            ScriptedModel.call("fs.list_dir", path=".")
+            if len(request.messages) <= 2
+            else ScriptedModel.answer("It prints 42.")
+        )
+    )
+    settings = Settings(home=tmp_path / "home", runtime={"poll_interval_seconds": 0.02})
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(Platform(settings, providers={"scripted": model})),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+    )
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    monkeypatch.setenv("CORRAL_API__URL", url)
+    get_settings.cache_clear()
+    yield url
+    uv.should_exit = True
+    thread.join(timeout=20)
+    get_settings.cache_clear()
+
+
+runner = CliRunner()
+
+
+def test_apply_run_follow_trace_and_verify(server: str, tmp_path: Path) -> None:
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "repo-analyst.yaml").write_text(AGENT_YAML)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "main.py").write_text("print(42)\n")
+
+    first = runner.invoke(app, ["apply", "-f", str(agents)])
+    assert first.exit_code == 0, first.output
+    assert "agent/repo-analyst created: 0.1.0" in first.output
+    again = runner.invoke(app, ["apply", "-f", str(agents)])
+    assert "agent/repo-analyst unchanged (0.1.0)" in again.output
+
+    (agents / "repo-analyst.yaml").write_text(AGENT_YAML.replace("Answers", "Explains"))
+    dry = runner.invoke(app, ["apply", "-f", str(agents), "--dry-run"])
+    assert "would be updated: 0.1.1 (was 0.1.0)" in dry.output
+    assert "+  description: Explains" in dry.output
+    described = runner.invoke(app, ["describe", "agent", "repo-analyst"])
+    assert "Latest version: 0.1.0" in described.output  # the dry run wrote nothing
+    assert "fs.read_file" in described.output
+
+    run = runner.invoke(
+        app, ["run", "repo-analyst", "What does it do?", "--workspace", str(workspace), "-F"]
+    )
+    assert run.exit_code == 0, run.output
+    assert 'fs.list_dir {"path": "."} -> COMPLETED' in run.output
+    assert "SUCCEEDED (final_answer)" in run.output
+    assert "It prints 42." in run.output
+
+    run_id = runner.invoke(app, ["get", "runs", "-o", "name"]).output.strip()
+    assert run_id.startswith("run_")
+    trace = runner.invoke(app, ["trace", run_id]).output.splitlines()
+    assert trace[0].startswith("invoke_agent repo-analyst")
+    assert any(line.startswith("  chat test") for line in trace)
+    assert any(line.startswith("  execute_tool fs.list_dir") for line in trace)
+
+    verify = runner.invoke(app, ["audit", "verify"])
+    assert verify.exit_code == 0 and "verifies" in verify.output
+    events = runner.invoke(app, ["audit", "events", "--run", run_id, "--json"]).output
+    actions = [json.loads(line)["action"] for line in events.splitlines()]
+    assert actions == ["run.created", "run.leased", "tool.call", "run.finished"]
+
+
+def test_invalid_yaml_exits_2_with_file_field_and_line(server: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        AGENT_YAML.replace(
+            "  owner: platform-team\n", "  owner: platform-team\n  limits: {max_iterations: 0}\n"
+        )
+    )
+    result = runner.invoke(app, ["apply", "-f", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}:8: spec.limits.max_iterations" in result.output
+    assert "agents" in runner.invoke(app, ["get", "agents"]).output.lower()
+    assert "repo-analyst" not in runner.invoke(app, ["get", "agents"]).output
+
+
+def test_unknown_agent_exits_1_listing_known_agents(server: str, tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(AGENT_YAML)
+    runner.invoke(app, ["apply", "-f", str(tmp_path / "a.yaml")])
+    result = runner.invoke(app, ["run", "nope", "hello"])
+    assert result.exit_code == 1
+    assert "Agent 'nope' not found (known agents: repo-analyst)" in result.output
+
+
+def test_server_down_says_how_to_start_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_API__URL", f"http://127.0.0.1:{_free_port()}")
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["get", "agents"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert "start it with `corral up`" in result.output
+
+
+def test_schema_prints_the_agent_json_schema() -> None:
+    result = runner.invoke(app, ["schema", "Agent"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert "spec" in schema["properties"] and "apiVersion" in schema["properties"]
+    assert runner.invoke(app, ["schema", "Nope"]).exit_code == 2
+
+
+def test_up_refuses_a_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["up", "--port", str(port), "--no-local-model"])
+    assert result.exit_code == 1
+    assert f"port {port} on 127.0.0.1 is in use" in result.output
+    assert "--port N" in result.output
