@@ -10,8 +10,10 @@ PUBLIC = {
     "corral": ["__version__"],
     "corral.audit": [
         "GENESIS_HASH",
+        "AuditRecord",
         "ChainVerification",
         "append_event",
+        "append_events",
         "canonical_json",
         "event_hash",
         "verify_chain",

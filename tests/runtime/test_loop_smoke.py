@@ -1,5 +1,4 @@
 from conftest import agent_document, register
-
 from corral.runtime import create_run, get_run, list_steps
 from corral.testing import ScriptedModel
 
@@ -10,8 +9,12 @@ async def test_scripted_run_reaches_final_answer(make_platform, workspace):
     await register(platform, agent_document())
     async with platform.store.transaction() as session:
         run = await create_run(
-            session, tenant_id="default", agent_name="repo-analyst", task="What?",
-            requested_by="user:test", workspace=str(workspace),
+            session,
+            tenant_id="default",
+            agent_name="repo-analyst",
+            task="What?",
+            requested_by="user:test",
+            workspace=str(workspace),
         )
     await platform.worker.run_until_idle()
     async with platform.store.transaction() as session:

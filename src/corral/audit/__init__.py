@@ -2,8 +2,10 @@
 
 from corral.audit._chain import (
     GENESIS_HASH,
+    AuditRecord,
     ChainVerification,
     append_event,
+    append_events,
     canonical_json,
     event_hash,
     verify_chain,
@@ -11,8 +13,10 @@ from corral.audit._chain import (
 
 __all__ = [
     "GENESIS_HASH",
+    "AuditRecord",
     "ChainVerification",
     "append_event",
+    "append_events",
     "canonical_json",
     "event_hash",
     "verify_chain",

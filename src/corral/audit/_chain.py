@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit._tables import AuditEventRow, AuditHeadRow
@@ -23,8 +23,10 @@ from corral.store._base import utcnow
 
 __all__ = [
     "GENESIS_HASH",
+    "AuditRecord",
     "ChainVerification",
     "append_event",
+    "append_events",
     "canonical_json",
     "event_hash",
     "verify_chain",
@@ -65,6 +67,91 @@ def event_hash(event: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(_hashed_fields(event))).hexdigest()
 
 
+@dataclass(frozen=True)
+class AuditRecord:
+    """One event to append; the chain adds ``seq``, ``occurred_at``, ``prev_hash`` and ``hash``.
+
+    Attributes:
+        actor: Principal that caused the event (``user:alice``, ``system``, ``worker:...``).
+        action: Dotted verb (``run.created``, ``tool.call``, ``agent.version_created``).
+        subject: What it happened to (``run:run_...``, ``agent:repo-analyst@0.1.0``).
+        outcome: ``success``, ``failure``, ``denied``...
+        run_id: Related run, if any.
+        trace_id: Related trace (W3C trace id), if any.
+        policy_decision_id: The stored policy decision that allowed or refused the action.
+        details: Extra JSON-safe fields (strings, integers, booleans, lists, objects).
+    """
+
+    actor: str
+    action: str
+    subject: str
+    outcome: str
+    run_id: str | None = None
+    trace_id: str | None = None
+    policy_decision_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+_EVENTS = cast(Table, AuditEventRow.__table__)
+_HEADS = cast(Table, AuditHeadRow.__table__)
+# Statements are built once: building one costs far more than executing it (~5x on SQLite).
+_RESERVE = (
+    _HEADS.update()
+    .where(_HEADS.c.tenant_id == bindparam("b_tenant"))
+    .values(seq=_HEADS.c.seq + bindparam("b_count"))
+    .returning(_HEADS.c.seq, _HEADS.c.hash)
+)
+_SET_HASH = (
+    _HEADS.update()
+    .where(_HEADS.c.tenant_id == bindparam("b_tenant"))
+    .values(hash=bindparam("b_hash"))
+)
+_INSERT_EVENTS = _EVENTS.insert()
+
+
+def append_events(connection: Connection, tenant_id: str, records: list[AuditRecord]) -> str:
+    """Append events to the tenant's chain inside the caller's transaction.
+
+    Three statements whatever the number of events: reserve the sequence numbers on the head
+    row (which also takes the row lock that serialises appends), insert the events, store the
+    new head hash.
+
+    Returns:
+        The hash of the last event appended (the head's hash if ``records`` is empty).
+    """
+    count = len(records)
+    head = connection.execute(_RESERVE, {"b_tenant": tenant_id, "b_count": count}).one_or_none()
+    if head is None:
+        connection.execute(_HEADS.insert().values(tenant_id=tenant_id, seq=count, hash=""))
+        last_seq, prev_hash = count, GENESIS_HASH
+    else:
+        last_seq, prev_hash = head.seq, head.hash
+    if not count:
+        return str(prev_hash)
+    now = utcnow()
+    rows = []
+    for offset, record in enumerate(records):
+        event = {
+            "tenant_id": tenant_id,
+            "seq": last_seq - count + 1 + offset,
+            "occurred_at": now,
+            "actor": record.actor,
+            "action": record.action,
+            "subject": record.subject,
+            "outcome": record.outcome,
+            "run_id": record.run_id,
+            "trace_id": record.trace_id,
+            "policy_decision_id": record.policy_decision_id,
+            "details": record.details,
+            "prev_hash": prev_hash,
+        }
+        event["hash"] = prev_hash = event_hash(event)
+        rows.append(event)
+    connection.execute(_INSERT_EVENTS, rows)
+    connection.execute(_SET_HASH, {"b_tenant": tenant_id, "b_hash": prev_hash})
+    return str(prev_hash)
+
+
 async def append_event(
     session: AsyncSession,
     *,
@@ -78,56 +165,17 @@ async def append_event(
     policy_decision_id: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> str:
-    """Append one event to the tenant's chain inside the caller's transaction.
-
-    Args:
-        session: A session inside the transaction that makes the audited change.
-        tenant_id: Whose chain.
-        actor: Principal that caused the event (``user:alice``, ``system``, ``worker:...``).
-        action: Dotted verb (``run.created``, ``tool.call``, ``agent.version_created``).
-        subject: What it happened to (``run:run_...``, ``agent:repo-analyst@0.1.0``).
-        outcome: ``success``, ``failure``, ``denied``...
-        run_id: Related run, if any.
-        trace_id: Related trace (W3C trace id), if any.
-        policy_decision_id: The stored policy decision that allowed or refused the action.
-        details: Extra JSON-safe fields (strings, integers, booleans, lists, objects).
+    """Append one event inside the session's transaction (see :class:`AuditRecord`).
 
     Returns:
         The new event's hash.
     """
-    head = (
-        await session.execute(
-            update(AuditHeadRow)
-            .where(AuditHeadRow.tenant_id == tenant_id)
-            .values(seq=AuditHeadRow.seq + 1)
-            .returning(AuditHeadRow.seq, AuditHeadRow.hash)
-        )
-    ).one_or_none()
-    if head is None:
-        await session.execute(insert(AuditHeadRow).values(tenant_id=tenant_id, seq=1, hash=""))
-        seq, prev_hash = 1, GENESIS_HASH
-    else:
-        seq, prev_hash = head.seq, head.hash
-    event = {
-        "tenant_id": tenant_id,
-        "seq": seq,
-        "occurred_at": utcnow(),
-        "actor": actor,
-        "action": action,
-        "subject": subject,
-        "outcome": outcome,
-        "run_id": run_id,
-        "trace_id": trace_id,
-        "policy_decision_id": policy_decision_id,
-        "details": details or {},
-        "prev_hash": prev_hash,
-    }
-    digest = event_hash(event)
-    await session.execute(insert(AuditEventRow).values(**event, hash=digest))
-    await session.execute(
-        update(AuditHeadRow).where(AuditHeadRow.tenant_id == tenant_id).values(hash=digest)
+    record = AuditRecord(
+        actor, action, subject, outcome, run_id, trace_id, policy_decision_id, details or {}
     )
-    return digest
+    return await session.run_sync(
+        lambda sync_session: append_events(sync_session.connection(), tenant_id, [record])
+    )
 
 
 @dataclass(frozen=True)

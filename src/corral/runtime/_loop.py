@@ -21,9 +21,8 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
-from sqlalchemy import insert, select, update
 
-from corral.audit import append_event
+from corral.audit import AuditRecord
 from corral.contracts import Agent, AgentSpec
 from corral.errors import ModelAPIError
 from corral.gateway.models import Message, ModelRequest, ToolDefinition
@@ -31,15 +30,13 @@ from corral.gateway.models._gateway import ModelGateway
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._gateway import ResolvedTool, ToolGateway
 from corral.observability import Tracing
-from corral.observability._tables import SpanRow
-from corral.registry._tables import AgentVersionRow, ToolRow, ToolVersionRow
 from corral.runtime._context import (
     decision_document,
     fit_context,
     initial_messages,
     step_messages,
 )
-from corral.runtime._tables import RunRow, StepRow, ToolCallRow
+from corral.runtime._persist import Checkpoint, load_run, write_checkpoint
 from corral.store import Store, new_id, utcnow
 
 __all__ = ["LAST_ITERATION_NOTICE", "LeaseLost", "Phase", "RunExecutor"]
@@ -135,6 +132,8 @@ class RunExecutor:
         self.tools = tools
         self.tracing = tracing
         self.lease = timedelta(seconds=lease_seconds)
+        self._specs: dict[str, AgentSpec] = {}
+        self._tools: dict[tuple[str, str, str], ResolvedTool] = {}
 
     async def execute(self, run_id: str, worker_id: str) -> str:
         """Drive a run this worker has leased until it is terminal; returns the final status.
@@ -325,152 +324,132 @@ class RunExecutor:
                 root.set_attribute("error.type", terminal.reason)
                 root.set_status(Status(StatusCode.ERROR, terminal.error))
             root.end()
-        spans = self.tracing.exporter.drain(
-            state.trace_id, tenant_id=state.tenant_id, run_id=state.run_id
-        )
-        async with self.store.transaction() as session:
-            values: dict[str, Any] = {
+        checkpoint = Checkpoint(
+            run_id=state.run_id,
+            worker_id=worker_id,
+            tenant_id=state.tenant_id,
+            run_values={
                 "iterations": state.iterations,
                 "tool_call_count": state.tool_call_count,
                 "input_tokens": state.input_tokens,
                 "output_tokens": state.output_tokens,
                 "updated_at": now,
                 "lease_expires_at": now + self.lease,
-            }
-            if record is not None:
-                values["step_count"] = state.step_count + 1
-            if terminal is not None:
-                values.update(
-                    status=terminal.status,
-                    terminal_reason=terminal.reason,
-                    output=terminal.output,
-                    error=terminal.error,
-                    finished_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            row = (
-                await session.execute(
-                    update(RunRow)
-                    .where(
-                        RunRow.id == state.run_id,
-                        RunRow.lease_owner == worker_id,
-                        RunRow.status == "RUNNING",
-                    )
-                    .values(**values)
-                    .returning(RunRow.cancel_requested)
-                )
-            ).one_or_none()
-            if row is None:
-                raise LeaseLost(state.run_id)
-            if record is not None:
-                await self._write_step(session, state, record, actor, now)
-            if terminal is not None:
-                await append_event(
-                    session,
-                    tenant_id=state.tenant_id,
-                    actor=actor,
-                    action="run.finished",
-                    subject=f"run:{state.run_id}",
-                    outcome=terminal.status.lower(),
+            },
+            spans=self.tracing.exporter.drain(
+                state.trace_id, tenant_id=state.tenant_id, run_id=state.run_id
+            ),
+        )
+        if record is not None:
+            checkpoint.run_values["step_count"] = state.step_count + 1
+            self._add_step(checkpoint, state, record, actor, now)
+        if terminal is not None:
+            checkpoint.run_values.update(
+                status=terminal.status,
+                terminal_reason=terminal.reason,
+                output=terminal.output,
+                error=terminal.error,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            checkpoint.audit.append(
+                AuditRecord(
+                    actor,
+                    "run.finished",
+                    f"run:{state.run_id}",
+                    terminal.status.lower(),
                     run_id=state.run_id,
                     trace_id=state.trace_id,
                     details={
                         "terminal_reason": terminal.reason,
-                        "steps": values.get("step_count", state.step_count),
+                        "steps": checkpoint.run_values.get("step_count", state.step_count),
                         "tool_calls": state.tool_call_count,
                     },
                 )
-            if spans:
-                await session.execute(insert(SpanRow), spans)
-        state.cancel_requested = bool(row.cancel_requested)
+            )
+        cancel_requested = await self.store.run_sync(
+            lambda connection: write_checkpoint(connection, checkpoint)
+        )
+        if cancel_requested is None:
+            raise LeaseLost(state.run_id)
+        state.cancel_requested = cancel_requested
         if record is not None:
             state.step_count += 1
 
-    async def _write_step(
-        self, session: Any, state: _RunState, record: _StepRecord, actor: str, now: datetime
+    def _add_step(
+        self,
+        checkpoint: Checkpoint,
+        state: _RunState,
+        record: _StepRecord,
+        actor: str,
+        now: datetime,
     ) -> None:
-        await session.execute(
-            insert(StepRow).values(
-                id=new_id("step"),
-                tenant_id=state.tenant_id,
-                run_id=state.run_id,
-                index=state.step_count,
-                kind=record.kind,
-                model=record.model,
-                decision=record.decision,
-                error=record.error,
-                input_tokens=record.input_tokens,
-                output_tokens=record.output_tokens,
-                started_at=record.started_at,
-                finished_at=now,
-            )
-        )
+        checkpoint.step = {
+            "id": new_id("step"),
+            "tenant_id": state.tenant_id,
+            "run_id": state.run_id,
+            "index": state.step_count,
+            "kind": record.kind,
+            "model": record.model,
+            "decision": record.decision,
+            "error": record.error,
+            "input_tokens": record.input_tokens,
+            "output_tokens": record.output_tokens,
+            "started_at": record.started_at,
+            "finished_at": now,
+        }
         for ctx, _call_id, name, arguments, result in record.calls:
-            await session.execute(
-                insert(ToolCallRow).values(
-                    id=new_id("call"),
-                    tenant_id=state.tenant_id,
-                    run_id=state.run_id,
-                    step_index=ctx.step_index,
-                    call_index=ctx.call_index,
-                    idempotency_key=ctx.idempotency_key,
-                    tool_name=name,
-                    tool_version=result.tool_version,
-                    arguments=arguments,
-                    status=result.status,
-                    output=result.output,
-                    output_bytes=result.output_bytes,
-                    truncated=result.truncated,
-                    error=result.error,
-                    error_type=result.error_type,
-                    started_at=record.started_at,
-                    finished_at=now,
-                )
-            )
-            await append_event(
-                session,
-                tenant_id=state.tenant_id,
-                actor=actor,
-                action="tool.call",
-                subject=f"tool:{name}",
-                outcome=result.status.lower(),
-                run_id=state.run_id,
-                trace_id=state.trace_id,
-                details={
+            checkpoint.tool_calls.append(
+                {
+                    "id": new_id("call"),
+                    "tenant_id": state.tenant_id,
+                    "run_id": state.run_id,
+                    "step_index": ctx.step_index,
+                    "call_index": ctx.call_index,
                     "idempotency_key": ctx.idempotency_key,
+                    "tool_name": name,
                     "tool_version": result.tool_version,
+                    "arguments": arguments,
+                    "status": result.status,
+                    "output": result.output,
+                    "output_bytes": result.output_bytes,
+                    "truncated": result.truncated,
+                    "error": result.error,
                     "error_type": result.error_type,
-                },
+                    "started_at": record.started_at,
+                    "finished_at": now,
+                }
+            )
+            checkpoint.audit.append(
+                AuditRecord(
+                    actor,
+                    "tool.call",
+                    f"tool:{name}",
+                    result.status.lower(),
+                    run_id=state.run_id,
+                    trace_id=state.trace_id,
+                    details={
+                        "idempotency_key": ctx.idempotency_key,
+                        "tool_version": result.tool_version,
+                        "error_type": result.error_type,
+                    },
+                )
             )
 
     async def _load(self, run_id: str) -> _RunState:
-        async with self.store.transaction() as session:
-            run = (await session.execute(select(RunRow).where(RunRow.id == run_id))).scalar_one()
-            version = await session.get(AgentVersionRow, run.agent_version_id)
-            assert version is not None
-            spec = Agent.model_validate(version.document).spec
-            tools = await _offered_tools(session, run.tenant_id, spec)
-            steps = list(
-                (
-                    await session.execute(
-                        select(StepRow).where(StepRow.run_id == run_id).order_by(StepRow.index)
-                    )
-                ).scalars()
-            )
-            calls = list(
-                (
-                    await session.execute(
-                        select(ToolCallRow)
-                        .where(ToolCallRow.run_id == run_id)
-                        .order_by(ToolCallRow.step_index, ToolCallRow.call_index)
-                    )
-                ).scalars()
-            )
+        loaded = await self.store.run_sync(lambda connection: load_run(connection, run_id))
+        run = loaded.run
+        spec = self._agent_spec(run.agent_version_id, loaded.agent_document)
+        tools = {
+            name: self._resolved_tool(run.tenant_id, name, version, document)
+            for name, version, document in loaded.tool_documents
+            if spec.tools.permits(name)
+        }
         messages = initial_messages(spec.instructions, run.task, run.workspace)
-        for step in steps:
+        for step in loaded.steps:
             outputs = [
-                (c["id"], c["name"], _output_of(calls, step.index, i))
+                (c["id"], c["name"], _output_of(loaded.calls, step.index, i))
                 for i, c in enumerate(step.decision.get("tool_calls", []))
             ]
             messages += step_messages(step.kind, step.decision, outputs)
@@ -497,29 +476,25 @@ class RunExecutor:
             cancel_requested=run.cancel_requested,
         )
 
+    def _agent_spec(self, version_id: str, document: dict[str, Any]) -> AgentSpec:
+        # Versions are immutable: a parsed spec can be kept for the process's lifetime.
+        spec = self._specs.get(version_id)
+        if spec is None:
+            spec = self._specs[version_id] = Agent.model_validate(document).spec
+        return spec
 
-def _output_of(calls: list[ToolCallRow], step_index: int, call_index: int) -> str:
+    def _resolved_tool(
+        self, tenant_id: str, name: str, version: str, document: dict[str, Any]
+    ) -> ResolvedTool:
+        key = (tenant_id, name, version)
+        tool = self._tools.get(key)
+        if tool is None:
+            tool = self._tools[key] = ResolvedTool.from_document(document)
+        return tool
+
+
+def _output_of(calls: list[Any], step_index: int, call_index: int) -> str:
     for call in calls:
         if call.step_index == step_index and call.call_index == call_index:
             return call.output or call.error or ""
     return "(no result was recorded for this call)"
-
-
-async def _offered_tools(session: Any, tenant_id: str, spec: AgentSpec) -> dict[str, ResolvedTool]:
-    """Registered tools (latest versions) that the agent's allow/deny lists permit."""
-    rows = await session.execute(
-        select(ToolVersionRow.document)
-        .join(
-            ToolRow,
-            (ToolRow.id == ToolVersionRow.tool_id)
-            & (ToolVersionRow.version == ToolRow.latest_version),
-        )
-        .where(ToolRow.tenant_id == tenant_id)
-        .order_by(ToolRow.name)
-    )
-    offered = {}
-    for (document,) in rows:
-        name = document["metadata"]["name"]
-        if spec.tools.permits(name):
-            offered[name] = ResolvedTool.from_document(document)
-    return offered

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
-
-from corral.audit import append_event
 from corral.runtime._loop import LeaseLost, RunExecutor
-from corral.runtime._tables import RunRow
-from corral.store import Store, skip_locked, utcnow
+from corral.runtime._persist import claim, fail_run, renew_leases
+from corral.store import Store, utcnow
 
 __all__ = ["Worker", "default_worker_id"]
 
@@ -66,47 +64,13 @@ class Worker:
 
     async def claim(self) -> str | None:
         """Lease one runnable run to this worker; returns its id, or ``None``."""
-        now = utcnow()
-        candidate = skip_locked(
-            select(RunRow.id)
-            .where(
-                or_(
-                    RunRow.status == "QUEUED",
-                    and_(RunRow.status == "RUNNING", RunRow.lease_expires_at < now),
-                )
+        now, dialect = utcnow(), self.store.dialect
+        claimed = await self.store.run_sync(
+            lambda connection: claim(
+                connection, worker_id=self.worker_id, now=now, lease=self.lease, dialect=dialect
             )
-            .order_by(RunRow.created_at)
-            .limit(1),
-            self.store.dialect,
-        ).scalar_subquery()
-        async with self.store.transaction() as session:
-            row = (
-                await session.execute(
-                    update(RunRow)
-                    .where(RunRow.id == candidate)
-                    .values(
-                        status="RUNNING",
-                        lease_owner=self.worker_id,
-                        lease_expires_at=now + self.lease,
-                        started_at=func.coalesce(RunRow.started_at, now),
-                        updated_at=now,
-                    )
-                    .returning(RunRow.id, RunRow.tenant_id, RunRow.trace_id, RunRow.step_count)
-                )
-            ).one_or_none()
-            if row is not None:
-                await append_event(
-                    session,
-                    tenant_id=row.tenant_id,
-                    actor=f"worker:{self.worker_id}",
-                    action="run.leased",
-                    subject=f"run:{row.id}",
-                    outcome="success",
-                    run_id=row.id,
-                    trace_id=row.trace_id,
-                    details={"from_step": row.step_count},
-                )
-        return None if row is None else str(row.id)
+        )
+        return None if claimed is None else claimed.run_id
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and execute runs until ``stop`` is set; then wait for active runs to checkpoint."""
@@ -156,36 +120,12 @@ class Worker:
 
     async def _fail(self, run_id: str, exc: Exception) -> None:
         """A bug must not strand a run: end it FAILED with the error (invariant 12)."""
-        now = utcnow()
-        async with self.store.transaction() as session:
-            row = (
-                await session.execute(
-                    update(RunRow)
-                    .where(RunRow.id == run_id, RunRow.lease_owner == self.worker_id)
-                    .values(
-                        status="FAILED",
-                        terminal_reason="internal_error",
-                        error=f"{type(exc).__name__}: {exc}",
-                        finished_at=now,
-                        updated_at=now,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
-                    .returning(RunRow.tenant_id, RunRow.trace_id)
-                )
-            ).one_or_none()
-            if row is not None:
-                await append_event(
-                    session,
-                    tenant_id=row.tenant_id,
-                    actor=f"worker:{self.worker_id}",
-                    action="run.finished",
-                    subject=f"run:{run_id}",
-                    outcome="failed",
-                    run_id=run_id,
-                    trace_id=row.trace_id,
-                    details={"terminal_reason": "internal_error"},
-                )
+        error, now = f"{type(exc).__name__}: {exc}", utcnow()
+        await self.store.run_sync(
+            lambda connection: fail_run(
+                connection, run_id=run_id, worker_id=self.worker_id, error=error, now=now
+            )
+        )
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         interval = self.lease.total_seconds() / 3
@@ -194,13 +134,11 @@ class Worker:
                 async with asyncio.timeout(interval):
                     await stop.wait()
             if self._active:
-                now = utcnow()
-                async with self.store.transaction() as session:
-                    await session.execute(
-                        update(RunRow)
-                        .where(RunRow.lease_owner == self.worker_id, RunRow.status == "RUNNING")
-                        .values(lease_expires_at=now + self.lease)
+                await self.store.run_sync(
+                    functools.partial(
+                        renew_leases, worker_id=self.worker_id, expires_at=utcnow() + self.lease
                     )
+                )
 
 
 async def _first(*awaitables: object) -> None:

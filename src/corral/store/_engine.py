@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+import sqlalchemy
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -17,6 +20,27 @@ from sqlalchemy.ext.asyncio import (
 )
 
 __all__ = ["Store", "create_engine", "skip_locked"]
+
+T = TypeVar("T")
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    """WAL, ``synchronous=NORMAL``, foreign keys, busy timeout, ``BEGIN IMMEDIATE``."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so "begin" below decides how to begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_engine(
@@ -46,28 +70,22 @@ def create_engine(
         )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, echo=echo, connect_args=connect_args or {})
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control from the driver so "begin" below decides how to begin.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(sqlite_busy_timeout_ms)}")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
+    # Every Store transaction ends in COMMIT or ROLLBACK, so the pool's reset-on-return
+    # rollback would be a wasted round trip to the driver's thread.
+    engine = create_async_engine(
+        url, echo=echo, connect_args=connect_args or {}, pool_reset_on_return=None
+    )
+    _configure_sqlite(engine.sync_engine, sqlite_busy_timeout_ms)
     return engine
 
 
 class Store:
-    """The database: one engine and a session factory.
+    """The database: an async engine and sessions, plus a synchronous path for hot writes.
+
+    :meth:`run_sync` runs a synchronous function over a ``Connection`` inside one transaction.
+    The runtime's checkpoints use it: on SQLite it runs on one dedicated writer thread with the
+    stdlib driver (one thread hop per transaction instead of several per statement through
+    ``aiosqlite``); on PostgreSQL it runs through the async engine's ``run_sync``.
 
     Args:
         url: SQLAlchemy async URL.
@@ -92,6 +110,15 @@ class Store:
             connect_args=connect_args,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._sync_engine: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            self._sync_engine = sqlalchemy.create_engine(
+                parsed.set(drivername="sqlite+pysqlite"), echo=echo, pool_reset_on_return=None
+            )
+            _configure_sqlite(self._sync_engine, sqlite_busy_timeout_ms)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="corral-sqlite-writer")
 
     @property
     def dialect(self) -> str:
@@ -104,9 +131,29 @@ class Store:
         async with self.sessions() as session, session.begin():
             yield session
 
+    async def run_sync(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(connection)`` inside one transaction (committed if it returns).
+
+        ``fn`` must not touch the event loop: on SQLite it runs on the writer thread.
+        """
+        if self._sync_engine is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._writer, self._run_in_writer, fn)
+        async with self.engine.begin() as connection:
+            return await connection.run_sync(fn)
+
+    def _run_in_writer(self, fn: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as connection:
+            return fn(connection)
+
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection and the writer thread."""
         await self.engine.dispose()
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
 
 
 def skip_locked(query: Any, dialect: str) -> Any:
