@@ -19,7 +19,7 @@ from corral.gateway.models import (
     local_provider,
 )
 from corral.gateway.models._gateway import ModelGateway
-from corral.gateway.tools._fs import BUILTIN_TOOLS
+from corral.gateway.tools._fs import BuiltinTool
 from corral.gateway.tools._gateway import ToolGateway
 from corral.observability import Tracing
 from corral.registry import apply_documents
@@ -58,6 +58,8 @@ class Platform:
         start_local_model: Start the embedded model (``local`` provider) in :meth:`start`.
         migrate: Apply pending migrations in :meth:`start` (the embedded mode); otherwise refuse
             an unmigrated database.
+        builtins: Extra builtin tools (implementation and ``Tool`` document), registered in
+            :meth:`start` next to Corral's own.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Platform:
         providers: Mapping[str, ModelProvider] | None = None,
         start_local_model: bool = False,
         migrate: bool = True,
+        builtins: Mapping[str, BuiltinTool] | None = None,
     ) -> None:
         self.settings = settings
         self.store = Store(
@@ -85,7 +88,7 @@ class Platform:
         self._migrate = migrate
         self.local_server: LocalModelServer | None = None
         self.models = ModelGateway({}, self.tracing.tracer)
-        self.tools = ToolGateway(settings.tools, self.tracing.tracer)
+        self.tools = ToolGateway(settings.tools, self.tracing.tracer, builtins=builtins)
         self.executor = RunExecutor(
             self.store,
             self.models,
@@ -119,7 +122,7 @@ class Platform:
         async with self.store.transaction() as session:
             await apply_documents(
                 session,
-                [tool.contract for tool in BUILTIN_TOOLS.values()],
+                [tool.contract for tool in self.tools.builtins.values()],
                 tenant_id=tenant_id,
                 actor="system",
             )

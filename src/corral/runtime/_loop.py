@@ -2,19 +2,22 @@
 
 Phases of one step (DESIGN.md, "The main job")::
 
-    CHECK (cancel, budgets) -> CALL_MODEL -> PARSE -> CALL_TOOLS -> CHECKPOINT -> CHECK ...
-    any phase -> FINISH (final answer, budget, cancel, model error): the last checkpoint
+    CHECK (cancel, kill switch, budgets) -> CALL_MODEL -> CALL_TOOLS -> CHECKPOINT -> CHECK ...
+    any phase -> FINISH (final answer, budget, cancel, kill, model error): the last checkpoint
+    CALL_TOOLS -> PAUSE (IN_DOUBT, AWAITING_APPROVAL): the run gives up its lease and waits
 
 Everything one step produced (step row, tool-call rows, run counters and lease, audit events,
-spans) commits in one transaction. A worker that dies loses at most the step in progress; the
-next worker rebuilds the context from the checkpoints and continues from the next step.
+run events, spans) commits in one transaction. A worker that dies loses at most the step in
+progress; the next worker rebuilds the context from the checkpoints and continues from the next
+step, or, if a side-effecting call had started, from that step's recorded decision.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from dataclasses import dataclass, field
+import functools
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,6 @@ from corral.contracts import Agent, AgentSpec
 from corral.errors import ModelAPIError
 from corral.gateway.models import Message, ModelRequest, ToolDefinition
 from corral.gateway.models._gateway import ModelGateway
-from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._gateway import ResolvedTool, ToolGateway
 from corral.observability import Tracing
 from corral.runtime._context import (
@@ -36,7 +38,14 @@ from corral.runtime._context import (
     initial_messages,
     step_messages,
 )
-from corral.runtime._persist import Checkpoint, load_run, write_checkpoint
+from corral.runtime._persist import (
+    Checkpoint,
+    insert_spans,
+    load_run,
+    write_checkpoint,
+)
+from corral.runtime._state import Pause, RunState, StepRecord, Terminal, signal_terminal
+from corral.runtime._tool_phase import LeaseLost, ToolPhase
 from corral.store import Store, new_id, utcnow
 
 __all__ = ["LAST_ITERATION_NOTICE", "LeaseLost", "Phase", "RunExecutor"]
@@ -56,58 +65,7 @@ class Phase(enum.Enum):
     CHECKPOINT = "checkpoint"
 
 
-class LeaseLost(Exception):
-    """Another worker owns the run now; this worker must stop touching it."""
-
-
-@dataclass
-class _Terminal:
-    status: str
-    reason: str
-    output: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class _StepRecord:
-    kind: str
-    model: str
-    decision: dict[str, Any]
-    started_at: datetime
-    error: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    calls: list[tuple[ToolCallContext, str, str, dict[str, Any], ToolResult]] = field(
-        default_factory=list
-    )
-    tools_withdrawn: bool = False
-    """The model was offered no tools (last iteration): any call it makes is refused."""
-
-
-@dataclass
-class _RunState:
-    """Everything the loop needs in memory; all of it can be rebuilt from the store."""
-
-    run_id: str
-    tenant_id: str
-    trace_id: str
-    agent_name: str
-    spec: AgentSpec
-    models: list[str]
-    workspace: Path | None
-    tools: dict[str, ResolvedTool]
-    definitions: list[ToolDefinition]
-    messages: list[Message]
-    started_at: datetime
-    step_count: int
-    iterations: int
-    tool_call_count: int
-    input_tokens: int
-    output_tokens: int
-    cancel_requested: bool
-
-
-class RunExecutor:
+class RunExecutor(ToolPhase):
     """Executes leased runs with the standard loop.
 
     Args:
@@ -134,14 +92,33 @@ class RunExecutor:
         self.lease = timedelta(seconds=lease_seconds)
         self._specs: dict[str, AgentSpec] = {}
         self._tools: dict[tuple[str, str, str], ResolvedTool] = {}
+        self._running: dict[str, RunState] = {}
+
+    def abort(self, run_id: str) -> None:
+        """Interrupt the run's in-flight model call or tool sequence.
+
+        The worker calls it when it sees a recorded cancel or kill switch; the loop then reads
+        the signals and ends the run.
+        """
+        state = self._running.get(run_id)
+        if state is not None:
+            state.abort.set()
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the runs this executor is driving now."""
+        return list(self._running)
 
     async def execute(self, run_id: str, worker_id: str) -> str:
-        """Drive a run this worker has leased until it is terminal; returns the final status.
+        """Drive a run this worker has leased until it is terminal or paused.
+
+        Returns:
+            The status it ended in (terminal, ``IN_DOUBT`` or ``AWAITING_APPROVAL``).
 
         Raises:
             LeaseLost: the lease passed to another worker (this worker's work is discarded).
         """
-        state = await self._load(run_id)
+        state = await self._load(run_id, worker_id)
         actor = f"worker:{worker_id}"
         tracer = self.tracing.tracer
         with self.tracing.trace(state.trace_id):
@@ -149,6 +126,7 @@ class RunExecutor:
         root.set_attribute("gen_ai.operation.name", "invoke_agent")
         root.set_attribute("gen_ai.agent.name", state.agent_name)
         root.set_attribute("corral.run.id", run_id)
+        self._running[run_id] = state
         try:
             with trace.use_span(root, end_on_exit=False):
                 return await self._loop(state, worker_id, actor, root)
@@ -156,46 +134,66 @@ class RunExecutor:
             root.end()
             self.tracing.exporter.discard(state.trace_id)
             raise
+        finally:
+            self._running.pop(run_id, None)
 
-    async def _loop(self, state: _RunState, worker_id: str, actor: str, root: Span) -> str:
-        phase, record, terminal = Phase.CHECK, None, None
+    async def _loop(self, state: RunState, worker_id: str, actor: str, root: Span) -> str:
+        record: StepRecord | None = state.pending
+        terminal: Terminal | None = None
+        phase = Phase.CALL_TOOLS if record is not None else Phase.CHECK
         while True:
             if phase is Phase.CHECK:
                 terminal = self._check(state)
                 phase = Phase.CHECKPOINT if terminal else Phase.CALL_MODEL
             elif phase is Phase.CALL_MODEL:
-                record, terminal = await self._call_model(state)
-                wants_tools = record.kind == "tool_calls" and terminal is None
-                phase = Phase.CALL_TOOLS if wants_tools else Phase.CHECKPOINT
+                record, terminal = await self._call_model(state, worker_id)
+                wants_tools = record is not None and record.kind == "tool_calls"
+                phase = Phase.CALL_TOOLS if wants_tools and terminal is None else Phase.CHECKPOINT
             elif phase is Phase.CALL_TOOLS:
                 assert record is not None
-                terminal = await self._call_tools(state, record)
-                phase = Phase.CHECKPOINT
+                outcome = await self._call_tools(state, record, worker_id, actor)
+                if isinstance(outcome, Pause):
+                    root.set_attribute("corral.run.status", outcome.status)
+                    root.end()
+                    await self._flush_spans(state)
+                    return outcome.status
+                terminal, phase = outcome, Phase.CHECKPOINT
             elif phase is Phase.CHECKPOINT:
                 await self._checkpoint(state, record, terminal, worker_id, actor, root)
                 if terminal is not None:
                     return terminal.status
                 phase, record = Phase.CHECK, None
 
-    def _check(self, state: _RunState) -> _Terminal | None:
+    def _check(self, state: RunState) -> Terminal | None:
+        stop = signal_terminal(state.signals)
+        if stop is not None:
+            return stop
         limits = state.spec.limits
-        if state.cancel_requested:
-            return _Terminal("CANCELLED", "cancelled")
         if utcnow() - state.started_at >= timedelta(seconds=limits.max_wall_clock_seconds):
-            return _Terminal(
+            return Terminal(
                 "TIMED_OUT",
                 "max_wall_clock_seconds",
                 error=f"the run exceeded {limits.max_wall_clock_seconds} s",
             )
         if state.iterations >= limits.max_iterations:
-            return _Terminal(
+            return Terminal(
                 "BUDGET_EXCEEDED",
                 "max_iterations",
                 error=f"the run used all {limits.max_iterations} iterations",
             )
         return None
 
-    async def _call_model(self, state: _RunState) -> tuple[_StepRecord, _Terminal | None]:
+    async def _flush_spans(self, state: RunState) -> None:
+        """Store the spans of a run segment that ended without a checkpoint (a pause)."""
+        spans = self.tracing.exporter.drain(
+            state.trace_id, tenant_id=state.tenant_id, run_id=state.run_id
+        )
+        if spans:
+            await self.store.run_sync(functools.partial(insert_spans, spans=spans))
+
+    async def _call_model(
+        self, state: RunState, worker_id: str
+    ) -> tuple[StepRecord | None, Terminal | None]:
         spec = state.spec
         messages = fit_context(state.messages, spec.limits.max_input_tokens)
         tools = state.definitions
@@ -204,7 +202,6 @@ class RunExecutor:
             # rather than the run ending BUDGET_EXCEEDED mid-investigation.
             messages = [*messages, Message("user", LAST_ITERATION_NOTICE)]
             tools = []
-        withdrawn = not tools
         request = ModelRequest(
             model="",
             messages=list(messages),  # a copy: state.messages grows after the call
@@ -217,100 +214,69 @@ class RunExecutor:
             spec.limits.max_wall_clock_seconds - (started - state.started_at).total_seconds()
         )
         state.iterations += 1
+        call = asyncio.ensure_future(
+            self.models.complete(state.models, request, run_id=state.run_id)
+        )
+        aborted = asyncio.ensure_future(state.abort.wait())
         try:
-            async with asyncio.timeout(max(remaining, 0.001)):
-                model, response = await self.models.complete(
-                    state.models, request, run_id=state.run_id
-                )
-        except TimeoutError:
-            record = _StepRecord(
-                "model_error",
-                state.models[0],
-                {"error": "timed out"},
-                started,
-                error="the model call did not finish within the wall-clock budget",
+            done, _ = await asyncio.wait(
+                {call, aborted}, timeout=max(remaining, 0.001), return_when=asyncio.FIRST_COMPLETED
             )
-            return record, _Terminal("TIMED_OUT", "max_wall_clock_seconds", error=record.error)
+        finally:
+            aborted.cancel()
+        if call not in done:  # abandoned: a cancel or kill switch arrived, or time ran out
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ModelAPIError):
+                await call
+            if state.abort.is_set():
+                stop = await self._signals_terminal(state, worker_id)
+                state.abort.clear()
+                return None, stop  # no signal after all: the next step asks again
+            error = "the model call did not finish within the wall-clock budget"
+            record = StepRecord("model_error", state.models[0], {"error": error}, started, error)
+            return record, Terminal("TIMED_OUT", "max_wall_clock_seconds", error=error)
+        try:
+            model, response = call.result()
         except ModelAPIError as exc:
-            record = _StepRecord(
+            record = StepRecord(
                 "model_error", state.models[0], {"error": exc.message}, started, error=exc.message
             )
-            return record, _Terminal("FAILED", "model_error", error=exc.message)
+            return record, Terminal("FAILED", "model_error", error=exc.message)
+        return self._decision_record(state, model, response, started, withdrawn=not tools)
+
+    def _decision_record(
+        self, state: RunState, model: str, response: Any, started: datetime, *, withdrawn: bool
+    ) -> tuple[StepRecord, Terminal | None]:
         usage = response.usage
         state.input_tokens += usage.input_tokens
         state.output_tokens += usage.output_tokens
         decision = response.decision
+        tokens = (usage.input_tokens, usage.output_tokens)
         if decision is None:
             error = response.error or "unparseable reply"
-            record = _StepRecord(
+            record = StepRecord(
                 "invalid_decision",
                 model,
                 {"raw": response.raw, "error": error},
                 started,
                 error,
-                usage.input_tokens,
-                usage.output_tokens,
+                *tokens,
             )
             state.messages += step_messages("invalid_decision", record.decision, [])
             return record, None
         document = decision_document(decision)
         if not isinstance(decision, list):
-            record = _StepRecord(
-                "final_answer",
-                model,
-                document,
-                started,
-                None,
-                usage.input_tokens,
-                usage.output_tokens,
-            )
-            return record, _Terminal("SUCCEEDED", "final_answer", output=decision.text)
-        record = _StepRecord(
-            "tool_calls", model, document, started, None, usage.input_tokens, usage.output_tokens
-        )
+            record = StepRecord("final_answer", model, document, started, None, *tokens)
+            return record, Terminal("SUCCEEDED", "final_answer", output=decision.text)
+        record = StepRecord("tool_calls", model, document, started, None, *tokens)
         record.tools_withdrawn = withdrawn
         return record, None
 
-    async def _call_tools(self, state: _RunState, record: _StepRecord) -> _Terminal | None:
-        limits = state.spec.limits
-        outputs: list[tuple[str, str, str]] = []
-        terminal = None
-        for index, call in enumerate(record.decision["tool_calls"]):
-            if state.tool_call_count >= limits.max_tool_calls:
-                terminal = _Terminal(
-                    "BUDGET_EXCEEDED",
-                    "max_tool_calls",
-                    error=f"the run used all {limits.max_tool_calls} tool calls",
-                )
-                record.decision["tool_calls"] = record.decision["tool_calls"][:index]
-                break
-            ctx = ToolCallContext(
-                state.tenant_id,
-                state.run_id,
-                state.step_count,
-                index,
-                state.workspace,
-                frozenset(state.tools),
-            )
-            result = await self.tools.call(
-                ctx,
-                {} if record.tools_withdrawn else state.tools,
-                call["name"],
-                call["arguments"],
-                agent_tools=state.spec.tools,
-                call_id=call["id"],
-            )
-            state.tool_call_count += 1
-            record.calls.append((ctx, call["id"], call["name"], call["arguments"], result))
-            outputs.append((call["id"], call["name"], result.output))
-        state.messages += step_messages("tool_calls", record.decision, outputs)
-        return terminal
-
     async def _checkpoint(
         self,
-        state: _RunState,
-        record: _StepRecord | None,
-        terminal: _Terminal | None,
+        state: RunState,
+        record: StepRecord | None,
+        terminal: Terminal | None,
         worker_id: str,
         actor: str,
         root: Span,
@@ -328,6 +294,7 @@ class RunExecutor:
             run_id=state.run_id,
             worker_id=worker_id,
             tenant_id=state.tenant_id,
+            agent_name=state.agent_name,
             run_values={
                 "iterations": state.iterations,
                 "tool_call_count": state.tool_call_count,
@@ -342,6 +309,7 @@ class RunExecutor:
         )
         if record is not None:
             checkpoint.run_values["step_count"] = state.step_count + 1
+            checkpoint.run_values["pending_decision"] = None
             self._add_step(checkpoint, state, record, actor, now)
         if terminal is not None:
             checkpoint.run_values.update(
@@ -368,20 +336,31 @@ class RunExecutor:
                     },
                 )
             )
-        cancel_requested = await self.store.run_sync(
-            lambda connection: write_checkpoint(connection, checkpoint)
+            checkpoint.events.append(
+                _event(
+                    state,
+                    "run.finished",
+                    now,
+                    status=terminal.status,
+                    terminal_reason=terminal.reason,
+                    output=terminal.output,
+                    error=terminal.error,
+                )
+            )
+        signals = await self.store.run_sync(
+            functools.partial(write_checkpoint, checkpoint=checkpoint)
         )
-        if cancel_requested is None:
+        if signals is None:
             raise LeaseLost(state.run_id)
-        state.cancel_requested = cancel_requested
+        state.signals = signals
         if record is not None:
             state.step_count += 1
 
     def _add_step(
         self,
         checkpoint: Checkpoint,
-        state: _RunState,
-        record: _StepRecord,
+        state: RunState,
+        record: StepRecord,
         actor: str,
         now: datetime,
     ) -> None:
@@ -399,7 +378,41 @@ class RunExecutor:
             "started_at": record.started_at,
             "finished_at": now,
         }
-        for ctx, _call_id, name, arguments, result in record.calls:
+        checkpoint.events.append(
+            _event(
+                state,
+                "step",
+                now,
+                index=state.step_count,
+                kind=record.kind,
+                decision=record.decision,
+                error=record.error,
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+            )
+        )
+        for done in record.calls:
+            ctx, name, arguments, result = done.ctx, done.name, done.arguments, done.result
+            checkpoint.events.append(
+                _event(
+                    state,
+                    "tool_call",
+                    now,
+                    step=ctx.step_index,
+                    call_index=ctx.call_index,
+                    idempotency_key=ctx.idempotency_key,
+                    tool=name,
+                    arguments=arguments,
+                    status=result.status,
+                    error=result.error,
+                    error_type=result.error_type,
+                    output_bytes=result.output_bytes,
+                    truncated=result.truncated,
+                )
+            )
+            if done.prerecorded:  # its row was written around its execution
+                checkpoint.audit.append(_tool_audit(state, actor, done))
+                continue
             checkpoint.tool_calls.append(
                 {
                     "id": new_id("call"),
@@ -421,24 +434,10 @@ class RunExecutor:
                     "finished_at": now,
                 }
             )
-            checkpoint.audit.append(
-                AuditRecord(
-                    actor,
-                    "tool.call",
-                    f"tool:{name}",
-                    result.status.lower(),
-                    run_id=state.run_id,
-                    trace_id=state.trace_id,
-                    details={
-                        "idempotency_key": ctx.idempotency_key,
-                        "tool_version": result.tool_version,
-                        "error_type": result.error_type,
-                    },
-                )
-            )
+            checkpoint.audit.append(_tool_audit(state, actor, done))
 
-    async def _load(self, run_id: str) -> _RunState:
-        loaded = await self.store.run_sync(lambda connection: load_run(connection, run_id))
+    async def _load(self, run_id: str, worker_id: str) -> RunState:
+        loaded = await self.store.run_sync(functools.partial(load_run, run_id=run_id))
         run = loaded.run
         spec = self._agent_spec(run.agent_version_id, loaded.agent_document)
         tools = {
@@ -453,7 +452,7 @@ class RunExecutor:
                 for i, c in enumerate(step.decision.get("tool_calls", []))
             ]
             messages += step_messages(step.kind, step.decision, outputs)
-        return _RunState(
+        return RunState(
             run_id=run.id,
             tenant_id=run.tenant_id,
             trace_id=run.trace_id,
@@ -473,7 +472,11 @@ class RunExecutor:
             tool_call_count=run.tool_call_count,
             input_tokens=run.input_tokens,
             output_tokens=run.output_tokens,
-            cancel_requested=run.cancel_requested,
+            signals=loaded.signals,
+            pending=(
+                StepRecord.from_pending(run.pending_decision) if run.pending_decision else None
+            ),
+            step_calls={c.call_index: c for c in loaded.calls if c.step_index == run.step_count},
         )
 
     def _agent_spec(self, version_id: str, document: dict[str, Any]) -> AgentSpec:
@@ -498,3 +501,29 @@ def _output_of(calls: list[Any], step_index: int, call_index: int) -> str:
         if call.step_index == step_index and call.call_index == call_index:
             return call.output or call.error or ""
     return "(no result was recorded for this call)"
+
+
+def _event(state: RunState, event_type: str, now: datetime, **data: Any) -> dict[str, Any]:
+    return {
+        "tenant_id": state.tenant_id,
+        "run_id": state.run_id,
+        "type": event_type,
+        "data": data,
+        "created_at": now,
+    }
+
+
+def _tool_audit(state: RunState, actor: str, done: Any) -> AuditRecord:
+    return AuditRecord(
+        actor,
+        "tool.call",
+        f"tool:{done.name}",
+        done.result.status.lower(),
+        run_id=state.run_id,
+        trace_id=state.trace_id,
+        details={
+            "idempotency_key": done.ctx.idempotency_key,
+            "tool_version": done.result.tool_version,
+            "error_type": done.result.error_type,
+        },
+    )

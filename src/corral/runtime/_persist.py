@@ -15,16 +15,24 @@ from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select
 from corral.audit import AuditRecord, append_events
 from corral.observability._tables import SpanRow
 from corral.registry._tables import AgentVersionRow, ToolRow, ToolVersionRow
-from corral.runtime._tables import RunRow, StepRow, ToolCallRow
+from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.store import skip_locked
 
 __all__ = [
     "Checkpoint",
     "Claimed",
+    "KillSwitch",
     "LoadedRun",
+    "Signals",
+    "active_kill_switch",
     "claim",
     "fail_run",
+    "insert_spans",
     "load_run",
+    "pause_run",
+    "read_signals",
+    "record_finished_call",
+    "record_started_call",
     "renew_leases",
     "write_checkpoint",
 ]
@@ -36,6 +44,8 @@ _SPANS = cast(Table, SpanRow.__table__)
 _VERSIONS = cast(Table, AgentVersionRow.__table__)
 _TOOLS = cast(Table, ToolRow.__table__)
 _TOOL_VERSIONS = cast(Table, ToolVersionRow.__table__)
+_EVENTS = cast(Table, RunEventRow.__table__)
+_KILLS = cast(Table, KillSwitchRow.__table__)
 
 # Statements are built once (building costs ~5x executing on SQLite). An UPDATE without
 # .values() takes its SET columns from the parameters of each execution.
@@ -51,6 +61,27 @@ _CHECKPOINT_RUN = (
 _INSERT_STEP = _STEPS.insert()
 _INSERT_CALLS = _CALLS.insert()
 _INSERT_SPANS = _SPANS.insert()
+_INSERT_EVENTS = _EVENTS.insert()
+_ACTIVE_KILL = (
+    select(_KILLS.c.scope, _KILLS.c.target, _KILLS.c.engaged_by, _KILLS.c.reason)
+    .where(
+        _KILLS.c.released_at.is_(None),
+        or_(
+            _KILLS.c.scope == "platform",
+            and_(_KILLS.c.scope == "tenant", _KILLS.c.target == bindparam("b_tenant")),
+            and_(
+                _KILLS.c.scope == "agent",
+                _KILLS.c.tenant_id == bindparam("b_tenant"),
+                _KILLS.c.target == bindparam("b_agent"),
+            ),
+        ),
+    )
+    .order_by(_KILLS.c.engaged_at)
+    .limit(1)
+)
+_RUN_SIGNALS = select(_RUNS.c.cancel_requested, _RUNS.c.lease_owner, _RUNS.c.status).where(
+    _RUNS.c.id == bindparam("b_run_id")
+)
 
 
 @dataclass
@@ -65,6 +96,7 @@ class Checkpoint:
         tool_calls: Tool-call rows.
         audit: Audit events, appended in order.
         spans: Span rows.
+        events: Run events (``run_events`` rows without ids).
     """
 
     run_id: str
@@ -75,10 +107,56 @@ class Checkpoint:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
     spans: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    agent_name: str = ""
 
 
-def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> bool | None:
-    """Write a checkpoint; returns the run's ``cancel_requested``, or ``None`` if the lease is lost.
+@dataclass(frozen=True)
+class KillSwitch:
+    """An engaged kill switch that applies to a run."""
+
+    scope: str
+    target: str
+    engaged_by: str
+    reason: str
+
+    def describe(self) -> str:
+        """``kill switch 'agent:repo-analyst' engaged by user:x: reason``."""
+        return (
+            f"kill switch '{self.scope}:{self.target}' engaged by {self.engaged_by}: {self.reason}"
+        )
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What a running run must obey at its next check: a cancel request or a kill switch."""
+
+    cancel_requested: bool
+    kill: KillSwitch | None = None
+
+
+def active_kill_switch(
+    connection: Connection, tenant_id: str, agent_name: str
+) -> KillSwitch | None:
+    """The oldest engaged kill switch covering this agent in this tenant, if any."""
+    row = connection.execute(_ACTIVE_KILL, {"b_tenant": tenant_id, "b_agent": agent_name}).first()
+    return None if row is None else KillSwitch(row.scope, row.target, row.engaged_by, row.reason)
+
+
+def read_signals(
+    connection: Connection, *, run_id: str, worker_id: str, tenant_id: str, agent_name: str
+) -> Signals | None:
+    """The run's cancel flag and applicable kill switch; ``None`` if this worker lost the lease."""
+    row = connection.execute(_RUN_SIGNALS, {"b_run_id": run_id}).one()
+    if row.lease_owner != worker_id or row.status != "RUNNING":
+        return None
+    return Signals(
+        bool(row.cancel_requested), active_kill_switch(connection, tenant_id, agent_name)
+    )
+
+
+def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals | None:
+    """Write a checkpoint; returns the run's signals, or ``None`` if the lease is lost.
 
     The run update comes first and is fenced on ``lease_owner`` and ``RUNNING``: a worker whose
     lease passed to another writes nothing.
@@ -99,7 +177,110 @@ def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> bool | N
         append_events(connection, checkpoint.tenant_id, checkpoint.audit)
     if checkpoint.spans:
         connection.execute(_INSERT_SPANS, checkpoint.spans)
-    return bool(row.cancel_requested)
+    if checkpoint.events:
+        connection.execute(_INSERT_EVENTS, checkpoint.events)
+    if checkpoint.run_values.get("status", "RUNNING") != "RUNNING":
+        return Signals(bool(row.cancel_requested))
+    kill = active_kill_switch(connection, checkpoint.tenant_id, checkpoint.agent_name)
+    return Signals(bool(row.cancel_requested), kill)
+
+
+def record_started_call(
+    connection: Connection,
+    *,
+    run_id: str,
+    worker_id: str,
+    tenant_id: str,
+    agent_name: str,
+    pending_decision: dict[str, Any],
+    call: dict[str, Any],
+) -> Signals | None:
+    """Record a side-effecting tool call ``STARTED`` before it executes.
+
+    Writes its row (with its idempotency key) and the step's pending decision, fenced on the
+    lease, in one transaction.
+
+    Returns:
+        The run's signals (the call must not start if cancelled or killed), or ``None`` if the
+        lease is lost (nothing written).
+    """
+    signals = read_signals(
+        connection, run_id=run_id, worker_id=worker_id, tenant_id=tenant_id, agent_name=agent_name
+    )
+    if signals is None or signals.cancel_requested or signals.kill is not None:
+        return signals
+    connection.execute(
+        _RUNS.update().where(_RUNS.c.id == run_id).values(pending_decision=pending_decision)
+    )
+    existing = connection.execute(
+        select(_CALLS.c.id).where(_CALLS.c.idempotency_key == call["idempotency_key"])
+    ).first()
+    if existing is None:
+        connection.execute(_INSERT_CALLS, [call])
+    else:  # a retry of a call left STARTED (or resolved "retry") by a crashed worker
+        connection.execute(
+            _CALLS.update()
+            .where(_CALLS.c.idempotency_key == call["idempotency_key"])
+            .values(status="STARTED", started_at=call["started_at"], error=None)
+        )
+    return signals
+
+
+def record_finished_call(
+    connection: Connection, idempotency_key: str, values: dict[str, Any]
+) -> None:
+    """After a side-effecting tool call: its outcome, so a crash now cannot make it in doubt."""
+    connection.execute(
+        _CALLS.update().where(_CALLS.c.idempotency_key == idempotency_key).values(**values)
+    )
+
+
+def pause_run(
+    connection: Connection,
+    *,
+    run_id: str,
+    worker_id: str,
+    tenant_id: str,
+    status: str,
+    reason: str,
+    resume_condition: dict[str, Any],
+    audit: AuditRecord,
+    now: datetime,
+) -> bool:
+    """Park a run this worker holds (``AWAITING_APPROVAL`` or ``IN_DOUBT``).
+
+    The lease is given up, so the run holds no worker, task or connection while it waits.
+    Returns ``False`` if the lease was lost.
+    """
+    row = connection.execute(
+        _RUNS.update()
+        .where(_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id, _RUNS.c.status == "RUNNING")
+        .values(
+            status=status,
+            pause_reason=reason,
+            resume_condition=resume_condition,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .returning(_RUNS.c.id)
+    ).first()
+    if row is None:
+        return False
+    append_events(connection, tenant_id, [audit])
+    connection.execute(
+        _INSERT_EVENTS,
+        [
+            {
+                "tenant_id": tenant_id,
+                "run_id": run_id,
+                "type": "run.paused",
+                "data": {"status": status, "reason": reason, "resume": resume_condition},
+                "created_at": now,
+            }
+        ],
+    )
+    return True
 
 
 @dataclass(frozen=True)
@@ -112,6 +293,7 @@ class LoadedRun:
     """``(name, version, document)`` of every registered tool of the tenant (latest version)."""
     steps: list[Any]
     calls: list[Any]
+    signals: Signals
 
 
 def load_run(connection: Connection, run_id: str) -> LoadedRun:
@@ -140,7 +322,15 @@ def load_run(connection: Connection, run_id: str) -> LoadedRun:
         .where(_CALLS.c.run_id == run_id)
         .order_by(_CALLS.c.step_index, _CALLS.c.call_index)
     ).all()
-    return LoadedRun(run, document, [tuple(t) for t in tools], list(steps), list(calls))
+    signals = Signals(
+        bool(run.cancel_requested), active_kill_switch(connection, run.tenant_id, run.agent_name)
+    )
+    return LoadedRun(run, document, [tuple(t) for t in tools], list(steps), list(calls), signals)
+
+
+def insert_spans(connection: Connection, spans: list[dict[str, Any]]) -> None:
+    """Store span rows outside a checkpoint (the segment of a run that ended in a pause)."""
+    connection.execute(_INSERT_SPANS, spans)
 
 
 @dataclass(frozen=True)

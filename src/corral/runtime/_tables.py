@@ -5,12 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.store._base import Base, TenantMixin, utcnow
 
-__all__ = ["RunRow", "StepRow", "ToolCallRow"]
+__all__ = ["KillSwitchRow", "RunEventRow", "RunRow", "StepRow", "ToolCallRow"]
 
 
 class RunRow(TenantMixin, Base):
@@ -41,6 +50,13 @@ class RunRow(TenantMixin, Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     trace_id: Mapped[str] = mapped_column(String(32))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    """Why a paused run (``AWAITING_APPROVAL``, ``IN_DOUBT``) waits, for a person."""
+    resume_condition: Mapped[dict[str, Any] | None]
+    """What resumes it (``{"kind": "in_doubt", "idempotency_key": ...}``...)."""
+    pending_decision: Mapped[dict[str, Any] | None]
+    """The decision of the step in progress once a side-effecting tool call started: a
+    recovering worker continues it instead of asking the model again."""
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -94,3 +110,45 @@ class ToolCallRow(TenantMixin, Base):
     error_type: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class RunEventRow(TenantMixin, Base):
+    """An event of a run, appended in the transaction that made it true; streamed over SSE.
+
+    ``id`` increases across the whole store, so it serves as the SSE event id
+    (``Last-Event-ID``) even when a run moves between workers.
+    """
+
+    __tablename__ = "run_events"
+    __table_args__ = (Index("ix_run_events_run", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    run_id: Mapped[str] = mapped_column(String(40))
+    type: Mapped[str] = mapped_column(String(32))
+    """``run.created``, ``step``, ``tool_call``, ``run.paused``, ``run.resumed``,
+    ``run.cancel_requested``, ``run.finished``."""
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KillSwitchRow(TenantMixin, Base):
+    """An engaged (or released) kill switch for an agent, a tenant or the whole platform.
+
+    ``tenant_id`` is the tenant of an agent or tenant switch, ``*`` for the platform.
+    """
+
+    __tablename__ = "kill_switches"
+    __table_args__ = (Index("ix_kill_switches_active", "released_at", "scope"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    """``agent``, ``tenant`` or ``platform``."""
+    target: Mapped[str] = mapped_column(String(200))
+    """Agent name, tenant id, or ``*``."""
+    reason: Mapped[str] = mapped_column(Text)
+    engaged_by: Mapped[str] = mapped_column(String(200))
+    engaged_at: Mapped[datetime] = mapped_column(default=utcnow)
+    released_by: Mapped[str | None] = mapped_column(String(200))
+    released_at: Mapped[datetime | None]

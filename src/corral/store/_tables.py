@@ -3,7 +3,7 @@
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.observability._tables import SpanRow
 from corral.registry._tables import AgentRow, AgentVersionRow, ToolRow, ToolVersionRow
-from corral.runtime._tables import RunRow, StepRow, ToolCallRow
+from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.tenancy._tables import TenantRow
 
 __all__ = [
@@ -11,6 +11,8 @@ __all__ = [
     "AgentVersionRow",
     "AuditEventRow",
     "AuditHeadRow",
+    "KillSwitchRow",
+    "RunEventRow",
     "RunRow",
     "SpanRow",
     "StepRow",

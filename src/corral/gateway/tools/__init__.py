@@ -1,1 +1,24 @@
-"""Corral package."""
+"""The tool gateway: builtin workspace tools and the one path every tool call takes."""
+
+from corral.gateway.tools._base import ToolCallContext, ToolResult
+from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
+from corral.gateway.tools._gateway import (
+    ResolvedTool,
+    ToolGateway,
+    current_tool_call,
+    truncate_utf8,
+    wrap_untrusted,
+)
+
+__all__ = [
+    "BUILTIN_TOOLS",
+    "BuiltinTool",
+    "ResolvedTool",
+    "ToolCallContext",
+    "ToolGateway",
+    "ToolResult",
+    "current_tool_call",
+    "resolve_in_workspace",
+    "truncate_utf8",
+    "wrap_untrusted",
+]

@@ -10,7 +10,7 @@ against the tool's JSON Schema -> execute with a timeout -> cap the output size 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextvars
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +21,24 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from corral.contracts import AgentTools, Tool
 from corral.errors import ToolFailed
 from corral.gateway.tools._base import ToolCallContext, ToolResult
-from corral.gateway.tools._fs import BUILTIN_TOOLS
+from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool
 from corral.settings import ToolSettings
 
-__all__ = ["ResolvedTool", "ToolGateway", "truncate_utf8", "wrap_untrusted"]
+__all__ = ["ResolvedTool", "ToolGateway", "current_tool_call", "truncate_utf8", "wrap_untrusted"]
+
+_CURRENT_CALL: contextvars.ContextVar[ToolCallContext] = contextvars.ContextVar("corral_tool_call")
+
+
+def current_tool_call() -> ToolCallContext:
+    """The call a tool implementation is executing (run, step, idempotency key, workspace).
+
+    A side-effecting tool that honours idempotency keys (``spec.idempotent: true``) reads
+    ``current_tool_call().idempotency_key`` and makes a repeated key a no-op.
+
+    Raises:
+        LookupError: called outside a tool execution.
+    """
+    return _CURRENT_CALL.get()
 
 
 @dataclass(frozen=True)
@@ -81,11 +95,19 @@ class ToolGateway:
     Args:
         settings: Output caps.
         tracer: Tracer for ``execute_tool`` spans.
+        builtins: Extra builtin implementations by name (added to Corral's own).
     """
 
-    def __init__(self, settings: ToolSettings, tracer: Tracer) -> None:
+    def __init__(
+        self,
+        settings: ToolSettings,
+        tracer: Tracer,
+        *,
+        builtins: Mapping[str, BuiltinTool] | None = None,
+    ) -> None:
         self.settings = settings
         self.tracer = tracer
+        self.builtins = {**BUILTIN_TOOLS, **(builtins or {})}
 
     async def call(
         self,
@@ -181,15 +203,19 @@ class ToolGateway:
         spec = tool.contract.spec
         if spec.type != "builtin":
             raise ToolFailed(f"tools of type {spec.type!r} are not served by this gateway yet")
-        builtin = BUILTIN_TOOLS.get(spec.implementation or tool.name)
+        builtin = self.builtins.get(spec.implementation or tool.name)
         if builtin is None:
             raise ToolFailed(
                 f"builtin {spec.implementation or tool.name!r} does not exist; "
-                f"builtins: {', '.join(sorted(BUILTIN_TOOLS))}"
+                f"builtins: {', '.join(sorted(self.builtins))}"
             )
-        return await builtin.run(
-            arguments, ctx.workspace, max_file_bytes=self.settings.max_file_bytes
-        )
+        token = _CURRENT_CALL.set(ctx)
+        try:
+            return await builtin.run(
+                arguments, ctx.workspace, max_file_bytes=self.settings.max_file_bytes
+            )
+        finally:
+            _CURRENT_CALL.reset(token)
 
 
 def _denied(name: str, agent_tools: AgentTools, tools: Mapping[str, ResolvedTool]) -> ToolResult:
@@ -199,8 +225,3 @@ def _denied(name: str, agent_tools: AgentTools, tools: Mapping[str, ResolvedTool
     else:
         message = f"tool {name!r} is not allowed to this agent; tools you may call: {offered}"
     return ToolResult("DENIED", message, error=message, error_type="tool_not_allowed")
-
-
-def arguments_digest(arguments: dict[str, Any]) -> str:
-    """Canonical JSON of the arguments (sorted keys), for display and comparison."""
-    return json.dumps(arguments, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,133 @@
+"""In-memory state of a run being executed, and the records a step produces."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from corral.contracts import AgentSpec
+from corral.gateway.models import Message, ToolDefinition
+from corral.gateway.tools._base import ToolCallContext, ToolResult
+from corral.gateway.tools._gateway import ResolvedTool
+from corral.runtime._persist import KillSwitch, Signals
+
+__all__ = ["CallRecord", "Pause", "RunState", "StepRecord", "Terminal", "signal_terminal"]
+
+
+@dataclass(frozen=True)
+class Terminal:
+    """How a run ends: status, ``terminal_reason`` and output or error."""
+
+    status: str
+    reason: str
+    output: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """The run stopped to wait for a person (already written by ``pause_run``)."""
+
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One tool call of the step; ``prerecorded`` calls already have their final row."""
+
+    ctx: ToolCallContext
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    result: ToolResult
+    prerecorded: bool = False
+
+
+@dataclass
+class StepRecord:
+    """What one step produced before its checkpoint."""
+
+    kind: str
+    model: str
+    decision: dict[str, Any]
+    started_at: datetime
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: list[CallRecord] = field(default_factory=list)
+    tools_withdrawn: bool = False
+    """The model was offered no tools (last iteration): any call it makes is refused."""
+
+    def pending_document(self) -> dict[str, Any]:
+        """What is stored as ``runs.pending_decision`` once a side effect starts."""
+        return {
+            "model": self.model,
+            "decision": self.decision,
+            "started_at": self.started_at.isoformat(),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "tools_withdrawn": self.tools_withdrawn,
+        }
+
+    @classmethod
+    def from_pending(cls, document: dict[str, Any]) -> StepRecord:
+        """Rebuild the step in progress from ``runs.pending_decision``."""
+        return cls(
+            kind="tool_calls",
+            model=document["model"],
+            decision=document["decision"],
+            started_at=datetime.fromisoformat(document["started_at"]),
+            input_tokens=document["input_tokens"],
+            output_tokens=document["output_tokens"],
+            tools_withdrawn=document["tools_withdrawn"],
+        )
+
+    def skip_calls_from(self, index: int) -> None:
+        """Calls from ``index`` on were not executed: keep them apart in the decision."""
+        calls = self.decision["tool_calls"]
+        if index < len(calls):
+            self.decision["skipped_tool_calls"] = calls[index:]
+            self.decision["tool_calls"] = calls[:index]
+
+
+@dataclass
+class RunState:
+    """Everything the loop needs in memory; all of it can be rebuilt from the store."""
+
+    run_id: str
+    tenant_id: str
+    trace_id: str
+    agent_name: str
+    spec: AgentSpec
+    models: list[str]
+    workspace: Path | None
+    tools: dict[str, ResolvedTool]
+    definitions: list[ToolDefinition]
+    messages: list[Message]
+    started_at: datetime
+    step_count: int
+    iterations: int
+    tool_call_count: int
+    input_tokens: int
+    output_tokens: int
+    signals: Signals
+    pending: StepRecord | None = None
+    """The step in progress when the run was last interrupted after a side effect started."""
+    step_calls: dict[int, Any] = field(default_factory=dict)
+    """Stored tool-call rows of the step in progress, by call index."""
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by the worker when it sees a cancel or kill switch while the run is busy."""
+
+
+def signal_terminal(signals: Signals) -> Terminal | None:
+    """``KILLED`` for an engaged kill switch, ``CANCELLED`` for a cancel request, else ``None``."""
+    kill: KillSwitch | None = signals.kill
+    if kill is not None:
+        return Terminal("KILLED", "kill_switch", error=kill.describe())
+    if signals.cancel_requested:
+        return Terminal("CANCELLED", "cancelled", error="the run was cancelled")
+    return None
