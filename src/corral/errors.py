@@ -11,6 +11,7 @@ CorralError
 ├── NotFound               an object does not exist (in this tenant)
 ├── Conflict               the request contradicts stored state (e.g. a version reused)
 ├── PolicyDenied           a governed action was refused
+│   └── KillSwitchEngaged  an agent, tenant or platform kill switch stops new runs
 ├── BudgetExceeded         a run hit one of its limits
 ├── ToolFailed             a tool call failed; recorded in the step, the run goes on
 │   └── PathOutsideWorkspace
@@ -31,6 +32,7 @@ __all__ = [
     "CorralError",
     "InvalidContract",
     "InvalidRequest",
+    "KillSwitchEngaged",
     "LocalModelUnavailable",
     "ModelAPIError",
     "NotFound",
@@ -142,6 +144,34 @@ class PolicyDenied(CorralError):
     """A governed action was refused (tool not allowed, agent retired...)."""
 
     default_code = "policy_denied"
+
+
+class KillSwitchEngaged(PolicyDenied):
+    """A kill switch covers the agent: no new run starts until it is released.
+
+    Args:
+        message: Names the switch, who engaged it, why, and how to release it.
+        scope: ``agent``, ``tenant`` or ``platform``.
+        target: Agent name, tenant id or ``*``.
+        engaged_by: Principal that engaged it.
+    """
+
+    default_code = "kill_switch_engaged"
+
+    def __init__(self, message: str, *, scope: str, target: str, engaged_by: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.target = target
+        self.engaged_by = engaged_by
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON body naming the switch and who engaged it."""
+        return {
+            **super().to_dict(),
+            "scope": self.scope,
+            "target": self.target,
+            "engaged_by": self.engaged_by,
+        }
 
 
 class BudgetExceeded(CorralError):

@@ -102,6 +102,7 @@ class Platform:
             concurrency=settings.runtime.worker_concurrency,
             poll_interval_seconds=settings.runtime.poll_interval_seconds,
             lease_seconds=settings.runtime.lease_seconds,
+            signal_poll_seconds=settings.runtime.signal_poll_seconds,
         )
 
     async def start(self) -> None:

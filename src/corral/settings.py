@@ -90,8 +90,12 @@ class RuntimeSettings(BaseModel):
     """Runs one worker drives at once."""
     poll_interval_seconds: float = 0.2
     """Seconds an idle worker waits before looking for runnable runs again."""
-    lease_seconds: float = 30.0
-    """How long a claimed run stays leased without renewal."""
+    lease_seconds: float = 15.0
+    """How long a claimed run stays leased without renewal: a dead worker's runs are reclaimed
+    by another worker within this many seconds (plus one poll interval)."""
+    signal_poll_seconds: float = 1.0
+    """How often a worker checks its running runs for cancel requests and kill switches, to
+    abandon in-flight model calls (steps and tool calls check the store themselves)."""
 
 
 class ToolSettings(BaseModel):

@@ -1,5 +1,15 @@
 """The runtime: runs, the standard loop, and the workers that lease and drive runs."""
 
+from corral.runtime._control import (
+    PAUSED_STATUSES,
+    KillSwitchInfo,
+    cancel_run,
+    engage_kill_switch,
+    list_kill_switches,
+    release_kill_switch,
+    resolve_in_doubt,
+    resume_run,
+)
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
 from corral.runtime._service import (
     RUN_STATUSES,
@@ -13,16 +23,24 @@ from corral.runtime._service import (
 from corral.runtime._worker import Worker, default_worker_id
 
 __all__ = [
+    "PAUSED_STATUSES",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
+    "KillSwitchInfo",
     "LeaseLost",
     "Phase",
     "RunExecutor",
     "Worker",
+    "cancel_run",
     "create_run",
     "default_worker_id",
+    "engage_kill_switch",
     "get_run",
+    "list_kill_switches",
     "list_run_spans",
     "list_runs",
     "list_steps",
+    "release_kill_switch",
+    "resolve_in_doubt",
+    "resume_run",
 ]

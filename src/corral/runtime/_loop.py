@@ -83,7 +83,7 @@ class RunExecutor(ToolPhase):
         tools: ToolGateway,
         tracing: Tracing,
         *,
-        lease_seconds: float = 30.0,
+        lease_seconds: float = 15.0,
     ) -> None:
         self.store = store
         self.models = models
@@ -104,10 +104,9 @@ class RunExecutor(ToolPhase):
         if state is not None:
             state.abort.set()
 
-    @property
-    def running(self) -> list[str]:
-        """Ids of the runs this executor is driving now."""
-        return list(self._running)
+    def running_states(self) -> list[RunState]:
+        """The runs this executor is driving now."""
+        return list(self._running.values())
 
     async def execute(self, run_id: str, worker_id: str) -> str:
         """Drive a run this worker has leased until it is terminal or paused.

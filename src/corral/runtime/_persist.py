@@ -34,6 +34,7 @@ __all__ = [
     "record_finished_call",
     "record_started_call",
     "renew_leases",
+    "runs_to_abort",
     "write_checkpoint",
 ]
 
@@ -392,6 +393,36 @@ def claim(
         ],
     )
     return claimed
+
+
+def runs_to_abort(connection: Connection, runs: list[tuple[str, str, str]]) -> list[str]:
+    """Which of ``(run_id, tenant_id, agent_name)`` have a cancel request or a kill switch."""
+    if not runs:
+        return []
+    cancelled = set(
+        connection.execute(
+            select(_RUNS.c.id).where(
+                _RUNS.c.id.in_([run_id for run_id, _, _ in runs]), _RUNS.c.cancel_requested
+            )
+        ).scalars()
+    )
+    switches = connection.execute(
+        select(_KILLS.c.scope, _KILLS.c.target, _KILLS.c.tenant_id).where(
+            _KILLS.c.released_at.is_(None)
+        )
+    ).all()
+
+    def killed(tenant_id: str, agent: str) -> bool:
+        return any(
+            s.scope == "platform"
+            or (s.scope == "tenant" and s.target == tenant_id)
+            or (s.scope == "agent" and s.tenant_id == tenant_id and s.target == agent)
+            for s in switches
+        )
+
+    return [
+        run_id for run_id, tenant, agent in runs if run_id in cancelled or killed(tenant, agent)
+    ]
 
 
 def renew_leases(connection: Connection, *, worker_id: str, expires_at: datetime) -> None:

@@ -10,11 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event
 from corral.contracts import Agent
-from corral.errors import InvalidRequest, NotFound, PolicyDenied
+from corral.errors import InvalidRequest, KillSwitchEngaged, NotFound, PolicyDenied
 from corral.observability import new_trace_id
 from corral.observability._tables import SpanRow
 from corral.registry import get_agent_version
-from corral.runtime._tables import RunRow, StepRow, ToolCallRow
+from corral.runtime._persist import active_kill_switch
+from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.store._base import new_id, utcnow
 
 __all__ = [
@@ -32,7 +33,7 @@ TERMINAL_STATUSES = frozenset(
 )
 """A run in one of these states never changes again (DESIGN.md, "The main job")."""
 
-RUN_STATUSES = frozenset({"QUEUED", "RUNNING", "AWAITING_APPROVAL", *TERMINAL_STATUSES})
+RUN_STATUSES = frozenset({"QUEUED", "RUNNING", "AWAITING_APPROVAL", "IN_DOUBT", *TERMINAL_STATUSES})
 
 
 async def create_run(
@@ -63,6 +64,7 @@ async def create_run(
     Raises:
         NotFound: unknown agent or version (the message lists the known ones).
         PolicyDenied: the agent is retired.
+        KillSwitchEngaged: a kill switch covers the agent, its tenant or the platform.
         InvalidRequest: empty task, a workspace that is not a directory, or a model the agent
             does not allow.
     """
@@ -77,6 +79,17 @@ async def create_run(
             f"Agent {agent_name!r} is retired and cannot run; apply a version with "
             "status 'active' to bring it back.",
             code="agent_retired",
+        )
+    kill = await session.run_sync(
+        lambda sync: active_kill_switch(sync.connection(), tenant_id, agent_name)
+    )
+    if kill is not None:
+        raise KillSwitchEngaged(
+            f"Agent {agent_name!r} cannot start runs: {kill.describe()}. Release it with "
+            f"`corral kill-switch release {_switch_flag(kill.scope, kill.target)}`.",
+            scope=kill.scope,
+            target=kill.target,
+            engaged_by=kill.engaged_by,
         )
     chosen = model or spec.model.default
     if chosen not in (spec.model.default, *spec.model.allowed):
@@ -110,6 +123,15 @@ async def create_run(
         updated_at=now,
     )
     session.add(run)
+    session.add(
+        RunEventRow(
+            tenant_id=tenant_id,
+            run_id=run.id,
+            type="run.created",
+            data={"agent": agent_name, "version": version_row.version, "model": chosen},
+            created_at=now,
+        )
+    )
     await session.flush()
     await append_event(
         session,
@@ -130,6 +152,10 @@ async def create_run(
         },
     )
     return run
+
+
+def _switch_flag(scope: str, target: str) -> str:
+    return {"agent": f"--agent {target}", "tenant": f"--tenant {target}"}.get(scope, "--all")
 
 
 def _resolve_workspace(workspace: str | None) -> str | None:

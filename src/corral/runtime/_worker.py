@@ -12,7 +12,7 @@ import uuid
 from datetime import timedelta
 
 from corral.runtime._loop import LeaseLost, RunExecutor
-from corral.runtime._persist import claim, fail_run, renew_leases
+from corral.runtime._persist import claim, fail_run, renew_leases, runs_to_abort
 from corral.store import Store, utcnow
 
 __all__ = ["Worker", "default_worker_id"]
@@ -37,6 +37,8 @@ class Worker:
         concurrency: Runs driven at once.
         poll_interval_seconds: Wait between claims when nothing is runnable.
         lease_seconds: Lease length; renewed every third of it while a run is active.
+        signal_poll_seconds: How often running runs are checked for cancel requests and kill
+            switches, to abandon their in-flight model calls.
     """
 
     def __init__(
@@ -47,7 +49,8 @@ class Worker:
         worker_id: str | None = None,
         concurrency: int = 16,
         poll_interval_seconds: float = 0.2,
-        lease_seconds: float = 30.0,
+        lease_seconds: float = 15.0,
+        signal_poll_seconds: float = 1.0,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -55,6 +58,7 @@ class Worker:
         self.concurrency = concurrency
         self.poll_interval = poll_interval_seconds
         self.lease = timedelta(seconds=lease_seconds)
+        self.signal_poll_seconds = signal_poll_seconds
         self._active: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
 
@@ -128,17 +132,39 @@ class Worker:
         )
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
-        interval = self.lease.total_seconds() / 3
+        """Renew leases every third of the lease; check running runs for signals more often."""
+        renew_every = self.lease.total_seconds() / 3
+        last_renewal = asyncio.get_running_loop().time()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(min(self.signal_poll_seconds, renew_every)):
                     await stop.wait()
-            if self._active:
+            if not self._active:
+                continue
+            await self.check_signals()
+            now = asyncio.get_running_loop().time()
+            if now - last_renewal >= renew_every:
+                last_renewal = now
                 await self.store.run_sync(
                     functools.partial(
                         renew_leases, worker_id=self.worker_id, expires_at=utcnow() + self.lease
                     )
                 )
+
+    async def check_signals(self) -> list[str]:
+        """Abort the in-flight work of running runs that were cancelled or killed.
+
+        Returns:
+            The ids of the runs told to stop.
+        """
+        running = [
+            (state.run_id, state.tenant_id, state.agent_name)
+            for state in self.executor.running_states()
+        ]
+        stop = await self.store.run_sync(functools.partial(runs_to_abort, runs=running))
+        for run_id in stop:
+            self.executor.abort(run_id)
+        return stop
 
 
 async def _first(*awaitables: object) -> None:

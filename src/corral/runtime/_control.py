@@ -1,0 +1,521 @@
+"""Control of runs from outside the loop: cancel, resume, resolve in-doubt calls, kill switches.
+
+Each operation is one transaction, audited in it. A running run is never written here except
+for its ``cancel_requested`` flag: its worker reads the flag (and kill switches) before every
+step and every tool call and ends the run itself.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from sqlalchemy import Connection, Table, and_, or_, select
+
+from corral.audit import AuditRecord, append_events
+from corral.errors import Conflict, InvalidRequest, NotFound
+from corral.registry._tables import AgentRow
+from corral.runtime._persist import KillSwitch
+from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, ToolCallRow
+from corral.store import Store, new_id, utcnow
+
+__all__ = [
+    "PAUSED_STATUSES",
+    "KillSwitchInfo",
+    "cancel_run",
+    "engage_kill_switch",
+    "list_kill_switches",
+    "release_kill_switch",
+    "resolve_in_doubt",
+    "resume_run",
+]
+
+PAUSED_STATUSES = ("AWAITING_APPROVAL", "IN_DOUBT")
+"""A run in one of these holds no worker; resuming puts it back in the queue."""
+
+_RUNS = cast(Table, RunRow.__table__)
+_CALLS = cast(Table, ToolCallRow.__table__)
+_EVENTS = cast(Table, RunEventRow.__table__)
+_KILLS = cast(Table, KillSwitchRow.__table__)
+_AGENTS = cast(Table, AgentRow.__table__)
+_TERMINAL = (
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "REJECTED",
+    "TIMED_OUT",
+    "BUDGET_EXCEEDED",
+    "KILLED",
+)
+
+
+def _run(connection: Connection, run_id: str, tenant_id: str) -> Any:
+    row = connection.execute(
+        select(_RUNS).where(_RUNS.c.id == run_id, _RUNS.c.tenant_id == tenant_id)
+    ).first()
+    if row is None:
+        raise NotFound(
+            f"Run {run_id!r} not found; list runs with `corral get runs`.", kind="run", name=run_id
+        )
+    return row
+
+
+def _event(connection: Connection, run: Any, event_type: str, now: datetime, **data: Any) -> None:
+    connection.execute(
+        _EVENTS.insert(),
+        [
+            {
+                "tenant_id": run.tenant_id,
+                "run_id": run.id,
+                "type": event_type,
+                "data": data,
+                "created_at": now,
+            }
+        ],
+    )
+
+
+def _finish(
+    connection: Connection,
+    runs: list[Any],
+    status: str,
+    reason: str,
+    error: str,
+    actor: str,
+    now: datetime,
+) -> None:
+    """End runs that no worker holds (queued or paused) and record why."""
+    for run in runs:
+        connection.execute(
+            _RUNS.update()
+            .where(_RUNS.c.id == run.id)
+            .values(
+                status=status,
+                terminal_reason=reason,
+                error=error,
+                finished_at=now,
+                updated_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                pause_reason=None,
+                resume_condition=None,
+            )
+        )
+        append_events(
+            connection,
+            run.tenant_id,
+            [
+                AuditRecord(
+                    actor,
+                    "run.finished",
+                    f"run:{run.id}",
+                    status.lower(),
+                    run_id=run.id,
+                    trace_id=run.trace_id,
+                    details={"terminal_reason": reason, "from": run.status},
+                )
+            ],
+        )
+        _event(
+            connection,
+            run,
+            "run.finished",
+            now,
+            status=status,
+            terminal_reason=reason,
+            output=None,
+            error=error,
+        )
+
+
+def _cancel(connection: Connection, run_id: str, tenant_id: str, actor: str) -> str:
+    run, now = _run(connection, run_id, tenant_id), utcnow()
+    if run.status in _TERMINAL:
+        raise Conflict(f"Run {run_id!r} already ended {run.status}; there is nothing to cancel.")
+    if run.status == "RUNNING":
+        connection.execute(
+            _RUNS.update().where(_RUNS.c.id == run_id).values(cancel_requested=True, updated_at=now)
+        )
+        append_events(
+            connection,
+            tenant_id,
+            [
+                AuditRecord(
+                    actor,
+                    "run.cancel_requested",
+                    f"run:{run_id}",
+                    "success",
+                    run_id=run_id,
+                    trace_id=run.trace_id,
+                )
+            ],
+        )
+        _event(connection, run, "run.cancel_requested", now, by=actor)
+        return "RUNNING"
+    _finish(connection, [run], "CANCELLED", "cancelled", f"cancelled by {actor}", actor, now)
+    return "CANCELLED"
+
+
+async def cancel_run(store: Store, run_id: str, *, tenant_id: str, actor: str) -> str:
+    """Cancel a run.
+
+    A queued or paused run ends ``CANCELLED`` at once. A running one gets ``cancel_requested``:
+    no new step or tool call starts after this commits, and an in-flight model call is
+    abandoned; its worker ends it ``CANCELLED``.
+
+    Returns:
+        ``CANCELLED`` (ended now) or ``RUNNING`` (cancel requested).
+
+    Raises:
+        NotFound: no such run in this tenant.
+        Conflict: the run already ended.
+    """
+    return await store.run_sync(
+        functools.partial(_cancel, run_id=run_id, tenant_id=tenant_id, actor=actor)
+    )
+
+
+def _resume(
+    connection: Connection, run_id: str, tenant_id: str, actor: str, details: dict[str, Any]
+) -> None:
+    run, now = _run(connection, run_id, tenant_id), utcnow()
+    if run.status not in PAUSED_STATUSES:
+        raise Conflict(
+            f"Run {run_id!r} is {run.status}, not paused; only {' or '.join(PAUSED_STATUSES)} "
+            "runs can be resumed."
+        )
+    connection.execute(
+        _RUNS.update()
+        .where(_RUNS.c.id == run_id)
+        .values(status="QUEUED", pause_reason=None, resume_condition=None, updated_at=now)
+    )
+    append_events(
+        connection,
+        tenant_id,
+        [
+            AuditRecord(
+                actor,
+                "run.resumed",
+                f"run:{run_id}",
+                "success",
+                run_id=run_id,
+                trace_id=run.trace_id,
+                details={"from": run.status, **details},
+            )
+        ],
+    )
+    _event(connection, run, "run.resumed", now, by=actor, **details)
+
+
+async def resume_run(
+    store: Store, run_id: str, *, tenant_id: str, actor: str, details: dict[str, Any] | None = None
+) -> None:
+    """Put a paused run back in the queue; any worker continues it from its last checkpoint.
+
+    This is the seam approvals use: when a request is decided, the approval service calls it.
+
+    Raises:
+        NotFound: no such run in this tenant.
+        Conflict: the run is not paused.
+    """
+    await store.run_sync(
+        functools.partial(
+            _resume, run_id=run_id, tenant_id=tenant_id, actor=actor, details=details or {}
+        )
+    )
+
+
+Resolution = Literal["done", "retry", "failed"]
+
+
+def _resolve(
+    connection: Connection,
+    run_id: str,
+    tenant_id: str,
+    actor: str,
+    resolution: Resolution,
+    comment: str,
+) -> str:
+    run = _run(connection, run_id, tenant_id)
+    condition = run.resume_condition or {}
+    if run.status != "IN_DOUBT" or condition.get("kind") != "in_doubt":
+        raise Conflict(f"Run {run_id!r} is {run.status}, not IN_DOUBT; nothing to resolve.")
+    key, now = str(condition["idempotency_key"]), utcnow()
+    note = f"resolved as {resolution} by {actor}" + (f": {comment}" if comment else "")
+    outcomes: dict[str, dict[str, Any]] = {
+        "done": {
+            "status": "COMPLETED",
+            "output": f"({note}; the effect took place)",
+            "finished_at": now,
+        },
+        "failed": {
+            "status": "FAILED",
+            "error": f"({note})",
+            "error_type": "resolved_failed",
+            "finished_at": now,
+        },
+        "retry": {"status": "RETRY"},
+    }
+    values = outcomes[resolution]
+    connection.execute(_CALLS.update().where(_CALLS.c.idempotency_key == key).values(**values))
+    _resume(
+        connection,
+        run_id,
+        tenant_id,
+        actor,
+        {"resolution": resolution, "idempotency_key": key, "comment": comment},
+    )
+    return key
+
+
+async def resolve_in_doubt(
+    store: Store,
+    run_id: str,
+    *,
+    tenant_id: str,
+    actor: str,
+    resolution: Resolution,
+    comment: str = "",
+) -> str:
+    """Settle the in-doubt tool call of an ``IN_DOUBT`` run and resume it.
+
+    ``done``: the effect happened; the call is recorded ``COMPLETED`` and not run again.
+    ``retry``: run the call again (with the same idempotency key). ``failed``: record it
+    ``FAILED``; the model sees the failure and goes on.
+
+    Returns:
+        The idempotency key of the resolved call.
+
+    Raises:
+        NotFound: no such run in this tenant.
+        Conflict: the run is not ``IN_DOUBT``.
+        InvalidRequest: an unknown resolution.
+    """
+    if resolution not in ("done", "retry", "failed"):
+        raise InvalidRequest(f"Unknown resolution {resolution!r}; use done, retry or failed.")
+    return await store.run_sync(
+        functools.partial(
+            _resolve,
+            run_id=run_id,
+            tenant_id=tenant_id,
+            actor=actor,
+            resolution=resolution,
+            comment=comment,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class KillSwitchInfo:
+    """A kill switch as listed."""
+
+    id: str
+    tenant_id: str
+    scope: str
+    target: str
+    reason: str
+    engaged_by: str
+    engaged_at: datetime
+    released_by: str | None
+    released_at: datetime | None
+
+
+Scope = Literal["agent", "tenant", "platform"]
+
+
+def _covered(scope: Scope, target: str, tenant_id: str) -> Any:
+    if scope == "platform":
+        return _RUNS.c.id.is_not(None)
+    if scope == "tenant":
+        return _RUNS.c.tenant_id == target
+    return and_(_RUNS.c.tenant_id == tenant_id, _RUNS.c.agent_name == target)
+
+
+def _engage(
+    connection: Connection, scope: Scope, target: str, tenant_id: str, reason: str, actor: str
+) -> tuple[KillSwitchInfo, int]:
+    if (
+        scope == "agent"
+        and connection.execute(
+            select(_AGENTS.c.id).where(_AGENTS.c.tenant_id == tenant_id, _AGENTS.c.name == target)
+        ).first()
+        is None
+    ):
+        raise NotFound(f"Agent {target!r} not found; nothing to stop.", kind="agent", name=target)
+    owner = "*" if scope == "platform" else (target if scope == "tenant" else tenant_id)
+    existing = connection.execute(
+        select(_KILLS).where(
+            _KILLS.c.released_at.is_(None),
+            _KILLS.c.scope == scope,
+            _KILLS.c.target == target,
+            _KILLS.c.tenant_id == owner,
+        )
+    ).first()
+    if existing is not None:
+        raise Conflict(
+            f"{KillSwitch(scope, target, existing.engaged_by, existing.reason).describe()} "
+            "is already engaged."
+        )
+    now = utcnow()
+    info = KillSwitchInfo(new_id("kill"), owner, scope, target, reason, actor, now, None, None)
+    connection.execute(
+        _KILLS.insert(),
+        [
+            {
+                "id": info.id,
+                "tenant_id": owner,
+                "scope": scope,
+                "target": target,
+                "reason": reason,
+                "engaged_by": actor,
+                "engaged_at": now,
+            }
+        ],
+    )
+    append_events(
+        connection,
+        "*" if scope == "platform" else owner,
+        [
+            AuditRecord(
+                actor,
+                "kill_switch.engaged",
+                f"kill_switch:{scope}:{target}",
+                "success",
+                details={"reason": reason, "id": info.id},
+            )
+        ],
+    )
+    idle = connection.execute(
+        select(_RUNS).where(
+            _covered(scope, target, tenant_id),
+            or_(_RUNS.c.status == "QUEUED", _RUNS.c.status.in_(PAUSED_STATUSES)),
+        )
+    ).all()
+    _finish(
+        connection,
+        list(idle),
+        "KILLED",
+        "kill_switch",
+        KillSwitch(scope, target, actor, reason).describe(),
+        actor,
+        now,
+    )
+    return info, len(idle)
+
+
+async def engage_kill_switch(
+    store: Store, *, scope: Scope, target: str, tenant_id: str, reason: str, actor: str
+) -> tuple[KillSwitchInfo, int]:
+    """Engage a kill switch.
+
+    No new run of what it covers starts; queued and paused runs end ``KILLED`` now, running
+    ones at their next check (before a step or a tool call).
+
+    Args:
+        store: The store.
+        scope: ``agent`` (one agent of ``tenant_id``), ``tenant`` (``target`` is a tenant id)
+            or ``platform`` (every run; ``target`` is ``*``).
+        target: Agent name, tenant id or ``*``.
+        tenant_id: The caller's tenant (the agent's tenant for an agent switch).
+        reason: Why, for the audit log and for the callers that are refused.
+        actor: Who engages it.
+
+    Returns:
+        The switch and how many queued or paused runs it ended at once.
+
+    Raises:
+        NotFound: an agent switch for an unknown agent.
+        Conflict: the same switch is already engaged.
+    """
+    if not reason.strip():
+        raise InvalidRequest("A kill switch needs a reason (--reason TEXT).")
+    return await store.run_sync(
+        functools.partial(
+            _engage, scope=scope, target=target, tenant_id=tenant_id, reason=reason, actor=actor
+        )
+    )
+
+
+def _release(
+    connection: Connection, scope: Scope, target: str, tenant_id: str, actor: str
+) -> KillSwitchInfo:
+    owner = "*" if scope == "platform" else (target if scope == "tenant" else tenant_id)
+    row = connection.execute(
+        select(_KILLS).where(
+            _KILLS.c.released_at.is_(None),
+            _KILLS.c.scope == scope,
+            _KILLS.c.target == target,
+            _KILLS.c.tenant_id == owner,
+        )
+    ).first()
+    if row is None:
+        raise NotFound(
+            f"No engaged kill switch '{scope}:{target}'; see `corral kill-switch list`.",
+            kind="kill_switch",
+            name=f"{scope}:{target}",
+        )
+    now = utcnow()
+    connection.execute(
+        _KILLS.update().where(_KILLS.c.id == row.id).values(released_at=now, released_by=actor)
+    )
+    append_events(
+        connection,
+        owner,
+        [
+            AuditRecord(
+                actor,
+                "kill_switch.released",
+                f"kill_switch:{scope}:{target}",
+                "success",
+                details={"id": row.id, "engaged_by": row.engaged_by},
+            )
+        ],
+    )
+    return KillSwitchInfo(
+        row.id, owner, scope, target, row.reason, row.engaged_by, row.engaged_at, actor, now
+    )
+
+
+async def release_kill_switch(
+    store: Store, *, scope: Scope, target: str, tenant_id: str, actor: str
+) -> KillSwitchInfo:
+    """Release an engaged kill switch; new runs may start again.
+
+    Raises:
+        NotFound: no such engaged switch.
+    """
+    return await store.run_sync(
+        functools.partial(_release, scope=scope, target=target, tenant_id=tenant_id, actor=actor)
+    )
+
+
+def _list(connection: Connection, tenant_id: str, include_released: bool) -> list[KillSwitchInfo]:
+    query = select(_KILLS).where(_KILLS.c.tenant_id.in_((tenant_id, "*")))
+    if not include_released:
+        query = query.where(_KILLS.c.released_at.is_(None))
+    rows = connection.execute(query.order_by(_KILLS.c.engaged_at.desc())).all()
+    return [
+        KillSwitchInfo(
+            r.id,
+            r.tenant_id,
+            r.scope,
+            r.target,
+            r.reason,
+            r.engaged_by,
+            r.engaged_at,
+            r.released_by,
+            r.released_at,
+        )
+        for r in rows
+    ]
+
+
+async def list_kill_switches(
+    store: Store, *, tenant_id: str, include_released: bool = False
+) -> list[KillSwitchInfo]:
+    """Kill switches of the tenant (and the platform's), newest first."""
+    return await store.run_sync(
+        functools.partial(_list, tenant_id=tenant_id, include_released=include_released)
+    )
