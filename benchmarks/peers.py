@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import importlib.metadata
 import json
@@ -50,16 +51,16 @@ os.environ["OPENAI_API_KEY"] = "dummy"
 os.environ["LANGSMITH_TRACING"] = "false"
 os.environ["LANGCHAIN_TRACING_V2"] = "false"
 
-from sqlalchemy import Connection, func, select  # noqa: E402
+from sqlalchemy import Connection, func, select
 
-from corral.contracts import parse_document  # noqa: E402
-from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall  # noqa: E402
-from corral.platform import Platform  # noqa: E402
-from corral.registry import apply_documents  # noqa: E402
-from corral.runtime import create_run  # noqa: E402
-from corral.runtime._tables import RunRow, ToolCallRow  # noqa: E402
-from corral.settings import Settings  # noqa: E402
-from corral.testing import ScriptedModel  # noqa: E402
+from corral.contracts import parse_document
+from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
+from corral.platform import Platform
+from corral.registry import apply_documents
+from corral.runtime import create_run
+from corral.runtime._tables import RunRow, ToolCallRow
+from corral.settings import Settings
+from corral.testing import ScriptedModel
 
 STEPS = 10
 """Steps per run: ``STEPS - 1`` tool steps, then the final answer."""
@@ -410,17 +411,24 @@ class Corral(System):
         original = store.run_sync
         waits: list[float] = []
         runs_s: list[float] = []
+        kinds: dict[str, list[tuple[float, float]]] = {}
 
         async def timed_run_sync(fn: Callable[[Connection], Any]) -> Any:
             submitted = time.perf_counter()
+            # functools.partial(write_checkpoint, ...) -> "write_checkpoint";
+            # "Worker.claim.<locals>.<lambda>" -> "Worker.claim"
+            inner = fn.func if isinstance(fn, functools.partial) else fn
+            kind = getattr(inner, "__qualname__", repr(inner)).split(".<locals>")[0]
 
             def body(connection: Connection) -> Any:
                 started = time.perf_counter()
-                waits.append(started - submitted)
                 try:
                     return fn(connection)
                 finally:
-                    runs_s.append(time.perf_counter() - started)
+                    ended = time.perf_counter()
+                    waits.append(started - submitted)
+                    runs_s.append(ended - started)
+                    kinds.setdefault(kind, []).append((started - submitted, ended - started))
 
             return await original(body)
 
@@ -445,6 +453,15 @@ class Corral(System):
             "run_sync_wait_p90_ms": statistics.quantiles(waits, n=10)[-1] * 1e3,
             "run_sync_exec_median_ms": statistics.median(runs_s) * 1e3,
             "run_sync_exec_total_s": sum(runs_s),
+            "run_sync_by_kind": {
+                kind: {
+                    "count": len(pairs),
+                    "wait_median_ms": statistics.median(w for w, _ in pairs) * 1e3,
+                    "exec_median_ms": statistics.median(e for _, e in pairs) * 1e3,
+                    "exec_total_s": sum(e for _, e in pairs),
+                }
+                for kind, pairs in sorted(kinds.items())
+            },
             "wall_s": wall,
         }
 
@@ -546,7 +563,7 @@ class LangGraph(System):
         counters = self
 
         # Functional form: this module's annotations are strings, and these names are local.
-        state_schema = TypedDict(  # type: ignore[misc]
+        state_schema = TypedDict(  # type: ignore[misc]  # noqa: UP013
             "State", {"messages": Annotated[list[AnyMessage], add_messages]}
         )
 
@@ -852,7 +869,9 @@ def render(results: list[SystemResult], notes: list[str], args: argparse.Namespa
     for r in results:
         if not r.concurrent[0].detail:
             continue
-        d = {k: statistics.median(c.detail[k] for c in r.concurrent) for k in r.concurrent[0].detail}
+        d = {
+            k: statistics.median(c.detail[k] for c in r.concurrent) for k in r.concurrent[0].detail
+        }
         lines.append(
             f"- {r.system}, concurrent (medians): create_run x{args.concurrent} "
             f"{d['create_s']:.2f} s (sequential, included in the table) + execution "
@@ -871,7 +890,13 @@ def render(results: list[SystemResult], notes: list[str], args: argparse.Namespa
                 f"store.run_sync transactions: wait before start median "
                 f"{g['run_sync_wait_median_ms']:.1f} ms (p90 {g['run_sync_wait_p90_ms']:.1f} ms), "
                 f"execution median {g['run_sync_exec_median_ms']:.2f} ms, "
-                f"{g['run_sync_exec_total_s']:.2f} s in total."
+                f"{g['run_sync_exec_total_s']:.2f} s in total. By kind: "
+                + "; ".join(
+                    f"{kind} x{k['count']}: wait {k['wait_median_ms']:.1f} ms, "
+                    f"exec {k['exec_median_ms']:.2f} ms"
+                    for kind, k in g["run_sync_by_kind"].items()
+                )
+                + "."
             )
     lines.extend(f"- {note}" for note in notes)
     versions: dict[str, str] = {}
