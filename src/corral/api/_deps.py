@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral.platform import Platform
 from corral.store import DEFAULT_TENANT
 
-__all__ = ["Caller", "CallerDep", "PlatformDep", "SessionDep"]
+__all__ = ["Caller", "CallerDep", "PlatformDep", "ReadSessionDep", "SessionDep"]
 
 
 def _platform(request: Request) -> Platform:
@@ -31,6 +31,15 @@ async def _session(platform: PlatformDep) -> AsyncIterator[AsyncSession]:
 # "function" scope: the transaction commits before the response is sent, so a failed commit
 # is reported to the caller instead of being lost after a 200.
 SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
+
+
+async def _read_session(platform: PlatformDep) -> AsyncIterator[AsyncSession]:
+    async with platform.store.read() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(_read_session, scope="function")]
+"""A read-only snapshot for GET routes."""
 
 
 @dataclass(frozen=True)

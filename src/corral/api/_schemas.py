@@ -14,9 +14,17 @@ __all__ = [
     "ApplyResultOut",
     "AuditEventOut",
     "AuditVerificationOut",
+    "KillSwitchCreate",
+    "KillSwitchEngagedOut",
+    "KillSwitchOut",
+    "KillSwitchRelease",
+    "KillSwitchScope",
     "Page",
     "RunCreate",
+    "RunEventOut",
     "RunOut",
+    "RunResolutionOut",
+    "RunResolve",
     "SpanOut",
     "StepOut",
     "ToolCallOut",
@@ -129,9 +137,108 @@ class RunOut(BaseModel):
     input_tokens: int
     output_tokens: int
     trace_id: str
+    cancel_requested: bool = False
+    """A cancel was requested while the run was ``RUNNING``; its worker ends it ``CANCELLED``."""
+    pause_reason: str | None = None
+    """Why a paused run (``AWAITING_APPROVAL``, ``IN_DOUBT``) waits, and how to resume it."""
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class RunResolve(BaseModel):
+    """Settle the in-doubt tool call of an ``IN_DOUBT`` run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resolution: Literal["done", "retry", "failed"] = Field(
+        description="done: the effect took place (not run again); retry: run the call again "
+        "with the same idempotency key; failed: record it failed, the model sees the failure."
+    )
+    comment: str = Field("", max_length=10_000, description="Why, for the audit log.")
+
+
+class RunResolutionOut(BaseModel):
+    """What resolving an in-doubt call did: the call's key and the run, queued again."""
+
+    idempotency_key: str
+    resolution: Literal["done", "retry", "failed"]
+    run: RunOut
+
+
+class RunEventOut(BaseModel):
+    """One run event: the ``data:`` of a ``GET /v1/runs/{id}/events`` Server-Sent Event.
+
+    ``type`` is one of ``run.created``, ``step``, ``tool_call``, ``run.paused``,
+    ``run.resumed``, ``run.cancel_requested``, ``run.finished``.
+    """
+
+    run_id: str
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+KillSwitchScope = Literal["agent", "tenant", "platform"]
+
+
+class KillSwitchCreate(BaseModel):
+    """Engage a kill switch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: KillSwitchScope = Field(
+        description="agent: one agent of your tenant; tenant: every agent of a tenant; "
+        "platform: every run."
+    )
+    target: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The agent's name (required for scope agent); a tenant id (default: yours); "
+        "'*' for the platform (the default).",
+    )
+    reason: str = Field(
+        min_length=1,
+        max_length=10_000,
+        description="Why, for the audit log and for every caller that is refused.",
+    )
+
+
+class KillSwitchRelease(BaseModel):
+    """Release an engaged kill switch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: KillSwitchScope
+    target: str | None = Field(
+        None, min_length=1, max_length=200, description="As when it was engaged."
+    )
+
+
+class KillSwitchOut(BaseModel):
+    """A kill switch, engaged or released."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    tenant_id: str
+    """The tenant of an agent or tenant switch; ``*`` for the platform's."""
+    scope: KillSwitchScope
+    target: str
+    reason: str
+    engaged_by: str
+    engaged_at: datetime
+    released_by: str | None
+    released_at: datetime | None
+
+
+class KillSwitchEngagedOut(KillSwitchOut):
+    """A switch just engaged, with the number of runs it ended at once."""
+
+    killed_runs: int
+    """Queued and paused runs ended ``KILLED`` at once; running runs stop at their next check
+    (before a step or a tool call)."""
 
 
 class ToolCallOut(BaseModel):

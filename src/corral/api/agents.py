@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
-from corral.api._deps import CallerDep, SessionDep
+from corral.api._deps import CallerDep, ReadSessionDep, SessionDep
 from corral.api._schemas import (
     AgentOut,
     AgentVersionOut,
@@ -65,7 +65,7 @@ async def apply(body: ApplyRequest, session: SessionDep, caller: CallerDep) -> l
 
 @router.get("/agents", response_model=Page[AgentOut])
 async def get_agents(
-    session: SessionDep,
+    session: ReadSessionDep,
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     after: Annotated[str | None, Query(description="Cursor: `next` of the previous page.")] = None,
@@ -96,7 +96,7 @@ async def post_agent(
 
 
 @router.get("/agents/{name}", response_model=AgentOut)
-async def get_agent(name: str, session: SessionDep, caller: CallerDep) -> AgentOut:
+async def get_agent(name: str, session: ReadSessionDep, caller: CallerDep) -> AgentOut:
     """An agent, its latest version's digest and the tools it may call."""
     agent, version = await get_agent_version(session, name, tenant_id=caller.tenant_id)
     spec = Agent.model_validate(version.document).spec
@@ -114,7 +114,7 @@ async def get_agent(name: str, session: SessionDep, caller: CallerDep) -> AgentO
 
 @router.get("/agents/{name}/versions", response_model=list[AgentVersionOut])
 async def get_agent_versions(
-    name: str, session: SessionDep, caller: CallerDep
+    name: str, session: ReadSessionDep, caller: CallerDep
 ) -> list[AgentVersionOut]:
     """Every version of an agent, newest first."""
     rows = await list_agent_versions(session, name, tenant_id=caller.tenant_id)
@@ -128,7 +128,7 @@ async def get_agent_versions(
 
 @router.get("/tools", response_model=Page[ToolOut])
 async def get_tools(
-    session: SessionDep,
+    session: ReadSessionDep,
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     after: Annotated[str | None, Query(description="Cursor: `next` of the previous page.")] = None,

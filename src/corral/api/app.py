@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import agents, audit, runs
+from corral.api import agents, audit, control, runs
 from corral.api._deps import PlatformDep
 from corral.api._errors import install_error_handlers
 from corral.platform import Platform
@@ -48,12 +48,13 @@ def create_app(platform: Platform, *, run_worker: bool = True) -> FastAPI:
     install_error_handlers(app)
     app.include_router(agents.router)
     app.include_router(runs.router)
+    app.include_router(control.router)
     app.include_router(audit.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz(platform: PlatformDep) -> dict[str, object]:
         """Liveness: the store answers and which model providers are configured."""
-        async with platform.store.transaction() as session:
+        async with platform.store.read() as session:
             await session.connection()
         return {
             "status": "ok",

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from corral.api._deps import CallerDep, SessionDep
+from corral.api._deps import CallerDep, ReadSessionDep
 from corral.api._schemas import AuditEventOut, AuditVerificationOut, Page
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 @router.get("/events", response_model=Page[AuditEventOut])
 async def get_events(
-    session: SessionDep,
+    session: ReadSessionDep,
     caller: CallerDep,
     run_id: Annotated[str | None, Query(description="Only events of this run.")] = None,
     after: Annotated[int, Query(ge=0, description="Only events with a greater seq.")] = 0,
@@ -37,7 +37,7 @@ async def get_events(
 
 
 @router.get("/verify", response_model=AuditVerificationOut)
-async def get_verify(session: SessionDep, caller: CallerDep) -> AuditVerificationOut:
+async def get_verify(session: ReadSessionDep, caller: CallerDep) -> AuditVerificationOut:
     """Recompute the tenant's audit chain; ``ok`` is false at the first event that fails."""
     result = await verify_chain(session, tenant_id=caller.tenant_id)
     return AuditVerificationOut.model_validate(result.__dict__)

@@ -1,18 +1,49 @@
-"""Routes: ``/v1/agents/{name}/runs`` and ``/v1/runs``."""
+"""Routes: ``/v1/agents/{name}/runs`` and ``/v1/runs``, with a run's event stream (SSE)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 
-from corral.api._deps import CallerDep, PlatformDep, SessionDep
-from corral.api._schemas import Page, RunCreate, RunOut, SpanOut, StepOut, ToolCallOut
-from corral.runtime import create_run, get_run, list_run_spans, list_runs, list_steps
+from corral.api._deps import CallerDep, PlatformDep, ReadSessionDep
+from corral.api._schemas import (
+    Page,
+    RunCreate,
+    RunEventOut,
+    RunOut,
+    SpanOut,
+    StepOut,
+    ToolCallOut,
+)
+from corral.errors import InvalidRequest
+from corral.runtime import (
+    TERMINAL_STATUSES,
+    create_run,
+    get_run,
+    list_run_spans,
+    list_runs,
+    list_steps,
+)
+from corral.runtime._tables import RunEventRow, RunRow
+from corral.store import Store
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["runs"])
+
+SSE_POLL_SECONDS = 0.2
+"""How often an event stream reads the store for newer events of its run."""
+
+SSE_KEEPALIVE_SECONDS = 15.0
+"""Seconds of silence after which an event stream sends a ``: keep-alive`` comment, so that
+proxies and clients do not drop a stream whose run is waiting (on a model, a person...)."""
+
+_SSE_BATCH = 500
 
 
 @router.post("/agents/{name}/runs", response_model=RunOut, status_code=201)
@@ -36,7 +67,7 @@ async def post_run(name: str, body: RunCreate, platform: PlatformDep, caller: Ca
 
 @router.get("/runs", response_model=Page[RunOut])
 async def get_runs(
-    session: SessionDep,
+    session: ReadSessionDep,
     caller: CallerDep,
     agent: Annotated[str | None, Query(description="Only runs of this agent.")] = None,
     status: Annotated[str | None, Query(description="Only runs in this status.")] = None,
@@ -57,7 +88,7 @@ async def get_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-async def get_one_run(run_id: str, session: SessionDep, caller: CallerDep) -> RunOut:
+async def get_one_run(run_id: str, session: ReadSessionDep, caller: CallerDep) -> RunOut:
     """A run's state, budgets used, output and terminal reason."""
     return RunOut.model_validate(await get_run(session, run_id, tenant_id=caller.tenant_id))
 
@@ -65,7 +96,7 @@ async def get_one_run(run_id: str, session: SessionDep, caller: CallerDep) -> Ru
 @router.get("/runs/{run_id}/steps", response_model=list[StepOut])
 async def get_steps(
     run_id: str,
-    session: SessionDep,
+    session: ReadSessionDep,
     caller: CallerDep,
     after: Annotated[int, Query(ge=-1, description="Only steps with a greater index.")] = -1,
 ) -> list[StepOut]:
@@ -89,7 +120,129 @@ async def get_steps(
 
 
 @router.get("/runs/{run_id}/spans", response_model=list[SpanOut])
-async def get_spans(run_id: str, session: SessionDep, caller: CallerDep) -> list[SpanOut]:
+async def get_spans(run_id: str, session: ReadSessionDep, caller: CallerDep) -> list[SpanOut]:
     """Every span of the run's trace (``invoke_agent``, ``chat``, ``execute_tool``)."""
     spans = await list_run_spans(session, run_id, tenant_id=caller.tenant_id)
     return [SpanOut.model_validate(s) for s in spans]
+
+
+async def _read_events(
+    store: Store, run_id: str, tenant_id: str, after: int
+) -> tuple[list[Any], bool]:
+    """Up to a batch of the run's events with ``id > after``, and whether the run had ended.
+
+    One short transaction. The status is read first: once it is terminal, the events written
+    with it (``run.finished``) are committed, so the second read sees them.
+    """
+    async with store.read() as session:
+        status = (
+            await session.execute(
+                select(RunRow.status).where(RunRow.id == run_id, RunRow.tenant_id == tenant_id)
+            )
+        ).scalar_one_or_none()
+        rows = (
+            await session.execute(
+                select(RunEventRow.id, RunEventRow.type, RunEventRow.data, RunEventRow.created_at)
+                .where(
+                    RunEventRow.run_id == run_id,
+                    RunEventRow.tenant_id == tenant_id,
+                    RunEventRow.id > after,
+                )
+                .order_by(RunEventRow.id)
+                .limit(_SSE_BATCH)
+            )
+        ).all()
+    return list(rows), status is None or status in TERMINAL_STATUSES
+
+
+def _server_sent_event(run_id: str, row: Any) -> str:
+    data = RunEventOut(run_id=run_id, type=row.type, data=row.data, created_at=row.created_at)
+    return f"id: {row.id}\nevent: {row.type}\ndata: {data.model_dump_json()}\n\n"
+
+
+async def _event_stream(
+    request: Request, store: Store, run_id: str, tenant_id: str, after: int
+) -> AsyncIterator[str]:
+    """The run's events after ``after`` as SSE text, until ``run.finished`` has been sent.
+
+    The stream reads the table, never in-process state, so it carries the events of every
+    worker that drives the run; no transaction stays open between reads.
+    """
+    clock = asyncio.get_running_loop().time
+    quiet_since = clock()
+    while True:
+        rows, ended = await _read_events(store, run_id, tenant_id, after)
+        for row in rows:
+            after = row.id
+            yield _server_sent_event(run_id, row)
+            if row.type == "run.finished":
+                return
+        if len(rows) == _SSE_BATCH:
+            continue
+        if ended:  # ended without a run.finished event: nothing more will come
+            return
+        if rows:
+            quiet_since = clock()
+        elif clock() - quiet_since >= SSE_KEEPALIVE_SECONDS:
+            quiet_since = clock()
+            yield ": keep-alive\n\n"
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(SSE_POLL_SECONDS)
+
+
+def _event_id(value: str | None) -> int:
+    if value is None or not value.strip():
+        return 0
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        raise InvalidRequest(
+            f"Last-Event-ID {value!r} is not an event id; send the id: of the last event seen."
+        ) from None
+
+
+_SSE_EXAMPLE = (
+    "id: 42\nevent: step\n"
+    'data: {"run_id": "run_...", "type": "step", "data": {"index": 0, "kind": "tool_calls", ...},'
+    ' "created_at": "..."}\n\n'
+)
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "A Server-Sent Events stream (text/event-stream).",
+            "content": {"text/event-stream": {"example": _SSE_EXAMPLE}},
+        }
+    },
+)
+async def get_run_events(
+    run_id: str,
+    request: Request,
+    platform: PlatformDep,
+    caller: CallerDep,
+    after: Annotated[int, Query(ge=0, description="Only events with a greater id.")] = 0,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="Resume after this event id (SSE reconnect)."),
+    ] = None,
+) -> StreamingResponse:
+    """Stream the run's events as Server-Sent Events, oldest first, live until it finishes.
+
+    Each event is ``id: <event id>``, ``event: <type>`` and ``data: <RunEventOut JSON>``; types
+    are ``run.created``, ``step``, ``tool_call`` (after its step), ``run.paused``,
+    ``run.resumed``, ``run.cancel_requested`` and ``run.finished``, after which the stream ends.
+    A ``: keep-alive`` comment is sent after 15 s of silence. To resume, send
+    ``Last-Event-ID`` (or ``?after=ID``): only later events are sent. 404 for an unknown run.
+    """
+    start = max(after, _event_id(last_event_id))
+    async with platform.store.read() as session:
+        await get_run(session, run_id, tenant_id=caller.tenant_id)  # 404 before streaming
+    return StreamingResponse(
+        _event_stream(request, platform.store, run_id, caller.tenant_id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from corral import __version__
-from corral.cli import audit, registry, runs, server
+from corral.cli import audit, control, registry, runs, server
 
 __all__ = ["app", "main"]
 
@@ -27,6 +27,9 @@ app.command(rich_help_panel="Registry")(registry.describe)
 app.command(rich_help_panel="Registry")(registry.schema)
 app.command(rich_help_panel="Runs")(runs.run)
 app.command(rich_help_panel="Runs")(runs.trace)
+app.command(rich_help_panel="Runs")(control.cancel)
+app.add_typer(control.runs_app, name="runs", rich_help_panel="Runs")
+app.add_typer(control.kill_switch_app, name="kill-switch", rich_help_panel="Govern")
 app.add_typer(audit.app, name="audit", rich_help_panel="Evidence")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-__all__ = ["ago", "render_step", "render_trace", "table"]
+__all__ = ["ago", "render_step", "render_tool_call", "render_trace", "table"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -48,16 +48,18 @@ def render_step(step: dict[str, Any]) -> str:
         lines.append(f"    model error: {_short(step.get('error'))}")
     elif step["kind"] == "final_answer":
         lines.append(f"    answer: {_short(decision.get('final_answer'), 200)}")
-    for call in step["tool_calls"]:
-        outcome = call["status"]
-        if call["status"] == "COMPLETED":
-            outcome += (
-                f" ({call['output_bytes']} bytes{', truncated' if call['truncated'] else ''})"
-            )
-        else:
-            outcome += f": {_short(call['error'])}"
-        lines.append(f"    {call['tool_name']} {_short(call['arguments'])} -> {outcome}")
+    lines.extend(render_tool_call(call) for call in step["tool_calls"])
     return "\n".join(lines)
+
+
+def render_tool_call(call: dict[str, Any]) -> str:
+    """One tool call of a step, indented under it: ``tool {arguments} -> outcome``."""
+    outcome = call["status"]
+    if call["status"] == "COMPLETED":
+        outcome += f" ({call['output_bytes']} bytes{', truncated' if call['truncated'] else ''})"
+    else:
+        outcome += f": {_short(call['error'])}"
+    return f"    {call['tool_name']} {_short(call['arguments'])} -> {outcome}"
 
 
 def render_trace(spans: list[dict[str, Any]]) -> str:

@@ -73,7 +73,14 @@ def up(
         f"Corral {settings.store_url.split('://')[0]} store in {settings.home}; "
         f"API on http://{api.host}:{api.port} (Ctrl-C to stop)"
     )
-    uvicorn.run(create_app(platform), host=api.host, port=api.port, log_level="warning")
+    # Open event streams would hold shutdown forever; give them a few seconds to finish.
+    uvicorn.run(
+        create_app(platform),
+        host=api.host,
+        port=api.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
 
 
 def worker(

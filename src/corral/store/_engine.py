@@ -40,7 +40,9 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads take a snapshot without the write lock (WAL readers never block the writer).
+        readonly = connection.get_execution_options().get("corral_readonly", False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 def create_engine(
@@ -110,6 +112,9 @@ class Store:
             connect_args=connect_args,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(
+            self.engine.execution_options(corral_readonly=True), expire_on_commit=False
+        )
         self._sync_engine: Engine | None = None
         self._writer: ThreadPoolExecutor | None = None
         parsed = make_url(url)
@@ -129,6 +134,15 @@ class Store:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on exit, rolled back on error."""
         async with self.sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reading only: one consistent snapshot, no write lock on SQLite.
+
+        Writing through it is a programming error (SQLite would fail to upgrade the lock).
+        """
+        async with self._read_sessions() as session, session.begin():
             yield session
 
     async def run_sync(self, fn: Callable[[Connection], T]) -> T:
