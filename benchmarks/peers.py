@@ -67,6 +67,8 @@ STEPS = 10
 TOOL_STEPS = STEPS - 1
 MODEL_DELAY = 0.05
 """Seconds each model call waits in the concurrent test."""
+BARE_RUNS_FACTOR = 20
+"""The bare loop does ``--runs`` x this many sequential runs per measurement."""
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 SYSTEMS = ("corral-sqlite", "corral-postgres", "langgraph", "agents-sdk", "bare")
 LABELS = {
@@ -768,36 +770,44 @@ def _item_type(item: Any) -> Any:
 # --- driver ------------------------------------------------------------------------------------
 
 
-async def measure(system: System, args: argparse.Namespace) -> SystemResult:
-    result = SystemResult(system.name, versions=system.versions())
-    # Warm-up: imports, caches, pools, prepared statements, the to_thread pool.
+async def warm_up(system: System, args: argparse.Namespace) -> None:
+    """Imports, caches, pools, prepared statements, the to_thread pool; checked like the rest."""
     system.delay = 0.0
     system.counters.reset()
-    await system.sequential(max(3, args.runs // 10))
+    warm = max(3, args.runs // 10)
+    await system.sequential(warm)
+    system.verify_counts(warm)
+    # A smaller concurrent batch: enough to grow pools and the to_thread pool, and it keeps
+    # the whole invocation within ~5 minutes on a loaded 2-core machine.
+    warm = min(args.concurrent, 25)
     system.delay = MODEL_DELAY
-    await system.concurrent(args.concurrent)
-    for _ in range(args.repeat):
-        system.delay = 0.0
-        system.counters.reset()
-        gc.collect()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        await system.sequential(args.runs)
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        system.verify_counts(args.runs)
-        result.sequential.append(Sequential(args.runs, cpu, wall))
+    system.counters.reset()
+    await system.concurrent(warm)
+    system.verify_counts(warm)
 
-        system.delay = MODEL_DELAY
-        system.counters.reset()
-        gc.collect()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        detail = await system.concurrent(args.concurrent)
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        system.verify_counts(args.concurrent)
-        result.concurrent.append(Concurrent(args.concurrent, wall, cpu, detail))
-    if isinstance(system, Corral) and not args.no_diagnose:
-        system.delay = MODEL_DELAY
-        result.diagnosis = await system.diagnose(args.concurrent)
-    return result
+
+async def measure_once(system: System, result: SystemResult, args: argparse.Namespace) -> None:
+    """One repeat: ``--runs`` sequential runs, then ``--concurrent`` concurrent runs."""
+    # The bare loop's runs take ~0.3 ms: 20x more of them, so that its figure (every ratio's
+    # denominator) is not a few milliseconds of CPU at the mercy of one context switch.
+    runs = args.runs * BARE_RUNS_FACTOR if isinstance(system, Bare) else args.runs
+    system.delay = 0.0
+    system.counters.reset()
+    gc.collect()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await system.sequential(runs)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    system.verify_counts(runs)
+    result.sequential.append(Sequential(runs, cpu, wall))
+
+    system.delay = MODEL_DELAY
+    system.counters.reset()
+    gc.collect()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    detail = await system.concurrent(args.concurrent)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    system.verify_counts(args.concurrent)
+    result.concurrent.append(Concurrent(args.concurrent, wall, cpu, detail))
 
 
 def build(name: str, tmp: Path, args: argparse.Namespace) -> System:
@@ -812,9 +822,10 @@ def build(name: str, tmp: Path, args: argparse.Namespace) -> System:
     return Bare(tmp)
 
 
-async def main_async(args: argparse.Namespace, tmp: Path) -> tuple[list[SystemResult], list[str]]:
-    results: list[SystemResult] = []
-    notes: list[str] = []
+async def start_systems(
+    args: argparse.Namespace, tmp: Path, stack: AsyncExitStack, notes: list[str]
+) -> list[System]:
+    systems: list[System] = []
     for name in SYSTEMS:
         if name in args.skip:
             notes.append(f"{name}: skipped (--skip).")
@@ -826,20 +837,43 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> tuple[list[SystemRe
                 notes.append(f"{name}: skipped: {reason}.")
                 print(f"note: {name} skipped: {reason}", file=sys.stderr)
                 continue
-        print(f"measuring {name}...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
+        stack.push_async_callback(system.close)
         try:
             await system.start()
-            results.append(await measure(system, args))
         except ImportError as exc:
             raise SystemExit(
                 f"{name}: {exc}. Install the peers with `pip install -e '.[bench]'`, "
                 f"or pass --skip {name}."
             ) from exc
-        finally:
-            await system.close()
-        print(f"  {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-    return results, notes
+        systems.append(system)
+    return systems
+
+
+async def main_async(args: argparse.Namespace, tmp: Path) -> tuple[list[SystemResult], list[str]]:
+    notes: list[str] = []
+    async with AsyncExitStack() as stack:
+        systems = await start_systems(args, tmp, stack, notes)
+        results = {s.name: SystemResult(s.name, versions=s.versions()) for s in systems}
+        for system in systems:
+            print(f"warming up {system.name}...", file=sys.stderr, flush=True)
+            await warm_up(system, args)
+        # Round robin: repeat r of every system runs before repeat r + 1 of any, so a burst of
+        # load from other processes on a shared machine is spread over the systems.
+        for repeat in range(args.repeat):
+            for system in systems:
+                print(
+                    f"repeat {repeat + 1}/{args.repeat}: {system.name}...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await measure_once(system, results[system.name], args)
+        if not args.no_diagnose:
+            for system in systems:
+                if isinstance(system, Corral):
+                    print(f"diagnosing {system.name}...", file=sys.stderr, flush=True)
+                    system.delay = MODEL_DELAY
+                    results[system.name].diagnosis = await system.diagnose(args.concurrent)
+    return list(results.values()), notes
 
 
 def render(results: list[SystemResult], notes: list[str], args: argparse.Namespace) -> str:
@@ -848,7 +882,8 @@ def render(results: list[SystemResult], notes: list[str], args: argparse.Namespa
     lines = [
         f"Peers: the same scripted agent ({STEPS} steps: {TOOL_STEPS} calls of a no-op tool, "
         f"then a final answer), each step durable before the next. Sequential: {args.runs} runs "
-        f"one after another. Concurrent: {args.concurrent} runs at once, the model waiting "
+        f"one after another ({args.runs * BARE_RUNS_FACTOR} for the bare loop). Concurrent: "
+        f"{args.concurrent} runs at once, the model waiting "
         f"{MODEL_DELAY * 1e3:.0f} ms per call (ideal {STEPS * MODEL_DELAY:.2f} s). "
         f"Median of {args.repeat} repeats after a warm-up; CPU = time.process_time() (all "
         "threads).",
@@ -898,6 +933,16 @@ def render(results: list[SystemResult], notes: list[str], args: argparse.Namespa
                 )
                 + "."
             )
+    lines.append(
+        f"- {args.concurrent} concurrent runs, process CPU / wall (medians; about 1.0 means the "
+        "one event loop, or the GIL, is the limit): "
+        + "; ".join(
+            f"{r.system} {r.summary()['concurrent_cpu_s']:.2f} s / "
+            f"{r.summary()['concurrent_wall_s']:.2f} s"
+            for r in results
+        )
+        + "."
+    )
     lines.extend(f"- {note}" for note in notes)
     versions: dict[str, str] = {}
     for r in results:
@@ -906,7 +951,8 @@ def render(results: list[SystemResult], notes: list[str], args: argparse.Namespa
     lines.append(
         f"Python {pyplatform.python_version()}, "
         + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
-        + f", {os.cpu_count()} CPUs."
+        + f", {os.cpu_count()} CPUs, load average {args.load_before:.1f} before and "
+        f"{os.getloadavg()[0]:.1f} after (1 min; above ~0.5 other processes share the CPUs)."
     )
     return "\n".join(lines)
 
@@ -976,6 +1022,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="corral-peers-") as tmp:
         try:
             results, notes = asyncio.run(main_async(args, Path(tmp)))

@@ -1,0 +1,66 @@
+"""Policy-as-code on Cedar: ``allow``, ``deny`` or ``require_approval`` for every governed action.
+
+Policies are Cedar text validated against :func:`cedar_schema` when a :class:`PolicyEngine` is
+built; :meth:`PolicyEngine.evaluate` decides one :class:`PolicyRequest` with the combination
+rules documented on :class:`PolicyEngine` (default deny, evaluation error = deny,
+approval-forbids turn into ``require_approval`` only when approving would allow).
+:data:`DEFAULT_POLICIES` is the shipped policy set; :func:`load_cases`, :func:`run_cases` and
+:func:`explain` back ``corral policy test`` and ``corral policy explain``.
+"""
+
+from corral.policy._cases import (
+    CaseExpectation,
+    CaseResult,
+    PolicyCase,
+    explain,
+    load_cases,
+    run_cases,
+)
+from corral.policy._defaults import DEFAULT_POLICIES, DEFAULT_POLICY_TEXT
+from corral.policy._engine import PolicyEngine
+from corral.policy._schema import (
+    ACTIONS,
+    PRINCIPAL_TYPES,
+    RESOURCE_TYPES,
+    PolicyAction,
+    cedar_schema,
+)
+from corral.policy._types import (
+    CompiledPolicy,
+    DecisionKind,
+    Entity,
+    EntityRef,
+    EntitySet,
+    PolicyContext,
+    PolicyDecision,
+    PolicyKind,
+    PolicyRequest,
+    PolicySource,
+)
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_POLICIES",
+    "DEFAULT_POLICY_TEXT",
+    "PRINCIPAL_TYPES",
+    "RESOURCE_TYPES",
+    "CaseExpectation",
+    "CaseResult",
+    "CompiledPolicy",
+    "DecisionKind",
+    "Entity",
+    "EntityRef",
+    "EntitySet",
+    "PolicyAction",
+    "PolicyCase",
+    "PolicyContext",
+    "PolicyDecision",
+    "PolicyEngine",
+    "PolicyKind",
+    "PolicyRequest",
+    "PolicySource",
+    "cedar_schema",
+    "explain",
+    "load_cases",
+    "run_cases",
+]
