@@ -22,6 +22,7 @@ PUBLIC = {
         "FIRST_VERSION",
         "ApplyResult",
         "apply_documents",
+        "bind_stage",
         "count_agents",
         "digest_of",
         "document_of",

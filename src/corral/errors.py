@@ -11,6 +11,7 @@ CorralError
 ├── NotFound               an object does not exist (in this tenant)
 ├── Conflict               the request contradicts stored state (e.g. a version reused)
 ├── PolicyDenied           a governed action was refused
+│   ├── PolicyRefused      ... by a policy decision (stored after the rollback)
 │   └── KillSwitchEngaged  an agent, tenant or platform kill switch stops new runs
 ├── BudgetExceeded         a run hit one of its limits
 ├── ToolFailed             a tool call failed; recorded in the step, the run goes on
@@ -22,6 +23,7 @@ CorralError
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "NotFound",
     "PathOutsideWorkspace",
     "PolicyDenied",
+    "PolicyRefused",
     "ToolFailed",
 ]
 
@@ -144,6 +147,30 @@ class PolicyDenied(CorralError):
     """A governed action was refused (tool not allowed, agent retired...)."""
 
     default_code = "policy_denied"
+
+
+class PolicyRefused(PolicyDenied):
+    """Policy did not allow a governed action; the decision must still be stored.
+
+    The transaction that raised it rolls back, so the caller stores the decision afterwards by
+    calling ``record`` (a function of one store connection) in a transaction of its own.
+
+    Args:
+        message: Names the action, the policies that decided and their reasons.
+        decision_id: The stored decision's id.
+        record: Writes the decision and its audit event.
+    """
+
+    default_code = "policy_denied"
+
+    def __init__(self, message: str, *, decision_id: str, record: Callable[[Any], None]) -> None:
+        super().__init__(message)
+        self.decision_id = decision_id
+        self.record = record
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON body with the decision id."""
+        return {**super().to_dict(), "policy_decision_id": self.decision_id}
 
 
 class KillSwitchEngaged(PolicyDenied):

@@ -22,6 +22,7 @@ from corral.gateway.models._gateway import ModelGateway
 from corral.gateway.tools._fs import BuiltinTool
 from corral.gateway.tools._gateway import ToolGateway
 from corral.observability import Tracing
+from corral.policy._service import Governance
 from corral.registry import apply_documents
 from corral.runtime import RunExecutor, Worker
 from corral.settings import Settings
@@ -87,6 +88,11 @@ class Platform:
         self._start_local_model = start_local_model
         self._migrate = migrate
         self.local_server: LocalModelServer | None = None
+        self.governance = Governance(
+            self.store,
+            roles=settings.governance.roles,
+            refresh_seconds=settings.governance.policy_refresh_seconds,
+        )
         self.models = ModelGateway({}, self.tracing.tracer)
         self.tools = ToolGateway(settings.tools, self.tracing.tracer, builtins=builtins)
         self.executor = RunExecutor(
@@ -95,6 +101,8 @@ class Platform:
             self.tools,
             self.tracing,
             lease_seconds=settings.runtime.lease_seconds,
+            governance=self.governance,
+            approval_ttl_seconds=settings.governance.approval_ttl_seconds,
         )
         self.worker = Worker(
             self.store,

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "ApiSettings",
+    "GovernanceSettings",
     "LocalModelSettings",
     "OpenAISettings",
     "RuntimeSettings",
@@ -107,6 +108,32 @@ class ToolSettings(BaseModel):
     """``fs.read_file`` and ``fs.search_text`` skip files larger than this."""
 
 
+def _default_roles() -> dict[str, list[str]]:
+    return {
+        "user:local-admin": ["admin", "builder", "operator", "approver", "platform-admin"],
+    }
+
+
+class GovernanceSettings(BaseModel):
+    """Policy, approvals and releases."""
+
+    roles: dict[str, list[str]] = Field(default_factory=_default_roles)
+    """Roles per principal (``{"user:alice": ["approver"]}``), until the identity issue brings
+    roles per tenant from OIDC and API keys. JSON in ``CORRAL_GOVERNANCE__ROLES``."""
+    stages: list[str] = Field(default_factory=lambda: ["dev", "staging", "production"])
+    """Release stages, in promotion order."""
+    approval_ttl_seconds: int = 86_400
+    """An approval request not decided within this many seconds expires; its run ends
+    ``REJECTED`` with reason ``approval_expired``."""
+    policy_refresh_seconds: float = 2.0
+    """How long a process uses a tenant's compiled policies before checking for changes made
+    by other processes (changes made through the same process apply at once)."""
+    trust_principal_header: bool = True
+    """Take the caller's principal from the ``X-Corral-Principal`` header (default
+    ``user:local-admin``). Only for the embedded, single-user mode until authentication lands;
+    turn it off for anything shared."""
+
+
 class Settings(BaseSettings):
     """Root settings: one group per domain."""
 
@@ -122,6 +149,7 @@ class Settings(BaseSettings):
     openai: OpenAISettings = OpenAISettings()
     runtime: RuntimeSettings = RuntimeSettings()
     tools: ToolSettings = ToolSettings()
+    governance: GovernanceSettings = GovernanceSettings()
 
     @property
     def store_url(self) -> str:

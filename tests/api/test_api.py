@@ -152,7 +152,7 @@ async def test_run_end_to_end(api, workspace: Path) -> None:
     await apply(client, agent_document())
     response = await client.post(
         "/v1/agents/repo-analyst/runs",
-        json={"task": "What is this?", "workspace": str(workspace)},
+        json={"stage": "dev", "task": "What is this?", "workspace": str(workspace)},
     )
     assert response.status_code == 201, response.text
     created = response.json()
@@ -240,7 +240,8 @@ async def test_run_requests_that_cannot_be_honoured(api, tmp_path: Path) -> None
 
     missing = tmp_path / "does-not-exist"
     response = await client.post(
-        "/v1/agents/repo-analyst/runs", json={"task": "x", "workspace": str(missing)}
+        "/v1/agents/repo-analyst/runs",
+        json={"stage": "dev", "task": "x", "workspace": str(missing)},
     )
     assert response.status_code == 400
     assert (response.json()["code"], str(missing) in response.json()["message"]) == (
@@ -249,28 +250,32 @@ async def test_run_requests_that_cannot_be_honoured(api, tmp_path: Path) -> None
     )
 
     relative = await client.post(
-        "/v1/agents/repo-analyst/runs", json={"task": "x", "workspace": "src"}
+        "/v1/agents/repo-analyst/runs", json={"stage": "dev", "task": "x", "workspace": "src"}
     )
     assert relative.status_code == 400
     assert "absolute" in relative.json()["message"]
 
-    unknown = await client.post("/v1/agents/nope/runs", json={"task": "x"})
+    unknown = await client.post("/v1/agents/nope/runs", json={"stage": "dev", "task": "x"})
     assert unknown.status_code == 404
     assert (unknown.json()["code"], unknown.json()["known"]) == (
         "agent_not_found",
         ["repo-analyst"],
     )
 
-    no_task = await client.post("/v1/agents/repo-analyst/runs", json={"workspace": "/tmp"})
+    no_task = await client.post(
+        "/v1/agents/repo-analyst/runs", json={"stage": "dev", "workspace": "/tmp"}
+    )
     assert no_task.status_code == 422
     assert no_task.json()["code"] == "invalid_request"
     assert any("task" in issue for issue in no_task.json()["issues"])
 
-    extra = await client.post("/v1/agents/repo-analyst/runs", json={"task": "x", "tsk": "y"})
+    extra = await client.post(
+        "/v1/agents/repo-analyst/runs", json={"stage": "dev", "task": "x", "tsk": "y"}
+    )
     assert extra.status_code == 422
 
     model = await client.post(
-        "/v1/agents/repo-analyst/runs", json={"task": "x", "model": "openai/gpt-4o"}
+        "/v1/agents/repo-analyst/runs", json={"stage": "dev", "task": "x", "model": "openai/gpt-4o"}
     )
     assert model.status_code == 400
     assert "not allowed" in model.json()["message"]
@@ -283,7 +288,7 @@ async def test_run_requests_that_cannot_be_honoured(api, tmp_path: Path) -> None
 async def test_retired_agent_run_is_403(api) -> None:
     client = await api(scripted=ScriptedModel([]))
     await apply(client, agent_document(status="retired"))
-    response = await client.post("/v1/agents/repo-analyst/runs", json={"task": "x"})
+    response = await client.post("/v1/agents/repo-analyst/runs", json={"stage": "dev", "task": "x"})
     assert (response.status_code, response.json()["code"]) == (403, "agent_retired")
 
 

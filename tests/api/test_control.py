@@ -76,7 +76,9 @@ async def apply(client: httpx.AsyncClient, *documents: dict[str, Any]) -> None:
 
 
 async def start_run(client: httpx.AsyncClient, agent: str = "repo-analyst", **body: Any) -> str:
-    response = await client.post(f"/v1/agents/{agent}/runs", json={"task": "Look around.", **body})
+    response = await client.post(
+        f"/v1/agents/{agent}/runs", json={"stage": "dev", "task": "Look around.", **body}
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -99,7 +101,9 @@ async def wait_for_end(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]
 
 async def run_status(client: httpx.AsyncClient, agent: str) -> int:
     """The HTTP status of starting a run of ``agent``."""
-    return (await client.post(f"/v1/agents/{agent}/runs", json={"task": "x"})).status_code
+    return (
+        await client.post(f"/v1/agents/{agent}/runs", json={"stage": "dev", "task": "x"})
+    ).status_code
 
 
 async def event_types(client: httpx.AsyncClient, run_id: str) -> list[str]:
@@ -332,7 +336,7 @@ async def test_agent_kill_switch_kills_queued_runs_and_refuses_new_ones(control_
         assert await event_types(client, run_id) == ["run.created", "run.finished"]
     assert (await client.get(f"/v1/runs/{spared}")).json()["status"] == "QUEUED"
 
-    refused = await client.post("/v1/agents/repo-analyst/runs", json={"task": "x"})
+    refused = await client.post("/v1/agents/repo-analyst/runs", json={"stage": "dev", "task": "x"})
     assert refused.status_code == 423
     error = refused.json()
     assert (error["code"], error["scope"], error["target"], error["engaged_by"]) == (
@@ -395,7 +399,7 @@ async def test_tenant_and_platform_switches_stop_every_agent(control_api, scope,
     for run_id in queued:
         assert (await client.get(f"/v1/runs/{run_id}")).json()["status"] == "KILLED"
     for agent in ("repo-analyst", "other"):
-        refused = await client.post(f"/v1/agents/{agent}/runs", json={"task": "x"})
+        refused = await client.post(f"/v1/agents/{agent}/runs", json={"stage": "dev", "task": "x"})
         assert refused.status_code == 423
         assert (refused.json()["scope"], refused.json()["target"]) == (scope, target)
         message = refused.json()["message"]

@@ -47,7 +47,8 @@ def parse(text: str) -> list[dict[str, Any]]:
 async def finished_run(client: httpx.AsyncClient, workspace) -> str:
     await client.post("/v1/apply", json={"documents": [agent_document()]})
     response = await client.post(
-        "/v1/agents/repo-analyst/runs", json={"task": "What is this?", "workspace": str(workspace)}
+        "/v1/agents/repo-analyst/runs",
+        json={"stage": "dev", "task": "What is this?", "workspace": str(workspace)},
     )
     run_id = str(response.json()["id"])
     for _ in range(200):
@@ -240,7 +241,8 @@ async def start_live_run(url: str, workspace) -> str:
     async with httpx.AsyncClient(base_url=url) as client:
         await client.post("/v1/apply", json={"documents": [agent_document()]})
         response = await client.post(
-            "/v1/agents/repo-analyst/runs", json={"task": "x", "workspace": str(workspace)}
+            "/v1/agents/repo-analyst/runs",
+            json={"stage": "dev", "task": "x", "workspace": str(workspace)},
         )
         return str(response.json()["id"])
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+import pytest
+from sqlalchemy import delete, func, select, text, update
 
 from conftest import agent_document, register
 from corral.audit import GENESIS_HASH, append_event, event_hash, verify_chain
@@ -56,9 +57,18 @@ async def events(platform: Platform, tenant_id: str = "default") -> list[AuditEv
         return list((await session.execute(query)).scalars())
 
 
+async def behind_the_back(session: Any, platform: Platform) -> None:
+    """Act as a database superuser would: on PostgreSQL the append-only trigger is bypassed
+    with ``session_replication_role = replica`` (triggers do not fire), so the chain itself is
+    what must catch the edit."""
+    if platform.store.dialect == "postgresql":
+        await session.execute(text("SET LOCAL session_replication_role = replica"))
+
+
 async def tamper(platform: Platform, seq: int, tenant_id: str = "default", **values: Any) -> None:
     """Change a stored event behind the application's back."""
     async with platform.store.transaction() as session:
+        await behind_the_back(session, platform)
         await session.execute(
             update(AuditEventRow.__table__)
             .where(AuditEventRow.tenant_id == tenant_id, AuditEventRow.seq == seq)
@@ -121,6 +131,7 @@ async def test_deleted_middle_event_is_reported(make_platform, workspace) -> Non
     stored = await events(platform)
     middle = stored[len(stored) // 2]
     async with platform.store.transaction() as session:
+        await behind_the_back(session, platform)
         await session.execute(delete(AuditEventRow).where(AuditEventRow.id == middle.id))
     result = await verify(platform)
     assert not result.ok
@@ -133,6 +144,7 @@ async def test_deleted_last_event_is_reported_by_the_head(make_platform, workspa
     platform = await busy_platform(make_platform, workspace)
     stored = await events(platform)
     async with platform.store.transaction() as session:
+        await behind_the_back(session, platform)
         await session.execute(delete(AuditEventRow).where(AuditEventRow.id == stored[-1].id))
     result = await verify(platform)
     assert not result.ok
@@ -194,3 +206,20 @@ async def test_tenant_without_events_verifies_empty(make_platform) -> None:
             )
         ).scalar_one()
     assert count == 0
+
+
+async def test_postgres_trigger_refuses_update_and_delete_of_audit_rows(make_platform, workspace):
+    platform = await busy_platform(make_platform, workspace)
+    if platform.store.dialect != "postgresql":
+        pytest.skip("the append-only trigger exists on PostgreSQL only")
+    stored = await events(platform)
+    for statement in (
+        update(AuditEventRow.__table__)
+        .where(AuditEventRow.seq == stored[0].seq)
+        .values(outcome="forged"),
+        delete(AuditEventRow).where(AuditEventRow.id == stored[0].id),
+    ):
+        with pytest.raises(Exception, match="append-only"):
+            async with platform.store.transaction() as session:
+                await session.execute(statement)
+    assert (await verify(platform)).ok

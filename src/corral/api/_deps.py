@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.platform import Platform
@@ -50,8 +50,14 @@ class Caller:
     tenant_id: str
 
 
-def _caller() -> Caller:
-    return Caller(principal="user:local-admin", tenant_id=DEFAULT_TENANT)
+def _caller(
+    platform: PlatformDep,
+    x_corral_principal: Annotated[str | None, Header()] = None,
+) -> Caller:
+    principal = "user:local-admin"
+    if x_corral_principal and platform.settings.governance.trust_principal_header:
+        principal = x_corral_principal
+    return Caller(principal=principal, tenant_id=DEFAULT_TENANT)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]

@@ -111,7 +111,12 @@ class RunCreate(BaseModel):
     )
     version: str | None = Field(None, description="Agent version; default: the latest.")
     model: str | None = Field(None, description="provider/model allowed by the agent.")
-    stage: str = Field("dev", pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    stage: str = Field(
+        "production",
+        pattern=r"^[a-z][a-z0-9-]{0,31}$",
+        description="Release stage whose bound version runs (API default: production; "
+        "`corral run` sends dev).",
+    )
 
 
 class RunOut(BaseModel):

@@ -20,7 +20,7 @@ from corral.api._schemas import (
     StepOut,
     ToolCallOut,
 )
-from corral.errors import InvalidRequest
+from corral.errors import InvalidRequest, PolicyRefused
 from corral.runtime import (
     TERMINAL_STATUSES,
     create_run,
@@ -49,18 +49,23 @@ _SSE_BATCH = 500
 @router.post("/agents/{name}/runs", response_model=RunOut, status_code=201)
 async def post_run(name: str, body: RunCreate, platform: PlatformDep, caller: CallerDep) -> RunOut:
     """Create a run (``QUEUED``); a worker picks it up. Poll ``GET /v1/runs/{id}``."""
-    async with platform.store.transaction() as session:
-        run = await create_run(
-            session,
-            tenant_id=caller.tenant_id,
-            agent_name=name,
-            task=body.task,
-            requested_by=caller.principal,
-            workspace=body.workspace,
-            stage=body.stage,
-            version=body.version,
-            model=body.model,
-        )
+    try:
+        async with platform.store.transaction() as session:
+            run = await create_run(
+                session,
+                tenant_id=caller.tenant_id,
+                agent_name=name,
+                task=body.task,
+                requested_by=caller.principal,
+                workspace=body.workspace,
+                stage=body.stage,
+                version=body.version,
+                model=body.model,
+                governance=platform.governance,
+            )
+    except PolicyRefused as exc:
+        await platform.store.run_sync(exc.record)  # the refusal is evidence too
+        raise
     platform.worker.wake()
     return RunOut.model_validate(run)
 

@@ -57,6 +57,9 @@ def run(
     ] = False,
     version: Annotated[str | None, typer.Option(help="Agent version (default: latest).")] = None,
     model: Annotated[str | None, typer.Option(help="provider/model the agent allows.")] = None,
+    stage: Annotated[
+        str, typer.Option(help="Release stage whose version runs (dev follows the latest).")
+    ] = "dev",
     timeout: Annotated[
         float, typer.Option(help="With --follow: give up waiting after this many seconds.")
     ] = 900.0,
@@ -74,6 +77,7 @@ def run(
         "workspace": str(workspace) if workspace else None,
         "version": version,
         "model": model,
+        "stage": stage,
     }
     created = client.post(f"/v1/agents/{agent}/runs", body)
     run_id = created["id"]

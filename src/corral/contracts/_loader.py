@@ -10,12 +10,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from corral.contracts._models import API_VERSION, Agent, Tool
+from corral.contracts._models import API_VERSION, Agent, Policy, Tool
 from corral.errors import ContractIssue, InvalidContract
 
 __all__ = ["KINDS", "Document", "load_documents", "load_paths", "parse_document"]
 
-KINDS: dict[str, type[BaseModel]] = {"Agent": Agent, "Tool": Tool}
+KINDS: dict[str, type[BaseModel]] = {"Agent": Agent, "Policy": Policy, "Tool": Tool}
 """Contract kinds this version understands, by ``kind``."""
 
 _Lines = dict[tuple[str | int, ...], int]
@@ -27,7 +27,7 @@ class Document:
 
     source: str
     index: int
-    contract: Agent | Tool
+    contract: Agent | Policy | Tool
 
 
 def load_paths(paths: Iterable[Path]) -> list[Document]:
@@ -109,7 +109,7 @@ def load_documents(text: str, *, source: str = "<string>") -> list[Document]:
     return documents
 
 
-def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | Tool:
+def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | Policy | Tool:
     """Validate one already-parsed document (a mapping with ``apiVersion`` and ``kind``).
 
     Raises:
@@ -141,7 +141,7 @@ def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | Tool:
                 for err in exc.errors(include_url=False)
             ]
         ) from None
-    assert isinstance(contract, Agent | Tool)
+    assert isinstance(contract, Agent | Policy | Tool)
     return contract
 
 

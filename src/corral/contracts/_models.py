@@ -23,6 +23,8 @@ __all__ = [
     "MemoryScope",
     "Metadata",
     "Observability",
+    "Policy",
+    "PolicySpec",
     "Tool",
     "ToolMetadata",
     "ToolSpec",
@@ -223,6 +225,30 @@ class Tool(_Strict):
     kind: Literal["Tool"] = "Tool"
     metadata: ToolMetadata
     spec: ToolSpec
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PolicySpec(_Strict):
+    """A set of Cedar policies, validated against the schema Corral generates at apply time.
+
+    Each policy carries an ``@id("...")`` annotation; forbid policies may carry
+    ``@decision("require_approval")``, ``@approver_role("...")``, ``@required_approvals("N")``
+    and ``@reason("...")``; permit policies may carry ``@constraint_<name>("...")``.
+    """
+
+    description: Annotated[str, Field(min_length=1, max_length=2000)]
+    cedar: Annotated[str, Field(min_length=1, max_length=1_000_000)]
+    """Cedar policy text (https://docs.cedarpolicy.com/policies/syntax-policy.html)."""
+
+
+class Policy(_Strict):
+    """A ``Policy`` document: a versioned set of Cedar policies for the tenant."""
+
+    api_version: Literal["corral.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["Policy"] = "Policy"
+    metadata: Metadata
+    spec: PolicySpec
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

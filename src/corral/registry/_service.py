@@ -12,15 +12,25 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event, canonical_json
-from corral.contracts import Agent, Tool
+from corral.contracts import Agent, Policy, Tool
 from corral.errors import Conflict, NotFound
-from corral.registry._tables import AgentRow, AgentVersionRow, ToolRow, ToolVersionRow
+from corral.policy._engine import PolicyEngine
+from corral.policy._service import policy_sources, tenant_policy_documents
+from corral.policy._tables import PolicyRow, PolicyVersionRow
+from corral.registry._tables import (
+    AgentRow,
+    AgentVersionRow,
+    StageBindingRow,
+    ToolRow,
+    ToolVersionRow,
+)
 from corral.store._base import new_id, utcnow
 
 __all__ = [
     "FIRST_VERSION",
     "ApplyResult",
     "apply_documents",
+    "bind_stage",
     "digest_of",
     "get_agent",
     "get_agent_version",
@@ -33,7 +43,7 @@ __all__ = [
 FIRST_VERSION = "0.1.0"
 """Version given to the first version of an object whose document names none."""
 
-Contract = Agent | Tool
+Contract = Agent | Policy | Tool
 
 
 @dataclass(frozen=True)
@@ -128,7 +138,58 @@ async def apply_documents(
         results.append(
             await _apply_one(session, contract, tenant_id=tenant_id, actor=actor, dry_run=dry_run)
         )
+    policies = [c for c in contracts if isinstance(c, Policy)]
+    if policies:
+        await _validate_policy_set(session, policies, tenant_id)
     return results
+
+
+async def _validate_policy_set(
+    session: AsyncSession, applied: list[Policy], tenant_id: str
+) -> None:
+    """Compile the tenant's policy set as it would be: refuse it whole if Cedar does.
+
+    Raises:
+        InvalidContract: naming the policy id and Cedar's message.
+    """
+    stored = await session.run_sync(
+        lambda sync: tenant_policy_documents(sync.connection(), tenant_id)
+    )
+    names = {p.metadata.name for p in applied}
+    documents = [d for d in stored if d["metadata"]["name"] not in names]
+    documents += [document_of(p) for p in applied]
+    PolicyEngine(policy_sources(documents))
+
+
+async def bind_stage(
+    session: AsyncSession,
+    agent: AgentRow,
+    version: AgentVersionRow,
+    stage: str,
+    *,
+    actor: str,
+    tenant_id: str,
+) -> str | None:
+    """Bind ``stage`` of ``agent`` to ``version``; returns the version bound before, if any."""
+    binding = (
+        await session.execute(
+            select(StageBindingRow).where(
+                StageBindingRow.agent_id == agent.id, StageBindingRow.stage == stage
+            )
+        )
+    ).scalar_one_or_none()
+    previous = None if binding is None else binding.version
+    if binding is None:
+        binding = StageBindingRow(
+            id=new_id("bind"), tenant_id=tenant_id, agent_id=agent.id, stage=stage
+        )
+        session.add(binding)
+    binding.version_id = version.id
+    binding.version = version.version
+    binding.bound_by = actor
+    binding.bound_at = utcnow()
+    await session.flush()
+    return previous
 
 
 async def _latest(session: AsyncSession, contract: Contract, tenant_id: str) -> tuple[Any, Any]:
@@ -141,6 +202,13 @@ async def _latest(session: AsyncSession, contract: Contract, tenant_id: str) -> 
             .join(AgentVersionRow, AgentVersionRow.agent_id == AgentRow.id)
             .where(AgentRow.tenant_id == tenant_id, AgentRow.name == name)
             .where(AgentVersionRow.version == AgentRow.latest_version)
+        )
+    elif isinstance(contract, Policy):
+        query = (
+            select(PolicyRow, PolicyVersionRow)
+            .join(PolicyVersionRow, PolicyVersionRow.policy_id == PolicyRow.id)
+            .where(PolicyRow.tenant_id == tenant_id, PolicyRow.name == name)
+            .where(PolicyVersionRow.version == PolicyRow.latest_version)
         )
     else:
         query = (
@@ -201,12 +269,18 @@ async def _store_version(
 ) -> None:
     now = utcnow()
     version_id = new_id("ver")
+    version_row: AgentVersionRow | ToolVersionRow | PolicyVersionRow
     if isinstance(contract, Agent):
         if row is None:
             row = AgentRow(id=new_id("agt"), tenant_id=tenant_id, name=result.name, created_at=now)
             session.add(row)
         row.status = contract.spec.status
-        version_row: AgentVersionRow | ToolVersionRow = AgentVersionRow(agent_id=row.id)
+        version_row = AgentVersionRow(agent_id=row.id)
+    elif isinstance(contract, Policy):
+        if row is None:
+            row = PolicyRow(id=new_id("pol"), tenant_id=tenant_id, name=result.name, created_at=now)
+            session.add(row)
+        version_row = PolicyVersionRow(policy_id=row.id)
     else:
         if row is None:
             row = ToolRow(id=new_id("tool"), tenant_id=tenant_id, name=result.name, created_at=now)
@@ -226,6 +300,9 @@ async def _store_version(
     version_row.created_at = now
     session.add(version_row)
     await session.flush()
+    if isinstance(contract, Agent) and isinstance(version_row, AgentVersionRow):
+        # The dev stage follows the latest version; other stages change only by promotion.
+        await bind_stage(session, row, version_row, "dev", actor=actor, tenant_id=tenant_id)
     await append_event(
         session,
         tenant_id=tenant_id,

@@ -10,7 +10,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.store._base import Base, TenantMixin, utcnow
 
-__all__ = ["AgentRow", "AgentVersionRow", "ToolRow", "ToolVersionRow"]
+__all__ = [
+    "AgentRow",
+    "AgentVersionRow",
+    "PromotionRow",
+    "StageBindingRow",
+    "ToolRow",
+    "ToolVersionRow",
+]
 
 
 class AgentRow(TenantMixin, Base):
@@ -72,3 +79,40 @@ class ToolVersionRow(TenantMixin, Base):
     digest: Mapped[str] = mapped_column(String(71))
     document: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StageBindingRow(TenantMixin, Base):
+    """Which version of an agent a stage (``dev``, ``staging``, ``production``...) runs."""
+
+    __tablename__ = "stage_bindings"
+    __table_args__ = (UniqueConstraint("agent_id", "stage"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    version_id: Mapped[str] = mapped_column(ForeignKey("agent_versions.id"))
+    version: Mapped[str] = mapped_column(String(32))
+    bound_by: Mapped[str] = mapped_column(String(200))
+    bound_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PromotionRow(TenantMixin, Base):
+    """History of stage bindings: promotions and rollbacks, including those awaiting approval."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    agent_name: Mapped[str] = mapped_column(String(63))
+    stage: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    """``promote`` or ``rollback``."""
+    version: Mapped[str] = mapped_column(String(32))
+    previous_version: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(24))
+    """``pending_approval``, ``done`` or ``rejected``."""
+    approval_id: Mapped[str | None] = mapped_column(String(40))
+    policy_decision_id: Mapped[str | None] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]

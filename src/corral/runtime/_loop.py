@@ -32,6 +32,8 @@ from corral.gateway.models import Message, ModelRequest, ToolDefinition
 from corral.gateway.models._gateway import ModelGateway
 from corral.gateway.tools._gateway import ResolvedTool, ToolGateway
 from corral.observability import Tracing
+from corral.policy import Entity, EntityRef, PolicyContext, PolicyRequest
+from corral.policy._service import Governance, agent_entity, decision_row
 from corral.runtime._context import (
     decision_document,
     fit_context,
@@ -74,6 +76,9 @@ class RunExecutor(ToolPhase):
         tools: The tool gateway.
         tracing: Where spans go (drained into each step's transaction).
         lease_seconds: Lease length renewed at every checkpoint.
+        governance: Decides ``model.call`` and ``tool.call``; ``None`` decides nothing (tests
+            of the bare loop).
+        approval_ttl_seconds: Lifetime of the approval requests the loop raises.
     """
 
     def __init__(
@@ -84,6 +89,8 @@ class RunExecutor(ToolPhase):
         tracing: Tracing,
         *,
         lease_seconds: float = 15.0,
+        governance: Governance | None = None,
+        approval_ttl_seconds: int = 86_400,
     ) -> None:
         self.store = store
         self.models = models
@@ -93,6 +100,8 @@ class RunExecutor(ToolPhase):
         self._specs: dict[str, AgentSpec] = {}
         self._tools: dict[tuple[str, str, str], ResolvedTool] = {}
         self._running: dict[str, RunState] = {}
+        self.governance = governance
+        self.approval_ttl = timedelta(seconds=approval_ttl_seconds)
 
     def abort(self, run_id: str) -> None:
         """Interrupt the run's in-flight model call or tool sequence.
@@ -209,6 +218,12 @@ class RunExecutor(ToolPhase):
             max_output_tokens=spec.model.max_output_tokens,
         )
         started = utcnow()
+        refused = await self._authorize_model(state, state.models[0])
+        if refused is not None:
+            record = StepRecord(
+                "model_error", state.models[0], {"error": refused}, started, refused
+            )
+            return record, Terminal("FAILED", "model_denied", error=refused)
         remaining = (
             spec.limits.max_wall_clock_seconds - (started - state.started_at).total_seconds()
         )
@@ -242,6 +257,40 @@ class RunExecutor(ToolPhase):
             )
             return record, Terminal("FAILED", "model_error", error=exc.message)
         return self._decision_record(state, model, response, started, withdrawn=not tools)
+
+    async def _authorize_model(self, state: RunState, model: str) -> str | None:
+        """Decide ``model.call`` once per model and run segment; the refusal text, or None."""
+        if self.governance is None:
+            return None
+        known = state.model_decisions.get(model)
+        if known is not None:
+            return None if known == "allow" else known
+        provider, _, name = model.partition("/")
+        request = PolicyRequest(
+            principal=EntityRef("Agent", state.agent_name),
+            action="model.call",
+            resource=EntityRef("Model", model),
+            context=PolicyContext(
+                tenant=state.tenant_id, stage=state.stage, requester=state.requested_by
+            ),
+        )
+        entities = [
+            agent_entity(state.agent_name, state.tenant_id, state.spec),
+            Entity(EntityRef("Model", model), {"provider": provider, "name": name}),
+        ]
+        decision = await self.governance.decide(state.tenant_id, request, entities)
+        state.decisions.append(
+            decision_row(decision, request, tenant_id=state.tenant_id, run_id=state.run_id)
+        )
+        verdict = "allow"
+        if decision.decision != "allow":
+            verdict = (
+                f"policy does not allow model {model!r} for agent {state.agent_name!r}: "
+                f"{'; '.join(decision.reasons) or 'no policy permits it'} "
+                f"(decision {decision.id})"
+            )
+        state.model_decisions[model] = verdict
+        return None if verdict == "allow" else verdict
 
     def _decision_record(
         self, state: RunState, model: str, response: Any, started: datetime, *, withdrawn: bool
@@ -306,6 +355,7 @@ class RunExecutor(ToolPhase):
                 state.trace_id, tenant_id=state.tenant_id, run_id=state.run_id
             ),
         )
+        checkpoint.decisions, state.decisions = state.decisions, []
         if record is not None:
             checkpoint.run_values["step_count"] = state.step_count + 1
             checkpoint.run_values["pending_decision"] = None
@@ -354,6 +404,7 @@ class RunExecutor(ToolPhase):
         state.signals = signals
         if record is not None:
             state.step_count += 1
+            state.step_calls = {}  # stored calls of the step just checkpointed, by call index
 
     def _add_step(
         self,
@@ -444,6 +495,7 @@ class RunExecutor(ToolPhase):
             for name, version, document in loaded.tool_documents
             if spec.tools.permits(name)
         }
+        pending = StepRecord.from_pending(run.pending_decision) if run.pending_decision else None
         messages = initial_messages(spec.instructions, run.task, run.workspace)
         for step in loaded.steps:
             outputs = [
@@ -467,14 +519,16 @@ class RunExecutor(ToolPhase):
             messages=messages,
             started_at=run.started_at or utcnow(),
             step_count=run.step_count,
-            iterations=run.iterations,
+            # The pending step's model call happened but is not checkpointed yet: count it.
+            iterations=run.iterations + (1 if pending else 0),
             tool_call_count=run.tool_call_count,
-            input_tokens=run.input_tokens,
-            output_tokens=run.output_tokens,
+            input_tokens=run.input_tokens + (pending.input_tokens if pending else 0),
+            output_tokens=run.output_tokens + (pending.output_tokens if pending else 0),
             signals=loaded.signals,
-            pending=(
-                StepRecord.from_pending(run.pending_decision) if run.pending_decision else None
-            ),
+            pending=pending,
+            stage=run.stage,
+            requested_by=run.requested_by,
+            approved=loaded.approved,
             step_calls={c.call_index: c for c in loaded.calls if c.step_index == run.step_count},
         )
 
@@ -520,6 +574,7 @@ def _tool_audit(state: RunState, actor: str, done: Any) -> AuditRecord:
         done.result.status.lower(),
         run_id=state.run_id,
         trace_id=state.trace_id,
+        policy_decision_id=done.policy_decision_id,
         details={
             "idempotency_key": done.ctx.idempotency_key,
             "tool_version": done.result.tool_version,

@@ -12,8 +12,10 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select
 
+from corral.approvals._tables import ApprovalRow
 from corral.audit import AuditRecord, append_events
 from corral.observability._tables import SpanRow
+from corral.policy._service import insert_decisions
 from corral.registry._tables import AgentVersionRow, ToolRow, ToolVersionRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.store import skip_locked
@@ -47,6 +49,7 @@ _TOOLS = cast(Table, ToolRow.__table__)
 _TOOL_VERSIONS = cast(Table, ToolVersionRow.__table__)
 _EVENTS = cast(Table, RunEventRow.__table__)
 _KILLS = cast(Table, KillSwitchRow.__table__)
+_APPROVALS = cast(Table, ApprovalRow.__table__)
 
 # Statements are built once (building costs ~5x executing on SQLite). An UPDATE without
 # .values() takes its SET columns from the parameters of each execution.
@@ -110,6 +113,8 @@ class Checkpoint:
     spans: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     agent_name: str = ""
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    """Policy decision rows made during the step."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,7 @@ def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals 
         connection.execute(_INSERT_SPANS, checkpoint.spans)
     if checkpoint.events:
         connection.execute(_INSERT_EVENTS, checkpoint.events)
+    insert_decisions(connection, checkpoint.decisions)
     if checkpoint.run_values.get("status", "RUNNING") != "RUNNING":
         return Signals(bool(row.cancel_requested))
     kill = active_kill_switch(connection, checkpoint.tenant_id, checkpoint.agent_name)
@@ -247,27 +253,39 @@ def pause_run(
     resume_condition: dict[str, Any],
     audit: AuditRecord,
     now: datetime,
+    pending_decision: dict[str, Any] | None = None,
+    approval: dict[str, Any] | None = None,
+    decisions: list[dict[str, Any]] | None = None,
+    spans: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Park a run this worker holds (``AWAITING_APPROVAL`` or ``IN_DOUBT``).
 
     The lease is given up, so the run holds no worker, task or connection while it waits.
     Returns ``False`` if the lease was lost.
     """
+    values: dict[str, Any] = {
+        "status": status,
+        "pause_reason": reason,
+        "resume_condition": resume_condition,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    if pending_decision is not None:
+        values["pending_decision"] = pending_decision
     row = connection.execute(
         _RUNS.update()
         .where(_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id, _RUNS.c.status == "RUNNING")
-        .values(
-            status=status,
-            pause_reason=reason,
-            resume_condition=resume_condition,
-            lease_owner=None,
-            lease_expires_at=None,
-            updated_at=now,
-        )
+        .values(**values)
         .returning(_RUNS.c.id)
     ).first()
     if row is None:
         return False
+    if approval is not None:
+        connection.execute(_APPROVALS.insert(), [approval])
+    insert_decisions(connection, decisions or [])
+    if spans:
+        connection.execute(_INSERT_SPANS, spans)
     append_events(connection, tenant_id, [audit])
     connection.execute(
         _INSERT_EVENTS,
@@ -295,6 +313,9 @@ class LoadedRun:
     steps: list[Any]
     calls: list[Any]
     signals: Signals
+    approved: dict[tuple[int, str], list[str]]
+    """Policy ids approved for calls of the step in progress, by (call index, arguments
+    digest): an approval covers exactly the call that was approved."""
 
 
 def load_run(connection: Connection, run_id: str) -> LoadedRun:
@@ -326,7 +347,24 @@ def load_run(connection: Connection, run_id: str) -> LoadedRun:
     signals = Signals(
         bool(run.cancel_requested), active_kill_switch(connection, run.tenant_id, run.agent_name)
     )
-    return LoadedRun(run, document, [tuple(t) for t in tools], list(steps), list(calls), signals)
+    approvals = connection.execute(
+        select(
+            _APPROVALS.c.call_index, _APPROVALS.c.arguments_digest, _APPROVALS.c.policy_ids
+        ).where(
+            _APPROVALS.c.run_id == run_id,
+            _APPROVALS.c.step_index == run.step_count,
+            _APPROVALS.c.status == "approved",
+        )
+    ).all()
+    return LoadedRun(
+        run,
+        document,
+        [tuple(t) for t in tools],
+        list(steps),
+        list(calls),
+        signals,
+        {(a.call_index, a.arguments_digest): list(a.policy_ids) for a in approvals},
+    )
 
 
 def insert_spans(connection: Connection, spans: list[dict[str, Any]]) -> None:

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.audit import append_event
+from corral.audit import AuditRecord, append_event, append_events
 from corral.contracts import Agent
-from corral.errors import InvalidRequest, KillSwitchEngaged, NotFound, PolicyDenied
+from corral.errors import (
+    InvalidRequest,
+    KillSwitchEngaged,
+    NotFound,
+    PolicyDenied,
+    PolicyRefused,
+)
 from corral.observability import new_trace_id
 from corral.observability._tables import SpanRow
-from corral.registry import get_agent_version
+from corral.policy import EntityRef, PolicyContext, PolicyRequest
+from corral.policy._service import (
+    Governance,
+    agent_entity,
+    decision_row,
+    insert_decisions,
+    principal_ref,
+)
+from corral.registry import get_agent, get_agent_version
+from corral.registry._tables import AgentRow, AgentVersionRow, StageBindingRow
 from corral.runtime._persist import active_kill_switch
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.store._base import new_id, utcnow
@@ -47,6 +63,7 @@ async def create_run(
     stage: str = "dev",
     version: str | None = None,
     model: str | None = None,
+    governance: Governance | None = None,
 ) -> RunRow:
     """Create a ``QUEUED`` run and its ``run.created`` audit event in the caller's transaction.
 
@@ -57,21 +74,26 @@ async def create_run(
         task: The task, in words, given to the agent (1..100,000 characters).
         requested_by: Principal asking for the run.
         workspace: Directory the ``fs.*`` tools may read (absolute after resolution), or ``None``.
-        stage: Release stage (``dev`` until stage bindings exist).
-        version: Agent version; ``None``: the latest.
+        stage: Release stage whose bound version runs (``dev`` follows the latest version;
+            other stages change by ``corral promote``).
+        version: An explicit agent version, only in stage ``dev``; ``None``: the stage's.
         model: ``provider/model`` to use instead of the agent's default; must be allowed.
+        governance: Decides ``agent.invoke`` for ``requested_by`` (the decision is stored and
+            referenced from the ``run.created`` audit event). ``None``: no policy check.
 
     Raises:
         NotFound: unknown agent or version (the message lists the known ones).
-        PolicyDenied: the agent is retired.
+        PolicyDenied: the agent is retired or a draft outside ``dev``.
+        PolicyRefused: policy does not allow ``agent.invoke`` (the message gives the policy
+            ids and reasons; call its ``record`` after the rollback to store the decision).
         KillSwitchEngaged: a kill switch covers the agent, its tenant or the platform.
         InvalidRequest: empty task, a workspace that is not a directory, or a model the agent
             does not allow.
     """
     if not task.strip() or len(task) > 100_000:
         raise InvalidRequest("The task must be 1 to 100,000 characters of text.")
-    agent_row, version_row = await get_agent_version(
-        session, agent_name, version, tenant_id=tenant_id
+    agent_row, version_row = await _version_for_stage(
+        session, agent_name, stage, version, tenant_id=tenant_id
     )
     spec = Agent.model_validate(version_row.document).spec
     if spec.status == "retired":
@@ -79,6 +101,17 @@ async def create_run(
             f"Agent {agent_name!r} is retired and cannot run; apply a version with "
             "status 'active' to bring it back.",
             code="agent_retired",
+        )
+    if spec.status == "draft" and stage != "dev":
+        raise PolicyDenied(
+            f"Agent {agent_name!r}@{version_row.version} is a draft: it runs only in stage "
+            "'dev'; apply it with status 'active' before promoting it.",
+            code="agent_draft",
+        )
+    decision_id = None
+    if governance is not None:
+        decision_id = await _authorize_invoke(
+            session, governance, agent_name, spec, stage, requested_by, tenant_id
         )
     kill = await session.run_sync(
         lambda sync: active_kill_switch(sync.connection(), tenant_id, agent_name)
@@ -142,6 +175,7 @@ async def create_run(
         outcome="success",
         run_id=run.id,
         trace_id=run.trace_id,
+        policy_decision_id=decision_id,
         details={
             "agent": agent_name,
             "version": version_row.version,
@@ -152,6 +186,94 @@ async def create_run(
         },
     )
     return run
+
+
+async def _version_for_stage(
+    session: AsyncSession, agent_name: str, stage: str, version: str | None, *, tenant_id: str
+) -> tuple[AgentRow, AgentVersionRow]:
+    if version is not None:
+        if stage != "dev":
+            raise InvalidRequest(
+                f"An explicit version runs only in stage 'dev'; stage {stage!r} runs the version "
+                f"promoted to it (`corral promote {agent_name}@{version} --to {stage}`)."
+            )
+        return await get_agent_version(session, agent_name, version, tenant_id=tenant_id)
+    agent = await get_agent(session, agent_name, tenant_id=tenant_id)
+    binding = (
+        await session.execute(
+            select(StageBindingRow).where(
+                StageBindingRow.agent_id == agent.id, StageBindingRow.stage == stage
+            )
+        )
+    ).scalar_one_or_none()
+    if binding is None:
+        raise NotFound(
+            f"Agent {agent_name!r} has no version promoted to {stage!r}; run "
+            f"`corral promote {agent_name}@{agent.latest_version} --to {stage}` "
+            "(or run it in stage 'dev').",
+            kind="stage_binding",
+            name=f"{agent_name}:{stage}",
+        )
+    row = await session.get(AgentVersionRow, binding.version_id)
+    assert row is not None
+    return agent, row
+
+
+async def _authorize_invoke(
+    session: AsyncSession,
+    governance: Governance,
+    agent_name: str,
+    spec: Any,
+    stage: str,
+    requested_by: str,
+    tenant_id: str,
+) -> str:
+    """Decide ``agent.invoke``; store the decision; raise unless it allows."""
+    request = PolicyRequest(
+        principal=principal_ref(requested_by),
+        action="agent.invoke",
+        resource=EntityRef("Agent", agent_name),
+        context=PolicyContext(tenant=tenant_id, stage=stage, requester=requested_by),
+    )
+    entities = [
+        governance.principal_entity(requested_by, tenant_id),
+        agent_entity(agent_name, tenant_id, spec),
+    ]
+    decision = await governance.decide(tenant_id, request, entities)
+    row = decision_row(decision, request, tenant_id=tenant_id, run_id=None)
+    if decision.decision == "allow":
+        await session.run_sync(lambda sync: insert_decisions(sync.connection(), [row]))
+    else:
+        # The caller's transaction rolls back with the refusal: record it on its own.
+        audit = AuditRecord(
+            requested_by,
+            "agent.invoke",
+            f"agent:{agent_name}",
+            "denied",
+            policy_decision_id=decision.id,
+            details={
+                "stage": stage,
+                "decision": decision.decision,
+                "policies": list(decision.determining_policies),
+            },
+        )
+        because = "; ".join(decision.reasons) or "no policy permits it"
+        raise PolicyRefused(
+            f"Policy does not allow {requested_by} to invoke agent {agent_name!r} in stage "
+            f"{stage!r} (decision {decision.decision}): {because} (policies: "
+            f"{', '.join(decision.determining_policies) or 'default deny'}; "
+            f"decision {decision.id}).",
+            decision_id=decision.id,
+            record=functools.partial(_record_refusal, row=row, tenant_id=tenant_id, audit=audit),
+        )
+    return decision.id
+
+
+def _record_refusal(
+    connection: Connection, *, row: dict[str, Any], tenant_id: str, audit: AuditRecord
+) -> None:
+    insert_decisions(connection, [row])
+    append_events(connection, tenant_id, [audit])
 
 
 def _switch_flag(scope: str, target: str) -> str:

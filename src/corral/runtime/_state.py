@@ -45,6 +45,7 @@ class CallRecord:
     arguments: dict[str, Any]
     result: ToolResult
     prerecorded: bool = False
+    policy_decision_id: str | None = None
 
 
 @dataclass
@@ -121,6 +122,14 @@ class RunState:
     """Stored tool-call rows of the step in progress, by call index."""
     abort: asyncio.Event = field(default_factory=asyncio.Event)
     """Set by the worker when it sees a cancel or kill switch while the run is busy."""
+    stage: str = "dev"
+    requested_by: str = ""
+    approved: dict[tuple[int, str], list[str]] = field(default_factory=dict)
+    """Approved policy ids for calls of the step in progress, by (call index, args digest)."""
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    """Policy decision rows made since the last checkpoint (stored with it)."""
+    model_decisions: dict[str, str] = field(default_factory=dict)
+    """``model.call`` outcome per model for this run segment: ``allow`` or the denial text."""
 
 
 def signal_terminal(signals: Signals) -> Terminal | None:

@@ -11,12 +11,22 @@ honours idempotency keys; otherwise the run pauses ``IN_DOUBT`` for a person
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 from typing import Any
 
 from corral.audit import AuditRecord
 from corral.gateway.tools._base import ToolCallContext, ToolResult
-from corral.gateway.tools._gateway import ResolvedTool, ToolGateway
+from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway
 from corral.observability import Tracing
+from corral.policy import EntityRef, PolicyContext, PolicyDecision, PolicyRequest
+from corral.policy._service import (
+    Governance,
+    agent_entity,
+    arguments_digest,
+    decision_row,
+    redact,
+    tool_entity,
+)
 from corral.runtime._context import step_messages
 from corral.runtime._persist import (
     pause_run,
@@ -40,6 +50,8 @@ class ToolPhase:
     store: Store
     tools: ToolGateway
     tracing: Tracing
+    governance: Governance | None
+    approval_ttl: timedelta
 
     async def _signals_terminal(self, state: RunState, worker_id: str) -> Terminal | None:
         signals = await self.store.run_sync(
@@ -83,22 +95,10 @@ class ToolPhase:
                 state.workspace,
                 frozenset(offered),
             )
-            tool = offered.get(call["name"])
-            if tool is not None and tool.contract.spec.side_effect != "read":
-                done = await self._side_effect(state, record, ctx, tool, call, worker_id, actor)
-                if not isinstance(done, CallRecord):
-                    outcome = done
-                    break
-            else:
-                result = await self.tools.call(
-                    ctx,
-                    offered,
-                    call["name"],
-                    call["arguments"],
-                    agent_tools=state.spec.tools,
-                    call_id=call["id"],
-                )
-                done = CallRecord(ctx, call["id"], call["name"], call["arguments"], result)
+            done = await self._one_call(state, record, ctx, offered, call, worker_id, actor)
+            if not isinstance(done, CallRecord):
+                outcome = done
+                break
             state.tool_call_count += 1
             record.calls.append(done)
             outputs.append((done.call_id, done.name, done.result.output))
@@ -108,17 +108,169 @@ class ToolPhase:
         state.messages += step_messages("tool_calls", record.decision, outputs)
         return outcome
 
+    async def _one_call(
+        self,
+        state: RunState,
+        record: StepRecord,
+        ctx: ToolCallContext,
+        offered: dict[str, ResolvedTool],
+        call: dict[str, Any],
+        worker_id: str,
+        actor: str,
+    ) -> CallRecord | Terminal | Pause:
+        """Prepare -> policy decision -> execute one call (DESIGN.md, "Tool gateway")."""
+        name, arguments = call["name"], call["arguments"]
+        with self.tools.span(ctx, name, call["id"]) as record_span:
+            prepared = self.tools.prepare(
+                ctx, offered, name, arguments, agent_tools=state.spec.tools
+            )
+            if isinstance(prepared, ToolResult):
+                record_span(prepared)
+                return CallRecord(ctx, call["id"], name, arguments, prepared)
+            decision = await self._authorize_tool(state, ctx, prepared)
+            decision_id = None if decision is None else decision.id
+            if decision is not None and decision.decision == "deny":
+                result = _policy_denied(prepared, decision)
+                record_span(result)
+                return CallRecord(ctx, call["id"], name, arguments, result, False, decision_id)
+            if decision is not None and decision.decision == "require_approval":
+                return await self._request_approval(
+                    state, record, ctx, prepared, decision, worker_id, actor
+                )
+            if prepared.tool.contract.spec.side_effect != "read":
+                done = await self._side_effect(
+                    state, record, ctx, prepared, call, worker_id, actor, decision_id
+                )
+                if isinstance(done, CallRecord):
+                    record_span(done.result)
+                return done
+            result = await self.tools.execute(ctx, prepared)
+            record_span(result)
+            return CallRecord(ctx, call["id"], name, arguments, result, False, decision_id)
+
+    async def _authorize_tool(
+        self, state: RunState, ctx: ToolCallContext, prepared: PreparedCall
+    ) -> PolicyDecision | None:
+        """Decide ``tool.call`` for the agent; the decision is stored with the next write."""
+        if self.governance is None:
+            return None
+        tool, arguments = prepared.tool, prepared.arguments
+        url = arguments.get("url")
+        request = PolicyRequest(
+            principal=EntityRef("Agent", state.agent_name),
+            action="tool.call",
+            resource=EntityRef("Tool", tool.name),
+            context=PolicyContext(
+                tenant=state.tenant_id,
+                stage=state.stage,
+                requester=state.requested_by,
+                arguments=arguments,
+                path=prepared.path,
+                url=url if isinstance(url, str) else None,
+                # Only an explicit entry in the agent's contract, never a wildcard, counts.
+                destructive_allowed=tool.name in state.spec.tools.allowed,
+            ),
+        )
+        granted = state.approved.get((ctx.call_index, arguments_digest(arguments)), [])
+        entities = [
+            agent_entity(state.agent_name, state.tenant_id, state.spec),
+            tool_entity(tool, state.tenant_id),
+        ]
+        decision = await self.governance.decide(
+            state.tenant_id, request, entities, approvals_granted=granted
+        )
+        state.decisions.append(
+            decision_row(decision, request, tenant_id=state.tenant_id, run_id=state.run_id)
+        )
+        return decision
+
+    async def _request_approval(
+        self,
+        state: RunState,
+        record: StepRecord,
+        ctx: ToolCallContext,
+        prepared: PreparedCall,
+        decision: PolicyDecision,
+        worker_id: str,
+        actor: str,
+    ) -> Pause:
+        """Raise an approval request bound to this exact call and pause the run for it."""
+        now, tool = utcnow(), prepared.tool
+        approval_id = new_id("apr")
+        reasons = "; ".join(decision.reasons) or "policy requires approval"
+        approval = {
+            "id": approval_id,
+            "tenant_id": state.tenant_id,
+            "kind": "tool_call",
+            "status": "pending",
+            "action": "tool.call",
+            "subject": f"tool:{tool.name}",
+            "run_id": state.run_id,
+            "step_index": ctx.step_index,
+            "call_index": ctx.call_index,
+            "idempotency_key": ctx.idempotency_key,
+            "arguments_redacted": redact(prepared.arguments),
+            "arguments_digest": arguments_digest(prepared.arguments),
+            "reason": reasons,
+            "approver_roles": list(decision.approver_roles),
+            "required_approvals": max(decision.required_approvals, 1),
+            "policy_ids": list(decision.determining_policies),
+            "policy_decision_id": decision.id,
+            "requested_by": state.requested_by,
+            "expires_at": now + self.approval_ttl,
+            "created_at": now,
+            "decided_at": None,
+        }
+        reason = (
+            f"tool call {ctx.idempotency_key} of {tool.name!r} needs "
+            f"{approval['required_approvals']} approval(s) from "
+            f"{' or '.join(decision.approver_roles) or 'an approver'}: {reasons}. "
+            f"Approve with `corral approve {approval_id}` or reject with "
+            f"`corral reject {approval_id} --reason ...`."
+        )
+        audit = AuditRecord(
+            actor,
+            "approval.requested",
+            f"approval:{approval_id}",
+            "pending",
+            run_id=state.run_id,
+            trace_id=state.trace_id,
+            policy_decision_id=decision.id,
+            details={"tool": tool.name, "arguments_digest": approval["arguments_digest"]},
+        )
+        decisions, state.decisions = state.decisions, []
+        paused = await self.store.run_sync(
+            functools.partial(
+                pause_run,
+                run_id=state.run_id,
+                worker_id=worker_id,
+                tenant_id=state.tenant_id,
+                status="AWAITING_APPROVAL",
+                reason=reason,
+                resume_condition={"kind": "approval", "approval_id": approval_id},
+                audit=audit,
+                now=now,
+                pending_decision=record.pending_document(),
+                approval=approval,
+                decisions=decisions,
+            )
+        )
+        if not paused:
+            raise LeaseLost(state.run_id)
+        return Pause("AWAITING_APPROVAL", reason)
+
     async def _side_effect(
         self,
         state: RunState,
         record: StepRecord,
         ctx: ToolCallContext,
-        tool: ResolvedTool,
+        prepared: PreparedCall,
         call: dict[str, Any],
         worker_id: str,
         actor: str,
+        decision_id: str | None,
     ) -> CallRecord | Terminal | Pause:
-        key = ctx.idempotency_key
+        key, tool = ctx.idempotency_key, prepared.tool
         stored = state.step_calls.get(ctx.call_index)
         if stored is not None and stored.status in ("COMPLETED", "FAILED", "DENIED"):
             result = ToolResult(
@@ -130,7 +282,9 @@ class ToolPhase:
                 error_type=stored.error_type,
                 tool_version=stored.tool_version,
             )
-            return CallRecord(ctx, call["id"], call["name"], call["arguments"], result, True)
+            return CallRecord(
+                ctx, call["id"], call["name"], call["arguments"], result, True, decision_id
+            )
         if stored is not None and stored.status == "STARTED" and not tool.contract.spec.idempotent:
             return await self._pause_in_doubt(state, tool, key, worker_id, actor)
         started_at = utcnow()
@@ -169,14 +323,7 @@ class ToolPhase:
         stop = signal_terminal(signals)
         if stop is not None:
             return stop
-        result = await self.tools.call(
-            ctx,
-            state.tools,
-            call["name"],
-            call["arguments"],
-            agent_tools=state.spec.tools,
-            call_id=call["id"],
-        )
+        result = await self.tools.execute(ctx, prepared)
         values = {
             "status": result.status,
             "output": result.output,
@@ -189,7 +336,9 @@ class ToolPhase:
         await self.store.run_sync(
             functools.partial(record_finished_call, idempotency_key=key, values=values)
         )
-        return CallRecord(ctx, call["id"], call["name"], call["arguments"], result, True)
+        return CallRecord(
+            ctx, call["id"], call["name"], call["arguments"], result, True, decision_id
+        )
 
     async def _pause_in_doubt(
         self, state: RunState, tool: ResolvedTool, key: str, worker_id: str, actor: str
@@ -226,3 +375,18 @@ class ToolPhase:
         if not paused:
             raise LeaseLost(state.run_id)
         return Pause("IN_DOUBT", reason)
+
+
+def _policy_denied(prepared: PreparedCall, decision: PolicyDecision) -> ToolResult:
+    because = "; ".join(decision.reasons) or "no policy permits it"
+    message = (
+        f"policy denies calling {prepared.tool.name!r}: {because} (policies: "
+        f"{', '.join(decision.determining_policies) or 'default deny'})"
+    )
+    return ToolResult(
+        "DENIED",
+        message,
+        error=message,
+        error_type="policy_denied",
+        tool_version=prepared.tool.version,
+    )

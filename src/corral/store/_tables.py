@@ -1,20 +1,36 @@
 """Imports every domain's tables so that ``Base.metadata`` is complete (for Alembic and tests)."""
 
+from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.observability._tables import SpanRow
-from corral.registry._tables import AgentRow, AgentVersionRow, ToolRow, ToolVersionRow
+from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
+from corral.registry._tables import (
+    AgentRow,
+    AgentVersionRow,
+    PromotionRow,
+    StageBindingRow,
+    ToolRow,
+    ToolVersionRow,
+)
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.tenancy._tables import TenantRow
 
 __all__ = [
     "AgentRow",
     "AgentVersionRow",
+    "ApprovalRow",
+    "ApprovalVoteRow",
     "AuditEventRow",
     "AuditHeadRow",
     "KillSwitchRow",
+    "PolicyDecisionRow",
+    "PolicyRow",
+    "PolicyVersionRow",
+    "PromotionRow",
     "RunEventRow",
     "RunRow",
     "SpanRow",
+    "StageBindingRow",
     "StepRow",
     "TenantRow",
     "ToolCallRow",

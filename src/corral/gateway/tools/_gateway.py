@@ -10,9 +10,12 @@ against the tool's JSON Schema -> execute with a timeout -> cap the output size 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -21,10 +24,17 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from corral.contracts import AgentTools, Tool
 from corral.errors import ToolFailed
 from corral.gateway.tools._base import ToolCallContext, ToolResult
-from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool
+from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
 from corral.settings import ToolSettings
 
-__all__ = ["ResolvedTool", "ToolGateway", "current_tool_call", "truncate_utf8", "wrap_untrusted"]
+__all__ = [
+    "PreparedCall",
+    "ResolvedTool",
+    "ToolGateway",
+    "current_tool_call",
+    "truncate_utf8",
+    "wrap_untrusted",
+]
 
 _CURRENT_CALL: contextvars.ContextVar[ToolCallContext] = contextvars.ContextVar("corral_tool_call")
 
@@ -39,6 +49,25 @@ def current_tool_call() -> ToolCallContext:
         LookupError: called outside a tool execution.
     """
     return _CURRENT_CALL.get()
+
+
+_SpanRecorder = Callable[[ToolResult], None]
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """A validated call, ready for a policy decision and execution.
+
+    Attributes:
+        tool: The tool version that will run.
+        arguments: The validated arguments.
+        path: The ``path`` argument canonicalised relative to the workspace (``.`` for the
+            root), or ``None`` when the call has none.
+    """
+
+    tool: ResolvedTool
+    arguments: dict[str, Any]
+    path: str | None
 
 
 @dataclass(frozen=True)
@@ -109,6 +138,26 @@ class ToolGateway:
         self.tracer = tracer
         self.builtins = {**BUILTIN_TOOLS, **(builtins or {})}
 
+    @contextlib.contextmanager
+    def span(self, ctx: ToolCallContext, name: str, call_id: str) -> Iterator[_SpanRecorder]:
+        """An ``execute_tool {name}`` span; call the yielded function with the call's result."""
+        with self.tracer.start_as_current_span(f"execute_tool {name}") as span:
+            span.set_attribute("gen_ai.operation.name", "execute_tool")
+            span.set_attribute("gen_ai.tool.name", name)
+            span.set_attribute("gen_ai.tool.call.id", call_id)
+            if ctx.run_id:
+                span.set_attribute("corral.run.id", ctx.run_id)
+
+            def record(result: ToolResult) -> None:
+                span.set_attribute("corral.tool.status", result.status)
+                if result.tool_version:
+                    span.set_attribute("corral.tool.version", result.tool_version)
+                if result.error_type:
+                    span.set_attribute("error.type", result.error_type)
+                    span.set_status(Status(StatusCode.ERROR, result.error))
+
+            yield record
+
     async def call(
         self,
         ctx: ToolCallContext,
@@ -119,43 +168,39 @@ class ToolGateway:
         agent_tools: AgentTools,
         call_id: str = "call_0",
     ) -> ToolResult:
-        """Run one tool call. Never raises for the tool's own failures: they become results.
-
-        Args:
-            ctx: Run, step and workspace of the call.
-            tools: The tools offered to this run (allowed to the agent and registered).
-            name: Tool name the model asked for.
-            arguments: Arguments the model gave.
-            agent_tools: The agent's allow/deny lists, to explain a refusal.
-            call_id: The model's id for this call.
+        """Prepare and execute one tool call without a policy decision (see :meth:`prepare`).
 
         Returns:
             ``DENIED`` for a tool not offered, ``FAILED`` for invalid arguments or a failing
             tool, else ``COMPLETED`` with the (possibly truncated) output.
         """
-        with self.tracer.start_as_current_span(f"execute_tool {name}") as span:
-            span.set_attribute("gen_ai.operation.name", "execute_tool")
-            span.set_attribute("gen_ai.tool.name", name)
-            span.set_attribute("gen_ai.tool.call.id", call_id)
-            if ctx.run_id:
-                span.set_attribute("corral.run.id", ctx.run_id)
-            result = await self._call(ctx, tools, name, arguments, agent_tools)
-            span.set_attribute("corral.tool.status", result.status)
-            if result.tool_version:
-                span.set_attribute("corral.tool.version", result.tool_version)
-            if result.error_type:
-                span.set_attribute("error.type", result.error_type)
-                span.set_status(Status(StatusCode.ERROR, result.error))
+        with self.span(ctx, name, call_id) as record:
+            prepared = self.prepare(ctx, tools, name, arguments, agent_tools=agent_tools)
+            result = (
+                prepared if isinstance(prepared, ToolResult) else await self.execute(ctx, prepared)
+            )
+            record(result)
             return result
 
-    async def _call(
+    def prepare(
         self,
         ctx: ToolCallContext,
         tools: Mapping[str, ResolvedTool],
         name: str,
         arguments: dict[str, Any],
+        *,
         agent_tools: AgentTools,
-    ) -> ToolResult:
+    ) -> PreparedCall | ToolResult:
+        """Resolve the tool, validate the arguments, canonicalise the path argument.
+
+        Everything a policy decision needs, before anything executes. A ``path`` argument is
+        resolved against the run's workspace (``..``, absolute paths and symlinks leaving it are
+        refused here, before policy sees them).
+
+        Returns:
+            The prepared call, or the result that ends it: ``DENIED`` (tool not offered) or
+            ``FAILED`` (invalid arguments, path outside the workspace).
+        """
         tool = tools.get(name)
         if tool is None:
             return _denied(name, agent_tools, tools)
@@ -172,12 +217,32 @@ class ToolGateway:
                 error_type="invalid_arguments",
                 tool_version=tool.version,
             )
+        path = None
+        if isinstance(arguments.get("path"), str) and ctx.workspace is not None:
+            try:
+                resolved = resolve_in_workspace(ctx.workspace, arguments["path"])
+            except ToolFailed as exc:
+                return ToolResult(
+                    "FAILED",
+                    exc.message,
+                    error=exc.message,
+                    error_type=exc.code,
+                    tool_version=tool.version,
+                )
+            root = Path(os.path.realpath(ctx.workspace))
+            path = resolved.relative_to(root).as_posix() or "."
+        return PreparedCall(tool, arguments, path)
+
+    async def execute(self, ctx: ToolCallContext, prepared: PreparedCall) -> ToolResult:
+        """Execute a prepared call with its timeout; cap the output size."""
+        tool = prepared.tool
         try:
             output = await asyncio.wait_for(
-                self._execute(ctx, tool, arguments), timeout=tool.contract.spec.timeout_seconds
+                self._execute(ctx, tool, prepared.arguments),
+                timeout=tool.contract.spec.timeout_seconds,
             )
         except TimeoutError:
-            message = f"{name!r} timed out after {tool.contract.spec.timeout_seconds} s"
+            message = f"{tool.name!r} timed out after {tool.contract.spec.timeout_seconds} s"
             return ToolResult(
                 "FAILED", message, error=message, error_type="timeout", tool_version=tool.version
             )

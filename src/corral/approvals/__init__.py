@@ -1,0 +1,1 @@
+"""Approvals: people deciding governed actions that policy says need them."""
