@@ -77,6 +77,8 @@ class Platform:
             settings.store_url,
             echo=settings.store.echo,
             sqlite_busy_timeout_ms=settings.store.sqlite_busy_timeout_ms,
+            pool_size=settings.store.pool_size,
+            max_overflow=settings.store.max_overflow,
             connect_args=(
                 {"server_settings": {"search_path": settings.store.postgres_schema}}
                 if settings.store.postgres_schema

@@ -39,6 +39,10 @@ class StoreSettings(BaseModel):
     """Log every SQL statement (debugging only)."""
     sqlite_busy_timeout_ms: int = 30_000
     """Milliseconds a SQLite writer waits for the write lock before failing."""
+    pool_size: int = 20
+    """Pooled connections per process on PostgreSQL (SQLite writes go through one thread)."""
+    max_overflow: int = 20
+    """Extra PostgreSQL connections allowed above ``pool_size`` under bursts."""
     postgres_schema: str | None = None
     """PostgreSQL schema (``search_path``) holding Corral's tables. ``None``: the default."""
 

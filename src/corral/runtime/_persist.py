@@ -383,12 +383,19 @@ class Claimed:
 
 
 def claim(
-    connection: Connection, *, worker_id: str, now: datetime, lease: timedelta, dialect: str
-) -> Claimed | None:
-    """Lease one runnable run (``QUEUED``, or ``RUNNING`` with an expired lease) to ``worker_id``.
+    connection: Connection,
+    *,
+    worker_id: str,
+    now: datetime,
+    lease: timedelta,
+    dialect: str,
+    limit: int = 1,
+) -> list[Claimed]:
+    """Lease up to ``limit`` runnable runs (``QUEUED``, or ``RUNNING`` with an expired lease).
 
-    One ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) RETURNING``; on PostgreSQL the subquery
-    locks with ``FOR UPDATE SKIP LOCKED`` so concurrent workers take different runs.
+    One ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``, oldest runs first; on
+    PostgreSQL the subquery locks with ``FOR UPDATE SKIP LOCKED`` so concurrent workers take
+    different runs. Each lease appends a ``run.leased`` audit event.
     """
     runnable = or_(
         _RUNS.c.status == "QUEUED",
@@ -396,13 +403,13 @@ def claim(
     )
     # A plain read first: an idle worker's poll costs one read and no UPDATE.
     if connection.execute(select(_RUNS.c.id).where(runnable).limit(1)).first() is None:
-        return None
-    candidate = skip_locked(
-        select(_RUNS.c.id).where(runnable).order_by(_RUNS.c.created_at).limit(1), dialect
-    ).scalar_subquery()
-    row = connection.execute(
+        return []
+    candidates = skip_locked(
+        select(_RUNS.c.id).where(runnable).order_by(_RUNS.c.created_at).limit(limit), dialect
+    )
+    rows = connection.execute(
         _RUNS.update()
-        .where(_RUNS.c.id == candidate)
+        .where(_RUNS.c.id.in_(candidates.scalar_subquery()))
         .values(
             status="RUNNING",
             lease_owner=worker_id,
@@ -411,25 +418,26 @@ def claim(
             updated_at=now,
         )
         .returning(_RUNS.c.id, _RUNS.c.tenant_id, _RUNS.c.trace_id, _RUNS.c.step_count)
-    ).one_or_none()
-    if row is None:
-        return None
-    claimed = Claimed(row.id, row.tenant_id, row.trace_id, row.step_count)
-    append_events(
-        connection,
-        claimed.tenant_id,
-        [
-            AuditRecord(
-                f"worker:{worker_id}",
-                "run.leased",
-                f"run:{claimed.run_id}",
-                "success",
-                run_id=claimed.run_id,
-                trace_id=claimed.trace_id,
-                details={"from_step": claimed.step_count},
-            )
-        ],
-    )
+    ).all()
+    claimed = [Claimed(r.id, r.tenant_id, r.trace_id, r.step_count) for r in rows]
+    for tenant_id in {c.tenant_id for c in claimed}:
+        append_events(
+            connection,
+            tenant_id,
+            [
+                AuditRecord(
+                    f"worker:{worker_id}",
+                    "run.leased",
+                    f"run:{c.run_id}",
+                    "success",
+                    run_id=c.run_id,
+                    trace_id=c.trace_id,
+                    details={"from_step": c.step_count},
+                )
+                for c in claimed
+                if c.tenant_id == tenant_id
+            ],
+        )
     return claimed
 
 

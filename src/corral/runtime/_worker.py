@@ -68,13 +68,23 @@ class Worker:
 
     async def claim(self) -> str | None:
         """Lease one runnable run to this worker; returns its id, or ``None``."""
+        claimed = await self.claim_many(1)
+        return claimed[0] if claimed else None
+
+    async def claim_many(self, limit: int) -> list[str]:
+        """Lease up to ``limit`` runnable runs in one transaction; returns their ids."""
         now, dialect = utcnow(), self.store.dialect
         claimed = await self.store.run_sync(
-            lambda connection: claim(
-                connection, worker_id=self.worker_id, now=now, lease=self.lease, dialect=dialect
+            functools.partial(
+                claim,
+                worker_id=self.worker_id,
+                now=now,
+                lease=self.lease,
+                dialect=dialect,
+                limit=limit,
             )
         )
-        return None if claimed is None else claimed.run_id
+        return [c.run_id for c in claimed]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and execute runs until ``stop`` is set; then wait for active runs to checkpoint."""
@@ -103,13 +113,20 @@ class Worker:
             await asyncio.wait(list(self._active.values()), return_when=asyncio.FIRST_COMPLETED)
 
     async def _claim_and_start(self) -> bool:
-        run_id = await self.claim()
-        if run_id is None:
-            return False
-        task = asyncio.create_task(self._execute(run_id), name=f"run {run_id}")
-        self._active[run_id] = task
-        task.add_done_callback(lambda _: self._active.pop(run_id, None))
-        return True
+        # Claim as many runs as there are free slots (at most 32 per transaction), so a burst
+        # of runs starts together instead of one claim transaction at a time.
+        free = min(self.concurrency - len(self._active), 32)
+        run_ids = await self.claim_many(free) if free > 0 else []
+        for run_id in run_ids:
+            task = asyncio.create_task(self._execute(run_id), name=f"run {run_id}")
+            self._active[run_id] = task
+            task.add_done_callback(functools.partial(self._forget, run_id))
+        return bool(run_ids)
+
+    def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
+        # Only this task's entry: the run may have been re-claimed by a newer task meanwhile.
+        if self._active.get(run_id) is task:
+            del self._active[run_id]
 
     async def _execute(self, run_id: str) -> None:
         try:

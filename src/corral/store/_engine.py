@@ -51,6 +51,8 @@ def create_engine(
     echo: bool = False,
     sqlite_busy_timeout_ms: int = 30_000,
     connect_args: dict[str, Any] | None = None,
+    pool_size: int = 20,
+    max_overflow: int = 20,
 ) -> AsyncEngine:
     """Create an async engine for ``url`` with Corral's per-database settings.
 
@@ -64,11 +66,18 @@ def create_engine(
         echo: Log SQL statements.
         sqlite_busy_timeout_ms: Milliseconds a SQLite writer waits for the lock.
         connect_args: Passed to the driver's ``connect`` (e.g. asyncpg ``server_settings``).
+        pool_size: PostgreSQL pooled connections.
+        max_overflow: PostgreSQL connections allowed above ``pool_size``.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(
-            url, echo=echo, pool_pre_ping=True, connect_args=connect_args or {}
+            url,
+            echo=echo,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            connect_args=connect_args or {},
         )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +103,8 @@ class Store:
         echo: Log SQL statements.
         sqlite_busy_timeout_ms: Milliseconds a SQLite writer waits for the lock.
         connect_args: Passed to the driver's ``connect``.
+        pool_size: PostgreSQL pooled connections.
+        max_overflow: PostgreSQL connections allowed above ``pool_size``.
     """
 
     def __init__(
@@ -103,6 +114,8 @@ class Store:
         echo: bool = False,
         sqlite_busy_timeout_ms: int = 30_000,
         connect_args: dict[str, Any] | None = None,
+        pool_size: int = 20,
+        max_overflow: int = 20,
     ) -> None:
         self.url = url
         self.engine = create_engine(
@@ -110,6 +123,8 @@ class Store:
             echo=echo,
             sqlite_busy_timeout_ms=sqlite_busy_timeout_ms,
             connect_args=connect_args,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(
