@@ -12,6 +12,10 @@ __all__ = [
     "AgentVersionOut",
     "ApplyRequest",
     "ApplyResultOut",
+    "ApprovalApprove",
+    "ApprovalOut",
+    "ApprovalReject",
+    "ApprovalVoteOut",
     "AuditEventOut",
     "AuditVerificationOut",
     "KillSwitchCreate",
@@ -20,12 +24,19 @@ __all__ = [
     "KillSwitchRelease",
     "KillSwitchScope",
     "Page",
+    "PolicyOut",
+    "PolicySetOut",
+    "PolicySourceOut",
+    "PromotionCreate",
+    "PromotionOut",
+    "RollbackCreate",
     "RunCreate",
     "RunEventOut",
     "RunOut",
     "RunResolutionOut",
     "RunResolve",
     "SpanOut",
+    "StageBindingOut",
     "StepOut",
     "ToolCallOut",
     "ToolOut",
@@ -300,6 +311,8 @@ class AuditEventOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     seq: int
+    tenant_id: str
+    """The chain the event belongs to (``*`` for platform-wide events)."""
     occurred_at: datetime
     actor: str
     action: str
@@ -322,3 +335,183 @@ class AuditVerificationOut(BaseModel):
     first_bad_seq: int | None
     first_bad_id: int | None
     reason: str | None
+
+
+class ApprovalVoteOut(BaseModel):
+    """One principal's vote on an approval request."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    principal: str
+    role: str
+    """The approver role the vote was cast with."""
+    vote: Literal["approve", "reject"]
+    comment: str
+    """The approver's comment, or the rejection's reason."""
+    created_at: datetime
+
+
+class ApprovalOut(BaseModel):
+    """An approval request: what it would allow, who may decide, and the votes so far."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: Literal["tool_call", "promotion"]
+    status: Literal["pending", "approved", "rejected", "expired"]
+    action: str
+    """The governed action: ``tool.call`` or ``agent.promote``."""
+    subject: str
+    """``tool:<name>`` or ``agent:<name>@<version>-><stage>``."""
+    tool: str | None
+    """The tool a ``tool_call`` request would let the run call."""
+    run_id: str | None
+    run_status: str | None
+    """The run's status now (``AWAITING_APPROVAL`` while it waits)."""
+    step_index: int | None
+    call_index: int | None
+    idempotency_key: str | None
+    arguments: dict[str, Any]
+    """The call's arguments, values under secret-looking keys redacted."""
+    arguments_digest: str
+    """``sha256:<hex>`` of the canonical arguments: an approval covers only this exact call."""
+    reason: str
+    """Why policy asks for approval."""
+    approver_roles: list[str]
+    """A voter must hold one of these roles."""
+    required_approvals: int
+    """Distinct approving principals needed."""
+    received_approvals: int
+    """Distinct principals who approved so far."""
+    policy_ids: list[str]
+    policy_decision_id: str
+    requested_by: str
+    """Who requested the run or promotion; they may not approve it."""
+    created_at: datetime
+    expires_at: datetime
+    """A request still pending then expires and its run ends ``REJECTED``."""
+    decided_at: datetime | None
+    votes: list[ApprovalVoteOut]
+
+
+class ApprovalApprove(BaseModel):
+    """Approve a pending request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field("", max_length=10_000, description="Why (what you checked), audited.")
+
+
+class ApprovalReject(BaseModel):
+    """Reject a pending request; its run ends ``REJECTED`` (``approval_rejected``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(
+        min_length=1,
+        max_length=10_000,
+        description="Why; audited and shown as the run's error.",
+    )
+
+
+_STAGE_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+
+
+class PromotionCreate(BaseModel):
+    """Promote a version of an agent to a stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(
+        min_length=1,
+        max_length=32,
+        description="The version to promote (GET /v1/agents/{name}/versions lists them).",
+    )
+    stage: str = Field(
+        pattern=_STAGE_PATTERN,
+        description="A configured stage other than dev (dev follows the latest version).",
+    )
+
+
+class RollbackCreate(BaseModel):
+    """Roll a stage of an agent back to the version it ran before."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(pattern=_STAGE_PATTERN, description="A configured stage other than dev.")
+
+
+class PromotionOut(BaseModel):
+    """A promotion or rollback of a stage: done, awaiting approval, or rejected."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    agent_name: str
+    kind: Literal["promote", "rollback"]
+    stage: str
+    version: str
+    """The version it binds (a rollback: the version rolled back to)."""
+    digest: str
+    """``sha256:<hex>`` of the version's content: versions are immutable."""
+    previous_version: str | None
+    """The version the stage ran before (``None``: the first binding)."""
+    status: Literal["pending_approval", "done", "rejected"]
+    actor: str
+    """Who asked for it."""
+    created_at: datetime
+    completed_at: datetime | None
+    approval_id: str | None
+    """The approval request it waits on (``corral approve ID``), if any."""
+    policy_decision_id: str | None
+    approver_roles: list[str]
+    """Roles that may approve it (promotions that need approval)."""
+    required_approvals: int
+    """Approvals it needs; 0 when none."""
+
+
+class StageBindingOut(BaseModel):
+    """The version a stage of an agent runs now."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    stage: str
+    version: str
+    digest: str
+    """``sha256:<hex>`` of the version's content."""
+    bound_by: str
+    bound_at: datetime
+
+
+class PolicySourceOut(BaseModel):
+    """Cedar policy text from one source (the default set)."""
+
+    id: str
+    """The source id; a lone policy without ``@id`` takes it as its policy id."""
+    text: str
+
+
+class PolicyOut(BaseModel):
+    """A tenant's Policy document at its latest version."""
+
+    name: str
+    version: str
+    digest: str
+    """``sha256:<hex>`` of the version's content."""
+    description: str
+    cedar: str
+    """The Cedar policy text."""
+    source_id: str
+    """The id the engine compiles the text under (``name@version``)."""
+    created_at: datetime
+    updated_at: datetime
+
+
+class PolicySetOut(BaseModel):
+    """A tenant's effective policy set: compile ``defaults`` then ``items``."""
+
+    tenant_id: str
+    defaults: list[PolicySourceOut]
+    """Corral's default policy set."""
+    items: list[PolicyOut]
+    """The tenant's Policy documents, by name."""

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
-from corral.api._deps import CallerDep, ReadSessionDep, SessionDep
+from corral.api._deps import CallerDep, PlatformDep, ReadSessionDep, SessionDep
 from corral.api._schemas import (
     AgentOut,
     AgentVersionOut,
@@ -51,15 +51,22 @@ def _parse_all(documents: list[dict[str, Any]]) -> list[Any]:
 
 
 @router.post("/apply", response_model=list[ApplyResultOut])
-async def apply(body: ApplyRequest, session: SessionDep, caller: CallerDep) -> list[ApplyResultOut]:
-    """Apply Agent and Tool documents in one transaction: all of them, or none."""
-    results = await apply_documents(
-        session,
-        _parse_all(body.documents),
-        tenant_id=caller.tenant_id,
-        actor=caller.principal,
-        dry_run=body.dry_run,
-    )
+async def apply(
+    body: ApplyRequest, platform: PlatformDep, caller: CallerDep
+) -> list[ApplyResultOut]:
+    """Apply Agent, Tool and Policy documents in one transaction: all of them, or none."""
+    contracts = _parse_all(body.documents)
+    async with platform.store.transaction() as session:
+        results = await apply_documents(
+            session,
+            contracts,
+            tenant_id=caller.tenant_id,
+            actor=caller.principal,
+            dry_run=body.dry_run,
+        )
+    if any(r.kind == "Policy" and r.action != "unchanged" for r in results) and not body.dry_run:
+        # Committed: this process decides with the new set from the next decision on.
+        platform.governance.invalidate(caller.tenant_id)
     return [_result(r) for r in results]
 
 

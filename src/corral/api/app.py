@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import agents, audit, control, runs
+from corral.api import agents, approvals, audit, control, policies, releases, runs
 from corral.api._deps import PlatformDep
 from corral.api._errors import install_error_handlers
 from corral.platform import Platform
@@ -50,6 +50,9 @@ def create_app(platform: Platform, *, run_worker: bool = True) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(control.router)
     app.include_router(audit.router)
+    app.include_router(policies.router)
+    app.include_router(releases.router)
+    app.include_router(approvals.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz(platform: PlatformDep) -> dict[str, object]:

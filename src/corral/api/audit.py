@@ -1,20 +1,60 @@
-"""Routes: ``/v1/audit``."""
+"""Routes: ``/v1/audit``.
+
+Chains are per tenant; platform-wide events (a platform kill switch) are in the chain of
+tenant ``*``. A caller reads its own tenant's chain (the default) or the platform's.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from corral.api._deps import CallerDep, ReadSessionDep
+from corral.api._deps import Caller, CallerDep, ReadSessionDep
 from corral.api._schemas import AuditEventOut, AuditVerificationOut, Page
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
+from corral.errors import PolicyDenied
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+PLATFORM_CHAIN = "*"
+"""The tenant id of the chain that holds platform-wide events."""
+
+_TenantQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="Which chain: your tenant (the default) or '*' for the platform chain.",
+    ),
+]
+
+
+def _chain(caller: Caller, tenant: str | None) -> str:
+    """The tenant id of the chain the caller asked for.
+
+    Raises:
+        PolicyDenied: another tenant's chain (a tenant never reads another's data).
+    """
+    if tenant is None or tenant in (caller.tenant_id, PLATFORM_CHAIN):
+        return tenant or caller.tenant_id
+    raise PolicyDenied(
+        f"Tenant {tenant!r} is not yours: read the audit chain of your tenant "
+        f"{caller.tenant_id!r} (the default) or the platform chain {PLATFORM_CHAIN!r}.",
+        code="cross_tenant",
+    )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A time without an offset is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 @router.get("/events", response_model=Page[AuditEventOut])
@@ -23,21 +63,50 @@ async def get_events(
     caller: CallerDep,
     run_id: Annotated[str | None, Query(description="Only events of this run.")] = None,
     after: Annotated[int, Query(ge=0, description="Only events with a greater seq.")] = 0,
+    since: Annotated[
+        datetime | None,
+        Query(
+            description="Only events that occurred at or after this ISO 8601 time (UTC "
+            "when it has no offset)."
+        ),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        Query(
+            description="Only events that occurred before this ISO 8601 time (UTC when "
+            "it has no offset)."
+        ),
+    ] = None,
+    tenant: _TenantQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Page[AuditEventOut]:
-    """Audit events in chain order, one page at a time (``next`` is the last seq)."""
-    query = select(AuditEventRow).where(
-        AuditEventRow.tenant_id == caller.tenant_id, AuditEventRow.seq > after
-    )
+    """Audit events in chain order, one page at a time (``next`` is the last seq).
+
+    Pass ``next`` back as ``after`` with the same filters for the next page; ``since`` and
+    ``until`` select by ``occurred_at`` (``since`` inclusive, ``until`` exclusive).
+    403 for another tenant's chain.
+    """
+    chain = _chain(caller, tenant)
+    query = select(AuditEventRow).where(AuditEventRow.tenant_id == chain, AuditEventRow.seq > after)
     if run_id:
         query = query.where(AuditEventRow.run_id == run_id)
+    start, end = _utc(since), _utc(until)
+    if start is not None:
+        query = query.where(AuditEventRow.occurred_at >= start)
+    if end is not None:
+        query = query.where(AuditEventRow.occurred_at < end)
     rows = (await session.execute(query.order_by(AuditEventRow.seq).limit(limit))).scalars()
     items = [AuditEventOut.model_validate(r) for r in rows]
     return Page(items=items, next=str(items[-1].seq) if len(items) == limit else None)
 
 
 @router.get("/verify", response_model=AuditVerificationOut)
-async def get_verify(session: ReadSessionDep, caller: CallerDep) -> AuditVerificationOut:
-    """Recompute the tenant's audit chain; ``ok`` is false at the first event that fails."""
-    result = await verify_chain(session, tenant_id=caller.tenant_id)
+async def get_verify(
+    session: ReadSessionDep, caller: CallerDep, tenant: _TenantQuery = None
+) -> AuditVerificationOut:
+    """Recompute an audit chain; ``ok`` is false at the first event that fails.
+
+    403 for another tenant's chain.
+    """
+    result = await verify_chain(session, tenant_id=_chain(caller, tenant))
     return AuditVerificationOut.model_validate(result.__dict__)

@@ -26,7 +26,8 @@ class ApprovalRow(TenantMixin, Base):
     kind: Mapped[str] = mapped_column(String(16))
     """``tool_call`` or ``promotion``."""
     status: Mapped[str] = mapped_column(String(16), index=True)
-    """``pending``, ``approved``, ``rejected`` or ``expired``."""
+    """``pending``, ``approved``, ``rejected``, ``expired`` or ``withdrawn`` (its run ended
+    otherwise: cancelled or killed)."""
     action: Mapped[str] = mapped_column(String(32))
     subject: Mapped[str] = mapped_column(String(300))
     """``tool:git.commit`` or ``agent:repo-analyst@1.2.0->production``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from corral import __version__
-from corral.cli import audit, control, registry, runs, server
+from corral.cli import approvals, audit, control, policy, registry, releases, runs, server
 
 __all__ = ["app", "main"]
 
@@ -25,11 +25,18 @@ app.command(rich_help_panel="Registry")(registry.apply)
 app.command(rich_help_panel="Registry")(registry.get)
 app.command(rich_help_panel="Registry")(registry.describe)
 app.command(rich_help_panel="Registry")(registry.schema)
+app.command(rich_help_panel="Release")(releases.promote)
+app.command(rich_help_panel="Release")(releases.rollback)
+app.command(rich_help_panel="Release")(releases.promotions)
 app.command(rich_help_panel="Runs")(runs.run)
 app.command(rich_help_panel="Runs")(runs.trace)
 app.command(rich_help_panel="Runs")(control.cancel)
 app.add_typer(control.runs_app, name="runs", rich_help_panel="Runs")
 app.add_typer(control.kill_switch_app, name="kill-switch", rich_help_panel="Govern")
+app.command(rich_help_panel="Govern")(approvals.approvals)
+app.command(rich_help_panel="Govern")(approvals.approve)
+app.command(rich_help_panel="Govern")(approvals.reject)
+app.add_typer(policy.app, name="policy", rich_help_panel="Govern")
 app.add_typer(audit.app, name="audit", rich_help_panel="Evidence")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, NoReturn
 
 import httpx
@@ -18,10 +19,23 @@ def fail(message: str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+PRINCIPAL_ENV = "CORRAL_PRINCIPAL"
+"""Environment variable naming the principal the CLI acts as (``user:bob``)."""
+
+
+def _principal_header() -> dict[str, str]:
+    principal = os.environ.get(PRINCIPAL_ENV, "").strip()
+    return {"X-Corral-Principal": principal} if principal else {}
+
+
 class ApiClient:
     """Calls the API at ``CORRAL_API__URL`` (default ``http://127.0.0.1:8420``).
 
     Exit codes on errors: 2 for invalid input (HTTP 400/422), 1 for anything else.
+
+    Requests act as the principal in ``CORRAL_PRINCIPAL`` when it is set (sent as the
+    ``X-Corral-Principal`` header, honoured while the server trusts it); otherwise as the
+    server's default principal, the local admin.
     """
 
     def __init__(self, base_url: str | None = None, *, timeout_seconds: float = 30.0) -> None:
@@ -34,7 +48,11 @@ class ApiClient:
             # One connection per call: CLI commands make a handful of calls, and nothing is
             # left open when a command exits early.
             response = httpx.request(
-                method, f"{self.base_url}{path}", timeout=self.timeout_seconds, **kwargs
+                method,
+                f"{self.base_url}{path}",
+                timeout=self.timeout_seconds,
+                headers={**_principal_header(), **kwargs.pop("headers", {})},
+                **kwargs,
             )
         except httpx.ConnectError:
             fail(

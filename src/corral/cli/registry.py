@@ -145,7 +145,7 @@ def describe(
     kind: Annotated[Describable, typer.Argument(help="agent or run.")],
     name: Annotated[str, typer.Argument(help="Agent name or run id.")],
 ) -> None:
-    """Show an agent (versions, digest, allowed tools) or a run (state and every step)."""
+    """Show an agent (versions, digest, allowed tools, stages) or a run (state and every step)."""
     client = ApiClient()
     if kind is Describable.agent:
         agent = client.get(f"/v1/agents/{name}")
@@ -161,6 +161,14 @@ def describe(
             table(
                 ["VERSION", "DIGEST", "CREATED"],
                 [[v["version"], v["digest"], ago(v["created_at"])] for v in versions],
+            )
+        )
+        stages = client.get(f"/v1/agents/{name}/stages")
+        typer.echo("Stages:")
+        typer.echo(
+            table(
+                ["STAGE", "VERSION", "BOUND BY", "BOUND"],
+                [[s["stage"], s["version"], s["bound_by"], ago(s["bound_at"])] for s in stages],
             )
         )
         return

@@ -33,6 +33,8 @@ class Document:
 def load_paths(paths: Iterable[Path]) -> list[Document]:
     """Load every YAML document in files and directories (``*.yaml``/``*.yml``, recursive, sorted).
 
+    In a directory, files of ``corral policy test`` cases are skipped.
+
     Raises:
         InvalidContract: with every problem found in every file; nothing is returned partially.
     """
@@ -40,7 +42,11 @@ def load_paths(paths: Iterable[Path]) -> list[Document]:
     issues: list[ContractIssue] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in {".yaml", ".yml"})
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix in {".yaml", ".yml"} and not _is_policy_case_file(p)
+            )
             if not found:
                 issues.append(ContractIssue(str(path), 0, "", None, "no *.yaml or *.yml files"))
             files.extend(found)
@@ -59,6 +65,18 @@ def load_paths(paths: Iterable[Path]) -> list[Document]:
     if issues:
         raise InvalidContract(issues)
     return documents
+
+
+def _is_policy_case_file(path: Path) -> bool:
+    """Whether ``path`` holds ``corral policy test`` cases (a mapping with ``cases``, no ``kind``).
+
+    Such files sit next to the Policy documents they test; applying a directory skips them.
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return False  # reported when loaded as a contract
+    return isinstance(data, dict) and "cases" in data and not {"apiVersion", "kind"} & set(data)
 
 
 def load_documents(text: str, *, source: str = "<string>") -> list[Document]:

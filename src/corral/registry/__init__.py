@@ -1,5 +1,20 @@
-"""The registry: agents and tools as immutable, content-addressed versions."""
+"""The registry: agents and tools as immutable, content-addressed versions, and releases.
 
+A release binds an agent version to a stage (``promote``, ``rollback``); runs in a stage run
+the version bound to it.
+"""
+
+from corral.registry._releases import (
+    DEV_STAGE,
+    Promotion,
+    StageBinding,
+    complete_promotion,
+    list_promotions,
+    promote,
+    reject_promotion,
+    rollback,
+    stage_bindings,
+)
 from corral.registry._service import (
     FIRST_VERSION,
     ApplyResult,
@@ -17,10 +32,14 @@ from corral.registry._service import (
 )
 
 __all__ = [
+    "DEV_STAGE",
     "FIRST_VERSION",
     "ApplyResult",
+    "Promotion",
+    "StageBinding",
     "apply_documents",
     "bind_stage",
+    "complete_promotion",
     "count_agents",
     "digest_of",
     "document_of",
@@ -28,6 +47,11 @@ __all__ = [
     "get_agent_version",
     "list_agent_versions",
     "list_agents",
+    "list_promotions",
     "list_tools",
     "next_patch",
+    "promote",
+    "reject_promotion",
+    "rollback",
+    "stage_bindings",
 ]

@@ -140,14 +140,18 @@ async def apply_documents(
         )
     policies = [c for c in contracts if isinstance(c, Policy)]
     if policies:
-        await _validate_policy_set(session, policies, tenant_id)
+        versions = {r.name: r.version for r in results if r.kind == "Policy"}
+        await _validate_policy_set(session, policies, versions, tenant_id)
     return results
 
 
 async def _validate_policy_set(
-    session: AsyncSession, applied: list[Policy], tenant_id: str
+    session: AsyncSession, applied: list[Policy], versions: dict[str, str], tenant_id: str
 ) -> None:
     """Compile the tenant's policy set as it would be: refuse it whole if Cedar does.
+
+    ``versions`` holds the version each applied document gets, so issues name the source as
+    the engine will (``name@version``).
 
     Raises:
         InvalidContract: naming the policy id and Cedar's message.
@@ -157,7 +161,10 @@ async def _validate_policy_set(
     )
     names = {p.metadata.name for p in applied}
     documents = [d for d in stored if d["metadata"]["name"] not in names]
-    documents += [document_of(p) for p in applied]
+    for policy in applied:
+        document = document_of(policy)
+        document["metadata"]["version"] = versions[policy.metadata.name]
+        documents.append(document)
     PolicyEngine(policy_sources(documents))
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, cast
 
 from sqlalchemy import Connection, Table, and_, or_, select
 
+from corral.approvals._tables import ApprovalRow
 from corral.audit import AuditRecord, append_events
 from corral.errors import Conflict, InvalidRequest, NotFound
 from corral.registry._tables import AgentRow
@@ -40,6 +41,7 @@ _CALLS = cast(Table, ToolCallRow.__table__)
 _EVENTS = cast(Table, RunEventRow.__table__)
 _KILLS = cast(Table, KillSwitchRow.__table__)
 _AGENTS = cast(Table, AgentRow.__table__)
+_APPROVALS = cast(Table, ApprovalRow.__table__)
 _TERMINAL = (
     "SUCCEEDED",
     "FAILED",
@@ -85,12 +87,18 @@ def _finish(
     error: str,
     actor: str,
     now: datetime,
-) -> None:
-    """End runs that no worker holds (queued or paused) and record why."""
+) -> int:
+    """End runs that no worker holds (queued or paused) and record why; returns how many.
+
+    The update is guarded on the status the run was read in, so a run that a worker claimed (or
+    that ended) meanwhile is left alone; pending approval requests of an ended run are
+    withdrawn.
+    """
+    ended = 0
     for run in runs:
-        connection.execute(
+        updated = connection.execute(
             _RUNS.update()
-            .where(_RUNS.c.id == run.id)
+            .where(_RUNS.c.id == run.id, _RUNS.c.status == run.status)
             .values(
                 status=status,
                 terminal_reason=reason,
@@ -102,6 +110,14 @@ def _finish(
                 pause_reason=None,
                 resume_condition=None,
             )
+        )
+        if updated.rowcount == 0:
+            continue
+        ended += 1
+        connection.execute(
+            _APPROVALS.update()
+            .where(_APPROVALS.c.run_id == run.id, _APPROVALS.c.status == "pending")
+            .values(status="withdrawn", decided_at=now)
         )
         append_events(
             connection,
@@ -129,6 +145,8 @@ def _finish(
             error=error,
         )
 
+    return ended
+
 
 def _cancel(connection: Connection, run_id: str, tenant_id: str, actor: str) -> str:
     run, now = _run(connection, run_id, tenant_id), utcnow()
@@ -154,8 +172,10 @@ def _cancel(connection: Connection, run_id: str, tenant_id: str, actor: str) -> 
         )
         _event(connection, run, "run.cancel_requested", now, by=actor)
         return "RUNNING"
-    _finish(connection, [run], "CANCELLED", "cancelled", f"cancelled by {actor}", actor, now)
-    return "CANCELLED"
+    if _finish(connection, [run], "CANCELLED", "cancelled", f"cancelled by {actor}", actor, now):
+        return "CANCELLED"
+    # A worker claimed it meanwhile: ask that worker to stop it.
+    return _cancel(connection, run_id, tenant_id, actor)
 
 
 async def cancel_run(store: Store, run_id: str, *, tenant_id: str, actor: str) -> str:
@@ -393,7 +413,7 @@ def _engage(
             or_(_RUNS.c.status == "QUEUED", _RUNS.c.status.in_(PAUSED_STATUSES)),
         )
     ).all()
-    _finish(
+    killed = _finish(
         connection,
         list(idle),
         "KILLED",
@@ -402,7 +422,7 @@ def _engage(
         actor,
         now,
     )
-    return info, len(idle)
+    return info, killed
 
 
 async def engage_kill_switch(

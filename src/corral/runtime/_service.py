@@ -83,7 +83,8 @@ async def create_run(
 
     Raises:
         NotFound: unknown agent or version (the message lists the known ones).
-        PolicyDenied: the agent is retired or a draft outside ``dev``.
+        PolicyDenied: the agent is retired (its latest version is; whichever version would
+            run) or the version is a draft outside ``dev``.
         PolicyRefused: policy does not allow ``agent.invoke`` (the message gives the policy
             ids and reasons; call its ``record`` after the rollback to store the decision).
         KillSwitchEngaged: a kill switch covers the agent, its tenant or the platform.
@@ -96,7 +97,9 @@ async def create_run(
         session, agent_name, stage, version, tenant_id=tenant_id
     )
     spec = Agent.model_validate(version_row.document).spec
-    if spec.status == "retired":
+    # The agent's status is its latest version's: once retired, no version of it runs, not
+    # an older one asked for by number nor one a stage is still bound to.
+    if spec.status == "retired" or agent_row.status == "retired":
         raise PolicyDenied(
             f"Agent {agent_name!r} is retired and cannot run; apply a version with "
             "status 'active' to bring it back.",

@@ -41,6 +41,9 @@ class Worker:
             switches, to abandon their in-flight model calls.
     """
 
+    approval_sweep_seconds: float = 5.0
+    """How often the heartbeat expires overdue approval requests (their runs end REJECTED)."""
+
     def __init__(
         self,
         store: Store,
@@ -152,10 +155,14 @@ class Worker:
         """Renew leases every third of the lease; check running runs for signals more often."""
         renew_every = self.lease.total_seconds() / 3
         last_renewal = asyncio.get_running_loop().time()
+        last_sweep = float("-inf")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(self.signal_poll_seconds, renew_every)):
                     await stop.wait()
+            if asyncio.get_running_loop().time() - last_sweep >= self.approval_sweep_seconds:
+                last_sweep = asyncio.get_running_loop().time()
+                await self._expire_approvals()
             if not self._active:
                 continue
             await self.check_signals()
@@ -167,6 +174,15 @@ class Worker:
                         renew_leases, worker_id=self.worker_id, expires_at=utcnow() + self.lease
                     )
                 )
+
+    async def _expire_approvals(self) -> None:
+        """Expire overdue approval requests (idle workers too: paused runs hold no worker)."""
+        from corral.approvals import expire_approvals  # corral.approvals builds on the runtime
+
+        try:
+            await expire_approvals(self.store, now=utcnow())
+        except Exception:
+            log.exception("expiring approval requests failed; the next heartbeat tries again")
 
     async def check_signals(self) -> list[str]:
         """Abort the in-flight work of running runs that were cancelled or killed.

@@ -62,7 +62,7 @@ class PreparedCall:
         tool: The tool version that will run.
         arguments: The validated arguments.
         path: The ``path`` argument canonicalised relative to the workspace (``.`` for the
-            root), or ``None`` when the call has none.
+            root); as given when the run has no workspace; ``None`` when the call has none.
     """
 
     tool: ResolvedTool
@@ -217,8 +217,10 @@ class ToolGateway:
                 error_type="invalid_arguments",
                 tool_version=tool.version,
             )
-        path = None
-        if isinstance(arguments.get("path"), str) and ctx.workspace is not None:
+        path = arguments.get("path") if isinstance(arguments.get("path"), str) else None
+        # Without a workspace the path is judged as given (normalised lexically with the
+        # policy context): a path guard must not vanish because a run has no workspace.
+        if path is not None and ctx.workspace is not None:
             try:
                 resolved = resolve_in_workspace(ctx.workspace, arguments["path"])
             except ToolFailed as exc:

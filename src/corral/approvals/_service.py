@@ -1,0 +1,641 @@
+"""Deciding approval requests: votes by principals holding a role, expiry, and their effects.
+
+A request is raised by the runtime (a ``require_approval`` decision on a tool call pauses the
+run ``AWAITING_APPROVAL``) or by a promotion. People vote on it here; each operation is one
+transaction holding the vote, the request's new status, the effect on the run or promotion, and
+their audit events (DESIGN.md, "Approvals"):
+
+* only a principal holding one of the request's ``approver_roles`` may vote;
+* the principal who requested the run (or promotion) may not approve it;
+* one vote per principal;
+* ``required_approvals`` distinct approving principals approve it: a tool call's run is queued
+  again and re-evaluates policy with the approved policies lifted for exactly the approved call
+  (its call index and argument digest); a promotion completes;
+* one rejection rejects it: the run ends ``REJECTED`` (``approval_rejected``);
+* a request not decided by ``expires_at`` expires: the run ends ``REJECTED``
+  (``approval_expired``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from sqlalchemy import Connection, Table, select
+
+from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
+from corral.audit import AuditRecord, append_events
+from corral.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
+
+# A module import: corral.runtime._persist imports this package's tables, so this module can be
+# imported while corral.runtime._control is still initialising.
+from corral.runtime import _control
+from corral.runtime._tables import RunRow
+from corral.store import Store, new_id, skip_locked, utcnow
+
+__all__ = [
+    "APPROVAL_STATUSES",
+    "Approval",
+    "ApprovalStatus",
+    "ApprovalVote",
+    "Vote",
+    "decide_approval",
+    "expire_approvals",
+    "get_approval",
+    "list_approvals",
+]
+
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
+Vote = Literal["approve", "reject"]
+
+APPROVAL_STATUSES: tuple[ApprovalStatus, ...] = ("pending", "approved", "rejected", "expired")
+"""Every status a request can be in; only ``pending`` ones can be voted on."""
+
+_APPROVALS = cast(Table, ApprovalRow.__table__)
+_VOTES = cast(Table, ApprovalVoteRow.__table__)
+_RUNS = cast(Table, RunRow.__table__)
+
+_EXPIRE_BATCH = 100
+"""Requests one sweep expires at most (the next sweep takes the rest)."""
+
+
+@dataclass(frozen=True)
+class ApprovalVote:
+    """One principal's vote on a request."""
+
+    principal: str
+    role: str
+    """The approver role the vote was cast with."""
+    vote: Vote
+    comment: str
+    """The approver's comment, or the rejection's reason."""
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Approval:
+    """An approval request as shown to approvers, with its votes.
+
+    Attributes:
+        id: ``apr_...``.
+        tenant_id: The tenant it belongs to.
+        kind: ``tool_call`` or ``promotion``.
+        status: ``pending``, ``approved``, ``rejected`` or ``expired``.
+        action: The governed action (``tool.call``, ``agent.promote``).
+        subject: ``tool:<name>`` or ``agent:<name>@<version>-><stage>``.
+        run_id: The paused run (tool calls).
+        run_status: That run's status now.
+        step_index: The run's step holding the call.
+        call_index: The call's index within the step.
+        idempotency_key: ``{run_id}:{step}:{call}`` of the call.
+        arguments: The call's arguments, secret-looking values redacted.
+        arguments_digest: ``sha256:<hex>`` of the canonical arguments: the approval covers only
+            a call with exactly these arguments.
+        reason: Why policy asks for approval (the policies' reasons).
+        approver_roles: Roles whose holders may vote (any one of them).
+        required_approvals: Distinct approving principals needed.
+        received_approvals: Distinct principals who approved so far.
+        policy_ids: The approval policies an approval lifts.
+        policy_decision_id: The stored decision that asked for approval.
+        requested_by: Who requested the run or promotion (may not approve it).
+        created_at: When it was requested.
+        expires_at: When it expires if still pending.
+        decided_at: When it was approved, rejected or expired.
+        votes: Votes, oldest first.
+    """
+
+    id: str
+    tenant_id: str
+    kind: str
+    status: ApprovalStatus
+    action: str
+    subject: str
+    run_id: str | None
+    run_status: str | None
+    step_index: int | None
+    call_index: int | None
+    idempotency_key: str | None
+    arguments: dict[str, Any]
+    arguments_digest: str
+    reason: str
+    approver_roles: list[str]
+    required_approvals: int
+    received_approvals: int
+    policy_ids: list[str]
+    policy_decision_id: str
+    requested_by: str
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    votes: list[ApprovalVote]
+
+    @property
+    def tool(self) -> str | None:
+        """The tool's name for a tool-call request, else ``None``."""
+        prefix, _, name = self.subject.partition(":")
+        return name if self.kind == "tool_call" and prefix == "tool" else None
+
+
+# --- reads ----------------------------------------------------------------------------------------
+
+
+def _not_found(approval_id: str) -> NotFound:
+    return NotFound(
+        f"Approval request {approval_id!r} not found; list them with `corral approvals`.",
+        kind="approval",
+        name=approval_id,
+    )
+
+
+def _votes_of(connection: Connection, ids: list[str]) -> dict[str, list[ApprovalVote]]:
+    votes: dict[str, list[ApprovalVote]] = {approval_id: [] for approval_id in ids}
+    if ids:
+        for vote in connection.execute(
+            select(_VOTES)
+            .where(_VOTES.c.approval_id.in_(ids))
+            .order_by(_VOTES.c.created_at, _VOTES.c.id)
+        ):
+            votes[vote.approval_id].append(
+                ApprovalVote(vote.principal, vote.role, vote.vote, vote.comment, vote.created_at)
+            )
+    return votes
+
+
+def _run_statuses(connection: Connection, run_ids: set[str]) -> dict[str, str]:
+    if not run_ids:
+        return {}
+    runs = connection.execute(select(_RUNS.c.id, _RUNS.c.status).where(_RUNS.c.id.in_(run_ids)))
+    return {run.id: run.status for run in runs}
+
+
+def _approvals(connection: Connection, rows: list[Any]) -> list[Approval]:
+    """Read models of approval rows, with their votes and their runs' statuses."""
+    votes = _votes_of(connection, [row.id for row in rows])
+    statuses = _run_statuses(connection, {row.run_id for row in rows if row.run_id})
+    return [
+        Approval(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            kind=row.kind,
+            status=row.status,
+            action=row.action,
+            subject=row.subject,
+            run_id=row.run_id,
+            run_status=statuses.get(row.run_id) if row.run_id else None,
+            step_index=row.step_index,
+            call_index=row.call_index,
+            idempotency_key=row.idempotency_key,
+            arguments=dict(row.arguments_redacted or {}),
+            arguments_digest=row.arguments_digest,
+            reason=row.reason,
+            approver_roles=list(row.approver_roles),
+            required_approvals=row.required_approvals,
+            received_approvals=len({v.principal for v in votes[row.id] if v.vote == "approve"}),
+            policy_ids=list(row.policy_ids),
+            policy_decision_id=row.policy_decision_id,
+            requested_by=row.requested_by,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            decided_at=row.decided_at,
+            votes=votes[row.id],
+        )
+        for row in rows
+    ]
+
+
+def _row(connection: Connection, approval_id: str, tenant_id: str, *, lock: bool = False) -> Any:
+    query = select(_APPROVALS).where(
+        _APPROVALS.c.id == approval_id, _APPROVALS.c.tenant_id == tenant_id
+    )
+    # Votes on one request are serialised on its row (SQLite: BEGIN IMMEDIATE already does it),
+    # so that two approvers voting at once both count.
+    row = connection.execute(query.with_for_update() if lock else query).first()
+    if row is None:
+        raise _not_found(approval_id)
+    return row
+
+
+def _list(
+    connection: Connection,
+    tenant_id: str,
+    status: str | None,
+    run_id: str | None,
+    limit: int,
+    after: str | None,
+) -> list[Approval]:
+    query = select(_APPROVALS).where(_APPROVALS.c.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(_APPROVALS.c.status == status)
+    if run_id is not None:
+        query = query.where(_APPROVALS.c.run_id == run_id)
+    if after is not None:
+        cursor = _row(connection, after, tenant_id)
+        query = query.where(
+            (_APPROVALS.c.created_at > cursor.created_at)
+            | ((_APPROVALS.c.created_at == cursor.created_at) & (_APPROVALS.c.id > cursor.id))
+        )
+    rows = connection.execute(
+        query.order_by(_APPROVALS.c.created_at, _APPROVALS.c.id).limit(limit)
+    ).all()
+    return _approvals(connection, list(rows))
+
+
+async def list_approvals(
+    store: Store,
+    *,
+    tenant_id: str,
+    status: ApprovalStatus | None = None,
+    run_id: str | None = None,
+    limit: int = 50,
+    after: str | None = None,
+) -> list[Approval]:
+    """Approval requests of the tenant, oldest first.
+
+    Args:
+        store: The store.
+        tenant_id: The caller's tenant.
+        status: Only requests in this status; ``None``: all.
+        run_id: Only requests of this run.
+        limit: At most this many (1..500).
+        after: Cursor: the id of the last request of the previous page.
+
+    Returns:
+        The requests, each with its votes.
+
+    Raises:
+        InvalidRequest: an unknown status or a limit out of range.
+        NotFound: ``after`` names no request of the tenant.
+    """
+    if status is not None and status not in APPROVAL_STATUSES:
+        raise InvalidRequest(
+            f"Unknown approval status {status!r}; use one of {', '.join(APPROVAL_STATUSES)}."
+        )
+    if not 1 <= limit <= 500:
+        raise InvalidRequest(f"limit must be 1 to 500, not {limit}.")
+    async with store.read() as session:
+        return await session.run_sync(
+            lambda sync: _list(sync.connection(), tenant_id, status, run_id, limit, after)
+        )
+
+
+async def get_approval(store: Store, approval_id: str, *, tenant_id: str) -> Approval:
+    """One approval request with its votes.
+
+    Raises:
+        NotFound: no such request in this tenant.
+    """
+    async with store.read() as session:
+        return await session.run_sync(
+            lambda sync: _approvals(
+                sync.connection(), [_row(sync.connection(), approval_id, tenant_id)]
+            )[0]
+        )
+
+
+# --- effects of a decision ------------------------------------------------------------------------
+
+
+def _awaiting_run(connection: Connection, approval: Any) -> Any | None:
+    """The approval's run if it is paused waiting for exactly this request, locked."""
+    if approval.run_id is None:
+        return None
+    run = connection.execute(
+        select(_RUNS)
+        .where(_RUNS.c.id == approval.run_id, _RUNS.c.tenant_id == approval.tenant_id)
+        .with_for_update()
+    ).first()
+    if run is None or run.status != "AWAITING_APPROVAL":
+        return None
+    condition = run.resume_condition or {}
+    return run if condition.get("approval_id") == approval.id else None
+
+
+def _end_request(
+    connection: Connection,
+    approval: Any,
+    *,
+    status: Literal["rejected", "expired"],
+    error: str,
+    actor: str,
+    now: datetime,
+) -> None:
+    """Set a rejected or expired request's status and end what waited on it."""
+    connection.execute(
+        _APPROVALS.update()
+        .where(_APPROVALS.c.id == approval.id)
+        .values(status=status, decided_at=now)
+    )
+    if approval.kind == "promotion":
+        from corral.registry._releases import reject_promotion  # only promotions need it
+
+        reject_promotion(connection, approval_id=approval.id, actor=actor, now=now)
+        return
+    run = _awaiting_run(connection, approval)
+    if run is not None:
+        _control._finish(connection, [run], "REJECTED", f"approval_{status}", error, actor, now)
+
+
+def _approve(connection: Connection, approval: Any, approvers: list[str], actor: str) -> None:
+    """The request has its approvals: mark it and let the run or promotion go on."""
+    now = utcnow()
+    connection.execute(
+        _APPROVALS.update()
+        .where(_APPROVALS.c.id == approval.id)
+        .values(status="approved", decided_at=now)
+    )
+    _audit(connection, approval, actor, "approval.approved", "approved", approvers=approvers)
+    if approval.kind == "promotion":
+        from corral.registry._releases import complete_promotion  # only promotions need it
+
+        complete_promotion(connection, approval_id=approval.id, actor=actor, now=now)
+        return
+    if _awaiting_run(connection, approval) is None:  # the whole vote rolls back
+        run = connection.execute(
+            select(_RUNS.c.status).where(_RUNS.c.id == approval.run_id)
+        ).scalar_one_or_none()
+        raise Conflict(
+            f"Run {approval.run_id!r} is {run or 'gone'}, no longer waiting for approval "
+            f"{approval.id!r}; there is nothing to approve."
+        )
+    _control._resume(
+        connection,
+        approval.run_id,
+        approval.tenant_id,
+        actor,
+        {"approval_id": approval.id, "approved_by": approvers},
+    )
+
+
+def _audit(
+    connection: Connection, approval: Any, actor: str, action: str, outcome: str, **details: Any
+) -> None:
+    append_events(
+        connection,
+        approval.tenant_id,
+        [
+            AuditRecord(
+                actor,
+                action,
+                f"approval:{approval.id}",
+                outcome,
+                run_id=approval.run_id,
+                policy_decision_id=approval.policy_decision_id,
+                details={"kind": approval.kind, "subject": approval.subject, **details},
+            )
+        ],
+    )
+
+
+def _expire(connection: Connection, approval: Any, now: datetime) -> None:
+    error = (
+        f"approval request {approval.id} expired at {approval.expires_at.isoformat()} "
+        "without a decision"
+    )
+    _audit(
+        connection,
+        approval,
+        "system",
+        "approval.expired",
+        "expired",
+        expires_at=approval.expires_at.isoformat(),
+    )
+    _end_request(connection, approval, status="expired", error=error, actor="system", now=now)
+
+
+# --- votes ----------------------------------------------------------------------------------------
+
+
+def _check_voter(approval: Any, principal: str, roles: list[str], vote: Vote) -> str:
+    """The approver role the principal votes with; refuses those who may not vote."""
+    held: list[str] = [role for role in approval.approver_roles if role in roles]
+    if not held:
+        wanted = " or ".join(repr(r) for r in approval.approver_roles) or "an approver role"
+        raise PolicyDenied(
+            f"{principal} may not decide approval request {approval.id!r}: it needs role "
+            f"{wanted}, and {principal} holds {', '.join(sorted(roles)) or 'no role'}. Ask a "
+            "holder of that role (CORRAL_GOVERNANCE__ROLES lists who holds which role).",
+            code="approval_role_missing",
+        )
+    if vote == "approve" and principal == approval.requested_by:
+        raise PolicyDenied(
+            f"{principal} requested {approval.subject} ({approval.run_id or approval.id}) and "
+            f"may not approve their own request {approval.id!r}; another holder of "
+            f"{' or '.join(repr(r) for r in approval.approver_roles)} must approve it.",
+            code="approval_self_approval",
+        )
+    return held[0]
+
+
+def _decide(
+    connection: Connection,
+    approval_id: str,
+    tenant_id: str,
+    principal: str,
+    roles: list[str],
+    vote: Vote,
+    comment: str,
+) -> tuple[Approval, bool]:
+    """Record a vote; returns the request after it and whether it had expired instead."""
+    approval, now = _row(connection, approval_id, tenant_id, lock=True), utcnow()
+    if approval.status != "pending":
+        raise Conflict(
+            f"Approval request {approval_id!r} is already {approval.status}"
+            + (f" (at {approval.decided_at.isoformat()})" if approval.decided_at else "")
+            + "; it can no longer be voted on."
+        )
+    if approval.expires_at <= now:
+        _expire(connection, approval, now)
+        return _approvals(connection, [_row(connection, approval_id, tenant_id)])[0], True
+    role = _check_voter(approval, principal, roles, vote)
+    voted = connection.execute(
+        select(_VOTES.c.vote).where(
+            _VOTES.c.approval_id == approval_id, _VOTES.c.principal == principal
+        )
+    ).scalar_one_or_none()
+    if voted is not None:
+        raise Conflict(
+            f"{principal} already voted {voted!r} on approval request {approval_id!r}; "
+            "one vote per principal."
+        )
+    _insert_vote(connection, approval, principal, role, vote, comment, now)
+    if vote == "reject":
+        _reject(connection, approval, principal, comment, now)
+    else:
+        _count_approval(connection, approval, principal, role, comment)
+    return _approvals(connection, [_row(connection, approval_id, tenant_id)])[0], False
+
+
+def _insert_vote(
+    connection: Connection,
+    approval: Any,
+    principal: str,
+    role: str,
+    vote: Vote,
+    comment: str,
+    now: datetime,
+) -> None:
+    connection.execute(
+        _VOTES.insert(),
+        [
+            {
+                "id": new_id("vote"),
+                "tenant_id": approval.tenant_id,
+                "approval_id": approval.id,
+                "principal": principal,
+                "role": role,
+                "vote": vote,
+                "comment": comment,
+                "created_at": now,
+            }
+        ],
+    )
+
+
+def _count_approval(
+    connection: Connection, approval: Any, principal: str, role: str, comment: str
+) -> None:
+    approvers = _approvers(connection, approval.id)
+    _audit(
+        connection,
+        approval,
+        principal,
+        "approval.vote",
+        "approve",
+        role=role,
+        comment=comment,
+        received=len(approvers),
+        required=approval.required_approvals,
+    )
+    if len(approvers) >= approval.required_approvals:
+        _approve(connection, approval, approvers, principal)
+
+
+def _approvers(connection: Connection, approval_id: str) -> list[str]:
+    return list(
+        connection.execute(
+            select(_VOTES.c.principal)
+            .where(_VOTES.c.approval_id == approval_id, _VOTES.c.vote == "approve")
+            .order_by(_VOTES.c.created_at, _VOTES.c.id)
+        ).scalars()
+    )
+
+
+def _reject(
+    connection: Connection, approval: Any, principal: str, reason: str, now: datetime
+) -> None:
+    _audit(connection, approval, principal, "approval.vote", "reject", comment=reason)
+    _audit(connection, approval, principal, "approval.rejected", "rejected", reason=reason)
+    error = f"approval request {approval.id} rejected by {principal}: {reason}"
+    _end_request(connection, approval, status="rejected", error=error, actor=principal, now=now)
+
+
+async def decide_approval(
+    store: Store,
+    approval_id: str,
+    *,
+    tenant_id: str,
+    principal: str,
+    roles: list[str],
+    vote: Vote,
+    comment: str = "",
+    reason: str = "",
+) -> Approval:
+    """Vote on a pending approval request, in one transaction with its effects and audit.
+
+    An approval that brings the distinct approving principals to ``required_approvals``
+    approves the request: a tool call's run is queued again (the caller should wake a worker)
+    and runs exactly the approved call; a promotion completes. A rejection rejects the request
+    at once: the run ends ``REJECTED`` (``approval_rejected``) or the promotion is rejected.
+
+    Args:
+        store: The store.
+        approval_id: The request (``apr_...``).
+        tenant_id: The voter's tenant.
+        principal: Who votes (``user:alice``).
+        roles: The roles ``principal`` holds; one must be among the request's approver roles.
+        vote: ``approve`` or ``reject``.
+        comment: The approver's comment (approve), kept with the vote and in the audit log.
+        reason: Why it is rejected (reject; required).
+
+    Returns:
+        The request after the vote.
+
+    Raises:
+        NotFound: no such request in this tenant.
+        PolicyDenied: the principal holds none of the approver roles, or approves a request
+            they made themselves.
+        Conflict: the request was already decided or had expired (it is expired now and its run
+            ended ``REJECTED``), the principal already voted, or the run no longer waits for it.
+        InvalidRequest: an unknown vote, or a rejection without a reason.
+    """
+    if vote not in ("approve", "reject"):
+        raise InvalidRequest(f"Unknown vote {vote!r}; use approve or reject.")
+    if vote == "reject" and not reason.strip():
+        raise InvalidRequest(
+            f"Rejecting approval request {approval_id!r} needs a reason (--reason TEXT); "
+            "it is kept in the audit log and shown as the run's error."
+        )
+    approval, expired = await store.run_sync(
+        functools.partial(
+            _decide,
+            approval_id=approval_id,
+            tenant_id=tenant_id,
+            principal=principal,
+            roles=list(roles),
+            vote=vote,
+            comment=reason.strip() if vote == "reject" else comment,
+        )
+    )
+    if expired:  # committed: the request is expired and its run ended
+        raise Conflict(
+            f"Approval request {approval_id!r} expired at {approval.expires_at.isoformat()} "
+            "before it was decided; "
+            + (
+                f"its run {approval.run_id} ended REJECTED (approval_expired)."
+                if approval.run_id
+                else "it can no longer be voted on."
+            )
+        )
+    return approval
+
+
+# --- expiry ---------------------------------------------------------------------------------------
+
+
+def _overdue(now: datetime) -> Any:
+    return _APPROVALS.c.status == "pending", _APPROVALS.c.expires_at <= now
+
+
+def _expire_overdue(connection: Connection, now: datetime) -> int:
+    query = (
+        select(_APPROVALS)
+        .where(*_overdue(now))
+        .order_by(_APPROVALS.c.expires_at)
+        .limit(_EXPIRE_BATCH)
+    )
+    # Workers sweep concurrently: each takes the requests no other sweep or vote holds.
+    rows = connection.execute(skip_locked(query, connection.dialect.name)).all()
+    for row in rows:
+        _expire(connection, row, now)
+    return len(rows)
+
+
+async def expire_approvals(store: Store, *, now: datetime) -> int:
+    """Expire every pending request whose ``expires_at`` is not after ``now`` (all tenants).
+
+    Each becomes ``expired``; a run waiting for it ends ``REJECTED`` (``approval_expired``), a
+    promotion waiting for it is rejected; ``approval.expired`` is audited. Workers call it from
+    their heartbeat; an idle store costs one read and no write lock.
+
+    Returns:
+        How many requests expired (at most 100 per call; the next call takes the rest).
+    """
+    async with store.read() as session:
+        overdue = (
+            await session.execute(select(_APPROVALS.c.id).where(*_overdue(now)).limit(1))
+        ).first()
+    if overdue is None:
+        return 0
+    return await store.run_sync(functools.partial(_expire_overdue, now=now))
