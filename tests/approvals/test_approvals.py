@@ -794,3 +794,39 @@ async def test_a_request_whose_run_ended_cannot_be_approved(governed: Governed) 
         await vote(platform, request.id, "user:bob")
     await platform.worker.run_until_idle()
     assert ledger.executions == []
+
+
+async def test_the_agent_contracts_own_approval_rules_hold_calls_even_in_dev(
+    governed: Governed,
+) -> None:
+    """``spec.approvals`` makes an allowed call wait for its approvers (policy allows writes in
+    dev); approving the rule's id lets exactly that call run once."""
+    ledger = Ledger()
+    platform = await governed(ledger)
+    strict = agent_document(
+        tools={"allowed": ["ledger.*"]},
+        approvals=[{"tools": ["ledger.*"], "approver_role": "approver", "required_approvals": 1}],
+    )
+    await register(platform, strict)
+    async with platform.store.transaction() as session:
+        run = await create_run(
+            session,
+            tenant_id="default",
+            agent_name="repo-analyst",
+            task="Write entry 7.",
+            requested_by=REQUESTER,
+            stage="dev",
+            governance=platform.governance,
+        )
+    await platform.worker.run_until_idle()
+    assert (await run_of(platform, run.id)).status == "AWAITING_APPROVAL"
+    [request] = await list_approvals(
+        platform.store, tenant_id="default", status="pending", run_id=run.id
+    )
+    assert request.policy_ids == ["agent:repo-analyst/approvals[0]"]
+    assert ledger.executions == []
+
+    await vote(platform, request.id, "user:bob")
+    await platform.worker.run_until_idle()
+    assert (await run_of(platform, run.id)).status == "SUCCEEDED"
+    assert [n for _, n in ledger.executions] == [7]
