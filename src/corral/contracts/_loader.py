@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from corral.contracts._models import API_VERSION, Agent, Policy, Tool
+from corral.contracts._positions import Lines, collect_lines, dotted, line_of
 from corral.errors import ContractIssue, InvalidContract
 
 __all__ = ["KINDS", "Document", "load_documents", "load_paths", "parse_document"]
@@ -18,7 +19,7 @@ __all__ = ["KINDS", "Document", "load_documents", "load_paths", "parse_document"
 KINDS: dict[str, type[BaseModel]] = {"Agent": Agent, "Policy": Policy, "Tool": Tool}
 """Contract kinds this version understands, by ``kind``."""
 
-_Lines = dict[tuple[str | int, ...], int]
+_Lines = Lines
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def load_documents(text: str, *, source: str = "<string>") -> list[Document]:
                 index += 1
                 continue
             lines: _Lines = {}
-            _collect_lines(node, (), lines)
+            collect_lines(node, (), lines)
             try:
                 documents.append(Document(source, index, parse_document(data, lines=lines)))
             except InvalidContract as exc:
@@ -137,7 +138,7 @@ def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | Policy 
 
     def issue(path: tuple[str | int, ...], message: str) -> InvalidContract:
         return InvalidContract(
-            [ContractIssue("<request>", 0, _dotted(path), _line(lines, path), message)]
+            [ContractIssue("<request>", 0, dotted(path), line_of(lines, path), message)]
         )
 
     if not isinstance(data, dict):
@@ -154,7 +155,7 @@ def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | Policy 
         raise InvalidContract(
             [
                 ContractIssue(
-                    "<request>", 0, _dotted(err["loc"]), _line(lines, err["loc"]), _message(err)
+                    "<request>", 0, dotted(err["loc"]), line_of(lines, err["loc"]), _message(err)
                 )
                 for err in exc.errors(include_url=False)
             ]
@@ -167,31 +168,3 @@ def _message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field (check the spelling; `corral schema KIND` lists the fields)"
     return str(err["msg"])
-
-
-def _dotted(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _line(lines: _Lines, path: tuple[str | int, ...]) -> int | None:
-    # A missing field has no line of its own: fall back to its closest existing parent.
-    for end in range(len(path), -1, -1):
-        if path[:end] in lines:
-            return lines[path[:end]]
-    return None
-
-
-def _collect_lines(node: yaml.Node, path: tuple[str | int, ...], lines: _Lines) -> None:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            _collect_lines(value_node, (*path, key), lines)
-            # The key's own line is the better answer for "this field is wrong".
-            lines[(*path, key)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _collect_lines(item, (*path, i), lines)

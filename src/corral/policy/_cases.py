@@ -54,6 +54,7 @@ from pydantic import (
     model_validator,
 )
 
+from corral.contracts._positions import Lines, collect_lines, dotted, line_of
 from corral.errors import ContractIssue, InvalidContract
 from corral.policy._engine import PolicyEngine
 from corral.policy._schema import PolicyAction
@@ -70,7 +71,7 @@ from corral.policy._types import (
 
 __all__ = ["CaseExpectation", "CaseResult", "PolicyCase", "explain", "load_cases", "run_cases"]
 
-_Lines = dict[tuple[str | int, ...], int]
+_Lines = Lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +241,9 @@ def load_cases(source: str | os.PathLike[str]) -> list[PolicyCase]:
     except ValidationError as exc:
         raise InvalidContract(
             [
-                ContractIssue(name, 0, _dotted(err["loc"]), _line(lines, err["loc"]), _message(err))
+                ContractIssue(
+                    name, 0, dotted(err["loc"]), line_of(lines, err["loc"]), _message(err)
+                )
                 for err in exc.errors(include_url=False)
             ]
         ) from None
@@ -250,7 +253,7 @@ def load_cases(source: str | os.PathLike[str]) -> list[PolicyCase]:
             path = ("cases", index, "name")
             message = f"a second case is named {case.name!r}; give each case its own name"
             raise InvalidContract(
-                [ContractIssue(name, 0, _dotted(path), _line(lines, path), message)]
+                [ContractIssue(name, 0, dotted(path), line_of(lines, path), message)]
             )
         seen.add(case.name)
     return [_case(document, case) for case in document.cases]
@@ -278,7 +281,7 @@ def _parse_yaml(text: str, name: str) -> tuple[Any, _Lines]:
         loader.dispose()
     lines: _Lines = {}
     if node is not None:
-        _collect_lines(node, (), lines)
+        collect_lines(node, (), lines)
     return data, lines
 
 
@@ -328,33 +331,6 @@ def _case(document: _FileDoc, case: _CaseDoc) -> PolicyCase:
 
 def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(values)
-
-
-def _dotted(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _line(lines: _Lines, path: tuple[str | int, ...]) -> int | None:
-    # A missing field has no line of its own: use its closest existing parent's.
-    for end in range(len(path), -1, -1):
-        if path[:end] in lines:
-            return lines[path[:end]]
-    return None
-
-
-def _collect_lines(node: yaml.Node, path: tuple[str | int, ...], lines: _Lines) -> None:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            _collect_lines(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _collect_lines(item, (*path, index), lines)
 
 
 # -- running and explaining --------------------------------------------------------------------
