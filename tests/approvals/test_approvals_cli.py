@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from corral.api import create_app
@@ -21,7 +18,7 @@ from corral.cli import app
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.platform import Platform
 from corral.settings import Settings, get_settings
-from corral.testing import ScriptedModel
+from corral.testing import ScriptedModel, serve_in_thread
 
 ROLES = {
     "user:local-admin": ["admin", "builder", "operator", "approver"],
@@ -64,12 +61,6 @@ def list_then_answer(request: ModelRequest) -> ToolCall | FinalAnswer:
     return ToolCall("call_0", "fs.list_dir", {"path": "."})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A live API with a worker, the agent and the policy applied; the CLI points at it."""
@@ -79,26 +70,14 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         governance={"roles": ROLES, "policy_refresh_seconds": 0},
     )
     platform = Platform(settings, providers={"scripted": ScriptedModel(list_then_answer)})
-    port = _free_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(create_app(platform), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(400):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("CORRAL_API__URL", url)
-    monkeypatch.delenv("CORRAL_PRINCIPAL", raising=False)
-    get_settings.cache_clear()
-    (tmp_path / "governed.yaml").write_text(DOCUMENTS)
-    applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "governed.yaml")])
-    assert applied.exit_code == 0, applied.output
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=20)
+    with serve_in_thread(create_app(platform)) as url:
+        monkeypatch.setenv("CORRAL_API__URL", url)
+        monkeypatch.delenv("CORRAL_PRINCIPAL", raising=False)
+        get_settings.cache_clear()
+        (tmp_path / "governed.yaml").write_text(DOCUMENTS)
+        applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "governed.yaml")])
+        assert applied.exit_code == 0, applied.output
+        yield url
     get_settings.cache_clear()
 
 

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from corral.api import create_app
 from corral.cli import app
 from corral.platform import Platform
 from corral.settings import Settings, get_settings
-from corral.testing import ScriptedModel
+from corral.testing import ScriptedModel, serve_in_thread
 
 AGENT_YAML = """\
 apiVersion: corral.dev/v1
@@ -51,29 +47,10 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         )
     )
     settings = Settings(home=tmp_path / "home", runtime={"poll_interval_seconds": 0.02})
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(Platform(settings, providers={"scripted": model})),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    monkeypatch.setenv("CORRAL_API__URL", url)
-    get_settings.cache_clear()
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=20)
+    with serve_in_thread(create_app(Platform(settings, providers={"scripted": model}))) as url:
+        monkeypatch.setenv("CORRAL_API__URL", url)
+        get_settings.cache_clear()
+        yield url
     get_settings.cache_clear()
 
 

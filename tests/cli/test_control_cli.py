@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy
-import uvicorn
 from typer.testing import CliRunner
 
 import corral.cli.runs
@@ -29,7 +27,7 @@ from corral.platform import Platform
 from corral.runtime._tables import RunRow
 from corral.settings import Settings, get_settings
 from corral.store import utcnow
-from corral.testing import ScriptedModel
+from corral.testing import ScriptedModel, serve_in_thread
 
 AGENT_YAML = """\
 apiVersion: corral.dev/v1
@@ -120,12 +118,6 @@ class Server:
         engine.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     """A live API with a worker and the agent applied; the CLI points at it."""
@@ -136,26 +128,14 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
         providers={"scripted": ScriptedModel(script)},
         builtins={"test.send_email": email_tool(sent)},
     )
-    port = _free_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(create_app(platform), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    monkeypatch.setenv("CORRAL_API__URL", url)
-    get_settings.cache_clear()
-    (tmp_path / "agent.yaml").write_text(AGENT_YAML)
-    applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "agent.yaml")])
-    assert applied.exit_code == 0, applied.output
-    yield Server(url, script, sent, tmp_path / "home" / "corral.db")
-    script.gate.set()
-    uv.should_exit = True
-    thread.join(timeout=20)
+    with serve_in_thread(create_app(platform)) as url:
+        monkeypatch.setenv("CORRAL_API__URL", url)
+        get_settings.cache_clear()
+        (tmp_path / "agent.yaml").write_text(AGENT_YAML)
+        applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "agent.yaml")])
+        assert applied.exit_code == 0, applied.output
+        yield Server(url, script, sent, tmp_path / "home" / "corral.db")
+        script.gate.set()
     get_settings.cache_clear()
 
 

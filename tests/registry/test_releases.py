@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import functools
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
@@ -39,6 +35,7 @@ from corral.registry._tables import AgentVersionRow
 from corral.runtime import create_run
 from corral.settings import GovernanceSettings, Settings, get_settings
 from corral.store import utcnow
+from corral.testing import serve_in_thread
 
 AGENT = "repo-analyst"
 PRODUCTION_POLICY = "agent-promote-production-approval"
@@ -569,43 +566,20 @@ spec:
 runner = CliRunner()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A live API on SQLite with two versions of the agent applied; the CLI points at it."""
     settings = Settings(home=tmp_path / "home", governance=GovernanceSettings(roles=ROLES))
-    port = _free_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(
-            create_app(Platform(settings), run_worker=False),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(400):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("CORRAL_API__URL", url)
-    monkeypatch.delenv("CORRAL_PRINCIPAL", raising=False)
-    get_settings.cache_clear()
-    for index in range(2):
-        path = tmp_path / f"agent-{index}.yaml"
-        path.write_text(AGENT_YAML.format(description=f"Version number {index}."))
-        applied = runner.invoke(cli, ["apply", "-f", str(path)])
-        assert applied.exit_code == 0, applied.output
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=20)
+    with serve_in_thread(create_app(Platform(settings), run_worker=False)) as url:
+        monkeypatch.setenv("CORRAL_API__URL", url)
+        monkeypatch.delenv("CORRAL_PRINCIPAL", raising=False)
+        get_settings.cache_clear()
+        for index in range(2):
+            path = tmp_path / f"agent-{index}.yaml"
+            path.write_text(AGENT_YAML.format(description=f"Version number {index}."))
+            applied = runner.invoke(cli, ["apply", "-f", str(path)])
+            assert applied.exit_code == 0, applied.output
+        yield url
     get_settings.cache_clear()
 
 

@@ -1,4 +1,4 @@
-"""Test doubles for users' tests and benchmarks: a scripted model provider.
+"""Test doubles for users' tests and benchmarks: a scripted model and a live test server.
 
 ```python
 from corral.testing import ScriptedModel
@@ -8,5 +8,12 @@ model = ScriptedModel([ScriptedModel.call("fs.list_dir", path="."), ScriptedMode
 """
 
 from corral.testing._scripted import EXHAUSTED_ANSWER, ScriptedModel, ScriptFunction, ScriptStep
+from corral.testing._server import serve_in_thread
 
-__all__ = ["EXHAUSTED_ANSWER", "ScriptFunction", "ScriptStep", "ScriptedModel"]
+__all__ = [
+    "EXHAUSTED_ANSWER",
+    "ScriptFunction",
+    "ScriptStep",
+    "ScriptedModel",
+    "serve_in_thread",
+]
