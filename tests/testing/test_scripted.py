@@ -33,6 +33,7 @@ def test_exports() -> None:
         "ScriptFunction",
         "ScriptStep",
         "ScriptedModel",
+        "serve_in_thread",
     ]
 
 
