@@ -141,8 +141,13 @@ async def durable(settings: Settings) -> AsyncIterator[DurablePlatform]:
     )
     started: list[Platform] = []
 
-    async def make(model: ScriptedModel, ledger: Ledger, **spec: Any) -> Platform:
-        platform = Platform(fast, providers={"scripted": model}, builtins=ledger.builtins())
+    async def make(
+        model: ScriptedModel, ledger: Ledger, *, lease_seconds: float = LEASE, **spec: Any
+    ) -> Platform:
+        custom = fast.model_copy(
+            update={"runtime": fast.runtime.model_copy(update={"lease_seconds": lease_seconds})}
+        )
+        platform = Platform(custom, providers={"scripted": model}, builtins=ledger.builtins())
         await platform.start()
         started.append(platform)
         spec.setdefault("tools", {"allowed": ["ledger.*"]})
@@ -207,6 +212,11 @@ async def event_types(platform: Platform, run_id: str) -> list[str]:
 
 async def cancel(platform: Platform, run_id: str, actor: str) -> str:
     return await cancel_run(platform.store, run_id, tenant_id="default", actor=actor)
+
+
+DYING_LEASE = 60.0
+"""Lease of a worker that is about to "die": long, so that under a loaded CI machine it cannot
+outlive its own lease and reclaim the run before the test expires the lease on purpose."""
 
 
 async def expire_lease(platform: Platform, run_id: str) -> None:
@@ -354,7 +364,7 @@ async def in_doubt_run(durable: DurablePlatform, ledger: Ledger) -> tuple[Platfo
         return FinalAnswer(f"the model saw: {tool_texts(request)[0]}")
 
     model = ScriptedModel(decide)
-    first = await durable(model, ledger)
+    first = await durable(model, ledger, lease_seconds=DYING_LEASE)
     run_id = await start(first)
     await first.worker.run_until_idle()
     run, _ = await load(first, run_id)
@@ -458,7 +468,7 @@ async def test_started_idempotent_call_is_retried_with_the_same_key(
     ledger.die_after = {2}  # call 1 of the step dies after its effect
     three = [ToolCall(f"c{i}", "ledger.put", {"n": i}) for i in range(3)]
     model = ScriptedModel(lambda r: three if done(r) == 0 else FinalAnswer("ok"))
-    first = await durable(model, ledger)
+    first = await durable(model, ledger, lease_seconds=DYING_LEASE)
     run_id = await start(first)
     await first.worker.run_until_idle()
     assert [c.status for c in await calls_of(first, run_id)] == ["COMPLETED", "STARTED"]
@@ -490,7 +500,7 @@ async def test_call_finished_before_a_crash_is_not_run_again(
 ) -> None:
     ledger = Ledger()
     model = ScriptedModel(tool_steps(tool, 3))
-    first = await durable(model, ledger)
+    first = await durable(model, ledger, lease_seconds=DYING_LEASE)
     original = first.executor._checkpoint
     crashes: list[int] = []
 
