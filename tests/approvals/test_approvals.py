@@ -569,22 +569,6 @@ async def test_listing_filters_and_pages(governed: Governed) -> None:
     assert first_run != second_run
 
 
-def test_exports_are_pinned() -> None:
-    import corral.approvals
-
-    assert sorted(corral.approvals.__all__) == [
-        "APPROVAL_STATUSES",
-        "Approval",
-        "ApprovalStatus",
-        "ApprovalVote",
-        "Vote",
-        "decide_approval",
-        "expire_approvals",
-        "get_approval",
-        "list_approvals",
-    ]
-
-
 # --- the REST API ---------------------------------------------------------------------------------
 
 LISTING_POLICY = {

@@ -1,7 +1,6 @@
 import asyncio
 import time
 
-import corral.testing
 from corral.gateway.models import (
     FinalAnswer,
     Message,
@@ -25,16 +24,6 @@ def request(text: str = "hello", *, tools: list[ToolDefinition] | None = None) -
         messages=[Message("system", "be brief"), Message("user", text)],
         tools=[READ_FILE] if tools is None else tools,
     )
-
-
-def test_exports() -> None:
-    assert corral.testing.__all__ == [
-        "EXHAUSTED_ANSWER",
-        "ScriptFunction",
-        "ScriptStep",
-        "ScriptedModel",
-        "serve_in_thread",
-    ]
 
 
 def test_is_a_model_provider_named_scripted() -> None:

@@ -5,7 +5,6 @@ The pydantic models below are the contract; ``corral schema Agent`` prints their
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -251,8 +250,3 @@ class Policy(_Strict):
     spec: PolicySpec
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-def is_semver(value: str) -> bool:
-    """Whether ``value`` is ``MAJOR.MINOR.PATCH`` (https://semver.org, without pre-release)."""
-    return re.match(_SEMVER, value) is not None

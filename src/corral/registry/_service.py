@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event, canonical_json
@@ -427,9 +427,3 @@ async def list_tools(
         query = query.where(ToolRow.name > after)
     rows = await session.execute(query.order_by(ToolRow.name).limit(limit))
     return [(tool, version) for tool, version in rows]
-
-
-async def count_agents(session: AsyncSession, *, tenant_id: str) -> int:
-    """Number of agents in the tenant."""
-    query = select(func.count()).select_from(AgentRow).where(AgentRow.tenant_id == tenant_id)
-    return int((await session.execute(query)).scalar_one())

@@ -172,29 +172,3 @@ def test_parse_rejects_tool_call_when_no_tools_are_offered() -> None:
 def test_parse_rejects_malformed_decisions(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_json_decision(text, TOOLS)
-
-
-def test_exports() -> None:
-    import corral.gateway.models
-
-    assert set(corral.gateway.models.__all__) == {
-        "DEFAULT_MAX_STRING",
-        "LOCAL_MODEL_ALIAS",
-        "MAX_GRAMMAR_REPEAT",
-        "Decision",
-        "FinalAnswer",
-        "LocalModelServer",
-        "Message",
-        "ModelProvider",
-        "ModelRequest",
-        "ModelResponse",
-        "OpenAICompatibleProvider",
-        "ToolCall",
-        "ToolDefinition",
-        "Usage",
-        "decision_instructions",
-        "decision_schema",
-        "find_default_model_path",
-        "local_provider",
-        "parse_json_decision",
-    }
