@@ -24,6 +24,7 @@ from corral.gateway.models import ModelProvider
 from corral.platform import Platform
 from corral.registry import apply_documents
 from corral.settings import Settings, StoreSettings
+from corral.tenancy import ROLES, issue_key
 
 POSTGRES_URL = os.environ.get(
     "CORRAL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -106,7 +107,7 @@ def agent_document(name: str = "repo-analyst", **spec: Any) -> dict[str, Any]:
 
 async def register(platform: Platform, *documents: dict[str, Any]) -> None:
     """Apply documents directly through the registry (as the default tenant's admin)."""
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await apply_documents(
             session,
             [parse_document(d) for d in documents],
@@ -125,6 +126,45 @@ def workspace(tmp_path: Path) -> Path:
     return root
 
 
+class PrincipalKeys(httpx.Auth):
+    """Authenticates test requests with real API keys.
+
+    A request's ``X-Corral-Principal`` header (default ``user:local-admin``) picks the
+    principal; a key is issued for it once, with the roles ``governance.roles`` gives it in the
+    settings (the local admin holds every role). A request that sets ``Authorization`` itself is
+    sent as it is.
+    """
+
+    def __init__(self, platform: Platform, tenant_id: str = "default") -> None:
+        self.platform = platform
+        self.tenant_id = tenant_id
+        self.keys: dict[str, str] = {}
+
+    async def key(self, principal: str) -> str:
+        if principal not in self.keys:
+            if principal == "user:local-admin":
+                roles = list(ROLES)
+            else:
+                roles = self.platform.settings.governance.roles.get(principal, [])
+            kind = principal.partition(":")[0]
+            self.keys[principal] = await issue_key(
+                self.platform.store,
+                server_secret=self.platform.identity.server_secret,
+                tenant_id=self.tenant_id,
+                principal=principal,
+                roles=roles,
+                name=f"test-{principal.replace(':', '-')}"[:100],
+                kind=kind if kind in ("service", "agent") else "user",
+            )
+        return self.keys[principal]
+
+    async def async_auth_flow(self, request: httpx.Request) -> Any:
+        principal = request.headers.pop("X-Corral-Principal", "user:local-admin")
+        if "Authorization" not in request.headers:
+            request.headers["Authorization"] = f"Bearer {await self.key(principal)}"
+        yield request
+
+
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
     """``client = await api(scripted=ScriptedModel(...))``: the app with its lifespan running."""
@@ -134,7 +174,11 @@ async def api(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[httpx
         app = create_app(Platform(settings, providers=providers))
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://corral")
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://corral",
+            auth=PrincipalKeys(app.state.platform),
+        )
         contexts.append((client, lifespan))
         return client
 

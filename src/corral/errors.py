@@ -10,12 +10,19 @@ CorralError
 ├── InvalidRequest         a request is well-formed but cannot be honoured as asked
 ├── NotFound               an object does not exist (in this tenant)
 ├── Conflict               the request contradicts stored state (e.g. a version reused)
+├── Unauthorized           no credentials, or credentials that do not verify (HTTP 401)
+├── Forbidden              the principal lacks the permission, or its tenant is suspended
+├── QuotaExceeded          a tenant quota or an API rate limit is used up (HTTP 429)
 ├── PolicyDenied           a governed action was refused
 │   ├── PolicyRefused      ... by a policy decision (stored after the rollback)
 │   └── KillSwitchEngaged  an agent, tenant or platform kill switch stops new runs
 ├── BudgetExceeded         a run hit one of its limits
 ├── ToolFailed             a tool call failed; recorded in the step, the run goes on
-│   └── PathOutsideWorkspace
+│   ├── PathOutsideWorkspace
+│   ├── DestinationRefused an outbound request to a private/loopback/link-local address (SSRF)
+│   ├── UpstreamFailed     an HTTP API or MCP server failed (names it; may be retryable)
+│   ├── CircuitOpen        an upstream's circuit breaker is open: the call fails fast
+│   └── RateLimited        a per-tool, per-agent or per-tenant rate limit is exhausted
 ├── ModelAPIError          a model provider failed or returned garbage
 └── LocalModelUnavailable  the embedded model runtime is missing or did not start
 ```
@@ -29,9 +36,12 @@ from typing import Any
 
 __all__ = [
     "BudgetExceeded",
+    "CircuitOpen",
     "Conflict",
     "ContractIssue",
     "CorralError",
+    "DestinationRefused",
+    "Forbidden",
     "InvalidContract",
     "InvalidRequest",
     "KillSwitchEngaged",
@@ -41,7 +51,11 @@ __all__ = [
     "PathOutsideWorkspace",
     "PolicyDenied",
     "PolicyRefused",
+    "QuotaExceeded",
+    "RateLimited",
     "ToolFailed",
+    "Unauthorized",
+    "UpstreamFailed",
 ]
 
 
@@ -143,6 +157,60 @@ class Conflict(CorralError):
     default_code = "conflict"
 
 
+class Unauthorized(CorralError):
+    """The request carries no credentials, or credentials that do not verify.
+
+    The message says which check failed without echoing the credential.
+    """
+
+    default_code = "unauthorized"
+
+
+class Forbidden(CorralError):
+    """The authenticated principal may not do this (a missing permission, a suspended tenant)."""
+
+    default_code = "forbidden"
+
+
+class QuotaExceeded(CorralError):
+    """A tenant quota or a per-principal API rate limit is used up.
+
+    Attributes:
+        quota: Its name (``runs_per_day``, ``concurrent_runs``, ``model_tokens_per_day``,
+            ``cost_usd_per_day``, ``api_requests``).
+        limit: The limit, in the quota's unit.
+        current: The value that reached it.
+        retry_after_seconds: Seconds until it resets (HTTP ``Retry-After``, RFC 9110 10.2.3).
+    """
+
+    default_code = "quota_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        quota: str,
+        limit: str,
+        current: str,
+        retry_after_seconds: int,
+    ) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.limit = limit
+        self.current = current
+        self.retry_after_seconds = retry_after_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error body, with the quota, its limit, the current value and the reset delay."""
+        return {
+            **super().to_dict(),
+            "quota": self.quota,
+            "limit": self.limit,
+            "current": self.current,
+            "retry_after_seconds": self.retry_after_seconds,
+        }
+
+
 class PolicyDenied(CorralError):
     """A governed action was refused (tool not allowed, agent retired...)."""
 
@@ -226,6 +294,84 @@ class PathOutsideWorkspace(ToolFailed):
     """A path argument resolves outside the run's workspace root (``..``, absolute, symlink)."""
 
     default_code = "path_outside_workspace"
+
+
+class DestinationRefused(ToolFailed):
+    """An outbound request would reach an address the tool may not reach (SSRF guard).
+
+    Private, loopback, link-local, unspecified, multicast and reserved addresses are refused
+    unless the tool's ``http.allow_hosts`` names the host or a network containing the address;
+    so are schemes other than ``http`` and ``https``.
+    """
+
+    default_code = "destination_refused"
+
+
+class UpstreamFailed(ToolFailed):
+    """An upstream (an HTTP API, an MCP server) failed a tool call.
+
+    Args:
+        message: Names the upstream and what failed.
+        upstream: The upstream's name (``https://api.example.com:443``, ``mcp:git``).
+        retryable: The same request may succeed if repeated (connect errors, timeouts,
+            HTTP 429/502/503/504).
+        status_code: HTTP status returned by the upstream, if any.
+        retry_after_seconds: How long the upstream asked to wait (``Retry-After``), if it did.
+    """
+
+    default_code = "upstream_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream: str,
+        retryable: bool = False,
+        status_code: int | None = None,
+        retry_after_seconds: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.upstream = upstream
+        self.retryable = retryable
+        self.status_code = status_code
+        self.retry_after_seconds = retry_after_seconds
+
+
+class CircuitOpen(ToolFailed):
+    """An upstream failed too often in a row; calls to it fail fast until its cool-down ends.
+
+    Args:
+        message: Names the upstream and when it is tried again.
+        upstream: The upstream's name.
+        retry_after_seconds: Seconds until the breaker lets a trial call through.
+    """
+
+    default_code = "circuit_open"
+
+    def __init__(self, message: str, *, upstream: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.upstream = upstream
+        self.retry_after_seconds = retry_after_seconds
+
+
+class RateLimited(ToolFailed):
+    """A rate limit on tool calls is exhausted.
+
+    Args:
+        message: Names the limit (scope, key, rate) and when to retry.
+        scope: ``tool``, ``agent`` or ``tenant``.
+        limit: The rate in ``limits`` notation (``600/minute``).
+        retry_after_seconds: Seconds until the window lets a call through again.
+    """
+
+    default_code = "rate_limited"
+
+    def __init__(self, message: str, *, scope: str, limit: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.limit = limit
+        self.retry_after_seconds = retry_after_seconds
 
 
 class ModelAPIError(CorralError):

@@ -7,9 +7,14 @@ temporary store with :class:`corral.testing.ScriptedModel` as a provider.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
-from corral.errors import LocalModelUnavailable, ModelAPIError
+from sqlalchemy import select
+
+from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
+from corral.gateway.mcp import McpExecutor, McpPool
 from corral.gateway.models import (
     LocalModelServer,
     ModelProvider,
@@ -25,10 +30,15 @@ from corral.observability import Tracing
 from corral.policy._service import Governance
 from corral.registry import apply_documents
 from corral.runtime import RunExecutor, Worker
+from corral.secrets import SecretBroker
 from corral.settings import Settings
-from corral.store import DEFAULT_TENANT, Store, ensure_migrated, upgrade
+from corral.store import DEFAULT_TENANT, SYSTEM, Store, ensure_migrated, upgrade
+from corral.tenancy import Identity, Quotas, TenantRow, create_local_admin_key
 
-__all__ = ["Platform", "UnavailableProvider"]
+__all__ = ["ADMIN_KEY_FILE", "Platform", "UnavailableProvider"]
+
+ADMIN_KEY_FILE = "admin.key"
+"""The local admin's key under ``CORRAL_HOME`` (written by ``corral up``, read by the CLI)."""
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +105,15 @@ class Platform:
             roles=settings.governance.roles,
             refresh_seconds=settings.governance.policy_refresh_seconds,
         )
+        self.identity = Identity(self.store, settings.identity, home=settings.home)
+        self.quotas = Quotas(self.store, settings.quotas)
         self.models = ModelGateway({}, self.tracing.tracer)
-        self.tools = ToolGateway(settings.tools, self.tracing.tracer, builtins=builtins)
+        self.secrets = SecretBroker(self.store, settings, governance=self.governance)
+        self.tools = ToolGateway(
+            settings.tools, self.tracing.tracer, builtins=builtins, secrets=self.secrets
+        )
+        self.mcp = McpPool(render=self._render_secret, log_dir=settings.home / "logs")
+        self.tools.mcp = McpExecutor(self.store, self.mcp)
         self.executor = RunExecutor(
             self.store,
             self.models,
@@ -105,6 +122,7 @@ class Platform:
             lease_seconds=settings.runtime.lease_seconds,
             governance=self.governance,
             approval_ttl_seconds=settings.governance.approval_ttl_seconds,
+            quotas=self.quotas,
         )
         self.worker = Worker(
             self.store,
@@ -125,12 +143,39 @@ class Platform:
             await upgrade(self.store)
         else:
             await ensure_migrated(self.store)
-        await self.register_builtin_tools()
+        async with self.store.read(SYSTEM) as session:
+            tenants = list(await session.scalars(select(TenantRow.id)))
+        for tenant_id in tenants:
+            await self.register_builtin_tools(tenant_id)
         self.models.providers.update(await self._build_providers())
+
+    async def ensure_local_admin(self) -> Path:
+        """Make ``{home}/admin.key`` hold a working key of ``user:local-admin`` (mode 0600).
+
+        A key already there that still authenticates is kept; otherwise a new one replaces it
+        (and the old key row). Returns the file's path.
+        """
+        path = self.settings.home / ADMIN_KEY_FILE
+        if path.exists():
+            try:
+                principal = await self.identity.authenticate(f"Bearer {path.read_text().strip()}")
+            except CorralError:
+                principal = None
+            if principal is not None and principal.id == "user:local-admin":
+                return path
+        key = await create_local_admin_key(
+            self.store, server_secret=self.identity.server_secret, tenant_id=DEFAULT_TENANT
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+        return path
 
     async def register_builtin_tools(self, tenant_id: str = DEFAULT_TENANT) -> None:
         """Apply the builtin tools' documents (a no-op when they are unchanged)."""
-        async with self.store.transaction() as session:
+        async with self.store.transaction(tenant_id) as session:
             await apply_documents(
                 session,
                 [tool.contract for tool in self.tools.builtins.values()],
@@ -167,8 +212,15 @@ class Platform:
         self.local_server = server
         return local_provider(server.base_url, self.settings.local_model)
 
+    async def _render_secret(self, tenant_id: str, template: str) -> str:
+        """Resolve ``${secret:NAME}`` references for an MCP server's ``env`` or ``headers``."""
+        rendered, _ = await self.secrets.render(tenant_id, template)
+        return rendered
+
     async def close(self) -> None:
-        """Stop the embedded model, close providers and the store."""
+        """Stop MCP sessions, HTTP tool pools, the embedded model; close providers and store."""
+        await self.mcp.close()
+        await self.tools.aclose()
         if self.local_server is not None:
             await self.local_server.stop()
         for provider in self.models.providers.values():

@@ -7,18 +7,21 @@ Groups nest with ``__``: ``CORRAL_STORE__URL``, ``CORRAL_OPENAI__BASE_URL``. The
 from __future__ import annotations
 
 import functools
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "ApiSettings",
     "GovernanceSettings",
     "LocalModelSettings",
+    "McpEndpointSettings",
     "OpenAISettings",
     "RuntimeSettings",
+    "SecretsSettings",
     "Settings",
     "StoreSettings",
     "ToolSettings",
@@ -110,20 +113,45 @@ class ToolSettings(BaseModel):
     """Tool output larger than this is truncated (and marked so) before the model sees it."""
     max_file_bytes: int = 1_048_576
     """``fs.read_file`` and ``fs.search_text`` skip files larger than this."""
-
-
-def _default_roles() -> dict[str, list[str]]:
-    return {
-        "user:local-admin": ["admin", "builder", "operator", "approver", "platform-admin"],
-    }
+    max_response_bytes: int = 1_048_576
+    """Bytes of an ``http`` tool's response body the gateway reads at most; the rest is never
+    downloaded (the output is then truncated and marked like any oversized output)."""
+    rate_limit_per_tool: str = "600/minute"
+    """Calls of one tool in one tenant, in ``limits`` notation (``"10/second"``,
+    ``"600/minute;10000/hour"``); a tool's ``spec.rate_limit`` overrides it."""
+    rate_limit_per_agent: str = "600/minute"
+    """Tool calls by one agent (or inbound principal) in one tenant, in ``limits`` notation."""
+    rate_limit_per_tenant: str = "6000/minute"
+    """Tool calls in one tenant, in ``limits`` notation."""
+    rate_limit_storage_url: str | None = None
+    """Shared rate-limit counters: ``redis://127.0.0.1:6379`` (needs the ``coredis`` package).
+    ``None``: counters in this process's memory (one replica only)."""
+    retries: int = 2
+    """Retries after the first attempt on a retryable upstream error (connect error, timeout,
+    HTTP 429/502/503/504); all attempts share the tool's ``timeout_seconds``. A
+    side-effecting tool that does not honour idempotency keys is retried only when its
+    request never reached the upstream. An ``http`` tool's ``spec.http.retries`` overrides
+    it."""
+    retry_initial_seconds: float = 0.1
+    """Seconds of the first backoff; later ones grow exponentially, each drawn at random
+    between zero and the bound ("full jitter")."""
+    retry_max_seconds: float = 5.0
+    """Largest backoff between attempts, in seconds (a ``Retry-After`` longer than the time
+    left before the tool's timeout ends the retries)."""
+    breaker_failure_threshold: int = 5
+    """Consecutive failed calls to one upstream that open its circuit breaker."""
+    breaker_reset_seconds: float = 30.0
+    """Seconds an open breaker fails calls fast before letting one trial call through
+    (half-open): success closes it, failure opens it again."""
 
 
 class GovernanceSettings(BaseModel):
     """Policy, approvals and releases."""
 
-    roles: dict[str, list[str]] = Field(default_factory=_default_roles)
-    """Roles per principal (``{"user:alice": ["approver"]}``), until the identity issue brings
-    roles per tenant from OIDC and API keys. JSON in ``CORRAL_GOVERNANCE__ROLES``."""
+    roles: dict[str, list[str]] = Field(default_factory=dict)
+    """Extra roles per principal for offline policy tools (``corral policy explain``), e.g.
+    ``{"user:alice": ["approver"]}``. Requests carry the roles identity resolved for the
+    caller (API key roles, OIDC role grants); these are not added to them."""
     stages: list[str] = Field(default_factory=lambda: ["dev", "staging", "production"])
     """Release stages, in promotion order."""
     approval_ttl_seconds: int = 86_400
@@ -132,17 +160,133 @@ class GovernanceSettings(BaseModel):
     policy_refresh_seconds: float = 2.0
     """How long a process uses a tenant's compiled policies before checking for changes made
     by other processes (changes made through the same process apply at once)."""
-    trust_principal_header: bool = True
-    """Take the caller's principal from the ``X-Corral-Principal`` header (default
-    ``user:local-admin``). Only for the embedded, single-user mode until authentication lands;
-    turn it off for anything shared."""
+
+
+class OidcSettings(BaseModel):
+    """Users from an OpenID Connect provider.
+
+    JWT access or ID tokens (RFC 7519) verified against the issuer's JSON Web Key Set (RFC 7517).
+    """
+
+    issuer: str
+    """Expected ``iss`` claim, e.g. ``https://login.example.com/realms/acme``."""
+    audience: str
+    """Expected ``aud`` claim (the client id Corral is registered as)."""
+    jwks_url: str
+    """Where the issuer publishes its signing keys (``jwks_uri`` in its discovery document)."""
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    """Accepted signature algorithms; ``none`` and HMAC algorithms are never accepted."""
+    user_claim: str = "sub"
+    """Claim naming the user (principal ``user:<value>``), e.g. ``sub`` or ``email``."""
+    groups_claim: str = "groups"
+    """Claim holding the user's groups (a list of strings); role grants to ``group:<name>``."""
+    tenant_claim: str | None = None
+    """Claim naming the user's tenant; ``None``: the ``X-Corral-Tenant`` header, else
+    ``default``."""
+    leeway_seconds: int = 30
+    """Clock skew tolerated on ``exp`` and ``nbf``, in seconds."""
+    jwks_cache_seconds: float = 300.0
+    """How long fetched signing keys are used before the key set is fetched again (an unknown
+    ``kid`` refetches at most every 10 seconds)."""
+
+
+class IdentitySettings(BaseModel):
+    """Authentication, API keys, request limits."""
+
+    server_secret: SecretStr | None = None
+    """HMAC key of API key digests (base64, at least 32 bytes). ``None``: generated once into
+    ``{home}/identity.key`` (mode 0600); set it explicitly when several replicas share a store."""
+    cache_seconds: float = 5.0
+    """How long a process trusts a looked-up API key, role grant or tenant status. A key revoked
+    or a tenant suspended through another replica takes effect within this many seconds; through
+    the same process at once."""
+    oidc: OidcSettings | None = None
+    """OIDC users; ``None``: API keys only."""
+    api_rate_limit: str = "1200/minute"
+    """Requests per principal, in ``limits`` notation (``"20/second;1200/minute"``)."""
+    rate_limit_storage_url: str | None = None
+    """Shared counters for the API rate limit (``redis://127.0.0.1:6379``); ``None``: memory."""
+    max_body_bytes: int = 10 * 1024 * 1024
+    """Larger request bodies are refused with 413 before they are read."""
+    max_header_bytes: int = 16 * 1024
+    """Requests whose headers together exceed this many bytes are refused with 413."""
+
+
+def _local_hosts() -> list[str]:
+    return ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
+
+
+def _local_origins() -> list[str]:
+    return [f"{scheme}://{host}" for scheme in ("http", "https") for host in _local_hosts()]
+
+
+class McpEndpointSettings(BaseModel):
+    """Corral's own MCP endpoint (``/mcp``, Streamable HTTP) for clients outside managed runs."""
+
+    enabled: bool = True
+    """Serve ``/mcp``."""
+    allowed_hosts: list[str] = Field(default_factory=_local_hosts)
+    """``Host`` header values accepted (DNS rebinding protection); ``name:*`` allows any port.
+    Add the public host name when ``/mcp`` is served behind one."""
+    allowed_origins: list[str] = Field(default_factory=_local_origins)
+    """``Origin`` header values accepted when a request carries one (browsers do);
+    ``scheme://name:*`` allows any port."""
+    stage: str = "production"
+    """Stage inbound calls are judged in (``context.stage`` of policy decisions), and for an
+    agent principal the stage whose bound version's contract lists its tools. With the default
+    policies a ``write`` tool needs an approval outside ``dev``."""
+    workspace: Path | None = None
+    """Directory the ``fs.*`` tools read for inbound calls; ``None``: they refuse."""
+
+
+class ModelPrice(BaseModel):
+    """A model's list price, in US dollars per million tokens."""
+
+    input_usd_per_mtok: Decimal = Decimal(0)
+    output_usd_per_mtok: Decimal = Decimal(0)
+
+
+class QuotaSettings(BaseModel):
+    """Tenant quotas (the limits themselves are per tenant, set with ``corral quotas set``)."""
+
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    """Prices by ``provider/model`` for the ``cost_usd_per_day`` quota, e.g.
+    ``{"openai/gpt-4o-mini": {"input_usd_per_mtok": "0.15", "output_usd_per_mtok": "0.60"}}``
+    (JSON in ``CORRAL_QUOTAS__MODEL_PRICES``). A model without a price costs nothing (the
+    embedded model)."""
+    cache_seconds: float = 5.0
+    """How long a process uses a tenant's quota limits before reading them again."""
+
+
+class SecretsSettings(BaseModel):
+    """The credential broker: secrets encrypted at rest (``corral secrets set NAME``)."""
+
+    master_key: SecretStr | None = None
+    """Key that wraps every secret's data key: base64 of 32 random bytes (AES-256), e.g. from
+    ``openssl rand -base64 32``. Every API replica and worker needs the same key, for as long as
+    the store holds secrets. ``None``: ``{home}/master.key`` is used, and with the embedded
+    SQLite store generated there once (mode 0600); with a PostgreSQL store it must then exist,
+    since a key generated per host (or lost with a container) would make secrets unreadable."""
+    max_value_bytes: int = Field(default=65_536, ge=1)
+    """Largest secret value, in UTF-8 bytes."""
+
+    @field_validator("master_key")
+    @classmethod
+    def _real_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            # Imported here: corral.secrets imports these settings.
+            from corral.secrets._crypto import decode_master_key
+
+            decode_master_key(value.get_secret_value())
+        return value
 
 
 class Settings(BaseSettings):
     """Root settings: one group per domain."""
 
+    # hide_input_in_errors: a mistyped key or password is still one; keep it out of the logs.
     model_config = SettingsConfigDict(
-        env_prefix="CORRAL_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="CORRAL_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
     )
 
     home: Path = Field(default_factory=_default_home)
@@ -154,6 +298,10 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     tools: ToolSettings = ToolSettings()
     governance: GovernanceSettings = GovernanceSettings()
+    identity: IdentitySettings = IdentitySettings()
+    quotas: QuotaSettings = QuotaSettings()
+    mcp_endpoint: McpEndpointSettings = McpEndpointSettings()
+    secrets: SecretsSettings = SecretsSettings()
 
     @property
     def store_url(self) -> str:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from conftest import agent_document
+from conftest import PrincipalKeys, agent_document
 from corral.api import create_app
 from corral.contracts import Tool
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
@@ -45,7 +45,11 @@ async def control_api(settings: Settings) -> AsyncIterator[AppFactory]:
         app = create_app(platform, run_worker=run_worker)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://corral")
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://corral",
+            auth=PrincipalKeys(platform),
+        )
         contexts.append((client, lifespan))
         return client, platform
 
@@ -229,7 +233,7 @@ async def in_doubt_run(control_api, sent: list[dict[str, Any]]) -> tuple[httpx.A
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.1)  # let the dead worker's task unwind
     # The dead worker's lease runs out; the live worker claims the run again.
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await session.execute(
             update(RunRow)
             .where(RunRow.id == run_id)

@@ -7,7 +7,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -15,7 +15,7 @@ import uvicorn
 from sqlalchemy import update
 
 import corral.api.runs
-from conftest import agent_document, register
+from conftest import PrincipalKeys, agent_document, register
 from corral.api import create_app
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.platform import Platform
@@ -154,8 +154,12 @@ async def test_events_of_a_run_that_moves_between_workers_arrive(
     platform = await make_platform(scripted=ScriptedModel(script))
     await register(platform, agent_document())
     app = create_app(platform, run_worker=False)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://corral")
-    async with platform.store.transaction() as session:
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://corral",
+        auth=PrincipalKeys(platform),
+    )
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id="default",
@@ -168,7 +172,7 @@ async def test_events_of_a_run_that_moves_between_workers_arrive(
 
     first = Worker(platform.store, platform.executor, worker_id="first")
     await first.run_until_idle()
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await session.execute(
             update(RunRow)
             .where(RunRow.id == run.id)
@@ -207,19 +211,28 @@ class Gate:
         return ScriptedModel.answer("Finally.")
 
 
-LiveServer = Callable[..., Awaitable[tuple[str, uvicorn.Server]]]
+class Live(NamedTuple):
+    """A live server: its URL, the uvicorn server, and credentials for its clients."""
+
+    url: str
+    server: uvicorn.Server
+    auth: PrincipalKeys
+
+
+LiveServer = Callable[..., Awaitable[Live]]
 
 
 @pytest.fixture
 async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
-    """``url, server = await live_server(scripted=...)``: uvicorn serving the app in this loop."""
+    """``url, server, auth = await live_server(scripted=...)``: uvicorn serving the app here."""
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(**providers: Any) -> tuple[str, uvicorn.Server]:
+    async def start(**providers: Any) -> Live:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        app = create_app(Platform(settings, providers=providers))
+        platform = Platform(settings, providers=providers)
+        app = create_app(platform)
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         )
@@ -227,7 +240,7 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         servers.append((server, task))
         for _ in range(400):
             if server.started:
-                return f"http://127.0.0.1:{port}", server
+                return Live(f"http://127.0.0.1:{port}", server, PrincipalKeys(platform))
             await asyncio.sleep(0.025)
         raise AssertionError("uvicorn did not start")
 
@@ -237,8 +250,8 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         await asyncio.wait_for(task, 20)
 
 
-async def start_live_run(url: str, workspace) -> str:
-    async with httpx.AsyncClient(base_url=url) as client:
+async def start_live_run(live: Live, workspace) -> str:
+    async with httpx.AsyncClient(base_url=live.url, auth=live.auth) as client:
         await client.post("/v1/apply", json={"documents": [agent_document()]})
         response = await client.post(
             "/v1/agents/repo-analyst/runs",
@@ -265,11 +278,11 @@ async def test_a_live_stream_gets_events_as_they_commit_and_ends_after_finish(
     live_server, workspace
 ) -> None:
     gate = Gate()
-    url, _ = await live_server(scripted=ScriptedModel(gate))
-    run_id = await start_live_run(url, workspace)
+    live = await live_server(scripted=ScriptedModel(gate))
+    run_id = await start_live_run(live, workspace)
 
     async with (
-        httpx.AsyncClient(base_url=url, timeout=20) as client,
+        httpx.AsyncClient(base_url=live.url, auth=live.auth, timeout=20) as client,
         client.stream("GET", f"/v1/runs/{run_id}/events") as response,
     ):
         assert response.status_code == 200
@@ -293,11 +306,11 @@ async def test_a_quiet_stream_sends_keep_alive_comments(
 ) -> None:
     monkeypatch.setattr(corral.api.runs, "SSE_KEEPALIVE_SECONDS", 0.3)
     gate = Gate()
-    url, _ = await live_server(scripted=ScriptedModel(gate))
-    run_id = await start_live_run(url, workspace)
+    live = await live_server(scripted=ScriptedModel(gate))
+    run_id = await start_live_run(live, workspace)
 
     async with (
-        httpx.AsyncClient(base_url=url, timeout=20) as client,
+        httpx.AsyncClient(base_url=live.url, auth=live.auth, timeout=20) as client,
         client.stream("GET", f"/v1/runs/{run_id}/events") as response,
     ):
         lines = response.aiter_lines()
@@ -316,19 +329,19 @@ async def test_a_quiet_stream_sends_keep_alive_comments(
 
 async def test_the_server_stops_streaming_when_the_client_goes_away(live_server, workspace) -> None:
     gate = Gate()
-    url, server = await live_server(scripted=ScriptedModel(gate))
-    run_id = await start_live_run(url, workspace)
+    live = await live_server(scripted=ScriptedModel(gate))
+    run_id = await start_live_run(live, workspace)
     await asyncio.wait_for(gate.waiting.wait(), 10)
 
-    async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+    async with httpx.AsyncClient(base_url=live.url, auth=live.auth, timeout=20) as client:
         async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
             assert (await next_event(response.aiter_lines()))["event"] == "run.created"
-            assert len(server.server_state.tasks) == 1  # the stream's request
+            assert len(live.server.server_state.tasks) == 1  # the stream's request
         # The client closed the connection while the run waits in its model call.
         for _ in range(100):  # at most ~5 s
-            if not server.server_state.tasks:
+            if not live.server.server_state.tasks:
                 break
             await asyncio.sleep(0.05)
-        assert not server.server_state.tasks
+        assert not live.server.server_state.tasks
         assert (await client.get(f"/v1/runs/{run_id}")).json()["status"] == "RUNNING"
     gate.release.set()

@@ -154,7 +154,7 @@ async def governed(settings: Settings) -> AsyncIterator[Governed]:
         await platform.start()
         started.append(platform)
         await register(platform, agent_document(tools={"allowed": ["ledger.*"]}), *policies)
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction("default") as session:
             agent = await get_agent(session, "repo-analyst", tenant_id="default")
             _, version = await get_agent_version(
                 session, "repo-analyst", agent.latest_version, tenant_id="default"
@@ -171,7 +171,7 @@ async def governed(settings: Settings) -> AsyncIterator[Governed]:
 
 async def paused_run(platform: Platform) -> tuple[str, Approval]:
     """Start a production run as the requester; drive it to its approval request."""
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id="default",
@@ -191,7 +191,7 @@ async def paused_run(platform: Platform) -> tuple[str, Approval]:
 
 
 async def run_of(platform: Platform, run_id: str) -> RunRow:
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         return await get_run(session, run_id, tenant_id="default")
 
 
@@ -216,7 +216,7 @@ async def vote(
 
 
 async def audit_actions(platform: Platform, run_id: str) -> list[tuple[str, str, str]]:
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         rows = await session.execute(
             select(AuditEventRow.action, AuditEventRow.actor, AuditEventRow.outcome)
             .where(AuditEventRow.run_id == run_id, AuditEventRow.action.like("approval.%"))
@@ -226,13 +226,13 @@ async def audit_actions(platform: Platform, run_id: str) -> list[tuple[str, str,
 
 
 async def calls_of(platform: Platform, run_id: str) -> list[ToolCallRow]:
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         rows = await session.execute(select(ToolCallRow).where(ToolCallRow.run_id == run_id))
         return list(rows.scalars())
 
 
 async def chain_ok(platform: Platform) -> None:
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         verification = await verify_chain(session, tenant_id="default")
     assert verification.ok, verification
 
@@ -430,7 +430,7 @@ async def test_an_undecided_request_expires_and_its_run_is_rejected(governed: Go
 
 
 async def age(platform: Platform, approval_id: str) -> None:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await session.execute(
             update(ApprovalRow)
             .where(ApprovalRow.id == approval_id)
@@ -481,7 +481,7 @@ async def test_an_approval_covers_only_the_exact_call_approved(governed: Governe
     run_id, request = await paused_run(platform)
     await vote(platform, request.id, "user:bob")
     # Between the approval and the resumption, the stored call is changed.
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await get_run(session, run_id, tenant_id="default")
         pending = dict(run.pending_decision or {})
         tampered = {**pending["decision"]["tool_calls"][0], "arguments": {"n": 666}}
@@ -511,14 +511,14 @@ async def test_another_tenants_request_is_not_found(governed: Governed) -> None:
     assert await list_approvals(platform.store, tenant_id="default") == []
     [theirs] = await list_approvals(platform.store, tenant_id="other")
     assert theirs.status == "pending" and theirs.votes == []
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         votes = (await session.execute(select(ApprovalVoteRow))).scalars().all()
     assert votes == []
 
 
 async def insert_other_tenant_request(platform: Platform) -> None:
     now = utcnow()
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         session.add(
             ApprovalRow(
                 id="apr_other",
@@ -792,7 +792,7 @@ async def test_the_agent_contracts_own_approval_rules_hold_calls_even_in_dev(
         approvals=[{"tools": ["ledger.*"], "approver_role": "approver", "required_approvals": 1}],
     )
     await register(platform, strict)
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id="default",

@@ -29,7 +29,7 @@ async def busy_platform(make_platform, workspace) -> Platform:
     await register(platform, agent_document())
     await register(platform, agent_document(instructions="Version two."))
     for task in ("one", "two"):
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction("default") as session:
             await create_run(
                 session,
                 tenant_id="default",
@@ -43,12 +43,12 @@ async def busy_platform(make_platform, workspace) -> Platform:
 
 
 async def verify(platform: Platform, tenant_id: str = "default") -> ChainVerification:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         return await verify_chain(session, tenant_id=tenant_id)
 
 
 async def events(platform: Platform, tenant_id: str = "default") -> list[AuditEventRow]:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         query = (
             select(AuditEventRow)
             .where(AuditEventRow.tenant_id == tenant_id)
@@ -67,7 +67,7 @@ async def behind_the_back(session: Any, platform: Platform) -> None:
 
 async def tamper(platform: Platform, seq: int, tenant_id: str = "default", **values: Any) -> None:
     """Change a stored event behind the application's back."""
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await behind_the_back(session, platform)
         await session.execute(
             update(AuditEventRow.__table__)
@@ -130,7 +130,7 @@ async def test_deleted_middle_event_is_reported(make_platform, workspace) -> Non
     platform = await busy_platform(make_platform, workspace)
     stored = await events(platform)
     middle = stored[len(stored) // 2]
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await behind_the_back(session, platform)
         await session.execute(delete(AuditEventRow).where(AuditEventRow.id == middle.id))
     result = await verify(platform)
@@ -143,7 +143,7 @@ async def test_deleted_middle_event_is_reported(make_platform, workspace) -> Non
 async def test_deleted_last_event_is_reported_by_the_head(make_platform, workspace) -> None:
     platform = await busy_platform(make_platform, workspace)
     stored = await events(platform)
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await behind_the_back(session, platform)
         await session.execute(delete(AuditEventRow).where(AuditEventRow.id == stored[-1].id))
     result = await verify(platform)
@@ -166,7 +166,7 @@ async def test_rewritten_last_event_is_reported_by_the_head(make_platform, works
 
 async def test_chain_is_per_tenant(make_platform, workspace) -> None:
     platform = await busy_platform(make_platform, workspace)
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         for n in range(3):
             await append_event(
                 session,
@@ -188,7 +188,7 @@ async def test_chain_is_per_tenant(make_platform, workspace) -> None:
     await tamper(platform, 2, tenant_id="acme", subject="thing:forged")
     assert (await verify(platform, "acme")).first_bad_seq == 2
     assert (await verify(platform)).ok
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         rows = await session.execute(select(AuditHeadRow.tenant_id, AuditHeadRow.seq))
         heads = {row.tenant_id: row.seq for row in rows}
     assert heads == {"default": default_count, "acme": 3}
@@ -197,7 +197,7 @@ async def test_chain_is_per_tenant(make_platform, workspace) -> None:
 async def test_tenant_without_events_verifies_empty(make_platform) -> None:
     platform = await make_platform()
     assert (await verify(platform, "nobody")) == ChainVerification(True, "nobody", 0)
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         count = (
             await session.execute(
                 select(func.count())
@@ -220,6 +220,6 @@ async def test_postgres_trigger_refuses_update_and_delete_of_audit_rows(make_pla
         delete(AuditEventRow).where(AuditEventRow.id == stored[0].id),
     ):
         with pytest.raises(Exception, match="append-only"):
-            async with platform.store.transaction() as session:
+            async with platform.store.transaction("default") as session:
                 await session.execute(statement)
     assert (await verify(platform)).ok

@@ -85,7 +85,7 @@ class World:
 
     async def apply(self, *documents: dict[str, Any], tenant_id: str = "default") -> None:
         """Apply documents through the registry, as ``user:test``."""
-        async with self.platform.store.transaction() as session:
+        async with self.platform.store.transaction(tenant_id) as session:
             await apply_documents(
                 session,
                 [parse_document(d) for d in documents],
@@ -100,7 +100,7 @@ class World:
         kw.setdefault("stage", "dev")
         kw.setdefault("requested_by", "user:test")
         kw.setdefault("task", "Probe things.")
-        async with self.platform.store.transaction() as session:
+        async with self.platform.store.transaction(tenant_id) as session:
             run = await create_run(
                 session,
                 tenant_id=tenant_id,
@@ -122,16 +122,16 @@ class World:
         return run_id
 
     async def run(self, run_id: str, tenant_id: str = "default") -> RunRow:
-        async with self.platform.store.read() as session:
+        async with self.platform.store.read(tenant_id) as session:
             return await get_run(session, run_id, tenant_id=tenant_id)
 
     async def calls(self, run_id: str, tenant_id: str = "default") -> list[ToolCallRow]:
-        async with self.platform.store.read() as session:
+        async with self.platform.store.read(tenant_id) as session:
             steps = await list_steps(session, run_id, tenant_id=tenant_id)
         return [call for _, calls in steps for call in calls]
 
     async def decisions(self, **where: Any) -> list[PolicyDecisionRow]:
-        async with self.platform.store.read() as session:
+        async with self.platform.store.read(where.get("tenant_id", "default")) as session:
             query = select(PolicyDecisionRow).filter_by(**where)
             return list(
                 (await session.execute(query.order_by(PolicyDecisionRow.created_at))).scalars()
@@ -140,11 +140,11 @@ class World:
     async def decision(self, decision_id: str | None) -> PolicyDecisionRow | None:
         if decision_id is None:
             return None
-        async with self.platform.store.read() as session:
+        async with self.platform.store.read("default") as session:
             return await session.get(PolicyDecisionRow, decision_id)
 
     async def events(self, tenant_id: str = "default", **where: Any) -> list[AuditEventRow]:
-        async with self.platform.store.read() as session:
+        async with self.platform.store.read(tenant_id) as session:
             query = select(AuditEventRow).filter_by(tenant_id=tenant_id, **where)
             return list((await session.execute(query.order_by(AuditEventRow.seq))).scalars())
 
@@ -154,7 +154,7 @@ class World:
         On PostgreSQL the append-only trigger is bypassed as a superuser would, with
         ``session_replication_role = replica``: the chain itself must catch the edit.
         """
-        async with self.platform.store.transaction() as session:
+        async with self.platform.store.transaction(tenant_id) as session:
             if self.platform.store.dialect == "postgresql":
                 await session.execute(text("SET LOCAL session_replication_role = replica"))
             await session.execute(

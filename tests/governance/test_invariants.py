@@ -42,7 +42,7 @@ async def world(settings: Settings) -> AsyncIterator[World]:
 
 
 async def count_rows(world: World, table: Any) -> int:
-    async with world.platform.store.read() as session:
+    async with world.platform.store.read("default") as session:
         return int((await session.execute(select(func.count()).select_from(table))).scalar_one())
 
 
@@ -54,7 +54,7 @@ async def post_run(world: World, agent: str = "repo-analyst", **body: Any) -> An
 
 async def bind(world: World, stage: str, version: str, agent: str = "repo-analyst") -> None:
     """Bind a stage to a version, as a promotion does."""
-    async with world.platform.store.transaction() as session:
+    async with world.platform.store.transaction("default") as session:
         row, version_row = await get_agent_version(session, agent, version, tenant_id="default")
         await bind_stage(session, row, version_row, stage, actor="user:test", tenant_id="default")
 
@@ -272,7 +272,7 @@ async def test_6_destructive_tool_allowed_by_wildcard_is_denied(world: World) ->
 
 
 async def approvals_of(world: World, run_id: str) -> list[ApprovalRow]:
-    async with world.platform.store.read() as session:
+    async with world.platform.store.read("default") as session:
         query = select(ApprovalRow).where(ApprovalRow.run_id == run_id)
         return list((await session.execute(query.order_by(ApprovalRow.created_at))).scalars())
 
@@ -299,7 +299,7 @@ async def test_6_named_destructive_tool_waits_for_approval_in_dev(world: World) 
 
     # Approved (as the approvals service records it), it runs once.
     latest = (await approvals_of(world, run_id))[-1]
-    async with store.transaction() as session:
+    async with store.transaction("default") as session:
         await session.execute(
             update(ApprovalRow)
             .where(ApprovalRow.id == latest.id)
@@ -435,7 +435,7 @@ async def test_10_denied_invoke_leaves_a_decision_and_an_audit_event(world: Worl
     assert "no-mallory" in response.json()["message"]
     with pytest.raises(PolicyRefused) as refused:  # the same refusal, without the API
         await world.start(requested_by="user:mallory")
-    await world.platform.store.run_sync(refused.value.record)
+    await world.platform.store.run_sync(refused.value.record, "default")
     assert await count_rows(world, RunRow) == 0
 
     decisions = await world.decisions(action="agent.invoke", principal='User::"user:mallory"')

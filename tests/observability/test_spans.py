@@ -17,7 +17,7 @@ from corral.testing import ScriptedModel
 
 async def run_and_spans(platform: Platform, workspace: Path) -> tuple[RunRow, list[dict[str, Any]]]:
     await register(platform, agent_document())
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id="default",
@@ -27,7 +27,7 @@ async def run_and_spans(platform: Platform, workspace: Path) -> tuple[RunRow, li
             workspace=str(workspace),
         )
     await platform.worker.run_until_idle()
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await get_run(session, run.id, tenant_id="default")
         spans = await list_run_spans(session, run.id, tenant_id="default")
     return run, spans
@@ -101,7 +101,7 @@ async def test_spans_are_stored_with_the_run_and_tenant(make_platform, workspace
     model = ScriptedModel([ScriptedModel.answer("42")])
     platform = await make_platform(scripted=model)
     run, spans = await run_and_spans(platform, workspace)
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         rows = list((await session.execute(select(SpanRow))).scalars())
     assert {(r.run_id, r.tenant_id, r.trace_id) for r in rows} == {
         (run.id, "default", run.trace_id)

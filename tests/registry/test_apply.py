@@ -23,7 +23,7 @@ from corral.registry._tables import AgentRow, AgentVersionRow
 async def apply(
     platform: Platform, *documents: dict[str, Any], **options: Any
 ) -> list[ApplyResult]:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         return await apply_documents(
             session,
             [parse_document(d) for d in documents],
@@ -35,7 +35,7 @@ async def apply(
 
 async def counts(platform: Platform) -> tuple[int, int, int]:
     """(agents, agent versions, audit events) in the store."""
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         agents, versions, events = [
             (await session.execute(select(func.count()).select_from(table))).scalar_one()
             for table in (AgentRow, AgentVersionRow, AuditEventRow)
@@ -52,7 +52,7 @@ async def test_first_apply_creates_version_0_1_0(make_platform) -> None:
     assert result.digest.startswith("sha256:") and len(result.digest) == 71
     assert "+  name: repo-analyst" in result.diff
     assert await counts(platform) == (before[0] + 1, before[1] + 1, before[2] + 1)
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         event = (
             (await session.execute(select(AuditEventRow).order_by(AuditEventRow.seq.desc())))
             .scalars()
@@ -89,7 +89,7 @@ async def test_changed_spec_bumps_the_patch_and_keeps_the_old_version(make_platf
     )
     [third] = await apply(platform, agent_document(instructions="Be briefer."))
     assert third.version == "0.1.2"
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         versions = await list_agent_versions(session, "repo-analyst", tenant_id="default")
         _, old = await get_agent_version(session, "repo-analyst", "0.1.0", tenant_id="default")
         agent, latest = await get_agent_version(session, "repo-analyst", tenant_id="default")
@@ -115,7 +115,7 @@ async def test_changed_spec_bumps_the_patch_and_keeps_the_old_version(make_platf
 async def test_unknown_version_lists_the_versions(make_platform) -> None:
     platform = await make_platform()
     await apply(platform, agent_document())
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         with pytest.raises(NotFound) as info:
             await get_agent_version(session, "repo-analyst", "9.9.9", tenant_id="default")
     assert info.value.known == ["0.1.0"]
@@ -175,7 +175,7 @@ async def test_dry_run_writes_nothing_and_shows_a_diff(make_platform) -> None:
     assert "+  risk_tier: high" in result.diff
     assert result.diff.startswith("--- repo-analyst (current)\n+++ repo-analyst (applied)\n")
     assert await counts(platform) == before
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         agent, latest = await get_agent_version(session, "repo-analyst", tenant_id="default")
     assert agent.latest_version == "0.1.0"
     assert latest.document["spec"]["risk_tier"] == "medium"
@@ -187,7 +187,7 @@ async def test_dry_run_of_a_new_agent_creates_nothing(make_platform) -> None:
     [result] = await apply(platform, agent_document(name="new-agent"), dry_run=True)
     assert (result.action, result.version) == ("created", "0.1.0")
     assert await counts(platform) == before
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         with pytest.raises(NotFound):
             await get_agent_version(session, "new-agent", tenant_id="default")
 
@@ -226,11 +226,11 @@ async def test_same_object_twice_in_one_apply_conflicts_and_writes_nothing(make_
         parse_document(agent_document(instructions="Again.")),
     ]
     with pytest.raises(Conflict, match="appears twice"):
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction("default") as session:
             await apply_documents(session, documents, tenant_id="default", actor="user:test")
     # The two documents applied before the duplicate was found were rolled back.
     assert await counts(platform) == before
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         names = (await session.execute(select(AgentRow.name))).scalars().all()
     assert names == []
 
@@ -250,7 +250,7 @@ async def test_same_name_as_agent_and_tool_is_not_a_duplicate(make_platform) -> 
 async def test_tenants_have_separate_registries(make_platform) -> None:
     platform = await make_platform()
     await apply(platform, agent_document())
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         [result] = await apply_documents(
             session, [parse_document(agent_document())], tenant_id="acme", actor="user:acme"
         )

@@ -66,7 +66,7 @@ async def promote_as(
 ) -> Promotion:
     """Promote as the API does: a refusal is recorded after the rollback, then raised."""
     try:
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction("default") as session:
             return await promote(
                 session,
                 platform.governance,
@@ -78,13 +78,13 @@ async def promote_as(
                 stages=platform.settings.governance.stages,
             )
     except PolicyRefused as exc:
-        await platform.store.run_sync(exc.record)
+        await platform.store.run_sync(exc.record, "default")
         raise
 
 
 async def rollback_as(platform: Platform, actor: str, stage: str) -> Promotion:
     try:
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction("default") as session:
             return await rollback(
                 session,
                 platform.governance,
@@ -94,7 +94,7 @@ async def rollback_as(platform: Platform, actor: str, stage: str) -> Promotion:
                 stage=stage,
             )
     except PolicyRefused as exc:
-        await platform.store.run_sync(exc.record)
+        await platform.store.run_sync(exc.record, "default")
         raise
 
 
@@ -107,12 +107,12 @@ async def approve(platform: Platform, approval_id: str, approver: str = "user:pa
         )
         return complete_promotion(connection, approval_id=approval_id, actor=approver, now=utcnow())
 
-    return await platform.store.run_sync(settle)
+    return await platform.store.run_sync(settle, "default")
 
 
 async def run_version(platform: Platform, stage: str) -> str:
     """The version a new run in ``stage`` gets."""
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id="default",
@@ -125,25 +125,25 @@ async def run_version(platform: Platform, stage: str) -> str:
 
 
 async def bound(platform: Platform) -> dict[str, str]:
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         return {
             b.stage: b.version for b in await stage_bindings(session, AGENT, tenant_id="default")
         }
 
 
 async def history(platform: Platform) -> list[Promotion]:
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         return await list_promotions(session, AGENT, tenant_id="default")
 
 
 async def events(platform: Platform, action: str) -> list[AuditEventRow]:
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         query = select(AuditEventRow).where(AuditEventRow.action == action)
         return list((await session.execute(query.order_by(AuditEventRow.seq))).scalars())
 
 
 async def decision(platform: Platform, decision_id: str | None) -> PolicyDecisionRow:
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         row = await session.get(PolicyDecisionRow, decision_id)
     assert row is not None
     return row
@@ -158,7 +158,7 @@ async def test_staging_is_bound_at_once_and_dev_keeps_following_applies(make_pla
     assert (promotion.status, promotion.kind, promotion.stage) == ("done", "promote", "staging")
     assert (promotion.version, promotion.previous_version) == ("0.1.0", None)
     assert promotion.approval_id is None and promotion.completed_at is not None
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         digest = (
             await session.execute(
                 select(AgentVersionRow.digest).where(AgentVersionRow.version == "0.1.0")
@@ -205,7 +205,7 @@ async def test_production_waits_for_two_platform_admin_approvals(make_platform) 
     assert "production" not in await bound(platform)
     with pytest.raises(NotFound, match="has no version promoted to 'production'"):
         await run_version(platform, "production")
-    async with platform.store.read() as session:
+    async with platform.store.read("default") as session:
         approval = await session.get(ApprovalRow, pending.approval_id)
     assert approval is not None
     assert (approval.kind, approval.status, approval.action, approval.run_id) == (
@@ -296,7 +296,7 @@ async def test_a_rejected_or_expired_promotion_leaves_the_stage_unbound(make_pla
 
     assert first.approval_id is not None
     rejected = await platform.store.run_sync(
-        functools.partial(reject, first.approval_id, "rejected")
+        functools.partial(reject, first.approval_id, "rejected"), "default"
     )
 
     assert (rejected.status, rejected.completed_at is not None) == ("rejected", True)
@@ -304,7 +304,7 @@ async def test_a_rejected_or_expired_promotion_leaves_the_stage_unbound(make_pla
     # The stage is free for another request once the first is settled.
     second = await promote_as(platform, "user:builder", "0.1.1", "production")
     assert second.approval_id is not None
-    await platform.store.run_sync(functools.partial(reject, second.approval_id, "expired"))
+    await platform.store.run_sync(functools.partial(reject, second.approval_id, "expired"), "default")
     assert "production" not in await bound(platform)
     outcomes = [(e.subject, e.outcome) for e in await events(platform, "agent.promotion_rejected")]
     assert outcomes == [
@@ -313,7 +313,7 @@ async def test_a_rejected_or_expired_promotion_leaves_the_stage_unbound(make_pla
     ]
     assert [p.status for p in await history(platform)] == ["rejected", "rejected"]
     with pytest.raises(Conflict, match="is already rejected"):
-        await platform.store.run_sync(functools.partial(reject, second.approval_id, "expired"))
+        await platform.store.run_sync(functools.partial(reject, second.approval_id, "expired"), "default")
 
 
 async def test_a_viewer_is_refused_and_the_refusal_is_recorded(make_platform) -> None:
@@ -363,7 +363,7 @@ async def test_what_cannot_be_promoted(make_platform) -> None:
     with pytest.raises(PolicyDenied, match=r"0\.1\.3 is retired and cannot be promoted"):
         await promote_as(platform, "user:builder", "0.1.3", "staging")
     # A stored version edited behind Corral's back no longer matches its digest.
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         row = (
             await session.execute(select(AgentVersionRow).where(AgentVersionRow.version == "0.1.1"))
         ).scalar_one()
@@ -452,7 +452,7 @@ async def test_a_production_rollback_needs_permission_but_no_approvals(make_plat
 async def test_a_deprecated_agent_runs_and_its_runs_say_so(make_platform) -> None:
     platform = await make_platform()
     await register(platform, agent_document(AGENT, status="deprecated"))
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id="default",

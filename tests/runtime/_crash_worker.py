@@ -135,7 +135,7 @@ class CrashWorld:
 
     async def _write(self, fn: Any) -> Any:
         assert self.store is not None
-        return await self.store.run_sync(fn)
+        return await self.store.run_sync(fn, "default")
 
     async def decide(self, request: ModelRequest) -> ToolCall | FinalAnswer:
         task = request.messages[1].content

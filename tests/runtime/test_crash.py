@@ -171,7 +171,7 @@ async def unfinished(platform: Platform) -> int:
         query = select(func.count()).where(RunRow.status.not_in(TERMINAL_STATUSES))
         return int(connection.execute(query).scalar_one())
 
-    return await platform.store.run_sync(count)
+    return await platform.store.run_sync(count, "default")
 
 
 @dataclass
@@ -325,9 +325,9 @@ async def test_killed_workers_lose_no_run_and_repeat_no_effect(
     fleet = Fleet(tmp_path, worker_env(settings))
     print(f"CORRAL_CRASH_SEED={SEED} ({'postgresql' if postgres else 'sqlite'}, {workers} workers)")
     try:
-        await platform.store.run_sync(create_tables)
+        await platform.store.run_sync(create_tables, "default")
         await register(platform, AGENT_DOCUMENT)
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction("default") as session:
             for n in range(RUNS):
                 await create_run(
                     session,
@@ -341,8 +341,8 @@ async def test_killed_workers_lose_no_run_and_repeat_no_effect(
         finally:
             exits = await asyncio.to_thread(fleet.stop)
         assert all(code == 0 for code in exits.values()), exits
-        figures = check(await platform.store.run_sync(read_everything), fleet)
-        async with platform.store.transaction() as session:
+        figures = check(await platform.store.run_sync(read_everything, "default"), fleet)
+        async with platform.store.transaction("default") as session:
             assert (await verify_chain(session, tenant_id="default")).ok
         assert chaos.kills >= 1, "no worker was killed: the test proved nothing"
         assert figures["reclaims_from_step_gt_0"] >= 1, figures

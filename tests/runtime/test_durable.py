@@ -162,7 +162,7 @@ async def durable(settings: Settings) -> AsyncIterator[DurablePlatform]:
 async def start(
     platform: Platform, task: str = "Keep the ledger.", agent: str = "repo-analyst", **kw: Any
 ) -> str:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id=kw.get("tenant_id", "default"),
@@ -176,14 +176,14 @@ async def start(
 async def load(
     platform: Platform, run_id: str, tenant_id: str = "default"
 ) -> tuple[RunRow, list[tuple[StepRow, list[ToolCallRow]]]]:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await get_run(session, run_id, tenant_id=tenant_id)
         steps = await list_steps(session, run_id, tenant_id=tenant_id)
     return run, steps
 
 
 async def calls_of(platform: Platform, run_id: str) -> list[ToolCallRow]:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         rows = await session.execute(
             select(ToolCallRow)
             .where(ToolCallRow.run_id == run_id)
@@ -193,7 +193,7 @@ async def calls_of(platform: Platform, run_id: str) -> list[ToolCallRow]:
 
 
 async def audit(platform: Platform, run_id: str, action: str) -> list[AuditEventRow]:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         rows = await session.execute(
             select(AuditEventRow)
             .where(AuditEventRow.run_id == run_id, AuditEventRow.action == action)
@@ -203,7 +203,7 @@ async def audit(platform: Platform, run_id: str, action: str) -> list[AuditEvent
 
 
 async def event_types(platform: Platform, run_id: str) -> list[str]:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         rows = await session.execute(
             select(RunEventRow.type).where(RunEventRow.run_id == run_id).order_by(RunEventRow.id)
         )
@@ -221,7 +221,7 @@ outlive its own lease and reclaim the run before the test expires the lease on p
 
 async def expire_lease(platform: Platform, run_id: str) -> None:
     """Age the dead worker's lease instead of waiting it out (one test waits for real)."""
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await session.execute(
             update(RunRow)
             .where(RunRow.id == run_id)
@@ -537,7 +537,7 @@ async def test_call_finished_before_a_crash_is_not_run_again(
     assert len(model.requests) == 4
     assert (run.iterations, run.step_count, run.tool_call_count) == (4, 4, 3)
     assert run.input_tokens == sum(s.input_tokens for s, _ in steps)
-    async with first.store.transaction() as session:
+    async with first.store.transaction("default") as session:
         assert (await verify_chain(session, tenant_id="default")).ok
 
 
@@ -638,7 +638,7 @@ async def two_tenants(durable: DurablePlatform, model: ScriptedModel, ledger: Le
     platform = await durable(model, ledger)
     await register(platform, agent_document(name="other-agent", tools={"allowed": ["ledger.*"]}))
     await platform.register_builtin_tools("acme")
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await apply_documents(
             session,
             [parse_document(agent_document(tools={"allowed": ["ledger.*"]}))],

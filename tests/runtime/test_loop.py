@@ -27,7 +27,7 @@ TASK = "What is in this repository?"
 
 
 async def start(platform: Platform, workspace: Path | None, agent: str = "repo-analyst") -> str:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id="default",
@@ -40,7 +40,7 @@ async def start(platform: Platform, workspace: Path | None, agent: str = "repo-a
 
 
 async def load(platform: Platform, run_id: str) -> tuple[RunRow, list[tuple[StepRow, list]]]:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await get_run(session, run_id, tenant_id="default")
         steps = await list_steps(session, run_id, tenant_id="default")
     return run, steps
@@ -226,7 +226,7 @@ async def test_tool_not_allowed_is_denied_and_the_run_goes_on(make_platform, wor
     # Only the allowed tool was offered, and the refusal reached the model.
     assert [t.name for t in model.requests[0].tools] == ["fs.list_dir"]
     assert any("tools you may call: fs.list_dir" in t for t in contents(model.requests[1], "tool"))
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         [event] = (
             await session.execute(
                 select(AuditEventRow).where(
@@ -413,7 +413,7 @@ async def test_retired_agent_cannot_run(make_platform, workspace) -> None:
         await start(platform, workspace)
     assert info.value.code == "agent_retired"
     assert "retired" in info.value.message
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         assert (await session.execute(select(RunRow))).first() is None
     assert model.requests == []
 
@@ -431,7 +431,7 @@ async def test_cancel_requested_stops_before_the_next_step(make_platform, worksp
     holder: dict[str, Platform] = {}
 
     async def cancel_then_call(_request: ModelRequest) -> ToolCall:
-        async with holder["platform"].store.transaction() as session:
+        async with holder["platform"].store.transaction("default") as session:
             await session.execute(update(RunRow).values(cancel_requested=True))
         return ScriptedModel.call("fs.list_dir", path=".")
 
@@ -450,7 +450,7 @@ async def test_worker_that_lost_its_lease_writes_nothing(make_platform, workspac
     holder: dict[str, Platform] = {}
 
     async def steal_lease(_request: ModelRequest) -> ToolCall:
-        async with holder["platform"].store.transaction() as session:
+        async with holder["platform"].store.transaction("default") as session:
             await session.execute(update(RunRow).values(lease_owner="thief"))
         return ScriptedModel.call("fs.list_dir", path=".")
 
@@ -460,7 +460,7 @@ async def test_worker_that_lost_its_lease_writes_nothing(make_platform, workspac
     await platform.worker.run_until_idle()
     run, steps = await load(platform, run_id)
     assert (run.status, run.lease_owner, run.step_count, steps) == ("RUNNING", "thief", 0, [])
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         calls = (await session.execute(select(ToolCallRow))).first()
     assert calls is None
 
@@ -493,7 +493,7 @@ async def test_expired_lease_is_resumed_from_the_next_step(make_platform, worksp
     second = Worker(platform.store, platform.executor, worker_id="w2")
     assert await second.claim() is None
 
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         await session.execute(
             update(RunRow)
             .where(RunRow.id == run_id)
@@ -512,7 +512,7 @@ async def test_expired_lease_is_resumed_from_the_next_step(make_platform, worksp
     [tool_message] = [m for m in resumed_request.messages if m.role == "tool"]
     assert "README.md\npkg/" in tool_message.content
     assert 'trust="untrusted"' in tool_message.content
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         leases = (
             await session.execute(
                 select(AuditEventRow.actor, AuditEventRow.details)

@@ -7,7 +7,7 @@ async def test_scripted_run_reaches_final_answer(make_platform, workspace):
     model = ScriptedModel([ScriptedModel.call("fs.list_dir", path="."), ScriptedModel.answer("42")])
     platform = await make_platform(scripted=model)
     await register(platform, agent_document())
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id="default",
@@ -17,7 +17,7 @@ async def test_scripted_run_reaches_final_answer(make_platform, workspace):
             workspace=str(workspace),
         )
     await platform.worker.run_until_idle()
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         done = await get_run(session, run.id, tenant_id="default")
         steps = await list_steps(session, run.id, tenant_id="default")
     assert (done.status, done.output, done.terminal_reason) == ("SUCCEEDED", "42", "final_answer")

@@ -10,6 +10,7 @@ from corral.errors import (
     BudgetExceeded,
     Conflict,
     CorralError,
+    Forbidden,
     InvalidContract,
     InvalidRequest,
     KillSwitchEngaged,
@@ -17,6 +18,9 @@ from corral.errors import (
     ModelAPIError,
     NotFound,
     PolicyDenied,
+    QuotaExceeded,
+    Unauthorized,
+    UpstreamFailed,
 )
 
 __all__ = ["STATUS_CODES", "install_error_handlers", "status_for"]
@@ -24,6 +28,9 @@ __all__ = ["STATUS_CODES", "install_error_handlers", "status_for"]
 STATUS_CODES: list[tuple[type[CorralError], int]] = [
     (InvalidContract, 422),
     (InvalidRequest, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (QuotaExceeded, 429),
     (NotFound, 404),
     (Conflict, 409),
     (KillSwitchEngaged, 423),
@@ -31,6 +38,7 @@ STATUS_CODES: list[tuple[type[CorralError], int]] = [
     (BudgetExceeded, 429),
     (LocalModelUnavailable, 503),
     (ModelAPIError, 502),
+    (UpstreamFailed, 502),
 ]
 """Error class -> HTTP status; the first matching class wins. Anything else: 500."""
 
@@ -50,7 +58,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CorralError)
     async def _corral_error(_request: Request, exc: CorralError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=status_for(exc))
+        headers: dict[str, str] = {}
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="corral"'  # RFC 6750 section 3
+        if isinstance(exc, QuotaExceeded):
+            headers["Retry-After"] = str(max(1, exc.retry_after_seconds))
+        return JSONResponse(exc.to_dict(), status_code=status_for(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
     "AgentOut",
@@ -35,6 +35,8 @@ __all__ = [
     "RunOut",
     "RunResolutionOut",
     "RunResolve",
+    "SecretOut",
+    "SecretSet",
     "SpanOut",
     "StageBindingOut",
     "StepOut",
@@ -515,3 +517,28 @@ class PolicySetOut(BaseModel):
     """Corral's default policy set."""
     items: list[PolicyOut]
     """The tenant's Policy documents, by name."""
+
+
+class SecretSet(BaseModel):
+    """The value of a secret to set (a new version when the secret exists)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: SecretStr = Field(min_length=1)
+    """The plaintext, at most ``secrets.max_value_bytes`` UTF-8 bytes. Never returned."""
+
+
+class SecretOut(BaseModel):
+    """A secret's metadata; no response ever carries a secret's value."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    version: int
+    """1 when created, +1 on every set (rotation)."""
+    created_by: str
+    updated_by: str
+    """Principal that set the current version."""
+    created_at: datetime
+    updated_at: datetime
+    """When the current version was set."""

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
-from corral.api._deps import CallerDep, PlatformDep, ReadSessionDep, SessionDep
+from corral.api._deps import Caller, PlatformDep, ReadSessionDep, SessionDep, requires
 from corral.api._schemas import (
     AgentOut,
     AgentVersionOut,
@@ -52,11 +52,11 @@ def _parse_all(documents: list[dict[str, Any]]) -> list[Any]:
 
 @router.post("/apply", response_model=list[ApplyResultOut])
 async def apply(
-    body: ApplyRequest, platform: PlatformDep, caller: CallerDep
+    body: ApplyRequest, platform: PlatformDep, caller: Annotated[Caller, requires("agents.write")]
 ) -> list[ApplyResultOut]:
     """Apply Agent, Tool and Policy documents in one transaction: all of them, or none."""
     contracts = _parse_all(body.documents)
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction(caller.tenant_id) as session:
         results = await apply_documents(
             session,
             contracts,
@@ -73,7 +73,7 @@ async def apply(
 @router.get("/agents", response_model=Page[AgentOut])
 async def get_agents(
     session: ReadSessionDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("agents.read")],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     after: Annotated[str | None, Query(description="Cursor: `next` of the previous page.")] = None,
 ) -> Page[AgentOut]:
@@ -86,7 +86,7 @@ async def get_agents(
 @router.post("/agents", response_model=ApplyResultOut)
 async def post_agent(
     session: SessionDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("agents.write")],
     document: Annotated[dict[str, Any], Body(description="An Agent document.")],
     dry_run: bool = False,
 ) -> ApplyResultOut:
@@ -103,7 +103,9 @@ async def post_agent(
 
 
 @router.get("/agents/{name}", response_model=AgentOut)
-async def get_agent(name: str, session: ReadSessionDep, caller: CallerDep) -> AgentOut:
+async def get_agent(
+    name: str, session: ReadSessionDep, caller: Annotated[Caller, requires("agents.read")]
+) -> AgentOut:
     """An agent, its latest version's digest and the tools it may call."""
     agent, version = await get_agent_version(session, name, tenant_id=caller.tenant_id)
     spec = Agent.model_validate(version.document).spec
@@ -121,7 +123,7 @@ async def get_agent(name: str, session: ReadSessionDep, caller: CallerDep) -> Ag
 
 @router.get("/agents/{name}/versions", response_model=list[AgentVersionOut])
 async def get_agent_versions(
-    name: str, session: ReadSessionDep, caller: CallerDep
+    name: str, session: ReadSessionDep, caller: Annotated[Caller, requires("agents.read")]
 ) -> list[AgentVersionOut]:
     """Every version of an agent, newest first."""
     rows = await list_agent_versions(session, name, tenant_id=caller.tenant_id)
@@ -136,7 +138,7 @@ async def get_agent_versions(
 @router.get("/tools", response_model=Page[ToolOut])
 async def get_tools(
     session: ReadSessionDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("tools.read")],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     after: Annotated[str | None, Query(description="Cursor: `next` of the previous page.")] = None,
 ) -> Page[ToolOut]:

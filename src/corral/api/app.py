@@ -5,33 +5,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from corral import __version__
-from corral.api import agents, approvals, audit, control, policies, releases, runs
-from corral.api._deps import PlatformDep
+from corral.api import (
+    agents,
+    approvals,
+    audit,
+    control,
+    mcp_servers,
+    policies,
+    releases,
+    runs,
+    secrets,
+    tenancy,
+)
+from corral.api._deps import ApiRateLimiter, PlatformDep, annotate_permissions, requires
 from corral.api._errors import install_error_handlers
+from corral.api._limits import RequestSizeLimit
+from corral.api.mcp import MCP_PATH, McpEndpoint
 from corral.platform import Platform
+from corral.store import SYSTEM
+from corral.tenancy import PUBLIC
 
 __all__ = ["create_app"]
 
 
-def create_app(platform: Platform, *, run_worker: bool = True) -> FastAPI:
+def create_app(
+    platform: Platform, *, run_worker: bool = True, local_admin: bool = False
+) -> FastAPI:
     """Build the API around ``platform``.
 
     Args:
         platform: Store, gateways and runtime; started and closed with the app's lifespan.
         run_worker: Also run a worker in this process (the embedded mode).
+        local_admin: Make sure ``$CORRAL_HOME/admin.key`` holds a working key of the local
+            admin (every role), which the CLI uses when ``CORRAL_API_KEY`` is not set (the
+            embedded mode).
     """
+    mcp = McpEndpoint(platform) if platform.settings.mcp_endpoint.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await platform.start()
+        if local_admin:
+            await platform.ensure_local_admin()
         stop = asyncio.Event()
         worker = asyncio.create_task(platform.worker.run(stop)) if run_worker else None
         try:
-            yield
+            async with mcp.run() if mcp is not None else contextlib.nullcontext():
+                yield
         finally:
             stop.set()
             if worker is not None:
@@ -45,6 +71,15 @@ def create_app(platform: Platform, *, run_worker: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.platform = platform
+    identity = platform.settings.identity
+    app.state.rate_limiter = ApiRateLimiter(
+        identity.api_rate_limit, identity.rate_limit_storage_url
+    )
+    app.add_middleware(
+        RequestSizeLimit,
+        max_body_bytes=identity.max_body_bytes,
+        max_header_bytes=identity.max_header_bytes,
+    )
     install_error_handlers(app)
     app.include_router(agents.router)
     app.include_router(runs.router)
@@ -53,11 +88,20 @@ def create_app(platform: Platform, *, run_worker: bool = True) -> FastAPI:
     app.include_router(policies.router)
     app.include_router(releases.router)
     app.include_router(approvals.router)
+    app.include_router(mcp_servers.router)
+    app.include_router(secrets.router)
+    app.include_router(tenancy.router)
+    if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
+        app.router.routes.append(
+            Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+        )
 
     @app.get("/healthz", tags=["health"])
-    async def healthz(platform: PlatformDep) -> dict[str, object]:
+    async def healthz(
+        platform: PlatformDep, _public: Annotated[None, requires(PUBLIC)]
+    ) -> dict[str, object]:
         """Liveness: the store answers and which model providers are configured."""
-        async with platform.store.read() as session:
+        async with platform.store.read(SYSTEM) as session:
             await session.connection()
         return {
             "status": "ok",
@@ -65,4 +109,5 @@ def create_app(platform: Platform, *, run_worker: bool = True) -> FastAPI:
             "providers": sorted(platform.models.providers),
         }
 
+    annotate_permissions(app)
     return app

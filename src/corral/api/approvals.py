@@ -1,8 +1,7 @@
 """Routes: ``/v1/approvals``: list approval requests and vote on them.
 
-A voter's roles come from ``governance.roles`` in settings (``CORRAL_GOVERNANCE__ROLES``) until
-identity brings roles per tenant. Every vote is one transaction, audited by the approvals
-service.
+A voter's roles are the caller's roles in the tenant (API key roles, OIDC role grants). Every
+vote is one transaction, audited by the approvals service.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from corral.api._deps import Caller, CallerDep, PlatformDep
+from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import ApprovalApprove, ApprovalOut, ApprovalReject, Page
 from corral.approvals import Approval, Vote, decide_approval, get_approval, list_approvals
 from corral.platform import Platform
@@ -28,7 +27,7 @@ def _out(approval: Approval) -> ApprovalOut:
 @router.get("/approvals", response_model=Page[ApprovalOut])
 async def get_approvals(
     platform: PlatformDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("approvals.read")],
     status: Annotated[
         Literal["pending", "approved", "rejected", "expired"] | None,
         Query(description="Only requests in this status; default: all."),
@@ -52,7 +51,7 @@ async def get_approvals(
 
 @router.get("/approvals/{approval_id}", response_model=ApprovalOut)
 async def get_one_approval(
-    approval_id: str, platform: PlatformDep, caller: CallerDep
+    approval_id: str, platform: PlatformDep, caller: Annotated[Caller, requires("approvals.read")]
 ) -> ApprovalOut:
     """One approval request with its votes. 404 if the tenant has no such request."""
     return _out(await get_approval(platform.store, approval_id, tenant_id=caller.tenant_id))
@@ -66,7 +65,7 @@ async def _vote(
         approval_id,
         tenant_id=caller.tenant_id,
         principal=caller.principal,
-        roles=platform.settings.governance.roles.get(caller.principal, []),
+        roles=sorted(caller.roles),
         vote=vote,
         comment=text if vote == "approve" else "",
         reason=text if vote == "reject" else "",
@@ -80,7 +79,7 @@ async def _vote(
 async def post_approve(
     approval_id: str,
     platform: PlatformDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("approvals.decide")],
     body: ApprovalApprove | None = None,
 ) -> ApprovalOut:
     """Approve a pending request as the caller.
@@ -96,7 +95,10 @@ async def post_approve(
 
 @router.post("/approvals/{approval_id}/reject", response_model=ApprovalOut)
 async def post_reject(
-    approval_id: str, body: ApprovalReject, platform: PlatformDep, caller: CallerDep
+    approval_id: str,
+    body: ApprovalReject,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("approvals.decide")],
 ) -> ApprovalOut:
     """Reject a pending request as the caller: its run ends ``REJECTED`` (``approval_rejected``).
 

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from corral.api._deps import Caller, CallerDep, ReadSessionDep
+from corral.api._deps import Caller, ReadSessionDep, requires
 from corral.api._schemas import AuditEventOut, AuditVerificationOut, Page
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
@@ -60,7 +60,7 @@ def _utc(value: datetime | None) -> datetime | None:
 @router.get("/events", response_model=Page[AuditEventOut])
 async def get_events(
     session: ReadSessionDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("audit.read")],
     run_id: Annotated[str | None, Query(description="Only events of this run.")] = None,
     after: Annotated[int, Query(ge=0, description="Only events with a greater seq.")] = 0,
     since: Annotated[
@@ -102,7 +102,9 @@ async def get_events(
 
 @router.get("/verify", response_model=AuditVerificationOut)
 async def get_verify(
-    session: ReadSessionDep, caller: CallerDep, tenant: _TenantQuery = None
+    session: ReadSessionDep,
+    caller: Annotated[Caller, requires("audit.read")],
+    tenant: _TenantQuery = None,
 ) -> AuditVerificationOut:
     """Recompute an audit chain; ``ok`` is false at the first event that fails.
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from corral.api._deps import Caller, CallerDep, PlatformDep
+from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import (
     KillSwitchCreate,
     KillSwitchEngagedOut,
@@ -20,7 +20,7 @@ from corral.api._schemas import (
     RunResolutionOut,
     RunResolve,
 )
-from corral.errors import InvalidRequest
+from corral.errors import Forbidden, InvalidRequest
 from corral.platform import Platform
 from corral.runtime import (
     cancel_run,
@@ -37,12 +37,14 @@ router = APIRouter(prefix="/v1", tags=["control"])
 
 
 async def _run_out(platform: Platform, run_id: str, caller: Caller) -> RunOut:
-    async with platform.store.read() as session:
+    async with platform.store.read(caller.tenant_id) as session:
         return RunOut.model_validate(await get_run(session, run_id, tenant_id=caller.tenant_id))
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunOut)
-async def post_cancel(run_id: str, platform: PlatformDep, caller: CallerDep) -> RunOut:
+async def post_cancel(
+    run_id: str, platform: PlatformDep, caller: Annotated[Caller, requires("runs.control")]
+) -> RunOut:
     """Cancel a run.
 
     A queued or paused run ends ``CANCELLED`` at once. A running one comes back ``RUNNING``
@@ -61,7 +63,10 @@ async def post_cancel(run_id: str, platform: PlatformDep, caller: CallerDep) -> 
 
 @router.post("/runs/{run_id}/resolve", response_model=RunResolutionOut)
 async def post_resolve(
-    run_id: str, body: RunResolve, platform: PlatformDep, caller: CallerDep
+    run_id: str,
+    body: RunResolve,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("runs.control")],
 ) -> RunResolutionOut:
     """Settle the in-doubt tool call of an ``IN_DOUBT`` run and queue the run again.
 
@@ -92,7 +97,18 @@ def _target(scope: KillSwitchScope, target: str | None, caller: Caller) -> str:
             )
         return target
     if scope == "tenant":
-        return target or caller.tenant_id
+        if target not in (None, caller.tenant_id):
+            raise InvalidRequest(
+                f"A tenant kill switch covers your own tenant {caller.tenant_id!r}; leave out "
+                "'target' (platform admins suspend other tenants with `corral tenants suspend`)."
+            )
+        return caller.tenant_id
+    if not caller.can("killswitch.all"):
+        raise Forbidden(
+            f"{caller.id} may not engage or release the platform kill switch: it needs the "
+            "platform-admin role.",
+            code="permission_denied",
+        )
     if target not in (None, "*"):
         raise InvalidRequest(
             f"A platform kill switch covers every run; its target is '*', not {target!r}."
@@ -103,7 +119,7 @@ def _target(scope: KillSwitchScope, target: str | None, caller: Caller) -> str:
 @router.get("/kill-switches", response_model=list[KillSwitchOut])
 async def get_kill_switches(
     platform: PlatformDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("killswitch.read")],
     include_released: Annotated[
         bool, Query(description="Also list released switches (the history).")
     ] = False,
@@ -117,7 +133,9 @@ async def get_kill_switches(
 
 @router.post("/kill-switches", response_model=KillSwitchEngagedOut, status_code=201)
 async def post_kill_switch(
-    body: KillSwitchCreate, platform: PlatformDep, caller: CallerDep
+    body: KillSwitchCreate,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("killswitch.tenant")],
 ) -> KillSwitchEngagedOut:
     """Engage a kill switch: no new run of what it covers starts (423) until it is released.
 
@@ -139,7 +157,9 @@ async def post_kill_switch(
 
 @router.post("/kill-switches/release", response_model=KillSwitchOut)
 async def post_kill_switch_release(
-    body: KillSwitchRelease, platform: PlatformDep, caller: CallerDep
+    body: KillSwitchRelease,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("killswitch.tenant")],
 ) -> KillSwitchOut:
     """Release an engaged kill switch; new runs may start again. 404 if it is not engaged."""
     switch = await release_kill_switch(

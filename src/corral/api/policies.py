@@ -8,12 +8,12 @@ compile the same set locally.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from corral.api._deps import CallerDep, ReadSessionDep
+from corral.api._deps import Caller, ReadSessionDep, requires
 from corral.api._schemas import PolicyOut, PolicySetOut, PolicySourceOut
 from corral.policy import DEFAULT_POLICIES, cedar_schema
 from corral.policy._service import policy_sources
@@ -25,7 +25,9 @@ router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 
 @router.get("", response_model=PolicySetOut)
-async def get_policies(session: ReadSessionDep, caller: CallerDep) -> PolicySetOut:
+async def get_policies(
+    session: ReadSessionDep, caller: Annotated[Caller, requires("policies.read")]
+) -> PolicySetOut:
     """The tenant's effective policy set: the default set's text and every Policy document.
 
     Each document is at its latest version, by name. Compiling ``defaults`` then ``items``
@@ -66,7 +68,9 @@ async def get_policies(session: ReadSessionDep, caller: CallerDep) -> PolicySetO
 
 
 @router.get("/schema")
-async def get_policy_schema() -> dict[str, Any]:
+async def get_policy_schema(
+    _caller: Annotated[Caller, requires("policies.read")],
+) -> dict[str, Any]:
     """The Cedar JSON schema policies are validated and evaluated against.
 
     Format: https://docs.cedarpolicy.com/schema/json-schema.html (namespace-less: policies

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from corral.api._deps import CallerDep, PlatformDep, ReadSessionDep
+from corral.api._deps import Caller, PlatformDep, ReadSessionDep, requires
 from corral.api._schemas import PromotionCreate, PromotionOut, RollbackCreate, StageBindingOut
 from corral.errors import PolicyRefused
 from corral.registry import list_promotions, promote, rollback, stage_bindings
@@ -27,7 +27,11 @@ router = APIRouter(prefix="/v1", tags=["releases"])
     },
 )
 async def post_promotion(
-    name: str, body: PromotionCreate, platform: PlatformDep, caller: CallerDep, response: Response
+    name: str,
+    body: PromotionCreate,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("releases.promote")],
+    response: Response,
 ) -> PromotionOut:
     """Promote a version to a stage: 201 when bound now, 202 when it awaits approval.
 
@@ -37,7 +41,7 @@ async def post_promotion(
     """
     governance = platform.settings.governance
     try:
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction(caller.tenant_id) as session:
             result = await promote(
                 session,
                 platform.governance,
@@ -48,9 +52,10 @@ async def post_promotion(
                 stage=body.stage,
                 stages=governance.stages,
                 approval_ttl=timedelta(seconds=governance.approval_ttl_seconds),
+                actor_roles=caller.roles,
             )
     except PolicyRefused as exc:
-        await platform.store.run_sync(exc.record)  # the refusal is evidence too
+        await platform.store.run_sync(exc.record, caller.tenant_id)  # the refusal is evidence too
         raise
     if result.status == "pending_approval":
         response.status_code = 202
@@ -59,14 +64,17 @@ async def post_promotion(
 
 @router.post("/agents/{name}/rollback", response_model=PromotionOut, status_code=201)
 async def post_rollback(
-    name: str, body: RollbackCreate, platform: PlatformDep, caller: CallerDep
+    name: str,
+    body: RollbackCreate,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("releases.promote")],
 ) -> PromotionOut:
     """Re-bind a stage to the version it ran before (again: one further back).
 
     Needs permission to promote to the stage, never approvals: it is the emergency exit.
     """
     try:
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction(caller.tenant_id) as session:
             result = await rollback(
                 session,
                 platform.governance,
@@ -75,9 +83,10 @@ async def post_rollback(
                 agent_name=name,
                 stage=body.stage,
                 stages=platform.settings.governance.stages,
+                actor_roles=caller.roles,
             )
     except PolicyRefused as exc:
-        await platform.store.run_sync(exc.record)
+        await platform.store.run_sync(exc.record, caller.tenant_id)
         raise
     return PromotionOut.model_validate(result)
 
@@ -86,7 +95,7 @@ async def post_rollback(
 async def get_promotions(
     name: str,
     session: ReadSessionDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("releases.read")],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[PromotionOut]:
     """The agent's promotions and rollbacks in every stage, newest first."""
@@ -96,7 +105,10 @@ async def get_promotions(
 
 @router.get("/agents/{name}/stages", response_model=list[StageBindingOut])
 async def get_stages(
-    name: str, session: ReadSessionDep, caller: CallerDep, platform: PlatformDep
+    name: str,
+    session: ReadSessionDep,
+    caller: Annotated[Caller, requires("releases.read")],
+    platform: PlatformDep,
 ) -> list[StageBindingOut]:
     """The version each stage of the agent runs now, in the configured stage order."""
     rows = await stage_bindings(

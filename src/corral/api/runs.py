@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from corral.api._deps import CallerDep, PlatformDep, ReadSessionDep
+from corral.api._deps import Caller, PlatformDep, ReadSessionDep, requires
 from corral.api._schemas import (
     Page,
     RunCreate,
@@ -20,7 +20,7 @@ from corral.api._schemas import (
     StepOut,
     ToolCallOut,
 )
-from corral.errors import InvalidRequest, PolicyRefused
+from corral.errors import Forbidden, InvalidRequest, PolicyRefused
 from corral.runtime import (
     TERMINAL_STATUSES,
     create_run,
@@ -47,10 +47,26 @@ _SSE_BATCH = 500
 
 
 @router.post("/agents/{name}/runs", response_model=RunOut, status_code=201)
-async def post_run(name: str, body: RunCreate, platform: PlatformDep, caller: CallerDep) -> RunOut:
-    """Create a run (``QUEUED``); a worker picks it up. Poll ``GET /v1/runs/{id}``."""
+async def post_run(
+    name: str,
+    body: RunCreate,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("runs.create")],
+) -> RunOut:
+    """Create a run (``QUEUED``); a worker picks it up. Poll ``GET /v1/runs/{id}``.
+
+    Builders may run in ``dev`` and ``staging``; ``production`` needs an operator. 429 when a
+    tenant quota (``runs_per_day``, ``concurrent_runs``) is used up, with ``Retry-After``.
+    """
+    if body.stage == "production" and not caller.can("runs.create.production"):
+        raise Forbidden(
+            f"{caller.id} may run agents in dev and staging only; running in 'production' needs "
+            "the operator role. Pass `stage` (`corral run --stage dev`).",
+            code="permission_denied",
+        )
     try:
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction(caller.tenant_id) as session:
+            await platform.quotas.check_run_start(session, caller.tenant_id)
             run = await create_run(
                 session,
                 tenant_id=caller.tenant_id,
@@ -62,9 +78,11 @@ async def post_run(name: str, body: RunCreate, platform: PlatformDep, caller: Ca
                 version=body.version,
                 model=body.model,
                 governance=platform.governance,
+                requester_roles=caller.roles,
+                requester_groups=caller.groups,
             )
     except PolicyRefused as exc:
-        await platform.store.run_sync(exc.record)  # the refusal is evidence too
+        await platform.store.run_sync(exc.record, caller.tenant_id)  # the refusal is evidence too
         raise
     platform.worker.wake()
     return RunOut.model_validate(run)
@@ -73,7 +91,7 @@ async def post_run(name: str, body: RunCreate, platform: PlatformDep, caller: Ca
 @router.get("/runs", response_model=Page[RunOut])
 async def get_runs(
     session: ReadSessionDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("runs.read")],
     agent: Annotated[str | None, Query(description="Only runs of this agent.")] = None,
     status: Annotated[str | None, Query(description="Only runs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -93,7 +111,9 @@ async def get_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-async def get_one_run(run_id: str, session: ReadSessionDep, caller: CallerDep) -> RunOut:
+async def get_one_run(
+    run_id: str, session: ReadSessionDep, caller: Annotated[Caller, requires("runs.read")]
+) -> RunOut:
     """A run's state, budgets used, output and terminal reason."""
     return RunOut.model_validate(await get_run(session, run_id, tenant_id=caller.tenant_id))
 
@@ -102,7 +122,7 @@ async def get_one_run(run_id: str, session: ReadSessionDep, caller: CallerDep) -
 async def get_steps(
     run_id: str,
     session: ReadSessionDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("runs.read")],
     after: Annotated[int, Query(ge=-1, description="Only steps with a greater index.")] = -1,
 ) -> list[StepOut]:
     """The run's checkpointed steps with their tool calls, oldest first."""
@@ -125,7 +145,9 @@ async def get_steps(
 
 
 @router.get("/runs/{run_id}/spans", response_model=list[SpanOut])
-async def get_spans(run_id: str, session: ReadSessionDep, caller: CallerDep) -> list[SpanOut]:
+async def get_spans(
+    run_id: str, session: ReadSessionDep, caller: Annotated[Caller, requires("runs.read")]
+) -> list[SpanOut]:
     """Every span of the run's trace (``invoke_agent``, ``chat``, ``execute_tool``)."""
     spans = await list_run_spans(session, run_id, tenant_id=caller.tenant_id)
     return [SpanOut.model_validate(s) for s in spans]
@@ -139,7 +161,7 @@ async def _read_events(
     One short transaction. The status is read first: once it is terminal, the events written
     with it (``run.finished``) are committed, so the second read sees them.
     """
-    async with store.read() as session:
+    async with store.read(tenant_id) as session:
         status = (
             await session.execute(
                 select(RunRow.status).where(RunRow.id == run_id, RunRow.tenant_id == tenant_id)
@@ -228,7 +250,7 @@ async def get_run_events(
     run_id: str,
     request: Request,
     platform: PlatformDep,
-    caller: CallerDep,
+    caller: Annotated[Caller, requires("runs.read")],
     after: Annotated[int, Query(ge=0, description="Only events with a greater id.")] = 0,
     last_event_id: Annotated[
         str | None,
@@ -244,7 +266,7 @@ async def get_run_events(
     ``Last-Event-ID`` (or ``?after=ID``): only later events are sent. 404 for an unknown run.
     """
     start = max(after, _event_id(last_event_id))
-    async with platform.store.read() as session:
+    async with platform.store.read(caller.tenant_id) as session:
         await get_run(session, run_id, tenant_id=caller.tenant_id)  # 404 before streaming
     return StreamingResponse(
         _event_stream(request, platform.store, run_id, caller.tenant_id, start),

@@ -14,6 +14,10 @@ their audit events (DESIGN.md, "Approvals"):
 * one rejection rejects it: the run ends ``REJECTED`` (``approval_rejected``);
 * a request not decided by ``expires_at`` expires: the run ends ``REJECTED``
   (``approval_expired``).
+
+A tool call from outside a run (inbound MCP, ``run_id`` ``None``) has no run to resume: once
+approved, its caller repeats exactly that call before ``expires_at`` and the call spends the
+approval (:mod:`corral.gateway.tools._direct`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from corral.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
 # imported while corral.runtime._control is still initialising.
 from corral.runtime import _control
 from corral.runtime._tables import RunRow
-from corral.store import Store, new_id, skip_locked, utcnow
+from corral.store import SYSTEM, Store, new_id, skip_locked, utcnow
 
 __all__ = [
     "APPROVAL_STATUSES",
@@ -89,7 +93,9 @@ class Approval:
         run_status: That run's status now.
         step_index: The run's step holding the call.
         call_index: The call's index within the step.
-        idempotency_key: ``{run_id}:{step}:{call}`` of the call.
+        idempotency_key: ``{run_id}:{step}:{call}`` of the call; for a call from outside a
+            run (``run_id`` ``None``), ``direct:{call_id}`` of the call that spent the approval,
+            ``None`` while unspent.
         arguments: The call's arguments, secret-looking values redacted.
         arguments_digest: ``sha256:<hex>`` of the canonical arguments: the approval covers only
             a call with exactly these arguments.
@@ -274,7 +280,7 @@ async def list_approvals(
         )
     if not 1 <= limit <= 500:
         raise InvalidRequest(f"limit must be 1 to 500, not {limit}.")
-    async with store.read() as session:
+    async with store.read(tenant_id) as session:
         return await session.run_sync(
             lambda sync: _list(sync.connection(), tenant_id, status, run_id, limit, after)
         )
@@ -286,7 +292,7 @@ async def get_approval(store: Store, approval_id: str, *, tenant_id: str) -> App
     Raises:
         NotFound: no such request in this tenant.
     """
-    async with store.read() as session:
+    async with store.read(tenant_id) as session:
         return await session.run_sync(
             lambda sync: _approvals(
                 sync.connection(), [_row(sync.connection(), approval_id, tenant_id)]
@@ -350,6 +356,10 @@ def _approve(connection: Connection, approval: Any, approvers: list[str], actor:
         from corral.registry._releases import complete_promotion  # only promotions need it
 
         complete_promotion(connection, approval_id=approval.id, actor=actor, now=now)
+        return
+    if approval.run_id is None:
+        # A call from outside a run (inbound MCP): nothing waits; its caller repeats the call,
+        # which this approval then covers once (corral.gateway.tools._direct).
         return
     if _awaiting_run(connection, approval) is None:  # the whole vote rolls back
         run = connection.execute(
@@ -586,7 +596,7 @@ async def decide_approval(
             roles=list(roles),
             vote=vote,
             comment=reason.strip() if vote == "reject" else comment,
-        )
+        ), tenant_id
     )
     if expired:  # committed: the request is expired and its run ended
         raise Conflict(
@@ -632,10 +642,10 @@ async def expire_approvals(store: Store, *, now: datetime) -> int:
     Returns:
         How many requests expired (at most 100 per call; the next call takes the rest).
     """
-    async with store.read() as session:
+    async with store.read(SYSTEM) as session:
         overdue = (
             await session.execute(select(_APPROVALS.c.id).where(*_overdue(now)).limit(1))
         ).first()
     if overdue is None:
         return 0
-    return await store.run_sync(functools.partial(_expire_overdue, now=now))
+    return await store.run_sync(functools.partial(_expire_overdue, now=now), SYSTEM)

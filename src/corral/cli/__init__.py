@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 
 from corral import __version__
-from corral.cli import approvals, audit, control, policy, registry, releases, runs, server
+from corral.cli import (
+    approvals,
+    audit,
+    control,
+    identity,
+    mcp,
+    policy,
+    registry,
+    releases,
+    runs,
+    secrets,
+    server,
+    tools,
+)
 
 __all__ = ["app", "main"]
 
@@ -37,7 +50,16 @@ app.command(rich_help_panel="Govern")(approvals.approvals)
 app.command(rich_help_panel="Govern")(approvals.approve)
 app.command(rich_help_panel="Govern")(approvals.reject)
 app.add_typer(policy.app, name="policy", rich_help_panel="Govern")
+app.add_typer(secrets.app, name="secrets", rich_help_panel="Govern")
+app.add_typer(mcp.app, name="mcp", rich_help_panel="Registry")
+mcp.tools_app.command("import-openapi")(tools.import_openapi)
+app.add_typer(mcp.tools_app, name="tools", rich_help_panel="Registry")
 app.add_typer(audit.app, name="audit", rich_help_panel="Evidence")
+app.command(rich_help_panel="Identity")(identity.whoami)
+app.add_typer(identity.tenants_app, name="tenants", rich_help_panel="Identity")
+app.add_typer(identity.keys_app, name="keys", rich_help_panel="Identity")
+app.add_typer(identity.roles_app, name="roles", rich_help_panel="Identity")
+app.add_typer(identity.quotas_app, name="quotas", rich_help_panel="Identity")
 
 
 @app.command(rich_help_panel="Serve")

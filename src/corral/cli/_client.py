@@ -8,9 +8,10 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
+from corral.platform import ADMIN_KEY_FILE
 from corral.settings import get_settings
 
-__all__ = ["ApiClient", "fail"]
+__all__ = ["ADMIN_KEY_FILE", "ApiClient", "auth_headers", "credentials", "fail"]
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
@@ -19,13 +20,35 @@ def fail(message: str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-PRINCIPAL_ENV = "CORRAL_PRINCIPAL"
-"""Environment variable naming the principal the CLI acts as (``user:bob``)."""
+API_KEY_ENV = "CORRAL_API_KEY"
+"""Environment variable holding the API key (or OIDC token) the CLI sends."""
+
+TENANT_ENV = "CORRAL_TENANT"
+"""Environment variable naming the tenant to act in (users and platform admins)."""
 
 
-def _principal_header() -> dict[str, str]:
-    principal = os.environ.get(PRINCIPAL_ENV, "").strip()
-    return {"X-Corral-Principal": principal} if principal else {}
+def credentials() -> str | None:
+    """The key the CLI sends: ``CORRAL_API_KEY``, else the local admin's key file, else none."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if key:
+        return key
+    path = get_settings().home / ADMIN_KEY_FILE
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def auth_headers() -> dict[str, str]:
+    """``Authorization`` (and ``X-Corral-Tenant``) headers for the CLI's requests."""
+    headers: dict[str, str] = {}
+    key = credentials()
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    tenant = os.environ.get(TENANT_ENV, "").strip()
+    if tenant:
+        headers["X-Corral-Tenant"] = tenant
+    return headers
 
 
 class ApiClient:
@@ -33,9 +56,8 @@ class ApiClient:
 
     Exit codes on errors: 2 for invalid input (HTTP 400/422), 1 for anything else.
 
-    Requests act as the principal in ``CORRAL_PRINCIPAL`` when it is set (sent as the
-    ``X-Corral-Principal`` header, honoured while the server trusts it); otherwise as the
-    server's default principal, the local admin.
+    Requests carry ``CORRAL_API_KEY`` when it is set, else the local admin's key that
+    ``corral up`` wrote to ``$CORRAL_HOME/admin.key``; ``CORRAL_TENANT`` picks the tenant.
     """
 
     def __init__(self, base_url: str | None = None, *, timeout_seconds: float = 30.0) -> None:
@@ -51,7 +73,7 @@ class ApiClient:
                 method,
                 f"{self.base_url}{path}",
                 timeout=self.timeout_seconds,
-                headers={**_principal_header(), **kwargs.pop("headers", {})},
+                headers={**auth_headers(), **kwargs.pop("headers", {})},
                 **kwargs,
             )
         except httpx.ConnectError:
@@ -68,6 +90,11 @@ class ApiClient:
             message = body.get("message") or str(body)
         except ValueError:
             message = response.text or response.reason_phrase
+        if response.status_code == 401:
+            message += (
+                " Set CORRAL_API_KEY to a key of yours (`corral keys create` as an admin), or "
+                "start `corral up` on this machine to get the local admin's key."
+            )
         fail(message, code=2 if response.status_code in (400, 422) else 1)
 
     def get(self, path: str, **params: Any) -> Any:

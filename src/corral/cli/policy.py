@@ -216,7 +216,7 @@ def explain_request(
     context: Annotated[
         list[str] | None,
         typer.Option(
-            help="Context field NAME=VALUE: stage, tenant, requester, path, url, "
+            help="Context field NAME=VALUE: stage, tenant, requester, path, url, secret, "
             "estimated_cost_usd, destructive_allowed, arguments (JSON). Repeatable.",
         ),
     ] = None,

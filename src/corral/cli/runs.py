@@ -12,7 +12,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 
-from corral.cli._client import ApiClient, fail
+from corral.cli._client import ApiClient, auth_headers, fail
 from corral.cli._render import render_step, render_tool_call, render_trace
 
 __all__ = ["run", "trace"]
@@ -180,7 +180,7 @@ class _Follower:
 
     def _stream(self) -> None:
         """Print one connection's events, from after the last one seen."""
-        headers = {"Accept": "text/event-stream"}
+        headers = {**auth_headers(), "Accept": "text/event-stream"}
         if self.last_id is not None:
             headers["Last-Event-ID"] = str(self.last_id)
         timeout = httpx.Timeout(self.client.timeout_seconds, read=_STREAM_READ_TIMEOUT_SECONDS)

@@ -75,7 +75,7 @@ def up(
     )
     # Open event streams would hold shutdown forever; give them a few seconds to finish.
     uvicorn.run(
-        create_app(platform),
+        create_app(platform, local_admin=True),
         host=api.host,
         port=api.port,
         log_level="warning",

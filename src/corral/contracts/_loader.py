@@ -10,13 +10,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from corral.contracts._models import API_VERSION, Agent, Policy, Tool
+from corral.contracts._models import API_VERSION, Agent, McpServer, Policy, Tool
 from corral.contracts._positions import Lines, collect_lines, dotted, line_of
 from corral.errors import ContractIssue, InvalidContract
 
 __all__ = ["KINDS", "Document", "load_documents", "load_paths", "parse_document"]
 
-KINDS: dict[str, type[BaseModel]] = {"Agent": Agent, "Policy": Policy, "Tool": Tool}
+KINDS: dict[str, type[BaseModel]] = {
+    "Agent": Agent,
+    "McpServer": McpServer,
+    "Policy": Policy,
+    "Tool": Tool,
+}
 """Contract kinds this version understands, by ``kind``."""
 
 _Lines = Lines
@@ -28,7 +33,7 @@ class Document:
 
     source: str
     index: int
-    contract: Agent | Policy | Tool
+    contract: Agent | McpServer | Policy | Tool
 
 
 def load_paths(paths: Iterable[Path]) -> list[Document]:
@@ -128,7 +133,9 @@ def load_documents(text: str, *, source: str = "<string>") -> list[Document]:
     return documents
 
 
-def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | Policy | Tool:
+def parse_document(
+    data: Any, *, lines: _Lines | None = None
+) -> Agent | McpServer | Policy | Tool:
     """Validate one already-parsed document (a mapping with ``apiVersion`` and ``kind``).
 
     Raises:
@@ -160,7 +167,7 @@ def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | Policy 
                 for err in exc.errors(include_url=False)
             ]
         ) from None
-    assert isinstance(contract, Agent | Policy | Tool)
+    assert isinstance(contract, Agent | McpServer | Policy | Tool)
     return contract
 
 

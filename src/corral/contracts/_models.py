@@ -5,8 +5,12 @@ The pydantic models below are the contract; ``corral schema Agent`` prints their
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,6 +23,12 @@ __all__ = [
     "AgentTools",
     "ApprovalRule",
     "EvaluationGate",
+    "HttpParameter",
+    "HttpToolSpec",
+    "McpServer",
+    "McpServerSpec",
+    "McpServerTools",
+    "McpToolRef",
     "MemoryScope",
     "Metadata",
     "Observability",
@@ -178,6 +188,127 @@ class Agent(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class McpToolRef(_Strict):
+    """Where an ``mcp`` tool lives upstream, and the digest its version is pinned to."""
+
+    server: Annotated[str, Field(pattern=_NAME)]
+    """Name of the registered ``McpServer``."""
+    tool: Annotated[str, Field(min_length=1, max_length=128)]
+    """The tool's name on the upstream server (as ``tools/list`` gives it)."""
+    digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+    """``sha256:<hex>`` over the canonical JSON of the upstream tool's name, description,
+    input schema and annotations."""
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][-.A-Za-z0-9_]*)\}")
+_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?")
+
+
+class HttpParameter(_Strict):
+    """Where one argument of an ``http`` tool goes in the request.
+
+    ``in``: ``path`` (fills the URL placeholder ``{name}``, percent-encoded), ``query``,
+    ``header``, ``body`` (one field of a JSON object body) or ``body_root`` (the whole JSON
+    body). Arguments with no entry go to the path when the URL has their placeholder, else
+    to the query for ``GET``/``HEAD``/``OPTIONS``/``DELETE`` and to the JSON body otherwise.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    location: Literal["path", "query", "header", "body", "body_root"] = Field(alias="in")
+    name: Annotated[str | None, Field(min_length=1, max_length=256)] = None
+    """Name on the wire (placeholder, query key, header name, body field); ``None``: the
+    argument's name."""
+
+
+class HttpToolSpec(_Strict):
+    """How an ``http`` tool calls its API (an OpenAPI operation, or written by hand).
+
+    Outbound requests refuse private, loopback, link-local, unspecified, multicast and
+    reserved addresses (and host names resolving to one) unless ``allow_hosts`` names the
+    host or a network holding the address (SSRF guard); schemes other than http(s) too.
+    """
+
+    method: Literal["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    url: Annotated[str, Field(min_length=8, max_length=4000)]
+    """Absolute ``http(s)`` URL; its path and query may hold placeholders ``{name}``."""
+    parameters: dict[str, HttpParameter] = Field(default_factory=dict)
+    """Argument name -> where it goes (see :class:`HttpParameter`)."""
+    headers: dict[Annotated[str, Field(pattern=_HEADER_NAME)], str] = Field(default_factory=dict)
+    """Headers sent with every call; values may reference secrets as ``${secret:NAME}``,
+    injected only at execution (``Authorization: Bearer ${secret:GITHUB_TOKEN}``)."""
+    query: dict[str, str] = Field(default_factory=dict)
+    """Query parameters sent with every call; values may reference secrets like headers."""
+    allow_hosts: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=list
+    )
+    """Host names (``localhost``, ``*.corp.example``), addresses (``127.0.0.1``, ``::1``) or
+    networks (``10.0.0.0/8``) this tool may reach although they are not public."""
+    retries: Annotated[int | None, Field(ge=0, le=10)] = None
+    """Retries after the first attempt on retryable errors; ``None``: the gateway's setting."""
+    follow_redirects: bool = True
+    """Follow up to 5 redirects, each target checked by the SSRF guard; the configured
+    headers and query are not sent to another origin."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_absolute_http(cls, value: str) -> str:
+        parts = urlsplit(_PLACEHOLDER.sub("x", value))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an absolute http:// or https:// URL, got {value!r}")
+        if "{" in urlsplit(value).netloc:
+            raise ValueError("placeholders may appear in the path and query only, not the host")
+        if parts.username or parts.password:
+            raise ValueError(
+                "credentials in the URL are refused; send them in 'headers' with ${secret:NAME}"
+            )
+        if parts.fragment:
+            raise ValueError("a URL fragment is never sent; remove it")
+        return value
+
+    @field_validator("headers", "query")
+    @classmethod
+    def _no_line_breaks(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if "\r" in item or "\n" in item:
+                raise ValueError(f"the value of {key!r} contains a line break")
+        return value
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts_are_valid(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip("[]"), strict=False)
+            except ValueError:
+                if not _HOST_NAME.fullmatch(entry):
+                    raise ValueError(
+                        f"{entry!r} is neither a host name, an IP address nor a network "
+                        "such as 10.0.0.0/8"
+                    ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _parameters_fit(self) -> HttpToolSpec:
+        roots = [a for a, p in self.parameters.items() if p.location == "body_root"]
+        fields = [a for a, p in self.parameters.items() if p.location == "body"]
+        if len(roots) > 1 or (roots and fields):
+            raise ValueError("a 'body_root' parameter must be the only body parameter")
+        if (roots or fields) and self.method in ("GET", "HEAD", "OPTIONS"):
+            raise ValueError(f"{self.method} requests carry no body; map those arguments elsewhere")
+        placeholders = set(self.placeholders())
+        for argument, parameter in self.parameters.items():
+            wire = parameter.name or argument
+            if parameter.location == "path" and wire not in placeholders:
+                raise ValueError(f"path parameter {argument!r}: the URL has no {{{wire}}}")
+        return self
+
+    def placeholders(self) -> list[str]:
+        """Names of the ``{name}`` placeholders of :attr:`url`, in order."""
+        return _PLACEHOLDER.findall(self.url)
+
+
 class ToolSpec(_Strict):
     """What a tool does, its argument schema and its effects."""
 
@@ -196,6 +327,32 @@ class ToolSpec(_Strict):
     timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30
     max_output_bytes: Annotated[int | None, Field(ge=1)] = None
     """Cap on output size; ``None``: the gateway's setting."""
+    # Left out of documents when unset, so tools of other types keep their digests.
+    mcp: Annotated[McpToolRef | None, Field(exclude_if=lambda v: v is None)] = None
+    """For ``mcp`` tools: the upstream server and tool, and the pinned digest
+    (written by ``corral mcp sync``)."""
+    http: Annotated[HttpToolSpec | None, Field(exclude_if=lambda v: v is None)] = None
+    """For ``http`` tools: method, URL template, argument mapping, headers, SSRF allowlist."""
+    rate_limit: Annotated[
+        str | None, Field(min_length=1, max_length=200, exclude_if=lambda v: v is None)
+    ] = None
+    """Calls of this tool per tenant in ``limits`` notation (``"60/minute"``,
+    ``"5/second;100/hour"``); ``None``: the gateway's ``rate_limit_per_tool``."""
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            import limits
+
+            try:
+                limits.parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a rate in limits notation, e.g. '60/minute' or "
+                    "'5/second;100/hour'"
+                ) from None
+        return value
 
     @field_validator("input_schema")
     @classmethod
@@ -214,7 +371,27 @@ class ToolSpec(_Strict):
     def _implementation_only_for_builtin(self) -> ToolSpec:
         if self.implementation is not None and self.type != "builtin":
             raise ValueError("'implementation' is only for type 'builtin'")
+        if self.mcp is not None and self.type != "mcp":
+            raise ValueError("'mcp' is only for type 'mcp'")
+        if (self.http is not None) != (self.type == "http"):
+            raise ValueError("type 'http' needs an 'http' section, and only it may have one")
+        if self.http is not None:
+            _http_arguments_exist(self.http, self.input_schema)
         return self
+
+
+def _http_arguments_exist(http: HttpToolSpec, schema: dict[str, Any]) -> None:
+    properties = schema.get("properties", {})
+    for argument in http.parameters:
+        if argument not in properties:
+            raise ValueError(f"http.parameters names {argument!r}, not in input_schema.properties")
+    mapped = {p.name or a for a, p in http.parameters.items() if p.location == "path"}
+    for placeholder in http.placeholders():
+        if placeholder not in mapped and placeholder not in properties:
+            raise ValueError(
+                f"URL placeholder {{{placeholder}}} matches no argument; add it to "
+                "input_schema.properties (and 'required') or map one with 'in: path'"
+            )
 
 
 class Tool(_Strict):
@@ -248,5 +425,88 @@ class Policy(_Strict):
     kind: Literal["Policy"] = "Policy"
     metadata: Metadata
     spec: PolicySpec
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# A tool-name glob in an McpServer's allow/deny lists: fnmatch syntax over upstream names.
+_GLOB = r"^[^\s]{1,128}$"
+
+
+class McpServerTools(_Strict):
+    """Which upstream tools ``corral mcp sync`` imports: those matching ``allowed`` and no
+    ``denied`` glob (``fnmatch`` syntax over the upstream's tool names: ``git_*``).
+    """
+
+    allowed: list[Annotated[str, Field(pattern=_GLOB)]] = Field(default_factory=lambda: ["*"])
+    denied: list[Annotated[str, Field(pattern=_GLOB)]] = Field(default_factory=list)
+
+    def permits(self, tool_name: str) -> bool:
+        """Whether the upstream tool ``tool_name`` matches ``allowed`` and no ``denied``."""
+        return any(fnmatchcase(tool_name, g) for g in self.allowed) and not any(
+            fnmatchcase(tool_name, g) for g in self.denied
+        )
+
+
+_SECRET_HINT = "values may reference secrets as ${secret:NAME}"
+
+
+class McpServerSpec(_Strict):
+    """How to reach an upstream MCP server, which of its tools to import, and timeouts.
+
+    ``transport: stdio`` launches ``command`` with ``args`` (``env`` added to a minimal
+    environment); ``transport: streamable_http`` posts to ``url`` with ``headers``. Values of
+    ``env`` and ``headers`` may reference secrets (``Bearer ${secret:NAME}``); they are resolved
+    by the credential broker when the session starts, never stored resolved.
+    """
+
+    description: Annotated[str, Field(min_length=1, max_length=2000)]
+    transport: Literal["stdio", "streamable_http"]
+    command: Annotated[str | None, Field(min_length=1)] = None
+    """``stdio``: the executable (looked up on ``PATH``)."""
+    args: list[str] = Field(default_factory=list)
+    """``stdio``: its arguments."""
+    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(
+        default_factory=dict, description=f"``stdio``: extra environment; {_SECRET_HINT}."
+    )
+    cwd: str | None = None
+    """``stdio``: working directory of the server process."""
+    url: Annotated[str | None, Field(pattern=r"^https?://\S+$")] = None
+    """``streamable_http``: the MCP endpoint (``https://host/mcp``)."""
+    headers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")], str] = Field(
+        default_factory=dict, description=f"``streamable_http``: request headers; {_SECRET_HINT}."
+    )
+    tools: McpServerTools = McpServerTools()
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30
+    """Seconds to start the server and complete the protocol handshake."""
+    call_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60
+    """Seconds one ``tools/call`` may take (the imported tools' ``timeout_seconds``)."""
+
+    @model_validator(mode="after")
+    def _fields_match_transport(self) -> McpServerSpec:
+        stdio_only = {"command": self.command, "args": self.args, "env": self.env, "cwd": self.cwd}
+        http_only = {"url": self.url, "headers": self.headers}
+        if self.transport == "stdio":
+            if self.command is None:
+                raise ValueError("'command' is required when transport is 'stdio'")
+            wrong = [k for k, v in http_only.items() if v]
+        else:
+            if self.url is None:
+                raise ValueError("'url' is required when transport is 'streamable_http'")
+            wrong = [k for k, v in stdio_only.items() if v]
+        if wrong:
+            raise ValueError(
+                f"{', '.join(repr(w) for w in wrong)} not used with transport {self.transport!r}"
+            )
+        return self
+
+
+class McpServer(_Strict):
+    """An ``McpServer`` document: an upstream MCP server whose tools Corral imports."""
+
+    api_version: Literal["corral.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["McpServer"] = "McpServer"
+    metadata: Metadata
+    spec: McpServerSpec
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

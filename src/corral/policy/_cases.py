@@ -176,6 +176,7 @@ class _ContextDoc(_Strict):
     arguments: dict[str, Any] = Field(default_factory=dict)
     path: str | None = None
     url: str | None = None
+    secret: str | None = None
     estimated_cost_usd: Decimal = Decimal(0)
     destructive_allowed: bool = False
 
@@ -315,6 +316,7 @@ def _case(document: _FileDoc, case: _CaseDoc) -> PolicyCase:
                 url=context.url,
                 estimated_cost_usd=context.estimated_cost_usd,
                 destructive_allowed=context.destructive_allowed,
+                secret=context.secret,
             ),
         ),
         entities=tuple(entities.values()),

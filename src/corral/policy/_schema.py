@@ -63,6 +63,7 @@ _CONTEXT: Final[dict[str, dict[str, Any]]] = {
     "arguments_json": _STRING,
     "path": _OPTIONAL_STRING,
     "url": _OPTIONAL_STRING,
+    "secret": _OPTIONAL_STRING,
 }
 
 _APPLIES_TO: Final[dict[PolicyAction, tuple[tuple[str, ...], tuple[str, ...]]]] = {
@@ -99,6 +100,7 @@ def cedar_schema() -> dict[str, Any]:
     * ``destructive_allowed``: Boolean, see :mod:`corral.policy` defaults.
     * ``arguments_json``: String, the tool arguments as canonical JSON (``"{}"`` when none).
     * ``path``, ``url``: optional String, the canonical path / URL argument of a tool call.
+    * ``secret``: optional String, the secret's name (``secret.use`` only).
 
     Returns:
         A new dict each call (callers may extend it), ready for ``json.dumps``.

@@ -217,7 +217,7 @@ class Governance:
         now = time.monotonic()
         if cached is not None and now - cached[0] < self.refresh_seconds:
             return cached[1]
-        async with self.store.read() as session:
+        async with self.store.read(tenant_id) as session:
             documents = await session.run_sync(
                 lambda sync: tenant_policy_documents(sync.connection(), tenant_id)
             )
@@ -229,13 +229,28 @@ class Governance:
         self._engines[tenant_id] = (now, engine)
         return engine
 
-    def principal_entity(self, principal: str, tenant_id: str) -> Entity:
-        """The entity of a person or service account, with its roles from settings."""
+    def principal_entity(
+        self,
+        principal: str,
+        tenant_id: str,
+        *,
+        roles: Iterable[str] | None = None,
+        groups: Iterable[str] = (),
+    ) -> Entity:
+        """The entity of a person or service account.
+
+        Args:
+            principal: ``user:...`` or ``service:...``.
+            tenant_id: The tenant it acts in.
+            roles: Its roles in that tenant, as identity resolved them; ``None``: the roles in
+                the ``governance.roles`` setting (offline tools).
+            groups: A user's groups (OIDC).
+        """
         ref = principal_ref(principal)
-        roles = sorted(self.roles.get(principal, []))
-        attrs: dict[str, object] = {"tenant": tenant_id, "roles": roles}
+        held = sorted(set(roles) if roles is not None else self.roles.get(principal, []))
+        attrs: dict[str, object] = {"tenant": tenant_id, "roles": held}
         if ref.type == "User":
-            attrs["groups"] = []
+            attrs["groups"] = sorted(groups)
         return Entity(ref, attrs)
 
     async def decide(

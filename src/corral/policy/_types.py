@@ -181,6 +181,7 @@ class PolicyContext:
             rounded up to 4 places.
         destructive_allowed: ``True`` only when the agent's contract names this destructive
             tool explicitly (not by wildcard); set by the runtime, never from model output.
+        secret: For ``secret.use``: the name of the secret (never its value).
     """
 
     tenant: str
@@ -191,6 +192,7 @@ class PolicyContext:
     url: str | None = None
     estimated_cost_usd: Decimal = Decimal(0)
     destructive_allowed: bool = False
+    secret: str | None = None
 
     def to_cedar(self, approvals_granted: Iterable[str] = ()) -> dict[str, Any]:
         """Cedar's JSON context, with ``approvals_granted`` as a sorted set."""
@@ -207,6 +209,8 @@ class PolicyContext:
             context["path"] = posixpath.normpath(self.path)
         if self.url is not None:
             context["url"] = self.url
+        if self.secret is not None:
+            context["secret"] = self.secret
         return context
 
     def cedar_json(self, approvals_granted: Iterable[str] = ()) -> str:
@@ -232,6 +236,8 @@ class PolicyContext:
         if self.path is not None:
             parts.append(f'"path":{encode_basestring(posixpath.normpath(self.path))}')
         parts.append(f'"requester":{encode_basestring(self.requester)}')
+        if self.secret is not None:
+            parts.append(f'"secret":{encode_basestring(self.secret)}')
         parts.append(f'"stage":{encode_basestring(self.stage)}')
         parts.append(f'"tenant":{encode_basestring(self.tenant)}')
         if self.url is not None:

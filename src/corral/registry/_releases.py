@@ -96,6 +96,7 @@ async def promote(
     stage: str,
     stages: Sequence[str] | None = None,
     approval_ttl: timedelta | None = None,
+    actor_roles: Iterable[str] | None = None,
 ) -> Promotion:
     """Promote ``agent_name@version`` to ``stage``, in the caller's transaction.
 
@@ -117,6 +118,7 @@ async def promote(
         stage: A configured stage other than ``dev``.
         stages: The configured stages (settings ``governance.stages``); ``None``: defaults.
         approval_ttl: Lifetime of an approval request; ``None``: the settings default.
+        actor_roles: The actor's roles in the tenant (Cedar ``principal.roles``).
 
     Returns:
         The promotion, ``done`` or ``pending_approval`` (with its approval id, approver roles
@@ -134,7 +136,9 @@ async def promote(
     _check_stage(agent_name, stage, defaults.stages if stages is None else stages, "promoted to")
     agent, row = await get_agent_version(session, agent_name, version, tenant_id=tenant_id)
     spec = _promotable_spec(agent_name, row, stage)
-    decision, stored = await _decide(governance, tenant_id, actor, agent_name, spec, stage)
+    decision, stored = await _decide(
+        governance, tenant_id, actor, agent_name, spec, stage, actor_roles=actor_roles
+    )
     if decision.decision == "deny":
         raise _refusal(
             decision,
@@ -203,6 +207,8 @@ async def _decide(
     spec: Any,
     stage: str,
     approvals_granted: Iterable[str] = (),
+    *,
+    actor_roles: Iterable[str] | None = None,
 ) -> tuple[PolicyDecision, dict[str, Any]]:
     """Decide ``agent.promote``; returns the decision and its ``policy_decisions`` row."""
     request = PolicyRequest(
@@ -212,7 +218,7 @@ async def _decide(
         context=PolicyContext(tenant=tenant_id, stage=stage, requester=actor),
     )
     entities = [
-        governance.principal_entity(actor, tenant_id),
+        governance.principal_entity(actor, tenant_id, roles=actor_roles),
         agent_entity(agent_name, tenant_id, spec),
     ]
     decision = await governance.decide(
@@ -434,6 +440,7 @@ async def rollback(
     agent_name: str,
     stage: str,
     stages: Sequence[str] | None = None,
+    actor_roles: Iterable[str] | None = None,
 ) -> Promotion:
     """Re-bind ``stage`` to the version it ran before its current one, in the caller's transaction.
 
@@ -452,6 +459,7 @@ async def rollback(
         agent_name: The agent.
         stage: A configured stage other than ``dev``.
         stages: The configured stages (settings ``governance.stages``); ``None``: defaults.
+        actor_roles: The actor's roles in the tenant (Cedar ``principal.roles``).
 
     Returns:
         The rollback, ``done``: ``version`` is the version now bound, ``previous_version``
@@ -469,7 +477,9 @@ async def rollback(
     _check_stage(agent_name, stage, defaults.stages if stages is None else stages, "rolled back")
     agent, latest = await get_agent_version(session, agent_name, tenant_id=tenant_id)
     spec = Agent.model_validate(latest.document).spec
-    decision, stored = await _decide(governance, tenant_id, actor, agent_name, spec, stage)
+    decision, stored = await _decide(
+        governance, tenant_id, actor, agent_name, spec, stage, actor_roles=actor_roles
+    )
     rows, waived = [stored], []
     if decision.decision == "require_approval":
         waived = list(decision.determining_policies)

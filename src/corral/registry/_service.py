@@ -12,7 +12,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event, canonical_json
-from corral.contracts import Agent, Policy, Tool
+from corral.contracts import Agent, McpServer, Policy, Tool
 from corral.errors import Conflict, NotFound
 from corral.policy._engine import PolicyEngine
 from corral.policy._service import policy_sources, tenant_policy_documents
@@ -20,6 +20,8 @@ from corral.policy._tables import PolicyRow, PolicyVersionRow
 from corral.registry._tables import (
     AgentRow,
     AgentVersionRow,
+    McpServerRow,
+    McpServerVersionRow,
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
@@ -43,7 +45,7 @@ __all__ = [
 FIRST_VERSION = "0.1.0"
 """Version given to the first version of an object whose document names none."""
 
-Contract = Agent | Policy | Tool
+Contract = Agent | McpServer | Policy | Tool
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,13 @@ async def _latest(session: AsyncSession, contract: Contract, tenant_id: str) -> 
             .where(AgentRow.tenant_id == tenant_id, AgentRow.name == name)
             .where(AgentVersionRow.version == AgentRow.latest_version)
         )
+    elif isinstance(contract, McpServer):
+        query = (
+            select(McpServerRow, McpServerVersionRow)
+            .join(McpServerVersionRow, McpServerVersionRow.server_id == McpServerRow.id)
+            .where(McpServerRow.tenant_id == tenant_id, McpServerRow.name == name)
+            .where(McpServerVersionRow.version == McpServerRow.latest_version)
+        )
     elif isinstance(contract, Policy):
         query = (
             select(PolicyRow, PolicyVersionRow)
@@ -276,7 +285,7 @@ async def _store_version(
 ) -> None:
     now = utcnow()
     version_id = new_id("ver")
-    version_row: AgentVersionRow | ToolVersionRow | PolicyVersionRow
+    version_row: AgentVersionRow | ToolVersionRow | PolicyVersionRow | McpServerVersionRow
     if isinstance(contract, Agent):
         if row is None:
             row = AgentRow(id=new_id("agt"), tenant_id=tenant_id, name=result.name, created_at=now)
@@ -288,6 +297,13 @@ async def _store_version(
             row = PolicyRow(id=new_id("pol"), tenant_id=tenant_id, name=result.name, created_at=now)
             session.add(row)
         version_row = PolicyVersionRow(policy_id=row.id)
+    elif isinstance(contract, McpServer):
+        if row is None:
+            row = McpServerRow(id=new_id("mcp"), tenant_id=tenant_id, name=result.name)
+            row.created_at = now
+            session.add(row)
+        row.transport = contract.spec.transport
+        version_row = McpServerVersionRow(server_id=row.id)
     else:
         if row is None:
             row = ToolRow(id=new_id("tool"), tenant_id=tenant_id, name=result.name, created_at=now)

@@ -13,6 +13,9 @@ from corral.store._base import Base, TenantMixin, utcnow
 __all__ = [
     "AgentRow",
     "AgentVersionRow",
+    "McpServerRow",
+    "McpServerVersionRow",
+    "McpToolPinRow",
     "PromotionRow",
     "StageBindingRow",
     "ToolRow",
@@ -116,3 +119,59 @@ class PromotionRow(TenantMixin, Base):
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
+
+
+class McpServerRow(TenantMixin, Base):
+    """A registered upstream MCP server; its spec lives in :class:`McpServerVersionRow`."""
+
+    __tablename__ = "mcp_servers"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    transport: Mapped[str] = mapped_column(String(16))
+    """``stdio`` or ``streamable_http``."""
+    latest_version: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class McpServerVersionRow(TenantMixin, Base):
+    """One immutable version of an ``McpServer`` document."""
+
+    __tablename__ = "mcp_server_versions"
+    __table_args__ = (UniqueConstraint("server_id", "version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    server_id: Mapped[str] = mapped_column(ForeignKey("mcp_servers.id"), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(71))
+    document: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class McpToolPinRow(TenantMixin, Base):
+    """The pin of a tool imported from an MCP server: the upstream digest last seen and the
+    digest a person (or the first sync) approved.
+
+    The tool is ``QUARANTINED`` (not offered, not callable) while the two differ.
+    """
+
+    __tablename__ = "mcp_tool_pins"
+    __table_args__ = (UniqueConstraint("tenant_id", "tool_name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tool_name: Mapped[str] = mapped_column(String(63))
+    """Corral's name of the tool, ``<server>.<tool>``."""
+    server_name: Mapped[str] = mapped_column(String(63), index=True)
+    upstream_name: Mapped[str] = mapped_column(String(128))
+    digest: Mapped[str] = mapped_column(String(71))
+    """``sha256:<hex>`` of the upstream tool as the last sync saw it."""
+    approved_digest: Mapped[str | None] = mapped_column(String(71))
+    status: Mapped[str] = mapped_column(String(16))
+    """``ACTIVE`` (``digest == approved_digest``) or ``QUARANTINED``."""
+    approved_by: Mapped[str | None] = mapped_column(String(200))
+    approved_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -20,7 +20,7 @@ from corral.errors import Conflict, InvalidRequest, NotFound
 from corral.registry._tables import AgentRow
 from corral.runtime._persist import KillSwitch
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, ToolCallRow
-from corral.store import Store, new_id, utcnow
+from corral.store import SYSTEM, Store, new_id, utcnow
 
 __all__ = [
     "PAUSED_STATUSES",
@@ -193,7 +193,7 @@ async def cancel_run(store: Store, run_id: str, *, tenant_id: str, actor: str) -
         Conflict: the run already ended.
     """
     return await store.run_sync(
-        functools.partial(_cancel, run_id=run_id, tenant_id=tenant_id, actor=actor)
+        functools.partial(_cancel, run_id=run_id, tenant_id=tenant_id, actor=actor), tenant_id
     )
 
 
@@ -243,7 +243,8 @@ async def resume_run(
     await store.run_sync(
         functools.partial(
             _resume, run_id=run_id, tenant_id=tenant_id, actor=actor, details=details or {}
-        )
+        ),
+        tenant_id,
     )
 
 
@@ -323,7 +324,8 @@ async def resolve_in_doubt(
             actor=actor,
             resolution=resolution,
             comment=comment,
-        )
+        ),
+        tenant_id,
     )
 
 
@@ -454,7 +456,8 @@ async def engage_kill_switch(
     return await store.run_sync(
         functools.partial(
             _engage, scope=scope, target=target, tenant_id=tenant_id, reason=reason, actor=actor
-        )
+        ),
+        SYSTEM if scope == "platform" else tenant_id,
     )
 
 
@@ -507,7 +510,8 @@ async def release_kill_switch(
         NotFound: no such engaged switch.
     """
     return await store.run_sync(
-        functools.partial(_release, scope=scope, target=target, tenant_id=tenant_id, actor=actor)
+        functools.partial(_release, scope=scope, target=target, tenant_id=tenant_id, actor=actor),
+        SYSTEM if scope == "platform" else tenant_id,
     )
 
 
@@ -537,5 +541,5 @@ async def list_kill_switches(
 ) -> list[KillSwitchInfo]:
     """Kill switches of the tenant (and the platform's), newest first."""
     return await store.run_sync(
-        functools.partial(_list, tenant_id=tenant_id, include_released=include_released)
+        functools.partial(_list, tenant_id=tenant_id, include_released=include_released), tenant_id
     )

@@ -48,7 +48,8 @@ from corral.runtime._persist import (
 )
 from corral.runtime._state import Pause, RunState, StepRecord, Terminal, signal_terminal
 from corral.runtime._tool_phase import LeaseLost, ToolPhase
-from corral.store import Store, new_id, utcnow
+from corral.store import SYSTEM, Store, new_id, utcnow
+from corral.tenancy import Quotas
 
 __all__ = ["LAST_ITERATION_NOTICE", "LeaseLost", "Phase", "RunExecutor"]
 
@@ -91,8 +92,10 @@ class RunExecutor(ToolPhase):
         lease_seconds: float = 15.0,
         governance: Governance | None = None,
         approval_ttl_seconds: int = 86_400,
+        quotas: Quotas | None = None,
     ) -> None:
         self.store = store
+        self.quotas = quotas
         self.models = models
         self.tools = tools
         self.tracing = tracing
@@ -197,7 +200,7 @@ class RunExecutor(ToolPhase):
             state.trace_id, tenant_id=state.tenant_id, run_id=state.run_id
         )
         if spans:
-            await self.store.run_sync(functools.partial(insert_spans, spans=spans))
+            await self.store.run_sync(functools.partial(insert_spans, spans=spans), state.tenant_id)
 
     async def _call_model(
         self, state: RunState, worker_id: str
@@ -224,6 +227,19 @@ class RunExecutor(ToolPhase):
                 "model_error", state.models[0], {"error": refused}, started, refused
             )
             return record, Terminal("FAILED", "model_denied", error=refused)
+        if self.quotas is not None:
+            exceeded = await self.quotas.check_model_call(state.tenant_id)
+            if exceeded is not None:
+                record = StepRecord(
+                    "model_error",
+                    state.models[0],
+                    {"error": exceeded.message},
+                    started,
+                    exceeded.message,
+                )
+                return record, Terminal(
+                    "BUDGET_EXCEEDED", f"quota:{exceeded.quota}", error=exceeded.message
+                )
         remaining = (
             spec.limits.max_wall_clock_seconds - (started - state.started_at).total_seconds()
         )
@@ -397,7 +413,7 @@ class RunExecutor(ToolPhase):
                 )
             )
         signals = await self.store.run_sync(
-            functools.partial(write_checkpoint, checkpoint=checkpoint)
+            functools.partial(write_checkpoint, checkpoint=checkpoint), checkpoint.tenant_id
         )
         if signals is None:
             raise LeaseLost(state.run_id)
@@ -487,7 +503,7 @@ class RunExecutor(ToolPhase):
             checkpoint.audit.append(_tool_audit(state, actor, done))
 
     async def _load(self, run_id: str, worker_id: str) -> RunState:
-        loaded = await self.store.run_sync(functools.partial(load_run, run_id=run_id))
+        loaded = await self.store.run_sync(functools.partial(load_run, run_id=run_id), SYSTEM)
         run = loaded.run
         spec = self._agent_spec(run.agent_version_id, loaded.agent_document)
         tools = {

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, Table, and_, bindparam, exists, func, or_, select
 
 from corral.approvals._tables import ApprovalRow
 from corral.audit import AuditRecord, append_events
 from corral.observability._tables import SpanRow
 from corral.policy._service import insert_decisions
-from corral.registry._tables import AgentVersionRow, ToolRow, ToolVersionRow
+from corral.registry._tables import AgentVersionRow, McpToolPinRow, ToolRow, ToolVersionRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.store import skip_locked
 
@@ -47,6 +47,7 @@ _SPANS = cast(Table, SpanRow.__table__)
 _VERSIONS = cast(Table, AgentVersionRow.__table__)
 _TOOLS = cast(Table, ToolRow.__table__)
 _TOOL_VERSIONS = cast(Table, ToolVersionRow.__table__)
+_PINS = cast(Table, McpToolPinRow.__table__)
 _EVENTS = cast(Table, RunEventRow.__table__)
 _KILLS = cast(Table, KillSwitchRow.__table__)
 _APPROVALS = cast(Table, ApprovalRow.__table__)
@@ -309,7 +310,8 @@ class LoadedRun:
     run: Any
     agent_document: dict[str, Any]
     tool_documents: list[tuple[str, str, dict[str, Any]]]
-    """``(name, version, document)`` of every registered tool of the tenant (latest version)."""
+    """``(name, version, document)`` of every registered tool of the tenant (latest version),
+    quarantined MCP tools excepted."""
     steps: list[Any]
     calls: list[Any]
     signals: Signals
@@ -334,6 +336,14 @@ def load_run(connection: Connection, run_id: str) -> LoadedRun:
             ),
         )
         .where(_TOOLS.c.tenant_id == run.tenant_id)
+        # An MCP tool whose upstream changed since its approval is not offered (quarantine).
+        .where(
+            ~exists().where(
+                _PINS.c.tenant_id == run.tenant_id,
+                _PINS.c.tool_name == _TOOLS.c.name,
+                _PINS.c.status == "QUARANTINED",
+            )
+        )
         .order_by(_TOOLS.c.name)
     ).all()
     steps = connection.execute(

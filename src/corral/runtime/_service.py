@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from corral.errors import (
 )
 from corral.observability import new_trace_id
 from corral.observability._tables import SpanRow
-from corral.policy import EntityRef, PolicyContext, PolicyRequest
+from corral.policy import Entity, EntityRef, PolicyContext, PolicyRequest
 from corral.policy._service import (
     Governance,
     agent_entity,
@@ -64,6 +65,8 @@ async def create_run(
     version: str | None = None,
     model: str | None = None,
     governance: Governance | None = None,
+    requester_roles: Iterable[str] | None = None,
+    requester_groups: Iterable[str] = (),
 ) -> RunRow:
     """Create a ``QUEUED`` run and its ``run.created`` audit event in the caller's transaction.
 
@@ -80,6 +83,8 @@ async def create_run(
         model: ``provider/model`` to use instead of the agent's default; must be allowed.
         governance: Decides ``agent.invoke`` for ``requested_by`` (the decision is stored and
             referenced from the ``run.created`` audit event). ``None``: no policy check.
+        requester_roles: The requester's roles in the tenant (Cedar ``principal.roles``).
+        requester_groups: A user requester's groups (Cedar ``principal.groups``).
 
     Raises:
         NotFound: unknown agent or version (the message lists the known ones).
@@ -113,8 +118,11 @@ async def create_run(
         )
     decision_id = None
     if governance is not None:
+        requester = governance.principal_entity(
+            requested_by, tenant_id, roles=requester_roles, groups=requester_groups
+        )
         decision_id = await _authorize_invoke(
-            session, governance, agent_name, spec, stage, requested_by, tenant_id
+            session, governance, agent_name, spec, stage, requester, tenant_id
         )
     kill = await session.run_sync(
         lambda sync: active_kill_switch(sync.connection(), tenant_id, agent_name)
@@ -228,10 +236,11 @@ async def _authorize_invoke(
     agent_name: str,
     spec: Any,
     stage: str,
-    requested_by: str,
+    requester: Entity,
     tenant_id: str,
 ) -> str:
     """Decide ``agent.invoke``; store the decision; raise unless it allows."""
+    requested_by = requester.uid.id
     request = PolicyRequest(
         principal=principal_ref(requested_by),
         action="agent.invoke",
@@ -239,7 +248,7 @@ async def _authorize_invoke(
         context=PolicyContext(tenant=tenant_id, stage=stage, requester=requested_by),
     )
     entities = [
-        governance.principal_entity(requested_by, tenant_id),
+        requester,
         agent_entity(agent_name, tenant_id, spec),
     ]
     decision = await governance.decide(tenant_id, request, entities)

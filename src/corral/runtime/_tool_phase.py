@@ -63,7 +63,8 @@ class ToolPhase:
                 worker_id=worker_id,
                 tenant_id=state.tenant_id,
                 agent_name=state.agent_name,
-            )
+            ),
+            state.tenant_id,
         )
         if signals is None:
             raise LeaseLost(state.run_id)
@@ -96,6 +97,10 @@ class ToolPhase:
                 index,
                 state.workspace,
                 frozenset(offered),
+                principal=f"agent:{state.agent_name}",
+                principal_entity=agent_entity(state.agent_name, state.tenant_id, state.spec),
+                stage=state.stage,
+                requester=state.requested_by,
             )
             done = await self._one_call(state, record, ctx, offered, call, worker_id, actor)
             if not isinstance(done, CallRecord):
@@ -256,7 +261,8 @@ class ToolPhase:
                 pending_decision=record.pending_document(),
                 approval=approval,
                 decisions=decisions,
-            )
+            ),
+            state.tenant_id,
         )
         if not paused:
             raise LeaseLost(state.run_id)
@@ -319,7 +325,8 @@ class ToolPhase:
                 agent_name=state.agent_name,
                 pending_decision=record.pending_document(),
                 call=row,
-            )
+            ),
+            state.tenant_id,
         )
         if signals is None:
             raise LeaseLost(state.run_id)
@@ -337,7 +344,8 @@ class ToolPhase:
             "finished_at": utcnow(),
         }
         await self.store.run_sync(
-            functools.partial(record_finished_call, idempotency_key=key, values=values)
+            functools.partial(record_finished_call, idempotency_key=key, values=values),
+            state.tenant_id,
         )
         return CallRecord(
             ctx, call["id"], call["name"], call["arguments"], result, True, decision_id
@@ -373,7 +381,8 @@ class ToolPhase:
                 resume_condition=condition,
                 audit=audit,
                 now=utcnow(),
-            )
+            ),
+            state.tenant_id,
         )
         if not paused:
             raise LeaseLost(state.run_id)

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from corral.runtime._loop import LeaseLost, RunExecutor
 from corral.runtime._persist import claim, fail_run, renew_leases, runs_to_abort
-from corral.store import Store, utcnow
+from corral.store import SYSTEM, Store, utcnow
 
 __all__ = ["Worker", "default_worker_id"]
 
@@ -85,7 +85,8 @@ class Worker:
                 lease=self.lease,
                 dialect=dialect,
                 limit=limit,
-            )
+            ),
+            SYSTEM,
         )
         return [c.run_id for c in claimed]
 
@@ -148,7 +149,8 @@ class Worker:
         await self.store.run_sync(
             lambda connection: fail_run(
                 connection, run_id=run_id, worker_id=self.worker_id, error=error, now=now
-            )
+            ),
+            SYSTEM,
         )
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
@@ -172,7 +174,8 @@ class Worker:
                 await self.store.run_sync(
                     functools.partial(
                         renew_leases, worker_id=self.worker_id, expires_at=utcnow() + self.lease
-                    )
+                    ),
+                    SYSTEM,
                 )
 
     async def _expire_approvals(self) -> None:
@@ -194,7 +197,7 @@ class Worker:
             (state.run_id, state.tenant_id, state.agent_name)
             for state in self.executor.running_states()
         ]
-        stop = await self.store.run_sync(functools.partial(runs_to_abort, runs=running))
+        stop = await self.store.run_sync(functools.partial(runs_to_abort, runs=running), SYSTEM)
         for run_id in stop:
             self.executor.abort(run_id)
         return stop

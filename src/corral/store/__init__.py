@@ -1,13 +1,25 @@
 """The store: engines, sessions, the declarative base and migrations (SQLite and PostgreSQL)."""
 
 from corral.store._base import DEFAULT_TENANT, Base, TenantMixin, new_id, utcnow
-from corral.store._engine import Store, create_engine, skip_locked
+from corral.store._engine import (
+    SYSTEM,
+    MissingTenantScope,
+    Scope,
+    Store,
+    SystemScope,
+    create_engine,
+    skip_locked,
+)
 from corral.store._migrate import current_revision, ensure_migrated, head_revision, upgrade
 
 __all__ = [
     "DEFAULT_TENANT",
+    "SYSTEM",
     "Base",
+    "MissingTenantScope",
+    "Scope",
     "Store",
+    "SystemScope",
     "TenantMixin",
     "create_engine",
     "current_revision",

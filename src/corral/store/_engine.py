@@ -7,21 +7,110 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import sqlalchemy
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
-__all__ = ["Store", "create_engine", "skip_locked"]
+from corral.store._base import TenantMixin
+
+__all__ = [
+    "SYSTEM",
+    "MissingTenantScope",
+    "Scope",
+    "Store",
+    "SystemScope",
+    "create_engine",
+    "skip_locked",
+]
 
 T = TypeVar("T")
+
+
+class SystemScope:
+    """The scope of deliberate cross-tenant platform work.
+
+    Workers' claims and lease renewals, the approval expiry sweep, tenant administration. Use
+    :data:`SYSTEM`; never for a request made on behalf of a tenant's principal.
+    """
+
+    def __repr__(self) -> str:
+        return "SYSTEM"
+
+
+SYSTEM: Final = SystemScope()
+"""The one :class:`SystemScope`."""
+
+Scope = str | SystemScope
+"""A tenant id, or :data:`SYSTEM`."""
+
+_SCOPE_KEY = "corral_scope"
+_POSTGRES_SCOPE_SETTING = "corral.tenant_id"
+"""The session setting PostgreSQL's row-level security policies compare ``tenant_id`` with
+(migration 0004); ``*`` is the system scope."""
+
+_SET_SCOPE = sqlalchemy.text(f"SELECT set_config('{_POSTGRES_SCOPE_SETTING}', :scope, true)")
+
+
+class MissingTenantScope(RuntimeError):
+    """A query ran in a session opened without a tenant scope: a programming error."""
+
+
+def _scope_setting(scope: Scope) -> str:
+    if isinstance(scope, SystemScope):
+        return "*"
+    if not scope or scope == "*":
+        raise MissingTenantScope(f"invalid tenant scope {scope!r}")
+    return scope
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _apply_tenant_scope(state: ORMExecuteState) -> None:
+    """Every ORM statement of a tenant-scoped session sees only that tenant's rows.
+
+    SQLAlchemy's documented "global criteria" recipe (``with_loader_criteria``): the filter is
+    added to every entity carrying ``tenant_id`` (``TenantMixin``), joins and relationships
+    included. A session opened without a scope refuses to run statements at all.
+    """
+    scope = state.session.info.get(_SCOPE_KEY)
+    if scope is None:
+        raise MissingTenantScope(
+            "query in a session without a tenant scope; open it with "
+            "store.transaction(tenant_id) / store.read(tenant_id), or SYSTEM for platform work"
+        )
+    if isinstance(scope, SystemScope) or state.is_column_load or state.is_relationship_load:
+        return
+    if state.is_select or state.is_update or state.is_delete:
+        state.statement = state.statement.options(
+            with_loader_criteria(
+                TenantMixin, lambda cls: cls.tenant_id == scope, include_aliases=True
+            )
+        )
+
+
+@event.listens_for(Session, "before_flush")
+def _check_new_rows(session: Session, _context: Any, _instances: Any) -> None:
+    """A tenant-scoped session writes only rows of its own tenant."""
+    scope = session.info.get(_SCOPE_KEY)
+    if scope is None:
+        raise MissingTenantScope("flush in a session without a tenant scope")
+    if isinstance(scope, SystemScope):
+        return
+    for obj in (*session.new, *session.dirty):
+        tenant = getattr(obj, "tenant_id", scope)
+        if isinstance(obj, TenantMixin) and tenant != scope:
+            raise MissingTenantScope(
+                f"{type(obj).__name__} of tenant {tenant!r} written in a session of {scope!r}"
+            )
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
@@ -146,29 +235,51 @@ class Store:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on exit, rolled back on error."""
-        async with self.sessions() as session, session.begin():
+    async def transaction(self, scope: Scope) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on exit, rolled back on error.
+
+        Args:
+            scope: The tenant whose rows the session may read and write, or :data:`SYSTEM`.
+                ORM statements get ``tenant_id == scope`` added to every tenant-owned entity;
+                on PostgreSQL row-level security enforces the same below the application.
+
+        Raises:
+            MissingTenantScope: ``scope`` is empty.
+        """
+        async with self.sessions(info={_SCOPE_KEY: scope}) as session, session.begin():
+            await self._set_scope(await session.connection(), scope)
             yield session
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
+    async def read(self, scope: Scope) -> AsyncIterator[AsyncSession]:
         """A session for reading only: one consistent snapshot, no write lock on SQLite.
 
         Writing through it is a programming error (SQLite would fail to upgrade the lock).
+        ``scope`` as for :meth:`transaction`.
         """
-        async with self._read_sessions() as session, session.begin():
+        async with self._read_sessions(info={_SCOPE_KEY: scope}) as session, session.begin():
+            await self._set_scope(await session.connection(), scope)
             yield session
 
-    async def run_sync(self, fn: Callable[[Connection], T]) -> T:
+    async def _set_scope(self, connection: AsyncConnection, scope: Scope) -> None:
+        setting = _scope_setting(scope)
+        if connection.dialect.name == "postgresql":
+            await connection.execute(_SET_SCOPE, {"scope": setting})
+
+    async def run_sync(self, fn: Callable[[Connection], T], scope: Scope) -> T:
         """Run ``fn(connection)`` inside one transaction (committed if it returns).
 
-        ``fn`` must not touch the event loop: on SQLite it runs on the writer thread.
+        ``fn`` must not touch the event loop: on SQLite it runs on the writer thread. ``fn``
+        uses Core statements, which must filter by ``tenant_id`` themselves; ``scope`` (a tenant
+        id or :data:`SYSTEM`) is enforced on PostgreSQL by row-level security.
         """
+        setting = _scope_setting(scope)
         if self._sync_engine is not None:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._writer, self._run_in_writer, fn)
         async with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(_SET_SCOPE, {"scope": setting})
             return await connection.run_sync(fn)
 
     def _run_in_writer(self, fn: Callable[[Connection], T]) -> T:

@@ -7,28 +7,39 @@ from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
 from corral.registry._tables import (
     AgentRow,
     AgentVersionRow,
+    McpServerRow,
+    McpServerVersionRow,
+    McpToolPinRow,
     PromotionRow,
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
 )
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
-from corral.tenancy._tables import TenantRow
+from corral.secrets._tables import SecretRow
+from corral.tenancy._tables import ApiKeyRow, QuotaRow, RoleGrantRow, TenantRow
 
 __all__ = [
     "AgentRow",
     "AgentVersionRow",
+    "ApiKeyRow",
     "ApprovalRow",
     "ApprovalVoteRow",
     "AuditEventRow",
     "AuditHeadRow",
     "KillSwitchRow",
+    "McpServerRow",
+    "McpServerVersionRow",
+    "McpToolPinRow",
     "PolicyDecisionRow",
     "PolicyRow",
     "PolicyVersionRow",
     "PromotionRow",
+    "QuotaRow",
+    "RoleGrantRow",
     "RunEventRow",
     "RunRow",
+    "SecretRow",
     "SpanRow",
     "StageBindingRow",
     "StepRow",

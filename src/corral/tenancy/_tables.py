@@ -1,19 +1,23 @@
-"""Tenant rows."""
+"""Identity rows: tenants, API keys, role grants and quotas."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import String
+from sqlalchemy import Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.store._base import Base, utcnow
+from corral.store._base import Base, JSONType, TenantMixin, utcnow
 
-__all__ = ["TenantRow"]
+__all__ = ["ApiKeyRow", "QuotaRow", "RoleGrantRow", "TenantRow"]
 
 
 class TenantRow(Base):
-    """A tenant: the unit of isolation. ``default`` exists from the first migration."""
+    """A tenant: a team whose objects no other tenant can see.
+
+    The row is the tenant itself, so its ``id`` plays the part of ``tenant_id``.
+    """
 
     __tablename__ = "tenants"
 
@@ -22,4 +26,66 @@ class TenantRow(Base):
     tenant_id: Mapped[str] = mapped_column(String(64))
     display_name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="active")
+    """``active`` or ``suspended``."""
+    suspended_reason: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200), default="system")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+
+
+class ApiKeyRow(TenantMixin, Base):
+    """An API key of a service account, an agent identity or the local admin.
+
+    Only an HMAC-SHA256 digest of the secret is stored (keyed with the server's secret), so a
+    copy of the database does not yield usable keys.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    """The ``key_id`` part of ``crl_<key_id>_<secret>``."""
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))
+    """``service`` (a service account), ``agent`` (bound to one agent) or ``user``."""
+    principal: Mapped[str] = mapped_column(String(200))
+    """``service:ci-bot``, ``agent:repo-analyst`` or ``user:local-admin``."""
+    agent_name: Mapped[str | None] = mapped_column(String(63))
+    roles: Mapped[list[str]] = mapped_column(JSONType)
+    digest: Mapped[str] = mapped_column(String(64))
+    """Hex HMAC-SHA256 of ``{key_id}:{secret}``."""
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class RoleGrantRow(TenantMixin, Base):
+    """A role held in a tenant by a user, a group of users or a service account."""
+
+    __tablename__ = "role_grants"
+    __table_args__ = (UniqueConstraint("tenant_id", "subject", "role"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200), index=True)
+    """``user:alice@example.com``, ``group:platform-team`` or ``service:ci-bot``."""
+    role: Mapped[str] = mapped_column(String(32))
+    granted_by: Mapped[str] = mapped_column(String(200))
+    granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QuotaRow(TenantMixin, Base):
+    """One quota of a tenant; a quota without a row is unlimited.
+
+    Names: ``runs_per_day``, ``concurrent_runs``, ``model_tokens_per_day``, ``cost_usd_per_day``.
+    """
+
+    __tablename__ = "quotas"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32))
+    limit: Mapped[Decimal] = mapped_column(Numeric(20, 6))
+    updated_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,6 +1,13 @@
 """The tool gateway: builtin workspace tools and the one path every tool call takes."""
 
 from corral.gateway.tools._base import ToolCallContext, ToolResult
+
+# Last: the direct path imports approvals and the registry, which import this package's modules.
+from corral.gateway.tools._direct import (
+    DirectCallResult,
+    DirectCallStatus,
+    DirectToolCalls,
+)
 from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
 from corral.gateway.tools._gateway import (
     ResolvedTool,
@@ -13,6 +20,9 @@ from corral.gateway.tools._gateway import (
 __all__ = [
     "BUILTIN_TOOLS",
     "BuiltinTool",
+    "DirectCallResult",
+    "DirectCallStatus",
+    "DirectToolCalls",
     "ResolvedTool",
     "ToolCallContext",
     "ToolGateway",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from corral.policy._types import Entity
 
 __all__ = ["ToolCallContext", "ToolResult"]
 
@@ -20,6 +23,18 @@ class ToolCallContext:
         call_index: Zero-based position of the call within the step.
         workspace: Root directory the ``fs.*`` tools may read, or ``None`` (they then refuse).
         allowed_tools: Exactly the tool names this agent may call.
+        principal: Who calls: ``agent:NAME`` in managed runs, the authenticated principal
+            for calls from outside (inbound MCP); keys the per-agent rate limit. ``None``:
+            unknown (the per-agent limit then does not apply).
+        call_id: For calls from outside a managed run: the call's own id, which makes its
+            idempotency key ``direct:{call_id}`` (a run's calls leave it ``None``).
+        principal_entity: The caller as a Cedar entity with its attributes (the run's agent,
+            or an inbound service account or agent): the principal of ``secret.use``
+            decisions made while the tool runs. ``None``: unknown; secrets are then refused.
+        stage: Stage the call is judged in (``context.stage``); ``""`` when unknown.
+        requester: Who started the run (``context.requester``); ``""`` when unknown.
+        progress: ``await progress(progress, total, message)`` for each progress notification
+            the tool sends (MCP ``notifications/progress``); ``None``: not passed on.
     """
 
     tenant_id: str
@@ -28,10 +43,22 @@ class ToolCallContext:
     call_index: int
     workspace: Path | None
     allowed_tools: frozenset[str]
+    principal: str | None = None
+    call_id: str | None = None
+    principal_entity: Entity | None = None
+    stage: str = ""
+    requester: str = ""
+    progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None
 
     @property
     def idempotency_key(self) -> str:
-        """``{run_id}:{step}:{call_index}`` (DESIGN.md, "Exactly-once effects")."""
+        """The call's idempotency key.
+
+        ``{run_id}:{step}:{call_index}`` (DESIGN.md, "Exactly-once effects"), or
+        ``direct:{call_id}`` for a call from outside a run (every such call has its own).
+        """
+        if self.run_id is None and self.call_id is not None:
+            return f"direct:{self.call_id}"
         return f"{self.run_id}:{self.step_index}:{self.call_index}"
 
 

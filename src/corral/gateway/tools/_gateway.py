@@ -1,10 +1,12 @@
 """The tool gateway: the one path every tool call takes.
 
 For each call: resolve the tool among those allowed to the agent -> validate the arguments
-against the tool's JSON Schema -> execute with a timeout -> cap the output size -> record an
-``execute_tool {tool}`` span. Paths are canonicalised by the tools themselves before any check
-(:func:`corral.gateway.tools._fs.resolve_in_workspace`). Output reaches the model only through
-:func:`wrap_untrusted`.
+against the tool's JSON Schema -> (policy decision, by the caller) -> rate limits per tenant,
+caller and tool -> execute with a timeout (tools with an upstream: through its circuit breaker,
+retrying retryable errors with jittered backoff; see ``_resilience.py``) -> cap the output size
+-> record an ``execute_tool {tool}`` span. Paths are canonicalised by the tools themselves
+before any check (:func:`corral.gateway.tools._fs.resolve_in_workspace`). Output reaches the
+model only through :func:`wrap_untrusted`.
 """
 
 from __future__ import annotations
@@ -16,16 +18,23 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import jsonschema_rs
 from opentelemetry.trace import Status, StatusCode, Tracer
 
-from corral.contracts import AgentTools, Tool
-from corral.errors import ToolFailed
+from corral.contracts import AgentTools, Tool, ToolSpec
+from corral.errors import CorralError, PolicyDenied, ToolFailed
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
+from corral.gateway.tools._http import HttpExecutor, upstream_of
+from corral.gateway.tools._resilience import Resilience
+from corral.policy._service import tool_entity
+from corral.secrets import SecretBroker, SecretCheck, redact_secrets, secret_scope
 from corral.settings import ToolSettings
+
+if TYPE_CHECKING:  # corral.gateway.mcp imports this module
+    from corral.gateway.mcp import McpExecutor
 
 __all__ = [
     "PreparedCall",
@@ -125,6 +134,8 @@ class ToolGateway:
         settings: Output caps.
         tracer: Tracer for ``execute_tool`` spans.
         builtins: Extra builtin implementations by name (added to Corral's own).
+        secrets: The credential broker whose ``secret.use`` check guards the secrets tools
+            reveal while they run (see :meth:`execute`); ``None``: no check.
     """
 
     def __init__(
@@ -133,10 +144,18 @@ class ToolGateway:
         tracer: Tracer,
         *,
         builtins: Mapping[str, BuiltinTool] | None = None,
+        secrets: SecretBroker | None = None,
     ) -> None:
         self.settings = settings
         self.tracer = tracer
         self.builtins = {**BUILTIN_TOOLS, **(builtins or {})}
+        self.secrets = secrets
+        self.mcp: McpExecutor | None = None
+        """Executes ``mcp`` tools (set by the platform)."""
+        self.resilience = Resilience(settings)
+        """Rate limits, retries and circuit breakers around executions."""
+        self.http = HttpExecutor(max_response_bytes=settings.max_response_bytes, secrets=secrets)
+        """Executes ``http`` tools."""
 
     @contextlib.contextmanager
     def span(self, ctx: ToolCallContext, name: str, call_id: str) -> Iterator[_SpanRecorder]:
@@ -236,11 +255,55 @@ class ToolGateway:
         return PreparedCall(tool, arguments, path)
 
     async def execute(self, ctx: ToolCallContext, prepared: PreparedCall) -> ToolResult:
-        """Execute a prepared call with its timeout; cap the output size."""
+        """Execute a prepared call with its timeout; redact revealed secrets; cap the output size.
+
+        The call runs in a :func:`~corral.secrets.secret_scope`: executors inject credentials
+        with ``platform.secrets.render(ctx.tenant_id, "...${secret:NAME}...")``, each name
+        passing the ``secret.use`` decision of this call's principal and tool, and every value
+        revealed is replaced with ``[REDACTED:secret]`` in the output and the error *before*
+        the size cap, so neither a value nor a part of one reaches the model, the store or a
+        span. A refused ``secret.use`` makes the call ``DENIED``; a secret that is not set,
+        ``FAILED``.
+        """
+        with secret_scope(self._secret_check(ctx, prepared.tool)) as revealed:
+            try:
+                return await self._execute_call(ctx, prepared, revealed.values)
+            except Exception as exc:
+                text = redact_secrets(str(exc), revealed.values)
+                if text == str(exc):
+                    raise
+                # An unexpected error that quotes a secret: report it redacted, not raw.
+                message = f"{prepared.tool.name!r} failed: {type(exc).__name__}: {text}"
+                return ToolResult(
+                    "FAILED",
+                    message,
+                    error=message,
+                    error_type="tool_error",
+                    tool_version=prepared.tool.version,
+                )
+
+    def _secret_check(self, ctx: ToolCallContext, tool: ResolvedTool) -> SecretCheck | None:
+        if self.secrets is None:
+            return None
+        return self.secrets.use_check(
+            ctx.tenant_id,
+            principal=ctx.principal_entity,
+            resource=tool_entity(tool, ctx.tenant_id),
+            stage=ctx.stage,
+            requester=ctx.requester,
+            run_id=ctx.run_id,
+        )
+
+    async def _execute_call(
+        self, ctx: ToolCallContext, prepared: PreparedCall, revealed: list[str]
+    ) -> ToolResult:
         tool = prepared.tool
         try:
+            await self.resilience.rate_limiter.acquire(
+                ctx, tool.name, tool_rate=tool.contract.spec.rate_limit
+            )
             output = await asyncio.wait_for(
-                self._execute(ctx, tool, prepared.arguments),
+                self._execute_resilient(ctx, tool, prepared.arguments),
                 timeout=tool.contract.spec.timeout_seconds,
             )
         except TimeoutError:
@@ -248,14 +311,16 @@ class ToolGateway:
             return ToolResult(
                 "FAILED", message, error=message, error_type="timeout", tool_version=tool.version
             )
-        except ToolFailed as exc:
-            return ToolResult(
-                "FAILED",
-                exc.message,
-                error=exc.message,
-                error_type=exc.code,
-                tool_version=tool.version,
+        except CorralError as exc:
+            # ToolFailed, and the broker's refusals (secret.use denied, secret not set).
+            message = redact_secrets(exc.message, revealed)
+            status: Literal["FAILED", "DENIED"] = (
+                "DENIED" if isinstance(exc, PolicyDenied) else "FAILED"
             )
+            return ToolResult(
+                status, message, error=message, error_type=exc.code, tool_version=tool.version
+            )
+        output = redact_secrets(output, revealed)
         cap = tool.contract.spec.max_output_bytes or self.settings.max_output_bytes
         text, size, truncated = truncate_utf8(output, cap)
         if truncated:
@@ -264,10 +329,36 @@ class ToolGateway:
             "COMPLETED", text, output_bytes=size, truncated=truncated, tool_version=tool.version
         )
 
+    async def _execute_resilient(
+        self, ctx: ToolCallContext, tool: ResolvedTool, arguments: dict[str, Any]
+    ) -> str:
+        """Through the upstream's circuit breaker, with retries (tools with an upstream)."""
+        spec = tool.contract.spec
+        upstream = _upstream(spec)
+        if upstream is None:
+            return await self._execute(ctx, tool, arguments)
+        retries = spec.http.retries if spec.http is not None else None
+        return await self.resilience.call(
+            upstream,
+            lambda: self._execute(ctx, tool, arguments),
+            retries=self.settings.retries if retries is None else retries,
+            safe_to_repeat=spec.side_effect == "read" or spec.idempotent,
+            timeout_seconds=spec.timeout_seconds,
+        )
+
+    async def aclose(self) -> None:
+        """Close pooled upstream and rate-limit storage connections."""
+        await self.http.aclose()
+        self.resilience.close()
+
     async def _execute(
         self, ctx: ToolCallContext, tool: ResolvedTool, arguments: dict[str, Any]
     ) -> str:
         spec = tool.contract.spec
+        if spec.type == "http":
+            return await self.http.run(ctx, tool.contract, arguments)
+        if spec.type == "mcp" and self.mcp is not None:
+            return await self.mcp.call(ctx, tool, arguments, progress=ctx.progress)
         if spec.type != "builtin":
             raise ToolFailed(f"tools of type {spec.type!r} are not served by this gateway yet")
         builtin = self.builtins.get(spec.implementation or tool.name)
@@ -283,6 +374,15 @@ class ToolGateway:
             )
         finally:
             _CURRENT_CALL.reset(token)
+
+
+def _upstream(spec: ToolSpec) -> str | None:
+    """The breaker key of the tool's upstream; ``None`` for builtins (no upstream)."""
+    if spec.http is not None:
+        return upstream_of(spec.http)
+    if spec.mcp is not None:
+        return f"mcp:{spec.mcp.server}"
+    return None
 
 
 def _denied(name: str, agent_tools: AgentTools, tools: Mapping[str, ResolvedTool]) -> ToolResult:

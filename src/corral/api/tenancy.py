@@ -1,0 +1,299 @@
+"""Routes: tenants (platform admins), API keys, role grants, quotas, and ``whoami``.
+
+Every change is one transaction with its audit event, the acting principal as actor.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.api._deps import Caller, PlatformDep, requires
+from corral.api._schemas import Page
+from corral.tenancy import (
+    QUOTA_NAMES,
+    ROLES,
+    create_key,
+    create_tenant,
+    grant_role,
+    list_grants,
+    list_keys,
+    list_tenants,
+    revoke_key,
+    revoke_role,
+    set_quota,
+    set_tenant_status,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["identity"])
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(_Body):
+    """A new tenant."""
+
+    id: str = Field(description="2-63 lowercase letters, digits or dashes.")
+    display_name: str | None = Field(None, max_length=200)
+
+
+class TenantSuspend(_Body):
+    """Why a tenant is suspended (shown to its callers)."""
+
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class TenantOut(BaseModel):
+    """A tenant."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    display_name: str
+    status: str
+    suspended_reason: str | None
+    created_by: str
+    created_at: datetime
+
+
+class KeyCreate(_Body):
+    """A new API key: a service account's (``roles``) or an agent identity's (``agent``)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    roles: list[str] = Field(default_factory=list, description=f"Roles: {', '.join(ROLES)}.")
+    agent: str | None = Field(None, description="Bind the key to this agent (an agent identity).")
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class KeyOut(BaseModel):
+    """An API key's metadata (never its secret)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    kind: str
+    principal: str
+    agent_name: str | None
+    roles: list[str]
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreatedOut(KeyOut):
+    """A new key; ``key`` is shown this once and cannot be recovered."""
+
+    key: str
+
+
+class GrantBody(_Body):
+    """A role for a subject in the caller's tenant."""
+
+    subject: str = Field(description="`user:<id>`, `group:<name>` or `service:<name>`.")
+    role: str
+
+
+class GrantOut(BaseModel):
+    """A role grant."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    subject: str
+    role: str
+    granted_by: str
+    granted_at: datetime
+
+
+class QuotaBody(_Body):
+    """A quota's new limit; ``null`` removes it (unlimited)."""
+
+    limit: Decimal | None = Field(description="Count, or US dollars for cost_usd_per_day.")
+
+
+class QuotaOut(BaseModel):
+    """A quota with today's usage."""
+
+    name: str
+    limit: Decimal | None
+    current: Decimal
+    resets_at: datetime | None
+
+
+class WhoAmI(BaseModel):
+    """The caller as Corral sees it."""
+
+    principal: str
+    kind: str
+    tenant_id: str
+    roles: list[str]
+    groups: list[str]
+    agent: str | None
+
+
+@router.get("/whoami", response_model=WhoAmI)
+async def get_whoami(caller: Annotated[Caller, requires("identity.read")]) -> WhoAmI:
+    """Who the credentials belong to, in which tenant, with which roles."""
+    return WhoAmI(
+        principal=caller.id,
+        kind=caller.kind,
+        tenant_id=caller.tenant_id,
+        roles=sorted(caller.roles),
+        groups=list(caller.groups),
+        agent=caller.agent,
+    )
+
+
+@router.post("/tenants", response_model=TenantOut, status_code=201)
+async def post_tenant(
+    body: TenantCreate, platform: PlatformDep, caller: Annotated[Caller, requires("tenants.manage")]
+) -> TenantOut:
+    """Create a tenant (platform admins). 409 if it exists."""
+    row = await create_tenant(
+        platform.store, tenant_id=body.id, display_name=body.display_name, actor=caller.id
+    )
+    await platform.register_builtin_tools(row.id)
+    return TenantOut.model_validate(row)
+
+
+@router.get("/tenants", response_model=Page[TenantOut])
+async def get_tenants(
+    platform: PlatformDep, _caller: Annotated[Caller, requires("tenants.manage")]
+) -> Page[TenantOut]:
+    """Every tenant (platform admins)."""
+    return Page(items=[TenantOut.model_validate(t) for t in await list_tenants(platform.store)])
+
+
+@router.post("/tenants/{tenant_id}/suspend", response_model=TenantOut)
+async def post_suspend(
+    tenant_id: str,
+    body: TenantSuspend,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("tenants.manage")],
+) -> TenantOut:
+    """Suspend a tenant: its requests get 403 with ``reason``; its runs end ``KILLED``."""
+    row = await set_tenant_status(
+        platform.store, tenant_id=tenant_id, suspended=True, reason=body.reason, actor=caller.id
+    )
+    platform.identity.invalidate_tenant(tenant_id)
+    await platform.worker.check_signals()
+    return TenantOut.model_validate(row)
+
+
+@router.post("/tenants/{tenant_id}/resume", response_model=TenantOut)
+async def post_resume(
+    tenant_id: str, platform: PlatformDep, caller: Annotated[Caller, requires("tenants.manage")]
+) -> TenantOut:
+    """Resume a suspended tenant."""
+    row = await set_tenant_status(
+        platform.store, tenant_id=tenant_id, suspended=False, reason="", actor=caller.id
+    )
+    platform.identity.invalidate_tenant(tenant_id)
+    return TenantOut.model_validate(row)
+
+
+@router.post("/keys", response_model=KeyCreatedOut, status_code=201)
+async def post_key(
+    body: KeyCreate, platform: PlatformDep, caller: Annotated[Caller, requires("keys.manage")]
+) -> KeyCreatedOut:
+    """Create an API key in the caller's tenant; the response holds the key, shown once."""
+    created = await create_key(
+        platform.store,
+        caller,
+        server_secret=platform.identity.server_secret,
+        name=body.name,
+        roles=body.roles,
+        agent=body.agent,
+        expires_in=timedelta(days=body.expires_in_days) if body.expires_in_days else None,
+    )
+    return KeyCreatedOut.model_validate(
+        {**KeyOut.model_validate(created.row).model_dump(), "key": created.key}
+    )
+
+
+@router.get("/keys", response_model=Page[KeyOut])
+async def get_keys(
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("keys.manage")],
+    include_revoked: Annotated[bool, Query(description="Also list revoked keys.")] = False,
+) -> Page[KeyOut]:
+    """The tenant's API keys, newest first (never their secrets)."""
+    rows = await list_keys(platform.store, caller.tenant_id)
+    return Page(
+        items=[KeyOut.model_validate(r) for r in rows if include_revoked or not r.revoked_at]
+    )
+
+
+@router.delete("/keys/{key_id}", response_model=KeyOut)
+async def delete_key(
+    key_id: str, platform: PlatformDep, caller: Annotated[Caller, requires("keys.manage")]
+) -> KeyOut:
+    """Revoke a key: it stops working at once. 404 if the tenant has no such key."""
+    row = await revoke_key(platform.store, caller, key_id)
+    platform.identity.invalidate_key(key_id)
+    return KeyOut.model_validate(row)
+
+
+@router.get("/role-grants", response_model=Page[GrantOut])
+async def get_grants(
+    platform: PlatformDep, caller: Annotated[Caller, requires("members.manage")]
+) -> Page[GrantOut]:
+    """The tenant's role grants."""
+    rows = await list_grants(platform.store, caller.tenant_id)
+    return Page(items=[GrantOut.model_validate(r) for r in rows])
+
+
+@router.post("/role-grants", response_model=GrantOut, status_code=201)
+async def post_grant(
+    body: GrantBody, platform: PlatformDep, caller: Annotated[Caller, requires("members.manage")]
+) -> GrantOut:
+    """Grant a role in the caller's tenant. 409 if held already."""
+    row = await grant_role(platform.store, caller, subject=body.subject, role=body.role)
+    platform.identity.invalidate_tenant(caller.tenant_id)
+    return GrantOut.model_validate(row)
+
+
+@router.post("/role-grants/revoke", status_code=204)
+async def post_revoke_grant(
+    body: GrantBody, platform: PlatformDep, caller: Annotated[Caller, requires("members.manage")]
+) -> None:
+    """Take a role away. 404 if the subject does not hold it."""
+    await revoke_role(platform.store, caller, subject=body.subject, role=body.role)
+    platform.identity.invalidate_tenant(caller.tenant_id)
+
+
+@router.get("/quotas", response_model=list[QuotaOut])
+async def get_quotas(
+    platform: PlatformDep, caller: Annotated[Caller, requires("quotas.read")]
+) -> list[QuotaOut]:
+    """Every quota of the caller's tenant with today's value (UTC day)."""
+    usage = await platform.quotas.usage(caller.tenant_id)
+    return [
+        QuotaOut(name=u.name, limit=u.limit, current=u.current, resets_at=u.resets_at)
+        for u in usage
+    ]
+
+
+@router.put("/quotas/{name}", response_model=QuotaOut)
+async def put_quota(
+    name: Literal[QUOTA_NAMES],  # type: ignore[valid-type]
+    body: QuotaBody,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("quotas.manage")],
+) -> QuotaOut:
+    """Set or remove one quota of the caller's tenant."""
+    await set_quota(
+        platform.store, caller, name=name, limit=None if body.limit is None else str(body.limit)
+    )
+    platform.quotas.invalidate(caller.tenant_id)
+    usage = {u.name: u for u in await platform.quotas.usage(caller.tenant_id)}[name]
+    return QuotaOut(name=name, limit=usage.limit, current=usage.current, resets_at=usage.resets_at)

@@ -1,0 +1,201 @@
+"""Tenant quotas: checked before a run starts and before each model call.
+
+Days are UTC calendar days: a daily quota resets at 00:00 UTC, which is what ``Retry-After``
+counts down to. Concurrent runs are those ``QUEUED`` or ``RUNNING`` (a run waiting for a person
+holds no worker and does not count). Checks read the store; two requests racing for the last
+unit may both pass on PostgreSQL (SQLite serialises writers), so a limit can be overshot by the
+number of API replicas at most.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.errors import QuotaExceeded
+from corral.settings import QuotaSettings
+from corral.store import Store, utcnow
+from corral.tenancy._tables import QuotaRow
+
+__all__ = ["QuotaUsage", "Quotas", "day_start"]
+
+_MODEL_QUOTAS = ("model_tokens_per_day", "cost_usd_per_day")
+
+
+def day_start(now: datetime) -> datetime:
+    """00:00 UTC of ``now``'s day."""
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _seconds_to_midnight(now: datetime) -> int:
+    return int((day_start(now) + timedelta(days=1) - now).total_seconds()) + 1
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """One quota: its limit (``None``: unlimited) and today's value."""
+
+    name: str
+    limit: Decimal | None
+    current: Decimal
+    resets_at: datetime | None
+
+
+class Quotas:
+    """Reads quota limits (cached briefly) and the usage they limit.
+
+    Args:
+        store: The store.
+        settings: The ``quotas`` settings group (model prices, cache lifetime).
+    """
+
+    def __init__(self, store: Store, settings: QuotaSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self._limits: dict[str, tuple[float, dict[str, Decimal]]] = {}
+
+    def invalidate(self, tenant_id: str) -> None:
+        """Forget a tenant's cached limits (they changed through this process)."""
+        self._limits.pop(tenant_id, None)
+
+    async def limits(self, tenant_id: str) -> dict[str, Decimal]:
+        """The tenant's limits by quota name."""
+        cached = self._limits.get(tenant_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.settings.cache_seconds:
+            return cached[1]
+        async with self.store.read(tenant_id) as session:
+            rows = await session.execute(
+                select(QuotaRow.name, QuotaRow.limit).where(QuotaRow.tenant_id == tenant_id)
+            )
+            limits = {name: _plain(Decimal(limit)) for name, limit in rows}
+        self._limits[tenant_id] = (now, limits)
+        return limits
+
+    async def check_run_start(self, session: AsyncSession, tenant_id: str) -> None:
+        """Refuse a new run over ``runs_per_day`` or ``concurrent_runs``.
+
+        Raises:
+            QuotaExceeded: with the quota, limit, current value and seconds until it resets.
+        """
+        limits = await self.limits(tenant_id)
+        if "runs_per_day" not in limits and "concurrent_runs" not in limits:
+            return
+        now = utcnow()
+        usage = await _run_usage(session, tenant_id, now)
+        for name, retry in (
+            ("runs_per_day", _seconds_to_midnight(now)),
+            ("concurrent_runs", 10),
+        ):
+            limit = limits.get(name)
+            if limit is not None and usage[name] >= limit:
+                _raise(name, limit, usage[name], retry)
+
+    async def check_model_call(self, tenant_id: str) -> QuotaExceeded | None:
+        """The exceeded ``model_tokens_per_day`` or ``cost_usd_per_day`` quota, if any."""
+        limits = await self.limits(tenant_id)
+        if not any(name in limits for name in _MODEL_QUOTAS):
+            return None
+        now = utcnow()
+        async with self.store.read(tenant_id) as session:
+            usage = await self._model_usage(session, tenant_id, now)
+        for name in _MODEL_QUOTAS:
+            limit = limits.get(name)
+            if limit is not None and usage[name] >= limit:
+                try:
+                    _raise(name, limit, usage[name], _seconds_to_midnight(now))
+                except QuotaExceeded as exc:
+                    return exc
+        return None
+
+    async def usage(self, tenant_id: str) -> list[QuotaUsage]:
+        """Every quota of the tenant with today's value, limited or not."""
+        limits = await self.limits(tenant_id)
+        now = utcnow()
+        async with self.store.read(tenant_id) as session:
+            values = {
+                **await _run_usage(session, tenant_id, now),
+                **await self._model_usage(session, tenant_id, now),
+            }
+        resets = day_start(now) + timedelta(days=1)
+        return [
+            QuotaUsage(
+                name, limits.get(name), values[name], None if name == "concurrent_runs" else resets
+            )
+            for name in ("runs_per_day", "concurrent_runs", *_MODEL_QUOTAS)
+        ]
+
+    async def _model_usage(
+        self, session: AsyncSession, tenant_id: str, now: datetime
+    ) -> dict[str, Decimal]:
+        from corral.runtime._tables import StepRow
+
+        rows = await session.execute(
+            select(
+                StepRow.model,
+                func.coalesce(func.sum(StepRow.input_tokens), 0),
+                func.coalesce(func.sum(StepRow.output_tokens), 0),
+            )
+            .where(StepRow.tenant_id == tenant_id, StepRow.started_at >= day_start(now))
+            .group_by(StepRow.model)
+        )
+        tokens, cost = Decimal(0), Decimal(0)
+        for model, input_tokens, output_tokens in rows:
+            tokens += int(input_tokens) + int(output_tokens)
+            price = self.settings.model_prices.get(model)
+            if price is not None:
+                cost += (
+                    int(input_tokens) * price.input_usd_per_mtok
+                    + int(output_tokens) * price.output_usd_per_mtok
+                ) / Decimal(1_000_000)
+        return {"model_tokens_per_day": tokens, "cost_usd_per_day": cost}
+
+
+async def _run_usage(session: AsyncSession, tenant_id: str, now: datetime) -> dict[str, Decimal]:
+    from corral.runtime._tables import RunRow
+
+    today = await session.scalar(
+        select(func.count()).where(
+            RunRow.tenant_id == tenant_id, RunRow.created_at >= day_start(now)
+        )
+    )
+    active = await session.scalar(
+        select(func.count()).where(
+            RunRow.tenant_id == tenant_id, RunRow.status.in_(("QUEUED", "RUNNING"))
+        )
+    )
+    return {"runs_per_day": Decimal(today or 0), "concurrent_runs": Decimal(active or 0)}
+
+
+def _raise(name: str, limit: Decimal, current: Decimal, retry_after: int) -> Any:
+    shown_limit, shown_current = _show(limit), _show(current)
+    raise QuotaExceeded(
+        f"Quota {name!r} is used up: {shown_current} of {shown_limit}. It resets in "
+        f"{retry_after} s; a tenant admin can raise it with "
+        f"`corral quotas set {name} LIMIT`.",
+        quota=name,
+        limit=shown_limit,
+        current=shown_current,
+        retry_after_seconds=retry_after,
+    )
+
+
+def _plain(value: Decimal) -> Decimal:
+    """``2.000000`` -> ``2``; ``0.500000`` -> ``0.5`` (never exponent notation)."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
+
+
+def _show(value: Decimal) -> str:
+    return (
+        str(value.quantize(Decimal(1)))
+        if value == value.to_integral_value()
+        else str(value.normalize())
+    )
