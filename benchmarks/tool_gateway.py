@@ -19,7 +19,10 @@ Sequential: ``--calls`` calls of each path, interleaved one by one (direct, gate
 so that the noise of a shared machine falls on both alike. Concurrent: ``--clients`` asyncio
 tasks each making ``--calls / --clients`` calls, one path at a time, the two paths alternated
 ``--rounds`` times. Latency is ``time.perf_counter_ns()`` around each call; the tables give
-p50 and p99 in milliseconds, the added latency (gateway minus direct) and the ratio.
+p50 and p99 in milliseconds, the added latency (gateway minus direct), the ratio, and the CPU
+time of the event loop's thread per call (``time.thread_time_ns()``; the upstream runs in its
+own process, so this is the client side's work alone, the figure least disturbed by other jobs
+on a shared machine).
 
 A third table times the gateway's steps alone (no network), ``--calls`` times each: prepare,
 the policy decision, the three rate-limit hits.
@@ -45,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from opentelemetry import trace
 
 from corral.contracts import Agent, AgentTools
 from corral.gateway.tools import ResolvedTool, ToolCallContext, ToolGateway, ToolResult
@@ -189,18 +191,34 @@ async def timed(call: Callable[[], Awaitable[None]], samples: list[int]) -> None
     samples.append(time.perf_counter_ns() - started)
 
 
+class Cpu:
+    """CPU time of this (the event loop's) thread, summed per path."""
+
+    def __init__(self) -> None:
+        self.ns: dict[str, int] = {}
+
+    def add(self, name: str, started_ns: int) -> None:
+        self.ns[name] = self.ns.get(name, 0) + time.thread_time_ns() - started_ns
+
+
 async def sequential(
-    paths: dict[str, Callable[[], Awaitable[None]]], calls: int
+    paths: dict[str, Callable[[], Awaitable[None]]], calls: int, cpu: Cpu
 ) -> dict[str, list[int]]:
     samples: dict[str, list[int]] = {name: [] for name in paths}
     for _ in range(calls):
         for name, call in paths.items():
+            started = time.thread_time_ns()
             await timed(call, samples[name])
+            cpu.add(name, started)
     return samples
 
 
 async def concurrent(
-    paths: dict[str, Callable[[], Awaitable[None]]], calls: int, clients: int, rounds: int
+    paths: dict[str, Callable[[], Awaitable[None]]],
+    calls: int,
+    clients: int,
+    rounds: int,
+    cpu: Cpu,
 ) -> dict[str, list[int]]:
     samples: dict[str, list[int]] = {name: [] for name in paths}
     per_client = max(calls // clients // rounds, 1)
@@ -211,7 +229,9 @@ async def concurrent(
 
     for _ in range(rounds):
         for name, call in paths.items():
+            started = time.thread_time_ns()
             await asyncio.gather(*(client(call, samples[name]) for _ in range(clients)))
+            cpu.add(name, started)
     return samples
 
 
@@ -240,21 +260,25 @@ def percentile_ms(samples: list[int], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))] / 1e6
 
 
-def table(title: str, samples: dict[str, list[int]]) -> list[dict[str, Any]]:
+def table(title: str, samples: dict[str, list[int]], cpu: Cpu) -> list[dict[str, Any]]:
     direct = samples["direct httpx"]
+    d50, d99 = percentile_ms(direct, 0.5), percentile_ms(direct, 0.99)
+    d_cpu = cpu.ns["direct httpx"] / len(direct) / 1000
     rows = []
     print(f"\n{title}")
     print(f"{'path':<14} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} "
-          f"{'x p50':>6} {'x p99':>6}")  # fmt: skip
+          f"{'x p50':>6} {'x p99':>6} {'CPU us':>7} {'+CPU us':>7}")  # fmt: skip
     for name, values in samples.items():
         p50, p99 = percentile_ms(values, 0.5), percentile_ms(values, 0.99)
-        d50, d99 = percentile_ms(direct, 0.5), percentile_ms(direct, 0.99)
+        cpu_us = cpu.ns[name] / len(values) / 1000
         row = {"path": name, "calls": len(values), "p50_ms": p50, "p99_ms": p99,
                "added_p50_ms": p50 - d50, "added_p99_ms": p99 - d99,
-               "ratio_p50": p50 / d50, "ratio_p99": p99 / d99}  # fmt: skip
+               "ratio_p50": p50 / d50, "ratio_p99": p99 / d99,
+               "cpu_us_per_call": cpu_us, "added_cpu_us_per_call": cpu_us - d_cpu}  # fmt: skip
         rows.append(row)
         print(f"{name:<14} {len(values):>6} {p50:>8.3f} {p99:>8.3f} {p50 - d50:>8.3f} "
-              f"{p99 - d99:>8.3f} {p50 / d50:>6.2f} {p99 / d99:>6.2f}")  # fmt: skip
+              f"{p99 - d99:>8.3f} {p50 / d50:>6.2f} {p99 / d99:>6.2f} {cpu_us:>7.0f} "
+              f"{cpu_us - d_cpu:>7.0f}")  # fmt: skip
     return rows
 
 
@@ -292,18 +316,19 @@ async def measure(args: argparse.Namespace, url: str, home: Path) -> dict[str, A
             response.json()
 
         paths: dict[str, Callable[[], Awaitable[None]]] = {"direct httpx": direct, "gateway": path}
-        await sequential(paths, args.warmup)
-        seq = await sequential(paths, args.calls)
-        conc = await concurrent(paths, args.calls, args.clients, args.rounds)
+        await sequential(paths, args.warmup, Cpu())
+        seq_cpu, conc_cpu = Cpu(), Cpu()
+        seq = await sequential(paths, args.calls, seq_cpu)
+        conc = await concurrent(paths, args.calls, args.clients, args.rounds, conc_cpu)
         parts = await components(path, args.calls)
     finally:
         await direct_client.aclose()
         await platform.close()
     print(f"\nupstream {url}; rate-limit storage {tools.rate_limit_storage_url or 'memory'}")
     return {
-        "sequential": table(f"Sequential: {args.calls} calls per path, interleaved", seq),
+        "sequential": table(f"Sequential: {args.calls} calls per path, interleaved", seq, seq_cpu),
         "concurrent": table(
-            f"Concurrent: {args.clients} clients, {args.rounds} rounds per path", conc
+            f"Concurrent: {args.clients} clients, {args.rounds} rounds per path", conc, conc_cpu
         ),
         "components": component_table(parts),
         "samples_ns": {"sequential": seq, "concurrent": conc, "components": parts},

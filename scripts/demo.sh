@@ -19,6 +19,8 @@ for _ in $(seq 1 120); do
   sleep 1
 done
 
+echo "==> corral whoami (the local admin; its key is in $CORRAL_HOME/admin.key)"
+corral whoami
 echo "==> corral apply -f examples/agents/"
 corral apply -f examples/agents/
 WORKSPACE=$(python -c 'import httpx, os; print(os.path.dirname(httpx.__file__))')

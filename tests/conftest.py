@@ -7,6 +7,7 @@ unless ``CORRAL_TEST_REQUIRE_POSTGRES=1`` (CI), where they fail.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from corral.api import create_app
@@ -30,6 +32,16 @@ POSTGRES_URL = os.environ.get(
     "CORRAL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_POSTGRES = os.environ.get("CORRAL_TEST_REQUIRE_POSTGRES") == "1"
+APP_ROLE = "corral_app"
+APP_POSTGRES_URL = str(make_url(POSTGRES_URL).set(username=APP_ROLE, password=None))
+_CREATE_APP_ROLE = f"""
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+    CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $$
+"""
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -44,14 +56,17 @@ async def store_settings(
     admin = create_async_engine(POSTGRES_URL)
     try:
         async with admin.begin() as conn:
-            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            # Corral connects as a role that row-level security binds (superusers bypass it),
+            # owning its schema, as a production deployment should.
+            await conn.execute(text(_CREATE_APP_ROLE))
+            await conn.execute(text(f'CREATE SCHEMA "{schema}" AUTHORIZATION {APP_ROLE}'))
     except OSError as exc:
         await admin.dispose()
         if REQUIRE_POSTGRES:
             raise
         pytest.skip(f"PostgreSQL unreachable at {POSTGRES_URL}: {exc}")
     try:
-        yield StoreSettings(url=POSTGRES_URL, postgres_schema=schema)
+        yield StoreSettings(url=APP_POSTGRES_URL, postgres_schema=schema)
     finally:
         async with admin.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
@@ -163,6 +178,42 @@ class PrincipalKeys(httpx.Auth):
         if "Authorization" not in request.headers:
             request.headers["Authorization"] = f"Bearer {await self.key(principal)}"
         yield request
+
+
+def key_for(
+    settings: Settings,
+    principal: str,
+    roles: list[str] | None = None,
+    *,
+    tenant_id: str = "default",
+) -> str:
+    """A real API key for ``principal``, issued into the store of a server in another thread.
+
+    For tests driving a live server (:func:`corral.testing.serve_in_thread`) whose event loop
+    the test cannot use: the key is written through a platform of its own on ``settings``
+    (same database, same server secret). ``roles`` default to those ``governance.roles``
+    gives the principal.
+    """
+    if roles is None:
+        roles = settings.governance.roles.get(principal, [])
+    kind = principal.partition(":")[0]
+
+    async def issue() -> str:
+        platform = Platform(settings)
+        try:
+            return await issue_key(
+                platform.store,
+                server_secret=platform.identity.server_secret,
+                tenant_id=tenant_id,
+                principal=principal,
+                roles=list(roles),
+                name=f"test-{principal.replace(':', '-')}"[:100],
+                kind=kind if kind in ("service", "agent") else "user",
+            )
+        finally:
+            await platform.close()
+
+    return asyncio.run(issue())
 
 
 @pytest.fixture

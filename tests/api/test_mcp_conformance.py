@@ -20,14 +20,14 @@ schema comes back intact) on 2025-11-25; on 2026-07-28 ``server-stateless`` (all
 checks below), ``server-sse-multiple-streams``, ``tools-list``,
 ``tools-call-simple-text``, ``tools-call-error``, ``dns-rebinding-protection``, ``caching``
 (``tools/list`` hints: ``ttlMs`` 0, scope ``private``), ``http-header-validation`` (pending
-upstream), ``json-schema-2020-12``, ``sep-2164-resource-not-found`` and
-``input-required-result-{missing-input-response,unsupported-methods,ignore-extra-params,
+upstream), ``json-schema-2020-12`` and ``input-required-result-{unsupported-methods,
 validate-input}``.
 
 Not applicable (the baseline; the suite fails on a stale entry, so none of these may pass):
 
-* ``resources-*``, ``prompts-*``, ``completion-complete``, and the ``caching`` checks of
-  prompts and resources: Corral's endpoint offers tools only.
+* ``resources-*``, ``prompts-*``, ``completion-complete``, ``sep-2164-resource-not-found``
+  (it warns that ``resources/read`` answers -32601, method not found, rather than -32602) and
+  the ``caching`` checks of prompts and resources: Corral's endpoint offers tools only.
 * ``tools-call-image``, ``-audio``, ``-embedded-resource``, ``-mixed-content``: they call
   fixture tools returning images, audio and resources; a Corral tool's output is text.
 * ``tools-call-with-progress``: responses are single JSON bodies (stateless, JSON mode), so no
@@ -40,7 +40,9 @@ Not applicable (the baseline; the suite fails on a stale entry, so none of these
   ``server-no-log-without-loglevel``: no logging capability (deprecated in 2026-07-28); Corral
   records calls in its own audit log and traces.
 * ``tools-call-sampling``, ``tools-call-elicitation``, ``elicitation-*``, the
-  ``input-required-result-*`` scenarios that need an ``InputRequiredResult``, and
+  ``input-required-result-*`` scenarios that need an ``InputRequiredResult`` (including
+  ``missing-input-response`` and ``ignore-extra-params``, which only warn, as the fixture tools
+  they call do not exist), and
   ``server-stateless``'s ``server-rejects-undeclared-capability``, ``missing-capability-http-400``
   and ``http-server-no-independent-requests-on-stream``: Corral never asks the caller for input
   (no sampling, elicitation or roots requests); a call needing a person's decision returns an
@@ -107,6 +109,7 @@ BASELINES = {
         "server-stateless:sep-2575-missing-capability-http-400",
         "server-stateless:sep-2575-http-server-no-independent-requests-on-stream",
         "server-stateless:sep-2575-server-no-log-without-loglevel",
+        "sep-2164-resource-not-found",
         *(
             f"input-required-result-{name}"
             for name in (
@@ -120,6 +123,8 @@ BASELINES = {
                 "result-type",
                 "tampered-state",
                 "capability-check",
+                "missing-input-response",
+                "ignore-extra-params",
             )
         ),
     ],

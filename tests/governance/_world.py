@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select, text
 
+from conftest import PrincipalKeys
 from corral.api import create_app
 from corral.audit._tables import AuditEventRow
 from corral.contracts import Tool, parse_document
@@ -164,9 +165,19 @@ class World:
             )
 
 
+MEMBERS = {"user:alice": ["builder"], "user:mallory": ["builder"]}
+"""Roles of the world's other principals: builders, so their requests reach the policies."""
+
+
 @contextlib.asynccontextmanager
 async def open_world(settings: Settings) -> AsyncIterator[World]:
-    """A :class:`World` on ``settings``' store, closed after."""
+    """A :class:`World` on ``settings``' store, closed after.
+
+    Its client authenticates as ``user:local-admin`` with a real API key, or as the principal a
+    request's ``X-Corral-Principal`` header names, with its roles in :data:`MEMBERS`.
+    """
+    governance = settings.governance.model_copy(update={"roles": MEMBERS})
+    settings = settings.model_copy(update={"governance": governance})
     probe, script = Probe(), []
     model = ScriptedModel(
         lambda _request: script.pop(0) if script else ScriptedModel.answer("done")
@@ -175,7 +186,11 @@ async def open_world(settings: Settings) -> AsyncIterator[World]:
     app = create_app(platform, run_worker=False)
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://corral")
+    auth = PrincipalKeys(platform)
+    await auth.key("user:local-admin")  # before the test counts audit events
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://corral", auth=auth
+    )
     try:
         yield World(platform, client, probe, script)
     finally:

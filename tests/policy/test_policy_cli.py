@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from corral.cli import app
+from corral.cli._client import auth_headers
 from corral.policy import DEFAULT_POLICY_TEXT
 from governance._live import serve
 
@@ -57,7 +58,7 @@ def test_example_cases_pass_once_the_examples_are_applied(server: str) -> None:
     )
     assert lines[-1] == f"10 passed, 0 failed ({CASES}; 13 policies)"
 
-    body = httpx.get(f"{server}/v1/policies").json()
+    body = httpx.get(f"{server}/v1/policies", headers=auth_headers()).json()
     assert body["tenant_id"] == "default"
     assert body["defaults"] == [{"id": "corral/defaults", "text": DEFAULT_POLICY_TEXT}]
     (item,) = body["items"]
@@ -195,4 +196,4 @@ def test_schema_prints_the_cedar_schema(server: str) -> None:
     schema = json.loads(output)
     assert set(schema[""]["entityTypes"]) >= {"Agent", "Tool", "User"}
     assert "tool.call" in schema[""]["actions"]
-    assert httpx.get(f"{server}/v1/policies/schema").json() == schema
+    assert httpx.get(f"{server}/v1/policies/schema", headers=auth_headers()).json() == schema

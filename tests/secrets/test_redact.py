@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from urllib.parse import quote, quote_plus
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import corral.secrets
 from corral.secrets import REDACTED, current_secret_scope, redact_secrets, secret_scope
 from corral.secrets._redact import record_revealed
 
@@ -79,3 +81,10 @@ async def test_the_scope_records_reveals_in_tasks_and_nested_scopes() -> None:
     assert inner.values == ["nested-value"]
     assert outer.values == ["in-a-task", "nested-value"]
     assert current_secret_scope() is None
+
+
+def test_the_package_docstring_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", corral.secrets.__doc__ or "", re.DOTALL)
+    assert blocks
+    for block in blocks:
+        exec(block, {})

@@ -17,7 +17,15 @@ from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
 from corral.errors import CorralError, InvalidRequest, NotFound, PolicyDenied
 from corral.platform import Platform
-from corral.policy import Entity, EntityRef
+from corral.policy import (
+    DEFAULT_POLICIES,
+    Entity,
+    EntityRef,
+    PolicyEngine,
+    PolicySource,
+    load_cases,
+    run_cases,
+)
 from corral.policy._tables import PolicyDecisionRow
 from corral.secrets import SecretBroker, secret_scope
 from corral.secrets._tables import SecretRow
@@ -296,3 +304,46 @@ async def test_the_migration_creates_exactly_the_table_model(platform: Platform)
 
     async with platform.store.engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+SECRET_CASES = """\
+context: {tenant: default, stage: dev, requester: user:alice}
+entities:
+  - uid: Agent::deployer
+    attrs: {tenant: default, owner: ops, risk_tier: low, status: active}
+  - uid: Tool::"http.deploy"
+    attrs: {tenant: default, owner: ops, side_effect: write, risk: medium, kind: http}
+cases:
+  - name: the deploy key is permitted
+    principal: Agent::deployer
+    action: secret.use
+    resource: Tool::http.deploy
+    context: {secret: deploy-key}
+    expect: allow
+  - name: another secret is not
+    principal: Agent::deployer
+    action: secret.use
+    resource: Tool::http.deploy
+    context: {secret: db-password}
+    expect: deny
+  - name: nor a use without a secret name
+    principal: Agent::deployer
+    action: secret.use
+    resource: Tool::http.deploy
+    expect: deny
+"""
+
+
+def test_policy_test_cases_can_name_the_secret() -> None:
+    permit = PolicySource(
+        "deploy-key",
+        'permit (principal, action == Action::"secret.use", resource) '
+        'when { context has secret && context.secret == "deploy-key" };',
+    )
+    engine = PolicyEngine([*DEFAULT_POLICIES, permit])
+    results = run_cases(engine, load_cases(SECRET_CASES))
+    assert [(r.case.name, r.passed) for r in results] == [
+        ("the deploy key is permitted", True),
+        ("another secret is not", True),
+        ("nor a use without a secret name", True),
+    ]

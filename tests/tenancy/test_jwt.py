@@ -238,9 +238,7 @@ def attacks(issuer: Issuer) -> dict[str, str | None]:
         "unknown kid": bearer_value(issuer.token("alice", key=stranger, kid="rotated-away")),
         "no kid, two keys published": bearer_value(issuer.token("alice", kid=None)),
         "RSA key named as the EC kid": bearer_value(issuer.token("alice", kid="ec-1")),
-        "algorithm outside the allowlist": bearer_value(
-            issuer.token("alice", algorithm="RS512")
-        ),
+        "algorithm outside the allowlist": bearer_value(issuer.token("alice", algorithm="RS512")),
         "payload swapped": bearer_value(_tampered(issuer)),
     }
     return tokens

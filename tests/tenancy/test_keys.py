@@ -59,7 +59,7 @@ async def test_key_is_shown_once_and_only_its_digest_is_stored(settings) -> None
 async def test_a_wrong_secret_for_a_real_key_id_is_refused(settings) -> None:
     async with live_world(settings) as world:
         key = await world.key("default", "service:bot", ["viewer"])
-        key_id, secret = parse_key(key)
+        key_id, _secret = parse_key(key)
         wrong = f"crl_{key_id}_{'B' * 43}"
         response = await world.client.get(
             "/v1/agents", headers={"Authorization": f"Bearer {wrong}"}

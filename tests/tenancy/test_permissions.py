@@ -72,7 +72,6 @@ async def test_routes_refuse_principals_without_the_permission(
 
 async def test_a_builder_may_run_in_dev_but_not_in_production(settings, workspace) -> None:
     from conftest import agent_document
-
     from corral.testing import ScriptedModel
 
     async with live_world(settings, scripted=ScriptedModel([])) as world:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from conftest import agent_document
-
 from corral.testing import ScriptedModel
 from tenancy._world import World, live_world
 

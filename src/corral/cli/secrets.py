@@ -1,5 +1,7 @@
 """CLI: ``corral secrets set|list|delete``: the tenant's secrets, through the REST API.
 
+Each command names the permission its REST route needs (``Permission:`` in its help).
+
 A value is read from stdin (or typed at a hidden prompt), never from the command line, where
 shell history and ``ps`` would keep it. Nothing prints a value: the API never returns one.
 """
@@ -46,10 +48,10 @@ def _read_value(name: str) -> str:
 
 @app.command("set")
 def set_secret(name: Annotated[str, _NAME]) -> None:
-    """Set a secret from stdin; setting it again rotates it (used from the next tool call).
+    """Set a secret from stdin; setting it again rotates it. Permission: secrets.write.
 
-    One trailing newline is dropped (``echo`` adds one). Tools reference the secret as
-    ${secret:NAME}.
+    The new value is used from the next tool call on. One trailing newline is dropped
+    (echo adds one). Tools reference the secret as ${secret:NAME}.
 
     Example: printf %s "$GITHUB_TOKEN" | corral secrets set github-token
     """
@@ -77,7 +79,10 @@ def list_secrets(
         Output.table
     ),
 ) -> None:
-    """List the tenant's secrets: names, versions, who set them and when (never values)."""
+    """List the tenant's secrets: names, versions, who set them, when. Permission: secrets.read.
+
+    Values are never shown: the API does not return them.
+    """
     items = _all_secrets(ApiClient())
     if output is Output.json:
         typer.echo(json.dumps(items, indent=2))
@@ -98,6 +103,6 @@ def list_secrets(
 
 @app.command("delete")
 def delete_secret(name: Annotated[str, _NAME]) -> None:
-    """Delete a secret; tools referencing it fail until it is set again."""
+    """Delete a secret; tools using it fail until it is set again. Permission: secrets.write."""
     result = ApiClient().request("DELETE", f"/v1/secrets/{name}")
     typer.echo(f"secret/{result['name']} deleted (it was at version {result['version']})")

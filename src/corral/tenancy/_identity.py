@@ -319,6 +319,12 @@ class _JwtVerifier:
             raise Unauthorized(f"The token's issuer is not {self.settings.issuer!r}.") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"The token does not verify: {exc}.") from None
+        except (TypeError, ValueError):
+            # PyJWT raises TypeError when the kid names a key of another type than the
+            # header's algorithm (an EC key for RS256): a forged token, not a server error.
+            raise Unauthorized(
+                f"The token's algorithm {algorithm!r} does not fit its signing key (kid)."
+            ) from None
         return claims
 
     async def _key(self, kid: object) -> Any:

@@ -432,7 +432,9 @@ async def revoke_role(store: Store, caller: Principal, *, subject: str, role: st
             )
         )
         if not getattr(result, "rowcount", 0):
-            raise NotFound(f"{subject} does not hold {role!r}.", kind="grant", name=f"{subject}:{role}")
+            raise NotFound(
+                f"{subject} does not hold {role!r}.", kind="grant", name=f"{subject}:{role}"
+            )
         await _audit(
             session,
             caller.tenant_id,

@@ -17,6 +17,7 @@ exactly the address it checked, so a DNS answer cannot change between check and 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import socket
@@ -216,7 +217,12 @@ def _client(allowlist: HostAllowlist) -> httpx.AsyncClient:
 
 def upstream_of(spec: HttpToolSpec) -> str:
     """The breaker key of an ``http`` tool's API: ``scheme://host:port`` of its URL."""
-    parts = urlsplit(spec.url)
+    return _upstream_of_url(spec.url)
+
+
+@functools.lru_cache(maxsize=1024)
+def _upstream_of_url(url: str) -> str:
+    parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname or ""
     return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
@@ -239,10 +245,10 @@ class HttpExecutor:
 
     def client_for(self, allow_hosts: Iterable[str]) -> httpx.AsyncClient:
         """The pooled client whose connections are guarded by this allowlist."""
-        allowlist = HostAllowlist(allow_hosts)
-        client = self._clients.get(allowlist.entries)
+        key = tuple(sorted(set(allow_hosts)))
+        client = self._clients.get(key)
         if client is None:
-            client = self._clients[allowlist.entries] = _client(allowlist)
+            client = self._clients[key] = _client(HostAllowlist(key))
         return client
 
     async def aclose(self) -> None:
@@ -286,9 +292,12 @@ class HttpExecutor:
         except httpx.InvalidURL as exc:
             raise ToolFailed(f"cannot build the URL of {tool.metadata.name!r}: {exc}") from None
         # The URL's own query first, then the configured one, then the arguments.
-        query: list[tuple[str, str | int | float | bool | None]] = list(url.params.multi_items())
+        query: list[tuple[str, str | int | float | bool | None]] = []
         query += [(k, await self._render(ctx, v)) for k, v in spec.query.items()]
         query += parts.query
+        if query and url.query:
+            query = list(url.params.multi_items()) + query
+            url = url.copy_with(query=None)
         headers = {k: await self._render(ctx, v) for k, v in spec.headers.items()}
         headers.update(parts.headers)
         if tool.spec.side_effect != "read" and (ctx.run_id or ctx.call_id) is not None:
@@ -300,8 +309,8 @@ class HttpExecutor:
         try:
             return httpx.Request(
                 spec.method,
-                url.copy_with(query=None),
-                params=httpx.QueryParams(query),
+                url,
+                params=httpx.QueryParams(query) if query else None,
                 headers=headers,
                 content=content,
                 extensions={"timeout": httpx.Timeout(tool.spec.timeout_seconds).as_dict()},
@@ -323,7 +332,7 @@ class HttpExecutor:
     async def _send(
         self, client: httpx.AsyncClient, request: httpx.Request, spec: HttpToolSpec, upstream: str
     ) -> httpx.Response:
-        origin = request.url.copy_with(path="/", query=None, fragment=None)
+        origin = _origin(request.url)
         configured = {name.lower() for name in spec.headers}
         for _hop in range(_MAX_REDIRECTS + 1):
             if request.url.scheme not in ("http", "https"):
@@ -336,7 +345,7 @@ class HttpExecutor:
             if not spec.follow_redirects or next_request is None:
                 return response
             await response.aclose()
-            if next_request.url.copy_with(path="/", query=None, fragment=None) != origin:
+            if _origin(next_request.url) != origin:
                 for name in list(next_request.headers):
                     if name.lower() in configured or name.lower() == "authorization":
                         del next_request.headers[name]
@@ -392,6 +401,10 @@ def _transport_error(exc: httpx.HTTPError, request: httpx.Request, upstream: str
         retryable=isinstance(exc, httpx.TransportError),
         code="upstream_transport_error",
     )
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
 
 
 def _safe_url(url: httpx.URL) -> str:
@@ -484,6 +497,8 @@ def _output(
             f"\n[response body cut by the gateway after {len(body)} bytes"
             f"{f' of {length}' if length else ''}]"
         )
+    if response.status_code < 400:
+        return f"{status}\ncontent-type: {content_type or '(none)'}\n\n{text}"
     where = f"{request.method} {_safe_url(request.url)}"
     if response.status_code >= 500 or response.status_code == 429:
         retry_after = _retry_after_seconds(response.headers.get("retry-after"))
@@ -495,11 +510,7 @@ def _output(
             retry_after_seconds=retry_after,
             code="upstream_rate_limited" if response.status_code == 429 else "upstream_error",
         )
-    if response.status_code >= 400:
-        raise ToolFailed(
-            f"{where} returned {status}: {text[:_ERROR_BODY_CHARS]}", code="http_error"
-        )
-    return f"{status}\ncontent-type: {content_type or '(none)'}\n\n{text}"
+    raise ToolFailed(f"{where} returned {status}: {text[:_ERROR_BODY_CHARS]}", code="http_error")
 
 
 def _body_text(body: bytes, content_type: str, encoding: str) -> str:

@@ -13,6 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 import corral.store._base
+from corral.store._rls import enable_row_level_security
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -21,19 +22,6 @@ depends_on: str | Sequence[str] | None = None
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 _TIME = corral.store._base.UTCDateTime()
-
-# Rows are visible when their tenant is the session's scope (``corral.tenant_id``, set by
-# corral.store.Store at the start of every transaction), when the scope is the system scope
-# ``*``, or (reads only) when the row is platform-wide (``tenant_id = '*'``, e.g. a kill switch
-# over every tenant). A connection that never set the scope sees nothing.
-_USING = (
-    "tenant_id = current_setting('corral.tenant_id', true) "
-    "OR current_setting('corral.tenant_id', true) = '*' OR tenant_id = '*'"
-)
-_CHECK = (
-    "tenant_id = current_setting('corral.tenant_id', true) "
-    "OR current_setting('corral.tenant_id', true) = '*'"
-)
 
 
 def upgrade() -> None:
@@ -89,23 +77,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "name", name=op.f("uq_quotas_tenant_id_name")),
     )
     op.create_index(op.f("ix_quotas_tenant_id"), "quotas", ["tenant_id"])
-    if op.get_bind().dialect.name == "postgresql":
-        _enable_row_level_security()
-
-
-def _enable_row_level_security() -> None:
-    inspector = sa.inspect(op.get_bind())
-    for table in inspector.get_table_names():
-        columns = {c["name"] for c in inspector.get_columns(table)}
-        if "tenant_id" not in columns:
-            continue
-        # FORCE: the table owner (the role Corral connects as) is bound by the policy too.
-        # Superusers and BYPASSRLS roles never are: do not connect Corral as one.
-        op.execute(f'ALTER TABLE "{table}" ENABLE ROW LEVEL SECURITY')
-        op.execute(f'ALTER TABLE "{table}" FORCE ROW LEVEL SECURITY')
-        op.execute(
-            f'CREATE POLICY tenant_isolation ON "{table}" USING ({_USING}) WITH CHECK ({_CHECK})'
-        )
+    enable_row_level_security(op.get_bind())  # PostgreSQL only; see corral.store._rls
 
 
 def downgrade() -> None:

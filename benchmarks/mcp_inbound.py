@@ -1,0 +1,267 @@
+"""Inbound MCP: ``tools/call`` on Corral's ``/mcp`` over real HTTP, next to ``GET /healthz``.
+
+A Corral server runs in a child process (uvicorn, one worker, no run worker) on SQLite in a temp
+home (or PostgreSQL with ``--store URL``, in a fresh schema dropped at the end). The parent
+issues a service account's API key (role ``builder``) and measures, in one invocation, with one
+``httpx.AsyncClient`` (keep-alive) per simulated client:
+
+* ``GET /healthz``: a public route that reads the store once (no credentials): the floor of
+  one HTTP request through Corral's FastAPI app.
+* ``/mcp ping``: the MCP path without a tool: Host/Origin check, API-key authentication,
+  permission, the SDK's JSON-RPC handling (stateless, JSON responses).
+* ``/mcp tools/call bench.echo``: a trivial read-only builtin returning ``"ok"``, through the
+  whole governed path: tool resolution (one read), schema validation, policy decision, execution,
+  untrusted-output marking, and one transaction storing the decision, the audit event and the
+  ``execute_tool`` span.
+
+Each is measured ``--calls`` times sequentially (one client), then with ``--concurrency``
+clients sharing ``--calls`` calls; latency is ``time.perf_counter()`` around each request
+(p50/p99), throughput is calls over the wall time of the batch. Every response is checked
+(HTTP 200, no JSON-RPC error, ``isError`` false). Client and server share the machine's cores:
+compare rows of one invocation, not absolute figures across machines.
+
+Run: ``python benchmarks/mcp_inbound.py [--calls 1000] [--concurrency 20] [--store URL]
+[--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform as pyplatform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from corral.contracts import Tool
+from corral.gateway.tools import BuiltinTool
+from corral.platform import Platform
+from corral.settings import Settings
+from corral.tenancy import issue_key
+
+
+async def _echo(arguments: dict[str, Any], workspace: Path | None, *, max_file_bytes: int) -> str:
+    return "ok"
+
+
+ECHO = BuiltinTool(
+    contract=Tool.model_validate(
+        {
+            "apiVersion": "corral.dev/v1",
+            "kind": "Tool",
+            "metadata": {"name": "bench.echo", "version": "1.0.0"},
+            "spec": {
+                "description": "Returns 'ok'.",
+                "input_schema": {
+                    "type": "object",
+                    "properties": {"n": {"type": "integer"}},
+                    "additionalProperties": False,
+                },
+            },
+        }
+    ),
+    run=_echo,
+)
+
+
+def _settings(home: Path, store: str | None, schema: str | None) -> Settings:
+    values: dict[str, Any] = {"home": home}
+    if store:
+        values["store"] = {"url": store, "postgres_schema": schema}
+    return Settings(**values)
+
+
+def serve(home: Path, port: int, store: str | None, schema: str | None) -> None:
+    """The child process: Corral with ``bench.echo`` on ``port`` until killed."""
+    import uvicorn
+
+    from corral.api import create_app
+
+    app = create_app(
+        Platform(_settings(home, store, schema), builtins={"bench.echo": ECHO}), run_worker=False
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _wait_ready(url: str, child: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(600):
+            if child.poll() is not None:
+                raise SystemExit(f"the server exited with {child.returncode}")
+            try:
+                if (await client.get(f"{url}/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise SystemExit("the server did not start within 30 s")
+
+
+Request = Callable[[httpx.AsyncClient, int], Awaitable[None]]
+
+
+def _requests(url: str, key: str) -> dict[str, Request]:
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+
+    async def healthz(client: httpx.AsyncClient, _i: int) -> None:
+        response = await client.get(f"{url}/healthz")
+        assert response.status_code == 200, response.text
+
+    async def ping(client: httpx.AsyncClient, i: int) -> None:
+        body = {"jsonrpc": "2.0", "id": i, "method": "ping"}
+        response = await client.post(f"{url}/mcp", json=body, headers=headers)
+        assert response.status_code == 200 and "result" in response.json(), response.text
+
+    async def call(client: httpx.AsyncClient, i: int) -> None:
+        body = {
+            "jsonrpc": "2.0",
+            "id": i,
+            "method": "tools/call",
+            "params": {"name": "bench.echo", "arguments": {"n": i}},
+        }
+        response = await client.post(f"{url}/mcp", json=body, headers=headers)
+        result = response.json().get("result")
+        assert response.status_code == 200 and result and not result["isError"], response.text
+
+    return {"GET /healthz": healthz, "/mcp ping": ping, "/mcp tools/call bench.echo": call}
+
+
+async def _batch(request: Request, calls: int, concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    counter = iter(range(calls))
+
+    async def client_loop() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            for i in counter:
+                start = time.perf_counter()
+                await request(client, i)
+                latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    ordered = sorted(latencies)
+    return {
+        "calls": len(ordered),
+        "concurrency": concurrency,
+        "calls_per_second": len(ordered) / wall,
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    }
+
+
+async def _measure(url: str, key: str, calls: int, concurrency: int) -> list[dict[str, Any]]:
+    requests = _requests(url, key)
+    for request in requests.values():  # warm-up: caches, connections, compiled validators
+        await _batch(request, 50, 1)
+    rows = []
+    for clients in (1, concurrency):
+        for name, request in requests.items():
+            rows.append({"variant": name, **await _batch(request, calls, clients)})
+    return rows
+
+
+async def _issue_key(settings: Settings) -> str:
+    admin = Platform(settings)
+    await admin.start()
+    try:
+        return await issue_key(
+            admin.store,
+            server_secret=admin.identity.server_secret,
+            tenant_id="default",
+            principal="service:bench",
+            roles=["builder"],
+            name="bench",
+            kind="service",
+        )
+    finally:
+        await admin.close()
+
+
+async def _postgres_schema(url: str, create: bool, schema: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        statement = f'CREATE SCHEMA "{schema}"' if create else f'DROP SCHEMA "{schema}" CASCADE'
+        await conn.execute(text(statement))
+    await engine.dispose()
+
+
+async def main(args: argparse.Namespace) -> None:
+    home = Path(tempfile.mkdtemp(prefix="corral-mcp-bench-"))
+    schema = f"bench_{uuid.uuid4().hex[:10]}" if args.store else None
+    if args.store and schema:
+        await _postgres_schema(args.store, True, schema)
+    settings = _settings(home, args.store, schema)
+    key = await _issue_key(settings)  # migrates the store first
+    port = _free_port()
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(home), str(port), args.store or "", schema or ""]
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await _wait_ready(url, child)
+        rows = await _measure(url, key, args.calls, args.concurrency)
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+        if args.store and schema:
+            await _postgres_schema(args.store, False, schema)
+    _print(rows, args)
+    if args.json:
+        document = {
+            "store": "postgresql" if args.store else "sqlite",
+            "python": sys.version.split()[0],
+            "machine": pyplatform.platform(),
+            "cpus": os.cpu_count(),
+            "rows": rows,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2))
+
+
+def _print(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    store = "PostgreSQL" if args.store else "SQLite"
+    print(f"Inbound MCP over HTTP, {store}, {args.calls} calls per row")  # noqa: T201
+    print(f"{'variant':<30} {'clients':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")  # noqa: T201
+    for row in rows:
+        print(  # noqa: T201
+            f"{row['variant']:<30} {row['concurrency']:>7} {row['calls_per_second']:>9.0f} "
+            f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        _, _, home_arg, port_arg, store_arg, schema_arg = sys.argv
+        serve(Path(home_arg), int(port_arg), store_arg or None, schema_arg or None)
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--store", help="PostgreSQL URL (postgresql+asyncpg://...)")
+    parser.add_argument("--json", help="write the rows and the environment here")
+    asyncio.run(main(parser.parse_args()))
