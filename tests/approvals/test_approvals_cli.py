@@ -1,11 +1,12 @@
 """``corral approvals``, ``corral approve`` and ``corral reject`` against a real server
-(uvicorn in a thread, SQLite, ScriptedModel), voting as ``CORRAL_PRINCIPAL``."""
+(uvicorn in a thread, SQLite, ScriptedModel), voting with each principal's own API key
+(``CORRAL_API_KEY``)."""
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from conftest import key_for
 from corral.api import create_app
 from corral.cli import app
+from corral.cli._client import auth_headers
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.platform import Platform
 from corral.settings import Settings, get_settings
@@ -62,17 +65,28 @@ def list_then_answer(request: ModelRequest) -> ToolCall | FinalAnswer:
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A live API with a worker, the agent and the policy applied; the CLI points at it."""
-    settings = Settings(
+def server_settings(tmp_path: Path) -> Settings:
+    return Settings(
         home=tmp_path / "home",
         runtime={"poll_interval_seconds": 0.02},
         governance={"roles": ROLES, "policy_refresh_seconds": 0},
     )
-    platform = Platform(settings, providers={"scripted": ScriptedModel(list_then_answer)})
-    with serve_in_thread(create_app(platform)) as url:
+
+
+@pytest.fixture
+def server(
+    server_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A live API with a worker, the agent and the policy applied; the CLI points at it.
+
+    The CLI acts as the local admin (the key ``corral up`` writes) until :func:`as_` switches.
+    """
+    platform = Platform(server_settings, providers={"scripted": ScriptedModel(list_then_answer)})
+    with serve_in_thread(create_app(platform, local_admin=True)) as url:
         monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.delenv("CORRAL_PRINCIPAL", raising=False)
+        monkeypatch.setenv("CORRAL_HOME", str(server_settings.home))
+        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
+        monkeypatch.delenv("CORRAL_TENANT", raising=False)
         get_settings.cache_clear()
         (tmp_path / "governed.yaml").write_text(DOCUMENTS)
         applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "governed.yaml")])
@@ -81,14 +95,20 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     get_settings.cache_clear()
 
 
-def as_(monkeypatch: pytest.MonkeyPatch, principal: str) -> None:
-    monkeypatch.setenv("CORRAL_PRINCIPAL", principal)
+@pytest.fixture
+def as_(server_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """``as_("user:bob")``: the CLI acts with a key of that principal, with its ``ROLES``."""
+
+    def act(principal: str) -> None:
+        monkeypatch.setenv("CORRAL_API_KEY", key_for(server_settings, principal))
+
+    return act
 
 
 def wait_for(url: str, run_id: str, status: str) -> dict[str, Any]:
     run: dict[str, Any] = {}
     for _ in range(400):  # at most ~20 s
-        run = httpx.get(f"{url}/v1/runs/{run_id}").json()
+        run = httpx.get(f"{url}/v1/runs/{run_id}", headers=auth_headers()).json()
         if run["status"] == status:
             return run
         time.sleep(0.05)
@@ -96,7 +116,7 @@ def wait_for(url: str, run_id: str, status: str) -> dict[str, Any]:
 
 
 def paused_run(url: str, workspace: Path) -> tuple[str, str]:
-    """Start a run (as the current CORRAL_PRINCIPAL); its run id and approval request id."""
+    """Start a run (as the current CORRAL_API_KEY); its run id and approval request id."""
     started = runner.invoke(
         app, ["run", "repo-analyst", "What is here?", "--workspace", str(workspace)]
     )
@@ -105,16 +125,18 @@ def paused_run(url: str, workspace: Path) -> tuple[str, str]:
     assert match, started.output
     run_id = match.group(1)
     wait_for(url, run_id, "AWAITING_APPROVAL")
-    [approval] = httpx.get(f"{url}/v1/approvals", params={"run_id": run_id}).json()["items"]
+    [approval] = httpx.get(
+        f"{url}/v1/approvals", params={"run_id": run_id}, headers=auth_headers()
+    ).json()["items"]
     return run_id, approval["id"]
 
 
 def test_list_show_approve_as_another_principal(
-    server: str, workspace: Path, monkeypatch: pytest.MonkeyPatch
+    server: str, workspace: Path, as_: Callable[[str], None]
 ) -> None:
-    as_(monkeypatch, "user:alice")
+    as_("user:alice")
     run_id, approval_id = paused_run(server, workspace)
-    run = httpx.get(f"{server}/v1/runs/{run_id}").json()
+    run = httpx.get(f"{server}/v1/runs/{run_id}", headers=auth_headers()).json()
     assert run["requested_by"] == "user:alice"  # the CLI sent the principal
 
     listed = runner.invoke(app, ["approvals"])
@@ -145,7 +167,7 @@ def test_list_show_approve_as_another_principal(
     assert own.exit_code == 1
     assert "user:alice" in own.output and "may not approve their own request" in own.output
 
-    as_(monkeypatch, "user:bob")
+    as_("user:bob")
     approved = runner.invoke(app, ["approve", approval_id, "--comment", "looked at it"])
     assert approved.exit_code == 0, approved.output
     assert f"approval {approval_id} approved (1 of 1 approvals)." in approved.output
@@ -163,11 +185,11 @@ def test_list_show_approve_as_another_principal(
 
 
 def test_reject_needs_a_reason_and_ends_the_run(
-    server: str, workspace: Path, monkeypatch: pytest.MonkeyPatch
+    server: str, workspace: Path, as_: Callable[[str], None]
 ) -> None:
-    as_(monkeypatch, "user:alice")
+    as_("user:alice")
     run_id, approval_id = paused_run(server, workspace)
-    as_(monkeypatch, "user:bob")
+    as_("user:bob")
     no_reason = runner.invoke(app, ["reject", approval_id])
     assert no_reason.exit_code == 2 and "--reason" in no_reason.output
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -113,8 +114,13 @@ class TwoTenants:
         return sorted(m for m in self.b_markers() - echoed if m in response.text)
 
 
-@pytest.fixture
-async def two(settings: Settings, tmp_path: Path) -> AsyncIterator[TwoTenants]:
+@asynccontextmanager
+async def two_tenants(settings: Settings, tmp_path: Path) -> AsyncIterator[TwoTenants]:
+    """The world of :class:`TwoTenants`.
+
+    A context manager inside the test rather than a fixture: the app's lifespan must be entered
+    and exited in the same task (the MCP endpoint's task group requires it).
+    """
     a_ws, b_ws = tmp_path / "a-ws", tmp_path / "b-ws-9d2f"
     for ws in (a_ws, b_ws):
         ws.mkdir()
@@ -180,145 +186,160 @@ async def b_is_untouched(two: TwoTenants) -> None:
 
 
 async def test_tenant_a_reaching_b_objects_by_id_gets_404_naming_nothing_of_b(
-    two: TwoTenants,
+    settings: Settings, tmp_path: Path
 ) -> None:
-    run, approval = two.b_run, two.b_approval
-    attempts: list[tuple[str, str, dict[str, Any] | None]] = [
-        ("GET", f"/v1/runs/{run}", None),
-        ("GET", f"/v1/runs/{run}/steps", None),
-        ("GET", f"/v1/runs/{run}/spans", None),
-        ("GET", f"/v1/runs/{run}/events", None),
-        ("POST", f"/v1/runs/{run}/cancel", None),
-        ("POST", f"/v1/runs/{run}/resolve", {"resolution": "done"}),
-        ("GET", f"/v1/approvals/{approval}", None),
-        ("POST", f"/v1/approvals/{approval}/approve", {"comment": "sure"}),
-        ("POST", f"/v1/approvals/{approval}/reject", {"reason": "no"}),
-    ]
-    failures = []
-    for method, url, body in attempts:
-        response = await two.as_a(method, url, json=body)
-        leaks = two.leaks(response, sent=[run, approval])
-        if response.status_code != 404 or leaks:
-            failures.append((method, url, response.status_code, leaks, response.text))
-    assert failures == []
-    await b_is_untouched(two)
+    async with two_tenants(settings, tmp_path) as two:
+        run, approval = two.b_run, two.b_approval
+        attempts: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("GET", f"/v1/runs/{run}", None),
+            ("GET", f"/v1/runs/{run}/steps", None),
+            ("GET", f"/v1/runs/{run}/spans", None),
+            ("GET", f"/v1/runs/{run}/events", None),
+            ("POST", f"/v1/runs/{run}/cancel", None),
+            ("POST", f"/v1/runs/{run}/resolve", {"resolution": "done"}),
+            ("GET", f"/v1/approvals/{approval}", None),
+            ("POST", f"/v1/approvals/{approval}/approve", {"comment": "sure"}),
+            ("POST", f"/v1/approvals/{approval}/reject", {"reason": "no"}),
+        ]
+        failures = []
+        for method, url, body in attempts:
+            response = await two.as_a(method, url, json=body)
+            leaks = two.leaks(response, sent=[run, approval])
+            if response.status_code != 404 or leaks:
+                failures.append((method, url, response.status_code, leaks, response.text))
+        assert failures == []
+        await b_is_untouched(two)
 
 
-async def test_tenant_a_reaching_b_objects_by_name_gets_404(two: TwoTenants) -> None:
-    attempts: list[tuple[str, str, dict[str, Any] | None]] = [
-        ("GET", f"/v1/agents/{B_AGENT}", None),
-        ("GET", f"/v1/agents/{B_AGENT}/versions", None),
-        ("GET", f"/v1/agents/{B_AGENT}/stages", None),
-        ("GET", f"/v1/agents/{B_AGENT}/promotions", None),
-        ("POST", f"/v1/agents/{B_AGENT}/runs", {"task": "steal", "stage": "dev"}),
-        ("POST", "/v1/kill-switches", {"scope": "agent", "target": B_AGENT, "reason": "x"}),
-    ]
-    failures = []
-    for method, url, body in attempts:
-        response = await two.as_a(method, url, json=body)
-        if response.status_code != 404 or two.leaks(response, sent=[B_AGENT]):
-            failures.append((method, url, response.status_code, response.text))
-    assert failures == []
-    # The 404 helps with A's own names only.
-    missing = (await two.as_a("GET", f"/v1/agents/{B_AGENT}")).json()
-    assert missing["known"] == [A_AGENT]
-    async with two.world.platform.store.read(B) as session:
-        runs = list(await session.scalars(select(RunRow.id)))
-    assert runs == [two.b_run]
+async def test_tenant_a_reaching_b_objects_by_name_gets_404(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with two_tenants(settings, tmp_path) as two:
+        attempts: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("GET", f"/v1/agents/{B_AGENT}", None),
+            ("GET", f"/v1/agents/{B_AGENT}/versions", None),
+            ("GET", f"/v1/agents/{B_AGENT}/stages", None),
+            ("GET", f"/v1/agents/{B_AGENT}/promotions", None),
+            ("POST", f"/v1/agents/{B_AGENT}/runs", {"task": "steal", "stage": "dev"}),
+            ("POST", "/v1/kill-switches", {"scope": "agent", "target": B_AGENT, "reason": "x"}),
+        ]
+        failures = []
+        for method, url, body in attempts:
+            response = await two.as_a(method, url, json=body)
+            if response.status_code != 404 or two.leaks(response, sent=[B_AGENT]):
+                failures.append((method, url, response.status_code, response.text))
+        assert failures == []
+        # The 404 helps with A's own names only.
+        missing = (await two.as_a("GET", f"/v1/agents/{B_AGENT}")).json()
+        assert missing["known"] == [A_AGENT]
+        async with two.world.platform.store.read(B) as session:
+            runs = list(await session.scalars(select(RunRow.id)))
+        assert runs == [two.b_run]
 
 
-async def test_lists_and_filters_never_return_b_items(two: TwoTenants) -> None:
-    reads: list[tuple[str, dict[str, Any]]] = [
-        ("/v1/runs", {}),
-        ("/v1/runs", {"agent": B_AGENT}),
-        ("/v1/runs", {"status": "AWAITING_APPROVAL"}),
-        ("/v1/runs", {"before": two.b_run}),
-        ("/v1/agents", {}),
-        ("/v1/agents", {"after": "a"}),
-        ("/v1/tools", {}),
-        ("/v1/audit/events", {"limit": 1000}),
-        ("/v1/audit/events", {"run_id": two.b_run}),
-        ("/v1/audit/verify", {}),
-        ("/v1/approvals", {}),
-        ("/v1/approvals", {"run_id": two.b_run}),
-        ("/v1/approvals", {"status": "pending"}),
-        ("/v1/kill-switches", {"include_released": "true"}),
-        ("/v1/policies", {}),
-        ("/v1/keys", {"include_revoked": "true"}),
-        ("/v1/role-grants", {}),
-        ("/v1/quotas", {}),
-        ("/v1/whoami", {}),
-        (f"/v1/runs/{two.a_run}", {}),
-        (f"/v1/runs/{two.a_run}/steps", {}),
-        (f"/v1/runs/{two.a_run}/spans", {}),
-        (f"/v1/runs/{two.a_run}/events", {}),
-    ]
-    failures = []
-    for url, params in reads:
-        response = await two.as_a("GET", url, params=params)
-        if response.status_code != 200 or two.leaks(response, sent=map(str, params.values())):
-            failures.append((url, params, response.status_code, two.leaks(response)))
-    assert failures == []
-    # Filters naming B's objects find nothing, rather than an error that confirms them.
-    for url, params in [
-        ("/v1/runs", {"agent": B_AGENT}),
-        ("/v1/approvals", {"run_id": two.b_run}),
-        ("/v1/audit/events", {"run_id": two.b_run}),
-    ]:
-        assert (await two.as_a("GET", url, params=params)).json()["items"] == [], url
-    # A sees its own things.
-    runs = (await two.as_a("GET", "/v1/runs")).json()["items"]
-    assert [r["id"] for r in runs] == [two.a_run]
-    stream = (await two.as_a("GET", f"/v1/runs/{two.a_run}/events")).text
-    assert "event: run.finished" in stream
+async def test_lists_and_filters_never_return_b_items(settings: Settings, tmp_path: Path) -> None:
+    async with two_tenants(settings, tmp_path) as two:
+        reads: list[tuple[str, dict[str, Any]]] = [
+            ("/v1/runs", {}),
+            ("/v1/runs", {"agent": B_AGENT}),
+            ("/v1/runs", {"status": "AWAITING_APPROVAL"}),
+            ("/v1/agents", {}),
+            ("/v1/agents", {"after": "a"}),
+            ("/v1/tools", {}),
+            ("/v1/audit/events", {"limit": 1000}),
+            ("/v1/audit/events", {"run_id": two.b_run}),
+            ("/v1/audit/verify", {}),
+            ("/v1/approvals", {}),
+            ("/v1/approvals", {"run_id": two.b_run}),
+            ("/v1/approvals", {"status": "pending"}),
+            ("/v1/kill-switches", {"include_released": "true"}),
+            ("/v1/policies", {}),
+            ("/v1/keys", {"include_revoked": "true"}),
+            ("/v1/role-grants", {}),
+            ("/v1/quotas", {}),
+            ("/v1/whoami", {}),
+            (f"/v1/runs/{two.a_run}", {}),
+            (f"/v1/runs/{two.a_run}/steps", {}),
+            (f"/v1/runs/{two.a_run}/spans", {}),
+            (f"/v1/runs/{two.a_run}/events", {}),
+        ]
+        failures = []
+        for url, params in reads:
+            response = await two.as_a("GET", url, params=params)
+            if response.status_code != 200 or two.leaks(response, sent=map(str, params.values())):
+                failures.append((url, params, response.status_code, two.leaks(response)))
+        assert failures == []
+        # A cursor naming B's run is treated as one naming no run at all.
+        cursor = await two.as_a("GET", "/v1/runs", params={"before": two.b_run})
+        unknown = await two.as_a("GET", "/v1/runs", params={"before": "run_0123456789abcdef"})
+        assert cursor.status_code == unknown.status_code, (cursor.text, unknown.text)
+        assert cursor.text.replace(two.b_run, "X") == unknown.text.replace(
+            "run_0123456789abcdef", "X"
+        )
+        # Filters naming B's objects find nothing, rather than an error that confirms them.
+        for url, params in [
+            ("/v1/runs", {"agent": B_AGENT}),
+            ("/v1/approvals", {"run_id": two.b_run}),
+            ("/v1/audit/events", {"run_id": two.b_run}),
+        ]:
+            assert (await two.as_a("GET", url, params=params)).json()["items"] == [], url
+        # A sees its own things.
+        runs = (await two.as_a("GET", "/v1/runs")).json()["items"]
+        assert [r["id"] for r in runs] == [two.a_run]
+        stream = (await two.as_a("GET", f"/v1/runs/{two.a_run}/events")).text
+        assert "event: run.finished" in stream
 
 
-async def test_a_key_of_a_acting_in_b_is_403_and_b_chain_is_closed(two: TwoTenants) -> None:
-    for url in ("/v1/runs", "/v1/agents", f"/v1/runs/{two.b_run}", "/v1/whoami"):
-        response = await two.as_a("GET", url, headers={"X-Corral-Tenant": B})
-        assert response.status_code == 403, (url, response.text)
-        assert not two.leaks(response, sent=[two.b_run]), url
-    chain = await two.as_a("GET", "/v1/audit/events", params={"tenant": B})
-    assert chain.status_code == 403 and not two.leaks(chain)
-    # A tenant kill switch can only be one's own tenant.
-    kill = await two.as_a(
-        "POST", "/v1/kill-switches", json={"scope": "tenant", "target": B, "reason": "x"}
-    )
-    assert kill.status_code == 400, kill.text
-    # Neither suspension nor tenant listing is a tenant admin's business.
-    assert (await two.as_a("GET", "/v1/tenants")).status_code == 403
-    suspend = await two.as_a("POST", f"/v1/tenants/{B}/suspend", json={"reason": "mine now"})
-    assert suspend.status_code == 403
-    await b_is_untouched(two)
+async def test_a_key_of_a_acting_in_b_is_403_and_b_chain_is_closed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with two_tenants(settings, tmp_path) as two:
+        for url in ("/v1/runs", "/v1/agents", f"/v1/runs/{two.b_run}", "/v1/whoami"):
+            response = await two.as_a("GET", url, headers={"X-Corral-Tenant": B})
+            assert response.status_code == 403, (url, response.text)
+            assert not two.leaks(response, sent=[two.b_run]), url
+        chain = await two.as_a("GET", "/v1/audit/events", params={"tenant": B})
+        assert chain.status_code == 403 and not two.leaks(chain)
+        # A tenant kill switch can only be one's own tenant.
+        kill = await two.as_a(
+            "POST", "/v1/kill-switches", json={"scope": "tenant", "target": B, "reason": "x"}
+        )
+        assert kill.status_code == 400, kill.text
+        # Neither suspension nor tenant listing is a tenant admin's business.
+        assert (await two.as_a("GET", "/v1/tenants")).status_code == 403
+        suspend = await two.as_a("POST", f"/v1/tenants/{B}/suspend", json={"reason": "mine now"})
+        assert suspend.status_code == 403
+        await b_is_untouched(two)
 
 
 async def test_a_revoked_or_expired_key_is_401_even_for_its_own_objects(
-    two: TwoTenants,
+    settings: Settings, tmp_path: Path
 ) -> None:
-    world = two.world
-    created = await ok(
-        await world.as_("POST", "/v1/keys", json={"name": "short", "roles": ["viewer"]}), 201
-    )
-    auth = {"Authorization": f"Bearer {created['key']}"}
-    assert (await world.client.get(f"/v1/runs/{two.a_run}", headers=auth)).status_code == 200
-    await ok(await world.as_("DELETE", f"/v1/keys/{created['id']}"))
-    revoked = await world.client.get(f"/v1/runs/{two.a_run}", headers=auth)
-    assert revoked.status_code == 401 and "revoked" in revoked.json()["message"]
-    assert created["key"] not in revoked.text
+    async with two_tenants(settings, tmp_path) as two:
+        world = two.world
+        created = await ok(
+            await world.as_("POST", "/v1/keys", json={"name": "short", "roles": ["viewer"]}), 201
+        )
+        auth = {"Authorization": f"Bearer {created['key']}"}
+        assert (await world.client.get(f"/v1/runs/{two.a_run}", headers=auth)).status_code == 200
+        await ok(await world.as_("DELETE", f"/v1/keys/{created['id']}"))
+        revoked = await world.client.get(f"/v1/runs/{two.a_run}", headers=auth)
+        assert revoked.status_code == 401 and "revoked" in revoked.json()["message"]
+        assert created["key"] not in revoked.text
 
-    other = await ok(
-        await world.as_("POST", "/v1/keys", json={"name": "later", "roles": ["viewer"]}), 201
-    )
-    async with world.platform.store.transaction("default") as session:
-        row = await session.get(ApiKeyRow, other["id"])
-        assert row is not None
-        row.expires_at = utcnow() - timedelta(seconds=1)
-    world.platform.identity.invalidate_key(other["id"])
-    expired = await world.client.get(
-        f"/v1/runs/{two.a_run}", headers={"Authorization": f"Bearer {other['key']}"}
-    )
-    assert expired.status_code == 401 and "expired" in expired.json()["message"]
-    assert other["key"] not in expired.text
+        other = await ok(
+            await world.as_("POST", "/v1/keys", json={"name": "later", "roles": ["viewer"]}), 201
+        )
+        async with world.platform.store.transaction("default") as session:
+            row = await session.get(ApiKeyRow, other["id"])
+            assert row is not None
+            row.expires_at = utcnow() - timedelta(seconds=1)
+        world.platform.identity.invalidate_key(other["id"])
+        expired = await world.client.get(
+            f"/v1/runs/{two.a_run}", headers={"Authorization": f"Bearer {other['key']}"}
+        )
+        assert expired.status_code == 401 and "expired" in expired.json()["message"]
+        assert other["key"] not in expired.text
 
 
 # --- privilege escalation -------------------------------------------------------------------------

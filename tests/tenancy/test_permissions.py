@@ -95,3 +95,19 @@ async def test_a_builder_may_run_in_dev_but_not_in_production(settings, workspac
         )
         assert dev.status_code == 201, dev.text
         assert dev.json()["requested_by"] == "service:b"
+
+
+def test_every_cli_command_declares_its_permission_in_its_help() -> None:
+    import typer.main
+
+    from corral.cli import app
+    from corral.cli._permissions import COMMAND_PERMISSIONS, iter_commands
+
+    commands = iter_commands(typer.main.get_command(app))
+    assert len(commands) > 40
+    undeclared = [path for path, _command in commands if path not in COMMAND_PERMISSIONS]
+    assert undeclared == []
+    missing_help = [path for path, c in commands if "Permission:" not in (c.help or "")]
+    assert missing_help == []
+    stale = set(COMMAND_PERMISSIONS) - {path for path, _command in commands}
+    assert stale == set()

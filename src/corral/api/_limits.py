@@ -39,32 +39,33 @@ class RequestSizeLimit:
                 await _too_large(send, f"Request body exceeds {self.max_body_bytes} bytes.")
                 return
         received = 0
-        started = False
+        started = refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            # Answer 413 here rather than raise: FastAPI turns any exception raised while it
+            # reads the body into its own 400, so an exception would never reach this middleware.
+            nonlocal received, started, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge
+                    if not started:
+                        await _too_large(send, f"Request body exceeds {self.max_body_bytes} bytes.")
+                        started = refused = True
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return  # the 413 is sent; the application's own answer is dropped
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _too_large(send, f"Request body exceeds {self.max_body_bytes} bytes.")
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, limited_receive, tracking_send)
 
 
 async def _too_large(send: Send, message: str) -> None:

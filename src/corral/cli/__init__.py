@@ -19,6 +19,7 @@ from corral.cli import (
     server,
     tools,
 )
+from corral.cli._permissions import declare_permissions
 
 __all__ = ["app", "main"]
 
@@ -66,6 +67,9 @@ app.add_typer(identity.quotas_app, name="quotas", rich_help_panel="Identity")
 def version() -> None:
     """Print Corral's version."""
     typer.echo(__version__)
+
+
+declare_permissions(app)
 
 
 def main() -> None:

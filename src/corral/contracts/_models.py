@@ -434,8 +434,10 @@ _GLOB = r"^[^\s]{1,128}$"
 
 
 class McpServerTools(_Strict):
-    """Which upstream tools ``corral mcp sync`` imports: those matching ``allowed`` and no
-    ``denied`` glob (``fnmatch`` syntax over the upstream's tool names: ``git_*``).
+    """Which upstream tools ``corral mcp sync`` imports.
+
+    Those matching a glob of ``allowed`` and none of ``denied`` (``fnmatch`` syntax over the
+    upstream's tool names: ``git_*``).
     """
 
     allowed: list[Annotated[str, Field(pattern=_GLOB)]] = Field(default_factory=lambda: ["*"])

@@ -152,10 +152,10 @@ class McpServerVersionRow(TenantMixin, Base):
 
 
 class McpToolPinRow(TenantMixin, Base):
-    """The pin of a tool imported from an MCP server: the upstream digest last seen and the
-    digest a person (or the first sync) approved.
+    """The pin of a tool imported from an MCP server.
 
-    The tool is ``QUARANTINED`` (not offered, not callable) while the two differ.
+    It holds the upstream digest the last sync saw and the digest a person (or the first sync)
+    approved; the tool is ``QUARANTINED`` (not offered, not callable) while the two differ.
     """
 
     __tablename__ = "mcp_tool_pins"

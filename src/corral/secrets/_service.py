@@ -14,10 +14,10 @@ import builtins
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, cast
 
 from opentelemetry import trace
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -45,6 +45,21 @@ SECRET_NAME_PATTERN: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
 """A secret name: a letter, then up to 127 letters, digits, ``_``, ``.`` or ``-``."""
 SECRET_REFERENCE_PATTERN: Final = re.compile(r"\$\{secret:([^}]*)\}")
 """A reference to a secret in a template: ``${secret:NAME}``."""
+
+
+_SECRETS = cast(Table, SecretRow.__table__)
+_SEALED_COLUMNS = [
+    _SECRETS.c[column]
+    for column in (
+        "id",
+        "version",
+        "master_key_id",
+        "wrapped_key",
+        "key_nonce",
+        "nonce",
+        "ciphertext",
+    )
+]
 
 
 @dataclass(frozen=True)
@@ -311,8 +326,12 @@ class SecretBroker:
                 copied row.
         """
         check_secret_name(name)
+        # A Core statement: half the cost of the ORM query on the path of every tool call.
+        query = select(*_SEALED_COLUMNS).where(
+            _SECRETS.c.tenant_id == tenant_id, _SECRETS.c.name == name
+        )
         async with self.store.read(tenant_id) as session:
-            row = await self._row(session, tenant_id, name)
+            row = (await session.execute(query)).first()
         if row is None:
             raise _not_found(tenant_id, name)
         sealed = SealedValue(

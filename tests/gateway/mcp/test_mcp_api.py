@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from _mcp_world import echo_server, server_document
 from typer.testing import CliRunner
 
-from _mcp_world import echo_server, server_document
 from corral.api import create_app
 from corral.cli import app
 from corral.platform import Platform

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _mcp_world import call, npm_bin, python_bin, register_and_sync, server_document
 from sqlalchemy import select
 
-from _mcp_world import call, npm_bin, python_bin, register_and_sync, server_document
 from conftest import PlatformFactory, agent_document, register
 from corral.approvals import decide_approval, list_approvals
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
@@ -51,7 +51,11 @@ async def test_server_everything_tools_progress_and_declared_capabilities(
     } <= set(result.added)
     # server-everything registers these only for clients declaring roots, sampling or
     # elicitation; Corral declares none of them.
-    for conditional in ("get-roots-list", "trigger-sampling-request", "trigger-elicitation-request"):
+    for conditional in (
+        "get-roots-list",
+        "trigger-sampling-request",
+        "trigger-elicitation-request",
+    ):
         assert f"everything.{conditional}" not in result.added
 
     events: list[tuple[float, float | None, str | None]] = []
@@ -161,7 +165,9 @@ def commit_notes(repo: Path) -> Any:
     def script(request: ModelRequest) -> ToolCall | FinalAnswer:
         done = [m for m in request.messages if m.role == "tool"]
         if not done:
-            return ToolCall("call_0", "git.git_add", {"repo_path": str(repo), "files": ["notes.txt"]})
+            return ToolCall(
+                "call_0", "git.git_add", {"repo_path": str(repo), "files": ["notes.txt"]}
+            )
         if len(done) == 1:
             return ToolCall(
                 "call_1", "git.git_commit", {"repo_path": str(repo), "message": "Add notes"}
@@ -179,9 +185,7 @@ async def test_a_git_commit_through_mcp_waits_for_an_approver(
         "git", command=python_bin("mcp-server-git"), args=["--repository", str(repo)]
     )
     result = await register_and_sync(platform, document)
-    assert {"git.git_add", "git.git_commit", "git.git_status", "git.git_reset"} <= set(
-        result.added
-    )
+    assert {"git.git_add", "git.git_commit", "git.git_status", "git.git_reset"} <= set(result.added)
     agent = agent_document(
         tools={"allowed": ["git.git_add", "git.git_commit"]},
         approvals=[{"tools": ["git.git_commit"], "approver_role": "approver"}],

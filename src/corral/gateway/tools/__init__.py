@@ -16,18 +16,29 @@ from corral.gateway.tools._gateway import (
     truncate_utf8,
     wrap_untrusted,
 )
+from corral.gateway.tools._http import HostAllowlist, HttpExecutor
+from corral.gateway.tools._openapi import OpenApiOperation, import_openapi, list_operations
+from corral.gateway.tools._resilience import CircuitBreakers, Resilience, ToolRateLimiter
 
 __all__ = [
     "BUILTIN_TOOLS",
     "BuiltinTool",
+    "CircuitBreakers",
     "DirectCallResult",
     "DirectCallStatus",
     "DirectToolCalls",
+    "HostAllowlist",
+    "HttpExecutor",
+    "OpenApiOperation",
+    "Resilience",
     "ResolvedTool",
     "ToolCallContext",
     "ToolGateway",
+    "ToolRateLimiter",
     "ToolResult",
     "current_tool_call",
+    "import_openapi",
+    "list_operations",
     "resolve_in_workspace",
     "truncate_utf8",
     "wrap_untrusted",

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from opentelemetry import trace
-from sqlalchemy import Connection, Table, and_, select
+from sqlalchemy import Connection, Table, and_, bindparam, select
 
 from corral.approvals._tables import ApprovalRow
 from corral.audit import AuditRecord, append_events
@@ -126,6 +126,8 @@ class _View:
     tools: dict[str, ResolvedTool]
     hidden: dict[str, str]
     """Registered tools not offered, with the reason."""
+    requests: list[Any]
+    """Approval requests of the call being made: approved and unspent, or pending."""
 
     @property
     def agent_tools(self) -> AgentTools:
@@ -148,71 +150,83 @@ class _Catalog:
     tools: list[tuple[str, str, dict[str, Any]]]
     quarantined: frozenset[str]
     agent_document: dict[str, Any] | None
+    requests: list[Any]
+    """Approval requests of the call being made (see :func:`_read_catalog`)."""
+
+
+# Statements are built once (building one costs several times executing it on SQLite).
+_TENANT_TOOLS = (
+    select(_TOOLS.c.name, _TOOLS.c.latest_version, _TOOL_VERSIONS.c.document)
+    .join(
+        _TOOL_VERSIONS,
+        and_(
+            _TOOL_VERSIONS.c.tool_id == _TOOLS.c.id,
+            _TOOL_VERSIONS.c.version == _TOOLS.c.latest_version,
+        ),
+    )
+    .where(_TOOLS.c.tenant_id == bindparam("b_tenant"))
+    .order_by(_TOOLS.c.name)
+)
+_QUARANTINED = select(_PINS.c.tool_name).where(
+    _PINS.c.tenant_id == bindparam("b_tenant"), _PINS.c.status == "QUARANTINED"
+)
+_AGENT_AT_STAGE = (
+    select(_AGENT_VERSIONS.c.document)
+    .join(_BINDINGS, _BINDINGS.c.version_id == _AGENT_VERSIONS.c.id)
+    .join(_AGENTS, _AGENTS.c.id == _BINDINGS.c.agent_id)
+    .where(
+        _AGENTS.c.tenant_id == bindparam("b_tenant"),
+        _AGENTS.c.name == bindparam("b_agent"),
+        _BINDINGS.c.stage == bindparam("b_stage"),
+    )
+)
+_CALL_APPROVALS = (
+    select(_APPROVALS.c.id, _APPROVALS.c.status, _APPROVALS.c.policy_ids, _APPROVALS.c.expires_at)
+    .where(
+        _APPROVALS.c.tenant_id == bindparam("b_tenant"),
+        _APPROVALS.c.run_id.is_(None),
+        _APPROVALS.c.kind == "tool_call",
+        _APPROVALS.c.requested_by == bindparam("b_requested_by"),
+        _APPROVALS.c.subject == bindparam("b_subject"),
+        _APPROVALS.c.arguments_digest == bindparam("b_digest"),
+        _APPROVALS.c.status.in_(("approved", "pending")),
+        _APPROVALS.c.idempotency_key.is_(None),
+    )
+    .order_by(_APPROVALS.c.created_at)
+)
 
 
 def _read_catalog(
-    connection: Connection, tenant_id: str, agent_name: str | None, stage: str
+    connection: Connection,
+    tenant_id: str,
+    agent_name: str | None,
+    stage: str,
+    call: tuple[str, str, str] | None,
 ) -> _Catalog:
-    tools = connection.execute(
-        select(_TOOLS.c.name, _TOOLS.c.latest_version, _TOOL_VERSIONS.c.document)
-        .join(
-            _TOOL_VERSIONS,
-            and_(
-                _TOOL_VERSIONS.c.tool_id == _TOOLS.c.id,
-                _TOOL_VERSIONS.c.version == _TOOLS.c.latest_version,
-            ),
-        )
-        .where(_TOOLS.c.tenant_id == tenant_id)
-        .order_by(_TOOLS.c.name)
-    ).all()
-    quarantined = connection.execute(
-        select(_PINS.c.tool_name).where(
-            _PINS.c.tenant_id == tenant_id, _PINS.c.status == "QUARANTINED"
-        )
-    ).scalars()
+    """One snapshot of what a principal's call needs.
+
+    The tenant's tools, its quarantined tools, the agent's contract, and for ``call``
+    (``(requested_by, tool, arguments digest)``) the call's approval requests: approved and
+    unspent, or pending.
+    """
+    tenant = {"b_tenant": tenant_id}
+    tools = connection.execute(_TENANT_TOOLS, tenant).all()
+    quarantined = connection.execute(_QUARANTINED, tenant).scalars()
     document = None
     if agent_name is not None:
         document = connection.execute(
-            select(_AGENT_VERSIONS.c.document)
-            .join(_BINDINGS, _BINDINGS.c.version_id == _AGENT_VERSIONS.c.id)
-            .join(_AGENTS, _AGENTS.c.id == _BINDINGS.c.agent_id)
-            .where(
-                _AGENTS.c.tenant_id == tenant_id,
-                _AGENTS.c.name == agent_name,
-                _BINDINGS.c.stage == stage,
-            )
+            _AGENT_AT_STAGE, {**tenant, "b_agent": agent_name, "b_stage": stage}
         ).scalar_one_or_none()
+    requests = []
+    if call is not None:
+        requested_by, tool, digest = call
+        values = {"b_requested_by": requested_by, "b_subject": f"tool:{tool}", "b_digest": digest}
+        requests = list(connection.execute(_CALL_APPROVALS, {**tenant, **values}).all())
     return _Catalog(
         [(t.name, t.latest_version, dict(t.document)) for t in tools],
         frozenset(quarantined),
         None if document is None else dict(document),
-    )
-
-
-def _spendable(
-    connection: Connection, tenant_id: str, requested_by: str, tool: str, digest: str
-) -> list[Any]:
-    """Approval requests of this exact call: approved and unspent, or pending."""
-    return list(
-        connection.execute(
-            select(
-                _APPROVALS.c.id,
-                _APPROVALS.c.status,
-                _APPROVALS.c.policy_ids,
-                _APPROVALS.c.expires_at,
-            )
-            .where(
-                _APPROVALS.c.tenant_id == tenant_id,
-                _APPROVALS.c.run_id.is_(None),
-                _APPROVALS.c.kind == "tool_call",
-                _APPROVALS.c.requested_by == requested_by,
-                _APPROVALS.c.subject == f"tool:{tool}",
-                _APPROVALS.c.arguments_digest == digest,
-                _APPROVALS.c.status.in_(("approved", "pending")),
-                _APPROVALS.c.idempotency_key.is_(None),
-            )
-            .order_by(_APPROVALS.c.created_at)
-        ).all()
+        requests,
     )
 
 
@@ -369,7 +383,8 @@ class DirectToolCalls:
         """
         call_id = call_id or new_id("call")
         trace_id = new_trace_id()
-        view = await self._view(principal)
+        arguments = dict(arguments or {})
+        view = await self._view(principal, (principal.id, name, arguments_digest(arguments)))
         ctx = ToolCallContext(
             principal.tenant_id,
             None,
@@ -387,7 +402,7 @@ class DirectToolCalls:
             span = trace.get_current_span()
             span.set_attribute("corral.principal", principal.id)
             span.set_attribute("corral.tool.channel", "direct")
-            outcome = await self._governed(principal, view, ctx, name, dict(arguments or {}))
+            outcome = await self._governed(principal, view, ctx, name, arguments)
             outcome.result = dataclasses.replace(outcome.result, trace_id=trace_id)
             span.set_attribute("corral.tool.outcome", outcome.result.status)
             record_span(outcome.tool_result or _as_tool_result(outcome.result))
@@ -407,11 +422,13 @@ class DirectToolCalls:
 
     # --- resolution ---------------------------------------------------------------------------
 
-    async def _view(self, principal: Principal) -> _View:
+    async def _view(self, principal: Principal, call: tuple[str, str, str] | None = None) -> _View:
         tenant_id, agent_name = principal.tenant_id, _agent_of(principal)
         async with self.store.read(tenant_id) as session:
             catalog = await session.run_sync(
-                lambda sync: _read_catalog(sync.connection(), tenant_id, agent_name, self.stage)
+                lambda sync: _read_catalog(
+                    sync.connection(), tenant_id, agent_name, self.stage, call
+                )
             )
         spec = self._spec(catalog.agent_document)
         if agent_name is not None:
@@ -429,7 +446,7 @@ class DirectToolCalls:
                 hidden[tool_name] = reason
             else:
                 tools[tool_name] = self._resolve(tenant_id, tool_name, version, document)
-        return _View(ref, entity, agent_name, spec, tools, hidden)
+        return _View(ref, entity, agent_name, spec, tools, hidden, catalog.requests)
 
     def _hidden_reason(
         self, name: str, catalog: _Catalog, agent_name: str | None, spec: AgentSpec | None
@@ -519,18 +536,7 @@ class DirectToolCalls:
         )
         if isinstance(prepared, ToolResult):
             return self._finished(principal, ctx, name, prepared, None, executed=False)
-        digest = arguments_digest(prepared.arguments)
-        requests = await self.store.run_sync(
-            functools.partial(
-                _spendable,
-                tenant_id=principal.tenant_id,
-                requested_by=principal.id,
-                tool=name,
-                digest=digest,
-            ),
-            principal.tenant_id,
-        )
-        now = utcnow()
+        digest, requests, now = arguments_digest(prepared.arguments), view.requests, utcnow()
         approved = [r for r in requests if r.status == "approved" and r.expires_at > now]
         granted = {policy for r in approved for policy in r.policy_ids}
         request, entities = self._request(principal, view, prepared.tool, arguments, prepared.path)
