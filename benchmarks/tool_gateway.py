@@ -52,6 +52,7 @@ import httpx
 from corral.contracts import Agent, AgentTools
 from corral.gateway.tools import ResolvedTool, ToolCallContext, ToolGateway, ToolResult
 from corral.gateway.tools._gateway import PreparedCall
+from corral.observability import Tracing, new_trace_id
 from corral.platform import Platform
 from corral.policy import EntityRef, PolicyContext, PolicyRequest
 from corral.policy._service import Governance, agent_entity, tool_entity
@@ -144,9 +145,13 @@ def ping_tool(url: str) -> ResolvedTool:
 class GatewayPath:
     """One tool call the way the runtime's tool phase makes it (minus the store writes)."""
 
-    def __init__(self, gateway: ToolGateway, governance: Governance, tool: ResolvedTool) -> None:
+    def __init__(
+        self, gateway: ToolGateway, governance: Governance, tracing: Tracing, tool: ResolvedTool
+    ) -> None:
         self.gateway = gateway
         self.governance = governance
+        self.tracing = tracing
+        self.trace_id = new_trace_id()
         self.tools = {tool.name: tool}
         self.agent_tools = AgentTools(allowed=["bench.*"])
         self.entities = [
@@ -177,12 +182,14 @@ class GatewayPath:
         assert decision.decision == "allow", decision
 
     async def __call__(self) -> None:
-        with self.gateway.span(self.ctx, "bench.ping", "call_0") as record:
+        with Tracing.trace(self.trace_id), self.gateway.span(self.ctx, "bench.ping", "c") as record:
             prepared = self.prepare()
             await self.decide(prepared)
             result: ToolResult = await self.gateway.execute(self.ctx, prepared)
             record(result)
         assert result.status == "COMPLETED", result.output
+        # The runtime drains a step's spans into its checkpoint; here they are dropped.
+        self.tracing.exporter.discard(self.trace_id)
 
 
 async def timed(call: Callable[[], Awaitable[None]], samples: list[int]) -> None:
@@ -308,7 +315,7 @@ async def measure(args: argparse.Namespace, url: str, home: Path) -> dict[str, A
     await platform.start()
     direct_client = httpx.AsyncClient()
     try:
-        path = GatewayPath(platform.tools, platform.governance, ping_tool(url))
+        path = GatewayPath(platform.tools, platform.governance, platform.tracing, ping_tool(url))
 
         async def direct() -> None:
             response = await direct_client.get(f"{url}/ping")

@@ -4,6 +4,7 @@
 #   inspector/    @modelcontextprotocol/inspector@0.15.0 (runs on the machine's node 20)
 #   conformance/  @modelcontextprotocol/conformance@0.2.0-alpha.12 (protocols 2025-11-25 and
 #                 2026-07-28; the latest stable, 0.1.16, knows no 2026-07-28)
+#   bearer-preload.mjs  adds a bearer token to those clients' requests (see below)
 # Idempotent: a part whose stamp file names the pinned version is left alone, so a second run
 # costs nothing. Prints the cache directory on its last line.
 set -euo pipefail

@@ -8,6 +8,7 @@ unless ``CORRAL_TEST_REQUIRE_POSTGRES=1`` (CI), where they fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from corral.gateway.models import ModelProvider
 from corral.platform import Platform
 from corral.registry import apply_documents
 from corral.settings import Settings, StoreSettings
+from corral.store import SYSTEM
 from corral.tenancy import ROLES, issue_key
 
 POSTGRES_URL = os.environ.get(
@@ -178,6 +180,31 @@ class PrincipalKeys(httpx.Auth):
         if "Authorization" not in request.headers:
             request.headers["Authorization"] = f"Bearer {await self.key(principal)}"
         yield request
+
+
+@contextlib.asynccontextmanager
+async def superuser_transaction(platform: Platform) -> AsyncIterator[Any]:
+    """A transaction that changes stored rows behind the application's back.
+
+    On PostgreSQL it connects as the superuser of ``CORRAL_TEST_POSTGRES_URL`` (row-level
+    security does not bind it) in the platform's schema, with ``session_replication_role =
+    replica``: triggers such as the audit log's append-only one do not fire. On SQLite it is a
+    system-scoped transaction of the store. Yields something with ``await .execute(statement)``.
+    """
+    store = platform.settings.store
+    if platform.store.dialect != "postgresql":
+        async with platform.store.transaction(SYSTEM) as session:
+            yield session
+        return
+    engine = create_async_engine(
+        POSTGRES_URL, connect_args={"server_settings": {"search_path": store.postgres_schema}}
+    )
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("SET LOCAL session_replication_role = replica"))
+            yield connection
+    finally:
+        await engine.dispose()
 
 
 def key_for(

@@ -116,13 +116,15 @@ class ToolSettings(BaseModel):
     max_response_bytes: int = 1_048_576
     """Bytes of an ``http`` tool's response body the gateway reads at most; the rest is never
     downloaded (the output is then truncated and marked like any oversized output)."""
-    rate_limit_per_tool: str = "600/minute"
+    rate_limit_per_tool: str = "6000/minute"
     """Calls of one tool in one tenant, in ``limits`` notation (``"10/second"``,
-    ``"600/minute;10000/hour"``); a tool's ``spec.rate_limit`` overrides it."""
-    rate_limit_per_agent: str = "600/minute"
-    """Tool calls by one agent (or inbound principal) in one tenant, in ``limits`` notation."""
-    rate_limit_per_tenant: str = "6000/minute"
-    """Tool calls in one tenant, in ``limits`` notation."""
+    ``"600/minute;10000/hour"``); a tool's ``spec.rate_limit`` overrides it. The defaults are
+    safety nets against runaway loops, high enough not to slow normal work: set tighter rates
+    per tool (``spec.rate_limit``) for APIs with quotas of their own."""
+    rate_limit_per_agent: str = "6000/minute"
+    """Tool calls by one agent (all its runs) or inbound principal in one tenant."""
+    rate_limit_per_tenant: str = "60000/minute"
+    """Tool calls in one tenant, all agents and principals together."""
     rate_limit_storage_url: str | None = None
     """Shared rate-limit counters: ``redis://127.0.0.1:6379`` (needs the ``coredis`` package).
     ``None``: counters in this process's memory (one replica only)."""

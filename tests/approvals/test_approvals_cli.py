@@ -137,7 +137,7 @@ def test_list_show_approve_as_another_principal(
     as_("user:alice")
     run_id, approval_id = paused_run(server, workspace)
     run = httpx.get(f"{server}/v1/runs/{run_id}", headers=auth_headers()).json()
-    assert run["requested_by"] == "user:alice"  # the CLI sent the principal
+    assert run["requested_by"] == "user:alice"  # the CLI sent her key
 
     listed = runner.invoke(app, ["approvals"])
     assert listed.exit_code == 0, listed.output

@@ -4,14 +4,15 @@ import itertools
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 
-from conftest import agent_document, register
+from conftest import agent_document, register, superuser_transaction
 from corral.audit import GENESIS_HASH, append_event, event_hash, verify_chain
 from corral.audit._chain import ChainVerification
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.platform import Platform
 from corral.runtime import create_run
+from corral.store import SYSTEM
 from corral.testing import ScriptedModel
 
 
@@ -43,12 +44,12 @@ async def busy_platform(make_platform, workspace) -> Platform:
 
 
 async def verify(platform: Platform, tenant_id: str = "default") -> ChainVerification:
-    async with platform.store.transaction("default") as session:
+    async with platform.store.transaction(tenant_id) as session:
         return await verify_chain(session, tenant_id=tenant_id)
 
 
 async def events(platform: Platform, tenant_id: str = "default") -> list[AuditEventRow]:
-    async with platform.store.transaction("default") as session:
+    async with platform.store.transaction(tenant_id) as session:
         query = (
             select(AuditEventRow)
             .where(AuditEventRow.tenant_id == tenant_id)
@@ -57,19 +58,11 @@ async def events(platform: Platform, tenant_id: str = "default") -> list[AuditEv
         return list((await session.execute(query)).scalars())
 
 
-async def behind_the_back(session: Any, platform: Platform) -> None:
-    """Act as a database superuser would: on PostgreSQL the append-only trigger is bypassed
-    with ``session_replication_role = replica`` (triggers do not fire), so the chain itself is
-    what must catch the edit."""
-    if platform.store.dialect == "postgresql":
-        await session.execute(text("SET LOCAL session_replication_role = replica"))
-
-
 async def tamper(platform: Platform, seq: int, tenant_id: str = "default", **values: Any) -> None:
-    """Change a stored event behind the application's back."""
-    async with platform.store.transaction("default") as session:
-        await behind_the_back(session, platform)
-        await session.execute(
+    """Change a stored event behind the application's back (as a database superuser would:
+    the append-only trigger is bypassed, so the chain itself is what must catch the edit)."""
+    async with superuser_transaction(platform) as connection:
+        await connection.execute(
             update(AuditEventRow.__table__)
             .where(AuditEventRow.tenant_id == tenant_id, AuditEventRow.seq == seq)
             .values(**values)
@@ -130,9 +123,8 @@ async def test_deleted_middle_event_is_reported(make_platform, workspace) -> Non
     platform = await busy_platform(make_platform, workspace)
     stored = await events(platform)
     middle = stored[len(stored) // 2]
-    async with platform.store.transaction("default") as session:
-        await behind_the_back(session, platform)
-        await session.execute(delete(AuditEventRow).where(AuditEventRow.id == middle.id))
+    async with superuser_transaction(platform) as connection:
+        await connection.execute(delete(AuditEventRow).where(AuditEventRow.id == middle.id))
     result = await verify(platform)
     assert not result.ok
     # The gap is found at the event after the removed one.
@@ -143,9 +135,8 @@ async def test_deleted_middle_event_is_reported(make_platform, workspace) -> Non
 async def test_deleted_last_event_is_reported_by_the_head(make_platform, workspace) -> None:
     platform = await busy_platform(make_platform, workspace)
     stored = await events(platform)
-    async with platform.store.transaction("default") as session:
-        await behind_the_back(session, platform)
-        await session.execute(delete(AuditEventRow).where(AuditEventRow.id == stored[-1].id))
+    async with superuser_transaction(platform) as connection:
+        await connection.execute(delete(AuditEventRow).where(AuditEventRow.id == stored[-1].id))
     result = await verify(platform)
     assert not result.ok
     assert result.first_bad_seq == stored[-1].seq
@@ -166,7 +157,7 @@ async def test_rewritten_last_event_is_reported_by_the_head(make_platform, works
 
 async def test_chain_is_per_tenant(make_platform, workspace) -> None:
     platform = await busy_platform(make_platform, workspace)
-    async with platform.store.transaction("default") as session:
+    async with platform.store.transaction("acme") as session:
         for n in range(3):
             await append_event(
                 session,
@@ -188,7 +179,7 @@ async def test_chain_is_per_tenant(make_platform, workspace) -> None:
     await tamper(platform, 2, tenant_id="acme", subject="thing:forged")
     assert (await verify(platform, "acme")).first_bad_seq == 2
     assert (await verify(platform)).ok
-    async with platform.store.transaction("default") as session:
+    async with platform.store.read(SYSTEM) as session:  # every tenant's head
         rows = await session.execute(select(AuditHeadRow.tenant_id, AuditHeadRow.seq))
         heads = {row.tenant_id: row.seq for row in rows}
     assert heads == {"default": default_count, "acme": 3}

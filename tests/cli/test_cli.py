@@ -47,8 +47,12 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         )
     )
     settings = Settings(home=tmp_path / "home", runtime={"poll_interval_seconds": 0.02})
-    with serve_in_thread(create_app(Platform(settings, providers={"scripted": model}))) as url:
+    app_ = create_app(Platform(settings, providers={"scripted": model}), local_admin=True)
+    with serve_in_thread(app_) as url:
         monkeypatch.setenv("CORRAL_API__URL", url)
+        monkeypatch.setenv("CORRAL_HOME", str(settings.home))  # the CLI sends the admin's key
+        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
+        monkeypatch.delenv("CORRAL_TENANT", raising=False)
         get_settings.cache_clear()
         yield url
     get_settings.cache_clear()

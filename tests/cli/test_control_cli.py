@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 import corral.cli.runs
 from corral.api import create_app
 from corral.cli import app
+from corral.cli._client import auth_headers
 from corral.contracts import Tool
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.gateway.tools._fs import BuiltinTool
@@ -95,7 +96,7 @@ class Server:
         self.url, self.script, self.sent, self.db = url, script, sent, db
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/v1/runs/{run_id}").json())
+        return dict(httpx.get(f"{self.url}/v1/runs/{run_id}", headers=auth_headers()).json())
 
     def wait_for(self, run_id: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         run: dict[str, Any] = {}
@@ -128,8 +129,11 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
         providers={"scripted": ScriptedModel(script)},
         builtins={"test.send_email": email_tool(sent)},
     )
-    with serve_in_thread(create_app(platform)) as url:
+    with serve_in_thread(create_app(platform, local_admin=True)) as url:
         monkeypatch.setenv("CORRAL_API__URL", url)
+        monkeypatch.setenv("CORRAL_HOME", str(settings.home))  # the CLI sends the admin's key
+        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
+        monkeypatch.delenv("CORRAL_TENANT", raising=False)
         get_settings.cache_clear()
         (tmp_path / "agent.yaml").write_text(AGENT_YAML)
         applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "agent.yaml")])
@@ -259,7 +263,7 @@ def test_follow_shows_an_in_doubt_pause_and_resolve_resumes_the_run(server: Serv
     def operator() -> None:
         """Another terminal: the dead worker's lease runs out, then a person resolves."""
         for _ in range(400):
-            runs = httpx.get(f"{server.url}/v1/runs").json()["items"]
+            runs = httpx.get(f"{server.url}/v1/runs", headers=auth_headers()).json()["items"]
             if server.sent and runs:
                 break
             time.sleep(0.05)
@@ -271,6 +275,7 @@ def test_follow_shows_an_in_doubt_pause_and_resolve_resumes_the_run(server: Serv
         response = httpx.post(
             f"{server.url}/v1/runs/{run_id}/resolve",
             json={"resolution": "retry", "comment": "no mail in the outbox"},
+            headers=auth_headers(),
         )
         resolved.append(response.text)
 
@@ -317,7 +322,7 @@ def test_runs_resolve_settles_an_in_doubt_run(server: Server) -> None:
     run = server.wait_for(run_id, lambda run: run["status"] == "SUCCEEDED")
     assert run["output"] == "It prints 42."
     assert len(server.sent) == 1  # done: not sent again
-    [step, _] = httpx.get(f"{server.url}/v1/runs/{run_id}/steps").json()
+    [step, _] = httpx.get(f"{server.url}/v1/runs/{run_id}/steps", headers=auth_headers()).json()
     assert (
         "resolved as done by user:local-admin: the mail was sent"
         in (step["tool_calls"][0]["output"])

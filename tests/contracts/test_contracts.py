@@ -180,7 +180,12 @@ def tool_document(input_schema: dict) -> dict:
         "apiVersion": "corral.dev/v1",
         "kind": "Tool",
         "metadata": {"name": "http.get_json"},
-        "spec": {"description": "Fetch JSON.", "type": "http", "input_schema": input_schema},
+        "spec": {
+            "description": "Fetch JSON.",
+            "type": "http",
+            "input_schema": input_schema,
+            "http": {"url": "https://api.example.com/json"},
+        },
     }
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select, text
+from sqlalchemy import select
 
-from conftest import PrincipalKeys
+from conftest import PrincipalKeys, superuser_transaction
 from corral.api import create_app
 from corral.audit._tables import AuditEventRow
 from corral.contracts import Tool, parse_document
@@ -155,10 +155,8 @@ class World:
         On PostgreSQL the append-only trigger is bypassed as a superuser would, with
         ``session_replication_role = replica``: the chain itself must catch the edit.
         """
-        async with self.platform.store.transaction(tenant_id) as session:
-            if self.platform.store.dialect == "postgresql":
-                await session.execute(text("SET LOCAL session_replication_role = replica"))
-            await session.execute(
+        async with superuser_transaction(self.platform) as connection:
+            await connection.execute(
                 AuditEventRow.__table__.update()
                 .where(AuditEventRow.tenant_id == tenant_id, AuditEventRow.seq == seq)
                 .values(**values)

@@ -241,7 +241,11 @@ async def test_same_name_as_agent_and_tool_is_not_a_duplicate(make_platform) -> 
         "apiVersion": "corral.dev/v1",
         "kind": "Tool",
         "metadata": {"name": "lookup"},
-        "spec": {"description": "Look things up.", "type": "http"},
+        "spec": {
+            "description": "Look things up.",
+            "type": "http",
+            "http": {"url": "https://lookup.example.com/"},
+        },
     }
     results = await apply(platform, agent_document(name="lookup"), tool)
     assert [(r.kind, r.action) for r in results] == [("Agent", "created"), ("Tool", "created")]
@@ -250,10 +254,11 @@ async def test_same_name_as_agent_and_tool_is_not_a_duplicate(make_platform) -> 
 async def test_tenants_have_separate_registries(make_platform) -> None:
     platform = await make_platform()
     await apply(platform, agent_document())
-    async with platform.store.transaction("default") as session:
+    async with platform.store.transaction("acme") as session:
         [result] = await apply_documents(
             session, [parse_document(agent_document())], tenant_id="acme", actor="user:acme"
         )
         assert (result.action, result.version) == ("created", "0.1.0")
+    async with platform.store.transaction("nobody") as session:
         with pytest.raises(NotFound):
             await get_agent_version(session, "repo-analyst", tenant_id="nobody")

@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from conftest import agent_document, register
+from conftest import agent_document, key_for, register
 from corral.api import create_app
 from corral.approvals import decide_approval
 from corral.approvals._tables import ApprovalRow
 from corral.audit._tables import AuditEventRow
 from corral.cli import app as cli
+from corral.cli._client import auth_headers
 from corral.errors import Conflict, InvalidRequest, NotFound, PolicyDenied, PolicyRefused
 from corral.platform import Platform
 from corral.policy._tables import PolicyDecisionRow
@@ -304,7 +305,9 @@ async def test_a_rejected_or_expired_promotion_leaves_the_stage_unbound(make_pla
     # The stage is free for another request once the first is settled.
     second = await promote_as(platform, "user:builder", "0.1.1", "production")
     assert second.approval_id is not None
-    await platform.store.run_sync(functools.partial(reject, second.approval_id, "expired"), "default")
+    await platform.store.run_sync(
+        functools.partial(reject, second.approval_id, "expired"), "default"
+    )
     assert "production" not in await bound(platform)
     outcomes = [(e.subject, e.outcome) for e in await events(platform, "agent.promotion_rejected")]
     assert outcomes == [
@@ -313,7 +316,9 @@ async def test_a_rejected_or_expired_promotion_leaves_the_stage_unbound(make_pla
     ]
     assert [p.status for p in await history(platform)] == ["rejected", "rejected"]
     with pytest.raises(Conflict, match="is already rejected"):
-        await platform.store.run_sync(functools.partial(reject, second.approval_id, "expired"), "default")
+        await platform.store.run_sync(
+            functools.partial(reject, second.approval_id, "expired"), "default"
+        )
 
 
 async def test_a_viewer_is_refused_and_the_refusal_is_recorded(make_platform) -> None:
@@ -511,8 +516,9 @@ async def test_api_promote_rollback_and_history(api) -> None:
         json={"version": "0.1.1", "stage": "staging"},
         headers={"X-Corral-Principal": "user:viewer"},
     )
-    assert response.status_code == 403
-    assert response.json()["policy_decision_id"].startswith("pdec_")
+    # A viewer lacks the permission: refused before any policy (the policy's own refusal of
+    # a viewer, with its decision, is test_a_viewer_is_refused_and_the_refusal_is_recorded).
+    assert (response.status_code, response.json()["code"]) == (403, "permission_denied")
     for stage, status in (("dev", 400), ("qa", 400), ("Not A Stage", 422)):
         response = await client.post(
             f"/v1/agents/{AGENT}/promotions", json={"version": "0.1.1", "stage": stage}
@@ -567,12 +573,25 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A live API on SQLite with two versions of the agent applied; the CLI points at it."""
-    settings = Settings(home=tmp_path / "home", governance=GovernanceSettings(roles=ROLES))
-    with serve_in_thread(create_app(Platform(settings), run_worker=False)) as url:
+def server_settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", governance=GovernanceSettings(roles=ROLES))
+
+
+@pytest.fixture
+def server(
+    server_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A live API on SQLite with two versions of the agent applied; the CLI points at it.
+
+    The CLI acts as the local admin (the key ``corral up`` writes) unless CORRAL_API_KEY is set.
+    """
+    settings = server_settings
+    app = create_app(Platform(settings), run_worker=False, local_admin=True)
+    with serve_in_thread(app) as url:
         monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.delenv("CORRAL_PRINCIPAL", raising=False)
+        monkeypatch.setenv("CORRAL_HOME", str(settings.home))  # the CLI sends the admin's key
+        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
+        monkeypatch.delenv("CORRAL_TENANT", raising=False)
         get_settings.cache_clear()
         for index in range(2):
             path = tmp_path / f"agent-{index}.yaml"
@@ -584,16 +603,18 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def test_cli_promote_rollback_promotions_and_describe(
-    server: str, monkeypatch: pytest.MonkeyPatch
+    server: str, server_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     done = runner.invoke(cli, ["promote", f"{AGENT}@0.1.0", "--to", "staging"])
     assert done.exit_code == 0, done.output
     assert f"agent/{AGENT} 0.1.0 promoted to staging  sha256:" in done.output
 
-    monkeypatch.setenv("CORRAL_PRINCIPAL", "user:builder")
+    monkeypatch.setenv("CORRAL_API_KEY", key_for(server_settings, "user:builder"))
     pending = runner.invoke(cli, ["promote", f"{AGENT}@0.1.1", "--to", "production"])
     assert pending.exit_code == 0, pending.output
-    approval_id = httpx.get(f"{server}/v1/agents/{AGENT}/promotions").json()[0]["approval_id"]
+    approval_id = httpx.get(
+        f"{server}/v1/agents/{AGENT}/promotions", headers=auth_headers()
+    ).json()[0]["approval_id"]
     assert (
         f"agent/{AGENT} 0.1.1 -> production is pending approval {approval_id}: it needs "
         "2 approval(s) from platform-admin; nothing runs in production until then."
@@ -609,11 +630,12 @@ def test_cli_promote_rollback_promotions_and_describe(
     nothing = runner.invoke(cli, ["rollback", AGENT, "--stage", "staging"])
     assert nothing.exit_code == 1
     assert "nothing earlier to roll back to" in nothing.output
-    monkeypatch.setenv("CORRAL_PRINCIPAL", "user:viewer")
+    monkeypatch.setenv("CORRAL_API_KEY", key_for(server_settings, "user:viewer"))
     refused = runner.invoke(cli, ["promote", f"{AGENT}@0.1.1", "--to", "staging"])
     assert refused.exit_code == 1
-    assert "Policy does not allow user:viewer to promote" in refused.output
-    monkeypatch.delenv("CORRAL_PRINCIPAL")
+    assert "user:viewer may not do this" in refused.output
+    assert "needs permission 'releases.promote' and holds viewer" in refused.output
+    monkeypatch.delenv("CORRAL_API_KEY")
 
     listed = runner.invoke(cli, ["promotions", AGENT])
     assert listed.exit_code == 0, listed.output

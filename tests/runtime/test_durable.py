@@ -162,10 +162,11 @@ async def durable(settings: Settings) -> AsyncIterator[DurablePlatform]:
 async def start(
     platform: Platform, task: str = "Keep the ledger.", agent: str = "repo-analyst", **kw: Any
 ) -> str:
-    async with platform.store.transaction("default") as session:
+    tenant_id = kw.get("tenant_id", "default")
+    async with platform.store.transaction(tenant_id) as session:
         run = await create_run(
             session,
-            tenant_id=kw.get("tenant_id", "default"),
+            tenant_id=tenant_id,
             agent_name=agent,
             task=task,
             requested_by="user:test",
@@ -176,7 +177,7 @@ async def start(
 async def load(
     platform: Platform, run_id: str, tenant_id: str = "default"
 ) -> tuple[RunRow, list[tuple[StepRow, list[ToolCallRow]]]]:
-    async with platform.store.transaction("default") as session:
+    async with platform.store.transaction(tenant_id) as session:
         run = await get_run(session, run_id, tenant_id=tenant_id)
         steps = await list_steps(session, run_id, tenant_id=tenant_id)
     return run, steps
@@ -638,7 +639,7 @@ async def two_tenants(durable: DurablePlatform, model: ScriptedModel, ledger: Le
     platform = await durable(model, ledger)
     await register(platform, agent_document(name="other-agent", tools={"allowed": ["ledger.*"]}))
     await platform.register_builtin_tools("acme")
-    async with platform.store.transaction("default") as session:
+    async with platform.store.transaction("acme") as session:
         await apply_documents(
             session,
             [parse_document(agent_document(tools={"allowed": ["ledger.*"]}))],

@@ -204,3 +204,24 @@ def test_cli_refuses_an_empty_value_and_values_in_arguments(live: Path) -> None:
     assert bad_name.exit_code == 2 and "not a valid secret name" in bad_name.output
     assert runner.invoke(cli, ["secrets", "list", "-o", "name"]).output == ""
     assert base64.b64encode(VALUE.encode()).decode() not in in_argv.output
+
+
+async def test_a_server_without_a_master_key_says_how_to_fix_it(settings: Settings) -> None:
+    platform = Platform(settings)
+    app = create_app(platform)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://corral",
+            auth=PrincipalKeys(platform),
+        ) as client,
+    ):
+        response = await client.put("/v1/secrets/api-token", json={"value": VALUE})
+    if settings.store_url.startswith("sqlite"):  # the embedded mode generates one
+        assert response.status_code == 201
+        assert (settings.home / "master.key").exists()
+    else:
+        assert response.status_code == 503
+        assert "CORRAL_SECRETS__MASTER_KEY" in response.json()["message"]
+        assert not (settings.home / "master.key").exists()

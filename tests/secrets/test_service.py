@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,31 @@ def test_policy_test_cases_can_name_the_secret() -> None:
         ("another secret is not", True),
         ("nor a use without a secret name", True),
     ]
+
+
+async def test_concurrent_sets_make_consecutive_versions(platform: Platform) -> None:
+    values = [f"concurrent-value-{n:02d}" for n in range(8)]
+    infos = await asyncio.gather(
+        *(platform.secrets.set("default", "raced", v, actor="user:alice") for v in values)
+    )
+    assert sorted(info.version for info in infos) == list(range(1, 9))
+    last = max(infos, key=lambda info: info.version)
+    assert await platform.secrets.reveal("default", "raced") in values
+    assert (await platform.secrets.list("default"))[0].version == last.version == 8
+    events = [e for e in await audit_events(platform) if e.subject == "secret:raced"]
+    assert [e.details["version"] for e in events] == list(range(1, 9))
+
+
+async def test_inside_a_call_the_scope_check_decides_each_name_once(platform: Platform) -> None:
+    await platform.secrets.set("default", "password", VALUE, actor="user:alice")
+    checked: list[str] = []
+
+    async def check(name: str) -> None:
+        checked.append(name)
+
+    with secret_scope(check) as revealed:
+        await platform.secrets.render("default", "a=${secret:password}")
+        await platform.secrets.render("default", "b=${secret:password}")
+        await platform.secrets.render("default", "c=${secret:password}", check=check)
+    assert checked == ["password", "password"]
+    assert revealed.values == [VALUE] and revealed.allowed == {"password"}

@@ -90,6 +90,7 @@ class TwoTenants:
     b_run: str
     b_approval: str
     b_workspace: str
+    b_key: dict[str, Any]
 
     def b_markers(self) -> set[str]:
         """Strings that only B's data contains."""
@@ -103,6 +104,7 @@ class TwoTenants:
             self.b_workspace,
             "user:b-admin",
             "service:b-bot",
+            self.b_key["id"],
         }
 
     async def as_a(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -136,7 +138,7 @@ async def two_tenants(settings: Settings, tmp_path: Path) -> AsyncIterator[TwoTe
                 **as_b,
             )
         )
-        await ok(
+        b_key = await ok(
             await world.as_(
                 "POST", "/v1/keys", json={"name": "b-bot", "roles": ["viewer"]}, **as_b
             ),
@@ -170,7 +172,7 @@ async def two_tenants(settings: Settings, tmp_path: Path) -> AsyncIterator[TwoTe
             )
         )["id"]
         await wait_status(world, "default", a_run, {"SUCCEEDED"})
-        yield TwoTenants(world, a_run, b_run, approval["id"], str(b_ws))
+        yield TwoTenants(world, a_run, b_run, approval["id"], str(b_ws), b_key)
 
 
 async def b_is_untouched(two: TwoTenants) -> None:
@@ -200,15 +202,20 @@ async def test_tenant_a_reaching_b_objects_by_id_gets_404_naming_nothing_of_b(
             ("GET", f"/v1/approvals/{approval}", None),
             ("POST", f"/v1/approvals/{approval}/approve", {"comment": "sure"}),
             ("POST", f"/v1/approvals/{approval}/reject", {"reason": "no"}),
+            ("DELETE", f"/v1/keys/{two.b_key['id']}", None),
+            ("POST", "/v1/role-grants/revoke", {"subject": "service:b-bot", "role": "viewer"}),
         ]
         failures = []
         for method, url, body in attempts:
             response = await two.as_a(method, url, json=body)
-            leaks = two.leaks(response, sent=[run, approval])
+            leaks = two.leaks(response, sent=[run, approval, two.b_key["id"], "service:b-bot"])
             if response.status_code != 404 or leaks:
                 failures.append((method, url, response.status_code, leaks, response.text))
         assert failures == []
         await b_is_untouched(two)
+        b_bot = {"Authorization": f"Bearer {two.b_key['key']}"}
+        still = await two.world.client.get("/v1/whoami", headers=b_bot)
+        assert (still.status_code, still.json()["tenant_id"]) == (200, B)
 
 
 async def test_tenant_a_reaching_b_objects_by_name_gets_404(
@@ -220,6 +227,8 @@ async def test_tenant_a_reaching_b_objects_by_name_gets_404(
             ("GET", f"/v1/agents/{B_AGENT}/versions", None),
             ("GET", f"/v1/agents/{B_AGENT}/stages", None),
             ("GET", f"/v1/agents/{B_AGENT}/promotions", None),
+            ("POST", f"/v1/agents/{B_AGENT}/promotions", {"version": "0.1.0", "stage": "staging"}),
+            ("POST", f"/v1/agents/{B_AGENT}/rollback", {"stage": "staging"}),
             ("POST", f"/v1/agents/{B_AGENT}/runs", {"task": "steal", "stage": "dev"}),
             ("POST", "/v1/kill-switches", {"scope": "agent", "target": B_AGENT, "reason": "x"}),
         ]
@@ -269,13 +278,15 @@ async def test_lists_and_filters_never_return_b_items(settings: Settings, tmp_pa
             if response.status_code != 200 or two.leaks(response, sent=map(str, params.values())):
                 failures.append((url, params, response.status_code, two.leaks(response)))
         assert failures == []
-        # A cursor naming B's run is treated as one naming no run at all.
-        cursor = await two.as_a("GET", "/v1/runs", params={"before": two.b_run})
-        unknown = await two.as_a("GET", "/v1/runs", params={"before": "run_0123456789abcdef"})
-        assert cursor.status_code == unknown.status_code, (cursor.text, unknown.text)
-        assert cursor.text.replace(two.b_run, "X") == unknown.text.replace(
-            "run_0123456789abcdef", "X"
-        )
+        # A cursor naming B's run or approval is treated as one naming nothing at all.
+        for url, field, b_id, unknown_id in [
+            ("/v1/runs", "before", two.b_run, "run_0123456789abcdef"),
+            ("/v1/approvals", "after", two.b_approval, "apr_0123456789abcdef"),
+        ]:
+            cursor = await two.as_a("GET", url, params={field: b_id})
+            unknown = await two.as_a("GET", url, params={field: unknown_id})
+            assert cursor.status_code == unknown.status_code, (cursor.text, unknown.text)
+            assert cursor.text.replace(b_id, "X") == unknown.text.replace(unknown_id, "X")
         # Filters naming B's objects find nothing, rather than an error that confirms them.
         for url, params in [
             ("/v1/runs", {"agent": B_AGENT}),
@@ -298,6 +309,13 @@ async def test_a_key_of_a_acting_in_b_is_403_and_b_chain_is_closed(
             response = await two.as_a("GET", url, headers={"X-Corral-Tenant": B})
             assert response.status_code == 403, (url, response.text)
             assert not two.leaks(response, sent=[two.b_run]), url
+        # Not even a platform admin gets the system scope by naming '*' as its tenant.
+        for tenant in ("*", "", " ", "default' OR '1'='1"):
+            odd = await two.world.as_("GET", "/v1/runs", headers={"X-Corral-Tenant": tenant})
+            if tenant:
+                assert odd.status_code == 403, (tenant, odd.text)
+            else:  # no tenant named: the key's own
+                assert [r["id"] for r in odd.json()["items"]] == [two.a_run]
         chain = await two.as_a("GET", "/v1/audit/events", params={"tenant": B})
         assert chain.status_code == 403 and not two.leaks(chain)
         # A tenant kill switch can only be one's own tenant.

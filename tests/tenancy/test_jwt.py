@@ -323,6 +323,12 @@ async def test_a_valid_token_without_any_grant_is_403(settings: Settings, issuer
         assert (there.status_code, there.json()["roles"]) == (200, ["admin"])
         here = await world.client.get("/v1/whoami", headers=bearer(bob))
         assert here.status_code == 403
+        # Naming the system scope, or garbage, as the tenant is refused, never a crash.
+        for tenant in ("*", "team-b' OR '1'='1", "a" * 300, " "):
+            odd = await world.client.get(
+                "/v1/whoami", headers={**bearer(bob), "X-Corral-Tenant": tenant}
+            )
+            assert odd.status_code in (400, 403), (tenant, odd.status_code, odd.text)
 
 
 async def test_a_revoked_grant_stops_working(settings: Settings, issuer: Issuer) -> None:

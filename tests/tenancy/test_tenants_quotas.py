@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 from conftest import agent_document
+from corral.settings import ModelPrice
 from corral.testing import ScriptedModel
 from tenancy._world import World, live_world
 
@@ -156,3 +158,34 @@ async def test_model_token_quota_ends_runs_budget_exceeded(settings, workspace) 
         assert ended["status"] == "BUDGET_EXCEEDED", ended
         assert ended["terminal_reason"] == "quota:model_tokens_per_day"
         assert "model_tokens_per_day" in ended["error"]
+
+
+async def test_cost_quota_prices_tokens_by_model_and_ends_runs(settings, workspace) -> None:
+    priced = settings.model_copy(
+        update={
+            "quotas": settings.quotas.model_copy(
+                update={
+                    "model_prices": {
+                        "scripted/test": ModelPrice(
+                            input_usd_per_mtok=Decimal(2), output_usd_per_mtok=Decimal(8)
+                        )
+                    }
+                }
+            )
+        }
+    )
+    async with live_world(priced, scripted=ScriptedModel([ScriptedModel.answer("one")])) as world:
+        await _apply(world)
+        first = (await _run(world, workspace)).json()
+        done = await _wait_status(world, first["id"], "default", {"SUCCEEDED", "FAILED"})
+        assert done["status"] == "SUCCEEDED"
+        cost = (done["input_tokens"] * 2 + done["output_tokens"] * 8) / 1_000_000
+        usage = {q["name"]: q for q in (await world.as_("GET", "/v1/quotas")).json()}
+        assert abs(float(usage["cost_usd_per_day"]["current"]) - cost) < 1e-9
+        await world.as_("PUT", "/v1/quotas/cost_usd_per_day", json={"limit": str(cost)})
+        second = (await _run(world, workspace)).json()
+        ended = await _wait_status(
+            world, second["id"], "default", {"SUCCEEDED", "BUDGET_EXCEEDED", "FAILED"}
+        )
+        assert ended["status"] == "BUDGET_EXCEEDED"
+        assert ended["terminal_reason"] == "quota:cost_usd_per_day"

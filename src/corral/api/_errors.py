@@ -42,7 +42,12 @@ STATUS_CODES: list[tuple[type[CorralError], int]] = [
 ]
 """Error class -> HTTP status; the first matching class wins. Anything else: 500."""
 
-_CODE_STATUS = {"store_not_migrated": 503}
+_CODE_STATUS = {
+    "store_not_migrated": 503,
+    # The server's master key for secrets is missing or malformed: fixed by configuration.
+    "master_key_missing": 503,
+    "master_key_invalid": 503,
+}
 
 
 def status_for(error: CorralError) -> int:

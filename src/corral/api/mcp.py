@@ -6,8 +6,12 @@ The protocol is the official ``mcp`` SDK's (``mcp.server.lowlevel.Server`` behin
 ``StreamableHTTPSessionManager`` in stateless mode with JSON responses): protocol 2026-07-28
 through ``server/discover`` and per-request ``_meta``, 2025-11-25 (and earlier) through
 ``initialize``; ``ping``; ``tools/list``; ``tools/call``; notifications answered ``202``;
-unknown methods ``-32601``, malformed JSON ``-32700``, invalid params ``-32602``. No session is
-kept (no ``Mcp-Session-Id``): every request carries its own credentials.
+unknown methods ``-32601``, malformed JSON ``-32700``, invalid params ``-32602``; an unsupported
+``MCP-Protocol-Version`` header ``400``; on 2026-07-28, ``Mcp-Method``/``Mcp-Name`` headers that
+do not match the body ``400`` (``-32020``). No session is kept (no ``Mcp-Session-Id``; ``GET``
+and ``DELETE`` answer ``405``): any API replica serves any request, and every request carries
+its own credentials. Responses are single JSON bodies, so no notification (progress) reaches
+the caller.
 
 In front of the SDK, for every request and in this order:
 
@@ -27,6 +31,7 @@ specification asks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -185,9 +190,30 @@ class McpEndpoint:
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
-        """Serve requests until the block ends (the SDK's task group lives this long)."""
-        async with self.sessions.run():
+        """Serve requests until the block ends.
+
+        The SDK's session manager holds an anyio task group for this long. It lives in a task
+        of its own, so the block may be entered and left in different tasks (test harnesses
+        drive an application's lifespan that way; a task group must exit where it entered).
+        """
+        ready, stop = asyncio.Event(), asyncio.Event()
+
+        async def serve() -> None:
+            async with self.sessions.run():
+                ready.set()
+                await stop.wait()
+
+        task = asyncio.create_task(serve(), name="corral-mcp-sessions")
+        started = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.is_set():
+            started.cancel()
+            await task  # raises why the SDK did not start
+        try:
             yield
+        finally:
+            stop.set()
+            await task
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check Host/Origin, authenticate, then hand the request to the SDK."""

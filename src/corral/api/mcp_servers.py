@@ -127,6 +127,11 @@ async def post_approve(
     409 when the tool's current digest is another one (review the newer change first).
     """
     pin = await approve_tool(
-        platform.store, name, body.digest, tenant_id=caller.tenant_id, actor=caller.id
+        platform.store,
+        name,
+        body.digest,
+        tenant_id=caller.tenant_id,
+        actor=caller.id,
+        pool=platform.mcp,
     )
     return ToolPinOut(**pin.__dict__)

@@ -114,10 +114,12 @@ class RevealedSecrets:
         check: The ``secret.use`` check of the call (see
             :meth:`~corral.secrets.SecretBroker.use_check`), or ``None`` for none.
         values: Values revealed so far, in order, without repeats.
+        allowed: Names ``check`` allowed during the call (not asked again).
     """
 
     check: SecretCheck | None = None
     values: list[str] = field(default_factory=list)
+    allowed: set[str] = field(default_factory=set)
 
     def add(self, value: str) -> None:
         """Record a revealed value."""

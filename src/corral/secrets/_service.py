@@ -17,10 +17,9 @@ from datetime import datetime
 from typing import Final, cast
 
 from opentelemetry import trace
-from sqlalchemy import Table, select
+from sqlalchemy import Connection, Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from corral.audit import AuditRecord, append_events
 from corral.errors import InvalidRequest, NotFound, PolicyDenied
@@ -326,12 +325,14 @@ class SecretBroker:
                 copied row.
         """
         check_secret_name(name)
-        # A Core statement: half the cost of the ORM query on the path of every tool call.
+        # A Core statement on the session's connection (tenant filter written out; PostgreSQL's
+        # row-level security still applies): a third of the ORM query's cost, on every call.
         query = select(*_SEALED_COLUMNS).where(
             _SECRETS.c.tenant_id == tenant_id, _SECRETS.c.name == name
         )
         async with self.store.read(tenant_id) as session:
-            row = (await session.execute(query)).first()
+            connection = await session.connection()
+            row = (await connection.execute(query)).first()
         if row is None:
             raise _not_found(tenant_id, name)
         sealed = SealedValue(
@@ -351,7 +352,8 @@ class SecretBroker:
         For each distinct name, in order of first appearance, ``await check(name)`` runs
         before the value is revealed (the caller's ``secret.use`` decision: it raises to
         refuse). Without ``check``, inside a tool call, the call's own check runs (the one the
-        gateway put in its :func:`~corral.secrets.secret_scope`). Substitution is one pass: a
+        gateway put in its :func:`~corral.secrets.secret_scope`), once per name and call.
+        Substitution is one pass: a
         value containing ``${secret:...}`` is not expanded again.
 
         Args:
@@ -372,13 +374,16 @@ class SecretBroker:
         names = secret_references(template)
         if not names:
             return template, []
-        if check is None:
-            scope = current_secret_scope()
-            check = scope.check if scope is not None else None
+        # The call's own check decides each name once per call, however many templates use it.
+        scope = current_secret_scope() if check is None else None
+        if scope is not None:
+            check = scope.check
         values: dict[str, str] = {}
         for name in names:
-            if check is not None:
+            if check is not None and (scope is None or name not in scope.allowed):
                 await check(name)
+                if scope is not None:
+                    scope.allowed.add(name)
             values[name] = await self.reveal(tenant_id, name)
         rendered = SECRET_REFERENCE_PATTERN.sub(lambda m: values[m.group(1)], template)
         return rendered, builtins.list(values.values())
@@ -459,13 +464,12 @@ class SecretBroker:
             details={"name": name, "through": str(request.resource)},
         )
 
-        def write(sync: Session) -> None:
-            connection = sync.connection()
+        def write(connection: Connection) -> None:
             insert_decisions(connection, [row])
             append_events(connection, tenant_id, [record])
 
-        async with self.store.transaction(tenant_id) as session:
-            await session.run_sync(write)
+        # The runtime's hot-write path: one hand-off to SQLite's writer thread.
+        await self.store.run_sync(write, tenant_id)
 
 
 def _use_denied(request: PolicyRequest, decision: PolicyDecision, name: str) -> PolicyDenied:

@@ -220,6 +220,8 @@ class Identity:
             acting_in = claimed
         acting_in = acting_in or "default"
         principal_id = f"user:{user}"
+        # An unknown tenant ("*", garbage) is a 403 here, before it is used as a store scope.
+        await self.check_tenant(acting_in)
         roles = await self.roles_of(acting_in, principal_id, groups)
         if not roles:
             raise Forbidden(

@@ -191,9 +191,13 @@ async def test_a_changed_description_quarantines_the_tool_until_its_digest_is_ap
     with pytest.raises(NotFound, match="was not imported"):
         await approve_tool(platform.store, "fs.read_file", new, tenant_id="default", actor="u:x")
     pin = await approve_tool(
-        platform.store, "echo.echo", new.removeprefix("sha256:"), tenant_id="default",
+        platform.store,
+        "echo.echo",
+        new.removeprefix("sha256:"),
+        tenant_id="default",
         actor="user:reviewer",
-    )  # fmt: skip
+        pool=platform.mcp,
+    )
     assert (pin.status, pin.approved_digest, pin.approved_by) == ("ACTIVE", new, "user:reviewer")
     [(_, _, approved)] = await audit_actions(platform, "tool.approved")
     assert (approved["digest"], approved["previous_digest"]) == (new, old)

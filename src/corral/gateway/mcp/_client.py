@@ -76,6 +76,11 @@ class _Config:
     headers: dict[str, str]
 
     @property
+    def has_secrets(self) -> bool:
+        """Whether a value came from the credential broker (it may change between calls)."""
+        return self.env != self.spec.env or self.headers != self.spec.headers
+
+    @property
     def fingerprint(self) -> str:
         """SHA-256 over everything that needs a new session when it changes."""
         data = {
@@ -140,8 +145,22 @@ class McpPool:
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._pins_generation: dict[str, int] = {}
+        self._fingerprints: dict[int, tuple[McpServerSpec, str]] = {}
+        """Fingerprints of specs without secrets, by ``id(spec)`` (the spec is kept alive)."""
         self.starts = 0
         """Sessions started since creation (restarts included)."""
+
+    def pins_changed(self, tenant_id: str) -> None:
+        """Say that the tenant's servers or pins changed (a sync, an approval).
+
+        Executors of this process then drop what they cached about them.
+        """
+        self._pins_generation[tenant_id] = self._pins_generation.get(tenant_id, 0) + 1
+
+    def pins_generation(self, tenant_id: str) -> int:
+        """How many times :meth:`pins_changed` was called for the tenant."""
+        return self._pins_generation.get(tenant_id, 0)
 
     async def list_tools(
         self, tenant_id: str, server: str, spec: McpServerSpec
@@ -286,21 +305,35 @@ class McpPool:
     async def _session(self, tenant_id: str, server: str, spec: McpServerSpec) -> _Session:
         """The live session of (tenant, server) for this configuration; started if needed."""
         config = await self._config(tenant_id, server, spec)
+        fingerprint = self._fingerprint(config)
         key = (tenant_id, server)
         session = self._sessions.get(key)
-        if session is not None and session.alive and session.fingerprint == config.fingerprint:
+        if session is not None and session.alive and session.fingerprint == fingerprint:
             return session
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             session = self._sessions.get(key)
             if session is not None:
-                if session.alive and session.fingerprint == config.fingerprint:
+                if session.alive and session.fingerprint == fingerprint:
                     return session
                 del self._sessions[key]
                 await session.close()
-            session = await self._start(tenant_id, server, config)
+            session = await self._start(tenant_id, server, config, fingerprint)
             self._sessions[key] = session
             return session
+
+    def _fingerprint(self, config: _Config) -> str:
+        """The config's fingerprint; memoised for specs without secrets (the common case)."""
+        if config.has_secrets:
+            return config.fingerprint
+        known = self._fingerprints.get(id(config.spec))
+        if known is not None and known[0] is config.spec:
+            return known[1]
+        if len(self._fingerprints) >= 1000:
+            self._fingerprints.clear()
+        fingerprint = config.fingerprint
+        self._fingerprints[id(config.spec)] = (config.spec, fingerprint)
+        return fingerprint
 
     async def _config(self, tenant_id: str, server: str, spec: McpServerSpec) -> _Config:
         env = {k: await self._resolve(tenant_id, server, v) for k, v in spec.env.items()}
@@ -319,14 +352,16 @@ class McpPool:
             )
         return await self.render(tenant_id, value)
 
-    async def _start(self, tenant_id: str, server: str, config: _Config) -> _Session:
+    async def _start(
+        self, tenant_id: str, server: str, config: _Config, fingerprint: str
+    ) -> _Session:
         """Start the owner task and wait for the handshake (``spec.connect_timeout_seconds``).
 
         Raises:
             UpstreamFailed: the process cannot start, the endpoint refuses, or the handshake
                 fails or times out.
         """
-        session = _Session(server, config.fingerprint)
+        session = _Session(server, fingerprint)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         session.task = asyncio.get_running_loop().create_task(
             self._own(session, tenant_id, config, ready), name=f"mcp-session {server}"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
@@ -35,13 +37,18 @@ class McpExecutor:
     Args:
         store: Where servers and pins are read.
         pool: Sessions to upstream servers.
+        cache_seconds: How long a tool's pin and server document read from the store are
+            used before reading them again (a sync or an approval in this process takes
+            effect at once; in other processes within this delay).
     """
 
-    def __init__(self, store: Store, pool: McpPool) -> None:
+    def __init__(self, store: Store, pool: McpPool, *, cache_seconds: float = 1.0) -> None:
         self.store = store
         self.pool = pool
+        self.cache_seconds = cache_seconds
         self._servers: dict[str, McpServer] = {}
         """Parsed server documents by version id (versions are immutable)."""
+        self._cache: dict[tuple[str, str, str], tuple[float, int, _Found | None]] = {}
 
     async def call(
         self,
@@ -97,26 +104,13 @@ class McpExecutor:
         Raises:
             ToolFailed: no such server, tool not imported, quarantined or no longer allowed.
         """
-        async with self.store.read(tenant_id) as session:
-            row = (
-                await session.execute(
-                    select(McpServerVersionRow.id, McpServerVersionRow.document, McpToolPinRow)
-                    .select_from(McpServerRow)
-                    .join(McpServerVersionRow, McpServerVersionRow.server_id == McpServerRow.id)
-                    .outerjoin(
-                        McpToolPinRow,
-                        and_(McpToolPinRow.tenant_id == tenant_id, McpToolPinRow.tool_name == name),
-                    )
-                    .where(McpServerRow.tenant_id == tenant_id, McpServerRow.name == ref.server)
-                    .where(McpServerVersionRow.version == McpServerRow.latest_version)
-                )
-            ).one_or_none()
-        if row is None:
+        found = await self._lookup(tenant_id, name, ref.server)
+        if found is None:
             raise ToolFailed(
                 f"Tool {name!r} comes from MCP server {ref.server!r}, which is not registered.",
                 code="mcp_server_not_found",
             )
-        version_id, document, pin = row
+        server, pin = found
         if pin is None:
             raise ToolFailed(
                 f"Tool {name!r} was not imported by `corral mcp sync {ref.server}`.",
@@ -129,15 +123,65 @@ class McpExecutor:
                 f"`corral tools approve {name}@{pin.digest}`.",
                 code="mcp_tool_quarantined",
             )
-        server = self._servers.get(version_id)
-        if server is None:
-            server = self._servers[version_id] = McpServer.model_validate(document)
         if not server.spec.tools.permits(ref.tool):
             raise ToolFailed(
                 f"Tool {name!r} is not allowed by MCP server {ref.server!r}'s spec.tools.",
                 code="mcp_tool_not_allowed",
             )
         return server
+
+    async def _lookup(self, tenant_id: str, name: str, server: str) -> _Found | None:
+        """The server's latest document and the tool's pin, from the cache or the store.
+
+        An entry is used for ``cache_seconds`` at most, and not after a sync or an approval in
+        this process (:meth:`McpPool.pins_changed`); other processes' changes are seen within
+        ``cache_seconds``.
+        """
+        key = (tenant_id, name, server)
+        now = time.monotonic()
+        generation = self.pool.pins_generation(tenant_id)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now and cached[1] == generation:
+            return cached[2]
+        async with self.store.read(tenant_id) as session:
+            row = (
+                await session.execute(
+                    select(McpServerVersionRow.id, McpServerVersionRow.document, McpToolPinRow)
+                    .select_from(McpServerRow)
+                    .join(McpServerVersionRow, McpServerVersionRow.server_id == McpServerRow.id)
+                    .outerjoin(
+                        McpToolPinRow,
+                        and_(McpToolPinRow.tenant_id == tenant_id, McpToolPinRow.tool_name == name),
+                    )
+                    .where(McpServerRow.tenant_id == tenant_id, McpServerRow.name == server)
+                    .where(McpServerVersionRow.version == McpServerRow.latest_version)
+                )
+            ).one_or_none()
+        found: _Found | None = None
+        if row is not None:
+            version_id, document, pin = row
+            contract = self._servers.get(version_id)
+            if contract is None:
+                contract = self._servers[version_id] = McpServer.model_validate(document)
+            found = (
+                contract,
+                None if pin is None else _Pin(pin.status, pin.approved_digest, pin.digest),
+            )
+        if len(self._cache) >= _CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = (now + self.cache_seconds, generation, found)
+        return found
+
+
+@dataclass(frozen=True)
+class _Pin:
+    status: str
+    approved_digest: str | None
+    digest: str
+
+
+_Found = tuple[McpServer, _Pin | None]
+_CACHE_ENTRIES = 10_000
 
 
 def render_result(result: types.CallToolResult) -> str:

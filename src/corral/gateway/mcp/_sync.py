@@ -298,6 +298,7 @@ async def sync_server(
             await _pin(session, pins, candidate, result, tenant_id=tenant_id, actor=actor)
         seen = {c.contract.metadata.name for c in candidates}
         result.removed.extend(sorted(set(pins) - seen))
+    pool.pins_changed(tenant_id)
     for names in (result.added, result.unchanged, result.restored):
         names.sort()
     result.quarantined.sort(key=lambda q: q["name"])
@@ -427,7 +428,13 @@ async def _pin(
 
 
 async def approve_tool(
-    store: Store, name: str, digest: str, *, tenant_id: str, actor: str
+    store: Store,
+    name: str,
+    digest: str,
+    *,
+    tenant_id: str,
+    actor: str,
+    pool: McpPool | None = None,
 ) -> ToolPin:
     """Approve the digest a quarantined tool now has: it is offered and callable again.
 
@@ -440,6 +447,8 @@ async def approve_tool(
             be the digest the last sync saw, so a person approves exactly what they reviewed.
         tenant_id: Tenant of the tool.
         actor: The approving principal.
+        pool: The process's session pool, told of the change so its executors stop using
+            what they cached (other processes see it within their cache delay).
 
     Raises:
         InvalidRequest: ``digest`` is not a SHA-256 digest.
@@ -474,7 +483,10 @@ async def approve_tool(
             outcome="approved",
             details={"server": pin.server_name, "digest": want, "previous_digest": previous},
         )
-        return ToolPin.from_row(pin)
+        approved = ToolPin.from_row(pin)
+    if pool is not None:
+        pool.pins_changed(tenant_id)
+    return approved
 
 
 async def _pin_row(session: AsyncSession, name: str, *, tenant_id: str) -> McpToolPinRow:
