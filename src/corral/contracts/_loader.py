@@ -133,9 +133,7 @@ def load_documents(text: str, *, source: str = "<string>") -> list[Document]:
     return documents
 
 
-def parse_document(
-    data: Any, *, lines: _Lines | None = None
-) -> Agent | McpServer | Policy | Tool:
+def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | McpServer | Policy | Tool:
     """Validate one already-parsed document (a mapping with ``apiVersion`` and ``kind``).
 
     Raises:

@@ -369,6 +369,9 @@ class McpPool:
         timeout = config.spec.connect_timeout_seconds
         try:
             await asyncio.wait_for(asyncio.shield(ready), timeout)
+        except asyncio.CancelledError:
+            await session.close()  # the caller gave up (its own timeout): leave no process
+            raise
         except TimeoutError:
             await session.close()
             raise UpstreamFailed(

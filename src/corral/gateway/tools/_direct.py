@@ -274,7 +274,7 @@ def _principal_entity(principal: Principal) -> tuple[EntityRef, Entity]:
     ref = principal_ref(principal.id)
     attrs: dict[str, object] = {"tenant": principal.tenant_id, "roles": sorted(principal.roles)}
     if ref.type == "User":
-        attrs["groups"] = []
+        attrs["groups"] = sorted(principal.groups)
     return ref, Entity(ref, attrs)
 
 
