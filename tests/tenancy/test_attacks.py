@@ -484,6 +484,38 @@ async def test_a_requester_cannot_approve_its_own_run(settings: Settings, worksp
         assert await wait_status(world, "default", run_id, {"SUCCEEDED"}) == "SUCCEEDED"
 
 
+async def test_a_killed_paused_run_leaves_the_approvals_readable(
+    settings: Settings, workspace: Path
+) -> None:
+    """Killing or cancelling a run that waits withdraws its request; listing it is no 500.
+
+    Found by the isolation property test: ``withdrawn`` was missing from the API's statuses.
+    """
+    async with live_world(settings, scripted=ScriptedModel(list_then_answer)) as world:
+        docs = [agent_document(), listing_policy("listing")]
+        await ok(await world.as_("POST", "/v1/apply", json={"documents": docs}))
+        body = {"task": "list it", "stage": "dev", "workspace": str(workspace)}
+        run_id = (
+            await ok(await world.as_("POST", "/v1/agents/repo-analyst/runs", json=body), 201)
+        )["id"]
+        await wait_status(world, "default", run_id, {"AWAITING_APPROVAL"})
+        await ok(await world.as_("POST", f"/v1/runs/{run_id}/cancel"))
+        listed = await ok(await world.as_("GET", "/v1/approvals"))
+        [request] = listed["items"]
+        assert (request["status"], request["run_status"]) == ("withdrawn", "CANCELLED")
+        shown = await ok(await world.as_("GET", f"/v1/approvals/{request['id']}"))
+        assert shown["status"] == "withdrawn"
+        filtered = await ok(await world.as_("GET", "/v1/approvals?status=withdrawn"))
+        assert [a["id"] for a in filtered["items"]] == [request["id"]]
+        vote = await world.as_(
+            "POST",
+            f"/v1/approvals/{request['id']}/approve",
+            principal="service:bob",
+            roles=["approver"],
+        )
+        assert vote.status_code == 409, vote.text
+
+
 # --- oversized requests, rate limits, suspension --------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +48,9 @@ PRINCIPALS = {
 }
 """A's principals (every tenant role, never platform-admin)."""
 
-import os
-MAX_EXAMPLES = int(os.environ.get("PROP_N", "20"))
+MAX_EXAMPLES = int(os.environ.get("CORRAL_ISOLATION_EXAMPLES", "25"))
+"""Examples per database; raise it (and set ``CORRAL_ISOLATION_RANDOM=1`` for fresh seeds) to
+search longer than the suite's fixed, derandomized run."""
 
 word = st.from_regex(r"[a-z][a-z0-9]{1,8}", fullmatch=True)
 
@@ -256,7 +258,7 @@ class Scenario:
     async def _settle(self, made: Made) -> None:
         """Wait until no run is queued or running, then note the approval requests."""
         store = self.world.platform.store
-        for _ in range(400):
+        for _ in range(1500):
             async with store.read(made.tenant) as session:
                 busy = await session.scalar(
                     select(RunRow.id).where(RunRow.status.in_(("QUEUED", "RUNNING"))).limit(1)
@@ -364,12 +366,9 @@ class Scenario:
     async def play(
         self, spec_a: Objects, spec_b: Objects, plays: list[tuple[str, int, str]]
     ) -> None:
-        import time
-        t0 = time.perf_counter()
         a = await self.make("a", spec_a)
         b = await self.make("b", spec_b)
         before = await self.snapshot(b)
-        print("make", time.perf_counter() - t0, len(spec_a.runs), len(spec_b.runs), len(plays))
         foreign = set().union(*(m.markers for m in self.every if m is not a))
         problems = []
         for kind, pick, principal in plays:
@@ -399,7 +398,6 @@ class Scenario:
                         response.text[:300],
                     )
                 )
-        print("play", time.perf_counter() - t0)
         assert problems == []
         assert await self.snapshot(b) == before, "a call of tenant A changed tenant B"
 
@@ -421,7 +419,7 @@ async def test_no_response_to_tenant_a_holds_another_tenants_ids_or_names(
         @hsettings(
             max_examples=MAX_EXAMPLES,
             deadline=None,
-            derandomize=True,
+            derandomize=os.environ.get("CORRAL_ISOLATION_RANDOM") != "1",
             database=None,
             suppress_health_check=[
                 HealthCheck.too_slow,

@@ -360,7 +360,7 @@ class ApprovalOut(BaseModel):
 
     id: str
     kind: Literal["tool_call", "promotion"]
-    status: Literal["pending", "approved", "rejected", "expired"]
+    status: Literal["pending", "approved", "rejected", "expired", "withdrawn"]
     action: str
     """The governed action: ``tool.call`` or ``agent.promote``."""
     subject: str

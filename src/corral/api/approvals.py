@@ -29,7 +29,7 @@ async def get_approvals(
     platform: PlatformDep,
     caller: Annotated[Caller, requires("approvals.read")],
     status: Annotated[
-        Literal["pending", "approved", "rejected", "expired"] | None,
+        Literal["pending", "approved", "rejected", "expired", "withdrawn"] | None,
         Query(description="Only requests in this status; default: all."),
     ] = None,
     run_id: Annotated[str | None, Query(description="Only requests of this run.")] = None,

@@ -51,10 +51,16 @@ __all__ = [
     "list_approvals",
 ]
 
-ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "withdrawn"]
 Vote = Literal["approve", "reject"]
 
-APPROVAL_STATUSES: tuple[ApprovalStatus, ...] = ("pending", "approved", "rejected", "expired")
+APPROVAL_STATUSES: tuple[ApprovalStatus, ...] = (
+    "pending",
+    "approved",
+    "rejected",
+    "expired",
+    "withdrawn",
+)
 """Every status a request can be in; only ``pending`` ones can be voted on."""
 
 _APPROVALS = cast(Table, ApprovalRow.__table__)

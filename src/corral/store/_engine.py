@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import sqlalchemy
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, event, or_
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -89,7 +89,17 @@ def _apply_tenant_scope(state: ORMExecuteState) -> None:
         )
     if isinstance(scope, SystemScope) or state.is_column_load or state.is_relationship_load:
         return
-    if state.is_select or state.is_update or state.is_delete:
+    if state.is_select:
+        # Platform-wide rows (tenant_id '*': platform kill switches, the platform audit chain)
+        # are readable from every tenant, as PostgreSQL's row-level security allows.
+        state.statement = state.statement.options(
+            with_loader_criteria(
+                TenantMixin,
+                lambda cls: or_(cls.tenant_id == scope, cls.tenant_id == "*"),
+                include_aliases=True,
+            )
+        )
+    elif state.is_update or state.is_delete:
         state.statement = state.statement.options(
             with_loader_criteria(
                 TenantMixin, lambda cls: cls.tenant_id == scope, include_aliases=True

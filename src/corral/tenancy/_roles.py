@@ -66,6 +66,7 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[str]]] = {
         "secrets.write",
         "policies.write",
         "tools.approve",
+        "releases.promote",
     },
     # An agent identity (a key bound to one agent) calls Corral's gateways, nothing else.
     "agent": frozenset({"tools.read", "mcp.call", "identity.read"}),
