@@ -602,7 +602,8 @@ async def decide_approval(
             roles=list(roles),
             vote=vote,
             comment=reason.strip() if vote == "reject" else comment,
-        ), tenant_id
+        ),
+        tenant_id,
     )
     if expired:  # committed: the request is expired and its run ended
         raise Conflict(
