@@ -299,7 +299,7 @@ class Corral(System):
             self.settings(), providers={"scripted": ScriptedModel(self._decide)}
         )
         await self.platform.start()
-        async with self.platform.store.transaction() as session:
+        async with self.platform.store.transaction("default") as session:
             await apply_documents(
                 session, [parse_document(corral_agent())], tenant_id="default", actor="user:bench"
             )
@@ -329,7 +329,7 @@ class Corral(System):
         return FinalAnswer("done")
 
     async def _create(self) -> str:
-        async with self.platform.store.transaction() as session:
+        async with self.platform.store.transaction("default") as session:
             run = await create_run(
                 session,
                 tenant_id="default",
@@ -341,7 +341,7 @@ class Corral(System):
             return run.id
 
     async def _verify(self, run_ids: list[str]) -> None:
-        async with self.platform.store.transaction() as session:
+        async with self.platform.store.transaction("default") as session:
             rows = (
                 await session.execute(
                     select(RunRow.status, RunRow.step_count, RunRow.tool_call_count).where(

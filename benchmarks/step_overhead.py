@@ -175,7 +175,7 @@ async def sqlalchemy_session(steps: int, store: Store) -> Sample:
         for i in range(steps):
             await _noop_model()
             await _noop_tool()
-            async with store.transaction() as session:
+            async with store.transaction("default") as session:
                 await session.execute(insert, {"idx": i, "payload": PAYLOAD})
     return clock.sample(steps)
 
@@ -216,7 +216,7 @@ def agent_document(steps: int) -> dict[str, Any]:
 
 
 async def _create(platform: Platform, workspace: Path, task: str) -> str:
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         run = await create_run(
             session,
             tenant_id="default",
@@ -230,7 +230,7 @@ async def _create(platform: Platform, workspace: Path, task: str) -> str:
 
 async def _verify(platform: Platform, run_ids: list[str], steps: int) -> int:
     """Fail loudly unless every run SUCCEEDED with ``steps`` checkpointed steps; returns steps."""
-    async with platform.store.transaction() as session:
+    async with platform.store.transaction("default") as session:
         rows = (
             await session.execute(
                 select(
@@ -385,7 +385,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     await platform.start()
     extra: dict[str, Any] = {}
     try:
-        async with platform.store.transaction() as session:
+        async with platform.store.transaction("default") as session:
             await apply_documents(
                 session,
                 [parse_document(agent_document(args.steps))],
