@@ -7,6 +7,7 @@ this process is seen at once; one applied by another process within ``policy_ref
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
@@ -277,3 +278,46 @@ class Governance:
                 self._entity_sets.clear()
             self._entity_sets[key] = entity_set
         return engine.evaluate(request, entity_set, approvals_granted=tuple(approvals_granted))
+
+
+def contract_approvals(
+    decision: PolicyDecision,
+    agent_name: str,
+    rules: Iterable[Any],
+    tool_name: str,
+    granted: Iterable[str],
+) -> PolicyDecision:
+    """Apply an agent contract's own ``approvals`` rules on top of an ``allow``.
+
+    A rule whose ``tools`` patterns match the tool turns an allow into ``require_approval``
+    (its id ``agent:NAME/approvals[i]`` is what an approval grants); the contract can make a
+    call stricter than policy, never looser. Managed runs and inbound MCP calls both use it.
+
+    Args:
+        decision: The policy decision for the call.
+        agent_name: The agent whose contract holds ``rules``.
+        rules: ``spec.approvals`` of the agent contract (``ApprovalRule``).
+        tool_name: The tool called.
+        granted: Rule and policy ids already approved for this call.
+    """
+    from corral.contracts import AgentTools  # contracts import the policy package
+
+    if decision.decision != "allow":
+        return decision
+    done = set(granted)
+    pending = [
+        (f"agent:{agent_name}/approvals[{index}]", rule)
+        for index, rule in enumerate(rules)
+        if AgentTools(allowed=rule.tools).permits(tool_name)
+    ]
+    pending = [(rule_id, rule) for rule_id, rule in pending if rule_id not in done]
+    if not pending:
+        return decision
+    return dataclasses.replace(
+        decision,
+        decision="require_approval",
+        determining_policies=[rule_id for rule_id, _ in pending],
+        reasons=[f"the contract of agent {agent_name!r} requires approval for {tool_name!r}"],
+        approver_roles=sorted({rule.approver_role for _, rule in pending}),
+        required_approvals=max(rule.required_approvals for _, rule in pending),
+    )

@@ -10,13 +10,11 @@ honours idempotency keys; otherwise the run pauses ``IN_DOUBT`` for a person
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from datetime import timedelta
 from typing import Any
 
 from corral.audit import AuditRecord
-from corral.contracts import AgentTools
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway
 from corral.observability import Tracing
@@ -25,6 +23,7 @@ from corral.policy._service import (
     Governance,
     agent_entity,
     arguments_digest,
+    contract_approvals,
     decision_row,
     redact,
     tool_entity,
@@ -186,7 +185,9 @@ class ToolPhase:
         decision = await self.governance.decide(
             state.tenant_id, request, entities, approvals_granted=granted
         )
-        decision = _contract_approvals(state, tool.name, decision, granted)
+        decision = contract_approvals(
+            decision, state.agent_name, state.spec.approvals, tool.name, granted
+        )
         state.decisions.append(
             decision_row(decision, request, tenant_id=state.tenant_id, run_id=state.run_id)
         )
@@ -401,33 +402,4 @@ def _policy_denied(prepared: PreparedCall, decision: PolicyDecision) -> ToolResu
         error=message,
         error_type="policy_denied",
         tool_version=prepared.tool.version,
-    )
-
-
-def _contract_approvals(
-    state: RunState, tool_name: str, decision: PolicyDecision, granted: list[str]
-) -> PolicyDecision:
-    """Apply the agent contract's own ``approvals`` rules on top of an ``allow``.
-
-    A rule whose ``tools`` patterns match the tool turns an allow into ``require_approval``
-    (its id ``agent:NAME/approvals[i]`` is what an approval grants); policy can only make a
-    call stricter than the contract, never looser.
-    """
-    if decision.decision != "allow":
-        return decision
-    pending = [
-        (f"agent:{state.agent_name}/approvals[{index}]", rule)
-        for index, rule in enumerate(state.spec.approvals)
-        if AgentTools(allowed=rule.tools).permits(tool_name)
-    ]
-    pending = [(rule_id, rule) for rule_id, rule in pending if rule_id not in granted]
-    if not pending:
-        return decision
-    return dataclasses.replace(
-        decision,
-        decision="require_approval",
-        determining_policies=[rule_id for rule_id, _ in pending],
-        reasons=[f"the contract of agent {state.agent_name!r} requires approval for {tool_name!r}"],
-        approver_roles=sorted({rule.approver_role for _, rule in pending}),
-        required_approvals=max(rule.required_approvals for _, rule in pending),
     )

@@ -45,6 +45,7 @@ from corral.policy._service import (
     Governance,
     agent_entity,
     arguments_digest,
+    contract_approvals,
     decision_row,
     insert_decisions,
     principal_ref,
@@ -284,34 +285,6 @@ def _agent_of(principal: Principal) -> str | None:
     return principal.agent or principal.id.partition(":")[2]
 
 
-def _contract_rules(
-    agent_name: str, spec: AgentSpec, tool_name: str, decision: PolicyDecision, granted: set[str]
-) -> PolicyDecision:
-    """An agent contract's ``approvals`` rules turn an ``allow`` into ``require_approval``.
-
-    As in managed runs (rule ids ``agent:NAME/approvals[i]``): the contract can make a call
-    stricter than policy, never looser.
-    """
-    if decision.decision != "allow":
-        return decision
-    pending = [
-        (f"agent:{agent_name}/approvals[{index}]", rule)
-        for index, rule in enumerate(spec.approvals)
-        if AgentTools(allowed=rule.tools).permits(tool_name)
-    ]
-    pending = [(rule_id, rule) for rule_id, rule in pending if rule_id not in granted]
-    if not pending:
-        return decision
-    return dataclasses.replace(
-        decision,
-        decision="require_approval",
-        determining_policies=[rule_id for rule_id, _ in pending],
-        reasons=[f"the contract of agent {agent_name!r} requires approval for {tool_name!r}"],
-        approver_roles=sorted({rule.approver_role for _, rule in pending}),
-        required_approvals=max(rule.required_approvals for _, rule in pending),
-    )
-
-
 class DirectToolCalls:
     """Governed tool calls for principals outside managed runs (inbound MCP).
 
@@ -544,7 +517,9 @@ class DirectToolCalls:
             principal.tenant_id, request, entities, approvals_granted=granted
         )
         if view.spec is not None and view.agent_name is not None:
-            decision = _contract_rules(view.agent_name, view.spec, name, decision, granted)
+            decision = contract_approvals(
+                decision, view.agent_name, view.spec.approvals, name, granted
+            )
         row = decision_row(decision, request, tenant_id=principal.tenant_id, run_id=None)
         if decision.decision == "deny":
             denied = _policy_denied(prepared, decision)
