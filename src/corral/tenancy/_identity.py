@@ -297,7 +297,7 @@ class _JwtVerifier:
         algorithm = header.get("alg")
         if algorithm not in self.settings.algorithms:
             raise Unauthorized(
-                f"Token algorithm {algorithm!r} is not accepted; accepted: "
+                f"Token algorithm {str(algorithm)[:20]!r} is not accepted; accepted: "
                 f"{', '.join(self.settings.algorithms)}."
             )
         key = await self._key(header.get("kid"))
