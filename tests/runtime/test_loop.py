@@ -140,11 +140,13 @@ async def test_hanging_model_call_is_cut_at_the_wall_clock_budget(make_platform,
         return FinalAnswer("too late")
 
     platform, _ = await scripted_platform(
-        make_platform, hang, limits={"max_wall_clock_seconds": 0.3}
+        make_platform, hang, limits={"max_wall_clock_seconds": 1.5}
     )
     began = time.monotonic()
     run, steps = await run_to_end(platform, workspace)
-    assert time.monotonic() - began < 2
+    # Far below the model's 30 s: the call was cut. The budget leaves a loaded CI machine time
+    # to claim the run and reach the model call (a shorter one ended runs before any step).
+    assert time.monotonic() - began < 10
     assert (run.status, run.terminal_reason, run.output) == (
         "TIMED_OUT",
         "max_wall_clock_seconds",
