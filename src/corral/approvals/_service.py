@@ -431,7 +431,7 @@ def _check_voter(approval: Any, principal: str, roles: list[str], vote: Vote) ->
         raise PolicyDenied(
             f"{principal} may not decide approval request {approval.id!r}: it needs role "
             f"{wanted}, and {principal} holds {', '.join(sorted(roles)) or 'no role'}. Ask a "
-            "holder of that role (CORRAL_GOVERNANCE__ROLES lists who holds which role).",
+            "holder of that role; a tenant admin grants roles with `corral roles grant`.",
             code="approval_role_missing",
         )
     if vote == "approve" and principal == approval.requested_by:

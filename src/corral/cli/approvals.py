@@ -1,7 +1,7 @@
 """CLI: ``corral approvals``, ``corral approve`` and ``corral reject``.
 
-Votes are cast as the principal in ``CORRAL_PRINCIPAL`` (sent as ``X-Corral-Principal``), so a
-second person can approve from their own shell while the server trusts that header.
+Votes are cast as the principal whose credentials the CLI sends (``CORRAL_API_KEY``, else the
+local admin's key), so a second person approves from their own shell with their own key.
 """
 
 from __future__ import annotations
@@ -86,11 +86,10 @@ def approvals(
     (it ends REJECTED). Approve with `corral approve ID`, reject with
     `corral reject ID --reason TEXT`.
 
-    Acts as the principal in CORRAL_PRINCIPAL (sent as the X-Corral-Principal
-    header; default: the server's local admin), so that a second person can
-    vote from their own shell. Voters need one of the roles the request names
-    (CORRAL_GOVERNANCE__ROLES on the server); whoever requested the run may not
-    approve it.
+    Acts as the principal of CORRAL_API_KEY (default: the local admin's key),
+    so that a second person votes from their own shell with their own key.
+    Voters need one of the roles the request names in the tenant; whoever
+    requested the run may not approve it.
 
     Example: corral approvals --status all --run run_3f2a9c...
     """
@@ -142,11 +141,10 @@ def approve(
     is queued again and executes exactly the approved call. Exit 1 if you may not
     approve it, already voted, or it was decided or expired.
 
-    Acts as the principal in CORRAL_PRINCIPAL (sent as the X-Corral-Principal
-    header; default: the server's local admin), so that a second person can
-    vote from their own shell. Voters need one of the roles the request names
-    (CORRAL_GOVERNANCE__ROLES on the server); whoever requested the run may not
-    approve it.
+    Acts as the principal of CORRAL_API_KEY (default: the local admin's key),
+    so that a second person votes from their own shell with their own key.
+    Voters need one of the roles the request names in the tenant; whoever
+    requested the run may not approve it.
 
     Example: CORRAL_PRINCIPAL=user:bob corral approve apr_3f2a9c... --comment "checked the diff"
     """

@@ -232,7 +232,7 @@ def explain_request(
     Registered agents and tools get their registered attributes (status, risk tier, side
     effect...), other entities neutral defaults; --attr overrides either. The entities used
     are printed first. Context defaults: the tenant's id, stage production, requester
-    CORRAL_PRINCIPAL or user:local-admin.
+    CORRAL_PRINCIPAL (a principal name; no credential) or user:local-admin.
 
     Example: corral policy explain --principal Agent::repo-analyst --action tool.call
     --resource Tool::fs.read_file --context path=secrets/key.pem
