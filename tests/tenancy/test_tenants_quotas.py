@@ -63,9 +63,10 @@ async def test_a_new_tenant_is_empty_has_its_builtin_tools_and_its_own_audit_cha
 async def test_a_suspended_tenant_gets_403_with_the_reason_and_its_runs_end(
     settings, workspace
 ) -> None:
-    gate = asyncio.Event()
+    gate, in_flight = asyncio.Event(), asyncio.Event()
 
     async def slow(_request):
+        in_flight.set()
         await gate.wait()
         return ScriptedModel.answer("late")
 
@@ -75,7 +76,8 @@ async def test_a_suspended_tenant_gets_403_with_the_reason_and_its_runs_end(
         started = await _run(world, workspace, "team-b")
         assert started.status_code == 201, started.text
         run_id = started.json()["id"]
-        await _wait_status(world, run_id, "team-b", {"RUNNING"})
+        # Suspend while the model call is in flight: the worker abandons it and ends the run.
+        await asyncio.wait_for(in_flight.wait(), 20)
         suspended = await world.as_(
             "POST", "/v1/tenants/team-b/suspend", json={"reason": "invoice overdue"}
         )
