@@ -152,7 +152,7 @@ async def test_the_tool_timeout_bounds_every_attempt(make_gateway: Any, upstream
 async def test_the_breaker_opens_fails_fast_naming_the_upstream_then_half_opens(
     make_gateway: Any, upstream: Upstream
 ) -> None:
-    gateway = make_gateway(retries=0, breaker_failure_threshold=3, breaker_reset_seconds=0.3)
+    gateway = make_gateway(retries=0, breaker_failure_threshold=3, breaker_reset_seconds=1.0)
     tool = http_tool("api.switch", f"{upstream.url}/switch", allow_hosts=LOCAL)
     upstream.state["healthy"] = False
     try:
@@ -165,12 +165,12 @@ async def test_the_breaker_opens_fails_fast_naming_the_upstream_then_half_opens(
         assert "3 consecutive failures" in result.output
         assert upstream.hits["/switch"] == before + 3  # the open breaker sent nothing
         assert gateway.resilience.breakers.state(upstream.url) == "open"
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(1.05)
         assert gateway.resilience.breakers.state(upstream.url) == "half_open"
         # A failing trial opens it again at once.
         assert (await call(gateway, tool)).error_type == "upstream_error"
         assert (await call(gateway, tool)).error_type == "circuit_open"
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(1.05)
         upstream.state["healthy"] = True
         assert (await call(gateway, tool)).status == "COMPLETED"
         assert gateway.resilience.breakers.state(upstream.url) == "closed"
