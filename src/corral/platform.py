@@ -7,12 +7,12 @@ temporary store with :class:`corral.testing.ScriptedModel` as a provider.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import select
 
+from corral._files import write_private_file
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.gateway.mcp import McpExecutor, McpPool
 from corral.gateway.models import (
@@ -166,11 +166,7 @@ class Platform:
         key = await create_local_admin_key(
             self.store, server_secret=self.identity.server_secret, tenant_id=DEFAULT_TENANT
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key + "\n")
+        write_private_file(path, key + "\n", replace=True)
         return path
 
     async def register_builtin_tools(self, tenant_id: str = DEFAULT_TENANT) -> None:

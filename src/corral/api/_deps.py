@@ -9,6 +9,7 @@ Sessions are scoped to the caller's tenant (``corral.store.Store.transaction``).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from limits.storage import storage_from_string
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import Forbidden, QuotaExceeded
+from corral.gateway.tools._resilience import async_storage_url
 from corral.platform import Platform
 from corral.tenancy import PERMISSIONS, PUBLIC, Principal
 
@@ -52,18 +54,13 @@ class ApiRateLimiter:
 
     def __init__(self, rate: str, storage_url: str | None) -> None:
         self.items = limits.parse_many(rate)
-        url = storage_url or "memory://"
-        if not url.startswith("async+"):
-            url = f"async+{url}"
-        self.limiter = MovingWindowRateLimiter(storage_from_string(url))
+        self.limiter = MovingWindowRateLimiter(storage_from_string(async_storage_url(storage_url)))
 
     async def hit(self, principal: Principal) -> None:
         """Count one request; raise :class:`QuotaExceeded` (429) over the limit."""
         for item in self.items:
             if not await self.limiter.hit(item, principal.tenant_id, principal.id):
                 stats = await self.limiter.get_window_stats(item, principal.tenant_id, principal.id)
-                import time
-
                 wait = max(1, math.ceil(stats.reset_time - time.time()))
                 raise QuotaExceeded(
                     f"Too many requests from {principal.id}: the limit is {item}. Retry in "

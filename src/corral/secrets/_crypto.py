@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import os
 import stat
@@ -29,6 +28,7 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from corral._files import write_private_file
 from corral.errors import CorralError
 
 __all__ = [
@@ -241,16 +241,8 @@ def load_master_key(configured: str | None, home: Path, *, generate: bool) -> Ma
 
 def _create_key_file(path: Path) -> None:
     """Write a new random key to ``path`` (0600), atomically: a racing process keeps the first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(base64.b64encode(os.urandom(MASTER_KEY_BYTES)).decode() + "\n")
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    key = base64.b64encode(os.urandom(MASTER_KEY_BYTES)).decode() + "\n"
+    write_private_file(path, key, replace=False)
 
 
 def _read_key_file(path: Path) -> MasterKey:

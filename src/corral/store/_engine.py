@@ -283,13 +283,12 @@ class Store:
         uses Core statements, which must filter by ``tenant_id`` themselves; ``scope`` (a tenant
         id or :data:`SYSTEM`) is enforced on PostgreSQL by row-level security.
         """
-        setting = _scope_setting(scope)
+        _scope_setting(scope)  # refuses an empty scope on SQLite as well
         if self._sync_engine is not None:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._writer, self._run_in_writer, fn)
         async with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                await connection.execute(_SET_SCOPE, {"scope": setting})
+            await self._set_scope(connection, scope)
             return await connection.run_sync(fn)
 
     def _run_in_writer(self, fn: Callable[[Connection], T]) -> T:

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import httpx
 import jwt
 from sqlalchemy import select
 
+from corral._files import write_private_file
 from corral.errors import Forbidden, Unauthorized
 from corral.settings import IdentitySettings, OidcSettings
 from corral.store import SYSTEM, Store, utcnow
@@ -40,14 +40,10 @@ _HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 
 def load_or_create_secret(path: Path, *, size: int = 32) -> bytes:
     """The secret in ``path`` (base64); created with ``size`` random bytes, mode 0600, if absent."""
-    if path.exists():
-        return base64.b64decode(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_bytes(size)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(value).decode() + "\n")
-    return value
+    if not path.exists():
+        value = base64.b64encode(secrets.token_bytes(size)).decode()
+        write_private_file(path, value + "\n", replace=False)  # a racing process's key wins
+    return base64.b64decode(path.read_text().strip())
 
 
 @dataclass(frozen=True)

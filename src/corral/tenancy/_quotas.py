@@ -194,8 +194,4 @@ def _plain(value: Decimal) -> Decimal:
 
 
 def _show(value: Decimal) -> str:
-    return (
-        str(value.quantize(Decimal(1)))
-        if value == value.to_integral_value()
-        else str(value.normalize())
-    )
+    return str(_plain(value))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -197,6 +197,44 @@ def _check_grantable(caller: Principal, roles: list[str]) -> None:
         raise Forbidden("Only a platform admin can grant 'platform-admin'.")
 
 
+async def _add_key(
+    session: AsyncSession,
+    server_secret: bytes,
+    *,
+    tenant_id: str,
+    name: str,
+    kind: str,
+    principal: str,
+    roles: list[str],
+    actor: str,
+    agent: str | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKeyRow, str]:
+    """Insert a new key's row and its ``key.created`` event; returns the row and the key."""
+    key_id, secret, key = generate_key()
+    row = ApiKeyRow(
+        id=key_id,
+        tenant_id=tenant_id,
+        name=name,
+        kind=kind,
+        principal=principal,
+        agent_name=agent,
+        roles=sorted(set(roles)),
+        digest=key_digest(server_secret, key_id, secret),
+        created_by=actor,
+        expires_at=expires_at,
+    )
+    session.add(row)
+    await session.flush()
+    details: dict[str, Any] = {"key_id": key_id, "roles": row.roles, "kind": kind}
+    if expires_at:
+        details["expires_at"] = expires_at.isoformat()
+    await _audit(
+        session, tenant_id, AuditRecord(actor, "key.created", principal, "success", details=details)
+    )
+    return row, key
+
+
 async def create_key(
     store: Store,
     caller: Principal,
@@ -231,32 +269,20 @@ async def create_key(
             )
         _check_grantable(caller, roles)
         kind, principal = "service", f"service:{name}"
-    key_id, secret, key = generate_key()
     now = utcnow()
-    row = ApiKeyRow(
-        id=key_id,
-        tenant_id=caller.tenant_id,
-        name=name,
-        kind=kind,
-        principal=principal,
-        agent_name=agent,
-        roles=sorted(set(roles)),
-        digest=key_digest(server_secret, key_id, secret),
-        created_by=caller.id,
-        created_at=now,
-        expires_at=now + expires_in if expires_in else None,
-    )
     try:
         async with store.transaction(caller.tenant_id) as session:
-            session.add(row)
-            await session.flush()
-            details = {"key_id": key_id, "roles": row.roles, "kind": kind}
-            if row.expires_at:
-                details["expires_at"] = row.expires_at.isoformat()
-            await _audit(
+            row, key = await _add_key(
                 session,
-                caller.tenant_id,
-                AuditRecord(caller.id, "key.created", principal, "success", details=details),
+                server_secret,
+                tenant_id=caller.tenant_id,
+                name=name,
+                kind=kind,
+                principal=principal,
+                roles=roles,
+                actor=caller.id,
+                agent=agent,
+                expires_at=now + expires_in if expires_in else None,
             )
     except IntegrityError:
         raise Conflict(
@@ -286,35 +312,20 @@ async def issue_key(
     Returns:
         The key, ``crl_<key_id>_<secret>``.
     """
-    key_id, secret, key = generate_key()
     async with store.transaction(tenant_id) as session:
         if replace:
             await session.execute(
                 delete(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id, ApiKeyRow.name == name)
             )
-        session.add(
-            ApiKeyRow(
-                id=key_id,
-                tenant_id=tenant_id,
-                name=name,
-                kind=kind,
-                principal=principal,
-                roles=sorted(set(roles)),
-                digest=key_digest(server_secret, key_id, secret),
-                created_by=actor,
-            )
-        )
-        await session.flush()
-        await _audit(
+        _row, key = await _add_key(
             session,
-            tenant_id,
-            AuditRecord(
-                actor,
-                "key.created",
-                principal,
-                "success",
-                details={"key_id": key_id, "roles": sorted(set(roles)), "kind": kind},
-            ),
+            server_secret,
+            tenant_id=tenant_id,
+            name=name,
+            kind=kind,
+            principal=principal,
+            roles=roles,
+            actor=actor,
         )
     return key
 

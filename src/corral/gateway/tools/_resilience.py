@@ -57,7 +57,8 @@ def _parse_rate(rate: str) -> tuple[limits.RateLimitItem, ...]:
     return tuple(limits.parse_many(rate))
 
 
-def _async_storage_url(url: str | None) -> str:
+def async_storage_url(url: str | None) -> str:
+    """The ``limits`` async storage URL for a configured one (``None``: this process's memory)."""
     if not url:
         return "async+memory://"
     return url if url.startswith("async+") else f"async+{url}"
@@ -87,7 +88,7 @@ class ToolRateLimiter:
                 raise ValueError(
                     f"tool rate limit {rate!r} is not in limits notation (e.g. '600/minute')"
                 ) from None
-        url = _async_storage_url(settings.rate_limit_storage_url)
+        url = async_storage_url(settings.rate_limit_storage_url)
         try:
             storage = storage_from_string(url)
         except ConfigurationError as exc:
