@@ -236,9 +236,17 @@ def test_kill_switch_all_kills_what_waits_and_stops_what_runs(server: Server) ->
 def test_follow_streams_steps_and_reconnects_after_the_last_event(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The answer takes ~1 s; a stream silent for 0.3 s counts as dropped and is resumed.
+    # A stream silent for 0.3 s counts as dropped and is resumed. The model answers only once
+    # the CLI has reported a dropped stream, so the test does not race a wall-clock timer.
     monkeypatch.setattr(corral.cli.runs, "_STREAM_READ_TIMEOUT_SECONDS", 0.3)
-    threading.Timer(1.0, server.script.gate.set).start()
+    echo = corral.cli.runs.typer.echo
+
+    def echo_then_release(message: object = None, *args: Any, **kwargs: Any) -> None:
+        echo(message, *args, **kwargs)
+        if isinstance(message, str) and message.startswith("(connection lost"):
+            server.script.gate.set()
+
+    monkeypatch.setattr(corral.cli.runs.typer, "echo", echo_then_release)
     workspace = tmp_path / "ws"
     workspace.mkdir()
     (workspace / "main.py").write_text("print(42)\n")
