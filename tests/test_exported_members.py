@@ -193,6 +193,8 @@ PUBLIC = {
         "Phase",
         "RunExecutor",
         "Worker",
+        "WORKSPACES_DIR",
+        "Workspaces",
         "create_run",
         "default_worker_id",
         "get_run",

@@ -177,6 +177,7 @@ class _ContextDoc(_Strict):
     path: str | None = None
     url: str | None = None
     secret: str | None = None
+    workspace: str | None = None
     estimated_cost_usd: Decimal = Decimal(0)
     destructive_allowed: bool = False
 
@@ -317,6 +318,7 @@ def _case(document: _FileDoc, case: _CaseDoc) -> PolicyCase:
                 estimated_cost_usd=context.estimated_cost_usd,
                 destructive_allowed=context.destructive_allowed,
                 secret=context.secret,
+                workspace=context.workspace,
             ),
         ),
         entities=tuple(entities.values()),

@@ -64,6 +64,7 @@ _CONTEXT: Final[dict[str, dict[str, Any]]] = {
     "path": _OPTIONAL_STRING,
     "url": _OPTIONAL_STRING,
     "secret": _OPTIONAL_STRING,
+    "workspace": _OPTIONAL_STRING,
 }
 
 _APPLIES_TO: Final[dict[PolicyAction, tuple[tuple[str, ...], tuple[str, ...]]]] = {
@@ -101,6 +102,8 @@ def cedar_schema() -> dict[str, Any]:
     * ``arguments_json``: String, the tool arguments as canonical JSON (``"{}"`` when none).
     * ``path``, ``url``: optional String, the canonical path / URL argument of a tool call.
     * ``secret``: optional String, the secret's name (``secret.use`` only).
+    * ``workspace``: optional String, the run's canonical workspace directory (``agent.invoke``
+      only; absent when the run has none), e.g. ``context.workspace like "/srv/repos/*"``.
 
     Returns:
         A new dict each call (callers may extend it), ready for ``json.dumps``.
