@@ -3,9 +3,9 @@
 A run's workspace is canonicalised (``Path.resolve(strict=True)``: ``..`` and every symlink
 followed) and must then be a directory under one of its tenant's roots
 (:class:`~corral.settings.WorkspaceSettings`). Corral's own data is refused whatever the roots
-say: ``CORRAL_HOME`` and everything in it except its ``workspaces/`` directory, the key files
-and the SQLite database with its ``-wal``, ``-shm`` and ``-journal`` files, and any directory
-that contains one of them (a workspace of ``/`` would reach them all).
+say: ``CORRAL_HOME`` and everything in it except the tenant's own ``workspaces/{tenant}/``
+directory, the key files and the SQLite database with its ``-wal``, ``-shm`` and ``-journal``
+files, and any directory that contains one of them (a workspace of ``/`` would reach them all).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class Workspaces:
             canonical = None
         if canonical is None or not canonical.is_dir():
             raise InvalidRequest(f"Workspace {workspace!r} is not a directory on the server.")
-        self._refuse_protected(workspace, canonical)
+        self._refuse_protected(workspace, canonical, tenant_id)
         roots = [root.resolve() for root in self.roots(tenant_id)]
         if not any(canonical.is_relative_to(root) for root in roots):
             raise PolicyDenied(
@@ -104,9 +104,11 @@ class Workspaces:
             )
         return canonical
 
-    def _refuse_protected(self, workspace: str, canonical: Path) -> None:
+    def _refuse_protected(self, workspace: str, canonical: Path, tenant_id: str) -> None:
         home = self.home.resolve()
-        carve_out = (home / WORKSPACES_DIR).resolve()
+        # Inside the home only the tenant's own directory is open: not the home, not
+        # ``workspaces/`` (every tenant's), not another tenant's.
+        carve_out = self.builtin_root(tenant_id).resolve()
         inside_home = canonical.is_relative_to(home) and not canonical.is_relative_to(carve_out)
         hit = next(
             (
@@ -121,7 +123,7 @@ class Workspaces:
                 f"Workspace {workspace!r} (resolved: {str(canonical)!r}) would expose Corral's "
                 f"own data ({str(hit)!r}): CORRAL_HOME, its key files and the database are never "
                 "a workspace, nor is a directory that contains them. Use a directory holding "
-                f"only the files the agent should read, under {str(carve_out / '<tenant>')!r}, "
+                f"only the files the agent should read, under {str(carve_out)!r}, "
                 f"or {_HOW_TO_ADD}.",
                 code="workspace_protected",
             )
