@@ -46,7 +46,11 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             else ScriptedModel.answer("It prints 42.")
         )
     )
-    settings = Settings(home=tmp_path / "home", runtime={"poll_interval_seconds": 0.02})
+    settings = Settings(
+        home=tmp_path / "home",
+        runtime={"poll_interval_seconds": 0.02},
+        workspaces={"roots": [tmp_path]},
+    )
     app_ = create_app(Platform(settings, providers={"scripted": model}), local_admin=True)
     with serve_in_thread(app_) as url:
         monkeypatch.setenv("CORRAL_API__URL", url)
