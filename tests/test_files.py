@@ -17,6 +17,13 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
+def make_readable_by_all(files: list[Path]) -> None:
+    files[0].parent.mkdir(exist_ok=True)
+    for path in files:
+        path.write_bytes(b"")
+        path.chmod(0o644)
+
+
 @pytest.fixture
 def restore_umask() -> Iterator[None]:
     before = os.umask(0o022)
@@ -56,12 +63,12 @@ async def test_a_started_platform_keeps_its_files_to_itself(tmp_path: Path) -> N
         await platform.ensure_local_admin()
         await platform.register_builtin_tools()  # a write: the WAL and its index exist now
         wal, shm = Path(f"{database}-wal"), Path(f"{database}-shm")
-        assert wal.exists() and shm.exists()
+        assert mode(wal) == mode(shm) == 0o600  # they exist after a write
         assert os.umask(0o077) == 0o077
         assert mode(home) == 0o700
         for directory in (home / "logs", home / "logs" / "mcp", home / "workspaces"):
             assert mode(directory) == 0o700, directory
-        for private in (database, wal, shm, old_log, up_log):
+        for private in (database, old_log, up_log):
             assert mode(private) == 0o600, private
         for key in ("identity.key", "admin.key"):
             assert mode(home / key) == 0o600, key
@@ -79,12 +86,10 @@ async def test_a_started_platform_keeps_its_files_to_itself(tmp_path: Path) -> N
 @pytest.mark.usefixtures("restore_umask")
 async def test_a_database_outside_the_home_is_made_private(tmp_path: Path) -> None:
     database = tmp_path / "data" / "corral.db"
-    database.parent.mkdir()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{database}{suffix}").write_bytes(b"")
-        Path(f"{database}{suffix}").chmod(0o644)
+    files = [Path(f"{database}{suffix}") for suffix in ("", "-wal", "-shm")]
+    make_readable_by_all(files)
     platform = Platform(
         Settings(home=tmp_path / "home", store={"url": f"sqlite+aiosqlite:///{database}"})
     )
     await platform.close()
-    assert [mode(Path(f"{database}{s}")) for s in ("", "-wal", "-shm")] == [0o600] * 3
+    assert [mode(path) for path in files] == [0o600] * 3

@@ -53,8 +53,10 @@ class Workspaces:
         return self.home / WORKSPACES_DIR / tenant_id
 
     def roots(self, tenant_id: str) -> list[Path]:
-        """The tenant's roots as configured: its built-in root, then ``tenant_roots`` where set
-        for it, else ``roots``."""
+        """The tenant's roots as configured (not resolved; some may not exist).
+
+        Its built-in root, then ``tenant_roots`` where set for the tenant, else ``roots``.
+        """
         configured = self.settings.tenant_roots.get(tenant_id, self.settings.roots)
         return [self.builtin_root(tenant_id), *configured]
 

@@ -67,6 +67,10 @@ def settings(**overrides: Any) -> LocalModelSettings:
     return LocalModelSettings(port=free_port(), **overrides)
 
 
+def command_line(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 def process_group_exists(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -255,7 +259,7 @@ async def test_only_the_holder_of_the_per_start_key_reaches_the_model(
         assert allowed.status_code == 200
     # Not on its command line, which every local user can read in /proc.
     assert server.pid is not None
-    assert key.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    assert key.encode() not in command_line(server.pid)
     provider = local_provider(server.base_url, server.settings, api_key=key)
     try:
         response = await provider.complete(

@@ -263,9 +263,11 @@ class LocalModelServer:
 
     @staticmethod
     def _environment(api_key: str) -> dict[str, str]:
-        """The server's environment: Corral's own minus its ``CORRAL_*`` settings (they may
-        hold keys the model server has no use for), plus ``API_KEY``, which llama-cpp-python's
-        ``ServerSettings`` reads (it has no ``env_prefix``)."""
+        """The server's environment: Corral's own, minus ``CORRAL_*``, plus ``API_KEY``.
+
+        Corral's settings may hold keys the model server has no use for; llama-cpp-python's
+        ``ServerSettings`` reads ``API_KEY`` (it has no ``env_prefix``).
+        """
         environment = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
         environment["API_KEY"] = api_key
         return environment
