@@ -98,7 +98,7 @@ class Workspaces:
         roots = [root.resolve() for root in self.roots(tenant_id)]
         if not any(canonical.is_relative_to(root) for root in roots):
             raise PolicyDenied(
-                f"Workspace {workspace!r} (resolved: {str(canonical)!r}) is not under a "
+                f"Workspace {_named(workspace, canonical)} is not under a "
                 f"workspace root of tenant {tenant_id!r} "
                 f"({', '.join(repr(str(r)) for r in roots)}); put it under "
                 f"{str(self.builtin_root(tenant_id))!r}, or {_HOW_TO_ADD}.",
@@ -122,7 +122,7 @@ class Workspaces:
         )
         if hit is not None:
             raise PolicyDenied(
-                f"Workspace {workspace!r} (resolved: {str(canonical)!r}) would expose Corral's "
+                f"Workspace {_named(workspace, canonical)} would expose Corral's "
                 f"own data ({str(hit)!r}): CORRAL_HOME, its key files and the database are never "
                 "a workspace, nor is a directory that contains them. Use a directory holding "
                 f"only the files the agent should read, under {str(carve_out)!r}, "
@@ -135,3 +135,10 @@ class Workspaces:
         yield self.home.resolve()
         for path in self._protected_files:
             yield path.resolve()
+
+
+def _named(workspace: str, canonical: Path) -> str:
+    """``'given'``, with ``(resolved: 'canonical')`` when the two differ."""
+    if str(canonical) == workspace:
+        return repr(workspace)
+    return f"{workspace!r} (resolved: {str(canonical)!r})"
