@@ -175,7 +175,8 @@ def test_missing_relative_and_non_directory_workspaces_are_invalid(tmp_path: Pat
     resolver = workspaces(tmp_path, workspaces={"roots": [tmp_path]})
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
-    for bad in ("relative/dir", str(tmp_path / "missing"), str(tmp_path / "file.txt")):
+    bad_paths = ("relative/dir", "", f"{tmp_path}/a\0b", "/" + "x" * 5000)
+    for bad in (*bad_paths, str(tmp_path / "missing"), str(tmp_path / "file.txt")):
         with pytest.raises(InvalidRequest):
             resolver.resolve("default", bad)
     with pytest.raises(InvalidRequest):

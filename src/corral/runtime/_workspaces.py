@@ -90,7 +90,7 @@ class Workspaces:
             )
         try:
             canonical = path.resolve(strict=True)
-        except (OSError, RuntimeError):  # missing, a symlink loop, unreadable
+        except (OSError, RuntimeError, ValueError):  # missing, a loop, unreadable, a NUL byte
             canonical = None
         if canonical is None or not canonical.is_dir():
             raise InvalidRequest(f"Workspace {workspace!r} is not a directory on the server.")
