@@ -52,6 +52,9 @@ async def test_a_started_platform_keeps_its_files_to_itself(tmp_path: Path) -> N
     elsewhere = tmp_path / "shared"
     elsewhere.mkdir(mode=0o755)
     (home / "link").symlink_to(elsewhere)
+    notes = home / "notes.txt"
+    notes.write_text("the operator's, not Corral's\n")
+    notes.chmod(0o644)
     user_file = home / "workspaces" / "default" / "repo" / "README.md"
     user_file.parent.mkdir(parents=True)
     user_file.write_text("# mine\n")
@@ -74,7 +77,7 @@ async def test_a_started_platform_keeps_its_files_to_itself(tmp_path: Path) -> N
             assert mode(home / key) == 0o600, key
         # Not Corral's: a symlink's target and the agents' files keep their modes.
         assert mode(elsewhere) == 0o755
-        assert mode(user_file) == 0o644
+        assert mode(user_file) == mode(notes) == 0o644
     finally:
         await platform.close()
     # Whatever Corral creates later is private too.

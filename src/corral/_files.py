@@ -24,12 +24,14 @@ def make_home_private(home: Path, *, database: Path | None = None) -> None:
     """Make Corral's files private to the user it runs as, before it creates any.
 
     Sets the process umask to :data:`PRIVATE_UMASK`; creates ``home`` and ``home/logs`` mode
-    0700; and fixes files left by an older Corral or another program: ``home`` (symlinks
-    resolved) and its subdirectories 0700, regular files directly in ``home`` and in
-    ``home/logs`` 0600, and the SQLite ``database`` (wherever it lies) with its ``-wal``,
-    ``-shm`` and ``-journal`` files 0600. Other symlinks are left alone, and so is what lies
-    deeper (e.g. inside ``home/workspaces/``: the agents' files, not Corral's). A path Corral
-    may not change (owned by another user) is logged and skipped.
+    0700; and fixes what an older Corral or another program left: ``home`` (symlinks resolved)
+    and its subdirectories 0700, ``*.log`` files in ``home`` (``corral up > $CORRAL_HOME/up.log``)
+    and everything in ``home/logs`` 0600 (subdirectories 0700), and the SQLite ``database``
+    (wherever it lies) with its ``-wal``, ``-shm`` and ``-journal`` files 0600. Key files are
+    not touched: they are written 0600, and one that others could read is refused where it is
+    loaded, not quietly fixed. Other symlinks are left alone, and so is what lies deeper (e.g.
+    inside ``home/workspaces/``: the agents' files, not Corral's). A path Corral may not change
+    (owned by another user) is logged and skipped.
 
     Args:
         home: ``CORRAL_HOME``.
@@ -40,7 +42,8 @@ def make_home_private(home: Path, *, database: Path | None = None) -> None:
     home = home.resolve()
     _restrict(home, 0o700)
     for entry in home.iterdir():
-        _restrict(entry, 0o700 if entry.is_dir() else 0o600)
+        if entry.is_dir() or entry.suffix == ".log":
+            _restrict(entry, 0o700 if entry.is_dir() else 0o600)
     for entry in (home / "logs").iterdir():
         _restrict(entry, 0o700 if entry.is_dir() else 0o600)
     for suffix in SQLITE_SUFFIXES if database is not None else ():
