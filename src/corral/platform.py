@@ -73,7 +73,7 @@ class Platform:
             :meth:`start` next to Corral's own.
 
     Building one makes Corral's files private first (:func:`corral._files.make_home_private`:
-    umask 0o077, ``CORRAL_HOME`` 0700, database, keys and logs 0600) and creates the default
+    umask 0o077, ``CORRAL_HOME`` 0700, database and logs 0600) and creates the default
     tenant's workspace root, ``{home}/workspaces/default/``.
     """
 
