@@ -345,6 +345,8 @@ class ApprovalVoteOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     principal: str
+    accountable: str
+    """The human the vote counts as (a service account's creator)."""
     role: str
     """The approver role the vote was cast with."""
     vote: Literal["approve", "reject"]

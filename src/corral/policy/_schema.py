@@ -73,7 +73,8 @@ _APPLIES_TO: Final[dict[PolicyAction, tuple[tuple[str, ...], tuple[str, ...]]]] 
     "memory.read": (("Agent", "User", "ServiceAccount"), ("Namespace",)),
     "memory.write": (("Agent", "User", "ServiceAccount"), ("Namespace",)),
     "agent.promote": (("User", "ServiceAccount"), ("Agent",)),
-    "approval.decide": (("User",), ("Agent", "Tool")),
+    # People decide approvals by role; a service account only where a policy permits this.
+    "approval.decide": (("User", "ServiceAccount"), ("Agent", "Tool")),
     "secret.use": (("Agent", "ServiceAccount"), ("Tool", "Namespace")),
 }
 
