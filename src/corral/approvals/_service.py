@@ -471,14 +471,15 @@ def _check_voter(approval: Any, voter: _Voter, vote: Vote) -> str:
             "Ask a holder of that role; a tenant admin grants roles with `corral roles grant`.",
             code="approval_role_missing",
         )
-    if vote == "approve" and ({principal, voter.accountable} & voter.requesters):
+    overlap = {principal, voter.accountable} & voter.requesters
+    if vote == "approve" and overlap:
         acting = f" (acting for {voter.accountable})" if voter.accountable != principal else ""
         raise PolicyDenied(
-            f"{principal}{acting} may not approve request {approval.id!r}: "
-            f"{approval.requested_by} requested {approval.subject} "
-            f"({approval.run_id or approval.id}) and every key counts as its accountable "
-            f"human ({', '.join(sorted(voter.requesters))}); another person holding "
-            f"{' or '.join(repr(r) for r in approval.approver_roles)} must approve it.",
+            f"{principal}{acting} may not approve their own request {approval.id!r} "
+            f"({approval.subject}, {approval.run_id or approval.id}, requested by "
+            f"{approval.requested_by}): a key counts as its accountable human, and "
+            f"{' and '.join(sorted(overlap))} is accountable for the request. Another person "
+            f"holding {' or '.join(repr(r) for r in approval.approver_roles)} must approve it.",
             code="approval_self_approval",
         )
     return held[0]
