@@ -13,7 +13,6 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from conftest import agent_document
@@ -48,8 +47,15 @@ SERVICE_VOTES = {
         "description": "The two release bots may vote on listings.",
         "cedar": """
 @id("bots-may-vote")
-permit (principal is ServiceAccount, action == Action::"approval.decide", resource == Tool::"fs.list_dir")
-when { principal == ServiceAccount::"service:bot-1" || principal == ServiceAccount::"service:bot-2" };
+permit (
+  principal is ServiceAccount,
+  action == Action::"approval.decide",
+  resource == Tool::"fs.list_dir"
+)
+when {
+  principal == ServiceAccount::"service:bot-1" ||
+  principal == ServiceAccount::"service:bot-2"
+};
 """,
     },
 }
