@@ -161,7 +161,7 @@ async def test_the_migration_backfills_accountable_humans(settings: Settings) ->
         await platform.start()  # migrates to the head
         async with platform.store.read(SYSTEM) as session:
             result = await session.execute(select(ApiKeyRow.id, ApiKeyRow.accountable))
-            stored = dict(result.tuples().all())
+            stored = dict(list(result))
         assert stored == {key_id: human for key_id, *_, human in KEYS_BEFORE}
     finally:
         await platform.close()

@@ -672,7 +672,9 @@ async def decide_approval(
         list(roles),
         await accountable_humans(store, tenant_id, request.requested_by),
     )
-    if principal_ref(principal).type != "User":
+    # A decided request is refused as such in the transaction (statuses never return to
+    # pending), so only a vote that may count needs the service-vote decision.
+    if principal_ref(principal).type != "User" and request.status == "pending":
         voter = await _service_voter(store, governance, request, voter)
     approval, expired = await store.run_sync(
         functools.partial(
@@ -725,7 +727,7 @@ async def _service_voter(
         entity = governance.principal_entity(voter.principal, approval.tenant_id, roles=voter.roles)
         decision = await governance.decide(approval.tenant_id, request, [entity])
     if decision is None or decision.decision != "allow":
-        because = "; ".join(decision.reasons) if decision is not None else "no policy engine"
+        because = "; ".join(r.rstrip(".") for r in decision.reasons) if decision else ""
         raise PolicyDenied(
             f"{voter.principal} is a service account and may vote on approval request "
             f"{approval.id!r} only where a policy permits action `approval.decide` for it "
