@@ -65,7 +65,9 @@ MAX_YAML_DEPTH = 100
 
 _Path = tuple[str | int, ...]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_BUILD_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError)
+# What PyYAML's safe constructors raise on a value they cannot build (``!!int ''`` indexes an
+# empty string, ``!!timestamp x`` reads a failed regex match): the value is bad, not Corral.
+_BUILD_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError)
 
 
 @dataclass(frozen=True)
