@@ -108,16 +108,18 @@ def _parse_json(text: str, source: str, yaml_issue: ContractIssue) -> Any:
             data[key] = value
         return data
 
+    too_deep = f"nested more than {MAX_YAML_DEPTH} levels deep; flatten the document"
     try:
         data = json.loads(text, object_pairs_hook=unique)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise InvalidContract([ContractIssue(source, 0, "", None, too_deep)]) from None
+    except ValueError:
         problem = yaml_issue.message.removeprefix(_INVALID_YAML).strip()
         raise InvalidContract(
             [ContractIssue(source, 0, "", yaml_issue.line, f"invalid YAML/JSON: {problem}")]
         ) from None
     if _depth(data) > MAX_YAML_DEPTH:
-        message = f"nested more than {MAX_YAML_DEPTH} levels deep; flatten the document"
-        raise InvalidContract([ContractIssue(source, 0, "", None, message)])
+        raise InvalidContract([ContractIssue(source, 0, "", None, too_deep)])
     return data
 
 
