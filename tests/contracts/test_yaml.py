@@ -78,7 +78,7 @@ def test_billion_laughs_costs_no_more_memory_than_a_small_document() -> None:
 
 
 def test_too_many_aliases_are_refused_even_when_each_is_small() -> None:
-    text = "base: &b 1\nitems:\n" + "".join(f"  - *b\n" for _ in range(MAX_YAML_ALIASES + 1))
+    text = "base: &b 1\nitems:\n" + "".join("  - *b\n" for _ in range(MAX_YAML_ALIASES + 1))
     issue = refusal(text)
     assert f"more than {MAX_YAML_ALIASES} aliases" in issue.message
     assert (issue.path, issue.line) == (f"items[{MAX_YAML_ALIASES}]", MAX_YAML_ALIASES + 3)
@@ -126,7 +126,11 @@ def test_keys_equal_once_built_are_duplicates(text: str, key: str) -> None:
 
 
 def test_a_duplicate_in_the_second_document_names_that_document() -> None:
-    text = AGENT_YAML + "---\n" + AGENT_YAML.replace("  owner: platform-team\n", "  owner: a\n  owner: b\n")
+    text = (
+        AGENT_YAML
+        + "---\n"
+        + AGENT_YAML.replace("  owner: platform-team\n", "  owner: a\n  owner: b\n")
+    )
     issue = refusal(text)
     assert (issue.document, issue.path, issue.line) == (1, "spec.owner", 19)
 

@@ -86,9 +86,9 @@ FRAGMENTS = [
     "é",
 ]
 
-yaml_like = st.lists(
-    st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), max_size=60
-).map("".join)
+yaml_like = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), max_size=60).map(
+    "".join
+)
 
 
 def expanded_size(data: Any, cap: int) -> int:

@@ -113,7 +113,7 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().compose_document()
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
         entry = _entry(index)
         if entry is not None:
             self._path.append(entry)
@@ -132,7 +132,7 @@ class _BoundedLoader(yaml.SafeLoader):
                     event.start_mark.line + 1,
                     f"nested more than {MAX_YAML_DEPTH} levels deep; flatten the document",
                 )
-            node = super().compose_node(parent, index)
+            node: Any = super().compose_node(parent, index)
             self._depth -= 1
             self._sizes[id(node)] = _size(node, self._sizes)
             return node
@@ -140,7 +140,7 @@ class _BoundedLoader(yaml.SafeLoader):
             if entry is not None:
                 self._path.pop()
 
-    def _count_alias(self, event: yaml.AliasEvent, path: _Path) -> None:
+    def _count_alias(self, event: Any, path: _Path) -> None:
         target = self.anchors.get(event.anchor)
         if target is None:
             return  # PyYAML reports the undefined alias with its line
@@ -215,12 +215,16 @@ def _entry(index: Any) -> str | int | None:
     if isinstance(index, yaml.ScalarNode):
         return str(index.value)
     if isinstance(index, yaml.Node):
-        return f"<{index.id} key>"
+        return f"<{_kind(index)} key>"
     return None  # a mapping key, or the root
 
 
 def _shown(node: yaml.Node) -> str:
-    return str(node.value) if isinstance(node, yaml.ScalarNode) else f"<{node.id}>"
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else f"<{_kind(node)}>"
+
+
+def _kind(node: yaml.Node) -> str:
+    return "mapping" if isinstance(node, yaml.MappingNode) else "sequence"
 
 
 def _size(node: yaml.Node, sizes: dict[int, int]) -> int:
@@ -271,7 +275,8 @@ def load_yaml(
         loader = _BoundedLoader(text)  # checks every character is printable
         while loader.check_node():
             if single and documents:
-                line = loader.peek_event().start_mark.line + 1
+                event: Any = loader.peek_event()  # type: ignore[no-untyped-call]
+                line = event.start_mark.line + 1
                 raise issue((), line, "expected one YAML document, found a second one")
             node = loader.get_node()
             data = loader.construct_document(node) if node is not None else None

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from corral.contracts import MAX_YAML_DEPTH, API_VERSION, Tool, load_yaml
+from corral.contracts import API_VERSION, MAX_YAML_DEPTH, Tool, load_yaml
 from corral.contracts._positions import Lines, line_of
 from corral.errors import ContractIssue, InvalidContract
 
