@@ -6,6 +6,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+import yaml
 
 from corral.contracts import (
     MAX_YAML_ALIAS_NODES,
@@ -222,3 +223,21 @@ def test_a_single_document_reader_refuses_a_second_document() -> None:
     [issue] = caught.value.issues
     assert issue.line == 2
     assert "found a second one" in issue.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        laughs(9),
+        "loop: &loop [a, *loop]\n",
+        AGENT_YAML + "    allowed: ['*']\n",
+        "a: " + "[" * 500 + "]" * 500,
+        "a: 1\nb: 2024-02-30\n",
+        "a: 1\nb: \x00\n",
+    ],
+)
+def test_without_libyaml_the_same_refusals(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PyYAML built without libyaml parses in Python; the checks are in the composer, shared.
+    with_libyaml = refusal(text)
+    monkeypatch.setattr(yaml, "__with_libyaml__", False)
+    assert refusal(text) == with_libyaml

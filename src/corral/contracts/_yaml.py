@@ -34,8 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
 from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.reader import ReaderError
+from yaml.parser import Parser
+from yaml.reader import Reader, ReaderError
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
 
 from corral.contracts._positions import Lines, dotted
 from corral.errors import ContractIssue, InvalidContract
@@ -93,11 +97,37 @@ class _Refused(Exception):
         self.path, self.line, self.message = path, line, message
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """``SafeLoader`` that counts while it composes: aliases, their expansion, depth, keys."""
+class _PythonEvents(Reader, Scanner, Parser):
+    """PyYAML's pure-Python event parser (when PyYAML was built without libyaml)."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(text)
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+
+
+def _events(text: str) -> Any:
+    """An event parser over ``text``: libyaml's when PyYAML has it (about 4x faster)."""
+    if yaml.__with_libyaml__:
+        from yaml._yaml import CParser
+
+        return CParser(text)
+    return _PythonEvents(text)
+
+
+class _BoundedLoader(Composer, SafeConstructor, Resolver):
+    """``SafeLoader`` that counts while it composes: aliases, their expansion, depth, keys.
+
+    Scanning and parsing into events is PyYAML's (in C with libyaml); composing events into
+    nodes is PyYAML's Python ``Composer``, with the checks added here.
+    """
+
+    def __init__(self, text: str) -> None:
+        _check_printable(text)
+        self._parser = _events(text)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
         self.lines: Lines = {}
         self._path: list[str | int] = []
         self._sizes: dict[int, int] = {}  # id(node) -> expanded size, once composed
@@ -106,6 +136,18 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth = 0
         self._keys = SafeConstructor()
 
+    def check_event(self, *choices: Any) -> bool:
+        return bool(self._parser.check_event(*choices))
+
+    def peek_event(self) -> Any:
+        return self._parser.peek_event()
+
+    def get_event(self) -> Any:
+        return self._parser.get_event()
+
+    def dispose(self) -> None:
+        self._parser.dispose()
+
     def compose_document(self) -> Any:
         self.lines, self._sizes = {}, {}
         self._aliases = self._alias_nodes = 0
@@ -113,7 +155,7 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().compose_document()
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        event: Any = self.peek_event()
         entry = _entry(index)
         if entry is not None:
             self._path.append(entry)
@@ -275,7 +317,7 @@ def load_yaml(
         loader = _BoundedLoader(text)  # checks every character is printable
         while loader.check_node():
             if single and documents:
-                event: Any = loader.peek_event()  # type: ignore[no-untyped-call]
+                event: Any = loader.peek_event()
                 line = event.start_mark.line + 1
                 raise issue((), line, "expected one YAML document, found a second one")
             node = loader.get_node()
@@ -322,6 +364,20 @@ def read_yaml_file(path: Path, *, source: str | None = None) -> str:
         raise InvalidContract(
             [ContractIssue(name, 0, "", line, f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
         ) from None
+
+
+def _check_printable(text: str) -> None:
+    """YAML 1.1's printable characters only (section 5.1; PyYAML's rule, whichever parser runs).
+
+    Raises:
+        ReaderError: at the first other character (a control character, a lone surrogate).
+    """
+    found = Reader.NON_PRINTABLE.search(text)
+    if found is not None:
+        character = found.group()
+        raise ReaderError(
+            "<text>", found.start(), ord(character), "unicode", "special characters are not allowed"
+        )
 
 
 def _utf8_length(text: str) -> int:
