@@ -207,6 +207,15 @@ def test_load_paths_refuses_a_bomb_in_a_directory_with_its_file(tmp_path: Path) 
     assert "aliases expand" in issue.message
 
 
+def test_a_directory_of_policy_cases_only_says_so(tmp_path: Path) -> None:
+    (tmp_path / "cases.yaml").write_text("cases:\n  - name: c\n")
+    with pytest.raises(InvalidContract) as caught:
+        load_paths([tmp_path])
+    [issue] = caught.value.issues
+    assert issue.file == str(tmp_path)
+    assert "no contract documents" in issue.message
+
+
 def test_load_paths_reports_a_non_utf8_file_with_its_line(tmp_path: Path) -> None:
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes(b"a: 1\nb: caf\xe9\n")

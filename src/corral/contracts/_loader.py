@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,15 @@ class Document:
     contract: Agent | McpServer | Policy | Tool
 
 
-def load_paths(paths: Iterable[Path]) -> list[Document]:
+def load_paths(paths: Sequence[Path]) -> list[Document]:
     """Load every YAML document in files and directories (``*.yaml``/``*.yml``, recursive, sorted).
 
-    In a directory, files of ``corral policy test`` cases are skipped.
+    In a directory, files of ``corral policy test`` cases are skipped. Every file is read by
+    :func:`load_yaml`, within its limits.
 
     Raises:
-        InvalidContract: with every problem found in every file; nothing is returned partially.
+        InvalidContract: with every problem found in every file (or none holding a contract);
+            nothing is returned partially.
     """
     files: list[tuple[Path, bool]] = []  # (file, found in a directory)
     issues: list[ContractIssue] = []
@@ -66,6 +68,10 @@ def load_paths(paths: Iterable[Path]) -> list[Document]:
             issues.extend(exc.issues)
         except OSError as exc:
             issues.append(ContractIssue(str(file), 0, "", None, f"cannot read: {exc.strerror}"))
+    if files and not documents and not issues:
+        where = ", ".join(str(p) for p in paths)
+        message = "no contract documents (files of `corral policy test` cases are skipped)"
+        issues.append(ContractIssue(where, 0, "", None, message))
     if issues:
         raise InvalidContract(issues)
     return documents
