@@ -337,6 +337,7 @@ class Corral(System):
                 task=f"bench run {uuid.uuid4().hex}",
                 requested_by="bench",
                 workspace=str(self.workspace),
+                workspaces=self.platform.workspaces,
             )
             return run.id
 
@@ -475,7 +476,9 @@ class CorralSqlite(Corral):
     def settings(self) -> Settings:
         home = self.tmp / "corral-home"
         settings = Settings(
-            home=home, runtime={"worker_concurrency": 128, "poll_interval_seconds": 0.01}
+            home=home,
+            runtime={"worker_concurrency": 128, "poll_interval_seconds": 0.01},
+            workspaces={"roots": [self.tmp]},
         )
         if settings.store_url != f"sqlite+aiosqlite:///{home / 'corral.db'}":
             raise SystemExit(
@@ -525,6 +528,7 @@ class CorralPostgres(Corral):
             home=self.tmp / "corral-pg-home",
             store={"url": self.url, "postgres_schema": self.schema},
             runtime={"worker_concurrency": 128, "poll_interval_seconds": 0.01},
+            workspaces={"roots": [self.tmp]},
         )
 
     async def start(self) -> None:

@@ -224,6 +224,7 @@ async def _create(platform: Platform, workspace: Path, task: str) -> str:
             task=task,
             requested_by="bench",
             workspace=str(workspace),
+            workspaces=platform.workspaces,
         )
         return run.id
 
@@ -375,7 +376,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     workspace = tmp / "workspace"
     workspace.mkdir()
-    settings = Settings(home=tmp / "home")
+    settings = Settings(home=tmp / "home", workspaces={"roots": [tmp]})
     if settings.store_url != f"sqlite+aiosqlite:///{tmp / 'home' / 'corral.db'}":
         raise SystemExit(
             f"CORRAL_STORE__URL points the store elsewhere ({settings.store_url}); unset it: "

@@ -7,6 +7,9 @@ CORRAL_EXTRAS=local
 . "$(dirname "$0")/_env.sh"
 
 export CORRAL_HOME="${CORRAL_HOME:-$(mktemp -d -t corral-demo-XXXXXX)}"
+WORKSPACE=$(python -c 'import httpx, os; print(os.path.dirname(httpx.__file__))')
+# Runs may only read directories under a workspace root: add the package directory as one.
+export CORRAL_WORKSPACES__ROOTS="$WORKSPACE${CORRAL_WORKSPACES__ROOTS:+:$CORRAL_WORKSPACES__ROOTS}"
 export CORRAL_API__PORT="${CORRAL_API__PORT:-8420}"
 echo "==> starting corral up (data in $CORRAL_HOME, log in $CORRAL_HOME/up.log)"
 mkdir -p "$CORRAL_HOME"
@@ -23,7 +26,6 @@ echo "==> corral whoami (the local admin; its key is in $CORRAL_HOME/admin.key)"
 corral whoami
 echo "==> corral apply -f examples/agents/"
 corral apply -f examples/agents/
-WORKSPACE=$(python -c 'import httpx, os; print(os.path.dirname(httpx.__file__))')
 echo "==> corral run repo-analyst ... --workspace $WORKSPACE --follow"
 corral run repo-analyst "What does this Python package do? Name its main modules." \
   --workspace "$WORKSPACE" --follow || true

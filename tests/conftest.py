@@ -77,11 +77,15 @@ async def store_settings(
 
 @pytest.fixture
 def settings(tmp_path: Path, store_settings: StoreSettings) -> Settings:
-    """Settings on a temporary home and the parametrised store, fast worker polling."""
+    """Settings on a temporary home and the parametrised store, fast worker polling.
+
+    ``tmp_path`` is a workspace root, so tests may point runs at directories they make there.
+    """
     return Settings(
         home=tmp_path / "home",
         store=store_settings,
         runtime={"poll_interval_seconds": 0.02, "lease_seconds": 30},
+        workspaces={"roots": [tmp_path]},
     )
 
 

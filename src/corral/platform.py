@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from corral._files import write_private_file
+from corral._files import make_home_private, write_private_file
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.gateway.mcp import McpExecutor, McpPool
 from corral.gateway.models import (
@@ -29,7 +29,7 @@ from corral.gateway.tools._gateway import ToolGateway
 from corral.observability import Tracing
 from corral.policy._service import Governance
 from corral.registry import apply_documents
-from corral.runtime import RunExecutor, Worker
+from corral.runtime import RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
 from corral.settings import Settings
 from corral.store import DEFAULT_TENANT, SYSTEM, Store, ensure_migrated, upgrade
@@ -71,6 +71,10 @@ class Platform:
             an unmigrated database.
         builtins: Extra builtin tools (implementation and ``Tool`` document), registered in
             :meth:`start` next to Corral's own.
+
+    Building one makes Corral's files private first (:func:`corral._files.make_home_private`:
+    umask 0o077, ``CORRAL_HOME`` 0700, database and logs 0600) and creates the default
+    tenant's workspace root, ``{home}/workspaces/default/``.
     """
 
     def __init__(
@@ -83,6 +87,9 @@ class Platform:
         builtins: Mapping[str, BuiltinTool] | None = None,
     ) -> None:
         self.settings = settings
+        make_home_private(settings.home, database=settings.sqlite_path)
+        self.workspaces = Workspaces(settings)
+        self.workspaces.ensure_builtin_root(DEFAULT_TENANT)
         self.store = Store(
             settings.store_url,
             echo=settings.store.echo,
@@ -206,7 +213,7 @@ class Platform:
             log.warning("embedded model unavailable: %s", exc.message)
             return UnavailableProvider("local", exc.message)
         self.local_server = server
-        return local_provider(server.base_url, self.settings.local_model)
+        return local_provider(server.base_url, self.settings.local_model, api_key=server.api_key)
 
     async def _render_secret(self, tenant_id: str, template: str) -> str:
         """Resolve ``${secret:NAME}`` references for an MCP server's ``env`` or ``headers``."""

@@ -7,12 +7,15 @@ Groups nest with ``__``: ``CORRAL_STORE__URL``, ``CORRAL_OPENAI__BASE_URL``. The
 from __future__ import annotations
 
 import functools
+import json
+import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 __all__ = [
     "ApiSettings",
@@ -25,6 +28,7 @@ __all__ = [
     "Settings",
     "StoreSettings",
     "ToolSettings",
+    "WorkspaceSettings",
     "get_settings",
 ]
 
@@ -241,6 +245,52 @@ class McpEndpointSettings(BaseModel):
     """Directory the ``fs.*`` tools read for inbound calls; ``None``: they refuse."""
 
 
+class WorkspaceSettings(BaseModel):
+    """Where runs' workspaces may lie (the directories the ``fs.*`` tools of a run read).
+
+    A run's workspace must resolve (symlinks followed) to a directory under one of its
+    tenant's roots: ``{home}/workspaces/{tenant}/`` (created for the default tenant at start)
+    plus the roots below. ``CORRAL_HOME`` and every key and database file are refused whatever
+    the roots say, as is a workspace that contains one of them.
+    """
+
+    roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """Absolute directories every tenant's runs may use as (or under) their workspace, e.g.
+    ``CORRAL_WORKSPACES__ROOTS=/srv/repos:/opt/src`` (``:``-separated like ``PATH``, or a JSON
+    list). Empty: only ``{home}/workspaces/{tenant}/``."""
+    tenant_roots: dict[str, list[Path]] = Field(default_factory=dict)
+    """Per tenant, roots used instead of :attr:`roots` (the tenant's own directory under
+    ``{home}/workspaces/`` still counts), e.g.
+    ``CORRAL_WORKSPACES__TENANT_ROOTS='{"acme": ["/srv/acme"]}'``."""
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("roots")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        return [_absolute_root(root) for root in value]
+
+    @field_validator("tenant_roots")
+    @classmethod
+    def _absolute_per_tenant(cls, value: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        return {tenant: [_absolute_root(root) for root in roots] for tenant, roots in value.items()}
+
+
+def _absolute_root(root: Path) -> Path:
+    root = root.expanduser()
+    if not root.is_absolute():
+        raise ValueError(f"workspace root {str(root)!r} must be an absolute path")
+    return root
+
+
 class ModelPrice(BaseModel):
     """A model's list price, in US dollars per million tokens."""
 
@@ -304,6 +354,7 @@ class Settings(BaseSettings):
     quotas: QuotaSettings = QuotaSettings()
     mcp_endpoint: McpEndpointSettings = McpEndpointSettings()
     secrets: SecretsSettings = SecretsSettings()
+    workspaces: WorkspaceSettings = WorkspaceSettings()
 
     @property
     def store_url(self) -> str:
@@ -311,6 +362,14 @@ class Settings(BaseSettings):
         if self.store.url:
             return self.store.url
         return f"sqlite+aiosqlite:///{self.home / 'corral.db'}"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The effective store's SQLite database file; ``None`` for PostgreSQL or in-memory."""
+        url = make_url(self.store_url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return Path(url.database).expanduser()
 
     @property
     def api_url(self) -> str:

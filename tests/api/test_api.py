@@ -82,6 +82,27 @@ async def test_duplicate_in_one_apply_is_409(api) -> None:
     assert (await client.get("/v1/agents")).json()["items"] == []
 
 
+async def test_apply_warns_of_unmatched_tools_and_strict_refuses_them(api) -> None:
+    client = await api()
+    typo = agent_document(tools={"allowed": ["fs.list_dir", "fs.raed_file"]})
+    response = await client.post("/v1/apply", json={"documents": [typo], "strict": True})
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_contract")
+    [issue] = response.json()["issues"]
+    assert (issue["document"], issue["path"]) == (0, "spec.tools.allowed[1]")
+    assert "did you mean 'fs.read_file'?" in issue["message"]
+    assert (await client.get("/v1/agents/repo-analyst")).status_code == 404
+    [applied] = await apply(client, typo)
+    assert applied["action"] == "created"
+    assert applied["warnings"] == [
+        "spec.tools.allowed[1]: 'fs.raed_file' matches no registered tool; "
+        "did you mean 'fs.read_file'?"
+    ]
+    single = await client.post(
+        "/v1/agents", params={"strict": "true", "dry_run": "true"}, json=typo
+    )
+    assert single.status_code == 422
+
+
 async def test_agents_list_pages_with_a_cursor(api) -> None:
     client = await api()
     await apply(client, agent_document("bravo"), agent_document("alpha"), agent_document("charlie"))

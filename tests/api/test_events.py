@@ -167,6 +167,7 @@ async def test_events_of_a_run_that_moves_between_workers_arrive(
             task="x",
             requested_by="user:test",
             workspace=str(workspace),
+            workspaces=platform.workspaces,
         )
     stream = asyncio.create_task(client.get(f"/v1/runs/{run.id}/events"))
 

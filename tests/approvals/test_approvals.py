@@ -816,3 +816,37 @@ async def test_the_agent_contracts_own_approval_rules_hold_calls_even_in_dev(
     await platform.worker.run_until_idle()
     assert (await run_of(platform, run.id)).status == "SUCCEEDED"
     assert [n for _, n in ledger.executions] == [7]
+
+
+async def test_agents_and_service_accounts_no_policy_permits_never_vote(
+    governed: Governed,
+) -> None:
+    platform = await governed(Ledger())
+    run_id, request = await paused_run(platform)
+    for principal in ("agent:repo-analyst", "service:bot"):
+        for how, text in (("approve", {}), ("reject", {"reason": "no"})):
+            with pytest.raises(PolicyDenied) as denied:
+                await decide_approval(
+                    platform.store,
+                    request.id,
+                    tenant_id="default",
+                    principal=principal,
+                    roles=["approver"],
+                    vote=how,  # type: ignore[arg-type]
+                    governance=platform.governance,
+                    **text,
+                )
+            assert denied.value.code == "approval_service_vote"
+    # A vote counts as the voter's accountable human: a key acting for the requester is her.
+    with pytest.raises(PolicyDenied, match="may not approve their own request"):
+        await decide_approval(
+            platform.store,
+            request.id,
+            tenant_id="default",
+            principal="user:bob-laptop",
+            accountable=REQUESTER,
+            roles=["approver"],
+            vote="approve",
+        )
+    assert (await run_of(platform, run_id)).status == "AWAITING_APPROVAL"
+    assert (await get_approval(platform.store, request.id, tenant_id="default")).votes == []

@@ -70,6 +70,7 @@ def server_settings(tmp_path: Path) -> Settings:
         home=tmp_path / "home",
         runtime={"poll_interval_seconds": 0.02},
         governance={"roles": ROLES, "policy_refresh_seconds": 0},
+        workspaces={"roots": [tmp_path]},
     )
 
 

@@ -38,6 +38,7 @@ async def busy_platform(make_platform, workspace) -> Platform:
                 task=task,
                 requested_by="user:test",
                 workspace=str(workspace),
+                workspaces=platform.workspaces,
             )
         await platform.worker.run_until_idle()
     return platform

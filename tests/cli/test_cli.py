@@ -46,7 +46,11 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             else ScriptedModel.answer("It prints 42.")
         )
     )
-    settings = Settings(home=tmp_path / "home", runtime={"poll_interval_seconds": 0.02})
+    settings = Settings(
+        home=tmp_path / "home",
+        runtime={"poll_interval_seconds": 0.02},
+        workspaces={"roots": [tmp_path]},
+    )
     app_ = create_app(Platform(settings, providers={"scripted": model}), local_admin=True)
     with serve_in_thread(app_) as url:
         monkeypatch.setenv("CORRAL_API__URL", url)
@@ -155,3 +159,41 @@ def test_up_refuses_a_port_in_use() -> None:
     assert result.exit_code == 1
     assert f"port {port} on 127.0.0.1 is in use" in result.output
     assert "--port N" in result.output
+
+
+def test_apply_refuses_a_billion_laughs_file_and_a_duplicate_key(tmp_path: Path) -> None:
+    # Refused while reading, before any request: no server needed.
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["apply", "-f", str(bomb)])
+    assert result.exit_code == 2, result.output
+    assert f"{bomb}:5: l4[" in result.output
+    assert "aliases expand this document by more than 10000 nodes" in result.output
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(AGENT_YAML + "  tools: {allowed: ['*']}\n")
+    result = runner.invoke(app, ["apply", "-f", str(twice)])
+    assert result.exit_code == 2, result.output
+    assert f"{twice}:11: spec.tools: duplicate key 'tools' (first at line 10)" in result.output
+
+
+def test_apply_warns_of_an_unmatched_tool_and_strict_fails(server: str, tmp_path: Path) -> None:
+    agent = tmp_path / "agent.yaml"
+    agent.write_text(AGENT_YAML.replace('["fs.*"]', '["fs.*", "fs.reed_file", "git.*"]'))
+    strict = runner.invoke(app, ["apply", "-f", str(agent), "--strict"])
+    assert strict.exit_code == 2, strict.output
+    assert "spec.tools.allowed[1]: agent 'repo-analyst': 'fs.reed_file'" in strict.output
+    assert "did you mean 'fs.read_file'?" in strict.output
+    assert "spec.tools.allowed[2]" in strict.output
+    assert "repo-analyst" not in runner.invoke(app, ["get", "agents"]).output
+
+    applied = runner.invoke(app, ["apply", "-f", str(agent)])
+    assert applied.exit_code == 0, applied.output
+    assert "agent/repo-analyst created: 0.1.0" in applied.output
+    assert (
+        f"warning: {agent}: agent/repo-analyst: spec.tools.allowed[1]: 'fs.reed_file' matches "
+        "no registered tool; did you mean 'fs.read_file'?"
+    ) in applied.output
+    assert "spec.tools.allowed[2]: 'git.*' matches no registered tool" in applied.output

@@ -123,7 +123,11 @@ class Server:
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     """A live API with a worker and the agent applied; the CLI points at it."""
     script, sent = Script(), []
-    settings = Settings(home=tmp_path / "home", runtime={"poll_interval_seconds": 0.02})
+    settings = Settings(
+        home=tmp_path / "home",
+        runtime={"poll_interval_seconds": 0.02},
+        workspaces={"roots": [tmp_path]},
+    )
     platform = Platform(
         settings,
         providers={"scripted": ScriptedModel(script)},

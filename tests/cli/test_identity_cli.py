@@ -81,3 +81,40 @@ def test_without_credentials_the_cli_says_how_to_get_them(live: Path) -> None:
     code, out = cli("whoami")
     assert code == 1
     assert "corral keys create" in out and "CORRAL_API_KEY" in out
+
+
+def test_users_personal_keys_and_who_each_key_counts_as(live: Path) -> None:
+    code, out = cli("users", "create", "alice", "--display-name", "Alice Martin")
+    assert code == 0, out
+    assert "user:alice created (Alice Martin)" in out
+    assert "corral keys create --user alice" in out
+    code, out = cli("users", "list")
+    assert code == 0 and "user:alice" in out and "Alice Martin" in out
+    assert "user:local-admin" in out  # created by
+
+    code, out = cli("keys", "create", "--user", "alice", "--role", "approver")
+    assert code == 0, out
+    assert "user:alice (approver), accountable: user:alice" in out
+    personal = next(line for line in out.splitlines() if line.startswith("crl_"))
+    code, out = cli("whoami", env={"CORRAL_API_KEY": personal})
+    assert code == 0 and "user:alice (user)" in out and "accountable" not in out
+
+    code, out = cli("keys", "create", "--name", "ci-bot", "--role", "approver")
+    assert code == 0 and "accountable: user:local-admin" in out
+    bot = next(line for line in out.splitlines() if line.startswith("crl_"))
+    code, out = cli("whoami", env={"CORRAL_API_KEY": bot})
+    assert "accountable: user:local-admin" in out
+
+    code, out = cli("keys", "list")
+    assert code == 0, out
+    header, *rows = out.splitlines()
+    assert "CREATED BY" in header and "ACCOUNTABLE" in header and "ROLES" in header
+    [alice] = [r for r in rows if " alice " in f" {r} "]
+    assert alice.split()[2:6] == ["user:alice", "user:local-admin", "user:alice", "approver"]
+    [ci] = [r for r in rows if "ci-bot" in r]
+    assert ci.split()[2:6] == ["service:ci-bot", "user:local-admin", "user:local-admin", "approver"]
+
+    code, out = cli("keys", "create", "--user", "nobody", "--role", "viewer")
+    assert code == 1 and "corral users create nobody" in out
+    code, out = cli("keys", "create", "--role", "viewer")
+    assert code != 0 and "--name" in out

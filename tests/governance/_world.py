@@ -107,6 +107,7 @@ class World:
                 tenant_id=tenant_id,
                 agent_name=agent,
                 governance=self.platform.governance,
+                workspaces=self.platform.workspaces,
                 **kw,
             )
         return run.id

@@ -25,6 +25,7 @@ async def run_and_spans(platform: Platform, workspace: Path) -> tuple[RunRow, li
             task="What?",
             requested_by="user:test",
             workspace=str(workspace),
+            workspaces=platform.workspaces,
         )
     await platform.worker.run_until_idle()
     async with platform.store.transaction("default") as session:

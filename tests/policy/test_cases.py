@@ -205,3 +205,25 @@ def test_explain_errors_and_granted_approvals(defaults: PolicyEngine) -> None:
     assert "approvals granted: tool-write-needs-approval" in granted
     assert "no forbid holds; permit(s) tool-write-in-tenant -> allow." in granted
     assert "Decision: allow" in granted
+
+
+def test_a_duplicate_key_in_a_case_is_refused_with_its_line() -> None:
+    # The last ``expect`` would win: a case file could pass while saying two things.
+    text = "cases:\n  - name: c\n    expect: deny\n    expect: allow\n"
+    with pytest.raises(InvalidContract) as caught:
+        load_cases(text)
+    [issue] = caught.value.issues
+    assert (issue.path, issue.line) == ("cases[0].expect", 4)
+    assert "duplicate key 'expect' (first at line 3)" in issue.message
+
+
+def test_an_alias_bomb_in_a_case_file_is_refused(tmp_path: Path) -> None:
+    lines = ["l0: &l0 [a, a, a, a, a, a, a, a, a]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path = tmp_path / "cases.yaml"
+    path.write_text("\n".join(lines) + "\ncases: []\n")
+    with pytest.raises(InvalidContract) as caught:
+        load_cases(path)
+    [issue] = caught.value.issues
+    assert issue.file == str(path)
+    assert "aliases expand this document" in issue.message

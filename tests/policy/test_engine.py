@@ -639,6 +639,7 @@ def test_errors_in_policies_naming_the_request_carry_their_ids() -> None:
             url="https://example.com/?q=1",
             estimated_cost_usd=Decimal("-1.23456"),
             destructive_allowed=True,
+            workspace='/srv/ré"pos',
         ),
     ],
 )

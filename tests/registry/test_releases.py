@@ -554,6 +554,55 @@ async def test_api_promote_rollback_and_history(api) -> None:
     assert (await client.get("/v1/agents/nobody/stages")).status_code == 404
 
 
+async def test_one_platform_admin_with_many_keys_cannot_meet_the_two_person_rule(
+    settings: Settings,
+) -> None:
+    """The production rule's two approvals are two people, whatever keys one person mints."""
+    from tenancy._world import live_world
+
+    async with live_world(settings) as world:
+        for index in range(2):
+            document = agent_document(AGENT, description=f"Version number {index}.")
+            applied = await world.as_("POST", "/v1/apply", json={"documents": [document]})
+            assert applied.status_code == 200, applied.text
+        asked = await world.as_(
+            "POST",
+            f"/v1/agents/{AGENT}/promotions",
+            json={"version": "0.1.1", "stage": "production"},
+        )
+        assert asked.status_code == 202, asked.text
+        approval_id = asked.json()["approval_id"]
+
+        async def mint(body: dict[str, Any]) -> dict[str, str]:
+            created = await world.as_("POST", "/v1/keys", json=body)
+            assert created.status_code == 201, created.text
+            return {"Authorization": f"Bearer {created.json()['key']}"}
+
+        async def vote(auth: dict[str, str]) -> httpx.Response:
+            return await world.client.post(
+                f"/v1/approvals/{approval_id}/approve", json={}, headers=auth
+            )
+
+        for index in (1, 2):  # user:root mints two platform-admin service accounts
+            bot = await mint({"name": f"pa-bot-{index}", "roles": ["platform-admin"]})
+            refused = await vote(bot)
+            assert refused.status_code == 403, refused.text
+        own = await world.as_("POST", f"/v1/approvals/{approval_id}/approve", json={})
+        assert (own.status_code, own.json()["code"]) == (403, "approval_self_approval")
+        stages = (await world.as_("GET", f"/v1/agents/{AGENT}/stages")).json()
+        assert "production" not in [s["stage"] for s in stages]
+
+        for name in ("carol", "dave"):  # two people, each with a personal key
+            made = await world.as_("POST", "/v1/users", json={"name": name})
+            assert made.status_code == 201, made.text
+            person = await mint({"name": name, "user": name, "roles": ["platform-admin"]})
+            voted = await vote(person)
+            assert voted.status_code == 200, voted.text
+        assert voted.json()["status"] == "approved"
+        stages = (await world.as_("GET", f"/v1/agents/{AGENT}/stages")).json()
+        assert ("production", "0.1.1") in [(s["stage"], s["version"]) for s in stages]
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 
 AGENT_YAML = """\

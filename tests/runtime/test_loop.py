@@ -35,6 +35,7 @@ async def start(platform: Platform, workspace: Path | None, agent: str = "repo-a
             task=TASK,
             requested_by="user:test",
             workspace=None if workspace is None else str(workspace),
+            workspaces=platform.workspaces,
         )
     return run.id
 

@@ -15,6 +15,7 @@ async def test_scripted_run_reaches_final_answer(make_platform, workspace):
             task="What?",
             requested_by="user:test",
             workspace=str(workspace),
+            workspaces=platform.workspaces,
         )
     await platform.worker.run_until_idle()
     async with platform.store.transaction("default") as session:

@@ -450,7 +450,9 @@ async def test_a_requester_cannot_approve_its_own_run(settings: Settings, worksp
                 json={"documents": [agent_document(), listing_policy("listing")]},
             )
         )
-        alice = {"principal": "service:alice", "roles": ["builder", "approver"]}
+        # Two people: each key is its own user's (service accounts would count as their
+        # creator and vote only where policy lets them; tests/approvals/test_accountable.py).
+        alice = {"principal": "user:alice", "roles": ["builder", "approver"]}
         run_id = (
             await ok(
                 await world.as_(
@@ -481,7 +483,7 @@ async def test_a_requester_cannot_approve_its_own_run(settings: Settings, worksp
         bob = await world.as_(
             "POST",
             f"/v1/approvals/{request['id']}/approve",
-            principal="service:bob",
+            principal="user:bob",
             roles=["approver"],
         )
         assert bob.status_code == 200, bob.text

@@ -171,6 +171,7 @@ async def test_a_valid_token_of_a_granted_user_and_of_a_granted_group(
             "roles": ["builder"],
             "groups": [],
             "agent": None,
+            "accountable": "user:alice",  # an OIDC user is their own accountable human
         }
         # bob holds nothing himself; his group does.
         bob = issuer.token("bob", groups=["sre", "unrelated"])

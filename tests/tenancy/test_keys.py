@@ -49,7 +49,9 @@ async def test_key_is_shown_once_and_only_its_digest_is_stored(settings) -> None
             "roles": ["builder"],
             "groups": [],
             "agent": None,
+            "accountable": "user:root",
         }
+        assert (row.created_by, row.accountable) == ("user:root", "user:root")
         # A builder cannot manage keys.
         denied = await world.client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"})
         assert denied.status_code == 403

@@ -61,6 +61,11 @@ class ApplyRequest(BaseModel):
 
     documents: list[dict[str, Any]] = Field(min_length=1, max_length=500)
     dry_run: bool = False
+    strict: bool = Field(
+        False,
+        description="Refuse the apply (422) when an Agent allows a tool name or wildcard "
+        "that matches no registered tool; otherwise such entries come back as warnings.",
+    )
 
 
 class ApplyResultOut(BaseModel):
@@ -73,6 +78,11 @@ class ApplyResultOut(BaseModel):
     previous_version: str | None
     digest: str
     diff: str
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What was applied but looks wrong, e.g. an allowed tool that matches no "
+        "registered tool.",
+    )
 
 
 class AgentOut(BaseModel):
@@ -345,6 +355,8 @@ class ApprovalVoteOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     principal: str
+    accountable: str
+    """The human the vote counts as (a service account's creator)."""
     role: str
     """The approver role the vote was cast with."""
     vote: Literal["approve", "reject"]

@@ -54,7 +54,11 @@ def _parse_all(documents: list[dict[str, Any]]) -> list[Any]:
 async def apply(
     body: ApplyRequest, platform: PlatformDep, caller: Annotated[Caller, requires("agents.write")]
 ) -> list[ApplyResultOut]:
-    """Apply Agent, Tool and Policy documents in one transaction: all of them, or none."""
+    """Apply Agent, Tool and Policy documents in one transaction: all of them, or none.
+
+    An Agent allowing a tool that matches no registered tool gets a warning in its result
+    (``strict``: the apply is refused).
+    """
     contracts = _parse_all(body.documents)
     async with platform.store.transaction(caller.tenant_id) as session:
         results = await apply_documents(
@@ -63,6 +67,7 @@ async def apply(
             tenant_id=caller.tenant_id,
             actor=caller.principal,
             dry_run=body.dry_run,
+            strict=body.strict,
         )
     if any(r.kind == "Policy" and r.action != "unchanged" for r in results) and not body.dry_run:
         # Committed: this process decides with the new set from the next decision on.
@@ -89,6 +94,9 @@ async def post_agent(
     caller: Annotated[Caller, requires("agents.write")],
     document: Annotated[dict[str, Any], Body(description="An Agent document.")],
     dry_run: bool = False,
+    strict: Annotated[
+        bool, Query(description="Refuse an allowed tool that matches no registered tool.")
+    ] = False,
 ) -> ApplyResultOut:
     """Register an agent, or a new version of it (a no-op when the spec is unchanged)."""
     contract = _parse_all([document])[0]
@@ -97,7 +105,12 @@ async def post_agent(
             [ContractIssue("<request>", 0, "kind", None, "POST /v1/agents takes kind 'Agent'")]
         )
     results = await apply_documents(
-        session, [contract], tenant_id=caller.tenant_id, actor=caller.principal, dry_run=dry_run
+        session,
+        [contract],
+        tenant_id=caller.tenant_id,
+        actor=caller.principal,
+        dry_run=dry_run,
+        strict=strict,
     )
     return _result(results[0])
 

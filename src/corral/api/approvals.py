@@ -1,7 +1,8 @@
 """Routes: ``/v1/approvals``: list approval requests and vote on them.
 
-A voter's roles are the caller's roles in the tenant (API key roles, OIDC role grants). Every
-vote is one transaction, audited by the approvals service.
+A voter's roles are the caller's roles in the tenant (API key roles, OIDC role grants); a vote
+counts as the caller's accountable human. Every vote is one transaction, audited by the
+approvals service.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ async def _vote(
         tenant_id=caller.tenant_id,
         principal=caller.principal,
         roles=sorted(caller.roles),
+        accountable=caller.accountable,
+        governance=platform.governance,
         vote=vote,
         comment=text if vote == "approve" else "",
         reason=text if vote == "reject" else "",
@@ -84,10 +87,12 @@ async def post_approve(
 ) -> ApprovalOut:
     """Approve a pending request as the caller.
 
-    Once ``required_approvals`` distinct principals approved, the request is ``approved``: its
-    run is queued again and executes exactly the approved call (a promotion completes).
-    403 if the caller holds none of ``approver_roles`` or requested the run themselves; 409 if
-    the request was decided or expired, or the caller already voted; 404 for an unknown id.
+    Once ``required_approvals`` distinct accountable humans approved, the request is
+    ``approved``: its run is queued again and executes exactly the approved call (a promotion
+    completes). 403 if the caller holds none of ``approver_roles``, acts for the requester's
+    accountable human, or is a service account no policy lets vote; 409 if the request was
+    decided or expired, or the caller or its accountable human already voted; 404 for an
+    unknown id.
     """
     comment = body.comment if body is not None else ""
     return await _vote(platform, approval_id, caller, "approve", comment)

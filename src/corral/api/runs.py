@@ -74,6 +74,7 @@ async def post_run(
                 task=body.task,
                 requested_by=caller.principal,
                 workspace=body.workspace,
+                workspaces=platform.workspaces,
                 stage=body.stage,
                 version=body.version,
                 model=body.model,

@@ -1,4 +1,4 @@
-"""Routes: tenants (platform admins), API keys, role grants, quotas, and ``whoami``.
+"""Routes: tenants (platform admins), local users, API keys, role grants, quotas, ``whoami``.
 
 Every change is one transaction with its audit event, the acting principal as actor.
 """
@@ -19,10 +19,12 @@ from corral.tenancy import (
     ROLES,
     create_key,
     create_tenant,
+    create_user,
     grant_role,
     list_grants,
     list_keys,
     list_tenants,
+    list_users,
     revoke_key,
     revoke_role,
     set_quota,
@@ -64,12 +66,37 @@ class TenantOut(BaseModel):
     created_at: datetime
 
 
+class UserCreate(_Body):
+    """A new local user (embedded mode): a person who approves with personal keys."""
+
+    name: str = Field(min_length=1, max_length=100, description="The principal is `user:<name>`.")
+    display_name: str | None = Field(None, max_length=200)
+
+
+class UserOut(BaseModel):
+    """A local user."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    display_name: str
+    created_by: str
+    created_at: datetime
+
+
 class KeyCreate(_Body):
-    """A new API key: a service account's (``roles``) or an agent identity's (``agent``)."""
+    """A new API key: a service account's, a local user's (``user``) or an agent's (``agent``).
+
+    Service and personal keys need ``roles``; an agent key takes none.
+    """
 
     name: str = Field(min_length=1, max_length=100)
     roles: list[str] = Field(default_factory=list, description=f"Roles: {', '.join(ROLES)}.")
     agent: str | None = Field(None, description="Bind the key to this agent (an agent identity).")
+    user: str | None = Field(
+        None,
+        description="A personal key of this local user (`user:<user>`, accountable to them).",
+    )
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 
 
@@ -85,6 +112,9 @@ class KeyOut(BaseModel):
     agent_name: str | None
     roles: list[str]
     created_by: str
+    """The principal that created the key."""
+    accountable: str
+    """The human the key acts for; approvals count it as this person."""
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
@@ -138,6 +168,8 @@ class WhoAmI(BaseModel):
     roles: list[str]
     groups: list[str]
     agent: str | None
+    accountable: str
+    """The human the credentials act for (approvals count this person)."""
 
 
 @router.get("/whoami", response_model=WhoAmI)
@@ -150,6 +182,7 @@ async def get_whoami(caller: Annotated[Caller, requires("identity.read")]) -> Wh
         roles=sorted(caller.roles),
         groups=list(caller.groups),
         agent=caller.agent,
+        accountable=caller.accountable,
     )
 
 
@@ -201,6 +234,27 @@ async def post_resume(
     return TenantOut.model_validate(row)
 
 
+@router.post("/users", response_model=UserOut, status_code=201)
+async def post_user(
+    body: UserCreate, platform: PlatformDep, caller: Annotated[Caller, requires("users.manage")]
+) -> UserOut:
+    """Create a local user in the caller's tenant (audited ``user.created``). 409 if it exists.
+
+    Give them a personal key with ``POST /v1/keys`` and ``user``; their votes count as them.
+    """
+    row = await create_user(platform.store, caller, name=body.name, display_name=body.display_name)
+    return UserOut.model_validate(row)
+
+
+@router.get("/users", response_model=Page[UserOut])
+async def get_users(
+    platform: PlatformDep, caller: Annotated[Caller, requires("users.read")]
+) -> Page[UserOut]:
+    """The tenant's local users, by name."""
+    rows = await list_users(platform.store, caller.tenant_id)
+    return Page(items=[UserOut.model_validate(r) for r in rows])
+
+
 @router.post("/keys", response_model=KeyCreatedOut, status_code=201)
 async def post_key(
     body: KeyCreate, platform: PlatformDep, caller: Annotated[Caller, requires("keys.manage")]
@@ -213,6 +267,7 @@ async def post_key(
         name=body.name,
         roles=body.roles,
         agent=body.agent,
+        user=body.user,
         expires_in=timedelta(days=body.expires_in_days) if body.expires_in_days else None,
     )
     return KeyCreatedOut.model_validate(

@@ -6,11 +6,20 @@ transaction holding the vote, the request's new status, the effect on the run or
 their audit events (DESIGN.md, "Approvals"):
 
 * only a principal holding one of the request's ``approver_roles`` may vote;
-* the principal who requested the run (or promotion) may not approve it;
-* one vote per principal;
-* ``required_approvals`` distinct approving principals approve it: a tool call's run is queued
-  again and re-evaluates policy with the approved policies lifted for exactly the approved call
-  (its call index and argument digest); a promotion completes;
+* votes count *accountable humans*, not credentials: a service account's or agent key's vote
+  is its creator's (``corral.tenancy``, "accountable humans"), so one person holding several
+  keys is one voter;
+* a service account votes only where policy explicitly allows it: Cedar action
+  ``approval.decide`` with principal ``ServiceAccount::"service:<name>"``, resource
+  ``Tool::"<tool>"`` (a tool call) or ``Agent::"<agent>"`` (a promotion), and the context's
+  ``tenant``, ``stage`` and ``requester``; no shipped policy permits it, and the resource's
+  attributes are not loaded (match it by id). Agent identities never vote;
+* the principal who requested the run (or promotion) and its accountable humans may not
+  approve it;
+* one vote per principal and per accountable human;
+* ``required_approvals`` distinct approving accountable humans approve it: a tool call's run is
+  queued again and re-evaluates policy with the approved policies lifted for exactly the
+  approved call (its call index and argument digest); a promotion completes;
 * one rejection rejects it: the run ends ``REJECTED`` (``approval_rejected``);
 * a request not decided by ``expires_at`` expires: the run ends ``REJECTED``
   (``approval_expired``).
@@ -22,6 +31,7 @@ approval (:mod:`corral.gateway.tools._direct`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,12 +42,15 @@ from sqlalchemy import Connection, Table, select
 from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit import AuditRecord, append_events
 from corral.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
+from corral.policy import EntityRef, PolicyContext, PolicyRequest
+from corral.policy._service import Governance, decision_row, insert_decisions, principal_ref
 
 # A module import: corral.runtime._persist imports this package's tables, so this module can be
 # imported while corral.runtime._control is still initialising.
 from corral.runtime import _control
 from corral.runtime._tables import RunRow
 from corral.store import SYSTEM, Store, new_id, skip_locked, utcnow
+from corral.tenancy import accountable_humans
 
 __all__ = [
     "APPROVAL_STATUSES",
@@ -82,6 +95,8 @@ class ApprovalVote:
     comment: str
     """The approver's comment, or the rejection's reason."""
     created_at: datetime
+    accountable: str = ""
+    """The human the vote counts as (``user:alice``); a user's own principal."""
 
 
 @dataclass(frozen=True)
@@ -107,11 +122,12 @@ class Approval:
             a call with exactly these arguments.
         reason: Why policy asks for approval (the policies' reasons).
         approver_roles: Roles whose holders may vote (any one of them).
-        required_approvals: Distinct approving principals needed.
-        received_approvals: Distinct principals who approved so far.
+        required_approvals: Distinct approving accountable humans needed.
+        received_approvals: Distinct accountable humans who approved so far.
         policy_ids: The approval policies an approval lifts.
         policy_decision_id: The stored decision that asked for approval.
-        requested_by: Who requested the run or promotion (may not approve it).
+        requested_by: Who requested the run or promotion (neither they nor their accountable
+            humans may approve it).
         created_at: When it was requested.
         expires_at: When it expires if still pending.
         decided_at: When it was approved, rejected or expired.
@@ -170,7 +186,14 @@ def _votes_of(connection: Connection, ids: list[str]) -> dict[str, list[Approval
             .order_by(_VOTES.c.created_at, _VOTES.c.id)
         ):
             votes[vote.approval_id].append(
-                ApprovalVote(vote.principal, vote.role, vote.vote, vote.comment, vote.created_at)
+                ApprovalVote(
+                    vote.principal,
+                    vote.role,
+                    vote.vote,
+                    vote.comment,
+                    vote.created_at,
+                    vote.accountable,
+                )
             )
     return votes
 
@@ -204,7 +227,7 @@ def _approvals(connection: Connection, rows: list[Any]) -> list[Approval]:
             reason=row.reason,
             approver_roles=list(row.approver_roles),
             required_approvals=row.required_approvals,
-            received_approvals=len({v.principal for v in votes[row.id] if v.vote == "approve"}),
+            received_approvals=len({v.accountable for v in votes[row.id] if v.vote == "approve"}),
             policy_ids=list(row.policy_ids),
             policy_decision_id=row.policy_decision_id,
             requested_by=row.requested_by,
@@ -423,22 +446,40 @@ def _expire(connection: Connection, approval: Any, now: datetime) -> None:
 # --- votes ----------------------------------------------------------------------------------------
 
 
-def _check_voter(approval: Any, principal: str, roles: list[str], vote: Vote) -> str:
+@dataclass(frozen=True)
+class _Voter:
+    """Who votes: the principal, the human it counts as, its roles, and who it may not approve."""
+
+    principal: str
+    accountable: str
+    roles: list[str]
+    requesters: frozenset[str]
+    """The request's requester and its accountable humans."""
+    service_decision: dict[str, Any] | None = None
+    """The stored ``approval.decide`` decision that let a service account vote."""
+
+
+def _check_voter(approval: Any, voter: _Voter, vote: Vote) -> str:
     """The approver role the principal votes with; refuses those who may not vote."""
-    held: list[str] = [role for role in approval.approver_roles if role in roles]
+    principal = voter.principal
+    held: list[str] = [role for role in approval.approver_roles if role in voter.roles]
     if not held:
         wanted = " or ".join(repr(r) for r in approval.approver_roles) or "an approver role"
         raise PolicyDenied(
             f"{principal} may not decide approval request {approval.id!r}: it needs role "
-            f"{wanted}, and {principal} holds {', '.join(sorted(roles)) or 'no role'}. Ask a "
-            "holder of that role; a tenant admin grants roles with `corral roles grant`.",
+            f"{wanted}, and {principal} holds {', '.join(sorted(voter.roles)) or 'no role'}. "
+            "Ask a holder of that role; a tenant admin grants roles with `corral roles grant`.",
             code="approval_role_missing",
         )
-    if vote == "approve" and principal == approval.requested_by:
+    overlap = {principal, voter.accountable} & voter.requesters
+    if vote == "approve" and overlap:
+        acting = f" (acting for {voter.accountable})" if voter.accountable != principal else ""
         raise PolicyDenied(
-            f"{principal} requested {approval.subject} ({approval.run_id or approval.id}) and "
-            f"may not approve their own request {approval.id!r}; another holder of "
-            f"{' or '.join(repr(r) for r in approval.approver_roles)} must approve it.",
+            f"{principal}{acting} may not approve their own request {approval.id!r} "
+            f"({approval.subject}, {approval.run_id or approval.id}, requested by "
+            f"{approval.requested_by}): a key counts as its accountable human, and "
+            f"{' and '.join(sorted(overlap))} is accountable for the request. Another person "
+            f"holding {' or '.join(repr(r) for r in approval.approver_roles)} must approve it.",
             code="approval_self_approval",
         )
     return held[0]
@@ -448,8 +489,7 @@ def _decide(
     connection: Connection,
     approval_id: str,
     tenant_id: str,
-    principal: str,
-    roles: list[str],
+    voter: _Voter,
     vote: Vote,
     comment: str,
 ) -> tuple[Approval, bool]:
@@ -464,29 +504,34 @@ def _decide(
     if approval.expires_at <= now:
         _expire(connection, approval, now)
         return _approvals(connection, [_row(connection, approval_id, tenant_id)])[0], True
-    role = _check_voter(approval, principal, roles, vote)
+    role = _check_voter(approval, voter, vote)
     voted = connection.execute(
-        select(_VOTES.c.vote).where(
-            _VOTES.c.approval_id == approval_id, _VOTES.c.principal == principal
+        select(_VOTES.c.principal, _VOTES.c.accountable, _VOTES.c.vote).where(
+            _VOTES.c.approval_id == approval_id,
+            (_VOTES.c.principal == voter.principal) | (_VOTES.c.accountable == voter.accountable),
         )
-    ).scalar_one_or_none()
+    ).first()
     if voted is not None:
         raise Conflict(
-            f"{principal} already voted {voted!r} on approval request {approval_id!r}; "
-            "one vote per principal."
+            f"{voter.accountable} already voted {voted.vote!r} on approval request "
+            f"{approval_id!r} (as {voted.principal}); one vote per person, however many keys "
+            "they hold.",
+            code="approval_already_voted",
         )
-    _insert_vote(connection, approval, principal, role, vote, comment, now)
+    if voter.service_decision is not None:
+        insert_decisions(connection, [voter.service_decision])
+    _insert_vote(connection, approval, voter, role, vote, comment, now)
     if vote == "reject":
-        _reject(connection, approval, principal, comment, now)
+        _reject(connection, approval, voter, comment, now)
     else:
-        _count_approval(connection, approval, principal, role, comment)
+        _count_approval(connection, approval, voter, role, comment)
     return _approvals(connection, [_row(connection, approval_id, tenant_id)])[0], False
 
 
 def _insert_vote(
     connection: Connection,
     approval: Any,
-    principal: str,
+    voter: _Voter,
     role: str,
     vote: Vote,
     comment: str,
@@ -499,7 +544,8 @@ def _insert_vote(
                 "id": new_id("vote"),
                 "tenant_id": approval.tenant_id,
                 "approval_id": approval.id,
-                "principal": principal,
+                "principal": voter.principal,
+                "accountable": voter.accountable,
                 "role": role,
                 "vote": vote,
                 "comment": comment,
@@ -509,39 +555,56 @@ def _insert_vote(
     )
 
 
+def _vote_details(voter: _Voter) -> dict[str, Any]:
+    details: dict[str, Any] = {"accountable": voter.accountable}
+    if voter.service_decision is not None:
+        details["service_vote_decision_id"] = voter.service_decision["id"]
+    return details
+
+
 def _count_approval(
-    connection: Connection, approval: Any, principal: str, role: str, comment: str
+    connection: Connection, approval: Any, voter: _Voter, role: str, comment: str
 ) -> None:
     approvers = _approvers(connection, approval.id)
     _audit(
         connection,
         approval,
-        principal,
+        voter.principal,
         "approval.vote",
         "approve",
         role=role,
         comment=comment,
         received=len(approvers),
         required=approval.required_approvals,
+        **_vote_details(voter),
     )
     if len(approvers) >= approval.required_approvals:
-        _approve(connection, approval, approvers, principal)
+        _approve(connection, approval, approvers, voter.principal)
 
 
 def _approvers(connection: Connection, approval_id: str) -> list[str]:
-    return list(
-        connection.execute(
-            select(_VOTES.c.principal)
-            .where(_VOTES.c.approval_id == approval_id, _VOTES.c.vote == "approve")
-            .order_by(_VOTES.c.created_at, _VOTES.c.id)
-        ).scalars()
-    )
+    """The distinct accountable humans who approved, in the order they first did."""
+    humans = connection.execute(
+        select(_VOTES.c.accountable)
+        .where(_VOTES.c.approval_id == approval_id, _VOTES.c.vote == "approve")
+        .order_by(_VOTES.c.created_at, _VOTES.c.id)
+    ).scalars()
+    return list(dict.fromkeys(humans))
 
 
 def _reject(
-    connection: Connection, approval: Any, principal: str, reason: str, now: datetime
+    connection: Connection, approval: Any, voter: _Voter, reason: str, now: datetime
 ) -> None:
-    _audit(connection, approval, principal, "approval.vote", "reject", comment=reason)
+    principal = voter.principal
+    _audit(
+        connection,
+        approval,
+        principal,
+        "approval.vote",
+        "reject",
+        comment=reason,
+        **_vote_details(voter),
+    )
     _audit(connection, approval, principal, "approval.rejected", "rejected", reason=reason)
     error = f"approval request {approval.id} rejected by {principal}: {reason}"
     _end_request(connection, approval, status="rejected", error=error, actor=principal, now=now)
@@ -557,33 +620,42 @@ async def decide_approval(
     vote: Vote,
     comment: str = "",
     reason: str = "",
+    accountable: str | None = None,
+    governance: Governance | None = None,
 ) -> Approval:
     """Vote on a pending approval request, in one transaction with its effects and audit.
 
-    An approval that brings the distinct approving principals to ``required_approvals``
-    approves the request: a tool call's run is queued again (the caller should wake a worker)
-    and runs exactly the approved call; a promotion completes. A rejection rejects the request
-    at once: the run ends ``REJECTED`` (``approval_rejected``) or the promotion is rejected.
+    An approval that brings the distinct approving accountable humans to
+    ``required_approvals`` approves the request: a tool call's run is queued again (the caller
+    should wake a worker) and runs exactly the approved call; a promotion completes. A
+    rejection rejects the request at once: the run ends ``REJECTED`` (``approval_rejected``) or
+    the promotion is rejected.
 
     Args:
         store: The store.
         approval_id: The request (``apr_...``).
         tenant_id: The voter's tenant.
-        principal: Who votes (``user:alice``).
+        principal: Who votes (``user:alice``, ``service:release-bot``).
         roles: The roles ``principal`` holds; one must be among the request's approver roles.
         vote: ``approve`` or ``reject``.
         comment: The approver's comment (approve), kept with the vote and in the audit log.
         reason: Why it is rejected (reject; required).
+        accountable: The human ``principal`` acts for (:attr:`Principal.accountable
+            <corral.tenancy.Principal.accountable>`); ``None``: ``principal`` itself.
+        governance: Decides ``approval.decide`` for a service account's vote; ``None``:
+            service accounts may not vote.
 
     Returns:
         The request after the vote.
 
     Raises:
         NotFound: no such request in this tenant.
-        PolicyDenied: the principal holds none of the approver roles, or approves a request
-            they made themselves.
+        PolicyDenied: the principal holds none of the approver roles; approves a request they
+            or their accountable human made (``approval_self_approval``); is a service account
+            no policy lets vote, or an agent (``approval_service_vote``).
         Conflict: the request was already decided or had expired (it is expired now and its run
-            ended ``REJECTED``), the principal already voted, or the run no longer waits for it.
+            ended ``REJECTED``), the principal or its accountable human already voted, or the
+            run no longer waits for it.
         InvalidRequest: an unknown vote, or a rejection without a reason.
     """
     if vote not in ("approve", "reject"):
@@ -593,13 +665,23 @@ async def decide_approval(
             f"Rejecting approval request {approval_id!r} needs a reason (--reason TEXT); "
             "it is kept in the audit log and shown as the run's error."
         )
+    request = await get_approval(store, approval_id, tenant_id=tenant_id)
+    voter = _Voter(
+        principal,
+        accountable or principal,
+        list(roles),
+        await accountable_humans(store, tenant_id, request.requested_by),
+    )
+    # A decided request is refused as such in the transaction (statuses never return to
+    # pending), so only a vote that may count needs the service-vote decision.
+    if principal_ref(principal).type != "User" and request.status == "pending":
+        voter = await _service_voter(store, governance, request, voter)
     approval, expired = await store.run_sync(
         functools.partial(
             _decide,
             approval_id=approval_id,
             tenant_id=tenant_id,
-            principal=principal,
-            roles=list(roles),
+            voter=voter,
             vote=vote,
             comment=reason.strip() if vote == "reject" else comment,
         ),
@@ -616,6 +698,60 @@ async def decide_approval(
             )
         )
     return approval
+
+
+async def _service_voter(
+    store: Store, governance: Governance | None, approval: Approval, voter: _Voter
+) -> _Voter:
+    """The voter with its ``approval.decide`` decision, if policy lets this service vote."""
+    ref = principal_ref(voter.principal)
+    if ref.type != "ServiceAccount":
+        raise PolicyDenied(
+            f"{voter.principal} is an agent identity; agents never decide approvals.",
+            code="approval_service_vote",
+        )
+    kind, _, name = approval.subject.partition(":")
+    resource = EntityRef("Tool" if kind == "tool" else "Agent", name.split("@")[0])
+    request = PolicyRequest(
+        principal=ref,
+        action="approval.decide",
+        resource=resource,
+        context=PolicyContext(
+            tenant=approval.tenant_id,
+            stage=await _stage_of(store, approval),
+            requester=approval.requested_by,
+        ),
+    )
+    decision = None
+    if governance is not None:
+        entity = governance.principal_entity(voter.principal, approval.tenant_id, roles=voter.roles)
+        decision = await governance.decide(approval.tenant_id, request, [entity])
+    if decision is None or decision.decision != "allow":
+        because = "; ".join(r.rstrip(".") for r in decision.reasons) if decision else ""
+        raise PolicyDenied(
+            f"{voter.principal} is a service account and may vote on approval request "
+            f"{approval.id!r} only where a policy permits action `approval.decide` for it "
+            f"({because or 'no policy permits it'}); approvals are for people: approve with a "
+            "personal key (`corral keys create --user NAME`) or an OIDC login, or add a "
+            'Policy: permit (principal == ServiceAccount::"' + voter.principal + '", '
+            'action == Action::"approval.decide", resource);',
+            code="approval_service_vote",
+        )
+    row = decision_row(decision, request, tenant_id=approval.tenant_id, run_id=approval.run_id)
+    return dataclasses.replace(voter, service_decision=row)
+
+
+async def _stage_of(store: Store, approval: Approval) -> str:
+    """The stage a request acts in: a promotion's target, or its run's stage."""
+    if approval.kind == "promotion":
+        return approval.subject.rpartition("->")[2]
+    if approval.run_id is None:
+        return ""
+    async with store.read(approval.tenant_id) as session:
+        stage = (
+            await session.execute(select(_RUNS.c.stage).where(_RUNS.c.id == approval.run_id))
+        ).scalar_one_or_none()
+    return str(stage or "")
 
 
 # --- expiry ---------------------------------------------------------------------------------------

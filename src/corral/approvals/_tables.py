@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.store._base import Base, JSONType, TenantMixin, utcnow
@@ -50,14 +50,25 @@ class ApprovalRow(TenantMixin, Base):
 
 
 class ApprovalVoteRow(TenantMixin, Base):
-    """One person's decision on an approval request (one per principal)."""
+    """One person's decision on an approval request.
+
+    One vote per principal and one per accountable human: a person holding several keys votes
+    once.
+    """
 
     __tablename__ = "approval_votes"
-    __table_args__ = (UniqueConstraint("approval_id", "principal"),)
+    __table_args__ = (
+        UniqueConstraint("approval_id", "principal"),
+        Index(
+            "ix_approval_votes_approval_id_accountable", "approval_id", "accountable", unique=True
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     approval_id: Mapped[str] = mapped_column(ForeignKey("approvals.id"), index=True)
     principal: Mapped[str] = mapped_column(String(200))
+    accountable: Mapped[str] = mapped_column(String(200))
+    """The voter's accountable human (``user:alice``); the principal itself for a user."""
     role: Mapped[str] = mapped_column(String(64))
     vote: Mapped[str] = mapped_column(String(16))
     """``approve`` or ``reject``."""

@@ -56,6 +56,8 @@ COMMAND_PERMISSIONS: Final[dict[str, str]] = {
     "tenants list": "tenants.manage",
     "tenants suspend": "tenants.manage",
     "tenants resume": "tenants.manage",
+    "users create": "users.manage",
+    "users list": "users.read",
     "keys create": "keys.manage",
     "keys list": "keys.manage",
     "keys revoke": "keys.manage",

@@ -61,8 +61,10 @@ def _describe(approval: dict[str, Any]) -> str:
     ]
     for vote in approval["votes"]:
         comment = f": {vote['comment']}" if vote["comment"] else ""
+        person = vote.get("accountable") or vote["principal"]
+        acting = f" for {person}" if person != vote["principal"] else ""
         lines.append(
-            f"  vote:       {vote['vote']} by {vote['principal']} ({vote['role']}) at "
+            f"  vote:       {vote['vote']} by {vote['principal']}{acting} ({vote['role']}) at "
             f"{ago(vote['created_at'])}{comment}"
         )
     return "\n".join(lines)

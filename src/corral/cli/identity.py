@@ -1,4 +1,4 @@
-"""CLI: ``corral whoami``, ``corral tenants``, ``corral keys``, ``corral roles``, ``corral quotas``.
+"""CLI: ``corral whoami``, ``tenants``, ``users``, ``keys``, ``roles``, ``quotas``.
 
 Each command names the permission its REST route needs (``Permission:`` in its help).
 """
@@ -12,7 +12,7 @@ import typer
 from corral.cli._client import ApiClient
 from corral.cli._render import ago, table
 
-__all__ = ["keys_app", "quotas_app", "roles_app", "tenants_app", "whoami"]
+__all__ = ["keys_app", "quotas_app", "roles_app", "tenants_app", "users_app", "whoami"]
 
 
 def whoami() -> None:
@@ -26,6 +26,8 @@ def whoami() -> None:
     me = ApiClient().get("/v1/whoami")
     typer.echo(f"{me['principal']} ({me['kind']}) in tenant {me['tenant_id']!r}")
     typer.echo(f"roles: {', '.join(me['roles']) or 'none'}")
+    if me["accountable"] != me["principal"]:
+        typer.echo(f"accountable: {me['accountable']} (approvals count you as this person)")
     if me["groups"]:
         typer.echo(f"groups: {', '.join(me['groups'])}")
     if me["agent"]:
@@ -104,12 +106,58 @@ def tenants_resume(tenant_id: Annotated[str, typer.Argument(help="Tenant to resu
     typer.echo(f"tenant {tenant['id']!r} is {tenant['status']}.")
 
 
-keys_app = typer.Typer(help="API keys of service accounts and agents.", no_args_is_help=True)
+users_app = typer.Typer(
+    help="Local users: people who approve with personal keys (embedded mode, admins).",
+    no_args_is_help=True,
+)
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="User name; the principal is user:NAME.")],
+    display_name: Annotated[str | None, typer.Option(help="Shown in listings.")] = None,
+) -> None:
+    """Create a local user (audited). Permission: users.manage.
+
+    Without an identity provider, this is how a second person gets an identity of their own:
+    their personal keys count as them, not as you, in approvals.
+
+    Example: corral users create alice --display-name "Alice Martin"
+    """
+    user = ApiClient().post("/v1/users", {"name": name, "display_name": display_name})
+    typer.echo(f"user:{user['name']} created ({user['display_name']}).")
+    typer.echo(f"Give them a key: corral keys create --user {user['name']} --role approver")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List the tenant's local users. Permission: users.read.
+
+    Example: corral users list
+    """
+    page = ApiClient().get("/v1/users")
+    typer.echo(
+        table(
+            ["USER", "NAME", "CREATED BY", "CREATED"],
+            [
+                [f"user:{u['name']}", u["display_name"], u["created_by"], ago(u["created_at"])]
+                for u in page["items"]
+            ],
+        )
+    )
+
+
+keys_app = typer.Typer(
+    help="API keys of service accounts, local users and agents.", no_args_is_help=True
+)
 
 
 @keys_app.command("create")
 def keys_create(
-    name: Annotated[str, typer.Option(help="Key name; the principal is service:NAME.")],
+    name: Annotated[
+        str | None,
+        typer.Option(help="Key name; a service account's principal is service:NAME."),
+    ] = None,
     role: Annotated[
         list[str] | None,
         typer.Option(help="A role (repeat): viewer, builder, operator, approver, admin."),
@@ -117,15 +165,35 @@ def keys_create(
     agent: Annotated[
         str | None, typer.Option(help="Bind the key to this agent (an agent identity).")
     ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="A personal key of this local user (`corral users create`)."),
+    ] = None,
     expires_in_days: Annotated[int | None, typer.Option(help="Expire after N days.")] = None,
 ) -> None:
     """Create an API key; it is printed once and cannot be shown again. Permission: keys.manage.
 
+    A service account's key (--name) and an agent key (--agent) count as you in approvals; a
+    personal key (--user NAME, named NAME unless --name says otherwise) counts as that user.
+
     Example: corral keys create --name ci-bot --role builder
+    Example: corral keys create --user alice --role approver
     """
-    body = {"name": name, "roles": role or [], "agent": agent, "expires_in_days": expires_in_days}
+    if name is None and user is None:
+        raise typer.BadParameter("give --name NAME (or --user NAME for a personal key)")
+    body = {
+        "name": name or user,
+        "roles": role or [],
+        "agent": agent,
+        "user": user,
+        "expires_in_days": expires_in_days,
+    }
     key = ApiClient().post("/v1/keys", body)
-    typer.echo(f"key {key['id']} for {key['principal']} ({', '.join(key['roles'])}):", err=True)
+    typer.echo(
+        f"key {key['id']} for {key['principal']} ({', '.join(key['roles'])}), accountable: "
+        f"{key['accountable']}:",
+        err=True,
+    )
     typer.echo(key["key"])
     typer.echo("Store it now: it is not shown again. Use it as CORRAL_API_KEY.", err=True)
 
@@ -136,17 +204,32 @@ def keys_list(
 ) -> None:
     """List the tenant's keys (never their secrets). Permission: keys.manage.
 
+    CREATED BY is the principal that made the key; ACCOUNTABLE the person approvals count it
+    as.
+
     Example: corral keys list
     """
     page = ApiClient().get("/v1/keys", include_revoked=include_revoked)
     typer.echo(
         table(
-            ["KEY ID", "NAME", "PRINCIPAL", "ROLES", "CREATED", "EXPIRES", "REVOKED"],
+            [
+                "KEY ID",
+                "NAME",
+                "PRINCIPAL",
+                "CREATED BY",
+                "ACCOUNTABLE",
+                "ROLES",
+                "CREATED",
+                "EXPIRES",
+                "REVOKED",
+            ],
             [
                 [
                     k["id"],
                     k["name"],
                     k["principal"],
+                    k["created_by"],
+                    k["accountable"],
                     ",".join(k["roles"]),
                     ago(k["created_at"]),
                     ago(k["expires_at"]),

@@ -217,7 +217,7 @@ def explain_request(
         list[str] | None,
         typer.Option(
             help="Context field NAME=VALUE: stage, tenant, requester, path, url, secret, "
-            "estimated_cost_usd, destructive_allowed, arguments (JSON). Repeatable.",
+            "workspace, estimated_cost_usd, destructive_allowed, arguments (JSON). Repeatable.",
         ),
     ] = None,
     approved: Annotated[

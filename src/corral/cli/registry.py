@@ -25,10 +25,20 @@ def apply(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would change; write nothing.")
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail (exit 2, nothing applied) on warnings, e.g. an agent allowing a tool "
+            "that matches no registered tool.",
+        ),
+    ] = False,
 ) -> None:
     """Register Agent and Tool documents (one transaction: all of them, or none).
 
-    Unchanged documents are no-ops; a changed one becomes a new version.
+    Unchanged documents are no-ops; a changed one becomes a new version. An agent allowing
+    a tool name or wildcard that matches no registered tool (those applied with it count)
+    is applied with a warning; --strict refuses it.
 
     Example: corral apply -f examples/agents/
     """
@@ -42,8 +52,9 @@ def apply(
             d.contract.model_dump(mode="json", by_alias=True, exclude_unset=True) for d in documents
         ],
         "dry_run": dry_run,
+        "strict": strict,
     }
-    for result in client.post("/v1/apply", body):
+    for document, result in zip(documents, client.post("/v1/apply", body), strict=True):
         kind, name, action = result["kind"].lower(), result["name"], result["action"]
         if action == "unchanged":
             typer.echo(f"{kind}/{name} unchanged ({result['version']})")
@@ -53,6 +64,8 @@ def apply(
             typer.echo(f"{kind}/{name} {verb}{action}: {result['version']}{was}")
             if dry_run and result["diff"]:
                 typer.echo(result["diff"].rstrip())
+        for warning in result.get("warnings", []):
+            typer.echo(f"warning: {document.source}: {kind}/{name}: {warning}", err=True)
 
 
 class Resource(StrEnum):

@@ -40,7 +40,12 @@ def run(
     workspace: Annotated[
         Path | None,
         typer.Option(
-            help="Directory the fs.* tools may read (on the server's machine).",
+            help="Directory the fs.* tools may read (on the server's machine). It must lie "
+            "under a workspace root: CORRAL_HOME/workspaces/TENANT/ or a root the operator "
+            "adds with CORRAL_WORKSPACES__ROOTS=/srv/repos:/opt/src (every tenant) or "
+            'CORRAL_WORKSPACES__TENANT_ROOTS=\'{"acme": ["/srv/acme"]}\' (one tenant), '
+            "then restarts Corral. CORRAL_HOME and Corral's key and database files are never "
+            "a workspace.",
             exists=True,
             file_okay=False,
             resolve_path=True,

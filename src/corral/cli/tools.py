@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from corral.cli._client import ApiClient, fail
+from corral.contracts import read_yaml_file
 from corral.errors import InvalidContract
 from corral.gateway.tools._openapi import import_openapi as build_tools
 
@@ -70,7 +71,7 @@ def import_openapi(
     """
     try:
         tools = build_tools(
-            spec.read_text(encoding="utf-8"),
+            read_yaml_file(spec),
             source=str(spec),
             operations=[o.strip() for o in operations.split(",") if o.strip()]
             if operations
@@ -83,8 +84,6 @@ def import_openapi(
         )
     except InvalidContract as exc:
         fail(exc.message, code=2)
-    except UnicodeDecodeError as exc:
-        fail(f"{spec}: not UTF-8 text: {exc}", code=2)
     body = {
         "documents": [
             tool.model_dump(mode="json", by_alias=True, exclude_unset=True) for tool in tools

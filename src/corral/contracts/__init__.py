@@ -1,4 +1,4 @@
-"""Contracts: the declarative ``Agent`` and ``Tool`` documents and their loader."""
+"""Contracts: the declarative ``Agent`` and ``Tool`` documents, their loader and the YAML loader."""
 
 from corral.contracts._loader import KINDS, Document, load_documents, load_paths, parse_document
 from corral.contracts._models import (
@@ -25,10 +25,23 @@ from corral.contracts._models import (
     ToolMetadata,
     ToolSpec,
 )
+from corral.contracts._yaml import (
+    MAX_YAML_ALIAS_NODES,
+    MAX_YAML_ALIASES,
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    YamlDocument,
+    load_yaml,
+    read_yaml_file,
+)
 
 __all__ = [
     "API_VERSION",
     "KINDS",
+    "MAX_YAML_ALIASES",
+    "MAX_YAML_ALIAS_NODES",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_DEPTH",
     "Agent",
     "AgentLimits",
     "AgentModel",
@@ -51,7 +64,10 @@ __all__ = [
     "Tool",
     "ToolMetadata",
     "ToolSpec",
+    "YamlDocument",
     "load_documents",
     "load_paths",
+    "load_yaml",
     "parse_document",
+    "read_yaml_file",
 ]

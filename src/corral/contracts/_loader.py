@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from corral.contracts._models import API_VERSION, Agent, McpServer, Policy, Tool
-from corral.contracts._positions import Lines, collect_lines, dotted, line_of
+from corral.contracts._positions import Lines, dotted, line_of
+from corral.contracts._yaml import YamlDocument, load_yaml, read_yaml_file
 from corral.errors import ContractIssue, InvalidContract
 
 __all__ = ["KINDS", "Document", "load_documents", "load_paths", "parse_document"]
@@ -36,57 +36,63 @@ class Document:
     contract: Agent | McpServer | Policy | Tool
 
 
-def load_paths(paths: Iterable[Path]) -> list[Document]:
+def load_paths(paths: Sequence[Path]) -> list[Document]:
     """Load every YAML document in files and directories (``*.yaml``/``*.yml``, recursive, sorted).
 
-    In a directory, files of ``corral policy test`` cases are skipped.
+    In a directory, files of ``corral policy test`` cases are skipped. Every file is read by
+    :func:`load_yaml`, within its limits.
 
     Raises:
-        InvalidContract: with every problem found in every file; nothing is returned partially.
+        InvalidContract: with every problem found in every file (or none holding a contract);
+            nothing is returned partially.
     """
-    files: list[Path] = []
+    files: list[tuple[Path, bool]] = []  # (file, found in a directory)
     issues: list[ContractIssue] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix in {".yaml", ".yml"} and not _is_policy_case_file(p)
-            )
+            found = sorted(p for p in path.rglob("*") if p.suffix in {".yaml", ".yml"})
             if not found:
                 issues.append(ContractIssue(str(path), 0, "", None, "no *.yaml or *.yml files"))
-            files.extend(found)
+            files.extend((file, True) for file in found)
         elif path.is_file():
-            files.append(path)
+            files.append((path, False))
         else:
             issues.append(ContractIssue(str(path), 0, "", None, "no such file or directory"))
     documents: list[Document] = []
-    for file in files:
+    for file, in_directory in files:
         try:
-            documents.extend(load_documents(file.read_text(encoding="utf-8"), source=str(file)))
+            parsed = load_yaml(read_yaml_file(file), source=str(file))
+            if not (in_directory and _is_policy_case_file(parsed)):
+                documents.extend(_validated(parsed, str(file)))
         except InvalidContract as exc:
             issues.extend(exc.issues)
-        except UnicodeDecodeError as exc:
-            issues.append(ContractIssue(str(file), 0, "", None, f"not UTF-8 text: {exc}"))
+        except OSError as exc:
+            issues.append(ContractIssue(str(file), 0, "", None, f"cannot read: {exc.strerror}"))
+    if files and not documents and not issues:
+        where = ", ".join(str(p) for p in paths)
+        message = "no contract documents (files of `corral policy test` cases are skipped)"
+        issues.append(ContractIssue(where, 0, "", None, message))
     if issues:
         raise InvalidContract(issues)
     return documents
 
 
-def _is_policy_case_file(path: Path) -> bool:
-    """Whether ``path`` holds ``corral policy test`` cases (a mapping with ``cases``, no ``kind``).
+def _is_policy_case_file(parsed: list[YamlDocument]) -> bool:
+    """Whether a file holds ``corral policy test`` cases (a mapping with ``cases``, no ``kind``).
 
     Such files sit next to the Policy documents they test; applying a directory skips them.
     """
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
-        return False  # reported when loaded as a contract
+    if len(parsed) != 1:
+        return False
+    data = parsed[0].data
     return isinstance(data, dict) and "cases" in data and not {"apiVersion", "kind"} & set(data)
 
 
 def load_documents(text: str, *, source: str = "<string>") -> list[Document]:
     """Parse and validate every document of a YAML stream.
+
+    The text is read by :func:`load_yaml`, within its limits (size, aliases, depth) and
+    refusing duplicate keys.
 
     Args:
         text: YAML text, one or many documents separated by ``---``.
@@ -96,38 +102,27 @@ def load_documents(text: str, *, source: str = "<string>") -> list[Document]:
         The documents in order; empty documents are skipped.
 
     Raises:
-        InvalidContract: YAML syntax errors, unknown kinds or invalid fields, each with its
-            line (one-based) and field path.
+        InvalidContract: YAML syntax errors, refused YAML (see :func:`load_yaml`), unknown
+            kinds or invalid fields, each with its line (one-based) and field path.
     """
-    loader = yaml.SafeLoader(text)
+    return _validated(load_yaml(text, source=source), source)
+
+
+def _validated(parsed: list[YamlDocument], source: str) -> list[Document]:
     documents: list[Document] = []
     issues: list[ContractIssue] = []
-    index = 0
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            data = loader.construct_document(node)
-            if data is None:  # an empty document, e.g. after a trailing ``---``
-                index += 1
-                continue
-            lines: _Lines = {}
-            collect_lines(node, (), lines)
-            try:
-                documents.append(Document(source, index, parse_document(data, lines=lines)))
-            except InvalidContract as exc:
-                issues.extend(
-                    ContractIssue(source, index, i.path, i.line, i.message) for i in exc.issues
-                )
-            index += 1
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        issues.append(ContractIssue(source, index, "", line, f"invalid YAML: {problem}"))
-    finally:
-        loader.dispose()
+    for yaml_document in parsed:
+        if yaml_document.data is None:  # an empty document, e.g. after a trailing ``---``
+            continue
+        index = yaml_document.index
+        try:
+            contract = parse_document(yaml_document.data, lines=yaml_document.lines)
+        except InvalidContract as exc:
+            issues.extend(
+                ContractIssue(source, index, i.path, i.line, i.message) for i in exc.issues
+            )
+        else:
+            documents.append(Document(source, index, contract))
     if issues:
         raise InvalidContract(issues)
     return documents

@@ -43,7 +43,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -54,7 +53,8 @@ from pydantic import (
     model_validator,
 )
 
-from corral.contracts._positions import Lines, collect_lines, dotted, line_of
+from corral.contracts import YamlDocument, load_yaml, read_yaml_file
+from corral.contracts._positions import Lines, dotted, line_of
 from corral.errors import ContractIssue, InvalidContract
 from corral.policy._engine import PolicyEngine
 from corral.policy._schema import PolicyAction
@@ -177,6 +177,7 @@ class _ContextDoc(_Strict):
     path: str | None = None
     url: str | None = None
     secret: str | None = None
+    workspace: str | None = None
     estimated_cost_usd: Decimal = Decimal(0)
     destructive_allowed: bool = False
 
@@ -222,14 +223,16 @@ def load_cases(source: str | os.PathLike[str]) -> list[PolicyCase]:
         The cases, in file order.
 
     Raises:
-        InvalidContract: YAML syntax errors, unknown or invalid fields, or two cases with one
-            name; each issue names the field path (``cases[2].expect``) and line.
+        InvalidContract: YAML syntax errors, YAML that :func:`corral.contracts.load_yaml`
+            refuses (over its size, alias or depth limits, or a duplicate key), unknown or
+            invalid fields, or two cases with one name; each issue names the field path
+            (``cases[2].expect``) and line.
         OSError: ``source`` is a path that cannot be read.
     """
     if isinstance(source, str):
         text, name = source, "<string>"
     else:
-        text, name = Path(source).read_text(encoding="utf-8"), os.fspath(source)
+        text, name = read_yaml_file(Path(source), source=os.fspath(source)), os.fspath(source)
     data, lines = _parse_yaml(text, name)
     if not isinstance(data, dict):
         hint = " (a str is read as YAML text; pass a pathlib.Path to read a file)"
@@ -267,23 +270,8 @@ def _message(err: Any) -> str:
 
 
 def _parse_yaml(text: str, name: str) -> tuple[Any, _Lines]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise InvalidContract(
-            [ContractIssue(name, 0, "", line, f"invalid YAML: {problem}")]
-        ) from None
-    finally:
-        loader.dispose()
-    lines: _Lines = {}
-    if node is not None:
-        collect_lines(node, (), lines)
-    return data, lines
+    [document] = load_yaml(text, source=name, single=True) or [YamlDocument(0, None, {})]
+    return document.data, document.lines
 
 
 def _merge_context_defaults(data: dict[str, Any]) -> None:
@@ -317,6 +305,7 @@ def _case(document: _FileDoc, case: _CaseDoc) -> PolicyCase:
                 estimated_cost_usd=context.estimated_cost_usd,
                 destructive_allowed=context.destructive_allowed,
                 secret=context.secret,
+                workspace=context.workspace,
             ),
         ),
         entities=tuple(entities.values()),

@@ -64,6 +64,7 @@ _CONTEXT: Final[dict[str, dict[str, Any]]] = {
     "path": _OPTIONAL_STRING,
     "url": _OPTIONAL_STRING,
     "secret": _OPTIONAL_STRING,
+    "workspace": _OPTIONAL_STRING,
 }
 
 _APPLIES_TO: Final[dict[PolicyAction, tuple[tuple[str, ...], tuple[str, ...]]]] = {
@@ -73,7 +74,8 @@ _APPLIES_TO: Final[dict[PolicyAction, tuple[tuple[str, ...], tuple[str, ...]]]] 
     "memory.read": (("Agent", "User", "ServiceAccount"), ("Namespace",)),
     "memory.write": (("Agent", "User", "ServiceAccount"), ("Namespace",)),
     "agent.promote": (("User", "ServiceAccount"), ("Agent",)),
-    "approval.decide": (("User",), ("Agent", "Tool")),
+    # People decide approvals by role; a service account only where a policy permits this.
+    "approval.decide": (("User", "ServiceAccount"), ("Agent", "Tool")),
     "secret.use": (("Agent", "ServiceAccount"), ("Tool", "Namespace")),
 }
 
@@ -101,6 +103,8 @@ def cedar_schema() -> dict[str, Any]:
     * ``arguments_json``: String, the tool arguments as canonical JSON (``"{}"`` when none).
     * ``path``, ``url``: optional String, the canonical path / URL argument of a tool call.
     * ``secret``: optional String, the secret's name (``secret.use`` only).
+    * ``workspace``: optional String, the run's canonical workspace directory (``agent.invoke``
+      only; absent when the run has none), e.g. ``context.workspace like "/srv/repos/*"``.
 
     Returns:
         A new dict each call (callers may extend it), ready for ``json.dumps``.

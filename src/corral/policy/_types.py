@@ -182,6 +182,8 @@ class PolicyContext:
         destructive_allowed: ``True`` only when the agent's contract names this destructive
             tool explicitly (not by wildcard); set by the runtime, never from model output.
         secret: For ``secret.use``: the name of the secret (never its value).
+        workspace: For ``agent.invoke``: the run's canonical workspace directory (absolute,
+            symlinks resolved), if it has one.
     """
 
     tenant: str
@@ -193,6 +195,7 @@ class PolicyContext:
     estimated_cost_usd: Decimal = Decimal(0)
     destructive_allowed: bool = False
     secret: str | None = None
+    workspace: str | None = None
 
     def to_cedar(self, approvals_granted: Iterable[str] = ()) -> dict[str, Any]:
         """Cedar's JSON context, with ``approvals_granted`` as a sorted set."""
@@ -211,6 +214,8 @@ class PolicyContext:
             context["url"] = self.url
         if self.secret is not None:
             context["secret"] = self.secret
+        if self.workspace is not None:
+            context["workspace"] = self.workspace
         return context
 
     def cedar_json(self, approvals_granted: Iterable[str] = ()) -> str:
@@ -242,6 +247,8 @@ class PolicyContext:
         parts.append(f'"tenant":{encode_basestring(self.tenant)}')
         if self.url is not None:
             parts.append(f'"url":{encode_basestring(self.url)}')
+        if self.workspace is not None:
+            parts.append(f'"workspace":{encode_basestring(self.workspace)}')
         return ",".join(parts) + "}"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import yaml
@@ -13,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event, canonical_json
 from corral.contracts import Agent, McpServer, Policy, Tool
-from corral.errors import Conflict, NotFound
+from corral.errors import Conflict, InvalidContract, NotFound
 from corral.policy._engine import PolicyEngine
 from corral.policy._service import policy_sources, tenant_policy_documents
 from corral.policy._tables import PolicyRow, PolicyVersionRow
+from corral.registry._references import unmatched_tools
 from corral.registry._tables import (
     AgentRow,
     AgentVersionRow,
@@ -60,6 +61,8 @@ class ApplyResult:
         previous_version: The latest version before, if any.
         digest: ``sha256:<hex>`` of the document (version excluded).
         diff: Unified diff of the previous document's YAML against the new one.
+        warnings: What looks wrong but was applied: for an Agent, each
+            ``spec.tools.allowed`` entry that matches no registered tool.
     """
 
     kind: str
@@ -69,6 +72,7 @@ class ApplyResult:
     previous_version: str | None
     digest: str
     diff: str
+    warnings: tuple[str, ...] = ()
 
 
 def document_of(contract: Contract) -> dict[str, Any]:
@@ -117,16 +121,31 @@ async def apply_documents(
     tenant_id: str,
     actor: str,
     dry_run: bool = False,
+    strict: bool = False,
 ) -> list[ApplyResult]:
     """Apply documents in the caller's transaction: unchanged ones are no-ops.
 
     A changed document becomes a new immutable version: its ``metadata.version`` if given
     (it must be greater than the latest), else the latest with its patch bumped. Each new
-    version appends an audit event.
+    version appends an audit event. An Agent allowing a tool name or wildcard that matches
+    no registered tool (those in ``contracts`` included) gets a warning in its result.
+
+    Args:
+        session: The caller's transaction.
+        contracts: The documents, one per object.
+        tenant_id: The tenant they belong to.
+        actor: Principal recorded in the audit events.
+        dry_run: Compute the results, write nothing.
+        strict: Refuse the whole apply when any warning would be given.
+
+    Returns:
+        One result per document, in order.
 
     Raises:
         Conflict: a given version already exists or is not greater than the latest; or the
             same object appears twice in ``contracts``.
+        InvalidContract: a Policy that Cedar rejects; or, when ``strict``, an Agent tool
+            entry that matches no registered tool (one issue per entry, with its field path).
     """
     seen: set[tuple[str, str]] = set()
     results: list[ApplyResult] = []
@@ -144,7 +163,13 @@ async def apply_documents(
     if policies:
         versions = {r.name: r.version for r in results if r.kind == "Policy"}
         await _validate_policy_set(session, policies, versions, tenant_id)
-    return results
+    unmatched = await unmatched_tools(session, contracts, tenant_id=tenant_id)
+    if strict and unmatched:
+        raise InvalidContract([u.issue() for u in unmatched])
+    warnings: dict[int, list[str]] = {}
+    for entry in unmatched:
+        warnings.setdefault(entry.document, []).append(str(entry))
+    return [replace(r, warnings=tuple(warnings.get(i, ()))) for i, r in enumerate(results)]
 
 
 async def _validate_policy_set(

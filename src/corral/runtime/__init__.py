@@ -21,16 +21,19 @@ from corral.runtime._service import (
     list_steps,
 )
 from corral.runtime._worker import Worker, default_worker_id
+from corral.runtime._workspaces import WORKSPACES_DIR, Workspaces
 
 __all__ = [
     "PAUSED_STATUSES",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
+    "WORKSPACES_DIR",
     "KillSwitchInfo",
     "LeaseLost",
     "Phase",
     "RunExecutor",
     "Worker",
+    "Workspaces",
     "cancel_run",
     "create_run",
     "default_worker_id",

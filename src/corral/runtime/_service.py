@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -33,6 +32,7 @@ from corral.registry import get_agent, get_agent_version
 from corral.registry._tables import AgentRow, AgentVersionRow, StageBindingRow
 from corral.runtime._persist import active_kill_switch
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
+from corral.runtime._workspaces import Workspaces
 from corral.store._base import new_id, utcnow
 
 __all__ = [
@@ -61,6 +61,7 @@ async def create_run(
     task: str,
     requested_by: str,
     workspace: str | None = None,
+    workspaces: Workspaces | None = None,
     stage: str = "dev",
     version: str | None = None,
     model: str | None = None,
@@ -76,7 +77,10 @@ async def create_run(
         agent_name: Registered agent to run.
         task: The task, in words, given to the agent (1..100,000 characters).
         requested_by: Principal asking for the run.
-        workspace: Directory the ``fs.*`` tools may read (absolute after resolution), or ``None``.
+        workspace: Absolute directory the ``fs.*`` tools may read, or ``None``. It is stored
+            canonical (symlinks resolved), put in the ``agent.invoke`` policy context
+            (``context.workspace``) and in the ``run.created`` audit event.
+        workspaces: Decides which workspaces the tenant may use; required with ``workspace``.
         stage: Release stage whose bound version runs (``dev`` follows the latest version;
             other stages change by ``corral promote``).
         version: An explicit agent version, only in stage ``dev``; ``None``: the stage's.
@@ -93,11 +97,19 @@ async def create_run(
         PolicyRefused: policy does not allow ``agent.invoke`` (the message gives the policy
             ids and reasons; call its ``record`` after the rollback to store the decision).
         KillSwitchEngaged: a kill switch covers the agent, its tenant or the platform.
+        PolicyDenied: ``workspace_protected`` or ``workspace_not_allowed``: see
+            :meth:`Workspaces.resolve`.
         InvalidRequest: empty task, a workspace that is not a directory, or a model the agent
             does not allow.
+        ValueError: ``workspace`` without ``workspaces``.
     """
     if not task.strip() or len(task) > 100_000:
         raise InvalidRequest("The task must be 1 to 100,000 characters of text.")
+    resolved = None
+    if workspace is not None:
+        if workspaces is None:
+            raise ValueError("create_run(workspace=...) needs workspaces= to check it")
+        resolved = str(workspaces.resolve(tenant_id, workspace))
     agent_row, version_row = await _version_for_stage(
         session, agent_name, stage, version, tenant_id=tenant_id
     )
@@ -122,7 +134,7 @@ async def create_run(
             requested_by, tenant_id, roles=requester_roles, groups=requester_groups
         )
         decision_id = await _authorize_invoke(
-            session, governance, agent_name, spec, stage, requester, tenant_id
+            session, governance, agent_name, spec, stage, requester, tenant_id, resolved
         )
     kill = await session.run_sync(
         lambda sync: active_kill_switch(sync.connection(), tenant_id, agent_name)
@@ -141,7 +153,6 @@ async def create_run(
             f"Model {chosen!r} is not allowed to agent {agent_name!r}; allowed: "
             f"{', '.join([spec.model.default, *spec.model.allowed])}."
         )
-    resolved = _resolve_workspace(workspace)
     now = utcnow()
     run = RunRow(
         id=new_id("run"),
@@ -193,6 +204,7 @@ async def create_run(
             "digest": version_row.digest,
             "stage": stage,
             "model": chosen,
+            "workspace": resolved,
             "deprecated": spec.status == "deprecated",
         },
     )
@@ -238,6 +250,7 @@ async def _authorize_invoke(
     stage: str,
     requester: Entity,
     tenant_id: str,
+    workspace: str | None,
 ) -> str:
     """Decide ``agent.invoke``; store the decision; raise unless it allows."""
     requested_by = requester.uid.id
@@ -245,7 +258,9 @@ async def _authorize_invoke(
         principal=principal_ref(requested_by),
         action="agent.invoke",
         resource=EntityRef("Agent", agent_name),
-        context=PolicyContext(tenant=tenant_id, stage=stage, requester=requested_by),
+        context=PolicyContext(
+            tenant=tenant_id, stage=stage, requester=requested_by, workspace=workspace
+        ),
     )
     entities = [
         requester,
@@ -265,6 +280,7 @@ async def _authorize_invoke(
             policy_decision_id=decision.id,
             details={
                 "stage": stage,
+                "workspace": workspace,
                 "decision": decision.decision,
                 "policies": list(decision.determining_policies),
             },
@@ -290,20 +306,6 @@ def _record_refusal(
 
 def _switch_flag(scope: str, target: str) -> str:
     return {"agent": f"--agent {target}", "tenant": f"--tenant {target}"}.get(scope, "--all")
-
-
-def _resolve_workspace(workspace: str | None) -> str | None:
-    if workspace is None:
-        return None
-    path = Path(workspace).expanduser()
-    if not path.is_absolute():
-        raise InvalidRequest(
-            f"Workspace {workspace!r} must be an absolute path on the server "
-            "(the CLI resolves relative paths for you)."
-        )
-    if not path.is_dir():
-        raise InvalidRequest(f"Workspace {workspace!r} is not a directory on the server.")
-    return str(path.resolve())
 
 
 async def get_run(session: AsyncSession, run_id: str, *, tenant_id: str) -> RunRow:

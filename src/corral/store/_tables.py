@@ -17,7 +17,7 @@ from corral.registry._tables import (
 )
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.secrets._tables import SecretRow
-from corral.tenancy._tables import ApiKeyRow, QuotaRow, RoleGrantRow, TenantRow
+from corral.tenancy._tables import ApiKeyRow, LocalUserRow, QuotaRow, RoleGrantRow, TenantRow
 
 __all__ = [
     "AgentRow",
@@ -28,6 +28,7 @@ __all__ = [
     "AuditEventRow",
     "AuditHeadRow",
     "KillSwitchRow",
+    "LocalUserRow",
     "McpServerRow",
     "McpServerVersionRow",
     "McpToolPinRow",

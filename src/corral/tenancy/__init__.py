@@ -1,4 +1,4 @@
-"""Tenants and identity: principals from API keys and OIDC tokens, roles, quotas."""
+"""Tenants and identity: principals from API keys and OIDC tokens, local users, roles, quotas."""
 
 from corral.tenancy._identity import Identity, load_or_create_secret
 from corral.tenancy._keys import generate_key, key_digest, parse_key
@@ -31,7 +31,8 @@ from corral.tenancy._service import (
     set_quota,
     set_tenant_status,
 )
-from corral.tenancy._tables import ApiKeyRow, QuotaRow, RoleGrantRow, TenantRow
+from corral.tenancy._tables import ApiKeyRow, LocalUserRow, QuotaRow, RoleGrantRow, TenantRow
+from corral.tenancy._users import accountable_humans, create_user, list_users
 
 __all__ = [
     "PERMISSIONS",
@@ -44,16 +45,19 @@ __all__ = [
     "ApiKeyRow",
     "CreatedKey",
     "Identity",
+    "LocalUserRow",
     "Principal",
     "QuotaRow",
     "QuotaUsage",
     "Quotas",
     "RoleGrantRow",
     "TenantRow",
+    "accountable_humans",
     "audit_identity_event",
     "create_key",
     "create_local_admin_key",
     "create_tenant",
+    "create_user",
     "generate_key",
     "grant_role",
     "issue_key",
@@ -62,6 +66,7 @@ __all__ = [
     "list_keys",
     "list_quotas",
     "list_tenants",
+    "list_users",
     "load_or_create_secret",
     "parse_key",
     "permits",

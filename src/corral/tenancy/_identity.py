@@ -176,6 +176,7 @@ class Identity:
             kind=row.kind,
             agent=row.agent_name,
             key_id=key_id,
+            accountable=row.accountable,
         )
 
     async def _key_row(self, key_id: str) -> Any:

@@ -23,6 +23,9 @@ class Principal:
         agent: For ``agent`` principals, the agent's name.
         groups: For OIDC users, their groups.
         key_id: The API key used, if any.
+        accountable: The human the credentials act for (``user:alice``): a user themselves, a
+            service account's or agent key's creator's accountable human (the key's
+            ``accountable``). Empty means :attr:`id`. Approvals count distinct ones.
     """
 
     id: str
@@ -32,6 +35,11 @@ class Principal:
     agent: str | None = None
     groups: tuple[str, ...] = field(default=())
     key_id: str | None = None
+    accountable: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.accountable:
+            object.__setattr__(self, "accountable", self.id)
 
     @property
     def principal(self) -> str:

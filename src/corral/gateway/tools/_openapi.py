@@ -22,11 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from corral.contracts import API_VERSION, Tool
-from corral.contracts._positions import Lines, collect_lines, line_of
+from corral.contracts import API_VERSION, MAX_YAML_DEPTH, Tool, load_yaml
+from corral.contracts._positions import Lines, line_of
 from corral.errors import ContractIssue, InvalidContract
 
 __all__ = ["OpenApiOperation", "import_openapi", "list_operations", "tool_name_for"]
@@ -36,6 +35,7 @@ _SKIPPED_HEADERS = {"accept", "content-type", "authorization"}  # OpenAPI 3.x: i
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _PLACEHOLDER_NAME = re.compile(r"[A-Za-z_][-.A-Za-z0-9_]*")
 _Path = tuple[str | int, ...]
+_INVALID_YAML = "invalid YAML:"
 
 
 @dataclass(frozen=True)
@@ -78,17 +78,14 @@ def _pointer(path: _Path) -> str:
 
 
 def _parse(text: str, source: str) -> _Document:
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        lines: Lines = {}
-        if node is not None:
-            collect_lines(node, (), lines)
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        data, lines = _parse_json(text, source, exc), {}
-    finally:
-        loader.dispose()
+        parsed = load_yaml(text, source=source, single=True, render_path=_pointer)
+    except InvalidContract as exc:
+        if not exc.issues[0].message.startswith(_INVALID_YAML):
+            raise  # over a limit, or a duplicate key: JSON would not be read differently
+        data, lines = _parse_json(text, source, exc.issues[0]), {}
+    else:
+        data, lines = (parsed[0].data, parsed[0].lines) if parsed else (None, {})
     document = _Document(data if isinstance(data, dict) else {}, source, lines)
     if not isinstance(data, dict):
         document.issue((), "an OpenAPI document must be a mapping (YAML or JSON object)")
@@ -96,16 +93,47 @@ def _parse(text: str, source: str) -> _Document:
     return document
 
 
-def _parse_json(text: str, source: str, yaml_error: yaml.MarkedYAMLError) -> Any:
-    """JSON that YAML 1.1 rejects (tabs); else the YAML error with its line."""
+def _parse_json(text: str, source: str, yaml_issue: ContractIssue) -> Any:
+    """JSON that YAML 1.1 rejects (tabs); else the YAML error with its line.
+
+    Held to the YAML loader's rules: no duplicate keys, at most ``MAX_YAML_DEPTH`` levels.
+    """
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in data:
+                message = f"duplicate key {key!r} in a JSON object; remove one or merge them"
+                raise InvalidContract([ContractIssue(source, 0, "", None, message)])
+            data[key] = value
+        return data
+
+    too_deep = f"nested more than {MAX_YAML_DEPTH} levels deep; flatten the document"
     try:
-        return json.loads(text)
+        data = json.loads(text, object_pairs_hook=unique)
+    except RecursionError:
+        raise InvalidContract([ContractIssue(source, 0, "", None, too_deep)]) from None
     except ValueError:
-        pass
-    mark = yaml_error.problem_mark or yaml_error.context_mark
-    problem = " ".join(p for p in (yaml_error.context, yaml_error.problem) if p)
-    line = mark.line + 1 if mark is not None else None
-    raise InvalidContract([ContractIssue(source, 0, "", line, f"invalid YAML/JSON: {problem}")])
+        problem = yaml_issue.message.removeprefix(_INVALID_YAML).strip()
+        raise InvalidContract(
+            [ContractIssue(source, 0, "", yaml_issue.line, f"invalid YAML/JSON: {problem}")]
+        ) from None
+    if _depth(data) > MAX_YAML_DEPTH:
+        raise InvalidContract([ContractIssue(source, 0, "", None, too_deep)])
+    return data
+
+
+def _depth(data: Any) -> int:
+    """Deepest nesting of lists and objects in parsed JSON (iterative: any depth is safe)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if isinstance(value, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_YAML_DEPTH:
+                stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _check_version(document: _Document) -> None:

@@ -1,0 +1,144 @@
+"""Workspaces as governed resources: which directories a run's ``fs.*`` tools may read.
+
+A run's workspace is canonicalised (``Path.resolve(strict=True)``: ``..`` and every symlink
+followed) and must then be a directory under one of its tenant's roots
+(:class:`~corral.settings.WorkspaceSettings`). Corral's own data is refused whatever the roots
+say: ``CORRAL_HOME`` and everything in it except the tenant's own ``workspaces/{tenant}/``
+directory, the key files and the SQLite database with its ``-wal``, ``-shm`` and ``-journal``
+files, and any directory that contains one of them (a workspace of ``/`` would reach them all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from corral._files import SQLITE_SUFFIXES
+from corral.errors import InvalidRequest, PolicyDenied
+from corral.settings import Settings
+
+__all__ = ["WORKSPACES_DIR", "Workspaces"]
+
+WORKSPACES_DIR = "workspaces"
+"""The directory under ``CORRAL_HOME`` holding each tenant's built-in root
+(``{home}/workspaces/{tenant}/``)."""
+
+_KEY_FILES = ("identity.key", "admin.key", "master.key")
+"""Key files Corral keeps in ``CORRAL_HOME`` (API key HMAC secret, local admin key, secrets
+master key)."""
+
+_HOW_TO_ADD = (
+    "under a root the operator adds with CORRAL_WORKSPACES__ROOTS (every tenant) or "
+    "CORRAL_WORKSPACES__TENANT_ROOTS (one tenant) and a restart"
+)
+
+
+class Workspaces:
+    """Decides which directories runs may use as workspaces, per tenant.
+
+    Args:
+        settings: ``home``, the store URL (a SQLite file is protected) and ``workspaces``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.home = settings.home.expanduser()
+        self.settings = settings.workspaces
+        self._protected_files = [self.home / name for name in _KEY_FILES]
+        database = settings.sqlite_path
+        if database is not None:
+            self._protected_files += [Path(f"{database}{s}") for s in SQLITE_SUFFIXES]
+
+    def builtin_root(self, tenant_id: str) -> Path:
+        """The tenant's built-in root, ``{home}/workspaces/{tenant_id}`` (may not exist yet)."""
+        return self.home / WORKSPACES_DIR / tenant_id
+
+    def roots(self, tenant_id: str) -> list[Path]:
+        """The tenant's roots as configured (not resolved; some may not exist).
+
+        Its built-in root, then ``tenant_roots`` where set for the tenant, else ``roots``.
+        """
+        configured = self.settings.tenant_roots.get(tenant_id, self.settings.roots)
+        return [self.builtin_root(tenant_id), *configured]
+
+    def ensure_builtin_root(self, tenant_id: str) -> Path:
+        """Create the tenant's built-in root (mode 0700) if it is missing; return it."""
+        root = self.builtin_root(tenant_id)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return root
+
+    def resolve(self, tenant_id: str, workspace: str) -> Path:
+        """Canonicalise ``workspace`` and check that the tenant's runs may use it.
+
+        Args:
+            tenant_id: Tenant of the run.
+            workspace: An absolute path on the server (``~`` expanded).
+
+        Returns:
+            The canonical directory (every symlink resolved), to store on the run.
+
+        Raises:
+            InvalidRequest: the path is relative, does not exist or is not a directory.
+            PolicyDenied: ``workspace_protected`` when it is, is inside or contains Corral's
+                data directory, a key file or the database; ``workspace_not_allowed`` when it
+                is not under one of the tenant's roots.
+        """
+        path = Path(workspace).expanduser()
+        if not path.is_absolute():
+            raise InvalidRequest(
+                f"Workspace {workspace!r} must be an absolute path on the server "
+                "(the CLI resolves relative paths for you)."
+            )
+        try:
+            canonical = path.resolve(strict=True)
+        except (OSError, RuntimeError, ValueError):  # missing, a loop, unreadable, a NUL byte
+            canonical = None
+        if canonical is None or not canonical.is_dir():
+            raise InvalidRequest(f"Workspace {workspace!r} is not a directory on the server.")
+        self._refuse_protected(workspace, canonical, tenant_id)
+        roots = [root.resolve() for root in self.roots(tenant_id)]
+        if not any(canonical.is_relative_to(root) for root in roots):
+            raise PolicyDenied(
+                f"Workspace {_named(workspace, canonical)} is not under a "
+                f"workspace root of tenant {tenant_id!r} "
+                f"({', '.join(repr(str(r)) for r in roots)}); put it under "
+                f"{str(self.builtin_root(tenant_id))!r}, or {_HOW_TO_ADD}.",
+                code="workspace_not_allowed",
+            )
+        return canonical
+
+    def _refuse_protected(self, workspace: str, canonical: Path, tenant_id: str) -> None:
+        home = self.home.resolve()
+        # Inside the home only the tenant's own directory is open: not the home, not
+        # ``workspaces/`` (every tenant's), not another tenant's.
+        carve_out = self.builtin_root(tenant_id).resolve()
+        inside_home = canonical.is_relative_to(home) and not canonical.is_relative_to(carve_out)
+        hit = next(
+            (
+                protected
+                for protected in self._protected()
+                if protected.is_relative_to(canonical)  # the workspace contains it
+            ),
+            home if inside_home else None,
+        )
+        if hit is not None:
+            raise PolicyDenied(
+                f"Workspace {_named(workspace, canonical)} would expose Corral's "
+                f"own data ({str(hit)!r}): CORRAL_HOME, its key files and the database are never "
+                "a workspace, nor is a directory that contains them. Use a directory holding "
+                f"only the files the agent should read, under {str(carve_out)!r}, "
+                f"or {_HOW_TO_ADD}.",
+                code="workspace_protected",
+            )
+
+    def _protected(self) -> Iterator[Path]:
+        """Canonical paths a workspace may not contain: the home and the protected files."""
+        yield self.home.resolve()
+        for path in self._protected_files:
+            yield path.resolve()
+
+
+def _named(workspace: str, canonical: Path) -> str:
+    """``'given'``, with ``(resolved: 'canonical')`` when the two differ."""
+    if str(canonical) == workspace:
+        return repr(workspace)
+    return f"{workspace!r} (resolved: {str(canonical)!r})"
