@@ -11,7 +11,7 @@
 * ``local_users``: named people of the embedded mode (``corral users create``), with
   row-level security on PostgreSQL like every tenant-owned table.
 
-Revision ID: 0009
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-06
 """
@@ -24,7 +24,7 @@ from alembic import op
 import corral.store._base
 from corral.store._rls import enable_row_level_security
 
-revision: str = "0009"
+revision: str = "0008"
 down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
