@@ -157,6 +157,9 @@ class PolicyEngine:
             pid for pid, policy in policies.items() if policy.kind == "require_approval"
         )
         self._digest = sha256_hex(canonical_json(bodies))
+        self._path_readers = frozenset(
+            pid for pid, body in bodies.items() if _reads_context(body.get("conditions"), "path")
+        )
         probe = {pid: {**body, "effect": "permit"} for pid, body in bodies.items()}
         self._slicer = PolicySlicer(probe, schema_dict)
 
@@ -262,6 +265,26 @@ class PolicyEngine:
             policy_set_digest=self._digest,
             duration_us=(perf_counter_ns() - started) / 1000,
         )
+
+    def reads_path(self, request: PolicyRequest) -> bool:
+        """Whether a policy that can apply to ``request`` may read ``context.path``.
+
+        ``False`` means every value of ``context.path`` gets the same decision for this
+        principal, action and resource, so a tool that judges many paths (the entries of a
+        directory) need not ask again for each. Conservative: a policy that reads ``context``
+        as a whole counts as reading ``path``.
+        """
+        if not self._path_readers:
+            return False
+        try:
+            cedar_slice = self._slicer.slice(
+                request.action,
+                (request.principal.type, request.principal.id),
+                (request.resource.type, request.resource.id),
+            )
+        except ValueError:
+            return True
+        return any(name in self._path_readers for name in cedar_slice.names.values())
 
     # -- compiling ---------------------------------------------------------------------------
 
@@ -397,6 +420,25 @@ class PolicyEngine:
             _reasons(permits, "permitted by policy"),
             constraints=constraints,
         )
+
+
+def _reads_context(node: Any, attribute: str) -> bool:
+    """Whether a policy's conditions (Cedar's JSON form) may read ``context.<attribute>``.
+
+    ``context.x``, ``context["x"]`` and ``context has x`` read ``x`` only; any other use of
+    ``context`` (compared or passed whole) may read anything.
+    """
+    if isinstance(node, list):
+        return any(_reads_context(item, attribute) for item in node)
+    if not isinstance(node, dict):
+        return False
+    for operator in (".", "has"):
+        inner = node.get(operator)
+        if isinstance(inner, dict) and inner.get("left") == {"Var": "context"}:
+            return inner.get("attr") == attribute
+    if node.get("Var") == "context":
+        return True
+    return any(_reads_context(value, attribute) for value in node.values())
 
 
 def _request_texts(request: PolicyRequest, granted: frozenset[str]) -> tuple[str, str]:

@@ -64,7 +64,7 @@ def _base64_fragments(data: bytes) -> set[str]:
 
 
 def _hex_forms(data: bytes) -> set[str]:
-    """Hex dumps of ``data``: contiguous, byte pairs separated by ``:`` or a space, ``\\xHH``.
+    r"""Hex dumps of ``data``: contiguous, byte pairs separated by ``:`` or a space, ``\xHH``.
 
     Matched without regard to case (see :func:`redact_secrets`), so upper-case hex is covered.
     """
@@ -99,13 +99,13 @@ def _encodings(value: str) -> tuple[set[str], set[str]]:
 
 
 def redact_secrets(text: str, values: Iterable[str]) -> str:
-    """Replace every revealed value, and its common encodings, with ``[REDACTED:secret]``.
+    r"""Replace every revealed value, and its common encodings, with ``[REDACTED:secret]``.
 
     Forms covered, for the value and for its upper-case, lower-case and case-folded forms:
     the raw text; standard and URL-safe base64 (padded or not, and at the three alignments it
     can have inside a longer base64 text); URL encoding (``quote`` with and without ``/`` safe,
     ``quote_plus``); the JSON string escaping (ASCII and UTF-8, and escaped twice); HTML
-    escaping; hex of the UTF-8 bytes (contiguous, ``:``- or space-separated pairs, ``\\xHH``).
+    escaping; hex of the UTF-8 bytes (contiguous, ``:``- or space-separated pairs, ``\xHH``).
     Every form is matched without regard to case (a tool that upper-cases or hex-dumps what it
     echoes, ``%2f`` for ``%2F``), except base64, whose letters' case carries the data: there a
     case-blind match would only redact more, never less, but would also hit unrelated text.

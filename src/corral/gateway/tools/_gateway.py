@@ -5,8 +5,10 @@ against the tool's JSON Schema -> (policy decision, by the caller) -> rate limit
 caller and tool -> execute with a timeout (tools with an upstream: through its circuit breaker,
 retrying retryable errors with jittered backoff; see ``_resilience.py``) -> cap the output size
 -> record an ``execute_tool {tool}`` span. Paths are canonicalised by the tools themselves
-before any check (:func:`corral.gateway.tools._fs.resolve_in_workspace`). Output reaches the
-model only through :func:`wrap_untrusted`.
+before any check (:func:`corral.gateway.tools._fs.resolve_in_workspace`); the entries a tool
+reaches on its own (a directory's contents) are judged by the call's path guard
+(``ToolCallContext.path_decider``, see ``_guard.py``). Output reaches the model only through
+:func:`wrap_untrusted`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from corral.contracts import AgentTools, Tool, ToolSpec
 from corral.errors import CorralError, PolicyDenied, ToolFailed
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
+from corral.gateway.tools._guard import PathGuard, path_guard_scope
 from corral.gateway.tools._http import HttpExecutor, upstream_of
 from corral.gateway.tools._resilience import Resilience
 from corral.policy._service import tool_entity
@@ -262,6 +265,8 @@ class ToolGateway:
                 span.set_attribute("corral.tool.status", result.status)
                 if result.tool_version:
                     span.set_attribute("corral.tool.version", result.tool_version)
+                if result.skipped_by_policy:
+                    span.set_attribute("corral.tool.skipped_by_policy", result.skipped_by_policy)
                 if result.error_type:
                     span.set_attribute("error.type", result.error_type)
                     span.set_status(Status(StatusCode.ERROR, result.error))
@@ -389,14 +394,16 @@ class ToolGateway:
         self, ctx: ToolCallContext, prepared: PreparedCall, revealed: list[str]
     ) -> ToolResult:
         tool = prepared.tool
+        guard = PathGuard(ctx.path_decider)
         try:
             await self.resilience.rate_limiter.acquire(
                 ctx, tool.name, tool_rate=tool.contract.spec.rate_limit
             )
-            output = await asyncio.wait_for(
-                self._execute_resilient(ctx, tool, prepared.arguments),
-                timeout=tool.contract.spec.timeout_seconds,
-            )
+            with path_guard_scope(guard):
+                output = await asyncio.wait_for(
+                    self._execute_resilient(ctx, tool, prepared.arguments),
+                    timeout=tool.contract.spec.timeout_seconds,
+                )
         except TimeoutError:
             message = f"{tool.name!r} timed out after {tool.contract.spec.timeout_seconds} s"
             return ToolResult(
@@ -417,7 +424,12 @@ class ToolGateway:
         if truncated:
             text += f"\n[output truncated: first {cap} of {size} bytes shown]"
         return ToolResult(
-            "COMPLETED", text, output_bytes=size, truncated=truncated, tool_version=tool.version
+            "COMPLETED",
+            text,
+            output_bytes=size,
+            truncated=truncated,
+            tool_version=tool.version,
+            skipped_by_policy=guard.skipped,
         )
 
     async def _execute_resilient(
