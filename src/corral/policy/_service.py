@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, select
@@ -292,7 +292,7 @@ class Governance:
         entities: list[Entity],
         *,
         approvals_granted: Iterable[str] = (),
-    ) -> Callable[[str], bool] | None:
+    ) -> Callable[[Sequence[str]], list[bool]] | None:
         """The path guard of an allowed call, for the paths a tool reaches on its own.
 
         A tool that walks a directory returns entries its ``path`` argument did not name; each
@@ -306,10 +306,10 @@ class Governance:
             approvals_granted: The approvals granted to the call.
 
         Returns:
-            ``decide(path) -> bool`` (``True`` only for ``allow``; a path needing an approval
-            the call does not have is refused), callable from any thread; ``None`` when no
-            policy that can apply to the request reads ``context.path``, so every path is
-            decided as the call was.
+            ``decide(paths) -> [allowed, ...]``, one batched decision for many paths (``True``
+            only for ``allow``: a path needing an approval the call lacks is refused), callable
+            from any thread; ``None`` when no policy that can apply to the request reads
+            ``context.path``, so every path is decided as the call was.
         """
         engine = await self.engine(tenant_id)
         if not engine.reads_path(request):
@@ -317,11 +317,9 @@ class Governance:
         entity_set = self._entity_set(engine, entities)
         granted = tuple(approvals_granted)
 
-        def decide(path: str) -> bool:
-            context = dataclasses.replace(request.context, path=path)
-            entry = dataclasses.replace(request, context=context)
-            decision = engine.evaluate(entry, entity_set, approvals_granted=granted)
-            return decision.decision == "allow"
+        def decide(paths: Sequence[str]) -> list[bool]:
+            kinds = engine.decide_paths(request, entity_set, paths, approvals_granted=granted)
+            return [kind == "allow" for kind in kinds]
 
         return decide
 

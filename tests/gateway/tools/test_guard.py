@@ -9,7 +9,7 @@ alone, then through a managed run and an inbound (MCP) call on SQLite and Postgr
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,15 @@ def guard_for(tool: str, *policies: str) -> PathGuard:
     if not engine.reads_path(request):
         return PathGuard(None)
 
-    def decide(path: str) -> bool:
-        entry = PolicyRequest(
-            agent.uid, "tool.call", resource.uid, PolicyContext("t", "dev", "user:a", path=path)
-        )
-        return engine.evaluate(entry, [agent, resource]).decision == "allow"
+    def decide(paths: Sequence[str]) -> list[bool]:
+        # The batch must agree with one full evaluation per path.
+        kinds = engine.decide_paths(request, [agent, resource], paths)
+        for path, kind in zip(paths, kinds, strict=True):
+            entry = PolicyRequest(
+                agent.uid, "tool.call", resource.uid, PolicyContext("t", "dev", "user:a", path=path)
+            )
+            assert engine.evaluate(entry, [agent, resource]).decision == kind, path
+        return [kind == "allow" for kind in kinds]
 
     return PathGuard(decide)
 
@@ -135,9 +139,9 @@ async def test_a_forbidden_directory_is_not_walked(workspace: Path) -> None:
     seen: list[str] = []
     engine_guard = guard_for("fs.search_text", NO_SECRETS)
 
-    def decide(path: str) -> bool:
-        seen.append(path)
-        return engine_guard.allows(path)
+    def decide(paths: Sequence[str]) -> list[bool]:
+        seen.extend(paths)
+        return [engine_guard.allows(path) for path in paths]
 
     await run_tool("fs.search_text", workspace, PathGuard(decide), query="hello")
     assert "secrets" in seen

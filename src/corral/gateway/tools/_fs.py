@@ -228,13 +228,13 @@ def _list_dir(resolved: Path, root: Path, path: str, guard: PathGuard) -> str:
     before = guard.skipped
     try:
         with os.scandir(resolved) as scan:
-            names = sorted(
-                entry.name + "/" if entry.is_dir() else entry.name
-                for entry in scan
-                if guard.allows(*_entry_paths(Path(entry.path), root))
-            )
+            entries = [
+                (entry.name + "/" if entry.is_dir() else entry.name, entry) for entry in scan
+            ]
     except OSError as exc:
         raise ToolFailed(f"Cannot list {path!r}: {exc.strerror}.", code="tool_failed") from None
+    allowed = guard.allowed([_entry_paths(Path(entry.path), root) for _, entry in entries])
+    names = sorted(name for (name, _), ok in zip(entries, allowed, strict=True) if ok)
     notes = _notes(guard.skipped - before)
     if not names and not notes:
         return "[empty directory]"
@@ -322,19 +322,27 @@ def _walk_files(top: Path, root: Path, guard: PathGuard) -> Iterator[Path]:
     # Symlinked directories are not descended into (followlinks=False): no cycles, no duplicates.
     for dirpath, dirnames, filenames in os.walk(top):
         here = Path(dirpath)
-        dirnames[:] = [
+        dirs = [
             name
             for name in sorted(dirnames)
             if not name.startswith(".")
             and name not in _SKIPPED_DIRS
             and not os.path.islink(here / name)
-            and guard.allows(_relative(here / name, root))
         ]
-        for name in sorted(filenames):
-            file = here / name
-            paths = _entry_paths(file, root)
-            if len(paths) == 2 and guard.allows(*paths):
-                yield file
+        # Files whose canonical path leaves the root are skipped unjudged (one path only).
+        files = [
+            (name, paths)
+            for name in sorted(filenames)
+            if len(paths := _entry_paths(here / name, root)) == 2
+        ]
+        # One batch per directory: its subdirectories and its files together.
+        allowed = guard.allowed(
+            [(_relative(here / name, root),) for name in dirs] + [paths for _, paths in files]
+        )
+        dirnames[:] = [name for name, ok in zip(dirs, allowed, strict=False) if ok]
+        for (name, _), ok in zip(files, allowed[len(dirs) :], strict=True):
+            if ok:
+                yield here / name
 
 
 def _file_text(file: Path, max_file_bytes: int) -> str | bool:

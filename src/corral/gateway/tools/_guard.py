@@ -13,20 +13,24 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 __all__ = ["PathDecider", "PathGuard", "current_path_guard", "path_guard_scope"]
 
-PathDecider = Callable[[str], bool]
-"""``decide(path)``: whether the call's policy decision allows the workspace-relative,
-canonical ``path`` (``"src/app.py"``; ``"."`` is the root). Called from worker threads."""
+PathDecider = Callable[[Sequence[str]], list[bool]]
+"""``decide(paths)``: for each workspace-relative, canonical path (``"src/app.py"``; ``"."`` is
+the root), whether the call's policy decision allows it; one batched decision for many paths.
+Called from worker threads."""
 
 
 class PathGuard:
     """Judges the entries one call would return, and counts those it refuses.
 
+    Each distinct path is decided once per call; ask about a directory's entries together
+    (:meth:`allowed`) so they are decided in one batch.
+
     Args:
-        decide: The call's decision for another path; ``None``: every path is allowed (no
+        decide: The call's decision for other paths; ``None``: every path is allowed (no
             policy reads ``context.path``, or the call is not governed).
 
     Attributes:
@@ -40,28 +44,33 @@ class PathGuard:
         self._lock = threading.Lock()
         self.skipped = 0
 
-    def allows(self, *paths: str) -> bool:
-        """Whether an entry known by ``paths`` may be returned; counts it in ``skipped`` if not.
+    def allowed(self, entries: Sequence[Sequence[str]]) -> list[bool]:
+        """Whether each entry may be returned; refused ones are counted in ``skipped``.
 
         Args:
-            paths: Every workspace-relative path the entry has: the path it is listed under
-                and, when it is a symlink, the canonical path it resolves to. All must be
-                allowed.
+            entries: For each entry, every workspace-relative path it has: the path it is
+                listed under and, when it is a symlink, the canonical path it resolves to.
+                All of an entry's paths must be allowed.
+
+        Returns:
+            One answer per entry, in order.
         """
         decide = self._decide
         if decide is None:
-            return True
-        allowed = all(self._allowed(decide, path) for path in dict.fromkeys(paths))
-        if not allowed:
-            with self._lock:
-                self.skipped += 1
-        return allowed
+            return [True] * len(entries)
+        with self._lock:
+            unknown = list(
+                dict.fromkeys(p for paths in entries for p in paths if p not in self._cache)
+            )
+            if unknown:
+                self._cache.update(zip(unknown, decide(unknown), strict=True))
+            answers = [all(self._cache[p] for p in paths) for paths in entries]
+            self.skipped += answers.count(False)
+        return answers
 
-    def _allowed(self, decide: PathDecider, path: str) -> bool:
-        allowed = self._cache.get(path)
-        if allowed is None:
-            allowed = self._cache[path] = decide(path)
-        return allowed
+    def allows(self, *paths: str) -> bool:
+        """Whether one entry known by ``paths`` may be returned (see :meth:`allowed`)."""
+        return self.allowed([paths])[0]
 
 
 _GUARD: contextvars.ContextVar[PathGuard | None] = contextvars.ContextVar(
