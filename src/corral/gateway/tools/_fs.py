@@ -40,6 +40,10 @@ _DEFAULT_READ_LINES = 400
 _MAX_SEARCH_RESULTS = 200
 _DEFAULT_SEARCH_RESULTS = 50
 _SKIPPED_DIRS = frozenset({"__pycache__"})
+_VERSION = "1.1.0"
+"""Version of the fs tools' documents; raise it when a description or schema changes (a store
+holding the previous documents then records new versions). 1.1.0: path guards on every entry
+and the hard-link rule (ADR 0005)."""
 
 
 class _BuiltinRun(Protocol):
@@ -428,7 +432,7 @@ def _contract(name: str, description: str, input_schema: dict[str, Any]) -> Tool
         {
             "apiVersion": API_VERSION,
             "kind": "Tool",
-            "metadata": {"name": name, "version": "1.0.0"},
+            "metadata": {"name": name, "version": _VERSION},
             "spec": {
                 "description": description,
                 "type": "builtin",
