@@ -4,8 +4,8 @@ Every path argument goes through :func:`resolve_in_workspace`, which canonicalis
 and symlinks resolved) before checking that it stays inside the run's workspace root. The tools
 only read; none of them writes, creates or deletes anything.
 
-Path guards reach every entry (docs/tools.md, "Path guards"): policy decides the call on the
-path it names, and ``fs.list_dir`` and ``fs.search_text`` ask the call's
+Path guards reach every entry (docs/adr/0005-path-guards-and-the-untrusted-fence.md): policy
+decides the call on the path it names, and ``fs.list_dir`` and ``fs.search_text`` ask the call's
 :class:`~corral.gateway.tools._guard.PathGuard` about every entry they would return (under the
 path it is listed as and, for a symlink, the canonical path it resolves to), leave out those the
 call's decision refuses and say how many (``[skipped_by_policy: N ...]``). A refused directory
