@@ -658,3 +658,51 @@ def test_a_context_of_the_wrong_types_is_denied() -> None:
     assert decision.decision == "deny"
     assert "request is invalid" in decision.errors[0]
     assert re.fullmatch(r"[0-9a-f]{64}", decision.inputs_digest)
+
+
+# --- many paths of one call (path guards) ---------------------------------------------------------
+
+_PATH_POLICIES = """
+@id("read-all") permit (principal, action == Action::"tool.call", resource);
+@id("no-secrets")
+forbid (principal, action == Action::"tool.call", resource == Tool::"fs.read_file")
+when { context has path && context.path like "secrets/*" };
+@id("ask-for-ops") @decision("require_approval")
+forbid (principal, action == Action::"tool.call", resource == Tool::"fs.read_file")
+when { context has path && context.path like "ops/*" };
+@id("whole-context") forbid (principal, action == Action::"tool.call", resource == Tool::"other")
+when { context == context };
+"""
+
+
+def test_reads_path_only_when_a_policy_that_can_apply_reads_it() -> None:
+    policies = engine(_PATH_POLICIES)
+    assert policies.reads_path(request(EntityRef("Tool", "fs.read_file")))
+    assert not policies.reads_path(request(EntityRef("Tool", "fs.list_dir")))  # sliced out
+    assert policies.reads_path(request(EntityRef("Tool", "other")))  # reads context whole
+    assert not engine('@id("p") permit (principal, action, resource);').reads_path(
+        request(EntityRef("Tool", "fs.read_file"))
+    )
+
+
+def test_decide_paths_agrees_with_one_evaluation_per_path() -> None:
+    policies = engine(_PATH_POLICIES)
+    entities = [agent(), tool("fs.read_file", "read")]
+    call = request(EntityRef("Tool", "fs.read_file"), path=".")
+    paths = ["a.txt", "secrets/key", "./secrets/x", "ops/run.sh", "opsx", "sec\0rets/x", 'é/"q']
+    for granted in ((), ("ask-for-ops",)):
+        kinds = policies.decide_paths(call, entities, paths, approvals_granted=granted)
+        expected = [
+            policies.evaluate(
+                request(EntityRef("Tool", "fs.read_file"), path=path),
+                entities,
+                approvals_granted=granted,
+            ).decision
+            for path in paths
+        ]
+        assert kinds == expected, granted
+    assert kinds[:5] == ["allow", "deny", "deny", "allow", "allow"]
+    # Entities Cedar refuses deny every path (fail closed), as evaluate does.
+    broken = [agent(), Entity(EntityRef("Tool", "fs.read_file"), {"tenant": 5})]
+    assert policies.evaluate(call, broken).decision == "deny"
+    assert policies.decide_paths(call, broken, ["a", "b"]) == ["deny", "deny"]

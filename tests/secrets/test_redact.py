@@ -36,6 +36,34 @@ def test_the_value_and_each_encoding_is_redacted() -> None:
         assert text == f"before {REDACTED} after", name
 
 
+def test_hex_and_case_variants_a_tool_echoes_back_are_redacted() -> None:
+    # A tool that hex-dumps or upper-cases what it was given echoes the secret in that form.
+    value = "sk-live-Abc123xyz"
+    hexed = value.encode().hex()
+    variants = {
+        "upper": value.upper(),
+        "lower": value.lower(),
+        "swapped": value.swapcase(),
+        "hex": hexed,
+        "hex upper": hexed.upper(),
+        "hex colons": ":".join(hexed[i : i + 2] for i in range(0, len(hexed), 2)),
+        "hex spaces upper": " ".join(hexed[i : i + 2] for i in range(0, len(hexed), 2)).upper(),
+        "hex escapes": "".join(f"\\x{b:02x}" for b in value.encode()),
+        "base64 of the upper-case form": base64.b64encode(value.upper().encode()).decode(),
+    }
+    for name, shown in variants.items():
+        text = redact_secrets(f"before {shown} after", [value])
+        assert text == f"before {REDACTED} after", name
+    shown = quote(VALUE, safe="").lower()
+    assert redact_secrets(f"[{shown}]", [VALUE]) == f"[{REDACTED}]"
+
+
+def test_a_non_ascii_value_is_redacted_in_its_case_mappings() -> None:
+    value = "Straße-Geheimnis"
+    for shown in (value.upper(), value.casefold(), value.lower()):
+        assert redact_secrets(f"<{shown}>", [value]) == f"<{REDACTED}>", shown
+
+
 def test_a_value_inside_a_longer_base64_text_is_redacted() -> None:
     password = "correct horse battery staple"
     for prefix in ("", "u", "us", "user:", "alice:"):
@@ -61,7 +89,16 @@ def test_short_values_are_skipped_and_longer_matches_win() -> None:
     after=st.text(max_size=30),
 )
 def test_no_value_survives_redaction(value: str, before: str, after: str) -> None:
-    for shown in (value, json.dumps(value)[1:-1], quote(value, safe="")):
+    shown_forms = (
+        value,
+        value.upper(),
+        value.lower(),
+        json.dumps(value)[1:-1],
+        quote(value, safe=""),
+        value.encode().hex(),
+        value.encode().hex().upper(),
+    )
+    for shown in shown_forms:
         assert shown not in redact_secrets(f"{before}{shown}{after}", [value])
 
 

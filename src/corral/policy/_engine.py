@@ -13,8 +13,10 @@ plain Cedar). Cedar is given only the policies whose scope can match the request
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ __all__ = ["PolicyEngine"]
 DEFAULT_APPROVER_ROLE: Final = "approver"
 MAX_REQUIRED_APPROVALS: Final = 10
 _CONSTRAINT_PREFIX: Final = "constraint_"
+_PATH_MARKER: Final = "\0corral:path\0"
+"""Stands for the path in a context text written once for many paths (no path has a NUL)."""
 _EVALUATION_ERROR = re.compile(r"^error while evaluating policy `(?P<policy_id>[^`]*)`")
 
 
@@ -157,6 +161,9 @@ class PolicyEngine:
             pid for pid, policy in policies.items() if policy.kind == "require_approval"
         )
         self._digest = sha256_hex(canonical_json(bodies))
+        self._path_readers = frozenset(
+            pid for pid, body in bodies.items() if _reads_context(body.get("conditions"), "path")
+        )
         probe = {pid: {**body, "effect": "permit"} for pid, body in bodies.items()}
         self._slicer = PolicySlicer(probe, schema_dict)
 
@@ -262,6 +269,86 @@ class PolicyEngine:
             policy_set_digest=self._digest,
             duration_us=(perf_counter_ns() - started) / 1000,
         )
+
+    def decide_paths(
+        self,
+        request: PolicyRequest,
+        entities: EntitySet | Iterable[Entity],
+        paths: Sequence[str],
+        *,
+        approvals_granted: Iterable[str] = (),
+    ) -> list[DecisionKind]:
+        """Decide ``request`` once for each of ``paths`` as ``context.path``, in one Cedar call.
+
+        The combination rules of :meth:`evaluate`, without building or storing decisions: a
+        tool that walks a directory judges each entry with the decision its call passed
+        (see ``corral.gateway.tools._guard``). One batched Cedar call costs about a third of
+        as many :meth:`evaluate` calls.
+
+        Args:
+            request: The decided request; only ``context.path`` changes.
+            entities: As for :meth:`evaluate`.
+            paths: Workspace-relative paths.
+            approvals_granted: As for :meth:`evaluate`.
+
+        Returns:
+            One decision per path, in order (``deny`` for all on any error: fail closed).
+        """
+        granted = frozenset(approvals_granted)
+        # The context text is the same but for the path: write it once around a marker.
+        marked = dataclasses.replace(request.context, path=_PATH_MARKER)
+        try:
+            head, tail = marked.cedar_json(granted).split(encode_basestring(_PATH_MARKER))
+            entity_set = self._entity_set(entities)
+            cedar_slice = self._slicer.slice(
+                request.action,
+                (request.principal.type, request.principal.id),
+                (request.resource.type, request.resource.id),
+            )
+            principal, resource = request.principal.to_cedar(), request.resource.to_cedar()
+            action = {"type": "Action", "id": request.action}
+            results = cedarpy.is_authorized_batch(
+                [
+                    {
+                        "principal": principal,
+                        "action": action,
+                        "resource": resource,
+                        "context": f"{head}{encode_basestring(posixpath.normpath(path))}{tail}",
+                    }
+                    for path in paths
+                ],
+                cedar_slice.policy_set,
+                entity_set.handle,
+                schema=self._schema,
+            )
+        except Exception:  # bad input or Cedar refusing it: all deny, as evaluate would
+            return ["deny"] * len(paths)
+        removed = granted & self._approval_ids
+        decisions: list[DecisionKind] = []
+        for result in results:
+            matched, errors = _read_result(result, cedar_slice.names, removed)
+            decisions.append(self._decide(request, _Match(matched, errors, "")).decision)
+        return decisions
+
+    def reads_path(self, request: PolicyRequest) -> bool:
+        """Whether a policy that can apply to ``request`` may read ``context.path``.
+
+        ``False`` means every value of ``context.path`` gets the same decision for this
+        principal, action and resource, so a tool that judges many paths (the entries of a
+        directory) need not ask again for each. Conservative: a policy that reads ``context``
+        as a whole counts as reading ``path``.
+        """
+        if not self._path_readers:
+            return False
+        try:
+            cedar_slice = self._slicer.slice(
+                request.action,
+                (request.principal.type, request.principal.id),
+                (request.resource.type, request.resource.id),
+            )
+        except ValueError:
+            return True
+        return any(name in self._path_readers for name in cedar_slice.names.values())
 
     # -- compiling ---------------------------------------------------------------------------
 
@@ -397,6 +484,25 @@ class PolicyEngine:
             _reasons(permits, "permitted by policy"),
             constraints=constraints,
         )
+
+
+def _reads_context(node: Any, attribute: str) -> bool:
+    """Whether a policy's conditions (Cedar's JSON form) may read ``context.<attribute>``.
+
+    ``context.x``, ``context["x"]`` and ``context has x`` read ``x`` only; any other use of
+    ``context`` (compared or passed whole) may read anything.
+    """
+    if isinstance(node, list):
+        return any(_reads_context(item, attribute) for item in node)
+    if not isinstance(node, dict):
+        return False
+    for operator in (".", "has"):
+        inner = node.get(operator)
+        if isinstance(inner, dict) and inner.get("left") == {"Var": "context"}:
+            return inner.get("attr") == attribute
+    if node.get("Var") == "context":
+        return True
+    return any(_reads_context(value, attribute) for value in node.values())
 
 
 def _request_texts(request: PolicyRequest, granted: frozenset[str]) -> tuple[str, str]:

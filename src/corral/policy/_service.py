@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, select
@@ -264,20 +264,64 @@ class Governance:
     ) -> PolicyDecision:
         """Evaluate one request with the tenant's engine (never raises: errors deny)."""
         engine = await self.engine(tenant_id)
+        return engine.evaluate(
+            request, self._entity_set(engine, entities), approvals_granted=tuple(approvals_granted)
+        )
+
+    def _entity_set(self, engine: PolicyEngine, entities: list[Entity]) -> EntitySet | list[Entity]:
+        """The parsed entities, cached; the list itself when it does not parse.
+
+        The engine turns entities that do not parse into a recorded deny.
+        """
         key = repr(entities)
         entity_set = self._entity_sets.get(key)
         if entity_set is None:
             try:
                 entity_set = engine.entities(entities)
             except InvalidRequest:
-                # Let the engine turn the bad entities into a recorded deny.
-                return engine.evaluate(
-                    request, entities, approvals_granted=tuple(approvals_granted)
-                )
+                return entities
             if len(self._entity_sets) >= 4096:
                 self._entity_sets.clear()
             self._entity_sets[key] = entity_set
-        return engine.evaluate(request, entity_set, approvals_granted=tuple(approvals_granted))
+        return entity_set
+
+    async def path_decider(
+        self,
+        tenant_id: str,
+        request: PolicyRequest,
+        entities: list[Entity],
+        *,
+        approvals_granted: Iterable[str] = (),
+    ) -> Callable[[Sequence[str]], list[bool]] | None:
+        """The path guard of an allowed call, for the paths a tool reaches on its own.
+
+        A tool that walks a directory returns entries its ``path`` argument did not name; each
+        must pass the decision the call passed, with ``context.path`` set to the entry's path
+        (the same principal, action, resource, other context and granted approvals).
+
+        Args:
+            tenant_id: The call's tenant.
+            request: The call's ``tool.call`` request, as decided.
+            entities: The entities it was decided with.
+            approvals_granted: The approvals granted to the call.
+
+        Returns:
+            ``decide(paths) -> [allowed, ...]``, one batched decision for many paths (``True``
+            only for ``allow``: a path needing an approval the call lacks is refused), callable
+            from any thread; ``None`` when no policy that can apply to the request reads
+            ``context.path``, so every path is decided as the call was.
+        """
+        engine = await self.engine(tenant_id)
+        if not engine.reads_path(request):
+            return None
+        entity_set = self._entity_set(engine, entities)
+        granted = tuple(approvals_granted)
+
+        def decide(paths: Sequence[str]) -> list[bool]:
+            kinds = engine.decide_paths(request, entity_set, paths, approvals_granted=granted)
+            return [kind == "allow" for kind in kinds]
+
+        return decide
 
 
 def contract_approvals(

@@ -474,6 +474,7 @@ class RunExecutor(ToolPhase):
                     error_type=result.error_type,
                     output_bytes=result.output_bytes,
                     truncated=result.truncated,
+                    skipped_by_policy=result.skipped_by_policy,
                 )
             )
             if done.prerecorded:  # its row was written around its execution

@@ -10,6 +10,7 @@ honours idempotency keys; otherwise the run pauses ``IN_DOUBT`` for a person
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from datetime import timedelta
 from typing import Any
@@ -133,7 +134,7 @@ class ToolPhase:
             if isinstance(prepared, ToolResult):
                 record_span(prepared)
                 return CallRecord(ctx, call["id"], name, arguments, prepared)
-            decision = await self._authorize_tool(state, ctx, prepared)
+            decision, ctx = await self._authorize_tool(state, ctx, prepared)
             decision_id = None if decision is None else decision.id
             if decision is not None and decision.decision == "deny":
                 result = _policy_denied(prepared, decision)
@@ -156,10 +157,15 @@ class ToolPhase:
 
     async def _authorize_tool(
         self, state: RunState, ctx: ToolCallContext, prepared: PreparedCall
-    ) -> PolicyDecision | None:
-        """Decide ``tool.call`` for the agent; the decision is stored with the next write."""
+    ) -> tuple[PolicyDecision | None, ToolCallContext]:
+        """Decide ``tool.call`` for the agent; the decision is stored with the next write.
+
+        Returns:
+            The decision (``None`` without governance) and ``ctx`` with the call's path guard
+            when it is allowed (the entries a tool reaches get the same decision).
+        """
         if self.governance is None:
-            return None
+            return None, ctx
         tool, arguments = prepared.tool, prepared.arguments
         url = arguments.get("url")
         request = PolicyRequest(
@@ -191,7 +197,12 @@ class ToolPhase:
         state.decisions.append(
             decision_row(decision, request, tenant_id=state.tenant_id, run_id=state.run_id)
         )
-        return decision
+        if decision.decision == "allow":
+            decider = await self.governance.path_decider(
+                state.tenant_id, request, entities, approvals_granted=granted
+            )
+            ctx = dataclasses.replace(ctx, path_decider=decider)
+        return decision, ctx
 
     async def _request_approval(
         self,

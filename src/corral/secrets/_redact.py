@@ -63,31 +63,54 @@ def _base64_fragments(data: bytes) -> set[str]:
     return {fragment for fragment in fragments if fragment}
 
 
-def _encodings(value: str) -> set[str]:
-    """``value`` and its common encodings: base64, URL, JSON string and HTML escaping."""
-    json_ascii = json.dumps(value)[1:-1]
-    variants = {
-        value,
-        quote(value, safe=""),
-        quote(value),
-        quote_plus(value),
-        json_ascii,
-        json.dumps(value, ensure_ascii=False)[1:-1],
-        json.dumps(json_ascii)[1:-1],
-        html.escape(value),
-    }
-    variants |= _base64_fragments(value.encode())
-    return {variant for variant in variants if variant}
+def _hex_forms(data: bytes) -> set[str]:
+    r"""Hex dumps of ``data``: contiguous, byte pairs separated by ``:`` or a space, ``\xHH``.
+
+    Matched without regard to case (see :func:`redact_secrets`), so upper-case hex is covered.
+    """
+    pairs = [f"{byte:02x}" for byte in data]
+    return {"".join(pairs), ":".join(pairs), " ".join(pairs), "".join(f"\\x{p}" for p in pairs)}
+
+
+def _encodings(value: str) -> tuple[set[str], set[str]]:
+    """``value``, its case mappings, and their common encodings.
+
+    Returns:
+        ``(matched without regard to case, matched exactly)``: the text, URL, JSON, HTML and
+        hex forms; the base64 forms.
+    """
+    blind: set[str] = set()
+    exact: set[str] = set()
+    for form in {value, value.upper(), value.lower(), value.casefold()}:
+        json_ascii = json.dumps(form)[1:-1]
+        blind |= {
+            form,
+            quote(form, safe=""),
+            quote(form),
+            quote_plus(form),
+            json_ascii,
+            json.dumps(form, ensure_ascii=False)[1:-1],
+            json.dumps(json_ascii)[1:-1],
+            html.escape(form),
+        }
+        blind |= _hex_forms(form.encode())
+        exact |= _base64_fragments(form.encode())
+    return {v for v in blind if v}, {v for v in exact if v} - blind
 
 
 def redact_secrets(text: str, values: Iterable[str]) -> str:
-    """Replace every revealed value, and its common encodings, with ``[REDACTED:secret]``.
+    r"""Replace every revealed value, and its common encodings, with ``[REDACTED:secret]``.
 
-    Encodings covered: the raw value; standard and URL-safe base64 (padded or not, and at the
-    three alignments it can have inside a longer base64 text); URL encoding (``quote`` with and
-    without ``/`` safe, ``quote_plus``); the JSON string escaping (ASCII and UTF-8, and escaped
-    twice); HTML escaping. Longer matches win over shorter ones. Values shorter than
-    :data:`MIN_REDACTED_CHARS` characters are skipped.
+    Forms covered, for the value and for its upper-case, lower-case and case-folded forms:
+    the raw text; standard and URL-safe base64 (padded or not, and at the three alignments it
+    can have inside a longer base64 text); URL encoding (``quote`` with and without ``/`` safe,
+    ``quote_plus``); the JSON string escaping (ASCII and UTF-8, and escaped twice); HTML
+    escaping; hex of the UTF-8 bytes (contiguous, ``:``- or space-separated pairs, ``\xHH``).
+    Every form is matched without regard to case (a tool that upper-cases or hex-dumps what it
+    echoes, ``%2f`` for ``%2F``), except base64, whose letters' case carries the data: there a
+    case-blind match would only redact more, never less, but would also hit unrelated text.
+    Longer matches win over shorter ones. Values shorter than :data:`MIN_REDACTED_CHARS`
+    characters are skipped.
 
     Args:
         text: Tool output or an error message.
@@ -96,14 +119,22 @@ def redact_secrets(text: str, values: Iterable[str]) -> str:
     Returns:
         ``text`` with the values replaced (``text`` itself when nothing matched).
     """
-    variants: set[str] = set()
+    blind: set[str] = set()
+    exact: set[str] = set()
     for value in values:
         if len(value) >= MIN_REDACTED_CHARS:
-            variants |= _encodings(value)
-    if not variants or not text:
+            case_blind, case_exact = _encodings(value)
+            blind |= case_blind
+            exact |= case_exact
+    if not (blind or exact) or not text:
         return text
-    ordered = sorted(variants, key=lambda v: (-len(v), v))
-    return re.sub("|".join(map(re.escape, ordered)), REDACTED, text)
+    # Alternatives are tried in order: longest first, so a longer match wins.
+    ordered = sorted(
+        [(v, True) for v in blind] + [(v, False) for v in exact - blind],
+        key=lambda item: (-len(item[0]), item[0]),
+    )
+    pattern = "|".join(f"(?i:{re.escape(v)})" if fold else re.escape(v) for v, fold in ordered)
+    return re.sub(pattern, REDACTED, text)
 
 
 @dataclass

@@ -7,8 +7,12 @@ from typing import Any
 import jsonschema_rs
 import pytest
 
+from corral.contracts import Tool
 from corral.errors import PathOutsideWorkspace, ToolFailed
-from corral.gateway.tools._fs import BUILTIN_TOOLS, resolve_in_workspace
+from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
+from corral.platform import Platform
+from corral.registry import list_tools
+from corral.settings import Settings
 
 MAX_FILE_BYTES = 1_000_000
 
@@ -293,7 +297,8 @@ def test_builtin_tools_are_the_three_fs_tools() -> None:
     assert sorted(BUILTIN_TOOLS) == ["fs.list_dir", "fs.read_file", "fs.search_text"]
     for name, tool in BUILTIN_TOOLS.items():
         assert tool.contract.metadata.name == name
-        assert tool.contract.metadata.version == "1.0.0"
+        # 1.1.0: entries refused by policy are skipped, hard-linked files refused (ADR 0005).
+        assert tool.contract.metadata.version == "1.1.0"
         assert tool.contract.api_version == "corral.dev/v1"
         assert tool.contract.kind == "Tool"
         assert tool.contract.spec.type == "builtin"
@@ -314,3 +319,26 @@ def test_input_schema_is_valid_and_tight(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 async def test_example_arguments_run(workspace: Path, name: str) -> None:
     assert await call(name, workspace, **EXAMPLES[name])
+
+
+async def test_a_store_with_the_previous_fs_tools_upgrades(settings: Settings) -> None:
+    # A store where a Corral before ADR 0005 registered the fs tools as 1.0.0: starting this
+    # Corral records the changed tools as new versions instead of refusing to start.
+    previous = {}
+    for name, tool in BUILTIN_TOOLS.items():
+        document = tool.contract.model_dump(mode="json", by_alias=True, exclude_none=True)
+        document["metadata"]["version"] = "1.0.0"
+        document["spec"]["description"] = f"{name}, as shipped before path guards."
+        previous[name] = BuiltinTool(Tool.model_validate(document), tool.run)
+    old = Platform(settings, builtins=previous)
+    await old.start()
+    await old.close()
+    platform = Platform(settings)
+    await platform.start()
+    try:
+        async with platform.store.read("default") as session:
+            tools = await list_tools(session, tenant_id="default")
+    finally:
+        await platform.close()
+    versions = {tool.name: version.version for tool, version in tools}
+    assert {name: versions[name] for name in BUILTIN_TOOLS} == dict.fromkeys(BUILTIN_TOOLS, "1.1.0")

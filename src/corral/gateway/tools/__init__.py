@@ -16,6 +16,7 @@ from corral.gateway.tools._gateway import (
     truncate_utf8,
     wrap_untrusted,
 )
+from corral.gateway.tools._guard import PathGuard, current_path_guard
 from corral.gateway.tools._http import HostAllowlist, HttpExecutor
 from corral.gateway.tools._openapi import OpenApiOperation, import_openapi, list_operations
 from corral.gateway.tools._resilience import CircuitBreakers, Resilience, ToolRateLimiter
@@ -30,12 +31,14 @@ __all__ = [
     "HostAllowlist",
     "HttpExecutor",
     "OpenApiOperation",
+    "PathGuard",
     "Resilience",
     "ResolvedTool",
     "ToolCallContext",
     "ToolGateway",
     "ToolRateLimiter",
     "ToolResult",
+    "current_path_guard",
     "current_tool_call",
     "import_openapi",
     "list_operations",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +35,10 @@ class ToolCallContext:
         requester: Who started the run (``context.requester``); ``""`` when unknown.
         progress: ``await progress(progress, total, message)`` for each progress notification
             the tool sends (MCP ``notifications/progress``); ``None``: not passed on.
+        path_decider: The call's policy decision for other paths: ``decide(paths)`` answers
+            for each workspace-relative canonical path a tool reaches on its own (a
+            directory's entries) whether it is allowed; set by the caller that decided the
+            call. ``None``: every path is decided as the call was.
     """
 
     tenant_id: str
@@ -49,6 +53,7 @@ class ToolCallContext:
     stage: str = ""
     requester: str = ""
     progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None
+    path_decider: Callable[[Sequence[str]], list[bool]] | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -75,6 +80,8 @@ class ToolResult:
         error: Error message, when not ``COMPLETED``.
         error_type: Stable error code (``path_outside_workspace``, ``invalid_arguments``...).
         tool_version: Version of the tool that ran, when it resolved.
+        skipped_by_policy: Entries a directory-walking tool left out because the call's
+            policy decision refuses them (see ``corral.gateway.tools._guard``).
     """
 
     status: Literal["COMPLETED", "FAILED", "DENIED"]
@@ -84,3 +91,4 @@ class ToolResult:
     error: str | None = None
     error_type: str | None = None
     tool_version: str | None = None
+    skipped_by_policy: int = 0

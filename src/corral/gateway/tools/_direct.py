@@ -528,6 +528,10 @@ class DirectToolCalls:
             pending = [r for r in requests if r.status == "pending" and r.expires_at > now]
             outcome = self._approval_required(principal, ctx, prepared, decision, digest, pending)
         else:
+            decider = await self.governance.path_decider(
+                principal.tenant_id, request, entities, approvals_granted=granted
+            )
+            ctx = dataclasses.replace(ctx, path_decider=decider)
             return await self._execute(principal, ctx, prepared, row, [r.id for r in approved])
         outcome.decisions.insert(0, row)
         return outcome
@@ -621,6 +625,7 @@ class DirectToolCalls:
             {"id": decision_id} if decision_id else None,
             tool_version=result.tool_version,
             error_type=result.error_type,
+            **({"skipped_by_policy": result.skipped_by_policy} if result.skipped_by_policy else {}),
             **(details or {}),
         )
         public = DirectCallResult(

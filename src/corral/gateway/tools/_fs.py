@@ -3,6 +3,15 @@
 Every path argument goes through :func:`resolve_in_workspace`, which canonicalises it (``..``
 and symlinks resolved) before checking that it stays inside the run's workspace root. The tools
 only read; none of them writes, creates or deletes anything.
+
+Path guards reach every entry (docs/adr/0005-path-guards-and-the-untrusted-fence.md): policy
+decides the call on the path it names, and ``fs.list_dir`` and ``fs.search_text`` ask the call's
+:class:`~corral.gateway.tools._guard.PathGuard` about every entry they would return (under the
+path it is listed as and, for a symlink, the canonical path it resolves to), leave out those the
+call's decision refuses and say how many (``[skipped_by_policy: N ...]``). A refused directory
+is not walked. A regular file with more than one hard link is refused by ``fs.read_file`` and
+skipped by ``fs.search_text``: its other names may lie under a guarded path, and a guard sees
+only the name it was given.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from typing import Any, Protocol
 
 from corral.contracts._models import API_VERSION, Tool
 from corral.errors import PathOutsideWorkspace, ToolFailed
+from corral.gateway.tools._guard import PathGuard, current_path_guard
 
 __all__ = ["BUILTIN_TOOLS", "BuiltinTool", "resolve_in_workspace"]
 
@@ -30,6 +40,10 @@ _DEFAULT_READ_LINES = 400
 _MAX_SEARCH_RESULTS = 200
 _DEFAULT_SEARCH_RESULTS = 50
 _SKIPPED_DIRS = frozenset({"__pycache__"})
+_VERSION = "1.1.0"
+"""Version of the fs tools' documents; raise it when a description or schema changes (a store
+holding the previous documents then records new versions). 1.1.0: path guards on every entry
+and the hard-link rule (ADR 0005)."""
 
 
 class _BuiltinRun(Protocol):
@@ -170,34 +184,76 @@ def _stat(resolved: Path, path: str) -> os.stat_result:
         raise ToolFailed(f"Cannot access {path!r}: {exc.strerror}.", code="tool_failed") from None
 
 
+def _relative(file: Path, root: Path) -> str:
+    """``file`` relative to ``root``, POSIX style; ``"."`` for the root itself."""
+    return file.relative_to(root).as_posix() or "."
+
+
+def _entry_paths(file: Path, root: Path) -> tuple[str, ...]:
+    """The paths a path guard judges an entry by: as listed, and canonical when inside."""
+    canonical = Path(os.path.realpath(file))
+    if canonical.is_relative_to(root):
+        return _relative(file, root), _relative(canonical, root)
+    return (_relative(file, root),)
+
+
+def _hard_linked(info: os.stat_result) -> bool:
+    """A regular file with more than one name (directories always have several links)."""
+    return stat.S_ISREG(info.st_mode) and info.st_nlink > 1
+
+
+def _notes(skipped_by_policy: int, hard_linked: int = 0) -> list[str]:
+    """The lines that say what was left out, if anything."""
+    notes = []
+    if skipped_by_policy:
+        notes.append(
+            f"[skipped_by_policy: {skipped_by_policy} "
+            f"{'entry' if skipped_by_policy == 1 else 'entries'} left out; policy does not "
+            "allow this call on them]"
+        )
+    if hard_linked:
+        notes.append(
+            f"[skipped_hard_links: {hard_linked} "
+            f"{'file has' if hard_linked == 1 else 'files have'} more than one hard link; "
+            "the fs tools do not read such files]"
+        )
+    return notes
+
+
 # --- fs.list_dir -------------------------------------------------------------------------------
 
 
-def _list_dir(resolved: Path, path: str) -> str:
+def _list_dir(resolved: Path, root: Path, path: str, guard: PathGuard) -> str:
     if not stat.S_ISDIR(_stat(resolved, path).st_mode):
         raise ToolFailed(
             f"{path!r} is not a directory; use fs.read_file to read a file.",
             code="not_a_directory",
         )
+    before = guard.skipped
     try:
         with os.scandir(resolved) as scan:
-            names = sorted(entry.name + "/" if entry.is_dir() else entry.name for entry in scan)
+            entries = [
+                (entry.name + "/" if entry.is_dir() else entry.name, entry) for entry in scan
+            ]
     except OSError as exc:
         raise ToolFailed(f"Cannot list {path!r}: {exc.strerror}.", code="tool_failed") from None
-    if not names:
+    allowed = guard.allowed([_entry_paths(Path(entry.path), root) for _, entry in entries])
+    names = sorted(name for (name, _), ok in zip(entries, allowed, strict=True) if ok)
+    notes = _notes(guard.skipped - before)
+    if not names and not notes:
         return "[empty directory]"
     lines = names[:_MAX_LIST_ENTRIES]
     if len(names) > _MAX_LIST_ENTRIES:
         lines.append(f"[... {len(names) - _MAX_LIST_ENTRIES} more entries omitted]")
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
 
 
 async def _run_list_dir(
     arguments: dict[str, Any], workspace: Path | None, *, max_file_bytes: int
 ) -> str:
     path = _str_arg(arguments, "path", ".")
-    resolved = resolve_in_workspace(workspace, path)
-    return await asyncio.to_thread(_list_dir, resolved, path)
+    resolved, root = _resolve(workspace, path)
+    return await asyncio.to_thread(_list_dir, resolved, root, path, current_path_guard())
 
 
 # --- fs.read_file ------------------------------------------------------------------------------
@@ -209,6 +265,13 @@ def _read_file(resolved: Path, path: str, offset: int, limit: int, max_file_byte
         raise ToolFailed(f"{path!r} is a directory; use fs.list_dir to list it.", code="not_a_file")
     if not stat.S_ISREG(info.st_mode):
         raise ToolFailed(f"{path!r} is not a regular file.", code="not_a_file")
+    if _hard_linked(info):
+        raise ToolFailed(
+            f"{path!r} has {info.st_nlink} hard links; the fs tools refuse files with more than "
+            "one name, since a path guard sees only the name it is given. Put a copy in the "
+            "workspace (cp, not ln) to let the agent read it.",
+            code="hard_link",
+        )
     if info.st_size > max_file_bytes:
         raise ToolFailed(
             f"{path!r} is {info.st_size} bytes, larger than the {max_file_bytes}-byte limit "
@@ -251,57 +314,90 @@ async def _run_read_file(
 # --- fs.search_text ----------------------------------------------------------------------------
 
 
-def _walk_files(top: Path, root: Path) -> Iterator[Path]:
-    """Files under ``top`` in sorted order, skipping hidden dirs and links leaving ``root``."""
+def _walk_files(top: Path, root: Path, guard: PathGuard) -> Iterator[Path]:
+    """Files under ``top`` in sorted order that ``guard`` allows.
+
+    Skips hidden dirs, files whose canonical path leaves ``root``, and directories ``guard``
+    refuses (with everything under them).
+    """
     if not top.is_dir():
-        yield top
+        yield top  # the path the call named, which its policy decision judged
         return
     # Symlinked directories are not descended into (followlinks=False): no cycles, no duplicates.
     for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = sorted(
-            name for name in dirnames if not name.startswith(".") and name not in _SKIPPED_DIRS
+        here = Path(dirpath)
+        dirs = [
+            name
+            for name in sorted(dirnames)
+            if not name.startswith(".")
+            and name not in _SKIPPED_DIRS
+            and not os.path.islink(here / name)
+        ]
+        # Files whose canonical path leaves the root are skipped unjudged (one path only).
+        files = [
+            (name, paths)
+            for name in sorted(filenames)
+            if len(paths := _entry_paths(here / name, root)) == 2
+        ]
+        # One batch per directory: its subdirectories and its files together.
+        allowed = guard.allowed(
+            [(_relative(here / name, root),) for name in dirs] + [paths for _, paths in files]
         )
-        for name in sorted(filenames):
-            file = Path(dirpath, name)
-            if Path(os.path.realpath(file)).is_relative_to(root):
-                yield file
+        dirnames[:] = [name for name, ok in zip(dirs, allowed, strict=False) if ok]
+        for (name, _), ok in zip(files, allowed[len(dirs) :], strict=True):
+            if ok:
+                yield here / name
 
 
-def _search_file(file: Path, needle: str, max_file_bytes: int) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` for each matching line; nothing for unreadable files."""
+def _file_text(file: Path, max_file_bytes: int) -> str | bool:
+    """The text of a searchable file; ``True`` for a hard-linked file; ``False`` to skip it.
+
+    Skipped: unreadable, not regular, over the size limit, or binary.
+    """
     try:
         info = file.stat()
         if not stat.S_ISREG(info.st_mode) or info.st_size > max_file_bytes:
-            return
+            return False
+        if _hard_linked(info):
+            return True
         text = _read_text(file, str(file), max_file_bytes)
     except (OSError, ToolFailed):
-        return
-    if text is None:
-        return
-    for number, line in enumerate(_split_lines(text), start=1):
-        if needle in line.casefold():
-            yield number, line
+        return False
+    return False if text is None else text
 
 
 def _search_text(
-    resolved: Path, root: Path, path: str, query: str, max_results: int, max_file_bytes: int
+    resolved: Path,
+    root: Path,
+    path: str,
+    query: str,
+    limits: tuple[int, int],
+    guard: PathGuard,
 ) -> str:
     _stat(resolved, path)
-    needle = query.casefold()
+    max_results, max_file_bytes = limits
+    needle, before, hard_linked = query.casefold(), guard.skipped, 0
     results: list[str] = []
-    for file in _walk_files(resolved, root):
-        relative = file.relative_to(root).as_posix()
-        for number, line in _search_file(file, needle, max_file_bytes):
+    for file in _walk_files(resolved, root, guard):
+        text = _file_text(file, max_file_bytes)
+        if text is True:
+            hard_linked += 1
+        if isinstance(text, bool):
+            continue
+        relative = _relative(file, root)
+        for number, line in enumerate(_split_lines(text), start=1):
+            if needle not in line.casefold():
+                continue
             if len(results) == max_results:
                 results.append(
                     f"[stopped at max_results={max_results}; more matches exist, "
                     "narrow the query or the path]"
                 )
-                return "\n".join(results)
+                return "\n".join(results + _notes(guard.skipped - before, hard_linked))
             results.append(f"{relative}:{number}: {line.strip()[:_MAX_MATCH_LINE_CHARS]}")
     if not results:
-        return f"No matches for {query!r} in {path!r}."
-    return "\n".join(results)
+        results.append(f"No matches for {query!r} in {path!r}.")
+    return "\n".join(results + _notes(guard.skipped - before, hard_linked))
 
 
 async def _run_search_text(
@@ -316,7 +412,13 @@ async def _run_search_text(
     )
     resolved, root = _resolve(workspace, path)
     return await asyncio.to_thread(
-        _search_text, resolved, root, path, query, max_results, max_file_bytes
+        _search_text,
+        resolved,
+        root,
+        path,
+        query,
+        (max_results, max_file_bytes),
+        current_path_guard(),
     )
 
 
@@ -330,7 +432,7 @@ def _contract(name: str, description: str, input_schema: dict[str, Any]) -> Tool
         {
             "apiVersion": API_VERSION,
             "kind": "Tool",
-            "metadata": {"name": name, "version": "1.0.0"},
+            "metadata": {"name": name, "version": _VERSION},
             "spec": {
                 "description": description,
                 "type": "builtin",
@@ -345,7 +447,8 @@ _LIST_DIR = _contract(
     "fs.list_dir",
     "List the entries of a directory in the workspace, sorted by name, one per line; "
     "directories end with '/'. At most 500 entries are shown. Paths are relative to the "
-    "workspace root ('.' is the root).",
+    "workspace root ('.' is the root). Entries that policy does not allow this call on are "
+    "left out, and a last line '[skipped_by_policy: N ...]' says how many.",
     {
         "type": "object",
         "properties": {
@@ -363,8 +466,8 @@ _READ_FILE = _contract(
     "fs.read_file",
     "Read lines of a text file in the workspace. Returns the lines as they are (no line "
     "numbers). When more lines remain, the last line says so and gives the offset to pass "
-    "next. Refuses directories, binary files and files over the size limit. To start at line "
-    "N reported by fs.search_text, pass offset=N-1.",
+    "next. Refuses directories, binary files, files over the size limit and files with more "
+    "than one hard link. To start at line N reported by fs.search_text, pass offset=N-1.",
     {
         "type": "object",
         "properties": {
@@ -398,7 +501,9 @@ _SEARCH_TEXT = _contract(
     "Search text files in the workspace for a plain substring (case-insensitive, not a "
     "regular expression). Searches a directory recursively, or one file. Returns one line per "
     "match as 'path:LINE: text', paths relative to the workspace root. Hidden directories "
-    "(starting with '.'), __pycache__, binary files and files over the size limit are skipped.",
+    "(starting with '.'), __pycache__, binary files, files over the size limit and files with "
+    "more than one hard link are skipped. Files and directories that policy does not allow "
+    "this call on are skipped too, and a last line '[skipped_by_policy: N ...]' says how many.",
     {
         "type": "object",
         "properties": {
