@@ -32,7 +32,14 @@ from corral.registry import apply_documents
 from corral.runtime import RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
 from corral.settings import Settings
-from corral.store import DEFAULT_TENANT, SYSTEM, Store, ensure_migrated, upgrade
+from corral.store import (
+    DEFAULT_TENANT,
+    SYSTEM,
+    Store,
+    check_pool_capacity,
+    ensure_migrated,
+    upgrade,
+)
 from corral.tenancy import Identity, Quotas, TenantRow, create_local_admin_key
 
 __all__ = ["ADMIN_KEY_FILE", "Platform", "UnavailableProvider"]
@@ -138,14 +145,19 @@ class Platform:
             poll_interval_seconds=settings.runtime.poll_interval_seconds,
             lease_seconds=settings.runtime.lease_seconds,
             signal_poll_seconds=settings.runtime.signal_poll_seconds,
+            store_retry_initial_seconds=settings.runtime.store_retry_initial_seconds,
+            store_retry_max_seconds=settings.runtime.store_retry_max_seconds,
         )
 
     async def start(self) -> None:
         """Migrate (or check), register builtin tools, start providers.
 
         Raises:
-            CorralError: ``store_not_migrated`` when ``migrate=False`` and the database is behind.
+            CorralError: ``store_not_migrated`` when ``migrate=False`` and the database is behind;
+                ``store_pool_too_large`` when the pools of ``store.processes`` processes cannot
+                fit PostgreSQL's ``max_connections``.
         """
+        await check_pool_capacity(self.store, processes=self.settings.store.processes)
         if self._migrate:
             await upgrade(self.store)
         else:

@@ -46,10 +46,18 @@ class StoreSettings(BaseModel):
     """Log every SQL statement (debugging only)."""
     sqlite_busy_timeout_ms: int = 30_000
     """Milliseconds a SQLite writer waits for the write lock before failing."""
-    pool_size: int = 20
-    """Pooled connections per process on PostgreSQL (SQLite writes go through one thread)."""
-    max_overflow: int = 20
+    pool_size: int = 10
+    """Pooled connections per process on PostgreSQL (SQLite writes go through one thread).
+
+    A run holds a connection only while it writes a checkpoint, never during model or tool
+    calls, so a worker driving 64 runs needs far fewer than 64: runs wait for a free one."""
+    max_overflow: int = 5
     """Extra PostgreSQL connections allowed above ``pool_size`` under bursts."""
+    processes: int = Field(default=4, ge=1)
+    """Corral processes (API replicas plus workers) sharing this PostgreSQL database. At
+    start a process refuses a pool that would not fit: ``processes x (pool_size +
+    max_overflow)`` must not exceed the server's ``max_connections`` less its reserved
+    connections."""
     postgres_schema: str | None = None
     """PostgreSQL schema (``search_path``) holding Corral's tables. ``None``: the default."""
 
@@ -108,6 +116,13 @@ class RuntimeSettings(BaseModel):
     signal_poll_seconds: float = 1.0
     """How often a worker checks its running runs for cancel requests and kill switches, to
     abandon in-flight model calls (steps and tool calls check the store themselves)."""
+    store_retry_initial_seconds: float = Field(default=0.5, gt=0)
+    """Seconds a worker waits after its first failed claim (the database refused a connection,
+    dropped it, ...); each further failure doubles the bound, and the wait is drawn at random
+    below it ("full jitter"). A run handed back after a transient error is claimable again
+    after the same kind of wait."""
+    store_retry_max_seconds: float = Field(default=30.0, gt=0)
+    """Largest wait between a worker's retries of the store, in seconds."""
 
 
 class ToolSettings(BaseModel):

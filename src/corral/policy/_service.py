@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import canonical_json
 from corral.errors import InvalidRequest
@@ -212,16 +213,25 @@ class Governance:
         """Forget the tenant's engine (its Policy documents changed in this process)."""
         self._engines.pop(tenant_id, None)
 
-    async def engine(self, tenant_id: str) -> PolicyEngine:
-        """The tenant's engine (built from the defaults and its Policy documents)."""
+    async def engine(self, tenant_id: str, *, session: AsyncSession | None = None) -> PolicyEngine:
+        """The tenant's engine (built from the defaults and its Policy documents).
+
+        Args:
+            tenant_id: The tenant.
+            session: The caller's open session, used when the engine must be (re)loaded. Pass
+                it from inside a transaction: a second pooled connection opened while the
+                transaction holds SQLite's write lock (or the last free connection) can wait on
+                it forever.
+        """
         cached = self._engines.get(tenant_id)
         now = time.monotonic()
         if cached is not None and now - cached[0] < self.refresh_seconds:
             return cached[1]
-        async with self.store.read(tenant_id) as session:
-            documents = await session.run_sync(
-                lambda sync: tenant_policy_documents(sync.connection(), tenant_id)
-            )
+        if session is not None:
+            documents = await _policy_documents(session, tenant_id)
+        else:
+            async with self.store.read(tenant_id) as own:
+                documents = await _policy_documents(own, tenant_id)
         sources = policy_sources(documents)
         key = "|".join(f"{s.id}:{hash(s.text)}" for s in sources)
         engine = self._by_digest.get(key)
@@ -261,9 +271,14 @@ class Governance:
         entities: list[Entity],
         *,
         approvals_granted: Iterable[str] = (),
+        session: AsyncSession | None = None,
     ) -> PolicyDecision:
-        """Evaluate one request with the tenant's engine (never raises: errors deny)."""
-        engine = await self.engine(tenant_id)
+        """Evaluate one request with the tenant's engine (never raises: errors deny).
+
+        ``session``: the caller's open session when it decides inside a transaction (see
+        :meth:`engine`).
+        """
+        engine = await self.engine(tenant_id, session=session)
         return engine.evaluate(
             request, self._entity_set(engine, entities), approvals_granted=tuple(approvals_granted)
         )
@@ -322,6 +337,12 @@ class Governance:
             return [kind == "allow" for kind in kinds]
 
         return decide
+
+
+async def _policy_documents(session: AsyncSession, tenant_id: str) -> list[dict[str, Any]]:
+    return await session.run_sync(
+        lambda sync: tenant_policy_documents(sync.connection(), tenant_id)
+    )
 
 
 def contract_approvals(

@@ -137,7 +137,14 @@ async def promote(
     agent, row = await get_agent_version(session, agent_name, version, tenant_id=tenant_id)
     spec = _promotable_spec(agent_name, row, stage)
     decision, stored = await _decide(
-        governance, tenant_id, actor, agent_name, spec, stage, actor_roles=actor_roles
+        governance,
+        tenant_id,
+        actor,
+        agent_name,
+        spec,
+        stage,
+        actor_roles=actor_roles,
+        session=session,
     )
     if decision.decision == "deny":
         raise _refusal(
@@ -209,8 +216,12 @@ async def _decide(
     approvals_granted: Iterable[str] = (),
     *,
     actor_roles: Iterable[str] | None = None,
+    session: AsyncSession | None = None,
 ) -> tuple[PolicyDecision, dict[str, Any]]:
-    """Decide ``agent.promote``; returns the decision and its ``policy_decisions`` row."""
+    """Decide ``agent.promote``; returns the decision and its ``policy_decisions`` row.
+
+    ``session``: the caller's transaction, which loads the tenant's policies on a cold cache.
+    """
     request = PolicyRequest(
         principal=principal_ref(actor),
         action="agent.promote",
@@ -222,7 +233,7 @@ async def _decide(
         agent_entity(agent_name, tenant_id, spec),
     ]
     decision = await governance.decide(
-        tenant_id, request, entities, approvals_granted=approvals_granted
+        tenant_id, request, entities, approvals_granted=approvals_granted, session=session
     )
     return decision, decision_row(decision, request, tenant_id=tenant_id, run_id=None)
 
@@ -478,13 +489,27 @@ async def rollback(
     agent, latest = await get_agent_version(session, agent_name, tenant_id=tenant_id)
     spec = Agent.model_validate(latest.document).spec
     decision, stored = await _decide(
-        governance, tenant_id, actor, agent_name, spec, stage, actor_roles=actor_roles
+        governance,
+        tenant_id,
+        actor,
+        agent_name,
+        spec,
+        stage,
+        actor_roles=actor_roles,
+        session=session,
     )
     rows, waived = [stored], []
     if decision.decision == "require_approval":
         waived = list(decision.determining_policies)
         decision, granted = await _decide(
-            governance, tenant_id, actor, agent_name, spec, stage, approvals_granted=waived
+            governance,
+            tenant_id,
+            actor,
+            agent_name,
+            spec,
+            stage,
+            approvals_granted=waived,
+            session=session,
         )
         rows.append(granted)
     if decision.decision != "allow":

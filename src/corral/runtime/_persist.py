@@ -6,6 +6,7 @@ statements (no ORM unit of work on the hot path), the same code on SQLite and Po
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -29,6 +30,7 @@ __all__ = [
     "active_kill_switch",
     "claim",
     "fail_run",
+    "hand_back",
     "insert_spans",
     "load_run",
     "pause_run",
@@ -481,13 +483,41 @@ def runs_to_abort(connection: Connection, runs: list[tuple[str, str, str]]) -> l
     ]
 
 
-def renew_leases(connection: Connection, *, worker_id: str, expires_at: datetime) -> None:
-    """Extend every lease ``worker_id`` holds on a running run."""
+def renew_leases(
+    connection: Connection, *, worker_id: str, run_ids: Collection[str], expires_at: datetime
+) -> None:
+    """Extend the leases ``worker_id`` holds on the running runs ``run_ids``.
+
+    Only the runs the worker is driving now: a run it still owns in the table but stopped
+    driving (its failure could not be recorded, it was handed back) must see its lease expire
+    so that a worker reclaims it.
+    """
+    if not run_ids:
+        return
     connection.execute(
         _RUNS.update()
-        .where(_RUNS.c.lease_owner == worker_id, _RUNS.c.status == "RUNNING")
+        .where(
+            _RUNS.c.id.in_(list(run_ids)),
+            _RUNS.c.lease_owner == worker_id,
+            _RUNS.c.status == "RUNNING",
+        )
         .values(lease_expires_at=expires_at)
     )
+
+
+def hand_back(connection: Connection, *, run_id: str, worker_id: str, retry_at: datetime) -> bool:
+    """Give a run back after a transient error: any worker may claim it again from ``retry_at``.
+
+    The run stays ``RUNNING`` at its last checkpoint; only its lease is shortened, so the next
+    claim resumes it as it resumes a crashed worker's run. Returns whether this worker still
+    held it.
+    """
+    released = connection.execute(
+        _RUNS.update()
+        .where(_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id, _RUNS.c.status == "RUNNING")
+        .values(lease_expires_at=retry_at)
+    )
+    return bool(released.rowcount)
 
 
 def fail_run(

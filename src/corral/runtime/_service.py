@@ -266,7 +266,7 @@ async def _authorize_invoke(
         requester,
         agent_entity(agent_name, tenant_id, spec),
     ]
-    decision = await governance.decide(tenant_id, request, entities)
+    decision = await governance.decide(tenant_id, request, entities, session=session)
     row = decision_row(decision, request, tenant_id=tenant_id, run_id=None)
     if decision.decision == "allow":
         await session.run_sync(lambda sync: insert_decisions(sync.connection(), [row]))

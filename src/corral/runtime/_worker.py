@@ -7,15 +7,16 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import socket
 import uuid
 from datetime import timedelta
 
 from corral.runtime._loop import LeaseLost, RunExecutor
-from corral.runtime._persist import claim, fail_run, renew_leases, runs_to_abort
-from corral.store import SYSTEM, Store, utcnow
+from corral.runtime._persist import claim, fail_run, hand_back, renew_leases, runs_to_abort
+from corral.store import SYSTEM, Store, is_transient_error, utcnow
 
-__all__ = ["Worker", "default_worker_id"]
+__all__ = ["Backoff", "Worker", "default_worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,17 @@ def default_worker_id() -> str:
 class Worker:
     """Claims runs from the runs table and executes up to ``concurrency`` of them at once.
 
-    A run is claimable when ``QUEUED``, or ``RUNNING`` with an expired lease (its worker died).
+    A run is claimable when ``QUEUED``, or ``RUNNING`` with an expired lease (its worker died,
+    or handed it back).
+
+    Store errors do not end a worker: a failed claim is logged and retried after a capped
+    exponential backoff with full jitter. A run that hits a transient store error
+    (:func:`corral.store.is_transient_error`: connection refused or dropped, too many
+    clients, serialization failure, deadlock, ``database is locked``) is handed back, to be
+    claimed again from its last checkpoint after a backoff; only other errors end it
+    ``FAILED``. The heartbeat renews the leases of the runs this worker is driving, never of
+    others it still owns in the table, so a run it could not hand back or fail is reclaimed
+    once its lease expires.
 
     Args:
         store: The store.
@@ -39,6 +50,9 @@ class Worker:
         lease_seconds: Lease length; renewed every third of it while a run is active.
         signal_poll_seconds: How often running runs are checked for cancel requests and kill
             switches, to abandon their in-flight model calls.
+        store_retry_initial_seconds: Bound of the first backoff after a store error, in
+            seconds; it doubles with each further error in a row.
+        store_retry_max_seconds: Largest backoff bound, in seconds.
     """
 
     approval_sweep_seconds: float = 5.0
@@ -54,6 +68,8 @@ class Worker:
         poll_interval_seconds: float = 0.2,
         lease_seconds: float = 15.0,
         signal_poll_seconds: float = 1.0,
+        store_retry_initial_seconds: float = 0.5,
+        store_retry_max_seconds: float = 30.0,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -62,7 +78,13 @@ class Worker:
         self.poll_interval = poll_interval_seconds
         self.lease = timedelta(seconds=lease_seconds)
         self.signal_poll_seconds = signal_poll_seconds
+        self.backoff = Backoff(store_retry_initial_seconds, store_retry_max_seconds)
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._driving: set[str] = set()
+        """Runs inside ``executor.execute`` now: the only leases the heartbeat renews."""
+        self._claim_failures = 0
+        self._handbacks: dict[str, int] = {}
+        """Transient failures in a row per run handed back by this worker (its backoff)."""
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
@@ -95,7 +117,15 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         try:
             while not stop.is_set():
-                if len(self._active) < self.concurrency and await self._claim_and_start():
+                try:
+                    started = len(self._active) < self.concurrency and (
+                        await self._claim_and_start()
+                    )
+                except Exception as exc:
+                    await self._claim_failed(exc, stop)
+                    continue
+                self._claim_failures = 0
+                if started:
                     continue
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -116,6 +146,22 @@ class Worker:
                 return
             await asyncio.wait(list(self._active.values()), return_when=asyncio.FIRST_COMPLETED)
 
+    async def _claim_failed(self, exc: Exception, stop: asyncio.Event) -> None:
+        """Log a failed claim and wait out the backoff (or until ``stop``)."""
+        self._claim_failures += 1
+        delay = self.backoff.delay(self._claim_failures)
+        log.warning(
+            "claiming runs failed (%d in a row; %s: %s); retrying in %.1f s",
+            self._claim_failures,
+            type(exc).__name__,
+            exc,
+            delay,
+            exc_info=not is_transient_error(exc),
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+
     async def _claim_and_start(self) -> bool:
         # Claim as many runs as there are free slots (at most 32 per transaction), so a burst
         # of runs starts together instead of one claim transaction at a time.
@@ -133,6 +179,8 @@ class Worker:
             del self._active[run_id]
 
     async def _execute(self, run_id: str) -> None:
+        error: Exception | None = None
+        self._driving.add(run_id)
         try:
             await self.executor.execute(run_id, self.worker_id)
         except LeaseLost:
@@ -140,18 +188,66 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("run %s failed inside the runtime", run_id)
-            await self._fail(run_id, exc)
+            error = exc
+        finally:
+            self._driving.discard(run_id)
+        if error is None:
+            self._handbacks.pop(run_id, None)
+        elif is_transient_error(error):
+            await self._hand_back(run_id, error)
+        else:
+            log.error("run %s failed inside the runtime", run_id, exc_info=error)
+            self._handbacks.pop(run_id, None)
+            await self._fail(run_id, error)
+
+    async def _hand_back(self, run_id: str, exc: Exception) -> None:
+        """A transient store error: let the run be claimed again later, from its checkpoint."""
+        if len(self._handbacks) >= 10_000:  # runs another worker finished; forget them
+            self._handbacks.clear()
+        failures = self._handbacks[run_id] = self._handbacks.get(run_id, 0) + 1
+        delay = self.backoff.delay(failures)
+        log.warning(
+            "run %s hit a transient store error (%s: %s); handing it back for a retry in %.1f s",
+            run_id,
+            type(exc).__name__,
+            exc,
+            delay,
+        )
+        retry_at = utcnow() + timedelta(seconds=delay)
+        try:
+            await self.store.run_sync(
+                functools.partial(
+                    hand_back, run_id=run_id, worker_id=self.worker_id, retry_at=retry_at
+                ),
+                SYSTEM,
+            )
+        except Exception:
+            log.warning(
+                "handing back run %s failed too; it is claimable once its lease expires",
+                run_id,
+                exc_info=True,
+            )
 
     async def _fail(self, run_id: str, exc: Exception) -> None:
-        """A bug must not strand a run: end it FAILED with the error (invariant 12)."""
+        """A bug must not strand a run: end it FAILED with the error (invariant 12).
+
+        When that write fails too, the run is left ``RUNNING``: no longer driven, its lease is
+        not renewed, and a worker reclaims it once the lease expires.
+        """
         error, now = f"{type(exc).__name__}: {exc}", utcnow()
-        await self.store.run_sync(
-            lambda connection: fail_run(
-                connection, run_id=run_id, worker_id=self.worker_id, error=error, now=now
-            ),
-            SYSTEM,
-        )
+        try:
+            await self.store.run_sync(
+                lambda connection: fail_run(
+                    connection, run_id=run_id, worker_id=self.worker_id, error=error, now=now
+                ),
+                SYSTEM,
+            )
+        except Exception:
+            log.warning(
+                "recording the failure of run %s failed; it is reclaimed once its lease expires",
+                run_id,
+                exc_info=True,
+            )
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Renew leases every third of the lease; check running runs for signals more often."""
@@ -165,18 +261,34 @@ class Worker:
             if asyncio.get_running_loop().time() - last_sweep >= self.approval_sweep_seconds:
                 last_sweep = asyncio.get_running_loop().time()
                 await self._expire_approvals()
-            if not self._active:
+            if not self._driving:
                 continue
-            await self.check_signals()
             now = asyncio.get_running_loop().time()
-            if now - last_renewal >= renew_every:
-                last_renewal = now
-                await self.store.run_sync(
-                    functools.partial(
-                        renew_leases, worker_id=self.worker_id, expires_at=utcnow() + self.lease
-                    ),
-                    SYSTEM,
-                )
+            try:
+                await self.check_signals()
+                if now - last_renewal >= renew_every:
+                    await self.renew_leases()
+                    last_renewal = now
+            except Exception:
+                log.warning("heartbeat failed; the next one tries again", exc_info=True)
+
+    async def renew_leases(self) -> list[str]:
+        """Extend the leases of the runs this worker is driving now.
+
+        Returns:
+            The ids of the runs whose leases were renewed (if this worker still holds them).
+        """
+        driving = sorted(self._driving)
+        await self.store.run_sync(
+            functools.partial(
+                renew_leases,
+                worker_id=self.worker_id,
+                run_ids=driving,
+                expires_at=utcnow() + self.lease,
+            ),
+            SYSTEM,
+        )
+        return driving
 
     async def _expire_approvals(self) -> None:
         """Expire overdue approval requests (idle workers too: paused runs hold no worker)."""
@@ -201,6 +313,36 @@ class Worker:
         for run_id in stop:
             self.executor.abort(run_id)
         return stop
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter.
+
+    The n-th failure in a row waits a random time in ``[0, min(max, initial x 2^(n-1))]``
+    seconds ("full jitter", https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/):
+    workers that failed together do not retry together.
+
+    Args:
+        initial_seconds: Bound of the first wait, in seconds.
+        max_seconds: Largest bound, in seconds.
+        rng: Source of the jitter (a seeded ``random.Random`` in tests).
+    """
+
+    def __init__(
+        self, initial_seconds: float, max_seconds: float, *, rng: random.Random | None = None
+    ) -> None:
+        self.initial = initial_seconds
+        self.max = max_seconds
+        self._rng = rng or random.Random()
+
+    def bound(self, failures: int) -> float:
+        """The largest wait after ``failures`` failures in a row (at least 1), in seconds."""
+        exponent = min(max(failures - 1, 0), 62)
+        return float(min(self.max, self.initial * 2.0**exponent))
+
+    def delay(self, failures: int) -> float:
+        """A random wait in ``[0, bound(failures)]``, in seconds."""
+        return self._rng.uniform(0, self.bound(failures))
 
 
 async def _first(*awaitables: object) -> None:

@@ -10,21 +10,26 @@ from corral.store._engine import (
     create_engine,
     skip_locked,
 )
+from corral.store._errors import is_transient_error
 from corral.store._migrate import current_revision, ensure_migrated, head_revision, upgrade
+from corral.store._pool import ConnectionBudget, check_pool_capacity
 
 __all__ = [
     "DEFAULT_TENANT",
     "SYSTEM",
     "Base",
+    "ConnectionBudget",
     "MissingTenantScope",
     "Scope",
     "Store",
     "SystemScope",
     "TenantMixin",
+    "check_pool_capacity",
     "create_engine",
     "current_revision",
     "ensure_migrated",
     "head_revision",
+    "is_transient_error",
     "new_id",
     "skip_locked",
     "upgrade",

@@ -150,8 +150,8 @@ def create_engine(
     echo: bool = False,
     sqlite_busy_timeout_ms: int = 30_000,
     connect_args: dict[str, Any] | None = None,
-    pool_size: int = 20,
-    max_overflow: int = 20,
+    pool_size: int = 10,
+    max_overflow: int = 5,
 ) -> AsyncEngine:
     """Create an async engine for ``url`` with Corral's per-database settings.
 
@@ -213,10 +213,12 @@ class Store:
         echo: bool = False,
         sqlite_busy_timeout_ms: int = 30_000,
         connect_args: dict[str, Any] | None = None,
-        pool_size: int = 20,
-        max_overflow: int = 20,
+        pool_size: int = 10,
+        max_overflow: int = 5,
     ) -> None:
         self.url = url
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
         self.engine = create_engine(
             url,
             echo=echo,

@@ -64,27 +64,41 @@ class Quotas:
         """Forget a tenant's cached limits (they changed through this process)."""
         self._limits.pop(tenant_id, None)
 
-    async def limits(self, tenant_id: str) -> dict[str, Decimal]:
-        """The tenant's limits by quota name."""
+    async def limits(
+        self, tenant_id: str, *, session: AsyncSession | None = None
+    ) -> dict[str, Decimal]:
+        """The tenant's limits by quota name.
+
+        Args:
+            tenant_id: The tenant.
+            session: The caller's open session, used on a cache miss. Pass it from inside a
+                transaction: a second pooled connection opened while the transaction holds
+                SQLite's write lock (or the last free connection) can wait on it forever.
+        """
         cached = self._limits.get(tenant_id)
         now = time.monotonic()
         if cached is not None and now - cached[0] < self.settings.cache_seconds:
             return cached[1]
-        async with self.store.read(tenant_id) as session:
-            rows = await session.execute(
-                select(QuotaRow.name, QuotaRow.limit).where(QuotaRow.tenant_id == tenant_id)
-            )
-            limits = {name: _plain(Decimal(limit)) for name, limit in rows}
+        if session is not None:
+            limits = await _read_limits(session, tenant_id)
+        else:
+            async with self.store.read(tenant_id) as own:
+                limits = await _read_limits(own, tenant_id)
         self._limits[tenant_id] = (now, limits)
         return limits
 
     async def check_run_start(self, session: AsyncSession, tenant_id: str) -> None:
         """Refuse a new run over ``runs_per_day`` or ``concurrent_runs``.
 
+        Args:
+            session: The run-creating transaction; every read, the limits' included, goes
+                through it (no second connection while it holds the write lock).
+            tenant_id: The tenant.
+
         Raises:
             QuotaExceeded: with the quota, limit, current value and seconds until it resets.
         """
-        limits = await self.limits(tenant_id)
+        limits = await self.limits(tenant_id, session=session)
         if "runs_per_day" not in limits and "concurrent_runs" not in limits:
             return
         now = utcnow()
@@ -155,6 +169,13 @@ class Quotas:
                     + int(output_tokens) * price.output_usd_per_mtok
                 ) / Decimal(1_000_000)
         return {"model_tokens_per_day": tokens, "cost_usd_per_day": cost}
+
+
+async def _read_limits(session: AsyncSession, tenant_id: str) -> dict[str, Decimal]:
+    rows = await session.execute(
+        select(QuotaRow.name, QuotaRow.limit).where(QuotaRow.tenant_id == tenant_id)
+    )
+    return {name: _plain(Decimal(limit)) for name, limit in rows}
 
 
 async def _run_usage(session: AsyncSession, tenant_id: str, now: datetime) -> dict[str, Decimal]:
