@@ -218,7 +218,9 @@ class Config:
 
     @property
     def warmup(self) -> float:
-        return self.warmup_seconds if self.warmup_seconds is not None else min(self.seconds / 5, 120)
+        return (
+            self.warmup_seconds if self.warmup_seconds is not None else min(self.seconds / 5, 120)
+        )
 
     @property
     def window(self) -> float:
@@ -285,8 +287,10 @@ class Soak:
     def check(self, response: httpx.Response, *expected: int) -> bool:
         if response.status_code in expected:
             return True
-        self.error(f"{response.request.method} {response.request.url.path}: "
-                   f"{response.status_code} {response.text}")
+        self.error(
+            f"{response.request.method} {response.request.url.path}: "
+            f"{response.status_code} {response.text}"
+        )
         return False
 
     async def start_run(self, http: httpx.AsyncClient, agent: str, task: str, kind: str) -> str:
@@ -545,8 +549,15 @@ async def soak(config: Config, *, schema: str | None = None) -> Report:
     log_path = home / "soak-server.log"
     log = log_path.open("wb")
     child = subprocess.Popen(  # noqa: ASYNC220 - started once, before the load
-        [sys.executable, __file__, "--serve", str(home), str(port), config.postgres or "",
-         schema or ""],
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            str(home),
+            str(port),
+            config.postgres or "",
+            schema or "",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

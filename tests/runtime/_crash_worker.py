@@ -13,6 +13,8 @@ an approver by :data:`GATED_POLICY`) at step :data:`GATED_STEP`: they pause
 The tool honours its idempotency key: the effect is a row of ``crash_effects`` inserted with
 ``ON CONFLICT DO NOTHING``. Every execution attempt is appended to ``crash_attempts`` first and
 every model call to ``crash_model_calls``, so the test can count what really happened.
+With ``CORRAL_CRASH_HOLD_STEP=N`` set, the model call of step N waits until ``crash_gate`` holds a
+row: a test can have every run in flight at a known point before it breaks something.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     insert,
+    select,
     text,
 )
 
@@ -84,11 +87,15 @@ MODEL_CALLS = Table(
     Column("at", Float, nullable=False),
 )
 
+GATE = Table("crash_gate", METADATA, Column("opened_at", Float, nullable=False))
+HOLD_STEP = os.environ.get("CORRAL_CRASH_HOLD_STEP")
+
 _APPLY = text(
     "INSERT INTO crash_effects (idempotency_key, run_id, n, worker, at) "
     "VALUES (:key, :run_id, :n, :worker, :at) "
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
 )
+
 
 def _contract(name: str, description: str) -> Tool:
     return Tool.model_validate(
@@ -171,11 +178,21 @@ class CrashWorld:
         n = sum(1 for m in request.messages if m.role == "tool")
         row = {"task": task, "step": n, "worker": self.worker_id, "at": time.time()}
         await self._write(lambda c: c.execute(insert(MODEL_CALLS), [row]))
+        if HOLD_STEP is not None and n == int(HOLD_STEP):
+            await self._gate_opened()
         await asyncio.sleep(self._rng(task, n, "model").uniform(0.01, 0.06))
         if n < EFFECT_STEPS:
             gated = task.startswith(GATED_PREFIX) and n == GATED_STEP
             return ToolCall(f"call_{n}", GATED_TOOL if gated else TOOL, {"n": n})
         return FinalAnswer(f"{task}: {n} effects applied")
+
+    async def _gate_opened(self) -> None:
+        """Wait for the test's row in ``crash_gate`` (another process writes it: poll)."""
+        opened = False
+        while not opened:
+            opened = await self._write(lambda c: c.execute(select(GATE)).first() is not None)
+            if not opened:
+                await asyncio.sleep(0.2)
 
     async def effect(self, arguments: dict[str, Any], _workspace: Path | None, **_: Any) -> str:
         call = current_tool_call()

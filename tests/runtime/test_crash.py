@@ -69,7 +69,7 @@ STARTUP_SECONDS = 60.0
 """Time the first workers get to be ready (a process imports Corral in 1-2 s of CPU)."""
 CHAOS_SECONDS = 8.0
 """Time the killer works, from the moment the first workers are ready."""
-FINISH_SECONDS = 60.0
+FINISH_SECONDS = 150.0
 """After the chaos: time the workers get to finish every run."""
 WORKER_SCRIPT = Path(__file__).with_name("_crash_worker.py")
 
@@ -189,6 +189,17 @@ async def unfinished(platform: Platform) -> int:
     return await platform.store.run_sync(count, "default")
 
 
+async def open_runs(platform: Platform) -> list[tuple[Any, ...]]:
+    """What the unfinished runs are doing (for a failure's message)."""
+
+    def read(connection: Connection) -> list[tuple[Any, ...]]:
+        columns = (RunRow.task, RunRow.status, RunRow.lease_owner, RunRow.step_count)
+        query = select(*columns).where(RunRow.status.not_in(TERMINAL_STATUSES))
+        return [tuple(row) for row in connection.execute(query)]
+
+    return await platform.store.run_sync(read, "default")
+
+
 @dataclass
 class Chaos:
     """What the killer did."""
@@ -198,7 +209,9 @@ class Chaos:
     finished_in: float = 0.0
 
 
-async def unleash(platform: Platform, fleet: Fleet, workers: int) -> Chaos:
+async def unleash(
+    platform: Platform, fleet: Fleet, workers: int, approver: Approver | None = None
+) -> Chaos:
     """Start the workers, kill and restart them for a while, then let them finish."""
     rng, chaos = random.Random(SEED), Chaos()
     for _ in range(workers):
@@ -206,12 +219,16 @@ async def unleash(platform: Platform, fleet: Fleet, workers: int) -> Chaos:
     began = time.monotonic()
     while len(fleet.ready()) < workers:
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
+        if approver is not None and approver.task is not None and approver.task.done():
+            approver.task.result()  # raises what stopped it
         assert time.monotonic() - began < STARTUP_SECONDS, "the workers did not start"
         await asyncio.sleep(0.05)
     began = time.monotonic()
     next_kill: float | None = None
     while time.monotonic() - began < CHAOS_SECONDS and await unfinished(platform):
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
+        if approver is not None and approver.task is not None and approver.task.done():
+            approver.task.result()  # raises what stopped it
         ready, now = fleet.ready(), time.monotonic()
         if next_kill is None and ready:
             next_kill = now + rng.uniform(*KILL_EVERY)
@@ -223,8 +240,10 @@ async def unleash(platform: Platform, fleet: Fleet, workers: int) -> Chaos:
     chaos.seconds = time.monotonic() - began
     while await unfinished(platform):
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
+        if approver is not None and approver.task is not None and approver.task.done():
+            approver.task.result()  # raises what stopped it
         assert time.monotonic() - began < CHAOS_SECONDS + FINISH_SECONDS, (
-            f"{await unfinished(platform)} runs still unfinished"
+            f"{await unfinished(platform)} runs still unfinished: {await open_runs(platform)}"
         )
         await asyncio.sleep(0.2)
     chaos.finished_in = time.monotonic() - began
@@ -236,6 +255,7 @@ class Approver:
     """Approves every pending request through ``POST /v1/approvals/{id}/approve``."""
 
     client: httpx.AsyncClient
+    task: asyncio.Task[None] | None = None
     approved: dict[str, float] = field(default_factory=dict)
     """Run id -> ``time.time()`` just before the vote that granted its approval was sent."""
 
@@ -274,7 +294,7 @@ async def approving(settings: Settings, world: CrashWorld) -> AsyncIterator[Appr
         headers={"Authorization": f"Bearer {key}"},
     )
     approver = Approver(client)
-    task = asyncio.create_task(approver.run())
+    approver.task = task = asyncio.create_task(approver.run())
     try:
         yield approver
     finally:
@@ -424,7 +444,7 @@ def check(data: dict[str, list[Any]], fleet: Fleet, approved: dict[str, float]) 
     }
 
 
-@pytest.mark.timeout(240)  # ~20 s on an idle 2-core machine; room for a loaded one
+@pytest.mark.timeout(360)  # ~20 s on an idle 2-core machine; room for a loaded one
 async def test_killed_workers_lose_no_run_and_repeat_no_effect(
     store_settings: StoreSettings, tmp_path: Path
 ) -> None:
@@ -455,7 +475,7 @@ async def test_killed_workers_lose_no_run_and_repeat_no_effect(
                 )
         async with approving(settings, world) as approver:
             try:
-                chaos = await unleash(platform, fleet, workers)
+                chaos = await unleash(platform, fleet, workers, approver)
             finally:
                 exits = await asyncio.to_thread(fleet.stop)
         assert all(code == 0 for code in exits.values()), exits
