@@ -142,7 +142,7 @@ class Fleet:
         codes: dict[str, int | None] = {}
         for worker_id in living:
             try:
-                codes[worker_id] = self.procs[worker_id].wait(timeout=10)
+                codes[worker_id] = self.procs[worker_id].wait(timeout=60)
             except subprocess.TimeoutExpired:
                 codes[worker_id] = None
         self.kill_all()
