@@ -7,7 +7,8 @@ are two builtins: ``soak.echo`` (read-only) and ``soak.write`` (``side_effect: w
 of the soak holds every call of it for an approver). ``--clients`` client loops then, for
 ``--seconds``, each pick one operation at a time (seeded, ``--seed``):
 
-* **read run**: ``POST /v1/agents/soak-reader/runs`` (1-4 calls of ``soak.echo``, then an answer);
+* **read run**: ``POST /v1/agents/soak-reader/runs`` (1-4 calls of ``soak.echo``, then an answer),
+  then ``GET /v1/runs/{id}`` until it ended (read and write runs are a closed loop);
 * **write run**: ``POST /v1/agents/soak-writer/runs``; the run pauses ``AWAITING_APPROVAL`` and
   an approver loop approves (3 in 4) or rejects (1 in 4) it through ``/v1/approvals``;
 * **cancel**: a run of ``soak-slow`` (0.3 s per model call, up to 40 steps) cancelled through
@@ -309,9 +310,11 @@ class Soak:
         op = rng.choices(["read", "write", "cancel", "mcp"], weights=[4, 2, 1, 4])[0]
         self.ops[op] += 1
         if op == "read":
-            await self.start_run(http, "soak-reader", f"read {rng.randint(1, 4)} #{i}", "read")
+            task = f"read {rng.randint(1, 4)} #{i}"
+            await self.wait_for(http, await self.start_run(http, "soak-reader", task, "read"))
         elif op == "write":
-            await self.start_run(http, "soak-writer", f"write #{i}", "write")
+            run_id = await self.start_run(http, "soak-writer", f"write #{i}", "write")
+            await self.wait_for(http, run_id)
         elif op == "cancel":
             run_id = await self.start_run(http, "soak-slow", f"slow #{i}", "slow")
             if run_id:
@@ -323,6 +326,17 @@ class Soak:
                     self.cancelled.add(run_id)
         else:
             await self.mcp_call(http, i)
+
+    async def wait_for(self, http: httpx.AsyncClient, run_id: str) -> None:
+        """Poll ``GET /v1/runs/{id}`` until the run ends (or the load stops): a closed loop,
+        so the queue stays as long as the clients are many."""
+        while run_id and self.loading:
+            response = await http.get(
+                f"{self.url}/v1/runs/{run_id}", headers=self.headers(REQUESTER)
+            )
+            if not self.check(response, 200) or response.json()["status"] in TERMINAL_STATUSES:
+                return
+            await asyncio.sleep(0.1)
 
     async def mcp_call(self, http: httpx.AsyncClient, i: int) -> None:
         body = {
@@ -420,11 +434,12 @@ async def sampler(soak: Soak, admin: Platform, home: Path, pid: int, began: floa
 
 
 def rss_growth(samples: list[tuple[float, int]], config: Config) -> float | None:
-    end = samples[-1][0] if samples else 0.0
-    first = [r for t, r in samples if config.warmup <= t < config.warmup + config.window]
-    last = [r for t, r in samples if t >= end - config.window and t <= config.seconds]
-    if not first or not last:
+    loaded = [(t, r) for t, r in samples if config.warmup <= t <= config.seconds]
+    if len(loaded) < 2:
         return None
+    begin, end = loaded[0][0], loaded[-1][0]
+    first = [r for t, r in loaded if t < begin + config.window] or [loaded[0][1]]
+    last = [r for t, r in loaded if t > end - config.window] or [loaded[-1][1]]
     return statistics.mean(last) / statistics.mean(first) - 1
 
 
