@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -182,9 +183,35 @@ def server_settings(home: Path, postgres: str | None, schema: str | None) -> Set
     return Settings(**values)
 
 
+def _trace_python_memory(home: Path) -> None:
+    """``--tracemalloc``: on each SIGUSR1, compare the Python heap with the first snapshot."""
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(10)
+    first: list[tracemalloc.Snapshot] = []
+
+    def dump(_signum: int, _frame: Any) -> None:
+        snapshot = tracemalloc.take_snapshot()
+        if not first:
+            first.append(snapshot)
+            return
+        lines = [f"traced Python memory now: {tracemalloc.get_traced_memory()[0] / 1e6:.1f} MB"]
+        growth = snapshot.compare_to(first[0], "traceback")
+        lines += [str(stat) for stat in growth[:15]]
+        for stat in growth[:3]:  # where the three largest growths were allocated from
+            lines += ["", str(stat), *stat.traceback.format(limit=10)]
+        (home / "tracemalloc.txt").write_text("\n".join(lines) + "\n")
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
 def serve(home: Path, port: int, postgres: str | None, schema: str | None) -> None:
     """The child process: Corral with its worker on ``port`` until SIGTERM."""
     import uvicorn
+
+    if os.environ.get("CORRAL_SOAK_TRACEMALLOC"):
+        _trace_python_memory(home)
 
     from corral.api import create_app
 
@@ -216,6 +243,8 @@ class Config:
     """Default: a tenth of ``seconds``, at least one sample's worth."""
     drain_seconds: float = 120.0
     home: Path | None = None
+    tracemalloc: bool = False
+    """Trace the server's Python allocations; report the growth from warm-up to the end."""
 
     @property
     def warmup(self) -> float:
@@ -563,6 +592,7 @@ async def soak(config: Config, *, schema: str | None = None) -> Report:
     port = _free_port()
     log_path = home / "soak-server.log"
     log = log_path.open("wb")
+    env = {**os.environ, "CORRAL_SOAK_TRACEMALLOC": "1" if config.tracemalloc else ""}
     child = subprocess.Popen(  # noqa: ASYNC220 - started once, before the load
         [
             sys.executable,
@@ -575,6 +605,7 @@ async def soak(config: Config, *, schema: str | None = None) -> Report:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=env,
     )
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -587,8 +618,13 @@ async def soak(config: Config, *, schema: str | None = None) -> Report:
             asyncio.create_task(state.approver()),
         ]
         clients = [asyncio.create_task(state.client(n)) for n in range(config.clients)]
-        await asyncio.sleep(config.seconds)
+        await asyncio.sleep(config.warmup)
+        if config.tracemalloc:
+            child.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(config.seconds - config.warmup)
         state.loading = False
+        if config.tracemalloc:
+            child.send_signal(signal.SIGUSR1)
         await asyncio.gather(*clients)
         rows = await drain(state, admin)
         check_ends(state, rows)
@@ -646,6 +682,11 @@ def main() -> int:
     parser.add_argument("--drain-seconds", type=float, default=120.0)
     parser.add_argument("--no-rss-check", action="store_true")
     parser.add_argument("--json", help="write the report here")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace the server's Python heap (slow); writes HOME/tracemalloc.txt",
+    )
     args = parser.parse_args()
     config = Config(
         seconds=args.seconds,
@@ -656,8 +697,13 @@ def main() -> int:
         warmup_seconds=args.warmup_seconds,
         window_seconds=args.window_seconds,
         drain_seconds=args.drain_seconds,
+        tracemalloc=args.tracemalloc,
     )
+    if args.tracemalloc:
+        config.home = Path(tempfile.mkdtemp(prefix="corral-soak-"))
     report = asyncio.run(soak(config))
+    if config.home is not None and (config.home / "tracemalloc.txt").exists():
+        print((config.home / "tracemalloc.txt").read_text())
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))
