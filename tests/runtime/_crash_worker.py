@@ -7,9 +7,14 @@ SIGTERM, or until its parent (the test) is gone; it touches ``READY_FILE`` once 
 
 The runs are of the agent :data:`AGENT`: a scripted model that makes :data:`EFFECT_STEPS` steps,
 each one call of ``crash.effect`` (``side_effect: write``, ``idempotent: true``), then answers.
+Runs whose task starts with :data:`GATED_PREFIX` call ``crash.gated`` (the same effect, held for
+an approver by :data:`GATED_POLICY`) at step :data:`GATED_STEP`: they pause
+``AWAITING_APPROVAL`` there and resume once the test approves through the API.
 The tool honours its idempotency key: the effect is a row of ``crash_effects`` inserted with
 ``ON CONFLICT DO NOTHING``. Every execution attempt is appended to ``crash_attempts`` first and
 every model call to ``crash_model_calls``, so the test can count what really happened.
+With ``CORRAL_CRASH_HOLD_STEP=N`` set, the model call of step N waits until ``crash_gate`` holds a
+row: a test can have every run in flight at a known point before it breaks something.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     insert,
+    select,
     text,
 )
 
@@ -47,6 +53,11 @@ from corral.testing import ScriptedModel
 
 AGENT = "crash-agent"
 TOOL = "crash.effect"
+GATED_TOOL = "crash.gated"
+"""The same effect as :data:`TOOL`, but every call waits for an approver."""
+GATED_PREFIX = "gated"
+"""Tasks of runs that pause for an approval once (at step :data:`GATED_STEP`)."""
+GATED_STEP = 2
 EFFECT_STEPS = 5
 """Tool steps per run; the run then answers (``EFFECT_STEPS + 1`` steps in all)."""
 
@@ -76,31 +87,56 @@ MODEL_CALLS = Table(
     Column("at", Float, nullable=False),
 )
 
+GATE = Table("crash_gate", METADATA, Column("opened_at", Float, nullable=False))
+HOLD_STEP = os.environ.get("CORRAL_CRASH_HOLD_STEP")
+
 _APPLY = text(
     "INSERT INTO crash_effects (idempotency_key, run_id, n, worker, at) "
     "VALUES (:key, :run_id, :n, :worker, :at) "
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
 )
 
-TOOL_CONTRACT = Tool.model_validate(
-    {
-        "apiVersion": "corral.dev/v1",
-        "kind": "Tool",
-        "metadata": {"name": TOOL, "version": "1.0.0"},
-        "spec": {
-            "description": "Apply effect n of the run (once per idempotency key).",
-            "type": "builtin",
-            "side_effect": "write",
-            "idempotent": True,
-            "input_schema": {
-                "type": "object",
-                "properties": {"n": {"type": "integer", "minimum": 0}},
-                "required": ["n"],
-                "additionalProperties": False,
+
+def _contract(name: str, description: str) -> Tool:
+    return Tool.model_validate(
+        {
+            "apiVersion": "corral.dev/v1",
+            "kind": "Tool",
+            "metadata": {"name": name, "version": "1.0.0"},
+            "spec": {
+                "description": description,
+                "type": "builtin",
+                "side_effect": "write",
+                "idempotent": True,
+                "input_schema": {
+                    "type": "object",
+                    "properties": {"n": {"type": "integer", "minimum": 0}},
+                    "required": ["n"],
+                    "additionalProperties": False,
+                },
             },
-        },
-    }
-)
+        }
+    )
+
+
+TOOL_CONTRACT = _contract(TOOL, "Apply effect n of the run (once per idempotency key).")
+GATED_CONTRACT = _contract(GATED_TOOL, "Apply effect n of the run, once approved.")
+
+GATED_POLICY: dict[str, Any] = {
+    "apiVersion": "corral.dev/v1",
+    "kind": "Policy",
+    "metadata": {"name": "crash-gated-needs-approval"},
+    "spec": {
+        "description": "Every crash.gated call waits for an approver.",
+        "cedar": """
+@id("crash-gated-needs-approval")
+@decision("require_approval")
+@approver_role("approver")
+@reason("The crash test approves gated effects.")
+forbid (principal, action == Action::"tool.call", resource == Tool::"crash.gated");
+""",
+    },
+}
 
 AGENT_DOCUMENT: dict[str, Any] = {
     "apiVersion": "corral.dev/v1",
@@ -111,7 +147,7 @@ AGENT_DOCUMENT: dict[str, Any] = {
         "owner": "platform-team",
         "instructions": "Apply the effects in order.",
         "model": {"default": "scripted/test"},
-        "tools": {"allowed": [TOOL]},
+        "tools": {"allowed": [TOOL, GATED_TOOL]},
         "limits": {"max_iterations": 20, "max_tool_calls": 20},
     },
 }
@@ -142,10 +178,21 @@ class CrashWorld:
         n = sum(1 for m in request.messages if m.role == "tool")
         row = {"task": task, "step": n, "worker": self.worker_id, "at": time.time()}
         await self._write(lambda c: c.execute(insert(MODEL_CALLS), [row]))
+        if HOLD_STEP is not None and n == int(HOLD_STEP):
+            await self._gate_opened()
         await asyncio.sleep(self._rng(task, n, "model").uniform(0.01, 0.06))
         if n < EFFECT_STEPS:
-            return ToolCall(f"call_{n}", TOOL, {"n": n})
+            gated = task.startswith(GATED_PREFIX) and n == GATED_STEP
+            return ToolCall(f"call_{n}", GATED_TOOL if gated else TOOL, {"n": n})
         return FinalAnswer(f"{task}: {n} effects applied")
+
+    async def _gate_opened(self) -> None:
+        """Wait for the test's row in ``crash_gate`` (another process writes it: poll)."""
+        opened = False
+        while not opened:
+            opened = await self._write(lambda c: c.execute(select(GATE)).first() is not None)
+            if not opened:
+                await asyncio.sleep(0.2)
 
     async def effect(self, arguments: dict[str, Any], _workspace: Path | None, **_: Any) -> str:
         call = current_tool_call()
@@ -167,8 +214,11 @@ class CrashWorld:
 
 
 def builtins(world: CrashWorld) -> dict[str, BuiltinTool]:
-    """The ``crash.effect`` builtin, bound to ``world``."""
-    return {TOOL: BuiltinTool(TOOL_CONTRACT, world.effect)}
+    """The ``crash.effect`` and ``crash.gated`` builtins, bound to ``world``."""
+    return {
+        TOOL: BuiltinTool(TOOL_CONTRACT, world.effect),
+        GATED_TOOL: BuiltinTool(GATED_CONTRACT, world.effect),
+    }
 
 
 async def main(worker_id: str, ready_file: Path, seed: int, parent: int) -> None:

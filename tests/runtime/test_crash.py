@@ -5,12 +5,16 @@ side effect per step through an idempotent ``write`` tool. A seeded killer ``kil
 random ready worker every 0.3-1.5 s and starts a new one in its place, for a bounded time; then
 the workers finish. Every run must succeed, each step exactly once, each effect exactly once,
 no run may be driven by two living workers, and a reclaimed run must continue from its last
-checkpoint. ``CORRAL_CRASH_SEED`` replays a schedule of kills and model delays.
+checkpoint. A third of the runs pause for an approval once (``crash.gated``, step 2): the
+test approves them through the REST API while the killer works, and they must resume from
+where they paused, their gated effect applied once, after its approval.
+``CORRAL_CRASH_SEED`` replays a schedule of kills and model delays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -19,10 +23,12 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import pytest
 from _crash_worker import (
     AGENT,
@@ -30,6 +36,9 @@ from _crash_worker import (
     ATTEMPTS,
     EFFECT_STEPS,
     EFFECTS,
+    GATED_POLICY,
+    GATED_PREFIX,
+    GATED_STEP,
     MODEL_CALLS,
     CrashWorld,
     builtins,
@@ -38,15 +47,21 @@ from _crash_worker import (
 from sqlalchemy import Connection, func, select
 
 from conftest import register
+from corral.api import create_app
+from corral.approvals._tables import ApprovalRow
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
 from corral.platform import Platform
 from corral.runtime import TERMINAL_STATUSES, create_run
 from corral.runtime._tables import RunRow, StepRow, ToolCallRow
-from corral.settings import Settings, StoreSettings
+from corral.settings import GovernanceSettings, Settings, StoreSettings
+from corral.tenancy import issue_key
 
 SEED = int(os.environ.get("CORRAL_CRASH_SEED", "20261121"))
 RUNS = 100
+GATED_EVERY = 3
+"""Every third run pauses for an approval."""
+APPROVER = "user:crash-approver"
 LEASE_SECONDS = 2.0
 KILL_EVERY = (0.3, 1.5)
 """Seconds between two kills (counted once a worker is ready to be killed)."""
@@ -54,7 +69,7 @@ STARTUP_SECONDS = 60.0
 """Time the first workers get to be ready (a process imports Corral in 1-2 s of CPU)."""
 CHAOS_SECONDS = 8.0
 """Time the killer works, from the moment the first workers are ready."""
-FINISH_SECONDS = 60.0
+FINISH_SECONDS = 150.0
 """After the chaos: time the workers get to finish every run."""
 WORKER_SCRIPT = Path(__file__).with_name("_crash_worker.py")
 
@@ -127,7 +142,7 @@ class Fleet:
         codes: dict[str, int | None] = {}
         for worker_id in living:
             try:
-                codes[worker_id] = self.procs[worker_id].wait(timeout=10)
+                codes[worker_id] = self.procs[worker_id].wait(timeout=60)
             except subprocess.TimeoutExpired:
                 codes[worker_id] = None
         self.kill_all()
@@ -174,6 +189,17 @@ async def unfinished(platform: Platform) -> int:
     return await platform.store.run_sync(count, "default")
 
 
+async def open_runs(platform: Platform) -> list[tuple[Any, ...]]:
+    """What the unfinished runs are doing (for a failure's message)."""
+
+    def read(connection: Connection) -> list[tuple[Any, ...]]:
+        columns = (RunRow.task, RunRow.status, RunRow.lease_owner, RunRow.step_count)
+        query = select(*columns).where(RunRow.status.not_in(TERMINAL_STATUSES))
+        return [tuple(row) for row in connection.execute(query)]
+
+    return await platform.store.run_sync(read, "default")
+
+
 @dataclass
 class Chaos:
     """What the killer did."""
@@ -183,7 +209,9 @@ class Chaos:
     finished_in: float = 0.0
 
 
-async def unleash(platform: Platform, fleet: Fleet, workers: int) -> Chaos:
+async def unleash(
+    platform: Platform, fleet: Fleet, workers: int, approver: Approver | None = None
+) -> Chaos:
     """Start the workers, kill and restart them for a while, then let them finish."""
     rng, chaos = random.Random(SEED), Chaos()
     for _ in range(workers):
@@ -191,12 +219,16 @@ async def unleash(platform: Platform, fleet: Fleet, workers: int) -> Chaos:
     began = time.monotonic()
     while len(fleet.ready()) < workers:
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
+        if approver is not None and approver.task is not None and approver.task.done():
+            approver.task.result()  # raises what stopped it
         assert time.monotonic() - began < STARTUP_SECONDS, "the workers did not start"
         await asyncio.sleep(0.05)
     began = time.monotonic()
     next_kill: float | None = None
     while time.monotonic() - began < CHAOS_SECONDS and await unfinished(platform):
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
+        if approver is not None and approver.task is not None and approver.task.done():
+            approver.task.result()  # raises what stopped it
         ready, now = fleet.ready(), time.monotonic()
         if next_kill is None and ready:
             next_kill = now + rng.uniform(*KILL_EVERY)
@@ -208,16 +240,81 @@ async def unleash(platform: Platform, fleet: Fleet, workers: int) -> Chaos:
     chaos.seconds = time.monotonic() - began
     while await unfinished(platform):
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
+        if approver is not None and approver.task is not None and approver.task.done():
+            approver.task.result()  # raises what stopped it
         assert time.monotonic() - began < CHAOS_SECONDS + FINISH_SECONDS, (
-            f"{await unfinished(platform)} runs still unfinished"
+            f"{await unfinished(platform)} runs still unfinished: {await open_runs(platform)}"
         )
         await asyncio.sleep(0.2)
     chaos.finished_in = time.monotonic() - began
     return chaos
 
 
+@dataclass
+class Approver:
+    """Approves every pending request through ``POST /v1/approvals/{id}/approve``."""
+
+    client: httpx.AsyncClient
+    task: asyncio.Task[None] | None = None
+    approved: dict[str, float] = field(default_factory=dict)
+    """Run id -> ``time.time()`` just before the vote that granted its approval was sent."""
+
+    async def run(self) -> None:
+        while True:
+            pending = await self.client.get("/v1/approvals", params={"status": "pending"})
+            assert pending.status_code == 200, pending.text
+            for approval in pending.json()["items"]:
+                asked = time.time()
+                voted = await self.client.post(f"/v1/approvals/{approval['id']}/approve", json={})
+                assert voted.status_code == 200, voted.text
+                assert voted.json()["status"] == "approved", voted.text
+                self.approved[approval["run_id"]] = asked
+            await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def approving(settings: Settings, world: CrashWorld) -> AsyncIterator[Approver]:
+    """A served API (no worker) and an approver voting through it while the block runs."""
+    app = create_app(Platform(settings, builtins=builtins(world)), run_worker=False)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    platform = app.state.platform
+    key = await issue_key(
+        platform.store,
+        server_secret=platform.identity.server_secret,
+        tenant_id="default",
+        principal=APPROVER,
+        roles=["approver"],
+        name="crash-approver",
+        kind="user",
+    )
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://corral",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    approver = Approver(client)
+    approver.task = task = asyncio.create_task(approver.run())
+    try:
+        yield approver
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
 def read_everything(connection: Connection) -> dict[str, list[Any]]:
     return {
+        "pauses": connection.execute(
+            select(AuditEventRow.run_id, AuditEventRow.actor, AuditEventRow.occurred_at)
+            .where(AuditEventRow.action == "approval.requested")
+            .order_by(AuditEventRow.seq)
+        ).all(),
+        "approvals": connection.execute(
+            select(ApprovalRow.run_id, ApprovalRow.status, ApprovalRow.step_index)
+        ).all(),
         "runs": connection.execute(select(RunRow.__table__)).all(),
         "steps": connection.execute(
             select(StepRow.run_id, StepRow.index, StepRow.kind).order_by(StepRow.index)
@@ -247,10 +344,40 @@ def read_everything(connection: Connection) -> dict[str, list[Any]]:
     }
 
 
-def check(data: dict[str, list[Any]], fleet: Fleet) -> dict[str, Any]:
+def handed_back(before: Any, after: Any, pauses: list[Any]) -> bool:
+    """Whether ``before``'s worker let go of the run by pausing it (between the two leases)."""
+    return any(
+        p.actor == before.actor and before.occurred_at <= p.occurred_at <= after.occurred_at
+        for p in pauses
+    )
+
+
+def check_approvals(
+    data: dict[str, list[Any]], runs: dict[str, Any], approved: dict[str, float]
+) -> None:
+    """Each gated run paused once, at its gated step, and was approved once, through the API."""
+    gated = {run_id for run_id, run in runs.items() if run.task.startswith(GATED_PREFIX)}
+    assert gated, "no run paused for an approval: the test proved nothing"
+    approvals = defaultdict(list)
+    for approval in data["approvals"]:
+        approvals[approval.run_id].append((approval.status, approval.step_index))
+    assert approvals == {run_id: [("approved", GATED_STEP)] for run_id in gated}
+    assert set(approved) == gated
+    # The gated effect was attempted only once its approval was granted.
+    for attempt in data["attempts"]:
+        run_id, step, _ = attempt.idempotency_key.rsplit(":", 2)
+        if run_id in gated and int(step) == GATED_STEP:
+            assert attempt.at > approved[run_id], attempt
+
+
+def check(data: dict[str, list[Any]], fleet: Fleet, approved: dict[str, float]) -> dict[str, Any]:
     """Assert the invariants over everything stored; returns the figures."""
     runs = {r.id: r for r in data["runs"]}
     assert len(runs) == RUNS, "a run was lost or invented"
+    check_approvals(data, runs, approved)
+    pauses: dict[str, list[Any]] = defaultdict(list)
+    for pause in data["pauses"]:
+        pauses[pause.run_id].append(pause)
     steps: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for s in data["steps"]:
         steps[s.run_id].append((s.index, s.kind))
@@ -274,15 +401,18 @@ def check(data: dict[str, list[Any]], fleet: Fleet) -> dict[str, Any]:
         assert [(c.idempotency_key, c.status) for c in calls[run_id]] == [
             (f"{run_id}:{n}:0", "COMPLETED") for n in range(EFFECT_STEPS)
         ]
-        # A lease only ever passed on from a dead worker, after its death, and a reclaimed run
-        # went on from where it was (never back to an earlier step).
+        # A lease only ever passed on from a dead worker, after its death, or from a worker
+        # that paused the run for its approval; and a reclaimed run went on from where it was
+        # (never back to an earlier step).
         held = leases[run_id]
         assert held[0].details["from_step"] == 0
         for before, after in itertools.pairwise(held):
+            assert after.details["from_step"] >= before.details["from_step"]
+            if handed_back(before, after, pauses[run_id]):
+                continue
             owner = before.actor.removeprefix("worker:")
             assert owner in fleet.killed, f"{run_id} left live worker {owner} for {after.actor}"
             assert after.occurred_at.timestamp() > fleet.killed[owner]
-            assert after.details["from_step"] >= before.details["from_step"]
         # Model calls: one per step, plus at most the one each dead worker was making.
         assert 6 <= model_calls[run.task] <= 6 + len(held) - 1, (run.task, len(held))
 
@@ -304,6 +434,7 @@ def check(data: dict[str, list[Any]], fleet: Fleet) -> dict[str, Any]:
     relets = [lease for held in leases.values() for lease in held[1:]]
     return {
         "runs": len(runs),
+        "approved_runs": len(approved),
         "reclaims": len(relets),
         "reclaimed_runs": sum(len(held) > 1 for held in leases.values()),
         "reclaims_from_step_gt_0": sum(lease.details["from_step"] > 0 for lease in relets),
@@ -313,35 +444,43 @@ def check(data: dict[str, list[Any]], fleet: Fleet) -> dict[str, Any]:
     }
 
 
-@pytest.mark.timeout(240)  # ~20 s on an idle 2-core machine; room for a loaded one
+@pytest.mark.timeout(360)  # ~20 s on an idle 2-core machine; room for a loaded one
 async def test_killed_workers_lose_no_run_and_repeat_no_effect(
     store_settings: StoreSettings, tmp_path: Path
 ) -> None:
     postgres = store_settings.postgres_schema is not None
     workers = 3 if postgres else 1
-    settings = Settings(home=tmp_path / "home", store=store_settings)
-    platform = Platform(settings, builtins=builtins(CrashWorld("test", SEED)))
+    settings = Settings(
+        home=tmp_path / "home",
+        store=store_settings,
+        governance=GovernanceSettings(policy_refresh_seconds=0),
+    )
+    world = CrashWorld("test", SEED)
+    platform = Platform(settings, builtins=builtins(world))
     await platform.start()
     fleet = Fleet(tmp_path, worker_env(settings))
     print(f"CORRAL_CRASH_SEED={SEED} ({'postgresql' if postgres else 'sqlite'}, {workers} workers)")
     try:
         await platform.store.run_sync(create_tables, "default")
-        await register(platform, AGENT_DOCUMENT)
+        await register(platform, AGENT_DOCUMENT, GATED_POLICY)
         async with platform.store.transaction("default") as session:
             for n in range(RUNS):
+                kind = GATED_PREFIX if n % GATED_EVERY == 0 else "crash"
                 await create_run(
                     session,
                     tenant_id="default",
                     agent_name=AGENT,
-                    task=f"crash run {n:03d}",
+                    task=f"{kind} run {n:03d}",
                     requested_by="user:test",
                 )
-        try:
-            chaos = await unleash(platform, fleet, workers)
-        finally:
-            exits = await asyncio.to_thread(fleet.stop)
+        async with approving(settings, world) as approver:
+            try:
+                chaos = await unleash(platform, fleet, workers, approver)
+            finally:
+                exits = await asyncio.to_thread(fleet.stop)
         assert all(code == 0 for code in exits.values()), exits
-        figures = check(await platform.store.run_sync(read_everything, "default"), fleet)
+        everything = await platform.store.run_sync(read_everything, "default")
+        figures = check(everything, fleet, approver.approved)
         async with platform.store.transaction("default") as session:
             assert (await verify_chain(session, tenant_id="default")).ok
         assert chaos.kills >= 1, "no worker was killed: the test proved nothing"
