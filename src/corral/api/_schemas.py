@@ -23,6 +23,7 @@ __all__ = [
     "KillSwitchOut",
     "KillSwitchRelease",
     "KillSwitchScope",
+    "MAX_CURSOR",
     "Page",
     "PolicyOut",
     "PolicySetOut",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+MAX_CURSOR = 2**63 - 1
+"""The largest integer cursor (``after``, ``Last-Event-ID``): a signed 64-bit column's maximum."""
 
 
 class Page(BaseModel, Generic[T]):

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from corral.api._deps import Caller, ReadSessionDep, requires
-from corral.api._schemas import AuditEventOut, AuditVerificationOut, Page
+from corral.api._schemas import MAX_CURSOR, AuditEventOut, AuditVerificationOut, Page
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
 from corral.errors import PolicyDenied
@@ -62,7 +62,9 @@ async def get_events(
     session: ReadSessionDep,
     caller: Annotated[Caller, requires("audit.read")],
     run_id: Annotated[str | None, Query(description="Only events of this run.")] = None,
-    after: Annotated[int, Query(ge=0, description="Only events with a greater seq.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_CURSOR, description="Only events with a greater seq.")
+    ] = 0,
     since: Annotated[
         datetime | None,
         Query(

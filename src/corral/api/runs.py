@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from corral.api._deps import Caller, PlatformDep, ReadSessionDep, requires
 from corral.api._schemas import (
+    MAX_CURSOR,
     Page,
     RunCreate,
     RunEventOut,
@@ -123,7 +124,9 @@ async def get_steps(
     run_id: str,
     session: ReadSessionDep,
     caller: Annotated[Caller, requires("runs.read")],
-    after: Annotated[int, Query(ge=-1, description="Only steps with a greater index.")] = -1,
+    after: Annotated[
+        int, Query(ge=-1, le=MAX_CURSOR, description="Only steps with a greater index.")
+    ] = -1,
 ) -> list[StepOut]:
     """The run's checkpointed steps with their tool calls, oldest first."""
     steps = await list_steps(session, run_id, tenant_id=caller.tenant_id, after=after)
@@ -221,12 +224,16 @@ async def _event_stream(
 def _event_id(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
-    try:
-        return max(int(value), 0)
-    except ValueError:
+    text = value.strip()
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or (
+        text == digits and (len(digits) > 19 or int(digits) > MAX_CURSOR)
+    ):
         raise InvalidRequest(
-            f"Last-Event-ID {value!r} is not an event id; send the id: of the last event seen."
-        ) from None
+            f"Last-Event-ID {text[:40]!r} is not an event id (0 to {MAX_CURSOR}); send the id: "
+            "of the last event seen."
+        )
+    return 0 if text != digits else int(digits)
 
 
 _SSE_EXAMPLE = (
@@ -251,7 +258,9 @@ async def get_run_events(
     request: Request,
     platform: PlatformDep,
     caller: Annotated[Caller, requires("runs.read")],
-    after: Annotated[int, Query(ge=0, description="Only events with a greater id.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_CURSOR, description="Only events with a greater id.")
+    ] = 0,
     last_event_id: Annotated[
         str | None,
         Header(alias="Last-Event-ID", description="Resume after this event id (SSE reconnect)."),
