@@ -321,3 +321,20 @@ async def test_openapi_and_health(api) -> None:
     assert body["status"] == "ok"
     assert body["store"] in {"sqlite", "postgresql"}
     assert "scripted" in body["providers"]
+
+
+async def test_agents_list_describes_each_agent_like_the_detail_route(api) -> None:
+    client = await api()
+    await apply(
+        client,
+        agent_document("narrow", tools={"allowed": ["fs.list_dir"]}, risk_tier="high"),
+        agent_document("wide"),
+    )
+    listed = {a["name"]: a for a in (await client.get("/v1/agents")).json()["items"]}
+    for name in ("narrow", "wide"):
+        detail = (await client.get(f"/v1/agents/{name}")).json()
+        assert listed[name] == detail
+    assert listed["narrow"]["allowed_tools"] == ["fs.list_dir"]
+    assert (listed["narrow"]["risk_tier"], listed["wide"]["owner"]) == ("high", "platform-team")
+    assert listed["wide"]["description"] == "Answers questions about a codebase."
+    assert listed["wide"]["digest"].startswith("sha256:")
