@@ -48,7 +48,12 @@ class TenantCreate(_Body):
 class TenantSuspend(_Body):
     """Why a tenant is suspended (shown to its callers)."""
 
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+    force: bool = Field(
+        False,
+        description="Suspend even a tenant holding every working platform-admin key, which "
+        "locks every platform admin out for good (otherwise 409 `last_way_in`).",
+    )
 
 
 class TenantOut(BaseModel):
@@ -180,9 +185,18 @@ async def post_suspend(
     platform: PlatformDep,
     caller: Annotated[Caller, requires("tenants.manage")],
 ) -> TenantOut:
-    """Suspend a tenant: its requests get 403 with ``reason``; its runs end ``KILLED``."""
+    """Suspend a tenant: its requests get 403 with ``reason``; its runs end ``KILLED``.
+
+    409 (``last_way_in``) when the tenant holds every working platform-admin key, unless
+    ``force``: no one could resume it.
+    """
     row = await set_tenant_status(
-        platform.store, tenant_id=tenant_id, suspended=True, reason=body.reason, actor=caller.id
+        platform.store,
+        tenant_id=tenant_id,
+        suspended=True,
+        reason=body.reason,
+        actor=caller.id,
+        force=body.force,
     )
     platform.identity.invalidate_tenant(tenant_id)
     await platform.worker.check_signals()
@@ -235,10 +249,22 @@ async def get_keys(
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
 async def delete_key(
-    key_id: str, platform: PlatformDep, caller: Annotated[Caller, requires("keys.manage")]
+    key_id: str,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("keys.manage")],
+    force: Annotated[
+        bool,
+        Query(
+            description="Revoke even the last working platform-admin key, which locks every "
+            "platform admin out for good (otherwise 409 `last_way_in`)."
+        ),
+    ] = False,
 ) -> KeyOut:
-    """Revoke a key: it stops working at once. 404 if the tenant has no such key."""
-    row = await revoke_key(platform.store, caller, key_id)
+    """Revoke a key: it stops working at once. 404 if the tenant has no such key.
+
+    409 (``last_way_in``) for the last working platform-admin key, unless ``force``.
+    """
+    row = await revoke_key(platform.store, caller, key_id, force=force)
     platform.identity.invalidate_key(key_id)
     return KeyOut.model_validate(row)
 
