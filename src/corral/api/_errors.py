@@ -173,8 +173,11 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     statuses = {400, 413, 422}  # any route: unparsable or unstorable body, too large, invalid
     if operation.get("x-corral-permission") != "public":
         statuses |= {401, 403, 429}  # credentials, permission or suspension, rate limit
+    cursor = any(p.get("name") in ("after", "before") for p in operation.get("parameters", []))
     if "{" in path or method != "get":
         statuses |= {404, 409}
+    elif cursor:
+        statuses.add(404)  # a string cursor naming nothing
     return statuses
 
 

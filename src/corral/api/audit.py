@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
 from sqlalchemy import select
 
 from corral.api._deps import Caller, ReadSessionDep, requires
@@ -50,6 +51,19 @@ def _chain(caller: Caller, tenant: str | None) -> str:
     )
 
 
+def _iso_8601(value: object) -> object:
+    """Only ISO 8601 text is a time here (pydantic would also take a number of seconds)."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an ISO 8601 time, e.g. 2026-05-01T00:00:00Z") from None
+    return value
+
+
+_Instant = Annotated[datetime | None, BeforeValidator(_iso_8601)]
+
+
 def _utc(value: datetime | None) -> datetime | None:
     """A time without an offset is UTC."""
     if value is None or value.tzinfo is not None:
@@ -66,14 +80,14 @@ async def get_events(
         int, Query(ge=0, le=MAX_CURSOR, description="Only events with a greater seq.")
     ] = 0,
     since: Annotated[
-        datetime | None,
+        _Instant,
         Query(
             description="Only events that occurred at or after this ISO 8601 time (UTC "
             "when it has no offset)."
         ),
     ] = None,
     until: Annotated[
-        datetime | None,
+        _Instant,
         Query(
             description="Only events that occurred before this ISO 8601 time (UTC when "
             "it has no offset)."
