@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tenancy._world import live_world
-
 from corral.tenancy import parse_key
+from tenancy._world import live_world
 
 
 async def test_suspending_the_tenant_of_every_platform_admin_needs_force(settings) -> None:

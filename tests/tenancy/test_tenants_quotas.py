@@ -135,7 +135,9 @@ async def test_runs_per_day_quota_answers_429_with_retry_after(settings, workspa
 async def test_bad_quota_values_are_refused(settings) -> None:
     async with live_world(settings) as world:
         negative = await world.as_("PUT", "/v1/quotas/runs_per_day", json={"limit": -1})
-        assert negative.status_code == 400
+        assert negative.status_code == 422  # the schema says minimum 0
+        text = await world.as_("PUT", "/v1/quotas/runs_per_day", json={"limit": "1e9"})
+        assert text.status_code == 422 and "decimal" in text.json()["message"]
         fraction = await world.as_("PUT", "/v1/quotas/concurrent_runs", json={"limit": 1.5})
         assert fraction.status_code == 400 and "whole" in fraction.json()["message"]
         unknown = await world.as_("PUT", "/v1/quotas/bananas", json={"limit": 1})

@@ -13,7 +13,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -52,6 +51,7 @@ class ErrorOut(BaseModel):
     issues: list[Any] | None = Field(
         None, description="One entry per problem: invalid fields, contract issues."
     )
+
 
 STATUS_CODES: list[tuple[type[CorralError], int]] = [
     (InvalidContract, 422),

@@ -8,6 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
+    "MAX_CURSOR",
     "AgentOut",
     "AgentVersionOut",
     "ApplyRequest",
@@ -23,7 +24,6 @@ __all__ = [
     "KillSwitchOut",
     "KillSwitchRelease",
     "KillSwitchScope",
-    "MAX_CURSOR",
     "Page",
     "PolicyOut",
     "PolicySetOut",

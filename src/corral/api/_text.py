@@ -1,6 +1,6 @@
-"""Refuse request text that cannot be stored: lone UTF-16 surrogates.
+r"""Refuse request text that cannot be stored: lone UTF-16 surrogates.
 
-JSON may escape a surrogate code point without its pair (``"\\ud800"``), and Python decodes it
+JSON may escape a surrogate code point without its pair (``"\ud800"``), and Python decodes it
 into a string no database can store (it is not valid UTF-8, RFC 3629 section 3). Such a value
 is refused up front with 400 naming the field, whatever the route, instead of failing in the
 store as a 500.

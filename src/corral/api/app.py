@@ -128,7 +128,6 @@ _EXTRA_ERRORS: dict[tuple[str, str], set[int]] = {
 
 def _document(app: FastAPI) -> None:
     """Make ``/openapi.json`` declare bearer auth and every route's error responses."""
-
     generate = app.openapi
     documented: set[int] = set()
 

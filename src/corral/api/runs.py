@@ -21,7 +21,7 @@ from corral.api._schemas import (
     StepOut,
     ToolCallOut,
 )
-from corral.errors import Forbidden, InvalidRequest, PolicyRefused
+from corral.errors import Forbidden, PolicyRefused
 from corral.runtime import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
@@ -232,7 +232,7 @@ _EVENT_ID = r"^[0-9]{0,18}$"
 """An event id as ``Last-Event-ID`` carries it: decimal digits, at most 18 (below 2**63)."""
 
 
-def _event_id(value: str | None) -> int:
+def _event_id(value: str) -> int:
     return int(value) if value else 0
 
 
@@ -262,13 +262,13 @@ async def get_run_events(
         int, Query(ge=0, le=MAX_CURSOR, description="Only events with a greater id.")
     ] = 0,
     last_event_id: Annotated[
-        str | None,
+        str,
         Header(
             alias="Last-Event-ID",
             pattern=_EVENT_ID,
             description="Resume after this event id (SSE reconnect).",
         ),
-    ] = None,
+    ] = "",
 ) -> StreamingResponse:
     """Stream the run's events as Server-Sent Events, oldest first, live until it finishes.
 

@@ -5,12 +5,13 @@ Every change is one transaction with its audit event, the acting principal as ac
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import Page
@@ -119,10 +120,38 @@ class GrantOut(BaseModel):
     granted_at: datetime
 
 
+_LIMIT_TEXT = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,6})?$")
+
+
+def _limit_text(value: object) -> object:
+    if isinstance(value, str) and not _LIMIT_TEXT.match(value):
+        raise ValueError(
+            f"must be a non-negative decimal number such as '12' or '2.50' ({value!r})"
+        )
+    return value
+
+
+_Limit = Annotated[
+    Decimal,
+    BeforeValidator(_limit_text),
+    Field(ge=0),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _LIMIT_TEXT.pattern},
+            ]
+        }
+    ),
+]
+
+
 class QuotaBody(_Body):
     """A quota's new limit; ``null`` removes it (unlimited)."""
 
-    limit: Decimal | None = Field(description="Count, or US dollars for cost_usd_per_day.")
+    limit: _Limit | None = Field(
+        description="Count (whole), or US dollars for cost_usd_per_day; a number or decimal text."
+    )
 
 
 class QuotaOut(BaseModel):

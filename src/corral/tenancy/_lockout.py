@@ -57,7 +57,7 @@ async def check_tenant_suspension(session: AsyncSession, tenant_id: str) -> None
         f"only working platform-admin keys, {_named(lost)}, belong to it, a suspended tenant's "
         "keys are refused, and only a platform admin can resume it. Create a platform-admin "
         "key in another tenant first, or force it (`corral tenants suspend "
-        f"{tenant_id} --reason TEXT --force`, API: \"force\": true) to lock them out.",
+        f'{tenant_id} --reason TEXT --force`, API: "force": true) to lock them out.',
         code="last_way_in",
     )
 
