@@ -35,6 +35,10 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["identity"])
 
 
+Role = Literal["viewer", "builder", "operator", "approver", "admin", "platform-admin"]
+"""A role name (``corral.tenancy.ROLES``)."""
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -42,7 +46,9 @@ class _Body(BaseModel):
 class TenantCreate(_Body):
     """A new tenant."""
 
-    id: str = Field(description="2-63 lowercase letters, digits or dashes.")
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="2-63 lowercase letters, digits or dashes."
+    )
     display_name: str | None = Field(None, max_length=200)
 
 
@@ -73,8 +79,12 @@ class TenantOut(BaseModel):
 class KeyCreate(_Body):
     """A new API key: a service account's (``roles``) or an agent identity's (``agent``)."""
 
-    name: str = Field(min_length=1, max_length=100)
-    roles: list[str] = Field(default_factory=list, description=f"Roles: {', '.join(ROLES)}.")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    roles: list[Role] = Field(
+        default_factory=list,
+        max_length=len(ROLES),
+        description="At least one for a service account; none for an agent key.",
+    )
     agent: str | None = Field(None, description="Bind the key to this agent (an agent identity).")
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 
@@ -105,8 +115,11 @@ class KeyCreatedOut(KeyOut):
 class GrantBody(_Body):
     """A role for a subject in the caller's tenant."""
 
-    subject: str = Field(description="`user:<id>`, `group:<name>` or `service:<name>`.")
-    role: str
+    subject: str = Field(
+        pattern=r"^(user|group|service):\S{1,190}$",
+        description="`user:<id>`, `group:<name>` or `service:<name>`.",
+    )
+    role: Role
 
 
 class GrantOut(BaseModel):
