@@ -47,7 +47,8 @@ class TenantCreate(_Body):
     """A new tenant."""
 
     id: str = Field(
-        pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="2-63 lowercase letters, digits or dashes."
+        pattern=r"^[a-z0-9][a-z0-9-]{1,62}$",
+        description="2-63 lowercase letters, digits or dashes.",
     )
     display_name: str | None = Field(None, max_length=200)
 
@@ -267,7 +268,7 @@ async def post_key(
         caller,
         server_secret=platform.identity.server_secret,
         name=body.name,
-        roles=body.roles,
+        roles=list(body.roles),
         agent=body.agent,
         expires_in=timedelta(days=body.expires_in_days) if body.expires_in_days else None,
     )
