@@ -1,7 +1,8 @@
 """Routes: ``/v1/audit``.
 
 Chains are per tenant; platform-wide events (a platform kill switch) are in the chain of
-tenant ``*``. A caller reads its own tenant's chain (the default) or the platform's.
+tenant ``*``. A caller reads its own tenant's chain (the default) or the platform's; a platform
+admin reads any tenant's (``?tenant=T`` works like ``X-Corral-Tenant: T``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from fastapi import APIRouter, Query
 from pydantic import BeforeValidator
 from sqlalchemy import select
 
-from corral.api._deps import Caller, ReadSessionDep, requires
+from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import MAX_CURSOR, AuditEventOut, AuditVerificationOut, Page
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
 from corral.errors import PolicyDenied
+from corral.tenancy import PLATFORM_ADMIN
 
 __all__ = ["router"]
 
@@ -40,15 +42,23 @@ def _chain(caller: Caller, tenant: str | None) -> str:
     """The tenant id of the chain the caller asked for.
 
     Raises:
-        PolicyDenied: another tenant's chain (a tenant never reads another's data).
+        PolicyDenied: another tenant's chain, unless the caller is a platform admin (a tenant
+            never reads another's data).
     """
     if tenant is None or tenant in (caller.tenant_id, PLATFORM_CHAIN):
         return tenant or caller.tenant_id
+    if PLATFORM_ADMIN in caller.roles:
+        return tenant
     raise PolicyDenied(
         f"Tenant {tenant!r} is not yours: read the audit chain of your tenant "
         f"{caller.tenant_id!r} (the default) or the platform chain {PLATFORM_CHAIN!r}.",
         code="cross_tenant",
     )
+
+
+def _scope(caller: Caller, chain: str) -> str:
+    """The store scope that reads ``chain`` (platform-wide rows are readable from any tenant)."""
+    return caller.tenant_id if chain == PLATFORM_CHAIN else chain
 
 
 def _iso_8601(value: object) -> object:
@@ -73,7 +83,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 @router.get("/events", response_model=Page[AuditEventOut])
 async def get_events(
-    session: ReadSessionDep,
+    platform: PlatformDep,
     caller: Annotated[Caller, requires("audit.read")],
     run_id: Annotated[str | None, Query(description="Only events of this run.")] = None,
     after: Annotated[
@@ -100,7 +110,7 @@ async def get_events(
 
     Pass ``next`` back as ``after`` with the same filters for the next page; ``since`` and
     ``until`` select by ``occurred_at`` (``since`` inclusive, ``until`` exclusive).
-    403 for another tenant's chain.
+    403 for another tenant's chain (unless the caller is a platform admin).
     """
     chain = _chain(caller, tenant)
     query = select(AuditEventRow).where(AuditEventRow.tenant_id == chain, AuditEventRow.seq > after)
@@ -111,20 +121,23 @@ async def get_events(
         query = query.where(AuditEventRow.occurred_at >= start)
     if end is not None:
         query = query.where(AuditEventRow.occurred_at < end)
-    rows = (await session.execute(query.order_by(AuditEventRow.seq).limit(limit))).scalars()
-    items = [AuditEventOut.model_validate(r) for r in rows]
+    async with platform.store.read(_scope(caller, chain)) as session:
+        rows = (await session.execute(query.order_by(AuditEventRow.seq).limit(limit))).scalars()
+        items = [AuditEventOut.model_validate(r) for r in rows]
     return Page(items=items, next=str(items[-1].seq) if len(items) == limit else None)
 
 
 @router.get("/verify", response_model=AuditVerificationOut)
 async def get_verify(
-    session: ReadSessionDep,
+    platform: PlatformDep,
     caller: Annotated[Caller, requires("audit.read")],
     tenant: _TenantQuery = None,
 ) -> AuditVerificationOut:
     """Recompute an audit chain; ``ok`` is false at the first event that fails.
 
-    403 for another tenant's chain.
+    403 for another tenant's chain (unless the caller is a platform admin).
     """
-    result = await verify_chain(session, tenant_id=_chain(caller, tenant))
+    chain = _chain(caller, tenant)
+    async with platform.store.read(_scope(caller, chain)) as session:
+        result = await verify_chain(session, tenant_id=chain)
     return AuditVerificationOut.model_validate(result.__dict__)
