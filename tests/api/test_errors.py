@@ -135,6 +135,9 @@ async def test_openapi_declares_bearer_auth_and_every_error_shape(api) -> None:
             for code in codes:
                 content = operation["responses"][str(code)]["content"]
                 assert content["application/json"]["schema"] == error_ref, (method, path, code)
+    # A service account's key needs a role, an agent key none: the schema says so.
+    key = schema["components"]["schemas"]["KeyCreate"]
+    assert {"required": ["roles"], "properties": {"roles": {"minItems": 1}}} in key["anyOf"]
     run = schema["paths"]["/v1/agents/{name}/runs"]["post"]["responses"]
     assert {"404", "409", "423"} <= set(run)
     assert "HTTPValidationError" not in json.dumps(schema)

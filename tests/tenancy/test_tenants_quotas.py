@@ -138,6 +138,8 @@ async def test_bad_quota_values_are_refused(settings) -> None:
         assert negative.status_code == 422  # the schema says minimum 0
         text = await world.as_("PUT", "/v1/quotas/runs_per_day", json={"limit": "1e9"})
         assert text.status_code == 422 and "decimal" in text.json()["message"]
+        huge = await world.as_("PUT", "/v1/quotas/cost_usd_per_day", json={"limit": 1e300})
+        assert huge.status_code == 422  # was a 500: the cost arithmetic cannot hold it
         fraction = await world.as_("PUT", "/v1/quotas/concurrent_runs", json={"limit": 1.5})
         assert fraction.status_code == 400 and "whole" in fraction.json()["message"]
         unknown = await world.as_("PUT", "/v1/quotas/bananas", json={"limit": 1})

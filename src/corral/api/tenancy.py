@@ -80,6 +80,20 @@ class TenantOut(BaseModel):
 class KeyCreate(_Body):
     """A new API key: a service account's (``roles``) or an agent identity's (``agent``)."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [  # what create_key enforces (400 otherwise)
+                {"required": ["roles"], "properties": {"roles": {"minItems": 1}}},
+                {"required": ["agent"], "properties": {"agent": {"type": "string"}}},
+            ],
+            "not": {
+                "required": ["agent", "roles"],
+                "properties": {"agent": {"type": "string"}, "roles": {"minItems": 1}},
+            },
+        },
+    )
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     roles: list[Role] = Field(
         default_factory=list,
@@ -135,6 +149,8 @@ class GrantOut(BaseModel):
 
 
 _LIMIT_TEXT = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,6})?$")
+_LIMIT_MAX = 10**18 - 1
+"""The largest limit: 18 digits, so sums and 6-decimal money stay exact (28-digit Decimal)."""
 
 
 def _limit_text(value: object) -> object:
@@ -148,11 +164,11 @@ def _limit_text(value: object) -> object:
 _Limit = Annotated[
     Decimal,
     BeforeValidator(_limit_text),
-    Field(ge=0),
+    Field(ge=0, le=_LIMIT_MAX),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "minimum": 0},
+                {"type": "number", "minimum": 0, "maximum": _LIMIT_MAX},
                 {"type": "string", "pattern": _LIMIT_TEXT.pattern},
             ]
         }
