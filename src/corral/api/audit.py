@@ -18,8 +18,10 @@ from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import MAX_CURSOR, AuditEventOut, AuditVerificationOut, Page
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
-from corral.errors import PolicyDenied
-from corral.tenancy import PLATFORM_ADMIN
+from corral.errors import NotFound, PolicyDenied
+from corral.platform import Platform
+from corral.store import SYSTEM
+from corral.tenancy import PLATFORM_ADMIN, TenantRow
 
 __all__ = ["router"]
 
@@ -38,16 +40,24 @@ _TenantQuery = Annotated[
 ]
 
 
-def _chain(caller: Caller, tenant: str | None) -> str:
+async def _chain(platform: Platform, caller: Caller, tenant: str | None) -> str:
     """The tenant id of the chain the caller asked for.
 
     Raises:
         PolicyDenied: another tenant's chain, unless the caller is a platform admin (a tenant
             never reads another's data).
+        NotFound: a platform admin named a tenant that does not exist.
     """
     if tenant is None or tenant in (caller.tenant_id, PLATFORM_CHAIN):
         return tenant or caller.tenant_id
     if PLATFORM_ADMIN in caller.roles:
+        async with platform.store.read(SYSTEM) as session:
+            if await session.get(TenantRow, tenant) is None:
+                raise NotFound(
+                    f"Tenant {tenant!r} does not exist; `corral tenants list` shows them.",
+                    kind="tenant",
+                    name=tenant,
+                )
         return tenant
     raise PolicyDenied(
         f"Tenant {tenant!r} is not yours: read the audit chain of your tenant "
@@ -112,7 +122,7 @@ async def get_events(
     ``until`` select by ``occurred_at`` (``since`` inclusive, ``until`` exclusive).
     403 for another tenant's chain (unless the caller is a platform admin).
     """
-    chain = _chain(caller, tenant)
+    chain = await _chain(platform, caller, tenant)
     query = select(AuditEventRow).where(AuditEventRow.tenant_id == chain, AuditEventRow.seq > after)
     if run_id:
         query = query.where(AuditEventRow.run_id == run_id)
@@ -137,7 +147,7 @@ async def get_verify(
 
     403 for another tenant's chain (unless the caller is a platform admin).
     """
-    chain = _chain(caller, tenant)
+    chain = await _chain(platform, caller, tenant)
     async with platform.store.read(_scope(caller, chain)) as session:
         result = await verify_chain(session, tenant_id=chain)
     return AuditVerificationOut.model_validate(result.__dict__)
