@@ -173,11 +173,11 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     statuses = {400, 413, 422}  # any route: unparsable or unstorable body, too large, invalid
     if operation.get("x-corral-permission") != "public":
         statuses |= {401, 403, 429}  # credentials, permission or suspension, rate limit
-    cursor = any(p.get("name") in ("after", "before") for p in operation.get("parameters", []))
+    names = {p.get("name") for p in operation.get("parameters", []) if p.get("in") == "query"}
     if "{" in path or method != "get":
         statuses |= {404, 409}
-    elif cursor:
-        statuses.add(404)  # a string cursor naming nothing
+    elif names & {"after", "before", "tenant"}:
+        statuses.add(404)  # a string cursor or a tenant naming nothing
     return statuses
 
 
