@@ -175,6 +175,7 @@ PUBLIC = {
         "document_of",
         "get_agent",
         "get_agent_version",
+        "latest_agent_versions",
         "list_agent_versions",
         "list_agents",
         "list_promotions",

@@ -221,7 +221,7 @@ async def test_run_end_to_end(api, workspace: Path) -> None:
     by_agent = (await client.get("/v1/runs", params={"agent": "other"})).json()
     assert by_agent["items"] == []
     bogus = await client.get("/v1/runs", params={"status": "DONE"})
-    assert bogus.status_code == 400
+    assert bogus.status_code == 422  # the schema lists the statuses
     assert "SUCCEEDED" in bogus.json()["message"]
 
     events = (await client.get("/v1/audit/events", params={"run_id": run_id})).json()["items"]
@@ -342,3 +342,20 @@ async def test_openapi_and_health(api) -> None:
     assert body["status"] == "ok"
     assert body["store"] in {"sqlite", "postgresql"}
     assert "scripted" in body["providers"]
+
+
+async def test_agents_list_describes_each_agent_like_the_detail_route(api) -> None:
+    client = await api()
+    await apply(
+        client,
+        agent_document("narrow", tools={"allowed": ["fs.list_dir"]}, risk_tier="high"),
+        agent_document("wide"),
+    )
+    listed = {a["name"]: a for a in (await client.get("/v1/agents")).json()["items"]}
+    for name in ("narrow", "wide"):
+        detail = (await client.get(f"/v1/agents/{name}")).json()
+        assert listed[name] == detail
+    assert listed["narrow"]["allowed_tools"] == ["fs.list_dir"]
+    assert (listed["narrow"]["risk_tier"], listed["wide"]["owner"]) == ("high", "platform-team")
+    assert listed["wide"]["description"] == "Answers questions about a codebase."
+    assert listed["wide"]["digest"].startswith("sha256:")

@@ -125,7 +125,7 @@ async def test_last_event_id_resumes_after_that_event(api, workspace) -> None:
     assert (last.status_code, last.text) == (200, "")
 
     bad = await client.get(f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": "step-3"})
-    assert (bad.status_code, bad.json()["code"]) == (400, "invalid_request")
+    assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
 
 
 async def test_unknown_run_is_404_before_any_stream(api) -> None:

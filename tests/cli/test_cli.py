@@ -197,3 +197,23 @@ def test_apply_warns_of_an_unmatched_tool_and_strict_fails(server: str, tmp_path
         "no registered tool; did you mean 'fs.read_file'?"
     ) in applied.output
     assert "spec.tools.allowed[2]: 'git.*' matches no registered tool" in applied.output
+
+
+def test_describe_and_get_print_json_and_yaml(server: str, tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "agent.yaml").write_text(AGENT_YAML)
+    assert runner.invoke(app, ["apply", "-f", str(tmp_path / "agent.yaml")]).exit_code == 0
+    as_json = runner.invoke(app, ["describe", "agent", "repo-analyst", "-o", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    described = json.loads(as_json.output)
+    assert (described["name"], described["owner"]) == ("repo-analyst", "platform-team")
+    assert [v["version"] for v in described["versions"]] == ["0.1.0"]
+    assert "fs.read_file" in described["allowed_tools"] and "stages" in described
+    as_yaml = runner.invoke(app, ["describe", "agent", "repo-analyst", "--output", "yaml"])
+    assert yaml.safe_load(as_yaml.output) == described
+    listed = runner.invoke(app, ["get", "agents", "-o", "yaml"])
+    assert listed.exit_code == 0, listed.output
+    page = yaml.safe_load(listed.output)
+    assert [a["name"] for a in page["items"]] == ["repo-analyst"]
+    assert page["items"][0]["digest"] == described["digest"]

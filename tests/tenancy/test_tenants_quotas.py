@@ -46,7 +46,7 @@ async def test_a_new_tenant_is_empty_has_its_builtin_tools_and_its_own_audit_cha
         again = await world.as_("POST", "/v1/tenants", json={"id": "team-b"})
         assert again.status_code == 409
         bad = await world.as_("POST", "/v1/tenants", json={"id": "Team B!"})
-        assert bad.status_code == 400 and "lowercase" in bad.json()["message"]
+        assert bad.status_code == 422 and "[a-z0-9]" in bad.json()["message"]  # the schema's
         agents = (await world.as_("GET", "/v1/agents", tenant="team-b")).json()["items"]
         assert agents == []
         tools = [
@@ -135,7 +135,11 @@ async def test_runs_per_day_quota_answers_429_with_retry_after(settings, workspa
 async def test_bad_quota_values_are_refused(settings) -> None:
     async with live_world(settings) as world:
         negative = await world.as_("PUT", "/v1/quotas/runs_per_day", json={"limit": -1})
-        assert negative.status_code == 400
+        assert negative.status_code == 422  # the schema says minimum 0
+        text = await world.as_("PUT", "/v1/quotas/runs_per_day", json={"limit": "1e9"})
+        assert text.status_code == 422 and "decimal" in text.json()["message"]
+        huge = await world.as_("PUT", "/v1/quotas/cost_usd_per_day", json={"limit": 1e300})
+        assert huge.status_code == 422  # was a 500: the cost arithmetic cannot hold it
         fraction = await world.as_("PUT", "/v1/quotas/concurrent_runs", json={"limit": 1.5})
         assert fraction.status_code == 400 and "whole" in fraction.json()["message"]
         unknown = await world.as_("PUT", "/v1/quotas/bananas", json={"limit": 1})

@@ -8,6 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
+    "MAX_CURSOR",
     "AgentOut",
     "AgentVersionOut",
     "ApplyRequest",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+MAX_CURSOR = 2**63 - 1
+"""The largest integer cursor (``after``, ``Last-Event-ID``): a signed 64-bit column's maximum."""
 
 
 class Page(BaseModel, Generic[T]):

@@ -21,6 +21,7 @@ from corral.registry import (
     ApplyResult,
     apply_documents,
     get_agent_version,
+    latest_agent_versions,
     list_agent_versions,
     list_agents,
     list_tools,
@@ -84,8 +85,24 @@ async def get_agents(
 ) -> Page[AgentOut]:
     """Agents by name, one page at a time."""
     rows = await list_agents(session, tenant_id=caller.tenant_id, limit=limit, after=after)
-    items = [AgentOut.model_validate(row) for row in rows]
+    versions = await latest_agent_versions(session, rows, tenant_id=caller.tenant_id)
+    tools = [t.name for t, _ in await list_tools(session, tenant_id=caller.tenant_id, limit=10_000)]
+    items = [_agent_out(row, versions[row.id], tools) for row in rows]
     return Page(items=items, next=items[-1].name if len(items) == limit else None)
+
+
+def _agent_out(agent: Any, version: Any, tools: list[str]) -> AgentOut:
+    """An agent as its latest version describes it; ``tools`` are the registered tool names."""
+    spec = Agent.model_validate(version.document).spec
+    return AgentOut.model_validate(agent).model_copy(
+        update={
+            "description": spec.description,
+            "owner": spec.owner,
+            "risk_tier": spec.risk_tier,
+            "digest": version.digest,
+            "allowed_tools": [name for name in tools if spec.tools.permits(name)],
+        }
+    )
 
 
 @router.post("/agents", response_model=ApplyResultOut)
@@ -121,17 +138,8 @@ async def get_agent(
 ) -> AgentOut:
     """An agent, its latest version's digest and the tools it may call."""
     agent, version = await get_agent_version(session, name, tenant_id=caller.tenant_id)
-    spec = Agent.model_validate(version.document).spec
-    tools = await list_tools(session, tenant_id=caller.tenant_id, limit=10_000)
-    return AgentOut.model_validate(agent).model_copy(
-        update={
-            "description": spec.description,
-            "owner": spec.owner,
-            "risk_tier": spec.risk_tier,
-            "digest": version.digest,
-            "allowed_tools": [t.name for t, _ in tools if spec.tools.permits(t.name)],
-        }
-    )
+    tools = [t.name for t, _ in await list_tools(session, tenant_id=caller.tenant_id, limit=10_000)]
+    return _agent_out(agent, version, tools)
 
 
 @router.get("/agents/{name}/versions", response_model=list[AgentVersionOut])

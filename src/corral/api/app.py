@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.routing import Route
 
 from corral import __version__
@@ -24,8 +24,9 @@ from corral.api import (
     tenancy,
 )
 from corral.api._deps import ApiRateLimiter, PlatformDep, annotate_permissions, requires
-from corral.api._errors import install_error_handlers
+from corral.api._errors import document_errors, install_error_handlers
 from corral.api._limits import RequestSizeLimit
+from corral.api._text import reject_lone_surrogates
 from corral.api.mcp import MCP_PATH, McpEndpoint
 from corral.platform import Platform
 from corral.store import SYSTEM
@@ -69,6 +70,7 @@ def create_app(
         version=__version__,
         description="Build, run, govern and observe LLM agents.",
         lifespan=lifespan,
+        dependencies=[Depends(reject_lone_surrogates)],
     )
     app.state.platform = platform
     identity = platform.settings.identity
@@ -110,4 +112,31 @@ def create_app(
         }
 
     annotate_permissions(app)
+    _document(app)
     return app
+
+
+_EXTRA_ERRORS: dict[tuple[str, str], set[int]] = {
+    ("post", "/v1/agents/{name}/runs"): {423},
+    ("post", "/v1/mcp-servers/{name}/sync"): {502},
+    ("put", "/v1/secrets/{name}"): {503},
+    ("delete", "/v1/secrets/{name}"): {503},
+    ("get", "/v1/secrets"): {503},
+}
+"""Statuses beyond the common ones (see ``corral.api._errors.document_errors``)."""
+
+
+def _document(app: FastAPI) -> None:
+    """Make ``/openapi.json`` declare bearer auth and every route's error responses."""
+    generate = app.openapi
+    documented: set[int] = set()
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # cached by FastAPI until the routes change
+        if id(schema) not in documented:
+            documented.clear()
+            documented.add(id(schema))
+            document_errors(schema, extra=_EXTRA_ERRORS)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from corral.api._deps import Caller, PlatformDep, ReadSessionDep, requires
 from corral.api._schemas import (
+    MAX_CURSOR,
     Page,
     RunCreate,
     RunEventOut,
@@ -20,8 +21,9 @@ from corral.api._schemas import (
     StepOut,
     ToolCallOut,
 )
-from corral.errors import Forbidden, InvalidRequest, PolicyRefused
+from corral.errors import Forbidden, PolicyRefused
 from corral.runtime import (
+    RUN_STATUSES,
     TERMINAL_STATUSES,
     create_run,
     get_run,
@@ -94,7 +96,13 @@ async def get_runs(
     session: ReadSessionDep,
     caller: Annotated[Caller, requires("runs.read")],
     agent: Annotated[str | None, Query(description="Only runs of this agent.")] = None,
-    status: Annotated[str | None, Query(description="Only runs in this status.")] = None,
+    status: Annotated[
+        str | None,
+        Query(
+            pattern=f"^({'|'.join(sorted(RUN_STATUSES))})$",
+            description="Only runs in this status.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[str | None, Query(description="Cursor: `next` of the previous page.")] = None,
 ) -> Page[RunOut]:
@@ -124,7 +132,9 @@ async def get_steps(
     run_id: str,
     session: ReadSessionDep,
     caller: Annotated[Caller, requires("runs.read")],
-    after: Annotated[int, Query(ge=-1, description="Only steps with a greater index.")] = -1,
+    after: Annotated[
+        int, Query(ge=-1, le=MAX_CURSOR, description="Only steps with a greater index.")
+    ] = -1,
 ) -> list[StepOut]:
     """The run's checkpointed steps with their tool calls, oldest first."""
     steps = await list_steps(session, run_id, tenant_id=caller.tenant_id, after=after)
@@ -219,15 +229,12 @@ async def _event_stream(
         await asyncio.sleep(SSE_POLL_SECONDS)
 
 
-def _event_id(value: str | None) -> int:
-    if value is None or not value.strip():
-        return 0
-    try:
-        return max(int(value), 0)
-    except ValueError:
-        raise InvalidRequest(
-            f"Last-Event-ID {value!r} is not an event id; send the id: of the last event seen."
-        ) from None
+_EVENT_ID = r"^[0-9]{0,18}$"
+"""An event id as ``Last-Event-ID`` carries it: decimal digits, at most 18 (below 2**63)."""
+
+
+def _event_id(value: str) -> int:
+    return int(value) if value else 0
 
 
 _SSE_EXAMPLE = (
@@ -252,11 +259,17 @@ async def get_run_events(
     request: Request,
     platform: PlatformDep,
     caller: Annotated[Caller, requires("runs.read")],
-    after: Annotated[int, Query(ge=0, description="Only events with a greater id.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_CURSOR, description="Only events with a greater id.")
+    ] = 0,
     last_event_id: Annotated[
-        str | None,
-        Header(alias="Last-Event-ID", description="Resume after this event id (SSE reconnect)."),
-    ] = None,
+        str,
+        Header(
+            alias="Last-Event-ID",
+            pattern=_EVENT_ID,
+            description="Resume after this event id (SSE reconnect).",
+        ),
+    ] = "",
 ) -> StreamingResponse:
     """Stream the run's events as Server-Sent Events, oldest first, live until it finishes.
 

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import Page, SecretOut, SecretSet
+from corral.secrets import SECRET_NAME_PATTERN
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
+
+_Name = Annotated[
+    str,
+    Path(
+        pattern=SECRET_NAME_PATTERN.pattern,
+        description="A letter, then up to 127 letters, digits, `_`, `.` or `-`.",
+    ),
+]
 
 
 @router.put(
@@ -24,7 +33,7 @@ router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
     responses={201: {"model": SecretOut, "description": "The secret was created."}},
 )
 async def put_secret(
-    name: str,
+    name: _Name,
     body: SecretSet,
     response: Response,
     platform: PlatformDep,
@@ -59,7 +68,7 @@ async def get_secrets(
 
 @router.delete("/{name}", response_model=SecretOut)
 async def delete_secret(
-    name: str,
+    name: _Name,
     platform: PlatformDep,
     caller: Annotated[Caller, requires("secrets.write")],
 ) -> SecretOut:

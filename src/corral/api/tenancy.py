@@ -5,12 +5,13 @@ Every change is one transaction with its audit event, the acting principal as ac
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import Page
@@ -36,6 +37,10 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["identity"])
 
 
+Role = Literal["viewer", "builder", "operator", "approver", "admin", "platform-admin"]
+"""A role name (``corral.tenancy.ROLES``)."""
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,14 +48,22 @@ class _Body(BaseModel):
 class TenantCreate(_Body):
     """A new tenant."""
 
-    id: str = Field(description="2-63 lowercase letters, digits or dashes.")
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{1,62}$",
+        description="2-63 lowercase letters, digits or dashes.",
+    )
     display_name: str | None = Field(None, max_length=200)
 
 
 class TenantSuspend(_Body):
     """Why a tenant is suspended (shown to its callers)."""
 
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+    force: bool = Field(
+        False,
+        description="Suspend even a tenant holding every working platform-admin key, which "
+        "locks every platform admin out for good (otherwise 409 `last_way_in`).",
+    )
 
 
 class TenantOut(BaseModel):
@@ -90,8 +103,26 @@ class KeyCreate(_Body):
     Service and personal keys need ``roles``; an agent key takes none.
     """
 
-    name: str = Field(min_length=1, max_length=100)
-    roles: list[str] = Field(default_factory=list, description=f"Roles: {', '.join(ROLES)}.")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [  # what create_key enforces (400 otherwise)
+                {"required": ["roles"], "properties": {"roles": {"minItems": 1}}},
+                {"required": ["agent"], "properties": {"agent": {"type": "string"}}},
+            ],
+            "not": {
+                "required": ["agent", "roles"],
+                "properties": {"agent": {"type": "string"}, "roles": {"minItems": 1}},
+            },
+        },
+    )
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    roles: list[Role] = Field(
+        default_factory=list,
+        max_length=len(ROLES),
+        description="At least one for a service account; none for an agent key.",
+    )
     agent: str | None = Field(None, description="Bind the key to this agent (an agent identity).")
     user: str | None = Field(
         None,
@@ -129,8 +160,11 @@ class KeyCreatedOut(KeyOut):
 class GrantBody(_Body):
     """A role for a subject in the caller's tenant."""
 
-    subject: str = Field(description="`user:<id>`, `group:<name>` or `service:<name>`.")
-    role: str
+    subject: str = Field(
+        pattern=r"^(user|group|service):\S{1,190}$",
+        description="`user:<id>`, `group:<name>` or `service:<name>`.",
+    )
+    role: Role
 
 
 class GrantOut(BaseModel):
@@ -144,10 +178,40 @@ class GrantOut(BaseModel):
     granted_at: datetime
 
 
+_LIMIT_TEXT = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,6})?$")
+_LIMIT_MAX = 10**18 - 1
+"""The largest limit: 18 digits, so sums and 6-decimal money stay exact (28-digit Decimal)."""
+
+
+def _limit_text(value: object) -> object:
+    if isinstance(value, str) and not _LIMIT_TEXT.match(value):
+        raise ValueError(
+            f"must be a non-negative decimal number such as '12' or '2.50' ({value!r})"
+        )
+    return value
+
+
+_Limit = Annotated[
+    Decimal,
+    BeforeValidator(_limit_text),
+    Field(ge=0, le=_LIMIT_MAX),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": _LIMIT_MAX},
+                {"type": "string", "pattern": _LIMIT_TEXT.pattern},
+            ]
+        }
+    ),
+]
+
+
 class QuotaBody(_Body):
     """A quota's new limit; ``null`` removes it (unlimited)."""
 
-    limit: Decimal | None = Field(description="Count, or US dollars for cost_usd_per_day.")
+    limit: _Limit | None = Field(
+        description="Count (whole), or US dollars for cost_usd_per_day; a number or decimal text."
+    )
 
 
 class QuotaOut(BaseModel):
@@ -213,9 +277,18 @@ async def post_suspend(
     platform: PlatformDep,
     caller: Annotated[Caller, requires("tenants.manage")],
 ) -> TenantOut:
-    """Suspend a tenant: its requests get 403 with ``reason``; its runs end ``KILLED``."""
+    """Suspend a tenant: its requests get 403 with ``reason``; its runs end ``KILLED``.
+
+    409 (``last_way_in``) when the tenant holds every working platform-admin key, unless
+    ``force``: no one could resume it.
+    """
     row = await set_tenant_status(
-        platform.store, tenant_id=tenant_id, suspended=True, reason=body.reason, actor=caller.id
+        platform.store,
+        tenant_id=tenant_id,
+        suspended=True,
+        reason=body.reason,
+        actor=caller.id,
+        force=body.force,
     )
     platform.identity.invalidate_tenant(tenant_id)
     await platform.worker.check_signals()
@@ -265,7 +338,7 @@ async def post_key(
         caller,
         server_secret=platform.identity.server_secret,
         name=body.name,
-        roles=body.roles,
+        roles=list(body.roles),
         agent=body.agent,
         user=body.user,
         expires_in=timedelta(days=body.expires_in_days) if body.expires_in_days else None,
@@ -290,10 +363,22 @@ async def get_keys(
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
 async def delete_key(
-    key_id: str, platform: PlatformDep, caller: Annotated[Caller, requires("keys.manage")]
+    key_id: str,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("keys.manage")],
+    force: Annotated[
+        bool,
+        Query(
+            description="Revoke even the last working platform-admin key, which locks every "
+            "platform admin out for good (otherwise 409 `last_way_in`)."
+        ),
+    ] = False,
 ) -> KeyOut:
-    """Revoke a key: it stops working at once. 404 if the tenant has no such key."""
-    row = await revoke_key(platform.store, caller, key_id)
+    """Revoke a key: it stops working at once. 404 if the tenant has no such key.
+
+    409 (``last_way_in``) for the last working platform-admin key, unless ``force``.
+    """
+    row = await revoke_key(platform.store, caller, key_id, force=force)
     platform.identity.invalidate_key(key_id)
     return KeyOut.model_validate(row)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
+import pydantic
 import typer
 
 from corral import __version__
@@ -19,9 +23,11 @@ from corral.cli import (
     server,
     tools,
 )
+from corral.cli._help import readable_placeholders
 from corral.cli._permissions import declare_permissions
+from corral.errors import CorralError, InvalidContract, InvalidRequest
 
-__all__ = ["app", "main"]
+__all__ = ["app", "command", "main"]
 
 app = typer.Typer(
     name="corral",
@@ -29,7 +35,6 @@ app = typer.Typer(
     "Start with `corral up`, then `corral apply -f examples/agents/` and "
     '`corral run repo-analyst "What does this code do?" --workspace . --follow`.',
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.command(rich_help_panel="Serve")(server.up)
@@ -73,6 +78,25 @@ def version() -> None:
 declare_permissions(app)
 
 
+def command() -> Any:
+    """The ``corral`` click command: ``app`` with readable help placeholders."""
+    return readable_placeholders(typer.main.get_command(app))
+
+
 def main() -> None:
-    """Entry point of the ``corral`` console script."""
-    app()
+    """Entry point of the ``corral`` console script.
+
+    Expected errors (Corral's own, a bad setting) print one line, ``error: ...``, and exit 2
+    for invalid input, 1 otherwise; only a bug prints a traceback.
+    """
+    try:
+        command().main(prog_name="corral")
+    except CorralError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(2 if isinstance(exc, InvalidRequest | InvalidContract) else 1)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        typer.echo(f"error: invalid configuration (CORRAL_* settings): {problems}", err=True)
+        sys.exit(2)

@@ -86,12 +86,23 @@ def tenants_list() -> None:
 def tenants_suspend(
     tenant_id: Annotated[str, typer.Argument(help="Tenant to suspend.")],
     reason: Annotated[str, typer.Option(help="Shown to the tenant's callers; audited.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Suspend even the tenant holding every working platform-admin key: no one "
+            "can ever resume it.",
+        ),
+    ] = False,
 ) -> None:
     """Suspend a tenant: its requests get 403, its runs end KILLED. Permission: tenants.manage.
 
+    A tenant holding every working platform-admin key is refused unless --force.
+
     Example: corral tenants suspend team-red --reason "unpaid invoice"
     """
-    tenant = ApiClient().post(f"/v1/tenants/{tenant_id}/suspend", {"reason": reason})
+    body = {"reason": reason, "force": force}
+    tenant = ApiClient().post(f"/v1/tenants/{tenant_id}/suspend", body)
     typer.echo(f"tenant {tenant['id']!r} suspended: {tenant['suspended_reason']}")
     typer.echo(f"Resume it with: corral tenants resume {tenant['id']}")
 
@@ -244,12 +255,23 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id (`corral keys list`).")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Revoke even the last working platform-admin key: no one can ever create "
+            "another or resume a tenant.",
+        ),
+    ] = False,
 ) -> None:
     """Revoke a key: it stops working at once. Permission: keys.manage.
 
+    The last working platform-admin key is refused unless --force.
+
     Example: corral keys revoke 3f2a9c01b7d4
     """
-    key = ApiClient().request("DELETE", f"/v1/keys/{key_id}")
+    params = {"force": "true"} if force else {}
+    key = ApiClient().request("DELETE", f"/v1/keys/{key_id}", params=params)
     typer.echo(f"key {key['id']} ({key['principal']}) revoked.")
 
 

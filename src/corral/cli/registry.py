@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 
 from corral.cli._client import ApiClient, fail
 from corral.cli._render import ago, render_step, table
@@ -34,11 +35,12 @@ def apply(
         ),
     ] = False,
 ) -> None:
-    """Register Agent and Tool documents (one transaction: all of them, or none).
+    """Register Agent, Tool, Policy and McpServer documents (all of them, or none).
 
-    Unchanged documents are no-ops; a changed one becomes a new version. An agent allowing
-    a tool name or wildcard that matches no registered tool (those applied with it count)
-    is applied with a warning; --strict refuses it.
+    One transaction. Unchanged documents are no-ops; a changed one becomes a new version. An
+    agent allowing a tool name or wildcard that matches no registered tool (those applied with
+    it count) is applied with a warning; --strict refuses it. `corral schema KIND` prints each
+    kind's JSON Schema.
 
     Example: corral apply -f examples/agents/
     """
@@ -81,7 +83,15 @@ class Output(StrEnum):
 
     table = "table"
     json = "json"
+    yaml = "yaml"
     name = "name"
+
+
+def _dump(value: object, output: str) -> str:
+    """``value`` as indented JSON or as YAML (block style, keys in API order)."""
+    if output == "yaml":
+        return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip()
+    return json.dumps(value, indent=2, ensure_ascii=False)
 
 
 def get(
@@ -92,9 +102,9 @@ def get(
     ] = None,
     status: Annotated[str | None, typer.Option(help="Runs only: filter by status.")] = None,
     agent: Annotated[str | None, typer.Option(help="Runs only: filter by agent.")] = None,
-    output: Annotated[Output, typer.Option("--output", "-o", help="table, json or name.")] = (
-        Output.table
-    ),
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="table, json, yaml or name.")
+    ] = Output.table,
 ) -> None:
     """List agents, tools or runs (newest runs first), one page at a time."""
     client = ApiClient()
@@ -136,8 +146,8 @@ def get(
             ]
             for t in page["items"]
         ]
-    if output is Output.json:
-        typer.echo(json.dumps(page, indent=2))
+    if output in (Output.json, Output.yaml):
+        typer.echo(_dump(page, output.value))
     elif output is Output.name:
         for item in page["items"]:
             typer.echo(item[key])
@@ -145,6 +155,14 @@ def get(
         typer.echo(table(headers, rows) if rows else f"No {resource.value}.")
         if page["next"]:
             typer.echo(f"\nMore: corral get {resource.value} --after {page['next']}")
+
+
+class DescribeOutput(StrEnum):
+    """Output format of ``corral describe``."""
+
+    table = "table"
+    json = "json"
+    yaml = "yaml"
 
 
 class Describable(StrEnum):
@@ -157,9 +175,19 @@ class Describable(StrEnum):
 def describe(
     kind: Annotated[Describable, typer.Argument(help="agent or run.")],
     name: Annotated[str, typer.Argument(help="Agent name or run id.")],
+    output: Annotated[
+        DescribeOutput,
+        typer.Option("--output", "-o", help="table (for people), json or yaml (for tools)."),
+    ] = DescribeOutput.table,
 ) -> None:
-    """Show an agent (versions, digest, allowed tools, stages) or a run (state and every step)."""
+    """Show an agent (versions, digest, allowed tools, stages) or a run (state and every step).
+
+    With -o json or yaml: the agent with its versions and stages, or the run with its steps.
+    """
     client = ApiClient()
+    if output is not DescribeOutput.table:
+        typer.echo(_dump(_described(client, kind, name), output.value))
+        return
     if kind is Describable.agent:
         agent = client.get(f"/v1/agents/{name}")
         versions = client.get(f"/v1/agents/{name}/versions")
@@ -200,6 +228,16 @@ def describe(
         typer.echo(f"Error:    {run['error']}")
     if run["output"] is not None:
         typer.echo(f"Answer:\n{run['output']}")
+
+
+def _described(client: ApiClient, kind: Describable, name: str) -> dict[str, object]:
+    if kind is Describable.agent:
+        return {
+            **client.get(f"/v1/agents/{name}"),
+            "versions": client.get(f"/v1/agents/{name}/versions"),
+            "stages": client.get(f"/v1/agents/{name}/stages"),
+        }
+    return {**client.get(f"/v1/runs/{name}"), "steps": client.get(f"/v1/runs/{name}/steps")}
 
 
 def schema(

@@ -6,10 +6,12 @@ import asyncio
 import logging
 import signal
 import socket
+from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
+from sqlalchemy.engine import make_url
 
 from corral.api import create_app
 from corral.cli._client import fail
@@ -86,13 +88,32 @@ def up(
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Runs driven at once.")] = None,
 ) -> None:
-    """Run a worker (no API) against the configured store until Ctrl-C or SIGTERM."""
+    """Run a worker (no API) against the configured store until Ctrl-C or SIGTERM.
+
+    The store must be migrated (`corral db upgrade`, or `corral up` for the embedded SQLite).
+    """
     settings = get_settings()
+    _require_database(settings.store_url)
     if concurrency:
         runtime = settings.runtime.model_copy(update={"worker_concurrency": concurrency})
         settings = settings.model_copy(update={"runtime": runtime})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(_worker(settings))
+
+
+def _require_database(store_url: str) -> None:
+    """Exit with one line, before anything is written, when the SQLite database does not exist.
+
+    A database that exists but is behind is refused by the platform's start (one line too).
+    """
+    url = make_url(store_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    if not Path(url.database).exists():
+        fail(
+            f"no Corral database at {url.database}; create it with `corral db upgrade` "
+            "(or start `corral up`, which migrates the embedded store)."
+        )
 
 
 async def _worker(settings: Settings) -> None:

@@ -372,6 +372,27 @@ async def list_agents(
     return list((await session.execute(query.order_by(AgentRow.name).limit(limit))).scalars())
 
 
+async def latest_agent_versions(
+    session: AsyncSession, agents: list[AgentRow], *, tenant_id: str
+) -> dict[str, AgentVersionRow]:
+    """The latest version of each of ``agents`` (one query), by agent id."""
+    if not agents:
+        return {}
+    rows = await session.execute(
+        select(AgentVersionRow)
+        .join(
+            AgentRow,
+            (AgentRow.id == AgentVersionRow.agent_id)
+            & (AgentRow.latest_version == AgentVersionRow.version),
+        )
+        .where(
+            AgentVersionRow.tenant_id == tenant_id,
+            AgentRow.id.in_([agent.id for agent in agents]),
+        )
+    )
+    return {row.agent_id: row for row in rows.scalars()}
+
+
 async def get_agent(session: AsyncSession, name: str, *, tenant_id: str) -> AgentRow:
     """The agent named ``name``.
 

@@ -23,6 +23,7 @@ from corral.audit import AuditRecord, append_events
 from corral.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from corral.store import SYSTEM, Store, new_id, utcnow
 from corral.tenancy._keys import generate_key, key_digest
+from corral.tenancy._lockout import check_key_revocation, check_tenant_suspension
 from corral.tenancy._principal import Principal
 from corral.tenancy._roles import PLATFORM_ADMIN, ROLES, TENANT_ROLES
 from corral.tenancy._tables import ApiKeyRow, QuotaRow, RoleGrantRow, TenantRow
@@ -120,7 +121,13 @@ async def list_tenants(store: Store) -> list[TenantRow]:
 
 
 async def set_tenant_status(
-    store: Store, *, tenant_id: str, suspended: bool, reason: str, actor: str
+    store: Store,
+    *,
+    tenant_id: str,
+    suspended: bool,
+    reason: str,
+    actor: str,
+    force: bool = False,
 ) -> TenantRow:
     """Suspend or resume a tenant.
 
@@ -128,9 +135,20 @@ async def set_tenant_status(
     switch in the same transaction, so its queued and paused runs end ``KILLED`` at once and
     running ones at their next step. Resuming releases that switch.
 
+    Args:
+        store: The store.
+        tenant_id: The tenant.
+        suspended: Suspend (``True``) or resume it.
+        reason: Why (required to suspend), shown to its callers.
+        actor: Who does it, for the audit event.
+        force: Suspend even when the tenant holds every working platform-admin key, which
+            locks every platform admin out for good.
+
     Raises:
         NotFound: no such tenant.
         InvalidRequest: suspending without a reason.
+        Conflict: (``last_way_in``) the suspension would lock every platform admin out, and
+            ``force`` is not set.
     """
     from corral.runtime._control import _engage, _release  # the runtime builds on tenancy
 
@@ -140,6 +158,8 @@ async def set_tenant_status(
         row = await session.get(TenantRow, tenant_id, with_for_update=True)
         if row is None:
             raise NotFound(f"Tenant {tenant_id!r} does not exist.", kind="tenant", name=tenant_id)
+        if suspended and not force and row.status == "active":
+            await check_tenant_suspension(session, tenant_id)
         row.status = "suspended" if suspended else "active"
         row.suspended_reason = reason if suspended else None
         row.updated_at = utcnow()
@@ -400,13 +420,23 @@ async def list_keys(store: Store, tenant_id: str) -> list[ApiKeyRow]:
         )
 
 
-async def revoke_key(store: Store, caller: Principal, key_id: str) -> ApiKeyRow:
+async def revoke_key(
+    store: Store, caller: Principal, key_id: str, *, force: bool = False
+) -> ApiKeyRow:
     """Revoke a key of the caller's tenant; it stops working at once in this process.
+
+    ``force`` revokes even the last working platform-admin key, which locks every platform
+    admin out for good.
 
     Raises:
         NotFound: no such key in the tenant (another tenant's key is not found either).
-        Conflict: it is revoked already.
+        Conflict: it is revoked already, or (``last_way_in``) it is the last working
+            platform-admin key and ``force`` is not set.
     """
+    if not force:
+        # Other tenants' keys count too: read them in a system scope, before the change.
+        async with store.read(SYSTEM) as session:
+            await check_key_revocation(session, key_id, caller.tenant_id)
     async with store.transaction(caller.tenant_id) as session:
         row = (
             await session.scalars(

@@ -1,0 +1,57 @@
+"""``corral worker`` and friends on a home they cannot use: one line, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _corral(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CORRAL_HOME": str(home)}
+    env.pop("CORRAL_STORE__URL", None)
+    return subprocess.run(
+        [sys.executable, "-c", "from corral.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_worker_on_a_home_never_migrated_says_db_upgrade_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    result = _corral(home, "worker")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no traceback
+    assert "corral db upgrade" in result.stderr
+    assert not home.exists() or not any(home.iterdir())
+
+
+def test_worker_on_an_unmigrated_database_says_db_upgrade_in_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    sqlite3.connect(home / "corral.db").close()
+    result = _corral(home, "worker")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "corral db upgrade" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from corral.cli import main; main()", "worker"],
+        env={**os.environ, "CORRAL_HOME": str(tmp_path), "CORRAL_API__PORT": "eighty"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "api.port" in result.stderr
