@@ -97,6 +97,8 @@ class Platform:
         make_home_private(settings.home, database=settings.sqlite_path)
         self.workspaces = Workspaces(settings)
         self.workspaces.ensure_builtin_root(DEFAULT_TENANT)
+        if settings.mcp_endpoint.workspace is not None:
+            self.workspaces.check_endpoint_workspace(settings.mcp_endpoint.workspace)
         self.store = Store(
             settings.store_url,
             echo=settings.store.echo,

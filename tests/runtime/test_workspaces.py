@@ -207,3 +207,18 @@ def test_roots_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("CORRAL_WORKSPACES__ROOTS", "relative")
     with pytest.raises(ValueError, match="absolute"):
         Settings()
+
+
+def test_the_mcp_endpoint_workspace_may_not_expose_corrals_data(tmp_path: Path) -> None:
+    resolver = workspaces(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    assert resolver.check_endpoint_workspace(shared) == shared.resolve()
+    (tmp_path / "home").mkdir(exist_ok=True)
+    for exposing in (tmp_path, tmp_path / "home", resolver.builtin_root("default").parent):
+        exposing.mkdir(parents=True, exist_ok=True)
+        with pytest.raises(PolicyDenied, match="outside CORRAL_HOME") as refused:
+            resolver.check_endpoint_workspace(exposing)
+        assert refused.value.code == "workspace_protected"
+    with pytest.raises(InvalidRequest, match="CORRAL_MCP_ENDPOINT__WORKSPACE"):
+        resolver.check_endpoint_workspace(Path("relative"))

@@ -106,12 +106,45 @@ class Workspaces:
             )
         return canonical
 
-    def _refuse_protected(self, workspace: str, canonical: Path, tenant_id: str) -> None:
+    def check_endpoint_workspace(self, workspace: Path) -> Path:
+        """Canonicalise the inbound ``/mcp`` endpoint's workspace and refuse Corral's own data.
+
+        The operator sets it (``CORRAL_MCP_ENDPOINT__WORKSPACE``), so no tenant root applies,
+        but the data-directory rule does: callers of every tenant read it.
+
+        Args:
+            workspace: An absolute directory on the server.
+
+        Returns:
+            The canonical directory (every symlink resolved).
+
+        Raises:
+            InvalidRequest: the path is relative, does not exist or is not a directory.
+            PolicyDenied: ``workspace_protected`` when it is, is inside or contains
+                ``CORRAL_HOME``, a key file or the database.
+        """
+        path = workspace.expanduser()
+        try:
+            canonical = path.resolve(strict=True) if path.is_absolute() else None
+        except (OSError, RuntimeError, ValueError):
+            canonical = None
+        if canonical is None or not canonical.is_dir():
+            raise InvalidRequest(
+                f"CORRAL_MCP_ENDPOINT__WORKSPACE {str(workspace)!r} must be an existing "
+                "absolute directory on the server."
+            )
+        # No tenant's directory is carved out of the home: the endpoint serves every tenant.
+        self._refuse_protected(str(workspace), canonical, None)
+        return canonical
+
+    def _refuse_protected(self, workspace: str, canonical: Path, tenant_id: str | None) -> None:
         home = self.home.resolve()
         # Inside the home only the tenant's own directory is open: not the home, not
-        # ``workspaces/`` (every tenant's), not another tenant's.
-        carve_out = self.builtin_root(tenant_id).resolve()
-        inside_home = canonical.is_relative_to(home) and not canonical.is_relative_to(carve_out)
+        # ``workspaces/`` (every tenant's), not another tenant's; nothing for no tenant.
+        carve_out = self.builtin_root(tenant_id).resolve() if tenant_id is not None else None
+        inside_home = canonical.is_relative_to(home) and not (
+            carve_out is not None and canonical.is_relative_to(carve_out)
+        )
         hit = next(
             (
                 protected
@@ -125,8 +158,12 @@ class Workspaces:
                 f"Workspace {_named(workspace, canonical)} would expose Corral's "
                 f"own data ({str(hit)!r}): CORRAL_HOME, its key files and the database are never "
                 "a workspace, nor is a directory that contains them. Use a directory holding "
-                f"only the files the agent should read, under {str(carve_out)!r}, "
-                f"or {_HOW_TO_ADD}.",
+                "only the files the agent should read"
+                + (
+                    f", under {str(carve_out)!r}, or {_HOW_TO_ADD}."
+                    if carve_out is not None
+                    else ", outside CORRAL_HOME."
+                ),
                 code="workspace_protected",
             )
 
