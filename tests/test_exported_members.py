@@ -122,6 +122,7 @@ PUBLIC = {
     ],
     "corral.testing": [
         "EXHAUSTED_ANSWER",
+        "ManualClock",
         "ScriptFunction",
         "ScriptStep",
         "ScriptedModel",

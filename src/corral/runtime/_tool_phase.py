@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from corral.audit import AuditRecord
+from corral.errors import LeaseLost
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway
 from corral.observability import Tracing
@@ -38,11 +39,7 @@ from corral.runtime._persist import (
 from corral.runtime._state import CallRecord, Pause, RunState, StepRecord, Terminal, signal_terminal
 from corral.store import Store, new_id, utcnow
 
-__all__ = ["LeaseLost", "ToolPhase"]
-
-
-class LeaseLost(Exception):
-    """Another worker owns the run now; this worker must stop touching it."""
+__all__ = ["LeaseLost", "ToolPhase", "lease_lost"]
 
 
 class ToolPhase:
@@ -55,18 +52,22 @@ class ToolPhase:
     approval_ttl: timedelta
 
     async def _signals_terminal(self, state: RunState, worker_id: str) -> Terminal | None:
+        """Read the run's cancel flag and kill switches; the terminal they call for, if any.
+
+        Raises:
+            LeaseLost: the run was claimed again since this worker's claim.
+        """
         signals = await self.store.run_sync(
             functools.partial(
                 read_signals,
-                run_id=state.run_id,
-                worker_id=worker_id,
+                lease=state.lease,
                 tenant_id=state.tenant_id,
                 agent_name=state.agent_name,
             ),
             state.tenant_id,
         )
         if signals is None:
-            raise LeaseLost(state.run_id)
+            raise lease_lost(state)
         state.signals = signals
         return signal_terminal(signals)
 
@@ -124,7 +125,12 @@ class ToolPhase:
         worker_id: str,
         actor: str,
     ) -> CallRecord | Terminal | Pause:
-        """Prepare -> policy decision -> execute one call (DESIGN.md, "Tool gateway")."""
+        """Prepare -> policy decision -> signals -> execute one call (DESIGN.md, "Tool gateway").
+
+        The cancel flag and kill switches are read after the decision, immediately before the
+        execution, for every call: a read-only call here, a side-effecting one in the
+        transaction that records it ``STARTED`` (invariant 8).
+        """
         name, arguments = call["name"], call["arguments"]
         with self.tools.span(ctx, name, call["id"]) as record_span:
             prepared = self.tools.prepare(
@@ -150,6 +156,9 @@ class ToolPhase:
                 if isinstance(done, CallRecord):
                     record_span(done.result)
                 return done
+            stop = await self._signals_terminal(state, worker_id)
+            if stop is not None:
+                return stop
             result = await self.tools.execute(ctx, prepared)
             record_span(result)
             return CallRecord(ctx, call["id"], name, arguments, result, False, decision_id)
@@ -251,8 +260,7 @@ class ToolPhase:
         paused = await self.store.run_sync(
             functools.partial(
                 pause_run,
-                run_id=state.run_id,
-                worker_id=worker_id,
+                lease=state.lease,
                 tenant_id=state.tenant_id,
                 status="AWAITING_APPROVAL",
                 reason=reason,
@@ -266,7 +274,7 @@ class ToolPhase:
             state.tenant_id,
         )
         if not paused:
-            raise LeaseLost(state.run_id)
+            raise lease_lost(state)
         return Pause("AWAITING_APPROVAL", reason)
 
     async def _side_effect(
@@ -320,8 +328,7 @@ class ToolPhase:
         signals = await self.store.run_sync(
             functools.partial(
                 record_started_call,
-                run_id=state.run_id,
-                worker_id=worker_id,
+                lease=state.lease,
                 tenant_id=state.tenant_id,
                 agent_name=state.agent_name,
                 pending_decision=record.pending_document(),
@@ -330,11 +337,12 @@ class ToolPhase:
             state.tenant_id,
         )
         if signals is None:
-            raise LeaseLost(state.run_id)
+            raise lease_lost(state)
         stop = signal_terminal(signals)
         if stop is not None:
             return stop
         result = await self.tools.execute(ctx, prepared)
+        now = utcnow()
         values = {
             "status": result.status,
             "output": result.output,
@@ -342,12 +350,16 @@ class ToolPhase:
             "truncated": result.truncated,
             "error": result.error,
             "error_type": result.error_type,
-            "finished_at": utcnow(),
+            "finished_at": now,
         }
-        await self.store.run_sync(
-            functools.partial(record_finished_call, idempotency_key=key, values=values),
+        recorded = await self.store.run_sync(
+            functools.partial(
+                record_finished_call, lease=state.lease, idempotency_key=key, values=values, now=now
+            ),
             state.tenant_id,
         )
+        if not recorded:  # paused past the lease: the row is the new owner's now
+            raise lease_lost(state)
         return CallRecord(
             ctx, call["id"], call["name"], call["arguments"], result, True, decision_id
         )
@@ -374,8 +386,7 @@ class ToolPhase:
         paused = await self.store.run_sync(
             functools.partial(
                 pause_run,
-                run_id=state.run_id,
-                worker_id=worker_id,
+                lease=state.lease,
                 tenant_id=state.tenant_id,
                 status="IN_DOUBT",
                 reason=reason,
@@ -386,8 +397,14 @@ class ToolPhase:
             state.tenant_id,
         )
         if not paused:
-            raise LeaseLost(state.run_id)
+            raise lease_lost(state)
         return Pause("IN_DOUBT", reason)
+
+
+def lease_lost(state: RunState) -> LeaseLost:
+    """The error of a write refused because ``state.lease`` was taken over."""
+    lease = state.lease
+    return LeaseLost(lease.run_id, worker_id=lease.worker_id, lease_epoch=lease.epoch)
 
 
 def _policy_denied(prepared: PreparedCall, decision: PolicyDecision) -> ToolResult:

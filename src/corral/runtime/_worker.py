@@ -9,10 +9,11 @@ import logging
 import os
 import socket
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from corral.runtime._loop import LeaseLost, RunExecutor
-from corral.runtime._persist import claim, fail_run, renew_leases, runs_to_abort
+from corral.runtime._persist import Claimed, claim, fail_run, renew_leases, runs_to_abort
 from corral.store import SYSTEM, Store, utcnow
 
 __all__ = ["Worker", "default_worker_id"]
@@ -39,6 +40,8 @@ class Worker:
         lease_seconds: Lease length; renewed every third of it while a run is active.
         signal_poll_seconds: How often running runs are checked for cancel requests and kill
             switches, to abandon their in-flight model calls.
+        clock: Current UTC time, for claims and lease renewals (tests pass a
+            :class:`corral.testing.ManualClock`; it must be the executor's clock).
     """
 
     approval_sweep_seconds: float = 5.0
@@ -54,7 +57,9 @@ class Worker:
         poll_interval_seconds: float = 0.2,
         lease_seconds: float = 15.0,
         signal_poll_seconds: float = 1.0,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.clock = clock
         self.store = store
         self.executor = executor
         self.worker_id = worker_id or default_worker_id()
@@ -76,8 +81,11 @@ class Worker:
 
     async def claim_many(self, limit: int) -> list[str]:
         """Lease up to ``limit`` runnable runs in one transaction; returns their ids."""
-        now, dialect = utcnow(), self.store.dialect
-        claimed = await self.store.run_sync(
+        return [c.run_id for c in await self._claim(limit)]
+
+    async def _claim(self, limit: int) -> list[Claimed]:
+        now, dialect = self.clock(), self.store.dialect
+        return await self.store.run_sync(
             functools.partial(
                 claim,
                 worker_id=self.worker_id,
@@ -88,7 +96,6 @@ class Worker:
             ),
             SYSTEM,
         )
-        return [c.run_id for c in claimed]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and execute runs until ``stop`` is set; then wait for active runs to checkpoint."""
@@ -120,35 +127,43 @@ class Worker:
         # Claim as many runs as there are free slots (at most 32 per transaction), so a burst
         # of runs starts together instead of one claim transaction at a time.
         free = min(self.concurrency - len(self._active), 32)
-        run_ids = await self.claim_many(free) if free > 0 else []
-        for run_id in run_ids:
-            task = asyncio.create_task(self._execute(run_id), name=f"run {run_id}")
+        claimed = await self._claim(free) if free > 0 else []
+        for lease in claimed:
+            run_id = lease.run_id
+            task = asyncio.create_task(
+                self._execute(run_id, lease.lease_epoch), name=f"run {run_id}"
+            )
             self._active[run_id] = task
             task.add_done_callback(functools.partial(self._forget, run_id))
-        return bool(run_ids)
+        return bool(claimed)
 
     def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
         # Only this task's entry: the run may have been re-claimed by a newer task meanwhile.
         if self._active.get(run_id) is task:
             del self._active[run_id]
 
-    async def _execute(self, run_id: str) -> None:
+    async def _execute(self, run_id: str, epoch: int) -> None:
         try:
-            await self.executor.execute(run_id, self.worker_id)
+            await self.executor.execute(run_id, self.worker_id, lease_epoch=epoch)
         except LeaseLost:
-            log.warning("lease on run %s passed to another worker; stopped driving it", run_id)
+            log.warning("lease %d on run %s was taken over; stopped driving it", epoch, run_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("run %s failed inside the runtime", run_id)
-            await self._fail(run_id, exc)
+            await self._fail(run_id, epoch, exc)
 
-    async def _fail(self, run_id: str, exc: Exception) -> None:
+    async def _fail(self, run_id: str, epoch: int, exc: Exception) -> None:
         """A bug must not strand a run: end it FAILED with the error (invariant 12)."""
         error, now = f"{type(exc).__name__}: {exc}", utcnow()
         await self.store.run_sync(
             lambda connection: fail_run(
-                connection, run_id=run_id, worker_id=self.worker_id, error=error, now=now
+                connection,
+                run_id=run_id,
+                worker_id=self.worker_id,
+                error=error,
+                now=now,
+                lease_epoch=epoch,
             ),
             SYSTEM,
         )
@@ -156,7 +171,7 @@ class Worker:
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Renew leases every third of the lease; check running runs for signals more often."""
         renew_every = self.lease.total_seconds() / 3
-        last_renewal = asyncio.get_running_loop().time()
+        last_renewal = self.clock()
         last_sweep = float("-inf")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -168,12 +183,12 @@ class Worker:
             if not self._active:
                 continue
             await self.check_signals()
-            now = asyncio.get_running_loop().time()
-            if now - last_renewal >= renew_every:
+            now = self.clock()
+            if (now - last_renewal).total_seconds() >= renew_every:
                 last_renewal = now
                 await self.store.run_sync(
                     functools.partial(
-                        renew_leases, worker_id=self.worker_id, expires_at=utcnow() + self.lease
+                        renew_leases, worker_id=self.worker_id, expires_at=now + self.lease
                     ),
                     SYSTEM,
                 )
