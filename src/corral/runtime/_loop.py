@@ -163,7 +163,9 @@ class RunExecutor(ToolPhase):
             self.tracing.exporter.discard(state.trace_id)
             raise
         finally:
-            self._running.pop(run_id, None)
+            # Only this execution's entry: a newer claim of the run may be driving it now.
+            if self._running.get(run_id) is state:
+                del self._running[run_id]
 
     async def _loop(self, state: RunState, worker_id: str, actor: str, root: Span) -> str:
         record: StepRecord | None = state.pending
