@@ -265,7 +265,7 @@ async def lease_expiry(platform: Platform, run_id: str) -> Any:
     return (await load(platform, run_id))[0].lease_expires_at
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+async def until(predicate: Callable[[], Awaitable[bool]], seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while not await predicate():
         assert time.monotonic() < deadline, "timed out waiting"
