@@ -54,8 +54,9 @@ STARTUP_SECONDS = 60.0
 """Time the first workers get to be ready (a process imports Corral in 1-2 s of CPU)."""
 CHAOS_SECONDS = 8.0
 """Time the killer works, from the moment the first workers are ready."""
-FINISH_SECONDS = 60.0
-"""After the chaos: time the workers get to finish every run."""
+STALL_SECONDS = 60.0
+"""After the chaos: the workers must finish every run, and fail the test only if no run
+finishes for this long (progress, not a total time: a loaded machine is slow, not stuck)."""
 WORKER_SCRIPT = Path(__file__).with_name("_crash_worker.py")
 
 
@@ -206,12 +207,16 @@ async def unleash(platform: Platform, fleet: Fleet, workers: int) -> Chaos:
             chaos.kills, next_kill = chaos.kills + 1, None
         await asyncio.sleep(0.05)
     chaos.seconds = time.monotonic() - began
-    while await unfinished(platform):
+    left, progressed = await unfinished(platform), time.monotonic()
+    while left:
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
-        assert time.monotonic() - began < CHAOS_SECONDS + FINISH_SECONDS, (
-            f"{await unfinished(platform)} runs still unfinished"
+        assert time.monotonic() - progressed < STALL_SECONDS, (
+            f"{left} runs unfinished, none finished in {STALL_SECONDS:.0f} s"
         )
         await asyncio.sleep(0.2)
+        now_left = await unfinished(platform)
+        if now_left < left:
+            left, progressed = now_left, time.monotonic()
     chaos.finished_in = time.monotonic() - began
     return chaos
 
@@ -313,7 +318,7 @@ def check(data: dict[str, list[Any]], fleet: Fleet) -> dict[str, Any]:
     }
 
 
-@pytest.mark.timeout(240)  # ~20 s on an idle 2-core machine; room for a loaded one
+@pytest.mark.timeout(900)  # ~20 s on an idle 2-core machine; room for a loaded one
 async def test_killed_workers_lose_no_run_and_repeat_no_effect(
     store_settings: StoreSettings, tmp_path: Path
 ) -> None:

@@ -159,7 +159,8 @@ class RunExecutor(ToolPhase):
             with trace.use_span(root, end_on_exit=False):
                 return await self._loop(state, worker_id, actor, root)
         except BaseException:
-            root.end()
+            if root.is_recording():  # a refused final checkpoint ended it already
+                root.end()
             self.tracing.exporter.discard(state.trace_id)
             raise
         finally:

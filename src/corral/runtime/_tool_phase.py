@@ -6,6 +6,11 @@ A read-only call simply runs (after a crash it runs again). A side-effecting cal
 right after. A recovering worker that finds a ``STARTED`` call retries it only if the tool
 honours idempotency keys; otherwise the run pauses ``IN_DOUBT`` for a person
 (DESIGN.md, "Exactly-once effects where it matters").
+
+Every call reads the run's cancel flag and kill switches after its policy decision,
+immediately before it executes (a side-effecting call in the transaction that records it
+``STARTED``) or pauses the run; every write is fenced on the worker's lease
+(:mod:`corral.runtime._persist`), and a refused write raises :class:`~corral.errors.LeaseLost`.
 """
 
 from __future__ import annotations
@@ -77,8 +82,9 @@ class ToolPhase:
         limits = state.spec.limits
         offered = {} if record.tools_withdrawn else state.tools
         outputs: list[tuple[str, str, str]] = []
-        # The step's calls start only if nothing was recorded since the last check.
-        outcome: Terminal | Pause | None = await self._signals_terminal(state, worker_id)
+        # No read of the signals here: every call reads them after its policy decision,
+        # immediately before it executes or pauses the run (see _one_call).
+        outcome: Terminal | Pause | None = None
         for index, call in enumerate(record.decision["tool_calls"]):
             if outcome is None and state.abort.is_set():
                 outcome = await self._signals_terminal(state, worker_id)
@@ -146,6 +152,9 @@ class ToolPhase:
                 record_span(result)
                 return CallRecord(ctx, call["id"], name, arguments, result, False, decision_id)
             if decision is not None and decision.decision == "require_approval":
+                stop = await self._signals_terminal(state, worker_id)
+                if stop is not None:
+                    return stop
                 return await self._request_approval(
                     state, record, ctx, prepared, decision, worker_id, actor
                 )
@@ -304,6 +313,9 @@ class ToolPhase:
                 ctx, call["id"], call["name"], call["arguments"], result, True, decision_id
             )
         if stored is not None and stored.status == "STARTED" and not tool.contract.spec.idempotent:
+            stop = await self._signals_terminal(state, worker_id)
+            if stop is not None:
+                return stop
             return await self._pause_in_doubt(state, tool, key, worker_id, actor)
         started_at = utcnow()
         row = {
