@@ -50,8 +50,9 @@ RUNS = 100
 LEASE_SECONDS = 2.0
 KILL_EVERY = (0.3, 1.5)
 """Seconds between two kills (counted once a worker is ready to be killed)."""
-STARTUP_SECONDS = 60.0
-"""Time the first workers get to be ready (a process imports Corral in 1-2 s of CPU)."""
+STARTUP_SECONDS = 120.0
+"""Time the first workers get to be ready, counted from the last one that became ready (a
+process imports Corral in 1-2 s of CPU; with a CPU hog, three starting at once took over 60 s)."""
 CHAOS_SECONDS = 8.0
 """Time the killer works, from the moment the first workers are ready."""
 STALL_SECONDS = 60.0
@@ -189,10 +190,12 @@ async def unleash(platform: Platform, fleet: Fleet, workers: int) -> Chaos:
     rng, chaos = random.Random(SEED), Chaos()
     for _ in range(workers):
         await asyncio.to_thread(fleet.spawn)
-    began = time.monotonic()
+    began, ready = time.monotonic(), 0
     while len(fleet.ready()) < workers:
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
         assert time.monotonic() - began < STARTUP_SECONDS, "the workers did not start"
+        if len(fleet.ready()) > ready:
+            began, ready = time.monotonic(), len(fleet.ready())
         await asyncio.sleep(0.05)
     began = time.monotonic()
     next_kill: float | None = None
