@@ -269,6 +269,8 @@ def check(data: dict[str, list[Any]], fleet: Fleet) -> dict[str, Any]:
     for lease in data["leases"]:
         leases[lease.run_id].append(lease)
     model_calls = Counter(m.task for m in data["model_calls"])
+    taken_over: set[tuple[str, str]] = set()
+    """(run id, worker) pairs where a living worker's lease was taken over (see below)."""
     expected_kinds = ["tool_calls"] * EFFECT_STEPS + ["final_answer"]
 
     for run_id, run in runs.items():
@@ -282,14 +284,19 @@ def check(data: dict[str, list[Any]], fleet: Fleet) -> dict[str, Any]:
         assert [(c.idempotency_key, c.status) for c in calls[run_id]] == [
             (f"{run_id}:{n}:0", "COMPLETED") for n in range(EFFECT_STEPS)
         ]
-        # A lease only ever passed on from a dead worker, after its death, and a reclaimed run
-        # went on from where it was (never back to an earlier step).
+        # A lease passed on from a dead worker only after its death, and a reclaimed run went on
+        # from where it was (never back to an earlier step). A living worker starved past its
+        # lease (a CPU hog can do that to a 2 s lease) may lose it too: its writes are fenced
+        # on the lease epoch from then on, which the exactly-once checks here prove.
         held = leases[run_id]
         assert held[0].details["from_step"] == 0
+        assert [lease.details["lease_epoch"] for lease in held] == list(range(1, len(held) + 1))
         for before, after in itertools.pairwise(held):
             owner = before.actor.removeprefix("worker:")
-            assert owner in fleet.killed, f"{run_id} left live worker {owner} for {after.actor}"
-            assert after.occurred_at.timestamp() > fleet.killed[owner]
+            if owner in fleet.killed and after.occurred_at.timestamp() > fleet.killed[owner]:
+                pass
+            else:
+                taken_over.add((run_id, owner))
             assert after.details["from_step"] >= before.details["from_step"]
         # Model calls: one per step, plus at most the one each dead worker was making.
         assert 6 <= model_calls[run.task] <= 6 + len(held) - 1, (run.task, len(held))
@@ -299,13 +306,17 @@ def check(data: dict[str, list[Any]], fleet: Fleet) -> dict[str, Any]:
     # Every effect took place, once: one row per call key, carrying that step's n.
     assert sorted(e.idempotency_key for e in data["effects"]) == sorted(keys)
     assert all(e.idempotency_key == f"{e.run_id}:{e.n}:0" for e in data["effects"])
-    # A call was attempted again only after the worker attempting it had died.
+    # A call was attempted again only after the worker attempting it had died, or had lost
+    # its lease to another while it lived.
     attempts: dict[str, list[Any]] = defaultdict(list)
     for a in data["attempts"]:
         attempts[a.idempotency_key].append(a)
     assert set(attempts) == keys
     for key, tries in attempts.items():
+        run_id = key.split(":")[0]
         for before, after in itertools.pairwise(tries):
+            if (run_id, before.worker) in taken_over:
+                continue
             assert before.worker in fleet.killed, f"{key} attempted by living {before.worker}"
             assert after.at > fleet.killed[before.worker], key
 
@@ -318,6 +329,7 @@ def check(data: dict[str, list[Any]], fleet: Fleet) -> dict[str, Any]:
         "keys_attempted_more_than_once": sum(len(t) > 1 for t in attempts.values()),
         "max_attempts_per_key": max(len(t) for t in attempts.values()),
         "max_model_calls_per_run": max(model_calls.values()),
+        "leases_taken_from_living_workers": len(taken_over),
     }
 
 
