@@ -129,6 +129,7 @@ PUBLIC = {
     ],
     "corral.testing": [
         "EXHAUSTED_ANSWER",
+        "ManualClock",
         "ScriptFunction",
         "ScriptStep",
         "ScriptedModel",

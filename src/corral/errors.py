@@ -17,6 +17,7 @@ CorralError
 │   ├── PolicyRefused      ... by a policy decision (stored after the rollback)
 │   └── KillSwitchEngaged  an agent, tenant or platform kill switch stops new runs
 ├── BudgetExceeded         a run hit one of its limits
+├── LeaseLost              a worker's lease on a run was taken over; its writes are refused
 ├── ToolFailed             a tool call failed; recorded in the step, the run goes on
 │   ├── PathOutsideWorkspace
 │   ├── DestinationRefused an outbound request to a private/loopback/link-local address (SSRF)
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidContract",
     "InvalidRequest",
     "KillSwitchEngaged",
+    "LeaseLost",
     "LocalModelUnavailable",
     "ModelAPIError",
     "NotFound",
@@ -282,6 +284,34 @@ class BudgetExceeded(CorralError):
     def __init__(self, message: str, *, limit: str) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class LeaseLost(CorralError):
+    """A worker's lease on a run was taken over: the worker must stop driving the run.
+
+    Every write a worker makes for a run is conditioned on its lease (``lease_owner`` and
+    ``lease_epoch``, the number of the claim) in the same transaction; when the run was claimed
+    again since (the lease expired: the worker was paused, starved or partitioned), the write is
+    refused and nothing of it is stored. Workers catch it and drop the run; the run's new owner
+    carries on from the last checkpoint. It never reaches an API caller.
+
+    Args:
+        run_id: The run.
+        worker_id: The worker that lost the lease.
+        lease_epoch: The epoch it held (``None`` when it never read one).
+    """
+
+    default_code = "lease_lost"
+
+    def __init__(self, run_id: str, *, worker_id: str, lease_epoch: int | None) -> None:
+        super().__init__(
+            f"Worker {worker_id!r} no longer holds run {run_id!r} (its lease epoch "
+            f"{lease_epoch} was taken over); it wrote nothing more and stopped driving the run. "
+            "If this happens often, raise CORRAL_RUNTIME__LEASE_SECONDS."
+        )
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.lease_epoch = lease_epoch
 
 
 class ToolFailed(CorralError):

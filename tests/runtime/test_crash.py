@@ -65,12 +65,14 @@ APPROVER = "user:crash-approver"
 LEASE_SECONDS = 2.0
 KILL_EVERY = (0.3, 1.5)
 """Seconds between two kills (counted once a worker is ready to be killed)."""
-STARTUP_SECONDS = 60.0
-"""Time the first workers get to be ready (a process imports Corral in 1-2 s of CPU)."""
+STARTUP_SECONDS = 120.0
+"""Time the first workers get to be ready, counted from the last one that became ready (a
+process imports Corral in 1-2 s of CPU; with a CPU hog, three starting at once took over 60 s)."""
 CHAOS_SECONDS = 8.0
 """Time the killer works, from the moment the first workers are ready."""
-FINISH_SECONDS = 150.0
-"""After the chaos: time the workers get to finish every run."""
+STALL_SECONDS = 60.0
+"""After the chaos: the workers must finish every run, and fail the test only if no run
+finishes for this long (progress, not a total time: a loaded machine is slow, not stuck)."""
 WORKER_SCRIPT = Path(__file__).with_name("_crash_worker.py")
 
 
@@ -216,12 +218,14 @@ async def unleash(
     rng, chaos = random.Random(SEED), Chaos()
     for _ in range(workers):
         await asyncio.to_thread(fleet.spawn)
-    began = time.monotonic()
+    began, ready = time.monotonic(), 0
     while len(fleet.ready()) < workers:
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
         if approver is not None and approver.task is not None and approver.task.done():
             approver.task.result()  # raises what stopped it
         assert time.monotonic() - began < STARTUP_SECONDS, "the workers did not start"
+        if len(fleet.ready()) > ready:
+            began, ready = time.monotonic(), len(fleet.ready())
         await asyncio.sleep(0.05)
     began = time.monotonic()
     next_kill: float | None = None
@@ -238,14 +242,19 @@ async def unleash(
             chaos.kills, next_kill = chaos.kills + 1, None
         await asyncio.sleep(0.05)
     chaos.seconds = time.monotonic() - began
-    while await unfinished(platform):
+    left, progressed = await unfinished(platform), time.monotonic()
+    while left:
         assert not fleet.died_by_themselves(), fleet.died_by_themselves()
         if approver is not None and approver.task is not None and approver.task.done():
             approver.task.result()  # raises what stopped it
-        assert time.monotonic() - began < CHAOS_SECONDS + FINISH_SECONDS, (
-            f"{await unfinished(platform)} runs still unfinished: {await open_runs(platform)}"
+        assert time.monotonic() - progressed < STALL_SECONDS, (
+            f"{left} runs unfinished, none finished in {STALL_SECONDS:.0f} s: "
+            f"{await open_runs(platform)}"
         )
         await asyncio.sleep(0.2)
+        now_left = await unfinished(platform)
+        if now_left < left:
+            left, progressed = now_left, time.monotonic()
     chaos.finished_in = time.monotonic() - began
     return chaos
 
@@ -388,6 +397,8 @@ def check(data: dict[str, list[Any]], fleet: Fleet, approved: dict[str, float]) 
     for lease in data["leases"]:
         leases[lease.run_id].append(lease)
     model_calls = Counter(m.task for m in data["model_calls"])
+    taken_over: set[tuple[str, str]] = set()
+    """(run id, worker) pairs where a living worker's lease was taken over (see below)."""
     expected_kinds = ["tool_calls"] * EFFECT_STEPS + ["final_answer"]
 
     for run_id, run in runs.items():
@@ -403,16 +414,19 @@ def check(data: dict[str, list[Any]], fleet: Fleet, approved: dict[str, float]) 
         ]
         # A lease only ever passed on from a dead worker, after its death, or from a worker
         # that paused the run for its approval; and a reclaimed run went on from where it was
-        # (never back to an earlier step).
+        # (never back to an earlier step). A living worker starved past its lease (a CPU hog
+        # can do that to a 2 s lease) may lose it too: its writes are fenced on the lease epoch
+        # from then on, which the exactly-once checks here prove.
         held = leases[run_id]
         assert held[0].details["from_step"] == 0
+        assert [lease.details["lease_epoch"] for lease in held] == list(range(1, len(held) + 1))
         for before, after in itertools.pairwise(held):
             assert after.details["from_step"] >= before.details["from_step"]
             if handed_back(before, after, pauses[run_id]):
                 continue
             owner = before.actor.removeprefix("worker:")
-            assert owner in fleet.killed, f"{run_id} left live worker {owner} for {after.actor}"
-            assert after.occurred_at.timestamp() > fleet.killed[owner]
+            if not (owner in fleet.killed and after.occurred_at.timestamp() > fleet.killed[owner]):
+                taken_over.add((run_id, owner))
         # Model calls: one per step, plus at most the one each dead worker was making.
         assert 6 <= model_calls[run.task] <= 6 + len(held) - 1, (run.task, len(held))
 
@@ -421,13 +435,17 @@ def check(data: dict[str, list[Any]], fleet: Fleet, approved: dict[str, float]) 
     # Every effect took place, once: one row per call key, carrying that step's n.
     assert sorted(e.idempotency_key for e in data["effects"]) == sorted(keys)
     assert all(e.idempotency_key == f"{e.run_id}:{e.n}:0" for e in data["effects"])
-    # A call was attempted again only after the worker attempting it had died.
+    # A call was attempted again only after the worker attempting it had died, or had lost
+    # its lease to another while it lived.
     attempts: dict[str, list[Any]] = defaultdict(list)
     for a in data["attempts"]:
         attempts[a.idempotency_key].append(a)
     assert set(attempts) == keys
     for key, tries in attempts.items():
+        run_id = key.split(":")[0]
         for before, after in itertools.pairwise(tries):
+            if (run_id, before.worker) in taken_over:
+                continue
             assert before.worker in fleet.killed, f"{key} attempted by living {before.worker}"
             assert after.at > fleet.killed[before.worker], key
 
@@ -441,10 +459,11 @@ def check(data: dict[str, list[Any]], fleet: Fleet, approved: dict[str, float]) 
         "keys_attempted_more_than_once": sum(len(t) > 1 for t in attempts.values()),
         "max_attempts_per_key": max(len(t) for t in attempts.values()),
         "max_model_calls_per_run": max(model_calls.values()),
+        "leases_taken_from_living_workers": len(taken_over),
     }
 
 
-@pytest.mark.timeout(360)  # ~20 s on an idle 2-core machine; room for a loaded one
+@pytest.mark.timeout(600)  # ~20 s on an idle 2-core machine; room for a loaded one
 async def test_killed_workers_lose_no_run_and_repeat_no_effect(
     store_settings: StoreSettings, tmp_path: Path
 ) -> None:

@@ -3,12 +3,17 @@
 Invariants 7, 8, 12 and 14 of DESIGN.md, on SQLite and on PostgreSQL. A worker "dies" by an
 ``asyncio.CancelledError`` raised at the instant under test (inside the model call, inside a
 tool after its effect, or between the tool's finish record and the checkpoint); the run is then
-left exactly as a killed process leaves it: ``RUNNING`` with the dead worker's lease.
+left exactly as a killed process leaves it: ``RUNNING`` with the dead worker's lease. A worker
+is "paused" (``SIGSTOP``) by holding its tool or model call on an event.
+
+No test depends on real time passing: every worker runs on one :class:`ManualClock`, so a
+lease expires only when a test expires it, however loaded the machine is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -29,6 +34,7 @@ from corral.gateway.tools._gateway import current_tool_call
 from corral.platform import Platform
 from corral.registry import apply_documents
 from corral.runtime import (
+    LeaseLost,
     Worker,
     cancel_run,
     create_run,
@@ -40,11 +46,13 @@ from corral.runtime import (
 )
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.settings import RuntimeSettings, Settings
-from corral.store import utcnow
-from corral.testing import ScriptedModel
+from corral.testing import ManualClock, ScriptedModel
 
 LEASE = 0.5
-"""Seconds a claimed run stays leased without renewal, in these tests."""
+"""Seconds (on the tests' :class:`ManualClock`) a claimed run stays leased without renewal.
+
+Short, so that the heartbeat ticks often (every ``LEASE / 3`` real seconds at most); the clock
+does not move unless a test moves it, so no lease expires by itself."""
 
 
 # --- a side-effecting tool and its world ----------------------------------------------------------
@@ -66,6 +74,11 @@ class Ledger:
         self.executions: list[str] = []
         self.entries: list[tuple[str, int]] = []
         self.die_after: set[int] = set()
+        self.reads: list[str] = []
+        self.pause_after: dict[int, asyncio.Event] = {}
+        """Ordinals of executions after whose effect the worker "pauses" until the event is set."""
+        self.paused = asyncio.Event()
+        """Set when an execution pauses."""
 
     def count(self, key: str) -> int:
         """How many times a call with this key executed."""
@@ -79,13 +92,25 @@ class Ledger:
         return {
             "ledger.append": BuiltinTool(_ledger_tool("ledger.append", False), self._append),
             "ledger.put": BuiltinTool(_ledger_tool("ledger.put", True), self._put),
+            "ledger.read": BuiltinTool(_ledger_tool("ledger.read", True, "read"), self._read),
         }
 
     async def _append(self, arguments: dict[str, Any], _ws: Path | None, **_: Any) -> str:
-        return self._execute(arguments["n"], honour_key=False)
+        return await self._paused(self._execute(arguments["n"], honour_key=False))
 
     async def _put(self, arguments: dict[str, Any], _ws: Path | None, **_: Any) -> str:
-        return self._execute(arguments["n"], honour_key=True)
+        return await self._paused(self._execute(arguments["n"], honour_key=True))
+
+    async def _read(self, arguments: dict[str, Any], _ws: Path | None, **_: Any) -> str:
+        self.reads.append(current_tool_call().idempotency_key)
+        return f"{len(self.entries)} entries"
+
+    async def _paused(self, output: str) -> str:
+        resume = self.pause_after.get(len(self.executions))
+        if resume is not None:  # the worker is stopped (SIGSTOP) after the effect took place
+            self.paused.set()
+            await resume.wait()
+        return output
 
     def _execute(self, n: int, *, honour_key: bool) -> str:
         key = current_tool_call().idempotency_key
@@ -98,7 +123,7 @@ class Ledger:
         return f"entry {n} appended" if applied else f"entry {n} was already appended"
 
 
-def _ledger_tool(name: str, idempotent: bool) -> Tool:
+def _ledger_tool(name: str, idempotent: bool, side_effect: str = "write") -> Tool:
     return Tool.model_validate(
         {
             "apiVersion": "corral.dev/v1",
@@ -107,7 +132,7 @@ def _ledger_tool(name: str, idempotent: bool) -> Tool:
             "spec": {
                 "description": "Append entry n to the ledger.",
                 "type": "builtin",
-                "side_effect": "write",
+                "side_effect": side_effect,
                 "idempotent": idempotent,
                 "input_schema": {
                     "type": "object",
@@ -126,11 +151,17 @@ DurablePlatform = Callable[..., Awaitable[Platform]]
 
 
 @pytest.fixture
-async def durable(settings: Settings) -> AsyncIterator[DurablePlatform]:
+def clock() -> ManualClock:
+    """The time every worker of a test sees (leases, claims, wall-clock budgets)."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def durable(settings: Settings, clock: ManualClock) -> AsyncIterator[DurablePlatform]:
     """``await durable(model, ledger)``: a started platform with the ledger tools, short leases.
 
     Each call is another "worker process" on the same database: its own store, executor and
-    worker. The agent ``repo-analyst`` may call the ledger tools.
+    worker, all on the test's ``clock``. The agent ``repo-analyst`` may call the ledger tools.
     """
     fast = settings.model_copy(
         update={
@@ -148,6 +179,7 @@ async def durable(settings: Settings) -> AsyncIterator[DurablePlatform]:
             update={"runtime": fast.runtime.model_copy(update={"lease_seconds": lease_seconds})}
         )
         platform = Platform(custom, providers={"scripted": model}, builtins=ledger.builtins())
+        platform.worker.clock = platform.executor.clock = clock
         await platform.start()
         started.append(platform)
         spec.setdefault("tools", {"allowed": ["ledger.*"]})
@@ -216,21 +248,24 @@ async def cancel(platform: Platform, run_id: str, actor: str) -> str:
 
 
 DYING_LEASE = 60.0
-"""Lease of a worker that is about to "die": long, so that under a loaded CI machine it cannot
-outlive its own lease and reclaim the run before the test expires the lease on purpose."""
+"""Lease of a worker that is about to "die"."""
 
 
 async def expire_lease(platform: Platform, run_id: str) -> None:
-    """Age the dead worker's lease instead of waiting it out (one test waits for real)."""
+    """Age the dead (or paused) worker's lease on the workers' clock instead of waiting it out."""
     async with platform.store.transaction("default") as session:
         await session.execute(
             update(RunRow)
             .where(RunRow.id == run_id)
-            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            .values(lease_expires_at=platform.worker.clock() - timedelta(seconds=1))
         )
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+async def lease_expiry(platform: Platform, run_id: str) -> Any:
+    return (await load(platform, run_id))[0].lease_expires_at
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while not await predicate():
         assert time.monotonic() < deadline, "timed out waiting"
@@ -266,7 +301,7 @@ def key(run_id: str, step: int, call: int = 0) -> str:
 
 
 async def test_expired_lease_is_reclaimed_by_another_worker_from_the_last_checkpoint(
-    durable: DurablePlatform,
+    durable: DurablePlatform, clock: ManualClock
 ) -> None:
     ledger, died = Ledger(), asyncio.Event()
 
@@ -287,13 +322,18 @@ async def test_expired_lease_is_reclaimed_by_another_worker_from_the_last_checkp
         2,
         first.worker.worker_id,
     )
-    assert dead.lease_expires_at is not None
+    assert dead.lease_expires_at == clock() + timedelta(seconds=LEASE)
     assert len(steps) == 2
+    # While the lease runs, nobody else may take the run.
+    assert await second.worker.claim() is None
 
-    # The second worker polls all along; the run is claimable only once the lease expired.
+    # The second worker polls all along; the run is claimable once the lease expired.
     stop = asyncio.Event()
     polling = asyncio.create_task(second.worker.run(stop))
     try:
+        clock.advance(seconds=LEASE)
+        assert await lease_expiry(second, run_id) == clock()  # not expired yet: "<" is strict
+        clock.advance(seconds=0.001)
 
         async def finished() -> bool:
             return (await load(second, run_id))[0].status == "SUCCEEDED"
@@ -312,11 +352,10 @@ async def test_expired_lease_is_reclaimed_by_another_worker_from_the_last_checkp
         (3, "final_answer"),
     ]
     leases = await audit(second, run_id, "run.leased")
-    assert [(e.actor, e.details["from_step"]) for e in leases] == [
-        (f"worker:{first.worker.worker_id}", 0),
-        (f"worker:{second.worker.worker_id}", 2),
+    assert [(e.actor, e.details["from_step"], e.details["lease_epoch"]) for e in leases] == [
+        (f"worker:{first.worker.worker_id}", 0, 1),
+        (f"worker:{second.worker.worker_id}", 2, 2),
     ]
-    assert leases[1].occurred_at >= dead.lease_expires_at
     # Each step's effect happened once; the reclaimed run did not redo steps 0 and 1.
     assert ledger.executions == [key(run_id, 0), key(run_id, 1), key(run_id, 2)]
     assert len(model.requests) == 5
@@ -325,19 +364,31 @@ async def test_expired_lease_is_reclaimed_by_another_worker_from_the_last_checkp
 
 
 async def test_live_worker_keeps_its_lease_through_a_model_call_longer_than_the_lease(
-    durable: DurablePlatform,
+    durable: DurablePlatform, clock: ManualClock
 ) -> None:
-    ledger = Ledger()
+    ledger, holder = Ledger(), {}
 
     async def slow(request: ModelRequest) -> ToolCall | FinalAnswer:
-        await asyncio.sleep(LEASE * 3)
+        if done(request) == 0:
+            # The call lasts three leases; the owner's heartbeat renews the lease meanwhile.
+            owner, other, run_id = holder["owner"], holder["other"], holder["run_id"]
+            for _ in range(6):
+                clock.advance(seconds=LEASE / 2)
+
+                async def renewed() -> bool:
+                    return bool(await lease_expiry(owner, run_id) > clock())
+
+                await until(renewed)
+                assert await other.worker.claim() is None
+            holder["renewals"] = 6
         return tool_steps("ledger.append", 1)(request)
 
     model = ScriptedModel(slow)
     owner, other = await durable(model, ledger), await durable(model, ledger)
     run_id = await start(owner)
+    holder.update(owner=owner, other=other, run_id=run_id)
     stop = asyncio.Event()
-    workers = [asyncio.create_task(p.worker.run(stop)) for p in (owner, other)]
+    working = asyncio.create_task(owner.worker.run(stop))
     try:
 
         async def finished() -> bool:
@@ -346,10 +397,181 @@ async def test_live_worker_keeps_its_lease_through_a_model_call_longer_than_the_
         await until(finished)
     finally:
         stop.set()
-        await asyncio.gather(*workers)
+        await working
+    assert holder["renewals"] == 6
     leases = await audit(owner, run_id, "run.leased")
     assert len(leases) == 1, [(e.actor, e.details) for e in leases]
     assert ledger.executions == [key(run_id, 0)]
+
+
+# --- fencing: a worker whose lease was taken over writes nothing more -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("tool", "left_as"),
+    [
+        # The new owner found the call STARTED and paused the run for a person.
+        ("ledger.append", ("IN_DOUBT", "STARTED", None)),
+        # The new owner retried it with its idempotency key and went on.
+        ("ledger.put", ("SUCCEEDED", "COMPLETED", "entry 7 was already appended")),
+    ],
+)
+async def test_worker_paused_past_its_lease_cannot_record_its_call_finished(
+    durable: DurablePlatform, tool: str, left_as: tuple[str, str, str | None]
+) -> None:
+    ledger, resume = Ledger(), asyncio.Event()
+    ledger.pause_after = {1: resume}  # the first worker stops right after the call's effect
+
+    def decide(request: ModelRequest) -> ToolCall | FinalAnswer:
+        if done(request) == 0:
+            return ToolCall("call_0", tool, {"n": 7})
+        return FinalAnswer("done")
+
+    model = ScriptedModel(decide)
+    paused, successor = await durable(model, ledger), await durable(model, ledger)
+    run_id = await start(paused)
+    assert await paused.worker.claim() == run_id
+    driving = asyncio.create_task(paused.executor.execute(run_id, paused.worker.worker_id))
+    try:
+        await asyncio.wait_for(ledger.paused.wait(), 30)
+        await expire_lease(paused, run_id)
+        await successor.worker.run_until_idle()
+        before, _ = await load(successor, run_id)
+        [call_before] = await calls_of(successor, run_id)
+    finally:
+        resume.set()  # SIGCONT: the paused worker goes on with its finish write
+    with pytest.raises(LeaseLost) as lost:
+        await asyncio.wait_for(driving, 30)
+
+    (run, _), [call] = await load(successor, run_id), await calls_of(successor, run_id)
+    assert (run.status, call.status, call.output) == left_as
+    # Exactly as the new owner left it: the late finish write changed nothing.
+    assert (run.updated_at, run.lease_owner, run.lease_epoch) == (
+        before.updated_at,
+        before.lease_owner,
+        before.lease_epoch,
+    )
+    assert (call.status, call.output, call.finished_at) == (
+        call_before.status,
+        call_before.output,
+        call_before.finished_at,
+    )
+    assert (lost.value.run_id, lost.value.worker_id) == (run_id, paused.worker.worker_id)
+    assert ledger.count(key(run_id, 0)) == (1 if tool == "ledger.append" else 2)
+
+
+class EngageAfterDeciding:
+    """The real governance, with a cancel or kill switch arriving just after each tool decision."""
+
+    def __init__(self, governance: Any, engage: Callable[[], Awaitable[Any]]) -> None:
+        self.governance, self.engage = governance, engage
+        self.decisions: list[str] = []
+
+    async def decide(self, tenant_id: str, request: Any, *args: Any, **kw: Any) -> Any:
+        decision = await self.governance.decide(tenant_id, request, *args, **kw)
+        if request.action == "tool.call":
+            self.decisions.append(decision.decision)
+            await self.engage()
+        return decision
+
+
+@pytest.mark.parametrize("signal", ["kill", "cancel"])
+async def test_signal_between_decision_and_execution_stops_a_read_only_call(
+    durable: DurablePlatform, signal: str
+) -> None:
+    ledger, holder = Ledger(), {}
+    model = ScriptedModel(lambda _r: ToolCall("call_0", "ledger.read", {"n": 0}))
+    platform = await durable(model, ledger)
+
+    async def engage() -> None:
+        if signal == "cancel":
+            await cancel(platform, holder["run_id"], "user:ops")
+            return
+        await engage_kill_switch(
+            platform.store,
+            scope="agent",
+            target="repo-analyst",
+            tenant_id="default",
+            reason="incident 7",
+            actor="user:ops",
+        )
+
+    governance = EngageAfterDeciding(platform.executor.governance, engage)
+    platform.executor.governance = governance  # type: ignore[assignment]
+    run_id = holder["run_id"] = await start(platform)
+    await platform.worker.run_until_idle()
+
+    run, [(step, calls)] = await load(platform, run_id)
+    expected = ("KILLED", "kill_switch") if signal == "kill" else ("CANCELLED", "cancelled")
+    assert (run.status, run.terminal_reason) == expected
+    assert governance.decisions == ["allow"]
+    assert ledger.reads == []  # allowed, but stopped before it ran
+    assert calls == [] and step.decision["tool_calls"] == []
+    assert [c["name"] for c in step.decision["skipped_tool_calls"]] == ["ledger.read"]
+
+
+async def test_stale_task_of_a_worker_that_reclaimed_its_run_stops_with_lease_lost(
+    durable: DurablePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's lease expired in a model call and the same worker claimed the run again.
+
+    The first task's later writes carry the same ``lease_owner`` as the second's: the lease
+    epoch alone fences them out. Before, its checkpoint inserted a step the second task had
+    written already (an IntegrityError on ``UNIQUE(steps.run_id, steps.index)``) and the run
+    ended FAILED.
+    """
+    ledger = Ledger()
+    first_in, release_first = asyncio.Event(), asyncio.Event()
+    second_in, release_second = asyncio.Event(), asyncio.Event()
+
+    async def decide(request: ModelRequest) -> ToolCall | FinalAnswer:
+        calls = len(model.requests)  # this request included
+        if calls == 1:  # the first task, step 0: stalls past its lease
+            first_in.set()
+            await release_first.wait()
+        if calls == 3:  # the second task, step 1
+            second_in.set()
+            await release_second.wait()
+            return FinalAnswer("done")
+        return ToolCall("call_0", "ledger.read", {"n": 0})
+
+    model = ScriptedModel(decide)
+    platform = await durable(model, ledger)
+    run_id = await start(platform)
+    stop = asyncio.Event()
+    working = asyncio.create_task(platform.worker.run(stop))
+    try:
+        await asyncio.wait_for(first_in.wait(), 30)
+        await expire_lease(platform, run_id)  # the worker reclaims it at its next poll
+        await asyncio.wait_for(second_in.wait(), 30)
+        release_first.set()
+
+        async def stale_task_stopped() -> bool:
+            return any(r.name == "corral.runtime._worker" for r in caplog.records)
+
+        await until(stale_task_stopped, 30)
+        release_second.set()
+
+        async def ended() -> bool:
+            return (await load(platform, run_id))[0].finished_at is not None
+
+        await until(ended, 30)
+    finally:
+        release_first.set()
+        release_second.set()
+        stop.set()
+        await working
+
+    run, steps = await load(platform, run_id)
+    assert (run.status, run.output, run.error) == ("SUCCEEDED", "done", None)
+    assert [(s.index, s.kind) for s, _ in steps] == [(0, "tool_calls"), (1, "final_answer")]
+    worker = f"worker:{platform.worker.worker_id}"
+    leases = await audit(platform, run_id, "run.leased")
+    assert [(e.actor, e.details["lease_epoch"]) for e in leases] == [(worker, 1), (worker, 2)]
+    assert ledger.reads == [key(run_id, 0)]  # the stale task's call did not run
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    [stopped] = [r.getMessage() for r in caplog.records if r.name == "corral.runtime._worker"]
+    assert f"lease 1 on run {run_id} was taken over" in stopped
 
 
 # --- a started non-idempotent call found on recovery ----------------------------------------------
@@ -587,12 +809,10 @@ async def test_cancel_abandons_an_in_flight_model_call(durable: DurablePlatform)
     platform = await durable(model, ledger)
     run_id = await start(platform)
     working = asyncio.create_task(platform.worker.run_until_idle())
-    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(entered.wait(), 20)
     assert await cancel(platform, run_id, "user:x") == "RUNNING"
-    began = time.monotonic()
     assert await platform.worker.check_signals() == [run_id]
-    await asyncio.wait_for(working, 5)
-    assert time.monotonic() - began < 1
+    await asyncio.wait_for(working, 20)  # far below the model's 30 s: the call was abandoned
     assert abandoned.is_set()
 
     run, steps = await load(platform, run_id)
@@ -740,7 +960,7 @@ async def test_kill_switch_abandons_an_in_flight_model_call(durable: DurablePlat
     platform = await durable(ScriptedModel(hang), ledger)
     run_id = await start(platform)
     working = asyncio.create_task(platform.worker.run_until_idle())
-    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(entered.wait(), 20)
     await engage_kill_switch(
         platform.store,
         scope="tenant",
@@ -750,7 +970,7 @@ async def test_kill_switch_abandons_an_in_flight_model_call(durable: DurablePlat
         actor="user:ops",
     )
     assert await platform.worker.check_signals() == [run_id]
-    await asyncio.wait_for(working, 2)
+    await asyncio.wait_for(working, 20)  # far below the model's 30 s: the call was abandoned
     run, steps = await load(platform, run_id)
     assert (run.status, run.terminal_reason, steps) == ("KILLED", "kill_switch", [])
     assert run.error == "kill switch 'tenant:default' engaged by user:ops: incident 42"

@@ -21,7 +21,7 @@ from corral.runtime import Worker, create_run, get_run, list_steps
 from corral.runtime._tables import RunRow, StepRow, ToolCallRow
 from corral.settings import Settings, ToolSettings
 from corral.store import utcnow
-from corral.testing import ScriptedModel
+from corral.testing import ManualClock, ScriptedModel
 
 TASK = "What is in this repository?"
 
@@ -121,18 +121,28 @@ async def test_zero_tool_calls_allowed_makes_none(make_platform, workspace) -> N
     assert [calls for _, calls in steps] == [[]]
 
 
+def on_clock(platform: Platform, clock: ManualClock) -> None:
+    """Run the platform's worker and executor on ``clock`` (the wall-clock budget follows it)."""
+    platform.worker.clock = platform.executor.clock = clock
+
+
 async def test_slow_steps_exceed_the_wall_clock_budget(make_platform, workspace) -> None:
-    model = ScriptedModel(list_dir_forever, delay_seconds=0.1)
-    platform, _ = await scripted_platform(
-        make_platform, model, limits={"max_wall_clock_seconds": 0.35, "max_iterations": 100}
+    clock = ManualClock()
+
+    def slow(request: ModelRequest) -> ToolCall:
+        clock.advance(seconds=40)  # each model call takes 40 s of the run's clock
+        return list_dir_forever(request)
+
+    platform, model = await scripted_platform(
+        make_platform, slow, limits={"max_wall_clock_seconds": 100, "max_iterations": 100}
     )
-    began = time.monotonic()
+    on_clock(platform, clock)
     run, steps = await run_to_end(platform, workspace)
     assert (run.status, run.terminal_reason) == ("TIMED_OUT", "max_wall_clock_seconds")
-    assert time.monotonic() - began < 2
-    assert 1 <= len(model.requests) <= 4
-    assert run.finished_at - run.started_at < timedelta(seconds=1)
-    assert steps[0][0].kind == "tool_calls"
+    # 0 s, 40 s, 80 s: three calls start within the budget; at 120 s none does.
+    assert len(model.requests) == 3
+    assert run.finished_at - run.started_at == timedelta(seconds=120)
+    assert [s.kind for s, _ in steps] == ["tool_calls"] * 3
 
 
 async def test_hanging_model_call_is_cut_at_the_wall_clock_budget(make_platform, workspace) -> None:
@@ -140,14 +150,13 @@ async def test_hanging_model_call_is_cut_at_the_wall_clock_budget(make_platform,
         await asyncio.sleep(30)
         return FinalAnswer("too late")
 
-    platform, _ = await scripted_platform(
-        make_platform, hang, limits={"max_wall_clock_seconds": 1.5}
-    )
+    platform, _ = await scripted_platform(make_platform, hang, limits={"max_wall_clock_seconds": 3})
+    # The run's clock stands still until the call: however slowly a loaded machine claims the
+    # run, the whole budget is left for the model call, which is then cut after 3 real seconds.
+    on_clock(platform, ManualClock())
     began = time.monotonic()
     run, steps = await run_to_end(platform, workspace)
-    # Far below the model's 30 s: the call was cut. The budget leaves a loaded CI machine time
-    # to claim the run and reach the model call (a shorter one ended runs before any step).
-    assert time.monotonic() - began < 10
+    assert time.monotonic() - began < 25  # far below the model's 30 s: the call was cut
     assert (run.status, run.terminal_reason, run.output) == (
         "TIMED_OUT",
         "max_wall_clock_seconds",

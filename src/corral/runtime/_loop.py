@@ -7,7 +7,9 @@ Phases of one step (DESIGN.md, "The main job")::
     CALL_TOOLS -> PAUSE (IN_DOUBT, AWAITING_APPROVAL): the run gives up its lease and waits
 
 Everything one step produced (step row, tool-call rows, run counters and lease, audit events,
-run events, spans) commits in one transaction. A worker that dies loses at most the step in
+run events, spans) commits in one transaction, fenced on the worker's lease (``lease_owner``
+and ``lease_epoch``): a worker whose lease was taken over writes nothing and stops with
+:class:`~corral.errors.LeaseLost`. A worker that dies loses at most the step in
 progress; the next worker rebuilds the context from the checkpoints and continues from the next
 step, or, if a side-effecting call had started, from that step's recorded decision.
 """
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,12 +45,13 @@ from corral.runtime._context import (
 )
 from corral.runtime._persist import (
     Checkpoint,
+    Lease,
     insert_spans,
     load_run,
     write_checkpoint,
 )
 from corral.runtime._state import Pause, RunState, StepRecord, Terminal, signal_terminal
-from corral.runtime._tool_phase import LeaseLost, ToolPhase
+from corral.runtime._tool_phase import LeaseLost, ToolPhase, lease_lost
 from corral.store import SYSTEM, Store, new_id, utcnow
 from corral.tenancy import Quotas
 
@@ -80,6 +84,8 @@ class RunExecutor(ToolPhase):
         governance: Decides ``model.call`` and ``tool.call``; ``None`` decides nothing (tests
             of the bare loop).
         approval_ttl_seconds: Lifetime of the approval requests the loop raises.
+        clock: Current UTC time, for lease expiry and the wall-clock budget (tests pass a
+            :class:`corral.testing.ManualClock`; it must be the worker's clock).
     """
 
     def __init__(
@@ -93,8 +99,10 @@ class RunExecutor(ToolPhase):
         governance: Governance | None = None,
         approval_ttl_seconds: int = 86_400,
         quotas: Quotas | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.quotas = quotas
         self.models = models
         self.tools = tools
@@ -120,16 +128,25 @@ class RunExecutor(ToolPhase):
         """The runs this executor is driving now."""
         return list(self._running.values())
 
-    async def execute(self, run_id: str, worker_id: str) -> str:
+    async def execute(self, run_id: str, worker_id: str, *, lease_epoch: int | None = None) -> str:
         """Drive a run this worker has leased until it is terminal or paused.
+
+        Args:
+            run_id: The run.
+            worker_id: The worker holding its lease.
+            lease_epoch: The run's ``lease_epoch`` as this worker's claim set it (see
+                :class:`~corral.runtime._persist.Claimed`). ``None`` reads it from the run,
+                which then must be ``RUNNING`` under ``worker_id``'s lease.
 
         Returns:
             The status it ended in (terminal, ``IN_DOUBT`` or ``AWAITING_APPROVAL``).
 
         Raises:
-            LeaseLost: the lease passed to another worker (this worker's work is discarded).
+            LeaseLost: the run was claimed again since this worker's claim (by another worker,
+                or by this one after the lease expired): this worker's unwritten work is
+                discarded; the new owner goes on from the last checkpoint.
         """
-        state = await self._load(run_id, worker_id)
+        state = await self._load(run_id, worker_id, lease_epoch)
         actor = f"worker:{worker_id}"
         tracer = self.tracing.tracer
         with self.tracing.trace(state.trace_id):
@@ -142,12 +159,14 @@ class RunExecutor(ToolPhase):
             with trace.use_span(root, end_on_exit=False):
                 return await self._loop(state, worker_id, actor, root)
         except BaseException:
-            if root.is_recording():  # a failed final checkpoint has ended it already
+            if root.is_recording():  # a refused final checkpoint ended it already
                 root.end()
             self.tracing.exporter.discard(state.trace_id)
             raise
         finally:
-            self._running.pop(run_id, None)
+            # Only this execution's entry: a newer claim of the run may be driving it now.
+            if self._running.get(run_id) is state:
+                del self._running[run_id]
 
     async def _loop(self, state: RunState, worker_id: str, actor: str, root: Span) -> str:
         record: StepRecord | None = state.pending
@@ -181,7 +200,7 @@ class RunExecutor(ToolPhase):
         if stop is not None:
             return stop
         limits = state.spec.limits
-        if utcnow() - state.started_at >= timedelta(seconds=limits.max_wall_clock_seconds):
+        if self.clock() - state.started_at >= timedelta(seconds=limits.max_wall_clock_seconds):
             return Terminal(
                 "TIMED_OUT",
                 "max_wall_clock_seconds",
@@ -201,7 +220,11 @@ class RunExecutor(ToolPhase):
             state.trace_id, tenant_id=state.tenant_id, run_id=state.run_id
         )
         if spans:
-            await self.store.run_sync(functools.partial(insert_spans, spans=spans), state.tenant_id)
+            written = await self.store.run_sync(
+                functools.partial(insert_spans, lease=state.lease, spans=spans), state.tenant_id
+            )
+            if not written:
+                raise lease_lost(state)
 
     async def _call_model(
         self, state: RunState, worker_id: str
@@ -221,7 +244,7 @@ class RunExecutor(ToolPhase):
             temperature=spec.model.temperature,
             max_output_tokens=spec.model.max_output_tokens,
         )
-        started = utcnow()
+        started = self.clock()
         refused = await self._authorize_model(state, state.models[0])
         if refused is not None:
             record = StepRecord(
@@ -346,7 +369,7 @@ class RunExecutor(ToolPhase):
         actor: str,
         root: Span,
     ) -> None:
-        now = utcnow()
+        now = self.clock()
         if terminal is not None:
             root.set_attribute("corral.run.status", terminal.status)
             root.set_attribute("gen_ai.usage.input_tokens", state.input_tokens)
@@ -358,6 +381,7 @@ class RunExecutor(ToolPhase):
         checkpoint = Checkpoint(
             run_id=state.run_id,
             worker_id=worker_id,
+            lease_epoch=state.lease.epoch,
             tenant_id=state.tenant_id,
             agent_name=state.agent_name,
             run_values={
@@ -417,7 +441,7 @@ class RunExecutor(ToolPhase):
             functools.partial(write_checkpoint, checkpoint=checkpoint), checkpoint.tenant_id
         )
         if signals is None:
-            raise LeaseLost(state.run_id)
+            raise lease_lost(state)
         state.signals = signals
         if record is not None:
             state.step_count += 1
@@ -504,9 +528,13 @@ class RunExecutor(ToolPhase):
             )
             checkpoint.audit.append(_tool_audit(state, actor, done))
 
-    async def _load(self, run_id: str, worker_id: str) -> RunState:
+    async def _load(self, run_id: str, worker_id: str, lease_epoch: int | None) -> RunState:
         loaded = await self.store.run_sync(functools.partial(load_run, run_id=run_id), SYSTEM)
         run = loaded.run
+        if lease_epoch is None:
+            if run.lease_owner != worker_id or run.status != "RUNNING":
+                raise LeaseLost(run_id, worker_id=worker_id, lease_epoch=None)
+            lease_epoch = int(run.lease_epoch)
         spec = self._agent_spec(run.agent_version_id, loaded.agent_document)
         tools = {
             name: self._resolved_tool(run.tenant_id, name, version, document)
@@ -535,7 +563,7 @@ class RunExecutor(ToolPhase):
                 for t in tools.values()
             ],
             messages=messages,
-            started_at=run.started_at or utcnow(),
+            started_at=run.started_at or self.clock(),
             step_count=run.step_count,
             # The pending step's model call happened but is not checkpointed yet: count it.
             iterations=run.iterations + (1 if pending else 0),
@@ -543,6 +571,7 @@ class RunExecutor(ToolPhase):
             input_tokens=run.input_tokens + (pending.input_tokens if pending else 0),
             output_tokens=run.output_tokens + (pending.output_tokens if pending else 0),
             signals=loaded.signals,
+            lease=Lease(run.id, worker_id, lease_epoch),
             pending=pending,
             stage=run.stage,
             requested_by=run.requested_by,

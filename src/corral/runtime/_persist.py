@@ -2,6 +2,14 @@
 
 They run through :meth:`corral.store.Store.run_sync`: one transaction each, built from Core
 statements (no ORM unit of work on the hot path), the same code on SQLite and PostgreSQL.
+
+Fencing: every write a worker makes for a run starts with one fenced statement,
+``UPDATE runs SET ... WHERE id = :run AND lease_owner = :worker AND lease_epoch = :epoch AND
+status = 'RUNNING'``, and writes nothing more when it matches no row. ``lease_epoch`` counts
+the claims of the run, so a worker whose lease was taken over (by another worker, or by itself
+after the lease expired) is refused even when its ``lease_owner`` is unchanged. On PostgreSQL
+the UPDATE also locks the run row until the transaction ends, so a concurrent claim waits for
+the write and then sees its effect.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ __all__ = [
     "Checkpoint",
     "Claimed",
     "KillSwitch",
+    "Lease",
     "LoadedRun",
     "Signals",
     "active_kill_switch",
@@ -56,15 +65,13 @@ _APPROVALS = cast(Table, ApprovalRow.__table__)
 
 # Statements are built once (building costs ~5x executing on SQLite). An UPDATE without
 # .values() takes its SET columns from the parameters of each execution.
-_CHECKPOINT_RUN = (
-    _RUNS.update()
-    .where(
-        _RUNS.c.id == bindparam("b_run_id"),
-        _RUNS.c.lease_owner == bindparam("b_worker_id"),
-        _RUNS.c.status == "RUNNING",
-    )
-    .returning(_RUNS.c.cancel_requested)
+_HELD = and_(
+    _RUNS.c.id == bindparam("b_run_id"),
+    _RUNS.c.lease_owner == bindparam("b_worker_id"),
+    _RUNS.c.lease_epoch == bindparam("b_epoch"),
+    _RUNS.c.status == "RUNNING",
 )
+_FENCED_RUN = _RUNS.update().where(_HELD).returning(_RUNS.c.cancel_requested)
 _INSERT_STEP = _STEPS.insert()
 _INSERT_CALLS = _CALLS.insert()
 _INSERT_SPANS = _SPANS.insert()
@@ -86,9 +93,36 @@ _ACTIVE_KILL = (
     .order_by(_KILLS.c.engaged_at)
     .limit(1)
 )
-_RUN_SIGNALS = select(_RUNS.c.cancel_requested, _RUNS.c.lease_owner, _RUNS.c.status).where(
-    _RUNS.c.id == bindparam("b_run_id")
-)
+_RUN_SIGNALS = select(_RUNS.c.cancel_requested).where(_HELD)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's hold on a run: what every write the worker makes for the run is checked against.
+
+    Attributes:
+        run_id: The run.
+        worker_id: The worker (``runs.lease_owner``).
+        epoch: ``runs.lease_epoch`` as the worker's claim set it (the fencing token).
+    """
+
+    run_id: str
+    worker_id: str
+    epoch: int
+
+    def params(self) -> dict[str, Any]:
+        """Bind parameters of the fenced statements."""
+        return {"b_run_id": self.run_id, "b_worker_id": self.worker_id, "b_epoch": self.epoch}
+
+
+def _fence(connection: Connection, lease: Lease, **values: Any) -> Any:
+    """Set ``values`` on the run if ``lease`` still holds it.
+
+    Returns:
+        The row (``cancel_requested``), or ``None`` when the lease was taken over or the run is
+        no longer ``RUNNING`` (nothing written).
+    """
+    return connection.execute(_FENCED_RUN, {**lease.params(), **values}).one_or_none()
 
 
 @dataclass
@@ -98,6 +132,8 @@ class Checkpoint:
     Attributes:
         run_id: The run.
         worker_id: The lease owner writing it (the write is refused if it lost the lease).
+        lease_epoch: The epoch of its lease (likewise).
+        tenant_id: The run's tenant.
         run_values: Columns of the run row to set.
         step: The step row, or ``None`` (a terminal check with no model call).
         tool_calls: Tool-call rows.
@@ -108,6 +144,7 @@ class Checkpoint:
 
     run_id: str
     worker_id: str
+    lease_epoch: int
     tenant_id: str
     run_values: dict[str, Any]
     step: dict[str, Any] | None = None
@@ -153,11 +190,11 @@ def active_kill_switch(
 
 
 def read_signals(
-    connection: Connection, *, run_id: str, worker_id: str, tenant_id: str, agent_name: str
+    connection: Connection, *, lease: Lease, tenant_id: str, agent_name: str
 ) -> Signals | None:
     """The run's cancel flag and applicable kill switch; ``None`` if this worker lost the lease."""
-    row = connection.execute(_RUN_SIGNALS, {"b_run_id": run_id}).one()
-    if row.lease_owner != worker_id or row.status != "RUNNING":
+    row = connection.execute(_RUN_SIGNALS, lease.params()).one_or_none()
+    if row is None:
         return None
     return Signals(
         bool(row.cancel_requested), active_kill_switch(connection, tenant_id, agent_name)
@@ -167,15 +204,12 @@ def read_signals(
 def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals | None:
     """Write a checkpoint; returns the run's signals, or ``None`` if the lease is lost.
 
-    The run update comes first and is fenced on ``lease_owner`` and ``RUNNING``: a worker whose
-    lease passed to another writes nothing.
+    The run update comes first and is fenced on the lease (``lease_owner``, ``lease_epoch``)
+    and ``RUNNING``: a worker whose lease was taken over writes nothing, so it can never insert
+    a step that its successor already wrote.
     """
-    params = {
-        "b_run_id": checkpoint.run_id,
-        "b_worker_id": checkpoint.worker_id,
-        **checkpoint.run_values,
-    }
-    row = connection.execute(_CHECKPOINT_RUN, params).one_or_none()
+    lease = Lease(checkpoint.run_id, checkpoint.worker_id, checkpoint.lease_epoch)
+    row = _fence(connection, lease, **checkpoint.run_values)
     if row is None:
         return None
     if checkpoint.step is not None:
@@ -198,8 +232,7 @@ def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals 
 def record_started_call(
     connection: Connection,
     *,
-    run_id: str,
-    worker_id: str,
+    lease: Lease,
     tenant_id: str,
     agent_name: str,
     pending_decision: dict[str, Any],
@@ -207,21 +240,22 @@ def record_started_call(
 ) -> Signals | None:
     """Record a side-effecting tool call ``STARTED`` before it executes.
 
-    Writes its row (with its idempotency key) and the step's pending decision, fenced on the
-    lease, in one transaction.
+    Writes the step's pending decision (fenced on the lease) and then the call's row (with its
+    idempotency key), in one transaction. A cancel request or kill switch read in the same
+    transaction stops the call: its row is not written.
 
     Returns:
         The run's signals (the call must not start if cancelled or killed), or ``None`` if the
         lease is lost (nothing written).
     """
-    signals = read_signals(
-        connection, run_id=run_id, worker_id=worker_id, tenant_id=tenant_id, agent_name=agent_name
+    row = _fence(connection, lease, pending_decision=pending_decision)
+    if row is None:
+        return None
+    signals = Signals(
+        bool(row.cancel_requested), active_kill_switch(connection, tenant_id, agent_name)
     )
-    if signals is None or signals.cancel_requested or signals.kill is not None:
+    if signals.cancel_requested or signals.kill is not None:
         return signals
-    connection.execute(
-        _RUNS.update().where(_RUNS.c.id == run_id).values(pending_decision=pending_decision)
-    )
     existing = connection.execute(
         select(_CALLS.c.id).where(_CALLS.c.idempotency_key == call["idempotency_key"])
     ).first()
@@ -237,19 +271,34 @@ def record_started_call(
 
 
 def record_finished_call(
-    connection: Connection, idempotency_key: str, values: dict[str, Any]
-) -> None:
-    """After a side-effecting tool call: its outcome, so a crash now cannot make it in doubt."""
+    connection: Connection,
+    *,
+    lease: Lease,
+    idempotency_key: str,
+    values: dict[str, Any],
+    now: datetime,
+) -> bool:
+    """After a side-effecting tool call: its outcome, so a crash now cannot make it in doubt.
+
+    Fenced on the lease first: a worker that was paused past its lease (``SIGSTOP``, a long
+    GC, a partition) while the call executed must not overwrite the row its successor owns now
+    (which found the call ``STARTED`` and paused the run ``IN_DOUBT`` or retried it).
+
+    Returns:
+        ``True`` if written; ``False`` if the lease is lost (nothing written).
+    """
+    if _fence(connection, lease, updated_at=now) is None:
+        return False
     connection.execute(
         _CALLS.update().where(_CALLS.c.idempotency_key == idempotency_key).values(**values)
     )
+    return True
 
 
 def pause_run(
     connection: Connection,
     *,
-    run_id: str,
-    worker_id: str,
+    lease: Lease,
     tenant_id: str,
     status: str,
     reason: str,
@@ -263,8 +312,9 @@ def pause_run(
 ) -> bool:
     """Park a run this worker holds (``AWAITING_APPROVAL`` or ``IN_DOUBT``).
 
-    The lease is given up, so the run holds no worker, task or connection while it waits.
-    Returns ``False`` if the lease was lost.
+    The lease is given up (``lease_epoch`` stays: the next claim increments it), so the run
+    holds no worker, task or connection while it waits. Returns ``False`` if the lease was lost
+    (nothing written).
     """
     values: dict[str, Any] = {
         "status": status,
@@ -276,14 +326,9 @@ def pause_run(
     }
     if pending_decision is not None:
         values["pending_decision"] = pending_decision
-    row = connection.execute(
-        _RUNS.update()
-        .where(_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id, _RUNS.c.status == "RUNNING")
-        .values(**values)
-        .returning(_RUNS.c.id)
-    ).first()
-    if row is None:
+    if _fence(connection, lease, **values) is None:
         return False
+    run_id = lease.run_id
     if approval is not None:
         connection.execute(_APPROVALS.insert(), [approval])
     insert_decisions(connection, decisions or [])
@@ -379,9 +424,25 @@ def load_run(connection: Connection, run_id: str) -> LoadedRun:
     )
 
 
-def insert_spans(connection: Connection, spans: list[dict[str, Any]]) -> None:
-    """Store span rows outside a checkpoint (the segment of a run that ended in a pause)."""
+def insert_spans(connection: Connection, *, lease: Lease, spans: list[dict[str, Any]]) -> bool:
+    """Store span rows outside a checkpoint (the segment of a run that ended in a pause).
+
+    The run was paused (its lease given up) just before: the spans are written only if no
+    worker claimed it since, i.e. its ``lease_epoch`` is still the one of ``lease``.
+
+    Returns:
+        ``True`` if written; ``False`` if the run was claimed again since (nothing written).
+    """
+    row = connection.execute(
+        _RUNS.update()
+        .where(_RUNS.c.id == lease.run_id, _RUNS.c.lease_epoch == lease.epoch)
+        .values(updated_at=_RUNS.c.updated_at)  # takes the row lock a concurrent claim waits on
+        .returning(_RUNS.c.id)
+    ).one_or_none()
+    if row is None:
+        return False
     connection.execute(_INSERT_SPANS, spans)
+    return True
 
 
 @dataclass(frozen=True)
@@ -392,6 +453,8 @@ class Claimed:
     tenant_id: str
     trace_id: str
     step_count: int
+    lease_epoch: int
+    """The run's ``lease_epoch`` after this claim: the fencing token of the new lease."""
 
 
 def claim(
@@ -407,7 +470,8 @@ def claim(
 
     One ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``, oldest runs first; on
     PostgreSQL the subquery locks with ``FOR UPDATE SKIP LOCKED`` so concurrent workers take
-    different runs. Each lease appends a ``run.leased`` audit event.
+    different runs. Each claim increments the run's ``lease_epoch`` (fencing out any worker
+    that held it before) and appends a ``run.leased`` audit event.
     """
     runnable = or_(
         _RUNS.c.status == "QUEUED",
@@ -426,12 +490,19 @@ def claim(
             status="RUNNING",
             lease_owner=worker_id,
             lease_expires_at=now + lease,
+            lease_epoch=_RUNS.c.lease_epoch + 1,
             started_at=func.coalesce(_RUNS.c.started_at, now),
             updated_at=now,
         )
-        .returning(_RUNS.c.id, _RUNS.c.tenant_id, _RUNS.c.trace_id, _RUNS.c.step_count)
+        .returning(
+            _RUNS.c.id,
+            _RUNS.c.tenant_id,
+            _RUNS.c.trace_id,
+            _RUNS.c.step_count,
+            _RUNS.c.lease_epoch,
+        )
     ).all()
-    claimed = [Claimed(r.id, r.tenant_id, r.trace_id, r.step_count) for r in rows]
+    claimed = [Claimed(r.id, r.tenant_id, r.trace_id, r.step_count, r.lease_epoch) for r in rows]
     for tenant_id in {c.tenant_id for c in claimed}:
         append_events(
             connection,
@@ -444,7 +515,7 @@ def claim(
                     "success",
                     run_id=c.run_id,
                     trace_id=c.trace_id,
-                    details={"from_step": c.step_count},
+                    details={"from_step": c.step_count, "lease_epoch": c.lease_epoch},
                 )
                 for c in claimed
                 if c.tenant_id == tenant_id
@@ -505,28 +576,50 @@ def renew_leases(
     )
 
 
-def hand_back(connection: Connection, *, run_id: str, worker_id: str, retry_at: datetime) -> bool:
+def hand_back(
+    connection: Connection,
+    *,
+    run_id: str,
+    worker_id: str,
+    retry_at: datetime,
+    lease_epoch: int | None = None,
+) -> bool:
     """Give a run back after a transient error: any worker may claim it again from ``retry_at``.
 
     The run stays ``RUNNING`` at its last checkpoint; only its lease is shortened, so the next
-    claim resumes it as it resumes a crashed worker's run. Returns whether this worker still
-    held it.
+    claim resumes it as it resumes a crashed worker's run. With ``lease_epoch``, only if the
+    worker still holds the lease of that claim (a stale task must not shorten a newer lease).
+
+    Returns:
+        Whether this worker still held it.
     """
-    released = connection.execute(
-        _RUNS.update()
-        .where(_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id, _RUNS.c.status == "RUNNING")
-        .values(lease_expires_at=retry_at)
-    )
+    held = [_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id, _RUNS.c.status == "RUNNING"]
+    if lease_epoch is not None:
+        held.append(_RUNS.c.lease_epoch == lease_epoch)
+    released = connection.execute(_RUNS.update().where(*held).values(lease_expires_at=retry_at))
     return bool(released.rowcount)
 
 
 def fail_run(
-    connection: Connection, *, run_id: str, worker_id: str, error: str, now: datetime
+    connection: Connection,
+    *,
+    run_id: str,
+    worker_id: str,
+    error: str,
+    now: datetime,
+    lease_epoch: int | None = None,
 ) -> None:
-    """End a run ``FAILED`` / ``internal_error`` if this worker still holds it (invariant 12)."""
+    """End a run ``FAILED`` / ``internal_error`` if this worker still holds it (invariant 12).
+
+    With ``lease_epoch``, only if it still holds the lease of that claim: a stale task of a
+    worker that claimed the run again since must not end the run its newer task drives.
+    """
+    held = [_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id]
+    if lease_epoch is not None:
+        held.append(_RUNS.c.lease_epoch == lease_epoch)
     row = connection.execute(
         _RUNS.update()
-        .where(_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id)
+        .where(*held)
         .values(
             status="FAILED",
             terminal_reason="internal_error",

@@ -12,7 +12,7 @@ from corral.contracts import AgentSpec
 from corral.gateway.models import Message, ToolDefinition
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._gateway import ResolvedTool
-from corral.runtime._persist import KillSwitch, Signals
+from corral.runtime._persist import KillSwitch, Lease, Signals
 
 __all__ = ["CallRecord", "Pause", "RunState", "StepRecord", "Terminal", "signal_terminal"]
 
@@ -116,6 +116,8 @@ class RunState:
     input_tokens: int
     output_tokens: int
     signals: Signals
+    lease: Lease
+    """This worker's lease on the run: every write for the run is fenced on it."""
     pending: StepRecord | None = None
     """The step in progress when the run was last interrupted after a side effect started."""
     step_calls: dict[int, Any] = field(default_factory=dict)

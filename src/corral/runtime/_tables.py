@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -59,6 +60,10 @@ class RunRow(TenantMixin, Base):
     recovering worker continues it instead of asking the model again."""
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
+    lease_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Claims of this run so far: the fencing token of the current lease. Every claim
+    increments it; every write a worker makes for the run is conditioned on the epoch it
+    claimed (a worker fenced out this way raises :class:`~corral.errors.LeaseLost`)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -6,6 +6,11 @@ A read-only call simply runs (after a crash it runs again). A side-effecting cal
 right after. A recovering worker that finds a ``STARTED`` call retries it only if the tool
 honours idempotency keys; otherwise the run pauses ``IN_DOUBT`` for a person
 (DESIGN.md, "Exactly-once effects where it matters").
+
+Every call reads the run's cancel flag and kill switches after its policy decision,
+immediately before it executes (a side-effecting call in the transaction that records it
+``STARTED``) or pauses the run; every write is fenced on the worker's lease
+(:mod:`corral.runtime._persist`), and a refused write raises :class:`~corral.errors.LeaseLost`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from corral.audit import AuditRecord
+from corral.errors import LeaseLost
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway
 from corral.observability import Tracing
@@ -39,11 +45,7 @@ from corral.runtime._persist import (
 from corral.runtime._state import CallRecord, Pause, RunState, StepRecord, Terminal, signal_terminal
 from corral.store import Store, new_id, utcnow
 
-__all__ = ["LeaseLost", "ToolPhase"]
-
-
-class LeaseLost(Exception):
-    """Another worker owns the run now; this worker must stop touching it."""
+__all__ = ["LeaseLost", "ToolPhase", "lease_lost"]
 
 
 class ToolPhase:
@@ -56,18 +58,22 @@ class ToolPhase:
     approval_ttl: timedelta
 
     async def _signals_terminal(self, state: RunState, worker_id: str) -> Terminal | None:
+        """Read the run's cancel flag and kill switches; the terminal they call for, if any.
+
+        Raises:
+            LeaseLost: the run was claimed again since this worker's claim.
+        """
         signals = await self.store.run_sync(
             functools.partial(
                 read_signals,
-                run_id=state.run_id,
-                worker_id=worker_id,
+                lease=state.lease,
                 tenant_id=state.tenant_id,
                 agent_name=state.agent_name,
             ),
             state.tenant_id,
         )
         if signals is None:
-            raise LeaseLost(state.run_id)
+            raise lease_lost(state)
         state.signals = signals
         return signal_terminal(signals)
 
@@ -77,8 +83,9 @@ class ToolPhase:
         limits = state.spec.limits
         offered = {} if record.tools_withdrawn else state.tools
         outputs: list[tuple[str, str, str]] = []
-        # The step's calls start only if nothing was recorded since the last check.
-        outcome: Terminal | Pause | None = await self._signals_terminal(state, worker_id)
+        # No read of the signals here: every call reads them after its policy decision,
+        # immediately before it executes or pauses the run (see _one_call).
+        outcome: Terminal | Pause | None = None
         for index, call in enumerate(record.decision["tool_calls"]):
             if outcome is None and state.abort.is_set():
                 outcome = await self._signals_terminal(state, worker_id)
@@ -125,7 +132,12 @@ class ToolPhase:
         worker_id: str,
         actor: str,
     ) -> CallRecord | Terminal | Pause:
-        """Prepare -> policy decision -> execute one call (DESIGN.md, "Tool gateway")."""
+        """Prepare -> policy decision -> signals -> execute one call (DESIGN.md, "Tool gateway").
+
+        The cancel flag and kill switches are read after the decision, immediately before the
+        execution, for every call: a read-only call here, a side-effecting one in the
+        transaction that records it ``STARTED`` (invariant 8).
+        """
         name, arguments = call["name"], call["arguments"]
         with self.tools.span(ctx, name, call["id"]) as record_span:
             prepared = self.tools.prepare(
@@ -141,6 +153,9 @@ class ToolPhase:
                 record_span(result)
                 return CallRecord(ctx, call["id"], name, arguments, result, False, decision_id)
             if decision is not None and decision.decision == "require_approval":
+                stop = await self._signals_terminal(state, worker_id)
+                if stop is not None:
+                    return stop
                 return await self._request_approval(
                     state, record, ctx, prepared, decision, worker_id, actor
                 )
@@ -151,6 +166,9 @@ class ToolPhase:
                 if isinstance(done, CallRecord):
                     record_span(done.result)
                 return done
+            stop = await self._signals_terminal(state, worker_id)
+            if stop is not None:
+                return stop
             result = await self.tools.execute(ctx, prepared)
             record_span(result)
             return CallRecord(ctx, call["id"], name, arguments, result, False, decision_id)
@@ -262,8 +280,7 @@ class ToolPhase:
         paused = await self.store.run_sync(
             functools.partial(
                 pause_run,
-                run_id=state.run_id,
-                worker_id=worker_id,
+                lease=state.lease,
                 tenant_id=state.tenant_id,
                 status="AWAITING_APPROVAL",
                 reason=reason,
@@ -277,7 +294,7 @@ class ToolPhase:
             state.tenant_id,
         )
         if not paused:
-            raise LeaseLost(state.run_id)
+            raise lease_lost(state)
         return Pause("AWAITING_APPROVAL", reason)
 
     async def _side_effect(
@@ -307,6 +324,9 @@ class ToolPhase:
                 ctx, call["id"], call["name"], call["arguments"], result, True, decision_id
             )
         if stored is not None and stored.status == "STARTED" and not tool.contract.spec.idempotent:
+            stop = await self._signals_terminal(state, worker_id)
+            if stop is not None:
+                return stop
             return await self._pause_in_doubt(state, tool, key, worker_id, actor)
         started_at = utcnow()
         row = {
@@ -331,8 +351,7 @@ class ToolPhase:
         signals = await self.store.run_sync(
             functools.partial(
                 record_started_call,
-                run_id=state.run_id,
-                worker_id=worker_id,
+                lease=state.lease,
                 tenant_id=state.tenant_id,
                 agent_name=state.agent_name,
                 pending_decision=record.pending_document(),
@@ -341,11 +360,12 @@ class ToolPhase:
             state.tenant_id,
         )
         if signals is None:
-            raise LeaseLost(state.run_id)
+            raise lease_lost(state)
         stop = signal_terminal(signals)
         if stop is not None:
             return stop
         result = await self.tools.execute(ctx, prepared)
+        now = utcnow()
         values = {
             "status": result.status,
             "output": result.output,
@@ -353,12 +373,16 @@ class ToolPhase:
             "truncated": result.truncated,
             "error": result.error,
             "error_type": result.error_type,
-            "finished_at": utcnow(),
+            "finished_at": now,
         }
-        await self.store.run_sync(
-            functools.partial(record_finished_call, idempotency_key=key, values=values),
+        recorded = await self.store.run_sync(
+            functools.partial(
+                record_finished_call, lease=state.lease, idempotency_key=key, values=values, now=now
+            ),
             state.tenant_id,
         )
+        if not recorded:  # paused past the lease: the row is the new owner's now
+            raise lease_lost(state)
         return CallRecord(
             ctx, call["id"], call["name"], call["arguments"], result, True, decision_id
         )
@@ -385,8 +409,7 @@ class ToolPhase:
         paused = await self.store.run_sync(
             functools.partial(
                 pause_run,
-                run_id=state.run_id,
-                worker_id=worker_id,
+                lease=state.lease,
                 tenant_id=state.tenant_id,
                 status="IN_DOUBT",
                 reason=reason,
@@ -397,8 +420,14 @@ class ToolPhase:
             state.tenant_id,
         )
         if not paused:
-            raise LeaseLost(state.run_id)
+            raise lease_lost(state)
         return Pause("IN_DOUBT", reason)
+
+
+def lease_lost(state: RunState) -> LeaseLost:
+    """The error of a write refused because ``state.lease`` was taken over."""
+    lease = state.lease
+    return LeaseLost(lease.run_id, worker_id=lease.worker_id, lease_epoch=lease.epoch)
 
 
 def _policy_denied(prepared: PreparedCall, decision: PolicyDecision) -> ToolResult:

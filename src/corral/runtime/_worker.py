@@ -10,10 +10,19 @@ import os
 import random
 import socket
 import uuid
-from datetime import timedelta
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from corral.runtime._loop import LeaseLost, RunExecutor
-from corral.runtime._persist import claim, fail_run, hand_back, renew_leases, runs_to_abort
+from corral.runtime._persist import (
+    Claimed,
+    claim,
+    fail_run,
+    hand_back,
+    renew_leases,
+    runs_to_abort,
+)
 from corral.store import SYSTEM, Store, is_transient_error, utcnow
 
 __all__ = ["Backoff", "Worker", "default_worker_id"]
@@ -53,6 +62,8 @@ class Worker:
         store_retry_initial_seconds: Bound of the first backoff after a store error, in
             seconds; it doubles with each further error in a row.
         store_retry_max_seconds: Largest backoff bound, in seconds.
+        clock: Current UTC time, for claims and lease renewals (tests pass a
+            :class:`corral.testing.ManualClock`; it must be the executor's clock).
     """
 
     approval_sweep_seconds: float = 5.0
@@ -70,7 +81,9 @@ class Worker:
         signal_poll_seconds: float = 1.0,
         store_retry_initial_seconds: float = 0.5,
         store_retry_max_seconds: float = 30.0,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.clock = clock
         self.store = store
         self.executor = executor
         self.worker_id = worker_id or default_worker_id()
@@ -80,7 +93,9 @@ class Worker:
         self.signal_poll_seconds = signal_poll_seconds
         self.backoff = Backoff(store_retry_initial_seconds, store_retry_max_seconds)
         self._active: dict[str, asyncio.Task[None]] = {}
-        self._driving: set[str] = set()
+        # Tasks driving each run: a stale task of a run this worker claimed again may still
+        # be unwinding while the newer one drives it.
+        self._driving: Counter[str] = Counter()
         """Runs inside ``executor.execute`` now: the only leases the heartbeat renews."""
         self._claim_failures = 0
         self._handbacks: dict[str, int] = {}
@@ -98,8 +113,11 @@ class Worker:
 
     async def claim_many(self, limit: int) -> list[str]:
         """Lease up to ``limit`` runnable runs in one transaction; returns their ids."""
-        now, dialect = utcnow(), self.store.dialect
-        claimed = await self.store.run_sync(
+        return [c.run_id for c in await self._claim(limit)]
+
+    async def _claim(self, limit: int) -> list[Claimed]:
+        now, dialect = self.clock(), self.store.dialect
+        return await self.store.run_sync(
             functools.partial(
                 claim,
                 worker_id=self.worker_id,
@@ -110,7 +128,6 @@ class Worker:
             ),
             SYSTEM,
         )
-        return [c.run_id for c in claimed]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and execute runs until ``stop`` is set; then wait for active runs to checkpoint."""
@@ -166,41 +183,46 @@ class Worker:
         # Claim as many runs as there are free slots (at most 32 per transaction), so a burst
         # of runs starts together instead of one claim transaction at a time.
         free = min(self.concurrency - len(self._active), 32)
-        run_ids = await self.claim_many(free) if free > 0 else []
-        for run_id in run_ids:
-            task = asyncio.create_task(self._execute(run_id), name=f"run {run_id}")
+        claimed = await self._claim(free) if free > 0 else []
+        for lease in claimed:
+            run_id = lease.run_id
+            task = asyncio.create_task(
+                self._execute(run_id, lease.lease_epoch), name=f"run {run_id}"
+            )
             self._active[run_id] = task
             task.add_done_callback(functools.partial(self._forget, run_id))
-        return bool(run_ids)
+        return bool(claimed)
 
     def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
         # Only this task's entry: the run may have been re-claimed by a newer task meanwhile.
         if self._active.get(run_id) is task:
             del self._active[run_id]
 
-    async def _execute(self, run_id: str) -> None:
+    async def _execute(self, run_id: str, epoch: int) -> None:
         error: Exception | None = None
-        self._driving.add(run_id)
+        self._driving[run_id] += 1
         try:
-            await self.executor.execute(run_id, self.worker_id)
+            await self.executor.execute(run_id, self.worker_id, lease_epoch=epoch)
         except LeaseLost:
-            log.warning("lease on run %s passed to another worker; stopped driving it", run_id)
+            log.warning("lease %d on run %s was taken over; stopped driving it", epoch, run_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             error = exc
         finally:
-            self._driving.discard(run_id)
+            self._driving[run_id] -= 1
+            if self._driving[run_id] <= 0:
+                del self._driving[run_id]
         if error is None:
             self._handbacks.pop(run_id, None)
         elif is_transient_error(error):
-            await self._hand_back(run_id, error)
+            await self._hand_back(run_id, epoch, error)
         else:
             log.error("run %s failed inside the runtime", run_id, exc_info=error)
             self._handbacks.pop(run_id, None)
-            await self._fail(run_id, error)
+            await self._fail(run_id, epoch, error)
 
-    async def _hand_back(self, run_id: str, exc: Exception) -> None:
+    async def _hand_back(self, run_id: str, epoch: int, exc: Exception) -> None:
         """A transient store error: let the run be claimed again later, from its checkpoint."""
         if len(self._handbacks) >= 10_000:  # runs another worker finished; forget them
             self._handbacks.clear()
@@ -213,11 +235,15 @@ class Worker:
             exc,
             delay,
         )
-        retry_at = utcnow() + timedelta(seconds=delay)
+        retry_at = self.clock() + timedelta(seconds=delay)
         try:
             await self.store.run_sync(
                 functools.partial(
-                    hand_back, run_id=run_id, worker_id=self.worker_id, retry_at=retry_at
+                    hand_back,
+                    run_id=run_id,
+                    worker_id=self.worker_id,
+                    retry_at=retry_at,
+                    lease_epoch=epoch,
                 ),
                 SYSTEM,
             )
@@ -228,7 +254,7 @@ class Worker:
                 exc_info=True,
             )
 
-    async def _fail(self, run_id: str, exc: Exception) -> None:
+    async def _fail(self, run_id: str, epoch: int, exc: Exception) -> None:
         """A bug must not strand a run: end it FAILED with the error (invariant 12).
 
         When that write fails too, the run is left ``RUNNING``: no longer driven, its lease is
@@ -238,7 +264,12 @@ class Worker:
         try:
             await self.store.run_sync(
                 lambda connection: fail_run(
-                    connection, run_id=run_id, worker_id=self.worker_id, error=error, now=now
+                    connection,
+                    run_id=run_id,
+                    worker_id=self.worker_id,
+                    error=error,
+                    now=now,
+                    lease_epoch=epoch,
                 ),
                 SYSTEM,
             )
@@ -252,7 +283,7 @@ class Worker:
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Renew leases every third of the lease; check running runs for signals more often."""
         renew_every = self.lease.total_seconds() / 3
-        last_renewal = asyncio.get_running_loop().time()
+        last_renewal = self.clock()
         last_sweep = float("-inf")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -263,10 +294,10 @@ class Worker:
                 await self._expire_approvals()
             if not self._driving:
                 continue
-            now = asyncio.get_running_loop().time()
+            now = self.clock()
             try:
                 await self.check_signals()
-                if now - last_renewal >= renew_every:
+                if (now - last_renewal).total_seconds() >= renew_every:
                     await self.renew_leases()
                     last_renewal = now
             except Exception:
@@ -284,7 +315,7 @@ class Worker:
                 renew_leases,
                 worker_id=self.worker_id,
                 run_ids=driving,
-                expires_at=utcnow() + self.lease,
+                expires_at=self.clock() + self.lease,
             ),
             SYSTEM,
         )

@@ -7,11 +7,13 @@ model = ScriptedModel([ScriptedModel.call("fs.list_dir", path="."), ScriptedMode
 ```
 """
 
+from corral.testing._clock import ManualClock
 from corral.testing._scripted import EXHAUSTED_ANSWER, ScriptedModel, ScriptFunction, ScriptStep
 from corral.testing._server import serve_in_thread
 
 __all__ = [
     "EXHAUSTED_ANSWER",
+    "ManualClock",
     "ScriptFunction",
     "ScriptStep",
     "ScriptedModel",
