@@ -467,6 +467,9 @@ class EngageAfterDeciding:
         self.governance, self.engage = governance, engage
         self.decisions: list[str] = []
 
+    def __getattr__(self, name: str) -> Any:  # the rest (path guards...) as it is
+        return getattr(self.governance, name)
+
     async def decide(self, tenant_id: str, request: Any, *args: Any, **kw: Any) -> Any:
         decision = await self.governance.decide(tenant_id, request, *args, **kw)
         if request.action == "tool.call":

@@ -438,7 +438,8 @@ async def test_heartbeat_renews_only_the_runs_the_worker_drives(faulty: Faulty) 
     driven, stranded = await start_run(platform, "driven"), await start_run(platform, "stranded")
     claimed = await platform.worker.claim_many(1)
     assert claimed == [driven]
-    task = asyncio.create_task(platform.worker._execute(driven))
+    epoch = (await load(platform, driven)).lease_epoch
+    task = asyncio.create_task(platform.worker._execute(driven, epoch))
     await until(lambda: bool(platform.executor.running_states()))
     # The other run is this worker's in the table (say its failure could not be recorded)
     # but nothing drives it.
