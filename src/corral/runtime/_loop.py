@@ -30,7 +30,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from corral.audit import AuditRecord
 from corral.contracts import Agent, AgentSpec
-from corral.errors import ModelAPIError
+from corral.errors import ModelAPIError, PolicyDenied
 from corral.gateway.models import Message, ModelRequest, ToolDefinition
 from corral.gateway.models._gateway import ModelGateway
 from corral.gateway.tools._gateway import ResolvedTool, ToolGateway
@@ -269,7 +269,13 @@ class RunExecutor(ToolPhase):
         )
         state.iterations += 1
         call = asyncio.ensure_future(
-            self.models.complete(state.models, request, run_id=state.run_id)
+            self.models.complete(
+                state.models,
+                request,
+                run_id=state.run_id,
+                # Fallbacks are decided as they are reached (the default model was just now).
+                authorize=functools.partial(self._authorize_model, state),
+            )
         )
         aborted = asyncio.ensure_future(state.abort.wait())
         try:
@@ -280,7 +286,7 @@ class RunExecutor(ToolPhase):
             aborted.cancel()
         if call not in done:  # abandoned: a cancel or kill switch arrived, or time ran out
             call.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ModelAPIError):
+            with contextlib.suppress(asyncio.CancelledError, ModelAPIError, PolicyDenied):
                 await call
             if state.abort.is_set():
                 stop = await self._signals_terminal(state, worker_id)
@@ -291,15 +297,21 @@ class RunExecutor(ToolPhase):
             return record, Terminal("TIMED_OUT", "max_wall_clock_seconds", error=error)
         try:
             model, response = call.result()
-        except ModelAPIError as exc:
+        except (ModelAPIError, PolicyDenied) as exc:
+            reason = "model_denied" if isinstance(exc, PolicyDenied) else "model_error"
             record = StepRecord(
                 "model_error", state.models[0], {"error": exc.message}, started, error=exc.message
             )
-            return record, Terminal("FAILED", "model_error", error=exc.message)
+            return record, Terminal("FAILED", reason, error=exc.message)
         return self._decision_record(state, model, response, started, withdrawn=not tools)
 
     async def _authorize_model(self, state: RunState, model: str) -> str | None:
-        """Decide ``model.call`` once per model and run segment; the refusal text, or None."""
+        """Decide ``model.call`` once per model and run segment; the refusal text, or None.
+
+        The default model is decided before the quota check; fallbacks by the model gateway, as
+        it reaches them (this is its :class:`~corral.gateway.models._gateway.ModelAuthorizer`).
+        Decision rows go into the next checkpoint with the step.
+        """
         if self.governance is None:
             return None
         known = state.model_decisions.get(model)

@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Protocol
 
 from opentelemetry.trace import Status, StatusCode, Tracer
 
-from corral.errors import ModelAPIError
+from corral.errors import ModelAPIError, PolicyDenied
 from corral.gateway.models._base import ModelProvider, ModelRequest, ModelResponse
 
-__all__ = ["ModelGateway", "split_model_name"]
+__all__ = ["ModelAuthorizer", "ModelGateway", "split_model_name"]
+
+
+class ModelAuthorizer(Protocol):
+    """Decides whether one model may be called, before the gateway calls it.
+
+    The caller (the runtime) makes and records the ``model.call`` policy decision; the gateway
+    only asks, so it never imports policy.
+    """
+
+    async def __call__(self, model: str) -> str | None:
+        """Decide ``model.call`` for ``model`` (a ``provider/model`` name).
+
+        Returns:
+            ``None`` if the model may be called, else why not (the refusal text, for a person).
+        """
+        ...
 
 
 def split_model_name(model: str) -> tuple[str, str]:
@@ -41,28 +58,54 @@ class ModelGateway:
         self.tracer = tracer
 
     async def complete(
-        self, models: list[str], request: ModelRequest, *, run_id: str | None = None
+        self,
+        models: list[str],
+        request: ModelRequest,
+        *,
+        run_id: str | None = None,
+        authorize: ModelAuthorizer | None = None,
     ) -> tuple[str, ModelResponse]:
         """Call the first model of ``models``; on a provider error, the next (fallback).
+
+        Each model is authorized just before it would be called: a model ``authorize`` refuses
+        is skipped (never called) and the next one is tried.
 
         Args:
             models: ``provider/model`` names: the chosen model, then its fallbacks.
             request: The call; its ``model`` field is replaced per attempt.
             run_id: Run the call belongs to (span attribute).
+            authorize: Decides each model before it is called; ``None`` allows every model.
 
         Returns:
             ``(model name that answered, response)``.
 
         Raises:
-            ModelAPIError: every model failed (the last error), or a provider is not configured.
+            ModelAPIError: no model answered and at least one failed (the last error; its message
+                names the models skipped by policy), or a provider is not configured.
+            PolicyDenied: ``authorize`` refused every model (code ``model_denied``; the first
+                refusal's text).
         """
         last: ModelAPIError | None = None
+        refused: list[tuple[str, str]] = []
         for model in models:
+            refusal = None if authorize is None else await authorize(model)
+            if refusal is not None:
+                refused.append((model, refusal))
+                continue
             try:
                 return model, await self._complete_one(model, request, run_id)
             except ModelAPIError as exc:
                 last = exc
-        assert last is not None, "models must not be empty"
+        if last is None:
+            assert refused, "models must not be empty"
+            raise PolicyDenied(refused[0][1], code="model_denied")
+        if refused:
+            skipped = ", ".join(model for model, _ in refused)
+            raise ModelAPIError(
+                f"{last.message} (not tried, denied by policy: {skipped})",
+                provider=last.provider,
+                status_code=last.status_code,
+            ) from last
         raise last
 
     async def _complete_one(
