@@ -98,7 +98,10 @@ class Platform:
         self.workspaces = Workspaces(settings)
         self.workspaces.ensure_builtin_root(DEFAULT_TENANT)
         if settings.mcp_endpoint.workspace is not None:
-            self.workspaces.check_endpoint_workspace(settings.mcp_endpoint.workspace)
+            # Canonical, as a run's is: the fs tools refuse a workspace whose path changed.
+            settings.mcp_endpoint.workspace = self.workspaces.check_endpoint_workspace(
+                settings.mcp_endpoint.workspace
+            )
         self.store = Store(
             settings.store_url,
             echo=settings.store.echo,

@@ -84,12 +84,27 @@ def test_symlink_inside_root_allowed(workspace: Path) -> None:
     assert resolve_in_workspace(workspace, "pkglink/app.py") == workspace / "src/pkg/app.py"
 
 
-def test_workspace_reached_through_symlink(tmp_path: Path, workspace: Path) -> None:
-    alias = tmp_path / "alias"
-    alias.symlink_to(workspace)
-    assert resolve_in_workspace(alias, "README.md") == workspace / "README.md"
-    with pytest.raises(PathOutsideWorkspace):
-        resolve_in_workspace(alias, "../secret.txt")
+async def test_a_workspace_swapped_for_a_symlink_after_the_check_is_refused(
+    tmp_path: Path, workspace: Path
+) -> None:
+    # Runs store their workspace canonical (checked against the roots when the run was
+    # created). Replacing a directory on that path with a symlink afterwards would send the
+    # tools elsewhere, e.g. into Corral's own data directory: they refuse instead.
+    assert resolve_in_workspace(workspace, "README.md") == workspace / "README.md"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "README.md").write_text("the server's keys\n")
+    os.rename(workspace, tmp_path / "moved")
+    os.symlink(elsewhere, workspace)
+    with pytest.raises(ToolFailed, match="replaced by a symlink") as info:
+        resolve_in_workspace(workspace, "README.md")
+    assert info.value.code == "workspace_moved"
+    for tool in ("fs.read_file", "fs.list_dir", "fs.search_text"):
+        arguments = {"path": "README.md"} if tool == "fs.read_file" else {"path": "."}
+        if tool == "fs.search_text":
+            arguments["query"] = "keys"
+        with pytest.raises(ToolFailed, match="replaced by a symlink"):
+            await call(tool, workspace, **arguments)
 
 
 def test_missing_workspace_refused() -> None:

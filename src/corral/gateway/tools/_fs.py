@@ -111,6 +111,15 @@ def _resolve(workspace: Path | None, path: str) -> tuple[Path, Path]:
             "start the run with `--workspace DIR` naming a directory.",
             code="no_workspace",
         )
+    if workspace.is_absolute() and root != Path(os.path.abspath(workspace)):
+        # The workspace was stored canonical when it was checked against its roots; a directory
+        # on its path replaced by a symlink since then would lead the tools elsewhere.
+        raise ToolFailed(
+            f"This run's workspace {str(workspace)!r} now resolves to {str(root)!r}: a directory "
+            "on its path was replaced by a symlink after the run was created. Start a new run "
+            "on the directory you mean.",
+            code="workspace_moved",
+        )
     resolved = Path(os.path.realpath(os.path.join(root, path)))
     if not resolved.is_relative_to(root):
         raise PathOutsideWorkspace(
