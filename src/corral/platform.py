@@ -6,21 +6,21 @@ temporary store with :class:`corral.testing.ScriptedModel` as a provider.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import select
 
 from corral._files import make_home_private, write_private_file
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
-from corral.gateway.mcp import McpExecutor, McpPool
 from corral.gateway.models import (
     LocalModelServer,
     ModelProvider,
     ModelRequest,
     ModelResponse,
-    OpenAICompatibleProvider,
     local_provider,
 )
 from corral.gateway.models._gateway import ModelGateway
@@ -41,6 +41,9 @@ from corral.store import (
     upgrade,
 )
 from corral.tenancy import Identity, Quotas, TenantRow, create_local_admin_key
+
+if TYPE_CHECKING:  # the MCP SDK is imported when an MCP server is first used
+    from corral.gateway.mcp import McpExecutor, McpPool
 
 __all__ = ["ADMIN_KEY_FILE", "Platform", "UnavailableProvider"]
 
@@ -64,6 +67,21 @@ class UnavailableProvider:
             ModelAPIError: always.
         """
         raise ModelAPIError(self.reason, provider=self.name)
+
+
+class _McpOnDemand:
+    """Stands in for the tool gateway's MCP executor until an ``mcp`` tool is called.
+
+    Importing the MCP SDK costs about 200 modules and 18 MB; a worker whose agents call no MCP
+    tool never pays it. Every attribute (``call``...) is the real executor's, built on first
+    access by :attr:`Platform.mcp_executor`.
+    """
+
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._platform.mcp_executor, name)
 
 
 class Platform:
@@ -131,8 +149,7 @@ class Platform:
         self.tools = ToolGateway(
             settings.tools, self.tracing.tracer, builtins=builtins, secrets=self.secrets
         )
-        self.mcp = McpPool(render=self._render_secret, log_dir=settings.home / "logs")
-        self.tools.mcp = McpExecutor(self.store, self.mcp)
+        self.tools.mcp = cast("McpExecutor", _McpOnDemand(self))
         self.executor = RunExecutor(
             self.store,
             self.models,
@@ -207,6 +224,9 @@ class Platform:
         providers: dict[str, ModelProvider] = {}
         openai_settings = self.settings.openai
         if openai_settings.base_url or openai_settings.api_key:
+            # Imported only when configured: the openai SDK is ~500 modules, ~40 MB.
+            from corral.gateway.models import OpenAICompatibleProvider
+
             try:
                 providers["openai"] = OpenAICompatibleProvider.from_settings(openai_settings)
             except ModelAPIError as exc:
@@ -232,6 +252,20 @@ class Platform:
         self.local_server = server
         return local_provider(server.base_url, self.settings.local_model, api_key=server.api_key)
 
+    @functools.cached_property
+    def mcp(self) -> McpPool:
+        """Sessions with upstream MCP servers, built on first use (with the MCP SDK)."""
+        from corral.gateway.mcp import McpPool
+
+        return McpPool(render=self._render_secret, log_dir=self.settings.home / "logs")
+
+    @functools.cached_property
+    def mcp_executor(self) -> McpExecutor:
+        """The tool gateway's executor of ``mcp`` tools, built on the first call of one."""
+        from corral.gateway.mcp import McpExecutor
+
+        return McpExecutor(self.store, self.mcp)
+
     async def _render_secret(self, tenant_id: str, template: str) -> str:
         """Resolve ``${secret:NAME}`` references for an MCP server's ``env`` or ``headers``."""
         rendered, _ = await self.secrets.render(tenant_id, template)
@@ -239,7 +273,8 @@ class Platform:
 
     async def close(self) -> None:
         """Stop MCP sessions, HTTP tool pools, the embedded model; close providers and store."""
-        await self.mcp.close()
+        if "mcp" in self.__dict__:  # never built: no MCP server was used
+            await self.mcp.close()
         await self.tools.aclose()
         if self.local_server is not None:
             await self.local_server.stop()

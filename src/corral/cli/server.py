@@ -1,4 +1,8 @@
-"""CLI: ``corral up``, ``corral worker`` and ``corral db upgrade`` (these talk to the store)."""
+"""CLI: ``corral up``, ``corral worker`` and ``corral db upgrade`` (these talk to the store).
+
+The API (FastAPI, its routers, the MCP server SDK) and uvicorn are imported by ``corral up``
+only: an idle ``corral worker`` does not hold them in memory.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 from sqlalchemy.engine import make_url
 
-from corral.api import create_app
 from corral.cli._client import fail
 from corral.platform import Platform
 from corral.settings import Settings, get_settings
@@ -46,6 +48,10 @@ def up(
 
     Data lives in CORRAL_HOME (default ~/.corral); the SQLite database is migrated on start.
     """
+    import uvicorn
+
+    from corral.api import create_app
+
     base = get_settings()
     api = base.api.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     settings = base.model_copy(update={"api": api})

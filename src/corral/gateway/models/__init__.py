@@ -2,7 +2,15 @@
 
 Every provider implements :class:`ModelProvider`: one :class:`ModelRequest` in, one
 :class:`ModelResponse` (a parsed :data:`Decision`, raw text, usage) out.
+
+:class:`OpenAICompatibleProvider` is imported on first use: the ``openai`` SDK is about 500
+modules and 40 MB, which a worker or server whose providers are all something else (a
+``ScriptedModel``, no provider configured) never needs.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from corral.gateway.models._base import (
     Decision,
@@ -28,7 +36,9 @@ from corral.gateway.models._local import (
     find_default_model_path,
     local_provider,
 )
-from corral.gateway.models._openai import OpenAICompatibleProvider
+
+if TYPE_CHECKING:
+    from corral.gateway.models._openai import OpenAICompatibleProvider
 
 __all__ = [
     "DEFAULT_MAX_STRING",
@@ -51,3 +61,12 @@ __all__ = [
     "local_provider",
     "parse_json_decision",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the ``openai``-backed provider when it is first asked for (PEP 562)."""
+    if name == "OpenAICompatibleProvider":
+        from corral.gateway.models._openai import OpenAICompatibleProvider
+
+        return OpenAICompatibleProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

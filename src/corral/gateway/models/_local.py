@@ -29,13 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import httpx
 
 from corral.errors import LocalModelUnavailable
-from corral.gateway.models._openai import OpenAICompatibleProvider
 from corral.settings import LocalModelSettings
+
+if TYPE_CHECKING:  # the openai SDK is imported only when a provider is built
+    from corral.gateway.models._openai import OpenAICompatibleProvider
 
 __all__ = [
     "LOCAL_MODEL_ALIAS",
@@ -340,6 +342,8 @@ def local_provider(
     Returns:
         The provider.
     """
+    from corral.gateway.models._openai import OpenAICompatibleProvider
+
     base_url = server_base_url.rstrip("/")
     if not base_url.endswith("/v1"):
         base_url += "/v1"
