@@ -12,8 +12,6 @@ import json
 import re
 from typing import Any
 
-import jsonschema_rs
-
 from corral.gateway.models._base import Decision, FinalAnswer, ToolCall, ToolDefinition
 
 __all__ = [
@@ -176,6 +174,8 @@ def parse_json_decision(text: str, tools: list[ToolDefinition]) -> Decision:
 
 def validate_decision_schema(schema: dict[str, Any]) -> None:
     """Raise ``ValueError`` if ``schema`` is not a valid JSON Schema (used by tests)."""
+    import jsonschema_rs  # a 6 MB extension module: only tests call this
+
     try:
         jsonschema_rs.validator_for(schema)
     except Exception as exc:

@@ -31,8 +31,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
-import httpx
-
 from corral.errors import LocalModelUnavailable
 from corral.settings import LocalModelSettings
 
@@ -286,6 +284,8 @@ class LocalModelServer:
 
     async def _wait_ready(self) -> None:
         """Poll ``GET /v1/models`` until it answers 200, the process exits, or time runs out."""
+        import httpx  # with rich and click (httpx's CLI): only when a model server starts
+
         assert self._process is not None
         timeout = self.settings.startup_timeout_seconds
         deadline = time.monotonic() + timeout

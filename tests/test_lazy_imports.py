@@ -1,0 +1,82 @@
+"""Heavy SDKs stay out of a process that does not use them (issue 11: idle RSS).
+
+Each check imports in a fresh interpreter, so what earlier tests imported does not count.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NEVER_BY_DEFAULT = ("openai", "anthropic", "llama_cpp", "mcp", "schemathesis", "hypothesis")
+"""Packages a worker with default settings must not import: providers are imported when
+configured, the MCP SDK when an MCP server is used, the local model's runtime never."""
+
+
+def _loaded_after(code: str, tmp_home: str) -> set[str]:
+    """Top-level packages in ``sys.modules`` after running ``code`` in a new interpreter."""
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"CORRAL_HOME": tmp_home, "PATH": "/usr/bin:/bin", **_python_path()},
+    )
+    return {name.split(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
+
+
+def _python_path() -> dict[str, str]:
+    return {"PYTHONPATH": ":".join(p for p in sys.path if p)}
+
+
+@pytest.mark.parametrize("module", ["corral.platform", "corral.cli", "corral.gateway.models"])
+def test_importing_corral_loads_no_provider_sdk(module: str, tmp_path: Path) -> None:
+    loaded = _loaded_after(f"import {module}", str(tmp_path))
+    assert "corral" in loaded
+    assert loaded.isdisjoint(NEVER_BY_DEFAULT), sorted(loaded & set(NEVER_BY_DEFAULT))
+
+
+def test_a_default_platform_loads_no_provider_sdk(tmp_path: Path) -> None:
+    """Build and start a Platform with default settings, as `corral worker` does."""
+    code = f"""
+import asyncio
+from corral.platform import Platform
+from corral.settings import Settings
+
+async def main():
+    platform = Platform(Settings(home={str(tmp_path)!r}))
+    await platform.start()
+    await platform.close()
+
+asyncio.run(main())
+"""
+    loaded = _loaded_after(code, str(tmp_path))
+    assert loaded.isdisjoint(NEVER_BY_DEFAULT), sorted(loaded & set(NEVER_BY_DEFAULT))
+
+
+def test_the_openai_provider_is_still_importable_from_the_package(tmp_path: Path) -> None:
+    code = "from corral.gateway.models import OpenAICompatibleProvider as P; assert P.__name__"
+    assert "openai" in _loaded_after(code, str(tmp_path))
+
+
+def test_a_configured_openai_provider_imports_the_sdk(tmp_path: Path) -> None:
+    code = f"""
+import asyncio
+from corral.platform import Platform
+from corral.settings import Settings
+
+async def main():
+    settings = Settings(home={str(tmp_path)!r}, openai={{"api_key": "sk-test"}})
+    platform = Platform(settings)
+    await platform.start()
+    assert type(platform.models.providers["openai"]).__name__ == "OpenAICompatibleProvider"
+    await platform.close()
+
+asyncio.run(main())
+"""
+    assert "openai" in _loaded_after(code, str(tmp_path))
