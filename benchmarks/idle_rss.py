@@ -132,7 +132,9 @@ def _wait_http(url: str, process: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"`corral up` exited ({process.returncode}): {process.stdout.read()}")
+            raise RuntimeError(
+                f"`corral up` exited ({process.returncode}): {process.stdout.read()}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -205,21 +207,21 @@ def _tree(label: str, src: Path | None, args: argparse.Namespace) -> dict[str, A
 
 def _print(trees: list[dict[str, Any]], baseline: dict[str, float]) -> None:
     base = baseline["VmRSS"]
-    print(f"baseline `import sqlalchemy, fastapi`: {base:.1f} MB RSS")  # noqa: T201
-    print(f"{'tree':10} {'process':30} {'RSS MB':>7} {'peak MB':>8} {'x base':>7} target")  # noqa: T201
+    print(f"baseline `import sqlalchemy, fastapi`: {base:.1f} MB RSS")
+    print(f"{'tree':10} {'process':30} {'RSS MB':>7} {'peak MB':>8} {'x base':>7} target")
     for tree in trees:
         for name, figures in tree["rss"].items():
             rss = figures["VmRSS"]
             verdict = "ok" if rss <= TARGET_MB else f"> {TARGET_MB:.0f}"
-            print(  # noqa: T201
+            print(
                 f"{tree['label']:10} {name:30} {rss:7.1f} {figures['VmHWM']:8.1f} "
                 f"{rss / base:7.2f} {verdict}"
             )
-    print(f"\n{'tree':10} {'import':18} {'modules':>7}  " + " ".join(HEAVY))  # noqa: T201
+    print(f"\n{'tree':10} {'import':18} {'modules':>7}  " + " ".join(HEAVY))
     for tree in trees:
         for name, counted in tree["modules"].items():
             heavy = " ".join(str(counted["by_package"].get(p, 0)) for p in HEAVY)
-            print(f"{tree['label']:10} {name:18} {counted['total']:7d}  {heavy}")  # noqa: T201
+            print(f"{tree['label']:10} {name:18} {counted['total']:7d}  {heavy}")
 
 
 def main() -> None:
