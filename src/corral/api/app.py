@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI
 from starlette.routing import Route
@@ -27,10 +27,12 @@ from corral.api._deps import ApiRateLimiter, PlatformDep, annotate_permissions, 
 from corral.api._errors import document_errors, install_error_handlers
 from corral.api._limits import RequestSizeLimit
 from corral.api._text import reject_lone_surrogates
-from corral.api.mcp import MCP_PATH, McpEndpoint
 from corral.platform import Platform
 from corral.store import SYSTEM
 from corral.tenancy import PUBLIC
+
+if TYPE_CHECKING:
+    from corral.api.mcp import McpEndpoint
 
 __all__ = ["create_app"]
 
@@ -47,7 +49,7 @@ def create_app(
             admin (every role), which the CLI uses when ``CORRAL_API_KEY`` is not set (the
             embedded mode).
     """
-    mcp = McpEndpoint(platform) if platform.settings.mcp_endpoint.enabled else None
+    mcp = _mcp_endpoint(platform)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -94,6 +96,8 @@ def create_app(
     app.include_router(secrets.router)
     app.include_router(tenancy.router)
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
+        from corral.api.mcp import MCP_PATH
+
         app.router.routes.append(
             Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
         )
@@ -114,6 +118,15 @@ def create_app(
     annotate_permissions(app)
     _document(app)
     return app
+
+
+def _mcp_endpoint(platform: Platform) -> McpEndpoint | None:
+    """The ``/mcp`` endpoint; ``None`` when disabled (then the MCP server SDK is not imported)."""
+    if not platform.settings.mcp_endpoint.enabled:
+        return None
+    from corral.api.mcp import McpEndpoint
+
+    return McpEndpoint(platform)
 
 
 _EXTRA_ERRORS: dict[tuple[str, str], set[int]] = {
