@@ -29,6 +29,7 @@ from corral.observability._tables import SpanRow
 from corral.platform import Platform
 from corral.policy._tables import PolicyDecisionRow
 from corral.runtime import create_run, get_run
+from corral.runtime._tables import StepRow, ToolCallRow
 from corral.settings import McpEndpointSettings, Settings
 from corral.store import SYSTEM
 from corral.tenancy import ROLES, Principal, create_key
@@ -40,6 +41,8 @@ _EVENTS = cast(Table, AuditEventRow.__table__)
 _SPANS = cast(Table, SpanRow.__table__)
 _DECISIONS = cast(Table, PolicyDecisionRow.__table__)
 _APPROVALS = cast(Table, ApprovalRow.__table__)
+_STEPS = cast(Table, StepRow.__table__)
+_CALLS = cast(Table, ToolCallRow.__table__)
 ADMIN = Principal(id="user:local-admin", tenant_id="default", roles=frozenset(ROLES), kind="user")
 HEADERS = {
     "Accept": "application/json, text/event-stream",
@@ -274,24 +277,30 @@ async def test_a_call_leaves_the_same_rows_through_a_run_and_through_mcp(
 
 # --- a store refusing writes mid-call ----------------------------------------------------------
 
-_SQLITE_REFUSE = (
-    "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events "
-    "BEGIN SELECT RAISE(ABORT, 'audit store refuses writes (test)'); END"
-)
-_POSTGRES_REFUSE = (
-    """CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN RAISE EXCEPTION 'audit store refuses writes (test)'; END $$""",
-    "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events "
-    "FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
-)
 
-
-async def refuse_audit_writes(platform: Platform) -> None:
-    """From now on every INSERT into ``audit_events`` fails (a full disk, a revoked grant)."""
-    statements = (_SQLITE_REFUSE,) if platform.store.dialect == "sqlite" else _POSTGRES_REFUSE
+async def refuse_writes(platform: Platform, table: str) -> None:
+    """From now on every INSERT into ``table`` fails (a full disk, a revoked grant)."""
+    message = f"{table} refuses writes (test)"
+    if platform.store.dialect == "sqlite":
+        statements = [
+            f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+        ]
+    else:
+        statements = [
+            f"CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            f"BEGIN RAISE EXCEPTION '{message}'; END $$",
+            f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION refuse_{table}()",
+        ]
     async with platform.store.transaction(SYSTEM) as session:
         for statement in statements:
             await session.execute(text(statement))
+
+
+async def counts(platform: Platform) -> dict[str, int]:
+    tables = (_DECISIONS, _EVENTS, _SPANS, _STEPS, _CALLS)
+    return {t.name: len(await rows(platform, select(t.c[0]))) for t in tables}
 
 
 @pytest.mark.parametrize(
@@ -302,21 +311,53 @@ async def test_a_store_refusing_writes_fails_the_call_and_leaves_nothing(
     settings: Settings, workspace: Path, tool: str, arguments: dict[str, Any]
 ) -> None:
     async with served(settings, workspace, []) as (platform, client):
-        before = {
-            table.name: len(await rows(platform, select(table.c[0])))
-            for table in (_DECISIONS, _EVENTS, _SPANS)
-        }
-        await refuse_audit_writes(platform)
+        before = await counts(platform)
+        await refuse_writes(platform, "audit_events")
         answer = await call_mcp(client, tool, arguments)
-        after = {
-            table.name: len(await rows(platform, select(table.c[0])))
-            for table in (_DECISIONS, _EVENTS, _SPANS)
-        }
+        after = await counts(platform)
 
     message = json.dumps(answer)
     assert "could not be recorded" in message, message
-    assert "audit store refuses writes (test)" in message
+    assert "audit_events refuses writes (test)" in message
     assert "result" not in answer or answer["result"].get("isError") is True
     # Nothing half-written: no decision, event or span of the call; no effect either.
     assert after == before
     assert not (workspace / "notes.txt").exists()
+
+
+async def test_a_store_refusing_writes_at_a_checkpoint_leaves_no_half_step(
+    settings: Settings, workspace: Path
+) -> None:
+    script = [ScriptedModel.call("fs.read_file", path="README.md"), ScriptedModel.answer("done")]
+    async with served(settings, workspace, script) as (platform, _client):
+        async with platform.store.transaction("default") as session:
+            run = await create_run(
+                session,
+                tenant_id="default",
+                agent_name="repo-analyst",
+                task="Look.",
+                requested_by="user:test",
+                workspace=str(workspace),
+                workspaces=platform.workspaces,
+            )
+        before = await counts(platform)
+        await refuse_writes(platform, "policy_decisions")
+        await platform.worker.run_until_idle()
+        after = await counts(platform)
+        async with platform.store.read("default") as session:
+            stored = await get_run(session, run.id, tenant_id="default")
+        tool_events = await rows(
+            platform,
+            select(_EVENTS).where(_EVENTS.c.run_id == run.id, _EVENTS.c.action == "tool.call"),
+        )
+
+    # The step's checkpoint (step, call, decision, audit event, span) was one transaction: the
+    # refused decision took all of it; the run failed with the store's error, not half a step.
+    assert stored.status == "FAILED"
+    assert "policy_decisions refuses writes (test)" in (stored.error or "")
+    assert tool_events == []
+    assert (after["steps"], after["tool_calls"], after["policy_decisions"]) == (
+        before["steps"],
+        before["tool_calls"],
+        before["policy_decisions"],
+    )
