@@ -1,5 +1,9 @@
 """The CALL_TOOLS phase: every tool call of a step, with exactly-once side effects.
 
+Each call goes through the governed-call pipeline (:class:`~corral.gateway.tools.CallPipeline`)
+with this module's recorder: decision rows and audit events (``secret.used`` included) wait in
+the run state for the step's fenced checkpoint or the pause that ends the step.
+
 A read-only call simply runs (after a crash it runs again). A side-effecting call
 (``side_effect: write|destructive``) is recorded ``STARTED`` with its idempotency key
 ``{run_id}:{step}:{call_index}`` in its own transaction before it executes, and its outcome

@@ -1,23 +1,22 @@
-"""Tool calls from outside a managed run, on the path a run's calls take.
+"""Tool calls from outside a managed run, through the pipeline a run's calls take.
 
 Inbound MCP (``/mcp``) calls tools through :class:`DirectToolCalls` on behalf of an
-authenticated principal. Each call (DESIGN.md, "Tool gateway"):
+authenticated principal. Each call resolves the tool versions offered to the principal (the
+tenant's registered tools, latest version, minus quarantined MCP tools, minus, for an agent
+principal, what the contract of the agent version bound to the endpoint's stage does not
+allow), then goes through :class:`~corral.gateway.tools.CallPipeline` (validation,
+canonicalisation, the ``tool.call`` decision for the calling ``User``, ``ServiceAccount`` or
+``Agent``, execution, the ``execute_tool`` span) with this module's recorder, which:
 
-1. resolves the tool version offered to the principal: the tenant's registered tools (latest
-   version), minus quarantined MCP tools, minus, for an agent principal, what the contract of the
-   agent version bound to the endpoint's stage does not allow;
-2. :meth:`ToolGateway.prepare`: the arguments are validated against the pinned JSON Schema and a
-   ``path`` argument is canonicalised against the endpoint's workspace;
-3. decides ``tool.call`` for the calling principal (``User``, ``ServiceAccount`` or ``Agent``),
-   and stores the decision;
-4. on ``require_approval``, raises an approval request bound to the principal, the tool and the
-   SHA-256 digest of the canonical arguments (or points at the pending one already raised). Once
-   approved, the principal repeats exactly that call before the request expires; that call spends
-   the approval (its ``idempotency_key`` becomes ``direct:{call_id}``), so it covers one call;
-5. :meth:`ToolGateway.execute` (timeout, output cap);
-6. stores an audit event ``tool.call`` and the ``execute_tool`` span with the decision. A
-   side-effecting call (or one spending an approval) first commits its decision and a
-   ``tool.call.started`` event, so no effect happens without a record.
+* on ``require_approval``, raises an approval request bound to the principal, the tool and the
+  SHA-256 digest of the canonical arguments (or points at the pending one already raised). Once
+  approved, the principal repeats exactly that call before the request expires; that call spends
+  the approval (its ``idempotency_key`` becomes ``direct:{call_id}``), so it covers one call;
+* before a side-effecting call (or one spending an approval) commits its decision and a
+  ``tool.call.started`` event, so no effect happens without a record;
+* writes the rest (decisions, ``secret.use`` decisions and ``secret.used`` events, the
+  ``tool.call`` audit event, the span, the approval request) in one transaction of its own. A
+  store refusing it fails the call with :class:`~corral.gateway.tools.CallNotRecorded`.
 """
 
 from __future__ import annotations

@@ -271,6 +271,7 @@ class CallPipeline:
         if isinstance(prepared, ToolResult):
             return CallOutcome(prepared.status, prepared, ctx)
         authorization = await self._authorize(call, prepared)
+        path_decider = None
         if authorization is not None:
             recorder.decided(authorization.row)
             if authorization.kind == "deny":
@@ -278,8 +279,10 @@ class CallPipeline:
                 return CallOutcome("DENIED", denied, ctx, authorization)
             if authorization.kind == "require_approval":
                 return await recorder.approval_required(call, prepared, authorization)
-            ctx = dataclasses.replace(ctx, path_decider=authorization.path_decider)
-        ctx = dataclasses.replace(ctx, on_secret_use=recorder.secret_used)
+            path_decider = authorization.path_decider
+        ctx = dataclasses.replace(
+            ctx, path_decider=path_decider, on_secret_use=recorder.secret_used
+        )
         call = dataclasses.replace(call, ctx=ctx)
         ended = await recorder.before_execute(call, prepared, authorization)
         if ended is not None:
