@@ -17,6 +17,8 @@ Rows, each p50 / p99 in microseconds over ``--calls`` sequential calls:
 * ``reveal``: one read + AES-GCM unwrap and decrypt.
 * ``render, policy checked``: ``secret.use`` decision, its stored decision and audit event
   (one write transaction), then reveal.
+* ``render, use folded in call``: the same decision handed to the tool call's recorder (stored
+  with the call's own rows, as the governed-call pipeline does), then reveal.
 """
 
 from __future__ import annotations
@@ -123,6 +125,17 @@ async def main(calls: int) -> None:
             max(calls // 4, 50),
         )
         rows.append(("render, policy checked", rendered))
+        # As a governed call does it: the decision row and audit event go to the call's recorder
+        # (stored with the call's own rows), no transaction of its own.
+        kept: list[object] = []
+        folded_check = broker.use_check(
+            "default", principal=AGENT, resource=TOOL, stage="dev", record=lambda *r: kept.append(r)
+        )
+        folded = await timed(
+            lambda: broker.render("default", "Bearer ${secret:deploy-key}", check=folded_check),
+            max(calls // 4, 50),
+        )
+        rows.append(("render, use folded in call", folded))
     finally:
         await platform.close()
     print(f"{'':28}{'p50 us':>10}{'p99 us':>10}")

@@ -470,12 +470,12 @@ class EngageAfterDeciding:
     def __getattr__(self, name: str) -> Any:  # the rest (path guards...) as it is
         return getattr(self.governance, name)
 
-    async def decide(self, tenant_id: str, request: Any, *args: Any, **kw: Any) -> Any:
-        decision = await self.governance.decide(tenant_id, request, *args, **kw)
+    async def authorize(self, tenant_id: str, request: Any, *args: Any, **kw: Any) -> Any:
+        authorization = await self.governance.authorize(tenant_id, request, *args, **kw)
         if request.action == "tool.call":
-            self.decisions.append(decision.decision)
+            self.decisions.append(authorization.kind)
             await self.engage()
-        return decision
+        return authorization
 
 
 @pytest.mark.parametrize("signal", ["kill", "cancel"])

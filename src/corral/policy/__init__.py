@@ -25,6 +25,7 @@ from corral.policy._schema import (
     PolicyAction,
     cedar_schema,
 )
+from corral.policy._service import Authorization, DecisionRow, Governance
 from corral.policy._types import (
     CompiledPolicy,
     DecisionKind,
@@ -44,13 +45,16 @@ __all__ = [
     "DEFAULT_POLICY_TEXT",
     "PRINCIPAL_TYPES",
     "RESOURCE_TYPES",
+    "Authorization",
     "CaseExpectation",
     "CaseResult",
     "CompiledPolicy",
     "DecisionKind",
+    "DecisionRow",
     "Entity",
     "EntityRef",
     "EntitySet",
+    "Governance",
     "PolicyAction",
     "PolicyCase",
     "PolicyContext",

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, select
@@ -32,6 +34,8 @@ from corral.policy._types import (
 from corral.store import Store, utcnow
 
 __all__ = [
+    "Authorization",
+    "DecisionRow",
     "Governance",
     "agent_entity",
     "arguments_digest",
@@ -147,6 +151,89 @@ def principal_ref(principal: str) -> EntityRef:
     return EntityRef(entity_type, principal)
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One ``policy_decisions`` row: a decision, what it was asked, and when.
+
+    Attributes:
+        id: The decision's id (``pd_...``), referenced by audit events and approval requests.
+        tenant_id: Tenant the decision was made in.
+        action: The Cedar action (``tool.call``, ``secret.use``, ``model.call``...).
+        principal: The principal's uid in Cedar syntax (``Agent::"repo-analyst"``).
+        resource: The resource's uid in Cedar syntax (``Tool::"fs.read_file"``).
+        decision: ``allow``, ``deny`` or ``require_approval``.
+        determining_policies: Ids of the policies (or contract rules) that decided it.
+        reasons: The ``@reason`` texts of those policies.
+        approver_roles: Roles that may approve (``require_approval``).
+        required_approvals: Approvals needed (``require_approval``; 0 otherwise).
+        constraints: Constraints the decision carries.
+        errors: Evaluation errors (an error denies).
+        inputs_digest: ``sha256:`` digest of the request and entities.
+        policy_set_digest: Digest of the policy set that decided.
+        duration_us: Evaluation time in microseconds.
+        run_id: The run it governed, or ``None`` (a direct call, a promotion).
+        detail: Free-form detail, or ``None``.
+        created_at: When it was made (UTC).
+    """
+
+    id: str
+    tenant_id: str
+    action: str
+    principal: str
+    resource: str
+    decision: str
+    determining_policies: list[str]
+    reasons: list[str]
+    approver_roles: list[str]
+    required_approvals: int
+    constraints: dict[str, Any]
+    errors: list[str]
+    inputs_digest: str
+    policy_set_digest: str
+    duration_us: float
+    run_id: str | None
+    detail: dict[str, Any] | None
+    created_at: datetime
+
+    @classmethod
+    def of(
+        cls,
+        decision: PolicyDecision,
+        request: PolicyRequest,
+        *,
+        tenant_id: str,
+        run_id: str | None,
+    ) -> DecisionRow:
+        """The row of ``decision``, made for ``request`` (the time is now)."""
+        return cls(
+            decision.id,
+            tenant_id,
+            request.action,
+            f'{request.principal.type}::"{request.principal.id}"',
+            f'{request.resource.type}::"{request.resource.id}"',
+            decision.decision,
+            list(decision.determining_policies),
+            list(decision.reasons),
+            list(decision.approver_roles),
+            decision.required_approvals,
+            dict(decision.constraints),
+            list(decision.errors),
+            decision.inputs_digest,
+            decision.policy_set_digest,
+            decision.duration_us,
+            run_id,
+            None,
+            utcnow(),
+        )
+
+    def as_row(self) -> dict[str, Any]:
+        """The values to insert, by column name."""
+        return {name: getattr(self, name) for name in _DECISION_COLUMNS}
+
+
+_DECISION_COLUMNS = tuple(field.name for field in dataclasses.fields(DecisionRow))
+
+
 def decision_row(
     decision: PolicyDecision,
     request: PolicyRequest,
@@ -154,33 +241,61 @@ def decision_row(
     tenant_id: str,
     run_id: str | None,
 ) -> dict[str, Any]:
-    """The ``policy_decisions`` row of a decision."""
-    return {
-        "id": decision.id,
-        "tenant_id": tenant_id,
-        "action": request.action,
-        "principal": f'{request.principal.type}::"{request.principal.id}"',
-        "resource": f'{request.resource.type}::"{request.resource.id}"',
-        "decision": decision.decision,
-        "determining_policies": list(decision.determining_policies),
-        "reasons": list(decision.reasons),
-        "approver_roles": list(decision.approver_roles),
-        "required_approvals": decision.required_approvals,
-        "constraints": dict(decision.constraints),
-        "errors": list(decision.errors),
-        "inputs_digest": decision.inputs_digest,
-        "policy_set_digest": decision.policy_set_digest,
-        "duration_us": decision.duration_us,
-        "run_id": run_id,
-        "detail": None,
-        "created_at": utcnow(),
-    }
+    """The ``policy_decisions`` row of a decision (see :class:`DecisionRow`)."""
+    return DecisionRow.of(decision, request, tenant_id=tenant_id, run_id=run_id).as_row()
 
 
-def insert_decisions(connection: Connection, rows: list[dict[str, Any]]) -> None:
+def insert_decisions(connection: Connection, rows: Sequence[dict[str, Any] | DecisionRow]) -> None:
     """Store decisions (in the transaction of the action they governed)."""
     if rows:
-        connection.execute(_DECISIONS.insert(), rows)
+        connection.execute(
+            _DECISIONS.insert(),
+            [row.as_row() if isinstance(row, DecisionRow) else row for row in rows],
+        )
+
+
+PathDecider = Callable[[Sequence[str]], list[bool]]
+"""``decide(paths) -> [allowed, ...]``: see :meth:`Governance.path_decider`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """What :meth:`Governance.authorize` decided for one governed action.
+
+    Attributes:
+        decision: The decision (after the contract's approval rules, when given).
+        request: The request decided.
+        entities: The entities it was decided with.
+        granted: Policy and rule ids already approved for this action.
+        row: The ``policy_decisions`` row to store in the action's transaction.
+        path_decider: For an allowed ``tool.call`` asked with ``path_guard=True``: the guard
+            of the paths the tool reaches on its own (``None``: every path is decided as the
+            call was).
+    """
+
+    decision: PolicyDecision
+    request: PolicyRequest
+    entities: list[Entity]
+    granted: tuple[str, ...]
+    row: DecisionRow
+    path_decider: PathDecider | None = None
+
+    @property
+    def kind(self) -> str:
+        """``allow``, ``deny`` or ``require_approval``."""
+        return self.decision.decision
+
+    @property
+    def allowed(self) -> bool:
+        """The action may go ahead now."""
+        return self.decision.decision == "allow"
+
+    def denial(self, what: str) -> str:
+        """The message of a denial: ``policy denies {what}: reasons (policies ...)``."""
+        decision = self.decision
+        because = "; ".join(decision.reasons) or "no policy permits it"
+        policies = ", ".join(decision.determining_policies) or "default deny"
+        return f"policy denies {what}: {because} (policies: {policies}, decision {decision.id})"
 
 
 class Governance:
@@ -300,6 +415,53 @@ class Governance:
             self._entity_sets[key] = entity_set
         return entity_set
 
+    async def authorize(
+        self,
+        tenant_id: str,
+        request: PolicyRequest,
+        entities: list[Entity],
+        *,
+        approvals_granted: Iterable[str] = (),
+        run_id: str | None = None,
+        contract: tuple[str, Iterable[Any]] | None = None,
+        path_guard: bool = False,
+    ) -> Authorization:
+        """Decide one governed action: the Cedar decision, its approvals and its row.
+
+        The one entry point for every governed action (``tool.call`` today; ``model.call``,
+        ``memory.*`` the same way): evaluate ``request``, apply the calling agent's own
+        approval rules on top of an ``allow`` (:func:`contract_approvals`), and build the
+        decision row the caller stores in the action's own transaction. Never raises:
+        evaluation errors deny.
+
+        Args:
+            tenant_id: Tenant of the action.
+            request: The request (principal, action, resource, context).
+            entities: The principal and resource entities.
+            approvals_granted: Policy and rule ids already approved for this very action.
+            run_id: The run it happens in, stored with the decision; ``None`` outside runs.
+            contract: ``(agent name, spec.approvals)`` of the calling agent, whose rules may
+                turn an allow into ``require_approval`` for the resource named by
+                ``request.resource.id``; ``None``: no contract rules.
+            path_guard: For an allowed call, also build its path guard
+                (:meth:`path_decider`).
+
+        Returns:
+            The :class:`Authorization`.
+        """
+        granted = tuple(approvals_granted)
+        decision = await self.decide(tenant_id, request, entities, approvals_granted=granted)
+        if contract is not None:
+            agent_name, rules = contract
+            decision = contract_approvals(decision, agent_name, rules, request.resource.id, granted)
+        row = DecisionRow.of(decision, request, tenant_id=tenant_id, run_id=run_id)
+        decider = None
+        if path_guard and decision.decision == "allow":
+            decider = await self.path_decider(
+                tenant_id, request, entities, approvals_granted=granted
+            )
+        return Authorization(decision, request, entities, granted, row, decider)
+
     async def path_decider(
         self,
         tenant_id: str,
@@ -307,7 +469,7 @@ class Governance:
         entities: list[Entity],
         *,
         approvals_granted: Iterable[str] = (),
-    ) -> Callable[[Sequence[str]], list[bool]] | None:
+    ) -> PathDecider | None:
         """The path guard of an allowed call, for the paths a tool reaches on its own.
 
         A tool that walks a directory returns entries its ``path`` argument did not name; each

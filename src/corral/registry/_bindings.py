@@ -284,37 +284,22 @@ def request_approval(
     now: datetime,
 ) -> Promotion:
     """Write the pending promotion, its approval request and their audit events."""
-    approval_id = new_id("apr")
+    from corral.approvals import approval_request  # the approvals service imports this module
+
     arguments = {"agent": target.agent_name, "version": target.version, "stage": target.stage}
-    required = max(decision.required_approvals, 1)
-    connection.execute(
-        approvals_table().insert(),
-        [
-            {
-                "id": approval_id,
-                "tenant_id": target.tenant_id,
-                "kind": "promotion",
-                "status": "pending",
-                "action": "agent.promote",
-                "subject": f"agent:{target.agent_name}@{target.version}->{target.stage}",
-                "run_id": None,
-                "step_index": None,
-                "call_index": None,
-                "idempotency_key": None,
-                "arguments_redacted": arguments,
-                "arguments_digest": arguments_digest(arguments),
-                "reason": "; ".join(decision.reasons) or "policy requires approval",
-                "approver_roles": list(decision.approver_roles),
-                "required_approvals": required,
-                "policy_ids": list(decision.determining_policies),
-                "policy_decision_id": decision.id,
-                "requested_by": target.actor,
-                "expires_at": expires_at,
-                "created_at": now,
-                "decided_at": None,
-            }
-        ],
+    request = approval_request(
+        decision,
+        tenant_id=target.tenant_id,
+        kind="promotion",
+        action="agent.promote",
+        subject=f"agent:{target.agent_name}@{target.version}->{target.stage}",
+        arguments=arguments,
+        requested_by=target.actor,
+        now=now,
+        expires_at=expires_at,
     )
+    approval_id, required = request.id, request.required_approvals
+    connection.execute(approvals_table().insert(), [request.as_row()])
     promotion = insert_promotion(
         connection, target, "promote", "pending_approval", current, decision.id, approval_id, now
     )

@@ -409,6 +409,7 @@ class RunExecutor(ToolPhase):
             ),
         )
         checkpoint.decisions, state.decisions = state.decisions, []
+        checkpoint.audit, state.audit = state.audit, []  # secret.used, from the tool calls
         if record is not None:
             checkpoint.run_values["step_count"] = state.step_count + 1
             checkpoint.run_values["pending_decision"] = None

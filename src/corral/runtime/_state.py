@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from corral.audit import AuditRecord
 from corral.contracts import AgentSpec
 from corral.gateway.models import Message, ToolDefinition
 from corral.gateway.tools._base import ToolCallContext, ToolResult
@@ -130,6 +131,9 @@ class RunState:
     """Approved policy ids for calls of the step in progress, by (call index, args digest)."""
     decisions: list[dict[str, Any]] = field(default_factory=list)
     """Policy decision rows made since the last checkpoint (stored with it)."""
+    audit: list[AuditRecord] = field(default_factory=list)
+    """Audit events made since the last checkpoint outside the step's own (``secret.used``),
+    stored with it."""
     model_decisions: dict[str, str] = field(default_factory=dict)
     """``model.call`` outcome per model for this run segment: ``allow`` or the denial text."""
 

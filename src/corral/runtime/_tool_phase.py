@@ -1,5 +1,9 @@
 """The CALL_TOOLS phase: every tool call of a step, with exactly-once side effects.
 
+Each call goes through the governed-call pipeline (:class:`~corral.gateway.tools.CallPipeline`)
+with this module's recorder: decision rows and audit events (``secret.used`` included) wait in
+the run state for the step's fenced checkpoint or the pause that ends the step.
+
 A read-only call simply runs (after a crash it runs again). A side-effecting call
 (``side_effect: write|destructive``) is recorded ``STARTED`` with its idempotency key
 ``{run_id}:{step}:{call_index}`` in its own transaction before it executes, and its outcome
@@ -15,26 +19,21 @@ immediately before it executes (a side-effecting call in the transaction that re
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from datetime import timedelta
 from typing import Any
 
-from corral.audit import AuditRecord
+from sqlalchemy import Connection
+
+from corral.approvals import approval_request
+from corral.audit import AuditRecord, append_events
 from corral.errors import LeaseLost
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway
+from corral.gateway.tools._pipeline import CallOutcome, CallPipeline, CallStatus, GovernedCall
 from corral.observability import Tracing
-from corral.policy import EntityRef, PolicyContext, PolicyDecision, PolicyRequest
-from corral.policy._service import (
-    Governance,
-    agent_entity,
-    arguments_digest,
-    contract_approvals,
-    decision_row,
-    redact,
-    tool_entity,
-)
+from corral.policy import Authorization, DecisionRow, Governance
+from corral.policy._service import agent_entity, arguments_digest
 from corral.runtime._context import step_messages
 from corral.runtime._persist import (
     pause_run,
@@ -132,95 +131,39 @@ class ToolPhase:
         worker_id: str,
         actor: str,
     ) -> CallRecord | Terminal | Pause:
-        """Prepare -> policy decision -> signals -> execute one call (DESIGN.md, "Tool gateway").
+        """One call through the governed pipeline, its rows batched into the step's checkpoint.
 
         The cancel flag and kill switches are read after the decision, immediately before the
         execution, for every call: a read-only call here, a side-effecting one in the
         transaction that records it ``STARTED`` (invariant 8).
         """
         name, arguments = call["name"], call["arguments"]
-        with self.tools.span(ctx, name, call["id"]) as record_span:
-            prepared = self.tools.prepare(
-                ctx, offered, name, arguments, agent_tools=state.spec.tools
-            )
-            if isinstance(prepared, ToolResult):
-                record_span(prepared)
-                return CallRecord(ctx, call["id"], name, arguments, prepared)
-            decision, ctx = await self._authorize_tool(state, ctx, prepared)
-            decision_id = None if decision is None else decision.id
-            if decision is not None and decision.decision == "deny":
-                result = _policy_denied(prepared, decision)
-                record_span(result)
-                return CallRecord(ctx, call["id"], name, arguments, result, False, decision_id)
-            if decision is not None and decision.decision == "require_approval":
-                stop = await self._signals_terminal(state, worker_id)
-                if stop is not None:
-                    return stop
-                return await self._request_approval(
-                    state, record, ctx, prepared, decision, worker_id, actor
-                )
-            if prepared.tool.contract.spec.side_effect != "read":
-                done = await self._side_effect(
-                    state, record, ctx, prepared, call, worker_id, actor, decision_id
-                )
-                if isinstance(done, CallRecord):
-                    record_span(done.result)
-                return done
-            stop = await self._signals_terminal(state, worker_id)
-            if stop is not None:
-                return stop
-            result = await self.tools.execute(ctx, prepared)
-            record_span(result)
-            return CallRecord(ctx, call["id"], name, arguments, result, False, decision_id)
-
-    async def _authorize_tool(
-        self, state: RunState, ctx: ToolCallContext, prepared: PreparedCall
-    ) -> tuple[PolicyDecision | None, ToolCallContext]:
-        """Decide ``tool.call`` for the agent; the decision is stored with the next write.
-
-        Returns:
-            The decision (``None`` without governance) and ``ctx`` with the call's path guard
-            when it is allowed (the entries a tool reaches get the same decision).
-        """
-        if self.governance is None:
-            return None, ctx
-        tool, arguments = prepared.tool, prepared.arguments
-        url = arguments.get("url")
-        request = PolicyRequest(
-            principal=EntityRef("Agent", state.agent_name),
-            action="tool.call",
-            resource=EntityRef("Tool", tool.name),
-            context=PolicyContext(
-                tenant=state.tenant_id,
-                stage=state.stage,
-                requester=state.requested_by,
-                arguments=arguments,
-                path=prepared.path,
-                url=url if isinstance(url, str) else None,
-                # Only an explicit entry in the agent's contract, never a wildcard, counts.
-                destructive_allowed=tool.name in state.spec.tools.allowed,
-            ),
+        governed = GovernedCall(
+            ctx,
+            call["id"],
+            name,
+            arguments,
+            offered,
+            ctx.principal_entity or agent_entity(state.agent_name, state.tenant_id, state.spec),
+            state.spec.tools,
+            spec=state.spec,
+            granted=tuple(state.approved.get((ctx.call_index, arguments_digest(arguments)), [])),
         )
-        granted = state.approved.get((ctx.call_index, arguments_digest(arguments)), [])
-        entities = [
-            agent_entity(state.agent_name, state.tenant_id, state.spec),
-            tool_entity(tool, state.tenant_id),
-        ]
-        decision = await self.governance.decide(
-            state.tenant_id, request, entities, approvals_granted=granted
+        pipeline = CallPipeline(self.tools, self.governance)
+        outcome = await pipeline.run(governed, _RunRecorder(self, state, record, worker_id, actor))
+        if outcome.stop is not None:
+            stop: Terminal | Pause = outcome.stop
+            return stop
+        assert outcome.result is not None
+        return CallRecord(
+            outcome.ctx,
+            call["id"],
+            name,
+            arguments,
+            outcome.result,
+            outcome.prerecorded,
+            outcome.decision_id,
         )
-        decision = contract_approvals(
-            decision, state.agent_name, state.spec.approvals, tool.name, granted
-        )
-        state.decisions.append(
-            decision_row(decision, request, tenant_id=state.tenant_id, run_id=state.run_id)
-        )
-        if decision.decision == "allow":
-            decider = await self.governance.path_decider(
-                state.tenant_id, request, entities, approvals_granted=granted
-            )
-            ctx = dataclasses.replace(ctx, path_decider=decider)
-        return decision, ctx
 
     async def _request_approval(
         self,
@@ -228,40 +171,31 @@ class ToolPhase:
         record: StepRecord,
         ctx: ToolCallContext,
         prepared: PreparedCall,
-        decision: PolicyDecision,
+        decision: Any,
         worker_id: str,
         actor: str,
     ) -> Pause:
         """Raise an approval request bound to this exact call and pause the run for it."""
         now, tool = utcnow(), prepared.tool
-        approval_id = new_id("apr")
-        reasons = "; ".join(decision.reasons) or "policy requires approval"
-        approval = {
-            "id": approval_id,
-            "tenant_id": state.tenant_id,
-            "kind": "tool_call",
-            "status": "pending",
-            "action": "tool.call",
-            "subject": f"tool:{tool.name}",
-            "run_id": state.run_id,
-            "step_index": ctx.step_index,
-            "call_index": ctx.call_index,
-            "idempotency_key": ctx.idempotency_key,
-            "arguments_redacted": redact(prepared.arguments),
-            "arguments_digest": arguments_digest(prepared.arguments),
-            "reason": reasons,
-            "approver_roles": list(decision.approver_roles),
-            "required_approvals": max(decision.required_approvals, 1),
-            "policy_ids": list(decision.determining_policies),
-            "policy_decision_id": decision.id,
-            "requested_by": state.requested_by,
-            "expires_at": now + self.approval_ttl,
-            "created_at": now,
-            "decided_at": None,
-        }
+        approval = approval_request(
+            decision,
+            tenant_id=state.tenant_id,
+            kind="tool_call",
+            action="tool.call",
+            subject=f"tool:{tool.name}",
+            arguments=prepared.arguments,
+            requested_by=state.requested_by,
+            now=now,
+            expires_at=now + self.approval_ttl,
+            run_id=state.run_id,
+            step_index=ctx.step_index,
+            call_index=ctx.call_index,
+            idempotency_key=ctx.idempotency_key,
+        )
+        approval_id, reasons = approval.id, approval.reason
         reason = (
             f"tool call {ctx.idempotency_key} of {tool.name!r} needs "
-            f"{approval['required_approvals']} approval(s) from "
+            f"{approval.required_approvals} approval(s) from "
             f"{' or '.join(decision.approver_roles) or 'an approver'}: {reasons}. "
             f"Approve with `corral approve {approval_id}` or reject with "
             f"`corral reject {approval_id} --reason ...`."
@@ -274,12 +208,14 @@ class ToolPhase:
             run_id=state.run_id,
             trace_id=state.trace_id,
             policy_decision_id=decision.id,
-            details={"tool": tool.name, "arguments_digest": approval["arguments_digest"]},
+            details={"tool": tool.name, "arguments_digest": approval.arguments_digest},
         )
         decisions, state.decisions = state.decisions, []
+        earlier, state.audit = state.audit, []
         paused = await self.store.run_sync(
             functools.partial(
-                pause_run,
+                _pause_with_audit,
+                earlier=earlier,
                 lease=state.lease,
                 tenant_id=state.tenant_id,
                 status="AWAITING_APPROVAL",
@@ -288,7 +224,7 @@ class ToolPhase:
                 audit=audit,
                 now=now,
                 pending_decision=record.pending_document(),
-                approval=approval,
+                approval=approval.as_row(),
                 decisions=decisions,
             ),
             state.tenant_id,
@@ -303,11 +239,16 @@ class ToolPhase:
         record: StepRecord,
         ctx: ToolCallContext,
         prepared: PreparedCall,
-        call: dict[str, Any],
         worker_id: str,
         actor: str,
-        decision_id: str | None,
-    ) -> CallRecord | Terminal | Pause:
+        authorization: Authorization | None,
+    ) -> CallOutcome | None:
+        """The idempotency record of a side-effecting call: ``STARTED`` before it runs.
+
+        Returns:
+            ``None`` to execute it (its row is ``STARTED``); or the outcome ending it: the
+            result stored by an earlier attempt, a pause ``IN_DOUBT``, a cancel or kill.
+        """
         key, tool = ctx.idempotency_key, prepared.tool
         stored = state.step_calls.get(ctx.call_index)
         if stored is not None and stored.status in ("COMPLETED", "FAILED", "DENIED"):
@@ -320,15 +261,12 @@ class ToolPhase:
                 error_type=stored.error_type,
                 tool_version=stored.tool_version,
             )
-            return CallRecord(
-                ctx, call["id"], call["name"], call["arguments"], result, True, decision_id
-            )
+            return CallOutcome(result.status, result, ctx, authorization, prerecorded=True)
         if stored is not None and stored.status == "STARTED" and not tool.contract.spec.idempotent:
-            stop = await self._signals_terminal(state, worker_id)
-            if stop is not None:
-                return stop
-            return await self._pause_in_doubt(state, tool, key, worker_id, actor)
-        started_at = utcnow()
+            stop: Terminal | Pause | None = await self._signals_terminal(state, worker_id)
+            if stop is None:
+                stop = await self._pause_in_doubt(state, tool, key, worker_id, actor)
+            return CallOutcome("STOPPED", None, ctx, authorization, stop=stop)
         row = {
             "id": new_id("call"),
             "tenant_id": state.tenant_id,
@@ -338,14 +276,14 @@ class ToolPhase:
             "idempotency_key": key,
             "tool_name": tool.name,
             "tool_version": tool.version,
-            "arguments": call["arguments"],
+            "arguments": prepared.arguments,
             "status": "STARTED",
             "output": None,
             "output_bytes": 0,
             "truncated": False,
             "error": None,
             "error_type": None,
-            "started_at": started_at,
+            "started_at": utcnow(),
             "finished_at": None,
         }
         signals = await self.store.run_sync(
@@ -363,8 +301,12 @@ class ToolPhase:
             raise lease_lost(state)
         stop = signal_terminal(signals)
         if stop is not None:
-            return stop
-        result = await self.tools.execute(ctx, prepared)
+            return CallOutcome("STOPPED", None, ctx, authorization, stop=stop)
+        return None
+
+    async def _finish_side_effect(
+        self, state: RunState, ctx: ToolCallContext, result: ToolResult
+    ) -> None:
         now = utcnow()
         values = {
             "status": result.status,
@@ -377,15 +319,16 @@ class ToolPhase:
         }
         recorded = await self.store.run_sync(
             functools.partial(
-                record_finished_call, lease=state.lease, idempotency_key=key, values=values, now=now
+                record_finished_call,
+                lease=state.lease,
+                idempotency_key=ctx.idempotency_key,
+                values=values,
+                now=now,
             ),
             state.tenant_id,
         )
         if not recorded:  # paused past the lease: the row is the new owner's now
             raise lease_lost(state)
-        return CallRecord(
-            ctx, call["id"], call["name"], call["arguments"], result, True, decision_id
-        )
 
     async def _pause_in_doubt(
         self, state: RunState, tool: ResolvedTool, key: str, worker_id: str, actor: str
@@ -430,16 +373,74 @@ def lease_lost(state: RunState) -> LeaseLost:
     return LeaseLost(lease.run_id, worker_id=lease.worker_id, lease_epoch=lease.epoch)
 
 
-def _policy_denied(prepared: PreparedCall, decision: PolicyDecision) -> ToolResult:
-    because = "; ".join(decision.reasons) or "no policy permits it"
-    message = (
-        f"policy denies calling {prepared.tool.name!r}: {because} (policies: "
-        f"{', '.join(decision.determining_policies) or 'default deny'})"
-    )
-    return ToolResult(
-        "DENIED",
-        message,
-        error=message,
-        error_type="policy_denied",
-        tool_version=prepared.tool.version,
-    )
+def _pause_with_audit(connection: Connection, *, earlier: list[AuditRecord], **pause: Any) -> bool:
+    """:func:`pause_run`, and the step's earlier audit events (``secret.used``) before it."""
+    if earlier:
+        append_events(connection, pause["tenant_id"], earlier)
+    return pause_run(connection, **pause)
+
+
+class _RunRecorder:
+    """A managed run's :class:`~corral.gateway.tools.CallRecorder`.
+
+    Decision rows and audit events wait in the run state for the step's fenced checkpoint (or
+    the pause that ends the step); a side-effecting call is recorded ``STARTED`` before it runs
+    and its outcome right after (exactly once, DESIGN.md).
+    """
+
+    def __init__(
+        self, phase: ToolPhase, state: RunState, record: StepRecord, worker_id: str, actor: str
+    ) -> None:
+        self.phase, self.state, self.record = phase, state, record
+        self.worker_id, self.actor = worker_id, actor
+
+    def decided(self, row: DecisionRow) -> None:
+        self.state.decisions.append(row.as_row())
+
+    def secret_used(self, row: DecisionRow, audit: AuditRecord) -> None:
+        self.state.decisions.append(row.as_row())
+        self.state.audit.append(audit)
+
+    async def approval_required(
+        self, call: GovernedCall, prepared: PreparedCall, authorization: Authorization
+    ) -> CallOutcome:
+        state, ctx = self.state, call.ctx
+        stop: Terminal | Pause | None = await self.phase._signals_terminal(state, self.worker_id)
+        status: CallStatus = "STOPPED" if stop is not None else "APPROVAL_REQUIRED"
+        if stop is None:
+            stop = await self.phase._request_approval(
+                state,
+                self.record,
+                ctx,
+                prepared,
+                authorization.decision,
+                self.worker_id,
+                self.actor,
+            )
+        return CallOutcome(status, None, ctx, authorization, stop=stop)
+
+    async def before_execute(
+        self, call: GovernedCall, prepared: PreparedCall, authorization: Authorization | None
+    ) -> CallOutcome | None:
+        if prepared.tool.contract.spec.side_effect != "read":
+            return await self.phase._side_effect(
+                self.state,
+                self.record,
+                call.ctx,
+                prepared,
+                self.worker_id,
+                self.actor,
+                authorization,
+            )
+        stop = await self.phase._signals_terminal(self.state, self.worker_id)
+        if stop is not None:
+            return CallOutcome("STOPPED", None, call.ctx, authorization, stop=stop)
+        return None
+
+    async def executed(
+        self, call: GovernedCall, prepared: PreparedCall, result: ToolResult
+    ) -> bool:
+        if prepared.tool.contract.spec.side_effect == "read":
+            return False
+        await self.phase._finish_side_effect(self.state, call.ctx, result)
+        return True

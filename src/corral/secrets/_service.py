@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, cast
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral.audit import AuditRecord, append_events
 from corral.errors import InvalidRequest, NotFound, PolicyDenied
 from corral.policy import Entity, EntityRef, PolicyContext, PolicyDecision, PolicyRequest
-from corral.policy._service import Governance, decision_row, insert_decisions
+from corral.policy._service import DecisionRow, Governance, insert_decisions
 from corral.secrets._crypto import MasterKey, SealedValue, load_master_key, seal, unseal
 from corral.secrets._redact import SecretCheck, current_secret_scope, record_revealed
 from corral.secrets._tables import SecretRow
@@ -397,15 +398,17 @@ class SecretBroker:
         stage: str = "",
         requester: str = "",
         run_id: str | None = None,
+        record: Callable[[DecisionRow, AuditRecord], None] | None = None,
     ) -> SecretCheck:
         """A ``check`` for :meth:`render` that decides Cedar action ``secret.use``.
 
         Each call decides ``principal`` (an ``Agent`` or ``ServiceAccount`` entity) using
         secret ``name`` through ``resource`` (the ``Tool`` entity being executed, or a
         ``Namespace``), with ``context.secret`` set to the name. The decision is stored with a
-        ``secret.used`` audit event (the name, never the value) in one transaction, whatever
-        its outcome. ``require_approval`` counts as a refusal: a tool call is approved as a
-        whole through ``tool.call`` policies.
+        ``secret.used`` audit event (the name, never the value), whatever its outcome: handed
+        to ``record`` to be stored in the tool call's own transaction, or without ``record``
+        in one transaction of its own. ``require_approval`` counts as a refusal: a tool call is
+        approved as a whole through ``tool.call`` policies.
 
         Args:
             tenant_id: Tenant of the call.
@@ -414,6 +417,8 @@ class SecretBroker:
             stage: Stage of the run (``dev``...), ``""`` when unknown.
             requester: Who started the run, ``""`` when unknown.
             run_id: The run, if any (stored with the decision).
+            record: ``record(decision_row, audit_event)`` of each decision, called before the
+                check returns or raises; ``None``: stored by the broker.
 
         Returns:
             ``async check(name)``, raising :class:`~corral.errors.PolicyDenied` unless the
@@ -438,38 +443,41 @@ class SecretBroker:
                 ),
             )
             decision = await self.governance.decide(tenant_id, request, [principal, resource])
-            await self._record_use(tenant_id, request, decision, name, run_id)
+            row, event = _use_rows(tenant_id, request, decision, name, run_id)
+            if record is not None:
+                record(row, event)
+            else:
+                await self._record_use(tenant_id, row, event)
             if decision.decision != "allow":
                 raise _use_denied(request, decision, name)
 
         return check
 
-    async def _record_use(
-        self,
-        tenant_id: str,
-        request: PolicyRequest,
-        decision: PolicyDecision,
-        name: str,
-        run_id: str | None,
-    ) -> None:
-        row = decision_row(decision, request, tenant_id=tenant_id, run_id=run_id)
-        record = AuditRecord(
-            _principal_actor(request.principal),
-            "secret.used",
-            f"secret:{name}",
-            "allowed" if decision.decision == "allow" else "denied",
-            run_id=run_id,
-            trace_id=_trace_id(),
-            policy_decision_id=decision.id,
-            details={"name": name, "through": str(request.resource)},
-        )
-
+    async def _record_use(self, tenant_id: str, row: DecisionRow, event: AuditRecord) -> None:
         def write(connection: Connection) -> None:
             insert_decisions(connection, [row])
-            append_events(connection, tenant_id, [record])
+            append_events(connection, tenant_id, [event])
 
         # The runtime's hot-write path: one hand-off to SQLite's writer thread.
         await self.store.run_sync(write, tenant_id)
+
+
+def _use_rows(
+    tenant_id: str, request: PolicyRequest, decision: PolicyDecision, name: str, run_id: str | None
+) -> tuple[DecisionRow, AuditRecord]:
+    """The decision row and ``secret.used`` audit event of one ``secret.use`` decision."""
+    row = DecisionRow.of(decision, request, tenant_id=tenant_id, run_id=run_id)
+    event = AuditRecord(
+        _principal_actor(request.principal),
+        "secret.used",
+        f"secret:{name}",
+        "allowed" if decision.decision == "allow" else "denied",
+        run_id=run_id,
+        trace_id=_trace_id(),
+        policy_decision_id=decision.id,
+        details={"name": name, "through": str(request.resource)},
+    )
+    return row, event
 
 
 def _use_denied(request: PolicyRequest, decision: PolicyDecision, name: str) -> PolicyDenied:

@@ -19,15 +19,31 @@ from corral.gateway.tools._gateway import (
 from corral.gateway.tools._guard import PathGuard, current_path_guard
 from corral.gateway.tools._http import HostAllowlist, HttpExecutor
 from corral.gateway.tools._openapi import OpenApiOperation, import_openapi, list_operations
+from corral.gateway.tools._pipeline import (
+    CallNotRecorded,
+    CallOutcome,
+    CallPipeline,
+    CallRecorder,
+    CallStatus,
+    GovernedCall,
+    policy_denied,
+    tool_call_request,
+)
 from corral.gateway.tools._resilience import CircuitBreakers, Resilience, ToolRateLimiter
 
 __all__ = [
     "BUILTIN_TOOLS",
     "BuiltinTool",
+    "CallNotRecorded",
+    "CallOutcome",
+    "CallPipeline",
+    "CallRecorder",
+    "CallStatus",
     "CircuitBreakers",
     "DirectCallResult",
     "DirectCallStatus",
     "DirectToolCalls",
+    "GovernedCall",
     "HostAllowlist",
     "HttpExecutor",
     "OpenApiOperation",
@@ -42,7 +58,9 @@ __all__ = [
     "current_tool_call",
     "import_openapi",
     "list_operations",
+    "policy_denied",
     "resolve_in_workspace",
+    "tool_call_request",
     "truncate_utf8",
     "wrap_untrusted",
 ]

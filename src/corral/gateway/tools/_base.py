@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from corral.policy._types import Entity
+
+if TYPE_CHECKING:
+    from corral.audit import AuditRecord
+    from corral.policy._service import DecisionRow
 
 __all__ = ["ToolCallContext", "ToolResult"]
 
@@ -54,6 +58,7 @@ class ToolCallContext:
     requester: str = ""
     progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None
     path_decider: Callable[[Sequence[str]], list[bool]] | None = None
+    on_secret_use: Callable[[DecisionRow, AuditRecord], None] | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -1,55 +1,58 @@
-"""Tool calls from outside a managed run, on the path a run's calls take.
+"""Tool calls from outside a managed run, through the pipeline a run's calls take.
 
 Inbound MCP (``/mcp``) calls tools through :class:`DirectToolCalls` on behalf of an
-authenticated principal. Each call (DESIGN.md, "Tool gateway"):
+authenticated principal. Each call resolves the tool versions offered to the principal (the
+tenant's registered tools, latest version, minus quarantined MCP tools, minus, for an agent
+principal, what the contract of the agent version bound to the endpoint's stage does not
+allow), then goes through :class:`~corral.gateway.tools.CallPipeline` (validation,
+canonicalisation, the ``tool.call`` decision for the calling ``User``, ``ServiceAccount`` or
+``Agent``, execution, the ``execute_tool`` span) with this module's recorder, which:
 
-1. resolves the tool version offered to the principal: the tenant's registered tools (latest
-   version), minus quarantined MCP tools, minus, for an agent principal, what the contract of the
-   agent version bound to the endpoint's stage does not allow;
-2. :meth:`ToolGateway.prepare`: the arguments are validated against the pinned JSON Schema and a
-   ``path`` argument is canonicalised against the endpoint's workspace;
-3. decides ``tool.call`` for the calling principal (``User``, ``ServiceAccount`` or ``Agent``),
-   and stores the decision;
-4. on ``require_approval``, raises an approval request bound to the principal, the tool and the
-   SHA-256 digest of the canonical arguments (or points at the pending one already raised). Once
-   approved, the principal repeats exactly that call before the request expires; that call spends
-   the approval (its ``idempotency_key`` becomes ``direct:{call_id}``), so it covers one call;
-5. :meth:`ToolGateway.execute` (timeout, output cap);
-6. stores an audit event ``tool.call`` and the ``execute_tool`` span with the decision. A
-   side-effecting call (or one spending an approval) first commits its decision and a
-   ``tool.call.started`` event, so no effect happens without a record.
+* on ``require_approval``, raises an approval request bound to the principal, the tool and the
+  SHA-256 digest of the canonical arguments (or points at the pending one already raised). Once
+  approved, the principal repeats exactly that call before the request expires; that call spends
+  the approval (its ``idempotency_key`` becomes ``direct:{call_id}``), so it covers one call;
+* before a side-effecting call (or one spending an approval) commits its decision and a
+  ``tool.call.started`` event, so no effect happens without a record;
+* writes the rest (decisions, ``secret.use`` decisions and ``secret.used`` events, the
+  ``tool.call`` audit event, the span, the approval request) in one transaction of its own. A
+  store refusing it fails the call with :class:`~corral.gateway.tools.CallNotRecorded`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from opentelemetry import trace
 from sqlalchemy import Connection, Table, and_, bindparam, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from corral.approvals import approval_request
 from corral.approvals._tables import ApprovalRow
 from corral.audit import AuditRecord, append_events
 from corral.contracts import AgentSpec, AgentTools
 from corral.gateway.tools._base import ToolCallContext, ToolResult
-from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway, wrap_untrusted
+from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway
+from corral.gateway.tools._pipeline import (
+    CallNotRecorded,
+    CallOutcome,
+    CallPipeline,
+    GovernedCall,
+    tool_call_request,
+)
 from corral.observability import Tracing, new_trace_id
 from corral.observability._tables import SpanRow
-from corral.policy import Entity, EntityRef, PolicyContext, PolicyDecision, PolicyRequest
+from corral.policy import Authorization, DecisionRow, Entity, EntityRef, PolicyDecision
 from corral.policy._service import (
     Governance,
     agent_entity,
     arguments_digest,
-    contract_approvals,
-    decision_row,
     insert_decisions,
     principal_ref,
-    redact,
     tool_entity,
 )
 from corral.registry._tables import (
@@ -133,17 +136,6 @@ class _View:
     @property
     def agent_tools(self) -> AgentTools:
         return self.spec.tools if self.spec is not None else AgentTools(allowed=["*"])
-
-
-@dataclass
-class _Outcome:
-    """What one call decided and must store."""
-
-    result: DirectCallResult
-    tool_result: ToolResult | None = None
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    audit: list[AuditRecord] = field(default_factory=list)
-    approval: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -251,7 +243,7 @@ def _record(
     connection: Connection,
     *,
     tenant_id: str,
-    decisions: list[dict[str, Any]],
+    decisions: list[DecisionRow],
     audit: list[AuditRecord],
     spans: list[dict[str, Any]],
     approval: dict[str, Any] | None,
@@ -312,6 +304,7 @@ class DirectToolCalls:
     ) -> None:
         self.store = store
         self.tools = tools
+        self._pipeline = CallPipeline(tools, governance)
         self.governance = governance
         self.tracing = tracing
         self.stage = stage
@@ -327,9 +320,30 @@ class DirectToolCalls:
         approval to ask for). Listing decides with empty arguments and stores no decisions.
         """
         view = await self._view(principal)
+        ctx = ToolCallContext(
+            principal.tenant_id,
+            None,
+            0,
+            0,
+            None,
+            frozenset(),
+            stage=self.stage,
+            requester=principal.id,
+        )
+        listing = GovernedCall(
+            ctx,
+            "",
+            "",
+            {},
+            view.tools,
+            view.entities,
+            view.agent_tools,
+            spec=view.spec if view.agent_name is not None else None,
+        )
         offered = []
         for tool in view.tools.values():
-            request, entities = self._request(principal, view, tool, {}, None)
+            request = tool_call_request(listing, tool, {}, None)
+            entities = [view.entities, tool_entity(tool, principal.tenant_id)]
             decision = await self.governance.decide(principal.tenant_id, request, entities)
             if decision.decision != "deny":
                 offered.append(tool)
@@ -357,7 +371,8 @@ class DirectToolCalls:
         call_id = call_id or new_id("call")
         trace_id = new_trace_id()
         arguments = dict(arguments or {})
-        view = await self._view(principal, (principal.id, name, arguments_digest(arguments)))
+        digest = arguments_digest(arguments)
+        view = await self._view(principal, (principal.id, name, digest))
         ctx = ToolCallContext(
             principal.tenant_id,
             None,
@@ -371,27 +386,35 @@ class DirectToolCalls:
             stage=self.stage,
             requester=principal.id,
         )
-        with Tracing.trace(trace_id), self.tools.span(ctx, name, call_id) as record_span:
-            span = trace.get_current_span()
-            span.set_attribute("corral.principal", principal.id)
-            span.set_attribute("corral.tool.channel", "direct")
-            outcome = await self._governed(principal, view, ctx, name, arguments)
-            outcome.result = dataclasses.replace(outcome.result, trace_id=trace_id)
-            span.set_attribute("corral.tool.outcome", outcome.result.status)
-            record_span(outcome.tool_result or _as_tool_result(outcome.result))
+        recorder = _DirectRecorder(self, principal, view, ctx, digest, trace_id)
+        governed = GovernedCall(
+            ctx,
+            call_id,
+            name,
+            arguments,
+            view.tools,
+            view.entities,
+            view.agent_tools,
+            spec=view.spec if view.agent_name is not None else None,
+            granted=tuple(sorted({p for r in recorder.approved for p in r.policy_ids})),
+            refusal=None if name in view.tools else _not_offered(view, name),
+            channel="direct",
+        )
+        with Tracing.trace(trace_id):
+            outcome = await self._pipeline.run(governed, recorder)
+        result = recorder.finish(governed, outcome, trace_id)
         spans = self.tracing.exporter.drain(trace_id, tenant_id=principal.tenant_id, run_id=None)
-        await self.store.run_sync(
+        await recorder.write(
             functools.partial(
                 _record,
                 tenant_id=principal.tenant_id,
-                decisions=outcome.decisions,
-                audit=outcome.audit,
+                decisions=recorder.decisions,
+                audit=recorder.audit,
                 spans=spans,
-                approval=outcome.approval,
-            ),
-            principal.tenant_id,
+                approval=recorder.approval,
+            )
         )
-        return outcome.result
+        return result
 
     # --- resolution ---------------------------------------------------------------------------
 
@@ -466,254 +489,108 @@ class DirectToolCalls:
             tool = self._resolved[key] = ResolvedTool.from_document(document)
         return tool
 
-    # --- the governed path --------------------------------------------------------------------
 
-    def _request(
-        self,
-        principal: Principal,
-        view: _View,
-        tool: ResolvedTool,
-        arguments: dict[str, Any],
-        path: str | None,
-    ) -> tuple[PolicyRequest, list[Entity]]:
-        url = arguments.get("url")
-        request = PolicyRequest(
-            principal=view.principal,
-            action="tool.call",
-            resource=EntityRef("Tool", tool.name),
-            context=PolicyContext(
-                tenant=principal.tenant_id,
-                stage=self.stage,
-                requester=principal.id,
-                arguments=arguments,
-                path=path,
-                url=url if isinstance(url, str) else None,
-                # As in runs: only an explicit entry in an agent's contract counts.
-                destructive_allowed=view.spec is not None and tool.name in view.spec.tools.allowed,
-            ),
-        )
-        return request, [view.entities, tool_entity(tool, principal.tenant_id)]
+class _DirectRecorder:
+    """The direct :class:`~corral.gateway.tools.CallRecorder` of one inbound call.
 
-    async def _governed(
+    Rows wait here and are written in one transaction of their own when the call ends
+    (:meth:`write`); a side-effecting call, or one spending an approval, first commits its
+    decision and a ``tool.call.started`` event (its idempotency record), so no effect happens
+    without a record.
+    """
+
+    def __init__(
         self,
+        calls: DirectToolCalls,
         principal: Principal,
         view: _View,
         ctx: ToolCallContext,
-        name: str,
-        arguments: dict[str, Any],
-    ) -> _Outcome:
-        if name not in view.tools:
-            return self._not_offered(principal, view, ctx, name)
-        prepared = self.tools.prepare(
-            ctx, view.tools, name, arguments, agent_tools=view.agent_tools
-        )
-        if isinstance(prepared, ToolResult):
-            return self._finished(principal, ctx, name, prepared, None, executed=False)
-        digest, requests, now = arguments_digest(prepared.arguments), view.requests, utcnow()
-        approved = [r for r in requests if r.status == "approved" and r.expires_at > now]
-        granted = {policy for r in approved for policy in r.policy_ids}
-        request, entities = self._request(principal, view, prepared.tool, arguments, prepared.path)
-        decision = await self.governance.decide(
-            principal.tenant_id, request, entities, approvals_granted=granted
-        )
-        if view.spec is not None and view.agent_name is not None:
-            decision = contract_approvals(
-                decision, view.agent_name, view.spec.approvals, name, granted
-            )
-        row = decision_row(decision, request, tenant_id=principal.tenant_id, run_id=None)
-        if decision.decision == "deny":
-            denied = _policy_denied(prepared, decision)
-            outcome = self._finished(principal, ctx, name, denied, decision.id, executed=False)
-        elif decision.decision == "require_approval":
-            pending = [r for r in requests if r.status == "pending" and r.expires_at > now]
-            outcome = self._approval_required(principal, ctx, prepared, decision, digest, pending)
-        else:
-            decider = await self.governance.path_decider(
-                principal.tenant_id, request, entities, approvals_granted=granted
-            )
-            ctx = dataclasses.replace(ctx, path_decider=decider)
-            return await self._execute(principal, ctx, prepared, row, [r.id for r in approved])
-        outcome.decisions.insert(0, row)
-        return outcome
-
-    async def _execute(
-        self,
-        principal: Principal,
-        ctx: ToolCallContext,
-        prepared: PreparedCall,
-        row: dict[str, Any],
-        approvals: list[str],
-    ) -> _Outcome:
-        """Execute an allowed call; a side effect or a spent approval is recorded first."""
-        tool, spent, recorded = prepared.tool, None, False
-        if approvals or tool.contract.spec.side_effect != "read":
-            started = self._audit(principal, ctx, tool.name, "tool.call.started", "started", row)
-            attempts: list[str | None] = [*approvals] or [None]
-            for approval_id in attempts:
-                spend = None if approval_id is None else (approval_id, ctx.idempotency_key)
-                recorded = await self.store.run_sync(
-                    functools.partial(
-                        _record,
-                        tenant_id=principal.tenant_id,
-                        decisions=[row],
-                        audit=[started],
-                        spans=[],
-                        approval=None,
-                        spend=spend,
-                    ),
-                    principal.tenant_id,
-                )
-                if recorded:
-                    spent = approval_id
-                    break
-            if not recorded:
-                return self._approval_spent(principal, ctx, prepared, row)
-        result = await self.tools.execute(ctx, prepared)
-        details = {} if spent is None else {"approval_id": spent}
-        outcome = self._finished(principal, ctx, tool.name, result, row["id"], details=details)
-        outcome.decisions = [] if recorded else [row]
-        outcome.result = dataclasses.replace(outcome.result, approval_id=spent)
-        return outcome
-
-    # --- outcomes ----------------------------------------------------------------------------
-
-    def _audit(
-        self,
-        principal: Principal,
-        ctx: ToolCallContext,
-        name: str,
-        action: str,
-        outcome: str,
-        decision: dict[str, Any] | None,
-        **details: Any,
-    ) -> AuditRecord:
-        return AuditRecord(
-            principal.id,
-            action,
-            f"tool:{name}",
-            outcome,
-            trace_id=_current_trace_id(),
-            policy_decision_id=None if not decision else decision["id"],
-            details={
-                "channel": "direct",
-                "principal_kind": principal.kind,
-                "idempotency_key": ctx.idempotency_key,
-                **details,
-            },
-        )
-
-    def _finished(
-        self,
-        principal: Principal,
-        ctx: ToolCallContext,
-        name: str,
-        result: ToolResult,
-        decision_id: str | None,
-        *,
-        executed: bool = True,
-        details: dict[str, Any] | None = None,
-    ) -> _Outcome:
-        """A call that ran (its output is fenced as untrusted) or was refused by Corral."""
-        call_id = ctx.call_id or ""
-        text = wrap_untrusted(name, call_id, result.output) if executed else result.output
-        audit = self._audit(
-            principal,
-            ctx,
-            name,
-            "tool.call",
-            result.status.lower(),
-            {"id": decision_id} if decision_id else None,
-            tool_version=result.tool_version,
-            error_type=result.error_type,
-            **({"skipped_by_policy": result.skipped_by_policy} if result.skipped_by_policy else {}),
-            **(details or {}),
-        )
-        public = DirectCallResult(
-            result.status,
-            name,
-            call_id,
-            text,
-            tool_version=result.tool_version,
-            error_type=result.error_type,
-            truncated=result.truncated,
-            policy_decision_id=decision_id,
-        )
-        return _Outcome(public, result, audit=[audit])
-
-    def _not_offered(
-        self, principal: Principal, view: _View, ctx: ToolCallContext, name: str
-    ) -> _Outcome:
-        reason, error_type = view.hidden.get(name), "tool_not_allowed"
-        if reason is None:
-            reason, error_type = f"tool {name!r} is not registered", "tool_not_registered"
-        offered = ", ".join(sorted(view.tools)) or "none"
-        message = f"{reason}; tools you may call: {offered}"
-        result = ToolResult("DENIED", message, error=message, error_type=error_type)
-        return self._finished(principal, ctx, name, result, None, executed=False)
-
-    def _approval_required(
-        self,
-        principal: Principal,
-        ctx: ToolCallContext,
-        prepared: PreparedCall,
-        decision: PolicyDecision,
         digest: str,
-        pending: list[Any],
-    ) -> _Outcome:
-        """Point at the pending request for this exact call, or raise a new one."""
-        tool, now = prepared.tool, utcnow()
-        approval: dict[str, Any] | None = None
-        if pending:
-            approval_id, expires_at = pending[0].id, pending[0].expires_at
-        else:
-            approval_id, expires_at = new_id("apr"), now + self.approval_ttl
-            approval = _approval_row(principal, tool.name, prepared, decision, digest, now)
-            approval.update(id=approval_id, expires_at=expires_at)
-        text = _approval_text(tool.name, decision, approval_id, expires_at)
-        audit = [
-            self._audit(
-                principal,
-                ctx,
-                tool.name,
-                "tool.call",
-                "approval_required",
-                {"id": decision.id},
-                approval_id=approval_id,
-                tool_version=tool.version,
-            )
+        trace_id: str,
+    ) -> None:
+        self.calls, self.principal, self.view, self.ctx = calls, principal, view, ctx
+        self.digest, self.trace_id, self.now = digest, trace_id, utcnow()
+        self.approved = [
+            r for r in view.requests if r.status == "approved" and r.expires_at > self.now
         ]
-        if approval is not None:
-            audit.insert(
-                0,
-                AuditRecord(
-                    principal.id,
-                    "approval.requested",
-                    f"approval:{approval_id}",
-                    "pending",
-                    trace_id=_current_trace_id(),
-                    policy_decision_id=decision.id,
-                    details={"tool": tool.name, "arguments_digest": digest, "channel": "direct"},
-                ),
-            )
-        public = DirectCallResult(
-            "APPROVAL_REQUIRED",
-            tool.name,
-            ctx.call_id or "",
-            text,
-            tool_version=tool.version,
-            error_type="approval_required",
-            policy_decision_id=decision.id,
-            approval_id=approval_id,
-        )
-        return _Outcome(public, None, audit=audit, approval=approval)
+        self.decisions: list[DecisionRow] = []
+        self.audit: list[AuditRecord] = []
+        self.approval: dict[str, Any] | None = None
+        self.spent: str | None = None
+        self.waiting: tuple[str, datetime] | None = None
+        """The approval request the call waits for, and when it expires."""
 
-    def _approval_spent(
-        self,
-        principal: Principal,
-        ctx: ToolCallContext,
-        prepared: PreparedCall,
-        row: dict[str, Any],
-    ) -> _Outcome:
+    def decided(self, row: DecisionRow) -> None:
+        self.decisions.append(row)
+
+    def secret_used(self, row: DecisionRow, audit: AuditRecord) -> None:
+        self.decisions.append(row)
+        self.audit.append(audit)
+
+    async def approval_required(
+        self, call: GovernedCall, prepared: PreparedCall, authorization: Authorization
+    ) -> CallOutcome:
+        """Point at the pending request for this exact call, or raise a new one."""
+        now = self.now
+        pending = [r for r in self.view.requests if r.status == "pending" and r.expires_at > now]
+        if pending:
+            self.waiting = (pending[0].id, pending[0].expires_at)
+        else:
+            request = approval_request(
+                authorization.decision,
+                tenant_id=self.principal.tenant_id,
+                kind="tool_call",
+                action="tool.call",
+                subject=f"tool:{prepared.tool.name}",
+                arguments=prepared.arguments,
+                requested_by=self.principal.id,
+                now=now,
+                expires_at=now + self.calls.approval_ttl,
+            )
+            self.approval = request.as_row()
+            self.waiting = (request.id, request.expires_at)
+            self.audit.append(
+                AuditRecord(
+                    self.principal.id,
+                    "approval.requested",
+                    f"approval:{request.id}",
+                    "pending",
+                    trace_id=self.trace_id,
+                    policy_decision_id=authorization.decision.id,
+                    details={
+                        "tool": prepared.tool.name,
+                        "arguments_digest": request.arguments_digest,
+                        "channel": "direct",
+                    },
+                )
+            )
+        return CallOutcome("APPROVAL_REQUIRED", None, call.ctx, authorization)
+
+    async def before_execute(
+        self, call: GovernedCall, prepared: PreparedCall, authorization: Authorization | None
+    ) -> CallOutcome | None:
+        """Commit the decision and ``tool.call.started`` before a side effect or a spend."""
+        approvals = [r.id for r in self.approved]
+        if not approvals and prepared.tool.contract.spec.side_effect == "read":
+            return None
+        decision_id = None if authorization is None else authorization.decision.id
+        started = self._audit(call.name, "tool.call.started", "started", decision_id)
+        for approval_id in [*approvals] or [None]:
+            spend = None if approval_id is None else (approval_id, call.ctx.idempotency_key)
+            recorded = await self.write(
+                functools.partial(
+                    _record,
+                    tenant_id=self.principal.tenant_id,
+                    decisions=self.decisions,
+                    audit=[started],
+                    spans=[],
+                    approval=None,
+                    spend=spend,
+                )
+            )
+            if recorded:
+                self.spent, self.decisions = approval_id, []
+                return None
         message = (
             f"the approval for this call of {prepared.tool.name!r} was spent by a concurrent "
             "identical call; repeat the call to request a new approval"
@@ -725,42 +602,104 @@ class DirectToolCalls:
             error_type="approval_spent",
             tool_version=prepared.tool.version,
         )
-        outcome = self._finished(
-            principal, ctx, prepared.tool.name, result, row["id"], executed=False
+        return CallOutcome("DENIED", result, call.ctx, authorization)
+
+    async def executed(
+        self, call: GovernedCall, prepared: PreparedCall, result: ToolResult
+    ) -> bool:
+        return False
+
+    async def write(self, write: Callable[[Connection], bool]) -> bool:
+        """Run ``write`` in one transaction of its own.
+
+        Raises:
+            CallNotRecorded: The store refused it (nothing of it was written).
+        """
+        tenant_id = self.principal.tenant_id
+        try:
+            return await self.calls.store.run_sync(write, tenant_id)
+        except SQLAlchemyError as exc:
+            raise CallNotRecorded(self.ctx.idempotency_key, exc) from exc
+
+    def finish(self, call: GovernedCall, outcome: CallOutcome, trace_id: str) -> DirectCallResult:
+        """The caller's result, and the call's ``tool.call`` audit event."""
+        name, call_id, decision_id = call.name, call.call_id, outcome.decision_id
+        if outcome.status == "APPROVAL_REQUIRED":
+            assert self.waiting is not None and outcome.authorization is not None
+            approval_id, expires_at = self.waiting
+            tool = call.offered[name]
+            decision = outcome.authorization.decision
+            self.audit.append(
+                self._audit(
+                    name,
+                    "tool.call",
+                    "approval_required",
+                    decision_id,
+                    approval_id=approval_id,
+                    tool_version=tool.version,
+                )
+            )
+            return DirectCallResult(
+                "APPROVAL_REQUIRED",
+                name,
+                call_id,
+                _approval_text(name, decision, approval_id, expires_at),
+                tool_version=tool.version,
+                error_type="approval_required",
+                policy_decision_id=decision.id,
+                approval_id=approval_id,
+                trace_id=trace_id,
+            )
+        result = outcome.result
+        assert result is not None
+        details: dict[str, Any] = {"tool_version": result.tool_version}
+        details["error_type"] = result.error_type
+        if result.skipped_by_policy:
+            details["skipped_by_policy"] = result.skipped_by_policy
+        if self.spent is not None:
+            details["approval_id"] = self.spent
+        self.audit.append(
+            self._audit(name, "tool.call", result.status.lower(), decision_id, **details)
         )
-        outcome.decisions = [row]
-        return outcome
+        return DirectCallResult(
+            result.status,
+            name,
+            call_id,
+            outcome.untrusted_text(name, call_id),
+            tool_version=result.tool_version,
+            error_type=result.error_type,
+            truncated=result.truncated,
+            policy_decision_id=decision_id,
+            approval_id=self.spent,
+            trace_id=trace_id,
+        )
+
+    def _audit(
+        self, name: str, action: str, outcome: str, decision_id: str | None, **details: Any
+    ) -> AuditRecord:
+        return AuditRecord(
+            self.principal.id,
+            action,
+            f"tool:{name}",
+            outcome,
+            trace_id=self.trace_id,
+            policy_decision_id=decision_id,
+            details={
+                "channel": "direct",
+                "principal_kind": self.principal.kind,
+                "idempotency_key": self.ctx.idempotency_key,
+                **details,
+            },
+        )
 
 
-def _approval_row(
-    principal: Principal,
-    tool_name: str,
-    prepared: PreparedCall,
-    decision: PolicyDecision,
-    digest: str,
-    now: datetime,
-) -> dict[str, Any]:
-    return {
-        "tenant_id": principal.tenant_id,
-        "kind": "tool_call",
-        "status": "pending",
-        "action": "tool.call",
-        "subject": f"tool:{tool_name}",
-        "run_id": None,
-        "step_index": None,
-        "call_index": None,
-        "idempotency_key": None,
-        "arguments_redacted": redact(prepared.arguments),
-        "arguments_digest": digest,
-        "reason": "; ".join(decision.reasons) or "policy requires approval",
-        "approver_roles": list(decision.approver_roles),
-        "required_approvals": max(decision.required_approvals, 1),
-        "policy_ids": list(decision.determining_policies),
-        "policy_decision_id": decision.id,
-        "requested_by": principal.id,
-        "created_at": now,
-        "decided_at": None,
-    }
+def _not_offered(view: _View, name: str) -> ToolResult:
+    reason, error_type = view.hidden.get(name), "tool_not_allowed"
+    if reason is None:
+        reason, error_type = f"tool {name!r} is not registered", "tool_not_registered"
+    offered = ", ".join(sorted(view.tools)) or "none"
+    message = f"{reason}; tools you may call: {offered}"
+    return ToolResult("DENIED", message, error=message, error_type=error_type)
 
 
 def _approval_text(
@@ -776,37 +715,4 @@ def _approval_text(
         f"or rejects it with `corral reject {approval_id} --reason ...`. Once it is approved, "
         f"repeat exactly this call (same tool, same arguments) before "
         f"{expires_at.isoformat(timespec='seconds')}; the approval covers that one call."
-    )
-
-
-def _policy_denied(prepared: PreparedCall, decision: PolicyDecision) -> ToolResult:
-    because = "; ".join(decision.reasons) or "no policy permits it"
-    message = (
-        f"policy denies calling {prepared.tool.name!r}: {because} (policies: "
-        f"{', '.join(decision.determining_policies) or 'default deny'}, "
-        f"decision {decision.id})"
-    )
-    return ToolResult(
-        "DENIED",
-        message,
-        error=message,
-        error_type="policy_denied",
-        tool_version=prepared.tool.version,
-    )
-
-
-def _current_trace_id() -> str | None:
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
-
-
-def _as_tool_result(result: DirectCallResult) -> ToolResult:
-    """The span's view of a call that did not execute (approval required)."""
-    status = "DENIED" if result.status == "APPROVAL_REQUIRED" else result.status
-    return ToolResult(
-        status,
-        result.text,
-        error=result.text,
-        error_type=result.error_type,
-        tool_version=result.tool_version,
     )

@@ -388,6 +388,7 @@ class ToolGateway:
             stage=ctx.stage,
             requester=ctx.requester,
             run_id=ctx.run_id,
+            record=ctx.on_secret_use,
         )
 
     async def _execute_call(
