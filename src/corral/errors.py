@@ -18,6 +18,8 @@ CorralError
 │   └── KillSwitchEngaged  an agent, tenant or platform kill switch stops new runs
 ├── BudgetExceeded         a run hit one of its limits
 ├── LeaseLost              a worker's lease on a run was taken over; its writes are refused
+├── MissingTenantScope     a query without a tenant scope (a programming error; also a
+│                          RuntimeError)
 ├── ToolFailed             a tool call failed; recorded in the step, the run goes on
 │   ├── PathOutsideWorkspace
 │   ├── DestinationRefused an outbound request to a private/loopback/link-local address (SSRF)
@@ -48,6 +50,7 @@ __all__ = [
     "KillSwitchEngaged",
     "LeaseLost",
     "LocalModelUnavailable",
+    "MissingTenantScope",
     "ModelAPIError",
     "NotFound",
     "PathOutsideWorkspace",
@@ -219,21 +222,30 @@ class PolicyDenied(CorralError):
     default_code = "policy_denied"
 
 
-class PolicyRefused(PolicyDenied):
-    """Policy did not allow a governed action; the decision must still be stored.
+def _stored(_connection: Any) -> None:
+    """Nothing to write: the decision of this refusal was stored by the service."""
 
-    The transaction that raised it rolls back, so the caller stores the decision afterwards by
-    calling ``record`` (a function of one store connection) in a transaction of its own.
+
+class PolicyRefused(PolicyDenied):
+    """Policy did not allow a governed action; the decision is stored all the same.
+
+    The transaction that decided rolls back with the refusal; the service that decided stores
+    the decision and its audit event afterwards, in a transaction of its own, before the error
+    reaches its caller (``corral.runtime.start_run`` does for ``agent.invoke``).
 
     Args:
         message: Names the action, the policies that decided and their reasons.
-        decision_id: The stored decision's id.
-        record: Writes the decision and its audit event.
+        decision_id: The decision's id.
+        record: Only for services that still leave the storing to their caller (promotions):
+            writes the decision and its audit event, given one store connection. By default it
+            writes nothing: the service has stored the decision already.
     """
 
     default_code = "policy_denied"
 
-    def __init__(self, message: str, *, decision_id: str, record: Callable[[Any], None]) -> None:
+    def __init__(
+        self, message: str, *, decision_id: str, record: Callable[[Any], None] = _stored
+    ) -> None:
         super().__init__(message)
         self.decision_id = decision_id
         self.record = record
@@ -312,6 +324,16 @@ class LeaseLost(CorralError):
         self.run_id = run_id
         self.worker_id = worker_id
         self.lease_epoch = lease_epoch
+
+
+class MissingTenantScope(CorralError, RuntimeError):
+    """A query ran in a session opened without a tenant scope, or wrote another tenant's row.
+
+    A programming error, never the caller's: the store refuses the statement before it runs
+    (HTTP 500). It is also a :class:`RuntimeError`, as it was before it joined this tree.
+    """
+
+    default_code = "missing_tenant_scope"
 
 
 class ToolFailed(CorralError):

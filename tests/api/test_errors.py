@@ -8,9 +8,12 @@ import os
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from conftest import agent_document
+from corral.api._errors import install_error_handlers, status_for
+from corral.errors import CorralError, LeaseLost, MissingTenantScope
 from corral.settings import SecretsSettings, Settings
 from corral.testing import ScriptedModel
 
@@ -141,3 +144,41 @@ async def test_openapi_declares_bearer_auth_and_every_error_shape(api) -> None:
     run = schema["paths"]["/v1/agents/{name}/runs"]["post"]["responses"]
     assert {"404", "409", "423"} <= set(run)
     assert "HTTPValidationError" not in json.dumps(schema)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MissingTenantScope("RunRow of tenant 'team-b' written in a session of 'team-a'"),
+        LeaseLost("run_secret", worker_id="host-7:123", lease_epoch=4),
+    ],
+)
+async def test_internal_errors_are_500_and_keep_their_message_in_the_log(
+    error: CorralError, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise error
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://corral"
+    ) as client:
+        response = await client.get("/boom")
+    body = assert_corral_error(response, 500)
+    assert body["code"] == error.code
+    assert error.message not in response.text
+    for secret in ("team-b", "run_secret", "host-7"):
+        assert secret not in response.text
+    assert error.message in caplog.text  # the server log has it
+    assert status_for(error) == 500
+
+
+def test_missing_tenant_scope_is_a_corral_error_and_still_a_runtime_error() -> None:
+    from corral.store import MissingTenantScope as from_the_store
+
+    assert from_the_store is MissingTenantScope
+    assert issubclass(MissingTenantScope, CorralError)
+    assert issubclass(MissingTenantScope, RuntimeError)

@@ -25,7 +25,13 @@ from corral.errors import InvalidRequest, KillSwitchEngaged, NotFound, PolicyDen
 from corral.policy._tables import PolicyRow, PolicyVersionRow
 from corral.registry import bind_stage, get_agent_version
 from corral.registry._tables import AgentRow
-from corral.runtime import cancel_run, engage_kill_switch, release_kill_switch, resume_run
+from corral.runtime import (
+    cancel_run,
+    engage_kill_switch,
+    release_kill_switch,
+    resume_run,
+    start_run,
+)
 from corral.runtime._tables import RunRow
 from corral.settings import Settings
 from corral.store import utcnow
@@ -434,8 +440,16 @@ async def test_10_denied_invoke_leaves_a_decision_and_an_audit_event(world: Worl
     assert (response.status_code, response.json()["code"]) == (403, "policy_denied")
     assert "no-mallory" in response.json()["message"]
     with pytest.raises(PolicyRefused) as refused:  # the same refusal, without the API
-        await world.start(requested_by="user:mallory")
-    await world.platform.store.run_sync(refused.value.record, "default")
+        await start_run(
+            world.platform.store,
+            tenant_id="default",
+            agent_name="repo-analyst",
+            task="Probe things.",
+            requested_by="user:mallory",
+            requester_roles=("builder",),
+            governance=world.platform.governance,
+            quotas=world.platform.quotas,
+        )
     assert await count_rows(world, RunRow) == 0
 
     decisions = await world.decisions(action="agent.invoke", principal='User::"user:mallory"')

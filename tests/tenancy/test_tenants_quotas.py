@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import pytest
+
 from conftest import agent_document
+from corral.errors import QuotaExceeded
 from corral.settings import ModelPrice
 from corral.testing import ScriptedModel
 from tenancy._world import World, live_world
@@ -195,3 +198,30 @@ async def test_cost_quota_prices_tokens_by_model_and_ends_runs(settings, workspa
         )
         assert ended["status"] == "BUDGET_EXCEEDED"
         assert ended["terminal_reason"] == "quota:cost_usd_per_day"
+
+
+async def test_check_model_call_raises_like_check_run_start(settings, workspace) -> None:
+    async with live_world(
+        settings, scripted=ScriptedModel([ScriptedModel.answer("first")])
+    ) as world:
+        await _apply(world)
+        first = (await _run(world, workspace)).json()
+        done = await _wait_status(world, first["id"], "default", {"SUCCEEDED", "FAILED"})
+        used = done["input_tokens"] + done["output_tokens"]
+        quotas = world.platform.quotas
+        await quotas.check_model_call("default")  # no model quota: nothing to refuse
+        await world.as_("PUT", "/v1/quotas/model_tokens_per_day", json={"limit": used + 1})
+        quotas.invalidate("default")
+        await quotas.check_model_call("default")  # under the limit
+        await world.as_("PUT", "/v1/quotas/model_tokens_per_day", json={"limit": used})
+        quotas.invalidate("default")
+        with pytest.raises(QuotaExceeded) as exceeded:
+            await quotas.check_model_call("default")
+        error = exceeded.value
+        assert (error.quota, error.limit, error.current) == (
+            "model_tokens_per_day",
+            str(used),
+            str(used),
+        )
+        assert 0 < error.retry_after_seconds <= 86_401
+        assert "corral quotas set model_tokens_per_day" in error.message

@@ -8,6 +8,7 @@ methods (405, with an ``Allow`` header naming every method of the path, RFC 9110
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,9 @@ from corral.errors import (
     InvalidContract,
     InvalidRequest,
     KillSwitchEngaged,
+    LeaseLost,
     LocalModelUnavailable,
+    MissingTenantScope,
     ModelAPIError,
     NotFound,
     PolicyDenied,
@@ -35,6 +38,8 @@ from corral.errors import (
 )
 
 __all__ = ["STATUS_CODES", "ErrorOut", "document_errors", "install_error_handlers", "status_for"]
+
+_log = logging.getLogger(__name__)
 
 
 class ErrorOut(BaseModel):
@@ -67,8 +72,14 @@ STATUS_CODES: list[tuple[type[CorralError], int]] = [
     (LocalModelUnavailable, 503),
     (ModelAPIError, 502),
     (UpstreamFailed, 502),
+    # Programming errors and worker-internal conditions: never the caller's to fix.
+    (MissingTenantScope, 500),
+    (LeaseLost, 500),
 ]
 """Error class -> HTTP status; the first matching class wins. Anything else: 500."""
+
+_INTERNAL: tuple[type[CorralError], ...] = (MissingTenantScope, LeaseLost)
+"""Errors whose message stays in the server log: it may name another tenant or a worker."""
 
 _CODE_STATUS = {
     "store_not_migrated": 503,
@@ -90,13 +101,20 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map Corral's errors, validation and HTTP errors to :class:`ErrorOut` JSON bodies."""
 
     @app.exception_handler(CorralError)
-    async def _corral_error(_request: Request, exc: CorralError) -> JSONResponse:
+    async def _corral_error(request: Request, exc: CorralError) -> JSONResponse:
         headers: dict[str, str] = {}
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = 'Bearer realm="corral"'  # RFC 6750 section 3
         if isinstance(exc, QuotaExceeded):
             headers["Retry-After"] = str(max(1, exc.retry_after_seconds))
-        return JSONResponse(exc.to_dict(), status_code=status_for(exc), headers=headers)
+        body = exc.to_dict()
+        if isinstance(exc, _INTERNAL):
+            _log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+            body = {
+                "code": exc.code,
+                "message": f"Internal error ({exc.code}); the server log has the details.",
+            }
+        return JSONResponse(body, status_code=status_for(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

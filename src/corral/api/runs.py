@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
 from corral.api._deps import Caller, PlatformDep, ReadSessionDep, requires
 from corral.api._schemas import (
@@ -21,17 +20,16 @@ from corral.api._schemas import (
     StepOut,
     ToolCallOut,
 )
-from corral.errors import Forbidden, PolicyRefused
 from corral.runtime import (
     RUN_STATUSES,
-    TERMINAL_STATUSES,
-    create_run,
+    RunEvent,
     get_run,
     list_run_spans,
     list_runs,
     list_steps,
+    read_events,
+    start_run,
 )
-from corral.runtime._tables import RunEventRow, RunRow
 from corral.store import Store
 
 __all__ = ["router"]
@@ -60,33 +58,22 @@ async def post_run(
     Builders may run in ``dev`` and ``staging``; ``production`` needs an operator. 429 when a
     tenant quota (``runs_per_day``, ``concurrent_runs``) is used up, with ``Retry-After``.
     """
-    if body.stage == "production" and not caller.can("runs.create.production"):
-        raise Forbidden(
-            f"{caller.id} may run agents in dev and staging only; running in 'production' needs "
-            "the operator role. Pass `stage` (`corral run --stage dev`).",
-            code="permission_denied",
-        )
-    try:
-        async with platform.store.transaction(caller.tenant_id) as session:
-            await platform.quotas.check_run_start(session, caller.tenant_id)
-            run = await create_run(
-                session,
-                tenant_id=caller.tenant_id,
-                agent_name=name,
-                task=body.task,
-                requested_by=caller.principal,
-                workspace=body.workspace,
-                workspaces=platform.workspaces,
-                stage=body.stage,
-                version=body.version,
-                model=body.model,
-                governance=platform.governance,
-                requester_roles=caller.roles,
-                requester_groups=caller.groups,
-            )
-    except PolicyRefused as exc:
-        await platform.store.run_sync(exc.record, caller.tenant_id)  # the refusal is evidence too
-        raise
+    run = await start_run(
+        platform.store,
+        tenant_id=caller.tenant_id,
+        agent_name=name,
+        task=body.task,
+        requested_by=caller.principal,
+        requester_roles=caller.roles,
+        requester_groups=caller.groups,
+        stage=body.stage,
+        version=body.version,
+        model=body.model,
+        workspace=body.workspace,
+        workspaces=platform.workspaces,
+        governance=platform.governance,
+        quotas=platform.quotas,
+    )
     platform.worker.wake()
     return RunOut.model_validate(run)
 
@@ -164,36 +151,7 @@ async def get_spans(
     return [SpanOut.model_validate(s) for s in spans]
 
 
-async def _read_events(
-    store: Store, run_id: str, tenant_id: str, after: int
-) -> tuple[list[Any], bool]:
-    """Up to a batch of the run's events with ``id > after``, and whether the run had ended.
-
-    One short transaction. The status is read first: once it is terminal, the events written
-    with it (``run.finished``) are committed, so the second read sees them.
-    """
-    async with store.read(tenant_id) as session:
-        status = (
-            await session.execute(
-                select(RunRow.status).where(RunRow.id == run_id, RunRow.tenant_id == tenant_id)
-            )
-        ).scalar_one_or_none()
-        rows = (
-            await session.execute(
-                select(RunEventRow.id, RunEventRow.type, RunEventRow.data, RunEventRow.created_at)
-                .where(
-                    RunEventRow.run_id == run_id,
-                    RunEventRow.tenant_id == tenant_id,
-                    RunEventRow.id > after,
-                )
-                .order_by(RunEventRow.id)
-                .limit(_SSE_BATCH)
-            )
-        ).all()
-    return list(rows), status is None or status in TERMINAL_STATUSES
-
-
-def _server_sent_event(run_id: str, row: Any) -> str:
+def _server_sent_event(run_id: str, row: RunEvent) -> str:
     data = RunEventOut(run_id=run_id, type=row.type, data=row.data, created_at=row.created_at)
     return f"id: {row.id}\nevent: {row.type}\ndata: {data.model_dump_json()}\n\n"
 
@@ -209,7 +167,9 @@ async def _event_stream(
     clock = asyncio.get_running_loop().time
     quiet_since = clock()
     while True:
-        rows, ended = await _read_events(store, run_id, tenant_id, after)
+        rows, ended = await read_events(
+            store, run_id, tenant_id=tenant_id, after=after, limit=_SSE_BATCH
+        )
         for row in rows:
             after = row.id
             yield _server_sent_event(run_id, row)

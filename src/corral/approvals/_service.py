@@ -48,6 +48,7 @@ from corral.policy._service import Governance, decision_row, insert_decisions, p
 # A module import: corral.runtime._persist imports this package's tables, so this module can be
 # imported while corral.runtime._control is still initialising.
 from corral.runtime import _control
+from corral.runtime._status import RunStatus
 from corral.runtime._tables import RunRow
 from corral.store import SYSTEM, Store, new_id, skip_locked, utcnow
 from corral.tenancy import accountable_humans
@@ -369,7 +370,9 @@ def _end_request(
         return
     run = _awaiting_run(connection, approval)
     if run is not None:
-        _control._finish(connection, [run], "REJECTED", f"approval_{status}", error, actor, now)
+        _control._finish(
+            connection, [run], RunStatus.REJECTED, f"approval_{status}", error, actor, now
+        )
 
 
 def _approve(connection: Connection, approval: Any, approvers: list[str], actor: str) -> None:

@@ -14,18 +14,11 @@ import typer
 
 from corral.cli._client import ApiClient, auth_headers, fail
 from corral.cli._render import render_step, render_tool_call, render_trace
+from corral.runtime import TERMINAL_STATUSES
 
 __all__ = ["run", "trace"]
 
-_TERMINAL = {
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
-    "REJECTED",
-    "TIMED_OUT",
-    "BUDGET_EXCEEDED",
-    "KILLED",
-}
+_TERMINAL = TERMINAL_STATUSES
 
 _STREAM_READ_TIMEOUT_SECONDS = 45.0
 """A stream silent this long is dead (the server sends a keep-alive comment every 15 s)."""

@@ -14,12 +14,16 @@ from corral.runtime._loop import LeaseLost, Phase, RunExecutor
 from corral.runtime._service import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
+    RunEvent,
     create_run,
     get_run,
     list_run_spans,
     list_runs,
     list_steps,
+    read_events,
+    start_run,
 )
+from corral.runtime._status import RunStatus, StepKind, ToolCallStatus
 from corral.runtime._worker import Worker, default_worker_id
 from corral.runtime._workspaces import WORKSPACES_DIR, Workspaces
 
@@ -31,7 +35,11 @@ __all__ = [
     "KillSwitchInfo",
     "LeaseLost",
     "Phase",
+    "RunEvent",
     "RunExecutor",
+    "RunStatus",
+    "StepKind",
+    "ToolCallStatus",
     "Worker",
     "Workspaces",
     "cancel_run",
@@ -43,7 +51,9 @@ __all__ = [
     "list_run_spans",
     "list_runs",
     "list_steps",
+    "read_events",
     "release_kill_switch",
     "resolve_in_doubt",
     "resume_run",
+    "start_run",
 ]

@@ -19,6 +19,7 @@ from corral.audit import AuditRecord, append_events
 from corral.errors import Conflict, InvalidRequest, NotFound
 from corral.registry._tables import AgentRow
 from corral.runtime._persist import KillSwitch
+from corral.runtime._status import PAUSED_STATUSES, TERMINAL_STATUSES, RunStatus, ToolCallStatus
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, ToolCallRow
 from corral.store import SYSTEM, Store, new_id, utcnow
 
@@ -33,27 +34,25 @@ __all__ = [
     "resume_run",
 ]
 
-PAUSED_STATUSES = ("AWAITING_APPROVAL", "IN_DOUBT")
-"""A run in one of these holds no worker; resuming puts it back in the queue."""
-
 _RUNS = cast(Table, RunRow.__table__)
 _CALLS = cast(Table, ToolCallRow.__table__)
 _EVENTS = cast(Table, RunEventRow.__table__)
 _KILLS = cast(Table, KillSwitchRow.__table__)
 _AGENTS = cast(Table, AgentRow.__table__)
 _APPROVALS = cast(Table, ApprovalRow.__table__)
-_TERMINAL = (
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
-    "REJECTED",
-    "TIMED_OUT",
-    "BUDGET_EXCEEDED",
-    "KILLED",
-)
 
 
 def _run(connection: Connection, run_id: str, tenant_id: str) -> Any:
+    """The run's row, read in ``connection``'s transaction.
+
+    Args:
+        connection: The operation's connection.
+        run_id: The run.
+        tenant_id: The caller's tenant; a run of another tenant is not found.
+
+    Raises:
+        NotFound: no such run in this tenant.
+    """
     row = connection.execute(
         select(_RUNS).where(_RUNS.c.id == run_id, _RUNS.c.tenant_id == tenant_id)
     ).first()
@@ -65,6 +64,15 @@ def _run(connection: Connection, run_id: str, tenant_id: str) -> Any:
 
 
 def _event(connection: Connection, run: Any, event_type: str, now: datetime, **data: Any) -> None:
+    """Append a run event (streamed over SSE) in ``connection``'s transaction.
+
+    Args:
+        connection: The operation's connection.
+        run: The run's row (its ``id`` and ``tenant_id`` are used).
+        event_type: ``run.finished``, ``run.resumed``, ``run.cancel_requested``...
+        now: The event's time.
+        **data: The event's data (JSON).
+    """
     connection.execute(
         _EVENTS.insert(),
         [
@@ -82,7 +90,7 @@ def _event(connection: Connection, run: Any, event_type: str, now: datetime, **d
 def _finish(
     connection: Connection,
     runs: list[Any],
-    status: str,
+    status: RunStatus,
     reason: str,
     error: str,
     actor: str,
@@ -93,6 +101,18 @@ def _finish(
     The update is guarded on the status the run was read in, so a run that a worker claimed (or
     that ended) meanwhile is left alone; pending approval requests of an ended run are
     withdrawn.
+
+    Args:
+        connection: The operation's connection.
+        runs: The runs' rows, as read in this transaction.
+        status: The terminal status to end them in (one of :data:`TERMINAL_STATUSES`).
+        reason: Their ``terminal_reason`` (``cancelled``, ``kill_switch``...).
+        error: Their ``error``, for a person.
+        actor: Who ends them (audit ``actor``).
+        now: The time they end.
+
+    Returns:
+        How many runs it ended (those still in the status they were read in).
     """
     ended = 0
     for run in runs:
@@ -148,11 +168,26 @@ def _finish(
     return ended
 
 
-def _cancel(connection: Connection, run_id: str, tenant_id: str, actor: str) -> str:
+def _cancel(connection: Connection, run_id: str, tenant_id: str, actor: str) -> RunStatus:
+    """Cancel a run in ``connection``'s transaction (see :func:`cancel_run`).
+
+    Args:
+        connection: The operation's connection.
+        run_id: The run.
+        tenant_id: The caller's tenant.
+        actor: Who cancels it.
+
+    Returns:
+        ``CANCELLED`` (ended now) or ``RUNNING`` (cancel requested).
+
+    Raises:
+        NotFound: no such run in this tenant.
+        Conflict: the run already ended.
+    """
     run, now = _run(connection, run_id, tenant_id), utcnow()
-    if run.status in _TERMINAL:
+    if run.status in TERMINAL_STATUSES:
         raise Conflict(f"Run {run_id!r} already ended {run.status}; there is nothing to cancel.")
-    if run.status == "RUNNING":
+    if run.status == RunStatus.RUNNING:
         connection.execute(
             _RUNS.update().where(_RUNS.c.id == run_id).values(cancel_requested=True, updated_at=now)
         )
@@ -171,19 +206,26 @@ def _cancel(connection: Connection, run_id: str, tenant_id: str, actor: str) -> 
             ],
         )
         _event(connection, run, "run.cancel_requested", now, by=actor)
-        return "RUNNING"
-    if _finish(connection, [run], "CANCELLED", "cancelled", f"cancelled by {actor}", actor, now):
-        return "CANCELLED"
+        return RunStatus.RUNNING
+    cancelled = RunStatus.CANCELLED
+    if _finish(connection, [run], cancelled, "cancelled", f"cancelled by {actor}", actor, now):
+        return cancelled
     # A worker claimed it meanwhile: ask that worker to stop it.
     return _cancel(connection, run_id, tenant_id, actor)
 
 
-async def cancel_run(store: Store, run_id: str, *, tenant_id: str, actor: str) -> str:
+async def cancel_run(store: Store, run_id: str, *, tenant_id: str, actor: str) -> RunStatus:
     """Cancel a run.
 
     A queued or paused run ends ``CANCELLED`` at once. A running one gets ``cancel_requested``:
     no new step or tool call starts after this commits, and an in-flight model call is
     abandoned; its worker ends it ``CANCELLED``.
+
+    Args:
+        store: The store.
+        run_id: The run.
+        tenant_id: The caller's tenant.
+        actor: Who cancels it (audit ``actor``).
 
     Returns:
         ``CANCELLED`` (ended now) or ``RUNNING`` (cancel requested).
@@ -200,6 +242,19 @@ async def cancel_run(store: Store, run_id: str, *, tenant_id: str, actor: str) -
 def _resume(
     connection: Connection, run_id: str, tenant_id: str, actor: str, details: dict[str, Any]
 ) -> None:
+    """Queue a paused run again in ``connection``'s transaction (see :func:`resume_run`).
+
+    Args:
+        connection: The operation's connection.
+        run_id: The run.
+        tenant_id: The caller's tenant.
+        actor: Who resumes it.
+        details: Added to the ``run.resumed`` audit and run events.
+
+    Raises:
+        NotFound: no such run in this tenant.
+        Conflict: the run is not paused.
+    """
     run, now = _run(connection, run_id, tenant_id), utcnow()
     if run.status not in PAUSED_STATUSES:
         raise Conflict(
@@ -209,7 +264,7 @@ def _resume(
     connection.execute(
         _RUNS.update()
         .where(_RUNS.c.id == run_id)
-        .values(status="QUEUED", pause_reason=None, resume_condition=None, updated_at=now)
+        .values(status=RunStatus.QUEUED, pause_reason=None, resume_condition=None, updated_at=now)
     )
     append_events(
         connection,
@@ -236,6 +291,13 @@ async def resume_run(
 
     This is the seam approvals use: when a request is decided, the approval service calls it.
 
+    Args:
+        store: The store.
+        run_id: The run.
+        tenant_id: The caller's tenant.
+        actor: Who resumes it (audit ``actor``).
+        details: Added to the ``run.resumed`` audit and run events (e.g. the approval's id).
+
     Raises:
         NotFound: no such run in this tenant.
         Conflict: the run is not paused.
@@ -259,25 +321,42 @@ def _resolve(
     resolution: Resolution,
     comment: str,
 ) -> str:
+    """Settle an in-doubt call and resume its run (see :func:`resolve_in_doubt`).
+
+    Args:
+        connection: The operation's connection.
+        run_id: The ``IN_DOUBT`` run.
+        tenant_id: The caller's tenant.
+        actor: Who settles it.
+        resolution: ``done``, ``retry`` or ``failed``.
+        comment: Why, for the audit log (may be empty).
+
+    Returns:
+        The idempotency key of the settled call.
+
+    Raises:
+        NotFound: no such run in this tenant.
+        Conflict: the run is not ``IN_DOUBT``.
+    """
     run = _run(connection, run_id, tenant_id)
     condition = run.resume_condition or {}
-    if run.status != "IN_DOUBT" or condition.get("kind") != "in_doubt":
+    if run.status != RunStatus.IN_DOUBT or condition.get("kind") != "in_doubt":
         raise Conflict(f"Run {run_id!r} is {run.status}, not IN_DOUBT; nothing to resolve.")
     key, now = str(condition["idempotency_key"]), utcnow()
     note = f"resolved as {resolution} by {actor}" + (f": {comment}" if comment else "")
     outcomes: dict[str, dict[str, Any]] = {
         "done": {
-            "status": "COMPLETED",
+            "status": ToolCallStatus.COMPLETED,
             "output": f"({note}; the effect took place)",
             "finished_at": now,
         },
         "failed": {
-            "status": "FAILED",
+            "status": ToolCallStatus.FAILED,
             "error": f"({note})",
             "error_type": "resolved_failed",
             "finished_at": now,
         },
-        "retry": {"status": "RETRY"},
+        "retry": {"status": ToolCallStatus.RETRY},
     }
     values = outcomes[resolution]
     connection.execute(_CALLS.update().where(_CALLS.c.idempotency_key == key).values(**values))
@@ -305,6 +384,14 @@ async def resolve_in_doubt(
     ``done``: the effect happened; the call is recorded ``COMPLETED`` and not run again.
     ``retry``: run the call again (with the same idempotency key). ``failed``: record it
     ``FAILED``; the model sees the failure and goes on.
+
+    Args:
+        store: The store.
+        run_id: The ``IN_DOUBT`` run.
+        tenant_id: The caller's tenant.
+        actor: Who settles it (audit ``actor``).
+        resolution: ``done``, ``retry`` or ``failed``.
+        comment: Why, for the audit log.
 
     Returns:
         The idempotency key of the resolved call.
@@ -358,6 +445,23 @@ def _covered(scope: Scope, target: str, tenant_id: str) -> Any:
 def _engage(
     connection: Connection, scope: Scope, target: str, tenant_id: str, reason: str, actor: str
 ) -> tuple[KillSwitchInfo, int]:
+    """Engage a kill switch in ``connection``'s transaction (see :func:`engage_kill_switch`).
+
+    Args:
+        connection: The operation's connection.
+        scope: ``agent``, ``tenant`` or ``platform``.
+        target: Agent name, tenant id or ``*``.
+        tenant_id: The caller's tenant (the agent's, for an agent switch).
+        reason: Why.
+        actor: Who engages it.
+
+    Returns:
+        The switch and how many queued or paused runs it ended.
+
+    Raises:
+        NotFound: an agent switch for an unknown agent.
+        Conflict: the same switch is already engaged.
+    """
     if (
         scope == "agent"
         and connection.execute(
@@ -412,13 +516,13 @@ def _engage(
     idle = connection.execute(
         select(_RUNS).where(
             _covered(scope, target, tenant_id),
-            or_(_RUNS.c.status == "QUEUED", _RUNS.c.status.in_(PAUSED_STATUSES)),
+            or_(_RUNS.c.status == RunStatus.QUEUED, _RUNS.c.status.in_(PAUSED_STATUSES)),
         )
     ).all()
     killed = _finish(
         connection,
         list(idle),
-        "KILLED",
+        RunStatus.KILLED,
         "kill_switch",
         KillSwitch(scope, target, actor, reason).describe(),
         actor,
@@ -464,6 +568,21 @@ async def engage_kill_switch(
 def _release(
     connection: Connection, scope: Scope, target: str, tenant_id: str, actor: str
 ) -> KillSwitchInfo:
+    """Release an engaged kill switch in ``connection``'s transaction.
+
+    Args:
+        connection: The operation's connection.
+        scope: ``agent``, ``tenant`` or ``platform``.
+        target: Agent name, tenant id or ``*``.
+        tenant_id: The caller's tenant.
+        actor: Who releases it.
+
+    Returns:
+        The released switch.
+
+    Raises:
+        NotFound: no such engaged switch.
+    """
     owner = "*" if scope == "platform" else (target if scope == "tenant" else tenant_id)
     row = connection.execute(
         select(_KILLS).where(
@@ -506,6 +625,16 @@ async def release_kill_switch(
 ) -> KillSwitchInfo:
     """Release an engaged kill switch; new runs may start again.
 
+    Args:
+        store: The store.
+        scope: ``agent``, ``tenant`` or ``platform``.
+        target: Agent name, tenant id or ``*``.
+        tenant_id: The caller's tenant.
+        actor: Who releases it (audit ``actor``).
+
+    Returns:
+        The released switch.
+
     Raises:
         NotFound: no such engaged switch.
     """
@@ -516,6 +645,13 @@ async def release_kill_switch(
 
 
 def _list(connection: Connection, tenant_id: str, include_released: bool) -> list[KillSwitchInfo]:
+    """Kill switches of ``tenant_id`` and of the platform, newest first.
+
+    Args:
+        connection: The operation's connection.
+        tenant_id: The caller's tenant.
+        include_released: Released switches too.
+    """
     query = select(_KILLS).where(_KILLS.c.tenant_id.in_((tenant_id, "*")))
     if not include_released:
         query = query.where(_KILLS.c.released_at.is_(None))
@@ -539,7 +675,13 @@ def _list(connection: Connection, tenant_id: str, include_released: bool) -> lis
 async def list_kill_switches(
     store: Store, *, tenant_id: str, include_released: bool = False
 ) -> list[KillSwitchInfo]:
-    """Kill switches of the tenant (and the platform's), newest first."""
+    """Kill switches of the tenant (and the platform's), newest first.
+
+    Args:
+        store: The store.
+        tenant_id: The caller's tenant.
+        include_released: Released switches too (``False``: engaged ones only).
+    """
     return await store.run_sync(
         functools.partial(_list, tenant_id=tenant_id, include_released=include_released), tenant_id
     )

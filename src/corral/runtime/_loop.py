@@ -30,7 +30,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from corral.audit import AuditRecord
 from corral.contracts import Agent, AgentSpec
-from corral.errors import ModelAPIError, PolicyDenied
+from corral.errors import ModelAPIError, PolicyDenied, QuotaExceeded
 from corral.gateway.models import Message, ModelRequest, ToolDefinition
 from corral.gateway.models._gateway import ModelGateway
 from corral.gateway.tools._gateway import ResolvedTool, ToolGateway
@@ -252,8 +252,9 @@ class RunExecutor(ToolPhase):
             )
             return record, Terminal("FAILED", "model_denied", error=refused)
         if self.quotas is not None:
-            exceeded = await self.quotas.check_model_call(state.tenant_id)
-            if exceeded is not None:
+            try:
+                await self.quotas.check_model_call(state.tenant_id)
+            except QuotaExceeded as exceeded:
                 record = StepRecord(
                     "model_error",
                     state.models[0],

@@ -118,6 +118,11 @@ class Lease:
 def _fence(connection: Connection, lease: Lease, **values: Any) -> Any:
     """Set ``values`` on the run if ``lease`` still holds it.
 
+    Args:
+        connection: The transaction's connection.
+        lease: The worker's lease (run, worker, epoch) the update is conditioned on.
+        **values: Columns of ``runs`` to set.
+
     Returns:
         The row (``cancel_requested``), or ``None`` when the lease was taken over or the run is
         no longer ``RUNNING`` (nothing written).
@@ -184,7 +189,13 @@ class Signals:
 def active_kill_switch(
     connection: Connection, tenant_id: str, agent_name: str
 ) -> KillSwitch | None:
-    """The oldest engaged kill switch covering this agent in this tenant, if any."""
+    """The oldest engaged kill switch covering this agent in this tenant, if any.
+
+    Args:
+        connection: The transaction's connection.
+        tenant_id: The agent's tenant.
+        agent_name: The agent.
+    """
     row = connection.execute(_ACTIVE_KILL, {"b_tenant": tenant_id, "b_agent": agent_name}).first()
     return None if row is None else KillSwitch(row.scope, row.target, row.engaged_by, row.reason)
 
@@ -192,7 +203,14 @@ def active_kill_switch(
 def read_signals(
     connection: Connection, *, lease: Lease, tenant_id: str, agent_name: str
 ) -> Signals | None:
-    """The run's cancel flag and applicable kill switch; ``None`` if this worker lost the lease."""
+    """The run's cancel flag and applicable kill switch; ``None`` if this worker lost the lease.
+
+    Args:
+        connection: The transaction's connection.
+        lease: The worker's lease on the run.
+        tenant_id: The run's tenant.
+        agent_name: The run's agent (kill switches of it apply).
+    """
     row = connection.execute(_RUN_SIGNALS, lease.params()).one_or_none()
     if row is None:
         return None
@@ -244,6 +262,15 @@ def record_started_call(
     idempotency key), in one transaction. A cancel request or kill switch read in the same
     transaction stops the call: its row is not written.
 
+    Args:
+        connection: The transaction's connection.
+        lease: The worker's lease on the run.
+        tenant_id: The run's tenant.
+        agent_name: The run's agent (kill switches of it apply).
+        pending_decision: The step's decision, stored in ``runs.pending_decision`` so a
+            recovering worker continues it instead of asking the model again.
+        call: The ``tool_calls`` row, status ``STARTED``, with its idempotency key.
+
     Returns:
         The run's signals (the call must not start if cancelled or killed), or ``None`` if the
         lease is lost (nothing written).
@@ -284,6 +311,13 @@ def record_finished_call(
     GC, a partition) while the call executed must not overwrite the row its successor owns now
     (which found the call ``STARTED`` and paused the run ``IN_DOUBT`` or retried it).
 
+    Args:
+        connection: The transaction's connection.
+        lease: The worker's lease on the run.
+        idempotency_key: The call's key, ``{run_id}:{step}:{call_index}``.
+        values: Columns of ``tool_calls`` to set (status, output, error...).
+        now: The time of the write (``runs.updated_at``).
+
     Returns:
         ``True`` if written; ``False`` if the lease is lost (nothing written).
     """
@@ -315,6 +349,20 @@ def pause_run(
     The lease is given up (``lease_epoch`` stays: the next claim increments it), so the run
     holds no worker, task or connection while it waits. Returns ``False`` if the lease was lost
     (nothing written).
+
+    Args:
+        connection: The transaction's connection.
+        lease: The worker's lease on the run (given up here).
+        tenant_id: The run's tenant.
+        status: ``AWAITING_APPROVAL`` or ``IN_DOUBT``.
+        reason: Why it waits, for a person (``runs.pause_reason``).
+        resume_condition: What resumes it (``{"kind": "in_doubt", "idempotency_key": ...}``).
+        audit: The ``run.paused`` audit event.
+        now: The time of the pause.
+        pending_decision: The step's decision, kept for the run's resumption.
+        approval: The approval request row to insert, if the pause waits for one.
+        decisions: Policy decision rows to store with the pause.
+        spans: Span rows of the run segment that ends here.
     """
     values: dict[str, Any] = {
         "status": status,
@@ -430,6 +478,11 @@ def insert_spans(connection: Connection, *, lease: Lease, spans: list[dict[str, 
     The run was paused (its lease given up) just before: the spans are written only if no
     worker claimed it since, i.e. its ``lease_epoch`` is still the one of ``lease``.
 
+    Args:
+        connection: The transaction's connection.
+        lease: The lease the worker gave up with the pause.
+        spans: Span rows (``spans`` table).
+
     Returns:
         ``True`` if written; ``False`` if the run was claimed again since (nothing written).
     """
@@ -472,6 +525,17 @@ def claim(
     PostgreSQL the subquery locks with ``FOR UPDATE SKIP LOCKED`` so concurrent workers take
     different runs. Each claim increments the run's ``lease_epoch`` (fencing out any worker
     that held it before) and appends a ``run.leased`` audit event.
+
+    Args:
+        connection: The transaction's connection.
+        worker_id: The claiming worker (``lease_owner``).
+        now: The time of the claim; leases expired before it are taken over.
+        lease: How long the lease lasts unless renewed.
+        dialect: ``sqlite`` or ``postgresql`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
+        limit: At most this many runs.
+
+    Returns:
+        The runs claimed, oldest first (empty when none is runnable).
     """
     runnable = or_(
         _RUNS.c.status == "QUEUED",
@@ -562,6 +626,12 @@ def renew_leases(
     Only the runs the worker is driving now: a run it still owns in the table but stopped
     driving (its failure could not be recorded, it was handed back) must see its lease expire
     so that a worker reclaims it.
+
+    Args:
+        connection: The transaction's connection.
+        worker_id: The worker holding the leases.
+        run_ids: The runs it drives now.
+        expires_at: The leases' new expiry (UTC).
     """
     if not run_ids:
         return
@@ -590,6 +660,13 @@ def hand_back(
     claim resumes it as it resumes a crashed worker's run. With ``lease_epoch``, only if the
     worker still holds the lease of that claim (a stale task must not shorten a newer lease).
 
+    Args:
+        connection: The transaction's connection.
+        run_id: The run.
+        worker_id: The worker giving it back.
+        retry_at: When its lease expires now (UTC): from then on any worker may claim it.
+        lease_epoch: The epoch of the claim the worker drove it under; ``None``: any.
+
     Returns:
         Whether this worker still held it.
     """
@@ -613,6 +690,14 @@ def fail_run(
 
     With ``lease_epoch``, only if it still holds the lease of that claim: a stale task of a
     worker that claimed the run again since must not end the run its newer task drives.
+
+    Args:
+        connection: The transaction's connection.
+        run_id: The run.
+        worker_id: The worker ending it.
+        error: The run's ``error``, for a person.
+        now: The time it ends.
+        lease_epoch: The epoch of the claim the worker drove it under; ``None``: any.
     """
     held = [_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id]
     if lease_epoch is not None:

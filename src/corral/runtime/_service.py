@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral.audit import AuditRecord, append_event, append_events
 from corral.contracts import Agent
 from corral.errors import (
+    Forbidden,
     InvalidRequest,
     KillSwitchEngaged,
     NotFound,
@@ -31,26 +33,115 @@ from corral.policy._service import (
 from corral.registry import get_agent, get_agent_version
 from corral.registry._tables import AgentRow, AgentVersionRow, StageBindingRow
 from corral.runtime._persist import active_kill_switch
+from corral.runtime._status import RUN_STATUSES, TERMINAL_STATUSES, RunStatus
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.runtime._workspaces import Workspaces
+from corral.store import Store
 from corral.store._base import new_id, utcnow
+from corral.tenancy import Quotas, permits
 
 __all__ = [
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
+    "RunEvent",
     "create_run",
     "get_run",
     "list_run_spans",
     "list_runs",
     "list_steps",
+    "read_events",
+    "start_run",
 ]
 
-TERMINAL_STATUSES = frozenset(
-    {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED", "TIMED_OUT", "BUDGET_EXCEEDED", "KILLED"}
-)
-"""A run in one of these states never changes again (DESIGN.md, "The main job")."""
 
-RUN_STATUSES = frozenset({"QUEUED", "RUNNING", "AWAITING_APPROVAL", "IN_DOUBT", *TERMINAL_STATUSES})
+async def start_run(
+    store: Store,
+    *,
+    tenant_id: str,
+    agent_name: str,
+    task: str,
+    requested_by: str,
+    requester_roles: Iterable[str],
+    requester_groups: Iterable[str] = (),
+    stage: str = "dev",
+    version: str | None = None,
+    model: str | None = None,
+    workspace: str | None = None,
+    workspaces: Workspaces | None = None,
+    governance: Governance | None = None,
+    quotas: Quotas | None = None,
+) -> RunRow:
+    """Start a run for a principal: what ``POST /v1/agents/{name}/runs`` does, in one call.
+
+    Checks that the requester may run in ``stage`` (``production`` needs the
+    ``runs.create.production`` permission: operators, platform admins), then in one
+    transaction the tenant's run quotas and :func:`create_run` (policy, kill switches, the
+    ``QUEUED`` run and its audit event). A refusal by policy is stored (the decision and an
+    ``agent.invoke`` audit event, outcome ``denied``) in a transaction of its own after the
+    run's transaction rolled back, then raised. Workers are not woken: the caller does that.
+
+    Args:
+        store: The store.
+        tenant_id: Tenant of the requester.
+        agent_name: Registered agent to run.
+        task: The task, in words (1..100,000 characters).
+        requested_by: Principal asking for the run.
+        requester_roles: The requester's roles in the tenant (permissions, Cedar
+            ``principal.roles``).
+        requester_groups: A user requester's groups (Cedar ``principal.groups``).
+        stage: Release stage whose bound version runs.
+        version: An explicit agent version, only in stage ``dev``.
+        model: ``provider/model`` to use instead of the agent's default.
+        workspace: Absolute directory the ``fs.*`` tools may read, or ``None``.
+        workspaces: Decides which workspaces the tenant may use; required with ``workspace``.
+        governance: Decides ``agent.invoke``; ``None``: no policy check.
+        quotas: The tenant quotas (``runs_per_day``, ``concurrent_runs``); ``None``: none.
+
+    Returns:
+        The ``QUEUED`` run, committed.
+
+    Raises:
+        Forbidden: ``production`` without the ``runs.create.production`` permission.
+        QuotaExceeded: ``runs_per_day`` or ``concurrent_runs`` is used up (with the seconds
+            until it resets).
+        PolicyRefused: policy does not allow ``agent.invoke``; the decision is stored.
+        NotFound, PolicyDenied, KillSwitchEngaged, InvalidRequest: as :func:`create_run`.
+    """
+    roles = frozenset(requester_roles)
+    if stage == "production" and not permits(roles, "runs.create.production"):
+        raise Forbidden(
+            f"{requested_by} may run agents in dev and staging only; running in 'production' "
+            "needs the operator role. Pass `stage` (`corral run --stage dev`).",
+            code="permission_denied",
+        )
+    try:
+        async with store.transaction(tenant_id) as session:
+            if quotas is not None:
+                await quotas.check_run_start(session, tenant_id)
+            return await create_run(
+                session,
+                tenant_id=tenant_id,
+                agent_name=agent_name,
+                task=task,
+                requested_by=requested_by,
+                workspace=workspace,
+                workspaces=workspaces,
+                stage=stage,
+                version=version,
+                model=model,
+                governance=governance,
+                requester_roles=roles,
+                requester_groups=requester_groups,
+            )
+    except _InvokeRefused as refused:
+        # The refusal is evidence too: stored now that the run's transaction rolled back.
+        await store.run_sync(
+            functools.partial(
+                _record_refusal, row=refused.row, tenant_id=tenant_id, audit=refused.audit
+            ),
+            tenant_id,
+        )
+        raise
 
 
 async def create_run(
@@ -95,7 +186,8 @@ async def create_run(
         PolicyDenied: the agent is retired (its latest version is; whichever version would
             run) or the version is a draft outside ``dev``.
         PolicyRefused: policy does not allow ``agent.invoke`` (the message gives the policy
-            ids and reasons; call its ``record`` after the rollback to store the decision).
+            ids and reasons). The decision is not stored here: the transaction rolls back
+            with the refusal; :func:`start_run` stores it after the rollback.
         KillSwitchEngaged: a kill switch covers the agent, its tenant or the platform.
         PolicyDenied: ``workspace_protected`` or ``workspace_not_allowed``: see
             :meth:`Workspaces.resolve`.
@@ -162,7 +254,7 @@ async def create_run(
         agent_version_id=version_row.id,
         agent_version=version_row.version,
         stage=stage,
-        status="QUEUED",
+        status=RunStatus.QUEUED,
         task=task,
         workspace=resolved,
         requested_by=requested_by,
@@ -286,15 +378,27 @@ async def _authorize_invoke(
             },
         )
         because = "; ".join(decision.reasons) or "no policy permits it"
-        raise PolicyRefused(
+        raise _InvokeRefused(
             f"Policy does not allow {requested_by} to invoke agent {agent_name!r} in stage "
             f"{stage!r} (decision {decision.decision}): {because} (policies: "
             f"{', '.join(decision.determining_policies) or 'default deny'}; "
             f"decision {decision.id}).",
             decision_id=decision.id,
-            record=functools.partial(_record_refusal, row=row, tenant_id=tenant_id, audit=audit),
+            row=row,
+            audit=audit,
         )
     return decision.id
+
+
+class _InvokeRefused(PolicyRefused):
+    """A refused ``agent.invoke``, with what :func:`start_run` stores after the rollback."""
+
+    def __init__(
+        self, message: str, *, decision_id: str, row: dict[str, Any], audit: AuditRecord
+    ) -> None:
+        super().__init__(message, decision_id=decision_id)
+        self.row = row
+        self.audit = audit
 
 
 def _record_refusal(
@@ -419,3 +523,59 @@ async def list_run_spans(
         }
         for span in rows.scalars()
     ]
+
+
+class RunEvent(NamedTuple):
+    """One event of a run, as streamed over SSE.
+
+    Attributes:
+        id: Increases across the whole store (the SSE event id, ``Last-Event-ID``).
+        type: ``run.created``, ``step``, ``tool_call``, ``run.paused``, ``run.resumed``,
+            ``run.cancel_requested`` or ``run.finished``.
+        data: The event's data (JSON).
+        created_at: When it was written (UTC).
+    """
+
+    id: int
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+async def read_events(
+    store: Store, run_id: str, *, tenant_id: str, after: int = 0, limit: int = 500
+) -> tuple[list[RunEvent], bool]:
+    """The run's next events and whether it had ended (or does not exist) when they were read.
+
+    Up to ``limit`` events with ``id > after``, oldest first, in one short read transaction.
+    The status is read first: once it is terminal, the events written with it
+    (``run.finished``) are committed, so the second read sees them.
+
+    Args:
+        store: The store.
+        run_id: The run.
+        tenant_id: The caller's tenant; another tenant's run reads as no run (ended, no
+            events).
+        after: Only events with a greater id.
+        limit: At most this many events.
+    """
+    async with store.read(tenant_id) as session:
+        status = (
+            await session.execute(
+                select(RunRow.status).where(RunRow.id == run_id, RunRow.tenant_id == tenant_id)
+            )
+        ).scalar_one_or_none()
+        rows = (
+            await session.execute(
+                select(RunEventRow.id, RunEventRow.type, RunEventRow.data, RunEventRow.created_at)
+                .where(
+                    RunEventRow.run_id == run_id,
+                    RunEventRow.tenant_id == tenant_id,
+                    RunEventRow.id > after,
+                )
+                .order_by(RunEventRow.id)
+                .limit(limit)
+            )
+        ).all()
+    events = [RunEvent(row.id, row.type, row.data, row.created_at) for row in rows]
+    return events, status is None or status in TERMINAL_STATUSES

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -18,9 +20,25 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from corral.runtime._status import RunStatus, StepKind, ToolCallStatus
 from corral.store._base import Base, TenantMixin, utcnow
 
 __all__ = ["KillSwitchRow", "RunEventRow", "RunRow", "StepRow", "ToolCallRow"]
+
+
+def _status_column(enum: type[StrEnum], length: int) -> Enum:
+    """A ``VARCHAR(length)`` holding ``enum``'s values, read back as members.
+
+    No CHECK constraint and no native enum type: the columns stay what the migrations made
+    (plain strings), so adding a member needs no migration.
+    """
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+    )
 
 
 class RunRow(TenantMixin, Base):
@@ -35,7 +53,7 @@ class RunRow(TenantMixin, Base):
     agent_version_id: Mapped[str] = mapped_column(ForeignKey("agent_versions.id"))
     agent_version: Mapped[str] = mapped_column(String(32))
     stage: Mapped[str] = mapped_column(String(32), default="dev")
-    status: Mapped[str] = mapped_column(String(24), index=True)
+    status: Mapped[RunStatus] = mapped_column(_status_column(RunStatus, 24), index=True)
     task: Mapped[str] = mapped_column(Text)
     workspace: Mapped[str | None] = mapped_column(Text)
     requested_by: Mapped[str] = mapped_column(String(200))
@@ -79,7 +97,7 @@ class StepRow(TenantMixin, Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     index: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(24))
+    kind: Mapped[StepKind] = mapped_column(_status_column(StepKind, 24))
     """``tool_calls``, ``final_answer``, ``invalid_decision`` or ``model_error``."""
     model: Mapped[str] = mapped_column(String(200))
     decision: Mapped[dict[str, Any]]
@@ -105,8 +123,8 @@ class ToolCallRow(TenantMixin, Base):
     tool_name: Mapped[str] = mapped_column(String(63))
     tool_version: Mapped[str | None] = mapped_column(String(32))
     arguments: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(String(16))
-    """``STARTED``, ``COMPLETED``, ``FAILED`` or ``DENIED``."""
+    status: Mapped[ToolCallStatus] = mapped_column(_status_column(ToolCallStatus, 16))
+    """``STARTED``, ``COMPLETED``, ``FAILED``, ``DENIED`` or ``RETRY``."""
     output: Mapped[str | None] = mapped_column(Text)
     output_bytes: Mapped[int] = mapped_column(Integer, default=0)
     """Size of the full output in bytes, before truncation."""

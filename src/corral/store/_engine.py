@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
+from corral.errors import MissingTenantScope
 from corral.store._base import TenantMixin
 
 __all__ = [
@@ -59,10 +60,6 @@ _POSTGRES_SCOPE_SETTING = "corral.tenant_id"
 (migration 0004); ``*`` is the system scope."""
 
 _SET_SCOPE = sqlalchemy.text(f"SELECT set_config('{_POSTGRES_SCOPE_SETTING}', :scope, true)")
-
-
-class MissingTenantScope(RuntimeError):
-    """A query ran in a session opened without a tenant scope: a programming error."""
 
 
 def _scope_setting(scope: Scope) -> str:

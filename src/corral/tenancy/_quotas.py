@@ -111,22 +111,28 @@ class Quotas:
             if limit is not None and usage[name] >= limit:
                 _raise(name, limit, usage[name], retry)
 
-    async def check_model_call(self, tenant_id: str) -> QuotaExceeded | None:
-        """The exceeded ``model_tokens_per_day`` or ``cost_usd_per_day`` quota, if any."""
+    async def check_model_call(self, tenant_id: str) -> None:
+        """Refuse a model call over ``model_tokens_per_day`` or ``cost_usd_per_day``.
+
+        Reads through a short transaction of its own (the model call runs outside any).
+
+        Args:
+            tenant_id: The tenant.
+
+        Raises:
+            QuotaExceeded: with the quota, limit, current value and seconds until it resets
+                (00:00 UTC).
+        """
         limits = await self.limits(tenant_id)
         if not any(name in limits for name in _MODEL_QUOTAS):
-            return None
+            return
         now = utcnow()
         async with self.store.read(tenant_id) as session:
             usage = await self._model_usage(session, tenant_id, now)
         for name in _MODEL_QUOTAS:
             limit = limits.get(name)
             if limit is not None and usage[name] >= limit:
-                try:
-                    _raise(name, limit, usage[name], _seconds_to_midnight(now))
-                except QuotaExceeded as exc:
-                    return exc
-        return None
+                _raise(name, limit, usage[name], _seconds_to_midnight(now))
 
     async def usage(self, tenant_id: str) -> list[QuotaUsage]:
         """Every quota of the tenant with today's value, limited or not."""
