@@ -30,11 +30,15 @@ from corral.registry._service import (
     list_tools,
     next_patch,
 )
+from corral.registry._tables import McpServerRow, McpServerVersionRow, McpToolPinRow
 
 __all__ = [
     "DEV_STAGE",
     "FIRST_VERSION",
     "ApplyResult",
+    "McpServerRow",
+    "McpServerVersionRow",
+    "McpToolPinRow",
     "Promotion",
     "StageBinding",
     "apply_documents",

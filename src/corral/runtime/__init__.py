@@ -10,6 +10,7 @@ from corral.runtime._control import (
     resolve_in_doubt,
     resume_run,
 )
+from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
 from corral.runtime._service import (
     RUN_STATUSES,
@@ -24,8 +25,10 @@ from corral.runtime._worker import Worker, default_worker_id
 from corral.runtime._workspaces import WORKSPACES_DIR, Workspaces
 
 __all__ = [
+    "APPROVAL_EFFECTS",
     "PAUSED_STATUSES",
     "RUN_STATUSES",
+    "TENANT_KILL_SWITCH",
     "TERMINAL_STATUSES",
     "WORKSPACES_DIR",
     "KillSwitchInfo",
