@@ -12,6 +12,7 @@ from corral.runtime._control import (
 )
 from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
+from corral.runtime._reads import MAX_EVENTS_READ, RunEvent, read_events
 from corral.runtime._service import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
@@ -26,6 +27,7 @@ from corral.runtime._workspaces import WORKSPACES_DIR, Workspaces
 
 __all__ = [
     "APPROVAL_EFFECTS",
+    "MAX_EVENTS_READ",
     "PAUSED_STATUSES",
     "RUN_STATUSES",
     "TENANT_KILL_SWITCH",
@@ -34,6 +36,7 @@ __all__ = [
     "KillSwitchInfo",
     "LeaseLost",
     "Phase",
+    "RunEvent",
     "RunExecutor",
     "Worker",
     "Workspaces",
@@ -46,6 +49,7 @@ __all__ = [
     "list_run_spans",
     "list_runs",
     "list_steps",
+    "read_events",
     "release_kill_switch",
     "resolve_in_doubt",
     "resume_run",
