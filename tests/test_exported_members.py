@@ -75,11 +75,13 @@ PUBLIC = {
         "ApprovalStatus",
         "ApprovalVote",
         "Vote",
+        "approved_calls",
         "decide_approval",
         "expire_approvals",
         "get_approval",
         "install_approval_effects",
         "list_approvals",
+        "withdraw_run_approvals",
     ],
     "corral.tenancy": [
         "PERMISSIONS",

@@ -1,5 +1,6 @@
 """Approvals: people deciding governed actions that policy says need them."""
 
+from corral.approvals._runs import approved_calls, withdraw_run_approvals
 from corral.approvals._service import (
     APPROVAL_STATUSES,
     Approval,
@@ -21,9 +22,11 @@ __all__ = [
     "ApprovalStatus",
     "ApprovalVote",
     "Vote",
+    "approved_calls",
     "decide_approval",
     "expire_approvals",
     "get_approval",
     "install_approval_effects",
     "list_approvals",
+    "withdraw_run_approvals",
 ]
