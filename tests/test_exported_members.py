@@ -176,6 +176,7 @@ PUBLIC = {
     "corral": ["__version__"],
     "corral.audit": [
         "GENESIS_HASH",
+        "AuditEventRow",
         "AuditRecord",
         "ChainVerification",
         "append_event",
@@ -264,7 +265,13 @@ PUBLIC = {
         "tool_name_for",
         "upstream_name",
     ],
-    "corral.observability": ["RUN_ID_ATTRIBUTE", "StoreSpanExporter", "Tracing", "new_trace_id"],
+    "corral.observability": [
+        "RUN_ID_ATTRIBUTE",
+        "SpanRow",
+        "StoreSpanExporter",
+        "Tracing",
+        "new_trace_id",
+    ],
     "corral.api": ["STATUS_CODES", "create_app", "status_for"],
     "corral.contracts": [
         "API_VERSION",
