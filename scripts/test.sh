@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the tests need and runs them: lint, types, and the whole suite on SQLite
-# and PostgreSQL, including the tests that run the embedded model (pytest -m llm).
+# Installs everything the tests need and runs them: lint, types, domain boundaries (import-linter
+# contracts in .importlinter), and the whole suite on SQLite and PostgreSQL, including the tests
+# that run the embedded model (pytest -m llm).
 CORRAL_EXTRAS=dev,local
 # shellcheck source=scripts/_env.sh
 . "$(dirname "$0")/_env.sh"
@@ -16,5 +17,7 @@ ruff check src tests benchmarks
 ruff format --check src tests benchmarks
 echo "==> mypy --strict src"
 mypy src
+echo "==> lint-imports (domain boundaries: .importlinter)"
+lint-imports --no-cache
 echo "==> pytest (SQLite + PostgreSQL, embedded model included)"
 pytest -q -p no:cacheprovider "$@"

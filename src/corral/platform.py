@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import select
 
 from corral._files import make_home_private, write_private_file
+from corral.approvals import install_approval_effects
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.gateway.models import (
     LocalModelServer,
@@ -29,7 +30,7 @@ from corral.gateway.tools._gateway import ToolGateway
 from corral.observability import Tracing
 from corral.policy._service import Governance
 from corral.registry import apply_documents
-from corral.runtime import RunExecutor, Worker, Workspaces
+from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
 from corral.settings import Settings
 from corral.store import (
@@ -51,6 +52,10 @@ ADMIN_KEY_FILE = "admin.key"
 """The local admin's key under ``CORRAL_HOME`` (written by ``corral up``, read by the CLI)."""
 
 log = logging.getLogger(__name__)
+
+# Approvals build on neither the runtime nor the registry (both raise requests): what a decision
+# does to the waiting run or promotion is wired in here, at the composition root.
+install_approval_effects(APPROVAL_EFFECTS)
 
 
 class UnavailableProvider:

@@ -6,18 +6,22 @@ Groups nest with ``__``: ``CORRAL_STORE__URL``, ``CORRAL_OPENAI__BASE_URL``. The
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import json
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 __all__ = [
+    "MASTER_KEY_BYTES",
+    "MASTER_KEY_HINT",
     "ApiSettings",
     "GovernanceSettings",
     "LocalModelSettings",
@@ -29,8 +33,59 @@ __all__ = [
     "StoreSettings",
     "ToolSettings",
     "WorkspaceSettings",
+    "decode_master_key",
     "get_settings",
 ]
+
+
+MASTER_KEY_BYTES: Final = 32
+"""AES-256: 32 bytes of master key (``CORRAL_SECRETS__MASTER_KEY``)."""
+MASTER_KEY_HINT: Final = (
+    "generate one with `openssl rand -base64 32` (or "
+    '`python -c "import base64, os; print(base64.b64encode(os.urandom(32)).decode())"`)'
+)
+"""How to make a master key, for the errors about a bad or missing one."""
+_PLACEHOLDERS: Final = frozenset(
+    {"changeme", "changethis", "change-me", "placeholder", "secret", "xxx", "todo", "none"}
+)
+_MIN_DISTINCT_BYTES: Final = 16
+"""32 random bytes have fewer than 16 distinct values with negligible probability (< 2^-60);
+a key below that is typed or patterned, not random."""
+
+
+def decode_master_key(text: str) -> bytes:
+    """Decode and check a master key given as base64 text.
+
+    Args:
+        text: Standard or URL-safe base64 of exactly 32 bytes (padding optional, surrounding
+            whitespace ignored).
+
+    Returns:
+        The 32 key bytes.
+
+    Raises:
+        ValueError: A placeholder, not base64, not 32 bytes, or visibly not random; the message
+            says how to generate a key and never repeats the given text.
+    """
+    cleaned = text.strip()
+    if cleaned.lower() in _PLACEHOLDERS:
+        raise ValueError(f"the master key is a placeholder; {MASTER_KEY_HINT}")
+    padded = cleaned + "=" * (-len(cleaned) % 4)
+    try:
+        key = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"the master key is not base64; {MASTER_KEY_HINT}") from None
+    if len(key) != MASTER_KEY_BYTES:
+        raise ValueError(
+            f"the master key must be base64 of {MASTER_KEY_BYTES} bytes (AES-256), got "
+            f"{len(key)} bytes; {MASTER_KEY_HINT}"
+        )
+    if len(set(key)) < _MIN_DISTINCT_BYTES:
+        raise ValueError(
+            f"the master key is not random (only {len(set(key))} distinct byte values); "
+            f"{MASTER_KEY_HINT}"
+        )
+    return key
 
 
 def _default_home() -> Path:
@@ -341,9 +396,6 @@ class SecretsSettings(BaseModel):
     @classmethod
     def _real_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            # Imported here: corral.secrets imports these settings.
-            from corral.secrets._crypto import decode_master_key
-
             decode_master_key(value.get_secret_value())
         return value
 

@@ -16,8 +16,7 @@ from sqlalchemy import select
 
 from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import MAX_CURSOR, AuditEventOut, AuditVerificationOut, Page
-from corral.audit import verify_chain
-from corral.audit._tables import AuditEventRow
+from corral.audit import AuditEventRow, verify_chain
 from corral.errors import NotFound, PolicyDenied
 from corral.platform import Platform
 from corral.store import SYSTEM

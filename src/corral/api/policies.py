@@ -15,9 +15,13 @@ from sqlalchemy import select
 
 from corral.api._deps import Caller, ReadSessionDep, requires
 from corral.api._schemas import PolicyOut, PolicySetOut, PolicySourceOut
-from corral.policy import DEFAULT_POLICIES, cedar_schema
-from corral.policy._service import policy_sources
-from corral.policy._tables import PolicyRow, PolicyVersionRow
+from corral.policy import (
+    DEFAULT_POLICIES,
+    PolicyRow,
+    PolicyVersionRow,
+    cedar_schema,
+    policy_sources,
+)
 
 __all__ = ["router"]
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import Page
+from corral.runtime import TENANT_KILL_SWITCH
 from corral.tenancy import (
     QUOTA_NAMES,
     ROLES,
@@ -288,6 +289,7 @@ async def post_suspend(
         suspended=True,
         reason=body.reason,
         actor=caller.id,
+        kill_switch=TENANT_KILL_SWITCH,
         force=body.force,
     )
     platform.identity.invalidate_tenant(tenant_id)
@@ -301,7 +303,12 @@ async def post_resume(
 ) -> TenantOut:
     """Resume a suspended tenant."""
     row = await set_tenant_status(
-        platform.store, tenant_id=tenant_id, suspended=False, reason="", actor=caller.id
+        platform.store,
+        tenant_id=tenant_id,
+        suspended=False,
+        reason="",
+        actor=caller.id,
+        kill_switch=TENANT_KILL_SWITCH,
     )
     platform.identity.invalidate_tenant(tenant_id)
     return TenantOut.model_validate(row)

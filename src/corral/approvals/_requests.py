@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from corral.policy import PolicyDecision
-from corral.policy._service import arguments_digest, redact
+from corral.policy import PolicyDecision, arguments_digest, redact
 from corral.store import new_id
 
 __all__ = ["ApprovalKind", "ApprovalRequest", "approval_request"]

@@ -27,6 +27,10 @@ their audit events (DESIGN.md, "Approvals"):
 A tool call from outside a run (inbound MCP, ``run_id`` ``None``) has no run to resume: once
 approved, its caller repeats exactly that call before ``expires_at`` and the call spends the
 approval (:mod:`corral.gateway.tools._direct`).
+
+What a decision does to the run or promotion waiting on a request is an :class:`ApprovalEffects`
+given by the composition root (``corral.platform`` installs the runtime's): the runtime and the
+registry raise requests, so approvals build on neither.
 """
 
 from __future__ import annotations
@@ -35,33 +39,36 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from sqlalchemy import Connection, Table, select
 
 from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit import AuditRecord, append_events
 from corral.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
-from corral.policy import EntityRef, PolicyContext, PolicyRequest
-from corral.policy._service import Governance, decision_row, insert_decisions, principal_ref
-
-# A module import: corral.runtime._persist imports this package's tables, so this module can be
-# imported while corral.runtime._control is still initialising.
-from corral.runtime import _control
-from corral.runtime._status import RunStatus
-from corral.runtime._tables import RunRow
+from corral.policy import (
+    EntityRef,
+    Governance,
+    PolicyContext,
+    PolicyRequest,
+    decision_row,
+    insert_decisions,
+    principal_ref,
+)
 from corral.store import SYSTEM, Store, new_id, skip_locked, utcnow
 from corral.tenancy import accountable_humans
 
 __all__ = [
     "APPROVAL_STATUSES",
     "Approval",
+    "ApprovalEffects",
     "ApprovalStatus",
     "ApprovalVote",
     "Vote",
     "decide_approval",
     "expire_approvals",
     "get_approval",
+    "install_approval_effects",
     "list_approvals",
 ]
 
@@ -79,10 +86,67 @@ APPROVAL_STATUSES: tuple[ApprovalStatus, ...] = (
 
 _APPROVALS = cast(Table, ApprovalRow.__table__)
 _VOTES = cast(Table, ApprovalVoteRow.__table__)
-_RUNS = cast(Table, RunRow.__table__)
 
 _EXPIRE_BATCH = 100
 """Requests one sweep expires at most (the next sweep takes the rest)."""
+
+
+class ApprovalEffects(Protocol):
+    """What deciding a request does to the run or promotion waiting on it.
+
+    Every method runs on the decision's connection, inside its transaction (a failure rolls the
+    vote back). ``approval`` is the request's row (``kind``, ``run_id``, ``tenant_id``, ...).
+    """
+
+    def run_statuses(self, connection: Connection, run_ids: set[str]) -> dict[str, str]:
+        """The status of each of these runs that exists (``{"run_...": "AWAITING_APPROVAL"}``)."""
+        ...
+
+    def run_stage(self, connection: Connection, run_id: str) -> str:
+        """The stage a run runs in (``""``: no such run)."""
+        ...
+
+    def approved(
+        self, connection: Connection, approval: Any, approvers: list[str], actor: str, now: datetime
+    ) -> None:
+        """Let the run (queued again) or promotion (completed) waiting on ``approval`` go on.
+
+        Raises:
+            Conflict: the request's run no longer waits for it.
+        """
+        ...
+
+    def ended(
+        self,
+        connection: Connection,
+        approval: Any,
+        *,
+        status: Literal["rejected", "expired"],
+        error: str,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        """End what waited on a rejected or expired request (run REJECTED, promotion rejected)."""
+        ...
+
+
+_installed: list[ApprovalEffects] = []
+
+
+def install_approval_effects(effects: ApprovalEffects) -> None:
+    """Make ``effects`` the default of every function here (``corral.platform`` does it)."""
+    _installed[:] = [effects]
+
+
+def _effects(effects: ApprovalEffects | None) -> ApprovalEffects:
+    if effects is not None:
+        return effects
+    if not _installed:
+        raise RuntimeError(
+            "No approval effects installed: pass effects=corral.runtime.APPROVAL_EFFECTS or "
+            "import corral.platform, which installs them."
+        )
+    return _installed[0]
 
 
 @dataclass(frozen=True)
@@ -199,17 +263,11 @@ def _votes_of(connection: Connection, ids: list[str]) -> dict[str, list[Approval
     return votes
 
 
-def _run_statuses(connection: Connection, run_ids: set[str]) -> dict[str, str]:
-    if not run_ids:
-        return {}
-    runs = connection.execute(select(_RUNS.c.id, _RUNS.c.status).where(_RUNS.c.id.in_(run_ids)))
-    return {run.id: run.status for run in runs}
-
-
-def _approvals(connection: Connection, rows: list[Any]) -> list[Approval]:
+def _approvals(connection: Connection, rows: list[Any], effects: ApprovalEffects) -> list[Approval]:
     """Read models of approval rows, with their votes and their runs' statuses."""
     votes = _votes_of(connection, [row.id for row in rows])
-    statuses = _run_statuses(connection, {row.run_id for row in rows if row.run_id})
+    run_ids = {row.run_id for row in rows if row.run_id}
+    statuses = effects.run_statuses(connection, run_ids) if run_ids else {}
     return [
         Approval(
             id=row.id,
@@ -260,6 +318,7 @@ def _list(
     run_id: str | None,
     limit: int,
     after: str | None,
+    effects: ApprovalEffects,
 ) -> list[Approval]:
     query = select(_APPROVALS).where(_APPROVALS.c.tenant_id == tenant_id)
     if status is not None:
@@ -275,7 +334,7 @@ def _list(
     rows = connection.execute(
         query.order_by(_APPROVALS.c.created_at, _APPROVALS.c.id).limit(limit)
     ).all()
-    return _approvals(connection, list(rows))
+    return _approvals(connection, list(rows), effects)
 
 
 async def list_approvals(
@@ -286,6 +345,7 @@ async def list_approvals(
     run_id: str | None = None,
     limit: int = 50,
     after: str | None = None,
+    effects: ApprovalEffects | None = None,
 ) -> list[Approval]:
     """Approval requests of the tenant, oldest first.
 
@@ -296,6 +356,7 @@ async def list_approvals(
         run_id: Only requests of this run.
         limit: At most this many (1..500).
         after: Cursor: the id of the last request of the previous page.
+        effects: Reads the requests' runs; ``None``: the installed ones.
 
     Returns:
         The requests, each with its votes.
@@ -310,22 +371,32 @@ async def list_approvals(
         )
     if not 1 <= limit <= 500:
         raise InvalidRequest(f"limit must be 1 to 500, not {limit}.")
+    chosen = _effects(effects)
     async with store.read(tenant_id) as session:
         return await session.run_sync(
-            lambda sync: _list(sync.connection(), tenant_id, status, run_id, limit, after)
+            lambda sync: _list(sync.connection(), tenant_id, status, run_id, limit, after, chosen)
         )
 
 
-async def get_approval(store: Store, approval_id: str, *, tenant_id: str) -> Approval:
+async def get_approval(
+    store: Store, approval_id: str, *, tenant_id: str, effects: ApprovalEffects | None = None
+) -> Approval:
     """One approval request with its votes.
+
+    Args:
+        store: The store.
+        approval_id: The request (``apr_...``).
+        tenant_id: The caller's tenant.
+        effects: Reads the request's run; ``None``: the installed ones.
 
     Raises:
         NotFound: no such request in this tenant.
     """
+    chosen = _effects(effects)
     async with store.read(tenant_id) as session:
         return await session.run_sync(
             lambda sync: _approvals(
-                sync.connection(), [_row(sync.connection(), approval_id, tenant_id)]
+                sync.connection(), [_row(sync.connection(), approval_id, tenant_id)], chosen
             )[0]
         )
 
@@ -333,24 +404,10 @@ async def get_approval(store: Store, approval_id: str, *, tenant_id: str) -> App
 # --- effects of a decision ------------------------------------------------------------------------
 
 
-def _awaiting_run(connection: Connection, approval: Any) -> Any | None:
-    """The approval's run if it is paused waiting for exactly this request, locked."""
-    if approval.run_id is None:
-        return None
-    run = connection.execute(
-        select(_RUNS)
-        .where(_RUNS.c.id == approval.run_id, _RUNS.c.tenant_id == approval.tenant_id)
-        .with_for_update()
-    ).first()
-    if run is None or run.status != "AWAITING_APPROVAL":
-        return None
-    condition = run.resume_condition or {}
-    return run if condition.get("approval_id") == approval.id else None
-
-
 def _end_request(
     connection: Connection,
     approval: Any,
+    effects: ApprovalEffects,
     *,
     status: Literal["rejected", "expired"],
     error: str,
@@ -363,19 +420,16 @@ def _end_request(
         .where(_APPROVALS.c.id == approval.id)
         .values(status=status, decided_at=now)
     )
-    if approval.kind == "promotion":
-        from corral.registry._releases import reject_promotion  # only promotions need it
-
-        reject_promotion(connection, approval_id=approval.id, actor=actor, now=now)
-        return
-    run = _awaiting_run(connection, approval)
-    if run is not None:
-        _control._finish(
-            connection, [run], RunStatus.REJECTED, f"approval_{status}", error, actor, now
-        )
+    effects.ended(connection, approval, status=status, error=error, actor=actor, now=now)
 
 
-def _approve(connection: Connection, approval: Any, approvers: list[str], actor: str) -> None:
+def _approve(
+    connection: Connection,
+    approval: Any,
+    approvers: list[str],
+    actor: str,
+    effects: ApprovalEffects,
+) -> None:
     """The request has its approvals: mark it and let the run or promotion go on."""
     now = utcnow()
     connection.execute(
@@ -384,30 +438,7 @@ def _approve(connection: Connection, approval: Any, approvers: list[str], actor:
         .values(status="approved", decided_at=now)
     )
     _audit(connection, approval, actor, "approval.approved", "approved", approvers=approvers)
-    if approval.kind == "promotion":
-        from corral.registry._releases import complete_promotion  # only promotions need it
-
-        complete_promotion(connection, approval_id=approval.id, actor=actor, now=now)
-        return
-    if approval.run_id is None:
-        # A call from outside a run (inbound MCP): nothing waits; its caller repeats the call,
-        # which this approval then covers once (corral.gateway.tools._direct).
-        return
-    if _awaiting_run(connection, approval) is None:  # the whole vote rolls back
-        run = connection.execute(
-            select(_RUNS.c.status).where(_RUNS.c.id == approval.run_id)
-        ).scalar_one_or_none()
-        raise Conflict(
-            f"Run {approval.run_id!r} is {run or 'gone'}, no longer waiting for approval "
-            f"{approval.id!r}; there is nothing to approve."
-        )
-    _control._resume(
-        connection,
-        approval.run_id,
-        approval.tenant_id,
-        actor,
-        {"approval_id": approval.id, "approved_by": approvers},
-    )
+    effects.approved(connection, approval, approvers, actor, now)
 
 
 def _audit(
@@ -430,7 +461,7 @@ def _audit(
     )
 
 
-def _expire(connection: Connection, approval: Any, now: datetime) -> None:
+def _expire(connection: Connection, approval: Any, now: datetime, effects: ApprovalEffects) -> None:
     error = (
         f"approval request {approval.id} expired at {approval.expires_at.isoformat()} "
         "without a decision"
@@ -443,7 +474,9 @@ def _expire(connection: Connection, approval: Any, now: datetime) -> None:
         "expired",
         expires_at=approval.expires_at.isoformat(),
     )
-    _end_request(connection, approval, status="expired", error=error, actor="system", now=now)
+    _end_request(
+        connection, approval, effects, status="expired", error=error, actor="system", now=now
+    )
 
 
 # --- votes ----------------------------------------------------------------------------------------
@@ -495,6 +528,7 @@ def _decide(
     voter: _Voter,
     vote: Vote,
     comment: str,
+    effects: ApprovalEffects,
 ) -> tuple[Approval, bool]:
     """Record a vote; returns the request after it and whether it had expired instead."""
     approval, now = _row(connection, approval_id, tenant_id, lock=True), utcnow()
@@ -505,8 +539,8 @@ def _decide(
             + "; it can no longer be voted on."
         )
     if approval.expires_at <= now:
-        _expire(connection, approval, now)
-        return _approvals(connection, [_row(connection, approval_id, tenant_id)])[0], True
+        _expire(connection, approval, now, effects)
+        return _approvals(connection, [_row(connection, approval_id, tenant_id)], effects)[0], True
     role = _check_voter(approval, voter, vote)
     voted = connection.execute(
         select(_VOTES.c.principal, _VOTES.c.accountable, _VOTES.c.vote).where(
@@ -525,10 +559,10 @@ def _decide(
         insert_decisions(connection, [voter.service_decision])
     _insert_vote(connection, approval, voter, role, vote, comment, now)
     if vote == "reject":
-        _reject(connection, approval, voter, comment, now)
+        _reject(connection, approval, voter, comment, now, effects)
     else:
-        _count_approval(connection, approval, voter, role, comment)
-    return _approvals(connection, [_row(connection, approval_id, tenant_id)])[0], False
+        _count_approval(connection, approval, voter, role, comment, effects)
+    return _approvals(connection, [_row(connection, approval_id, tenant_id)], effects)[0], False
 
 
 def _insert_vote(
@@ -566,7 +600,12 @@ def _vote_details(voter: _Voter) -> dict[str, Any]:
 
 
 def _count_approval(
-    connection: Connection, approval: Any, voter: _Voter, role: str, comment: str
+    connection: Connection,
+    approval: Any,
+    voter: _Voter,
+    role: str,
+    comment: str,
+    effects: ApprovalEffects,
 ) -> None:
     approvers = _approvers(connection, approval.id)
     _audit(
@@ -582,7 +621,7 @@ def _count_approval(
         **_vote_details(voter),
     )
     if len(approvers) >= approval.required_approvals:
-        _approve(connection, approval, approvers, voter.principal)
+        _approve(connection, approval, approvers, voter.principal, effects)
 
 
 def _approvers(connection: Connection, approval_id: str) -> list[str]:
@@ -596,7 +635,12 @@ def _approvers(connection: Connection, approval_id: str) -> list[str]:
 
 
 def _reject(
-    connection: Connection, approval: Any, voter: _Voter, reason: str, now: datetime
+    connection: Connection,
+    approval: Any,
+    voter: _Voter,
+    reason: str,
+    now: datetime,
+    effects: ApprovalEffects,
 ) -> None:
     principal = voter.principal
     _audit(
@@ -610,7 +654,9 @@ def _reject(
     )
     _audit(connection, approval, principal, "approval.rejected", "rejected", reason=reason)
     error = f"approval request {approval.id} rejected by {principal}: {reason}"
-    _end_request(connection, approval, status="rejected", error=error, actor=principal, now=now)
+    _end_request(
+        connection, approval, effects, status="rejected", error=error, actor=principal, now=now
+    )
 
 
 async def decide_approval(
@@ -625,6 +671,7 @@ async def decide_approval(
     reason: str = "",
     accountable: str | None = None,
     governance: Governance | None = None,
+    effects: ApprovalEffects | None = None,
 ) -> Approval:
     """Vote on a pending approval request, in one transaction with its effects and audit.
 
@@ -647,6 +694,8 @@ async def decide_approval(
             <corral.tenancy.Principal.accountable>`); ``None``: ``principal`` itself.
         governance: Decides ``approval.decide`` for a service account's vote; ``None``:
             service accounts may not vote.
+        effects: What the decision does to the run or promotion; ``None``: the installed ones
+            (:func:`install_approval_effects`).
 
     Returns:
         The request after the vote.
@@ -668,7 +717,8 @@ async def decide_approval(
             f"Rejecting approval request {approval_id!r} needs a reason (--reason TEXT); "
             "it is kept in the audit log and shown as the run's error."
         )
-    request = await get_approval(store, approval_id, tenant_id=tenant_id)
+    chosen = _effects(effects)
+    request = await get_approval(store, approval_id, tenant_id=tenant_id, effects=chosen)
     voter = _Voter(
         principal,
         accountable or principal,
@@ -678,7 +728,7 @@ async def decide_approval(
     # A decided request is refused as such in the transaction (statuses never return to
     # pending), so only a vote that may count needs the service-vote decision.
     if principal_ref(principal).type != "User" and request.status == "pending":
-        voter = await _service_voter(store, governance, request, voter)
+        voter = await _service_voter(store, governance, request, voter, chosen)
     approval, expired = await store.run_sync(
         functools.partial(
             _decide,
@@ -687,6 +737,7 @@ async def decide_approval(
             voter=voter,
             vote=vote,
             comment=reason.strip() if vote == "reject" else comment,
+            effects=chosen,
         ),
         tenant_id,
     )
@@ -704,7 +755,11 @@ async def decide_approval(
 
 
 async def _service_voter(
-    store: Store, governance: Governance | None, approval: Approval, voter: _Voter
+    store: Store,
+    governance: Governance | None,
+    approval: Approval,
+    voter: _Voter,
+    effects: ApprovalEffects,
 ) -> _Voter:
     """The voter with its ``approval.decide`` decision, if policy lets this service vote."""
     ref = principal_ref(voter.principal)
@@ -721,7 +776,7 @@ async def _service_voter(
         resource=resource,
         context=PolicyContext(
             tenant=approval.tenant_id,
-            stage=await _stage_of(store, approval),
+            stage=await _stage_of(store, approval, effects),
             requester=approval.requested_by,
         ),
     )
@@ -744,17 +799,15 @@ async def _service_voter(
     return dataclasses.replace(voter, service_decision=row)
 
 
-async def _stage_of(store: Store, approval: Approval) -> str:
+async def _stage_of(store: Store, approval: Approval, effects: ApprovalEffects) -> str:
     """The stage a request acts in: a promotion's target, or its run's stage."""
     if approval.kind == "promotion":
         return approval.subject.rpartition("->")[2]
-    if approval.run_id is None:
+    run_id = approval.run_id
+    if run_id is None:
         return ""
     async with store.read(approval.tenant_id) as session:
-        stage = (
-            await session.execute(select(_RUNS.c.stage).where(_RUNS.c.id == approval.run_id))
-        ).scalar_one_or_none()
-    return str(stage or "")
+        return await session.run_sync(lambda sync: effects.run_stage(sync.connection(), run_id))
 
 
 # --- expiry ---------------------------------------------------------------------------------------
@@ -764,7 +817,7 @@ def _overdue(now: datetime) -> Any:
     return _APPROVALS.c.status == "pending", _APPROVALS.c.expires_at <= now
 
 
-def _expire_overdue(connection: Connection, now: datetime) -> int:
+def _expire_overdue(connection: Connection, now: datetime, effects: ApprovalEffects) -> int:
     query = (
         select(_APPROVALS)
         .where(*_overdue(now))
@@ -774,16 +827,23 @@ def _expire_overdue(connection: Connection, now: datetime) -> int:
     # Workers sweep concurrently: each takes the requests no other sweep or vote holds.
     rows = connection.execute(skip_locked(query, connection.dialect.name)).all()
     for row in rows:
-        _expire(connection, row, now)
+        _expire(connection, row, now, effects)
     return len(rows)
 
 
-async def expire_approvals(store: Store, *, now: datetime) -> int:
+async def expire_approvals(
+    store: Store, *, now: datetime, effects: ApprovalEffects | None = None
+) -> int:
     """Expire every pending request whose ``expires_at`` is not after ``now`` (all tenants).
 
     Each becomes ``expired``; a run waiting for it ends ``REJECTED`` (``approval_expired``), a
     promotion waiting for it is rejected; ``approval.expired`` is audited. Workers call it from
     their heartbeat; an idle store costs one read and no write lock.
+
+    Args:
+        store: The store.
+        now: Requests whose ``expires_at`` is not after this expire.
+        effects: What expiry does to runs and promotions; ``None``: the installed ones.
 
     Returns:
         How many requests expired (at most 100 per call; the next call takes the rest).
@@ -794,4 +854,5 @@ async def expire_approvals(store: Store, *, now: datetime) -> int:
         ).first()
     if overdue is None:
         return 0
-    return await store.run_sync(functools.partial(_expire_overdue, now=now), SYSTEM)
+    chosen = _effects(effects)
+    return await store.run_sync(functools.partial(_expire_overdue, now=now, effects=chosen), SYSTEM)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.store._base import Base, JSONType, TenantMixin, utcnow
+from corral.store import Base, JSONType, TenantMixin, utcnow
 
 __all__ = ["ApprovalRow", "ApprovalVoteRow"]
 

@@ -10,9 +10,11 @@ from corral.audit._chain import (
     event_hash,
     verify_chain,
 )
+from corral.audit._tables import AuditEventRow
 
 __all__ = [
     "GENESIS_HASH",
+    "AuditEventRow",
     "AuditRecord",
     "ChainVerification",
     "append_event",

@@ -10,7 +10,7 @@ import typer
 from corral.cli._client import ApiClient, fail
 from corral.contracts import read_yaml_file
 from corral.errors import InvalidContract
-from corral.gateway.tools._openapi import import_openapi as build_tools
+from corral.gateway.tools import import_openapi as build_tools
 
 __all__ = ["import_openapi"]
 

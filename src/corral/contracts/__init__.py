@@ -25,6 +25,7 @@ from corral.contracts._models import (
     ToolMetadata,
     ToolSpec,
 )
+from corral.contracts._positions import Lines, dotted, line_of
 from corral.contracts._yaml import (
     MAX_YAML_ALIAS_NODES,
     MAX_YAML_ALIASES,
@@ -52,6 +53,7 @@ __all__ = [
     "EvaluationGate",
     "HttpParameter",
     "HttpToolSpec",
+    "Lines",
     "McpServer",
     "McpServerSpec",
     "McpServerTools",
@@ -65,6 +67,8 @@ __all__ = [
     "ToolMetadata",
     "ToolSpec",
     "YamlDocument",
+    "dotted",
+    "line_of",
     "load_documents",
     "load_paths",
     "load_yaml",

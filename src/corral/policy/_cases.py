@@ -53,8 +53,7 @@ from pydantic import (
     model_validator,
 )
 
-from corral.contracts import YamlDocument, load_yaml, read_yaml_file
-from corral.contracts._positions import Lines, dotted, line_of
+from corral.contracts import Lines, YamlDocument, dotted, line_of, load_yaml, read_yaml_file
 from corral.errors import ContractIssue, InvalidContract
 from corral.policy._engine import PolicyEngine
 from corral.policy._schema import PolicyAction

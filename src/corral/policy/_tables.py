@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.store._base import Base, TenantMixin, utcnow
-from corral.store._base import JSONType as JSONList
+from corral.store import Base, TenantMixin, utcnow
+from corral.store import JSONType as JSONList
 
 __all__ = ["PolicyDecisionRow", "PolicyRow", "PolicyVersionRow"]
 

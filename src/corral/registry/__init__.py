@@ -4,6 +4,12 @@ A release binds an agent version to a stage (``promote``, ``rollback``); runs in
 the version bound to it.
 """
 
+from corral.registry._reads import (
+    OfferedTool,
+    load_agent_version,
+    load_stage_agent,
+    offered_tools,
+)
 from corral.registry._releases import (
     DEV_STAGE,
     Promotion,
@@ -30,11 +36,16 @@ from corral.registry._service import (
     list_tools,
     next_patch,
 )
+from corral.registry._tables import McpServerRow, McpServerVersionRow, McpToolPinRow
 
 __all__ = [
     "DEV_STAGE",
     "FIRST_VERSION",
     "ApplyResult",
+    "McpServerRow",
+    "McpServerVersionRow",
+    "McpToolPinRow",
+    "OfferedTool",
     "Promotion",
     "StageBinding",
     "apply_documents",
@@ -49,7 +60,10 @@ __all__ = [
     "list_agents",
     "list_promotions",
     "list_tools",
+    "load_agent_version",
+    "load_stage_agent",
     "next_patch",
+    "offered_tools",
     "promote",
     "reject_promotion",
     "rollback",

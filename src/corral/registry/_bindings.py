@@ -17,10 +17,9 @@ from sqlalchemy import Connection, Table, select
 
 from corral.audit import AuditRecord, append_events
 from corral.errors import Conflict
-from corral.policy import PolicyDecision
-from corral.policy._service import arguments_digest
+from corral.policy import PolicyDecision, arguments_digest
 from corral.registry._tables import AgentRow, AgentVersionRow, PromotionRow, StageBindingRow
-from corral.store._base import new_id
+from corral.store import new_id
 
 __all__ = [
     "PROMOTIONS",

@@ -33,9 +33,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral.audit import AuditRecord, append_events
 from corral.contracts import Agent
 from corral.errors import Conflict, InvalidRequest, NotFound, PolicyDenied, PolicyRefused
-from corral.policy import EntityRef, PolicyContext, PolicyDecision, PolicyRequest
-from corral.policy._service import (
+from corral.policy import (
+    EntityRef,
     Governance,
+    PolicyContext,
+    PolicyDecision,
+    PolicyRequest,
     agent_entity,
     decision_row,
     insert_decisions,
@@ -62,7 +65,7 @@ from corral.registry._bindings import (
 from corral.registry._service import digest_of, get_agent, get_agent_version
 from corral.registry._tables import AgentVersionRow, PromotionRow, StageBindingRow
 from corral.settings import GovernanceSettings
-from corral.store._base import utcnow
+from corral.store import utcnow
 
 __all__ = [
     "DEV_STAGE",

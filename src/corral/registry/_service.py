@@ -14,9 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral.audit import append_event, canonical_json
 from corral.contracts import Agent, McpServer, Policy, Tool
 from corral.errors import Conflict, InvalidContract, NotFound
-from corral.policy._engine import PolicyEngine
-from corral.policy._service import policy_sources, tenant_policy_documents
-from corral.policy._tables import PolicyRow, PolicyVersionRow
+from corral.policy import (
+    PolicyEngine,
+    PolicyRow,
+    PolicyVersionRow,
+    policy_sources,
+    tenant_policy_documents,
+)
 from corral.registry._references import unmatched_tools
 from corral.registry._tables import (
     AgentRow,
@@ -27,7 +31,7 @@ from corral.registry._tables import (
     ToolRow,
     ToolVersionRow,
 )
-from corral.store._base import new_id, utcnow
+from corral.store import new_id, utcnow
 
 __all__ = [
     "FIRST_VERSION",

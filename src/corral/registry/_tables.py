@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.store._base import Base, TenantMixin, utcnow
+from corral.store import Base, TenantMixin, utcnow
 
 __all__ = [
     "AgentRow",

@@ -10,17 +10,17 @@ from corral.runtime._control import (
     resolve_in_doubt,
     resume_run,
 )
+from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
+from corral.runtime._reads import MAX_EVENTS_READ, RunEvent, read_events
 from corral.runtime._service import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
-    RunEvent,
     create_run,
     get_run,
     list_run_spans,
     list_runs,
     list_steps,
-    read_events,
     start_run,
 )
 from corral.runtime._status import RunStatus, StepKind, ToolCallStatus
@@ -28,8 +28,11 @@ from corral.runtime._worker import Worker, default_worker_id
 from corral.runtime._workspaces import WORKSPACES_DIR, Workspaces
 
 __all__ = [
+    "APPROVAL_EFFECTS",
+    "MAX_EVENTS_READ",
     "PAUSED_STATUSES",
     "RUN_STATUSES",
+    "TENANT_KILL_SWITCH",
     "TERMINAL_STATUSES",
     "WORKSPACES_DIR",
     "KillSwitchInfo",

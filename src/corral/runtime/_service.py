@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,13 +42,11 @@ from corral.tenancy import Quotas, permits
 __all__ = [
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
-    "RunEvent",
     "create_run",
     "get_run",
     "list_run_spans",
     "list_runs",
     "list_steps",
-    "read_events",
     "start_run",
 ]
 
@@ -523,59 +520,3 @@ async def list_run_spans(
         }
         for span in rows.scalars()
     ]
-
-
-class RunEvent(NamedTuple):
-    """One event of a run, as streamed over SSE.
-
-    Attributes:
-        id: Increases across the whole store (the SSE event id, ``Last-Event-ID``).
-        type: ``run.created``, ``step``, ``tool_call``, ``run.paused``, ``run.resumed``,
-            ``run.cancel_requested`` or ``run.finished``.
-        data: The event's data (JSON).
-        created_at: When it was written (UTC).
-    """
-
-    id: int
-    type: str
-    data: dict[str, Any]
-    created_at: datetime
-
-
-async def read_events(
-    store: Store, run_id: str, *, tenant_id: str, after: int = 0, limit: int = 500
-) -> tuple[list[RunEvent], bool]:
-    """The run's next events and whether it had ended (or does not exist) when they were read.
-
-    Up to ``limit`` events with ``id > after``, oldest first, in one short read transaction.
-    The status is read first: once it is terminal, the events written with it
-    (``run.finished``) are committed, so the second read sees them.
-
-    Args:
-        store: The store.
-        run_id: The run.
-        tenant_id: The caller's tenant; another tenant's run reads as no run (ended, no
-            events).
-        after: Only events with a greater id.
-        limit: At most this many events.
-    """
-    async with store.read(tenant_id) as session:
-        status = (
-            await session.execute(
-                select(RunRow.status).where(RunRow.id == run_id, RunRow.tenant_id == tenant_id)
-            )
-        ).scalar_one_or_none()
-        rows = (
-            await session.execute(
-                select(RunEventRow.id, RunEventRow.type, RunEventRow.data, RunEventRow.created_at)
-                .where(
-                    RunEventRow.run_id == run_id,
-                    RunEventRow.tenant_id == tenant_id,
-                    RunEventRow.id > after,
-                )
-                .order_by(RunEventRow.id)
-                .limit(limit)
-            )
-        ).all()
-    events = [RunEvent(row.id, row.type, row.data, row.created_at) for row in rows]
-    return events, status is None or status in TERMINAL_STATUSES

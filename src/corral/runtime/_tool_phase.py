@@ -28,9 +28,9 @@ from sqlalchemy import Connection
 from corral.approvals import approval_request
 from corral.audit import AuditRecord, append_events
 from corral.errors import LeaseLost
+from corral.gateway.tools import CallOutcome, CallPipeline, CallStatus, GovernedCall
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway
-from corral.gateway.tools._pipeline import CallOutcome, CallPipeline, CallStatus, GovernedCall
 from corral.observability import Tracing
 from corral.policy import Authorization, DecisionRow, Governance
 from corral.policy._service import agent_entity, arguments_digest

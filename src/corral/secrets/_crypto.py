@@ -17,7 +17,6 @@ permissions 0600. See :func:`load_master_key`.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import os
 import stat
@@ -30,6 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from corral._files import write_private_file
 from corral.errors import CorralError
+from corral.settings import MASTER_KEY_BYTES, decode_master_key
+from corral.settings import MASTER_KEY_HINT as _GENERATE_HINT
 
 __all__ = [
     "KEY_FILE_NAME",
@@ -44,60 +45,13 @@ __all__ = [
     "unseal",
 ]
 
-MASTER_KEY_BYTES: Final = 32
-"""AES-256: 32 bytes of key."""
 NONCE_BYTES: Final = 12
 """96-bit GCM nonces (the length GCM is defined for without hashing the IV)."""
 KEY_FILE_NAME: Final = "master.key"
 """The generated master key's file name under ``CORRAL_HOME``."""
 
-_GENERATE_HINT: Final = (
-    "generate one with `openssl rand -base64 32` (or "
-    '`python -c "import base64, os; print(base64.b64encode(os.urandom(32)).decode())"`)'
-)
-_PLACEHOLDERS: Final = frozenset(
-    {"changeme", "changethis", "change-me", "placeholder", "secret", "xxx", "todo", "none"}
-)
-_MIN_DISTINCT_BYTES: Final = 16
-"""32 random bytes have fewer than 16 distinct values with negligible probability (< 2^-60);
-a key below that is typed or patterned, not random."""
 _KEY_ID_CONTEXT: Final = b"corral-master-key-id/v1\x00"
 _AD_PREFIX: Final = b"corral-secret/v1"
-
-
-def decode_master_key(text: str) -> bytes:
-    """Decode and check a master key given as base64 text.
-
-    Args:
-        text: Standard or URL-safe base64 of exactly 32 bytes (padding optional, surrounding
-            whitespace ignored).
-
-    Returns:
-        The 32 key bytes.
-
-    Raises:
-        ValueError: A placeholder, not base64, not 32 bytes, or visibly not random; the message
-            says how to generate a key and never repeats the given text.
-    """
-    cleaned = text.strip()
-    if cleaned.lower() in _PLACEHOLDERS:
-        raise ValueError(f"the master key is a placeholder; {_GENERATE_HINT}")
-    padded = cleaned + "=" * (-len(cleaned) % 4)
-    try:
-        key = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"the master key is not base64; {_GENERATE_HINT}") from None
-    if len(key) != MASTER_KEY_BYTES:
-        raise ValueError(
-            f"the master key must be base64 of {MASTER_KEY_BYTES} bytes (AES-256), got "
-            f"{len(key)} bytes; {_GENERATE_HINT}"
-        )
-    if len(set(key)) < _MIN_DISTINCT_BYTES:
-        raise ValueError(
-            f"the master key is not random (only {len(set(key))} distinct byte values); "
-            f"{_GENERATE_HINT}"
-        )
-    return key
 
 
 @dataclass(frozen=True)

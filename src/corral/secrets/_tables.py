@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.store._base import Base, TenantMixin, utcnow
+from corral.store import Base, TenantMixin, utcnow
 
 __all__ = ["SecretRow"]
 

@@ -1,6 +1,14 @@
 """The store: engines, sessions, the declarative base and migrations (SQLite and PostgreSQL)."""
 
-from corral.store._base import DEFAULT_TENANT, Base, TenantMixin, new_id, utcnow
+from corral.store._base import (
+    DEFAULT_TENANT,
+    Base,
+    JSONType,
+    TenantMixin,
+    UTCDateTime,
+    new_id,
+    utcnow,
+)
 from corral.store._engine import (
     SYSTEM,
     MissingTenantScope,
@@ -19,11 +27,13 @@ __all__ = [
     "SYSTEM",
     "Base",
     "ConnectionBudget",
+    "JSONType",
     "MissingTenantScope",
     "Scope",
     "Store",
     "SystemScope",
     "TenantMixin",
+    "UTCDateTime",
     "check_pool_capacity",
     "create_engine",
     "current_revision",

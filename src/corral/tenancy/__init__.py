@@ -16,6 +16,7 @@ from corral.tenancy._roles import (
 from corral.tenancy._service import (
     QUOTA_NAMES,
     CreatedKey,
+    TenantKillSwitch,
     audit_identity_event,
     create_key,
     create_local_admin_key,
@@ -51,6 +52,7 @@ __all__ = [
     "QuotaUsage",
     "Quotas",
     "RoleGrantRow",
+    "TenantKillSwitch",
     "TenantRow",
     "accountable_humans",
     "audit_identity_event",

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +32,7 @@ from corral.tenancy._users import require_user
 __all__ = [
     "QUOTA_NAMES",
     "CreatedKey",
+    "TenantKillSwitch",
     "audit_identity_event",
     "create_key",
     "create_local_admin_key",
@@ -120,6 +121,26 @@ async def list_tenants(store: Store) -> list[TenantRow]:
         return list(await session.scalars(select(TenantRow).order_by(TenantRow.id)))
 
 
+class TenantKillSwitch(Protocol):
+    """Stops a suspended tenant's runs: the runtime's tenant kill switch.
+
+    Both methods run on the suspension's connection, in its transaction. Tenancy sits below the
+    runtime, so the caller passes it in (:data:`corral.runtime.TENANT_KILL_SWITCH`).
+    """
+
+    def engage(self, connection: Connection, *, tenant_id: str, reason: str, actor: str) -> None:
+        """Engage the tenant's switch: its queued and paused runs end ``KILLED``."""
+        ...
+
+    def release(self, connection: Connection, *, tenant_id: str, actor: str) -> None:
+        """Release the tenant's switch.
+
+        Raises:
+            NotFound: none is engaged.
+        """
+        ...
+
+
 async def set_tenant_status(
     store: Store,
     *,
@@ -127,6 +148,7 @@ async def set_tenant_status(
     suspended: bool,
     reason: str,
     actor: str,
+    kill_switch: TenantKillSwitch,
     force: bool = False,
 ) -> TenantRow:
     """Suspend or resume a tenant.
@@ -143,6 +165,8 @@ async def set_tenant_status(
         actor: Who does it, for the audit event.
         force: Suspend even when the tenant holds every working platform-admin key, which
             locks every platform admin out for good.
+        kill_switch: Engages and releases the tenant's kill switch in this transaction (the
+            runtime's :data:`corral.runtime.TENANT_KILL_SWITCH`).
 
     Raises:
         NotFound: no such tenant.
@@ -150,8 +174,6 @@ async def set_tenant_status(
         Conflict: (``last_way_in``) the suspension would lock every platform admin out, and
             ``force`` is not set.
     """
-    from corral.runtime._control import _engage, _release  # the runtime builds on tenancy
-
     if suspended and not reason.strip():
         raise InvalidRequest("Suspending a tenant needs a reason (--reason TEXT).")
     async with store.transaction(SYSTEM) as session:
@@ -167,24 +189,15 @@ async def set_tenant_status(
         switch_reason = f"tenant suspended: {reason}"
         if suspended:
             await session.run_sync(
-                lambda sync: _engage(
-                    sync.connection(),
-                    scope="tenant",
-                    target=tenant_id,
-                    tenant_id=tenant_id,
-                    reason=switch_reason,
-                    actor=actor,
+                lambda sync: kill_switch.engage(
+                    sync.connection(), tenant_id=tenant_id, reason=switch_reason, actor=actor
                 )
             )
         else:
             try:
                 await session.run_sync(
-                    lambda sync: _release(
-                        sync.connection(),
-                        scope="tenant",
-                        target=tenant_id,
-                        tenant_id=tenant_id,
-                        actor=actor,
+                    lambda sync: kill_switch.release(
+                        sync.connection(), tenant_id=tenant_id, actor=actor
                     )
                 )
             except NotFound:

@@ -8,7 +8,7 @@ from decimal import Decimal
 from sqlalchemy import Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.store._base import Base, JSONType, TenantMixin, utcnow
+from corral.store import Base, JSONType, TenantMixin, utcnow
 
 __all__ = ["ApiKeyRow", "LocalUserRow", "QuotaRow", "RoleGrantRow", "TenantRow"]
 

@@ -23,9 +23,8 @@ from corral.contracts import McpServer, McpToolRef
 from corral.errors import ToolFailed
 from corral.gateway.mcp._client import McpPool, ProgressCallback
 from corral.gateway.mcp._sync import ACTIVE, tool_digest
-from corral.gateway.tools._base import ToolCallContext
-from corral.gateway.tools._gateway import ResolvedTool
-from corral.registry._tables import McpServerRow, McpServerVersionRow, McpToolPinRow
+from corral.gateway.tools import ResolvedTool, ToolCallContext
+from corral.registry import McpServerRow, McpServerVersionRow, McpToolPinRow
 from corral.store import Store
 
 __all__ = ["McpExecutor", "render_result"]

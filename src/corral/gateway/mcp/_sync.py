@@ -27,8 +27,7 @@ from corral.audit import append_event, canonical_json
 from corral.contracts import McpServer, Tool
 from corral.errors import Conflict, InvalidContract, InvalidRequest, NotFound
 from corral.gateway.mcp._client import McpPool
-from corral.registry import apply_documents
-from corral.registry._tables import McpServerRow, McpServerVersionRow, McpToolPinRow
+from corral.registry import McpServerRow, McpServerVersionRow, McpToolPinRow, apply_documents
 from corral.store import Store, new_id, utcnow
 
 __all__ = [

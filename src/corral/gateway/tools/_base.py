@@ -11,7 +11,7 @@ from corral.policy._types import Entity
 
 if TYPE_CHECKING:
     from corral.audit import AuditRecord
-    from corral.policy._service import DecisionRow
+    from corral.policy import DecisionRow
 
 __all__ = ["ToolCallContext", "ToolResult"]
 

@@ -40,8 +40,8 @@ from corral.policy import (
     Governance,
     PolicyContext,
     PolicyRequest,
+    tool_entity,
 )
-from corral.policy._service import tool_entity
 
 __all__ = [
     "CallNotRecorded",

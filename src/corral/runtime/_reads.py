@@ -1,0 +1,80 @@
+"""Reads of runs for other packages (the API's event stream), so none reads the runtime's tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from corral.errors import InvalidRequest
+from corral.runtime._service import TERMINAL_STATUSES
+from corral.runtime._tables import RunEventRow, RunRow
+from corral.store import Store
+
+__all__ = ["MAX_EVENTS_READ", "RunEvent", "read_events"]
+
+MAX_EVENTS_READ = 500
+"""The most events one :func:`read_events` call returns."""
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One event of a run (``GET /v1/runs/{id}/events`` streams them)."""
+
+    id: int
+    """Increases across the whole store: the SSE event id (``Last-Event-ID``)."""
+    type: str
+    """``run.created``, ``step``, ``tool_call``, ``run.paused``, ``run.resumed``,
+    ``run.cancel_requested``, ``run.finished``."""
+    data: dict[str, Any]
+    """The event's details (JSON object)."""
+    created_at: datetime
+    """When it was written (UTC)."""
+
+
+async def read_events(
+    store: Store, run_id: str, *, tenant_id: str, after: int = 0, limit: int = MAX_EVENTS_READ
+) -> tuple[list[RunEvent], bool]:
+    """The run's events with ``id > after``, oldest first, and whether the run had ended.
+
+    One short read transaction. The status is read first: once it is terminal, the events
+    written with it (``run.finished``) are committed, so the events read after it include them.
+
+    Args:
+        store: The store.
+        run_id: The run (``run_...``).
+        tenant_id: The caller's tenant; another tenant's run reads as missing.
+        after: Only events with a larger id (``0``: from the first).
+        limit: At most this many (1..:data:`MAX_EVENTS_READ`).
+
+    Returns:
+        ``(events, ended)``: ``ended`` is true when the run is terminal or does not exist
+        (no event will follow).
+
+    Raises:
+        InvalidRequest: ``limit`` out of range.
+    """
+    if not 1 <= limit <= MAX_EVENTS_READ:
+        raise InvalidRequest(f"limit must be 1 to {MAX_EVENTS_READ}, not {limit}.")
+    async with store.read(tenant_id) as session:
+        status = (
+            await session.execute(
+                select(RunRow.status).where(RunRow.id == run_id, RunRow.tenant_id == tenant_id)
+            )
+        ).scalar_one_or_none()
+        rows = (
+            await session.execute(
+                select(RunEventRow.id, RunEventRow.type, RunEventRow.data, RunEventRow.created_at)
+                .where(
+                    RunEventRow.run_id == run_id,
+                    RunEventRow.tenant_id == tenant_id,
+                    RunEventRow.id > after,
+                )
+                .order_by(RunEventRow.id)
+                .limit(limit)
+            )
+        ).all()
+    events = [RunEvent(row.id, row.type, dict(row.data or {}), row.created_at) for row in rows]
+    return events, status is None or status in TERMINAL_STATUSES
