@@ -250,7 +250,6 @@ PUBLIC = {
         "list_run_spans",
         "list_runs",
         "list_steps",
-        "read_events",
         "release_kill_switch",
         "resolve_in_doubt",
         "resume_run",
