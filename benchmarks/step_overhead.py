@@ -548,9 +548,7 @@ def fixed_cost_summary(samples: list[FixedCost]) -> dict[str, float]:
         "create_cpu_us": per_run(lambda s: s.create_cpu_s),
         "execute_cpu_us": per_run(lambda s: s.execute_cpu_s),
         "total_cpu_us": per_run(lambda s: s.create_cpu_s + s.execute_cpu_s),
-        "total_cpu_us_min": min(
-            (s.create_cpu_s + s.execute_cpu_s) / s.runs * 1e6 for s in samples
-        ),
+        "total_cpu_us_min": min((s.create_cpu_s + s.execute_cpu_s) / s.runs * 1e6 for s in samples),
         "wall_us": per_run(lambda s: s.wall_s),
     }
 
