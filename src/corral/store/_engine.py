@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import orjson
 import sqlalchemy
 from sqlalchemy import Connection, Engine, event, or_
 from sqlalchemy.engine import make_url
@@ -125,6 +127,29 @@ def _check_new_rows(session: Session, _context: Any, _instances: Any) -> None:
             )
 
 
+def _json_dumps(value: Any) -> str:
+    """JSON columns' serializer: orjson (a few times faster), the stdlib where orjson refuses.
+
+    orjson refuses what the stdlib accepts in a few cases (integers beyond 64 bits, non-string
+    keys): those values are stored exactly as before. Either text reads back as the same value.
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value)
+
+
+def _json_loads(text: str | bytes) -> Any:
+    """JSON columns' deserializer (orjson; the stdlib for what orjson refuses, e.g. ``NaN``)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+_JSON_CODEC: Final = {"json_serializer": _json_dumps, "json_deserializer": _json_loads}
+
+
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     """WAL, ``synchronous=NORMAL``, foreign keys, busy timeout, ``BEGIN IMMEDIATE``."""
 
@@ -175,6 +200,7 @@ def create_engine(
         return create_async_engine(
             url,
             echo=echo,
+            **_JSON_CODEC,
             pool_pre_ping=True,
             pool_size=pool_size,
             max_overflow=max_overflow,
@@ -189,6 +215,7 @@ def create_engine(
         echo=echo,
         connect_args=connect_args or {},
         pool_reset_on_return=None,
+        **_JSON_CODEC,
     )
     _configure_sqlite(engine.sync_engine, sqlite_busy_timeout_ms)
     return engine
@@ -254,6 +281,7 @@ class Store:
                 parsed.set(drivername="sqlite+pysqlite"),
                 echo=echo,
                 pool_reset_on_return=None,
+                **_JSON_CODEC,
             )
             _configure_sqlite(self._sync_engine, sqlite_busy_timeout_ms)
             self._writer = _Writer(self._sync_engine, self.group_commit_max)
