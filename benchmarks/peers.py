@@ -416,7 +416,7 @@ class Corral(System):
         runs_s: list[float] = []
         kinds: dict[str, list[tuple[float, float]]] = {}
 
-        async def timed_run_sync(fn: Callable[[Connection], Any]) -> Any:
+        async def timed_run_sync(fn: Callable[[Connection], Any], scope: Any) -> Any:
             submitted = time.perf_counter()
             # functools.partial(write_checkpoint, ...) -> "write_checkpoint";
             # "Worker.claim.<locals>.<lambda>" -> "Worker.claim"
@@ -433,7 +433,7 @@ class Corral(System):
                     runs_s.append(ended - started)
                     kinds.setdefault(kind, []).append((started - submitted, ended - started))
 
-            return await original(body)
+            return await original(body, scope)
 
         store.run_sync = timed_run_sync  # type: ignore[method-assign]
         try:

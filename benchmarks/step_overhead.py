@@ -55,6 +55,7 @@ from corral.testing import ScriptedModel
 AGENT = "bench-agent"
 NOOP_TOOL = "fs.list_dir"
 PAYLOAD = json.dumps({"tool_calls": [{"id": "call_0", "name": NOOP_TOOL, "arguments": {}}]})
+ONE_STEP_TASK = "one-step run"
 REFERENCE = "bare sqlite3: INSERT+COMMIT per step (WAL, synchronous=NORMAL)"
 
 
@@ -184,9 +185,14 @@ async def sqlalchemy_session(steps: int, store: Store) -> Sample:
 
 
 def script(steps: int) -> Callable[[ModelRequest], ToolCall | FinalAnswer]:
-    """``fs.list_dir('.')`` for the first ``steps - 1`` model calls of a run, then an answer."""
+    """``fs.list_dir('.')`` for the first ``steps - 1`` model calls of a run, then an answer.
+
+    A run whose task starts with :data:`ONE_STEP_TASK` answers at once (one step, no tool).
+    """
 
     def decide(request: ModelRequest) -> ToolCall | FinalAnswer:
+        if any(m.role == "user" and m.content.startswith(ONE_STEP_TASK) for m in request.messages):
+            return FinalAnswer("done")
         done = sum(1 for m in request.messages if m.role == "assistant")
         if done < steps - 1:
             return ToolCall("call_0", NOOP_TOOL, {"path": "."})
@@ -299,6 +305,45 @@ async def corral_one_at_a_time(
             await platform.worker.run_until_idle()
     total = await _verify(platform, run_ids, steps)
     return clock.sample(total)
+
+
+@dataclass
+class FixedCost:
+    """CPU of one-step runs executed one at a time, split by phase, in seconds (totals)."""
+
+    runs: int
+    create_cpu_s: float
+    execute_cpu_s: float
+    wall_s: float
+
+
+async def corral_fixed_cost(platform: Platform, workspace: Path, runs: int) -> FixedCost:
+    """The fixed cost of a run: ``runs`` one-step runs (the model answers at once), one at a time.
+
+    ``create`` is the ``create_run`` transaction; ``execute`` is ``run_until_idle()``: the
+    claim, the load, one model call, the final checkpoint (and the claim that finds nothing).
+    """
+    create_cpu = execute_cpu = wall = 0.0
+    run_ids = []
+    gc.collect()
+    for i in range(runs):
+        started = time.perf_counter()
+        cpu = time.process_time()
+        run_ids.append(await _create(platform, workspace, f"{ONE_STEP_TASK} {i}"))
+        created = time.process_time()
+        await platform.worker.run_until_idle()
+        execute_cpu += time.process_time() - created
+        create_cpu += created - cpu
+        wall += time.perf_counter() - started
+    async with platform.store.transaction("default") as session:
+        rows = (
+            await session.execute(
+                select(RunRow.status, RunRow.step_count).where(RunRow.id.in_(run_ids))
+            )
+        ).all()
+    if len(rows) != runs or any(tuple(r) != ("SUCCEEDED", 1) for r in rows):
+        raise SystemExit(f"one-step runs did not all SUCCEED in one step: {rows[:3]}")
+    return FixedCost(runs, create_cpu, execute_cpu, wall)
 
 
 def count_statements(platform: Platform) -> Callable[[], dict[str, int]]:
@@ -422,6 +467,13 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             sample = await corral_one_at_a_time(platform, workspace, args.runs, args.steps)
             results.setdefault(one_name, Result(one_name)).samples.append(sample)
 
+        await corral_fixed_cost(platform, workspace, max(2, args.fixed_runs // 4))  # warm-up
+        fixed = []
+        for _ in range(args.repeat):
+            provider.requests.clear()
+            fixed.append(await corral_fixed_cost(platform, workspace, args.fixed_runs))
+        extra["fixed_cost"] = fixed
+
         if args.profile:
             provider.requests.clear()
             gc.collect()
@@ -469,6 +521,8 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
                 f"- {name}: {s['main_thread_cpu_us_median']:.0f} us/step CPU in the event-loop "
                 f"thread ({share:.0%}); the rest in aiosqlite's and asyncio.to_thread's threads."
             )
+    if "fixed_cost" in report:
+        lines += ["", *render_fixed_cost(report["fixed_cost"], reference)]
     if "sql_per_step" in report:
         sql = report["sql_per_step"]
         lines.append(
@@ -482,6 +536,40 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"aiosqlite {aiosqlite.__version__}, {pyplatform.machine()} {sys.platform}."
     )
     return "\n".join(lines)
+
+
+def fixed_cost_summary(samples: list[FixedCost]) -> dict[str, float]:
+    """Medians over the repeats, in microseconds per run."""
+
+    def per_run(fn: Callable[[FixedCost], float]) -> float:
+        return statistics.median(fn(s) / s.runs * 1e6 for s in samples)
+
+    return {
+        "create_cpu_us": per_run(lambda s: s.create_cpu_s),
+        "execute_cpu_us": per_run(lambda s: s.execute_cpu_s),
+        "total_cpu_us": per_run(lambda s: s.create_cpu_s + s.execute_cpu_s),
+        "total_cpu_us_min": min((s.create_cpu_s + s.execute_cpu_s) / s.runs * 1e6 for s in samples),
+        "wall_us": per_run(lambda s: s.wall_s),
+    }
+
+
+def render_fixed_cost(samples: list[FixedCost], reference: float) -> list[str]:
+    s = fixed_cost_summary(samples)
+    return [
+        f"Fixed cost of a run: {samples[0].runs} one-step runs (the model answers at once), "
+        "one at a time; CPU per run (median of the repeats):",
+        "",
+        "| phase | CPU us/run | ratio to one bare SQLite commit |",
+        "|---|---:|---:|",
+        f"| create_run (one transaction) | {s['create_cpu_us']:.0f} "
+        f"| {s['create_cpu_us'] / reference:.0f}x |",
+        f"| claim + load + 1 model step + final checkpoint | {s['execute_cpu_us']:.0f} "
+        f"| {s['execute_cpu_us'] / reference:.0f}x |",
+        f"| total (min {s['total_cpu_us_min']:.0f}) | {s['total_cpu_us']:.0f} "
+        f"| {s['total_cpu_us'] / reference:.0f}x |",
+        "",
+        f"Wall per run: {s['wall_us']:.0f} us.",
+    ]
 
 
 def _package(filename: str, name: str) -> str:
@@ -544,6 +632,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline-steps", type=int, default=2000, help="steps per baseline measurement"
     )
+    parser.add_argument(
+        "--fixed-runs", type=int, default=50, help="one-step runs per fixed-cost measurement"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
     parser.add_argument(
         "--profile", action="store_true", help="cProfile one corral batch; print the top 25"
@@ -551,8 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 2 <= args.steps <= 999:
         parser.error("--steps must be 2..999 (one tool step at least; max_iterations <= 1000)")
-    if args.runs < 1 or args.repeat < 1 or args.baseline_steps < 1:
-        parser.error("--runs, --repeat and --baseline-steps must be positive")
+    if args.runs < 1 or args.repeat < 1 or args.baseline_steps < 1 or args.fixed_runs < 1:
+        parser.error("--runs, --repeat, --baseline-steps and --fixed-runs must be positive")
     return args
 
 
@@ -574,6 +665,7 @@ def main(argv: list[str] | None = None) -> None:
             "aiosqlite": aiosqlite.__version__,
             "noop_tool": NOOP_TOOL,
             "sql_per_step": report.get("sql_per_step"),
+            "fixed_cost_us_per_run": fixed_cost_summary(report["fixed_cost"]),
             "variants": [
                 {
                     "variant": name,

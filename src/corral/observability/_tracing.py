@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Tracer
 
@@ -111,6 +111,22 @@ class StoreSpanExporter(SpanExporter):
             self._pending.clear()
 
 
+class _HandOver(SpanProcessor):
+    """Hands each finished, sampled span to the exporter at once.
+
+    What ``SimpleSpanProcessor`` does, without its per-span export lock and the context it
+    attaches to suppress instrumentation during the export (the exporter only appends the span
+    to a list): about a fifth of the cost of a span.
+    """
+
+    def __init__(self, exporter: StoreSpanExporter) -> None:
+        self._exporter = exporter
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            self._exporter.export((span,))
+
+
 class Tracing:
     """A tracer provider of Corral's own (the global one is left to the host application)."""
 
@@ -121,7 +137,7 @@ class Tracing:
             id_generator=_RunTraceIds(),
             shutdown_on_exit=False,
         )
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.provider.add_span_processor(_HandOver(self.exporter))
         self.tracer: Tracer = self.provider.get_tracer("corral")
 
     @staticmethod

@@ -113,6 +113,7 @@ class RunExecutor(ToolPhase):
         self._running: dict[str, RunState] = {}
         self.governance = governance
         self.approval_ttl = timedelta(seconds=approval_ttl_seconds)
+        self._refreshing: dict[str, asyncio.Lock] = {}
 
     def abort(self, run_id: str) -> None:
         """Interrupt the run's in-flight model call or tool sequence.
@@ -245,6 +246,7 @@ class RunExecutor(ToolPhase):
             max_output_tokens=spec.model.max_output_tokens,
         )
         started = self.clock()
+        await self._refresh_tenant(state.tenant_id)
         refused = await self._authorize_model(state, state.models[0])
         if refused is not None:
             record = StepRecord(
@@ -305,6 +307,24 @@ class RunExecutor(ToolPhase):
             )
             return record, Terminal("FAILED", reason, error=exc.message)
         return self._decision_record(state, model, response, started, withdrawn=not tools)
+
+    async def _refresh_tenant(self, tenant_id: str) -> None:
+        """Let one run at a time reload the tenant's policy engine and quota limits.
+
+        Both are cached for a few seconds; when the cache runs out, every run of the tenant
+        that reaches a decision at once would read the store and rebuild the same thing (with
+        100 concurrent runs, about one store read per step). Under this lock the first run
+        reloads them and the others wait for it and find them cached; while they are fresh the
+        lock is never contended.
+        """
+        lock = self._refreshing.get(tenant_id)
+        if lock is None:
+            lock = self._refreshing[tenant_id] = asyncio.Lock()
+        async with lock:
+            if self.governance is not None:
+                await self.governance.engine(tenant_id)
+            if self.quotas is not None:
+                await self.quotas.limits(tenant_id)
 
     async def _authorize_model(self, state: RunState, model: str) -> str | None:
         """Decide ``model.call`` once per model and run segment; the refusal text, or None.
