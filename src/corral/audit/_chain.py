@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
@@ -145,23 +146,37 @@ _MOVE_HEAD = (
     .values(seq=bindparam("b_seq"), hash=bindparam("b_hash"))
 )
 _INSERT_EVENTS = _EVENTS.insert()
+_CREATE_HEAD = (
+    postgresql.insert(_HEADS)
+    .values(tenant_id=bindparam("b_tenant"), seq=0, hash=GENESIS_HASH)
+    .on_conflict_do_nothing(index_elements=[_HEADS.c.tenant_id])
+)
 
 
 def _take_head(connection: Connection, tenant_id: str) -> tuple[int, str] | None:
     """Lock the tenant's head row; ``None`` if another transaction holds it (PostgreSQL).
 
     A tenant without a head gets one (``seq`` 0, the genesis hash), locked by this transaction.
-    On SQLite the transaction already is the only writer: the head is read.
+    On PostgreSQL, two first appends of a tenant at once: the second waits for the first to
+    commit (once per tenant), then finds the head held or takes it. On SQLite the transaction
+    already is the only writer: the head is read.
     """
     params = {"b_tenant": tenant_id}
-    postgres = connection.dialect.name == "postgresql"
-    head = connection.execute(_TAKE_HEAD if postgres else _READ_HEAD, params).one_or_none()
-    if head is not None:
+    if connection.dialect.name != "postgresql":
+        head = connection.execute(_READ_HEAD, params).one_or_none()
+        if head is None:
+            connection.execute(
+                _HEADS.insert().values(tenant_id=tenant_id, seq=0, hash=GENESIS_HASH)
+            )
+            return 0, GENESIS_HASH
         return int(head.seq), str(head.hash)
-    if postgres and connection.execute(_READ_HEAD, params).one_or_none() is not None:
-        return None  # held by another transaction
-    connection.execute(_HEADS.insert().values(tenant_id=tenant_id, seq=0, hash=GENESIS_HASH))
-    return 0, GENESIS_HASH
+    head = connection.execute(_TAKE_HEAD, params).one_or_none()
+    if head is None:
+        if connection.execute(_READ_HEAD, params).one_or_none() is not None:
+            return None  # held by another transaction
+        connection.execute(_CREATE_HEAD, params)
+        head = connection.execute(_TAKE_HEAD, params).one_or_none()
+    return None if head is None else (int(head.seq), str(head.hash))
 
 
 def _chain_unchained(
