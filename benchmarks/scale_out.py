@@ -11,8 +11,11 @@ I/O-bound model (:class:`corral.testing.ScriptedModel` sleeping ``--model-second
 ``fs.list_dir('.')`` on an empty workspace for all but the last call, then a final answer. So a
 run is ``--model-calls`` checkpointed steps, each with its audit events, spans and run events.
 
-Reported per configuration: runs/s, wall seconds, audit events appended per second, and the
-CPU seconds the worker processes used (user + system, from ``wait4``). The script refuses a
+Reported per configuration: runs/s, wall seconds, audit events appended per second, the CPU
+seconds the worker processes used (user + system, from ``wait4``), and how many of the schema's
+connections were waiting for a lock on ``audit_heads`` (the tenant's chain head), sampled every
+50 ms from ``pg_stat_activity`` (mean): on a machine too busy to show the throughput, this shows
+whether the chain head is what the workers wait for. The script refuses a
 result unless every run ``SUCCEEDED`` with the expected steps, and at the end the tenant's audit
 chain must verify end to end (:func:`corral.audit.verify_chain`, what ``corral audit verify``
 calls).
@@ -20,7 +23,7 @@ calls).
     python benchmarks/scale_out.py                        # 1, 2 and 3 workers x 64
     python benchmarks/scale_out.py --workers 1 3 --concurrency 16 --json /tmp/scale.json
 
-The URL must be a superuser's or a role that may create schemas.
+The URL must be a superuser's: the script creates a role and a schema, and drops both.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from corral.audit import verify_chain
@@ -94,11 +98,12 @@ def agent_document(model_calls: int) -> dict[str, Any]:
 
 def settings_for(args: argparse.Namespace, home: Path, workspace_root: Path) -> Settings:
     # Every process (the control process and each worker) declares the same process count so
-    # that their pools together fit the server's max_connections.
+    # that their pools together fit the server's max_connections. They connect as the role the
+    # orchestrator created (named like the schema): row-level security applies, as in production.
     return Settings(
         home=home,
         store={
-            "url": args.postgres_url,
+            "url": str(make_url(args.postgres_url).set(username=args.schema, password=None)),
             "postgres_schema": args.schema,
             "processes": max(args.workers) + 1,
         },
@@ -151,6 +156,27 @@ async def admin(url: str, *statements: str) -> None:
                 await connection.execute(text(statement))
     finally:
         await engine.dispose()
+
+
+_ADMIN_ENGINES: dict[str, Any] = {}
+
+
+async def lock_waiters(url: str, schema: str) -> tuple[int, int]:
+    """Connections of the benchmark's role waiting for a lock: on ``audit_heads``, in all."""
+    engine = _ADMIN_ENGINES.get(url)
+    if engine is None:
+        engine = _ADMIN_ENGINES[url] = create_async_engine(url, pool_size=1)
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE query LIKE '%audit_heads%'), count(*) "
+                    "FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND usename = :role"
+                ),
+                {"role": schema},
+            )
+        ).one()
+    return int(row[0]), int(row[1])
 
 
 def spawn_workers(args: argparse.Namespace, count: int) -> list[subprocess.Popen[bytes]]:
@@ -238,11 +264,13 @@ async def configuration(
             assert proc.stdin is not None
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
-        done = 0
+        done, head_waits, lock_waits, samples = 0, 0, 0, 0
         while done < args.runs:
             if time.perf_counter() - began > args.deadline_seconds:
                 raise BenchError(f"only {done}/{args.runs} runs terminal after the deadline")
             await asyncio.sleep(0.05)
+            head, locks = await lock_waiters(args.postgres_url, args.schema)
+            head_waits, lock_waits, samples = head_waits + head, lock_waits + locks, samples + 1
             async with control.store.read(TENANT) as session:
                 done = (
                     await session.execute(
@@ -282,11 +310,17 @@ async def configuration(
         "audit_events_per_s": round(appended / wall, 1),
         "worker_cpu_s": round(cpu, 2),
         "worker_cpu_ms_per_run": round(cpu / args.runs * 1e3, 1),
+        "audit_head_lock_waiters_mean": round(head_waits / max(samples, 1), 2),
+        "lock_waiters_mean": round(lock_waits / max(samples, 1), 2),
     }
 
 
 async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
-    await admin(args.postgres_url, f'CREATE SCHEMA "{args.schema}"')
+    await admin(
+        args.postgres_url,
+        f"CREATE ROLE {args.schema} LOGIN NOSUPERUSER NOBYPASSRLS",
+        f"CREATE SCHEMA {args.schema} AUTHORIZATION {args.schema}",
+    )
     control: Platform | None = None
     try:
         control = Platform(
@@ -323,18 +357,28 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if control is not None:
             await control.close()
-        await admin(args.postgres_url, f'DROP SCHEMA "{args.schema}" CASCADE')
+        for engine in _ADMIN_ENGINES.values():
+            await engine.dispose()
+        await admin(
+            args.postgres_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE usename = '{args.schema}'",
+            f"DROP SCHEMA {args.schema} CASCADE",
+            f"DROP ROLE {args.schema}",
+        )
 
 
 def table(report: dict[str, Any]) -> str:
     lines = [
-        "| workers x concurrency | runs/s | wall s | audit events/s | worker CPU ms/run |",
-        "|---|---:|---:|---:|---:|",
+        "| workers x concurrency | runs/s | wall s | audit events/s | worker CPU ms/run "
+        "| waiting on audit_heads | waiting on any lock |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['workers']} x {r['concurrency']} | {r['runs_per_s']} | {r['wall_s']} | "
-            f"{r['audit_events_per_s']} | {r['worker_cpu_ms_per_run']} |"
+            f"{r['audit_events_per_s']} | {r['worker_cpu_ms_per_run']} | "
+            f"{r['audit_head_lock_waiters_mean']} | {r['lock_waiters_mean']} |"
         )
     chain = report["audit_chain"]
     lines.append(f"\naudit chain verifies: {chain['ok']} ({chain['events']} events)")

@@ -304,7 +304,9 @@ class _Sequencer:
 
     Woken by :func:`append_events` when it appends unchained (before that transaction
     commits), it runs a pass every :attr:`interval` seconds until :attr:`linger` seconds after
-    the last wake-up, so events committed some time after their wake-up are chained too.
+    the last wake-up, so events committed some time after their wake-up are chained too. It
+    stops as soon as the engine is disposed (its pool replaced): a closed platform opens no
+    connection, and a connection used while it was disposed is closed, not pooled.
     """
 
     interval = 0.05
@@ -314,6 +316,7 @@ class _Sequencer:
         self.engine = engine
         self.woken: dict[str, float] = {}
         self.task: asyncio.Task[None] | None = None
+        self.pool = engine.pool
 
     def wake(self, tenant_id: str) -> None:
         try:
@@ -322,6 +325,7 @@ class _Sequencer:
             return
         self.woken[tenant_id] = time.monotonic()
         if self.task is None or self.task.done():
+            self.pool = self.engine.pool
             self.task = loop.create_task(self._run(), name="corral audit sequencer")
 
     async def _run(self) -> None:
@@ -329,14 +333,25 @@ class _Sequencer:
         while self.woken:
             await asyncio.sleep(self.interval)
             for tenant_id, woken_at in list(self.woken.items()):
+                if self.engine.pool is not self.pool:  # disposed: the platform is closing
+                    self.woken.clear()
+                    return
                 try:
-                    await _chain_now(engine, tenant_id)
+                    await self._pass(engine, tenant_id)
                 except Exception as exc:  # the next append or pass chains them
                     log.warning("chaining audit events of %r failed: %s", tenant_id, exc)
                 if time.monotonic() - woken_at > self.linger and (
                     self.woken.get(tenant_id) == woken_at
                 ):
                     del self.woken[tenant_id]
+
+    async def _pass(self, engine: AsyncEngine, tenant_id: str) -> None:
+        async with engine.connect() as connection:
+            async with connection.begin():
+                await connection.execute(_SCOPE, {"scope": tenant_id})
+                await connection.run_sync(chain_pending, tenant_id)
+            if self.engine.pool is not self.pool:
+                await connection.invalidate()
 
 
 _SEQUENCERS: weakref.WeakKeyDictionary[Engine, _Sequencer] = weakref.WeakKeyDictionary()
