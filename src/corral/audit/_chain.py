@@ -153,10 +153,13 @@ _CREATE_HEAD = (
 )
 
 
-def _take_head(connection: Connection, tenant_id: str) -> tuple[int, str] | None:
+def _take_head(
+    connection: Connection, tenant_id: str, *, create: bool = True
+) -> tuple[int, str] | None:
     """Lock the tenant's head row; ``None`` if another transaction holds it (PostgreSQL).
 
-    A tenant without a head gets one (``seq`` 0, the genesis hash), locked by this transaction.
+    A tenant without a head gets one (``seq`` 0, the genesis hash), locked by this transaction
+    (unless ``create`` is false: then ``None``).
     On PostgreSQL, two first appends of a tenant at once: the second waits for the first to
     commit (once per tenant), then finds the head held or takes it. On SQLite the transaction
     already is the only writer: the head is read.
@@ -165,6 +168,8 @@ def _take_head(connection: Connection, tenant_id: str) -> tuple[int, str] | None
     if connection.dialect.name != "postgresql":
         head = connection.execute(_READ_HEAD, params).one_or_none()
         if head is None:
+            if not create:
+                return None
             connection.execute(
                 _HEADS.insert().values(tenant_id=tenant_id, seq=0, hash=GENESIS_HASH)
             )
@@ -172,8 +177,8 @@ def _take_head(connection: Connection, tenant_id: str) -> tuple[int, str] | None
         return int(head.seq), str(head.hash)
     head = connection.execute(_TAKE_HEAD, params).one_or_none()
     if head is None:
-        if connection.execute(_READ_HEAD, params).one_or_none() is not None:
-            return None  # held by another transaction
+        if not create or connection.execute(_READ_HEAD, params).one_or_none() is not None:
+            return None  # held by another transaction (or none yet: nothing to chain)
         connection.execute(_CREATE_HEAD, params)
         head = connection.execute(_TAKE_HEAD, params).one_or_none()
     return None if head is None else (int(head.seq), str(head.hash))
@@ -267,9 +272,11 @@ def chain_pending(connection: Connection, tenant_id: str) -> int | None:
 
     Returns:
         How many events were chained, or ``None`` if another transaction holds the tenant's
-        head (that transaction chains them before it commits).
+        head (that transaction chains them before it commits) or the tenant has none.
     """
-    head = _take_head(connection, tenant_id)
+    # A tenant without a head has no unchained events (they are only appended while another
+    # transaction holds the head): no head is created here, so a pass never waits.
+    head = _take_head(connection, tenant_id, create=False)
     if head is None:
         return None
     last_seq, prev_hash = head
