@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, select, update
 
 from conftest import agent_document, register, superuser_transaction
 from corral.audit import GENESIS_HASH, append_event, event_hash, verify_chain
-from corral.audit._chain import ChainVerification
+from corral.audit._chain import ChainVerification, _sequencer, chain_pending
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.platform import Platform
 from corral.runtime import create_run
@@ -215,3 +215,104 @@ async def test_postgres_trigger_refuses_update_and_delete_of_audit_rows(make_pla
             async with platform.store.transaction("default") as session:
                 await session.execute(statement)
     assert (await verify(platform)).ok
+
+
+# --- appends that find the head held (PostgreSQL: SQLite has one writer) -------------------
+
+
+async def note(session: Any, subject: str, tenant_id: str = "acme") -> str | None:
+    return await append_event(
+        session,
+        tenant_id=tenant_id,
+        actor="user:acme",
+        action="test.event",
+        subject=subject,
+        outcome="success",
+        details={"subject": subject},
+    )
+
+
+async def postgres_platform(make_platform) -> Platform:
+    platform = await make_platform()
+    if platform.store.dialect != "postgresql":
+        pytest.skip("only PostgreSQL has concurrent writers: SQLite appends always chain")
+    async with platform.store.transaction("acme") as session:
+        await note(session, "zero")  # the tenant's head exists
+    return platform
+
+
+async def test_an_append_that_finds_the_head_held_is_chained_by_the_holder(make_platform):
+    platform = await postgres_platform(make_platform)
+    async with platform.store.transaction("acme") as holder:
+        assert await note(holder, "first") is not None  # the holder chains its own event
+        async with platform.store.transaction("acme") as other:
+            assert await note(other, "second") is None  # did not wait: appended unchained
+        async with platform.store.read("acme") as reader:
+            pending = next(e for e in await events(platform, "acme") if e.subject == "second")
+            assert (pending.seq, pending.hash) == (None, None)
+            assert (await verify_chain(reader, tenant_id="acme")).unchained == 1
+        # The holder's next append chains the committed event first, then its own.
+        assert await note(holder, "third") is not None
+    stored = await events(platform, "acme")
+    assert [(e.seq, e.subject) for e in stored] == [
+        (1, "zero"),
+        (2, "first"),
+        (3, "second"),
+        (4, "third"),
+    ]
+    assert stored[0].prev_hash == GENESIS_HASH
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(stored))
+    assert (await verify(platform, "acme")) == ChainVerification(True, "acme", 4)
+
+
+async def test_an_unchained_tail_is_chained_by_the_sequencer(make_platform) -> None:
+    platform = await postgres_platform(make_platform)
+    async with platform.store.transaction("acme") as holder:
+        await note(holder, "first")
+        async with platform.store.transaction("acme") as other:
+            await note(other, "second")
+        # While the head is held, the sequencer's pass leaves the events to the holder.
+        assert await platform.store.run_sync(lambda c: chain_pending(c, "acme"), "acme") is None
+    # The holder committed without appending again: "second" is chained by the process's
+    # background pass (awaited here), or by the pass verify_chain runs first.
+    task = _sequencer(platform.store.engine.sync_engine).task
+    assert task is not None
+    await task
+    stored = await events(platform, "acme")
+    assert [(e.seq, e.subject) for e in stored] == [(1, "zero"), (2, "first"), (3, "second")]
+    assert await platform.store.run_sync(lambda c: chain_pending(c, "acme"), "acme") == 0
+    assert (await verify(platform, "acme")) == ChainVerification(True, "acme", 3)
+    # Editing the event chained late is caught like any other edit.
+    await tamper(platform, 3, tenant_id="acme", outcome="failure")
+    result = await verify(platform, "acme")
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert "modified" in (result.reason or "")
+
+
+async def test_the_trigger_lets_only_the_chaining_update_through(make_platform) -> None:
+    platform = await postgres_platform(make_platform)
+    async with platform.store.transaction("acme") as holder:
+        await note(holder, "first")
+        async with platform.store.transaction("acme") as other:
+            await note(other, "second")
+        # Nobody chains it while the head is held.
+        pending = next(e for e in await events(platform, "acme") if e.subject == "second")
+        await check_trigger(platform, pending)
+
+
+async def check_trigger(platform: Platform, pending: AuditEventRow) -> None:
+    table = AuditEventRow.__table__
+    link = {"seq": 99, "prev_hash": "a" * 64, "hash": "b" * 64}
+    for values in ({**link, "actor": "user:mallory"}, {**link, "hash": None}, {"actor": "x"}):
+        with pytest.raises(Exception, match="append-only"):
+            async with platform.store.transaction("acme") as session:
+                await session.execute(
+                    update(table).where(table.c.id == pending.id).values(**values)
+                )
+    async with platform.store.transaction("acme") as session:  # chaining it (once) is allowed
+        await session.execute(update(table).where(table.c.id == pending.id).values(**link))
+    with pytest.raises(Exception, match="append-only"):
+        async with platform.store.transaction("acme") as session:
+            await session.execute(
+                update(table).where(table.c.id == pending.id).values(hash="c" * 64)
+            )

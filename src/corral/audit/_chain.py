@@ -3,20 +3,41 @@
 ``hash = SHA-256(canonical JSON of {event fields..., "prev_hash": previous hash})`` where the
 canonical JSON has sorted keys, no insignificant whitespace and UTF-8 text (the shape of RFC 8785
 for the strings, integers and booleans audit events hold). The first event of a tenant's chain
-has ``prev_hash`` = 64 zeros. The head row of each tenant is updated in the same transaction as
-the event, which serialises appends per tenant on every database.
+has ``prev_hash`` = 64 zeros.
+
+Appending never waits for another writer (ADR 0006). The tenant's head row
+(``audit_heads``) says where the chain ends; a transaction that appends takes it with
+``FOR UPDATE SKIP LOCKED``:
+
+* if it gets the head, it first chains the tenant's committed events that are not chained yet
+  (oldest id first), then its own, and moves the head: everything in its own transaction;
+* if another transaction holds the head (PostgreSQL only: SQLite has one writer), it inserts
+  its events *unchained* (``seq``, ``prev_hash`` and ``hash`` empty) and goes on. The next
+  transaction that holds the head chains them, in the order it finds them committed, as a
+  transparency log's sequencer does; so does :func:`chain_pending`, which a background task of
+  the appending process runs shortly after (and :func:`verify_chain` before it verifies).
+
+The chain order is the chaining order. A chained event is never changed again: on PostgreSQL a
+trigger refuses every UPDATE and DELETE of audit rows except the one that chains an unchained
+row without touching its content (migration 0010).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
+import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.store._base import utcnow
@@ -28,12 +49,18 @@ __all__ = [
     "append_event",
     "append_events",
     "canonical_json",
+    "chain_pending",
     "event_hash",
     "verify_chain",
 ]
 
+log = logging.getLogger(__name__)
+
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of the first event of every chain."""
+
+CHAIN_BATCH = 500
+"""Most unchained events one transaction chains in one pass."""
 
 
 def canonical_json(value: Any) -> bytes:
@@ -95,45 +122,117 @@ class AuditRecord:
 _EVENTS = cast(Table, AuditEventRow.__table__)
 _HEADS = cast(Table, AuditHeadRow.__table__)
 # Statements are built once: building one costs far more than executing it (~5x on SQLite).
-_RESERVE = (
-    _HEADS.update()
-    .where(_HEADS.c.tenant_id == bindparam("b_tenant"))
-    .values(seq=_HEADS.c.seq + bindparam("b_count"))
-    .returning(_HEADS.c.seq, _HEADS.c.hash)
+_READ_HEAD = select(_HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.tenant_id == bindparam("b_tenant"))
+_TAKE_HEAD = _READ_HEAD.with_for_update(skip_locked=True)
+_UNCHAINED = (
+    select(_EVENTS)
+    .where(_EVENTS.c.tenant_id == bindparam("b_tenant"), _EVENTS.c.hash.is_(None))
+    .order_by(_EVENTS.c.id)
+    .limit(bindparam("b_limit"))
 )
-_SET_HASH = (
+_COUNT_UNCHAINED = (
+    select(func.count())
+    .select_from(_EVENTS)
+    .where(_EVENTS.c.tenant_id == bindparam("b_tenant"), _EVENTS.c.hash.is_(None))
+)
+_CHAIN = (
+    _EVENTS.update()
+    .where(_EVENTS.c.id == bindparam("b_id"), _EVENTS.c.hash.is_(None))
+    .values(seq=bindparam("b_seq"), prev_hash=bindparam("b_prev"), hash=bindparam("b_hash"))
+)
+_MOVE_HEAD = (
     _HEADS.update()
     .where(_HEADS.c.tenant_id == bindparam("b_tenant"))
-    .values(hash=bindparam("b_hash"))
+    .values(seq=bindparam("b_seq"), hash=bindparam("b_hash"))
 )
 _INSERT_EVENTS = _EVENTS.insert()
+_CREATE_HEAD = (
+    postgresql.insert(_HEADS)
+    .values(tenant_id=bindparam("b_tenant"), seq=0, hash=GENESIS_HASH)
+    .on_conflict_do_nothing(index_elements=[_HEADS.c.tenant_id])
+)
 
 
-def append_events(connection: Connection, tenant_id: str, records: list[AuditRecord]) -> str:
+def _take_head(
+    connection: Connection, tenant_id: str, *, create: bool = True
+) -> tuple[int, str] | None:
+    """Lock the tenant's head row; ``None`` if another transaction holds it (PostgreSQL).
+
+    A tenant without a head gets one (``seq`` 0, the genesis hash), locked by this transaction
+    (unless ``create`` is false: then ``None``).
+    On PostgreSQL, two first appends of a tenant at once: the second waits for the first to
+    commit (once per tenant), then finds the head held or takes it. On SQLite the transaction
+    already is the only writer: the head is read.
+    """
+    params = {"b_tenant": tenant_id}
+    if connection.dialect.name != "postgresql":
+        head = connection.execute(_READ_HEAD, params).one_or_none()
+        if head is None:
+            if not create:
+                return None
+            connection.execute(
+                _HEADS.insert().values(tenant_id=tenant_id, seq=0, hash=GENESIS_HASH)
+            )
+            return 0, GENESIS_HASH
+        return int(head.seq), str(head.hash)
+    head = connection.execute(_TAKE_HEAD, params).one_or_none()
+    if head is None:
+        if not create or connection.execute(_READ_HEAD, params).one_or_none() is not None:
+            return None  # held by another transaction (or none yet: nothing to chain)
+        connection.execute(_CREATE_HEAD, params)
+        head = connection.execute(_TAKE_HEAD, params).one_or_none()
+    return None if head is None else (int(head.seq), str(head.hash))
+
+
+def _chain_unchained(
+    connection: Connection, tenant_id: str, last_seq: int, prev_hash: str, limit: int
+) -> tuple[int, str, int]:
+    """Chain up to ``limit`` committed unchained events after ``(last_seq, prev_hash)``.
+
+    The caller holds the head. Returns the new ``(last_seq, prev_hash)`` and how many events
+    were chained.
+    """
+    rows = connection.execute(_UNCHAINED, {"b_tenant": tenant_id, "b_limit": limit}).mappings()
+    links = []
+    for row in rows:
+        event = dict(row)
+        last_seq += 1
+        event["seq"], event["prev_hash"] = last_seq, prev_hash
+        prev_hash = event_hash(event)
+        links.append(
+            {
+                "b_id": row["id"],
+                "b_seq": last_seq,
+                "b_prev": event["prev_hash"],
+                "b_hash": prev_hash,
+            }
+        )
+    if links:
+        connection.execute(_CHAIN, links)
+    return last_seq, prev_hash, len(links)
+
+
+def append_events(connection: Connection, tenant_id: str, records: list[AuditRecord]) -> str | None:
     """Append events to the tenant's chain inside the caller's transaction.
 
-    Three statements whatever the number of events: reserve the sequence numbers on the head
-    row (which also takes the row lock that serialises appends), insert the events, store the
-    new head hash.
+    Never waits for another appender. If this transaction gets the tenant's head (always on
+    SQLite), it chains the committed unchained events it finds (at most :data:`CHAIN_BATCH`),
+    then ``records``, and moves the head. If another transaction holds the head (PostgreSQL),
+    ``records`` are inserted unchained and this process chains them shortly after commit (see
+    the module docstring); until then they have no ``seq`` and are not part of the chain.
 
     Returns:
-        The hash of the last event appended (the head's hash if ``records`` is empty).
+        The hash of the last event appended, or ``None`` if it was appended unchained (or
+        ``records`` is empty).
     """
-    count = len(records)
-    head = connection.execute(_RESERVE, {"b_tenant": tenant_id, "b_count": count}).one_or_none()
-    if head is None:
-        connection.execute(_HEADS.insert().values(tenant_id=tenant_id, seq=count, hash=""))
-        last_seq, prev_hash = count, GENESIS_HASH
-    else:
-        last_seq, prev_hash = head.seq, head.hash
-    if not count:
-        return str(prev_hash)
+    if not records:
+        return None
+    head = _take_head(connection, tenant_id)
     now = utcnow()
-    rows = []
-    for offset, record in enumerate(records):
-        event = {
+    rows: list[dict[str, Any]] = [
+        {
             "tenant_id": tenant_id,
-            "seq": last_seq - count + 1 + offset,
+            "seq": None,
             "occurred_at": now,
             "actor": record.actor,
             "action": record.action,
@@ -143,13 +242,133 @@ def append_events(connection: Connection, tenant_id: str, records: list[AuditRec
             "trace_id": record.trace_id,
             "policy_decision_id": record.policy_decision_id,
             "details": record.details,
-            "prev_hash": prev_hash,
+            "prev_hash": None,
+            "hash": None,
         }
+        for record in records
+    ]
+    if head is None:
+        connection.execute(_INSERT_EVENTS, rows)
+        _sequencer(connection.engine).wake(tenant_id)
+        return None
+    last_seq, prev_hash = head
+    if connection.dialect.name == "postgresql":
+        last_seq, prev_hash, _ = _chain_unchained(
+            connection, tenant_id, last_seq, prev_hash, CHAIN_BATCH
+        )
+    for event in rows:
+        last_seq += 1
+        event["seq"], event["prev_hash"] = last_seq, prev_hash
         event["hash"] = prev_hash = event_hash(event)
-        rows.append(event)
     connection.execute(_INSERT_EVENTS, rows)
-    connection.execute(_SET_HASH, {"b_tenant": tenant_id, "b_hash": prev_hash})
-    return str(prev_hash)
+    connection.execute(_MOVE_HEAD, {"b_tenant": tenant_id, "b_seq": last_seq, "b_hash": prev_hash})
+    return prev_hash
+
+
+def chain_pending(connection: Connection, tenant_id: str) -> int | None:
+    """The sequencer's pass: chain every committed unchained event of the tenant, oldest first.
+
+    Runs inside the caller's transaction (commit it to publish the chain).
+
+    Returns:
+        How many events were chained, or ``None`` if another transaction holds the tenant's
+        head (that transaction chains them before it commits) or the tenant has none.
+    """
+    # A tenant without a head has no unchained events (they are only appended while another
+    # transaction holds the head): no head is created here, so a pass never waits.
+    head = _take_head(connection, tenant_id, create=False)
+    if head is None:
+        return None
+    last_seq, prev_hash = head
+    total = 0
+    while True:
+        last_seq, prev_hash, chained = _chain_unchained(
+            connection, tenant_id, last_seq, prev_hash, CHAIN_BATCH
+        )
+        total += chained
+        if chained < CHAIN_BATCH:
+            break
+    if total:
+        connection.execute(
+            _MOVE_HEAD, {"b_tenant": tenant_id, "b_seq": last_seq, "b_hash": prev_hash}
+        )
+    return total
+
+
+_SCOPE = text("SELECT set_config('corral.tenant_id', :scope, true)")
+"""The row-level security scope (see ``corral.store``): the sequencer chains one tenant."""
+
+
+async def _chain_now(engine: AsyncEngine, tenant_id: str) -> int | None:
+    """:func:`chain_pending` in a transaction of its own."""
+    async with engine.begin() as connection:
+        await connection.execute(_SCOPE, {"scope": tenant_id})
+        return await connection.run_sync(chain_pending, tenant_id)
+
+
+class _Sequencer:
+    """Chains, in the background of the process, the events it appended unchained.
+
+    Woken by :func:`append_events` when it appends unchained (before that transaction
+    commits), it runs a pass every :attr:`interval` seconds until :attr:`linger` seconds after
+    the last wake-up, so events committed some time after their wake-up are chained too. It
+    stops as soon as the engine is disposed (its pool replaced): a closed platform opens no
+    connection, and a connection used while it was disposed is closed, not pooled.
+    """
+
+    interval = 0.05
+    linger = 0.5
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.woken: dict[str, float] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.pool = engine.pool
+
+    def wake(self, tenant_id: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a synchronous caller): the next append chains
+            return
+        self.woken[tenant_id] = time.monotonic()
+        if self.task is None or self.task.done():
+            self.pool = self.engine.pool
+            self.task = loop.create_task(self._run(), name="corral audit sequencer")
+
+    async def _run(self) -> None:
+        engine = AsyncEngine(self.engine)
+        while self.woken:
+            await asyncio.sleep(self.interval)
+            for tenant_id, woken_at in list(self.woken.items()):
+                if self.engine.pool is not self.pool:  # disposed: the platform is closing
+                    self.woken.clear()
+                    return
+                try:
+                    await self._pass(engine, tenant_id)
+                except Exception as exc:  # the next append or pass chains them
+                    log.warning("chaining audit events of %r failed: %s", tenant_id, exc)
+                if time.monotonic() - woken_at > self.linger and (
+                    self.woken.get(tenant_id) == woken_at
+                ):
+                    del self.woken[tenant_id]
+
+    async def _pass(self, engine: AsyncEngine, tenant_id: str) -> None:
+        async with engine.connect() as connection:
+            async with connection.begin():
+                await connection.execute(_SCOPE, {"scope": tenant_id})
+                await connection.run_sync(chain_pending, tenant_id)
+            if self.engine.pool is not self.pool:
+                await connection.invalidate()
+
+
+_SEQUENCERS: weakref.WeakKeyDictionary[Engine, _Sequencer] = weakref.WeakKeyDictionary()
+
+
+def _sequencer(engine: Engine) -> _Sequencer:
+    sequencer = _SEQUENCERS.get(engine)
+    if sequencer is None:
+        sequencer = _SEQUENCERS[engine] = _Sequencer(engine)
+    return sequencer
 
 
 async def append_event(
@@ -164,18 +383,21 @@ async def append_event(
     trace_id: str | None = None,
     policy_decision_id: str | None = None,
     details: dict[str, Any] | None = None,
-) -> str:
+) -> str | None:
     """Append one event inside the session's transaction (see :class:`AuditRecord`).
 
     Returns:
-        The new event's hash.
+        The new event's hash, or ``None`` if it was appended unchained (see
+        :func:`append_events`).
     """
     record = AuditRecord(
         actor, action, subject, outcome, run_id, trace_id, policy_decision_id, details or {}
     )
-    return await session.run_sync(
-        lambda sync_session: append_events(sync_session.connection(), tenant_id, [record])
-    )
+
+    def append(sync_session: Session) -> str | None:
+        return append_events(sync_session.connection(), tenant_id, [record])
+
+    return await session.run_sync(append)
 
 
 @dataclass(frozen=True)
@@ -189,6 +411,9 @@ class ChainVerification:
         first_bad_seq: Sequence number of the first event that does not verify, or ``None``.
         first_bad_id: Row id of that event, or ``None``.
         reason: Why it does not verify.
+        unchained: Events committed but not chained yet (appended while another transaction
+            held the chain's head, after the sequencer's pass this verification ran first).
+            They are not part of the chain yet: not verified, and not a fault.
     """
 
     ok: bool
@@ -197,6 +422,7 @@ class ChainVerification:
     first_bad_seq: int | None = None
     first_bad_id: int | None = None
     reason: str | None = None
+    unchained: int = 0
 
 
 async def verify_chain(
@@ -205,8 +431,13 @@ async def verify_chain(
     """Recompute the tenant's chain from its first event and compare with the stored head.
 
     Detects an edited event (hash mismatch), a removed or reordered event (sequence gap or
-    ``prev_hash`` mismatch) and a removed tail (head beyond the last event).
+    ``prev_hash`` mismatch) and a removed tail (head beyond the last event). On PostgreSQL it
+    first chains the tenant's committed unchained events (:func:`chain_pending`, in a
+    transaction of its own); events still unchained are counted in ``unchained``.
     """
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await _chain_now(connection.engine, tenant_id)
     prev_hash, expected_seq, checked, last_id = GENESIS_HASH, 1, 0, None
     columns = [c.name for c in AuditEventRow.__table__.columns]
     while True:
@@ -248,7 +479,8 @@ async def verify_chain(
             f"the chain head is at seq {head.seq} but the events end at seq {last_seq}: "
             "events were removed from the end",
         )
-    return ChainVerification(True, tenant_id, checked)
+    unchained = (await session.execute(_COUNT_UNCHAINED, {"b_tenant": tenant_id})).scalar_one()
+    return ChainVerification(True, tenant_id, checked, unchained=int(unchained))
 
 
 def _check(event: dict[str, Any], expected_seq: int, prev_hash: str) -> str | None:

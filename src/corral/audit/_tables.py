@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.store._base import Base, TenantMixin
@@ -14,16 +14,29 @@ __all__ = ["AuditEventRow", "AuditHeadRow"]
 
 
 class AuditEventRow(TenantMixin, Base):
-    """An audit event; ``hash`` = SHA-256 of the canonical JSON of the event and ``prev_hash``."""
+    """An audit event; ``hash`` = SHA-256 of the canonical JSON of the event and ``prev_hash``.
+
+    ``seq``, ``prev_hash`` and ``hash`` are empty while the event is committed but not chained
+    yet (see :mod:`corral.audit._chain`); chaining sets them once.
+    """
 
     __tablename__ = "audit_events"
-    __table_args__ = (UniqueConstraint("tenant_id", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "seq"),
+        Index(
+            "ix_audit_events_unchained",
+            "tenant_id",
+            "id",
+            postgresql_where=text("hash IS NULL"),
+            sqlite_where=text("hash IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    seq: Mapped[int] = mapped_column(BigInteger)
-    """Position in the tenant's chain, from 1."""
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    """Position in the tenant's chain, from 1; ``None`` until the event is chained."""
     occurred_at: Mapped[datetime]
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(64))
@@ -33,12 +46,16 @@ class AuditEventRow(TenantMixin, Base):
     trace_id: Mapped[str | None] = mapped_column(String(32))
     policy_decision_id: Mapped[str | None] = mapped_column(String(40))
     details: Mapped[dict[str, Any]]
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditHeadRow(Base):
-    """The last event of each tenant's chain. Updating it serialises appends per tenant."""
+    """The last chained event of each tenant's chain.
+
+    Its row lock says who may chain: a transaction that holds it chains; the others append
+    unchained rather than wait (see :mod:`corral.audit._chain`).
+    """
 
     __tablename__ = "audit_heads"
 
