@@ -201,9 +201,7 @@ class _OneRequest:
     ) -> dict[str, Any]:
         raise NoBackChannelError(method)
 
-    async def notify(
-        self, method: str, params: Mapping[str, Any] | None, opts: Any = None
-    ) -> None:
+    async def notify(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> None:
         return None
 
     async def progress(
@@ -341,9 +339,10 @@ class McpEndpoint:
             return
         scope[_PRINCIPAL_KEY] = principal
         if self.fast_path:
-            receive = await self._answer_fast(scope, receive, send, headers)
-            if receive is None:
+            replay = await self._answer_fast(scope, receive, send, headers)
+            if replay is None:
                 return
+            receive = replay
         await self.sessions.handle_request(scope, receive, send)
 
     async def _answer_fast(
