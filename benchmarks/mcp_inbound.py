@@ -15,6 +15,12 @@ issues a service account's API key (role ``builder``) and measures, in one invoc
   ``execute_tool`` span. Settings as shipped, except the tool rate limits (600 calls a minute
   per caller), lifted so that they do not refuse the measured calls.
 
+The same ``ping`` and ``tools/call`` are also sent to a second server on the same store whose
+endpoint has its fast path off (``McpEndpoint.fast_path = False``: every request through the
+SDK's stateless transport, as before the fast path): the baseline, measured in the same run.
+``DirectToolCalls.call`` (in-process, in the parent, on the same store) is the governed call
+alone, without HTTP, authentication or JSON-RPC: what is left once the transport is cheap.
+
 Each is measured ``--calls`` times sequentially (one client), then with ``--concurrency``
 clients sharing ``--calls`` calls; latency is ``time.perf_counter()`` around each request
 (p50/p99), throughput is calls over the wall time of the batch. Every response is checked
@@ -92,15 +98,20 @@ def _settings(home: Path, store: str | None, schema: str | None) -> Settings:
     return Settings(**values)
 
 
-def serve(home: Path, port: int, store: str | None, schema: str | None) -> None:
+def serve(home: Path, port: int, store: str | None, schema: str | None, *, fast: bool) -> None:
     """The child process: Corral with ``bench.echo`` on ``port`` until killed."""
     import uvicorn
 
     from corral.api import create_app
+    from corral.api.mcp import McpEndpoint
 
     app = create_app(
         Platform(_settings(home, store, schema), builtins={"bench.echo": ECHO}), run_worker=False
     )
+    for route in app.router.routes:
+        endpoint = getattr(route, "app", None)
+        if isinstance(endpoint, McpEndpoint):
+            endpoint.fast_path = fast
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -182,8 +193,33 @@ async def _batch(request: Request, calls: int, concurrency: int) -> dict[str, fl
     }
 
 
-async def _measure(url: str, key: str, calls: int, concurrency: int) -> list[dict[str, Any]]:
+def _baseline_requests(url: str, key: str) -> dict[str, Request]:
     requests = _requests(url, key)
+    return {
+        "/mcp ping, SDK transport": requests["/mcp ping"],
+        "/mcp tools/call, SDK transport": requests["/mcp tools/call bench.echo"],
+    }
+
+
+async def _direct_requests(settings: Settings, key: str) -> tuple[Platform, dict[str, Request]]:
+    """``DirectToolCalls.call`` in this process, on the benchmark's store."""
+    from corral.api.mcp import McpEndpoint
+
+    platform = Platform(settings, builtins={"bench.echo": ECHO})
+    await platform.start()
+    calls = McpEndpoint(platform).calls
+    principal = await platform.identity.authenticate(f"Bearer {key}")
+
+    async def direct(_client: httpx.AsyncClient, i: int) -> None:
+        result = await calls.call(principal, "bench.echo", {"n": i})
+        assert not result.is_error, result.text
+
+    return platform, {"DirectToolCalls.call, in-process": direct}
+
+
+async def _measure(
+    requests: dict[str, Request], calls: int, concurrency: int
+) -> list[dict[str, Any]]:
     for request in requests.values():  # warm-up: caches, connections, compiled validators
         await _batch(request, 50, 1)
     rows = []
@@ -228,17 +264,30 @@ async def main(args: argparse.Namespace) -> None:
         await _postgres_schema(args.store, True, schema)
     settings = _settings(home, args.store, schema)
     key = await _issue_key(settings)  # migrates the store first
-    port = _free_port()
-    child = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
-        [sys.executable, __file__, "--serve", str(home), str(port), args.store or "", schema or ""]
-    )
+    ports = {"fast": _free_port(), "sdk": _free_port()}
+    serve_args = [args.store or "", schema or ""]
+    children = [
+        subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
+            [sys.executable, __file__, "--serve", str(home), str(port), *serve_args, mode]
+        )
+        for mode, port in ports.items()
+    ]
+    direct, direct_requests = await _direct_requests(settings, key)
     try:
-        url = f"http://127.0.0.1:{port}"
-        await _wait_ready(url, child)
-        rows = await _measure(url, key, args.calls, args.concurrency)
+        url, baseline = (f"http://127.0.0.1:{port}" for port in ports.values())
+        for child, served in zip(children, (url, baseline), strict=True):
+            await _wait_ready(served, child)
+        requests = {
+            **_requests(url, key),
+            **_baseline_requests(baseline, key),
+            **direct_requests,
+        }
+        rows = await _measure(requests, args.calls, args.concurrency)
     finally:
-        child.terminate()
-        child.wait(timeout=30)
+        await direct.close()
+        for child in children:
+            child.terminate()
+            child.wait(timeout=30)
         if args.store and schema:
             await _postgres_schema(args.store, False, schema)
     _print(rows, args)
@@ -256,18 +305,24 @@ async def main(args: argparse.Namespace) -> None:
 def _print(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     store = "PostgreSQL" if args.store else "SQLite"
     print(f"Inbound MCP over HTTP, {store}, {args.calls} calls per row")
-    print(f"{'variant':<30} {'clients':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'variant':<34} {'clients':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for row in rows:
         print(
-            f"{row['variant']:<30} {row['concurrency']:>7} {row['calls_per_second']:>9.0f} "
+            f"{row['variant']:<34} {row['concurrency']:>7} {row['calls_per_second']:>9.0f} "
             f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}"
         )
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        _, _, home_arg, port_arg, store_arg, schema_arg = sys.argv
-        serve(Path(home_arg), int(port_arg), store_arg or None, schema_arg or None)
+        _, _, home_arg, port_arg, store_arg, schema_arg, mode_arg = sys.argv
+        serve(
+            Path(home_arg),
+            int(port_arg),
+            store_arg or None,
+            schema_arg or None,
+            fast=mode_arg == "fast",
+        )
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
