@@ -356,7 +356,7 @@ class McpEndpoint:
         """
         version = headers.get("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            return receive  # the 2026-07-28 wire (or an unsupported version): the SDK's
+            return receive  # 2026-07-28, or a version to refuse: the SDK's checks apply
         if not _content_type_ok(headers) or not check_accept_headers(Request(scope))[0]:
             return receive
         declared = headers.get("content-length")
@@ -365,33 +365,11 @@ class McpEndpoint:
         ):
             return receive
         body, complete, read = await _read_body(receive, DEFAULT_MAX_REQUEST_BODY_SIZE)
+        replay = _replaying(read, receive)
         request = self._fast_request(body) if complete else None
         if request is None:
-            return _replaying(read, receive)
-        replay = _replaying(read, receive)
-        metadata = ServerMessageMetadata(request_context=Request(scope, replay))
-        connection = Connection.from_envelope(
-            version or types.DEFAULT_NEGOTIATED_VERSION, None, None
-        )
-        context = _OneRequest(request_id=request.id, message_metadata=metadata)
-        reply: types.JSONRPCResponse | types.JSONRPCError
-        try:
-            result = await serve_one(
-                self.server,
-                context,
-                request.method,
-                request.params,
-                connection=connection,
-                lifespan_state={},
-            )
-        except Exception as exc:
-            error = handler_exception_to_error_data(exc)
-            if error is None:  # as the SDK's dispatcher answers an unexpected exception
-                logger.exception("handler for %r raised", request.method)
-                error = types.ErrorData(code=0, message=str(exc))
-            reply = types.JSONRPCError(jsonrpc="2.0", id=request.id, error=error)
-        else:
-            reply = types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
+            return replay
+        reply = await self._serve_one(request, version, Request(scope, replay))
         # As the SDK's transport writes it (``_create_json_response``).
         response = Response(
             reply.model_dump_json(by_alias=True, exclude_unset=True),
@@ -399,6 +377,36 @@ class McpEndpoint:
         )
         await response(scope, replay, send)
         return None
+
+    async def _serve_one(
+        self, request: types.JSONRPCRequest, version: str | None, http: Request
+    ) -> types.JSONRPCResponse | types.JSONRPCError:
+        """The reply to ``request``, as the SDK's stateless transport and dispatcher give it."""
+        # Born ready, at the header's version (or the spec's default), as the SDK's stateless
+        # mode makes each request's connection.
+        connection = Connection.from_envelope(
+            version or types.DEFAULT_NEGOTIATED_VERSION, None, None
+        )
+        context = _OneRequest(
+            request_id=request.id,
+            message_metadata=ServerMessageMetadata(request_context=http),
+        )
+        try:
+            result = await serve_one(
+                self.server,
+                context,
+                request.method,
+                request.params,
+                connection=connection,
+                lifespan_state={},  # what the Server's default lifespan yields
+            )
+        except Exception as exc:
+            error = handler_exception_to_error_data(exc)
+            if error is None:  # as the SDK's dispatcher answers an unexpected exception
+                logger.exception("handler for %r raised", request.method)
+                error = types.ErrorData(code=0, message=str(exc))
+            return types.JSONRPCError(jsonrpc="2.0", id=request.id, error=error)
+        return types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
 
     @staticmethod
     def _fast_request(body: bytes) -> types.JSONRPCRequest | None:
