@@ -22,13 +22,15 @@ SDK's stateless transport, as before the fast path): the baseline, measured in t
 alone, without HTTP, authentication or JSON-RPC: what is left once the transport is cheap.
 
 Each is measured ``--calls`` times sequentially (one client), then with ``--concurrency``
-clients sharing ``--calls`` calls; latency is ``time.perf_counter()`` around each request
-(p50/p99), throughput is calls over the wall time of the batch. Every response is checked
+clients sharing ``--calls`` calls, every variant in ``--rounds`` slices taken in turn (so that
+a shared machine's changing load weighs on all of them alike); latency is
+``time.perf_counter()`` around each request (p50/p99), throughput is calls over the summed wall
+time of the variant's slices. Every response is checked
 (HTTP 200, no JSON-RPC error, ``isError`` false). Client and server share the machine's cores:
 compare rows of one invocation, not absolute figures across machines.
 
-Run: ``python benchmarks/mcp_inbound.py [--calls 1000] [--concurrency 20] [--store URL]
-[--json PATH]``.
+Run: ``python benchmarks/mcp_inbound.py [--calls 1000] [--concurrency 20] [--rounds 10]
+[--store URL] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ def _requests(url: str, key: str) -> dict[str, Request]:
     return {"GET /healthz": healthz, "/mcp ping": ping, "/mcp tools/call bench.echo": call}
 
 
-async def _batch(request: Request, calls: int, concurrency: int) -> dict[str, float]:
+async def _batch(request: Request, calls: int, concurrency: int) -> tuple[list[float], float]:
+    """Latencies (seconds) of ``calls`` requests from ``concurrency`` clients, and wall time."""
     latencies: list[float] = []
     counter = iter(range(calls))
 
@@ -182,9 +185,13 @@ async def _batch(request: Request, calls: int, concurrency: int) -> dict[str, fl
 
     start = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
+    return latencies, time.perf_counter() - start
+
+
+def _row(name: str, concurrency: int, latencies: list[float], wall: float) -> dict[str, Any]:
     ordered = sorted(latencies)
     return {
+        "variant": name,
         "calls": len(ordered),
         "concurrency": concurrency,
         "calls_per_second": len(ordered) / wall,
@@ -218,14 +225,22 @@ async def _direct_requests(settings: Settings, key: str) -> tuple[Platform, dict
 
 
 async def _measure(
-    requests: dict[str, Request], calls: int, concurrency: int
+    requests: dict[str, Request], calls: int, concurrency: int, rounds: int
 ) -> list[dict[str, Any]]:
+    """Each variant ``calls`` times, in ``rounds`` interleaved slices (a shared machine's load
+    then weighs on every variant alike)."""
     for request in requests.values():  # warm-up: caches, connections, compiled validators
         await _batch(request, 50, 1)
     rows = []
     for clients in (1, concurrency):
-        for name, request in requests.items():
-            rows.append({"variant": name, **await _batch(request, calls, clients)})
+        latencies: dict[str, list[float]] = {name: [] for name in requests}
+        walls = dict.fromkeys(requests, 0.0)
+        for _ in range(rounds):
+            for name, request in requests.items():
+                measured, wall = await _batch(request, max(1, calls // rounds), clients)
+                latencies[name] += measured
+                walls[name] += wall
+        rows += [_row(name, clients, latencies[name], walls[name]) for name in requests]
     return rows
 
 
@@ -282,7 +297,7 @@ async def main(args: argparse.Namespace) -> None:
             **_baseline_requests(baseline, key),
             **direct_requests,
         }
-        rows = await _measure(requests, args.calls, args.concurrency)
+        rows = await _measure(requests, args.calls, args.concurrency, args.rounds)
     finally:
         await direct.close()
         for child in children:
@@ -327,6 +342,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved slices per variant")
     parser.add_argument("--store", help="PostgreSQL URL (postgresql+asyncpg://...)")
     parser.add_argument("--json", help="write the rows and the environment here")
     asyncio.run(main(parser.parse_args()))
