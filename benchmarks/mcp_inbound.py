@@ -25,7 +25,9 @@ Each is measured ``--calls`` times sequentially (one client), then with ``--conc
 clients sharing ``--calls`` calls, every variant in ``--rounds`` slices taken in turn (so that
 a shared machine's changing load weighs on all of them alike); latency is
 ``time.perf_counter()`` around each request (p50/p99), throughput is calls over the summed wall
-time of the variant's slices. Every response is checked
+time of the variant's slices, and server CPU is the CPU time (user + system, ``/proc``) the
+serving process used over the variant's slices, per call: on a loaded machine, the figure that
+least depends on what else runs. Every response is checked
 (HTTP 200, no JSON-RPC error, ``isError`` false). Client and server share the machine's cores:
 compare rows of one invocation, not absolute figures across machines.
 
@@ -115,6 +117,17 @@ def serve(home: Path, port: int, store: str | None, schema: str | None, *, fast:
         if isinstance(endpoint, McpEndpoint):
             endpoint.fast_path = fast
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _cpu_seconds_of(pid: int) -> Callable[[], float]:
+    """CPU time (user + system, seconds) used so far by process ``pid`` (Linux ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return read
 
 
 def _free_port() -> int:
@@ -224,23 +237,33 @@ async def _direct_requests(settings: Settings, key: str) -> tuple[Platform, dict
     return platform, {"DirectToolCalls.call, in-process": direct}
 
 
+Variant = tuple[Request, Callable[[], float]]
+"""A request and the CPU clock (seconds) of the process that serves it."""
+
+
 async def _measure(
-    requests: dict[str, Request], calls: int, concurrency: int, rounds: int
+    variants: dict[str, Variant], calls: int, concurrency: int, rounds: int
 ) -> list[dict[str, Any]]:
     """Each variant ``calls`` times, in ``rounds`` interleaved slices (a shared machine's load
     then weighs on every variant alike)."""
-    for request in requests.values():  # warm-up: caches, connections, compiled validators
+    for request, _cpu in variants.values():  # warm-up: caches, connections, validators
         await _batch(request, 50, 1)
     rows = []
     for clients in (1, concurrency):
-        latencies: dict[str, list[float]] = {name: [] for name in requests}
-        walls = dict.fromkeys(requests, 0.0)
+        latencies: dict[str, list[float]] = {name: [] for name in variants}
+        walls = dict.fromkeys(variants, 0.0)
+        cpus = dict.fromkeys(variants, 0.0)
         for _ in range(rounds):
-            for name, request in requests.items():
+            for name, (request, cpu) in variants.items():
+                before = cpu()
                 measured, wall = await _batch(request, max(1, calls // rounds), clients)
+                cpus[name] += cpu() - before
                 latencies[name] += measured
                 walls[name] += wall
-        rows += [_row(name, clients, latencies[name], walls[name]) for name in requests]
+        for name in variants:
+            row = _row(name, clients, latencies[name], walls[name])
+            row["server_cpu_ms_per_call"] = cpus[name] / row["calls"] * 1000
+            rows.append(row)
     return rows
 
 
@@ -292,12 +315,14 @@ async def main(args: argparse.Namespace) -> None:
         url, baseline = (f"http://127.0.0.1:{port}" for port in ports.values())
         for child, served in zip(children, (url, baseline), strict=True):
             await _wait_ready(served, child)
-        requests = {
-            **_requests(url, key),
-            **_baseline_requests(baseline, key),
-            **direct_requests,
+        fast_cpu, sdk_cpu = (_cpu_seconds_of(child.pid) for child in children)
+        variants: dict[str, Variant] = {
+            **{name: (r, fast_cpu) for name, r in _requests(url, key).items()},
+            **{name: (r, sdk_cpu) for name, r in _baseline_requests(baseline, key).items()},
+            # In this process: its CPU clock also counts the benchmark's own loop (small).
+            **{name: (r, time.process_time) for name, r in direct_requests.items()},
         }
-        rows = await _measure(requests, args.calls, args.concurrency, args.rounds)
+        rows = await _measure(variants, args.calls, args.concurrency, args.rounds)
     finally:
         await direct.close()
         for child in children:
@@ -320,11 +345,14 @@ async def main(args: argparse.Namespace) -> None:
 def _print(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     store = "PostgreSQL" if args.store else "SQLite"
     print(f"Inbound MCP over HTTP, {store}, {args.calls} calls per row")
-    print(f"{'variant':<34} {'clients':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'variant':<34} {'clients':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'server CPU ms/call':>18}"
+    )
     for row in rows:
         print(
             f"{row['variant']:<34} {row['concurrency']:>7} {row['calls_per_second']:>9.0f} "
-            f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}"
+            f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['server_cpu_ms_per_call']:>18.2f}"
         )
 
 
