@@ -15,14 +15,24 @@ issues a service account's API key (role ``builder``) and measures, in one invoc
   ``execute_tool`` span. Settings as shipped, except the tool rate limits (600 calls a minute
   per caller), lifted so that they do not refuse the measured calls.
 
+The same ``ping`` and ``tools/call`` are also sent to a second server on the same store whose
+endpoint has its fast path off (``McpEndpoint.fast_path = False``: every request through the
+SDK's stateless transport, as before the fast path): the baseline, measured in the same run.
+``DirectToolCalls.call`` (in-process, in the parent, on the same store) is the governed call
+alone, without HTTP, authentication or JSON-RPC: what is left once the transport is cheap.
+
 Each is measured ``--calls`` times sequentially (one client), then with ``--concurrency``
-clients sharing ``--calls`` calls; latency is ``time.perf_counter()`` around each request
-(p50/p99), throughput is calls over the wall time of the batch. Every response is checked
+clients sharing ``--calls`` calls, every variant in ``--rounds`` slices taken in turn (so that
+a shared machine's changing load weighs on all of them alike); latency is
+``time.perf_counter()`` around each request (p50/p99), throughput is calls over the summed wall
+time of the variant's slices, and server CPU is the CPU time (user + system, ``/proc``) the
+serving process used over the variant's slices, per call: on a loaded machine, the figure that
+least depends on what else runs. Every response is checked
 (HTTP 200, no JSON-RPC error, ``isError`` false). Client and server share the machine's cores:
 compare rows of one invocation, not absolute figures across machines.
 
-Run: ``python benchmarks/mcp_inbound.py [--calls 1000] [--concurrency 20] [--store URL]
-[--json PATH]``.
+Run: ``python benchmarks/mcp_inbound.py [--calls 1000] [--concurrency 20] [--rounds 10]
+[--store URL] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -92,16 +102,32 @@ def _settings(home: Path, store: str | None, schema: str | None) -> Settings:
     return Settings(**values)
 
 
-def serve(home: Path, port: int, store: str | None, schema: str | None) -> None:
+def serve(home: Path, port: int, store: str | None, schema: str | None, *, fast: bool) -> None:
     """The child process: Corral with ``bench.echo`` on ``port`` until killed."""
     import uvicorn
 
     from corral.api import create_app
+    from corral.api.mcp import McpEndpoint
 
     app = create_app(
         Platform(_settings(home, store, schema), builtins={"bench.echo": ECHO}), run_worker=False
     )
+    for route in app.router.routes:
+        endpoint = getattr(route, "app", None)
+        if isinstance(endpoint, McpEndpoint):
+            endpoint.fast_path = fast
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _cpu_seconds_of(pid: int) -> Callable[[], float]:
+    """CPU time (user + system, seconds) used so far by process ``pid`` (Linux ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return read
 
 
 def _free_port() -> int:
@@ -158,7 +184,8 @@ def _requests(url: str, key: str) -> dict[str, Request]:
     return {"GET /healthz": healthz, "/mcp ping": ping, "/mcp tools/call bench.echo": call}
 
 
-async def _batch(request: Request, calls: int, concurrency: int) -> dict[str, float]:
+async def _batch(request: Request, calls: int, concurrency: int) -> tuple[list[float], float]:
+    """Latencies (seconds) of ``calls`` requests from ``concurrency`` clients, and wall time."""
     latencies: list[float] = []
     counter = iter(range(calls))
 
@@ -171,9 +198,13 @@ async def _batch(request: Request, calls: int, concurrency: int) -> dict[str, fl
 
     start = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
+    return latencies, time.perf_counter() - start
+
+
+def _row(name: str, concurrency: int, latencies: list[float], wall: float) -> dict[str, Any]:
     ordered = sorted(latencies)
     return {
+        "variant": name,
         "calls": len(ordered),
         "concurrency": concurrency,
         "calls_per_second": len(ordered) / wall,
@@ -182,14 +213,57 @@ async def _batch(request: Request, calls: int, concurrency: int) -> dict[str, fl
     }
 
 
-async def _measure(url: str, key: str, calls: int, concurrency: int) -> list[dict[str, Any]]:
+def _baseline_requests(url: str, key: str) -> dict[str, Request]:
     requests = _requests(url, key)
-    for request in requests.values():  # warm-up: caches, connections, compiled validators
+    return {
+        "/mcp ping, SDK transport": requests["/mcp ping"],
+        "/mcp tools/call, SDK transport": requests["/mcp tools/call bench.echo"],
+    }
+
+
+async def _direct_requests(settings: Settings, key: str) -> tuple[Platform, dict[str, Request]]:
+    """``DirectToolCalls.call`` in this process, on the benchmark's store."""
+    from corral.api.mcp import McpEndpoint
+
+    platform = Platform(settings, builtins={"bench.echo": ECHO})
+    await platform.start()
+    calls = McpEndpoint(platform).calls
+    principal = await platform.identity.authenticate(f"Bearer {key}")
+
+    async def direct(_client: httpx.AsyncClient, i: int) -> None:
+        result = await calls.call(principal, "bench.echo", {"n": i})
+        assert not result.is_error, result.text
+
+    return platform, {"DirectToolCalls.call, in-process": direct}
+
+
+Variant = tuple[Request, Callable[[], float]]
+"""A request and the CPU clock (seconds) of the process that serves it."""
+
+
+async def _measure(
+    variants: dict[str, Variant], calls: int, concurrency: int, rounds: int
+) -> list[dict[str, Any]]:
+    """Each variant ``calls`` times, in ``rounds`` interleaved slices (a shared machine's load
+    then weighs on every variant alike)."""
+    for request, _cpu in variants.values():  # warm-up: caches, connections, validators
         await _batch(request, 50, 1)
     rows = []
     for clients in (1, concurrency):
-        for name, request in requests.items():
-            rows.append({"variant": name, **await _batch(request, calls, clients)})
+        latencies: dict[str, list[float]] = {name: [] for name in variants}
+        walls = dict.fromkeys(variants, 0.0)
+        cpus = dict.fromkeys(variants, 0.0)
+        for _ in range(rounds):
+            for name, (request, cpu) in variants.items():
+                before = cpu()
+                measured, wall = await _batch(request, max(1, calls // rounds), clients)
+                cpus[name] += cpu() - before
+                latencies[name] += measured
+                walls[name] += wall
+        for name in variants:
+            row = _row(name, clients, latencies[name], walls[name])
+            row["server_cpu_ms_per_call"] = cpus[name] / row["calls"] * 1000
+            rows.append(row)
     return rows
 
 
@@ -228,17 +302,32 @@ async def main(args: argparse.Namespace) -> None:
         await _postgres_schema(args.store, True, schema)
     settings = _settings(home, args.store, schema)
     key = await _issue_key(settings)  # migrates the store first
-    port = _free_port()
-    child = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
-        [sys.executable, __file__, "--serve", str(home), str(port), args.store or "", schema or ""]
-    )
+    ports = {"fast": _free_port(), "sdk": _free_port()}
+    serve_args = [args.store or "", schema or ""]
+    children = [
+        subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
+            [sys.executable, __file__, "--serve", str(home), str(port), *serve_args, mode]
+        )
+        for mode, port in ports.items()
+    ]
+    direct, direct_requests = await _direct_requests(settings, key)
     try:
-        url = f"http://127.0.0.1:{port}"
-        await _wait_ready(url, child)
-        rows = await _measure(url, key, args.calls, args.concurrency)
+        url, baseline = (f"http://127.0.0.1:{port}" for port in ports.values())
+        for child, served in zip(children, (url, baseline), strict=True):
+            await _wait_ready(served, child)
+        fast_cpu, sdk_cpu = (_cpu_seconds_of(child.pid) for child in children)
+        variants: dict[str, Variant] = {
+            **{name: (r, fast_cpu) for name, r in _requests(url, key).items()},
+            **{name: (r, sdk_cpu) for name, r in _baseline_requests(baseline, key).items()},
+            # In this process: its CPU clock also counts the benchmark's own loop (small).
+            **{name: (r, time.process_time) for name, r in direct_requests.items()},
+        }
+        rows = await _measure(variants, args.calls, args.concurrency, args.rounds)
     finally:
-        child.terminate()
-        child.wait(timeout=30)
+        await direct.close()
+        for child in children:
+            child.terminate()
+            child.wait(timeout=30)
         if args.store and schema:
             await _postgres_schema(args.store, False, schema)
     _print(rows, args)
@@ -256,22 +345,32 @@ async def main(args: argparse.Namespace) -> None:
 def _print(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     store = "PostgreSQL" if args.store else "SQLite"
     print(f"Inbound MCP over HTTP, {store}, {args.calls} calls per row")
-    print(f"{'variant':<30} {'clients':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'variant':<34} {'clients':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'server CPU ms/call':>18}"
+    )
     for row in rows:
         print(
-            f"{row['variant']:<30} {row['concurrency']:>7} {row['calls_per_second']:>9.0f} "
-            f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}"
+            f"{row['variant']:<34} {row['concurrency']:>7} {row['calls_per_second']:>9.0f} "
+            f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['server_cpu_ms_per_call']:>18.2f}"
         )
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        _, _, home_arg, port_arg, store_arg, schema_arg = sys.argv
-        serve(Path(home_arg), int(port_arg), store_arg or None, schema_arg or None)
+        _, _, home_arg, port_arg, store_arg, schema_arg, mode_arg = sys.argv
+        serve(
+            Path(home_arg),
+            int(port_arg),
+            store_arg or None,
+            schema_arg or None,
+            fast=mode_arg == "fast",
+        )
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved slices per variant")
     parser.add_argument("--store", help="PostgreSQL URL (postgresql+asyncpg://...)")
     parser.add_argument("--json", help="write the rows and the environment here")
     asyncio.run(main(parser.parse_args()))

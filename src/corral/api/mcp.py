@@ -13,6 +13,14 @@ and ``DELETE`` answer ``405``): any API replica serves any request, and every re
 its own credentials. Responses are single JSON bodies, so no notification (progress) reaches
 the caller.
 
+Fast path: a ``ping``, ``tools/list`` or ``tools/call`` request on the handshake-era wire
+(no ``MCP-Protocol-Version`` header, or one of the ``initialize`` revisions) is answered in the
+request's own task by the SDK's request kernel (:func:`mcp.server.runner.serve_one`: the same
+params validation, handlers and per-version result shaping), skipping the per-request transport,
+memory streams, dispatcher and server task the SDK's stateless mode builds. Anything else, and
+any request the fast path does not recognise exactly (another content type, a body it cannot
+parse, a batch, a notification), goes to the SDK unchanged, which answers it as before.
+
 In front of the SDK, for every request and in this order:
 
 1. DNS rebinding protection: a ``Host`` not in ``mcp_endpoint.allowed_hosts``, or an
@@ -34,18 +42,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import mcp_types as types
+import pydantic_core
+from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.runner import serve_one
+from mcp.server.streamable_http import check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.shared.exceptions import MCPError
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+from mcp.shared.exceptions import MCPError, NoBackChannelError
+from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
+from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.transport_context import TransportContext
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from corral import __version__
 from corral.errors import Forbidden, Unauthorized
@@ -62,6 +84,11 @@ MCP_PATH = "/mcp"
 
 _PRINCIPAL_KEY = "corral.principal"
 """ASGI scope key holding the request's authenticated :class:`Principal`."""
+
+_FAST_METHODS = frozenset({"ping", "tools/list", "tools/call"})
+"""Requests answered on the fast path (see the module docstring); the SDK answers the rest."""
+
+logger = logging.getLogger(__name__)
 
 _INSTRUCTIONS = (
     "Corral's governed tools. Every call is checked by the tenant's policies for your identity, "
@@ -153,6 +180,75 @@ def _principal_of(ctx: ServerRequestContext[Any, Any]) -> Principal:
     return principal
 
 
+@dataclass
+class _OneRequest:
+    """The SDK's ``DispatchContext`` for one request answered on the fast path.
+
+    As on the SDK's stateless JSON-response wire: no back-channel (a server request raises
+    :class:`NoBackChannelError`), and notifications (progress) have no stream to travel on.
+    """
+
+    request_id: types.RequestId
+    message_metadata: ServerMessageMetadata
+    transport: TransportContext = field(
+        default_factory=lambda: TransportContext(kind="streamable-http", can_send_request=False)
+    )
+    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
+    can_send_request: bool = False
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: Any = None
+    ) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> None:
+        return None
+
+    async def progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        return None
+
+
+def _content_type_ok(headers: Headers) -> bool:
+    """Both of the SDK's Content-Type checks (transport security, then the transport)."""
+    value = headers.get("content-type", "")
+    if not value.lower().startswith("application/json"):
+        return False
+    return any(part.strip() == "application/json" for part in value.split(";")[0].split(","))
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool, list[Message]]:
+    """The request body, whether it is complete within ``limit``, and the messages read."""
+    chunks: list[bytes] = []
+    read: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            return b"".join(chunks), False, read
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", False, read
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True, read
+
+
+def _replaying(read: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` giving the messages already read again, then the client's next ones."""
+    pending = list(read)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
 class McpEndpoint:
     """The ASGI application serving ``/mcp`` for one :class:`Platform`.
 
@@ -187,6 +283,8 @@ class McpEndpoint:
         self.sessions = StreamableHTTPSessionManager(
             self.server, json_response=True, stateless=True
         )
+        self.fast_path = True
+        """Answer ``ping``, ``tools/list`` and ``tools/call`` without the SDK's transport."""
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
@@ -240,7 +338,88 @@ class McpEndpoint:
             )
             return
         scope[_PRINCIPAL_KEY] = principal
+        if self.fast_path:
+            replay = await self._answer_fast(scope, receive, send, headers)
+            if replay is None:
+                return
+            receive = replay
         await self.sessions.handle_request(scope, receive, send)
+
+    async def _answer_fast(
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers
+    ) -> Receive | None:
+        """Answer a ``ping``, ``tools/list`` or ``tools/call`` on the fast path.
+
+        Returns:
+            ``None`` once answered; otherwise a ``receive`` that replays what was read, for the
+            SDK to answer the request.
+        """
+        version = headers.get("mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            return receive  # 2026-07-28, or a version to refuse: the SDK's checks apply
+        if not _content_type_ok(headers) or not check_accept_headers(Request(scope))[0]:
+            return receive
+        declared = headers.get("content-length")
+        if declared is not None and (
+            not declared.isdigit() or int(declared) > DEFAULT_MAX_REQUEST_BODY_SIZE
+        ):
+            return receive
+        body, complete, read = await _read_body(receive, DEFAULT_MAX_REQUEST_BODY_SIZE)
+        replay = _replaying(read, receive)
+        request = self._fast_request(body) if complete else None
+        if request is None:
+            return replay
+        reply = await self._serve_one(request, version, Request(scope, replay))
+        # As the SDK's transport writes it (``_create_json_response``).
+        response = Response(
+            reply.model_dump_json(by_alias=True, exclude_unset=True),
+            headers={"Content-Type": "application/json"},
+        )
+        await response(scope, replay, send)
+        return None
+
+    async def _serve_one(
+        self, request: types.JSONRPCRequest, version: str | None, http: Request
+    ) -> types.JSONRPCResponse | types.JSONRPCError:
+        """The reply to ``request``, as the SDK's stateless transport and dispatcher give it."""
+        # Born ready, at the header's version (or the spec's default), as the SDK's stateless
+        # mode makes each request's connection.
+        connection = Connection.from_envelope(
+            version or types.DEFAULT_NEGOTIATED_VERSION, None, None
+        )
+        context = _OneRequest(
+            request_id=request.id,
+            message_metadata=ServerMessageMetadata(request_context=http),
+        )
+        try:
+            result = await serve_one(
+                self.server,
+                context,
+                request.method,
+                request.params,
+                connection=connection,
+                lifespan_state={},  # what the Server's default lifespan yields
+            )
+        except Exception as exc:
+            error = handler_exception_to_error_data(exc)
+            if error is None:  # as the SDK's dispatcher answers an unexpected exception
+                logger.exception("handler for %r raised", request.method)
+                error = types.ErrorData(code=0, message=str(exc))
+            return types.JSONRPCError(jsonrpc="2.0", id=request.id, error=error)
+        return types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
+
+    @staticmethod
+    def _fast_request(body: bytes) -> types.JSONRPCRequest | None:
+        """The body as a JSON-RPC request the fast path answers, or ``None``."""
+        try:
+            message = types.jsonrpc_message_adapter.validate_python(
+                pydantic_core.from_json(body), by_name=False
+            )
+        except (ValueError, ValidationError):
+            return None
+        if isinstance(message, types.JSONRPCRequest) and message.method in _FAST_METHODS:
+            return message
+        return None
 
     def _refuse_host_or_origin(self, headers: Headers) -> Response | None:
         """DNS rebinding protection (MCP transports, "Security Warning")."""

@@ -5,7 +5,9 @@ HMAC-SHA256 digest in constant time (:func:`hmac.compare_digest`). JWTs are veri
 against the issuer's JWKS: signature, ``iss``, ``aud``, ``exp``, ``nbf`` and an algorithm
 allowlist (RFC 8725 section 3.1: never ``none``, never an HMAC algorithm with a public key).
 Lookups are cached for ``identity.cache_seconds``; revocation and suspension through this process
-invalidate the cache at once.
+invalidate the cache at once. A lookup that was already reading the store when an invalidation
+came is not cached (it may have read the row as it was before), so a key revoked through this
+process stops working with the next request, even one racing the revocation.
 """
 
 from __future__ import annotations
@@ -85,13 +87,18 @@ class Identity:
         self._grants: dict[tuple[str, tuple[str, ...]], tuple[float, frozenset[str]]] = {}
         self._jwt = _JwtVerifier(settings.oidc) if settings.oidc is not None else None
         self.logins_seen: set[str] = set()
+        # Bumped by every invalidation: a lookup caches what it read only if none came while
+        # it was reading (it may have read a row an invalidation was about).
+        self._generation = 0
 
     def invalidate_key(self, key_id: str) -> None:
         """Forget a cached key (it was revoked through this process)."""
+        self._generation += 1
         self._keys.pop(key_id, None)
 
     def invalidate_tenant(self, tenant_id: str) -> None:
         """Forget a tenant's cached status and role grants."""
+        self._generation += 1
         self._tenants.pop(tenant_id, None)
         self._grants = {k: v for k, v in self._grants.items() if k[0] != tenant_id}
 
@@ -131,10 +138,11 @@ class Identity:
         cached = self._tenants.get(tenant_id)
         now = time.monotonic()
         if cached is None or now - cached.fetched >= self.settings.cache_seconds:
+            generation = self._generation
             async with self.store.read(SYSTEM) as session:
                 row = await session.get(TenantRow, tenant_id)
             cached = _Tenant(row.status, row.suspended_reason, now) if row else None
-            if cached is not None:
+            if cached is not None and generation == self._generation:
                 self._tenants[tenant_id] = cached
         if cached is None:
             raise Forbidden(f"You have no access to tenant {tenant_id!r}.")
@@ -184,11 +192,12 @@ class Identity:
         now = time.monotonic()
         if cached is not None and now - cached.fetched < self.settings.cache_seconds:
             return cached.row
+        generation = self._generation
         async with self.store.read(SYSTEM) as session:
             row = (
                 await session.execute(select(ApiKeyRow.__table__).where(ApiKeyRow.id == key_id))
             ).first()
-        if row is not None:
+        if row is not None and generation == self._generation:
             if len(self._keys) > 10_000:
                 self._keys.clear()
             self._keys[key_id] = _Key(row, now)
@@ -241,6 +250,7 @@ class Identity:
         now = time.monotonic()
         if cached is not None and now - cached[0] < self.settings.cache_seconds:
             return cached[1]
+        generation = self._generation
         async with self.store.read(tenant_id) as session:
             rows = await session.scalars(
                 select(RoleGrantRow.role).where(
@@ -248,7 +258,10 @@ class Identity:
                 )
             )
             roles = frozenset(rows)
-        self._grants[key] = (now, roles)
+        if generation == self._generation:
+            if len(self._grants) > 10_000:
+                self._grants.clear()
+            self._grants[key] = (now, roles)
         return roles
 
     async def _audit_login(self, principal: Principal, token: str) -> None:
