@@ -28,7 +28,7 @@ from corral.contracts._models import API_VERSION, Tool
 from corral.errors import PathOutsideWorkspace, ToolFailed
 from corral.gateway.tools._guard import PathGuard, current_path_guard
 
-__all__ = ["BUILTIN_TOOLS", "BuiltinTool", "resolve_in_workspace"]
+__all__ = ["BUILTIN_TOOLS", "BuiltinTool", "resolve_in_workspace", "resolve_with_root"]
 
 _MAX_PATH_CHARS = 1024
 _MAX_LIST_ENTRIES = 500
@@ -86,10 +86,10 @@ def resolve_in_workspace(workspace: Path | None, path: str) -> Path:
             ``code="invalid_arguments"`` when ``path`` contains a NUL byte.
         PathOutsideWorkspace: When ``path`` is absolute or resolves outside the root.
     """
-    return _resolve(workspace, path)[0]
+    return resolve_with_root(workspace, path)[0]
 
 
-def _resolve(workspace: Path | None, path: str) -> tuple[Path, Path]:
+def resolve_with_root(workspace: Path | None, path: str) -> tuple[Path, Path]:
     """``(resolved path, canonical workspace root)``; see :func:`resolve_in_workspace`."""
     if workspace is None:
         raise ToolFailed(
@@ -120,13 +120,37 @@ def _resolve(workspace: Path | None, path: str) -> tuple[Path, Path]:
             "on the directory you mean.",
             code="workspace_moved",
         )
-    resolved = Path(os.path.realpath(os.path.join(root, path)))
+    resolved = _realpath_under(root, path)
     if not resolved.is_relative_to(root):
         raise PathOutsideWorkspace(
             f"Path {path!r} resolves outside the workspace (through '..' or a symlink); "
             "use a path relative to the workspace root that stays inside it."
         )
     return resolved, root
+
+
+def _realpath_under(root: Path, path: str) -> Path:
+    """``realpath(root / path)`` for a canonical ``root``, without re-reading ``root``'s parts.
+
+    :func:`os.path.realpath` calls ``lstat`` on every component, the root's included; the root
+    was canonicalised a moment ago, so only the components of ``path`` are examined here. A
+    symlink or a ``..`` among them hands the whole path to :func:`os.path.realpath` (same
+    result, the general algorithm); ``.`` and ``""`` cost no system call.
+    """
+    current = str(root)
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            return Path(os.path.realpath(os.path.join(root, path)))
+        current = os.path.join(current, part)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(current).st_mode)
+        except OSError:  # realpath (not strict) treats a missing component as a plain name
+            is_link = False
+        if is_link:
+            return Path(os.path.realpath(os.path.join(root, path)))
+    return Path(current)
 
 
 # --- arguments ---------------------------------------------------------------------------------
@@ -261,7 +285,7 @@ async def _run_list_dir(
     arguments: dict[str, Any], workspace: Path | None, *, max_file_bytes: int
 ) -> str:
     path = _str_arg(arguments, "path", ".")
-    resolved, root = _resolve(workspace, path)
+    resolved, root = resolve_with_root(workspace, path)
     return await asyncio.to_thread(_list_dir, resolved, root, path, current_path_guard())
 
 
@@ -419,7 +443,7 @@ async def _run_search_text(
     max_results = _int_arg(
         arguments, "max_results", _DEFAULT_SEARCH_RESULTS, 1, _MAX_SEARCH_RESULTS
     )
-    resolved, root = _resolve(workspace, path)
+    resolved, root = resolve_with_root(workspace, path)
     return await asyncio.to_thread(
         _search_text,
         resolved,

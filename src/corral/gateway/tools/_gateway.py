@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import jsonschema_rs
@@ -30,7 +28,7 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from corral.contracts import AgentTools, Tool, ToolSpec
 from corral.errors import CorralError, PolicyDenied, ToolFailed
 from corral.gateway.tools._base import ToolCallContext, ToolResult
-from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
+from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_with_root
 from corral.gateway.tools._guard import PathGuard, path_guard_scope
 from corral.gateway.tools._http import HttpExecutor, upstream_of
 from corral.gateway.tools._resilience import Resilience
@@ -337,7 +335,7 @@ class ToolGateway:
         # policy context): a path guard must not vanish because a run has no workspace.
         if path is not None and ctx.workspace is not None:
             try:
-                resolved = resolve_in_workspace(ctx.workspace, arguments["path"])
+                resolved, root = resolve_with_root(ctx.workspace, arguments["path"])
             except ToolFailed as exc:
                 return ToolResult(
                     "FAILED",
@@ -346,7 +344,6 @@ class ToolGateway:
                     error_type=exc.code,
                     tool_version=tool.version,
                 )
-            root = Path(os.path.realpath(ctx.workspace))
             path = resolved.relative_to(root).as_posix() or "."
         return PreparedCall(tool, arguments, path)
 
