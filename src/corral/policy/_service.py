@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 _DECISIONS = cast(Table, PolicyDecisionRow.__table__)
+_INSERT_DECISIONS = _DECISIONS.insert()  # built once: building costs more than executing
 _POLICIES = cast(Table, PolicyRow.__table__)
 _POLICY_VERSIONS = cast(Table, PolicyVersionRow.__table__)
 
@@ -249,7 +250,7 @@ def insert_decisions(connection: Connection, rows: Sequence[dict[str, Any] | Dec
     """Store decisions (in the transaction of the action they governed)."""
     if rows:
         connection.execute(
-            _DECISIONS.insert(),
+            _INSERT_DECISIONS,
             [row.as_row() if isinstance(row, DecisionRow) else row for row in rows],
         )
 

@@ -76,22 +76,38 @@ _INSERT_STEP = _STEPS.insert()
 _INSERT_CALLS = _CALLS.insert()
 _INSERT_SPANS = _SPANS.insert()
 _INSERT_EVENTS = _EVENTS.insert()
+_KILL_APPLIES = and_(
+    _KILLS.c.released_at.is_(None),
+    or_(
+        _KILLS.c.scope == "platform",
+        and_(_KILLS.c.scope == "tenant", _KILLS.c.target == bindparam("b_tenant")),
+        and_(
+            _KILLS.c.scope == "agent",
+            _KILLS.c.tenant_id == bindparam("b_tenant"),
+            _KILLS.c.target == bindparam("b_agent"),
+        ),
+    ),
+)
 _ACTIVE_KILL = (
     select(_KILLS.c.scope, _KILLS.c.target, _KILLS.c.engaged_by, _KILLS.c.reason)
-    .where(
-        _KILLS.c.released_at.is_(None),
-        or_(
-            _KILLS.c.scope == "platform",
-            and_(_KILLS.c.scope == "tenant", _KILLS.c.target == bindparam("b_tenant")),
-            and_(
-                _KILLS.c.scope == "agent",
-                _KILLS.c.tenant_id == bindparam("b_tenant"),
-                _KILLS.c.target == bindparam("b_agent"),
-            ),
-        ),
-    )
+    .where(_KILL_APPLIES)
     .order_by(_KILLS.c.engaged_at)
     .limit(1)
+)
+# The checkpoint's fenced update also says whether a kill switch applies (a scalar subquery in
+# RETURNING): one statement instead of two; the switch's details are read only when one does.
+_FENCED_RUN_SIGNALS = (
+    _RUNS.update()
+    .where(_HELD)
+    .returning(
+        _RUNS.c.cancel_requested,
+        select(_KILLS.c.id)
+        .where(_KILL_APPLIES)
+        .order_by(_KILLS.c.engaged_at)
+        .limit(1)
+        .scalar_subquery()
+        .label("kill_id"),
+    )
 )
 _RUN_SIGNALS = select(_RUNS.c.cancel_requested).where(_HELD)
 
@@ -227,7 +243,14 @@ def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals 
     a step that its successor already wrote.
     """
     lease = Lease(checkpoint.run_id, checkpoint.worker_id, checkpoint.lease_epoch)
-    row = _fence(connection, lease, **checkpoint.run_values)
+    running = checkpoint.run_values.get("status", "RUNNING") == "RUNNING"
+    if running:
+        params = {"b_tenant": checkpoint.tenant_id, "b_agent": checkpoint.agent_name}
+        row = connection.execute(
+            _FENCED_RUN_SIGNALS, {**lease.params(), **params, **checkpoint.run_values}
+        ).one_or_none()
+    else:
+        row = _fence(connection, lease, **checkpoint.run_values)
     if row is None:
         return None
     if checkpoint.step is not None:
@@ -241,7 +264,7 @@ def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals 
     if checkpoint.events:
         connection.execute(_INSERT_EVENTS, checkpoint.events)
     insert_decisions(connection, checkpoint.decisions)
-    if checkpoint.run_values.get("status", "RUNNING") != "RUNNING":
+    if not running or row.kill_id is None:
         return Signals(bool(row.cancel_requested))
     kill = active_kill_switch(connection, checkpoint.tenant_id, checkpoint.agent_name)
     return Signals(bool(row.cancel_requested), kill)
