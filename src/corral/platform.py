@@ -19,16 +19,15 @@ from corral.approvals import install_approval_effects
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.gateway.models import (
     LocalModelServer,
+    ModelGateway,
     ModelProvider,
     ModelRequest,
     ModelResponse,
     local_provider,
 )
-from corral.gateway.models._gateway import ModelGateway
-from corral.gateway.tools._fs import BuiltinTool
-from corral.gateway.tools._gateway import ToolGateway
+from corral.gateway.tools import BuiltinTool, ToolGateway
 from corral.observability import Tracing
-from corral.policy._service import Governance
+from corral.policy import Governance
 from corral.registry import apply_documents
 from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker

@@ -22,7 +22,7 @@ from limits.storage import storage_from_string
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import Forbidden, QuotaExceeded
-from corral.gateway.tools._resilience import async_storage_url
+from corral.gateway.tools import async_storage_url
 from corral.platform import Platform
 from corral.tenancy import PERMISSIONS, PUBLIC, Principal
 

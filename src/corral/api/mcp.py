@@ -71,8 +71,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from corral import __version__
 from corral.errors import Forbidden, Unauthorized
-from corral.gateway.tools._direct import DirectCallResult, DirectToolCalls
-from corral.gateway.tools._gateway import ResolvedTool
+from corral.gateway.tools import DirectCallResult, DirectToolCalls, ResolvedTool
 from corral.platform import Platform
 from corral.settings import McpEndpointSettings
 from corral.tenancy import Principal

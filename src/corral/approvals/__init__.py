@@ -16,6 +16,7 @@ from corral.approvals._service import (
     install_approval_effects,
     list_approvals,
 )
+from corral.approvals._tables import ApprovalRow
 
 __all__ = [
     "APPROVAL_STATUSES",
@@ -23,6 +24,7 @@ __all__ = [
     "ApprovalEffects",
     "ApprovalKind",
     "ApprovalRequest",
+    "ApprovalRow",
     "ApprovalStatus",
     "ApprovalVote",
     "Vote",

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from corral.audit._tables import AuditEventRow, AuditHeadRow
-from corral.store._base import utcnow
+from corral.store import utcnow
 
 __all__ = [
     "GENESIS_HASH",

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.store._base import Base, TenantMixin
+from corral.store import Base, TenantMixin
 
 __all__ = ["AuditEventRow", "AuditHeadRow"]
 

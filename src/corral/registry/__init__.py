@@ -36,11 +36,22 @@ from corral.registry._service import (
     list_tools,
     next_patch,
 )
-from corral.registry._tables import McpServerRow, McpServerVersionRow, McpToolPinRow
+from corral.registry._tables import (
+    AgentRow,
+    AgentVersionRow,
+    McpServerRow,
+    McpServerVersionRow,
+    McpToolPinRow,
+    StageBindingRow,
+    ToolRow,
+    ToolVersionRow,
+)
 
 __all__ = [
     "DEV_STAGE",
     "FIRST_VERSION",
+    "AgentRow",
+    "AgentVersionRow",
     "ApplyResult",
     "McpServerRow",
     "McpServerVersionRow",
@@ -48,6 +59,9 @@ __all__ = [
     "OfferedTool",
     "Promotion",
     "StageBinding",
+    "StageBindingRow",
+    "ToolRow",
+    "ToolVersionRow",
     "apply_documents",
     "bind_stage",
     "complete_promotion",

@@ -169,7 +169,7 @@ def refuse_while_pending(connection: Connection, target: Target, now: datetime) 
 def approvals_table() -> Table:
     # Imported here, not at the top: the approvals service calls into this module, and a
     # module-level import would make importing either package first a cycle.
-    from corral.approvals._tables import ApprovalRow
+    from corral.approvals import ApprovalRow
 
     return cast(Table, ApprovalRow.__table__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from corral.gateway.models import FinalAnswer, Message, ToolCall
-from corral.gateway.tools._gateway import wrap_untrusted
+from corral.gateway.tools import wrap_untrusted
 
 __all__ = [
     "CHARS_PER_TOKEN",

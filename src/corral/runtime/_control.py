@@ -14,10 +14,10 @@ from typing import Any, Literal, cast
 
 from sqlalchemy import Connection, Table, and_, or_, select
 
-from corral.approvals._tables import ApprovalRow
+from corral.approvals import ApprovalRow
 from corral.audit import AuditRecord, append_events
 from corral.errors import Conflict, InvalidRequest, NotFound
-from corral.registry._tables import AgentRow
+from corral.registry import AgentRow
 from corral.runtime._persist import KillSwitch
 from corral.runtime._status import PAUSED_STATUSES, TERMINAL_STATUSES, RunStatus, ToolCallStatus
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, ToolCallRow

@@ -31,12 +31,18 @@ from opentelemetry.trace import Span, Status, StatusCode
 from corral.audit import AuditRecord
 from corral.contracts import Agent, AgentSpec
 from corral.errors import ModelAPIError, PolicyDenied, QuotaExceeded
-from corral.gateway.models import Message, ModelRequest, ToolDefinition
-from corral.gateway.models._gateway import ModelGateway
-from corral.gateway.tools._gateway import ResolvedTool, ToolGateway
+from corral.gateway.models import Message, ModelGateway, ModelRequest, ToolDefinition
+from corral.gateway.tools import ResolvedTool, ToolGateway
 from corral.observability import Tracing
-from corral.policy import Entity, EntityRef, PolicyContext, PolicyRequest
-from corral.policy._service import Governance, agent_entity, decision_row
+from corral.policy import (
+    Entity,
+    EntityRef,
+    Governance,
+    PolicyContext,
+    PolicyRequest,
+    agent_entity,
+    decision_row,
+)
 from corral.runtime._context import (
     decision_document,
     fit_context,

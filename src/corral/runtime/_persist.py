@@ -21,11 +21,11 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, and_, bindparam, exists, func, or_, select
 
-from corral.approvals._tables import ApprovalRow
+from corral.approvals import ApprovalRow
 from corral.audit import AuditRecord, append_events
-from corral.observability._tables import SpanRow
-from corral.policy._service import insert_decisions
-from corral.registry._tables import AgentVersionRow, McpToolPinRow, ToolRow, ToolVersionRow
+from corral.observability import SpanRow
+from corral.policy import insert_decisions
+from corral.registry import AgentVersionRow, McpToolPinRow, ToolRow, ToolVersionRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.store import skip_locked
 

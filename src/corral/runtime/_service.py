@@ -19,24 +19,24 @@ from corral.errors import (
     PolicyDenied,
     PolicyRefused,
 )
-from corral.observability import new_trace_id
-from corral.observability._tables import SpanRow
-from corral.policy import Entity, EntityRef, PolicyContext, PolicyRequest
-from corral.policy._service import (
+from corral.observability import SpanRow, new_trace_id
+from corral.policy import (
+    Entity,
+    EntityRef,
     Governance,
+    PolicyContext,
+    PolicyRequest,
     agent_entity,
     decision_row,
     insert_decisions,
     principal_ref,
 )
-from corral.registry import get_agent, get_agent_version
-from corral.registry._tables import AgentRow, AgentVersionRow, StageBindingRow
+from corral.registry import AgentRow, AgentVersionRow, StageBindingRow, get_agent, get_agent_version
 from corral.runtime._persist import active_kill_switch
 from corral.runtime._status import RUN_STATUSES, TERMINAL_STATUSES, RunStatus
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.runtime._workspaces import Workspaces
-from corral.store import Store
-from corral.store._base import new_id, utcnow
+from corral.store import Store, new_id, utcnow
 from corral.tenancy import Quotas, permits
 
 __all__ = [

@@ -11,8 +11,7 @@ from typing import Any
 from corral.audit import AuditRecord
 from corral.contracts import AgentSpec
 from corral.gateway.models import Message, ToolDefinition
-from corral.gateway.tools._base import ToolCallContext, ToolResult
-from corral.gateway.tools._gateway import ResolvedTool
+from corral.gateway.tools import ResolvedTool, ToolCallContext, ToolResult
 from corral.runtime._persist import KillSwitch, Lease, Signals
 
 __all__ = ["CallRecord", "Pause", "RunState", "StepRecord", "Terminal", "signal_terminal"]

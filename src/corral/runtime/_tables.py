@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.runtime._status import RunStatus, StepKind, ToolCallStatus
-from corral.store._base import Base, TenantMixin, utcnow
+from corral.store import Base, TenantMixin, utcnow
 
 __all__ = ["KillSwitchRow", "RunEventRow", "RunRow", "StepRow", "ToolCallRow"]
 

@@ -28,12 +28,19 @@ from sqlalchemy import Connection
 from corral.approvals import approval_request
 from corral.audit import AuditRecord, append_events
 from corral.errors import LeaseLost
-from corral.gateway.tools import CallOutcome, CallPipeline, CallStatus, GovernedCall
-from corral.gateway.tools._base import ToolCallContext, ToolResult
-from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway
+from corral.gateway.tools import (
+    CallOutcome,
+    CallPipeline,
+    CallStatus,
+    GovernedCall,
+    PreparedCall,
+    ResolvedTool,
+    ToolCallContext,
+    ToolGateway,
+    ToolResult,
+)
 from corral.observability import Tracing
-from corral.policy import Authorization, DecisionRow, Governance
-from corral.policy._service import agent_entity, arguments_digest
+from corral.policy import Authorization, DecisionRow, Governance, agent_entity, arguments_digest
 from corral.runtime._context import step_messages
 from corral.runtime._persist import (
     pause_run,

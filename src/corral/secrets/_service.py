@@ -24,8 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import AuditRecord, append_events
 from corral.errors import InvalidRequest, NotFound, PolicyDenied
-from corral.policy import Entity, EntityRef, PolicyContext, PolicyDecision, PolicyRequest
-from corral.policy._service import DecisionRow, Governance, insert_decisions
+from corral.policy import (
+    DecisionRow,
+    Entity,
+    EntityRef,
+    Governance,
+    PolicyContext,
+    PolicyDecision,
+    PolicyRequest,
+    insert_decisions,
+)
 from corral.secrets._crypto import MasterKey, SealedValue, load_master_key, seal, unseal
 from corral.secrets._redact import SecretCheck, current_secret_scope, record_revealed
 from corral.secrets._tables import SecretRow

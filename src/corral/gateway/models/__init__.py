@@ -30,6 +30,7 @@ from corral.gateway.models._decision import (
     decision_schema,
     parse_json_decision,
 )
+from corral.gateway.models._gateway import ModelGateway
 from corral.gateway.models._local import (
     LOCAL_MODEL_ALIAS,
     LocalModelServer,
@@ -48,6 +49,7 @@ __all__ = [
     "FinalAnswer",
     "LocalModelServer",
     "Message",
+    "ModelGateway",
     "ModelProvider",
     "ModelRequest",
     "ModelResponse",

@@ -10,7 +10,9 @@ from corral.gateway.tools._direct import (
 )
 from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
 from corral.gateway.tools._gateway import (
+    PreparedCall,
     ResolvedTool,
+    ToolExecutor,
     ToolGateway,
     current_tool_call,
     truncate_utf8,
@@ -29,7 +31,12 @@ from corral.gateway.tools._pipeline import (
     policy_denied,
     tool_call_request,
 )
-from corral.gateway.tools._resilience import CircuitBreakers, Resilience, ToolRateLimiter
+from corral.gateway.tools._resilience import (
+    CircuitBreakers,
+    Resilience,
+    ToolRateLimiter,
+    async_storage_url,
+)
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -48,12 +55,15 @@ __all__ = [
     "HttpExecutor",
     "OpenApiOperation",
     "PathGuard",
+    "PreparedCall",
     "Resilience",
     "ResolvedTool",
     "ToolCallContext",
+    "ToolExecutor",
     "ToolGateway",
     "ToolRateLimiter",
     "ToolResult",
+    "async_storage_url",
     "current_path_guard",
     "current_tool_call",
     "import_openapi",

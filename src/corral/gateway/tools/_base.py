@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from corral.policy._types import Entity
+from corral.policy import Entity
 
 if TYPE_CHECKING:
     from corral.audit import AuditRecord

@@ -31,8 +31,7 @@ from typing import Any, Literal, cast
 from sqlalchemy import Connection, Table, and_, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from corral.approvals import approval_request
-from corral.approvals._tables import ApprovalRow
+from corral.approvals import ApprovalRow, approval_request
 from corral.audit import AuditRecord, append_events
 from corral.contracts import AgentSpec, AgentTools
 from corral.gateway.tools._base import ToolCallContext, ToolResult
@@ -44,18 +43,21 @@ from corral.gateway.tools._pipeline import (
     GovernedCall,
     tool_call_request,
 )
-from corral.observability import Tracing, new_trace_id
-from corral.observability._tables import SpanRow
-from corral.policy import Authorization, DecisionRow, Entity, EntityRef, PolicyDecision
-from corral.policy._service import (
+from corral.observability import SpanRow, Tracing, new_trace_id
+from corral.policy import (
+    Authorization,
+    DecisionRow,
+    Entity,
+    EntityRef,
     Governance,
+    PolicyDecision,
     agent_entity,
     arguments_digest,
     insert_decisions,
     principal_ref,
     tool_entity,
 )
-from corral.registry._tables import (
+from corral.registry import (
     AgentRow,
     AgentVersionRow,
     McpToolPinRow,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from corral.contracts._models import API_VERSION, Tool
+from corral.contracts import API_VERSION, Tool
 from corral.errors import PathOutsideWorkspace, ToolFailed
 from corral.gateway.tools._guard import PathGuard, current_path_guard
 

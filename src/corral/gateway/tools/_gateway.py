@@ -18,9 +18,9 @@ import contextlib
 import contextvars
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import jsonschema_rs
 from opentelemetry.trace import Status, StatusCode, Tracer
@@ -32,16 +32,14 @@ from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_with_ro
 from corral.gateway.tools._guard import PathGuard, path_guard_scope
 from corral.gateway.tools._http import HttpExecutor, upstream_of
 from corral.gateway.tools._resilience import Resilience
-from corral.policy._service import tool_entity
+from corral.policy import tool_entity
 from corral.secrets import SecretBroker, SecretCheck, redact_secrets, secret_scope
 from corral.settings import ToolSettings
-
-if TYPE_CHECKING:  # corral.gateway.mcp imports this module
-    from corral.gateway.mcp import McpExecutor
 
 __all__ = [
     "PreparedCall",
     "ResolvedTool",
+    "ToolExecutor",
     "ToolGateway",
     "current_tool_call",
     "neutralise_fence_tags",
@@ -219,6 +217,36 @@ def _fence_tag_starts(text: str) -> set[int]:
     return {origin[m.start()] for m in _FENCE_TAG.finditer("".join(folded))}
 
 
+class ToolExecutor(Protocol):
+    """Runs the tools of a type the gateway does not run itself (``mcp``).
+
+    :class:`corral.gateway.mcp.McpExecutor` is the one the platform sets on
+    :attr:`ToolGateway.mcp`; a protocol here keeps ``gateway.tools`` from importing
+    ``gateway.mcp`` (which imports ``gateway.tools``).
+    """
+
+    async def call(
+        self,
+        ctx: ToolCallContext,
+        tool: ResolvedTool,
+        arguments: dict[str, Any],
+        *,
+        progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None,
+    ) -> str:
+        """Run ``tool`` with validated ``arguments``; return its output as text for the model.
+
+        Args:
+            ctx: The call's context (its tenant, its principal).
+            tool: The resolved tool version being called.
+            arguments: Arguments already validated against the tool's input schema.
+            progress: Receives ``(progress, total, message)`` for each progress notification.
+
+        Raises:
+            ToolFailed: the tool refused or failed; the message is the tool's own.
+        """
+        ...
+
+
 class ToolGateway:
     """Executes tool calls for managed runs.
 
@@ -242,7 +270,7 @@ class ToolGateway:
         self.tracer = tracer
         self.builtins = {**BUILTIN_TOOLS, **(builtins or {})}
         self.secrets = secrets
-        self.mcp: McpExecutor | None = None
+        self.mcp: ToolExecutor | None = None
         """Executes ``mcp`` tools (set by the platform)."""
         self.resilience = Resilience(settings)
         """Rate limits, retries and circuit breakers around executions."""

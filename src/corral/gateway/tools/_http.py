@@ -30,8 +30,7 @@ import anyio
 import httpcore
 import httpx
 
-from corral.contracts import Tool
-from corral.contracts._models import HttpToolSpec
+from corral.contracts import HttpToolSpec, Tool
 from corral.errors import DestinationRefused, ToolFailed, UpstreamFailed
 from corral.gateway.tools._base import ToolCallContext
 from corral.secrets import SecretBroker

@@ -24,8 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from corral.contracts import API_VERSION, MAX_YAML_DEPTH, Tool, load_yaml
-from corral.contracts._positions import Lines, line_of
+from corral.contracts import API_VERSION, MAX_YAML_DEPTH, Lines, Tool, line_of, load_yaml
 from corral.errors import ContractIssue, InvalidContract
 
 __all__ = ["OpenApiOperation", "import_openapi", "list_operations", "tool_name_for"]
