@@ -147,6 +147,8 @@ class _Catalog:
     """Approval requests of the call being made (see :func:`_read_catalog`)."""
 
 
+_APPROVAL_INSERT = _APPROVALS.insert()
+_SPAN_INSERT = _SPANS.insert()
 _NO_CATALOG = _Catalog([], frozenset(), None, [])
 
 
@@ -347,12 +349,12 @@ def _record(
     if spend is not None and not _spend(connection, tenant_id, *spend):
         return False
     if approval is not None:
-        connection.execute(_APPROVALS.insert(), [approval])
+        connection.execute(_APPROVAL_INSERT, [approval])
     insert_decisions(connection, decisions)
     if audit:
         append_events(connection, tenant_id, audit)
     if spans:
-        connection.execute(_SPANS.insert(), spans)
+        connection.execute(_SPAN_INSERT, spans)
     return True
 
 
