@@ -158,9 +158,8 @@ class _Offer:
 
     version: tuple[Any, ...]
     spec: AgentSpec | None
-    ref: EntityRef
-    entity: Entity
-    """The agent's (unused for people and service accounts)."""
+    agent: tuple[EntityRef, Entity] | None
+    """The agent's Cedar reference and entity (``None`` for people and service accounts)."""
     tools: dict[str, ResolvedTool]
     hidden: dict[str, str]
 
@@ -546,10 +545,7 @@ class DirectToolCalls:
             if len(self._catalogs) >= 1024:
                 self._catalogs.clear()
             self._catalogs[key] = offer
-        if agent_name is not None:
-            ref, entity = offer.ref, offer.entity
-        else:
-            ref, entity = _principal_entity(principal)
+        ref, entity = offer.agent if offer.agent is not None else _principal_entity(principal)
         return _View(
             ref, entity, agent_name, offer.spec, offer.tools, offer.hidden, catalog.requests
         )
@@ -558,11 +554,13 @@ class DirectToolCalls:
         self, tenant_id: str, agent_name: str | None, version: tuple[Any, ...], catalog: _Catalog
     ) -> _Offer:
         spec = self._spec(catalog.agent_document)
-        ref, entity = EntityRef("Agent", agent_name or ""), Entity(EntityRef("Agent", ""), {})
+        agent = None
         if agent_name is not None:
+            ref = EntityRef("Agent", agent_name)
             entity = (
                 agent_entity(agent_name, tenant_id, spec) if spec is not None else Entity(ref, {})
             )
+            agent = (ref, entity)
         tools: dict[str, ResolvedTool] = {}
         hidden: dict[str, str] = {}
         for tool_name, tool_version, document in catalog.tools:
@@ -571,7 +569,7 @@ class DirectToolCalls:
                 hidden[tool_name] = reason
             else:
                 tools[tool_name] = self._resolve(tenant_id, tool_name, tool_version, document)
-        return _Offer(version, spec, ref, entity, tools, hidden)
+        return _Offer(version, spec, agent, tools, hidden)
 
     def _hidden_reason(
         self, name: str, catalog: _Catalog, agent_name: str | None, spec: AgentSpec | None
