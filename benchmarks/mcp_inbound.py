@@ -184,21 +184,35 @@ def _requests(url: str, key: str) -> dict[str, Request]:
     return {"GET /healthz": healthz, "/mcp ping": ping, "/mcp tools/call bench.echo": call}
 
 
+_CLIENTS: list[httpx.AsyncClient] = []
+
+
+def _clients(count: int) -> list[httpx.AsyncClient]:
+    """``count`` keep-alive clients, made once for the whole run.
+
+    Making one loads the CA bundle (tens of ms of CPU, blocking the loop): made per slice,
+    they charged the 20-client rows (the in-process one's CPU above all) with 20 of them.
+    """
+    while len(_CLIENTS) < count:
+        _CLIENTS.append(httpx.AsyncClient(timeout=60))
+    return _CLIENTS[:count]
+
+
 async def _batch(request: Request, calls: int, concurrency: int) -> tuple[list[float], float]:
     """Latencies (seconds) of ``calls`` requests from ``concurrency`` clients, and wall time."""
     latencies: list[float] = []
     counter = iter(range(calls))
 
-    async def client_loop() -> None:
-        async with httpx.AsyncClient(timeout=60) as client:
-            for i in counter:
-                start = time.perf_counter()
-                await request(client, i)
-                latencies.append(time.perf_counter() - start)
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            start = time.perf_counter()
+            await request(client, i)
+            latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
-    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - start
+    await asyncio.gather(*(client_loop(client) for client in _clients(concurrency)))
+    wall = time.perf_counter() - start
+    return latencies, wall
 
 
 def _row(name: str, concurrency: int, latencies: list[float], wall: float) -> dict[str, Any]:
@@ -246,6 +260,7 @@ async def _measure(
 ) -> list[dict[str, Any]]:
     """Each variant ``calls`` times, in ``rounds`` interleaved slices (a shared machine's load
     then weighs on every variant alike)."""
+    _clients(concurrency)
     for request, _cpu in variants.values():  # warm-up: caches, connections, validators
         await _batch(request, 50, 1)
     rows = []
@@ -324,6 +339,8 @@ async def main(args: argparse.Namespace) -> None:
         }
         rows = await _measure(variants, args.calls, args.concurrency, args.rounds)
     finally:
+        for client in _CLIENTS:
+            await client.aclose()
         await direct.close()
         for child in children:
             child.terminate()

@@ -334,6 +334,26 @@ class Store:
             await self._set_scope(connection, scope)
             return await connection.run_sync(fn)
 
+    async def read_sync(self, fn: Callable[[Connection], T], scope: Scope) -> T:
+        """Run ``fn(connection)`` in one read-only snapshot (small indexed reads on hot paths).
+
+        On SQLite it runs in the calling thread with the stdlib driver (a WAL read never waits
+        for a lock; no thread hop, at the price of blocking the loop for its statements); on
+        PostgreSQL through the async engine's ``run_sync``. ``fn`` must not write; ``scope`` as
+        for :meth:`run_sync`.
+        """
+        _scope_setting(scope)
+        if self._sync_engine is not None:
+            with self._sync_engine.connect() as connection:
+                connection = connection.execution_options(corral_readonly=True)
+                with connection.begin():
+                    return fn(connection)
+        async with self.engine.connect() as connection:
+            connection = await connection.execution_options(corral_readonly=True)
+            async with connection.begin():
+                await self._set_scope(connection, scope)
+                return await connection.run_sync(fn)
+
     async def dispose(self) -> None:
         """Close every pooled connection and the writer thread."""
         await self.engine.dispose()

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, select
+from sqlalchemy import Connection, Table, and_, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from corral.approvals import ApprovalRow, approval_request
@@ -149,6 +149,23 @@ class _Catalog:
     """Approval requests of the call being made (see :func:`_read_catalog`)."""
 
 
+_APPROVAL_INSERT = _APPROVALS.insert()
+_SPAN_INSERT = _SPANS.insert()
+_NO_CATALOG = _Catalog([], frozenset(), None, [])
+
+
+@dataclass(frozen=True)
+class _Offer:
+    """A principal's resolved catalog (cached per tenant and agent), at ``version``."""
+
+    version: tuple[Any, ...]
+    spec: AgentSpec | None
+    agent: tuple[EntityRef, Entity] | None
+    """The agent's Cedar reference and entity (``None`` for people and service accounts)."""
+    tools: dict[str, ResolvedTool]
+    hidden: dict[str, str]
+
+
 # Statements are built once (building one costs several times executing it on SQLite).
 _TENANT_TOOLS = (
     select(_TOOLS.c.name, _TOOLS.c.latest_version, _TOOL_VERSIONS.c.document)
@@ -191,37 +208,115 @@ _CALL_APPROVALS = (
 )
 
 
+# What a principal's catalog is built from, in one cheap statement: it changes whenever the
+# catalog can. Tool versions are immutable and never deleted, so their count changes with every
+# tool applied (new or new version: ``tools.latest_version`` moves only then); a pin's
+# ``updated_at`` moves with each sync or approval (quarantine, restore); the binding of the
+# agent's stage names an immutable agent version (a promotion, a rollback or a retired version
+# applied moves it). Also whether the call has approval requests to read.
+_TENANT_VERSIONS = (
+    select(func.count())
+    .select_from(_TOOL_VERSIONS)
+    .where(_TOOL_VERSIONS.c.tenant_id == bindparam("b_tenant"))
+    .scalar_subquery()
+)
+_PIN_COUNT = (
+    select(func.count())
+    .select_from(_PINS)
+    .where(_PINS.c.tenant_id == bindparam("b_tenant"), _PINS.c.status == "QUARANTINED")
+    .scalar_subquery()
+)
+_PIN_CHANGED = (
+    select(func.max(_PINS.c.updated_at))
+    .where(_PINS.c.tenant_id == bindparam("b_tenant"))
+    .scalar_subquery()
+)
+_BOUND_VERSION = (
+    select(_BINDINGS.c.version_id)
+    .join(_AGENTS, _AGENTS.c.id == _BINDINGS.c.agent_id)
+    .where(
+        _AGENTS.c.tenant_id == bindparam("b_tenant"),
+        _AGENTS.c.name == bindparam("b_agent"),
+        _BINDINGS.c.stage == bindparam("b_stage"),
+    )
+    .scalar_subquery()
+)
+_HAS_REQUESTS = (
+    select(func.count())
+    .select_from(_CALL_APPROVALS.with_only_columns(_APPROVALS.c.id).order_by(None).subquery())
+    .scalar_subquery()
+)
+_CATALOG_VERSION = {  # by (agent principal?, call?)
+    (agent, call): select(
+        _TENANT_VERSIONS,
+        _PIN_COUNT,
+        _PIN_CHANGED,
+        *([_BOUND_VERSION] if agent else []),
+        *([_HAS_REQUESTS] if call else []),
+    )
+    for agent in (False, True)
+    for call in (False, True)
+}
+
+
+def _catalog_version(
+    connection: Connection,
+    tenant_id: str,
+    agent_name: str | None,
+    stage: str,
+    call: tuple[str, str, str] | None,
+) -> tuple[tuple[Any, ...], bool]:
+    """``(version of the principal's catalog, whether the call has approval requests)``."""
+    values: dict[str, Any] = {"b_tenant": tenant_id}
+    if agent_name is not None:
+        values |= {"b_agent": agent_name, "b_stage": stage}
+    if call is not None:
+        requested_by, tool, digest = call
+        values |= {"b_requested_by": requested_by, "b_subject": f"tool:{tool}", "b_digest": digest}
+    statement = _CATALOG_VERSION[agent_name is not None, call is not None]
+    row = tuple(connection.execute(statement, values).one())
+    if call is None:
+        return row, False
+    return row[:-1], bool(row[-1])
+
+
 def _read_catalog(
     connection: Connection,
     tenant_id: str,
     agent_name: str | None,
     stage: str,
     call: tuple[str, str, str] | None,
+    *,
+    tools: bool = True,
+    requests: bool = True,
 ) -> _Catalog:
     """One snapshot of what a principal's call needs.
 
-    The tenant's tools, its quarantined tools, the agent's contract, and for ``call``
-    (``(requested_by, tool, arguments digest)``) the call's approval requests: approved and
-    unspent, or pending.
+    The tenant's tools, its quarantined tools, the agent's contract (unless ``tools`` is
+    false), and for ``call`` (``(requested_by, tool, arguments digest)``) when ``requests``
+    is true, the call's approval requests: approved and unspent, or pending.
     """
     tenant = {"b_tenant": tenant_id}
-    tools = connection.execute(_TENANT_TOOLS, tenant).all()
-    quarantined = connection.execute(_QUARANTINED, tenant).scalars()
+    rows: list[Any] = []
+    quarantined: frozenset[str] = frozenset()
     document = None
-    if agent_name is not None:
-        document = connection.execute(
-            _AGENT_AT_STAGE, {**tenant, "b_agent": agent_name, "b_stage": stage}
-        ).scalar_one_or_none()
-    requests = []
-    if call is not None:
+    if tools:
+        rows = list(connection.execute(_TENANT_TOOLS, tenant).all())
+        quarantined = frozenset(connection.execute(_QUARANTINED, tenant).scalars())
+        if agent_name is not None:
+            document = connection.execute(
+                _AGENT_AT_STAGE, {**tenant, "b_agent": agent_name, "b_stage": stage}
+            ).scalar_one_or_none()
+    found = []
+    if call is not None and requests:
         requested_by, tool, digest = call
         values = {"b_requested_by": requested_by, "b_subject": f"tool:{tool}", "b_digest": digest}
-        requests = list(connection.execute(_CALL_APPROVALS, {**tenant, **values}).all())
+        found = list(connection.execute(_CALL_APPROVALS, {**tenant, **values}).all())
     return _Catalog(
-        [(t.name, t.latest_version, dict(t.document)) for t in tools],
-        frozenset(quarantined),
+        [(t.name, t.latest_version, dict(t.document)) for t in rows],
+        quarantined,
         None if document is None else dict(document),
-        requests,
+        found,
     )
 
 
@@ -255,12 +350,12 @@ def _record(
     if spend is not None and not _spend(connection, tenant_id, *spend):
         return False
     if approval is not None:
-        connection.execute(_APPROVALS.insert(), [approval])
+        connection.execute(_APPROVAL_INSERT, [approval])
     insert_decisions(connection, decisions)
     if audit:
         append_events(connection, tenant_id, audit)
     if spans:
-        connection.execute(_SPANS.insert(), spans)
+        connection.execute(_SPAN_INSERT, spans)
     return True
 
 
@@ -314,6 +409,8 @@ class DirectToolCalls:
         self.approval_ttl = approval_ttl
         self._resolved: dict[tuple[str, str, str], ResolvedTool] = {}
         self._specs: dict[str, AgentSpec] = {}
+        self._catalogs: dict[tuple[str, str | None], _Offer] = {}
+        """What each (tenant, agent or ``None``) is offered, with the catalog version it is of."""
 
     async def offered(self, principal: Principal) -> list[ResolvedTool]:
         """The tools ``principal`` may call, by name: offered to it and not denied by policy.
@@ -421,30 +518,60 @@ class DirectToolCalls:
     # --- resolution ---------------------------------------------------------------------------
 
     async def _view(self, principal: Principal, call: tuple[str, str, str] | None = None) -> _View:
+        """What ``principal`` may call, from the tenant's catalog cache when it is current.
+
+        One statement reads the catalog's version (and whether ``call`` has approval
+        requests); the catalog itself is read and resolved again only when its version moved,
+        so a tool applied or quarantined, or an agent promoted or retired, counts from the
+        next call on, in every process.
+        """
         tenant_id, agent_name = principal.tenant_id, _agent_of(principal)
-        async with self.store.read(tenant_id) as session:
-            catalog = await session.run_sync(
-                lambda sync: _read_catalog(
-                    sync.connection(), tenant_id, agent_name, self.stage, call
-                )
+        key = (tenant_id, agent_name)
+        cached = self._catalogs.get(key)
+        stage = self.stage
+
+        def read(connection: Connection) -> tuple[tuple[Any, ...], _Catalog]:
+            version, has_requests = _catalog_version(connection, tenant_id, agent_name, stage, call)
+            fresh = cached is None or cached.version != version
+            if not fresh and not has_requests:
+                return version, _NO_CATALOG
+            catalog = _read_catalog(
+                connection, tenant_id, agent_name, stage, call, tools=fresh, requests=has_requests
             )
+            return version, catalog
+
+        version, catalog = await self.store.read_sync(read, tenant_id)
+        offer = cached
+        if offer is None or offer.version != version:
+            offer = self._offer(tenant_id, agent_name, version, catalog)
+            if len(self._catalogs) >= 1024:
+                self._catalogs.clear()
+            self._catalogs[key] = offer
+        ref, entity = offer.agent if offer.agent is not None else _principal_entity(principal)
+        return _View(
+            ref, entity, agent_name, offer.spec, offer.tools, offer.hidden, catalog.requests
+        )
+
+    def _offer(
+        self, tenant_id: str, agent_name: str | None, version: tuple[Any, ...], catalog: _Catalog
+    ) -> _Offer:
         spec = self._spec(catalog.agent_document)
+        agent = None
         if agent_name is not None:
             ref = EntityRef("Agent", agent_name)
             entity = (
                 agent_entity(agent_name, tenant_id, spec) if spec is not None else Entity(ref, {})
             )
-        else:
-            ref, entity = _principal_entity(principal)
+            agent = (ref, entity)
         tools: dict[str, ResolvedTool] = {}
         hidden: dict[str, str] = {}
-        for tool_name, version, document in catalog.tools:
+        for tool_name, tool_version, document in catalog.tools:
             reason = self._hidden_reason(tool_name, catalog, agent_name, spec)
             if reason is not None:
                 hidden[tool_name] = reason
             else:
-                tools[tool_name] = self._resolve(tenant_id, tool_name, version, document)
-        return _View(ref, entity, agent_name, spec, tools, hidden, catalog.requests)
+                tools[tool_name] = self._resolve(tenant_id, tool_name, tool_version, document)
+        return _Offer(version, spec, agent, tools, hidden)
 
     def _hidden_reason(
         self, name: str, catalog: _Catalog, agent_name: str | None, spec: AgentSpec | None
