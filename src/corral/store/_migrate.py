@@ -59,7 +59,13 @@ def head_revision() -> str:
 
 
 async def upgrade(store: Store) -> None:
-    """Apply every pending migration, in one transaction per run of this function."""
+    """Apply every pending migration, in one transaction per run of this function.
+
+    A database already at the head revision is left as it is without importing alembic (the
+    embedded store's `corral up` upgrades at every start).
+    """
+    if await current_revision(store) == head_revision():
+        return
 
     def run(connection: Any) -> None:
         from alembic import command
