@@ -377,6 +377,8 @@ class HttpExecutor:
 async def _send_once(
     client: httpx.AsyncClient, request: httpx.Request, upstream: str
 ) -> httpx.Response:
+    import httpx
+
     try:
         return await client.send(request, stream=True)
     except httpx.HTTPError as exc:
