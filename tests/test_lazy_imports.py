@@ -116,3 +116,62 @@ asyncio.run(main())
     loaded = _loaded_after(code, str(tmp_path))
     assert "llama_cpp" not in loaded
     assert "openai" in loaded  # the local provider is an OpenAI-compatible one
+
+
+IDLE_WORKER_NEVER = ("alembic", "cryptography", "jwt", "httpx")
+"""Packages `corral worker` imports only when it uses them: alembic to migrate (`corral db
+upgrade`; the worker checks the revision with plain SQL), cryptography when a secret is sealed
+or opened, PyJWT when an OIDC token arrives, httpx when an ``http`` tool runs or a command calls
+the API."""
+
+
+@pytest.mark.parametrize("module", ["corral.platform", "corral.cli"])
+def test_importing_corral_loads_nothing_an_idle_worker_does_not_use(
+    module: str, tmp_path: Path
+) -> None:
+    loaded = _loaded_after(f"import {module}", str(tmp_path))
+    assert "corral" in loaded
+    assert loaded.isdisjoint(IDLE_WORKER_NEVER), sorted(loaded & set(IDLE_WORKER_NEVER))
+
+
+def test_the_worker_checks_the_revision_without_alembic(tmp_path: Path) -> None:
+    """Migrate a store, then start a Platform on it with migrate=False, as `corral worker` does."""
+    code = f"""
+import asyncio
+from corral.platform import Platform
+from corral.settings import Settings
+
+MIGRATE = True
+
+async def main():
+    platform = Platform(Settings(home={str(tmp_path)!r}), migrate=MIGRATE)
+    await platform.start()
+    await platform.close()
+
+asyncio.run(main())
+"""
+    assert "alembic" in _loaded_after(code, str(tmp_path))  # migrating needs it
+    loaded = _loaded_after(code.replace("MIGRATE = True", "MIGRATE = False"), str(tmp_path))
+    assert loaded.isdisjoint(IDLE_WORKER_NEVER), sorted(loaded & set(IDLE_WORKER_NEVER))
+
+
+def test_a_started_api_loads_no_mcp_sdk_until_mcp_is_called(tmp_path: Path) -> None:
+    """`corral up`'s application through its lifespan, /mcp enabled (the default)."""
+    code = f"""
+import asyncio
+from corral.api.app import create_app
+from corral.platform import Platform
+from corral.settings import Settings
+
+async def main():
+    platform = Platform(Settings(home={str(tmp_path)!r}))
+    assert platform.settings.mcp_endpoint.enabled
+    app = create_app(platform)
+    async with app.router.lifespan_context(app):
+        pass
+
+asyncio.run(main())
+"""
+    loaded = _loaded_after(code, str(tmp_path))
+    assert "fastapi" in loaded
+    assert loaded.isdisjoint({"mcp", "mcp_types"}), sorted(loaded & {"mcp", "mcp_types"})

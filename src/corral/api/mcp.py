@@ -41,28 +41,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import mcp_types as types
 import pydantic_core
-from mcp.server.connection import Connection
-from mcp.server.context import ServerRequestContext
-from mcp.server.lowlevel import Server
-from mcp.server.runner import serve_one
-from mcp.server.streamable_http import check_accept_headers
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
-from mcp.shared.exceptions import MCPError, NoBackChannelError
-from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
-from mcp.shared.message import ServerMessageMetadata
-from mcp.shared.transport_context import TransportContext
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -76,6 +64,16 @@ from corral.platform import Platform
 from corral.settings import McpEndpointSettings
 from corral.tenancy import Principal
 
+if TYPE_CHECKING:
+    # The MCP SDK (the ``mcp`` package's ``__init__`` imports its client, server, uvicorn and
+    # cryptography: about 19 MB) is imported by the first request to /mcp, not by `corral up`.
+    import mcp_types as types
+    from mcp.server.context import ServerRequestContext
+    from mcp.server.lowlevel import Server
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+    from mcp.shared.message import ServerMessageMetadata
+    from mcp.shared.transport_context import TransportContext
+
 __all__ = ["MCP_PATH", "McpEndpoint", "host_allowed"]
 
 MCP_PATH = "/mcp"
@@ -86,6 +84,11 @@ _PRINCIPAL_KEY = "corral.principal"
 
 _FAST_METHODS = frozenset({"ping", "tools/list", "tools/call"})
 """Requests answered on the fast path (see the module docstring); the SDK answers the rest."""
+
+_INVALID_REQUEST = -32600
+_INTERNAL_ERROR = -32603
+"""JSON-RPC 2.0 error codes (``mcp_types.INVALID_REQUEST``, ``INTERNAL_ERROR``), for the refusals
+answered before the SDK is imported."""
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,8 @@ def _www_authenticate(message: str, *, invalid: bool) -> str:
 
 def _mcp_tool(tool: ResolvedTool) -> types.Tool:
     """The MCP definition of a tool version: its pinned schema; annotations from ``side_effect``."""
+    import mcp_types as types
+
     spec = tool.contract.spec
     return types.Tool(
         name=tool.name,
@@ -150,6 +155,8 @@ def _mcp_tool(tool: ResolvedTool) -> types.Tool:
 
 
 def _mcp_result(result: DirectCallResult) -> types.CallToolResult:
+    import mcp_types as types
+
     meta: dict[str, Any] = {
         "dev.corral/status": result.status,
         "dev.corral/call_id": result.call_id,
@@ -172,6 +179,9 @@ def _mcp_result(result: DirectCallResult) -> types.CallToolResult:
 
 
 def _principal_of(ctx: ServerRequestContext[Any, Any]) -> Principal:
+    import mcp_types as types
+    from mcp.shared.exceptions import MCPError
+
     request = ctx.request
     principal = None if request is None else request.scope.get(_PRINCIPAL_KEY)
     if not isinstance(principal, Principal):  # the ASGI wrapper always sets it
@@ -189,15 +199,15 @@ class _OneRequest:
 
     request_id: types.RequestId
     message_metadata: ServerMessageMetadata
-    transport: TransportContext = field(
-        default_factory=lambda: TransportContext(kind="streamable-http", can_send_request=False)
-    )
+    transport: TransportContext = field(default_factory=lambda: _no_back_channel())
     cancel_requested: anyio.Event = field(default_factory=anyio.Event)
     can_send_request: bool = False
 
     async def send_raw_request(
         self, method: str, params: Mapping[str, Any] | None, opts: Any = None
     ) -> dict[str, Any]:
+        from mcp.shared.exceptions import NoBackChannelError
+
         raise NoBackChannelError(method)
 
     async def notify(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> None:
@@ -207,6 +217,12 @@ class _OneRequest:
         self, progress: float, total: float | None = None, message: str | None = None
     ) -> None:
         return None
+
+
+def _no_back_channel() -> TransportContext:
+    from mcp.shared.transport_context import TransportContext
+
+    return TransportContext(kind="streamable-http", can_send_request=False)
 
 
 def _content_type_ok(headers: Headers) -> bool:
@@ -251,7 +267,10 @@ def _replaying(read: list[Message], receive: Receive) -> Receive:
 class McpEndpoint:
     """The ASGI application serving ``/mcp`` for one :class:`Platform`.
 
-    Run :meth:`run` inside the application's lifespan (``create_app`` does).
+    Run :meth:`run` inside the application's lifespan (``create_app`` does). The MCP SDK is
+    imported, and its server and session manager built, by the first request that passes the
+    Host/Origin and authentication checks; the session manager starts with the first request
+    the fast path does not answer.
 
     Args:
         platform: Identity, tools, policy, store and tracing.
@@ -269,48 +288,88 @@ class McpEndpoint:
             workspace=self.settings.workspace,
             approval_ttl=timedelta(seconds=platform.settings.governance.approval_ttl_seconds),
         )
-        self.server: Server[Any] = Server(
-            "corral",
-            version=__version__,
-            title="Corral",
-            instructions=_INSTRUCTIONS,
-            on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
-        )
-        # Corral records its own execute_tool spans, stored with each call's audit event.
-        self.server.middleware = []
-        self.sessions = StreamableHTTPSessionManager(
-            self.server, json_response=True, stateless=True
-        )
+        self._server: Server[Any] | None = None
+        self._sessions: StreamableHTTPSessionManager | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._starting = asyncio.Lock()
+        self._lifespan: contextvars.Context | None = None
         self.fast_path = True
         """Answer ``ping``, ``tools/list`` and ``tools/call`` without the SDK's transport."""
+
+    @property
+    def server(self) -> Server[Any]:
+        """The SDK's low-level server (built, and the SDK imported, on first use)."""
+        if self._server is None:
+            from mcp.server.lowlevel import Server
+
+            server: Server[Any] = Server(
+                "corral",
+                version=__version__,
+                title="Corral",
+                instructions=_INSTRUCTIONS,
+                on_list_tools=self._list_tools,
+                on_call_tool=self._call_tool,
+            )
+            # Corral records its own execute_tool spans, stored with each call's audit event.
+            server.middleware = []
+            self._server = server
+        return self._server
+
+    @property
+    def sessions(self) -> StreamableHTTPSessionManager:
+        """The SDK's stateless session manager (built on first use; started by a request)."""
+        if self._sessions is None:
+            from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+            self._sessions = StreamableHTTPSessionManager(
+                self.server, json_response=True, stateless=True
+            )
+        return self._sessions
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
         """Serve requests until the block ends.
 
-        The SDK's session manager holds an anyio task group for this long. It lives in a task
-        of its own, so the block may be entered and left in different tasks (test harnesses
+        The SDK's session manager, started by the first request that needs it, holds an anyio
+        task group until then. It lives in a task of its own, in this block's context (not the
+        request's), so the block may be entered and left in different tasks (test harnesses
         drive an application's lifespan that way; a task group must exit where it entered).
         """
-        ready, stop = asyncio.Event(), asyncio.Event()
-
-        async def serve() -> None:
-            async with self.sessions.run():
-                ready.set()
-                await stop.wait()
-
-        task = asyncio.create_task(serve(), name="corral-mcp-sessions")
-        started = asyncio.ensure_future(ready.wait())
-        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.is_set():
-            started.cancel()
-            await task  # raises why the SDK did not start
+        self._lifespan = contextvars.copy_context()
         try:
             yield
         finally:
-            stop.set()
-            await task
+            self._stop.set()
+            self._lifespan = None
+            if self._serving is not None:
+                serving, self._serving = self._serving, None
+                await serving
+
+    async def _started_sessions(self) -> StreamableHTTPSessionManager:
+        """The session manager, running (started on first call, in the lifespan's context)."""
+        sessions = self.sessions
+        async with self._starting:
+            if self._serving is not None or self._lifespan is None:
+                # Outside :meth:`run`, the SDK refuses the request as it did before.
+                return sessions
+            ready = asyncio.Event()
+
+            async def serve() -> None:
+                async with sessions.run():
+                    ready.set()
+                    await self._stop.wait()
+
+            task = asyncio.create_task(
+                serve(), name="corral-mcp-sessions", context=self._lifespan.copy()
+            )
+            started = asyncio.ensure_future(ready.wait())
+            await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.is_set():
+                started.cancel()
+                await task  # raises why the SDK did not start
+            self._serving = task
+        return sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check Host/Origin, authenticate, then hand the request to the SDK."""
@@ -323,7 +382,7 @@ class McpEndpoint:
             # transport lets a server answer both with 405).
             refusal = _error(
                 405,
-                types.INVALID_REQUEST,
+                _INVALID_REQUEST,
                 f"{MCP_PATH} takes JSON-RPC messages by POST only: it keeps no sessions and "
                 "offers no server-initiated stream.",
                 {"Allow": "POST"},
@@ -332,9 +391,7 @@ class McpEndpoint:
         if refusal is None:
             refusal, principal = await self._authenticate(headers)
         if refusal is not None or principal is None:
-            await (refusal or _error(500, types.INTERNAL_ERROR, "no principal"))(
-                scope, receive, send
-            )
+            await (refusal or _error(500, _INTERNAL_ERROR, "no principal"))(scope, receive, send)
             return
         scope[_PRINCIPAL_KEY] = principal
         if self.fast_path:
@@ -342,7 +399,8 @@ class McpEndpoint:
             if replay is None:
                 return
             receive = replay
-        await self.sessions.handle_request(scope, receive, send)
+        sessions = await self._started_sessions()
+        await sessions.handle_request(scope, receive, send)
 
     async def _answer_fast(
         self, scope: Scope, receive: Receive, send: Send, headers: Headers
@@ -353,6 +411,10 @@ class McpEndpoint:
             ``None`` once answered; otherwise a ``receive`` that replays what was read, for the
             SDK to answer the request.
         """
+        from mcp.server.streamable_http import check_accept_headers
+        from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+        from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
         version = headers.get("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             return receive  # 2026-07-28, or a version to refuse: the SDK's checks apply
@@ -381,6 +443,12 @@ class McpEndpoint:
         self, request: types.JSONRPCRequest, version: str | None, http: Request
     ) -> types.JSONRPCResponse | types.JSONRPCError:
         """The reply to ``request``, as the SDK's stateless transport and dispatcher give it."""
+        import mcp_types as types
+        from mcp.server.connection import Connection
+        from mcp.server.runner import serve_one
+        from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
+        from mcp.shared.message import ServerMessageMetadata
+
         # Born ready, at the header's version (or the spec's default), as the SDK's stateless
         # mode makes each request's connection.
         connection = Connection.from_envelope(
@@ -410,6 +478,8 @@ class McpEndpoint:
     @staticmethod
     def _fast_request(body: bytes) -> types.JSONRPCRequest | None:
         """The body as a JSON-RPC request the fast path answers, or ``None``."""
+        import mcp_types as types
+
         try:
             message = types.jsonrpc_message_adapter.validate_python(
                 pydantic_core.from_json(body), by_name=False
@@ -426,14 +496,14 @@ class McpEndpoint:
         if not host_allowed(host, self.settings.allowed_hosts):
             return _error(
                 403,
-                types.INVALID_REQUEST,
+                _INVALID_REQUEST,
                 f"Host {host!r} is not allowed for {MCP_PATH} (DNS rebinding protection); add it "
                 "to CORRAL_MCP_ENDPOINT__ALLOWED_HOSTS if Corral is served under that name.",
             )
         if origin is not None and not host_allowed(origin, self.settings.allowed_origins):
             return _error(
                 403,
-                types.INVALID_REQUEST,
+                _INVALID_REQUEST,
                 f"Origin {origin!r} is not allowed for {MCP_PATH} (DNS rebinding protection); "
                 "add it to CORRAL_MCP_ENDPOINT__ALLOWED_ORIGINS to let that page call Corral.",
             )
@@ -462,6 +532,8 @@ class McpEndpoint:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        import mcp_types as types
+
         tools = await self.calls.offered(_principal_of(ctx))
         # Per principal and changing with policy: never shared, never fresh for long.
         return types.ListToolsResult(
@@ -471,6 +543,9 @@ class McpEndpoint:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        import mcp_types as types
+        from mcp.shared.exceptions import MCPError
+
         result = await self.calls.call(_principal_of(ctx), params.name, params.arguments)
         if result.error_type == "tool_not_registered":
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {result.text}")

@@ -14,7 +14,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api._deps import Caller, PlatformDep, ReadSessionDep, requires
-from corral.gateway.mcp import approve_tool, list_servers, sync_server
 
 __all__ = ["router"]
 
@@ -86,6 +85,8 @@ async def get_mcp_servers(
     session: ReadSessionDep, caller: Annotated[Caller, requires("tools.read")]
 ) -> list[McpServerOut]:
     """Registered MCP servers by name, with their imported tools and pins."""
+    from corral.gateway.mcp import list_servers  # with the MCP client SDK: imported on first use
+
     servers = await list_servers(session, tenant_id=caller.tenant_id)
     return [
         McpServerOut(
@@ -109,6 +110,8 @@ async def post_sync(
 
     A server that cannot be started or reached answers 502 naming it.
     """
+    from corral.gateway.mcp import sync_server  # with the MCP client SDK: imported on first use
+
     result = await sync_server(
         platform.store, platform.mcp, name, tenant_id=caller.tenant_id, actor=caller.id
     )
@@ -126,6 +129,8 @@ async def post_approve(
 
     409 when the tool's current digest is another one (review the newer change first).
     """
+    from corral.gateway.mcp import approve_tool  # with the MCP client SDK: imported on first use
+
     pin = await approve_tool(
         platform.store,
         name,

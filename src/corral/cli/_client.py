@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any, NoReturn
 
-import httpx
 import typer
 
 from corral.platform import ADMIN_KEY_FILE
@@ -66,6 +65,8 @@ class ApiClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request and return the decoded JSON body; exit with a message on error."""
+        import httpx  # imported by the commands that call the API, not by `corral worker`
+
         try:
             # One connection per call: CLI commands make a handful of calls, and nothing is
             # left open when a command exits early.

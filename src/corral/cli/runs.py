@@ -7,14 +7,16 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import httpx
 import typer
 
 from corral.cli._client import ApiClient, auth_headers, fail
 from corral.cli._render import render_step, render_tool_call, render_trace
 from corral.runtime import TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["run", "trace"]
 
@@ -154,6 +156,8 @@ class _Follower:
 
     def follow(self) -> None:
         """Print events until ``run.finished``; exit 1 on timeout or a stream that stays down."""
+        import httpx  # imported by the commands that use it, not by `corral worker`
+
         failures = 0
         while True:
             seen = self.last_id
@@ -178,6 +182,8 @@ class _Follower:
 
     def _stream(self) -> None:
         """Print one connection's events, from after the last one seen."""
+        import httpx
+
         headers = {**auth_headers(), "Accept": "text/event-stream"}
         if self.last_id is not None:
             headers["Last-Event-ID"] = str(self.last_id)

@@ -24,9 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from corral._files import write_private_file
 from corral.errors import CorralError
 from corral.settings import MASTER_KEY_BYTES, decode_master_key
@@ -119,6 +116,8 @@ def seal(
         secret_id: The secret's row id (authenticated).
         version: The version being written (authenticated).
     """
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # imported when first used
+
     data_key = AESGCM.generate_key(bit_length=256)
     ad = associated_data(tenant_id, secret_id, version)
     nonce, key_nonce = os.urandom(NONCE_BYTES), os.urandom(NONCE_BYTES)
@@ -145,6 +144,9 @@ def unseal(
             "secret again",
             code="secret_undecryptable",
         )
+    from cryptography.exceptions import InvalidTag  # imported when first used
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     ad = associated_data(tenant_id, secret_id, version)
     try:
         data_key = AESGCM(master.key).decrypt(sealed.key_nonce, sealed.wrapped_key, ad)

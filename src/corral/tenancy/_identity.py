@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-import jwt
 from sqlalchemy import select
 
 from corral._files import write_private_file
@@ -300,6 +298,8 @@ class _JwtVerifier:
         self._lock = asyncio.Lock()
 
     async def verify(self, token: str) -> dict[str, Any]:
+        import jwt  # with cryptography, about 10 MB: imported when OIDC is first used
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -353,6 +353,9 @@ class _JwtVerifier:
         return self._keys[kid]
 
     async def _refresh(self) -> None:
+        import httpx
+        import jwt
+
         try:
             async with httpx.AsyncClient(timeout=10.0) as client:
                 response = await client.get(self.settings.jwks_url)

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import jsonschema_rs
 from opentelemetry.trace import Status, StatusCode, Tracer
 
 from corral.contracts import AgentTools, Tool, ToolSpec
@@ -93,6 +92,8 @@ class ResolvedTool:
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> ResolvedTool:
         """Build from a stored ``Tool`` document (``tool_versions.document``)."""
+        import jsonschema_rs  # a 6 MB extension module: imported when a tool is first resolved
+
         contract = Tool.model_validate(document)
         return cls(
             name=contract.metadata.name,

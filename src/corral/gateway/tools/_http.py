@@ -23,17 +23,19 @@ import json
 import socket
 from collections.abc import Iterable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import anyio
 import httpcore
-import httpx
 
 from corral.contracts import HttpToolSpec, Tool
 from corral.errors import DestinationRefused, ToolFailed, UpstreamFailed
 from corral.gateway.tools._base import ToolCallContext
 from corral.secrets import SecretBroker
+
+if TYPE_CHECKING:  # httpx (about 2 MB) is imported when the first http tool runs
+    import httpx
 
 __all__ = ["HostAllowlist", "HttpExecutor", "non_public_reason", "resolve", "upstream_of"]
 
@@ -196,6 +198,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 def _client(allowlist: HostAllowlist) -> httpx.AsyncClient:
+    import httpx
+
     transport = httpx.AsyncHTTPTransport(trust_env=False)
     # httpx does not take a network backend; its pool is rebuilt around the guarded one.
     transport._pool = httpcore.AsyncConnectionPool(
@@ -268,6 +272,8 @@ class HttpExecutor:
             UpstreamFailed: connect error, timeout, HTTP 5xx or 429 (naming the upstream).
             ToolFailed: HTTP 4xx, a missing path argument, an unresolvable secret.
         """
+        import httpx
+
         spec = tool.spec.http
         if spec is None:
             raise ToolFailed(f"tool {tool.metadata.name!r} has no 'http' section")
@@ -285,6 +291,8 @@ class HttpExecutor:
     async def _build(
         self, ctx: ToolCallContext, tool: Tool, spec: HttpToolSpec, arguments: Mapping[str, Any]
     ) -> httpx.Request:
+        import httpx
+
         parts = _split_arguments(spec, arguments)
         try:
             url = httpx.URL(_fill_url(spec, parts.path))
@@ -368,6 +376,8 @@ class HttpExecutor:
 async def _send_once(
     client: httpx.AsyncClient, request: httpx.Request, upstream: str
 ) -> httpx.Response:
+    import httpx
+
     try:
         return await client.send(request, stream=True)
     except httpx.HTTPError as exc:
@@ -375,6 +385,8 @@ async def _send_once(
 
 
 def _transport_error(exc: httpx.HTTPError, request: httpx.Request, upstream: str) -> ToolFailed:
+    import httpx
+
     where = f"{request.method} {_safe_url(request.url)}"
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return UpstreamFailed(
