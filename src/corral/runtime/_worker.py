@@ -101,6 +101,9 @@ class Worker:
         self._handbacks: dict[str, int] = {}
         """Transient failures in a row per run handed back by this worker (its backoff)."""
         self._wakeup = asyncio.Event()
+        self._drained = True
+        """The last claim found fewer runnable runs than it asked for: claiming again before a
+        run finishes or :meth:`wake` is called would most likely find nothing."""
 
     def wake(self) -> None:
         """Look for runnable runs now (called after creating a run in the same process)."""
@@ -134,6 +137,8 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         try:
             while not stop.is_set():
+                # Cleared before claiming: a wake() during the claim is not lost.
+                self._wakeup.clear()
                 try:
                     started = len(self._active) < self.concurrency and (
                         await self._claim_and_start()
@@ -142,9 +147,8 @@ class Worker:
                     await self._claim_failed(exc, stop)
                     continue
                 self._claim_failures = 0
-                if started:
+                if started and not self._drained:
                     continue
-                self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_interval):
                         await _first(stop.wait(), self._wakeup.wait())
@@ -158,7 +162,8 @@ class Worker:
         """Execute runnable runs until none is left and none is active (for tests and scripts)."""
         while True:
             while len(self._active) < self.concurrency and await self._claim_and_start():
-                pass
+                if self._drained:  # nothing more to claim until a run finishes
+                    break
             if not self._active:
                 return
             await asyncio.wait(list(self._active.values()), return_when=asyncio.FIRST_COMPLETED)
@@ -184,6 +189,7 @@ class Worker:
         # of runs starts together instead of one claim transaction at a time.
         free = min(self.concurrency - len(self._active), 32)
         claimed = await self._claim(free) if free > 0 else []
+        self._drained = len(claimed) < free
         for lease in claimed:
             run_id = lease.run_id
             task = asyncio.create_task(
@@ -197,6 +203,8 @@ class Worker:
         # Only this task's entry: the run may have been re-claimed by a newer task meanwhile.
         if self._active.get(run_id) is task:
             del self._active[run_id]
+        if not self._drained:  # runnable runs are waiting for this slot
+            self._wakeup.set()
 
     async def _execute(self, run_id: str, epoch: int) -> None:
         error: Exception | None = None
