@@ -80,10 +80,10 @@ class RunExecutor(ToolPhase):
         models: The model gateway.
         tools: The tool gateway.
         tracing: Where spans go (drained into each step's transaction).
-        lease_seconds: Lease length renewed at every checkpoint.
+        lease: Lease length, renewed at every checkpoint.
         governance: Decides ``model.call`` and ``tool.call``; ``None`` decides nothing (tests
             of the bare loop).
-        approval_ttl_seconds: Lifetime of the approval requests the loop raises.
+        approval_ttl: Lifetime of the approval requests the loop raises.
         clock: Current UTC time, for lease expiry and the wall-clock budget (tests pass a
             :class:`corral.testing.ManualClock`; it must be the worker's clock).
     """
@@ -95,9 +95,9 @@ class RunExecutor(ToolPhase):
         tools: ToolGateway,
         tracing: Tracing,
         *,
-        lease_seconds: float = 15.0,
+        lease: timedelta = timedelta(seconds=15),
         governance: Governance | None = None,
-        approval_ttl_seconds: int = 86_400,
+        approval_ttl: timedelta = timedelta(days=1),
         quotas: Quotas | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -107,12 +107,12 @@ class RunExecutor(ToolPhase):
         self.models = models
         self.tools = tools
         self.tracing = tracing
-        self.lease = timedelta(seconds=lease_seconds)
+        self.lease = lease
         self._specs: dict[str, AgentSpec] = {}
         self._tools: dict[tuple[str, str, str], ResolvedTool] = {}
         self._running: dict[str, RunState] = {}
         self.governance = governance
-        self.approval_ttl = timedelta(seconds=approval_ttl_seconds)
+        self.approval_ttl = approval_ttl
         self._refreshing: dict[str, asyncio.Lock] = {}
 
     def abort(self, run_id: str) -> None:

@@ -55,13 +55,14 @@ class Worker:
         executor: Executes one claimed run.
         worker_id: Unique id of this worker (``lease_owner``).
         concurrency: Runs driven at once.
-        poll_interval_seconds: Wait between claims when nothing is runnable.
-        lease_seconds: Lease length; renewed every third of it while a run is active.
-        signal_poll_seconds: How often running runs are checked for cancel requests and kill
+        poll_interval: Wait between claims when nothing is runnable (a :meth:`wake` or a run
+            finishing ends it early).
+        lease: Lease length; renewed every third of it while a run is active.
+        signal_poll: How often running runs are checked for cancel requests and kill
             switches, to abandon their in-flight model calls.
-        store_retry_initial_seconds: Bound of the first backoff after a store error, in
-            seconds; it doubles with each further error in a row.
-        store_retry_max_seconds: Largest backoff bound, in seconds.
+        store_retry_initial: Bound of the first backoff after a store error; it doubles with
+            each further error in a row.
+        store_retry_max: Largest backoff bound.
         clock: Current UTC time, for claims and lease renewals (tests pass a
             :class:`corral.testing.ManualClock`; it must be the executor's clock).
     """
@@ -76,11 +77,11 @@ class Worker:
         *,
         worker_id: str | None = None,
         concurrency: int = 16,
-        poll_interval_seconds: float = 0.2,
-        lease_seconds: float = 15.0,
-        signal_poll_seconds: float = 1.0,
-        store_retry_initial_seconds: float = 0.5,
-        store_retry_max_seconds: float = 30.0,
+        poll_interval: timedelta = timedelta(seconds=0.2),
+        lease: timedelta = timedelta(seconds=15),
+        signal_poll: timedelta = timedelta(seconds=1),
+        store_retry_initial: timedelta = timedelta(seconds=0.5),
+        store_retry_max: timedelta = timedelta(seconds=30),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.clock = clock
@@ -88,10 +89,10 @@ class Worker:
         self.executor = executor
         self.worker_id = worker_id or default_worker_id()
         self.concurrency = concurrency
-        self.poll_interval = poll_interval_seconds
-        self.lease = timedelta(seconds=lease_seconds)
-        self.signal_poll_seconds = signal_poll_seconds
-        self.backoff = Backoff(store_retry_initial_seconds, store_retry_max_seconds)
+        self.poll_interval = poll_interval
+        self.lease = lease
+        self.signal_poll = signal_poll
+        self.backoff = Backoff(store_retry_initial.total_seconds(), store_retry_max.total_seconds())
         self._active: dict[str, asyncio.Task[None]] = {}
         # Tasks driving each run: a stale task of a run this worker claimed again may still
         # be unwinding while the newer one drives it.
@@ -150,7 +151,7 @@ class Worker:
                 if started and not self._drained:
                     continue
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_interval):
+                    async with asyncio.timeout(self.poll_interval.total_seconds()):
                         await _first(stop.wait(), self._wakeup.wait())
         finally:
             heartbeat.cancel()
@@ -295,7 +296,7 @@ class Worker:
         last_sweep = float("-inf")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self.signal_poll_seconds, renew_every)):
+                async with asyncio.timeout(min(self.signal_poll.total_seconds(), renew_every)):
                     await stop.wait()
             if asyncio.get_running_loop().time() - last_sweep >= self.approval_sweep_seconds:
                 last_sweep = asyncio.get_running_loop().time()
