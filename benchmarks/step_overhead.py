@@ -579,7 +579,7 @@ def render_fixed_cost(samples: list[FixedCost], reference: float) -> list[str]:
         "",
         "| phase | CPU us/run | ratio to one bare SQLite commit |",
         "|---|---:|---:|",
-        f"| create_run (one transaction) | {s['create_cpu_us']:.0f} "
+        f"| start_run: quotas, policy, run + audit (one transaction) | {s['create_cpu_us']:.0f} "
         f"| {s['create_cpu_us'] / reference:.0f}x |",
         f"| claim + load + 1 model step + final checkpoint | {s['execute_cpu_us']:.0f} "
         f"| {s['execute_cpu_us'] / reference:.0f}x |",
