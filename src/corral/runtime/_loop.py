@@ -46,6 +46,7 @@ from corral.runtime._context import (
 from corral.runtime._persist import (
     Checkpoint,
     Lease,
+    LoadedRun,
     insert_spans,
     load_run,
     write_checkpoint,
@@ -129,7 +130,14 @@ class RunExecutor(ToolPhase):
         """The runs this executor is driving now."""
         return list(self._running.values())
 
-    async def execute(self, run_id: str, worker_id: str, *, lease_epoch: int | None = None) -> str:
+    async def execute(
+        self,
+        run_id: str,
+        worker_id: str,
+        *,
+        lease_epoch: int | None = None,
+        loaded: LoadedRun | None = None,
+    ) -> str:
         """Drive a run this worker has leased until it is terminal or paused.
 
         Args:
@@ -138,6 +146,7 @@ class RunExecutor(ToolPhase):
             lease_epoch: The run's ``lease_epoch`` as this worker's claim set it (see
                 :class:`~corral.runtime._persist.Claimed`). ``None`` reads it from the run,
                 which then must be ``RUNNING`` under ``worker_id``'s lease.
+            loaded: The run as the claim read it (``Claimed.loaded``); ``None``: read now.
 
         Returns:
             The status it ended in (terminal, ``IN_DOUBT`` or ``AWAITING_APPROVAL``).
@@ -147,7 +156,7 @@ class RunExecutor(ToolPhase):
                 or by this one after the lease expired): this worker's unwritten work is
                 discarded; the new owner goes on from the last checkpoint.
         """
-        state = await self._load(run_id, worker_id, lease_epoch)
+        state = await self._load(run_id, worker_id, lease_epoch, loaded)
         actor = f"worker:{worker_id}"
         tracer = self.tracing.tracer
         with self.tracing.trace(state.trace_id):
@@ -562,8 +571,11 @@ class RunExecutor(ToolPhase):
             )
             checkpoint.audit.append(_tool_audit(state, actor, done))
 
-    async def _load(self, run_id: str, worker_id: str, lease_epoch: int | None) -> RunState:
-        loaded = await self.store.run_sync(functools.partial(load_run, run_id=run_id), SYSTEM)
+    async def _load(
+        self, run_id: str, worker_id: str, lease_epoch: int | None, loaded: LoadedRun | None
+    ) -> RunState:
+        if loaded is None:
+            loaded = await self.store.run_sync(functools.partial(load_run, run_id=run_id), SYSTEM)
         run = loaded.run
         if lease_epoch is None:
             if run.lease_owner != worker_id or run.status != "RUNNING":

@@ -552,6 +552,8 @@ class Claimed:
     step_count: int
     lease_epoch: int
     """The run's ``lease_epoch`` after this claim: the fencing token of the new lease."""
+    loaded: LoadedRun | None = field(default=None, compare=False, repr=False)
+    """The run as :func:`load_run` reads it, in the claim's transaction (``claim(load=True)``)."""
 
 
 def claim(
@@ -562,6 +564,7 @@ def claim(
     lease: timedelta,
     dialect: str,
     limit: int = 1,
+    load: bool = False,
 ) -> list[Claimed]:
     """Lease up to ``limit`` runnable runs (``QUEUED``, or ``RUNNING`` with an expired lease).
 
@@ -577,6 +580,8 @@ def claim(
         lease: How long the lease lasts unless renewed.
         dialect: ``sqlite`` or ``postgresql`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
         limit: At most this many runs.
+        load: Also read each claimed run (:func:`load_run`) in this transaction, so that
+            executing it needs no transaction of its own to start.
 
     Returns:
         The runs claimed, oldest first (empty when none is runnable).
@@ -588,7 +593,17 @@ def claim(
         _CLAIMS[dialect == "postgresql"],
         {"b_now": now, "b_limit": limit, "b_owner": worker_id, "b_expires": now + lease},
     ).all()
-    claimed = [Claimed(r.id, r.tenant_id, r.trace_id, r.step_count, r.lease_epoch) for r in rows]
+    claimed = [
+        Claimed(
+            r.id,
+            r.tenant_id,
+            r.trace_id,
+            r.step_count,
+            r.lease_epoch,
+            load_run(connection, r.id) if load else None,
+        )
+        for r in rows
+    ]
     for tenant_id in {c.tenant_id for c in claimed}:
         append_events(
             connection,

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from corral.runtime._loop import LeaseLost, RunExecutor
 from corral.runtime._persist import (
     Claimed,
+    LoadedRun,
     claim,
     fail_run,
     hand_back,
@@ -129,6 +130,7 @@ class Worker:
                 lease=self.lease,
                 dialect=dialect,
                 limit=limit,
+                load=True,
             ),
             SYSTEM,
         )
@@ -194,7 +196,7 @@ class Worker:
         for lease in claimed:
             run_id = lease.run_id
             task = asyncio.create_task(
-                self._execute(run_id, lease.lease_epoch), name=f"run {run_id}"
+                self._execute(run_id, lease.lease_epoch, lease.loaded), name=f"run {run_id}"
             )
             self._active[run_id] = task
             task.add_done_callback(functools.partial(self._forget, run_id))
@@ -207,11 +209,11 @@ class Worker:
         if not self._drained:  # runnable runs are waiting for this slot
             self._wakeup.set()
 
-    async def _execute(self, run_id: str, epoch: int) -> None:
+    async def _execute(self, run_id: str, epoch: int, loaded: LoadedRun | None) -> None:
         error: Exception | None = None
         self._driving[run_id] += 1
         try:
-            await self.executor.execute(run_id, self.worker_id, lease_epoch=epoch)
+            await self.executor.execute(run_id, self.worker_id, lease_epoch=epoch, loaded=loaded)
         except LeaseLost:
             log.warning("lease %d on run %s was taken over; stopped driving it", epoch, run_id)
         except asyncio.CancelledError:
