@@ -209,7 +209,7 @@ class Worker:
         if not self._drained:  # runnable runs are waiting for this slot
             self._wakeup.set()
 
-    async def _execute(self, run_id: str, epoch: int, loaded: LoadedRun | None) -> None:
+    async def _execute(self, run_id: str, epoch: int, loaded: LoadedRun | None = None) -> None:
         error: Exception | None = None
         self._driving[run_id] += 1
         try:
