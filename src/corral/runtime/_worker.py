@@ -140,8 +140,6 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         try:
             while not stop.is_set():
-                # Cleared before claiming: a wake() during the claim is not lost.
-                self._wakeup.clear()
                 try:
                     started = len(self._active) < self.concurrency and (
                         await self._claim_and_start()
@@ -150,8 +148,9 @@ class Worker:
                     await self._claim_failed(exc, stop)
                     continue
                 self._claim_failures = 0
-                if started and not self._drained:
+                if started:
                     continue
+                self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_interval.total_seconds()):
                         await _first(stop.wait(), self._wakeup.wait())
