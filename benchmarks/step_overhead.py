@@ -46,7 +46,7 @@ from corral.contracts import parse_document
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.platform import Platform
 from corral.registry import apply_documents
-from corral.runtime import create_run
+from corral.runtime import create_run, start_run
 from corral.runtime._tables import RunRow, ToolCallRow
 from corral.settings import Settings
 from corral.store import Store
@@ -235,6 +235,23 @@ async def _create(platform: Platform, workspace: Path, task: str) -> str:
         return run.id
 
 
+async def _start(platform: Platform, workspace: Path, task: str) -> str:
+    """A run created as ``POST /v1/agents/{name}/runs`` does: quotas, policy, kill switches."""
+    run = await start_run(
+        platform.store,
+        tenant_id="default",
+        agent_name=AGENT,
+        task=task,
+        requested_by="user:bench",
+        requester_roles=("builder",),
+        workspace=str(workspace),
+        workspaces=platform.workspaces,
+        governance=platform.governance,
+        quotas=platform.quotas,
+    )
+    return run.id
+
+
 async def _verify(platform: Platform, run_ids: list[str], steps: int) -> int:
     """Fail loudly unless every run SUCCEEDED with ``steps`` checkpointed steps; returns steps."""
     async with platform.store.transaction("default") as session:
@@ -320,7 +337,8 @@ class FixedCost:
 async def corral_fixed_cost(platform: Platform, workspace: Path, runs: int) -> FixedCost:
     """The fixed cost of a run: ``runs`` one-step runs (the model answers at once), one at a time.
 
-    ``create`` is the ``create_run`` transaction; ``execute`` is ``run_until_idle()``: the
+    ``create`` is :func:`corral.runtime.start_run` as the API calls it (quotas, policy
+    decision, kill switches, the run and its audit event); ``execute`` is ``run_until_idle()``: the
     claim, the load, one model call, the final checkpoint (and the claim that finds nothing).
     """
     create_cpu = execute_cpu = wall = 0.0
@@ -329,7 +347,7 @@ async def corral_fixed_cost(platform: Platform, workspace: Path, runs: int) -> F
     for i in range(runs):
         started = time.perf_counter()
         cpu = time.process_time()
-        run_ids.append(await _create(platform, workspace, f"{ONE_STEP_TASK} {i}"))
+        run_ids.append(await _start(platform, workspace, f"{ONE_STEP_TASK} {i}"))
         created = time.process_time()
         await platform.worker.run_until_idle()
         execute_cpu += time.process_time() - created
@@ -561,7 +579,7 @@ def render_fixed_cost(samples: list[FixedCost], reference: float) -> list[str]:
         "",
         "| phase | CPU us/run | ratio to one bare SQLite commit |",
         "|---|---:|---:|",
-        f"| create_run (one transaction) | {s['create_cpu_us']:.0f} "
+        f"| start_run: quotas, policy, run + audit (one transaction) | {s['create_cpu_us']:.0f} "
         f"| {s['create_cpu_us'] / reference:.0f}x |",
         f"| claim + load + 1 model step + final checkpoint | {s['execute_cpu_us']:.0f} "
         f"| {s['execute_cpu_us'] / reference:.0f}x |",

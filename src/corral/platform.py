@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -159,20 +160,20 @@ class Platform:
             self.models,
             self.tools,
             self.tracing,
-            lease_seconds=settings.runtime.lease_seconds,
+            lease=timedelta(seconds=settings.runtime.lease_seconds),
             governance=self.governance,
-            approval_ttl_seconds=settings.governance.approval_ttl_seconds,
+            approval_ttl=timedelta(seconds=settings.governance.approval_ttl_seconds),
             quotas=self.quotas,
         )
         self.worker = Worker(
             self.store,
             self.executor,
             concurrency=settings.runtime.worker_concurrency,
-            poll_interval_seconds=settings.runtime.poll_interval_seconds,
-            lease_seconds=settings.runtime.lease_seconds,
-            signal_poll_seconds=settings.runtime.signal_poll_seconds,
-            store_retry_initial_seconds=settings.runtime.store_retry_initial_seconds,
-            store_retry_max_seconds=settings.runtime.store_retry_max_seconds,
+            poll_interval=timedelta(seconds=settings.runtime.poll_interval_seconds),
+            lease=timedelta(seconds=settings.runtime.lease_seconds),
+            signal_poll=timedelta(seconds=settings.runtime.signal_poll_seconds),
+            store_retry_initial=timedelta(seconds=settings.runtime.store_retry_initial_seconds),
+            store_retry_max=timedelta(seconds=settings.runtime.store_retry_max_seconds),
         )
 
     async def start(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import event
 
 from conftest import agent_document
 from corral.errors import QuotaExceeded
@@ -225,3 +226,31 @@ async def test_check_model_call_raises_like_check_run_start(settings, workspace)
         )
         assert 0 < error.retry_after_seconds <= 86_401
         assert "corral quotas set model_tokens_per_day" in error.message
+
+
+async def test_concurrent_callers_share_one_reload_of_a_tenants_limits(settings) -> None:
+    """Quotas.limits reloads once per tenant when its cache runs out; the others wait for it."""
+    async with live_world(settings, scripted=ScriptedModel([])) as world:
+        await world.as_("PUT", "/v1/quotas/runs_per_day", json={"limit": 7})
+        quotas = world.platform.quotas
+        engine = world.platform.store.engine.sync_engine
+        reads: list[str] = []
+
+        def on_execute(_conn, _cursor, statement: str, *_: object) -> None:
+            if "FROM quotas" in statement:
+                reads.append(statement)
+
+        event.listen(engine, "before_cursor_execute", on_execute)
+        try:
+            quotas.invalidate("default")
+            first = await asyncio.gather(*(quotas.limits("default") for _ in range(20)))
+            quotas.invalidate("default")
+            quotas.invalidate("team-x")
+            both = await asyncio.gather(
+                *(quotas.limits(t) for t in ("default", "team-x") for _ in range(5))
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", on_execute)
+        assert all(limits == {"runs_per_day": Decimal(7)} for limits in first)
+        assert both[:5] == [{"runs_per_day": Decimal(7)}] * 5 and both[5:] == [{}] * 5
+        assert len(reads) == 3  # one per tenant and cache miss, not one per caller

@@ -399,6 +399,12 @@ class Governance:
             request, self._entity_set(engine, entities), approvals_granted=tuple(approvals_granted)
         )
 
+    def evaluate(
+        self, engine: PolicyEngine, request: PolicyRequest, entities: list[Entity]
+    ) -> PolicyDecision:
+        """:meth:`decide` with an engine already at hand (:meth:`engine`), from any thread."""
+        return engine.evaluate(request, self._entity_set(engine, entities))
+
     def _entity_set(self, engine: PolicyEngine, entities: list[Entity]) -> EntitySet | list[Entity]:
         """The parsed entities, cached; the list itself when it does not parse.
 

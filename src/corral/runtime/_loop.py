@@ -52,6 +52,7 @@ from corral.runtime._context import (
 from corral.runtime._persist import (
     Checkpoint,
     Lease,
+    LoadedRun,
     insert_spans,
     load_run,
     write_checkpoint,
@@ -86,10 +87,10 @@ class RunExecutor(ToolPhase):
         models: The model gateway.
         tools: The tool gateway.
         tracing: Where spans go (drained into each step's transaction).
-        lease_seconds: Lease length renewed at every checkpoint.
+        lease: Lease length, renewed at every checkpoint.
         governance: Decides ``model.call`` and ``tool.call``; ``None`` decides nothing (tests
             of the bare loop).
-        approval_ttl_seconds: Lifetime of the approval requests the loop raises.
+        approval_ttl: Lifetime of the approval requests the loop raises.
         clock: Current UTC time, for lease expiry and the wall-clock budget (tests pass a
             :class:`corral.testing.ManualClock`; it must be the worker's clock).
     """
@@ -101,9 +102,9 @@ class RunExecutor(ToolPhase):
         tools: ToolGateway,
         tracing: Tracing,
         *,
-        lease_seconds: float = 15.0,
+        lease: timedelta = timedelta(seconds=15),
         governance: Governance | None = None,
-        approval_ttl_seconds: int = 86_400,
+        approval_ttl: timedelta = timedelta(days=1),
         quotas: Quotas | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -113,12 +114,12 @@ class RunExecutor(ToolPhase):
         self.models = models
         self.tools = tools
         self.tracing = tracing
-        self.lease = timedelta(seconds=lease_seconds)
+        self.lease = lease
         self._specs: dict[str, AgentSpec] = {}
         self._tools: dict[tuple[str, str, str], ResolvedTool] = {}
         self._running: dict[str, RunState] = {}
         self.governance = governance
-        self.approval_ttl = timedelta(seconds=approval_ttl_seconds)
+        self.approval_ttl = approval_ttl
         self._refreshing: dict[str, asyncio.Lock] = {}
 
     def abort(self, run_id: str) -> None:
@@ -135,7 +136,14 @@ class RunExecutor(ToolPhase):
         """The runs this executor is driving now."""
         return list(self._running.values())
 
-    async def execute(self, run_id: str, worker_id: str, *, lease_epoch: int | None = None) -> str:
+    async def execute(
+        self,
+        run_id: str,
+        worker_id: str,
+        *,
+        lease_epoch: int | None = None,
+        loaded: LoadedRun | None = None,
+    ) -> str:
         """Drive a run this worker has leased until it is terminal or paused.
 
         Args:
@@ -144,6 +152,7 @@ class RunExecutor(ToolPhase):
             lease_epoch: The run's ``lease_epoch`` as this worker's claim set it (see
                 :class:`~corral.runtime._persist.Claimed`). ``None`` reads it from the run,
                 which then must be ``RUNNING`` under ``worker_id``'s lease.
+            loaded: The run as the claim read it (``Claimed.loaded``); ``None``: read now.
 
         Returns:
             The status it ended in (terminal, ``IN_DOUBT`` or ``AWAITING_APPROVAL``).
@@ -153,7 +162,7 @@ class RunExecutor(ToolPhase):
                 or by this one after the lease expired): this worker's unwritten work is
                 discarded; the new owner goes on from the last checkpoint.
         """
-        state = await self._load(run_id, worker_id, lease_epoch)
+        state = await self._load(run_id, worker_id, lease_epoch, loaded)
         actor = f"worker:{worker_id}"
         tracer = self.tracing.tracer
         with self.tracing.trace(state.trace_id):
@@ -568,8 +577,11 @@ class RunExecutor(ToolPhase):
             )
             checkpoint.audit.append(_tool_audit(state, actor, done))
 
-    async def _load(self, run_id: str, worker_id: str, lease_epoch: int | None) -> RunState:
-        loaded = await self.store.run_sync(functools.partial(load_run, run_id=run_id), SYSTEM)
+    async def _load(
+        self, run_id: str, worker_id: str, lease_epoch: int | None, loaded: LoadedRun | None
+    ) -> RunState:
+        if loaded is None:
+            loaded = await self.store.run_sync(functools.partial(load_run, run_id=run_id), SYSTEM)
         run = loaded.run
         if lease_epoch is None:
             if run.lease_owner != worker_id or run.status != "RUNNING":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, exists, func, or_, select
+from sqlalchemy import Connection, Integer, Table, and_, bindparam, exists, func, or_, select
 
 from corral.approvals import ApprovalRow
 from corral.audit import AuditRecord, append_events
@@ -438,58 +438,62 @@ class LoadedRun:
     digest): an approval covers exactly the call that was approved."""
 
 
+_LOAD_RUN = select(_RUNS).where(_RUNS.c.id == bindparam("b_run"))
+_LOAD_DOCUMENT = select(_VERSIONS.c.document).where(_VERSIONS.c.id == bindparam("b_version"))
+_LOAD_TOOLS = (
+    select(_TOOLS.c.name, _TOOLS.c.latest_version, _TOOL_VERSIONS.c.document)
+    .join(
+        _TOOL_VERSIONS,
+        and_(
+            _TOOL_VERSIONS.c.tool_id == _TOOLS.c.id,
+            _TOOL_VERSIONS.c.version == _TOOLS.c.latest_version,
+        ),
+    )
+    .where(_TOOLS.c.tenant_id == bindparam("b_tenant"))
+    # An MCP tool whose upstream changed since its approval is not offered (quarantine).
+    .where(
+        ~exists().where(
+            _PINS.c.tenant_id == bindparam("b_tenant"),
+            _PINS.c.tool_name == _TOOLS.c.name,
+            _PINS.c.status == "QUARANTINED",
+        )
+    )
+    .order_by(_TOOLS.c.name)
+)
+_LOAD_STEPS = select(_STEPS).where(_STEPS.c.run_id == bindparam("b_run")).order_by(_STEPS.c.index)
+_LOAD_CALLS = (
+    select(_CALLS)
+    .where(_CALLS.c.run_id == bindparam("b_run"))
+    .order_by(_CALLS.c.step_index, _CALLS.c.call_index)
+)
+_LOAD_APPROVED = select(
+    _APPROVALS.c.call_index, _APPROVALS.c.arguments_digest, _APPROVALS.c.policy_ids
+).where(
+    _APPROVALS.c.run_id == bindparam("b_run"),
+    _APPROVALS.c.step_index == bindparam("b_step"),
+    _APPROVALS.c.status == "approved",
+)
+
+
 def load_run(connection: Connection, run_id: str) -> LoadedRun:
     """Read everything needed to rebuild a run's state (one transaction)."""
-    run = connection.execute(select(_RUNS).where(_RUNS.c.id == run_id)).one()
-    document = connection.execute(
-        select(_VERSIONS.c.document).where(_VERSIONS.c.id == run.agent_version_id)
-    ).scalar_one()
-    tools = connection.execute(
-        select(_TOOLS.c.name, _TOOLS.c.latest_version, _TOOL_VERSIONS.c.document)
-        .join(
-            _TOOL_VERSIONS,
-            and_(
-                _TOOL_VERSIONS.c.tool_id == _TOOLS.c.id,
-                _TOOL_VERSIONS.c.version == _TOOLS.c.latest_version,
-            ),
-        )
-        .where(_TOOLS.c.tenant_id == run.tenant_id)
-        # An MCP tool whose upstream changed since its approval is not offered (quarantine).
-        .where(
-            ~exists().where(
-                _PINS.c.tenant_id == run.tenant_id,
-                _PINS.c.tool_name == _TOOLS.c.name,
-                _PINS.c.status == "QUARANTINED",
-            )
-        )
-        .order_by(_TOOLS.c.name)
-    ).all()
-    steps = connection.execute(
-        select(_STEPS).where(_STEPS.c.run_id == run_id).order_by(_STEPS.c.index)
-    ).all()
-    calls = connection.execute(
-        select(_CALLS)
-        .where(_CALLS.c.run_id == run_id)
-        .order_by(_CALLS.c.step_index, _CALLS.c.call_index)
+    run = connection.execute(_LOAD_RUN, {"b_run": run_id}).one()
+    document = connection.execute(_LOAD_DOCUMENT, {"b_version": run.agent_version_id}).scalar_one()
+    tools = connection.execute(_LOAD_TOOLS, {"b_tenant": run.tenant_id}).all()
+    steps = list(connection.execute(_LOAD_STEPS, {"b_run": run_id}))
+    calls = list(connection.execute(_LOAD_CALLS, {"b_run": run_id}))
+    approvals = connection.execute(
+        _LOAD_APPROVED, {"b_run": run_id, "b_step": run.step_count}
     ).all()
     signals = Signals(
         bool(run.cancel_requested), active_kill_switch(connection, run.tenant_id, run.agent_name)
     )
-    approvals = connection.execute(
-        select(
-            _APPROVALS.c.call_index, _APPROVALS.c.arguments_digest, _APPROVALS.c.policy_ids
-        ).where(
-            _APPROVALS.c.run_id == run_id,
-            _APPROVALS.c.step_index == run.step_count,
-            _APPROVALS.c.status == "approved",
-        )
-    ).all()
     return LoadedRun(
         run,
         document,
         [tuple(t) for t in tools],
-        list(steps),
-        list(calls),
+        steps,
+        calls,
         signals,
         {(a.call_index, a.arguments_digest): list(a.policy_ids) for a in approvals},
     )
@@ -521,6 +525,46 @@ def insert_spans(connection: Connection, *, lease: Lease, spans: list[dict[str, 
     return True
 
 
+_RUNNABLE = or_(
+    _RUNS.c.status == "QUEUED",
+    and_(_RUNS.c.status == "RUNNING", _RUNS.c.lease_expires_at < bindparam("b_now")),
+)
+_ANY_RUNNABLE = select(_RUNS.c.id).where(_RUNNABLE).limit(1)
+
+
+def _claim_statement(dialect: str) -> Any:
+    candidates = skip_locked(
+        select(_RUNS.c.id)
+        .where(_RUNNABLE)
+        .order_by(_RUNS.c.created_at)
+        .limit(bindparam("b_limit", type_=Integer)),
+        dialect,
+    )
+    return (
+        _RUNS.update()
+        .where(_RUNS.c.id.in_(candidates.scalar_subquery()))
+        .values(
+            status="RUNNING",
+            lease_owner=bindparam("b_owner"),
+            lease_expires_at=bindparam("b_expires", type_=_RUNS.c.lease_expires_at.type),
+            lease_epoch=_RUNS.c.lease_epoch + 1,
+            started_at=func.coalesce(_RUNS.c.started_at, bindparam("b_now")),
+            updated_at=bindparam("b_now"),
+        )
+        .returning(
+            _RUNS.c.id,
+            _RUNS.c.tenant_id,
+            _RUNS.c.trace_id,
+            _RUNS.c.step_count,
+            _RUNS.c.lease_epoch,
+        )
+    )
+
+
+_CLAIMS = (_claim_statement("sqlite"), _claim_statement("postgresql"))
+"""The claim ``UPDATE``, built once: without and with ``FOR UPDATE SKIP LOCKED``."""
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A run just leased."""
@@ -531,6 +575,8 @@ class Claimed:
     step_count: int
     lease_epoch: int
     """The run's ``lease_epoch`` after this claim: the fencing token of the new lease."""
+    loaded: LoadedRun | None = field(default=None, compare=False, repr=False)
+    """The run as :func:`load_run` reads it, in the claim's transaction (``claim(load=True)``)."""
 
 
 def claim(
@@ -541,6 +587,7 @@ def claim(
     lease: timedelta,
     dialect: str,
     limit: int = 1,
+    load: bool = False,
 ) -> list[Claimed]:
     """Lease up to ``limit`` runnable runs (``QUEUED``, or ``RUNNING`` with an expired lease).
 
@@ -556,40 +603,30 @@ def claim(
         lease: How long the lease lasts unless renewed.
         dialect: ``sqlite`` or ``postgresql`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
         limit: At most this many runs.
+        load: Also read each claimed run (:func:`load_run`) in this transaction, so that
+            executing it needs no transaction of its own to start.
 
     Returns:
         The runs claimed, oldest first (empty when none is runnable).
     """
-    runnable = or_(
-        _RUNS.c.status == "QUEUED",
-        and_(_RUNS.c.status == "RUNNING", _RUNS.c.lease_expires_at < now),
-    )
     # A plain read first: an idle worker's poll costs one read and no UPDATE.
-    if connection.execute(select(_RUNS.c.id).where(runnable).limit(1)).first() is None:
+    if connection.execute(_ANY_RUNNABLE, {"b_now": now}).first() is None:
         return []
-    candidates = skip_locked(
-        select(_RUNS.c.id).where(runnable).order_by(_RUNS.c.created_at).limit(limit), dialect
-    )
     rows = connection.execute(
-        _RUNS.update()
-        .where(_RUNS.c.id.in_(candidates.scalar_subquery()))
-        .values(
-            status="RUNNING",
-            lease_owner=worker_id,
-            lease_expires_at=now + lease,
-            lease_epoch=_RUNS.c.lease_epoch + 1,
-            started_at=func.coalesce(_RUNS.c.started_at, now),
-            updated_at=now,
-        )
-        .returning(
-            _RUNS.c.id,
-            _RUNS.c.tenant_id,
-            _RUNS.c.trace_id,
-            _RUNS.c.step_count,
-            _RUNS.c.lease_epoch,
-        )
+        _CLAIMS[dialect == "postgresql"],
+        {"b_now": now, "b_limit": limit, "b_owner": worker_id, "b_expires": now + lease},
     ).all()
-    claimed = [Claimed(r.id, r.tenant_id, r.trace_id, r.step_count, r.lease_epoch) for r in rows]
+    claimed = [
+        Claimed(
+            r.id,
+            r.tenant_id,
+            r.trace_id,
+            r.step_count,
+            r.lease_epoch,
+            load_run(connection, r.id) if load else None,
+        )
+        for r in rows
+    ]
     for tenant_id in {c.tenant_id for c in claimed}:
         append_events(
             connection,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, cast
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import AuditRecord, append_event, append_events
@@ -25,6 +27,8 @@ from corral.policy import (
     EntityRef,
     Governance,
     PolicyContext,
+    PolicyDecision,
+    PolicyEngine,
     PolicyRequest,
     agent_entity,
     decision_row,
@@ -37,7 +41,7 @@ from corral.runtime._status import RUN_STATUSES, TERMINAL_STATUSES, RunStatus
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.runtime._workspaces import Workspaces
 from corral.store import Store, new_id, utcnow
-from corral.tenancy import Quotas, permits
+from corral.tenancy import Quotas, check_run_start, permits
 
 __all__ = [
     "RUN_STATUSES",
@@ -111,25 +115,44 @@ async def start_run(
             "needs the operator role. Pass `stage` (`corral run --stage dev`).",
             code="permission_denied",
         )
+    # What does not need the transaction is ready before it: the workspace resolved (an
+    # error is raised where create_run would raise it, after the quota check), the policy
+    # engine and the quota limits from their tenant caches.
+    resolved: str | BaseException | None = None
+    if workspace is not None:
+        if workspaces is None:
+            raise ValueError("start_run(workspace=...) needs workspaces= to check it")
+        try:
+            resolved = str(workspaces.resolve(tenant_id, workspace))
+        except (PolicyDenied, InvalidRequest) as error:
+            resolved = error
+    limits = await quotas.limits(tenant_id) if quotas is not None else None
+    invoke = None
+    if governance is not None:
+        invoke = _Invoke(
+            governance,
+            await governance.engine(tenant_id),
+            governance.principal_entity(
+                requested_by, tenant_id, roles=roles, groups=requester_groups
+            ),
+        )
+    start = functools.partial(
+        _start_on_writer,
+        request=_StartRequest(
+            tenant_id=tenant_id,
+            agent_name=agent_name,
+            task=task,
+            requested_by=requested_by,
+            stage=stage,
+            version=version,
+            model=model,
+            workspace=resolved,
+        ),
+        limits=limits,
+        invoke=invoke,
+    )
     try:
-        async with store.transaction(tenant_id) as session:
-            if quotas is not None:
-                await quotas.check_run_start(session, tenant_id)
-            return await create_run(
-                session,
-                tenant_id=tenant_id,
-                agent_name=agent_name,
-                task=task,
-                requested_by=requested_by,
-                workspace=workspace,
-                workspaces=workspaces,
-                stage=stage,
-                version=version,
-                model=model,
-                governance=governance,
-                requester_roles=roles,
-                requester_groups=requester_groups,
-            )
+        return await store.run_sync(start, tenant_id)
     except _InvokeRefused as refused:
         # The refusal is evidence too: stored now that the run's transaction rolled back.
         await store.run_sync(
@@ -139,6 +162,249 @@ async def start_run(
             tenant_id,
         )
         raise
+    except _VersionMissing:
+        # Raise the registry's own NotFound (it lists what exists).
+        async with store.read(tenant_id) as session:
+            await _version_for_stage(session, agent_name, stage, version, tenant_id=tenant_id)
+        raise NotFound(  # removed between the two reads
+            f"Agent {agent_name!r} not found; register it with `corral apply -f FILE`.",
+            kind="agent",
+            name=agent_name,
+        ) from None
+
+
+@dataclass(frozen=True)
+class _StartRequest:
+    tenant_id: str
+    agent_name: str
+    task: str
+    requested_by: str
+    stage: str
+    version: str | None
+    model: str | None
+    workspace: str | BaseException | None
+
+
+@dataclass(frozen=True)
+class _Invoke:
+    """What deciding ``agent.invoke`` on the writer needs: no store read, no event loop."""
+
+    governance: Governance
+    engine: PolicyEngine
+    requester: Entity
+
+
+class _VersionMissing(Exception):
+    """The agent, its stage binding or the version asked for is not in the store."""
+
+
+_AGENTS = cast(Table, AgentRow.__table__)
+_VERSIONS = cast(Table, AgentVersionRow.__table__)
+_BINDINGS = cast(Table, StageBindingRow.__table__)
+_RUNS = cast(Table, RunRow.__table__)
+_RUN_EVENTS = cast(Table, RunEventRow.__table__)
+_RUN_COLUMNS = tuple(column.key for column in _RUNS.columns)
+
+_EXPLICIT_VERSION = (
+    select(
+        _AGENTS.c.id,
+        _AGENTS.c.status,
+        _VERSIONS.c.id.label("version_id"),
+        _VERSIONS.c.version,
+        _VERSIONS.c.digest,
+    )
+    .join(_VERSIONS, _VERSIONS.c.agent_id == _AGENTS.c.id)
+    .where(
+        _AGENTS.c.tenant_id == bindparam("b_tenant"),
+        _AGENTS.c.name == bindparam("b_agent"),
+        _VERSIONS.c.version == bindparam("b_version"),
+    )
+)
+_STAGE_VERSION = (
+    select(
+        _AGENTS.c.id,
+        _AGENTS.c.status,
+        _VERSIONS.c.id.label("version_id"),
+        _VERSIONS.c.version,
+        _VERSIONS.c.digest,
+    )
+    .join(_BINDINGS, _BINDINGS.c.agent_id == _AGENTS.c.id)
+    .join(_VERSIONS, _VERSIONS.c.id == _BINDINGS.c.version_id)
+    .where(
+        _AGENTS.c.tenant_id == bindparam("b_tenant"),
+        _AGENTS.c.name == bindparam("b_agent"),
+        _BINDINGS.c.stage == bindparam("b_stage"),
+    )
+)
+_VERSION_DOCUMENT = select(_VERSIONS.c.document).where(_VERSIONS.c.id == bindparam("b_id"))
+
+# Parsed specs of agent versions by (row id, digest): a version's document never changes.
+_SPECS: dict[tuple[str, str], Any] = {}
+
+
+def _spec_of(connection: Connection, version_id: str, digest: str) -> Any:
+    key = (version_id, digest)
+    spec = _SPECS.get(key)
+    if spec is None:
+        document = connection.execute(_VERSION_DOCUMENT, {"b_id": version_id}).scalar_one()
+        spec = Agent.model_validate(document).spec
+        if len(_SPECS) >= 1024:
+            _SPECS.clear()
+        _SPECS[key] = spec
+    return spec
+
+
+def _start_on_writer(
+    connection: Connection,
+    request: _StartRequest,
+    *,
+    limits: dict[str, Decimal] | None,
+    invoke: _Invoke | None,
+) -> RunRow:
+    """:func:`start_run`'s transaction, in Core statements on the store's writer.
+
+    The checks run in :func:`create_run`'s order, quotas first.
+    """
+    tenant_id, agent_name, stage = request.tenant_id, request.agent_name, request.stage
+    if limits is not None:
+        check_run_start(connection, tenant_id, limits)
+    task = request.task
+    if not task.strip() or len(task) > 100_000:
+        raise InvalidRequest("The task must be 1 to 100,000 characters of text.")
+    if isinstance(request.workspace, BaseException):
+        raise request.workspace
+    resolved = request.workspace
+    if request.version is not None:
+        if stage != "dev":
+            raise InvalidRequest(
+                f"An explicit version runs only in stage 'dev'; stage {stage!r} runs the version "
+                f"promoted to it (`corral promote {agent_name}@{request.version} --to {stage}`)."
+            )
+        found = connection.execute(
+            _EXPLICIT_VERSION,
+            {"b_tenant": tenant_id, "b_agent": agent_name, "b_version": request.version},
+        ).first()
+    else:
+        found = connection.execute(
+            _STAGE_VERSION, {"b_tenant": tenant_id, "b_agent": agent_name, "b_stage": stage}
+        ).first()
+    if found is None:
+        raise _VersionMissing
+    spec = _spec_of(connection, found.version_id, found.digest)
+    if spec.status == "retired" or found.status == "retired":
+        raise PolicyDenied(
+            f"Agent {agent_name!r} is retired and cannot run; apply a version with "
+            "status 'active' to bring it back.",
+            code="agent_retired",
+        )
+    if spec.status == "draft" and stage != "dev":
+        raise PolicyDenied(
+            f"Agent {agent_name!r}@{found.version} is a draft: it runs only in stage "
+            "'dev'; apply it with status 'active' before promoting it.",
+            code="agent_draft",
+        )
+    decision_id = None
+    if invoke is not None:
+        decision_id = _decide_invoke(
+            connection, invoke, agent_name, spec, stage, tenant_id, resolved
+        )
+    kill = active_kill_switch(connection, tenant_id, agent_name)
+    if kill is not None:
+        raise KillSwitchEngaged(
+            f"Agent {agent_name!r} cannot start runs: {kill.describe()}. Release it with "
+            f"`corral kill-switch release {_switch_flag(kill.scope, kill.target)}`.",
+            scope=kill.scope,
+            target=kill.target,
+            engaged_by=kill.engaged_by,
+        )
+    chosen = request.model or spec.model.default
+    if chosen not in (spec.model.default, *spec.model.allowed):
+        raise InvalidRequest(
+            f"Model {chosen!r} is not allowed to agent {agent_name!r}; allowed: "
+            f"{', '.join([spec.model.default, *spec.model.allowed])}."
+        )
+    now = utcnow()
+    values: dict[str, Any] = dict.fromkeys(_RUN_COLUMNS)
+    values.update(
+        id=new_id("run"),
+        tenant_id=tenant_id,
+        agent_id=found.id,
+        agent_name=agent_name,
+        agent_version_id=found.version_id,
+        agent_version=found.version,
+        stage=stage,
+        status=RunStatus.QUEUED,
+        task=task,
+        workspace=resolved,
+        requested_by=request.requested_by,
+        model=chosen,
+        trace_id=new_trace_id(),
+        step_count=0,
+        iterations=0,
+        tool_call_count=0,
+        input_tokens=0,
+        output_tokens=0,
+        cancel_requested=False,
+        lease_epoch=0,
+        created_at=now,
+        updated_at=now,
+    )
+    connection.execute(_RUNS.insert(), values)
+    connection.execute(
+        _RUN_EVENTS.insert(),
+        {
+            "tenant_id": tenant_id,
+            "run_id": values["id"],
+            "type": "run.created",
+            "data": {"agent": agent_name, "version": found.version, "model": chosen},
+            "created_at": now,
+        },
+    )
+    append_events(
+        connection,
+        tenant_id,
+        [
+            AuditRecord(
+                request.requested_by,
+                "run.created",
+                f"run:{values['id']}",
+                "success",
+                run_id=values["id"],
+                trace_id=values["trace_id"],
+                policy_decision_id=decision_id,
+                details={
+                    "agent": agent_name,
+                    "version": found.version,
+                    "digest": found.digest,
+                    "stage": stage,
+                    "model": chosen,
+                    "workspace": resolved,
+                    "deprecated": spec.status == "deprecated",
+                },
+            )
+        ],
+    )
+    return RunRow(**values)
+
+
+def _decide_invoke(
+    connection: Connection,
+    invoke: _Invoke,
+    agent_name: str,
+    spec: Any,
+    stage: str,
+    tenant_id: str,
+    workspace: str | None,
+) -> str:
+    """Decide ``agent.invoke`` with the engine at hand; store the decision; raise unless allowed."""
+    request = _invoke_request(invoke.requester, agent_name, stage, tenant_id, workspace)
+    entities = [invoke.requester, agent_entity(agent_name, tenant_id, spec)]
+    decision = invoke.governance.evaluate(invoke.engine, request, entities)
+    row = decision_row(decision, request, tenant_id=tenant_id, run_id=None)
+    if decision.decision != "allow":
+        raise _refusal(decision, request, row, agent_name, stage, workspace)
+    insert_decisions(connection, [row])
+    return decision.id
 
 
 async def create_run(
@@ -342,8 +608,25 @@ async def _authorize_invoke(
     workspace: str | None,
 ) -> str:
     """Decide ``agent.invoke``; store the decision; raise unless it allows."""
+    request = _invoke_request(requester, agent_name, stage, tenant_id, workspace)
+    entities = [
+        requester,
+        agent_entity(agent_name, tenant_id, spec),
+    ]
+    decision = await governance.decide(tenant_id, request, entities, session=session)
+    row = decision_row(decision, request, tenant_id=tenant_id, run_id=None)
+    if decision.decision != "allow":
+        # The caller's transaction rolls back with the refusal: record it on its own.
+        raise _refusal(decision, request, row, agent_name, stage, workspace)
+    await session.run_sync(lambda sync: insert_decisions(sync.connection(), [row]))
+    return decision.id
+
+
+def _invoke_request(
+    requester: Entity, agent_name: str, stage: str, tenant_id: str, workspace: str | None
+) -> PolicyRequest:
     requested_by = requester.uid.id
-    request = PolicyRequest(
+    return PolicyRequest(
         principal=principal_ref(requested_by),
         action="agent.invoke",
         resource=EntityRef("Agent", agent_name),
@@ -351,40 +634,41 @@ async def _authorize_invoke(
             tenant=tenant_id, stage=stage, requester=requested_by, workspace=workspace
         ),
     )
-    entities = [
-        requester,
-        agent_entity(agent_name, tenant_id, spec),
-    ]
-    decision = await governance.decide(tenant_id, request, entities, session=session)
-    row = decision_row(decision, request, tenant_id=tenant_id, run_id=None)
-    if decision.decision == "allow":
-        await session.run_sync(lambda sync: insert_decisions(sync.connection(), [row]))
-    else:
-        # The caller's transaction rolls back with the refusal: record it on its own.
-        audit = AuditRecord(
-            requested_by,
-            "agent.invoke",
-            f"agent:{agent_name}",
-            "denied",
-            policy_decision_id=decision.id,
-            details={
-                "stage": stage,
-                "workspace": workspace,
-                "decision": decision.decision,
-                "policies": list(decision.determining_policies),
-            },
-        )
-        because = "; ".join(decision.reasons) or "no policy permits it"
-        raise _InvokeRefused(
-            f"Policy does not allow {requested_by} to invoke agent {agent_name!r} in stage "
-            f"{stage!r} (decision {decision.decision}): {because} (policies: "
-            f"{', '.join(decision.determining_policies) or 'default deny'}; "
-            f"decision {decision.id}).",
-            decision_id=decision.id,
-            row=row,
-            audit=audit,
-        )
-    return decision.id
+
+
+def _refusal(
+    decision: PolicyDecision,
+    request: PolicyRequest,
+    row: dict[str, Any],
+    agent_name: str,
+    stage: str,
+    workspace: str | None,
+) -> _InvokeRefused:
+    """The refusal of ``agent.invoke``, with its decision row and audit event to store."""
+    requested_by = request.context.requester
+    audit = AuditRecord(
+        requested_by,
+        "agent.invoke",
+        f"agent:{agent_name}",
+        "denied",
+        policy_decision_id=decision.id,
+        details={
+            "stage": stage,
+            "workspace": workspace,
+            "decision": decision.decision,
+            "policies": list(decision.determining_policies),
+        },
+    )
+    because = "; ".join(decision.reasons) or "no policy permits it"
+    return _InvokeRefused(
+        f"Policy does not allow {requested_by} to invoke agent {agent_name!r} in stage "
+        f"{stage!r} (decision {decision.decision}): {because} (policies: "
+        f"{', '.join(decision.determining_policies) or 'default deny'}; "
+        f"decision {decision.id}).",
+        decision_id=decision.id,
+        row=row,
+        audit=audit,
+    )
 
 
 class _InvokeRefused(PolicyRefused):

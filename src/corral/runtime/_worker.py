@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from corral.runtime._loop import LeaseLost, RunExecutor
 from corral.runtime._persist import (
     Claimed,
+    LoadedRun,
     claim,
     fail_run,
     hand_back,
@@ -55,13 +56,14 @@ class Worker:
         executor: Executes one claimed run.
         worker_id: Unique id of this worker (``lease_owner``).
         concurrency: Runs driven at once.
-        poll_interval_seconds: Wait between claims when nothing is runnable.
-        lease_seconds: Lease length; renewed every third of it while a run is active.
-        signal_poll_seconds: How often running runs are checked for cancel requests and kill
+        poll_interval: Wait between claims when nothing is runnable (a :meth:`wake` or a run
+            finishing ends it early).
+        lease: Lease length; renewed every third of it while a run is active.
+        signal_poll: How often running runs are checked for cancel requests and kill
             switches, to abandon their in-flight model calls.
-        store_retry_initial_seconds: Bound of the first backoff after a store error, in
-            seconds; it doubles with each further error in a row.
-        store_retry_max_seconds: Largest backoff bound, in seconds.
+        store_retry_initial: Bound of the first backoff after a store error; it doubles with
+            each further error in a row.
+        store_retry_max: Largest backoff bound.
         clock: Current UTC time, for claims and lease renewals (tests pass a
             :class:`corral.testing.ManualClock`; it must be the executor's clock).
     """
@@ -76,11 +78,11 @@ class Worker:
         *,
         worker_id: str | None = None,
         concurrency: int = 16,
-        poll_interval_seconds: float = 0.2,
-        lease_seconds: float = 15.0,
-        signal_poll_seconds: float = 1.0,
-        store_retry_initial_seconds: float = 0.5,
-        store_retry_max_seconds: float = 30.0,
+        poll_interval: timedelta = timedelta(seconds=0.2),
+        lease: timedelta = timedelta(seconds=15),
+        signal_poll: timedelta = timedelta(seconds=1),
+        store_retry_initial: timedelta = timedelta(seconds=0.5),
+        store_retry_max: timedelta = timedelta(seconds=30),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.clock = clock
@@ -88,10 +90,10 @@ class Worker:
         self.executor = executor
         self.worker_id = worker_id or default_worker_id()
         self.concurrency = concurrency
-        self.poll_interval = poll_interval_seconds
-        self.lease = timedelta(seconds=lease_seconds)
-        self.signal_poll_seconds = signal_poll_seconds
-        self.backoff = Backoff(store_retry_initial_seconds, store_retry_max_seconds)
+        self.poll_interval = poll_interval
+        self.lease = lease
+        self.signal_poll = signal_poll
+        self.backoff = Backoff(store_retry_initial.total_seconds(), store_retry_max.total_seconds())
         self._active: dict[str, asyncio.Task[None]] = {}
         # Tasks driving each run: a stale task of a run this worker claimed again may still
         # be unwinding while the newer one drives it.
@@ -101,6 +103,9 @@ class Worker:
         self._handbacks: dict[str, int] = {}
         """Transient failures in a row per run handed back by this worker (its backoff)."""
         self._wakeup = asyncio.Event()
+        self._drained = True
+        """The last claim found fewer runnable runs than it asked for: claiming again before a
+        run finishes or :meth:`wake` is called would most likely find nothing."""
 
     def wake(self) -> None:
         """Look for runnable runs now (called after creating a run in the same process)."""
@@ -125,6 +130,7 @@ class Worker:
                 lease=self.lease,
                 dialect=dialect,
                 limit=limit,
+                load=True,
             ),
             SYSTEM,
         )
@@ -146,7 +152,7 @@ class Worker:
                     continue
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_interval):
+                    async with asyncio.timeout(self.poll_interval.total_seconds()):
                         await _first(stop.wait(), self._wakeup.wait())
         finally:
             heartbeat.cancel()
@@ -158,7 +164,8 @@ class Worker:
         """Execute runnable runs until none is left and none is active (for tests and scripts)."""
         while True:
             while len(self._active) < self.concurrency and await self._claim_and_start():
-                pass
+                if self._drained:  # nothing more to claim until a run finishes
+                    break
             if not self._active:
                 return
             await asyncio.wait(list(self._active.values()), return_when=asyncio.FIRST_COMPLETED)
@@ -184,10 +191,11 @@ class Worker:
         # of runs starts together instead of one claim transaction at a time.
         free = min(self.concurrency - len(self._active), 32)
         claimed = await self._claim(free) if free > 0 else []
+        self._drained = len(claimed) < free
         for lease in claimed:
             run_id = lease.run_id
             task = asyncio.create_task(
-                self._execute(run_id, lease.lease_epoch), name=f"run {run_id}"
+                self._execute(run_id, lease.lease_epoch, lease.loaded), name=f"run {run_id}"
             )
             self._active[run_id] = task
             task.add_done_callback(functools.partial(self._forget, run_id))
@@ -197,12 +205,14 @@ class Worker:
         # Only this task's entry: the run may have been re-claimed by a newer task meanwhile.
         if self._active.get(run_id) is task:
             del self._active[run_id]
+        if not self._drained:  # runnable runs are waiting for this slot
+            self._wakeup.set()
 
-    async def _execute(self, run_id: str, epoch: int) -> None:
+    async def _execute(self, run_id: str, epoch: int, loaded: LoadedRun | None = None) -> None:
         error: Exception | None = None
         self._driving[run_id] += 1
         try:
-            await self.executor.execute(run_id, self.worker_id, lease_epoch=epoch)
+            await self.executor.execute(run_id, self.worker_id, lease_epoch=epoch, loaded=loaded)
         except LeaseLost:
             log.warning("lease %d on run %s was taken over; stopped driving it", epoch, run_id)
         except asyncio.CancelledError:
@@ -287,7 +297,7 @@ class Worker:
         last_sweep = float("-inf")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self.signal_poll_seconds, renew_every)):
+                async with asyncio.timeout(min(self.signal_poll.total_seconds(), renew_every)):
                     await stop.wait()
             if asyncio.get_running_loop().time() - last_sweep >= self.approval_sweep_seconds:
                 last_sweep = asyncio.get_running_loop().time()

@@ -3,7 +3,7 @@
 from corral.tenancy._identity import Identity, load_or_create_secret
 from corral.tenancy._keys import generate_key, key_digest, parse_key
 from corral.tenancy._principal import Principal
-from corral.tenancy._quotas import Quotas, QuotaUsage
+from corral.tenancy._quotas import Quotas, QuotaUsage, check_run_start
 from corral.tenancy._roles import (
     PERMISSIONS,
     PLATFORM_ADMIN,
@@ -56,6 +56,7 @@ __all__ = [
     "TenantRow",
     "accountable_humans",
     "audit_identity_event",
+    "check_run_start",
     "create_key",
     "create_local_admin_key",
     "create_tenant",

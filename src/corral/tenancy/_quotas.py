@@ -9,13 +9,14 @@ number of API replicas at most.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import QuotaExceeded
@@ -23,7 +24,7 @@ from corral.settings import QuotaSettings
 from corral.store import Store, utcnow
 from corral.tenancy._tables import QuotaRow
 
-__all__ = ["QuotaUsage", "Quotas", "day_start"]
+__all__ = ["QuotaUsage", "Quotas", "check_run_start", "day_start"]
 
 _MODEL_QUOTAS = ("model_tokens_per_day", "cost_usd_per_day")
 
@@ -59,32 +60,65 @@ class Quotas:
         self.store = store
         self.settings = settings
         self._limits: dict[str, tuple[float, dict[str, Decimal]]] = {}
+        # One reload per tenant at a time: callers arriving while it runs wait for it.
+        self._reloads: dict[str, asyncio.Future[dict[str, Decimal] | None]] = {}
+        self._generation = 0
 
     def invalidate(self, tenant_id: str) -> None:
         """Forget a tenant's cached limits (they changed through this process)."""
         self._limits.pop(tenant_id, None)
+        self._reloads.pop(tenant_id, None)
+        self._generation += 1
 
     async def limits(
         self, tenant_id: str, *, session: AsyncSession | None = None
     ) -> dict[str, Decimal]:
         """The tenant's limits by quota name.
 
+        Cached for ``settings.cache_seconds``. Without ``session``, a cache miss is reloaded
+        once per tenant: callers arriving during that reload wait for it and get its result
+        (with ``session``, the caller's own transaction reads them).
+
         Args:
             tenant_id: The tenant.
             session: The caller's open session, used on a cache miss. Pass it from inside a
                 transaction: a second pooled connection opened while the transaction holds
                 SQLite's write lock (or the last free connection) can wait on it forever.
+
+        Returns:
+            ``{quota name: limit}``; a quota without a row is unlimited (absent).
         """
         cached = self._limits.get(tenant_id)
         now = time.monotonic()
         if cached is not None and now - cached[0] < self.settings.cache_seconds:
             return cached[1]
         if session is not None:
-            limits = await _read_limits(session, tenant_id)
-        else:
+            read = await _read_limits(session, tenant_id)
+            self._limits[tenant_id] = (now, read)
+            return read
+        pending = self._reloads.get(tenant_id)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            # That reload failed (or was cancelled): read them ourselves.
+        reload: asyncio.Future[dict[str, Decimal] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._reloads[tenant_id] = reload
+        generation = self._generation
+        limits: dict[str, Decimal] | None = None
+        try:
             async with self.store.read(tenant_id) as own:
                 limits = await _read_limits(own, tenant_id)
-        self._limits[tenant_id] = (now, limits)
+        finally:
+            if self._reloads.get(tenant_id) is reload:
+                del self._reloads[tenant_id]
+            if limits is not None and generation == self._generation:
+                # Not invalidated meanwhile (what was read could predate the change).
+                self._limits[tenant_id] = (now, limits)
+            reload.set_result(limits)
+        assert limits is not None  # the read raised otherwise
         return limits
 
     async def check_run_start(self, session: AsyncSession, tenant_id: str) -> None:
@@ -101,15 +135,7 @@ class Quotas:
         limits = await self.limits(tenant_id, session=session)
         if "runs_per_day" not in limits and "concurrent_runs" not in limits:
             return
-        now = utcnow()
-        usage = await _run_usage(session, tenant_id, now)
-        for name, retry in (
-            ("runs_per_day", _seconds_to_midnight(now)),
-            ("concurrent_runs", 10),
-        ):
-            limit = limits.get(name)
-            if limit is not None and usage[name] >= limit:
-                _raise(name, limit, usage[name], retry)
+        await session.run_sync(lambda sync: check_run_start(sync.connection(), tenant_id, limits))
 
     async def check_model_call(self, tenant_id: str) -> None:
         """Refuse a model call over ``model_tokens_per_day`` or ``cost_usd_per_day``.
@@ -140,7 +166,9 @@ class Quotas:
         now = utcnow()
         async with self.store.read(tenant_id) as session:
             values = {
-                **await _run_usage(session, tenant_id, now),
+                **await session.run_sync(
+                    lambda sync: _run_usage(sync.connection(), tenant_id, now)
+                ),
                 **await self._model_usage(session, tenant_id, now),
             }
         resets = day_start(now) + timedelta(days=1)
@@ -177,6 +205,33 @@ class Quotas:
         return {"model_tokens_per_day": tokens, "cost_usd_per_day": cost}
 
 
+def check_run_start(connection: Connection, tenant_id: str, limits: dict[str, Decimal]) -> None:
+    """Refuse a new run over ``runs_per_day`` or ``concurrent_runs``, in the caller's transaction.
+
+    The synchronous form of :meth:`Quotas.check_run_start`, for a run created on the store's
+    writer (:meth:`corral.store.Store.run_sync`); reads nothing when neither quota is limited.
+
+    Args:
+        connection: The run-creating transaction's connection.
+        tenant_id: The tenant.
+        limits: The tenant's limits (:meth:`Quotas.limits`).
+
+    Raises:
+        QuotaExceeded: with the quota, limit, current value and seconds until it resets.
+    """
+    if "runs_per_day" not in limits and "concurrent_runs" not in limits:
+        return
+    now = utcnow()
+    usage = _run_usage(connection, tenant_id, now)
+    for name, retry in (
+        ("runs_per_day", _seconds_to_midnight(now)),
+        ("concurrent_runs", 10),
+    ):
+        limit = limits.get(name)
+        if limit is not None and usage[name] >= limit:
+            _raise(name, limit, usage[name], retry)
+
+
 async def _read_limits(session: AsyncSession, tenant_id: str) -> dict[str, Decimal]:
     rows = await session.execute(
         select(QuotaRow.name, QuotaRow.limit).where(QuotaRow.tenant_id == tenant_id)
@@ -184,15 +239,15 @@ async def _read_limits(session: AsyncSession, tenant_id: str) -> dict[str, Decim
     return {name: _plain(Decimal(limit)) for name, limit in rows}
 
 
-async def _run_usage(session: AsyncSession, tenant_id: str, now: datetime) -> dict[str, Decimal]:
+def _run_usage(connection: Connection, tenant_id: str, now: datetime) -> dict[str, Decimal]:
     from corral.runtime._tables import RunRow
 
-    today = await session.scalar(
+    today = connection.scalar(
         select(func.count()).where(
             RunRow.tenant_id == tenant_id, RunRow.created_at >= day_start(now)
         )
     )
-    active = await session.scalar(
+    active = connection.scalar(
         select(func.count()).where(
             RunRow.tenant_id == tenant_id, RunRow.status.in_(("QUEUED", "RUNNING"))
         )
