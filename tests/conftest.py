@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from corral.api import create_app
@@ -70,9 +71,28 @@ async def store_settings(
     try:
         yield StoreSettings(url=APP_POSTGRES_URL, postgres_schema=schema)
     finally:
-        async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
+        try:
+            await _drop_schema(admin, schema)
+        finally:
+            await admin.dispose()
+
+
+async def _drop_schema(admin: Any, schema: str) -> None:
+    """Drop a test's schema; retried when PostgreSQL picks the drop as a deadlock's victim.
+
+    A closed platform's last background pass (the audit sequencer's, which stops at the next
+    pass once the engine is disposed) may still hold a table lock in the schema; DROP ... CASCADE
+    locks the tables in another order, and PostgreSQL aborts one of the two.
+    """
+    for attempt in range(5):
+        try:
+            async with admin.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            return
+        except DBAPIError as exc:
+            if "deadlock" not in str(exc) or attempt == 4:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
 
 
 @pytest.fixture

@@ -111,6 +111,7 @@ PUBLIC = {
         "TenantRow",
         "accountable_humans",
         "audit_identity_event",
+        "check_run_start",
         "create_key",
         "create_local_admin_key",
         "create_tenant",
