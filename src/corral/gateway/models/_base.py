@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "ModelProvider",
     "ModelRequest",
     "ModelResponse",
+    "Price",
+    "Served",
     "ToolCall",
     "ToolDefinition",
     "Usage",
@@ -78,6 +81,11 @@ class ModelRequest:
         temperature: Sampling temperature, 0-2.
         max_output_tokens: Cap on generated tokens, or ``None`` for the provider's setting.
         max_answer_chars: Cap on the final answer's length in characters (JSON decisions).
+        seed: Sampling seed, or ``None``. A fixed seed (or temperature 0) makes a request
+            deterministic enough for the exact-match response cache.
+        repeat_penalty: llama.cpp's repetition penalty (1.0: none), or ``None`` for the
+            server's setting. Sent to OpenAI-compatible servers as an extra body field.
+        frequency_penalty: OpenAI's frequency penalty (-2..2), or ``None``.
     """
 
     model: str
@@ -86,14 +94,68 @@ class ModelRequest:
     temperature: float = 0.0
     max_output_tokens: int | None = None
     max_answer_chars: int = 4000
+    seed: int | None = None
+    repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens counted by the provider for one call."""
+    """Tokens counted by the provider for one call.
+
+    Attributes:
+        input_tokens: Every prompt token, cache reads and writes included (OpenAI's
+            ``prompt_tokens``; Anthropic's ``input_tokens + cache_read_input_tokens +
+            cache_creation_input_tokens``).
+        output_tokens: Every generated token, reasoning included.
+        cache_read_tokens: Prompt tokens served from the provider's prompt cache (a subset of
+            ``input_tokens``, priced at the cache-read rate).
+        cache_write_tokens: Prompt tokens written to the provider's prompt cache (a subset of
+            ``input_tokens``, priced at the cache-write rate).
+        reasoning_tokens: Generated tokens spent on hidden reasoning (a subset of
+            ``output_tokens``).
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Price:
+    """A deployment's price override, in US dollars per million tokens.
+
+    ``None`` cache rates fall back to the input rate.
+    """
+
+    input_usd_per_mtok: Decimal
+    output_usd_per_mtok: Decimal
+    cache_read_usd_per_mtok: Decimal | None = None
+    cache_write_usd_per_mtok: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Served:
+    """Which deployment answered a model call.
+
+    Attributes:
+        alias: The model name the caller asked for (an alias such as ``default``, or a
+            ``provider/model`` name).
+        deployment: The deployment's name (``provider/model`` or ``alias#index``).
+        provider: Provider name (``openai``, ``anthropic``, ``local``...).
+        model: The provider's model name.
+        region: The deployment's region label, if any.
+        price: The deployment's price override, if any (else the price table is used).
+    """
+
+    alias: str
+    deployment: str
+    provider: str
+    model: str
+    region: str | None = None
+    price: Price | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +168,12 @@ class ModelResponse:
         usage: Token counts.
         error: Why ``decision`` is ``None``, phrased for the model to correct itself.
         response_model: The model name the provider reports, if any.
+        served: The deployment that answered (set by the gateway).
+        cost_usd: The call's cost in US dollars (set by the gateway when it has a pricer;
+            ``0`` for a cache hit), or ``None`` when not priced.
+        cache_hit: The response came from the exact-match response cache.
+        usage_missing: The provider reported no usage (the call is billed from its budget
+            reservation and flagged).
     """
 
     decision: Decision | None
@@ -113,6 +181,10 @@ class ModelResponse:
     usage: Usage = Usage()
     error: str | None = None
     response_model: str | None = None
+    served: Served | None = None
+    cost_usd: Decimal | None = None
+    cache_hit: bool = False
+    usage_missing: bool = False
 
 
 @runtime_checkable
