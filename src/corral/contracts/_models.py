@@ -90,6 +90,13 @@ class AgentModel(_Strict):
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
     max_output_tokens: Annotated[int | None, Field(ge=1, le=100_000)] = None
     """Maximum tokens the model may generate per call. ``None``: the provider's setting."""
+    # Left out of documents when unset, so existing agents keep their digests.
+    cache_ttl_seconds: Annotated[
+        int | None, Field(ge=1, le=30 * 24 * 3600, exclude_if=lambda v: v is None)
+    ] = None
+    """Seconds a model response stays in the tenant's exact-match response cache; ``None``
+    (the default): responses are not cached. Only deterministic requests are cached
+    (temperature 0 or a fixed seed), keyed by every field that changes the output."""
 
 
 class AgentTools(_Strict):
@@ -338,6 +345,13 @@ class ToolSpec(_Strict):
     ] = None
     """Calls of this tool per tenant in ``limits`` notation (``"60/minute"``,
     ``"5/second;100/hour"``); ``None``: the gateway's ``rate_limit_per_tool``."""
+    cache_ttl_seconds: Annotated[
+        int | None, Field(ge=1, le=30 * 24 * 3600, exclude_if=lambda v: v is None)
+    ] = None
+    """Seconds a completed result stays in the tenant's tool-result cache; ``None`` (the
+    default): results are not cached. Only for ``side_effect: read`` tools. A cached result is
+    reused for the same tool version, canonical arguments and calling agent, after the call
+    was decided by policy as usual."""
 
     @field_validator("rate_limit")
     @classmethod
@@ -377,6 +391,12 @@ class ToolSpec(_Strict):
             raise ValueError("type 'http' needs an 'http' section, and only it may have one")
         if self.http is not None:
             _http_arguments_exist(self.http, self.input_schema)
+        if self.cache_ttl_seconds is not None and self.side_effect != "read":
+            raise ValueError(
+                f"'cache_ttl_seconds' is only for read-only tools (side_effect: read), not "
+                f"side_effect: {self.side_effect}: a cached result would skip the effect; "
+                "remove 'cache_ttl_seconds'"
+            )
         return self
 
 

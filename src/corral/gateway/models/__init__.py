@@ -25,6 +25,14 @@ from corral.gateway.models._base import (
     ToolDefinition,
     Usage,
 )
+from corral.gateway.models._cache import (
+    CachedResponse,
+    ResponseCache,
+    is_deterministic,
+    response_cache_digest,
+    response_document,
+    response_from_document,
+)
 from corral.gateway.models._decision import (
     DEFAULT_MAX_STRING,
     MAX_GRAMMAR_REPEAT,
@@ -47,6 +55,7 @@ __all__ = [
     "DEFAULT_MAX_STRING",
     "LOCAL_MODEL_ALIAS",
     "MAX_GRAMMAR_REPEAT",
+    "CachedResponse",
     "Decision",
     "FinalAnswer",
     "LocalModelServer",
@@ -57,6 +66,7 @@ __all__ = [
     "ModelResponse",
     "OpenAICompatibleProvider",
     "Price",
+    "ResponseCache",
     "Served",
     "ToolCall",
     "ToolDefinition",
@@ -64,8 +74,12 @@ __all__ = [
     "decision_instructions",
     "decision_schema",
     "find_default_model_path",
+    "is_deterministic",
     "local_provider",
     "parse_json_decision",
+    "response_cache_digest",
+    "response_document",
+    "response_from_document",
 ]
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Protocol
 
 from opentelemetry.trace import Status, StatusCode, Tracer
 
 from corral.errors import ModelAPIError, PolicyDenied
+from corral.gateway.models import _cache
 from corral.gateway.models._base import ModelProvider, ModelRequest, ModelResponse
+from corral.observability import CACHE_HIT_ATTRIBUTE
 
 __all__ = ["ModelAuthorizer", "ModelGateway", "split_model_name"]
 
@@ -56,6 +59,8 @@ class ModelGateway:
     def __init__(self, providers: Mapping[str, ModelProvider], tracer: Tracer) -> None:
         self.providers = dict(providers)
         self.tracer = tracer
+        self.cache: _cache.ResponseCache | None = None
+        """The exact-match response cache (set by the platform); ``None``: no caching."""
 
     async def complete(
         self,
@@ -64,6 +69,8 @@ class ModelGateway:
         *,
         run_id: str | None = None,
         authorize: ModelAuthorizer | None = None,
+        tenant_id: str | None = None,
+        cache_ttl: timedelta | None = None,
     ) -> tuple[str, ModelResponse]:
         """Call the first model of ``models``; on a provider error, the next (fallback).
 
@@ -75,6 +82,10 @@ class ModelGateway:
             request: The call; its ``model`` field is replaced per attempt.
             run_id: Run the call belongs to (span attribute).
             authorize: Decides each model before it is called; ``None`` allows every model.
+            tenant_id: The calling tenant (scopes the response cache).
+            cache_ttl: Opt-in to the exact-match response cache: a deterministic request
+                (temperature 0 or a seed) is answered from the tenant's cache when it can be,
+                and a fresh answer is kept this long. ``None``: the cache is not used.
 
         Returns:
             ``(model name that answered, response)``.
@@ -85,6 +96,9 @@ class ModelGateway:
             PolicyDenied: ``authorize`` refused every model (code ``model_denied``; the first
                 refusal's text).
         """
+        found = await self._cached(models, request, tenant_id, cache_ttl, run_id, authorize)
+        if found is not None and found.hit is not None:
+            return found.hit.model, found.hit.response
         last: ModelAPIError | None = None
         refused: list[tuple[str, str]] = []
         for model in models:
@@ -93,9 +107,12 @@ class ModelGateway:
                 refused.append((model, refusal))
                 continue
             try:
-                return model, await self._complete_one(model, request, run_id)
+                response = await self._complete_one(model, request, run_id)
             except ModelAPIError as exc:
                 last = exc
+                continue
+            await _cache.remember(self.cache, found, model, response)
+            return model, response
         if last is None:
             assert refused, "models must not be empty"
             raise PolicyDenied(refused[0][1], code="model_denied")
@@ -108,6 +125,28 @@ class ModelGateway:
             ) from last
         raise last
 
+    async def _cached(
+        self,
+        models: list[str],
+        request: ModelRequest,
+        tenant_id: str | None,
+        ttl: timedelta | None,
+        run_id: str | None,
+        authorize: ModelAuthorizer | None,
+    ) -> _cache.CacheLookup | None:
+        """Look the request up in the response cache; a hit gets its ``chat`` span here.
+
+        A hit whose model policy now refuses is not used (the models are then tried as usual).
+        """
+        found = await _cache.lookup(self.cache, tenant_id, models, request, ttl)
+        if found is None or found.hit is None:
+            return found
+        if authorize is not None and await authorize(found.hit.model) is not None:
+            found.hit = None
+            return found
+        _cache.record_hit_span(self.tracer, found.hit, run_id)
+        return found
+
     async def _complete_one(
         self, model: str, request: ModelRequest, run_id: str | None
     ) -> ModelResponse:
@@ -116,6 +155,7 @@ class ModelGateway:
             span.set_attribute("gen_ai.operation.name", "chat")
             span.set_attribute("gen_ai.provider.name", provider_name)
             span.set_attribute("gen_ai.request.model", name)
+            span.set_attribute(CACHE_HIT_ATTRIBUTE, False)
             if run_id:
                 span.set_attribute("corral.run.id", run_id)
             if request.max_output_tokens:

@@ -1,6 +1,12 @@
 """The tool gateway: builtin workspace tools and the one path every tool call takes."""
 
 from corral.gateway.tools._base import ToolCallContext, ToolResult
+from corral.gateway.tools._cache import (
+    ToolResultCache,
+    result_document,
+    result_from_document,
+    tool_cache_digest,
+)
 
 # Last: the direct path imports approvals and the registry, which import this package's modules.
 from corral.gateway.tools._direct import (
@@ -63,6 +69,7 @@ __all__ = [
     "ToolGateway",
     "ToolRateLimiter",
     "ToolResult",
+    "ToolResultCache",
     "async_storage_url",
     "current_path_guard",
     "current_tool_call",
@@ -70,7 +77,10 @@ __all__ = [
     "list_operations",
     "policy_denied",
     "resolve_in_workspace",
+    "result_document",
+    "result_from_document",
     "tool_call_request",
+    "tool_cache_digest",
     "truncate_utf8",
     "wrap_untrusted",
 ]

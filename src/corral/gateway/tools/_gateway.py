@@ -20,7 +20,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from opentelemetry.trace import Status, StatusCode, Tracer
 
@@ -34,6 +34,9 @@ from corral.gateway.tools._resilience import Resilience
 from corral.policy import tool_entity
 from corral.secrets import SecretBroker, SecretCheck, redact_secrets, secret_scope
 from corral.settings import ToolSettings
+
+if TYPE_CHECKING:  # _cache imports this module's shapes
+    from corral.gateway.tools._cache import ToolResultCache
 
 __all__ = [
     "PreparedCall",
@@ -277,6 +280,8 @@ class ToolGateway:
         """Rate limits, retries and circuit breakers around executions."""
         self.http = HttpExecutor(max_response_bytes=settings.max_response_bytes, secrets=secrets)
         """Executes ``http`` tools."""
+        self.result_cache: ToolResultCache | None = None
+        """The tool-result cache of read-only tools that opt in (set by the platform)."""
 
     @contextlib.contextmanager
     def span(self, ctx: ToolCallContext, name: str, call_id: str) -> Iterator[_SpanRecorder]:

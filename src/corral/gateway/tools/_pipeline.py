@@ -21,7 +21,9 @@ recorder (inbound ``/mcp``) writes them in one transaction of its own.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -31,7 +33,9 @@ from corral.audit import AuditRecord
 from corral.contracts import AgentSpec, AgentTools
 from corral.errors import CorralError
 from corral.gateway.tools._base import ToolCallContext, ToolResult
+from corral.gateway.tools._cache import tool_cache_digest
 from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway, wrap_untrusted
+from corral.observability import CACHE_HIT_ATTRIBUTE, count_cache_lookup
 from corral.policy import (
     Authorization,
     DecisionRow,
@@ -53,6 +57,8 @@ __all__ = [
     "policy_denied",
     "tool_call_request",
 ]
+
+log = logging.getLogger(__name__)
 
 CallStatus = Literal["COMPLETED", "FAILED", "DENIED", "APPROVAL_REQUIRED", "STOPPED"]
 """How a call ended: the tool's result statuses, ``APPROVAL_REQUIRED`` (it waits for people)
@@ -287,11 +293,53 @@ class CallPipeline:
         ended = await recorder.before_execute(call, prepared, authorization)
         if ended is not None:
             return ended
-        result = await self.tools.execute(ctx, prepared)
+        result = await self._execute(call, prepared, authorization)
         prerecorded = await recorder.executed(call, prepared, result)
         return CallOutcome(
             result.status, result, ctx, authorization, executed=True, prerecorded=prerecorded
         )
+
+    async def _execute(
+        self, call: GovernedCall, prepared: PreparedCall, authorization: Authorization | None
+    ) -> ToolResult:
+        """Execute the decided call, or answer it from the tool-result cache.
+
+        Only read-only tools that declare ``cache_ttl_seconds`` are cached (see
+        :mod:`corral.gateway.tools._cache` for the key); only ``COMPLETED`` results are kept.
+        """
+        cache, spec = self.tools.result_cache, prepared.tool.contract.spec
+        if cache is None or spec.cache_ttl_seconds is None or spec.side_effect != "read":
+            return await self.tools.execute(call.ctx, prepared)
+        uid = call.principal.uid
+        digest = tool_cache_digest(
+            call.ctx,
+            prepared,
+            caller=f"{uid.type}::{uid.id}",
+            policy_set=None if authorization is None else authorization.decision.policy_set_digest,
+        )
+        tenant_id, span = call.ctx.tenant_id, trace.get_current_span()
+        try:
+            cached = await cache.get(tenant_id, digest)
+        except Exception:  # a cache that cannot answer is a miss, never a failed call
+            log.warning("tool-result cache lookup failed; executing the tool", exc_info=True)
+            cached = None
+        count_cache_lookup("tool", hit=cached is not None)
+        span.set_attribute(CACHE_HIT_ATTRIBUTE, cached is not None)
+        if cached is not None:
+            return cached
+        result = await self.tools.execute(call.ctx, prepared)
+        if result.status == "COMPLETED":
+            try:
+                await cache.put(
+                    tenant_id,
+                    digest,
+                    result,
+                    tool=prepared.tool.name,
+                    ttl=timedelta(seconds=spec.cache_ttl_seconds),
+                )
+            except Exception:  # the result stands; only its reuse is lost
+                log.warning("tool-result cache write failed; not cached", exc_info=True)
+        return result
 
     async def _authorize(self, call: GovernedCall, prepared: PreparedCall) -> Authorization | None:
         if self.governance is None:
