@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from corral._files import make_home_private, write_private_file
 from corral.approvals import install_approval_effects
+from corral.cache import StoreResponseCache, StoreToolResultCache
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.gateway.models import (
     LocalModelServer,
@@ -150,11 +151,13 @@ class Platform:
         self.identity = Identity(self.store, settings.identity, home=settings.home)
         self.quotas = Quotas(self.store, settings.quotas)
         self.models = ModelGateway({}, self.tracing.tracer)
+        self.models.cache = StoreResponseCache(self.store)
         self.secrets = SecretBroker(self.store, settings, governance=self.governance)
         self.tools = ToolGateway(
             settings.tools, self.tracing.tracer, builtins=builtins, secrets=self.secrets
         )
         self.tools.mcp = cast("McpExecutor", _McpOnDemand(self))
+        self.tools.result_cache = StoreToolResultCache(self.store)
         self.executor = RunExecutor(
             self.store,
             self.models,

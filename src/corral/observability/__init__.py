@@ -11,12 +11,12 @@ from corral.observability._tables import SpanRow
 from corral.observability._tracing import RUN_ID_ATTRIBUTE, StoreSpanExporter, Tracing, new_trace_id
 
 __all__ = [
-    "CACHE_HIT_ATTRIBUTE",
     "CACHE_HITS",
+    "CACHE_HIT_ATTRIBUTE",
     "CACHE_MISSES",
     "RUN_ID_ATTRIBUTE",
-    "SpanRow",
     "CacheKind",
+    "SpanRow",
     "StoreSpanExporter",
     "Tracing",
     "count_cache_lookup",

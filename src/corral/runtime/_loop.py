@@ -293,6 +293,8 @@ class RunExecutor(ToolPhase):
                 run_id=state.run_id,
                 # Fallbacks are decided as they are reached (the default model was just now).
                 authorize=functools.partial(self._authorize_model, state),
+                tenant_id=state.tenant_id,
+                cache_ttl=_cache_ttl(spec.model.cache_ttl_seconds),
             )
         )
         aborted = asyncio.ensure_future(state.abort.wait())
@@ -680,3 +682,8 @@ def _tool_audit(state: RunState, actor: str, done: Any) -> AuditRecord:
             "error_type": done.result.error_type,
         },
     )
+
+
+def _cache_ttl(seconds: int | None) -> timedelta | None:
+    """The agent's response-cache time to live (``spec.model.cache_ttl_seconds``), if any."""
+    return None if seconds is None else timedelta(seconds=seconds)

@@ -2,6 +2,7 @@
 
 from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit._tables import AuditEventRow, AuditHeadRow
+from corral.cache._tables import ModelResponseCacheRow, ToolResultCacheRow
 from corral.observability._tables import SpanRow
 from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
 from corral.registry._tables import (
@@ -32,6 +33,7 @@ __all__ = [
     "McpServerRow",
     "McpServerVersionRow",
     "McpToolPinRow",
+    "ModelResponseCacheRow",
     "PolicyDecisionRow",
     "PolicyRow",
     "PolicyVersionRow",
@@ -46,6 +48,7 @@ __all__ = [
     "StepRow",
     "TenantRow",
     "ToolCallRow",
+    "ToolResultCacheRow",
     "ToolRow",
     "ToolVersionRow",
 ]

@@ -79,8 +79,8 @@ __all__ = [
     "resolve_in_workspace",
     "result_document",
     "result_from_document",
-    "tool_call_request",
     "tool_cache_digest",
+    "tool_call_request",
     "truncate_utf8",
     "wrap_untrusted",
 ]
