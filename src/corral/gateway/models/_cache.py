@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -191,12 +192,16 @@ async def lookup(
     models: list[str],
     request: ModelRequest,
     ttl: timedelta | None,
+    authorize: Callable[[str], Awaitable[str | None]] | None = None,
 ) -> CacheLookup | None:
     """Look ``request`` up, when caching applies to it; count the hit or miss.
 
+    A cached answer of a model ``authorize`` now refuses is not used (a miss): the gateway
+    then tries the models as usual, each decided as it is reached.
+
     Returns:
         ``None`` when the request is not cached at all (no cache, no tenant, no ``ttl``, or
-        not deterministic); else the lookup, with ``hit`` set on a hit.
+        not deterministic); else the lookup, with ``hit`` set on a usable hit.
     """
     if cache is None or tenant_id is None or ttl is None or not is_deterministic(request):
         return None
@@ -205,6 +210,8 @@ async def lookup(
         found = await cache.get(tenant_id, digest)
     except Exception:  # a cache that cannot answer is a miss, never a failed call
         log.warning("response cache lookup failed; calling the model", exc_info=True)
+        found = None
+    if found is not None and authorize is not None and await authorize(found.model) is not None:
         found = None
     count_cache_lookup("model", hit=found is not None)
     return CacheLookup(tenant_id, digest, ttl, found)

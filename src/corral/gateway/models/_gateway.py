@@ -134,17 +134,10 @@ class ModelGateway:
         run_id: str | None,
         authorize: ModelAuthorizer | None,
     ) -> _cache.CacheLookup | None:
-        """Look the request up in the response cache; a hit gets its ``chat`` span here.
-
-        A hit whose model policy now refuses is not used (the models are then tried as usual).
-        """
-        found = await _cache.lookup(self.cache, tenant_id, models, request, ttl)
-        if found is None or found.hit is None:
-            return found
-        if authorize is not None and await authorize(found.hit.model) is not None:
-            found.hit = None
-            return found
-        _cache.record_hit_span(self.tracer, found.hit, run_id)
+        """Look the request up in the response cache; a hit gets its ``chat`` span here."""
+        found = await _cache.lookup(self.cache, tenant_id, models, request, ttl, authorize)
+        if found is not None and found.hit is not None:
+            _cache.record_hit_span(self.tracer, found.hit, run_id)
         return found
 
     async def _complete_one(
