@@ -129,7 +129,9 @@ def _validated(parsed: list[YamlDocument], source: str) -> list[Document]:
     return documents
 
 
-def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | McpServer | Model | Policy | Tool:
+def parse_document(
+    data: Any, *, lines: _Lines | None = None
+) -> Agent | McpServer | Model | Policy | Tool:
     """Validate one already-parsed document (a mapping with ``apiVersion`` and ``kind``).
 
     Raises:

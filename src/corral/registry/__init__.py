@@ -4,6 +4,7 @@ A release binds an agent version to a stage (``promote``, ``rollback``); runs in
 the version bound to it.
 """
 
+from corral.registry._models import tenant_models
 from corral.registry._reads import (
     OfferedTool,
     load_agent_version,
@@ -42,6 +43,8 @@ from corral.registry._tables import (
     McpServerRow,
     McpServerVersionRow,
     McpToolPinRow,
+    ModelRow,
+    ModelVersionRow,
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
@@ -56,6 +59,8 @@ __all__ = [
     "McpServerRow",
     "McpServerVersionRow",
     "McpToolPinRow",
+    "ModelRow",
+    "ModelVersionRow",
     "OfferedTool",
     "Promotion",
     "StageBinding",
@@ -82,4 +87,5 @@ __all__ = [
     "reject_promotion",
     "rollback",
     "stage_bindings",
+    "tenant_models",
 ]

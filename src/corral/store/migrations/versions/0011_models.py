@@ -64,9 +64,7 @@ def upgrade() -> None:
             ["model_id"], ["models.id"], name=op.f("fk_model_versions_model_id_models")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_model_versions")),
-        sa.UniqueConstraint(
-            "model_id", "version", name=op.f("uq_model_versions_model_id_version")
-        ),
+        sa.UniqueConstraint("model_id", "version", name=op.f("uq_model_versions_model_id_version")),
     )
     op.create_index(op.f("ix_model_versions_model_id"), "model_versions", ["model_id"])
     op.create_index(op.f("ix_model_versions_tenant_id"), "model_versions", ["tenant_id"])
