@@ -19,17 +19,20 @@ from corral._files import make_home_private, write_private_file
 from corral.approvals import install_approval_effects
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.gateway.models import (
+    DeploymentBreakers,
     LocalModelServer,
+    ModelCatalog,
     ModelGateway,
     ModelProvider,
     ModelRequest,
     ModelResponse,
+    RetryPolicy,
     local_provider,
 )
 from corral.gateway.tools import BuiltinTool, ToolGateway
 from corral.observability import Tracing
 from corral.policy import Governance
-from corral.registry import apply_documents
+from corral.registry import apply_documents, default_models, tenant_models
 from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
 from corral.settings import Settings
@@ -44,6 +47,7 @@ from corral.store import (
 from corral.tenancy import Identity, Quotas, TenantRow, create_local_admin_key
 
 if TYPE_CHECKING:  # the MCP SDK is imported when an MCP server is first used
+    from corral.contracts import ModelSpec
     from corral.gateway.mcp import McpExecutor, McpPool
 
 __all__ = ["ADMIN_KEY_FILE", "Platform", "UnavailableProvider"]
@@ -149,8 +153,28 @@ class Platform:
         )
         self.identity = Identity(self.store, settings.identity, home=settings.home)
         self.quotas = Quotas(self.store, settings.quotas)
-        self.models = ModelGateway({}, self.tracing.tracer)
         self.secrets = SecretBroker(self.store, settings, governance=self.governance)
+        gateway = settings.models
+        self.model_catalog = ModelCatalog(
+            self._tenant_models,
+            defaults=default_models(gateway.defaults),
+            ttl_seconds=gateway.cache_seconds,
+        )
+        self.models = ModelGateway(
+            {},
+            self.tracing.tracer,
+            catalog=self.model_catalog,
+            region=settings.region,
+            breakers=DeploymentBreakers(
+                gateway.breaker_failure_threshold, gateway.breaker_reset_seconds
+            ),
+            retry=RetryPolicy(
+                gateway.retry_initial_seconds,
+                gateway.retry_max_seconds,
+                gateway.max_retry_after_seconds,
+            ),
+            secrets=self._render_secret,
+        )
         self.tools = ToolGateway(
             settings.tools, self.tracing.tracer, builtins=builtins, secrets=self.secrets
         )
@@ -271,6 +295,12 @@ class Platform:
 
         return McpExecutor(self.store, self.mcp)
 
+    async def _tenant_models(self, tenant_id: str) -> dict[str, ModelSpec]:
+        """A tenant's ``Model`` specs by alias (the model catalog's loader)."""
+        async with self.store.read(tenant_id) as session:
+            found = await tenant_models(session, tenant_id=tenant_id)
+        return {alias: model.spec for alias, model in found.items()}
+
     async def _render_secret(self, tenant_id: str, template: str) -> str:
         """Resolve ``${secret:NAME}`` references for an MCP server's ``env`` or ``headers``."""
         rendered, _ = await self.secrets.render(tenant_id, template)
@@ -283,7 +313,7 @@ class Platform:
         await self.tools.aclose()
         if self.local_server is not None:
             await self.local_server.stop()
-        for provider in self.models.providers.values():
+        for provider in [*self.models.providers.values(), *self.models.deployment_providers]:
             close = getattr(provider, "aclose", None)
             if close is not None:
                 await close()

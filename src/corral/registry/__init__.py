@@ -4,7 +4,7 @@ A release binds an agent version to a stage (``promote``, ``rollback``); runs in
 the version bound to it.
 """
 
-from corral.registry._models import tenant_models
+from corral.registry._models import BUILTIN_DEFAULT_MODEL, default_models, tenant_models
 from corral.registry._reads import (
     OfferedTool,
     load_agent_version,
@@ -51,6 +51,7 @@ from corral.registry._tables import (
 )
 
 __all__ = [
+    "BUILTIN_DEFAULT_MODEL",
     "DEV_STAGE",
     "FIRST_VERSION",
     "AgentRow",
@@ -70,6 +71,7 @@ __all__ = [
     "apply_documents",
     "bind_stage",
     "complete_promotion",
+    "default_models",
     "digest_of",
     "document_of",
     "get_agent",
