@@ -16,7 +16,7 @@ from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import Page
 from corral.contracts import ModelSpec
 from corral.errors import NotFound
-from corral.gateway.models import BreakerState, deployments_of
+from corral.gateway.models import BreakerState, FinalAnswer, deployments_of
 
 __all__ = ["router"]
 
@@ -69,7 +69,7 @@ class ModelTestOut(BaseModel):
     input_tokens: int
     output_tokens: int
     cost_usd: Decimal | None = Field(description="US dollars, when the call was priced.")
-    answer: str = Field(description="The model's raw reply.")
+    answer: str = Field(description="The model's final answer, else its raw reply.")
     attempts: list[AttemptOut]
 
 
@@ -151,7 +151,9 @@ async def post_model_alias_test(
         input_tokens=response.usage.input_tokens,
         output_tokens=response.usage.output_tokens,
         cost_usd=response.cost_usd,
-        answer=response.raw,
+        answer=(
+            response.decision.text if isinstance(response.decision, FinalAnswer) else response.raw
+        ),
         attempts=[
             AttemptOut(
                 deployment=a.served.deployment,
