@@ -344,3 +344,15 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_seconds("Thu, 01 Jan 2026 12:00:30 GMT", now=now) == 30.0
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds(None) is None
+
+
+def test_the_embedded_model_is_in_this_process_region_for_data_residency() -> None:
+    local = Deployment("default", "default", "local", "smollm2-135m")
+    hosted = Deployment("smart", "smart#0", "openai", "gpt", region=None)
+    rng = random.Random(0)
+    kept, dropped = route(
+        [local, hosted], region="eu-west", residency=["eu-west"], healthy=lambda d: True, rng=rng
+    )
+    assert (kept, [a.served.deployment for a in dropped]) == ([local], ["smart#0"])
+    kept, _ = route([local], region=None, residency=["eu-west"], healthy=lambda d: True, rng=rng)
+    assert kept == []  # no CORRAL_REGION: nothing says where it runs

@@ -293,10 +293,12 @@ def route(
     """The order in which one call tries an alias's deployments.
 
     Deployments outside ``residency`` are dropped (returned as ``outside_residency``
-    attempts). The rest are ranked by region preference: ``region`` first, then deployments
-    with no region label, then other regions (failover). Within a rank, healthy deployments
-    come in weighted random order, then the unhealthy ones (open breakers) in document order,
-    so that they are reached, and skipped, only when everything before them failed.
+    attempts); one without a region label is outside any residency, except a ``local`` one
+    (the embedded model), which is in ``region``. The rest are ranked by region preference:
+    ``region`` first, then deployments with no region label, then other regions (failover).
+    Within a rank, healthy deployments come in weighted random order, then the unhealthy ones
+    (open breakers) in document order, so that they are reached, and skipped, only when
+    everything before them failed.
 
     Args:
         deployments: The alias's deployments.
@@ -311,7 +313,9 @@ def route(
     dropped: list[Attempt] = []
     kept: list[Deployment] = []
     for deployment in deployments:
-        if residency is not None and deployment.region not in residency:
+        # The embedded model runs in this process: it is in this process's region.
+        where = deployment.region or (region if deployment.provider == "local" else None)
+        if residency is not None and where not in residency:
             where = deployment.region or "no region"
             dropped.append(
                 Attempt(
