@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, select
 
 from corral.audit._tables import AuditEventRow
 from corral.contracts import parse_document
+from corral.errors import InvalidContract
 from corral.platform import Platform
-from corral.registry import apply_documents, tenant_models
+from corral.registry import BUILTIN_DEFAULT_MODEL, apply_documents, default_models, tenant_models
+from corral.settings import Settings
 from corral.store import Base
 
 
@@ -76,3 +80,20 @@ async def test_the_model_tables_match_migration_0011(make_platform: Any) -> None
 
     async with platform.store.engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+def test_the_default_set_comes_from_settings_with_default_built_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fast = _model({"provider": "openai", "model": "gpt-4o-mini"}) | {"metadata": {"name": "fast"}}
+    monkeypatch.setenv("CORRAL_MODELS__DEFAULTS", json.dumps([fast]))
+    monkeypatch.setenv("CORRAL_REGION", "eu-west")
+    settings = Settings()
+    assert settings.region == "eu-west"
+    defaults = default_models(settings.models.defaults)
+    assert sorted(defaults) == ["default", "fast"]
+    assert defaults["default"] is BUILTIN_DEFAULT_MODEL
+    assert [d.provider for d in BUILTIN_DEFAULT_MODEL.deployments] == ["local"]
+    with pytest.raises(InvalidContract) as info:
+        default_models([{**fast, "kind": "Agent"}])
+    assert "CORRAL_MODELS__DEFAULTS" in info.value.message
