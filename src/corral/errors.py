@@ -433,14 +433,28 @@ class ModelAPIError(CorralError):
         message: What failed.
         provider: Provider name (``openai``, ``local``...).
         status_code: HTTP status returned by the provider, if any.
+        retryable: The same call may succeed if repeated (HTTP 429 or 5xx, a timeout, a
+            connection error); set by the provider that raises it. The model gateway retries
+            only these, with jitter, before falling back.
+        retry_after_seconds: The provider's ``Retry-After``, in seconds, if it sent one.
     """
 
     default_code = "model_api_error"
 
-    def __init__(self, message: str, *, provider: str, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status_code: int | None = None,
+        retryable: bool = False,
+        retry_after_seconds: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.provider = provider
         self.status_code = status_code
+        self.retryable = retryable
+        self.retry_after_seconds = retry_after_seconds
 
 
 class LocalModelUnavailable(CorralError):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -20,17 +22,31 @@ from corral.approvals import install_approval_effects
 from corral.cache import StoreResponseCache, StoreToolResultCache
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.gateway.models import (
+    DeploymentBreakers,
     LocalModelServer,
+    Message,
+    ModelCatalog,
     ModelGateway,
     ModelProvider,
     ModelRequest,
     ModelResponse,
+    RetryPolicy,
+    Served,
     local_provider,
 )
 from corral.gateway.tools import BuiltinTool, ToolGateway
 from corral.observability import Tracing
-from corral.policy import Governance
-from corral.registry import apply_documents
+from corral.policy import (
+    Entity,
+    EntityRef,
+    Governance,
+    PolicyContext,
+    PolicyRequest,
+    decision_row,
+    insert_decisions,
+    principal_ref,
+)
+from corral.registry import apply_documents, default_models, tenant_models
 from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
 from corral.settings import Settings
@@ -45,9 +61,10 @@ from corral.store import (
 from corral.tenancy import Identity, Quotas, TenantRow, create_local_admin_key
 
 if TYPE_CHECKING:  # the MCP SDK is imported when an MCP server is first used
+    from corral.contracts import ModelSpec
     from corral.gateway.mcp import McpExecutor, McpPool
 
-__all__ = ["ADMIN_KEY_FILE", "Platform", "UnavailableProvider"]
+__all__ = ["ADMIN_KEY_FILE", "ModelTest", "Platform", "UnavailableProvider"]
 
 ADMIN_KEY_FILE = "admin.key"
 """The local admin's key under ``CORRAL_HOME`` (written by ``corral up``, read by the CLI)."""
@@ -88,6 +105,21 @@ class _McpOnDemand:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._platform.mcp_executor, name)
+
+
+@dataclass(frozen=True)
+class ModelTest:
+    """The outcome of :meth:`Platform.test_model`.
+
+    Attributes:
+        model: ``provider/model`` of the deployment that answered.
+        response: Its response (``served``, ``usage``, ``cost_usd``, ``attempts``...).
+        latency_ms: Milliseconds for the whole gateway call, retries and failovers included.
+    """
+
+    model: str
+    response: ModelResponse
+    latency_ms: float
 
 
 class Platform:
@@ -150,9 +182,29 @@ class Platform:
         )
         self.identity = Identity(self.store, settings.identity, home=settings.home)
         self.quotas = Quotas(self.store, settings.quotas)
-        self.models = ModelGateway({}, self.tracing.tracer)
-        self.models.cache = StoreResponseCache(self.store)
         self.secrets = SecretBroker(self.store, settings, governance=self.governance)
+        gateway = settings.models
+        self.model_catalog = ModelCatalog(
+            self._tenant_models,
+            defaults=default_models(gateway.defaults),
+            ttl_seconds=gateway.cache_seconds,
+        )
+        self.models = ModelGateway(
+            {},
+            self.tracing.tracer,
+            catalog=self.model_catalog,
+            region=settings.region,
+            breakers=DeploymentBreakers(
+                gateway.breaker_failure_threshold, gateway.breaker_reset_seconds
+            ),
+            retry=RetryPolicy(
+                gateway.retry_initial_seconds,
+                gateway.retry_max_seconds,
+                gateway.max_retry_after_seconds,
+            ),
+            secrets=self._render_secret,
+        )
+        self.models.cache = StoreResponseCache(self.store)
         self.tools = ToolGateway(
             settings.tools, self.tracing.tracer, builtins=builtins, secrets=self.secrets
         )
@@ -274,6 +326,80 @@ class Platform:
 
         return McpExecutor(self.store, self.mcp)
 
+    async def test_model(
+        self,
+        alias: str,
+        *,
+        tenant_id: str,
+        principal: str,
+        roles: frozenset[str] = frozenset(),
+        prompt: str = "Reply with one word: ok",
+    ) -> ModelTest:
+        """Make one small call to a model alias, as ``principal``, through the whole gateway.
+
+        ``model.call`` is decided for each deployment the gateway reaches (with its region),
+        and the decisions are stored.
+
+        Args:
+            alias: An alias or ``provider/model`` name.
+            tenant_id: The tenant whose aliases apply.
+            principal: Who asks (``user:...`` or ``service:...``): the policy principal.
+            roles: Its roles in the tenant.
+            prompt: The user message sent.
+
+        Returns:
+            The deployment that answered, the response and the latency.
+
+        Raises:
+            NotFound: an unknown alias (naming the known ones).
+            ModelAPIError: no deployment answered (naming each).
+            PolicyDenied: policy refused every deployment.
+        """
+        rows: list[dict[str, Any]] = []
+        caller = self.governance.principal_entity(principal, tenant_id, roles=roles)
+
+        async def authorize(model: str, served: Served | None = None) -> str | None:
+            provider, _, name = model.partition("/")
+            request = PolicyRequest(
+                principal=principal_ref(principal),
+                action="model.call",
+                resource=EntityRef("Model", model),
+                context=PolicyContext(
+                    tenant=tenant_id,
+                    stage="dev",
+                    requester=principal,
+                    region=None if served is None else served.region,
+                    deployment=None if served is None else served.deployment,
+                ),
+            )
+            model_entity = Entity(EntityRef("Model", model), {"provider": provider, "name": name})
+            decision = await self.governance.decide(tenant_id, request, [caller, model_entity])
+            rows.append(decision_row(decision, request, tenant_id=tenant_id, run_id=None))
+            if decision.decision == "allow":
+                return None
+            return (
+                f"policy does not allow model {model!r} for {principal!r}: "
+                f"{'; '.join(decision.reasons) or 'no policy permits it'} (decision {decision.id})"
+            )
+
+        request = ModelRequest(model="", messages=[Message("user", prompt)], max_output_tokens=16)
+        started = time.perf_counter()
+        try:
+            model, response = await self.models.complete(
+                [alias], request, authorize=authorize, tenant_id=tenant_id
+            )
+        finally:
+            if rows:
+                async with self.store.transaction(tenant_id) as session:
+                    await session.run_sync(lambda sync: insert_decisions(sync.connection(), rows))
+        return ModelTest(model, response, (time.perf_counter() - started) * 1000)
+
+    async def _tenant_models(self, tenant_id: str) -> dict[str, ModelSpec]:
+        """A tenant's ``Model`` specs by alias (the model catalog's loader)."""
+        async with self.store.read(tenant_id) as session:
+            found = await tenant_models(session, tenant_id=tenant_id)
+        return {alias: model.spec for alias, model in found.items()}
+
     async def _render_secret(self, tenant_id: str, template: str) -> str:
         """Resolve ``${secret:NAME}`` references for an MCP server's ``env`` or ``headers``."""
         rendered, _ = await self.secrets.render(tenant_id, template)
@@ -286,7 +412,7 @@ class Platform:
         await self.tools.aclose()
         if self.local_server is not None:
             await self.local_server.stop()
-        for provider in self.models.providers.values():
+        for provider in [*self.models.providers.values(), *self.models.deployment_providers]:
             close = getattr(provider, "aclose", None)
             if close is not None:
                 await close()

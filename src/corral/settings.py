@@ -13,7 +13,7 @@ import json
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,7 @@ __all__ = [
     "GovernanceSettings",
     "LocalModelSettings",
     "McpEndpointSettings",
+    "ModelGatewaySettings",
     "OpenAISettings",
     "RuntimeSettings",
     "SecretsSettings",
@@ -380,6 +381,30 @@ class QuotaSettings(BaseModel):
     """How long a process uses a tenant's quota limits before reading them again."""
 
 
+class ModelGatewaySettings(BaseModel):
+    """Model aliases and the model gateway's resilience (``CORRAL_MODELS__*``)."""
+
+    defaults: list[dict[str, Any]] = Field(default_factory=list)
+    """The platform's default set of model aliases, used when a tenant has no ``Model`` of that
+    name: ``Model`` documents (``{"apiVersion": "corral.dev/v1", "kind": "Model",
+    "metadata": {"name": "fast"}, "spec": {"deployments": [...]}}``), JSON in
+    ``CORRAL_MODELS__DEFAULTS``. ``default`` -> ``local/smollm2-135m`` is built in unless this
+    list names ``default``."""
+    cache_seconds: float = Field(default=5.0, ge=0)
+    """How long a process uses a tenant's model aliases before reading them again."""
+    retry_initial_seconds: float = Field(default=0.5, ge=0)
+    """Upper bound of the first retry's backoff (full jitter); doubles per retry."""
+    retry_max_seconds: float = Field(default=10.0, ge=0)
+    """Upper bound of any retry's backoff."""
+    max_retry_after_seconds: float = Field(default=30.0, ge=0)
+    """A provider's ``Retry-After`` longer than this is not waited for: fall back instead."""
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    """Consecutive failures (5xx, timeouts, connection errors) that open a deployment's
+    breaker."""
+    breaker_reset_seconds: float = Field(default=30.0, gt=0)
+    """Seconds an open breaker skips its deployment before one trial call."""
+
+
 class SecretsSettings(BaseModel):
     """The credential broker: secrets encrypted at rest (``corral secrets set NAME``)."""
 
@@ -422,6 +447,10 @@ class Settings(BaseSettings):
     mcp_endpoint: McpEndpointSettings = McpEndpointSettings()
     secrets: SecretsSettings = SecretsSettings()
     workspaces: WorkspaceSettings = WorkspaceSettings()
+    models: ModelGatewaySettings = ModelGatewaySettings()
+    region: str | None = None
+    """This process's region label (``CORRAL_REGION``): model deployments in it are preferred,
+    others are the failover."""
 
     @property
     def store_url(self) -> str:

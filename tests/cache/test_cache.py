@@ -252,7 +252,7 @@ async def test_a_cached_model_that_policy_now_refuses_is_not_served(make_platfor
     model = ScriptedModel(lambda _request: ScriptedModel.answer("42"))
     platform = await make_platform(scripted=model, other=ScriptedModel([], name="other"))
 
-    async def refuse_scripted(name: str) -> str | None:
+    async def refuse_scripted(name: str, served: object = None) -> str | None:
         return "scripted is forbidden" if name.startswith("scripted/") else None
 
     await platform.models.complete(

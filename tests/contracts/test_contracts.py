@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from conftest import agent_document
-from corral.contracts import Agent, AgentTools, Tool, load_documents, load_paths, parse_document
+from corral.contracts import (
+    Agent,
+    AgentModel,
+    AgentTools,
+    Model,
+    Tool,
+    load_documents,
+    load_paths,
+    parse_document,
+)
 from corral.errors import InvalidContract
 
 AGENT_YAML = """\
@@ -138,7 +148,7 @@ def test_unknown_kind_lists_the_known_kinds() -> None:
     [issue] = issues_of("apiVersion: corral.dev/v1\nkind: Gadget\nmetadata: {name: x}\n")
     assert (issue.path, issue.line) == ("kind", 2)
     assert "Gadget" in issue.message
-    assert "Agent, McpServer, Policy, Tool" in issue.message
+    assert "Agent, McpServer, Model, Policy, Tool" in issue.message
 
 
 def test_document_that_is_not_a_mapping_is_refused() -> None:
@@ -253,3 +263,83 @@ def test_nothing_allowed_by_default() -> None:
 def test_invalid_tool_patterns_are_refused(pattern: str) -> None:
     with pytest.raises(ValidationError):
         AgentTools(allowed=[pattern])
+
+
+MODEL_YAML = """\
+apiVersion: corral.dev/v1
+kind: Model
+metadata:
+  name: smart
+spec:
+  description: Big model, EU first.
+  deployments:
+    - provider: openai
+      model: gpt-4o
+      base_url: https://eu.example.com/v1
+      api_key: ${secret:EU_KEY}
+      region: eu-west
+      weight: 3
+      prices: {input_usd_per_mtok: "2.50", output_usd_per_mtok: "10"}
+      decoding: {temperature: 0.2}
+    - provider: anthropic
+      model: claude-sonnet-4-5
+      region: us-east
+"""
+
+
+def test_a_model_document_maps_an_alias_to_ordered_deployments() -> None:
+    [document] = load_documents(MODEL_YAML, source="models.yaml")
+    model = document.contract
+    assert isinstance(model, Model)
+    first, second = model.spec.deployments
+    assert (first.provider, first.region, first.weight, first.max_retries) == (
+        "openai",
+        "eu-west",
+        3,
+        2,
+    )
+    assert first.prices is not None and first.prices.input_usd_per_mtok == Decimal("2.50")
+    assert (second.provider, second.weight, second.capabilities.tool_calling) == (
+        "anthropic",
+        1,
+        True,
+    )
+
+
+def test_a_model_api_key_must_be_a_secret_reference_and_errors_name_the_line() -> None:
+    text = MODEL_YAML.replace("${secret:EU_KEY}", "sk-live-123").replace("weight: 3", "weight: 0")
+    issues = issues_of(text)
+    assert {(i.path, i.line) for i in issues} == {
+        ("spec.deployments[0].api_key", 11),
+        ("spec.deployments[0].weight", 13),
+    }
+
+
+def test_a_model_needs_a_deployment() -> None:
+    [issue] = issues_of(
+        "apiVersion: corral.dev/v1\nkind: Model\nmetadata: {name: fast}\nspec: {deployments: []}\n"
+    )
+    assert issue.path == "spec.deployments"
+
+
+def test_agents_name_aliases_or_provider_models_and_may_restrict_regions() -> None:
+    spec = {
+        "description": "d",
+        "owner": "o",
+        "instructions": "i",
+        "model": {"default": "smart", "fallback": ["fast", "openai/gpt-4o-mini"]},
+        "data_residency": ["eu-west"],
+    }
+    agent = Agent.model_validate(
+        {"apiVersion": "corral.dev/v1", "kind": "Agent", "metadata": {"name": "a"}, "spec": spec}
+    )
+    assert agent.spec.model.fallback == ["fast", "openai/gpt-4o-mini"]
+    assert agent.spec.data_residency == ["eu-west"]
+    with pytest.raises(ValidationError):
+        AgentModel(default="Not An Alias")
+    # Unset, the field is left out of the document: existing agents keep their digests.
+    del spec["data_residency"]
+    plain = Agent.model_validate(
+        {"apiVersion": "corral.dev/v1", "kind": "Agent", "metadata": {"name": "a"}, "spec": spec}
+    )
+    assert "data_residency" not in plain.model_dump(by_alias=True)["spec"]

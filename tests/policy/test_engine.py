@@ -641,6 +641,7 @@ def test_errors_in_policies_naming_the_request_carry_their_ids() -> None:
             destructive_allowed=True,
             workspace='/srv/ré"pos',
         ),
+        PolicyContext("acme", "dev", "alice", region="eu-west", deployment="smart#0"),
     ],
 )
 def test_the_context_text_is_the_canonical_json_of_the_context(context: PolicyContext) -> None:

@@ -73,6 +73,8 @@ async def apply(
     if any(r.kind == "Policy" and r.action != "unchanged" for r in results) and not body.dry_run:
         # Committed: this process decides with the new set from the next decision on.
         platform.governance.invalidate(caller.tenant_id)
+    if any(r.kind == "Model" and r.action != "unchanged" for r in results) and not body.dry_run:
+        platform.model_catalog.invalidate(caller.tenant_id)
     return [_result(r) for r in results]
 
 

@@ -17,6 +17,7 @@ from corral.api import (
     audit,
     control,
     mcp_servers,
+    models,
     policies,
     releases,
     runs,
@@ -93,6 +94,7 @@ def create_app(
     app.include_router(releases.router)
     app.include_router(approvals.router)
     app.include_router(mcp_servers.router)
+    app.include_router(models.router)
     app.include_router(secrets.router)
     app.include_router(tenancy.router)
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py

@@ -15,6 +15,7 @@ from corral.cli import (
     control,
     identity,
     mcp,
+    models,
     policy,
     registry,
     releases,
@@ -58,6 +59,7 @@ app.command(rich_help_panel="Govern")(approvals.reject)
 app.add_typer(policy.app, name="policy", rich_help_panel="Govern")
 app.add_typer(secrets.app, name="secrets", rich_help_panel="Govern")
 app.add_typer(mcp.app, name="mcp", rich_help_panel="Registry")
+app.add_typer(models.app, name="models", rich_help_panel="Registry")
 mcp.tools_app.command("import-openapi")(tools.import_openapi)
 app.add_typer(mcp.tools_app, name="tools", rich_help_panel="Registry")
 app.add_typer(audit.app, name="audit", rich_help_panel="Evidence")

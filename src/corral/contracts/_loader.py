@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from corral.contracts._models import API_VERSION, Agent, McpServer, Policy, Tool
+from corral.contracts._models import API_VERSION, Agent, McpServer, Model, Policy, Tool
 from corral.contracts._positions import Lines, dotted, line_of
 from corral.contracts._yaml import YamlDocument, load_yaml, read_yaml_file
 from corral.errors import ContractIssue, InvalidContract
@@ -19,6 +19,7 @@ __all__ = ["KINDS", "Document", "load_documents", "load_paths", "parse_document"
 KINDS: dict[str, type[BaseModel]] = {
     "Agent": Agent,
     "McpServer": McpServer,
+    "Model": Model,
     "Policy": Policy,
     "Tool": Tool,
 }
@@ -33,7 +34,7 @@ class Document:
 
     source: str
     index: int
-    contract: Agent | McpServer | Policy | Tool
+    contract: Agent | McpServer | Model | Policy | Tool
 
 
 def load_paths(paths: Sequence[Path]) -> list[Document]:
@@ -128,7 +129,9 @@ def _validated(parsed: list[YamlDocument], source: str) -> list[Document]:
     return documents
 
 
-def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | McpServer | Policy | Tool:
+def parse_document(
+    data: Any, *, lines: _Lines | None = None
+) -> Agent | McpServer | Model | Policy | Tool:
     """Validate one already-parsed document (a mapping with ``apiVersion`` and ``kind``).
 
     Raises:
@@ -160,7 +163,7 @@ def parse_document(data: Any, *, lines: _Lines | None = None) -> Agent | McpServ
                 for err in exc.errors(include_url=False)
             ]
         ) from None
-    assert isinstance(contract, Agent | McpServer | Policy | Tool)
+    assert isinstance(contract, Agent | McpServer | Model | Policy | Tool)
     return contract
 
 

@@ -31,6 +31,12 @@ __all__ = [
     "McpToolRef",
     "MemoryScope",
     "Metadata",
+    "Model",
+    "ModelCapabilities",
+    "ModelDecoding",
+    "ModelDeployment",
+    "ModelPrices",
+    "ModelSpec",
     "Observability",
     "Policy",
     "PolicySpec",
@@ -73,18 +79,24 @@ class ToolMetadata(Metadata):
     name: Annotated[str, Field(pattern=_TOOL_NAME, description="Tool name, e.g. fs.read_file.")]
 
 
+# A model name: a ``provider/model`` name, or a model alias (a DNS label naming a ``Model``).
+_MODEL_NAME = r"^[a-z0-9_-]+/\S+$|^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
 class AgentModel(_Strict):
     """Which model the agent's decisions come from.
 
-    Model names are ``provider/model``: ``local/smollm2-135m`` (the embedded model) or
-    ``openai/<model>`` (any OpenAI-compatible endpoint configured in settings).
+    Model names are aliases (``default``, ``fast``, ``smart``: a tenant's ``Model`` document,
+    else the platform's default set) or ``provider/model`` names: ``local/smollm2-135m`` (the
+    embedded model) or ``openai/<model>`` (the OpenAI-compatible endpoint in settings), each
+    its own single deployment.
     """
 
-    default: Annotated[str, Field(pattern=r"^[a-z0-9_-]+/\S+$")] = "local/smollm2-135m"
-    allowed: list[Annotated[str, Field(pattern=r"^[a-z0-9_-]+/\S+$")]] = Field(
+    default: Annotated[str, Field(pattern=_MODEL_NAME)] = "local/smollm2-135m"
+    allowed: list[Annotated[str, Field(pattern=_MODEL_NAME)]] = Field(
         default_factory=list, description="Other models a run may request. Empty: only default."
     )
-    fallback: list[Annotated[str, Field(pattern=r"^[a-z0-9_-]+/\S+$")]] = Field(
+    fallback: list[Annotated[str, Field(pattern=_MODEL_NAME)]] = Field(
         default_factory=list, description="Models tried in order when the default fails."
     )
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
@@ -182,6 +194,13 @@ class AgentSpec(_Strict):
     approvals: list[ApprovalRule] = Field(default_factory=list)
     evaluation: EvaluationGate | None = None
     observability: Observability = Observability()
+    # Left out of documents when unset, so existing agents keep their digests.
+    data_residency: Annotated[
+        list[Annotated[str, Field(pattern=_NAME)]] | None,
+        Field(min_length=1, exclude_if=lambda v: v is None),
+    ] = None
+    """Regions whose model deployments this agent may use (``["eu-west"]``); a deployment
+    outside them (or with no region) is never called. ``None``: any region."""
 
 
 class Agent(_Strict):
@@ -530,5 +549,88 @@ class McpServer(_Strict):
     kind: Literal["McpServer"] = "McpServer"
     metadata: Metadata
     spec: McpServerSpec
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+_SECRET_REFERENCE = r"^\$\{secret:[A-Za-z0-9][-_.A-Za-z0-9]{0,127}\}$"
+
+
+class ModelCapabilities(_Strict):
+    """What a deployment's model can do."""
+
+    tool_calling: bool = True
+    """Native tool calling (OpenAI ``tools=`` / Anthropic ``tool_use``)."""
+    json_schema: bool = False
+    """Output constrained by a JSON Schema (``response_format``)."""
+    context_tokens: Annotated[int | None, Field(ge=1)] = None
+    """Context window in tokens; ``None``: unknown."""
+
+
+class ModelPrices(_Strict):
+    """A deployment's price override, in US dollars per million tokens.
+
+    Unset cache rates are priced at the input rate.
+    """
+
+    input_usd_per_mtok: Annotated[Decimal, Field(ge=0)]
+    output_usd_per_mtok: Annotated[Decimal, Field(ge=0)]
+    cache_read_usd_per_mtok: Annotated[Decimal | None, Field(ge=0)] = None
+    cache_write_usd_per_mtok: Annotated[Decimal | None, Field(ge=0)] = None
+
+
+class ModelDecoding(_Strict):
+    """Decoding settings applied to every request sent to a deployment (unset: the request's)."""
+
+    temperature: Annotated[float | None, Field(ge=0, le=2)] = None
+    repeat_penalty: Annotated[float | None, Field(gt=0, le=3)] = None
+    """llama.cpp's repetition penalty (1.0: none)."""
+    frequency_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
+    max_answer_chars: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+    """Cap on a final answer's length, in characters."""
+
+
+class ModelDeployment(_Strict):
+    """One place a model alias can be served from."""
+
+    provider: Annotated[str, Field(pattern=r"^[a-z0-9_-]+$")]
+    """``openai`` (any OpenAI-compatible server), ``anthropic``, ``local`` (the embedded
+    model) or another configured provider name."""
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    """The provider's model name (``gpt-4o-mini``, ``claude-sonnet-4-5``, ``smollm2-135m``)."""
+    base_url: Annotated[str | None, Field(pattern=r"^https?://\S+$")] = None
+    """The endpoint (``https://api.example.com/v1``); ``None``: the provider's configured one."""
+    api_key: Annotated[str | None, Field(pattern=_SECRET_REFERENCE)] = None
+    """A secret reference, ``${secret:NAME}``, resolved by the credential broker at call time;
+    ``None``: the provider's configured key."""
+    region: Annotated[str | None, Field(pattern=_NAME)] = None
+    """Region label (``eu-west``) for region preference and data residency."""
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Share of traffic among healthy deployments of equal region preference."""
+    capabilities: ModelCapabilities = ModelCapabilities()
+    prices: ModelPrices | None = None
+    """Overrides the price table for this deployment."""
+    decoding: ModelDecoding | None = None
+    timeout_seconds: Annotated[float | None, Field(gt=0, le=3600)] = None
+    """Seconds one attempt may take; ``None``: the provider's setting."""
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """Retries of retryable errors (429, 5xx, timeouts, connection errors) before falling
+    back to the next deployment."""
+
+
+class ModelSpec(_Strict):
+    """A model alias: ordered deployments, tried by region preference, weight and health."""
+
+    description: Annotated[str, Field(min_length=1, max_length=2000)] = "A model alias."
+    deployments: Annotated[list[ModelDeployment], Field(min_length=1, max_length=100)]
+
+
+class Model(_Strict):
+    """A ``Model`` document: ``metadata.name`` is the alias agents name (``default``, ``fast``)."""
+
+    api_version: Literal["corral.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["Model"] = "Model"
+    metadata: Metadata
+    spec: ModelSpec
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

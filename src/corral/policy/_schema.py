@@ -65,6 +65,8 @@ _CONTEXT: Final[dict[str, dict[str, Any]]] = {
     "url": _OPTIONAL_STRING,
     "secret": _OPTIONAL_STRING,
     "workspace": _OPTIONAL_STRING,
+    "region": _OPTIONAL_STRING,
+    "deployment": _OPTIONAL_STRING,
 }
 
 _APPLIES_TO: Final[dict[PolicyAction, tuple[tuple[str, ...], tuple[str, ...]]]] = {
@@ -105,6 +107,8 @@ def cedar_schema() -> dict[str, Any]:
     * ``secret``: optional String, the secret's name (``secret.use`` only).
     * ``workspace``: optional String, the run's canonical workspace directory (``agent.invoke``
       only; absent when the run has none), e.g. ``context.workspace like "/srv/repos/*"``.
+    * ``region``, ``deployment``: optional String (``model.call`` only), the region label and
+      name of the model deployment about to be called, e.g. ``context.region == "eu-west"``.
 
     Returns:
         A new dict each call (callers may extend it), ready for ``json.dumps``.

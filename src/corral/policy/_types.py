@@ -184,6 +184,10 @@ class PolicyContext:
         secret: For ``secret.use``: the name of the secret (never its value).
         workspace: For ``agent.invoke``: the run's canonical workspace directory (absolute,
             symlinks resolved), if it has one.
+        region: For ``model.call``: the region label of the deployment about to be called,
+            if it has one.
+        deployment: For ``model.call``: the deployment's name (``alias#index``, or the
+            ``provider/model`` name itself).
     """
 
     tenant: str
@@ -196,6 +200,8 @@ class PolicyContext:
     destructive_allowed: bool = False
     secret: str | None = None
     workspace: str | None = None
+    region: str | None = None
+    deployment: str | None = None
 
     def to_cedar(self, approvals_granted: Iterable[str] = ()) -> dict[str, Any]:
         """Cedar's JSON context, with ``approvals_granted`` as a sorted set."""
@@ -216,6 +222,10 @@ class PolicyContext:
             context["secret"] = self.secret
         if self.workspace is not None:
             context["workspace"] = self.workspace
+        if self.region is not None:
+            context["region"] = self.region
+        if self.deployment is not None:
+            context["deployment"] = self.deployment
         return context
 
     def cedar_json(self, approvals_granted: Iterable[str] = ()) -> str:
@@ -234,12 +244,18 @@ class PolicyContext:
         parts = [
             f'{{"approvals_granted":[{approvals}]',
             f'"arguments_json":{encode_basestring(arguments)}',
+        ]
+        if self.deployment is not None:
+            parts.append(f'"deployment":{encode_basestring(self.deployment)}')
+        parts += [
             f'"destructive_allowed":{"true" if self.destructive_allowed else "false"}',
             '"estimated_cost_usd":{"__extn":{"arg":"'
             f'{_decimal_text(self.estimated_cost_usd)}","fn":"decimal"}}}}',
         ]
         if self.path is not None:
             parts.append(f'"path":{encode_basestring(posixpath.normpath(self.path))}')
+        if self.region is not None:
+            parts.append(f'"region":{encode_basestring(self.region)}')
         parts.append(f'"requester":{encode_basestring(self.requester)}')
         if self.secret is not None:
             parts.append(f'"secret":{encode_basestring(self.secret)}')

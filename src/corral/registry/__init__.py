@@ -4,6 +4,7 @@ A release binds an agent version to a stage (``promote``, ``rollback``); runs in
 the version bound to it.
 """
 
+from corral.registry._models import BUILTIN_DEFAULT_MODEL, default_models, tenant_models
 from corral.registry._reads import (
     OfferedTool,
     load_agent_version,
@@ -42,12 +43,15 @@ from corral.registry._tables import (
     McpServerRow,
     McpServerVersionRow,
     McpToolPinRow,
+    ModelRow,
+    ModelVersionRow,
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
 )
 
 __all__ = [
+    "BUILTIN_DEFAULT_MODEL",
     "DEV_STAGE",
     "FIRST_VERSION",
     "AgentRow",
@@ -56,6 +60,8 @@ __all__ = [
     "McpServerRow",
     "McpServerVersionRow",
     "McpToolPinRow",
+    "ModelRow",
+    "ModelVersionRow",
     "OfferedTool",
     "Promotion",
     "StageBinding",
@@ -65,6 +71,7 @@ __all__ = [
     "apply_documents",
     "bind_stage",
     "complete_promotion",
+    "default_models",
     "digest_of",
     "document_of",
     "get_agent",
@@ -82,4 +89,5 @@ __all__ = [
     "reject_promotion",
     "rollback",
     "stage_bindings",
+    "tenant_models",
 ]

@@ -12,7 +12,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event, canonical_json
-from corral.contracts import Agent, McpServer, Policy, Tool
+from corral.contracts import Agent, McpServer, Model, Policy, Tool
 from corral.errors import Conflict, InvalidContract, NotFound
 from corral.policy import (
     PolicyEngine,
@@ -27,6 +27,8 @@ from corral.registry._tables import (
     AgentVersionRow,
     McpServerRow,
     McpServerVersionRow,
+    ModelRow,
+    ModelVersionRow,
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
@@ -50,7 +52,7 @@ __all__ = [
 FIRST_VERSION = "0.1.0"
 """Version given to the first version of an object whose document names none."""
 
-Contract = Agent | McpServer | Policy | Tool
+Contract = Agent | McpServer | Model | Policy | Tool
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,13 @@ async def _latest(session: AsyncSession, contract: Contract, tenant_id: str) -> 
             .where(McpServerRow.tenant_id == tenant_id, McpServerRow.name == name)
             .where(McpServerVersionRow.version == McpServerRow.latest_version)
         )
+    elif isinstance(contract, Model):
+        query = (
+            select(ModelRow, ModelVersionRow)
+            .join(ModelVersionRow, ModelVersionRow.model_id == ModelRow.id)
+            .where(ModelRow.tenant_id == tenant_id, ModelRow.name == name)
+            .where(ModelVersionRow.version == ModelRow.latest_version)
+        )
     elif isinstance(contract, Policy):
         query = (
             select(PolicyRow, PolicyVersionRow)
@@ -314,7 +323,9 @@ async def _store_version(
 ) -> None:
     now = utcnow()
     version_id = new_id("ver")
-    version_row: AgentVersionRow | ToolVersionRow | PolicyVersionRow | McpServerVersionRow
+    version_row: (
+        AgentVersionRow | ToolVersionRow | PolicyVersionRow | McpServerVersionRow | ModelVersionRow
+    )
     if isinstance(contract, Agent):
         if row is None:
             row = AgentRow(id=new_id("agt"), tenant_id=tenant_id, name=result.name, created_at=now)
@@ -326,6 +337,11 @@ async def _store_version(
             row = PolicyRow(id=new_id("pol"), tenant_id=tenant_id, name=result.name, created_at=now)
             session.add(row)
         version_row = PolicyVersionRow(policy_id=row.id)
+    elif isinstance(contract, Model):
+        if row is None:
+            row = ModelRow(id=new_id("mdl"), tenant_id=tenant_id, name=result.name, created_at=now)
+            session.add(row)
+        version_row = ModelVersionRow(model_id=row.id)
     elif isinstance(contract, McpServer):
         if row is None:
             row = McpServerRow(id=new_id("mcp"), tenant_id=tenant_id, name=result.name)

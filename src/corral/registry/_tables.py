@@ -16,6 +16,8 @@ __all__ = [
     "McpServerRow",
     "McpServerVersionRow",
     "McpToolPinRow",
+    "ModelRow",
+    "ModelVersionRow",
     "PromotionRow",
     "StageBindingRow",
     "ToolRow",
@@ -175,3 +177,32 @@ class McpToolPinRow(TenantMixin, Base):
     approved_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelRow(TenantMixin, Base):
+    """A model alias of a tenant; its deployments live in :class:`ModelVersionRow`."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    """The alias (``default``, ``fast``...)."""
+    latest_version: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersionRow(TenantMixin, Base):
+    """One immutable version of a ``Model`` document."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(71))
+    document: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -30,8 +30,15 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from corral.audit import AuditRecord
 from corral.contracts import Agent, AgentSpec
-from corral.errors import ModelAPIError, PolicyDenied, QuotaExceeded
-from corral.gateway.models import Message, ModelGateway, ModelRequest, ToolDefinition
+from corral.errors import ModelAPIError, NotFound, PolicyDenied, QuotaExceeded
+from corral.gateway.models import (
+    Message,
+    ModelGateway,
+    ModelRequest,
+    ModelResponse,
+    Served,
+    ToolDefinition,
+)
 from corral.gateway.tools import ResolvedTool, ToolGateway
 from corral.observability import Tracing
 from corral.policy import (
@@ -262,7 +269,10 @@ class RunExecutor(ToolPhase):
         )
         started = self.clock()
         await self._refresh_tenant(state.tenant_id)
-        refused = await self._authorize_model(state, state.models[0])
+        # A provider/model name is its own deployment: decided before the quota check. An
+        # alias's deployments are decided by the gateway as it reaches them (with their region).
+        direct = "/" in state.models[0]
+        refused = await self._authorize_model(state, state.models[0]) if direct else None
         if refused is not None:
             record = StepRecord(
                 "model_error", state.models[0], {"error": refused}, started, refused
@@ -295,6 +305,7 @@ class RunExecutor(ToolPhase):
                 authorize=functools.partial(self._authorize_model, state),
                 tenant_id=state.tenant_id,
                 cache_ttl=_cache_ttl(spec.model.cache_ttl_seconds),
+                residency=spec.data_residency,
             )
         )
         aborted = asyncio.ensure_future(state.abort.wait())
@@ -306,7 +317,7 @@ class RunExecutor(ToolPhase):
             aborted.cancel()
         if call not in done:  # abandoned: a cancel or kill switch arrived, or time ran out
             call.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ModelAPIError, PolicyDenied):
+            with contextlib.suppress(asyncio.CancelledError, ModelAPIError, PolicyDenied, NotFound):
                 await call
             if state.abort.is_set():
                 stop = await self._signals_terminal(state, worker_id)
@@ -317,13 +328,36 @@ class RunExecutor(ToolPhase):
             return record, Terminal("TIMED_OUT", "max_wall_clock_seconds", error=error)
         try:
             model, response = call.result()
-        except (ModelAPIError, PolicyDenied) as exc:
+        except (ModelAPIError, PolicyDenied, NotFound) as exc:  # NotFound: an unknown alias
             reason = "model_denied" if isinstance(exc, PolicyDenied) else "model_error"
             record = StepRecord(
                 "model_error", state.models[0], {"error": exc.message}, started, error=exc.message
             )
             return record, Terminal("FAILED", reason, error=exc.message)
+        self._audit_failovers(state, worker_id, response)
         return self._decision_record(state, model, response, started, withdrawn=not tools)
+
+    def _audit_failovers(self, state: RunState, worker_id: str, response: ModelResponse) -> None:
+        """One ``model.failover`` audit event per deployment passed over, in the checkpoint."""
+        served = response.served
+        for attempt in response.attempts:
+            state.audit.append(
+                AuditRecord(
+                    f"worker:{worker_id}",
+                    "model.failover",
+                    f"model:{attempt.served.alias}",
+                    attempt.outcome,
+                    run_id=state.run_id,
+                    trace_id=state.trace_id,
+                    details={
+                        "deployment": attempt.served.deployment,
+                        "model": f"{attempt.served.provider}/{attempt.served.model}",
+                        "region": attempt.served.region,
+                        "error": attempt.error[:500],
+                        "served_by": None if served is None else served.deployment,
+                    },
+                )
+            )
 
     async def _refresh_tenant(self, tenant_id: str) -> None:
         """Let one run at a time reload the tenant's policy engine and quota limits.
@@ -343,16 +377,22 @@ class RunExecutor(ToolPhase):
             if self.quotas is not None:
                 await self.quotas.limits(tenant_id)
 
-    async def _authorize_model(self, state: RunState, model: str) -> str | None:
-        """Decide ``model.call`` once per model and run segment; the refusal text, or None.
+    async def _authorize_model(
+        self, state: RunState, model: str, served: Served | None = None
+    ) -> str | None:
+        """Decide ``model.call`` once per deployment and run segment; the refusal, or None.
 
-        The default model is decided before the quota check; fallbacks by the model gateway, as
-        it reaches them (this is its :class:`~corral.gateway.models._gateway.ModelAuthorizer`).
-        Decision rows go into the next checkpoint with the step.
+        A ``provider/model`` default model is decided before the quota check; every other
+        deployment by the model gateway, as it reaches it (this is its
+        :class:`~corral.gateway.models.ModelAuthorizer`), with the deployment's ``region`` and
+        name in the policy context. Decision rows go into the next checkpoint with the step.
         """
         if self.governance is None:
             return None
-        known = state.model_decisions.get(model)
+        region = None if served is None else served.region
+        deployment = None if served is None or served.deployment == model else served.deployment
+        key = model if region is None and deployment is None else f"{model}|{deployment}|{region}"
+        known = state.model_decisions.get(key)
         if known is not None:
             return None if known == "allow" else known
         provider, _, name = model.partition("/")
@@ -361,7 +401,11 @@ class RunExecutor(ToolPhase):
             action="model.call",
             resource=EntityRef("Model", model),
             context=PolicyContext(
-                tenant=state.tenant_id, stage=state.stage, requester=state.requested_by
+                tenant=state.tenant_id,
+                stage=state.stage,
+                requester=state.requested_by,
+                region=region,
+                deployment=deployment,
             ),
         )
         entities = [
@@ -379,7 +423,7 @@ class RunExecutor(ToolPhase):
                 f"{'; '.join(decision.reasons) or 'no policy permits it'} "
                 f"(decision {decision.id})"
             )
-        state.model_decisions[model] = verdict
+        state.model_decisions[key] = verdict
         return None if verdict == "allow" else verdict
 
     def _decision_record(

@@ -10,12 +10,15 @@ model = ScriptedModel([ScriptedModel.call("fs.list_dir", path="."), ScriptedMode
 from corral.testing._clock import ManualClock
 from corral.testing._scripted import EXHAUSTED_ANSWER, ScriptedModel, ScriptFunction, ScriptStep
 from corral.testing._server import serve_in_thread
+from corral.testing._upstream import FakeOpenAIUpstream, UpstreamReply
 
 __all__ = [
     "EXHAUSTED_ANSWER",
+    "FakeOpenAIUpstream",
     "ManualClock",
     "ScriptFunction",
     "ScriptStep",
     "ScriptedModel",
+    "UpstreamReply",
     "serve_in_thread",
 ]

@@ -24,7 +24,7 @@ class Authorizer:
         self.denied = set(denied)
         self.asked: list[str] = []
 
-    async def __call__(self, model: str) -> str | None:
+    async def __call__(self, model: str, served: object = None) -> str | None:
         self.asked.append(model)
         return f"{model} is forbidden" if model in self.denied else None
 

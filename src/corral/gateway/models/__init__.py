@@ -1,4 +1,4 @@
-"""The model gateway's providers: OpenAI-compatible endpoints and the embedded local model.
+"""The model gateway: aliases over deployments, and providers (OpenAI-compatible, Anthropic, local).
 
 Every provider implements :class:`ModelProvider`: one :class:`ModelRequest` in, one
 :class:`ModelResponse` (a parsed :data:`Decision`, raw text, usage) out.
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from corral.gateway.models._base import (
+    Attempt,
     Decision,
     FinalAnswer,
     Message,
@@ -40,39 +41,71 @@ from corral.gateway.models._decision import (
     decision_schema,
     parse_json_decision,
 )
-from corral.gateway.models._gateway import ModelGateway
+from corral.gateway.models._gateway import (
+    FAILOVERS,
+    ModelAuthorizer,
+    ModelGateway,
+    SecretRenderer,
+)
 from corral.gateway.models._local import (
     LOCAL_MODEL_ALIAS,
     LocalModelServer,
     find_default_model_path,
     local_provider,
 )
+from corral.gateway.models._resilience import (
+    BreakerState,
+    DeploymentBreakers,
+    RetryPolicy,
+    retry_after_seconds,
+)
+from corral.gateway.models._routing import (
+    Deployment,
+    ModelCatalog,
+    ModelResolver,
+    TenantModelsLoader,
+    deployments_of,
+)
 
 if TYPE_CHECKING:
+    from corral.gateway.models._anthropic import AnthropicProvider
     from corral.gateway.models._openai import OpenAICompatibleProvider
 
 __all__ = [
     "DEFAULT_MAX_STRING",
+    "FAILOVERS",
     "LOCAL_MODEL_ALIAS",
     "MAX_GRAMMAR_REPEAT",
+    "AnthropicProvider",
+    "Attempt",
+    "BreakerState",
     "CachedResponse",
     "Decision",
+    "Deployment",
+    "DeploymentBreakers",
     "FinalAnswer",
     "LocalModelServer",
     "Message",
+    "ModelAuthorizer",
+    "ModelCatalog",
     "ModelGateway",
     "ModelProvider",
     "ModelRequest",
+    "ModelResolver",
     "ModelResponse",
     "OpenAICompatibleProvider",
     "Price",
     "ResponseCache",
+    "RetryPolicy",
+    "SecretRenderer",
     "Served",
+    "TenantModelsLoader",
     "ToolCall",
     "ToolDefinition",
     "Usage",
     "decision_instructions",
     "decision_schema",
+    "deployments_of",
     "find_default_model_path",
     "is_deterministic",
     "local_provider",
@@ -80,13 +113,18 @@ __all__ = [
     "response_cache_digest",
     "response_document",
     "response_from_document",
+    "retry_after_seconds",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    """Import the ``openai``-backed provider when it is first asked for (PEP 562)."""
+    """Import the SDK-backed providers when first asked for (PEP 562)."""
     if name == "OpenAICompatibleProvider":
         from corral.gateway.models._openai import OpenAICompatibleProvider
 
         return OpenAICompatibleProvider
+    if name == "AnthropicProvider":
+        from corral.gateway.models._anthropic import AnthropicProvider
+
+        return AnthropicProvider
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

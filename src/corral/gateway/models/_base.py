@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "Attempt",
     "Decision",
     "FinalAnswer",
     "Message",
@@ -159,6 +160,22 @@ class Served:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """A deployment the gateway tried, or skipped, before the one that answered.
+
+    Attributes:
+        served: The deployment.
+        outcome: ``failed`` (it was called and failed, retries included), ``denied`` (by
+            policy), ``circuit_open`` (its breaker is open) or ``outside_residency``.
+        error: Why, for a person.
+    """
+
+    served: Served
+    outcome: Literal["failed", "denied", "circuit_open", "outside_residency"]
+    error: str
+
+
+@dataclass(frozen=True)
 class ModelResponse:
     """What a provider returned.
 
@@ -174,6 +191,8 @@ class ModelResponse:
         cache_hit: The response came from the exact-match response cache.
         usage_missing: The provider reported no usage (the call is billed from its budget
             reservation and flagged).
+        attempts: Deployments tried or skipped before the one that answered, in order (set by
+            the gateway; each is a failover the runtime audits).
     """
 
     decision: Decision | None
@@ -185,6 +204,7 @@ class ModelResponse:
     cost_usd: Decimal | None = None
     cache_hit: bool = False
     usage_missing: bool = False
+    attempts: tuple[Attempt, ...] = ()
 
 
 @runtime_checkable

@@ -51,6 +51,7 @@ from corral.gateway.models._decision import (
     decision_schema,
     parse_json_decision,
 )
+from corral.gateway.models._resilience import retry_after_seconds
 from corral.settings import OpenAISettings
 
 __all__ = ["OpenAICompatibleProvider"]
@@ -220,10 +221,13 @@ class OpenAICompatibleProvider:
         where = f"Model provider {self.name!r} at {self.base_url}"
         if isinstance(exc, openai.APIStatusError):
             detail = exc.message[:_MAX_ERROR_CHARS]
+            status = exc.status_code
             return ModelAPIError(
-                f"{where} returned HTTP {exc.status_code}: {detail}",
+                f"{where} returned HTTP {status}: {detail}",
                 provider=self.name,
-                status_code=exc.status_code,
+                status_code=status,
+                retryable=status in (408, 429) or status >= 500,
+                retry_after_seconds=retry_after_seconds(exc.response.headers.get("retry-after")),
             )
         if isinstance(exc, openai.APITimeoutError):
             message = f"{where} did not answer within {self.timeout_seconds} s (no HTTP status)."
@@ -232,7 +236,9 @@ class OpenAICompatibleProvider:
             message = f"{where} could not be reached (no HTTP status): {cause}. Is it running?"
         else:
             message = f"{where} returned an invalid response: {str(exc)[:_MAX_ERROR_CHARS]}"
-        return ModelAPIError(message, provider=self.name)
+            return ModelAPIError(message, provider=self.name)
+        # Timeouts and connection errors: the same call may well succeed next time.
+        return ModelAPIError(message, provider=self.name, retryable=True)
 
 
 def _response_format(request: ModelRequest) -> ResponseFormat:
