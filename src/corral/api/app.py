@@ -27,6 +27,7 @@ from corral.api._deps import ApiRateLimiter, PlatformDep, annotate_permissions, 
 from corral.api._errors import document_errors, install_error_handlers
 from corral.api._limits import RequestSizeLimit
 from corral.api._text import reject_lone_surrogates
+from corral.api.openai_compat import OpenAICompatEndpoint
 from corral.platform import Platform
 from corral.store import SYSTEM
 from corral.tenancy import PUBLIC
@@ -50,6 +51,7 @@ def create_app(
             embedded mode).
     """
     mcp = _mcp_endpoint(platform)
+    openai_compat = OpenAICompatEndpoint(platform)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +67,7 @@ def create_app(
             stop.set()
             if worker is not None:
                 await worker
+            await openai_compat.aclose()
             await platform.close()
 
     app = FastAPI(
@@ -95,6 +98,8 @@ def create_app(
     app.include_router(mcp_servers.router)
     app.include_router(secrets.router)
     app.include_router(tenancy.router)
+    # OpenAI's wire format and error shape; authenticates itself (Bearer, models.call).
+    app.router.routes.extend(openai_compat.routes)
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
 

@@ -33,6 +33,15 @@ from corral.gateway.models._decision import (
     parse_json_decision,
 )
 from corral.gateway.models._gateway import ModelGateway
+from corral.gateway.models._inbound import (
+    ChatCompletionsRequest,
+    InboundChat,
+    InboundReply,
+    ModelCallCosts,
+    NoCosts,
+    Reservation,
+)
+from corral.gateway.models._passthrough import WireChat, usage_of
 from corral.gateway.models._local import (
     LOCAL_MODEL_ALIAS,
     LocalModelServer,
@@ -47,25 +56,33 @@ __all__ = [
     "DEFAULT_MAX_STRING",
     "LOCAL_MODEL_ALIAS",
     "MAX_GRAMMAR_REPEAT",
+    "ChatCompletionsRequest",
     "Decision",
     "FinalAnswer",
+    "InboundChat",
+    "InboundReply",
     "LocalModelServer",
     "Message",
+    "ModelCallCosts",
     "ModelGateway",
     "ModelProvider",
     "ModelRequest",
     "ModelResponse",
+    "NoCosts",
     "OpenAICompatibleProvider",
     "Price",
+    "Reservation",
     "Served",
     "ToolCall",
     "ToolDefinition",
     "Usage",
+    "WireChat",
     "decision_instructions",
     "decision_schema",
     "find_default_model_path",
     "local_provider",
     "parse_json_decision",
+    "usage_of",
 ]
 
 
