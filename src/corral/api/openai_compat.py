@@ -129,9 +129,7 @@ class OpenAICompatEndpoint:
         headers = {"X-Corral-Trace-Id": reply.trace_id}
         if reply.stream is not None:
             headers["Cache-Control"] = "no-cache"
-            return StreamingResponse(
-                reply.stream, media_type="text/event-stream", headers=headers
-            )
+            return StreamingResponse(reply.stream, media_type="text/event-stream", headers=headers)
         return Response(reply.content, media_type="application/json", headers=headers)
 
     async def list_models(self, request: Request) -> Response:
@@ -141,5 +139,7 @@ class OpenAICompatEndpoint:
             names = await self.chat.models_for(principal)
         except CorralError as exc:
             return openai_error(exc)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "corral"} for name in names]
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "corral"} for name in names
+        ]
         return JSONResponse({"object": "list", "data": data})

@@ -81,9 +81,7 @@ class FakeChatUpstream:
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self.app = Starlette(
-            routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])]
-        )
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
 
     @property
     def request_count(self) -> int:

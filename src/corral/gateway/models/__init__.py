@@ -41,13 +41,13 @@ from corral.gateway.models._inbound import (
     NoCosts,
     Reservation,
 )
-from corral.gateway.models._passthrough import WireChat, usage_of
 from corral.gateway.models._local import (
     LOCAL_MODEL_ALIAS,
     LocalModelServer,
     find_default_model_path,
     local_provider,
 )
+from corral.gateway.models._passthrough import WireChat, usage_of
 
 if TYPE_CHECKING:
     from corral.gateway.models._openai import OpenAICompatibleProvider

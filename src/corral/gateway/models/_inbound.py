@@ -225,12 +225,12 @@ class NoCosts:
 
 @dataclass(frozen=True)
 class InboundReply:
-    """The answer to one inbound call: a JSON body or an SSE stream.
+    r"""The answer to one inbound call: a JSON body or an SSE stream.
 
     Attributes:
         trace_id: The call's trace (``X-Corral-Trace-Id``).
         content: The upstream's JSON body as it came (non-streaming).
-        stream: The SSE events to send (``data: ...\\n\\n``, ending with ``data: [DONE]``);
+        stream: The SSE events to send (``data: ...\n\n``, ending with ``data: [DONE]``);
             the call is recorded when it ends.
     """
 
@@ -316,11 +316,15 @@ class InboundChat:
 
         An agent key: its contract's ``model.default``, ``allowed`` and ``fallback`` (at the
         endpoint's stage) whose provider is configured. Another principal: every model named
-        by the tenant's agent contracts at that stage, plus the embedded model, whose provider
-        is configured (any ``provider/model`` of a configured OpenAI-compatible provider may be
-        asked for as well).
+        by the tenant's agent contracts at that stage, plus the embedded model. Only models of
+        a configured OpenAI-compatible provider are listed (any ``provider/model`` name of one
+        may be asked for as well).
         """
-        configured = set(self.models.providers)
+        configured = {
+            name
+            for name, provider in self.models.providers.items()
+            if hasattr(provider, "wire_endpoint")  # can take a raw OpenAI-wire call
+        }
         agent = _agent_of(principal)
         if agent is not None:
             spec = await self._spec(principal.tenant_id, agent)
@@ -695,4 +699,3 @@ def _request_attributes(
         span.set_attribute("gen_ai.request.temperature", request.temperature)
     if request.seed is not None:
         span.set_attribute("gen_ai.request.seed", request.seed)
-

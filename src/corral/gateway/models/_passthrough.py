@@ -144,7 +144,10 @@ class WireChat:
         body = {
             **body,
             "stream": True,
-            "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True},
+            "stream_options": {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            },
         }
         request = self._client.build_request(
             "POST",
@@ -210,7 +213,7 @@ class WireStream:
         return self.usage is None or self.malformed
 
     async def events(self) -> AsyncIterator[bytes]:
-        """The stream's events as the client should get them (``data: ...\\n\\n``), as they come.
+        r"""The stream's events as the client should get them (``data: ...\n\n``), as they come.
 
         The usage-only last chunk (no choices) is dropped unless the client asked for usage;
         ``data: [DONE]`` is always sent last, also after an upstream failure part-way (whose
