@@ -18,13 +18,15 @@ flagged (:attr:`WireStream.usage_missing`): the caller bills it from its reserva
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import pydantic_core
 
 from corral.errors import ModelAPIError
 from corral.gateway.models._base import Usage
+
+if TYPE_CHECKING:  # imported with the first upstream: `corral worker` and the CLI never need it
+    import httpx
 
 __all__ = ["WireChat", "WireStream", "usage_of"]
 
@@ -78,6 +80,8 @@ class WireChat:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.timeout_seconds = timeout_seconds
+        import httpx
+
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -105,6 +109,8 @@ class WireChat:
             ModelAPIError: the upstream could not be reached, timed out, answered an error
                 status (``status_code`` set), or a body that is not a JSON object.
         """
+        import httpx
+
         try:
             response = await self._client.post(self.url, content=pydantic_core.to_json(body))
         except httpx.HTTPError as exc:
@@ -140,6 +146,8 @@ class WireChat:
         Raises:
             ModelAPIError: as for :meth:`create` (the body of an error status is read).
         """
+        import httpx
+
         options = body.get("stream_options")
         body = {
             **body,
@@ -178,6 +186,8 @@ class WireChat:
         )
 
     def _transport_error(self, exc: httpx.HTTPError) -> ModelAPIError:
+        import httpx
+
         where = f"Model provider {self.provider!r} at {self.base_url}"
         if isinstance(exc, httpx.TimeoutException):
             message = f"{where} did not answer within {self.timeout_seconds} s (no HTTP status)."
@@ -220,6 +230,8 @@ class WireStream:
         reason is in :attr:`error`). The upstream response is closed when this ends, however
         it ends.
         """
+        import httpx
+
         try:
             async for line in self._response.aiter_lines():
                 if not line.startswith("data:"):
