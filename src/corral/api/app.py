@@ -78,6 +78,7 @@ def create_app(
         dependencies=[Depends(reject_lone_surrogates)],
     )
     app.state.platform = platform
+    app.state.openai_compat = openai_compat
     identity = platform.settings.identity
     app.state.rate_limiter = ApiRateLimiter(
         identity.api_rate_limit, identity.rate_limit_storage_url
@@ -98,8 +99,9 @@ def create_app(
     app.include_router(mcp_servers.router)
     app.include_router(secrets.router)
     app.include_router(tenancy.router)
-    # OpenAI's wire format and error shape; authenticates itself (Bearer, models.call).
-    app.router.routes.extend(openai_compat.routes)
+    # OpenAI's wire format and error shape; authenticates itself (Bearer, models.call). First
+    # in the route table: the hottest path of a BYO agent is matched without scanning the rest.
+    app.router.routes[:0] = openai_compat.routes
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
 

@@ -21,6 +21,7 @@ audit event. An upstream failure leaves a ``failed`` audit event and an error sp
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ _STAGE_DOCUMENTS = (
     .join(_AGENTS, _AGENTS.c.id == _BINDINGS.c.agent_id)
     .where(_AGENTS.c.tenant_id == bindparam("b_tenant"), _BINDINGS.c.stage == bindparam("b_stage"))
 )
+
+log = logging.getLogger(__name__)
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -275,6 +278,12 @@ class InboundChat:
         costs: Budgets and cost rows; :class:`NoCosts` by default.
         cache_seconds: How long an agent's contract at ``stage`` is reused before it is read
             again (a promotion counts after at most this long).
+        defer_records: Answer before the call's rows are committed (they are written in the
+            next batch, right after). Saves the commit's latency; a crash in between loses
+            the record of a call that was answered. Off: the answer waits for the commit.
+
+    Rows are written with group commit (:class:`_RecordBatches`): the calls that finish while
+    a write runs share the next transaction.
     """
 
     def __init__(
@@ -288,6 +297,7 @@ class InboundChat:
         stage: str = "production",
         costs: ModelCallCosts | None = None,
         cache_seconds: float = 2.0,
+        defer_records: bool = False,
     ) -> None:
         self.store = store
         self.models = models
@@ -300,11 +310,14 @@ class InboundChat:
         self._wires: dict[str, tuple[object, WireChat]] = {}
         self._specs: dict[tuple[str, str], tuple[float, AgentSpec | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._records = _RecordBatches(store)
+        self.defer_records = defer_records
 
     async def aclose(self) -> None:
         """Wait for streams being recorded, then close the upstream connection pools."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._records.aclose()
         wires, self._wires = self._wires, {}
         for _, wire in wires.values():
             await wire.aclose()
@@ -623,10 +636,65 @@ class InboundChat:
             },
         )
         decisions = [call.decision] if call.decision is not None else []
+        await self._records.write(
+            tenant_id, call.trace_id, _Rows(decisions, audit, spans), wait=not self.defer_records
+        )
 
+
+@dataclass(frozen=True)
+class _Rows:
+    """What one call stores: its decision, its audit event, its span."""
+
+    decisions: list[DecisionRow]
+    audit: AuditRecord
+    spans: list[dict[str, Any]]
+
+
+class _RecordBatches:
+    """Writes calls' rows with group commit: calls recorded while a write runs share the next.
+
+    Every call's rows go in one transaction (with those of the other calls of its batch), so a
+    call is recorded whole or not at all; with many concurrent calls one commit serves many.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: dict[str, list[tuple[str, _Rows, asyncio.Future[None]]]] = {}
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def write(self, tenant_id: str, trace_id: str, rows: _Rows, *, wait: bool) -> None:
+        """Store ``rows`` in the next batch; with ``wait``, return once it is committed.
+
+        Raises:
+            CorralError: ``call_not_recorded`` (with ``wait``): the store refused the batch.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(tenant_id, []).append((trace_id, rows, done))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush())
+        if wait:
+            await done
+        else:
+            done.add_done_callback(_log_lost)
+
+    async def aclose(self) -> None:
+        """Wait for the rows submitted so far to be written."""
+        while self._flushing is not None and not self._flushing.done():
+            await self._flushing
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batches, self._pending = self._pending, {}
+            for tenant_id, items in batches.items():
+                await self._write(tenant_id, items)
+
+    async def _write(
+        self, tenant_id: str, items: list[tuple[str, _Rows, asyncio.Future[None]]]
+    ) -> None:
         def write(connection: Connection) -> None:
-            insert_decisions(connection, decisions)
-            append_events(connection, tenant_id, [audit])
+            insert_decisions(connection, [d for _, rows, _ in items for d in rows.decisions])
+            append_events(connection, tenant_id, [rows.audit for _, rows, _ in items])
+            spans = [span for _, rows, _ in items for span in rows.spans]
             if spans:
                 connection.execute(_SPAN_INSERT, spans)
 
@@ -634,12 +702,25 @@ class InboundChat:
             await self.store.run_sync(write, tenant_id)
         except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise CorralError(
-                f"model call {call.trace_id} could not be recorded: the store refused it "
-                f"({type(exc).__name__}: {detail[0] if detail else 'no detail'}). Check the "
-                "database (reachable, disk space, permissions).",
-                code="call_not_recorded",
-            ) from exc
+            for trace_id, _, done in items:
+                if not done.done():
+                    done.set_exception(
+                        CorralError(
+                            f"model call {trace_id} could not be recorded: the store refused "
+                            f"it ({type(exc).__name__}: {detail[0] if detail else 'no detail'})."
+                            " Check the database (reachable, disk space, permissions).",
+                            code="call_not_recorded",
+                        )
+                    )
+            return
+        for _, _, done in items:
+            if not done.done():
+                done.set_result(None)
+
+
+def _log_lost(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("an inbound model call was served but not recorded: %s", done.exception())
 
 
 def _parse(body: bytes) -> tuple[ChatCompletionsRequest, dict[str, Any]]:
