@@ -7,15 +7,26 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any, cast
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Table, func, select
 
+from conftest import register
+from corral.api.openai_compat import openai_error
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
-from corral.gateway.models import InboundChat, Usage, usage_of
+from corral.errors import BudgetExceeded, ModelAPIError, PolicyDenied, QuotaExceeded
+from corral.gateway.models import (
+    ChatCompletionsRequest,
+    InboundChat,
+    Reservation,
+    Served,
+    Usage,
+    usage_of,
+)
 from corral.platform import Platform
 from corral.policy._tables import PolicyDecisionRow
 from corral.settings import Settings
@@ -45,7 +56,10 @@ async def platform(settings: Settings, upstream: FakeChatUpstream) -> AsyncItera
     openai_settings = settings.openai.model_copy(
         update={"base_url": upstream.base_url, "api_key": SecretStr("k")}
     )
-    platform = Platform(settings.model_copy(update={"openai": openai_settings}))
+    governance = settings.governance.model_copy(update={"policy_refresh_seconds": 0})
+    platform = Platform(
+        settings.model_copy(update={"openai": openai_settings, "governance": governance})
+    )
     await platform.start()
     yield platform
     await platform.close()
@@ -120,3 +134,121 @@ def test_usage_of_maps_openai_usage() -> None:
     assert usage_of({"prompt_tokens": -3, "completion_tokens": "7"}) == Usage()
     assert usage_of(None) is None
     assert usage_of([1, 2]) is None
+
+
+class RecordingCosts:
+    """A ``ModelCallCosts`` double: what the costs domain would be asked, in order."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.calls: list[tuple[str, Any]] = []
+
+    async def reserve(
+        self, principal: Principal, served: Served, request: ChatCompletionsRequest
+    ) -> Reservation:
+        if self.refuse:
+            raise BudgetExceeded(
+                "tenant-day budget 1.00 USD: 0.99 spent, 0.05 reserved for this call",
+                limit="cost_usd_per_day",
+            )
+        self.calls.append(("reserve", (served.alias, request.max_output_tokens)))
+        return Reservation(Decimal("0.05"), handle="r1")
+
+    async def release(self, reservation: Reservation) -> None:
+        self.calls.append(("release", reservation.handle))
+
+    async def settle(
+        self,
+        reservation: Reservation,
+        *,
+        principal: Principal,
+        served: Served,
+        usage: Usage | None,
+        trace_id: str,
+    ) -> Decimal | None:
+        self.calls.append(("settle", usage))
+        return Decimal("0.0123")
+
+
+async def test_costs_are_reserved_before_and_settled_after(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    costs = RecordingCosts()
+    chat = inbound(platform, costs=costs)
+    reply = await chat.complete(SERVICE, BODY)
+    await chat.aclose()
+    assert costs.calls == [
+        ("reserve", ("openai/gpt-test", None)),
+        ("settle", Usage(12, 5, cache_read_tokens=4, reasoning_tokens=2)),
+    ]
+    async with platform.store.read("default") as session:
+        [event] = (
+            await session.execute(select(_EVENTS).where(_EVENTS.c.trace_id == reply.trace_id))
+        ).all()
+    assert event.details["cost_usd"] == "0.0123"
+
+
+async def test_a_budget_refusal_reaches_no_upstream(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    chat = inbound(platform, costs=RecordingCosts(refuse=True))
+    with pytest.raises(BudgetExceeded):
+        await chat.complete(SERVICE, BODY)
+    await chat.aclose()
+    assert upstream.request_count == 0
+    assert await count(platform, _EVENTS, action="model.call", outcome="budget_exceeded") == 1
+
+
+async def test_the_reservation_is_the_estimated_cost_and_a_denial_releases_it(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    await register(
+        platform,
+        {
+            "apiVersion": "corral.dev/v1",
+            "kind": "Policy",
+            "metadata": {"name": "no-models"},
+            "spec": {
+                "description": "No model call estimated above 4 cents.",
+                "cedar": '@id("cost-cap")\n'
+                'forbid (principal, action == Action::"model.call", resource)\n'
+                'when { context.estimated_cost_usd.greaterThan(decimal("0.0400")) };\n',
+            },
+        },
+    )
+    costs = RecordingCosts()
+    chat = inbound(platform, costs=costs)
+    with pytest.raises(PolicyDenied) as denied:
+        await chat.complete(SERVICE, BODY)
+    await chat.aclose()
+    # The reservation (0.05 USD) is the decision's estimated_cost_usd: the cap refused it.
+    assert "cost-cap" in denied.value.message
+    assert [name for name, _ in costs.calls] == ["reserve", "release"]
+    assert upstream.request_count == 0
+
+
+def test_errors_have_openai_shape_status_and_figures() -> None:
+    quota = openai_error(
+        QuotaExceeded(
+            "model_tokens_per_day is used up",
+            quota="model_tokens_per_day",
+            limit="1000",
+            current="1000",
+            retry_after_seconds=60,
+        )
+    )
+    assert quota.status_code == 429
+    assert quota.headers["retry-after"] == "60"
+    body = json.loads(bytes(quota.body))["error"]
+    assert (body["type"], body["code"], body["limit"], body["current"]) == (
+        "rate_limit_error",
+        "quota_exceeded",
+        "1000",
+        "1000",
+    )
+    budget = openai_error(BudgetExceeded("over budget", limit="cost_usd_per_day"))
+    assert budget.status_code == 429
+    assert json.loads(bytes(budget.body))["error"]["code"] == "budget_exceeded"
+    upstream = openai_error(ModelAPIError("upstream down", provider="openai"))
+    assert upstream.status_code == 502
+    assert json.loads(bytes(upstream.body))["error"]["type"] == "api_error"
