@@ -467,3 +467,20 @@ async def test_sdks_through_corral_to_the_embedded_model(
     # carry no usage, so the call is flagged (billed from its reservation), never guessed.
     assert chunks[-1].usage is None
     assert streamed.details["usage_missing"] is True
+
+
+async def test_an_agent_without_a_live_version_may_call_no_model(
+    live: LiveCorral, upstream: FakeChatUpstream
+) -> None:
+    await register(
+        live.admin, agent_document("old-bot", status="retired", model={"default": "openai/x"})
+    )
+    messages: Any = [{"role": "user", "content": "hi"}]
+    refused = {}
+    for agent in ("old-bot", "ghost"):
+        async with client(live, await live.agent_key(agent)) as sdk:
+            with pytest.raises(openai.PermissionDeniedError) as denied:
+                await sdk.chat.completions.create(model="openai/x", messages=messages)
+        refused[agent] = cast(dict[str, Any], denied.value.body)["code"]
+    assert refused == {"old-bot": "agent_retired", "ghost": "agent_not_at_stage"}
+    assert upstream.request_count == 0

@@ -445,13 +445,12 @@ class InboundChat:
                 model's provider is not OpenAI-compatible.
             NotFound: no configured provider serves the model (names the known ones).
             Forbidden: an agent key's contract does not name the model, or the agent has no
-                version at the endpoint's stage.
+                version at the endpoint's stage, or that version is retired.
             PolicyDenied: policy refuses ``model.call`` (code ``model_denied``).
             QuotaExceeded: a tenant model quota is used up.
             corral.errors.BudgetExceeded: a budget would be exceeded (from ``costs``).
             ModelAPIError: the upstream failed (status, transport, timeout).
-            corral.gateway.tools.CallNotRecorded: never; a store refusing the record raises
-                :class:`CorralError` ``call_not_recorded``.
+            CorralError: code ``call_not_recorded``: the store refused the call's record.
         """
         request, data = _parse(body)
         agent = _agent_of(principal)
@@ -464,6 +463,11 @@ class InboundChat:
                     f"call no models here; promote one with `corral promote {agent} --to "
                     f"{self.stage}`.",
                     code="agent_not_at_stage",
+                )
+            if spec.status == "retired":
+                raise Forbidden(
+                    f"Agent {agent!r} is retired at stage {self.stage!r} and may call no models.",
+                    code="agent_retired",
                 )
         allowed = None if spec is None else _contract_models(spec)
         target = self.resolve(request.model, lambda: sorted(allowed or []))
