@@ -28,6 +28,7 @@ from corral.api._deps import ApiRateLimiter, PlatformDep, annotate_permissions, 
 from corral.api._errors import document_errors, install_error_handlers
 from corral.api._limits import RequestSizeLimit
 from corral.api._text import reject_lone_surrogates
+from corral.api.openai_compat import OpenAICompatEndpoint
 from corral.platform import Platform
 from corral.store import SYSTEM
 from corral.tenancy import PUBLIC
@@ -51,6 +52,7 @@ def create_app(
             embedded mode).
     """
     mcp = _mcp_endpoint(platform)
+    openai_compat = OpenAICompatEndpoint(platform)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +68,7 @@ def create_app(
             stop.set()
             if worker is not None:
                 await worker
+            await openai_compat.aclose()
             await platform.close()
 
     app = FastAPI(
@@ -76,6 +79,7 @@ def create_app(
         dependencies=[Depends(reject_lone_surrogates)],
     )
     app.state.platform = platform
+    app.state.openai_compat = openai_compat
     identity = platform.settings.identity
     app.state.rate_limiter = ApiRateLimiter(
         identity.api_rate_limit, identity.rate_limit_storage_url
@@ -97,6 +101,9 @@ def create_app(
     app.include_router(models.router)
     app.include_router(secrets.router)
     app.include_router(tenancy.router)
+    # OpenAI's wire format and error shape; authenticates itself (Bearer, models.call). First
+    # in the route table: the hottest path of a BYO agent is matched without scanning the rest.
+    app.router.routes[:0] = openai_compat.routes
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
 

@@ -45,7 +45,7 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "viewer": _READ,
     # Builders apply agents and tools and run them in dev and staging.
     "builder": _READ
-    | {"agents.write", "tools.write", "runs.create", "releases.promote", "mcp.call"},
+    | {"agents.write", "tools.write", "runs.create", "releases.promote", "mcp.call", "models.call"},
     # Operators run in production, cancel, resolve and pause runs, and kill the tenant's agents.
     "operator": _READ
     | {
@@ -55,6 +55,7 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[str]]] = {
         "killswitch.tenant",
         "releases.promote",
         "mcp.call",
+        "models.call",
     },
     "approver": _READ | {"approvals.decide"},
     # Admins manage the tenant: members, local users, keys, quotas, secrets, policies, tool
@@ -72,7 +73,7 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[str]]] = {
         "releases.promote",
     },
     # An agent identity (a key bound to one agent) calls Corral's gateways, nothing else.
-    "agent": frozenset({"tools.read", "mcp.call", "identity.read"}),
+    "agent": frozenset({"tools.read", "mcp.call", "models.call", "identity.read"}),
 }
 
 PERMISSIONS: Final = frozenset().union(*ROLE_PERMISSIONS.values()) | {

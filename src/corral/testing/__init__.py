@@ -7,15 +7,19 @@ model = ScriptedModel([ScriptedModel.call("fs.list_dir", path="."), ScriptedMode
 ```
 """
 
+from corral.testing._chat_upstream import DEFAULT_USAGE, FakeChatUpstream, ReplyFunction
 from corral.testing._clock import ManualClock
 from corral.testing._scripted import EXHAUSTED_ANSWER, ScriptedModel, ScriptFunction, ScriptStep
 from corral.testing._server import serve_in_thread
 from corral.testing._upstream import FakeOpenAIUpstream, UpstreamReply
 
 __all__ = [
+    "DEFAULT_USAGE",
     "EXHAUSTED_ANSWER",
+    "FakeChatUpstream",
     "FakeOpenAIUpstream",
     "ManualClock",
+    "ReplyFunction",
     "ScriptFunction",
     "ScriptStep",
     "ScriptedModel",

@@ -47,12 +47,21 @@ from corral.gateway.models._gateway import (
     ModelGateway,
     SecretRenderer,
 )
+from corral.gateway.models._inbound import (
+    ChatCompletionsRequest,
+    InboundChat,
+    InboundReply,
+    ModelCallCosts,
+    NoCosts,
+    Reservation,
+)
 from corral.gateway.models._local import (
     LOCAL_MODEL_ALIAS,
     LocalModelServer,
     find_default_model_path,
     local_provider,
 )
+from corral.gateway.models._passthrough import WireChat, usage_of
 from corral.gateway.models._resilience import (
     BreakerState,
     DeploymentBreakers,
@@ -80,21 +89,27 @@ __all__ = [
     "Attempt",
     "BreakerState",
     "CachedResponse",
+    "ChatCompletionsRequest",
     "Decision",
     "Deployment",
     "DeploymentBreakers",
     "FinalAnswer",
+    "InboundChat",
+    "InboundReply",
     "LocalModelServer",
     "Message",
     "ModelAuthorizer",
+    "ModelCallCosts",
     "ModelCatalog",
     "ModelGateway",
     "ModelProvider",
     "ModelRequest",
     "ModelResolver",
     "ModelResponse",
+    "NoCosts",
     "OpenAICompatibleProvider",
     "Price",
+    "Reservation",
     "ResponseCache",
     "RetryPolicy",
     "SecretRenderer",
@@ -103,6 +118,7 @@ __all__ = [
     "ToolCall",
     "ToolDefinition",
     "Usage",
+    "WireChat",
     "decision_instructions",
     "decision_schema",
     "deployments_of",
@@ -114,6 +130,7 @@ __all__ = [
     "response_document",
     "response_from_document",
     "retry_after_seconds",
+    "usage_of",
 ]
 
 

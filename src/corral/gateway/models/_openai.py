@@ -145,6 +145,14 @@ class OpenAICompatibleProvider:
         """The endpoint's base URL as the SDK uses it (ends with ``/``)."""
         return str(self._client.base_url)
 
+    def wire_endpoint(self) -> tuple[str, str | None, float]:
+        """``(base URL, API key, timeout in seconds)``, for raw OpenAI-wire passthrough calls.
+
+        The inbound ``/v1/chat/completions`` forwards a caller's request body unchanged
+        (:class:`~corral.gateway.models._passthrough.WireChat`) to the same endpoint.
+        """
+        return str(self._client.base_url), self._client.api_key or None, self.timeout_seconds
+
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.close()
