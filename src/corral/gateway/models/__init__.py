@@ -39,12 +39,19 @@ from corral.gateway.models._local import (
     find_default_model_path,
     local_provider,
 )
+from corral.gateway.models._pricing import (
+    FREE_PROVIDERS,
+    model_price,
+    price_call,
+    settings_override,
+)
 
 if TYPE_CHECKING:
     from corral.gateway.models._openai import OpenAICompatibleProvider
 
 __all__ = [
     "DEFAULT_MAX_STRING",
+    "FREE_PROVIDERS",
     "LOCAL_MODEL_ALIAS",
     "MAX_GRAMMAR_REPEAT",
     "Decision",
@@ -65,7 +72,10 @@ __all__ = [
     "decision_schema",
     "find_default_model_path",
     "local_provider",
+    "model_price",
     "parse_json_decision",
+    "price_call",
+    "settings_override",
 ]
 
 

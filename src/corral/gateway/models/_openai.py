@@ -393,7 +393,5 @@ def _usage(usage: CompletionUsage | None) -> Usage:
         input_tokens=usage.prompt_tokens or 0,
         output_tokens=usage.completion_tokens or 0,
         cache_read_tokens=(prompt_details.cached_tokens or 0) if prompt_details else 0,
-        reasoning_tokens=(
-            (completion_details.reasoning_tokens or 0) if completion_details else 0
-        ),
+        reasoning_tokens=((completion_details.reasoning_tokens or 0) if completion_details else 0),
     )
