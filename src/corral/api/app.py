@@ -16,6 +16,7 @@ from corral.api import (
     approvals,
     audit,
     control,
+    costs,
     mcp_servers,
     policies,
     releases,
@@ -95,6 +96,7 @@ def create_app(
     app.include_router(mcp_servers.router)
     app.include_router(secrets.router)
     app.include_router(tenancy.router)
+    app.include_router(costs.router)
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
 
