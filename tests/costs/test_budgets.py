@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import re
 import uuid
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 
 from conftest import agent_document, register
 from corral.costs import (
@@ -36,7 +39,7 @@ from corral.runtime import create_run, get_run
 from corral.runtime._persist import claim
 from corral.runtime._tables import RunRow
 from corral.settings import ModelPrice, Settings
-from corral.store import SYSTEM, new_id, utcnow
+from corral.store import SYSTEM, Base, new_id, utcnow
 from corral.tenancy import QuotaRow
 from corral.testing import ScriptedModel
 
@@ -362,3 +365,56 @@ async def test_concurrent_calls_sharing_a_tenant_budget_never_overspend(
         asyncio.run_coroutine_threadsafe(example(budget, calls), loop).result(timeout=120)
 
     await asyncio.to_thread(never_overspends)
+
+
+class _NoUsage:
+    """A provider whose replies carry no usage block (as a broken upstream's might)."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.inner = ScriptedModel(lambda _r: ScriptedModel.answer("done"))
+
+    async def complete(self, request: ModelRequest) -> Any:
+        response = await self.inner.complete(request)
+        return dataclasses.replace(response, usage=Usage(), usage_missing=True)
+
+
+async def test_a_call_without_usage_is_billed_at_its_reservation_and_flagged(
+    priced: Settings, workspace: Path
+) -> None:
+    platform = Platform(priced, providers={"scripted": _NoUsage()})
+    await platform.start()
+    await register(
+        platform,
+        agent_document(
+            model={"default": "scripted/test", "max_output_tokens": 50},
+            limits={"max_cost_usd_per_day": "5"},
+        ),
+    )
+    try:
+        run = await _run(platform, workspace)
+        (call,) = await _ledger(platform)
+        held = await _reservations(platform)
+    finally:
+        await platform.close()
+
+    assert run.status == "SUCCEEDED"
+    assert call.usage_missing and call.input_tokens == 0
+    # The estimate: the prompt's bytes / 3 at $10/Mtok plus 50 output tokens at $40/Mtok.
+    assert call.cost_usd is not None and call.cost_usd > 50 * Decimal(40) / 10**6
+    assert run.cost_usd == call.cost_usd
+    assert held == 0
+
+
+async def test_the_ledger_tables_match_their_migration(make_platform: Any) -> None:
+    platform = await make_platform()
+
+    def differences(connection: Connection) -> list[str]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        found = [repr(diff) for diff in compare_metadata(context, Base.metadata)]
+        tables = ("model_calls", "budget_reservations", "runs")
+        return [diff for diff in found if any(f"'{table}'" in diff for table in tables)]
+
+    async with platform.store.engine.connect() as connection:
+        assert await connection.run_sync(differences) == []
