@@ -418,3 +418,50 @@ async def test_the_ledger_tables_match_their_migration(make_platform: Any) -> No
 
     async with platform.store.engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+async def test_twenty_concurrent_runs_sharing_a_tenant_budget_stay_within_it(
+    priced: Settings, workspace: Path
+) -> None:
+    model = ScriptedModel(_list_forever, delay_seconds=0.005)
+    platform = await _platform(priced, model, limits={"max_iterations": 8})
+    limit = Decimal("0.02")
+    try:
+        async with platform.store.transaction("default") as session:
+            session.add(
+                QuotaRow(
+                    id=new_id("quota"),
+                    tenant_id="default",
+                    name="cost_usd_per_day",
+                    limit=limit,
+                    updated_by="user:test",
+                )
+            )
+        ids = []
+        async with platform.store.transaction("default") as session:
+            for _ in range(20):
+                created = await create_run(
+                    session,
+                    tenant_id="default",
+                    agent_name="repo-analyst",
+                    task="What is in this repository?",
+                    requested_by="user:test",
+                    workspace=str(workspace),
+                    workspaces=platform.workspaces,
+                )
+                ids.append(created.id)
+        await platform.worker.run_until_idle()
+        calls = await _ledger(platform)
+        async with platform.store.read("default") as session:
+            runs = [await get_run(session, run_id, tenant_id="default") for run_id in ids]
+        held = await _reservations(platform)
+    finally:
+        await platform.close()
+
+    spent = sum((c.cost_usd or Decimal(0) for c in calls), Decimal(0))
+    assert spent <= limit
+    assert held == 0
+    assert {r.status for r in runs} == {"BUDGET_EXCEEDED"}
+    assert {r.terminal_reason for r in runs} == {"quota:cost_usd_per_day"}
+    assert sum(r.cost_usd for r in runs) == spent
+    assert len(calls) == len(model.requests) > 0
