@@ -107,3 +107,9 @@ def test_prices_come_from_the_bundled_snapshot_only() -> None:
     assert snapshot.from_auto_update is False
     assert snapshot is data_snapshot._bundled_snapshot()
     assert data_snapshot._custom_snapshot is None  # the updater (which fetches) never ran
+
+
+def test_inconsistent_cache_counts_are_clamped_to_the_prompt() -> None:
+    usage = Usage(input_tokens=100, output_tokens=0, cache_read_tokens=500)
+
+    assert price_call("openai", "gpt-4o", usage, None) == 100 * Decimal("1.25") / 10**6

@@ -144,13 +144,17 @@ def _provider_id(provider: str) -> str | None:
 def _table_price(provider: str, model: str, usage: Usage) -> Decimal:
     import genai_prices
 
+    # Cache counts are subsets of the prompt; a provider reporting more is clamped (the
+    # price table refuses inconsistent usage, and a bill must not fail on a provider's error).
+    cache_read = min(usage.cache_read_tokens, usage.input_tokens)
+    cache_write = min(usage.cache_write_tokens, usage.input_tokens - cache_read)
     try:
         calculation = genai_prices.calc_price(
             genai_prices.Usage(
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
+                cache_read_tokens=cache_read,
+                cache_write_tokens=cache_write,
             ),
             model,
             provider_id=_provider_id(provider),
