@@ -8,6 +8,7 @@ exit codes.
 CorralError
 ├── InvalidContract        a YAML/JSON contract failed validation (file, field path, line)
 ├── InvalidRequest         a request is well-formed but cannot be honoured as asked
+│   └── ModelPriceUnknown  a model has no price (names the override to add)
 ├── NotFound               an object does not exist (in this tenant)
 ├── Conflict               the request contradicts stored state (e.g. a version reused)
 ├── Unauthorized           no credentials, or credentials that do not verify (HTTP 401)
@@ -16,7 +17,7 @@ CorralError
 ├── PolicyDenied           a governed action was refused
 │   ├── PolicyRefused      ... by a policy decision (stored after the rollback)
 │   └── KillSwitchEngaged  an agent, tenant or platform kill switch stops new runs
-├── BudgetExceeded         a run hit one of its limits
+├── BudgetExceeded         a run hit one of its limits, or a cost budget would be exceeded
 ├── LeaseLost              a worker's lease on a run was taken over; its writes are refused
 ├── MissingTenantScope     a query without a tenant scope (a programming error; also a
 │                          RuntimeError)
@@ -52,6 +53,7 @@ __all__ = [
     "LocalModelUnavailable",
     "MissingTenantScope",
     "ModelAPIError",
+    "ModelPriceUnknown",
     "NotFound",
     "PathOutsideWorkspace",
     "PolicyDenied",
@@ -129,6 +131,25 @@ class InvalidRequest(CorralError):
     """The request is well-formed but cannot be honoured as asked."""
 
     default_code = "invalid_request"
+
+
+class ModelPriceUnknown(InvalidRequest):
+    """A model call cannot be priced: the price table does not know the model, no override.
+
+    Args:
+        message: Names the model and the override to add.
+        model: The ``provider/model`` name.
+    """
+
+    default_code = "model_price_unknown"
+
+    def __init__(self, message: str, *, model: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error body, with the model's name."""
+        return {**super().to_dict(), "model": self.model}
 
 
 class NotFound(CorralError):
@@ -284,18 +305,44 @@ class KillSwitchEngaged(PolicyDenied):
 
 
 class BudgetExceeded(CorralError):
-    """A run hit one of its limits.
+    """A run hit one of its limits, or a model call's reservation would exceed a cost budget.
 
     Args:
         message: Which limit and its value.
-        limit: The limit's field name (``max_iterations``...).
+        limit: The limit's field name (``max_iterations``, ``max_cost_usd``,
+            ``max_cost_usd_per_day``, ``quota:cost_usd_per_day``...).
+        limit_usd: A cost budget's limit in US dollars (cost budgets only).
+        spent_usd: What the budget's scope has spent and reserved so far, US dollars.
+        reservation_usd: The refused call's pessimistic cost estimate, US dollars.
     """
 
     default_code = "budget_exceeded"
 
-    def __init__(self, message: str, *, limit: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        limit_usd: str | None = None,
+        spent_usd: str | None = None,
+        reservation_usd: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.limit = limit
+        self.limit_usd = limit_usd
+        self.spent_usd = spent_usd
+        self.reservation_usd = reservation_usd
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error body, with the budget's name and, for a cost budget, the figures."""
+        body = {**super().to_dict(), "limit": self.limit}
+        if self.limit_usd is not None:
+            body.update(
+                limit_usd=self.limit_usd,
+                spent_usd=self.spent_usd,
+                reservation_usd=self.reservation_usd,
+            )
+        return body
 
 
 class LeaseLost(CorralError):

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from corral._files import make_home_private, write_private_file
 from corral.approvals import install_approval_effects
 from corral.cache import StoreResponseCache, StoreToolResultCache
+from corral.costs import daily_model_usage
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.gateway.models import (
     DeploymentBreakers,
@@ -181,7 +182,7 @@ class Platform:
             refresh_seconds=settings.governance.policy_refresh_seconds,
         )
         self.identity = Identity(self.store, settings.identity, home=settings.home)
-        self.quotas = Quotas(self.store, settings.quotas)
+        self.quotas = Quotas(self.store, settings.quotas, model_usage=daily_model_usage)
         self.secrets = SecretBroker(self.store, settings, governance=self.governance)
         gateway = settings.models
         self.model_catalog = ModelCatalog(

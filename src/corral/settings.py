@@ -367,16 +367,21 @@ class ModelPrice(BaseModel):
 
     input_usd_per_mtok: Decimal = Decimal(0)
     output_usd_per_mtok: Decimal = Decimal(0)
+    cache_read_usd_per_mtok: Decimal | None = None
+    """Prompt tokens read from the provider's cache; ``None``: the input rate."""
+    cache_write_usd_per_mtok: Decimal | None = None
+    """Prompt tokens written to the provider's cache; ``None``: the input rate."""
 
 
 class QuotaSettings(BaseModel):
     """Tenant quotas (the limits themselves are per tenant, set with ``corral quotas set``)."""
 
     model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
-    """Prices by ``provider/model`` for the ``cost_usd_per_day`` quota, e.g.
+    """Price overrides by ``provider/model``, e.g.
     ``{"openai/gpt-4o-mini": {"input_usd_per_mtok": "0.15", "output_usd_per_mtok": "0.60"}}``
-    (JSON in ``CORRAL_QUOTAS__MODEL_PRICES``). A model without a price costs nothing (the
-    embedded model)."""
+    (JSON in ``CORRAL_QUOTAS__MODEL_PRICES``). They win over the bundled price table
+    (``genai-prices``); a model in neither cannot be priced, except ``local/*`` and
+    ``scripted/*``, which cost nothing."""
     cache_seconds: float = 5.0
     """How long a process uses a tenant's quota limits before reading them again."""
 

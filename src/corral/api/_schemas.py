@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from decimal import Decimal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 __all__ = [
     "MAX_CURSOR",
@@ -43,6 +44,8 @@ __all__ = [
     "StepOut",
     "ToolCallOut",
     "ToolOut",
+    "USDText",
+    "usd_text",
 ]
 
 T = TypeVar("T")
@@ -146,6 +149,20 @@ class RunCreate(BaseModel):
     )
 
 
+def usd_text(value: object) -> object:
+    """US dollars as exact decimal text in fixed notation (``0.00012``, never ``1.2E-4``)."""
+    if isinstance(value, (Decimal, int)):
+        text = f"{Decimal(value):f}"
+        if "." in text:
+            text = text.rstrip("0").rstrip(".")
+        return text or "0"
+    return value
+
+
+USDText = Annotated[str, BeforeValidator(usd_text)]
+"""US dollars as decimal text (exact; JSON numbers would be floats)."""
+
+
 class RunOut(BaseModel):
     """A run's state."""
 
@@ -168,6 +185,8 @@ class RunOut(BaseModel):
     tool_call_count: int
     input_tokens: int
     output_tokens: int
+    cost_usd: USDText = "0"
+    """US dollars the run's model calls cost so far (decimal text, exact)."""
     trace_id: str
     cancel_requested: bool = False
     """A cancel was requested while the run was ``RUNNING``; its worker ends it ``CANCELLED``."""

@@ -16,6 +16,7 @@ from corral.api import (
     approvals,
     audit,
     control,
+    costs,
     mcp_servers,
     models,
     policies,
@@ -104,6 +105,7 @@ def create_app(
     # OpenAI's wire format and error shape; authenticates itself (Bearer, models.call). First
     # in the route table: the hottest path of a BYO agent is matched without scanning the rest.
     app.router.routes[:0] = openai_compat.routes
+    app.include_router(costs.router)
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
 

@@ -54,6 +54,7 @@ COMMAND_PERMISSIONS: Final[dict[str, str]] = {
     "audit verify": "audit.read",
     "audit events": "audit.read",
     "audit export": "audit.read",
+    "costs": "runs.read",
     "whoami": "identity.read",
     "tenants create": "tenants.manage",
     "tenants list": "tenants.manage",

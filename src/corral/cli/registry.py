@@ -219,7 +219,8 @@ def describe(
     typer.echo(f"Status:   {run['status']}  {run['terminal_reason'] or ''}")
     typer.echo(
         f"Budget:   {run['iterations']} iterations, {run['tool_call_count']} tool calls, "
-        f"{run['input_tokens']} in / {run['output_tokens']} out tokens"
+        f"{run['input_tokens']} in / {run['output_tokens']} out tokens, "
+        f"{run.get('cost_usd', '0')} USD"
     )
     typer.echo(f"Task:     {run['task']}")
     for step in client.get(f"/v1/runs/{name}/steps"):

@@ -142,9 +142,13 @@ class AgentLimits(_Strict):
     max_wall_clock_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 300
     """Seconds from the run's first step to its end."""
     max_cost_usd: Annotated[Decimal | None, Field(ge=0)] = None
-    """US dollars per run (enforced by the model gateway's cost ledger)."""
+    """US dollars per run: a model call whose pessimistic cost estimate would take the run
+    over it is not made (the run ends ``BUDGET_EXCEEDED``)."""
     max_input_tokens: Annotated[int | None, Field(ge=1)] = None
     """Estimated input tokens per model call; older tool outputs are elided to fit it."""
+    max_cost_usd_per_day: Annotated[Decimal | None, Field(ge=0)] = None
+    """US dollars per UTC day for all runs of this agent in its tenant (reserved before each
+    model call, like ``max_cost_usd``)."""
 
 
 class MemoryScope(_Strict):

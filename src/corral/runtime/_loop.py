@@ -22,6 +22,7 @@ import enum
 import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,32 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from corral.audit import AuditRecord
 from corral.contracts import Agent, AgentSpec
-from corral.errors import ModelAPIError, NotFound, PolicyDenied, QuotaExceeded
+from corral.costs import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    BudgetLimits,
+    Budgets,
+    ModelCall,
+    estimate_input_tokens,
+)
+from corral.errors import (
+    BudgetExceeded,
+    ModelAPIError,
+    ModelPriceUnknown,
+    NotFound,
+    PolicyDenied,
+    QuotaExceeded,
+)
 from corral.gateway.models import (
     Message,
     ModelGateway,
     ModelRequest,
     ModelResponse,
+    Price,
     Served,
     ToolDefinition,
+    model_price,
+    price_call,
+    settings_override,
 )
 from corral.gateway.tools import ResolvedTool, ToolGateway
 from corral.observability import Tracing
@@ -128,6 +147,8 @@ class RunExecutor(ToolPhase):
         self.governance = governance
         self.approval_ttl = approval_ttl
         self._refreshing: dict[str, asyncio.Lock] = {}
+        self.budgets = Budgets(store)
+        self._prices = quotas.settings.model_prices if quotas is not None else {}
 
     def abort(self, run_id: str) -> None:
         """Interrupt the run's in-flight model call or tool sequence.
@@ -269,6 +290,9 @@ class RunExecutor(ToolPhase):
         )
         started = self.clock()
         await self._refresh_tenant(state.tenant_id)
+        limits = await self._budget_limits(state)
+        state.estimate_input_tokens = estimate_input_tokens(request)
+        state.estimate_output_tokens = request.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
         # A provider/model name is its own deployment: decided before the quota check. An
         # alias's deployments are decided by the gateway as it reaches them (with their region).
         direct = "/" in state.models[0]
@@ -292,6 +316,10 @@ class RunExecutor(ToolPhase):
                 return record, Terminal(
                     "BUDGET_EXCEEDED", f"quota:{exceeded.quota}", error=exceeded.message
                 )
+        if limits.any:
+            refusal = await self._reserve(state, limits, worker_id, started)
+            if refusal is not None:
+                return refusal
         remaining = (
             spec.limits.max_wall_clock_seconds - (started - state.started_at).total_seconds()
         )
@@ -335,7 +363,140 @@ class RunExecutor(ToolPhase):
             )
             return record, Terminal("FAILED", reason, error=exc.message)
         self._audit_failovers(state, worker_id, response)
-        return self._decision_record(state, model, response, started, withdrawn=not tools)
+        record, terminal = self._decision_record(
+            state, model, response, started, withdrawn=not tools
+        )
+        record.model_call = self._meter(state, model, response)
+        return record, terminal
+
+    async def _budget_limits(self, state: RunState) -> BudgetLimits:
+        """The cost budgets of the run's next model call (tenant limits are cached)."""
+        limits = state.spec.limits
+        tenant_day = None
+        if self.quotas is not None:
+            tenant_day = (await self.quotas.limits(state.tenant_id)).get("cost_usd_per_day")
+        return BudgetLimits(limits.max_cost_usd, limits.max_cost_usd_per_day, tenant_day)
+
+    def _price(self, model: str, served: Served | None = None) -> Price:
+        """The rates of ``provider/model``: deployment override, settings override, table."""
+        if served is not None and served.price is not None:
+            return served.price
+        provider, _, name = model.partition("/")
+        return model_price(provider, name, settings_override(self._prices, provider, name))
+
+    def _estimate(self, state: RunState, model: str, served: Served | None = None) -> Decimal:
+        """The pessimistic cost of the call in progress if ``model`` answers it, US dollars.
+
+        Raises:
+            ModelPriceUnknown: ``model`` has no price.
+        """
+        price = self._price(model, served)
+        micro = (
+            state.estimate_input_tokens * price.input_usd_per_mtok
+            + state.estimate_output_tokens * price.output_usd_per_mtok
+        )
+        return micro / Decimal(1_000_000)
+
+    async def _reserve(
+        self, state: RunState, limits: BudgetLimits, worker_id: str, started: datetime
+    ) -> tuple[StepRecord, Terminal] | None:
+        """Reserve the next call's estimate against the run's budgets; the ending, or None.
+
+        One store transaction when a daily budget applies (none for the run budget alone).
+        """
+        model = state.models[0]
+        try:
+            amount = await self._alias_estimate(state, model)
+            state.reservation = await self.budgets.reserve(
+                tenant_id=state.tenant_id,
+                amount_usd=amount,
+                limits=limits,
+                holder=f"worker:{worker_id}",
+                run_id=state.run_id,
+                agent=state.agent_name,
+                run_spent_usd=state.cost_usd,
+            )
+        except ModelPriceUnknown as exc:
+            error = f"{exc.message} (the run has a cost budget, which needs the price)"
+            record = StepRecord("model_error", model, {"error": error}, started, error)
+            return record, Terminal("FAILED", "model_price_unknown", error=error)
+        except BudgetExceeded as exc:
+            record = StepRecord("model_error", model, {"error": exc.message}, started, exc.message)
+            return record, Terminal("BUDGET_EXCEEDED", exc.limit, error=exc.message)
+        return None
+
+    async def _alias_estimate(self, state: RunState, model: str) -> Decimal:
+        """The estimate for ``model``; for an alias, its most expensive deployment's.
+
+        Raises:
+            ModelPriceUnknown: a deployment has no price.
+        """
+        if "/" in model:
+            return self._estimate(state, model)
+        try:
+            deployments = await self.models.catalog.resolve(state.tenant_id, model)
+        except NotFound:
+            return Decimal(0)  # the gateway fails the call naming the known aliases
+        return max(
+            (self._estimate(state, d.model_name, d.served()) for d in deployments),
+            default=Decimal(0),
+        )
+
+    def _meter(self, state: RunState, model: str, response: ModelResponse) -> ModelCall:
+        """The ledger row of the call just answered; adds its cost to the run's total.
+
+        Priced from the usage at the deployment's price (``response.served.price``), else the
+        settings' override, else the price table; a cache hit costs 0; a call without usage is
+        billed at its reservation (or the estimate) and flagged. A model without any price
+        and no budget to enforce is recorded unpriced (``cost_usd`` ``None``).
+        """
+        served = response.served
+        provider, _, name = model.partition("/")
+        if served is not None:
+            provider, name = served.provider, served.model
+        cost: Decimal | None
+        if response.cache_hit:
+            cost = Decimal(0)
+        elif response.cost_usd is not None:
+            cost = response.cost_usd
+        elif response.usage_missing:
+            reserved = state.reservation
+            try:
+                cost = (
+                    reserved.amount_usd
+                    if reserved is not None
+                    else self._estimate(state, f"{provider}/{name}")
+                )
+            except ModelPriceUnknown:
+                cost = None
+        else:
+            override = served.price if served is not None and served.price else None
+            if override is None:
+                override = settings_override(self._prices, provider, name)
+            try:
+                cost = price_call(provider, name, response.usage, override)
+            except ModelPriceUnknown:
+                cost = None
+        if cost is not None:
+            state.cost_usd += cost
+        return ModelCall(
+            tenant_id=state.tenant_id,
+            alias=served.alias if served is not None else model,
+            deployment=served.deployment if served is not None else model,
+            provider=provider,
+            model=name,
+            usage=response.usage,
+            cost_usd=cost,
+            run_id=state.run_id,
+            step=state.step_count,
+            agent=state.agent_name,
+            agent_version=state.agent_version,
+            principal=state.requested_by or None,
+            region=served.region if served is not None else None,
+            cache_hit=response.cache_hit,
+            usage_missing=response.usage_missing,
+            created_at=self.clock(),
+        )
 
     def _audit_failovers(self, state: RunState, worker_id: str, response: ModelResponse) -> None:
         """One ``model.failover`` audit event per deployment passed over, in the checkpoint."""
@@ -391,7 +552,15 @@ class RunExecutor(ToolPhase):
             return None
         region = None if served is None else served.region
         deployment = None if served is None or served.deployment == model else served.deployment
+        try:
+            estimate = self._estimate(state, model, served)
+        except ModelPriceUnknown:
+            estimate = Decimal(0)  # no budget needs it; an unpriced call is recorded as such
         key = model if region is None and deployment is None else f"{model}|{deployment}|{region}"
+        # A decision depends on the estimate: it is reused only while the estimate is the
+        # same (always, for free models), so a policy on cost sees every paid call's estimate.
+        if estimate:
+            key = f"{key}@{estimate}"
         known = state.model_decisions.get(key)
         if known is not None:
             return None if known == "allow" else known
@@ -406,6 +575,7 @@ class RunExecutor(ToolPhase):
                 requester=state.requested_by,
                 region=region,
                 deployment=deployment,
+                estimated_cost_usd=estimate,
             ),
         )
         entities = [
@@ -483,6 +653,7 @@ class RunExecutor(ToolPhase):
                 "tool_call_count": state.tool_call_count,
                 "input_tokens": state.input_tokens,
                 "output_tokens": state.output_tokens,
+                "cost_usd": state.cost_usd,
                 "updated_at": now,
                 "lease_expires_at": now + self.lease,
             },
@@ -492,6 +663,10 @@ class RunExecutor(ToolPhase):
         )
         checkpoint.decisions, state.decisions = state.decisions, []
         checkpoint.audit, state.audit = state.audit, []  # secret.used, from the tool calls
+        if state.reservation is not None and state.reservation.id is not None:
+            checkpoint.reservation_ids.append(state.reservation.id)
+        if record is not None and record.model_call is not None:
+            checkpoint.model_calls.append(record.model_call)
         if record is not None:
             checkpoint.run_values["step_count"] = state.step_count + 1
             checkpoint.run_values["pending_decision"] = None
@@ -538,6 +713,7 @@ class RunExecutor(ToolPhase):
         if signals is None:
             raise lease_lost(state)
         state.signals = signals
+        state.reservation = None
         if record is not None:
             state.step_count += 1
             state.step_calls = {}  # stored calls of the step just checkpointed, by call index
@@ -668,6 +844,8 @@ class RunExecutor(ToolPhase):
             tool_call_count=run.tool_call_count,
             input_tokens=run.input_tokens + (pending.input_tokens if pending else 0),
             output_tokens=run.output_tokens + (pending.output_tokens if pending else 0),
+            cost_usd=run.cost_usd + _pending_cost(pending),
+            agent_version=run.agent_version,
             signals=loaded.signals,
             lease=Lease(run.id, worker_id, lease_epoch),
             pending=pending,
@@ -692,6 +870,13 @@ class RunExecutor(ToolPhase):
         if tool is None:
             tool = self._tools[key] = ResolvedTool.from_document(document)
         return tool
+
+
+def _pending_cost(pending: StepRecord | None) -> Decimal:
+    """The cost of the pending step's model call (made, not yet checkpointed)."""
+    if pending is None or pending.model_call is None:
+        return Decimal(0)
+    return pending.model_call.cost_usd or Decimal(0)
 
 
 def _output_of(calls: list[Any], step_index: int, call_index: int) -> str:

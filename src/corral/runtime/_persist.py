@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Integer, Table, and_, bindparam, exists, func
 
 from corral.approvals import ApprovalRow
 from corral.audit import AuditRecord, append_events
+from corral.costs import ModelCall, insert_model_calls, release_reservations
 from corral.observability import SpanRow
 from corral.policy import insert_decisions
 from corral.registry import AgentVersionRow, McpToolPinRow, ToolRow, ToolVersionRow
@@ -176,6 +177,10 @@ class Checkpoint:
     agent_name: str = ""
     decisions: list[dict[str, Any]] = field(default_factory=list)
     """Policy decision rows made during the step."""
+    model_calls: list[ModelCall] = field(default_factory=list)
+    """Cost-ledger rows of the step's model call."""
+    reservation_ids: list[str] = field(default_factory=list)
+    """Budget reservations the step settles or abandons (deleted)."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,10 @@ def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals 
     if checkpoint.events:
         connection.execute(_INSERT_EVENTS, checkpoint.events)
     insert_decisions(connection, checkpoint.decisions)
+    if checkpoint.model_calls or checkpoint.reservation_ids:
+        insert_model_calls(
+            connection, checkpoint.model_calls, reservation_ids=checkpoint.reservation_ids
+        )
     if not running or row.kill_id is None:
         return Signals(bool(row.cancel_requested))
     kill = active_kill_switch(connection, checkpoint.tenant_id, checkpoint.agent_name)
@@ -400,6 +409,9 @@ def pause_run(
     if _fence(connection, lease, **values) is None:
         return False
     run_id = lease.run_id
+    # The step's model call is settled with the step's checkpoint after the resumption (its
+    # ledger row is in the pending decision); a waiting run holds no budget meanwhile.
+    release_reservations(connection, run_ids=[run_id])
     if approval is not None:
         connection.execute(_APPROVALS.insert(), [approval])
     insert_decisions(connection, decisions or [])
@@ -627,6 +639,8 @@ def claim(
         )
         for r in rows
     ]
+    # A reclaimed run's budget reservation was its dead (or fenced-out) worker's: release it.
+    release_reservations(connection, run_ids=[c.run_id for c in claimed])
     for tenant_id in {c.tenant_id for c in claimed}:
         append_events(
             connection,

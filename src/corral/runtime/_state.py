@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from corral.audit import AuditRecord
 from corral.contracts import AgentSpec
+from corral.costs import ModelCall, Reservation
 from corral.gateway.models import Message, ToolDefinition
 from corral.gateway.tools import ResolvedTool, ToolCallContext, ToolResult
 from corral.runtime._persist import KillSwitch, Lease, Signals
@@ -62,10 +64,12 @@ class StepRecord:
     calls: list[CallRecord] = field(default_factory=list)
     tools_withdrawn: bool = False
     """The model was offered no tools (last iteration): any call it makes is refused."""
+    model_call: ModelCall | None = None
+    """The step's model call for the cost ledger (written with the step's checkpoint)."""
 
     def pending_document(self) -> dict[str, Any]:
         """What is stored as ``runs.pending_decision`` once a side effect starts."""
-        return {
+        document = {
             "model": self.model,
             "decision": self.decision,
             "started_at": self.started_at.isoformat(),
@@ -73,6 +77,9 @@ class StepRecord:
             "output_tokens": self.output_tokens,
             "tools_withdrawn": self.tools_withdrawn,
         }
+        if self.model_call is not None:
+            document["model_call"] = self.model_call.document()
+        return document
 
     @classmethod
     def from_pending(cls, document: dict[str, Any]) -> StepRecord:
@@ -85,6 +92,11 @@ class StepRecord:
             input_tokens=document["input_tokens"],
             output_tokens=document["output_tokens"],
             tools_withdrawn=document["tools_withdrawn"],
+            model_call=(
+                ModelCall.from_document(document["model_call"])
+                if document.get("model_call")
+                else None
+            ),
         )
 
     def skip_calls_from(self, index: int) -> None:
@@ -135,6 +147,16 @@ class RunState:
     stored with it."""
     model_decisions: dict[str, str] = field(default_factory=dict)
     """``model.call`` outcome per model for this run segment: ``allow`` or the denial text."""
+    agent_version: str = ""
+    """The agent version the run executes (``runs.agent_version``)."""
+    cost_usd: Decimal = Decimal(0)
+    """US dollars the run's model calls cost so far (``runs.cost_usd``)."""
+    reservation: Reservation | None = None
+    """The budget reservation of the model call in progress (released by the checkpoint)."""
+    estimate_input_tokens: int = 0
+    """The current model call's estimated prompt tokens (for cost estimates)."""
+    estimate_output_tokens: int = 0
+    """The current model call's output token cap (for cost estimates)."""
 
 
 def signal_terminal(signals: Signals) -> Terminal | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.runtime._status import RunStatus, StepKind, ToolCallStatus
-from corral.store import Base, TenantMixin, utcnow
+from corral.store import Base, TenantMixin, USDAmount, utcnow
 
 __all__ = ["KillSwitchRow", "RunEventRow", "RunRow", "StepRow", "ToolCallRow"]
 
@@ -67,6 +68,10 @@ class RunRow(TenantMixin, Base):
     tool_call_count: Mapped[int] = mapped_column(Integer, default=0)
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(
+        USDAmount(), default=Decimal(0), server_default=text("0")
+    )
+    """The run's model calls so far, US dollars (the sum of its ``model_calls`` rows)."""
     trace_id: Mapped[str] = mapped_column(String(32))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     pause_reason: Mapped[str | None] = mapped_column(Text)

@@ -2,9 +2,11 @@
 
 from corral.store._base import (
     DEFAULT_TENANT,
+    PICO,
     Base,
     JSONType,
     TenantMixin,
+    USDAmount,
     UTCDateTime,
     new_id,
     utcnow,
@@ -24,6 +26,7 @@ from corral.store._pool import ConnectionBudget, check_pool_capacity
 
 __all__ = [
     "DEFAULT_TENANT",
+    "PICO",
     "SYSTEM",
     "Base",
     "ConnectionBudget",
@@ -33,6 +36,7 @@ __all__ = [
     "Store",
     "SystemScope",
     "TenantMixin",
+    "USDAmount",
     "UTCDateTime",
     "check_pool_capacity",
     "create_engine",

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, DateTime, MetaData, String, TypeDecorator
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["DEFAULT_TENANT", "Base", "JSONType", "TenantMixin", "UTCDateTime", "new_id", "utcnow"]
+__all__ = [
+    "DEFAULT_TENANT",
+    "PICO",
+    "Base",
+    "JSONType",
+    "TenantMixin",
+    "USDAmount",
+    "UTCDateTime",
+    "new_id",
+    "utcnow",
+]
 
 DEFAULT_TENANT = "default"
 """The tenant every object belongs to until the identity issue introduces others."""
@@ -56,6 +67,34 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+PICO = Decimal("1e-12")
+"""The resolution of stored US dollar amounts: one picodollar."""
+
+
+class USDAmount(TypeDecorator[Decimal]):
+    """An exact US dollar amount, stored as whole picodollars (10^-12 USD) in a ``BIGINT``.
+
+    Why not ``NUMERIC``: SQLite stores a fractional ``NUMERIC`` as a float and sums floats,
+    so a day's ledger would drift. Integers are exact and summed exactly on both databases
+    (PostgreSQL's ``sum(bigint)`` is a ``numeric``); a ``BIGINT`` holds up to about
+    9.2 million dollars per row or sum. Amounts with more than 12 decimal places are rounded
+    up (a cost is never understated). ``sum()`` over the column comes back as ``Decimal`` too.
+    """
+
+    impl = BigInteger()
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | int | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        return int((Decimal(value) / PICO).to_integral_value(rounding=ROUND_CEILING))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(int(value)).scaleb(-12)
 
 
 JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")

@@ -3,6 +3,7 @@
 from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.cache._tables import ModelResponseCacheRow, ToolResultCacheRow
+from corral.costs._tables import BudgetReservationRow, ModelCallRow
 from corral.observability._tables import SpanRow
 from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
 from corral.registry._tables import (
@@ -30,11 +31,13 @@ __all__ = [
     "ApprovalVoteRow",
     "AuditEventRow",
     "AuditHeadRow",
+    "BudgetReservationRow",
     "KillSwitchRow",
     "LocalUserRow",
     "McpServerRow",
     "McpServerVersionRow",
     "McpToolPinRow",
+    "ModelCallRow",
     "ModelResponseCacheRow",
     "ModelRow",
     "ModelVersionRow",

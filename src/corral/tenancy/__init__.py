@@ -3,7 +3,7 @@
 from corral.tenancy._identity import Identity, load_or_create_secret
 from corral.tenancy._keys import generate_key, key_digest, parse_key
 from corral.tenancy._principal import Principal
-from corral.tenancy._quotas import Quotas, QuotaUsage, check_run_start
+from corral.tenancy._quotas import ModelUsageReader, Quotas, QuotaUsage, check_run_start
 from corral.tenancy._roles import (
     PERMISSIONS,
     PLATFORM_ADMIN,
@@ -47,6 +47,7 @@ __all__ = [
     "CreatedKey",
     "Identity",
     "LocalUserRow",
+    "ModelUsageReader",
     "Principal",
     "QuotaRow",
     "QuotaUsage",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,7 +25,10 @@ from corral.settings import QuotaSettings
 from corral.store import Store, utcnow
 from corral.tenancy._tables import QuotaRow
 
-__all__ = ["QuotaUsage", "Quotas", "check_run_start", "day_start"]
+__all__ = ["ModelUsageReader", "QuotaUsage", "Quotas", "check_run_start", "day_start"]
+
+ModelUsageReader = Callable[[Connection, str, datetime], tuple[int, Decimal]]
+"""``(connection, tenant_id, since) -> (model tokens, US dollars)`` from the cost ledger."""
 
 _MODEL_QUOTAS = ("model_tokens_per_day", "cost_usd_per_day")
 
@@ -54,11 +58,17 @@ class Quotas:
     Args:
         store: The store.
         settings: The ``quotas`` settings group (model prices, cache lifetime).
+        model_usage: Reads a tenant's model tokens and US dollars since a time from the cost
+            ledger, in the caller's transaction (:func:`corral.costs.daily_model_usage`;
+            passed in because the ledger's domain sits above this one).
     """
 
-    def __init__(self, store: Store, settings: QuotaSettings) -> None:
+    def __init__(
+        self, store: Store, settings: QuotaSettings, *, model_usage: ModelUsageReader
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.model_usage = model_usage
         self._limits: dict[str, tuple[float, dict[str, Decimal]]] = {}
         # One reload per tenant at a time: callers arriving while it runs wait for it.
         self._reloads: dict[str, asyncio.Future[dict[str, Decimal] | None]] = {}
@@ -140,7 +150,9 @@ class Quotas:
     async def check_model_call(self, tenant_id: str) -> None:
         """Refuse a model call over ``model_tokens_per_day`` or ``cost_usd_per_day``.
 
-        Reads through a short transaction of its own (the model call runs outside any).
+        Reads through a short transaction of its own (the model call runs outside any). The
+        managed loop also reserves each call's cost against ``cost_usd_per_day``
+        (:class:`corral.costs.Budgets`), which counts the calls in flight too.
 
         Args:
             tenant_id: The tenant.
@@ -182,27 +194,11 @@ class Quotas:
     async def _model_usage(
         self, session: AsyncSession, tenant_id: str, now: datetime
     ) -> dict[str, Decimal]:
-        from corral.runtime._tables import StepRow
-
-        rows = await session.execute(
-            select(
-                StepRow.model,
-                func.coalesce(func.sum(StepRow.input_tokens), 0),
-                func.coalesce(func.sum(StepRow.output_tokens), 0),
-            )
-            .where(StepRow.tenant_id == tenant_id, StepRow.started_at >= day_start(now))
-            .group_by(StepRow.model)
+        # From the cost ledger: every model call of the tenant today, priced when it was made.
+        tokens, cost = await session.run_sync(
+            lambda sync: self.model_usage(sync.connection(), tenant_id, day_start(now))
         )
-        tokens, cost = Decimal(0), Decimal(0)
-        for model, input_tokens, output_tokens in rows:
-            tokens += int(input_tokens) + int(output_tokens)
-            price = self.settings.model_prices.get(model)
-            if price is not None:
-                cost += (
-                    int(input_tokens) * price.input_usd_per_mtok
-                    + int(output_tokens) * price.output_usd_per_mtok
-                ) / Decimal(1_000_000)
-        return {"model_tokens_per_day": tokens, "cost_usd_per_day": cost}
+        return {"model_tokens_per_day": Decimal(tokens), "cost_usd_per_day": cost}
 
 
 def check_run_start(connection: Connection, tenant_id: str, limits: dict[str, Decimal]) -> None:

@@ -22,6 +22,7 @@ from corral.gateway.models import (
     OpenAICompatibleProvider,
     ToolCall,
     ToolDefinition,
+    Usage,
     decision_instructions,
     decision_schema,
 )
@@ -530,3 +531,37 @@ def test_missing_api_key_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
         OpenAICompatibleProvider("openai")
 
     assert "CORRAL_OPENAI__API_KEY" in info.value.message
+
+
+# --- usage --------------------------------------------------------------------------------------
+
+
+async def test_cached_and_reasoning_tokens_are_read_from_the_usage_details(
+    server: RecordingServer, json_provider: OpenAICompatibleProvider
+) -> None:
+    detailed = {
+        **usage(1000, 300),
+        "prompt_tokens_details": {"cached_tokens": 640},
+        "completion_tokens_details": {"reasoning_tokens": 200},
+    }
+    server.replies.append(
+        Reply(body=completion({"content": '{"final_answer": "ok"}'}, usage=detailed))
+    )
+
+    response = await json_provider.complete(ModelRequest(model="smol", messages=HISTORY))
+
+    assert response.usage == Usage(
+        input_tokens=1000, output_tokens=300, cache_read_tokens=640, reasoning_tokens=200
+    )
+    assert response.usage_missing is False
+
+
+async def test_a_reply_without_usage_is_flagged(
+    server: RecordingServer, json_provider: OpenAICompatibleProvider
+) -> None:
+    server.replies.append(Reply(body=completion({"content": '{"final_answer": "ok"}'})))
+
+    response = await json_provider.complete(ModelRequest(model="smol", messages=HISTORY))
+
+    assert response.usage == Usage()
+    assert response.usage_missing is True

@@ -62,6 +62,12 @@ from corral.gateway.models._local import (
     local_provider,
 )
 from corral.gateway.models._passthrough import WireChat, usage_of
+from corral.gateway.models._pricing import (
+    FREE_PROVIDERS,
+    model_price,
+    price_call,
+    settings_override,
+)
 from corral.gateway.models._resilience import (
     BreakerState,
     DeploymentBreakers,
@@ -83,6 +89,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_STRING",
     "FAILOVERS",
+    "FREE_PROVIDERS",
     "LOCAL_MODEL_ALIAS",
     "MAX_GRAMMAR_REPEAT",
     "AnthropicProvider",
@@ -125,11 +132,14 @@ __all__ = [
     "find_default_model_path",
     "is_deterministic",
     "local_provider",
+    "model_price",
     "parse_json_decision",
+    "price_call",
     "response_cache_digest",
     "response_document",
     "response_from_document",
     "retry_after_seconds",
+    "settings_override",
     "usage_of",
 ]
 

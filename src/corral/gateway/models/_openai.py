@@ -34,6 +34,7 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
 )
 from openai.types.chat.completion_create_params import ResponseFormat
+from openai.types.completion_usage import CompletionUsage
 
 from corral.errors import ModelAPIError
 from corral.gateway.models._base import (
@@ -213,16 +214,13 @@ class OpenAICompatibleProvider:
             decision, raw, error = _json_decision(message, request.tools)
         else:
             decision, raw, error = _native_decision(message, request.tools)
-        usage = completion.usage
         return ModelResponse(
             decision=decision,
             raw=raw,
-            usage=Usage(
-                input_tokens=(usage.prompt_tokens or 0) if usage else 0,
-                output_tokens=(usage.completion_tokens or 0) if usage else 0,
-            ),
+            usage=_usage(completion.usage),
             error=error,
             response_model=completion.model or None,
+            usage_missing=completion.usage is None,
         )
 
     def _api_error(self, exc: openai.APIError) -> ModelAPIError:
@@ -392,3 +390,22 @@ def _parse_arguments(name: str, text: str) -> tuple[dict[str, Any] | None, str |
     if not isinstance(value, dict):
         return None, f"the arguments of your call to {name!r} must be a JSON object"
     return value, None
+
+
+def _usage(usage: CompletionUsage | None) -> Usage:
+    """The call's :class:`Usage` from OpenAI's ``usage`` block (all zero when it is absent).
+
+    ``prompt_tokens_details.cached_tokens`` are prompt tokens read from the provider's prompt
+    cache; ``completion_tokens_details.reasoning_tokens`` are hidden reasoning tokens. Both are
+    subsets of the prompt and completion counts. OpenAI has no cache-write count.
+    """
+    if usage is None:
+        return Usage()
+    prompt_details = usage.prompt_tokens_details
+    completion_details = usage.completion_tokens_details
+    return Usage(
+        input_tokens=usage.prompt_tokens or 0,
+        output_tokens=usage.completion_tokens or 0,
+        cache_read_tokens=(prompt_details.cached_tokens or 0) if prompt_details else 0,
+        reasoning_tokens=((completion_details.reasoning_tokens or 0) if completion_details else 0),
+    )

@@ -7,7 +7,7 @@ ones. On PostgreSQL both get the tenant row-level security policy without the ex
 platform-wide rows: no cache entry belongs to every tenant.
 
 Revision ID: 0013
-Revises: 0010
+Revises: 0012
 Create Date: 2026-12-06
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 import corral.store._base
 
 revision: str = "0013"
-down_revision: str | None = "0011"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,179 @@
+"""What a model call costs, in US dollars, from its usage and a price.
+
+Prices come from, in order: the deployment's override (a Model deployment's ``prices:``, or
+``settings.quotas.model_prices`` by ``provider/model``); free providers (``local``, the embedded
+model, and ``scripted``, the test double) at 0; the price table bundled with the
+``genai-prices`` package. A provider's own "cost" field is never read: it is not always USD,
+not always present and not ours to trust.
+
+``genai-prices`` is used offline only: its bundled snapshot (``data.py``) is all it reads.
+Its ``UpdatePrices`` helper would download newer prices in a background thread; Corral never
+starts it, so no price is ever fetched at run time (a test asserts the snapshot in use is the
+bundled one).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from decimal import Decimal
+
+from corral.errors import ModelPriceUnknown
+from corral.gateway.models._base import Price, Usage
+
+__all__ = ["FREE_PROVIDERS", "model_price", "price_call", "settings_override"]
+
+FREE_PROVIDERS = frozenset({"local", "scripted"})
+"""Providers whose calls cost nothing unless an override prices them."""
+
+_MTOK = Decimal(1_000_000)
+
+_FREE = Price(Decimal(0), Decimal(0), Decimal(0), Decimal(0))
+
+
+def price_call(provider: str, model: str, usage: Usage, override: Price | None) -> Decimal:
+    """The cost of one model call, in US dollars (exact ``Decimal``).
+
+    Prompt tokens read from or written to the provider's cache are priced at their own rates
+    and the remaining prompt tokens at the input rate; generated tokens (reasoning included)
+    at the output rate.
+
+    Args:
+        provider: Provider name (``openai``, ``anthropic``, ``local``...).
+        model: The provider's model name (``gpt-4o-mini``).
+        usage: The call's token counts.
+        override: The deployment's price, if it has one: used instead of the price table.
+
+    Returns:
+        US dollars; ``0`` for ``local`` and ``scripted`` without an override.
+
+    Raises:
+        ModelPriceUnknown: the model is in no price table and has no override (the message
+            names the override to add).
+    """
+    if override is not None or provider in FREE_PROVIDERS:
+        return _apply(override or _FREE, usage)
+    return _table_price(provider, model, usage)
+
+
+def model_price(provider: str, model: str, override: Price | None = None) -> Price:
+    """The per-million-token rates a call of ``provider/model`` is priced at.
+
+    Used to estimate a call's cost before it is made (budget reservations).
+
+    Args:
+        provider: Provider name.
+        model: The provider's model name.
+        override: The deployment's price, if it has one.
+
+    Returns:
+        The override; zero rates for a free provider; else the price table's base rates
+        (cache rates ``None`` when the table has none).
+
+    Raises:
+        ModelPriceUnknown: the model is in no price table and has no override.
+    """
+    if override is not None:
+        return override
+    if provider in FREE_PROVIDERS:
+        return _FREE
+    return _table_rates(provider, model)
+
+
+def settings_override(prices: Mapping[str, object], provider: str, model: str) -> Price | None:
+    """The ``settings.quotas.model_prices`` entry of ``provider/model`` as a :class:`Price`.
+
+    Args:
+        prices: ``settings.quotas.model_prices`` (``ModelPrice`` values, by ``provider/model``).
+        provider: Provider name.
+        model: The provider's model name.
+
+    Returns:
+        The price, or ``None`` when the settings have none for it.
+    """
+    entry = prices.get(f"{provider}/{model}")
+    if entry is None:
+        return None
+    return Price(
+        Decimal(getattr(entry, "input_usd_per_mtok", 0)),
+        Decimal(getattr(entry, "output_usd_per_mtok", 0)),
+        getattr(entry, "cache_read_usd_per_mtok", None),
+        getattr(entry, "cache_write_usd_per_mtok", None),
+    )
+
+
+def _apply(price: Price, usage: Usage) -> Decimal:
+    cache_read = min(usage.cache_read_tokens, usage.input_tokens)
+    cache_write = min(usage.cache_write_tokens, usage.input_tokens - cache_read)
+    plain = usage.input_tokens - cache_read - cache_write
+    read_rate = price.input_usd_per_mtok
+    if price.cache_read_usd_per_mtok is not None:
+        read_rate = price.cache_read_usd_per_mtok
+    write_rate = price.input_usd_per_mtok
+    if price.cache_write_usd_per_mtok is not None:
+        write_rate = price.cache_write_usd_per_mtok
+    micro = (
+        plain * price.input_usd_per_mtok
+        + cache_read * read_rate
+        + cache_write * write_rate
+        + usage.output_tokens * price.output_usd_per_mtok
+    )
+    return micro / _MTOK
+
+
+def _unknown(provider: str, model: str) -> ModelPriceUnknown:
+    name = f"{provider}/{model}"
+    return ModelPriceUnknown(
+        f"Model {name!r} has no price in the bundled price table (genai-prices), so its calls "
+        f"cannot be metered or budgeted. Add a price override: `prices:` "
+        f"(input_usd_per_mtok, output_usd_per_mtok) on the Model deployment, or today "
+        f'CORRAL_QUOTAS__MODEL_PRICES=\'{{"{name}": {{"input_usd_per_mtok": "...", '
+        f'"output_usd_per_mtok": "..."}}}}\'.',
+        model=name,
+    )
+
+
+def _provider_id(provider: str) -> str | None:
+    """The price table's provider id for a Corral provider name (``None``: match by model)."""
+    from genai_prices import data_snapshot
+
+    known = {p.id for p in data_snapshot.get_snapshot().providers}
+    return provider if provider in known else None
+
+
+def _table_price(provider: str, model: str, usage: Usage) -> Decimal:
+    import genai_prices
+
+    # Cache counts are subsets of the prompt; a provider reporting more is clamped (the
+    # price table refuses inconsistent usage, and a bill must not fail on a provider's error).
+    cache_read = min(usage.cache_read_tokens, usage.input_tokens)
+    cache_write = min(usage.cache_write_tokens, usage.input_tokens - cache_read)
+    try:
+        calculation = genai_prices.calc_price(
+            genai_prices.Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=cache_read,
+                cache_write_tokens=cache_write,
+            ),
+            model,
+            provider_id=_provider_id(provider),
+        )
+    except LookupError as exc:
+        raise _unknown(provider, model) from exc
+    return Decimal(calculation.total_price)
+
+
+@functools.lru_cache(maxsize=256)
+def _table_rates(provider: str, model: str) -> Price:
+    # Each rate is the price of a one-million-token call of that kind alone (a tiered price:
+    # its base tier, which is what a single call's estimate is about).
+    return Price(*(_table_price(provider, model, usage) for usage in _UNIT_USAGES))
+
+
+_UNIT_USAGES = (
+    Usage(input_tokens=1_000_000),
+    Usage(output_tokens=1_000_000),
+    Usage(input_tokens=1_000_000, cache_read_tokens=1_000_000),
+    Usage(input_tokens=1_000_000, cache_write_tokens=1_000_000),
+)
