@@ -31,7 +31,14 @@ from opentelemetry.trace import Span, Status, StatusCode
 from corral.audit import AuditRecord
 from corral.contracts import Agent, AgentSpec
 from corral.errors import ModelAPIError, PolicyDenied, QuotaExceeded
-from corral.gateway.models import Message, ModelGateway, ModelRequest, ToolDefinition
+from corral.gateway.models import (
+    FinalAnswer,
+    Message,
+    ModelGateway,
+    ModelRequest,
+    ToolDefinition,
+    repeated_phrase,
+)
 from corral.gateway.tools import ResolvedTool, ToolGateway
 from corral.observability import Tracing
 from corral.policy import (
@@ -58,7 +65,7 @@ from corral.runtime._persist import (
     write_checkpoint,
 )
 from corral.runtime._state import Pause, RunState, StepRecord, Terminal, signal_terminal
-from corral.runtime._tool_phase import LeaseLost, ToolPhase, lease_lost
+from corral.runtime._tool_phase import LeaseLost, ToolPhase, lease_lost, replay_calls
 from corral.store import SYSTEM, Store, new_id, utcnow
 from corral.tenancy import Quotas
 
@@ -259,6 +266,7 @@ class RunExecutor(ToolPhase):
             tools=tools,
             temperature=spec.model.temperature,
             max_output_tokens=spec.model.max_output_tokens,
+            answer_sources=tuple(state.sources) if spec.answer.cite_sources else None,
         )
         started = self.clock()
         await self._refresh_tenant(state.tenant_id)
@@ -322,6 +330,28 @@ class RunExecutor(ToolPhase):
             )
             return record, Terminal("FAILED", reason, error=exc.message)
         return self._decision_record(state, model, response, started, withdrawn=not tools)
+
+    def _refusal(self, state: RunState, answer: FinalAnswer, *, withdrawn: bool) -> str | None:
+        """Why a final answer is refused as an invalid decision, phrased for the model."""
+        phrase = repeated_phrase(answer.text)
+        if phrase is not None:
+            return (
+                f"your final answer repeats {phrase!r} over and over; answer concisely, in one "
+                "or two sentences, and do not repeat yourself"
+            )
+        if not state.spec.answer.cite_sources:
+            return None
+        unseen = [path for path in answer.sources if path not in state.sources]
+        if unseen:
+            return (
+                f"you cited {', '.join(map(repr, unseen))}, which no tool call of yours "
+                "returned; cite only files you listed, read or found"
+            )
+        if not answer.sources and state.sources:
+            return 'your final answer must cite "sources": the file(s) you read'
+        if not answer.sources and not withdrawn:
+            return "no tool call has returned a file yet: look at the workspace first"
+        return None
 
     async def _refresh_tenant(self, tenant_id: str) -> None:
         """Let one run at a time reload the tenant's policy engine and quota limits.
@@ -388,8 +418,11 @@ class RunExecutor(ToolPhase):
         state.output_tokens += usage.output_tokens
         decision = response.decision
         tokens = (usage.input_tokens, usage.output_tokens)
-        if decision is None:
-            error = response.error or "unparseable reply"
+        refused = None
+        if isinstance(decision, FinalAnswer):
+            refused = self._refusal(state, decision, withdrawn=withdrawn)
+        if decision is None or refused is not None:
+            error = refused or response.error or "unparseable reply"
             record = StepRecord(
                 "invalid_decision",
                 model,
@@ -403,7 +436,7 @@ class RunExecutor(ToolPhase):
         document = decision_document(decision)
         if not isinstance(decision, list):
             record = StepRecord("final_answer", model, document, started, None, *tokens)
-            return record, Terminal("SUCCEEDED", "final_answer", output=decision.text)
+            return record, Terminal("SUCCEEDED", "final_answer", output=_output(decision))
         record = StepRecord("tool_calls", model, document, started, None, *tokens)
         record.tools_withdrawn = withdrawn
         return record, None
@@ -533,6 +566,7 @@ class RunExecutor(ToolPhase):
         )
         for done in record.calls:
             ctx, name, arguments, result = done.ctx, done.name, done.arguments, done.result
+            status = "REPEATED" if done.repeated else result.status
             checkpoint.events.append(
                 _event(
                     state,
@@ -543,7 +577,7 @@ class RunExecutor(ToolPhase):
                     idempotency_key=ctx.idempotency_key,
                     tool=name,
                     arguments=arguments,
-                    status=result.status,
+                    status=status,
                     error=result.error,
                     error_type=result.error_type,
                     output_bytes=result.output_bytes,
@@ -565,7 +599,7 @@ class RunExecutor(ToolPhase):
                     "tool_name": name,
                     "tool_version": result.tool_version,
                     "arguments": arguments,
-                    "status": result.status,
+                    "status": status,
                     "output": result.output,
                     "output_bytes": result.output_bytes,
                     "truncated": result.truncated,
@@ -601,7 +635,7 @@ class RunExecutor(ToolPhase):
                 for i, c in enumerate(step.decision.get("tool_calls", []))
             ]
             messages += step_messages(step.kind, step.decision, outputs)
-        return RunState(
+        state = RunState(
             run_id=run.id,
             tenant_id=run.tenant_id,
             trace_id=run.trace_id,
@@ -630,6 +664,8 @@ class RunExecutor(ToolPhase):
             approved=loaded.approved,
             step_calls={c.call_index: c for c in loaded.calls if c.step_index == run.step_count},
         )
+        replay_calls(state, loaded.steps, loaded.calls)
+        return state
 
     def _agent_spec(self, version_id: str, document: dict[str, Any]) -> AgentSpec:
         # Versions are immutable: a parsed spec can be kept for the process's lifetime.
@@ -646,6 +682,13 @@ class RunExecutor(ToolPhase):
         if tool is None:
             tool = self._tools[key] = ResolvedTool.from_document(document)
         return tool
+
+
+def _output(answer: FinalAnswer) -> str:
+    """The run's output: the answer, and the sources it cites on a last line."""
+    if not answer.sources:
+        return answer.text
+    return f"{answer.text}\n\nSources: {', '.join(answer.sources)}"
 
 
 def _output_of(calls: list[Any], step_index: int, call_index: int) -> str:
@@ -670,7 +713,7 @@ def _tool_audit(state: RunState, actor: str, done: Any) -> AuditRecord:
         actor,
         "tool.call",
         f"tool:{done.name}",
-        done.result.status.lower(),
+        "repeated" if done.repeated else done.result.status.lower(),
         run_id=state.run_id,
         trace_id=state.trace_id,
         policy_decision_id=done.policy_decision_id,

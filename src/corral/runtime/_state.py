@@ -46,6 +46,8 @@ class CallRecord:
     result: ToolResult
     prerecorded: bool = False
     policy_decision_id: str | None = None
+    repeated: bool = False
+    """Not executed: a repeat of an earlier call of the run (stored ``REPEATED``)."""
 
 
 @dataclass
@@ -135,6 +137,21 @@ class RunState:
     stored with it."""
     model_decisions: dict[str, str] = field(default_factory=dict)
     """``model.call`` outcome per model for this run segment: ``allow`` or the denial text."""
+    seen_calls: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Step index of the first call of each (tool, canonical arguments digest) of the run."""
+    repeated_calls: int = 0
+    """Calls of the run that repeated an earlier one (``limits.max_repeated_calls``)."""
+    sources: list[str] = field(default_factory=list)
+    """Workspace paths the run's tool calls returned, first seen first (what a final answer
+    may cite under ``answer.cite_sources``)."""
+
+    def saw_call(
+        self, key: tuple[str, str], step_index: int, paths: list[str] | None = None
+    ) -> None:
+        """Remember a call that was made (and the paths it returned, if it completed)."""
+        self.seen_calls.setdefault(key, step_index)
+        known = set(self.sources)
+        self.sources.extend(p for p in paths or [] if p not in known)
 
 
 def signal_terminal(signals: Signals) -> Terminal | None:

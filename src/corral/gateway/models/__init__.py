@@ -28,9 +28,11 @@ from corral.gateway.models._base import (
 from corral.gateway.models._decision import (
     DEFAULT_MAX_STRING,
     MAX_GRAMMAR_REPEAT,
+    MAX_SOURCES,
     decision_instructions,
     decision_schema,
     parse_json_decision,
+    repeated_phrase,
 )
 from corral.gateway.models._gateway import ModelGateway
 from corral.gateway.models._local import (
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_MAX_STRING",
     "LOCAL_MODEL_ALIAS",
     "MAX_GRAMMAR_REPEAT",
+    "MAX_SOURCES",
     "Decision",
     "FinalAnswer",
     "LocalModelServer",
@@ -66,6 +69,7 @@ __all__ = [
     "find_default_model_path",
     "local_provider",
     "parse_json_decision",
+    "repeated_phrase",
 ]
 
 

@@ -8,7 +8,12 @@ from corral.gateway.tools._direct import (
     DirectCallStatus,
     DirectToolCalls,
 )
-from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
+from corral.gateway.tools._fs import (
+    BUILTIN_TOOLS,
+    BuiltinTool,
+    resolve_in_workspace,
+    returned_paths,
+)
 from corral.gateway.tools._gateway import (
     PreparedCall,
     ResolvedTool,
@@ -70,6 +75,7 @@ __all__ = [
     "list_operations",
     "policy_denied",
     "resolve_in_workspace",
+    "returned_paths",
     "tool_call_request",
     "truncate_utf8",
     "wrap_untrusted",
