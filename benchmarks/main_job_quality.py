@@ -107,7 +107,8 @@ def main(args: argparse.Namespace) -> int:
         settings = Settings(
             home=Path(tmp) / "home",
             workspaces={"roots": [workspace]},
-            local_model={"port": args.port},
+            # A loaded machine answers slowly: a timeout would grade the machine, not the model.
+            local_model={"port": args.port, "request_timeout_seconds": args.timeout},
         )
         results = asyncio.run(run_all(settings, agent_text, workspace, names, args))
     score = sum(r["pass"] for r in results)
@@ -188,6 +189,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="runs per question")
     parser.add_argument("--agent", default=str(AGENT_FILE), help="the Agent YAML to run")
     parser.add_argument("--port", type=int, default=int(os.environ.get("BENCH_PORT", "8431")))
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds per model call before it fails"
+    )
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args()
 

@@ -21,6 +21,8 @@ PUBLIC = {
         "ModelRequest",
         "ModelResponse",
         "OpenAICompatibleProvider",
+        "Price",
+        "Served",
         "ToolCall",
         "ToolDefinition",
         "Usage",
