@@ -76,6 +76,11 @@ async def test_a_repeated_call_gets_feedback_then_the_run_ends_loop_detected(
     [first, feedback] = tool_texts(model.requests[2])
     assert "README.md" in first and "at step 0; its result is above" in feedback
     assert (run.tool_call_count, run.iterations) == (3, 4)
+    # After each repeat the repeated tool rests for one model call.
+    offered = [sorted(t.name for t in r.tools) for r in model.requests]
+    assert "fs.list_dir" in offered[0] and "fs.list_dir" in offered[1]
+    assert "fs.list_dir" not in offered[2] and "fs.list_dir" not in offered[3]
+    assert "fs.read_file" in offered[2]
 
 
 async def test_different_arguments_are_not_repeats(make_platform, workspace) -> None:
@@ -130,6 +135,8 @@ async def test_the_repeat_count_survives_a_resume_on_another_worker(
     await second.worker.run_until_idle()
 
     run, steps = await load(second, run_id)
+    # The repeated tool still rests in the first model call after the resume.
+    assert "fs.list_dir" not in [t.name for t in model.requests[3].tools]
     # One repeat before the crash, one after: the third ends the run (a count kept only in
     # memory would have let the run go on, or executed the call again).
     assert (run.status, run.step_count) == ("LOOP_DETECTED", 4)

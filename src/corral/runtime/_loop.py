@@ -254,7 +254,8 @@ class RunExecutor(ToolPhase):
     ) -> tuple[StepRecord | None, Terminal | None]:
         spec = state.spec
         messages = fit_context(state.messages, spec.limits.max_input_tokens)
-        tools = state.definitions
+        tools = [t for t in state.definitions if t.name not in state.resting]
+        state.resting = set()
         if state.iterations == spec.limits.max_iterations - 1 and tools:
             # The last iteration offers no tools: the model must answer with what it has,
             # rather than the run ending BUDGET_EXCEEDED mid-investigation.

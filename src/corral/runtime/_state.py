@@ -141,6 +141,9 @@ class RunState:
     """Step index of the first call of each (tool, canonical arguments digest) of the run."""
     repeated_calls: int = 0
     """Calls of the run that repeated an earlier one (``limits.max_repeated_calls``)."""
+    resting: set[str] = field(default_factory=set)
+    """Tools whose call the last step repeated: not offered to the next model call, so a
+    model stuck on one call (a small model re-listing ``.``) must do something else."""
     sources: list[str] = field(default_factory=list)
     """Workspace paths the run's tool calls returned, first seen first (what a final answer
     may cite under ``answer.cite_sources``)."""

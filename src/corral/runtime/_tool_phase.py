@@ -12,10 +12,11 @@ honours idempotency keys; otherwise the run pauses ``IN_DOUBT`` for a person
 (DESIGN.md, "Exactly-once effects where it matters").
 
 A call that repeats an earlier call of the run (the same tool, the same canonical arguments:
-:func:`call_key`) is not executed: the model gets a feedback message as its result, and the
-call is stored ``REPEATED``. At ``limits.max_repeated_calls`` repeats the run ends
-``LOOP_DETECTED``. The count is rebuilt from the stored tool-call rows when a worker resumes
-the run (:func:`replay_calls`).
+:func:`call_key`) is not executed: the model gets a feedback message as its result, the call
+is stored ``REPEATED``, and the tool is not offered to the next model call (it "rests" one
+step, so a model stuck on one call must use its result or do something else). At
+``limits.max_repeated_calls`` repeats the run ends ``LOOP_DETECTED``. The count is rebuilt
+from the stored tool-call rows when a worker resumes the run (:func:`replay_calls`).
 
 Every call reads the run's cancel flag and kill switches after its policy decision,
 immediately before it executes (a side-effecting call in the transaction that records it
@@ -139,6 +140,7 @@ class ToolPhase:
                     outcome = _loop_detected(call["name"], first, limits.max_repeated_calls)
                     break
                 done: CallRecord | Terminal | Pause = _repeated(ctx, call, first)
+                state.resting.add(call["name"])
             else:
                 done = await self._one_call(state, record, ctx, offered, call, worker_id, actor)
             if not isinstance(done, CallRecord):
@@ -426,17 +428,19 @@ def replay_calls(state: RunState, steps: Iterable[Any], calls: list[Any]) -> Non
     """Rebuild the run's call history (loop detection, citable paths) from stored rows.
 
     Args:
-        state: The run being resumed; its ``seen_calls``, ``repeated_calls`` and
-            ``sources`` are filled.
+        state: The run being resumed; its ``seen_calls``, ``repeated_calls``, ``resting``
+            and ``sources`` are filled.
         steps: The run's checkpointed steps, in order.
         calls: The run's stored tool-call rows.
     """
     rows = {(c.step_index, c.call_index): c for c in calls}
     for step in steps:
+        state.resting = set()  # only the last step's repeats rest their tools
         for index, call in enumerate(step.decision.get("tool_calls", [])):
             row = rows.get((step.index, index))
             if row is not None and row.status == "REPEATED":
                 state.repeated_calls += 1
+                state.resting.add(call["name"])
                 continue
             paths = None
             if row is not None and row.status == "COMPLETED":
