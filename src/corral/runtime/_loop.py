@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,6 +72,9 @@ from corral.tenancy import Quotas
 
 __all__ = ["LAST_ITERATION_NOTICE", "LeaseLost", "Phase", "RunExecutor"]
 
+
+_PLACEHOLDER = re.compile(r"\s*(<[^<>]{0,40}>|\.\.\.)?\s*")
+"""An empty answer, or only a template's placeholder (small models copy ``<short answer>``)."""
 
 LAST_ITERATION_NOTICE = (
     "This is your last step: no more tools. Give your final answer now from what you have."
@@ -334,6 +338,8 @@ class RunExecutor(ToolPhase):
 
     def _refusal(self, state: RunState, answer: FinalAnswer, *, withdrawn: bool) -> str | None:
         """Why a final answer is refused as an invalid decision, phrased for the model."""
+        if _PLACEHOLDER.fullmatch(answer.text):
+            return f"{answer.text.strip()!r} is a placeholder: reply with your actual answer"
         phrase = repeated_phrase(answer.text)
         if phrase is not None:
             return (

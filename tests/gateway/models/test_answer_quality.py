@@ -141,8 +141,8 @@ def test_parse_final_answer_with_sources() -> None:
 
 def test_instructions_ask_small_models_to_cite() -> None:
     text = decision_instructions([LIST_DIR], cite_sources=True)
-    assert '{"sources": ["<file you read>"], "final_answer": "<short answer>"}' in text
-    assert "never repeat a tool call" in text
+    assert '{"sources": ["app/config.py"], "final_answer": "Settings are loaded' in text
+    assert "Never repeat a tool call" in text and "<short answer>" not in text
     assert "sources" not in decision_instructions([LIST_DIR])
 
 

@@ -130,7 +130,7 @@ def test_instructions_list_every_tool_with_its_arguments() -> None:
 
     assert "- fs.read_file(path: string, encoding: string): Read a text file" in text
     assert "- math.add(a: integer, b: integer): Add two integers." in text
-    assert '{"final_answer": "<short answer>"}' in text
+    assert '{"final_answer": "Settings are loaded in app/config.py."}' in text
     assert "No tools are available" in decision_instructions([])
 
 

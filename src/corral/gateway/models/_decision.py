@@ -207,11 +207,7 @@ def decision_instructions(tools: list[ToolDefinition], *, cite_sources: bool = F
     Returns:
         The text, one instruction per line.
     """
-    finish = (
-        '{"sources": ["<file you read>"], "final_answer": "<short answer>"}'
-        if cite_sources
-        else '{"final_answer": "<short answer>"}'
-    )
+    # A concrete example rather than a template: small models copy "<your answer>" verbatim.
     example = (
         '{"sources": ["app/config.py"], "final_answer": "Settings are loaded in app/config.py."}'
         if cite_sources
@@ -220,10 +216,11 @@ def decision_instructions(tools: list[ToolDefinition], *, cite_sources: bool = F
     lines = [
         "Reply with exactly one JSON object and nothing else.",
         'To call a tool: {"tool": "<tool name>", "arguments": {...}}',
-        f"To finish: {finish}",
-        f"Example of a finish: {example}",
-        "Rules: never repeat a tool call with the same arguments (its result is above). "
-        "Answer in one or two sentences, name the file you read, and never repeat a phrase.",
+        "To finish, answer in one or two sentences that name the file you read"
+        + (" and cite it in sources" if cite_sources else "")
+        + f", like: {example}",
+        "Never repeat a tool call with the same arguments: its result is above. "
+        "Never repeat a phrase.",
     ]
     if tools:
         lines.append("Tools:")
