@@ -149,11 +149,12 @@ async def test_a_degenerate_answer_is_refused_then_a_good_one_accepted(
     script = [
         LIST_ROOT,
         ScriptedModel.answer("Your final answer is: " * 20),
+        ScriptedModel.answer(" <short answer> "),  # a template copied verbatim
         ScriptedModel.answer("The repository holds README.md and a pkg package."),
     ]
     model = ScriptedModel(script)
     platform = await make_platform(scripted=model)
-    await register(platform, agent_document(limits={"max_iterations": 3}))
+    await register(platform, agent_document(limits={"max_iterations": 4}))
     run_id = await start(platform, workspace)
     await platform.worker.run_until_idle()
 
@@ -162,10 +163,16 @@ async def test_a_degenerate_answer_is_refused_then_a_good_one_accepted(
         "SUCCEEDED",
         "The repository holds README.md and a pkg package.",
     )
-    assert [s.kind for s, _ in steps] == ["tool_calls", "invalid_decision", "final_answer"]
+    assert [s.kind for s, _ in steps] == [
+        "tool_calls",
+        "invalid_decision",
+        "invalid_decision",
+        "final_answer",
+    ]
     assert "repeats 'your final answer is'" in steps[1][0].error
-    assert "answer concisely" in model.requests[2].messages[-2].content
-    assert run.iterations == 3  # the refused answer counted
+    assert "answer concisely" in model.requests[2].messages[-1].content
+    assert "'<short answer>' is a placeholder" in steps[2][0].error
+    assert run.iterations == 4  # the refused answers counted
 
 
 async def test_cited_sources_are_offered_checked_and_shown(api, workspace) -> None:
