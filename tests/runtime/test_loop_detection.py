@@ -50,7 +50,7 @@ async def test_loop_detected_status_is_terminal() -> None:
 async def test_a_repeated_call_gets_feedback_then_the_run_ends_loop_detected(
     make_platform, workspace
 ) -> None:
-    model = ScriptedModel(lambda _request: ToolCall("c", "fs.list_dir", {"path": "./pkg/.."}))
+    model = ScriptedModel(lambda _request: ToolCall("c", "fs.list_dir", {"path": "."}))
     platform = await make_platform(scripted=model)
     await register(platform, agent_document())
     run_id = await start(platform, workspace)

@@ -27,7 +27,6 @@ immediately before it executes (a side-effecting call in the transaction that re
 from __future__ import annotations
 
 import functools
-import posixpath
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -404,14 +403,12 @@ class ToolPhase:
 
 
 def call_key(name: str, arguments: dict[str, Any]) -> tuple[str, str]:
-    """What makes two calls the same: the tool and its canonical arguments' digest.
+    """What makes two calls the same: the tool and the digest of its arguments' canonical JSON.
 
-    A ``path`` argument is normalised lexically first (``./a/../b.py`` is ``b.py``), so a
-    model cannot dodge loop detection by respelling a path.
+    Paths are compared as given, not resolved: a respelled path (``./a.py``) is another call,
+    which goes through the tool gateway and its policy decision like any other (a probe of
+    path canonicalisation must reach the policy, not be answered from the loop's memory).
     """
-    path = arguments.get("path")
-    if isinstance(path, str) and path:
-        arguments = {**arguments, "path": posixpath.normpath(path)}
     return name, arguments_digest(arguments)
 
 
