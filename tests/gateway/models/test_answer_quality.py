@@ -139,6 +139,11 @@ def test_parse_final_answer_with_sources() -> None:
         parse_json_decision('{"sources": "a.py", "final_answer": "x"}', [LIST_DIR])
 
 
+def test_raw_newlines_in_an_answer_are_accepted() -> None:
+    # llama.cpp's JSON grammar lets control characters into strings; the answer is still fine.
+    assert parse_json_decision('{"final_answer": "a\nb"}', [LIST_DIR]) == FinalAnswer("a\nb")
+
+
 def test_instructions_ask_small_models_to_cite() -> None:
     text = decision_instructions([LIST_DIR], cite_sources=True)
     assert '{"sources": ["app/config.py"], "final_answer": "Settings are loaded' in text

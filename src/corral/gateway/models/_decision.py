@@ -243,7 +243,8 @@ def parse_json_decision(text: str, tools: list[ToolDefinition]) -> Decision:
         ValueError: with a message addressed to the model (it is fed back so it can correct).
     """
     try:
-        data = json.loads(text)
+        # strict=False: llama.cpp's JSON grammar lets raw newlines into strings.
+        data = json.loads(text, strict=False)
     except json.JSONDecodeError as exc:
         raise ValueError(f"your reply is not valid JSON ({exc.msg} at char {exc.pos})") from None
     if not isinstance(data, dict):
