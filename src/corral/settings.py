@@ -142,6 +142,17 @@ class LocalModelSettings(BaseModel):
     startup_timeout_seconds: float = 120.0
     request_timeout_seconds: float = 120.0
     max_output_tokens: int = 256
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    """Sampling temperature of every call to the embedded model. ``None``: the agent's
+    ``model.temperature`` (default 0, greedy)."""
+    repeat_penalty: float | None = Field(default=1.1, ge=0)
+    """llama.cpp's repetition penalty (1.0: none) for calls that set none; it damps the small
+    model's phrase loops. ``None``: the server's default."""
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Frequency penalty (-2..2) for calls that set none. ``None``: the server's default."""
+    max_answer_chars: int | None = Field(default=600, ge=1)
+    """Cap on the embedded model's final answers, in characters (it has nothing longer worth
+    saying, and a long answer is where it loops). ``None``: the request's cap."""
 
 
 class OpenAISettings(BaseModel):

@@ -194,6 +194,7 @@ async def test_every_field_that_changes_the_output_is_in_the_key() -> None:
         ModelRequest(model="", messages=REQUEST.messages, max_answer_chars=10),
         ModelRequest(model="", messages=REQUEST.messages, repeat_penalty=1.1),
         ModelRequest(model="", messages=REQUEST.messages, frequency_penalty=0.5),
+        ModelRequest(model="", messages=REQUEST.messages, answer_sources=("a.py",)),
     ]
     digests = {response_cache_digest("default", ["scripted/test"], v) for v in variants}
     assert len(digests) == len(variants) and base not in digests
@@ -204,6 +205,16 @@ async def test_every_field_that_changes_the_output_is_in_the_key() -> None:
         response_cache_digest("default", ["scripted/test"], ModelRequest("x", REQUEST.messages))
         == base
     )
+
+
+def test_a_cited_answer_keeps_its_sources_through_the_cache() -> None:
+    from corral.gateway.models import response_document, response_from_document
+
+    response = ModelResponse(FinalAnswer("It parses URLs.", ("_urls.py",)), raw="{}")
+
+    restored = response_from_document(response_document(CachedResponse("local/x", response)))
+
+    assert restored.response.decision == FinalAnswer("It parses URLs.", ("_urls.py",))
 
 
 async def test_an_entry_expires_after_its_ttl_and_is_pruned(make_platform: Any) -> None:

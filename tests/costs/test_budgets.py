@@ -102,8 +102,9 @@ async def _reservations(platform: Platform, tenant_id: str = "default") -> int:
         )
 
 
-def _list_forever(_request: ModelRequest) -> ToolCall:
-    return ScriptedModel.call("fs.list_dir", path=".")
+def _list_forever(request: ModelRequest) -> ToolCall:
+    # A new query each step: the same call repeated would end the run LOOP_DETECTED.
+    return ScriptedModel.call("fs.search_text", query=f"needle-{len(request.messages)}")
 
 
 async def test_a_run_ends_budget_exceeded_before_the_call_that_would_exceed_it(

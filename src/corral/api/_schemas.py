@@ -195,6 +195,8 @@ class RunOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    sources: list[str] = Field(default_factory=list)
+    """Workspace paths the final answer cites (agents with ``answer.cite_sources``)."""
 
 
 class RunResolve(BaseModel):

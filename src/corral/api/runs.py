@@ -23,6 +23,7 @@ from corral.api._schemas import (
 from corral.runtime import (
     RUN_STATUSES,
     RunEvent,
+    answer_sources,
     get_run,
     list_run_spans,
     list_runs,
@@ -110,8 +111,11 @@ async def get_runs(
 async def get_one_run(
     run_id: str, session: ReadSessionDep, caller: Annotated[Caller, requires("runs.read")]
 ) -> RunOut:
-    """A run's state, budgets used, output and terminal reason."""
-    return RunOut.model_validate(await get_run(session, run_id, tenant_id=caller.tenant_id))
+    """A run's state, budgets used, output, terminal reason and the sources its answer cites."""
+    run = RunOut.model_validate(await get_run(session, run_id, tenant_id=caller.tenant_id))
+    if run.status == "SUCCEEDED":
+        run.sources = await answer_sources(session, run_id)
+    return run
 
 
 @router.get("/runs/{run_id}/steps", response_model=list[StepOut])

@@ -48,6 +48,8 @@ def render_step(step: dict[str, Any]) -> str:
         lines.append(f"    model error: {_short(step.get('error'))}")
     elif step["kind"] == "final_answer":
         lines.append(f"    answer: {_short(decision.get('final_answer'), 200)}")
+        if decision.get("sources"):
+            lines.append(f"    sources: {', '.join(decision['sources'])}")
     lines.extend(render_tool_call(call) for call in step["tool_calls"])
     return "\n".join(lines)
 
@@ -57,6 +59,8 @@ def render_tool_call(call: dict[str, Any]) -> str:
     outcome = call["status"]
     if call["status"] == "COMPLETED":
         outcome += f" ({call['output_bytes']} bytes{', truncated' if call['truncated'] else ''})"
+    elif call["status"] == "REPEATED":
+        outcome += " (not executed: the run made this call before; the model was told so)"
     else:
         outcome += f": {_short(call['error'])}"
     return f"    {call['tool_name']} {_short(call['arguments'])} -> {outcome}"

@@ -227,6 +227,8 @@ def describe(
         typer.echo(render_step(step))
     if run["error"]:
         typer.echo(f"Error:    {run['error']}")
+    if run.get("sources"):
+        typer.echo(f"Sources:  {', '.join(run['sources'])}")
     if run["output"] is not None:
         typer.echo(f"Answer:\n{run['output']}")
 

@@ -4,6 +4,7 @@ from corral.contracts._loader import KINDS, Document, load_documents, load_paths
 from corral.contracts._models import (
     API_VERSION,
     Agent,
+    AgentAnswer,
     AgentLimits,
     AgentModel,
     AgentSpec,
@@ -50,6 +51,7 @@ __all__ = [
     "MAX_YAML_BYTES",
     "MAX_YAML_DEPTH",
     "Agent",
+    "AgentAnswer",
     "AgentLimits",
     "AgentModel",
     "AgentSpec",

@@ -149,6 +149,10 @@ class AgentLimits(_Strict):
     max_cost_usd_per_day: Annotated[Decimal | None, Field(ge=0)] = None
     """US dollars per UTC day for all runs of this agent in its tenant (reserved before each
     model call, like ``max_cost_usd``)."""
+    max_repeated_calls: Annotated[int, Field(ge=1, le=1000)] = 3
+    """Repeated tool calls per run (the same tool with the same canonical arguments as an
+    earlier call of the run). A repeat is not executed: the model gets a feedback message
+    instead. At this many repeats the run ends ``LOOP_DETECTED``."""
 
 
 class MemoryScope(_Strict):
@@ -182,6 +186,18 @@ class Observability(_Strict):
     audit_retention_days: Annotated[int, Field(ge=1)] = 365
 
 
+class AgentAnswer(_Strict):
+    """What the agent's final answer must carry."""
+
+    cite_sources: bool = False
+    """The final answer must cite ``sources``: one or more workspace paths that this run's
+    tool calls returned (listed, read or found). Under a JSON decision schema (the embedded
+    model) the paths are an ``enum``, so a grammar-constrained model can only cite files it
+    saw; until a tool has returned a path, the final answer is not offered (except on the last
+    iteration, which offers no tools). Needs ``json`` tool calling: a native-tool-calling model
+    has no way to cite, and its answers are refused."""
+
+
 class AgentSpec(_Strict):
     """What an agent is and what it may do."""
 
@@ -205,6 +221,8 @@ class AgentSpec(_Strict):
     ] = None
     """Regions whose model deployments this agent may use (``["eu-west"]``); a deployment
     outside them (or with no region) is never called. ``None``: any region."""
+    answer: AgentAnswer = AgentAnswer()
+    """Requirements on the final answer."""
 
 
 class Agent(_Strict):

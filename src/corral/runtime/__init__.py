@@ -12,7 +12,7 @@ from corral.runtime._control import (
 )
 from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
-from corral.runtime._reads import MAX_EVENTS_READ, RunEvent, read_events
+from corral.runtime._reads import MAX_EVENTS_READ, RunEvent, answer_sources, read_events
 from corral.runtime._service import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
@@ -45,6 +45,7 @@ __all__ = [
     "ToolCallStatus",
     "Worker",
     "Workspaces",
+    "answer_sources",
     "cancel_run",
     "create_run",
     "default_worker_id",

@@ -73,6 +73,8 @@ def step_messages(
 def decision_document(decision: list[ToolCall] | FinalAnswer) -> dict[str, Any]:
     """The JSON stored in ``steps.decision`` for a valid decision."""
     if isinstance(decision, FinalAnswer):
+        if decision.sources:
+            return {"final_answer": decision.text, "sources": list(decision.sources)}
         return {"final_answer": decision.text}
     return {
         "tool_calls": [

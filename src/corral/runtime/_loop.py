@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -47,6 +48,7 @@ from corral.errors import (
     QuotaExceeded,
 )
 from corral.gateway.models import (
+    FinalAnswer,
     Message,
     ModelGateway,
     ModelRequest,
@@ -56,6 +58,7 @@ from corral.gateway.models import (
     ToolDefinition,
     model_price,
     price_call,
+    repeated_phrase,
     settings_override,
 )
 from corral.gateway.tools import ResolvedTool, ToolGateway
@@ -84,12 +87,15 @@ from corral.runtime._persist import (
     write_checkpoint,
 )
 from corral.runtime._state import Pause, RunState, StepRecord, Terminal, signal_terminal
-from corral.runtime._tool_phase import LeaseLost, ToolPhase, lease_lost
+from corral.runtime._tool_phase import LeaseLost, ToolPhase, lease_lost, replay_calls
 from corral.store import SYSTEM, Store, new_id, utcnow
 from corral.tenancy import Quotas
 
 __all__ = ["LAST_ITERATION_NOTICE", "LeaseLost", "Phase", "RunExecutor"]
 
+
+_PLACEHOLDER = re.compile(r"\s*(<[^<>]{0,40}>|\.\.\.)?\s*")
+"""An empty answer, or only a template's placeholder (small models copy ``<short answer>``)."""
 
 LAST_ITERATION_NOTICE = (
     "This is your last step: no more tools. Give your final answer now from what you have."
@@ -275,7 +281,8 @@ class RunExecutor(ToolPhase):
     ) -> tuple[StepRecord | None, Terminal | None]:
         spec = state.spec
         messages = fit_context(state.messages, spec.limits.max_input_tokens)
-        tools = state.definitions
+        tools = [t for t in state.definitions if t.name not in state.resting]
+        state.resting = set()
         if state.iterations == spec.limits.max_iterations - 1 and tools:
             # The last iteration offers no tools: the model must answer with what it has,
             # rather than the run ending BUDGET_EXCEEDED mid-investigation.
@@ -287,6 +294,7 @@ class RunExecutor(ToolPhase):
             tools=tools,
             temperature=spec.model.temperature,
             max_output_tokens=spec.model.max_output_tokens,
+            answer_sources=tuple(state.sources) if spec.answer.cite_sources else None,
         )
         started = self.clock()
         await self._refresh_tenant(state.tenant_id)
@@ -520,6 +528,30 @@ class RunExecutor(ToolPhase):
                 )
             )
 
+    def _refusal(self, state: RunState, answer: FinalAnswer, *, withdrawn: bool) -> str | None:
+        """Why a final answer is refused as an invalid decision, phrased for the model."""
+        if _PLACEHOLDER.fullmatch(answer.text):
+            return f"{answer.text.strip()!r} is a placeholder: reply with your actual answer"
+        phrase = repeated_phrase(answer.text)
+        if phrase is not None:
+            return (
+                f"your final answer repeats {phrase!r} over and over; answer concisely, in one "
+                "or two sentences, and do not repeat yourself"
+            )
+        if not state.spec.answer.cite_sources:
+            return None
+        unseen = [path for path in answer.sources if path not in state.sources]
+        if unseen:
+            return (
+                f"you cited {', '.join(map(repr, unseen))}, which no tool call of yours "
+                "returned; cite only files you listed, read or found"
+            )
+        if not answer.sources and state.sources:
+            return 'your final answer must cite "sources": the file(s) you read'
+        if not answer.sources and not withdrawn:
+            return "no tool call has returned a file yet: look at the workspace first"
+        return None
+
     async def _refresh_tenant(self, tenant_id: str) -> None:
         """Let one run at a time reload the tenant's policy engine and quota limits.
 
@@ -604,8 +636,11 @@ class RunExecutor(ToolPhase):
         state.output_tokens += usage.output_tokens
         decision = response.decision
         tokens = (usage.input_tokens, usage.output_tokens)
-        if decision is None:
-            error = response.error or "unparseable reply"
+        refused = None
+        if isinstance(decision, FinalAnswer):
+            refused = self._refusal(state, decision, withdrawn=withdrawn)
+        if decision is None or refused is not None:
+            error = refused or response.error or "unparseable reply"
             record = StepRecord(
                 "invalid_decision",
                 model,
@@ -619,7 +654,7 @@ class RunExecutor(ToolPhase):
         document = decision_document(decision)
         if not isinstance(decision, list):
             record = StepRecord("final_answer", model, document, started, None, *tokens)
-            return record, Terminal("SUCCEEDED", "final_answer", output=decision.text)
+            return record, Terminal("SUCCEEDED", "final_answer", output=_output(decision))
         record = StepRecord("tool_calls", model, document, started, None, *tokens)
         record.tools_withdrawn = withdrawn
         return record, None
@@ -755,6 +790,7 @@ class RunExecutor(ToolPhase):
         )
         for done in record.calls:
             ctx, name, arguments, result = done.ctx, done.name, done.arguments, done.result
+            status = "REPEATED" if done.repeated else result.status
             checkpoint.events.append(
                 _event(
                     state,
@@ -765,7 +801,7 @@ class RunExecutor(ToolPhase):
                     idempotency_key=ctx.idempotency_key,
                     tool=name,
                     arguments=arguments,
-                    status=result.status,
+                    status=status,
                     error=result.error,
                     error_type=result.error_type,
                     output_bytes=result.output_bytes,
@@ -787,7 +823,7 @@ class RunExecutor(ToolPhase):
                     "tool_name": name,
                     "tool_version": result.tool_version,
                     "arguments": arguments,
-                    "status": result.status,
+                    "status": status,
                     "output": result.output,
                     "output_bytes": result.output_bytes,
                     "truncated": result.truncated,
@@ -823,7 +859,7 @@ class RunExecutor(ToolPhase):
                 for i, c in enumerate(step.decision.get("tool_calls", []))
             ]
             messages += step_messages(step.kind, step.decision, outputs)
-        return RunState(
+        state = RunState(
             run_id=run.id,
             tenant_id=run.tenant_id,
             trace_id=run.trace_id,
@@ -854,6 +890,8 @@ class RunExecutor(ToolPhase):
             approved=loaded.approved,
             step_calls={c.call_index: c for c in loaded.calls if c.step_index == run.step_count},
         )
+        replay_calls(state, loaded.steps, loaded.calls)
+        return state
 
     def _agent_spec(self, version_id: str, document: dict[str, Any]) -> AgentSpec:
         # Versions are immutable: a parsed spec can be kept for the process's lifetime.
@@ -879,6 +917,13 @@ def _pending_cost(pending: StepRecord | None) -> Decimal:
     return pending.model_call.cost_usd or Decimal(0)
 
 
+def _output(answer: FinalAnswer) -> str:
+    """The run's output: the answer, and the sources it cites on a last line."""
+    if not answer.sources:
+        return answer.text
+    return f"{answer.text}\n\nSources: {', '.join(answer.sources)}"
+
+
 def _output_of(calls: list[Any], step_index: int, call_index: int) -> str:
     for call in calls:
         if call.step_index == step_index and call.call_index == call_index:
@@ -901,7 +946,7 @@ def _tool_audit(state: RunState, actor: str, done: Any) -> AuditRecord:
         actor,
         "tool.call",
         f"tool:{done.name}",
-        done.result.status.lower(),
+        "repeated" if done.repeated else done.result.status.lower(),
         run_id=state.run_id,
         trace_id=state.trace_id,
         policy_decision_id=done.policy_decision_id,

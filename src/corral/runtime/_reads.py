@@ -7,13 +7,15 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import InvalidRequest
 from corral.runtime._service import TERMINAL_STATUSES
-from corral.runtime._tables import RunEventRow, RunRow
+from corral.runtime._status import StepKind
+from corral.runtime._tables import RunEventRow, RunRow, StepRow
 from corral.store import Store
 
-__all__ = ["MAX_EVENTS_READ", "RunEvent", "read_events"]
+__all__ = ["MAX_EVENTS_READ", "RunEvent", "answer_sources", "read_events"]
 
 MAX_EVENTS_READ = 500
 """The most events one :func:`read_events` call returns."""
@@ -78,3 +80,20 @@ async def read_events(
         ).all()
     events = [RunEvent(row.id, row.type, dict(row.data or {}), row.created_at) for row in rows]
     return events, status is None or status in TERMINAL_STATUSES
+
+
+async def answer_sources(session: AsyncSession, run_id: str) -> list[str]:
+    """The workspace paths the run's final answer cites (``answer.cite_sources``).
+
+    Read from the final-answer step's decision (``sources``); empty for a run without a final
+    answer or one whose agent does not cite. The caller has already read the run in this
+    tenant (the session's tenant scope applies).
+    """
+    decision = await session.scalar(
+        select(StepRow.decision)
+        .where(StepRow.run_id == run_id, StepRow.kind == StepKind.FINAL_ANSWER)
+        .order_by(StepRow.index.desc())
+        .limit(1)
+    )
+    sources = decision.get("sources", []) if isinstance(decision, dict) else []
+    return [str(path) for path in sources]

@@ -48,6 +48,8 @@ class CallRecord:
     result: ToolResult
     prerecorded: bool = False
     policy_decision_id: str | None = None
+    repeated: bool = False
+    """Not executed: a repeat of an earlier call of the run (stored ``REPEATED``)."""
 
 
 @dataclass
@@ -157,6 +159,24 @@ class RunState:
     """The current model call's estimated prompt tokens (for cost estimates)."""
     estimate_output_tokens: int = 0
     """The current model call's output token cap (for cost estimates)."""
+    seen_calls: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Step index of the first call of each (tool, canonical arguments digest) of the run."""
+    repeated_calls: int = 0
+    """Calls of the run that repeated an earlier one (``limits.max_repeated_calls``)."""
+    resting: set[str] = field(default_factory=set)
+    """Tools whose call the last step repeated: not offered to the next model call, so a
+    model stuck on one call (a small model re-listing ``.``) must do something else."""
+    sources: list[str] = field(default_factory=list)
+    """Workspace paths the run's tool calls returned, first seen first (what a final answer
+    may cite under ``answer.cite_sources``)."""
+
+    def saw_call(
+        self, key: tuple[str, str], step_index: int, paths: list[str] | None = None
+    ) -> None:
+        """Remember a call that was made (and the paths it returned, if it completed)."""
+        self.seen_calls.setdefault(key, step_index)
+        known = set(self.sources)
+        self.sources.extend(p for p in paths or [] if p not in known)
 
 
 def signal_terminal(signals: Signals) -> Terminal | None:

@@ -38,6 +38,8 @@ class RunStatus(StrEnum):
     TIMED_OUT = "TIMED_OUT"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
     KILLED = "KILLED"
+    LOOP_DETECTED = "LOOP_DETECTED"
+    """The agent repeated the same tool call ``limits.max_repeated_calls`` times."""
 
 
 @unique
@@ -60,6 +62,9 @@ class ToolCallStatus(StrEnum):
     DENIED = "DENIED"
     RETRY = "RETRY"
     """A person settled an in-doubt call as ``retry``: it runs again with the same key."""
+    REPEATED = "REPEATED"
+    """Not executed: the same tool with the same arguments was called earlier in the run; the
+    model got a feedback message instead of a fresh result (loop detection)."""
 
 
 TERMINAL_STATUSES: Final = frozenset(
@@ -71,6 +76,7 @@ TERMINAL_STATUSES: Final = frozenset(
         RunStatus.TIMED_OUT,
         RunStatus.BUDGET_EXCEEDED,
         RunStatus.KILLED,
+        RunStatus.LOOP_DETECTED,
     }
 )
 """A run in one of these states never changes again (DESIGN.md, "The main job")."""

@@ -11,6 +11,13 @@ right after. A recovering worker that finds a ``STARTED`` call retries it only i
 honours idempotency keys; otherwise the run pauses ``IN_DOUBT`` for a person
 (DESIGN.md, "Exactly-once effects where it matters").
 
+A call that repeats an earlier call of the run (the same tool, the same canonical arguments:
+:func:`call_key`) is not executed: the model gets a feedback message as its result, the call
+is stored ``REPEATED``, and the tool is not offered to the next model call (it "rests" one
+step, so a model stuck on one call must use its result or do something else). At
+``limits.max_repeated_calls`` repeats the run ends ``LOOP_DETECTED``. The count is rebuilt
+from the stored tool-call rows when a worker resumes the run (:func:`replay_calls`).
+
 Every call reads the run's cancel flag and kill switches after its policy decision,
 immediately before it executes (a side-effecting call in the transaction that records it
 ``STARTED``) or pauses the run; every write is fenced on the worker's lease
@@ -20,6 +27,7 @@ immediately before it executes (a side-effecting call in the transaction that re
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -38,6 +46,7 @@ from corral.gateway.tools import (
     ToolCallContext,
     ToolGateway,
     ToolResult,
+    returned_paths,
 )
 from corral.observability import Tracing
 from corral.policy import Authorization, DecisionRow, Governance, agent_entity, arguments_digest
@@ -51,7 +60,14 @@ from corral.runtime._persist import (
 from corral.runtime._state import CallRecord, Pause, RunState, StepRecord, Terminal, signal_terminal
 from corral.store import Store, new_id, utcnow
 
-__all__ = ["LeaseLost", "ToolPhase", "lease_lost"]
+__all__ = [
+    "LeaseLost",
+    "ToolPhase",
+    "call_key",
+    "lease_lost",
+    "repeat_feedback",
+    "replay_calls",
+]
 
 
 class ToolPhase:
@@ -115,10 +131,22 @@ class ToolPhase:
                 stage=state.stage,
                 requester=state.requested_by,
             )
-            done = await self._one_call(state, record, ctx, offered, call, worker_id, actor)
+            key = call_key(call["name"], call["arguments"])
+            first = state.seen_calls.get(key)
+            if first is not None:
+                state.repeated_calls += 1
+                if state.repeated_calls >= limits.max_repeated_calls:
+                    outcome = _loop_detected(call["name"], first, limits.max_repeated_calls)
+                    break
+                done: CallRecord | Terminal | Pause = _repeated(ctx, call, first)
+                state.resting.add(call["name"])
+            else:
+                done = await self._one_call(state, record, ctx, offered, call, worker_id, actor)
             if not isinstance(done, CallRecord):
                 outcome = done
                 break
+            if not done.repeated:
+                state.saw_call(key, ctx.step_index, _paths(done))
             state.tool_call_count += 1
             record.calls.append(done)
             outputs.append((done.call_id, done.name, done.result.output))
@@ -372,6 +400,76 @@ class ToolPhase:
         if not paused:
             raise lease_lost(state)
         return Pause("IN_DOUBT", reason)
+
+
+def call_key(name: str, arguments: dict[str, Any]) -> tuple[str, str]:
+    """What makes two calls the same: the tool and the digest of its arguments' canonical JSON.
+
+    Paths are compared as given, not resolved: a respelled path (``./a.py``) is another call,
+    which goes through the tool gateway and its policy decision like any other (a probe of
+    path canonicalisation must reach the policy, not be answered from the loop's memory).
+    """
+    return name, arguments_digest(arguments)
+
+
+def repeat_feedback(name: str, first_step: int) -> str:
+    """The result a repeated call gets instead of a fresh execution (``first_step``: its index)."""
+    return (
+        f"You already called {name} with these arguments at step {first_step}; its result "
+        "is above. Use it, call a different tool or different arguments, or give your final "
+        "answer. Repeating the same call again can end the run."
+    )
+
+
+def replay_calls(state: RunState, steps: Iterable[Any], calls: list[Any]) -> None:
+    """Rebuild the run's call history (loop detection, citable paths) from stored rows.
+
+    Args:
+        state: The run being resumed; its ``seen_calls``, ``repeated_calls``, ``resting``
+            and ``sources`` are filled.
+        steps: The run's checkpointed steps, in order.
+        calls: The run's stored tool-call rows.
+    """
+    rows = {(c.step_index, c.call_index): c for c in calls}
+    for step in steps:
+        state.resting = set()  # only the last step's repeats rest their tools
+        for index, call in enumerate(step.decision.get("tool_calls", [])):
+            row = rows.get((step.index, index))
+            if row is not None and row.status == "REPEATED":
+                state.repeated_calls += 1
+                state.resting.add(call["name"])
+                continue
+            paths = None
+            if row is not None and row.status == "COMPLETED":
+                paths = returned_paths(
+                    call["name"], call["arguments"], row.output or "", truncated=row.truncated
+                )
+            state.saw_call(call_key(call["name"], call["arguments"]), step.index, paths)
+
+
+def _paths(done: CallRecord) -> list[str]:
+    if done.result.status != "COMPLETED":
+        return []
+    result = done.result
+    return returned_paths(done.name, done.arguments, result.output, truncated=result.truncated)
+
+
+def _repeated(ctx: ToolCallContext, call: dict[str, Any], first_step: int) -> CallRecord:
+    """The record of a call not executed because it repeats the call of ``first_step``."""
+    feedback = repeat_feedback(call["name"], first_step)
+    result = ToolResult("FAILED", feedback, error_type="repeated_call")
+    return CallRecord(ctx, call["id"], call["name"], call["arguments"], result, repeated=True)
+
+
+def _loop_detected(name: str, first_step: int, limit: int) -> Terminal:
+    return Terminal(
+        "LOOP_DETECTED",
+        f"max_repeated_calls:{limit}:{name}"[:64],
+        error=(
+            f"the run repeated tool calls {limit} times (limits.max_repeated_calls), the last "
+            f"one {name!r} with the arguments of its call at step {first_step}"
+        ),
+    )
 
 
 def lease_lost(state: RunState) -> LeaseLost:

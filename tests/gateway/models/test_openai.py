@@ -565,3 +565,41 @@ async def test_a_reply_without_usage_is_flagged(
 
     assert response.usage == Usage()
     assert response.usage_missing is True
+
+
+# --- decoding and cited sources -----------------------------------------------------------------
+
+
+async def test_decoding_fields_are_sent_only_when_set(server: RecordingServer) -> None:
+    from corral.gateway.models._openai import Decoding
+
+    provider = OpenAICompatibleProvider(
+        "testprov",
+        base_url=server.url,
+        api_key="sk-test",
+        tool_calling="json",
+        decoding=Decoding(repeat_penalty=1.1, max_answer_chars=300),
+    )
+    try:
+        for _ in range(2):
+            server.replies.append(Reply(body=completion({"content": '{"final_answer": "ok"}'})))
+        await provider.complete(
+            ModelRequest(model="smol", messages=HISTORY, seed=7, frequency_penalty=0.5)
+        )
+        await provider.complete(
+            ModelRequest(
+                model="smol", messages=HISTORY, tools=TOOLS, repeat_penalty=1.3, answer_sources=()
+            )
+        )
+    finally:
+        await provider.aclose()
+    first, second = server.received
+    assert (first["seed"], first["frequency_penalty"], first["repeat_penalty"]) == (7, 0.5, 1.1)
+    assert first["response_format"]["schema"] == decision_schema([], max_answer_chars=300)
+    assert second["repeat_penalty"] == 1.3  # the request's own value wins
+    assert "seed" not in second and "frequency_penalty" not in second
+    # An agent that must cite and has seen no file yet is not offered a final answer.
+    assert second["response_format"]["schema"] == decision_schema(
+        TOOLS, max_answer_chars=300, sources=()
+    )
+    assert '"sources"' in second["messages"][0]["content"]

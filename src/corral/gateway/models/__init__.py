@@ -37,9 +37,11 @@ from corral.gateway.models._cache import (
 from corral.gateway.models._decision import (
     DEFAULT_MAX_STRING,
     MAX_GRAMMAR_REPEAT,
+    MAX_SOURCES,
     decision_instructions,
     decision_schema,
     parse_json_decision,
+    repeated_phrase,
 )
 from corral.gateway.models._gateway import (
     FAILOVERS,
@@ -92,6 +94,7 @@ __all__ = [
     "FREE_PROVIDERS",
     "LOCAL_MODEL_ALIAS",
     "MAX_GRAMMAR_REPEAT",
+    "MAX_SOURCES",
     "AnthropicProvider",
     "Attempt",
     "BreakerState",
@@ -135,6 +138,7 @@ __all__ = [
     "model_price",
     "parse_json_decision",
     "price_call",
+    "repeated_phrase",
     "response_cache_digest",
     "response_document",
     "response_from_document",

@@ -48,9 +48,16 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class FinalAnswer:
-    """The model ends the run with an answer."""
+    """The model ends the run with an answer.
+
+    Attributes:
+        text: The answer.
+        sources: Workspace paths the answer cites (``answer.cite_sources``), relative to the
+            workspace root; empty when the agent does not cite.
+    """
 
     text: str
+    sources: tuple[str, ...] = ()
 
 
 Decision = list[ToolCall] | FinalAnswer
@@ -87,6 +94,10 @@ class ModelRequest:
         repeat_penalty: llama.cpp's repetition penalty (1.0: none), or ``None`` for the
             server's setting. Sent to OpenAI-compatible servers as an extra body field.
         frequency_penalty: OpenAI's frequency penalty (-2..2), or ``None``.
+        answer_sources: The workspace paths a final answer may cite, when the agent must cite
+            them (``answer.cite_sources``); ``None`` when it need not. A JSON decision schema
+            makes ``sources`` (one or more of these) required in the final answer, and offers
+            no final answer while this is empty and tools are offered.
     """
 
     model: str
@@ -98,6 +109,7 @@ class ModelRequest:
     seed: int | None = None
     repeat_penalty: float | None = None
     frequency_penalty: float | None = None
+    answer_sources: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

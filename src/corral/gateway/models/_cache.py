@@ -105,6 +105,8 @@ def _decision_document(decision: Decision | None) -> dict[str, Any] | None:
     if decision is None:
         return None
     if isinstance(decision, FinalAnswer):
+        if decision.sources:
+            return {"final_answer": decision.text, "sources": list(decision.sources)}
         return {"final_answer": decision.text}
     return {"tool_calls": [dataclasses.asdict(call) for call in decision]}
 
@@ -113,7 +115,7 @@ def _decision(document: dict[str, Any] | None) -> Decision | None:
     if document is None:
         return None
     if "final_answer" in document:
-        return FinalAnswer(document["final_answer"])
+        return FinalAnswer(document["final_answer"], tuple(document.get("sources", ())))
     return [ToolCall(c["id"], c["name"], c["arguments"]) for c in document["tool_calls"]]
 
 

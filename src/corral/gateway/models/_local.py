@@ -335,14 +335,15 @@ def local_provider(
     Args:
         server_base_url: The server's URL, with or without the ``/v1`` suffix
             (:attr:`LocalModelServer.base_url`).
-        settings: Request timeout and output token cap.
+        settings: Request timeout, output token cap and decoding defaults (temperature,
+            repetition and frequency penalties, answer length cap).
         api_key: The server's key (:attr:`LocalModelServer.api_key`); ``None`` for a server
             started without one.
 
     Returns:
         The provider.
     """
-    from corral.gateway.models._openai import OpenAICompatibleProvider
+    from corral.gateway.models._openai import Decoding, OpenAICompatibleProvider
 
     base_url = server_base_url.rstrip("/")
     if not base_url.endswith("/v1"):
@@ -354,4 +355,10 @@ def local_provider(
         tool_calling="json",
         timeout_seconds=settings.request_timeout_seconds,
         max_output_tokens=settings.max_output_tokens,
+        decoding=Decoding(
+            temperature=settings.temperature,
+            repeat_penalty=settings.repeat_penalty,
+            frequency_penalty=settings.frequency_penalty,
+            max_answer_chars=settings.max_answer_chars,
+        ),
     )

@@ -22,7 +22,9 @@ Quirks handled here, each seen on a real server:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import openai
@@ -55,7 +57,7 @@ from corral.gateway.models._decision import (
 from corral.gateway.models._resilience import retry_after_seconds
 from corral.settings import OpenAISettings
 
-__all__ = ["OpenAICompatibleProvider"]
+__all__ = ["Decoding", "OpenAICompatibleProvider"]
 
 _MAX_ERROR_CHARS = 500
 """Provider error bodies are cut to this many characters in ``ModelAPIError`` messages."""
@@ -86,6 +88,9 @@ class OpenAICompatibleProvider:
         tool_calling: ``native`` (OpenAI ``tools=``) or ``json`` (schema-constrained JSON decision).
         timeout_seconds: Per-request timeout in seconds.
         max_output_tokens: Cap on generated tokens when the request does not set one.
+        decoding: Defaults for the request's decoding fields, each applied when the request
+            leaves it unset (``repeat_penalty``, ``frequency_penalty``, ``seed``), and the
+            ``temperature`` and ``max_answer_chars`` cap for every call when set.
 
     Raises:
         ModelAPIError: no API key was given and ``OPENAI_API_KEY`` is not set.
@@ -100,8 +105,10 @@ class OpenAICompatibleProvider:
         tool_calling: Literal["native", "json"] = "native",
         timeout_seconds: float = 120.0,
         max_output_tokens: int = 1024,
+        decoding: Decoding | None = None,
     ) -> None:
         self.name = name
+        self.decoding = decoding or Decoding()
         self.tool_calling: Literal["native", "json"] = tool_calling
         self.timeout_seconds = timeout_seconds
         self.max_output_tokens = max_output_tokens
@@ -175,6 +182,7 @@ class OpenAICompatibleProvider:
             ModelAPIError: transport failure, timeout, an HTTP error status, or a response
                 without choices. ``status_code`` is set for HTTP errors.
         """
+        request = self.decoding.apply(request)
         json_mode = self.tool_calling == "json"
         messages = _json_mode_messages(request) if json_mode else _native_messages(request)
         tools: list[ChatCompletionFunctionToolParam] = [
@@ -196,6 +204,18 @@ class OpenAICompatibleProvider:
                 max_tokens=request.max_output_tokens or self.max_output_tokens,
                 tools=tools if tools and not json_mode else openai.omit,
                 response_format=_response_format(request) if json_mode else openai.omit,
+                seed=request.seed if request.seed is not None else openai.omit,
+                frequency_penalty=(
+                    request.frequency_penalty
+                    if request.frequency_penalty is not None
+                    else openai.omit
+                ),
+                # llama.cpp's own sampling parameter, not in OpenAI's API.
+                extra_body=(
+                    {"repeat_penalty": request.repeat_penalty}
+                    if request.repeat_penalty is not None
+                    else None
+                ),
             )
         except openai.APIError as exc:
             raise self._api_error(exc) from exc
@@ -247,10 +267,44 @@ class OpenAICompatibleProvider:
         return ModelAPIError(message, provider=self.name, retryable=True)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """A provider's decoding defaults (the embedded model's come from ``LocalModelSettings``).
+
+    Attributes:
+        temperature: Sampling temperature of every call, or ``None`` for the request's.
+        repeat_penalty: llama.cpp's repetition penalty when the request sets none.
+        frequency_penalty: Frequency penalty when the request sets none.
+        seed: Sampling seed when the request sets none.
+        max_answer_chars: Cap on the final answer's length in characters (the smaller of it
+            and the request's applies), or ``None``.
+    """
+
+    temperature: float | None = None
+    repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    max_answer_chars: int | None = None
+
+    def apply(self, request: ModelRequest) -> ModelRequest:
+        """``request`` with these defaults filled in."""
+        changes: dict[str, Any] = {}
+        if self.temperature is not None:
+            changes["temperature"] = self.temperature
+        for name in ("repeat_penalty", "frequency_penalty", "seed"):
+            if getattr(request, name) is None and getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        if self.max_answer_chars is not None:
+            changes["max_answer_chars"] = min(request.max_answer_chars, self.max_answer_chars)
+        return dataclasses.replace(request, **changes) if changes else request
+
+
 def _response_format(request: ModelRequest) -> ResponseFormat:
     # ``schema`` inside ``json_object`` is llama.cpp's (and vLLM's) extension, not in the SDK's
     # types; the SDK passes unknown keys through unchanged.
-    schema = decision_schema(request.tools, max_answer_chars=request.max_answer_chars)
+    schema = decision_schema(
+        request.tools, max_answer_chars=request.max_answer_chars, sources=request.answer_sources
+    )
     return cast("ResponseFormat", {"type": "json_object", "schema": schema})
 
 
@@ -296,7 +350,9 @@ def _json_mode_messages(request: ModelRequest) -> list[ChatCompletionMessagePara
     Consecutive user or assistant turns are merged, because several chat templates (Mistral,
     Gemma) insist that roles alternate.
     """
-    instructions = decision_instructions(request.tools)
+    instructions = decision_instructions(
+        request.tools, cite_sources=request.answer_sources is not None
+    )
     tool_names = {call.id: call.name for m in request.messages for call in m.tool_calls}
     turns: list[tuple[Literal["system", "user", "assistant"], str]] = []
     if not request.messages or request.messages[0].role != "system":

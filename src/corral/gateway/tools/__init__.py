@@ -14,7 +14,12 @@ from corral.gateway.tools._direct import (
     DirectCallStatus,
     DirectToolCalls,
 )
-from corral.gateway.tools._fs import BUILTIN_TOOLS, BuiltinTool, resolve_in_workspace
+from corral.gateway.tools._fs import (
+    BUILTIN_TOOLS,
+    BuiltinTool,
+    resolve_in_workspace,
+    returned_paths,
+)
 from corral.gateway.tools._gateway import (
     PreparedCall,
     ResolvedTool,
@@ -79,6 +84,7 @@ __all__ = [
     "resolve_in_workspace",
     "result_document",
     "result_from_document",
+    "returned_paths",
     "tool_cache_digest",
     "tool_call_request",
     "truncate_utf8",

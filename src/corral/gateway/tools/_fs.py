@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import posixpath
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +30,13 @@ from corral.contracts import API_VERSION, Tool
 from corral.errors import PathOutsideWorkspace, ToolFailed
 from corral.gateway.tools._guard import PathGuard, current_path_guard
 
-__all__ = ["BUILTIN_TOOLS", "BuiltinTool", "resolve_in_workspace", "resolve_with_root"]
+__all__ = [
+    "BUILTIN_TOOLS",
+    "BuiltinTool",
+    "resolve_in_workspace",
+    "resolve_with_root",
+    "returned_paths",
+]
 
 _MAX_PATH_CHARS = 1024
 _MAX_LIST_ENTRIES = 500
@@ -251,6 +259,56 @@ def _notes(skipped_by_policy: int, hard_linked: int = 0) -> list[str]:
             "the fs tools do not read such files]"
         )
     return notes
+
+
+# --- paths a call returned ---------------------------------------------------------------------
+
+_MATCH_LINE = re.compile(r"^(.+?):\d+: ")
+
+
+def _workspace_path(base: str, name: str) -> str | None:
+    """``name`` under ``base``, relative to the workspace root; ``None`` for the root or above."""
+    path = posixpath.normpath(posixpath.join(base, name))
+    if path == "." or path.startswith(("../", "/")) or path == "..":
+        return None
+    return path
+
+
+def returned_paths(
+    name: str, arguments: dict[str, Any], output: str, *, truncated: bool = False
+) -> list[str]:
+    """The workspace files a completed fs tool call returned, relative to the workspace root.
+
+    ``fs.read_file`` returns the file it read; ``fs.list_dir`` the files it listed (not the
+    directories); ``fs.search_text`` the files of its matches. Other tools return none. The
+    paths are what a final answer may cite (``answer.cite_sources``).
+
+    Args:
+        name: Tool name.
+        arguments: The call's arguments.
+        output: The call's output text (as the tool produced it, not wrapped).
+        truncated: The output was cut to the size cap: its last line is left out.
+
+    Returns:
+        Paths in output order, without duplicates.
+    """
+    path = arguments.get("path", ".")
+    base = path if isinstance(path, str) else "."
+    if name == "fs.read_file":
+        found = [_workspace_path(".", base)]
+    elif name in ("fs.list_dir", "fs.search_text"):
+        lines = output.splitlines()
+        if truncated:
+            lines = lines[:-1]
+        if name == "fs.list_dir":
+            entries = [line for line in lines if line and not line.startswith("[")]
+            found = [_workspace_path(base, e) for e in entries if not e.endswith("/")]
+        else:
+            matches = (_MATCH_LINE.match(line) for line in lines)
+            found = [_workspace_path(".", m.group(1)) for m in matches if m is not None]
+    else:
+        return []
+    return list(dict.fromkeys(p for p in found if p is not None))
 
 
 # --- fs.list_dir -------------------------------------------------------------------------------
