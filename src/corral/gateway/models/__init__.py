@@ -53,6 +53,7 @@ from corral.gateway.models._inbound import (
     InboundReply,
     ModelCallCosts,
     NoCosts,
+    RecordWriter,
     Reservation,
 )
 from corral.gateway.models._local import (
@@ -116,6 +117,7 @@ __all__ = [
     "NoCosts",
     "OpenAICompatibleProvider",
     "Price",
+    "RecordWriter",
     "Reservation",
     "ResponseCache",
     "RetryPolicy",
