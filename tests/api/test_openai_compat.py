@@ -351,9 +351,10 @@ async def test_models_lists_what_the_principal_may_use(live: LiveCorral) -> None
         service_models = [m.id async for m in sdk.models.list()]
     assert agent_models == ["openai/gpt-alt", "openai/gpt-test"]
     assert {m.owned_by for m in listed} == {"corral"}
-    # A service key: every model the tenant's contracts name, of a configured provider (the
-    # conftest agent's "scripted/test" has no provider here).
-    assert service_models == ["openai/gpt-alt", "openai/gpt-test"]
+    # A service key: the tenant's aliases (here the platform's "default") and every model the
+    # tenant's contracts name, of a configured provider (the conftest agent's "scripted/test"
+    # has no provider here).
+    assert service_models == ["default", "openai/gpt-alt", "openai/gpt-test"]
 
 
 async def test_openai_agents_sdk_runs_one_turn_through_corral(

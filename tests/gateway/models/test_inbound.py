@@ -20,8 +20,8 @@ from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
 from corral.errors import BudgetExceeded, ModelAPIError, PolicyDenied, QuotaExceeded
 from corral.gateway.models import (
-    ChatCompletionsRequest,
     InboundChat,
+    RecordWriter,
     Reservation,
     Served,
     Usage,
@@ -144,14 +144,18 @@ class RecordingCosts:
         self.calls: list[tuple[str, Any]] = []
 
     async def reserve(
-        self, principal: Principal, served: Served, request: ChatCompletionsRequest
+        self,
+        principal: Principal,
+        *,
+        amount_usd: Decimal | None,
+        agent_day_usd: Decimal | None,
     ) -> Reservation:
         if self.refuse:
             raise BudgetExceeded(
                 "tenant-day budget 1.00 USD: 0.99 spent, 0.05 reserved for this call",
                 limit="cost_usd_per_day",
             )
-        self.calls.append(("reserve", (served.alias, request.max_output_tokens)))
+        self.calls.append(("reserve", (amount_usd, agent_day_usd)))
         return Reservation(Decimal("0.05"), handle="r1")
 
     async def release(self, reservation: Reservation) -> None:
@@ -164,10 +168,11 @@ class RecordingCosts:
         principal: Principal,
         served: Served,
         usage: Usage | None,
+        cost_usd: Decimal | None,
         trace_id: str,
-    ) -> Decimal | None:
-        self.calls.append(("settle", usage))
-        return Decimal("0.0123")
+    ) -> RecordWriter | None:
+        self.calls.append(("settle", (usage, cost_usd)))
+        return None
 
 
 async def test_costs_are_reserved_before_and_settled_after(
@@ -178,14 +183,14 @@ async def test_costs_are_reserved_before_and_settled_after(
     reply = await chat.complete(SERVICE, BODY)
     await chat.aclose()
     assert costs.calls == [
-        ("reserve", ("openai/gpt-test", None)),
-        ("settle", Usage(12, 5, cache_read_tokens=4, reasoning_tokens=2)),
+        ("reserve", (None, None)),  # gpt-test has no price
+        ("settle", (Usage(12, 5, cache_read_tokens=4, reasoning_tokens=2), None)),
     ]
     async with platform.store.read("default") as session:
         [event] = (
             await session.execute(select(_EVENTS).where(_EVENTS.c.trace_id == reply.trace_id))
         ).all()
-    assert event.details["cost_usd"] == "0.0123"
+    assert "cost_usd" not in event.details  # unpriced
 
 
 async def test_a_budget_refusal_reaches_no_upstream(

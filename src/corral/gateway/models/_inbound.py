@@ -442,6 +442,7 @@ class InboundChat:
         known: Callable[[], list[str]],
         *,
         residency: Sequence[str] | None = None,
+        list_aliases: bool = True,
     ) -> tuple[list[_Target], list[Attempt]]:
         """The deployments that may serve model ``name``, in the order to try, with clients.
 
@@ -457,6 +458,8 @@ class InboundChat:
             name: The requested model.
             known: The ``provider/model`` names to list when ``name`` is unknown.
             residency: Regions the deployments must be in (an agent's ``data_residency``).
+            list_aliases: Name the tenant's aliases when ``name`` is unknown (not for an
+                agent key: ``known`` lists its contract's models).
 
         Returns:
             ``(targets in the order to try, deployments dropped by residency)``.
@@ -474,13 +477,13 @@ class InboundChat:
         provider_name, sep, model = name.partition("/")
         if sep:
             if not model or provider_name not in self.models.providers:
-                raise await self._unknown(tenant_id, name, known)
+                raise await self._unknown(tenant_id, name, known, list_aliases)
             deployments = [Deployment(alias=name, name=name, provider=provider_name, model=model)]
         else:
             try:
                 deployments = await self.models.catalog.resolve(tenant_id, name)
             except NotFound:
-                raise await self._unknown(tenant_id, name, known) from None
+                raise await self._unknown(tenant_id, name, known, list_aliases) from None
         breakers = self.models.breakers
         ordered, dropped = route(
             deployments,
@@ -510,8 +513,10 @@ class InboundChat:
             raise refusal
         return targets, dropped
 
-    async def _unknown(self, tenant_id: str, name: str, known: Callable[[], list[str]]) -> NotFound:
-        aliases = sorted(await self._aliases(tenant_id))
+    async def _unknown(
+        self, tenant_id: str, name: str, known: Callable[[], list[str]], list_aliases: bool
+    ) -> NotFound:
+        aliases = sorted(await self._aliases(tenant_id)) if list_aliases else []
         listed = sorted({*aliases, *known()})
         return NotFound(
             f"Model {name!r} is not known to Corral. Models you may use: "
@@ -684,6 +689,7 @@ class InboundChat:
             request.model,
             lambda: sorted(allowed or []),
             residency=None if spec is None else spec.data_residency,
+            list_aliases=allowed is None,
         )
         if allowed is not None and request.model not in allowed:
             raise Forbidden(
