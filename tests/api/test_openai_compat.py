@@ -556,10 +556,12 @@ async def test_an_alias_fails_over_to_its_next_deployment_and_the_failover_is_au
             key = await live.agent_key("alias-bot")
             async with client(live, key) as sdk:
                 reply = await sdk.chat.completions.create(model="fast", messages=HELLO)
+                listed = [m.id async for m in sdk.models.list()]
             [failover] = await failovers(live)
             [event] = await model_events(live)
             [row] = await ledger(live)
     assert reply.choices[0].message.content == "Hello from the fake upstream."
+    assert listed == ["fast"]  # the agent's contract names the alias only
     assert (eu.request_count, us.request_count) == (1, 1)
     assert (eu.requests[0]["model"], us.requests[0]["model"]) == ("gpt-eu", "gpt-us")
     assert (failover.outcome, failover.subject, failover.trace_id) == (
@@ -616,6 +618,9 @@ async def test_a_deployment_denied_by_policy_receives_no_request(
             key = await live.key("service:byo", "builder")
             async with client(live, key) as sdk:
                 await sdk.chat.completions.create(model="fast", messages=HELLO)
+                with pytest.raises(openai.NotFoundError) as unknown:
+                    await sdk.chat.completions.create(model="fastest", messages=HELLO)
+                listed = [m.id async for m in sdk.models.list()]
             [failover] = await failovers(live)
             [event] = await model_events(live)
             decisions = await rows(
@@ -623,6 +628,11 @@ async def test_a_deployment_denied_by_policy_receives_no_request(
             )
     assert (eu.request_count, us.request_count) == (0, 1)
     assert (failover.outcome, failover.details["deployment"]) == ("denied", "fast#0")
+    # An unknown alias is a 404 naming the tenant's aliases; a service key lists them.
+    body = cast(dict[str, Any], unknown.value.body)
+    assert {"default", "fast"} <= set(body["known"])
+    assert "'fastest' is not known" in body["message"]
+    assert {"default", "fast"} <= set(listed)
     assert event.details["deployment"] == "fast#1"
     assert sorted(d.decision for d in decisions) == ["allow", "deny"]
 
