@@ -18,8 +18,15 @@ from conftest import register
 from corral.api.openai_compat import openai_error
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
-from corral.errors import BudgetExceeded, ModelAPIError, PolicyDenied, QuotaExceeded
+from corral.errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    ModelAPIError,
+    PolicyDenied,
+    QuotaExceeded,
+)
 from corral.gateway.models import (
+    DeploymentBreakers,
     InboundChat,
     RecordWriter,
     Reservation,
@@ -257,3 +264,73 @@ def test_errors_have_openai_shape_status_and_figures() -> None:
     upstream = openai_error(ModelAPIError("upstream down", provider="openai"))
     assert upstream.status_code == 502
     assert json.loads(bytes(upstream.body))["error"]["type"] == "api_error"
+
+
+def alias_document(name: str, *deployments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "corral.dev/v1",
+        "kind": "Model",
+        "metadata": {"name": name},
+        "spec": {"description": f"The {name} alias.", "deployments": list(deployments)},
+    }
+
+
+def alias_body(model: str) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+async def test_an_anthropic_deployment_is_skipped_when_another_can_serve(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    openai_deployment = {"provider": "openai", "model": "gpt-test", "base_url": upstream.base_url}
+    claude = {"provider": "anthropic", "model": "claude-test"}
+    await register(
+        platform,
+        alias_document("mixed", claude, openai_deployment, claude),
+        alias_document("claude-only", claude),
+    )
+    chat = inbound(platform)
+    replies = [await chat.complete(SERVICE, alias_body("mixed")) for _ in range(3)]
+    with pytest.raises(InvalidRequest) as refused:
+        await chat.complete(SERVICE, alias_body("claude-only"))
+    await chat.aclose()
+    assert all(reply.content is not None for reply in replies)
+    assert upstream.request_count == 3
+    assert {r["model"] for r in upstream.requests} == {"gpt-test"}
+    assert refused.value.code == "model_not_passthrough"
+    assert "'claude-only'" in refused.value.message
+
+
+async def test_an_open_breaker_keeps_calls_from_a_failing_deployment(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    now = [0.0]
+    platform.models.breakers = DeploymentBreakers(1, 30.0, clock=lambda: now[0])
+    platform.models.region = "eu"  # the failing eu deployment is preferred
+    with FakeChatUpstream(status=503) as failing:
+        await register(
+            platform,
+            alias_document(
+                "fast",
+                {"provider": "openai", "model": "gpt-eu", "base_url": failing.base_url}
+                | {"region": "eu"},
+                {"provider": "openai", "model": "gpt-us", "base_url": upstream.base_url}
+                | {"region": "us"},
+            ),
+        )
+        chat = inbound(platform)
+        await chat.complete(SERVICE, alias_body("fast"))  # eu fails: the breaker opens
+        await chat.complete(SERVICE, alias_body("fast"))  # eu skipped
+        now[0] = 31.0
+        await chat.complete(SERVICE, alias_body("fast"))  # half-open: one trial, fails
+        await chat.aclose()
+        assert failing.request_count == 2
+    assert upstream.request_count == 3
+    async with platform.store.read("default") as session:
+        outcomes = [
+            row.outcome
+            for row in await session.execute(
+                select(_EVENTS).where(_EVENTS.c.action == "model.failover").order_by(_EVENTS.c.seq)
+            )
+        ]
+    assert outcomes == ["failed", "circuit_open", "failed"]
