@@ -4,15 +4,21 @@ An agent built with any framework (the OpenAI Agents SDK, LangGraph, plain code)
 OpenAI client at Corral and authenticates with its agent key (or a service key). Each call
 (:meth:`InboundChat.complete`) is one governed ``model.call``:
 
-resolve the model name (:meth:`InboundChat.resolve`: ``provider/model`` through the model
-gateway's providers; a name the principal may not use is refused) -> budget reservation
-(:class:`ModelCallCosts`, a no-op until the costs domain is wired in) -> the ``model.call``
-decision (:meth:`corral.policy.Governance.authorize`, ``estimated_cost_usd`` = the
-reservation) -> the tenant's model quotas -> the raw OpenAI-wire call
+resolve the model name (:meth:`InboundChat.resolve`: an alias through the model gateway's
+catalog, or ``provider/model``; deployments outside an agent's ``data_residency`` dropped, the
+rest in the gateway's routing order; a name the principal may not use is refused) -> budget
+reservation of the dearest deployment's pessimistic cost (:class:`ModelCallCosts`; the costs
+domain's ``InboundCosts``: the agent's and the tenant's daily budgets) -> the tenant's model
+quotas -> per deployment, in order: its breaker, the ``model.call`` decision
+(:meth:`corral.policy.Governance.authorize`, with ``region`` and ``deployment`` in the context
+and ``estimated_cost_usd`` = the reservation), the raw OpenAI-wire call
 (:class:`~corral.gateway.models._passthrough.WireChat`: the body as sent, tools included;
-Corral never executes the agent's tools) -> usage (streaming: the upstream's last chunk, asked
-for with ``stream_options.include_usage``) -> settle the reservation -> the decision row, the
-``model.call`` audit event and the ``chat {model}`` span, in one transaction of their own.
+Corral never executes the agent's tools); a retryable failure (5xx, 429, timeout, connection)
+moves on to the next deployment, for a stream only while it is being opened -> usage
+(streaming: the upstream's last chunk, asked for with ``stream_options.include_usage``) -> the
+cost (the deployment's price override first) -> the decision rows, the ``model.failover``
+events of the deployments passed over, the ``model.call`` audit event, the ``chat {model}``
+span and the ``model_calls`` ledger row (settling the reservation), in one transaction.
 
 A refused call (policy, quota, budget) reaches no upstream and still leaves its decision and
 audit event. An upstream failure leaves a ``failed`` audit event and an error span.
@@ -309,7 +315,8 @@ class InboundChat:
 
     Args:
         store: Where decisions, audit events and spans are written.
-        models: The model gateway; its providers serve ``provider/model`` names.
+        models: The model gateway: its catalog resolves aliases, its providers, breakers,
+            region and rng serve and order the deployments.
         governance: Decides ``model.call``.
         tracing: Where ``chat`` spans go (stored with each call's audit event).
         quotas: The tenant's model quotas (``model_tokens_per_day``, ``cost_usd_per_day``);
