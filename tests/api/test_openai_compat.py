@@ -707,3 +707,28 @@ async def test_an_exhausted_tenant_cost_quota_is_429_with_figures_and_no_upstrea
     assert Decimal(error["reservation_usd"]) > Decimal("0.008192")
     assert event.outcome == "budget_exceeded"
     assert calls == []
+
+
+async def test_an_agent_daily_budget_refuses_the_call_that_would_exceed_it(
+    settings: Settings, workspace: Path, upstream: FakeChatUpstream
+) -> None:
+    with FakeChatUpstream() as eu, FakeChatUpstream() as us:
+        async with alias_corral(
+            settings, workspace, upstream, eu, us, limits={"max_cost_usd_per_day": "0.0001"}
+        ) as live:
+            key = await live.agent_key("alias-bot")
+            async with client(live, key) as sdk:
+                # 30 output tokens at most: 60 micro-dollars + the prompt estimate fit.
+                await sdk.chat.completions.create(model="fast", messages=HELLO, max_tokens=30)
+                with pytest.raises(openai.RateLimitError) as refused:
+                    await sdk.chat.completions.create(model="fast", messages=HELLO)
+            calls = await ledger(live)
+    assert (eu.request_count, us.request_count) == (1, 0)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert (error["limit"], error["limit_usd"], error["spent_usd"]) == (
+        "max_cost_usd_per_day",
+        "0.0001",
+        CALL_COST,  # the first call's settled cost; its reservation was released
+    )
+    assert [row.cost_usd for row in calls] == [Decimal(CALL_COST)]
