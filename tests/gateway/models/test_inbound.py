@@ -334,3 +334,41 @@ async def test_an_open_breaker_keeps_calls_from_a_failing_deployment(
             )
         ]
     assert outcomes == ["failed", "circuit_open", "failed"]
+
+
+async def test_a_stream_fails_over_while_it_is_being_opened(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    platform.models.region = "eu"
+    with FakeChatUpstream(status=502) as failing:
+        await register(
+            platform,
+            alias_document(
+                "fast",
+                {"provider": "openai", "model": "gpt-eu", "base_url": failing.base_url}
+                | {"region": "eu"},
+                {"provider": "openai", "model": "gpt-us", "base_url": upstream.base_url}
+                | {"region": "us"},
+            ),
+        )
+        chat = inbound(platform)
+        body = json.loads(alias_body("fast")) | {"stream": True}
+        reply = await chat.complete(SERVICE, json.dumps(body).encode())
+        assert reply.stream is not None
+        events = [event async for event in reply.stream]
+        await chat.aclose()
+        assert failing.request_count == 1
+    assert upstream.request_count == 1
+    assert events[-1] == b"data: [DONE]\n\n"
+    assert len(events) > 1  # the answer's chunks, then [DONE]
+    assert upstream.requests[0]["model"] == "gpt-us"
+    async with platform.store.read("default") as session:
+        [event] = (
+            await session.execute(
+                select(_EVENTS).where(
+                    _EVENTS.c.trace_id == reply.trace_id, _EVENTS.c.action == "model.call"
+                )
+            )
+        ).all()
+    assert (event.outcome, event.details["deployment"]) == ("completed", "fast#1")
+    assert event.details["usage_missing"] is False
