@@ -250,6 +250,7 @@ async def _issue_key(settings: Settings) -> str:
 
 async def _profile(settings: Settings, key: str, calls: int) -> str:
     """``InboundChat.complete`` in this process under cProfile: the top 30 by cumulative time."""
+    from corral.costs import InboundCosts
     from corral.gateway.models import InboundChat
 
     platform = Platform(settings)
@@ -261,6 +262,7 @@ async def _profile(settings: Settings, key: str, calls: int) -> str:
         platform.tracing,
         quotas=platform.quotas,
         stage=settings.mcp_endpoint.stage,
+        costs=InboundCosts(platform.store, platform.quotas),
     )
     principal = await platform.identity.authenticate(f"Bearer {key}")
     body = json.dumps(BODY).encode()

@@ -9,10 +9,12 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,11 +28,13 @@ from sqlalchemy import Table, select
 from conftest import agent_document, register
 from corral.api import create_app
 from corral.audit._tables import AuditEventRow
+from corral.costs import ModelCallRow
 from corral.gateway.models import LOCAL_MODEL_ALIAS, LocalModelServer, local_provider
 from corral.observability._tables import SpanRow
 from corral.platform import Platform
 from corral.policy._tables import PolicyDecisionRow
 from corral.settings import Settings
+from corral.tenancy import Principal, set_quota
 from corral.testing import DEFAULT_USAGE, FakeChatUpstream, serve_in_thread
 
 pytestmark = pytest.mark.timeout(180)
@@ -351,9 +355,10 @@ async def test_models_lists_what_the_principal_may_use(live: LiveCorral) -> None
         service_models = [m.id async for m in sdk.models.list()]
     assert agent_models == ["openai/gpt-alt", "openai/gpt-test"]
     assert {m.owned_by for m in listed} == {"corral"}
-    # A service key: every model the tenant's contracts name, of a configured provider (the
-    # conftest agent's "scripted/test" has no provider here).
-    assert service_models == ["openai/gpt-alt", "openai/gpt-test"]
+    # A service key: the tenant's aliases (here the platform's "default") and every model the
+    # tenant's contracts name, of a configured provider (the conftest agent's "scripted/test"
+    # has no provider here).
+    assert service_models == ["default", "openai/gpt-alt", "openai/gpt-test"]
 
 
 async def test_openai_agents_sdk_runs_one_turn_through_corral(
@@ -484,3 +489,246 @@ async def test_an_agent_without_a_live_version_may_call_no_model(
         refused[agent] = cast(dict[str, Any], denied.value.body)["code"]
     assert refused == {"old-bot": "agent_retired", "ghost": "agent_not_at_stage"}
     assert upstream.request_count == 0
+
+
+# --- aliases over deployments, budgets and the cost ledger ---------------------------------------
+
+_CALLS = cast(Table, ModelCallRow.__table__)
+PRICES = {"input_usd_per_mtok": "1", "output_usd_per_mtok": "2", "cache_read_usd_per_mtok": "0.5"}
+"""The Model deployments' price override: DEFAULT_USAGE (12 in, 4 of them cached, 5 out) costs
+8 x 1 + 4 x 0.5 + 5 x 2 = 20 micro-dollars."""
+CALL_COST = "0.00002"
+HELLO: Any = [{"role": "user", "content": "hi"}]
+
+
+def fast_alias(eu: FakeChatUpstream, us: FakeChatUpstream) -> dict[str, Any]:
+    """Alias ``fast``: ``openai/gpt-eu`` in region eu (preferred: Corral runs in eu), then
+    ``openai/gpt-us`` in region us, each its own upstream, both with the price override."""
+    deployments = [
+        {"provider": "openai", "model": f"gpt-{region}", "base_url": upstream.base_url}
+        | {"region": region, "prices": PRICES}
+        for region, upstream in (("eu", eu), ("us", us))
+    ]
+    return {
+        "apiVersion": "corral.dev/v1",
+        "kind": "Model",
+        "metadata": {"name": "fast"},
+        "spec": {"description": "Fast model, EU first.", "deployments": deployments},
+    }
+
+
+@contextlib.asynccontextmanager
+async def alias_corral(
+    settings: Settings,
+    workspace: Path,
+    upstream: FakeChatUpstream,
+    eu: FakeChatUpstream,
+    us: FakeChatUpstream,
+    *documents: dict[str, Any],
+    **agent_spec: Any,
+) -> AsyncIterator[LiveCorral]:
+    """Corral in region eu with alias ``fast`` and agent ``alias-bot`` (default model ``fast``)."""
+    in_eu = with_upstream(settings, upstream).model_copy(update={"region": "eu"})
+    async with live_corral(in_eu, workspace, stage="dev") as live:
+        await register(
+            live.admin,
+            fast_alias(eu, us),
+            agent_document("alias-bot", model={"default": "fast"}, **agent_spec),
+            *documents,
+        )
+        yield live
+
+
+async def ledger(live: LiveCorral) -> list[Any]:
+    return await rows(live, select(_CALLS).order_by(_CALLS.c.created_at))
+
+
+async def failovers(live: LiveCorral) -> list[Any]:
+    query = select(_EVENTS).where(_EVENTS.c.action == "model.failover").order_by(_EVENTS.c.seq)
+    return await rows(live, query)
+
+
+async def test_an_alias_fails_over_to_its_next_deployment_and_the_failover_is_audited(
+    settings: Settings, workspace: Path, upstream: FakeChatUpstream
+) -> None:
+    with FakeChatUpstream(status=500) as eu, FakeChatUpstream() as us:
+        async with alias_corral(settings, workspace, upstream, eu, us) as live:
+            key = await live.agent_key("alias-bot")
+            async with client(live, key) as sdk:
+                reply = await sdk.chat.completions.create(model="fast", messages=HELLO)
+                listed = [m.id async for m in sdk.models.list()]
+            [failover] = await failovers(live)
+            [event] = await model_events(live)
+            [row] = await ledger(live)
+    assert reply.choices[0].message.content == "Hello from the fake upstream."
+    assert listed == ["fast"]  # the agent's contract names the alias only
+    assert (eu.request_count, us.request_count) == (1, 1)
+    assert (eu.requests[0]["model"], us.requests[0]["model"]) == ("gpt-eu", "gpt-us")
+    assert (failover.outcome, failover.subject, failover.trace_id) == (
+        "failed",
+        "model:fast",
+        event.trace_id,
+    )
+    assert failover.details["deployment"] == "fast#0"
+    assert failover.details["served_by"] == "fast#1"
+    assert "HTTP 500" in failover.details["error"]
+    assert (event.outcome, event.details["deployment"], event.details["region"]) == (
+        "completed",
+        "fast#1",
+        "us",
+    )
+    assert (row.deployment, row.region, row.model) == ("fast#1", "us", "gpt-us")
+
+
+async def test_a_data_residency_agent_never_reaches_another_region(
+    settings: Settings, workspace: Path, upstream: FakeChatUpstream
+) -> None:
+    with FakeChatUpstream(status=500) as eu, FakeChatUpstream() as us:
+        async with alias_corral(
+            settings, workspace, upstream, eu, us, data_residency=["eu"]
+        ) as live:
+            key = await live.agent_key("alias-bot")
+            async with client(live, key) as sdk:
+                with pytest.raises(openai.APIStatusError) as failed:
+                    await sdk.chat.completions.create(model="fast", messages=HELLO)
+            outcomes = [(e.outcome, e.details["deployment"]) for e in await failovers(live)]
+            [event] = await model_events(live)
+    assert failed.value.status_code == 502
+    assert (eu.request_count, us.request_count) == (1, 0)  # no failover out of the EU
+    assert outcomes == [("outside_residency", "fast#1"), ("failed", "fast#0")]
+    assert event.outcome == "failed"
+
+
+async def test_a_deployment_denied_by_policy_receives_no_request(
+    settings: Settings, workspace: Path, upstream: FakeChatUpstream
+) -> None:
+    no_eu = {
+        "apiVersion": "corral.dev/v1",
+        "kind": "Policy",
+        "metadata": {"name": "no-eu-deployment"},
+        "spec": {
+            "description": "Not the EU deployment.",
+            "cedar": '@id("no-eu")\nforbid (principal, action == Action::"model.call", '
+            'resource == Model::"openai/gpt-eu")\n'
+            'when { context has region && context.region == "eu" };\n',
+        },
+    }
+    with FakeChatUpstream() as eu, FakeChatUpstream() as us:
+        async with alias_corral(settings, workspace, upstream, eu, us, no_eu) as live:
+            key = await live.key("service:byo", "builder")
+            async with client(live, key) as sdk:
+                await sdk.chat.completions.create(model="fast", messages=HELLO)
+                with pytest.raises(openai.NotFoundError) as unknown:
+                    await sdk.chat.completions.create(model="fastest", messages=HELLO)
+                listed = [m.id async for m in sdk.models.list()]
+            [failover] = await failovers(live)
+            [event] = await model_events(live)
+            decisions = await rows(
+                live, select(_DECISIONS).where(_DECISIONS.c.action == "model.call")
+            )
+    assert (eu.request_count, us.request_count) == (0, 1)
+    assert (failover.outcome, failover.details["deployment"]) == ("denied", "fast#0")
+    # An unknown alias is a 404 naming the tenant's aliases; a service key lists them.
+    body = cast(dict[str, Any], unknown.value.body)
+    assert {"default", "fast"} <= set(body["known"])
+    assert "'fastest' is not known" in body["message"]
+    assert {"default", "fast"} <= set(listed)
+    assert event.details["deployment"] == "fast#1"
+    assert sorted(d.decision for d in decisions) == ["allow", "deny"]
+
+
+async def test_sdk_calls_are_in_the_cost_ledger_by_agent(
+    settings: Settings, workspace: Path, upstream: FakeChatUpstream
+) -> None:
+    with FakeChatUpstream() as eu, FakeChatUpstream() as us:
+        async with alias_corral(settings, workspace, upstream, eu, us) as live:
+            key = await live.agent_key("alias-bot")
+            async with client(live, key) as sdk:
+                await sdk.chat.completions.create(model="fast", messages=HELLO)
+                chunks = [
+                    chunk
+                    async for chunk in await sdk.chat.completions.create(
+                        model="fast", messages=HELLO, stream=True
+                    )
+                ]
+            reader = await live.key("service:finance", "viewer")
+            async with httpx.AsyncClient(base_url=live.url) as http:
+                report = await http.get(
+                    "/v1/costs",
+                    params={"by": "agent"},
+                    headers={"Authorization": f"Bearer {reader}"},
+                )
+            calls = await ledger(live)
+            events = await model_events(live)
+    assert chunks and all(c.usage is None for c in chunks)  # the client asked for no usage
+    assert report.status_code == 200, report.text
+    [group] = report.json()["groups"]
+    assert (group["key"], group["calls"], group["input_tokens"], group["output_tokens"]) == (
+        "alias-bot",
+        2,
+        24,
+        10,
+    )
+    assert Decimal(group["cost_usd"]) == 2 * Decimal(CALL_COST)
+    assert group["usage_missing_calls"] == 0
+    for row in calls:  # the JSON call, then the stream: its usage chunk metered
+        assert (row.run_id, row.agent, row.principal) == (None, "alias-bot", "agent:alias-bot")
+        assert (row.alias, row.deployment, row.region) == ("fast", "fast#0", "eu")
+        assert (row.input_tokens, row.output_tokens, row.cache_read_tokens) == (12, 5, 4)
+        assert row.cost_usd == Decimal(CALL_COST)
+        assert row.usage_missing is False
+    assert [e.details["cost_usd"] for e in events] == [CALL_COST, CALL_COST]
+    assert [e.details["stream"] for e in events] == [False, True]
+
+
+async def test_an_exhausted_tenant_cost_quota_is_429_with_figures_and_no_upstream_call(
+    settings: Settings, workspace: Path, upstream: FakeChatUpstream
+) -> None:
+    admin = Principal(id="user:test", tenant_id="default", roles=frozenset({"admin"}), kind="user")
+    with FakeChatUpstream() as eu, FakeChatUpstream() as us:
+        async with alias_corral(settings, workspace, upstream, eu, us) as live:
+            await set_quota(live.admin.store, admin, name="cost_usd_per_day", limit="0.001")
+            key = await live.agent_key("alias-bot")
+            async with client(live, key) as sdk:
+                with pytest.raises(openai.RateLimitError) as refused:
+                    await sdk.chat.completions.create(model="fast", messages=HELLO)
+            [event] = await model_events(live)
+            calls = await ledger(live)
+    assert (eu.request_count, us.request_count) == (0, 0)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert (error["code"], error["limit"], error["limit_usd"], error["spent_usd"]) == (
+        "budget_exceeded",
+        "quota:cost_usd_per_day",
+        "0.001",
+        "0",
+    )
+    # No max_tokens: 4096 output tokens at 2 USD/Mtok, plus the prompt estimate.
+    assert Decimal(error["reservation_usd"]) > Decimal("0.008192")
+    assert event.outcome == "budget_exceeded"
+    assert calls == []
+
+
+async def test_an_agent_daily_budget_refuses_the_call_that_would_exceed_it(
+    settings: Settings, workspace: Path, upstream: FakeChatUpstream
+) -> None:
+    with FakeChatUpstream() as eu, FakeChatUpstream() as us:
+        async with alias_corral(
+            settings, workspace, upstream, eu, us, limits={"max_cost_usd_per_day": "0.0001"}
+        ) as live:
+            key = await live.agent_key("alias-bot")
+            async with client(live, key) as sdk:
+                # 30 output tokens at most: 60 micro-dollars + the prompt estimate fit.
+                await sdk.chat.completions.create(model="fast", messages=HELLO, max_tokens=30)
+                with pytest.raises(openai.RateLimitError) as refused:
+                    await sdk.chat.completions.create(model="fast", messages=HELLO)
+            calls = await ledger(live)
+    assert (eu.request_count, us.request_count) == (1, 0)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert (error["limit"], error["limit_usd"], error["spent_usd"]) == (
+        "max_cost_usd_per_day",
+        "0.0001",
+        CALL_COST,  # the first call's settled cost; its reservation was released
+    )
+    assert [row.cost_usd for row in calls] == [Decimal(CALL_COST)]

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from corral.api._errors import status_for
+from corral.costs import InboundCosts
 from corral.errors import CorralError, Forbidden, NotFound, QuotaExceeded, Unauthorized
 from corral.gateway.models import InboundChat
 from corral.platform import Platform
@@ -87,6 +88,7 @@ class OpenAICompatEndpoint:
             platform.tracing,
             quotas=platform.quotas,
             stage=platform.settings.mcp_endpoint.stage,
+            costs=InboundCosts(platform.store, platform.quotas),
         )
 
     @property

@@ -16,6 +16,7 @@ from corral.costs._budgets import (
     release_reservations,
     reserve_budget,
 )
+from corral.costs._inbound import InboundCosts
 from corral.costs._service import (
     COST_GROUPINGS,
     Budgets,
@@ -38,6 +39,7 @@ __all__ = [
     "Budgets",
     "CostGroup",
     "CostGrouping",
+    "InboundCosts",
     "ModelCall",
     "ModelCallRow",
     "Reservation",

@@ -18,10 +18,17 @@ from conftest import register
 from corral.api.openai_compat import openai_error
 from corral.audit import verify_chain
 from corral.audit._tables import AuditEventRow
-from corral.errors import BudgetExceeded, ModelAPIError, PolicyDenied, QuotaExceeded
+from corral.errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    ModelAPIError,
+    PolicyDenied,
+    QuotaExceeded,
+)
 from corral.gateway.models import (
-    ChatCompletionsRequest,
+    DeploymentBreakers,
     InboundChat,
+    RecordWriter,
     Reservation,
     Served,
     Usage,
@@ -144,14 +151,18 @@ class RecordingCosts:
         self.calls: list[tuple[str, Any]] = []
 
     async def reserve(
-        self, principal: Principal, served: Served, request: ChatCompletionsRequest
+        self,
+        principal: Principal,
+        *,
+        amount_usd: Decimal | None,
+        agent_day_usd: Decimal | None,
     ) -> Reservation:
         if self.refuse:
             raise BudgetExceeded(
                 "tenant-day budget 1.00 USD: 0.99 spent, 0.05 reserved for this call",
                 limit="cost_usd_per_day",
             )
-        self.calls.append(("reserve", (served.alias, request.max_output_tokens)))
+        self.calls.append(("reserve", (amount_usd, agent_day_usd)))
         return Reservation(Decimal("0.05"), handle="r1")
 
     async def release(self, reservation: Reservation) -> None:
@@ -164,10 +175,11 @@ class RecordingCosts:
         principal: Principal,
         served: Served,
         usage: Usage | None,
+        cost_usd: Decimal | None,
         trace_id: str,
-    ) -> Decimal | None:
-        self.calls.append(("settle", usage))
-        return Decimal("0.0123")
+    ) -> RecordWriter | None:
+        self.calls.append(("settle", (usage, cost_usd)))
+        return None
 
 
 async def test_costs_are_reserved_before_and_settled_after(
@@ -178,14 +190,14 @@ async def test_costs_are_reserved_before_and_settled_after(
     reply = await chat.complete(SERVICE, BODY)
     await chat.aclose()
     assert costs.calls == [
-        ("reserve", ("openai/gpt-test", None)),
-        ("settle", Usage(12, 5, cache_read_tokens=4, reasoning_tokens=2)),
+        ("reserve", (None, None)),  # gpt-test has no price
+        ("settle", (Usage(12, 5, cache_read_tokens=4, reasoning_tokens=2), None)),
     ]
     async with platform.store.read("default") as session:
         [event] = (
             await session.execute(select(_EVENTS).where(_EVENTS.c.trace_id == reply.trace_id))
         ).all()
-    assert event.details["cost_usd"] == "0.0123"
+    assert "cost_usd" not in event.details  # unpriced
 
 
 async def test_a_budget_refusal_reaches_no_upstream(
@@ -252,3 +264,111 @@ def test_errors_have_openai_shape_status_and_figures() -> None:
     upstream = openai_error(ModelAPIError("upstream down", provider="openai"))
     assert upstream.status_code == 502
     assert json.loads(bytes(upstream.body))["error"]["type"] == "api_error"
+
+
+def alias_document(name: str, *deployments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "corral.dev/v1",
+        "kind": "Model",
+        "metadata": {"name": name},
+        "spec": {"description": f"The {name} alias.", "deployments": list(deployments)},
+    }
+
+
+def alias_body(model: str) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+async def test_an_anthropic_deployment_is_skipped_when_another_can_serve(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    openai_deployment = {"provider": "openai", "model": "gpt-test", "base_url": upstream.base_url}
+    claude = {"provider": "anthropic", "model": "claude-test"}
+    await register(
+        platform,
+        alias_document("mixed", claude, openai_deployment, claude),
+        alias_document("claude-only", claude),
+    )
+    chat = inbound(platform)
+    replies = [await chat.complete(SERVICE, alias_body("mixed")) for _ in range(3)]
+    with pytest.raises(InvalidRequest) as refused:
+        await chat.complete(SERVICE, alias_body("claude-only"))
+    await chat.aclose()
+    assert all(reply.content is not None for reply in replies)
+    assert upstream.request_count == 3
+    assert {r["model"] for r in upstream.requests} == {"gpt-test"}
+    assert refused.value.code == "model_not_passthrough"
+    assert "'claude-only'" in refused.value.message
+
+
+async def test_an_open_breaker_keeps_calls_from_a_failing_deployment(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    now = [0.0]
+    platform.models.breakers = DeploymentBreakers(1, 30.0, clock=lambda: now[0])
+    platform.models.region = "eu"  # the failing eu deployment is preferred
+    with FakeChatUpstream(status=503) as failing:
+        await register(
+            platform,
+            alias_document(
+                "fast",
+                {"provider": "openai", "model": "gpt-eu", "base_url": failing.base_url}
+                | {"region": "eu"},
+                {"provider": "openai", "model": "gpt-us", "base_url": upstream.base_url}
+                | {"region": "us"},
+            ),
+        )
+        chat = inbound(platform)
+        await chat.complete(SERVICE, alias_body("fast"))  # eu fails: the breaker opens
+        await chat.complete(SERVICE, alias_body("fast"))  # eu skipped
+        now[0] = 31.0
+        await chat.complete(SERVICE, alias_body("fast"))  # half-open: one trial, fails
+        await chat.aclose()
+        assert failing.request_count == 2
+    assert upstream.request_count == 3
+    async with platform.store.read("default") as session:
+        outcomes = [
+            row.outcome
+            for row in await session.execute(
+                select(_EVENTS).where(_EVENTS.c.action == "model.failover").order_by(_EVENTS.c.seq)
+            )
+        ]
+    assert outcomes == ["failed", "circuit_open", "failed"]
+
+
+async def test_a_stream_fails_over_while_it_is_being_opened(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    platform.models.region = "eu"
+    with FakeChatUpstream(status=502) as failing:
+        await register(
+            platform,
+            alias_document(
+                "fast",
+                {"provider": "openai", "model": "gpt-eu", "base_url": failing.base_url}
+                | {"region": "eu"},
+                {"provider": "openai", "model": "gpt-us", "base_url": upstream.base_url}
+                | {"region": "us"},
+            ),
+        )
+        chat = inbound(platform)
+        body = json.loads(alias_body("fast")) | {"stream": True}
+        reply = await chat.complete(SERVICE, json.dumps(body).encode())
+        assert reply.stream is not None
+        events = [event async for event in reply.stream]
+        await chat.aclose()
+        assert failing.request_count == 1
+    assert upstream.request_count == 1
+    assert events[-1] == b"data: [DONE]\n\n"
+    assert len(events) > 1  # the answer's chunks, then [DONE]
+    assert upstream.requests[0]["model"] == "gpt-us"
+    async with platform.store.read("default") as session:
+        [event] = (
+            await session.execute(
+                select(_EVENTS).where(
+                    _EVENTS.c.trace_id == reply.trace_id, _EVENTS.c.action == "model.call"
+                )
+            )
+        ).all()
+    assert (event.outcome, event.details["deployment"]) == ("completed", "fast#1")
+    assert event.details["usage_missing"] is False

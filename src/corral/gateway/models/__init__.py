@@ -55,6 +55,7 @@ from corral.gateway.models._inbound import (
     InboundReply,
     ModelCallCosts,
     NoCosts,
+    RecordWriter,
     Reservation,
 )
 from corral.gateway.models._local import (
@@ -119,6 +120,7 @@ __all__ = [
     "NoCosts",
     "OpenAICompatibleProvider",
     "Price",
+    "RecordWriter",
     "Reservation",
     "ResponseCache",
     "RetryPolicy",

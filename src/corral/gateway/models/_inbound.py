@@ -4,15 +4,21 @@ An agent built with any framework (the OpenAI Agents SDK, LangGraph, plain code)
 OpenAI client at Corral and authenticates with its agent key (or a service key). Each call
 (:meth:`InboundChat.complete`) is one governed ``model.call``:
 
-resolve the model name (:meth:`InboundChat.resolve`: ``provider/model`` through the model
-gateway's providers; a name the principal may not use is refused) -> budget reservation
-(:class:`ModelCallCosts`, a no-op until the costs domain is wired in) -> the ``model.call``
-decision (:meth:`corral.policy.Governance.authorize`, ``estimated_cost_usd`` = the
-reservation) -> the tenant's model quotas -> the raw OpenAI-wire call
+resolve the model name (:meth:`InboundChat.resolve`: an alias through the model gateway's
+catalog, or ``provider/model``; deployments outside an agent's ``data_residency`` dropped, the
+rest in the gateway's routing order; a name the principal may not use is refused) -> budget
+reservation of the dearest deployment's pessimistic cost (:class:`ModelCallCosts`; the costs
+domain's ``InboundCosts``: the agent's and the tenant's daily budgets) -> the tenant's model
+quotas -> per deployment, in order: its breaker, the ``model.call`` decision
+(:meth:`corral.policy.Governance.authorize`, with ``region`` and ``deployment`` in the context
+and ``estimated_cost_usd`` = the reservation), the raw OpenAI-wire call
 (:class:`~corral.gateway.models._passthrough.WireChat`: the body as sent, tools included;
-Corral never executes the agent's tools) -> usage (streaming: the upstream's last chunk, asked
-for with ``stream_options.include_usage``) -> settle the reservation -> the decision row, the
-``model.call`` audit event and the ``chat {model}`` span, in one transaction of their own.
+Corral never executes the agent's tools); a retryable failure (5xx, 429, timeout, connection)
+moves on to the next deployment, for a stream only while it is being opened -> usage
+(streaming: the upstream's last chunk, asked for with ``stream_options.include_usage``) -> the
+cost (the deployment's price override first) -> the decision rows, the ``model.failover``
+events of the deployments passed over, the ``model.call`` audit event, the ``chat {model}``
+span and the ``model_calls`` ledger row (settling the reservation), in one transaction.
 
 A refused call (policy, quota, budget) reaches no upstream and still leaves its decision and
 audit event. An upstream failure leaves a ``failed`` audit event and an error span.
@@ -21,11 +27,13 @@ audit event. An upstream failure leaves a ``failed`` audit event and an error sp
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Literal, Protocol, cast
 
 import pydantic_core
@@ -42,14 +50,18 @@ from corral.errors import (
     Forbidden,
     InvalidRequest,
     ModelAPIError,
+    ModelPriceUnknown,
     NotFound,
     PolicyDenied,
     QuotaExceeded,
 )
-from corral.gateway.models._base import Served, Usage
-from corral.gateway.models._gateway import ModelGateway
+from corral.gateway.models._base import Attempt, Price, Served, Usage
+from corral.gateway.models._gateway import FAILOVERS, ModelGateway
 from corral.gateway.models._local import LOCAL_MODEL_ALIAS
 from corral.gateway.models._passthrough import WireChat, WireStream, usage_of
+from corral.gateway.models._pricing import model_price, price_call, settings_override
+from corral.gateway.models._resilience import counts_as_failure
+from corral.gateway.models._routing import Deployment, route
 from corral.observability import SpanRow, Tracing, new_trace_id
 from corral.policy import (
     Authorization,
@@ -64,7 +76,7 @@ from corral.policy import (
     principal_ref,
 )
 from corral.registry import AgentRow, AgentVersionRow, StageBindingRow, load_stage_agent
-from corral.store import Store
+from corral.store import PICO, Store
 from corral.tenancy import Principal, Quotas
 
 __all__ = [
@@ -73,6 +85,7 @@ __all__ = [
     "InboundReply",
     "ModelCallCosts",
     "NoCosts",
+    "RecordWriter",
     "Reservation",
 ]
 
@@ -89,6 +102,12 @@ _STAGE_DOCUMENTS = (
 )
 
 log = logging.getLogger(__name__)
+
+_BYTES_PER_TOKEN = 3
+"""Body bytes per estimated prompt token (an upper bound; ``corral.costs`` uses the same)."""
+_DEFAULT_MAX_OUTPUT_TOKENS = 4096
+"""Output tokens assumed without a cap (as ``corral.costs.DEFAULT_MAX_OUTPUT_TOKENS``)."""
+_MTOK = Decimal(1_000_000)
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -146,29 +165,46 @@ class Reservation:
 
     Attributes:
         estimated_cost_usd: The pessimistic estimate reserved, in US dollars (the
-            ``estimated_cost_usd`` of the ``model.call`` decision).
+            ``estimated_cost_usd`` of the ``model.call`` decisions), or ``None`` when the
+            model has no price.
         handle: The costs domain's own reference to the reservation.
     """
 
-    estimated_cost_usd: Decimal = Decimal(0)
+    estimated_cost_usd: Decimal | None = Decimal(0)
     handle: Any = None
+
+
+RecordWriter = Callable[[Connection], None]
+"""Writes run in the call's record transaction (with its decisions, audit events and span)."""
 
 
 class ModelCallCosts(Protocol):
     """Budgets and cost records of inbound model calls ("reserve before, record after").
 
-    The costs domain implements it (``corral.costs``: budgets with reservations, one cost
-    row per call); :class:`NoCosts` is the default until it is wired in.
+    The costs domain implements it (``corral.costs.InboundCosts``: daily budgets with
+    reservations, one ``model_calls`` row per call); :class:`NoCosts` reserves and records
+    nothing. :class:`InboundChat` prices the call (it knows the deployments and the body).
     """
 
     async def reserve(
-        self, principal: Principal, served: Served, request: ChatCompletionsRequest
+        self,
+        principal: Principal,
+        *,
+        amount_usd: Decimal | None,
+        agent_day_usd: Decimal | None,
     ) -> Reservation:
         """Reserve a pessimistic estimate of the call before it is made.
+
+        Args:
+            principal: Who makes the call.
+            amount_usd: The estimate (the dearest deployment that may serve it), or
+                ``None`` when a deployment has no price.
+            agent_day_usd: The agent's ``limits.max_cost_usd_per_day`` (agent keys).
 
         Raises:
             corral.errors.BudgetExceeded: a budget would be exceeded (HTTP 429 with the
                 figures); the call is not made.
+            corral.errors.ModelPriceUnknown: a budget applies and the model has no price.
         """
         ...
 
@@ -183,20 +219,22 @@ class ModelCallCosts(Protocol):
         principal: Principal,
         served: Served,
         usage: Usage | None,
+        cost_usd: Decimal | None,
         trace_id: str,
-    ) -> Decimal | None:
-        """Record the call's cost and settle the reservation with the real usage.
+    ) -> RecordWriter | None:
+        """The call's ledger row and the reservation's release, to write with its record.
 
         Args:
             reservation: What :meth:`reserve` returned.
             principal: Who made the call.
             served: The deployment that answered.
             usage: The upstream's usage; ``None`` when it sent none or a malformed stream
-                (bill the reservation and flag the row).
+                (the row is flagged; ``cost_usd`` is then the reservation).
+            cost_usd: The call's cost in US dollars, or ``None`` when not priced.
             trace_id: The call's trace (its ``chat`` span and audit event).
 
         Returns:
-            The call's cost in US dollars, or ``None`` when not priced.
+            What to write in the call's record transaction, or ``None``.
         """
         ...
 
@@ -205,10 +243,14 @@ class NoCosts:
     """:class:`ModelCallCosts` that reserves nothing and records nothing."""
 
     async def reserve(
-        self, principal: Principal, served: Served, request: ChatCompletionsRequest
+        self,
+        principal: Principal,
+        *,
+        amount_usd: Decimal | None,
+        agent_day_usd: Decimal | None,
     ) -> Reservation:
-        """Reserve nothing."""
-        return Reservation()
+        """Reserve nothing (the estimate is still the decisions' ``estimated_cost_usd``)."""
+        return Reservation(amount_usd)
 
     async def release(self, reservation: Reservation) -> None:
         """Nothing to release."""
@@ -220,9 +262,10 @@ class NoCosts:
         principal: Principal,
         served: Served,
         usage: Usage | None,
+        cost_usd: Decimal | None,
         trace_id: str,
-    ) -> Decimal | None:
-        """Record nothing; not priced."""
+    ) -> RecordWriter | None:
+        """Record nothing."""
         return None
 
 
@@ -244,6 +287,9 @@ class InboundReply:
 
 @dataclass(frozen=True)
 class _Target:
+    """One deployment a call may go to, and its raw-wire client."""
+
+    deployment: Deployment
     served: Served
     wire: WireChat
 
@@ -257,9 +303,10 @@ class _Call:
     span: Span
     served: Served | None = None
     stream: bool = False
-    decision: DecisionRow | None = None
+    decisions: list[DecisionRow] = field(default_factory=list)
     decision_id: str | None = None
     reservation: Reservation | None = None
+    attempts: list[Attempt] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -268,7 +315,8 @@ class InboundChat:
 
     Args:
         store: Where decisions, audit events and spans are written.
-        models: The model gateway; its providers serve ``provider/model`` names.
+        models: The model gateway: its catalog resolves aliases, its providers, breakers,
+            region and rng serve and order the deployments.
         governance: Decides ``model.call``.
         tracing: Where ``chat`` spans go (stored with each call's audit event).
         quotas: The tenant's model quotas (``model_tokens_per_day``, ``cost_usd_per_day``);
@@ -328,16 +376,18 @@ class InboundChat:
         """The model names ``principal`` may use, sorted (``GET /v1/models``).
 
         An agent key: its contract's ``model.default``, ``allowed`` and ``fallback`` (at the
-        endpoint's stage) whose provider is configured. Another principal: every model named
-        by the tenant's agent contracts at that stage, plus the embedded model. Only models of
-        a configured OpenAI-compatible provider are listed (any ``provider/model`` name of one
-        may be asked for as well).
+        endpoint's stage) that are an alias of the tenant (``Model`` documents, or the
+        platform's default set) or a ``provider/model`` of a configured OpenAI-compatible
+        provider. Another principal: every alias of the tenant, plus every model named by the
+        tenant's agent contracts at that stage and the embedded model (any ``provider/model``
+        name of a configured provider may be asked for as well).
         """
         configured = {
             name
             for name, provider in self.models.providers.items()
             if hasattr(provider, "wire_endpoint")  # can take a raw OpenAI-wire call
         }
+        aliases = await self._aliases(principal.tenant_id)
         agent = _agent_of(principal)
         if agent is not None:
             spec = await self._spec(principal.tenant_id, agent)
@@ -345,7 +395,19 @@ class InboundChat:
         else:
             names = await self._tenant_models(principal.tenant_id)
             names.add(f"local/{LOCAL_MODEL_ALIAS}")
-        return sorted(name for name in names if name.partition("/")[0] in configured)
+            names |= aliases
+        return sorted(
+            name
+            for name in names
+            if (name in aliases if "/" not in name else name.partition("/")[0] in configured)
+        )
+
+    async def _aliases(self, tenant_id: str) -> set[str]:
+        """The tenant's aliases (its ``Model`` documents and the platform's default set)."""
+        aliases = getattr(self.models.catalog, "aliases", None)
+        if aliases is None:  # a resolver without a listing
+            return set()
+        return set(await aliases(tenant_id))
 
     async def _tenant_models(self, tenant_id: str) -> set[str]:
         def read(connection: Connection) -> list[Any]:
@@ -380,53 +442,210 @@ class InboundChat:
 
     # --- resolution ---------------------------------------------------------------------------
 
-    def resolve(self, name: str, known: Callable[[], list[str]]) -> _Target:
-        """The deployment serving model ``name`` and its raw-wire client.
+    async def resolve(
+        self,
+        tenant_id: str,
+        name: str,
+        known: Callable[[], list[str]],
+        *,
+        residency: Sequence[str] | None = None,
+        list_aliases: bool = True,
+    ) -> tuple[list[_Target], list[Attempt]]:
+        """The deployments that may serve model ``name``, in the order to try, with clients.
 
-        The one place model names are resolved: ``provider/model`` through the gateway's
-        providers today (an alias resolver replaces it when the gateway has one).
+        ``provider/model`` is its own deployment; an alias resolves through the model
+        gateway's catalog (the tenant's ``Model`` documents, then the platform's default set).
+        Deployments outside ``residency`` are dropped; the rest are ordered as the gateway
+        orders them (region preference, weighted among healthy ones, open breakers last).
+        Deployments that cannot take a raw OpenAI-wire call (Anthropic) are skipped when
+        another one can serve.
 
         Args:
+            tenant_id: The caller's tenant.
             name: The requested model.
-            known: The names to list when ``name`` is unknown.
+            known: The ``provider/model`` names to list when ``name`` is unknown.
+            residency: Regions the deployments must be in (an agent's ``data_residency``).
+            list_aliases: Name the tenant's aliases when ``name`` is unknown (not for an
+                agent key: ``known`` lists its contract's models).
+
+        Returns:
+            ``(targets in the order to try, deployments dropped by residency)``.
 
         Raises:
-            NotFound: no configured provider serves ``name`` (``known`` lists what does).
-            InvalidRequest: the provider is not OpenAI-compatible (code
+            NotFound: an unknown alias, or a provider that is not configured (the message
+                lists the aliases and models the caller may use).
+            InvalidRequest: no deployment is OpenAI-compatible (code
                 ``model_not_passthrough``).
+            Forbidden: every deployment is outside ``residency`` (code
+                ``model_outside_residency``).
+            ModelAPIError: the deployment's provider could not start, or its key cannot be
+                resolved.
         """
         provider_name, sep, model = name.partition("/")
-        provider = self.models.providers.get(provider_name) if sep and model else None
-        if provider is None:
-            listed = known()
-            raise NotFound(
-                f"Model {name!r} is not known to Corral. Models you may use: "
-                f"{', '.join(listed) or 'none'} (GET /v1/models lists them; names are "
-                f"'provider/model' with a configured provider: "
-                f"{', '.join(sorted(self.models.providers)) or 'none'}).",
-                kind="model",
-                name=name,
-                known=listed,
+        if sep:
+            if not model or provider_name not in self.models.providers:
+                raise await self._unknown(tenant_id, name, known, list_aliases)
+            deployments = [Deployment(alias=name, name=name, provider=provider_name, model=model)]
+        else:
+            try:
+                deployments = await self.models.catalog.resolve(tenant_id, name)
+            except NotFound:
+                raise await self._unknown(tenant_id, name, known, list_aliases) from None
+        breakers = self.models.breakers
+        ordered, dropped = route(
+            deployments,
+            region=self.models.region,
+            residency=residency,
+            healthy=lambda d: breakers.state(d.breaker_key) != "open",
+            rng=self.models.rng,
+        )
+        if not ordered:
+            raise Forbidden(
+                f"Model {name!r} has no deployment in the agent's data_residency "
+                f"{list(residency or [])}: {'; '.join(a.error for a in dropped)}. Add a "
+                "deployment in an allowed region to the Model document, or use another model.",
+                code="model_outside_residency",
             )
-        cached = self._wires.get(provider_name)
-        if cached is None or cached[0] is not provider:
+        targets: list[_Target] = []
+        refusal: CorralError | None = None
+        for deployment in ordered:
+            try:
+                wire = await self._wire(deployment, tenant_id)
+            except (InvalidRequest, ModelAPIError) as exc:
+                refusal = refusal or exc
+                continue
+            targets.append(_Target(deployment, deployment.served(), wire))
+        if not targets:
+            assert refusal is not None
+            raise refusal
+        return targets, dropped
+
+    async def _unknown(
+        self, tenant_id: str, name: str, known: Callable[[], list[str]], list_aliases: bool
+    ) -> NotFound:
+        aliases = sorted(await self._aliases(tenant_id)) if list_aliases else []
+        listed = sorted({*aliases, *known()})
+        return NotFound(
+            f"Model {name!r} is not known to Corral. Models you may use: "
+            f"{', '.join(listed) or 'none'} (GET /v1/models lists them; names are an alias "
+            f"({', '.join(aliases) or 'none'}) or 'provider/model' with a configured provider: "
+            f"{', '.join(sorted(self.models.providers)) or 'none'}).",
+            kind="model",
+            name=name,
+            known=listed,
+        )
+
+    async def _wire(self, deployment: Deployment, tenant_id: str) -> WireChat:
+        """The raw-wire client of a deployment (its own endpoint and key, or its provider's).
+
+        Raises:
+            InvalidRequest: the deployment is not OpenAI-compatible (``model_not_passthrough``).
+            ModelAPIError: its provider could not start or is not configured, or its key
+                cannot be resolved.
+        """
+        provider_name = deployment.provider
+        if deployment.base_url is None and deployment.api_key is None:
+            provider = self.models.providers.get(provider_name)
+            cached = self._wires.get(provider_name)
+            if cached is not None and cached[0] is provider:
+                return cached[1]
             endpoint = getattr(provider, "wire_endpoint", None)
             if endpoint is None:
                 reason = getattr(provider, "reason", None)
                 if isinstance(reason, str):  # a provider that could not start says why
                     raise ModelAPIError(reason, provider=provider_name)
-                raise InvalidRequest(
-                    f"Model {name!r} is served by provider {provider_name!r}, which does not "
-                    "speak the OpenAI chat completions wire format, so /v1/chat/completions "
-                    "cannot pass calls to it; use a model of an OpenAI-compatible provider "
-                    "(GET /v1/models), or run the agent on Corral.",
-                    code="model_not_passthrough",
-                )
+                if provider is None and provider_name != "anthropic":
+                    raise ModelAPIError(
+                        f"Deployment {deployment.name!r}: model provider {provider_name!r} is "
+                        f"not configured; configured: "
+                        f"{', '.join(sorted(self.models.providers)) or 'none'}.",
+                        provider=provider_name,
+                    )
+                raise self._not_passthrough(deployment)
             base_url, api_key, timeout = endpoint()
-            cached = (provider, WireChat(provider_name, base_url, api_key, timeout_seconds=timeout))
-            self._wires[provider_name] = cached
-        served = Served(alias=name, deployment=name, provider=provider_name, model=model)
-        return _Target(served, cached[1])
+            wire = WireChat(provider_name, base_url, api_key, timeout_seconds=timeout)
+            self._wires[provider_name] = (provider, wire)
+            return wire
+        if provider_name == "anthropic" or deployment.base_url is None:
+            # Anthropic speaks its own wire; a key without an endpoint is its provider's API.
+            raise self._not_passthrough(deployment)
+        key: str | None = None
+        if deployment.api_key is not None:
+            secrets = self.models.secrets
+            if secrets is None:
+                raise ModelAPIError(
+                    f"Deployment {deployment.name!r} references {deployment.api_key} but the "
+                    "model gateway has no credential broker; configure one.",
+                    provider=provider_name,
+                )
+            try:
+                key = await secrets(tenant_id, deployment.api_key)
+            except CorralError as exc:
+                raise ModelAPIError(
+                    f"Deployment {deployment.name!r}: its api_key {deployment.api_key} cannot "
+                    f"be resolved: {exc.message}",
+                    provider=provider_name,
+                ) from exc
+        timeout = deployment.timeout_seconds or 120.0
+        digest = hashlib.sha256((key or "").encode()).hexdigest()
+        cache_key = f"{provider_name}|{deployment.base_url}|{digest}|{timeout}"
+        cached = self._wires.get(cache_key)
+        if cached is None:
+            wire = WireChat(provider_name, deployment.base_url, key, timeout_seconds=timeout)
+            cached = self._wires[cache_key] = (None, wire)
+        return cached[1]
+
+    def _not_passthrough(self, deployment: Deployment) -> InvalidRequest:
+        return InvalidRequest(
+            f"Model {deployment.alias!r} is served by provider {deployment.provider!r} "
+            f"(deployment {deployment.name!r}), which does not speak the OpenAI chat "
+            "completions wire format, so /v1/chat/completions cannot pass calls to it; use a "
+            "model of an OpenAI-compatible provider (GET /v1/models), or run the agent on Corral.",
+            code="model_not_passthrough",
+        )
+
+    # --- pricing ------------------------------------------------------------------------------
+
+    def _override(self, served: Served) -> Price | None:
+        if served.price is not None:
+            return served.price
+        prices = self.quotas.settings.model_prices if self.quotas is not None else {}
+        return settings_override(prices, served.provider, served.model) if prices else None
+
+    def _estimate(
+        self, targets: list[_Target], request: ChatCompletionsRequest, size: int
+    ) -> Decimal | None:
+        """The call's pessimistic cost at its dearest deployment; ``None``: one is unpriced.
+
+        Every byte of the body counts as a third of a prompt token (an upper bound for BPE
+        tokenizers, as ``corral.costs.estimate_input_tokens``), plus every output token the
+        call may generate at the output rate.
+        """
+        input_tokens = math.ceil(size / _BYTES_PER_TOKEN)
+        output_tokens = request.max_output_tokens or _DEFAULT_MAX_OUTPUT_TOKENS
+        dearest = Decimal(0)
+        for target in targets:
+            served = target.served
+            try:
+                price = model_price(served.provider, served.model, self._override(served))
+            except ModelPriceUnknown:
+                return None
+            micro = (
+                input_tokens * price.input_usd_per_mtok + output_tokens * price.output_usd_per_mtok
+            )
+            dearest = max(dearest, micro / _MTOK)
+        return dearest.quantize(PICO, rounding=ROUND_CEILING) if dearest else Decimal(0)
+
+    def _cost(self, call: _Call, usage: Usage | None) -> Decimal | None:
+        """The call's cost: priced from ``usage``, else billed at the reservation."""
+        served = call.served
+        assert served is not None and call.reservation is not None
+        if usage is None:
+            return call.reservation.estimated_cost_usd
+        try:
+            return price_call(served.provider, served.model, usage, self._override(served))
+        except ModelPriceUnknown:
+            return None
 
     # --- one call -----------------------------------------------------------------------------
 
@@ -441,15 +660,17 @@ class InboundChat:
             The upstream's JSON body, or its SSE stream (recorded when it ends).
 
         Raises:
-            InvalidRequest: the body is not JSON or not a chat completions request, or the
-                model's provider is not OpenAI-compatible.
-            NotFound: no configured provider serves the model (names the known ones).
+            InvalidRequest: the body is not JSON or not a chat completions request, or no
+                deployment of the model is OpenAI-compatible.
+            NotFound: an unknown alias or provider (names the known models).
             Forbidden: an agent key's contract does not name the model, or the agent has no
-                version at the endpoint's stage, or that version is retired.
-            PolicyDenied: policy refuses ``model.call`` (code ``model_denied``).
+                version at the endpoint's stage, or that version is retired, or no deployment
+                is in its data residency.
+            PolicyDenied: policy refuses ``model.call`` on every deployment (``model_denied``).
             QuotaExceeded: a tenant model quota is used up.
             corral.errors.BudgetExceeded: a budget would be exceeded (from ``costs``).
-            ModelAPIError: the upstream failed (status, transport, timeout).
+            ModelAPIError: the upstream failed (status, transport, timeout) and no other
+                deployment answered.
             CorralError: code ``call_not_recorded``: the store refused the call's record.
         """
         request, data = _parse(body)
@@ -470,14 +691,20 @@ class InboundChat:
                     code="agent_retired",
                 )
         allowed = None if spec is None else _contract_models(spec)
-        target = self.resolve(request.model, lambda: sorted(allowed or []))
+        targets, dropped = await self.resolve(
+            principal.tenant_id,
+            request.model,
+            lambda: sorted(allowed or []),
+            residency=None if spec is None else spec.data_residency,
+            list_aliases=allowed is None,
+        )
         if allowed is not None and request.model not in allowed:
             raise Forbidden(
                 f"Agent {agent!r} may not use model {request.model!r}: its contract names "
                 f"{', '.join(sorted(allowed))} (spec.model.default, allowed, fallback).",
                 code="model_not_allowed",
             )
-        served = target.served
+        served = targets[0].served
         trace_id = new_trace_id()
         with Tracing.trace(trace_id):
             span = self.tracing.tracer.start_span(
@@ -486,38 +713,126 @@ class InboundChat:
         call = _Call(principal, trace_id, span, served, stream=request.stream)
         _request_attributes(span, principal, served, request)
         try:
-            call.reservation = await self.costs.reserve(principal, served, request)
-            await self._decide(call, spec, request)
+            call.reservation = await self.costs.reserve(
+                principal,
+                amount_usd=self._estimate(targets, request, len(body)),
+                agent_day_usd=None if spec is None else spec.limits.max_cost_usd_per_day,
+            )
             if self.quotas is not None:
                 await self.quotas.check_model_call(principal.tenant_id)
-            upstream = {**data, "model": served.model}
-            if request.stream:
-                opened = await target.wire.stream(upstream, forward_usage=request.wants_usage)
-                return InboundReply(trace_id, stream=self._relay(call, opened))
-            parsed, content = await target.wire.create(upstream)
+            for attempt in dropped:
+                self._passed(call, attempt)
+            answer = await self._call(call, spec, targets, data, request)
         except CorralError as exc:
             await self._refused(call, exc)
             raise
         except BaseException:
             await self._refused(call, None)
             raise
+        if isinstance(answer, WireStream):
+            return InboundReply(trace_id, stream=self._relay(call, answer))
+        parsed, content = answer
         model = parsed.get("model")
         usage = usage_of(parsed.get("usage"))
         await self._finish(call, usage, model if isinstance(model, str) else None)
         return InboundReply(trace_id, content=content)
 
-    async def _decide(
-        self, call: _Call, spec: AgentSpec | None, request: ChatCompletionsRequest
-    ) -> None:
-        principal, served = call.principal, call.served
-        assert served is not None and call.reservation is not None
+    def _passed(self, call: _Call, attempt: Attempt) -> None:
+        """A deployment passed over (audited as ``model.failover`` with the call)."""
+        call.attempts.append(attempt)
+        FAILOVERS.labels(attempt.outcome).inc()
+
+    async def _call(
+        self,
+        call: _Call,
+        spec: AgentSpec | None,
+        targets: list[_Target],
+        data: dict[str, Any],
+        request: ChatCompletionsRequest,
+    ) -> WireStream | tuple[dict[str, Any], bytes]:
+        """Try the deployments in order: breaker, ``model.call`` decision, the call.
+
+        A retryable failure (5xx, 429, timeout, connection) moves on to the next deployment; a
+        stream fails over only while it is being opened (before any chunk was sent).
+        """
+        breakers = self.models.breakers
+        refusals: list[str] = []
+        failures: list[ModelAPIError] = []
+        for target in targets:
+            served, key = target.served, target.deployment.breaker_key
+            if breakers.state(key) == "open":
+                self._passed(call, Attempt(served, "circuit_open", self._open_text(target)))
+                continue
+            refusal = await self._decide(call, spec, target)
+            if refusal is not None:
+                refusals.append(refusal)
+                self._passed(call, Attempt(served, "denied", refusal))
+                continue
+            if not breakers.acquire(key):  # another call took the half-open trial
+                self._passed(call, Attempt(served, "circuit_open", self._open_text(target)))
+                continue
+            call.served = served
+            upstream = {**data, "model": served.model}
+            try:
+                if request.stream:
+                    answer: WireStream | tuple[dict[str, Any], bytes] = await target.wire.stream(
+                        upstream, forward_usage=request.wants_usage
+                    )
+                else:
+                    answer = await target.wire.create(upstream)
+            except ModelAPIError as exc:
+                if counts_as_failure(exc):
+                    breakers.record_failure(key)
+                else:
+                    breakers.record_success(key)  # it answered; the request was refused
+                if not exc.retryable:
+                    raise
+                failures.append(exc)
+                self._passed(call, Attempt(served, "failed", exc.message))
+                continue
+            except BaseException:
+                breakers.release(key)
+                raise
+            breakers.record_success(key)
+            _served_attributes(call.span, served)
+            return answer
+        if failures:
+            last = failures[-1]
+            message = last.message
+            if len(failures) > 1:
+                message = "every model deployment failed: " + "; ".join(
+                    f"{a.served.deployment}: {a.error}"
+                    for a in call.attempts
+                    if a.outcome == "failed"
+                )
+            raise ModelAPIError(message, provider=last.provider, status_code=last.status_code)
+        if refusals and all(a.outcome in ("denied", "outside_residency") for a in call.attempts):
+            raise PolicyDenied(refusals[0], code="model_denied")
+        skipped = "; ".join(a.error for a in call.attempts if a.outcome != "denied")
+        raise ModelAPIError(
+            f"no model deployment could be tried: {skipped}",
+            provider=targets[0].served.provider,
+        )
+
+    def _open_text(self, target: _Target) -> str:
+        deployment = target.deployment
+        return (
+            f"deployment {deployment.name!r} ({deployment.model_name}) is skipped: its circuit "
+            f"breaker opened after {self.models.breakers.failure_threshold} consecutive failures"
+        )
+
+    async def _decide(self, call: _Call, spec: AgentSpec | None, target: _Target) -> str | None:
+        """Decide ``model.call`` for one deployment; the refusal text, or ``None``."""
+        principal, served, deployment = call.principal, target.served, target.deployment
+        assert call.reservation is not None
         agent = _agent_of(principal)
         if agent is not None and spec is not None:
             ref = EntityRef("Agent", agent)
             entity = agent_entity(agent, principal.tenant_id, spec)
         else:
             ref, entity = _principal_entity(principal)
-        model_ref = EntityRef("Model", served.alias)
+        model = deployment.model_name
+        model_ref = EntityRef("Model", model)
         policy_request = PolicyRequest(
             principal=ref,
             action="model.call",
@@ -526,23 +841,26 @@ class InboundChat:
                 tenant=principal.tenant_id,
                 stage=self.stage,
                 requester=principal.id,
-                estimated_cost_usd=call.reservation.estimated_cost_usd,
+                region=deployment.region,
+                deployment=None if deployment.name == model else deployment.name,
+                estimated_cost_usd=call.reservation.estimated_cost_usd or Decimal(0),
             ),
         )
         model_entity = Entity(model_ref, {"provider": served.provider, "name": served.model})
         authorization: Authorization = await self.governance.authorize(
             principal.tenant_id, policy_request, [entity, model_entity]
         )
-        call.decision = authorization.row
+        call.decisions.append(authorization.row)
         call.decision_id = authorization.decision.id
-        if authorization.kind != "allow":
-            message = authorization.denial(f"calling model {served.alias!r} for {principal.id}")
-            if authorization.kind == "require_approval":
-                message += (
-                    "; inbound model calls cannot wait for an approval: ask an admin to change "
-                    "the policy, or run the agent on Corral"
-                )
-            raise PolicyDenied(message, code="model_denied")
+        if authorization.kind == "allow":
+            return None
+        message = authorization.denial(f"calling model {model!r} for {principal.id}")
+        if authorization.kind == "require_approval":
+            message += (
+                "; inbound model calls cannot wait for an approval: ask an admin to change "
+                "the policy, or run the agent on Corral"
+            )
+        return message
 
     async def _relay(self, call: _Call, stream: WireStream) -> AsyncIterator[bytes]:
         """Pass the stream's events on; record the call when it ends, however it ends."""
@@ -563,11 +881,13 @@ class InboundChat:
         """Settle, end the span, and write the decision, audit event and span."""
         served, span = call.served, call.span
         assert served is not None and call.reservation is not None
-        cost = await self.costs.settle(
+        cost = self._cost(call, usage)
+        ledger = await self.costs.settle(
             call.reservation,
             principal=call.principal,
             served=served,
             usage=usage,
+            cost_usd=cost,
             trace_id=call.trace_id,
         )
         if response_model:
@@ -592,7 +912,7 @@ class InboundChat:
         }
         if cost is not None:
             details["cost_usd"] = str(cost)
-        await self._record(call, "completed", details)
+        await self._record(call, "completed", details, ledger)
 
     async def _refused(self, call: _Call, error: CorralError | None) -> None:
         """Record a call that was refused or failed before it answered."""
@@ -613,8 +933,14 @@ class InboundChat:
             details["upstream_status"] = error.status_code
         await self._record(call, outcome, details)
 
-    async def _record(self, call: _Call, outcome: str, details: dict[str, Any]) -> None:
-        """End the span; write decision, audit event and span rows in one transaction."""
+    async def _record(
+        self,
+        call: _Call,
+        outcome: str,
+        details: dict[str, Any],
+        ledger: RecordWriter | None = None,
+    ) -> None:
+        """End the span; write decisions, audit events, span and ledger in one transaction."""
         served, principal = call.served, call.principal
         assert served is not None
         call.span.set_attribute("corral.outcome", outcome)
@@ -634,24 +960,51 @@ class InboundChat:
                 "provider": served.provider,
                 "model": served.model,
                 "deployment": served.deployment,
+                "region": served.region,
                 "stream": call.stream,
                 "duration_ms": round((time.perf_counter() - call.started) * 1000, 3),
                 **details,
             },
         )
-        decisions = [call.decision] if call.decision is not None else []
+        audits = [*self._failover_events(call), audit]
         await self._records.write(
-            tenant_id, call.trace_id, _Rows(decisions, audit, spans), wait=not self.defer_records
+            tenant_id,
+            call.trace_id,
+            _Rows(call.decisions, audits, spans, ledger),
+            wait=not self.defer_records,
         )
+
+    def _failover_events(self, call: _Call) -> list[AuditRecord]:
+        """One ``model.failover`` event per deployment passed over before the answer."""
+        served = call.served
+        return [
+            AuditRecord(
+                call.principal.id,
+                "model.failover",
+                f"model:{attempt.served.alias}",
+                attempt.outcome,
+                trace_id=call.trace_id,
+                details={
+                    "channel": "inbound",
+                    "deployment": attempt.served.deployment,
+                    "model": f"{attempt.served.provider}/{attempt.served.model}",
+                    "region": attempt.served.region,
+                    "error": attempt.error[:500],
+                    "served_by": None if served is None else served.deployment,
+                },
+            )
+            for attempt in call.attempts
+        ]
 
 
 @dataclass(frozen=True)
 class _Rows:
-    """What one call stores: its decision, its audit event, its span."""
+    """What one call stores: its decisions, audit events, span and ledger row."""
 
     decisions: list[DecisionRow]
-    audit: AuditRecord
+    audits: list[AuditRecord]
     spans: list[dict[str, Any]]
+    ledger: RecordWriter | None = None
 
 
 class _RecordBatches:
@@ -697,10 +1050,13 @@ class _RecordBatches:
     ) -> None:
         def write(connection: Connection) -> None:
             insert_decisions(connection, [d for _, rows, _ in items for d in rows.decisions])
-            append_events(connection, tenant_id, [rows.audit for _, rows, _ in items])
+            append_events(connection, tenant_id, [a for _, rows, _ in items for a in rows.audits])
             spans = [span for _, rows, _ in items for span in rows.spans]
             if spans:
                 connection.execute(_SPAN_INSERT, spans)
+            for _, rows, _ in items:
+                if rows.ledger is not None:
+                    rows.ledger(connection)
 
         try:
             await self.store.run_sync(write, tenant_id)
@@ -766,6 +1122,16 @@ def _principal_entity(principal: Principal) -> tuple[EntityRef, Entity]:
     if ref.type == "User":
         attrs["groups"] = sorted(principal.groups)
     return ref, Entity(ref, attrs)
+
+
+def _served_attributes(span: Span, served: Served) -> None:
+    """The deployment that answered (after a failover, not the first one tried)."""
+    span.update_name(f"chat {served.model}")
+    span.set_attribute("gen_ai.provider.name", served.provider)
+    span.set_attribute("gen_ai.request.model", served.model)
+    span.set_attribute("corral.model.deployment", served.deployment)
+    if served.region:
+        span.set_attribute("corral.model.region", served.region)
 
 
 def _request_attributes(

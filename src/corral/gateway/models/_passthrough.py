@@ -183,6 +183,8 @@ class WireChat:
             f"Model provider {self.provider!r} at {self.base_url} returned HTTP {status}: {detail}",
             provider=self.provider,
             status_code=status,
+            # The model gateway's rule: 5xx, 429 and 408 may succeed elsewhere or later.
+            retryable=status >= 500 or status in (408, 429),
         )
 
     def _transport_error(self, exc: httpx.HTTPError) -> ModelAPIError:
@@ -193,7 +195,7 @@ class WireChat:
             message = f"{where} did not answer within {self.timeout_seconds} s (no HTTP status)."
         else:
             message = f"{where} could not be reached (no HTTP status): {exc!r}. Is it running?"
-        return ModelAPIError(message, provider=self.provider)
+        return ModelAPIError(message, provider=self.provider, retryable=True)
 
 
 class WireStream:
