@@ -46,6 +46,7 @@ from sqlalchemy import Connection, Table, select
 from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit import AuditRecord, append_events
 from corral.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
+from corral.observability import count_run_finished, observe_approval_wait
 from corral.policy import (
     EntityRef,
     Governance,
@@ -741,6 +742,7 @@ async def decide_approval(
         ),
         tenant_id,
     )
+    _observe_decided(approval, expired=expired)
     if expired:  # committed: the request is expired and its run ended
         raise Conflict(
             f"Approval request {approval_id!r} expired at {approval.expires_at.isoformat()} "
@@ -752,6 +754,17 @@ async def decide_approval(
             )
         )
     return approval
+
+
+def _observe_decided(approval: Approval, *, expired: bool) -> None:
+    """Metrics of a committed vote: the wait of a request it decided, the run it rejected."""
+    if approval.status not in ("approved", "rejected") or approval.decided_at is None:
+        return
+    if not expired:
+        waited = approval.decided_at - approval.created_at
+        observe_approval_wait(approval.status, waited.total_seconds())
+    if approval.status == "rejected" and approval.run_id is not None:
+        count_run_finished("REJECTED", "approval_rejected")
 
 
 async def _service_voter(
