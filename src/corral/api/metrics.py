@@ -13,7 +13,7 @@ credentials, for a Prometheus on a trusted network that cannot hold a key.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Response
 
@@ -33,10 +33,11 @@ def metrics_router(*, public: bool) -> APIRouter:
 
     @router.get(
         METRICS_PATH,
+        dependencies=[permission],
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text."}},
     )
-    async def metrics(_caller: Annotated[object, permission]) -> Response:
+    async def metrics() -> Response:
         """Every Corral metric of this process, in the Prometheus text format."""
         return Response(exposition(), media_type=CONTENT_TYPE)
 
