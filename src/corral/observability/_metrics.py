@@ -228,7 +228,7 @@ APPROVAL_WAIT = Histogram(
     buckets=_APPROVAL_BUCKETS,
     registry=REGISTRY,
 )
-"""``corral_approval_wait_seconds{outcome="approved"|"rejected"}``."""
+"""``corral_approval_wait_seconds{outcome="approved"|"rejected"|"expired"}``."""
 
 UNKNOWN_TOOL: Final = "_unknown"
 
