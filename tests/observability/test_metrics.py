@@ -81,3 +81,11 @@ def test_a_tool_name_no_registered_tool_has_is_not_a_label() -> None:
     count_tool_call(None, None, "FAILED")
     assert sample_value("corral_tool_calls_total", labels) == before + 1
     assert invented.encode() not in exposition()
+
+
+def test_the_process_global_registry_holds_no_corral_metric() -> None:
+    import prometheus_client
+
+    names = {m.name for m in prometheus_client.REGISTRY.collect()}
+    assert not {n for n in names if n.startswith(("corral_", "gen_ai_"))}
+    assert b"corral_runs_in_flight" in exposition()
