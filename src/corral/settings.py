@@ -27,6 +27,7 @@ __all__ = [
     "LocalModelSettings",
     "McpEndpointSettings",
     "ModelGatewaySettings",
+    "ObservabilitySettings",
     "OpenAISettings",
     "RuntimeSettings",
     "SecretsSettings",
@@ -441,6 +442,16 @@ class SecretsSettings(BaseModel):
         return value
 
 
+class ObservabilitySettings(BaseModel):
+    """Metrics and traces (``CORRAL_OBSERVABILITY__*``)."""
+
+    metrics_public: bool = False
+    """Serve ``GET /metrics`` without credentials (for a Prometheus on a trusted network).
+    ``False``: a scrape needs an API key whose principal holds ``metrics.read`` (operators,
+    platform admins), sent as ``Authorization: Bearer KEY`` (Prometheus' ``authorization``
+    scrape setting)."""
+
+
 class Settings(BaseSettings):
     """Root settings: one group per domain."""
 
@@ -464,6 +475,7 @@ class Settings(BaseSettings):
     secrets: SecretsSettings = SecretsSettings()
     workspaces: WorkspaceSettings = WorkspaceSettings()
     models: ModelGatewaySettings = ModelGatewaySettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     region: str | None = None
     """This process's region label (``CORRAL_REGION``): model deployments in it are preferred,
     others are the failover."""

@@ -35,6 +35,7 @@ from corral.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.gateway.tools._fs import BuiltinTool
 from corral.gateway.tools._gateway import current_tool_call
+from corral.observability import REGISTRY, sample_value
 from corral.platform import Platform
 from corral.policy._service import arguments_digest
 from corral.registry import bind_stage, get_agent, get_agent_version
@@ -190,6 +191,26 @@ async def paused_run(platform: Platform) -> tuple[str, Approval]:
     return run.id, pending[0]
 
 
+def approval_waits() -> dict[str, float]:
+    """``corral_approval_wait_seconds_count`` by outcome (process-wide: compare deltas)."""
+    name = "corral_approval_wait_seconds_count"
+    return {o: sample_value(name, {"outcome": o}) for o in ("approved", "rejected", "expired")}
+
+
+def tool_calls(tool: str) -> dict[str, float]:
+    """``corral_tool_calls_total`` of ``tool`` by decision, whatever the outcome."""
+    counts = dict.fromkeys(("allow", "deny", "require_approval"), 0.0)
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == "corral_tool_calls_total" and sample.labels["tool"] == tool:
+                counts[sample.labels["decision"]] += sample.value
+    return counts
+
+
+def runs_rejected(reason: str) -> float:
+    return sample_value("corral_runs_finished_total", {"status": "REJECTED", "reason": reason})
+
+
 async def run_of(platform: Platform, run_id: str) -> RunRow:
     async with platform.store.read("default") as session:
         return await get_run(session, run_id, tenant_id="default")
@@ -286,7 +307,10 @@ async def test_a_write_call_waits_for_an_approver_then_runs_exactly_once(
     assert (await run_of(platform, run_id)).status == "AWAITING_APPROVAL"
     assert ledger.executions == []
 
+    waits = approval_waits()
+    calls = tool_calls("ledger.write")
     approved = await vote(platform, request.id, "user:bob", comment="checked entry 7")
+    assert approval_waits() == {**waits, "approved": waits["approved"] + 1}
     assert (approved.status, approved.received_approvals, approved.run_status) == (
         "approved",
         1,
@@ -305,6 +329,8 @@ async def test_a_write_call_waits_for_an_approver_then_runs_exactly_once(
     run = await run_of(platform, run_id)
     assert run.status == "SUCCEEDED" and "entry 7 written" in (run.output or "")
     assert ledger.executions == [(f"{run_id}:0:0", 7)]
+    # The call went through the pipeline again, with the approval granted.
+    assert tool_calls("ledger.write") == {**calls, "allow": calls["allow"] + 1}
     [call] = await calls_of(platform, run_id)
     assert (call.status, call.idempotency_key) == ("COMPLETED", f"{run_id}:0:0")
     assert await audit_actions(platform, run_id) == [
@@ -376,8 +402,11 @@ async def test_a_rejection_ends_the_run_and_the_tool_never_runs(governed: Govern
         await vote(platform, request.id, "user:carol", "reject", reason="  ")
     with pytest.raises(PolicyDenied, match="it needs role 'approver'"):
         await vote(platform, request.id, "user:dave", "reject", reason="no")
+    waits, finished = approval_waits(), runs_rejected("approval_rejected")
     rejected = await vote(platform, request.id, "user:carol", "reject", reason="wrong ledger")
     assert (rejected.status, rejected.run_status) == ("rejected", "REJECTED")
+    assert approval_waits() == {**waits, "rejected": waits["rejected"] + 1}
+    assert runs_rejected("approval_rejected") == finished + 1
     assert rejected.decided_at is not None
     assert [(v.principal, v.vote, v.comment) for v in rejected.votes] == [
         ("user:bob", "approve", ""),
@@ -413,8 +442,12 @@ async def test_an_undecided_request_expires_and_its_run_is_rejected(governed: Go
     assert request.expires_at - request.created_at == timedelta(seconds=1)
 
     early, late = request.expires_at - timedelta(seconds=0.5), request.expires_at
+    waits, finished = approval_waits(), runs_rejected("approval_expired")
     assert await expire_approvals(platform.store, now=early) == 0
+    assert approval_waits() == waits
     assert await expire_approvals(platform.store, now=late) == 1
+    assert approval_waits() == {**waits, "expired": waits["expired"] + 1}
+    assert runs_rejected("approval_expired") == finished + 1
     expired = await get_approval(platform.store, request.id, tenant_id="default")
     assert (expired.status, expired.run_status) == ("expired", "REJECTED")
     run = await run_of(platform, run_id)

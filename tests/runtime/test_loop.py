@@ -16,6 +16,7 @@ from corral.audit._tables import AuditEventRow
 from corral.errors import ModelAPIError, NotFound, PolicyDenied
 from corral.gateway.models import FinalAnswer, Message, ModelRequest, ToolCall
 from corral.gateway.tools._fs import BUILTIN_TOOLS
+from corral.observability import sample_value
 from corral.platform import Platform
 from corral.runtime import Worker, create_run, get_run, list_steps
 from corral.runtime._tables import RunRow, StepRow, ToolCallRow
@@ -413,9 +414,13 @@ async def test_unexpected_error_still_ends_the_run(make_platform, workspace) -> 
         raise RuntimeError("bug in a provider")
 
     platform, _ = await scripted_platform(make_platform, buggy)
+    labels = {"status": "FAILED", "reason": "internal_error"}
+    failed = sample_value("corral_runs_finished_total", labels)
     run, _ = await run_to_end(platform, workspace)
     assert (run.status, run.terminal_reason) == ("FAILED", "internal_error")
     assert "bug in a provider" in run.error
+    assert sample_value("corral_runs_finished_total", labels) == failed + 1
+    assert sample_value("corral_runs_in_flight") == 0
 
 
 async def test_retired_agent_cannot_run(make_platform, workspace) -> None:

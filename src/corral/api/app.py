@@ -29,6 +29,7 @@ from corral.api._deps import ApiRateLimiter, PlatformDep, annotate_permissions, 
 from corral.api._errors import document_errors, install_error_handlers
 from corral.api._limits import RequestSizeLimit
 from corral.api._text import reject_lone_surrogates
+from corral.api.metrics import metrics_router
 from corral.api.openai_compat import OpenAICompatEndpoint
 from corral.platform import Platform
 from corral.store import SYSTEM
@@ -106,6 +107,7 @@ def create_app(
     # in the route table: the hottest path of a BYO agent is matched without scanning the rest.
     app.router.routes[:0] = openai_compat.routes
     app.include_router(costs.router)
+    app.include_router(metrics_router(public=platform.settings.observability.metrics_public))
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
 

@@ -46,6 +46,7 @@ from sqlalchemy import Connection, Table, select
 from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit import AuditRecord, append_events
 from corral.errors import Conflict, InvalidRequest, NotFound, PolicyDenied
+from corral.observability import count_run_finished, observe_approval_wait
 from corral.policy import (
     EntityRef,
     Governance,
@@ -741,6 +742,7 @@ async def decide_approval(
         ),
         tenant_id,
     )
+    _observe_decided(approval)
     if expired:  # committed: the request is expired and its run ended
         raise Conflict(
             f"Approval request {approval_id!r} expired at {approval.expires_at.isoformat()} "
@@ -752,6 +754,16 @@ async def decide_approval(
             )
         )
     return approval
+
+
+def _observe_decided(approval: Approval) -> None:
+    """Metrics of a committed vote: the request's wait, the run it ended ``REJECTED``."""
+    if approval.status == "pending" or approval.decided_at is None:
+        return
+    waited = approval.decided_at - approval.created_at
+    observe_approval_wait(approval.status, waited.total_seconds())
+    if approval.status in ("rejected", "expired") and approval.run_id is not None:
+        count_run_finished("REJECTED", f"approval_{approval.status}")
 
 
 async def _service_voter(
@@ -817,7 +829,9 @@ def _overdue(now: datetime) -> Any:
     return _APPROVALS.c.status == "pending", _APPROVALS.c.expires_at <= now
 
 
-def _expire_overdue(connection: Connection, now: datetime, effects: ApprovalEffects) -> int:
+def _expire_overdue(
+    connection: Connection, now: datetime, effects: ApprovalEffects
+) -> list[tuple[datetime, bool]]:
     query = (
         select(_APPROVALS)
         .where(*_overdue(now))
@@ -828,7 +842,7 @@ def _expire_overdue(connection: Connection, now: datetime, effects: ApprovalEffe
     rows = connection.execute(skip_locked(query, connection.dialect.name)).all()
     for row in rows:
         _expire(connection, row, now, effects)
-    return len(rows)
+    return [(row.created_at, row.run_id is not None) for row in rows]
 
 
 async def expire_approvals(
@@ -855,4 +869,11 @@ async def expire_approvals(
     if overdue is None:
         return 0
     chosen = _effects(effects)
-    return await store.run_sync(functools.partial(_expire_overdue, now=now, effects=chosen), SYSTEM)
+    expired = await store.run_sync(
+        functools.partial(_expire_overdue, now=now, effects=chosen), SYSTEM
+    )
+    for created_at, has_run in expired:
+        observe_approval_wait("expired", (now - created_at).total_seconds())
+        if has_run:
+            count_run_finished("REJECTED", "approval_expired")
+    return len(expired)

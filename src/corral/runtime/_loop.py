@@ -62,7 +62,12 @@ from corral.gateway.models import (
     settings_override,
 )
 from corral.gateway.tools import ResolvedTool, ToolGateway
-from corral.observability import Tracing
+from corral.observability import (
+    RUNS_IN_FLIGHT,
+    Tracing,
+    count_model_cost,
+    count_run_finished,
+)
 from corral.policy import (
     Entity,
     EntityRef,
@@ -205,6 +210,7 @@ class RunExecutor(ToolPhase):
         root.set_attribute("gen_ai.agent.name", state.agent_name)
         root.set_attribute("corral.run.id", run_id)
         self._running[run_id] = state
+        RUNS_IN_FLIGHT.inc()
         try:
             with trace.use_span(root, end_on_exit=False):
                 return await self._loop(state, worker_id, actor, root)
@@ -214,6 +220,7 @@ class RunExecutor(ToolPhase):
             self.tracing.exporter.discard(state.trace_id)
             raise
         finally:
+            RUNS_IN_FLIGHT.dec()
             # Only this execution's entry: a newer claim of the run may be driving it now.
             if self._running.get(run_id) is state:
                 del self._running[run_id]
@@ -747,6 +754,11 @@ class RunExecutor(ToolPhase):
         )
         if signals is None:
             raise lease_lost(state)
+        # Counted once the checkpoint committed: a refused write counts nothing.
+        for call in checkpoint.model_calls:
+            count_model_cost(call.provider, call.model, call.cost_usd)
+        if terminal is not None:
+            count_run_finished(terminal.status, terminal.reason)
         state.signals = signals
         state.reservation = None
         if record is not None:

@@ -759,7 +759,7 @@ def fail_run(
     error: str,
     now: datetime,
     lease_epoch: int | None = None,
-) -> None:
+) -> bool:
     """End a run ``FAILED`` / ``internal_error`` if this worker still holds it (invariant 12).
 
     With ``lease_epoch``, only if it still holds the lease of that claim: a stale task of a
@@ -772,6 +772,9 @@ def fail_run(
         error: The run's ``error``, for a person.
         now: The time it ends.
         lease_epoch: The epoch of the claim the worker drove it under; ``None``: any.
+
+    Returns:
+        Whether the run was ended (``False``: the worker no longer held it).
     """
     held = [_RUNS.c.id == run_id, _RUNS.c.lease_owner == worker_id]
     if lease_epoch is not None:
@@ -806,3 +809,4 @@ def fail_run(
                 )
             ],
         )
+    return row is not None

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from corral.observability import count_run_finished
 from corral.runtime._loop import LeaseLost, RunExecutor
 from corral.runtime._persist import (
     Claimed,
@@ -272,7 +273,7 @@ class Worker:
         """
         error, now = f"{type(exc).__name__}: {exc}", utcnow()
         try:
-            await self.store.run_sync(
+            ended = await self.store.run_sync(
                 lambda connection: fail_run(
                     connection,
                     run_id=run_id,
@@ -284,11 +285,14 @@ class Worker:
                 SYSTEM,
             )
         except Exception:
+            ended = False
             log.warning(
                 "recording the failure of run %s failed; it is reclaimed once its lease expires",
                 run_id,
                 exc_info=True,
             )
+        if ended:
+            count_run_finished("FAILED", "internal_error")
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Renew leases every third of the lease; check running runs for signals more often."""

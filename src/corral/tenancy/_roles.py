@@ -46,9 +46,11 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     # Builders apply agents and tools and run them in dev and staging.
     "builder": _READ
     | {"agents.write", "tools.write", "runs.create", "releases.promote", "mcp.call", "models.call"},
-    # Operators run in production, cancel, resolve and pause runs, and kill the tenant's agents.
+    # Operators run in production, cancel, resolve and pause runs, and kill the tenant's agents;
+    # they scrape /metrics (process-wide aggregates without tenant ids).
     "operator": _READ
     | {
+        "metrics.read",
         "runs.create",
         "runs.create.production",
         "runs.control",

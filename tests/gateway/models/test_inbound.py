@@ -34,6 +34,7 @@ from corral.gateway.models import (
     Usage,
     usage_of,
 )
+from corral.observability import sample_value
 from corral.platform import Platform
 from corral.policy._tables import PolicyDecisionRow
 from corral.settings import Settings
@@ -76,6 +77,11 @@ def inbound(platform: Platform, **options: Any) -> InboundChat:
     return InboundChat(
         platform.store, platform.models, platform.governance, platform.tracing, **options
     )
+
+
+def token_sum(labels: dict[str, str], kind: str) -> float:
+    name = "gen_ai_client_token_usage_sum"
+    return sample_value(name, {**labels, "gen_ai_token_type": kind})
 
 
 async def count(platform: Platform, table: Table, **where: Any) -> int:
@@ -187,12 +193,26 @@ async def test_costs_are_reserved_before_and_settled_after(
 ) -> None:
     costs = RecordingCosts()
     chat = inbound(platform, costs=costs)
+    labels = {"gen_ai_provider_name": "openai", "gen_ai_request_model": "gpt-test"}
+    kinds = ("input", "output", "cache_read", "reasoning")
+    before = {k: token_sum(labels, k) for k in kinds}
+    cost_before = sample_value("corral_model_cost_usd_total", labels)
     reply = await chat.complete(SERVICE, BODY)
     await chat.aclose()
     assert costs.calls == [
         ("reserve", (None, None)),  # gpt-test has no price
         ("settle", (Usage(12, 5, cache_read_tokens=4, reasoning_tokens=2), None)),
     ]
+    # The inbound path records the same metrics as the managed loop.
+    assert {k: token_sum(labels, k) - before[k] for k in kinds} == {
+        "input": 12,
+        "output": 5,
+        "cache_read": 4,
+        "reasoning": 2,
+    }
+    assert sample_value("corral_model_cost_usd_total", labels) - cost_before == pytest.approx(
+        0.0123
+    )
     async with platform.store.read("default") as session:
         [event] = (
             await session.execute(select(_EVENTS).where(_EVENTS.c.trace_id == reply.trace_id))

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Protocol
@@ -40,7 +41,7 @@ from corral.gateway.models._resilience import (
     counts_as_failure,
 )
 from corral.gateway.models._routing import Deployment, ModelCatalog, ModelResolver, route
-from corral.observability import CACHE_HIT_ATTRIBUTE
+from corral.observability import CACHE_HIT_ATTRIBUTE, REGISTRY, observe_model_call
 
 __all__ = [
     "FAILOVERS",
@@ -54,6 +55,7 @@ FAILOVERS = Counter(
     "corral_model_failovers",
     "Model deployments skipped or failed before another one was tried, by outcome.",
     ["outcome"],
+    registry=REGISTRY,
 )
 """``corral_model_failovers_total{outcome="failed|circuit_open|denied|outside_residency"}``."""
 
@@ -365,6 +367,7 @@ class ModelGateway:
                 span.set_attribute("corral.run.id", run_id)
             if request.max_output_tokens:
                 span.set_attribute("gen_ai.request.max_tokens", request.max_output_tokens)
+            started = time.perf_counter()
             try:
                 provider, own = await self._provider(deployment, tenant_id)
                 sent = deployment.apply(request)
@@ -374,9 +377,18 @@ class ModelGateway:
                 else:
                     response = await self._with_timeout(provider, sent, deployment)
             except ModelAPIError as exc:
+                observe_model_call(
+                    deployment.provider, deployment.model, time.perf_counter() - started
+                )
                 span.set_attribute("error.type", exc.code)
                 span.set_status(Status(StatusCode.ERROR, exc.message))
                 raise
+            observe_model_call(
+                deployment.provider,
+                deployment.model,
+                time.perf_counter() - started,
+                usage=response.usage,
+            )
             span.set_attribute("gen_ai.response.model", response.response_model or deployment.model)
             span.set_attribute("gen_ai.usage.input_tokens", response.usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", response.usage.output_tokens)

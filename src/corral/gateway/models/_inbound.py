@@ -62,7 +62,13 @@ from corral.gateway.models._passthrough import WireChat, WireStream, usage_of
 from corral.gateway.models._pricing import model_price, price_call, settings_override
 from corral.gateway.models._resilience import counts_as_failure
 from corral.gateway.models._routing import Deployment, route
-from corral.observability import SpanRow, Tracing, new_trace_id
+from corral.observability import (
+    SpanRow,
+    Tracing,
+    count_model_cost,
+    new_trace_id,
+    observe_model_call,
+)
 from corral.policy import (
     Authorization,
     DecisionRow,
@@ -893,6 +899,9 @@ class InboundChat:
         if response_model:
             span.set_attribute("gen_ai.response.model", response_model)
         shown = usage or Usage()
+        seconds = time.perf_counter() - call.started
+        observe_model_call(served.provider, served.model, seconds, usage=shown)
+        count_model_cost(served.provider, served.model, cost)
         span.set_attribute("gen_ai.usage.input_tokens", shown.input_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", shown.output_tokens)
         span.set_attribute("corral.usage.cache_read_tokens", shown.cache_read_tokens)
@@ -929,6 +938,9 @@ class InboundChat:
         call.span.set_attribute("error.type", error.code if error is not None else "interrupted")
         call.span.set_status(Status(StatusCode.ERROR, message[:500]))
         details: dict[str, Any] = {"error": message[:1000]}
+        if isinstance(error, ModelAPIError) and call.served is not None:  # the upstream failed
+            seconds = time.perf_counter() - call.started
+            observe_model_call(call.served.provider, call.served.model, seconds)
         if isinstance(error, ModelAPIError) and error.status_code is not None:
             details["upstream_status"] = error.status_code
         await self._record(call, outcome, details)

@@ -35,7 +35,7 @@ from corral.errors import CorralError
 from corral.gateway.tools._base import ToolCallContext, ToolResult
 from corral.gateway.tools._cache import tool_cache_digest
 from corral.gateway.tools._gateway import PreparedCall, ResolvedTool, ToolGateway, wrap_untrusted
-from corral.observability import CACHE_HIT_ATTRIBUTE, count_cache_lookup
+from corral.observability import CACHE_HIT_ATTRIBUTE, count_cache_lookup, count_tool_call
 from corral.policy import (
     Authorization,
     DecisionRow,
@@ -247,6 +247,9 @@ class CallPipeline:
     async def run(self, call: GovernedCall, recorder: CallRecorder) -> CallOutcome:
         """Take ``call`` through the pipeline, inside its ``execute_tool`` span.
 
+        Each pass is counted in ``corral_tool_calls_total`` (a call that waited for an
+        approval counts again when it is retried with the approval granted).
+
         Returns:
             The outcome. A refused, failing or approval-bound call is an outcome, not an error.
 
@@ -260,6 +263,12 @@ class CallPipeline:
                 span.set_attribute("corral.principal", call.ctx.principal)
             span.set_attribute("corral.tool.channel", call.channel)
             outcome = await self._run(call, recorder)
+            authorization = outcome.authorization
+            count_tool_call(
+                call.name if call.name in call.offered else None,
+                None if authorization is None else authorization.kind,
+                outcome.status,
+            )
             span.set_attribute("corral.tool.outcome", outcome.status)
             if outcome.result is not None:
                 record_span(outcome.result)
