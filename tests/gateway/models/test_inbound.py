@@ -210,9 +210,8 @@ async def test_costs_are_reserved_before_and_settled_after(
         "cache_read": 4,
         "reasoning": 2,
     }
-    assert sample_value("corral_model_cost_usd_total", labels) - cost_before == pytest.approx(
-        0.0123
-    )
+    # gpt-test has no price: the call is recorded unpriced and no cost is counted.
+    assert sample_value("corral_model_cost_usd_total", labels) == cost_before
     async with platform.store.read("default") as session:
         [event] = (
             await session.execute(select(_EVENTS).where(_EVENTS.c.trace_id == reply.trace_id))
