@@ -249,7 +249,7 @@ async def _issue_key(settings: Settings) -> str:
 
 
 async def _profile(settings: Settings, key: str, calls: int) -> str:
-    """``InboundChat.complete`` in this process under cProfile: the top 30 by cumulative time."""
+    """``InboundChat.complete`` in this process under cProfile: top 30 cumulative, top 25 self."""
     from corral.costs import InboundCosts
     from corral.gateway.models import InboundChat
 
@@ -282,6 +282,7 @@ async def _profile(settings: Settings, key: str, calls: int) -> str:
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(30)
+    stats.sort_stats("tottime").print_stats(25)
     return f"InboundChat.complete in-process, {calls} calls, {took:.2f} ms/call (profiled)\n" + (
         out.getvalue()
     )
