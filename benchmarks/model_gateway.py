@@ -46,6 +46,7 @@ import json
 import os
 import platform as pyplatform
 import pstats
+import signal
 import socket
 import statistics
 import subprocess
@@ -110,6 +111,18 @@ def serve_corral(
 
     app = create_app(Platform(_settings(home, store, schema, up)), run_worker=False)
     app.state.openai_compat.chat.defer_records = deferred
+    dump = os.environ.get("CORRAL_BENCH_PROFILE_SERVER") if not deferred else None
+    if dump:
+        profiler = cProfile.Profile()
+
+        def write_profile(*_: object) -> None:
+            # uvicorn shuts down on SIGTERM, restores this handler, then raises SIGTERM again.
+            profiler.disable()
+            profiler.dump_stats(dump)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, write_profile)
+        profiler.enable()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -421,4 +434,12 @@ if __name__ == "__main__":
     parser.add_argument("--store", help="PostgreSQL URL (postgresql+asyncpg://...)")
     parser.add_argument("--profile", action="store_true", help="cProfile InboundChat.complete")
     parser.add_argument("--json", help="write the rows and the environment here")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--profile-server",
+        metavar="PATH",
+        help="cProfile the (non-deferred) Corral server process; pstats dump written to PATH",
+    )
+    arguments = parser.parse_args()
+    if arguments.profile_server:  # inherited by the server child
+        os.environ["CORRAL_BENCH_PROFILE_SERVER"] = arguments.profile_server
+    asyncio.run(main(arguments))
