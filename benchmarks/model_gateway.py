@@ -32,8 +32,12 @@ upstream) under ``cProfile`` for ``--calls`` calls: the top functions by cumulat
 Anchors measured by others on localhost (from the issue, **not measured here**): Bifrost
 0.44 ms, Portkey 2.37 ms, LiteLLM 4.34 ms added per call.
 
+``--profile-server PATH``: the (non-deferred) Corral server process runs under ``cProfile``
+and writes a ``pstats`` dump to PATH when it is stopped (read it with ``python -m pstats``);
+its CPU figures are then inflated by the profiler.
+
 Run: ``python benchmarks/model_gateway.py [--calls 300] [--concurrency 20] [--rounds 6]
-[--store URL] [--profile] [--json PATH]``.
+[--store URL] [--profile] [--profile-server PATH] [--json PATH]``.
 """
 
 from __future__ import annotations
