@@ -32,8 +32,12 @@ upstream) under ``cProfile`` for ``--calls`` calls: the top functions by cumulat
 Anchors measured by others on localhost (from the issue, **not measured here**): Bifrost
 0.44 ms, Portkey 2.37 ms, LiteLLM 4.34 ms added per call.
 
+``--profile-server PATH``: the (non-deferred) Corral server process runs under ``cProfile``
+and writes a ``pstats`` dump to PATH when it is stopped (read it with ``python -m pstats``);
+its CPU figures are then inflated by the profiler.
+
 Run: ``python benchmarks/model_gateway.py [--calls 300] [--concurrency 20] [--rounds 6]
-[--store URL] [--profile] [--json PATH]``.
+[--store URL] [--profile] [--profile-server PATH] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import json
 import os
 import platform as pyplatform
 import pstats
+import signal
 import socket
 import statistics
 import subprocess
@@ -110,6 +115,18 @@ def serve_corral(
 
     app = create_app(Platform(_settings(home, store, schema, up)), run_worker=False)
     app.state.openai_compat.chat.defer_records = deferred
+    dump = os.environ.get("CORRAL_BENCH_PROFILE_SERVER") if not deferred else None
+    if dump:
+        profiler = cProfile.Profile()
+
+        def write_profile(*_: object) -> None:
+            # uvicorn shuts down on SIGTERM, restores this handler, then raises SIGTERM again.
+            profiler.disable()
+            profiler.dump_stats(dump)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, write_profile)
+        profiler.enable()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -249,7 +266,7 @@ async def _issue_key(settings: Settings) -> str:
 
 
 async def _profile(settings: Settings, key: str, calls: int) -> str:
-    """``InboundChat.complete`` in this process under cProfile: the top 30 by cumulative time."""
+    """``InboundChat.complete`` in this process under cProfile: top 30 cumulative, top 25 self."""
     from corral.costs import InboundCosts
     from corral.gateway.models import InboundChat
 
@@ -282,6 +299,7 @@ async def _profile(settings: Settings, key: str, calls: int) -> str:
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(30)
+    stats.sort_stats("tottime").print_stats(25)
     return f"InboundChat.complete in-process, {calls} calls, {took:.2f} ms/call (profiled)\n" + (
         out.getvalue()
     )
@@ -420,4 +438,12 @@ if __name__ == "__main__":
     parser.add_argument("--store", help="PostgreSQL URL (postgresql+asyncpg://...)")
     parser.add_argument("--profile", action="store_true", help="cProfile InboundChat.complete")
     parser.add_argument("--json", help="write the rows and the environment here")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--profile-server",
+        metavar="PATH",
+        help="cProfile the (non-deferred) Corral server process; pstats dump written to PATH",
+    )
+    arguments = parser.parse_args()
+    if arguments.profile_server:  # inherited by the server child
+        os.environ["CORRAL_BENCH_PROFILE_SERVER"] = arguments.profile_server
+    asyncio.run(main(arguments))

@@ -73,6 +73,34 @@ def test_an_unknown_model_names_the_override_to_add() -> None:
         model_price("vllm", "my-finetune")
 
 
+def test_an_unknown_model_is_looked_up_in_the_table_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import genai_prices
+
+    lookups: list[str] = []
+    calc_price = genai_prices.calc_price
+
+    def counted(*args: object, **kwargs: object) -> object:
+        lookups.append(str(args[1]))
+        return calc_price(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(genai_prices, "calc_price", counted)
+    name = "uncached-model-for-the-miss-test"
+
+    for _ in range(3):  # every call still refused, the table scanned for the first only
+        with pytest.raises(ModelPriceUnknown):
+            price_call("vllm", name, Usage(input_tokens=1), None)
+        with pytest.raises(ModelPriceUnknown):
+            model_price("vllm", name)
+
+    assert lookups == [name]
+    # A priced model is still priced (and looked up) every time.
+    price_call("openai", "gpt-4o", Usage(input_tokens=1), None)
+    price_call("openai", "gpt-4o", Usage(input_tokens=1), None)
+    assert lookups == [name, "gpt-4o", "gpt-4o"]
+
+
 def test_local_and_scripted_calls_cost_nothing_unless_overridden() -> None:
     usage = Usage(input_tokens=10_000, output_tokens=10_000)
 
