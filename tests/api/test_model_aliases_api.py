@@ -74,3 +74,29 @@ async def test_unknown_aliases_are_404s_naming_the_known_ones(api: Any) -> None:
         body = response.json()
         assert body["code"] == "model_alias_not_found"
         assert body["known"] == ["default"]
+
+
+async def test_only_a_platform_admin_may_point_a_deployment_at_its_own_endpoint(
+    api: Any, settings: Any
+) -> None:
+    # A tenant-supplied base_url makes Corral connect to an address of the tenant's choosing
+    # from inside the operator's network (cloud metadata, Corral's own API): an SSRF vector.
+    settings.governance.roles["user:bob"] = ["builder"]
+    client = await api(scripted=ScriptedModel([ScriptedModel.answer("ok")], name="scripted"))
+    inward = _model("inward", "openai")
+    inward["spec"]["deployments"][0]["base_url"] = "http://169.254.169.254/latest"
+    as_builder = {"X-Corral-Principal": "user:bob"}
+
+    refused = await client.post("/v1/apply", json={"documents": [inward]}, headers=as_builder)
+    plain = await client.post(
+        "/v1/apply", json={"documents": [_model("plain", "openai")]}, headers=as_builder
+    )
+    listed = (await client.get("/v1/model-aliases", headers=as_builder)).json()
+    by_admin = await client.post("/v1/apply", json={"documents": [inward]})
+
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["code"] == "model_endpoint_forbidden"
+    assert "spec.deployments[0].base_url" in refused.json()["message"]
+    assert plain.status_code == 200, plain.text  # the platform's endpoint for the provider
+    assert [item["name"] for item in listed["items"]] == ["default", "plain"]
+    assert by_admin.status_code == 200, by_admin.text

@@ -26,6 +26,7 @@ from corral.registry import (
     list_agents,
     list_tools,
 )
+from corral.tenancy import PLATFORM_ADMIN
 
 __all__ = ["router"]
 
@@ -58,7 +59,8 @@ async def apply(
     """Apply Agent, Tool and Policy documents in one transaction: all of them, or none.
 
     An Agent allowing a tool that matches no registered tool gets a warning in its result
-    (``strict``: the apply is refused).
+    (``strict``: the apply is refused). Only a platform admin may give a ``Model`` deployment
+    its own ``base_url`` (403 ``model_endpoint_forbidden`` otherwise).
     """
     contracts = _parse_all(body.documents)
     async with platform.store.transaction(caller.tenant_id) as session:
@@ -69,6 +71,7 @@ async def apply(
             actor=caller.principal,
             dry_run=body.dry_run,
             strict=body.strict,
+            endpoints_allowed=PLATFORM_ADMIN in caller.roles,
         )
     if any(r.kind == "Policy" and r.action != "unchanged" for r in results) and not body.dry_run:
         # Committed: this process decides with the new set from the next decision on.

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event, canonical_json
 from corral.contracts import Agent, McpServer, Model, Policy, Tool
-from corral.errors import Conflict, InvalidContract, NotFound
+from corral.errors import Conflict, Forbidden, InvalidContract, NotFound
 from corral.policy import (
     PolicyEngine,
     PolicyRow,
@@ -128,6 +128,7 @@ async def apply_documents(
     actor: str,
     dry_run: bool = False,
     strict: bool = False,
+    endpoints_allowed: bool = True,
 ) -> list[ApplyResult]:
     """Apply documents in the caller's transaction: unchanged ones are no-ops.
 
@@ -143,16 +144,24 @@ async def apply_documents(
         actor: Principal recorded in the audit events.
         dry_run: Compute the results, write nothing.
         strict: Refuse the whole apply when any warning would be given.
+        endpoints_allowed: Whether a ``Model`` deployment may name its own ``base_url``. Corral
+            connects to that address from inside the operator's network, so only a platform
+            admin may set one (a tenant's URL is an SSRF vector: cloud metadata, Corral's own
+            API, internal services); tenants use the providers the platform configures.
 
     Returns:
         One result per document, in order.
 
     Raises:
+        Forbidden: a ``Model`` deployment sets ``base_url`` and ``endpoints_allowed`` is false
+            (code ``model_endpoint_forbidden``).
         Conflict: a given version already exists or is not greater than the latest; or the
             same object appears twice in ``contracts``.
         InvalidContract: a Policy that Cedar rejects; or, when ``strict``, an Agent tool
             entry that matches no registered tool (one issue per entry, with its field path).
     """
+    if not endpoints_allowed:
+        _refuse_endpoints(contracts)
     seen: set[tuple[str, str]] = set()
     results: list[ApplyResult] = []
     for contract in contracts:
@@ -176,6 +185,23 @@ async def apply_documents(
     for entry in unmatched:
         warnings.setdefault(entry.document, []).append(str(entry))
     return [replace(r, warnings=tuple(warnings.get(i, ()))) for i, r in enumerate(results)]
+
+
+def _refuse_endpoints(contracts: list[Contract]) -> None:
+    """Raise :class:`Forbidden` for the first ``Model`` deployment that names a ``base_url``."""
+    for contract in contracts:
+        if not isinstance(contract, Model):
+            continue
+        for index, deployment in enumerate(contract.spec.deployments):
+            if deployment.base_url is not None:
+                raise Forbidden(
+                    f"Model {contract.metadata.name!r}: spec.deployments[{index}].base_url "
+                    "may only be set by a platform admin, since Corral connects to that address "
+                    "from inside its network. Remove base_url to use the endpoint the platform "
+                    f"configures for provider {deployment.provider!r}, or ask a platform admin "
+                    "to apply this Model.",
+                    code="model_endpoint_forbidden",
+                )
 
 
 async def _validate_policy_set(
