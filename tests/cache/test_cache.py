@@ -12,7 +12,6 @@ from typing import Any, cast
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from prometheus_client import REGISTRY
 from sqlalchemy import Connection, Table, func, select
 
 from conftest import agent_document, register
@@ -34,6 +33,7 @@ from corral.gateway.models import (
     response_cache_digest,
 )
 from corral.gateway.tools import BuiltinTool, ToolResult
+from corral.observability import REGISTRY
 from corral.platform import Platform
 from corral.policy._tables import PolicyDecisionRow
 from corral.runtime import create_run, get_run, list_run_spans, list_steps
