@@ -259,8 +259,10 @@ def test_follow_streams_steps_and_reconnects_after_the_last_event(
         app, ["run", "repo-analyst", "slow", "--workspace", str(workspace), "-F"]
     )
     assert result.exit_code == 0, result.output
+    # On a loaded machine the stream may also go silent before its first event: then there is
+    # no event to resume after, and the reconnect starts from the beginning.
     assert re.search(
-        r"\(connection lost: ReadTimeout; reconnecting after event \d+\)", result.output
+        r"\(connection lost: ReadTimeout; reconnecting( after event \d+)?\)", result.output
     )
     assert result.output.count("step 0  tool_calls") == 1
     assert result.output.count('fs.list_dir {"path": "."} -> COMPLETED') == 1
