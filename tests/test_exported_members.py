@@ -7,10 +7,10 @@ import importlib
 import pytest
 
 PUBLIC = {
+    "corral.resilience": ["Admission", "BreakerState", "CircuitBreakers"],
     "corral.gateway.models": [
         "AnthropicProvider",
         "Attempt",
-        "BreakerState",
         "DEFAULT_MAX_STRING",
         "CachedResponse",
         "ChatCompletionsRequest",
@@ -18,7 +18,6 @@ PUBLIC = {
         "MAX_SOURCES",
         "Decision",
         "Deployment",
-        "DeploymentBreakers",
         "FAILOVERS",
         "FinalAnswer",
         "LOCAL_MODEL_ALIAS",
@@ -341,7 +340,6 @@ PUBLIC = {
         "CallPipeline",
         "CallRecorder",
         "CallStatus",
-        "CircuitBreakers",
         "DirectCallResult",
         "DirectCallStatus",
         "DirectToolCalls",

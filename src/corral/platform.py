@@ -23,7 +23,6 @@ from corral.cache import StoreResponseCache, StoreToolResultCache
 from corral.costs import daily_model_usage
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.gateway.models import (
-    DeploymentBreakers,
     LocalModelServer,
     Message,
     ModelCatalog,
@@ -48,6 +47,7 @@ from corral.policy import (
     principal_ref,
 )
 from corral.registry import apply_documents, default_models, tenant_models
+from corral.resilience import CircuitBreakers
 from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
 from corral.settings import Settings
@@ -195,8 +195,11 @@ class Platform:
             self.tracing.tracer,
             catalog=self.model_catalog,
             region=settings.region,
-            breakers=DeploymentBreakers(
-                gateway.breaker_failure_threshold, gateway.breaker_reset_seconds
+            breakers=CircuitBreakers(
+                gateway.breaker_failure_threshold,
+                gateway.breaker_reset_seconds,
+                storage_url=gateway.breaker_storage_url,
+                namespace="models",
             ),
             retry=RetryPolicy(
                 gateway.retry_initial_seconds,

@@ -232,6 +232,9 @@ class ToolSettings(BaseModel):
     breaker_reset_seconds: float = 30.0
     """Seconds an open breaker fails calls fast before letting one trial call through
     (half-open): success closes it, failure opens it again."""
+    breaker_storage_url: str | None = None
+    """Where circuit breaker state lives: unset, in each process; ``redis://HOST:PORT``,
+    shared by every replica and worker (needs ``corral[redis]``)."""
 
 
 class GovernanceSettings(BaseModel):
@@ -420,6 +423,9 @@ class ModelGatewaySettings(BaseModel):
     breaker."""
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
     """Seconds an open breaker skips its deployment before one trial call."""
+    breaker_storage_url: str | None = None
+    """Where deployment breaker state lives: unset, in each process; ``redis://HOST:PORT``,
+    shared by every replica and worker (needs ``corral[redis]``)."""
 
 
 class SecretsSettings(BaseModel):

@@ -16,7 +16,8 @@ from corral.api._deps import Caller, PlatformDep, requires
 from corral.api._schemas import Page
 from corral.contracts import ModelSpec
 from corral.errors import NotFound
-from corral.gateway.models import BreakerState, FinalAnswer, deployments_of
+from corral.gateway.models import FinalAnswer, deployments_of
+from corral.resilience import BreakerState
 
 __all__ = ["router"]
 

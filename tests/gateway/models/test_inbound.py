@@ -26,7 +26,6 @@ from corral.errors import (
     QuotaExceeded,
 )
 from corral.gateway.models import (
-    DeploymentBreakers,
     InboundChat,
     RecordWriter,
     Reservation,
@@ -37,6 +36,7 @@ from corral.gateway.models import (
 from corral.observability import sample_value
 from corral.platform import Platform
 from corral.policy._tables import PolicyDecisionRow
+from corral.resilience import CircuitBreakers
 from corral.settings import Settings
 from corral.tenancy import Principal
 from corral.testing import FakeChatUpstream
@@ -324,7 +324,7 @@ async def test_an_open_breaker_keeps_calls_from_a_failing_deployment(
     platform: Platform, upstream: FakeChatUpstream
 ) -> None:
     now = [0.0]
-    platform.models.breakers = DeploymentBreakers(1, 30.0, clock=lambda: now[0])
+    platform.models.breakers = CircuitBreakers(1, 30.0, clock=lambda: now[0])
     platform.models.region = "eu"  # the failing eu deployment is preferred
     with FakeChatUpstream(status=503) as failing:
         await register(

@@ -18,7 +18,6 @@ from corral.errors import ModelAPIError, NotFound
 from corral.gateway.models import (
     FAILOVERS,
     Deployment,
-    DeploymentBreakers,
     FinalAnswer,
     Message,
     ModelCatalog,
@@ -28,6 +27,7 @@ from corral.gateway.models import (
     retry_after_seconds,
 )
 from corral.gateway.models._routing import route
+from corral.resilience import CircuitBreakers
 from corral.testing import FakeOpenAIUpstream, ScriptedModel, UpstreamReply
 
 REQUEST = ModelRequest(model="", messages=[Message("user", "hi")])
@@ -84,7 +84,7 @@ def _gateway(
         NoOpTracer(),
         catalog=ModelCatalog(defaults=aliases),
         region=region,
-        breakers=DeploymentBreakers(threshold, 30.0, clock=clock or Clock()),
+        breakers=CircuitBreakers(threshold, 30.0, clock=clock or Clock()),
         rng=random.Random(7),
         sleep=sleep or Sleeps(),
     )

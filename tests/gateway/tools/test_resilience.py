@@ -15,7 +15,8 @@ from opentelemetry import trace
 from corral.contracts import AgentTools
 from corral.errors import CircuitOpen, RateLimited, UpstreamFailed
 from corral.gateway.tools import ResolvedTool, ToolCallContext, ToolGateway, ToolResult
-from corral.gateway.tools._resilience import CircuitBreakers, ToolRateLimiter
+from corral.gateway.tools._resilience import ToolRateLimiter, guard
+from corral.resilience import CircuitBreakers
 from corral.settings import ToolSettings
 
 LOCAL = ["127.0.0.1"]
@@ -186,29 +187,27 @@ async def test_client_errors_do_not_open_the_breaker(make_gateway: Any, upstream
     assert gateway.resilience.breakers.state(upstream.url) == "closed"
 
 
-async def test_breaker_state_machine() -> None:
+async def test_breaker_guard_refuses_while_open_and_counts_429_as_an_answer() -> None:
     now = [100.0]
     breakers = CircuitBreakers(2, 10.0, clock=lambda: now[0])
-    breakers.record_failure("u")
-    assert breakers.state("u") == "closed"
-    breakers.record_failure("u")
-    assert breakers.state("u") == "open"
+    for _ in range(2):
+        with pytest.raises(UpstreamFailed):
+            async with guard(breakers, "u"):
+                raise UpstreamFailed("down", upstream="u", retryable=True, status_code=503)
     with pytest.raises(CircuitOpen) as caught:
-        breakers.before_call("u")
+        async with guard(breakers, "u"):
+            pass
     assert caught.value.upstream == "u" and caught.value.retry_after_seconds == 10.0
+    assert "opened after 2 consecutive failures" in caught.value.message
     now[0] += 10
-    breakers.before_call("u")  # the trial call
-    with pytest.raises(CircuitOpen):
-        breakers.before_call("u")  # only one trial at a time
-    breakers.record_success("u")
-    assert breakers.state("u") == "closed"
-    breakers.before_call("u")
-    # A 429 means the upstream is alive: it does not count as a failure.
-    with pytest.raises(UpstreamFailed):
-        async with breakers.guard("u"):
-            raise UpstreamFailed("slow down", upstream="u", retryable=True, status_code=429)
-    async with breakers.guard("u"):
+    async with guard(breakers, "u"):  # the trial call succeeds
         pass
+    assert breakers.state("u") == "closed"
+    # A 429 means the upstream is alive: it does not count as a failure.
+    for _ in range(3):
+        with pytest.raises(UpstreamFailed):
+            async with guard(breakers, "u"):
+                raise UpstreamFailed("slow down", upstream="u", retryable=True, status_code=429)
     assert breakers.state("u") == "closed"
 
 

@@ -72,8 +72,6 @@ from corral.gateway.models._pricing import (
     settings_override,
 )
 from corral.gateway.models._resilience import (
-    BreakerState,
-    DeploymentBreakers,
     RetryPolicy,
     retry_after_seconds,
 )
@@ -98,12 +96,10 @@ __all__ = [
     "MAX_SOURCES",
     "AnthropicProvider",
     "Attempt",
-    "BreakerState",
     "CachedResponse",
     "ChatCompletionsRequest",
     "Decision",
     "Deployment",
-    "DeploymentBreakers",
     "FinalAnswer",
     "InboundChat",
     "InboundReply",

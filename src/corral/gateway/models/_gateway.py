@@ -35,13 +35,13 @@ from corral.gateway.models._base import (
     Served,
 )
 from corral.gateway.models._resilience import (
-    DeploymentBreakers,
     RetryPolicy,
     call_with_retries,
     counts_as_failure,
 )
 from corral.gateway.models._routing import Deployment, ModelCatalog, ModelResolver, route
 from corral.observability import CACHE_HIT_ATTRIBUTE, REGISTRY, observe_model_call
+from corral.resilience import CircuitBreakers
 
 __all__ = [
     "FAILOVERS",
@@ -161,7 +161,7 @@ class ModelGateway:
         *,
         catalog: ModelResolver | None = None,
         region: str | None = None,
-        breakers: DeploymentBreakers | None = None,
+        breakers: CircuitBreakers | None = None,
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -171,7 +171,7 @@ class ModelGateway:
         self.tracer = tracer
         self.catalog: ModelResolver = catalog or ModelCatalog()
         self.region = region
-        self.breakers = breakers or DeploymentBreakers()
+        self.breakers = breakers or CircuitBreakers()
         self.retry = retry or RetryPolicy()
         self.rng = rng or random.Random()  # routing and jitter, not cryptography
         self.sleep = sleep
@@ -292,7 +292,7 @@ class ModelGateway:
                 outcome.refused.append((deployment.model_name, refusal))
                 outcome.add(Attempt(served, "denied", refusal))
                 return None
-        if not self.breakers.acquire(key):  # another call took the half-open trial
+        if not (await self.breakers.acquire(key)).allowed:  # another call took the half-open trial
             outcome.add(Attempt(served, "circuit_open", self._open_text(deployment)))
             return None
         try:
@@ -328,11 +328,11 @@ class ModelGateway:
                 response = await self._call_once(deployment, request, run_id, tenant_id)
             except ModelAPIError as exc:
                 if counts_as_failure(exc):
-                    self.breakers.record_failure(key)
+                    await self.breakers.record_failure(key)
                 else:
-                    self.breakers.record_success(key)  # it answered; the request was refused
+                    await self.breakers.record_success(key)  # it answered; the request was refused
                 raise
-            self.breakers.record_success(key)
+            await self.breakers.record_success(key)
             return response
 
         try:
@@ -344,7 +344,7 @@ class ModelGateway:
                 sleep=self.sleep,
             )
         except BaseException:
-            self.breakers.release(key)
+            await self.breakers.release(key)
             raise
 
     async def _call_once(

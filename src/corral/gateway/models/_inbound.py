@@ -774,7 +774,7 @@ class InboundChat:
                 refusals.append(refusal)
                 self._passed(call, Attempt(served, "denied", refusal))
                 continue
-            if not breakers.acquire(key):  # another call took the half-open trial
+            if not (await breakers.acquire(key)).allowed:  # another call took the half-open trial
                 self._passed(call, Attempt(served, "circuit_open", self._open_text(target)))
                 continue
             call.served = served
@@ -788,18 +788,18 @@ class InboundChat:
                     answer = await target.wire.create(upstream)
             except ModelAPIError as exc:
                 if counts_as_failure(exc):
-                    breakers.record_failure(key)
+                    await breakers.record_failure(key)
                 else:
-                    breakers.record_success(key)  # it answered; the request was refused
+                    await breakers.record_success(key)  # it answered; the request was refused
                 if not exc.retryable:
                     raise
                 failures.append(exc)
                 self._passed(call, Attempt(served, "failed", exc.message))
                 continue
             except BaseException:
-                breakers.release(key)
+                await breakers.release(key)
                 raise
-            breakers.record_success(key)
+            await breakers.record_success(key)
             _served_attributes(call.span, served)
             return answer
         if failures:

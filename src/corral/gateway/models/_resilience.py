@@ -5,33 +5,26 @@
   backoff and full jitter ("Exponential Backoff And Jitter", AWS Architecture Blog, 2015),
   waiting at least the provider's ``Retry-After``. A ``Retry-After`` longer than
   ``max_retry_after_seconds`` is not waited for: the gateway falls back instead.
-* **Circuit breakers** (:class:`DeploymentBreakers`): one per deployment upstream; ``closed``
-  -> ``open`` after N consecutive failures (the deployment is skipped) -> ``half_open`` after a
-  cool-down, when one trial call goes through: success closes the breaker, failure opens it
-  again (Nygard, *Release It!*, 2nd ed., ch. 5). Breaker state is per process (not shared in
-  Redis).
-
-The tool gateway has its own breakers (``gateway.tools``); the two domains do not import each
-other, and a model breaker counts different failures (429 is an answer, not a failure).
+* **Circuit breakers**: :class:`corral.resilience.CircuitBreakers`, one per deployment
+  upstream, shared with the tool gateway's implementation (per process, or in Redis when
+  ``CORRAL_MODELS__BREAKER_STORAGE_URL`` is set). A model breaker counts its own failures
+  (:func:`counts_as_failure`: a 429 is an answer, not a failure).
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from corral.errors import ModelAPIError
 
 __all__ = [
-    "BreakerState",
-    "DeploymentBreakers",
     "RetryPolicy",
     "call_with_retries",
     "counts_as_failure",
@@ -40,78 +33,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-BreakerState = Literal["closed", "open", "half_open"]
-
-
-@dataclass
-class _Breaker:
-    failures: int = 0
-    opened_at: float | None = None
-    trial_in_flight: bool = False
-
-
-class DeploymentBreakers:
-    """One circuit breaker per deployment upstream, in this process.
-
-    Args:
-        failure_threshold: Consecutive failures that open a breaker.
-        reset_seconds: Seconds an open breaker skips its deployment before a trial call.
-        clock: Monotonic clock in seconds (tests pass their own).
-    """
-
-    def __init__(
-        self,
-        failure_threshold: int = 5,
-        reset_seconds: float = 30.0,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.failure_threshold = max(failure_threshold, 1)
-        self.reset_seconds = reset_seconds
-        self.clock = clock
-        self._breakers: dict[str, _Breaker] = {}
-
-    def state(self, key: str) -> BreakerState:
-        """``closed``, ``open`` (skipped) or ``half_open`` (a trial call may go)."""
-        breaker = self._breakers.get(key)
-        if breaker is None or breaker.opened_at is None:
-            return "closed"
-        if self.clock() - breaker.opened_at < self.reset_seconds or breaker.trial_in_flight:
-            return "open"
-        return "half_open"
-
-    def acquire(self, key: str) -> bool:
-        """Whether a call may go to ``key`` now; a half-open breaker lets one trial through."""
-        state = self.state(key)
-        if state == "closed":
-            return True
-        if state == "open":
-            return False
-        self._breakers[key].trial_in_flight = True
-        return True
-
-    def release(self, key: str) -> None:
-        """A call let through ended without an answer or a failure (cancelled)."""
-        breaker = self._breakers.get(key)
-        if breaker is not None:
-            breaker.trial_in_flight = False
-
-    def record_success(self, key: str) -> None:
-        """The deployment answered: close its breaker."""
-        self._breakers.pop(key, None)
-
-    def record_failure(self, key: str) -> None:
-        """The deployment failed: count it; open at the threshold, or again after a trial."""
-        breaker = self._breakers.setdefault(key, _Breaker())
-        breaker.failures += 1
-        if breaker.trial_in_flight or breaker.failures >= self.failure_threshold:
-            breaker.opened_at = self.clock()
-            breaker.trial_in_flight = False
-
-    def failures(self, key: str) -> int:
-        """Consecutive failures counted for ``key``."""
-        breaker = self._breakers.get(key)
-        return 0 if breaker is None else breaker.failures
 
 
 @dataclass(frozen=True)

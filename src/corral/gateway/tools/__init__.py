@@ -43,7 +43,6 @@ from corral.gateway.tools._pipeline import (
     tool_call_request,
 )
 from corral.gateway.tools._resilience import (
-    CircuitBreakers,
     Resilience,
     ToolRateLimiter,
     async_storage_url,
@@ -57,7 +56,6 @@ __all__ = [
     "CallPipeline",
     "CallRecorder",
     "CallStatus",
-    "CircuitBreakers",
     "DirectCallResult",
     "DirectCallStatus",
     "DirectToolCalls",

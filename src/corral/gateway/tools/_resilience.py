@@ -10,11 +10,10 @@
   ("Exponential Backoff And Jitter", AWS Architecture Blog, 2015), honouring ``Retry-After``,
   bounded by the attempts and by the tool's timeout. A side-effecting tool that does not
   honour idempotency keys is retried only when its request never reached the upstream.
-* **Circuit breakers** (:class:`CircuitBreakers`): one per upstream; ``closed`` ->
-  ``open`` after N consecutive failures (calls fail fast with :class:`CircuitOpen` naming the
-  upstream) -> ``half_open`` after a cool-down, when one trial call goes through: success
-  closes the breaker, failure opens it again (Nygard, *Release It!*, 2nd ed., ch. 5). Breaker
-  state is per process.
+* **Circuit breakers** (:class:`corral.resilience.CircuitBreakers`, shared with the model
+  gateway): one per upstream; after N consecutive failures calls fail fast with
+  :class:`CircuitOpen` naming the upstream, until one trial call succeeds. Breaker state is
+  per process, or shared in Redis when ``CORRAL_TOOLS__BREAKER_STORAGE_URL`` is set.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import limits
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
@@ -38,15 +36,14 @@ from tenacity.stop import stop_base
 
 from corral.errors import CircuitOpen, RateLimited, UpstreamFailed
 from corral.gateway.tools._base import ToolCallContext
+from corral.resilience import CircuitBreakers
 from corral.settings import ToolSettings
 
-__all__ = ["BreakerState", "CircuitBreakers", "Resilience", "ToolRateLimiter"]
+__all__ = ["Resilience", "ToolRateLimiter", "guard"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-BreakerState = Literal["closed", "open", "half_open"]
 
 # Only requests that never reached the upstream are safe to repeat for any tool.
 _NOT_SENT = "upstream_unreachable"
@@ -170,101 +167,50 @@ def _rate_limited(scope: str, key: str, rate: str, retry_after_seconds: float) -
     )
 
 
-@dataclass
-class _Breaker:
-    failures: int = 0
-    opened_at: float | None = None
-    trial_in_flight: bool = False
+async def _admit(breakers: CircuitBreakers, upstream: str) -> None:
+    """Let a call through, or refuse it while the upstream's breaker is open.
 
-
-class CircuitBreakers:
-    """One circuit breaker per upstream, in this process.
-
-    Args:
-        failure_threshold: Consecutive failures that open a breaker.
-        reset_seconds: Seconds an open breaker fails fast before a trial call.
-        clock: Monotonic clock in seconds (tests pass their own).
+    Raises:
+        CircuitOpen: open and cooling down, or half-open with its trial call in flight.
     """
+    admission = await breakers.acquire(upstream)
+    if not admission.allowed:
+        raise CircuitOpen(
+            f"upstream {upstream!r} is unavailable: its circuit breaker opened after "
+            f"{admission.failures} consecutive failures; calls fail fast until a trial call "
+            f"in {admission.retry_after_seconds:.1f} s succeeds. Try again later or use "
+            "another tool.",
+            upstream=upstream,
+            retry_after_seconds=admission.retry_after_seconds,
+        )
 
-    def __init__(
-        self,
-        failure_threshold: int,
-        reset_seconds: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.failure_threshold = max(failure_threshold, 1)
-        self.reset_seconds = reset_seconds
-        self.clock = clock
-        self._breakers: dict[str, _Breaker] = {}
 
-    def state(self, upstream: str) -> BreakerState:
-        """``closed``, ``open`` (failing fast) or ``half_open`` (a trial call may go)."""
-        breaker = self._breakers.get(upstream)
-        if breaker is None or breaker.opened_at is None:
-            return "closed"
-        if self.clock() - breaker.opened_at < self.reset_seconds or breaker.trial_in_flight:
-            return "open"
-        return "half_open"
+@contextlib.asynccontextmanager
+async def guard(breakers: CircuitBreakers, upstream: str) -> AsyncIterator[None]:
+    """Around one attempt: refuse it when the breaker is open, record how it ended.
 
-    def before_call(self, upstream: str) -> None:
-        """Let a call through, or refuse it while the breaker is open.
+    Upstream failures (:class:`UpstreamFailed` other than HTTP 429), timeouts and
+    cancellations count as failures; anything else (an answer, even a 4xx) as success.
 
-        Raises:
-            CircuitOpen: open and cooling down, or half-open with its trial call in flight.
-        """
-        breaker = self._breakers.setdefault(upstream, _Breaker())
-        if breaker.opened_at is None:
-            return
-        remaining = self.reset_seconds - (self.clock() - breaker.opened_at)
-        if remaining > 0 or breaker.trial_in_flight:
-            raise CircuitOpen(
-                f"upstream {upstream!r} is unavailable: its circuit breaker opened after "
-                f"{breaker.failures} consecutive failures; calls fail fast until a trial call "
-                f"in {max(remaining, 0):.1f} s succeeds. Try again later or use another tool.",
-                upstream=upstream,
-                retry_after_seconds=max(remaining, 0.0),
-            )
-        breaker.trial_in_flight = True
-
-    def record_success(self, upstream: str) -> None:
-        """The upstream answered: close its breaker."""
-        self._breakers[upstream] = _Breaker()
-
-    def record_failure(self, upstream: str) -> None:
-        """The upstream failed: count it; open the breaker at the threshold or after a trial."""
-        breaker = self._breakers.setdefault(upstream, _Breaker())
-        breaker.failures += 1
-        if breaker.trial_in_flight or breaker.failures >= self.failure_threshold:
-            breaker.opened_at = self.clock()
-            breaker.trial_in_flight = False
-
-    @contextlib.asynccontextmanager
-    async def guard(self, upstream: str) -> AsyncIterator[None]:
-        """Around one attempt: refuse it when open, record how it ended.
-
-        Upstream failures (:class:`UpstreamFailed` other than HTTP 429), timeouts and
-        cancellations count as failures; anything else (an answer, even a 4xx) as success.
-
-        Raises:
-            CircuitOpen: see :meth:`before_call`.
-        """
-        self.before_call(upstream)
-        try:
-            yield
-        except UpstreamFailed as exc:
-            if exc.status_code == 429:
-                self.record_success(upstream)
-            else:
-                self.record_failure(upstream)
-            raise
-        except (TimeoutError, asyncio.CancelledError):
-            self.record_failure(upstream)
-            raise
-        except BaseException:
-            self.record_success(upstream)
-            raise
-        self.record_success(upstream)
+    Raises:
+        CircuitOpen: see :func:`_admit`.
+    """
+    await _admit(breakers, upstream)
+    try:
+        yield
+    except UpstreamFailed as exc:
+        if exc.status_code == 429:
+            await breakers.record_success(upstream)
+        else:
+            await breakers.record_failure(upstream)
+        raise
+    except (TimeoutError, asyncio.CancelledError):
+        await breakers.record_failure(upstream)
+        raise
+    except BaseException:
+        await breakers.record_success(upstream)
+        raise
+    await breakers.record_success(upstream)
 
 
 class _BackoffWait:
@@ -311,7 +257,10 @@ class Resilience:
         self.settings = settings
         self.rate_limiter = ToolRateLimiter(settings)
         self.breakers = CircuitBreakers(
-            settings.breaker_failure_threshold, settings.breaker_reset_seconds
+            settings.breaker_failure_threshold,
+            settings.breaker_reset_seconds,
+            storage_url=settings.breaker_storage_url,
+            namespace="tools",
         )
 
     def close(self) -> None:
@@ -345,7 +294,7 @@ class Resilience:
         """
 
         async def guarded() -> T:
-            async with self.breakers.guard(upstream):
+            async with guard(self.breakers, upstream):
                 return await attempt()
 
         retrying = AsyncRetrying(
