@@ -34,7 +34,6 @@ __all__ = [
 T = TypeVar("T")
 
 
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """How retryable model errors are retried.
