@@ -45,6 +45,8 @@ class EndedRun:
     """Its terminal :class:`~corral.runtime.RunStatus` value."""
     duration_seconds: float
     """Seconds from its creation to its terminal state."""
+    finished_at: datetime
+    """When it reached it (UTC)."""
 
 
 async def ended_runs(
@@ -67,7 +69,7 @@ async def ended_runs(
         )
     )
     return [
-        EndedRun(name, str(status), max((finished - created).total_seconds(), 0.0))
+        EndedRun(name, str(status), max((finished - created).total_seconds(), 0.0), finished)
         for name, status, created, finished in rows
     ]
 
