@@ -296,6 +296,7 @@ PUBLIC = {
         "active_breaches",
         "claim_evaluation",
         "evaluate_tenant",
+        "judge",
         "p95",
         "sign_webhook",
     ],

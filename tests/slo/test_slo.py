@@ -35,9 +35,9 @@ from corral.slo import (
     SloEvaluator,
     active_breaches,
     claim_evaluation,
+    judge,
     p95,
 )
-from corral.slo._judge import judge
 from corral.store import SYSTEM, utcnow
 from corral.testing import ManualClock, ScriptedModel, ScriptStep
 
@@ -210,9 +210,7 @@ async def test_one_evaluator_of_many_judges_per_interval(make_platform: Any) -> 
 
 async def test_a_tick_that_lost_the_lease_does_not_judge(make_platform: Any) -> None:
     platform: Platform = await make_platform()
-    await register(
-        platform, agent_document("spender", slo={"cost_usd_per_day_max": "0.10"})
-    )
+    await register(platform, agent_document("spender", slo={"cost_usd_per_day_max": "0.10"}))
     await record_model_call(platform.store, _call("spender", "0.25"))
     clock = ManualClock(utcnow() + timedelta(seconds=1))
     first = SloEvaluator(platform.store, platform.settings.alerts, holder="a", clock=clock)

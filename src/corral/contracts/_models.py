@@ -202,8 +202,9 @@ class AgentAnswer(_Strict):
 class AgentSlo(_Strict):
     """Service-level objectives of an agent, judged by the workers over the runs in the store.
 
-    The workers judge them every ``alerts.slo_interval_seconds``. A breach (and its recovery) records an ``slo.breached`` (``slo.recovered``) audit event
-    once per transition and calls the platform's alert webhooks. Error rate and latency are
+    The workers judge them every ``alerts.slo_interval_seconds``. A breach (and its recovery)
+    records an ``slo.breached`` (``slo.recovered``) audit event once per transition and calls
+    the platform's alert webhooks. Error rate and latency are
     judged over the runs that ended in the last ``window_minutes``, and only when at least
     ``min_runs`` of them did; cost over the UTC day so far.
     """

@@ -71,6 +71,7 @@ async def ended_runs(
     return [
         EndedRun(name, str(status), max((finished - created).total_seconds(), 0.0), finished)
         for name, status, created, finished in rows
+        if finished is not None
     ]
 
 

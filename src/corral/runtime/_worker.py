@@ -169,9 +169,7 @@ class Worker:
             jobs = [job.task for job in self._jobs if job.task is not None]
             for task in [*self._active.values(), *jobs]:
                 task.cancel()
-            await asyncio.gather(
-                *self._active.values(), *jobs, heartbeat, return_exceptions=True
-            )
+            await asyncio.gather(*self._active.values(), *jobs, heartbeat, return_exceptions=True)
 
     async def run_until_idle(self) -> None:
         """Execute runnable runs until none is left and none is active (for tests and scripts)."""

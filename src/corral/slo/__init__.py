@@ -9,7 +9,14 @@ breached now (``GET /v1/slo/breaches``, the portal's banner).
 """
 
 from corral.slo._evaluator import SloEvaluator
-from corral.slo._judge import ERROR_STATUSES, OBJECTIVES, UNJUDGED_STATUSES, Observation, p95
+from corral.slo._judge import (
+    ERROR_STATUSES,
+    OBJECTIVES,
+    UNJUDGED_STATUSES,
+    Observation,
+    judge,
+    p95,
+)
 from corral.slo._state import (
     SloBreach,
     SloTransition,
@@ -43,6 +50,7 @@ __all__ = [
     "active_breaches",
     "claim_evaluation",
     "evaluate_tenant",
+    "judge",
     "p95",
     "sign_webhook",
 ]

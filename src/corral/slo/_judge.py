@@ -76,8 +76,8 @@ def p95(values: Sequence[float]) -> float:
 
 
 def _text(value: float | Decimal) -> str:
-    if isinstance(value, float):
-        value = Decimal(repr(round(value, 6)))
+    if not isinstance(value, Decimal):
+        value = Decimal(repr(round(float(value), 6)))
     return format(value.normalize(), "f") if value else "0"
 
 

@@ -165,8 +165,6 @@ async def evaluate_tenant(
     Returns:
         The transitions recorded.
     """
-    spend = await costs_report(store, by="agent", since=day_start(now), tenant_id=tenant_id)
-    cost_by_agent = {group.key: group.cost_usd for group in spend}
     async with store.transaction(tenant_id) as session:
         slos = await _agent_slos(session, tenant_id)
         states = {
@@ -177,6 +175,10 @@ async def evaluate_tenant(
         }
         if not slos and not any(row.breached for row in states.values()):
             return []
+        cost_by_agent: dict[str, Decimal] = {}
+        if any(slo.cost_usd_per_day_max is not None for slo in slos.values()):
+            spend = await costs_report(store, by="agent", since=day_start(now), tenant_id=tenant_id)
+            cost_by_agent = {group.key: group.cost_usd for group in spend}
         observations = await _observe(session, tenant_id, slos, cost_by_agent, now=now)
         observations += _removed(states, slos)
         transitions = []
@@ -249,10 +251,11 @@ def _removed(
     gone = []
     for (agent, objective), row in states.items():
         slo = slos.get(agent)
-        still_set = slo is not None and getattr(slo, _LIMIT_FIELD[objective], None) is not None
+        field = _LIMIT_FIELD.get(objective)
+        still_set = slo is not None and field is not None and getattr(slo, field) is not None
         if row.breached and not still_set and objective in OBJECTIVES:
             observation = Observation(
-                objective,  # type: ignore[arg-type]
+                objective,
                 False,
                 row.limit_value,
                 "",
@@ -263,7 +266,7 @@ def _removed(
     return gone
 
 
-_LIMIT_FIELD = {
+_LIMIT_FIELD: dict[str, str] = {
     "error_rate": "error_rate_max",
     "p95_latency_seconds": "p95_latency_seconds_max",
     "cost_usd_per_day": "cost_usd_per_day_max",

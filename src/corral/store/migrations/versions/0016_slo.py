@@ -37,9 +37,7 @@ def upgrade() -> None:
         sa.Column("window_minutes", sa.Integer(), nullable=False),
         sa.Column("changed_at", _TIME, nullable=False),
         sa.Column("tenant_id", sa.String(64), nullable=False),
-        sa.PrimaryKeyConstraint(
-            "tenant_id", "agent_name", "objective", name=op.f("pk_slo_states")
-        ),
+        sa.PrimaryKeyConstraint("tenant_id", "agent_name", "objective", name=op.f("pk_slo_states")),
     )
     op.create_index(op.f("ix_slo_states_tenant_id"), "slo_states", ["tenant_id"])
     op.create_table(
