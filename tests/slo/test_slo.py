@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from conftest import agent_document, register
 from corral.audit import AuditEventRow
@@ -38,7 +40,7 @@ from corral.slo import (
     judge,
     p95,
 )
-from corral.store import SYSTEM, utcnow
+from corral.store import SYSTEM, Base, utcnow
 from corral.testing import ManualClock, ScriptedModel, ScriptStep
 
 SECRET = "a-webhook-secret-of-some-length"
@@ -334,3 +336,15 @@ async def test_the_worker_heartbeat_runs_its_jobs(make_platform: Any) -> None:
         stop.set()
         await running
     assert ran.is_set()
+
+
+async def test_the_slo_tables_are_what_the_migration_made(make_platform: Any) -> None:
+    platform: Platform = await make_platform()
+
+    def differences(connection: Connection) -> list[str]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        found = [repr(diff) for diff in compare_metadata(context, Base.metadata)]
+        return [diff for diff in found if "'slo_" in diff]
+
+    async with platform.store.engine.connect() as connection:
+        assert await connection.run_sync(differences) == []

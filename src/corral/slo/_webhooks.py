@@ -27,17 +27,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Final
-
-import httpx
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
+from typing import TYPE_CHECKING, Any, Final
 
 from corral.settings import AlertSettings, AlertWebhook
+
+if TYPE_CHECKING:  # httpx and tenacity are imported when an alert is first sent
+    import httpx
 
 __all__ = [
     "DELIVERY_HEADER",
@@ -75,6 +70,8 @@ class _Refused(Exception):
 
 
 def _retryable(exc: BaseException) -> bool:
+    import httpx
+
     return isinstance(exc, _RetryableStatus | httpx.TransportError)
 
 
@@ -115,6 +112,8 @@ class WebhookSender:
 
     async def deliver(self, webhook: AlertWebhook, body: bytes) -> bool:
         """POST ``body`` to one webhook, retrying; whether it was accepted (2xx/3xx)."""
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.webhook_attempts),
             wait=wait_exponential(
@@ -155,6 +154,8 @@ class WebhookSender:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
+            import httpx
+
             self._client = httpx.AsyncClient(
                 timeout=self.settings.webhook_timeout_seconds, follow_redirects=False
             )
