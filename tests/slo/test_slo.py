@@ -30,11 +30,12 @@ from corral.gateway.models import ModelRequest, Usage
 from corral.platform import Platform
 from corral.registry import document_of
 from corral.runtime import EndedRun, Worker, create_run
-from corral.settings import Settings, StoreSettings
+from corral.settings import AlertSettings, Settings, StoreSettings
 from corral.slo import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     SloEvaluator,
+    WebhookSender,
     active_breaches,
     claim_evaluation,
     judge,
@@ -47,18 +48,22 @@ SECRET = "a-webhook-secret-of-some-length"
 
 
 class Receiver:
-    """A real local HTTP server recording alert POSTs; answers 500 to the first ``fail`` ones."""
+    """A real local HTTP server recording alert POSTs.
 
-    def __init__(self, fail: int) -> None:
+    It answers 500 to the first ``fail`` ones, then ``status``.
+    """
+
+    def __init__(self, fail: int, *, status: int = 200) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.fail = fail
+        self.status = status
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests.append((dict(self.headers), body))
-                status = 500 if len(receiver.requests) <= receiver.fail else 200
+                status = 500 if len(receiver.requests) <= receiver.fail else receiver.status
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -348,3 +353,57 @@ async def test_the_slo_tables_are_what_the_migration_made(make_platform: Any) ->
 
     async with platform.store.engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+async def test_a_breached_objective_removed_from_its_agent_recovers(make_platform: Any) -> None:
+    platform: Platform = await make_platform()
+    await register(platform, agent_document("spender", slo={"cost_usd_per_day_max": "0.10"}))
+    await record_model_call(platform.store, _call("spender", "0.25"))
+    now = utcnow() + timedelta(seconds=1)
+    breached = await platform.slo.evaluate(now=now)
+    await register(platform, agent_document("spender", slo={"error_rate_max": 0.5}))
+    recovered = await platform.slo.evaluate(now=now + timedelta(minutes=1))
+    await platform.slo.webhooks.drain()
+
+    assert [(t.action, t.observation.objective) for t in breached + recovered] == [
+        ("slo.breached", "cost_usd_per_day"),
+        ("slo.recovered", "cost_usd_per_day"),
+    ]
+    async with platform.store.read("default") as session:
+        assert await active_breaches(session, tenant_id="default") == []
+
+
+def test_webhooks_come_from_the_environment_and_refuse_placeholder_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "CORRAL_ALERTS__WEBHOOKS",
+        json.dumps([{"url": "https://alerts.example/x", "secret": SECRET}]),
+    )
+    [webhook] = Settings().alerts.webhooks
+    assert (webhook.url, webhook.secret.get_secret_value()) == ("https://alerts.example/x", SECRET)
+    assert SECRET not in repr(Settings().alerts)
+    monkeypatch.setenv(
+        "CORRAL_ALERTS__WEBHOOKS", json.dumps([{"url": "https://a.example", "secret": "changeme"}])
+    )
+    with pytest.raises(ValidationError, match="openssl rand -hex 32"):
+        Settings()
+
+
+async def test_a_refused_delivery_is_not_retried() -> None:
+    found = Receiver(fail=0, status=404)
+    thread = threading.Thread(target=found.server.serve_forever, daemon=True)
+    thread.start()
+    sender = WebhookSender(
+        AlertSettings(
+            webhooks=[{"url": found.url, "secret": SECRET}], webhook_retry_initial_seconds=0
+        )
+    )
+    try:
+        accepted = await sender.deliver(sender.settings.webhooks[0], b'{"id": "x"}')
+    finally:
+        await sender.aclose()
+        found.server.shutdown()
+        found.server.server_close()
+    assert accepted is False
+    assert len(found.requests) == 1
