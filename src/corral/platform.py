@@ -51,6 +51,7 @@ from corral.resilience import CircuitBreakers
 from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
 from corral.settings import Settings
+from corral.slo import SloEvaluator
 from corral.store import (
     DEFAULT_TENANT,
     SYSTEM,
@@ -234,6 +235,8 @@ class Platform:
             store_retry_initial=timedelta(seconds=settings.runtime.store_retry_initial_seconds),
             store_retry_max=timedelta(seconds=settings.runtime.store_retry_max_seconds),
         )
+        self.slo = SloEvaluator(self.store, settings.alerts, holder=self.worker.worker_id)
+        self.worker.add_heartbeat_job(self.slo.interval, self.slo.tick)
 
     async def start(self) -> None:
         """Migrate (or check), register builtin tools, start providers.
@@ -414,6 +417,7 @@ class Platform:
         if "mcp" in self.__dict__:  # never built: no MCP server was used
             await self.mcp.close()
         await self.tools.aclose()
+        await self.slo.aclose()
         if self.local_server is not None:
             await self.local_server.stop()
         for provider in [*self.models.providers.values(), *self.models.deployment_providers]:

@@ -22,6 +22,8 @@ from sqlalchemy.engine import make_url
 __all__ = [
     "MASTER_KEY_BYTES",
     "MASTER_KEY_HINT",
+    "AlertSettings",
+    "AlertWebhook",
     "ApiSettings",
     "GovernanceSettings",
     "LocalModelSettings",
@@ -458,6 +460,47 @@ class ObservabilitySettings(BaseModel):
     scrape setting)."""
 
 
+class AlertWebhook(BaseModel):
+    """One endpoint that receives SLO breaches and recoveries (see :mod:`corral.slo`)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    """Where the JSON body is POSTed."""
+    secret: SecretStr
+    """HMAC-SHA256 key of the ``X-Corral-Signature`` header (16 characters or more)."""
+
+    @field_validator("secret")
+    @classmethod
+    def _real_secret(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if text.strip().lower() in _PLACEHOLDERS or len(text) < 16:
+            raise ValueError(
+                "the webhook secret is a placeholder or shorter than 16 characters; generate "
+                "one with `openssl rand -hex 32` and give the receiver the same"
+            )
+        return value
+
+
+class AlertSettings(BaseModel):
+    """SLO evaluation and alert webhooks (``CORRAL_ALERTS__*``).
+
+    Only the platform's operator sets these (the environment, never a tenant's request), so
+    webhook URLs may point inside the operator's network.
+    """
+
+    webhooks: list[AlertWebhook] = Field(default_factory=list)
+    """``CORRAL_ALERTS__WEBHOOKS='[{"url": "https://...", "secret": "..."}]'``."""
+    slo_interval_seconds: float = Field(default=60.0, gt=0)
+    """How often one worker (of all) judges every agent's SLOs."""
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Seconds one delivery attempt may take."""
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    """Delivery attempts per alert (retried on connection errors and 5xx answers)."""
+    webhook_retry_initial_seconds: float = Field(default=1.0, ge=0)
+    """Wait before the first retry; it doubles with each further one."""
+    webhook_retry_max_seconds: float = Field(default=60.0, ge=0)
+    """Longest wait between two attempts."""
+
+
 class Settings(BaseSettings):
     """Root settings: one group per domain."""
 
@@ -482,6 +525,7 @@ class Settings(BaseSettings):
     workspaces: WorkspaceSettings = WorkspaceSettings()
     models: ModelGatewaySettings = ModelGatewaySettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    alerts: AlertSettings = AlertSettings()
     region: str | None = None
     """This process's region label (``CORRAL_REGION``): model deployments in it are preferred,
     others are the failover."""

@@ -19,6 +19,7 @@ __all__ = [
     "Agent",
     "AgentLimits",
     "AgentModel",
+    "AgentSlo",
     "AgentSpec",
     "AgentTools",
     "ApprovalRule",
@@ -198,6 +199,45 @@ class AgentAnswer(_Strict):
     has no way to cite, and its answers are refused."""
 
 
+class AgentSlo(_Strict):
+    """Service-level objectives of an agent, judged by the workers over the runs in the store.
+
+    The workers judge them every ``alerts.slo_interval_seconds``. A breach (and its recovery)
+    records an ``slo.breached`` (``slo.recovered``) audit event once per transition and calls
+    the platform's alert webhooks. Error rate and latency are
+    judged over the runs that ended in the last ``window_minutes``, and only when at least
+    ``min_runs`` of them did; cost over the UTC day so far.
+    """
+
+    error_rate_max: Annotated[float | None, Field(ge=0, le=1)] = None
+    """Largest share (0..1) of judged runs that may end in error (``FAILED``,
+    ``TIMED_OUT``, ``BUDGET_EXCEEDED``, ``LOOP_DETECTED``). Runs a person ended
+    (``CANCELLED``, ``KILLED``, ``REJECTED``) are not judged."""
+    p95_latency_seconds_max: Annotated[float | None, Field(gt=0)] = None
+    """Largest 95th percentile of run latency, seconds from creation to the terminal state
+    (queueing and approval waits included: what the caller waits)."""
+    cost_usd_per_day_max: Annotated[Decimal | None, Field(ge=0)] = None
+    """Largest model-call spend of this agent in its tenant per UTC day, US dollars (the
+    cost ledger); unlike ``limits.max_cost_usd_per_day`` it alerts, it does not refuse."""
+    window_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 60
+    """Minutes of ended runs that error rate and latency are judged over."""
+    min_runs: Annotated[int, Field(ge=1, le=100_000)] = 10
+    """Ended runs the window needs before error rate and latency are judged at all."""
+
+    @model_validator(mode="after")
+    def _has_an_objective(self) -> AgentSlo:
+        if (
+            self.error_rate_max is None
+            and self.p95_latency_seconds_max is None
+            and self.cost_usd_per_day_max is None
+        ):
+            raise ValueError(
+                "an 'slo' block needs at least one objective: set error_rate_max, "
+                "p95_latency_seconds_max or cost_usd_per_day_max, or remove 'slo'"
+            )
+        return self
+
+
 class AgentSpec(_Strict):
     """What an agent is and what it may do."""
 
@@ -223,6 +263,9 @@ class AgentSpec(_Strict):
     outside them (or with no region) is never called. ``None``: any region."""
     answer: AgentAnswer = AgentAnswer()
     """Requirements on the final answer."""
+    # Left out of documents when unset, so existing agents keep their digests.
+    slo: Annotated[AgentSlo | None, Field(exclude_if=lambda v: v is None)] = None
+    """Service-level objectives, alerted on when breached (see :class:`AgentSlo`)."""
 
 
 class Agent(_Strict):

@@ -12,7 +12,14 @@ from corral.runtime._control import (
 )
 from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
-from corral.runtime._reads import MAX_EVENTS_READ, RunEvent, answer_sources, read_events
+from corral.runtime._reads import (
+    MAX_EVENTS_READ,
+    EndedRun,
+    RunEvent,
+    answer_sources,
+    ended_runs,
+    read_events,
+)
 from corral.runtime._service import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
@@ -35,6 +42,7 @@ __all__ = [
     "TENANT_KILL_SWITCH",
     "TERMINAL_STATUSES",
     "WORKSPACES_DIR",
+    "EndedRun",
     "KillSwitchInfo",
     "LeaseLost",
     "Phase",
@@ -49,6 +57,7 @@ __all__ = [
     "cancel_run",
     "create_run",
     "default_worker_id",
+    "ended_runs",
     "engage_kill_switch",
     "get_run",
     "list_kill_switches",

@@ -15,7 +15,7 @@ from corral.runtime._status import StepKind
 from corral.runtime._tables import RunEventRow, RunRow, StepRow
 from corral.store import Store
 
-__all__ = ["MAX_EVENTS_READ", "RunEvent", "answer_sources", "read_events"]
+__all__ = ["MAX_EVENTS_READ", "EndedRun", "RunEvent", "answer_sources", "ended_runs", "read_events"]
 
 MAX_EVENTS_READ = 500
 """The most events one :func:`read_events` call returns."""
@@ -34,6 +34,45 @@ class RunEvent:
     """The event's details (JSON object)."""
     created_at: datetime
     """When it was written (UTC)."""
+
+
+@dataclass(frozen=True)
+class EndedRun:
+    """A run in a terminal state (what SLOs are judged over)."""
+
+    agent_name: str
+    status: str
+    """Its terminal :class:`~corral.runtime.RunStatus` value."""
+    duration_seconds: float
+    """Seconds from its creation to its terminal state."""
+    finished_at: datetime
+    """When it reached it (UTC)."""
+
+
+async def ended_runs(
+    session: AsyncSession, *, tenant_id: str, since: datetime, until: datetime
+) -> list[EndedRun]:
+    """The tenant's runs that reached a terminal state in ``[since, until)``, in one query.
+
+    Args:
+        session: A session scoped to ``tenant_id``.
+        tenant_id: The tenant.
+        since: Earliest ``finished_at`` (UTC), included.
+        until: Latest ``finished_at`` (UTC), excluded.
+    """
+    rows = await session.execute(
+        select(RunRow.agent_name, RunRow.status, RunRow.created_at, RunRow.finished_at).where(
+            RunRow.tenant_id == tenant_id,
+            RunRow.status.in_(TERMINAL_STATUSES),
+            RunRow.finished_at >= since,
+            RunRow.finished_at < until,
+        )
+    )
+    return [
+        EndedRun(name, str(status), max((finished - created).total_seconds(), 0.0), finished)
+        for name, status, created, finished in rows
+        if finished is not None
+    ]
 
 
 async def read_events(

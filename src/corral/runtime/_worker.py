@@ -11,7 +11,7 @@ import random
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from corral.observability import count_run_finished
@@ -103,10 +103,19 @@ class Worker:
         self._claim_failures = 0
         self._handbacks: dict[str, int] = {}
         """Transient failures in a row per run handed back by this worker (its backoff)."""
+        self._jobs: list[_HeartbeatJob] = []
         self._wakeup = asyncio.Event()
         self._drained = True
         """The last claim found fewer runnable runs than it asked for: claiming again before a
         run finishes or :meth:`wake` is called would most likely find nothing."""
+
+    def add_heartbeat_job(self, interval: timedelta, job: Callable[[], Awaitable[object]]) -> None:
+        """Run ``job()`` from the heartbeat every ``interval``, as a task of its own.
+
+        A slow job never delays lease renewals; a job still running when it is due again is
+        not started twice. ``job`` must handle its own errors (they are logged otherwise).
+        """
+        self._jobs.append(_HeartbeatJob(interval.total_seconds(), job))
 
     def wake(self) -> None:
         """Look for runnable runs now (called after creating a run in the same process)."""
@@ -157,9 +166,10 @@ class Worker:
                         await _first(stop.wait(), self._wakeup.wait())
         finally:
             heartbeat.cancel()
-            for task in list(self._active.values()):
+            jobs = [job.task for job in self._jobs if job.task is not None]
+            for task in [*self._active.values(), *jobs]:
                 task.cancel()
-            await asyncio.gather(*self._active.values(), heartbeat, return_exceptions=True)
+            await asyncio.gather(*self._active.values(), *jobs, heartbeat, return_exceptions=True)
 
     async def run_until_idle(self) -> None:
         """Execute runnable runs until none is left and none is active (for tests and scripts)."""
@@ -306,6 +316,8 @@ class Worker:
             if asyncio.get_running_loop().time() - last_sweep >= self.approval_sweep_seconds:
                 last_sweep = asyncio.get_running_loop().time()
                 await self._expire_approvals()
+            for job in self._jobs:
+                job.start_if_due(asyncio.get_running_loop().time())
             if not self._driving:
                 continue
             now = self.clock()
@@ -358,6 +370,33 @@ class Worker:
         for run_id in stop:
             self.executor.abort(run_id)
         return stop
+
+
+class _HeartbeatJob:
+    """A periodic job of the heartbeat (:meth:`Worker.add_heartbeat_job`)."""
+
+    def __init__(self, interval_seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+        self.interval_seconds = interval_seconds
+        self.job = job
+        self.last_start = float("-inf")
+        self.task: asyncio.Task[object] | None = None
+
+    def start_if_due(self, now: float) -> None:
+        """Start the job if ``interval_seconds`` passed since its last start and it is done."""
+        if now - self.last_start < self.interval_seconds:
+            return
+        if self.task is not None and not self.task.done():
+            return
+        self.last_start = now
+        self.task = asyncio.create_task(_logged(self.job), name="heartbeat job")
+
+
+async def _logged(job: Callable[[], Awaitable[object]]) -> object:
+    try:
+        return await job()
+    except Exception:
+        log.exception("a heartbeat job failed; it runs again at its next interval")
+        return None
 
 
 class Backoff:

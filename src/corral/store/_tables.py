@@ -21,6 +21,7 @@ from corral.registry._tables import (
 )
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.secrets._tables import SecretRow
+from corral.slo._tables import SloEvaluatorRow, SloStateRow
 from corral.tenancy._tables import ApiKeyRow, LocalUserRow, QuotaRow, RoleGrantRow, TenantRow
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "RunEventRow",
     "RunRow",
     "SecretRow",
+    "SloEvaluatorRow",
+    "SloStateRow",
     "SpanRow",
     "StageBindingRow",
     "StepRow",
