@@ -64,6 +64,8 @@ PUBLIC = {
         "price_call",
         "settings_override",
         "repeated_phrase",
+        "Pricer",
+        "cost_upper_bound",
     ],
     "corral.policy": [
         "ACTIONS",

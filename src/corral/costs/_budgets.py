@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import Any, cast
 
 import orjson
@@ -44,7 +44,7 @@ from sqlalchemy import (
 
 from corral.costs._tables import BudgetReservationRow, ModelCallRow
 from corral.errors import BudgetExceeded
-from corral.gateway.models import ModelRequest, Price
+from corral.gateway.models import ModelRequest, Price, cost_upper_bound
 from corral.store import PICO, new_id, utcnow
 
 __all__ = [
@@ -168,12 +168,7 @@ def estimate_cost(
         US dollars, rounded up to the picodollar.
     """
     output = request.max_output_tokens or default_max_output_tokens
-    micro = (
-        estimate_input_tokens(request) * price.input_usd_per_mtok
-        + output * price.output_usd_per_mtok
-    )
-    amount = micro / Decimal(1_000_000)
-    return amount.quantize(PICO, rounding=ROUND_CEILING) if amount else Decimal(0)
+    return cost_upper_bound(price, estimate_input_tokens(request), output)
 
 
 def _show(value: Decimal) -> str:

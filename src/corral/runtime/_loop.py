@@ -53,13 +53,11 @@ from corral.gateway.models import (
     ModelGateway,
     ModelRequest,
     ModelResponse,
-    Price,
+    Pricer,
     Served,
     ToolDefinition,
-    model_price,
-    price_call,
+    cost_upper_bound,
     repeated_phrase,
-    settings_override,
 )
 from corral.gateway.tools import ResolvedTool, ToolGateway
 from corral.observability import (
@@ -159,7 +157,7 @@ class RunExecutor(ToolPhase):
         self.approval_ttl = approval_ttl
         self._refreshing: dict[str, asyncio.Lock] = {}
         self.budgets = Budgets(store)
-        self._prices = quotas.settings.model_prices if quotas is not None else {}
+        self.pricer = Pricer(quotas.settings.model_prices if quotas is not None else {})
 
     def abort(self, run_id: str) -> None:
         """Interrupt the run's in-flight model call or tool sequence.
@@ -392,25 +390,15 @@ class RunExecutor(ToolPhase):
             tenant_day = (await self.quotas.limits(state.tenant_id)).get("cost_usd_per_day")
         return BudgetLimits(limits.max_cost_usd, limits.max_cost_usd_per_day, tenant_day)
 
-    def _price(self, model: str, served: Served | None = None) -> Price:
-        """The rates of ``provider/model``: deployment override, settings override, table."""
-        if served is not None and served.price is not None:
-            return served.price
-        provider, _, name = model.partition("/")
-        return model_price(provider, name, settings_override(self._prices, provider, name))
-
     def _estimate(self, state: RunState, model: str, served: Served | None = None) -> Decimal:
         """The pessimistic cost of the call in progress if ``model`` answers it, US dollars.
 
         Raises:
             ModelPriceUnknown: ``model`` has no price.
         """
-        price = self._price(model, served)
-        micro = (
-            state.estimate_input_tokens * price.input_usd_per_mtok
-            + state.estimate_output_tokens * price.output_usd_per_mtok
-        )
-        return micro / Decimal(1_000_000)
+        provider, _, name = model.partition("/")
+        price = self.pricer.rates(provider, name, served.price if served is not None else None)
+        return cost_upper_bound(price, state.estimate_input_tokens, state.estimate_output_tokens)
 
     async def _reserve(
         self, state: RunState, limits: BudgetLimits, worker_id: str, started: datetime
@@ -485,13 +473,8 @@ class RunExecutor(ToolPhase):
             except ModelPriceUnknown:
                 cost = None
         else:
-            override = served.price if served is not None and served.price else None
-            if override is None:
-                override = settings_override(self._prices, provider, name)
-            try:
-                cost = price_call(provider, name, response.usage, override)
-            except ModelPriceUnknown:
-                cost = None
+            price = served.price if served is not None else None
+            cost = self.pricer.cost(provider, name, response.usage, price)
         if cost is not None:
             state.cost_usd += cost
         return ModelCall(

@@ -67,6 +67,8 @@ from corral.gateway.models._local import (
 from corral.gateway.models._passthrough import WireChat, usage_of
 from corral.gateway.models._pricing import (
     FREE_PROVIDERS,
+    Pricer,
+    cost_upper_bound,
     model_price,
     price_call,
     settings_override,
@@ -116,6 +118,7 @@ __all__ = [
     "NoCosts",
     "OpenAICompatibleProvider",
     "Price",
+    "Pricer",
     "RecordWriter",
     "Reservation",
     "ResponseCache",
@@ -127,6 +130,7 @@ __all__ = [
     "ToolDefinition",
     "Usage",
     "WireChat",
+    "cost_upper_bound",
     "decision_instructions",
     "decision_schema",
     "deployments_of",

@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import Any, Literal, Protocol, cast
 
 import pydantic_core
@@ -55,11 +55,11 @@ from corral.errors import (
     PolicyDenied,
     QuotaExceeded,
 )
-from corral.gateway.models._base import Attempt, Price, Served, Usage
+from corral.gateway.models._base import Attempt, Served, Usage
 from corral.gateway.models._gateway import FAILOVERS, ModelGateway
 from corral.gateway.models._local import LOCAL_MODEL_ALIAS
 from corral.gateway.models._passthrough import WireChat, WireStream, usage_of
-from corral.gateway.models._pricing import model_price, price_call, settings_override
+from corral.gateway.models._pricing import Pricer, cost_upper_bound
 from corral.gateway.models._resilience import counts_as_failure
 from corral.gateway.models._routing import Deployment, route
 from corral.observability import (
@@ -82,7 +82,7 @@ from corral.policy import (
     principal_ref,
 )
 from corral.registry import AgentRow, AgentVersionRow, StageBindingRow, load_stage_agent
-from corral.store import PICO, Store
+from corral.store import Store
 from corral.tenancy import Principal, Quotas
 
 __all__ = [
@@ -113,7 +113,6 @@ _BYTES_PER_TOKEN = 3
 """Body bytes per estimated prompt token (an upper bound; ``corral.costs`` uses the same)."""
 _DEFAULT_MAX_OUTPUT_TOKENS = 4096
 """Output tokens assumed without a cap (as ``corral.costs.DEFAULT_MAX_OUTPUT_TOKENS``)."""
-_MTOK = Decimal(1_000_000)
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -366,6 +365,7 @@ class InboundChat:
         self._background: set[asyncio.Task[None]] = set()
         self._records = _RecordBatches(store)
         self.defer_records = defer_records
+        self._pricer_cache: Pricer | None = None
 
     async def aclose(self) -> None:
         """Wait for streams being recorded, then close the upstream connection pools."""
@@ -612,11 +612,12 @@ class InboundChat:
 
     # --- pricing ------------------------------------------------------------------------------
 
-    def _override(self, served: Served) -> Price | None:
-        if served.price is not None:
-            return served.price
+    @property
+    def _pricer(self) -> Pricer:
         prices = self.quotas.settings.model_prices if self.quotas is not None else {}
-        return settings_override(prices, served.provider, served.model) if prices else None
+        if self._pricer_cache is None or self._pricer_cache.settings_prices is not prices:
+            self._pricer_cache = Pricer(prices)
+        return self._pricer_cache
 
     def _estimate(
         self, targets: list[_Target], request: ChatCompletionsRequest, size: int
@@ -633,14 +634,11 @@ class InboundChat:
         for target in targets:
             served = target.served
             try:
-                price = model_price(served.provider, served.model, self._override(served))
+                price = self._pricer.rates(served.provider, served.model, served.price)
             except ModelPriceUnknown:
                 return None
-            micro = (
-                input_tokens * price.input_usd_per_mtok + output_tokens * price.output_usd_per_mtok
-            )
-            dearest = max(dearest, micro / _MTOK)
-        return dearest.quantize(PICO, rounding=ROUND_CEILING) if dearest else Decimal(0)
+            dearest = max(dearest, cost_upper_bound(price, input_tokens, output_tokens))
+        return dearest
 
     def _cost(self, call: _Call, usage: Usage | None) -> Decimal | None:
         """The call's cost: priced from ``usage``, else billed at the reservation."""
@@ -648,10 +646,7 @@ class InboundChat:
         assert served is not None and call.reservation is not None
         if usage is None:
             return call.reservation.estimated_cost_usd
-        try:
-            return price_call(served.provider, served.model, usage, self._override(served))
-        except ModelPriceUnknown:
-            return None
+        return self._pricer.cost(served.provider, served.model, usage, served.price)
 
     # --- one call -----------------------------------------------------------------------------
 

@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from corral.errors import ModelPriceUnknown
 from corral.gateway.models._base import Price, Usage
+from corral.store import PICO
 
-__all__ = ["FREE_PROVIDERS", "model_price", "price_call", "settings_override"]
+__all__ = [
+    "FREE_PROVIDERS",
+    "Pricer",
+    "cost_upper_bound",
+    "model_price",
+    "price_call",
+    "settings_override",
+]
 
 FREE_PROVIDERS = frozenset({"local", "scripted"})
 """Providers whose calls cost nothing unless an override prices them."""
@@ -100,6 +108,65 @@ def settings_override(prices: Mapping[str, object], provider: str, model: str) -
         getattr(entry, "cache_read_usd_per_mtok", None),
         getattr(entry, "cache_write_usd_per_mtok", None),
     )
+
+
+def cost_upper_bound(price: Price, input_tokens: int, output_tokens: int) -> Decimal:
+    """The most a call can cost: every prompt token at the input rate, no cache discount.
+
+    Args:
+        price: The model's rates (per million tokens).
+        input_tokens: Estimated prompt tokens (an upper bound).
+        output_tokens: The most tokens the call may generate.
+
+    Returns:
+        US dollars, rounded up to the picodollar (the ledger's unit).
+    """
+    micro = input_tokens * price.input_usd_per_mtok + output_tokens * price.output_usd_per_mtok
+    amount = micro / _MTOK
+    return amount.quantize(PICO, rounding=ROUND_CEILING) if amount else Decimal(0)
+
+
+class Pricer:
+    """Prices model calls with one precedence: deployment, settings, then the price table.
+
+    Used by the managed runtime and the inbound endpoint alike, so a call costs the same
+    whichever path it took.
+
+    Args:
+        settings_prices: ``settings.quotas.model_prices`` (by ``provider/model``).
+    """
+
+    def __init__(self, settings_prices: Mapping[str, object] | None = None) -> None:
+        self.settings_prices: Mapping[str, object] = settings_prices or {}
+
+    def override(
+        self, provider: str, model: str, deployment_price: Price | None = None
+    ) -> Price | None:
+        """The price that replaces the table's: the deployment's, else the settings'."""
+        if deployment_price is not None:
+            return deployment_price
+        if not self.settings_prices:
+            return None
+        return settings_override(self.settings_prices, provider, model)
+
+    def rates(self, provider: str, model: str, deployment_price: Price | None = None) -> Price:
+        """The rates a call is estimated at (see :func:`model_price`).
+
+        Raises:
+            ModelPriceUnknown: no override and the model is in no price table.
+        """
+        return model_price(provider, model, self.override(provider, model, deployment_price))
+
+    def cost(
+        self, provider: str, model: str, usage: Usage, deployment_price: Price | None = None
+    ) -> Decimal | None:
+        """The call's cost in US dollars (see :func:`price_call`); ``None``: it has no price."""
+        try:
+            return price_call(
+                provider, model, usage, self.override(provider, model, deployment_price)
+            )
+        except ModelPriceUnknown:
+            return None
 
 
 def _apply(price: Price, usage: Usage) -> Decimal:
