@@ -4,6 +4,7 @@ from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.cache._tables import ModelResponseCacheRow, ToolResultCacheRow
 from corral.costs._tables import BudgetReservationRow, ModelCallRow
+from corral.feedback._tables import FeedbackRow
 from corral.observability._tables import SpanRow
 from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
 from corral.registry._tables import (
@@ -15,6 +16,8 @@ from corral.registry._tables import (
     ModelRow,
     ModelVersionRow,
     PromotionRow,
+    PromptRow,
+    PromptVersionRow,
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
@@ -32,6 +35,7 @@ __all__ = [
     "AuditEventRow",
     "AuditHeadRow",
     "BudgetReservationRow",
+    "FeedbackRow",
     "KillSwitchRow",
     "LocalUserRow",
     "McpServerRow",
@@ -45,6 +49,8 @@ __all__ = [
     "PolicyRow",
     "PolicyVersionRow",
     "PromotionRow",
+    "PromptRow",
+    "PromptVersionRow",
     "QuotaRow",
     "RoleGrantRow",
     "RunEventRow",
