@@ -17,9 +17,11 @@ from corral.api import (
     audit,
     control,
     costs,
+    feedback,
     mcp_servers,
     models,
     policies,
+    prompts,
     releases,
     runs,
     secrets,
@@ -107,6 +109,8 @@ def create_app(
     # in the route table: the hottest path of a BYO agent is matched without scanning the rest.
     app.router.routes[:0] = openai_compat.routes
     app.include_router(costs.router)
+    app.include_router(prompts.router)
+    app.include_router(feedback.router)
     app.include_router(metrics_router(public=platform.settings.observability.metrics_public))
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH

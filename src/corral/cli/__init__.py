@@ -14,10 +14,12 @@ from corral.cli import (
     audit,
     control,
     costs,
+    feedback,
     identity,
     mcp,
     models,
     policy,
+    prompts,
     registry,
     releases,
     runs,
@@ -61,10 +63,12 @@ app.add_typer(policy.app, name="policy", rich_help_panel="Govern")
 app.add_typer(secrets.app, name="secrets", rich_help_panel="Govern")
 app.add_typer(mcp.app, name="mcp", rich_help_panel="Registry")
 app.add_typer(models.app, name="models", rich_help_panel="Registry")
+app.add_typer(prompts.app, name="prompts", rich_help_panel="Registry")
 mcp.tools_app.command("import-openapi")(tools.import_openapi)
 app.add_typer(mcp.tools_app, name="tools", rich_help_panel="Registry")
 app.add_typer(audit.app, name="audit", rich_help_panel="Evidence")
 app.command(rich_help_panel="Evidence")(costs.costs)
+app.command(rich_help_panel="Evidence")(feedback.feedback)
 app.command(rich_help_panel="Identity")(identity.whoami)
 app.add_typer(identity.tenants_app, name="tenants", rich_help_panel="Identity")
 app.add_typer(identity.users_app, name="users", rich_help_panel="Identity")
