@@ -7,6 +7,18 @@ import importlib
 import pytest
 
 PUBLIC = {
+    "corral.replay": [
+        "REPLAY_PROVIDER",
+        "RecordedCall",
+        "Recording",
+        "Recordings",
+        "ReplayMode",
+        "ReplayModel",
+        "ReplayRow",
+        "ReplayStarted",
+        "ReplayTools",
+        "start_replay",
+    ],
     "corral.feedback": [
         "FeedbackMetrics",
         "FeedbackRow",
@@ -37,6 +49,7 @@ PUBLIC = {
         "MAX_GRAMMAR_REPEAT",
         "Message",
         "ModelAuthorizer",
+        "ModelCallScope",
         "ModelCatalog",
         "ModelCallCosts",
         "ModelGateway",
@@ -58,6 +71,7 @@ PUBLIC = {
         "ToolDefinition",
         "Usage",
         "WireChat",
+        "current_model_call",
         "decision_instructions",
         "decision_schema",
         "deployments_of",
@@ -369,6 +383,7 @@ PUBLIC = {
         "ToolCallContext",
         "ToolExecutor",
         "ToolGateway",
+        "ToolInterceptor",
         "ToolRateLimiter",
         "ToolResult",
         "ToolResultCache",

@@ -116,6 +116,18 @@ class AgentModel(_Strict):
     (the default): responses are not cached. Only deterministic requests are cached
     (temperature 0 or a fixed seed), keyed by every field that changes the output."""
 
+    @field_validator("default", "allowed", "fallback")
+    @classmethod
+    def _not_replay(cls, value: str | list[str]) -> str | list[str]:
+        # ``replay/RUN`` serves a recorded run's outputs: only `corral runs replay` uses it.
+        for name in [value] if isinstance(value, str) else value:
+            if name.startswith("replay/"):
+                raise ValueError(
+                    f"{name!r}: the 'replay' provider is reserved for `corral runs replay`; "
+                    "name another model"
+                )
+        return value
+
 
 class AgentTools(_Strict):
     """Tools offered to the agent: callable iff it matches ``allowed`` and not ``denied``."""

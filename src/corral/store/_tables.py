@@ -7,6 +7,7 @@ from corral.costs._tables import BudgetReservationRow, ModelCallRow
 from corral.feedback._tables import FeedbackRow
 from corral.observability._tables import SpanRow
 from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
+from corral.replay._tables import ReplayRow
 from corral.registry._tables import (
     AgentRow,
     AgentVersionRow,
@@ -52,6 +53,7 @@ __all__ = [
     "PromptRow",
     "PromptVersionRow",
     "QuotaRow",
+    "ReplayRow",
     "RoleGrantRow",
     "RunEventRow",
     "RunRow",

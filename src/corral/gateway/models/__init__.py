@@ -46,8 +46,10 @@ from corral.gateway.models._decision import (
 from corral.gateway.models._gateway import (
     FAILOVERS,
     ModelAuthorizer,
+    ModelCallScope,
     ModelGateway,
     SecretRenderer,
+    current_model_call,
 )
 from corral.gateway.models._inbound import (
     ChatCompletionsRequest,
@@ -110,6 +112,7 @@ __all__ = [
     "LocalModelServer",
     "Message",
     "ModelAuthorizer",
+    "ModelCallScope",
     "ModelCallCosts",
     "ModelCatalog",
     "ModelGateway",
@@ -131,6 +134,7 @@ __all__ = [
     "ToolDefinition",
     "Usage",
     "WireChat",
+    "current_model_call",
     "decision_instructions",
     "decision_schema",
     "deployments_of",

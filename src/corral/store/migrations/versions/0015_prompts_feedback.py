@@ -1,8 +1,9 @@
-"""prompts and feedback: Prompt documents and people's ratings of runs (issue 14, items 3 and 5).
+"""prompts, feedback, replays: Prompt documents, ratings of runs, replayed runs (issue 14).
 
-New tables only: ``prompts`` and ``prompt_versions`` (Prompt documents, versioned like agents)
-and ``run_feedback`` (one row per rating of a run). On PostgreSQL they get the row-level
-security policy of migration 0004 (feedback without the exception for platform-wide rows).
+New tables only: ``prompts`` and ``prompt_versions`` (Prompt documents, versioned like agents),
+``run_feedback`` (one row per rating of a run) and ``run_replays`` (which run replays which
+recorded run, and how). On PostgreSQL they get the row-level security policy of migration
+0004 (feedback and replays without the exception for platform-wide rows).
 
 Revision ID: 0015
 Revises: 0013
@@ -34,7 +35,12 @@ _CHECK = (
     "tenant_id = current_setting('corral.tenant_id', true) "
     "OR current_setting('corral.tenant_id', true) = '*'"
 )
-_POLICIES = {"prompts": _USING, "prompt_versions": _USING, "run_feedback": _CHECK}
+_POLICIES = {
+    "prompts": _USING,
+    "prompt_versions": _USING,
+    "run_feedback": _CHECK,
+    "run_replays": _CHECK,
+}
 
 
 def upgrade() -> None:
@@ -71,6 +77,18 @@ def upgrade() -> None:
     op.create_index(op.f("ix_prompt_versions_prompt_id"), "prompt_versions", ["prompt_id"])
     op.create_index(op.f("ix_prompt_versions_tenant_id"), "prompt_versions", ["tenant_id"])
     _create_feedback()
+    op.create_table(
+        "run_replays",
+        sa.Column("run_id", sa.String(length=40), nullable=False),
+        sa.Column("source_run_id", sa.String(length=40), nullable=False),
+        sa.Column("mode", sa.String(length=16), nullable=False),
+        sa.Column("requested_by", sa.String(length=200), nullable=False),
+        sa.Column("created_at", _TIME, nullable=False),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("run_id", name=op.f("pk_run_replays")),
+    )
+    op.create_index(op.f("ix_run_replays_source_run_id"), "run_replays", ["source_run_id"])
+    op.create_index(op.f("ix_run_replays_tenant_id"), "run_replays", ["tenant_id"])
     if op.get_bind().dialect.name == "postgresql":
         for table, using in _POLICIES.items():
             op.execute(f'ALTER TABLE "{table}" ENABLE ROW LEVEL SECURITY')
@@ -107,6 +125,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for table in _POLICIES:
             op.execute(f'DROP POLICY IF EXISTS tenant_isolation ON "{table}"')
+    op.drop_table("run_replays")
     op.drop_table("run_feedback")
     op.drop_table("prompt_versions")
     op.drop_table("prompts")
