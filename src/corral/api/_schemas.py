@@ -35,6 +35,7 @@ __all__ = [
     "PromotionOut",
     "PromptOut",
     "PromptVersionOut",
+    "ReplayCreate",
     "RollbackCreate",
     "RunCreate",
     "RunEventOut",
@@ -610,9 +611,7 @@ class FeedbackCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    score: Literal[-1, 0, 1] = Field(
-        description="-1: a bad answer, 0: neutral, 1: a good answer."
-    )
+    score: Literal[-1, 0, 1] = Field(description="-1: a bad answer, 0: neutral, 1: a good answer.")
     label: Annotated[str | None, Field(min_length=1, max_length=64)] = Field(
         None, description="A short category, e.g. `wrong_tool` or `hallucination`."
     )
@@ -633,3 +632,16 @@ class FeedbackOut(BaseModel):
     comment: str | None
     principal: str
     created_at: datetime
+
+
+class ReplayCreate(BaseModel):
+    """Replay a recorded run: exactly, or with another agent version (``what_if``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: Annotated[str | None, Field(min_length=1, max_length=63)] = Field(
+        None, description="Agent to run instead of the recorded run's (a what-if replay)."
+    )
+    version: Annotated[str | None, Field(min_length=1, max_length=32)] = Field(
+        None, description="Agent version to run (a what-if replay); omitted: the latest."
+    )

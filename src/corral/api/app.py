@@ -23,6 +23,7 @@ from corral.api import (
     policies,
     prompts,
     releases,
+    replays,
     runs,
     secrets,
     tenancy,
@@ -111,6 +112,7 @@ def create_app(
     app.include_router(costs.router)
     app.include_router(prompts.router)
     app.include_router(feedback.router)
+    app.include_router(replays.router)
     app.include_router(metrics_router(public=platform.settings.observability.metrics_public))
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH

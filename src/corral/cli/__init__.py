@@ -22,6 +22,7 @@ from corral.cli import (
     prompts,
     registry,
     releases,
+    replay,
     runs,
     secrets,
     server,
@@ -54,6 +55,7 @@ app.command(rich_help_panel="Release")(releases.promotions)
 app.command(rich_help_panel="Runs")(runs.run)
 app.command(rich_help_panel="Runs")(runs.trace)
 app.command(rich_help_panel="Runs")(control.cancel)
+control.runs_app.command("replay")(replay.replay)
 app.add_typer(control.runs_app, name="runs", rich_help_panel="Runs")
 app.add_typer(control.kill_switch_app, name="kill-switch", rich_help_panel="Govern")
 app.command(rich_help_panel="Govern")(approvals.approvals)

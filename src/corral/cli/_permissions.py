@@ -33,6 +33,7 @@ COMMAND_PERMISSIONS: Final[dict[str, str]] = {
     "trace": "runs.read",
     "cancel": "runs.control",
     "runs resolve": "runs.control",
+    "runs replay": "runs.create",
     "approvals": "approvals.read",
     "approve": "approvals.decide",
     "reject": "approvals.decide",

@@ -26,7 +26,13 @@ def list_() -> None:
     while True:
         page = client.get("/v1/prompts", after=after)
         rows += [
-            (p["name"], p["latest_version"], p["digest"][:19], ago(p["updated_at"]), p["description"])
+            (
+                p["name"],
+                p["latest_version"],
+                p["digest"][:19],
+                ago(p["updated_at"]),
+                p["description"],
+            )
             for p in page["items"]
         ]
         after = page["next"]

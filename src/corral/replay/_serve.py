@@ -21,7 +21,7 @@ from corral.replay._tables import ReplayRow
 from corral.runtime import list_steps
 from corral.store import Store
 
-__all__ = ["REPLAY_PROVIDER", "ReplayModel", "ReplayTools", "Recordings"]
+__all__ = ["REPLAY_PROVIDER", "Recordings", "ReplayModel", "ReplayTools"]
 
 REPLAY_PROVIDER: Final = "replay"
 """The provider part of a replayed run's model name, ``replay/<recorded run id>``."""

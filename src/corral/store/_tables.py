@@ -7,7 +7,6 @@ from corral.costs._tables import BudgetReservationRow, ModelCallRow
 from corral.feedback._tables import FeedbackRow
 from corral.observability._tables import SpanRow
 from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
-from corral.replay._tables import ReplayRow
 from corral.registry._tables import (
     AgentRow,
     AgentVersionRow,
@@ -23,6 +22,7 @@ from corral.registry._tables import (
     ToolRow,
     ToolVersionRow,
 )
+from corral.replay._tables import ReplayRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.secrets._tables import SecretRow
 from corral.tenancy._tables import ApiKeyRow, LocalUserRow, QuotaRow, RoleGrantRow, TenantRow

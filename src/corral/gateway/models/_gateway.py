@@ -62,6 +62,7 @@ FAILOVERS = Counter(
 )
 """``corral_model_failovers_total{outcome="failed|circuit_open|denied|outside_residency"}``."""
 
+
 @dataclasses.dataclass(frozen=True)
 class ModelCallScope:
     """Whose model call a provider is answering (see :func:`current_model_call`).
@@ -75,15 +76,19 @@ class ModelCallScope:
     run_id: str | None
 
 
-_CURRENT_CALL: contextvars.ContextVar[ModelCallScope] = contextvars.ContextVar(
-    "corral_model_call", default=ModelCallScope(None, None)
+_NO_CALL = ModelCallScope(None, None)
+_CURRENT_CALL: contextvars.ContextVar[ModelCallScope | None] = contextvars.ContextVar(
+    "corral_model_call", default=None
 )
 
 
 def current_model_call() -> ModelCallScope:
-    """The tenant and run of the model call in progress, for providers that answer per run
-    (the replay provider serves a run only its own tenant's recorded outputs)."""
-    return _CURRENT_CALL.get()
+    """The tenant and run of the model call in progress (both ``None`` outside one).
+
+    For providers that answer per run: the replay provider serves a run only its own
+    tenant's recorded outputs.
+    """
+    return _CURRENT_CALL.get() or _NO_CALL
 
 
 SecretRenderer = Callable[[str, str], Awaitable[str]]

@@ -253,8 +253,10 @@ class ToolExecutor(Protocol):
 
 
 class ToolInterceptor(Protocol):
-    """Answers some runs' tool calls instead of executing them (replayed runs serve recorded
-    results); the platform sets one on :attr:`ToolGateway.interceptor`.
+    """Answers some runs' tool calls instead of executing them.
+
+    Replayed runs serve recorded results; the platform sets one on
+    :attr:`ToolGateway.interceptor`.
     """
 
     async def intercept(self, ctx: ToolCallContext, prepared: PreparedCall) -> ToolResult | None:

@@ -94,8 +94,7 @@ def upgrade() -> None:
             op.execute(f'ALTER TABLE "{table}" ENABLE ROW LEVEL SECURITY')
             op.execute(f'ALTER TABLE "{table}" FORCE ROW LEVEL SECURITY')
             op.execute(
-                f'CREATE POLICY tenant_isolation ON "{table}" '
-                f"USING ({using}) WITH CHECK ({_CHECK})"
+                f'CREATE POLICY tenant_isolation ON "{table}" USING ({using}) WITH CHECK ({_CHECK})'
             )
 
 
