@@ -119,7 +119,9 @@ async def test_a_reference_resolves_in_the_applying_tenant_only(settings):
                 actor="user:acme",
             )
         response = await world.as_(
-            "POST", "/v1/apply", json={"documents": [referencing_agent("prompts/secret-sauce@0.1.0")]}
+            "POST",
+            "/v1/apply",
+            json={"documents": [referencing_agent("prompts/secret-sauce@0.1.0")]},
         )
         assert response.status_code == 422, response.text
         assert "no prompt 'secret-sauce' exists" in response.text
