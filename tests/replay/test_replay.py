@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from corral.api import create_app
 from corral.contracts import Tool
 from corral.gateway.tools import BuiltinTool
 from corral.platform import Platform
-from corral.runtime import get_run, list_steps
+from corral.runtime import TERMINAL_STATUSES, get_run, list_steps
 from corral.settings import Settings
 from corral.testing import ScriptedModel
 from tenancy._world import World, live_world
@@ -67,8 +68,19 @@ async def _run(world: World, workspace: Path) -> str:
         json={"task": "Note the title.", "workspace": str(workspace), "stage": "dev"},
     )
     assert response.status_code == 201, response.text
-    await world.platform.worker.run_until_idle()
+    await _finished(world, response.json()["id"])
     return str(response.json()["id"])
+
+
+async def _finished(world: World, run_id: str) -> None:
+    """Wait for the run to end (the app's own worker may be the one running it)."""
+    for _ in range(1000):
+        await world.platform.worker.run_until_idle()
+        run = (await world.as_("GET", f"/v1/runs/{run_id}")).json()
+        if run["status"] in TERMINAL_STATUSES:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"run {run_id} stayed {run['status']}")
 
 
 async def _calls(world: World, run_id: str) -> list[tuple[str, dict[str, Any], str, str | None]]:
@@ -99,7 +111,7 @@ async def test_an_exact_replay_reproduces_the_run_without_repeating_its_effect(s
         assert response.status_code == 201, response.text
         replay = response.json()["id"]
         assert response.json()["model"] == f"replay/{source}"
-        await world.platform.worker.run_until_idle()
+        await _finished(world, replay)
 
         async with world.platform.store.read("default") as session:
             original = await get_run(session, source, tenant_id="default")
@@ -145,7 +157,7 @@ async def test_a_what_if_replay_serves_recorded_results_and_denies_new_effects(s
         assert response.status_code == 201, response.text
         replay = response.json()
         assert (replay["agent_version"], replay["model"]) == ("0.1.1", "scripted/test")
-        await world.platform.worker.run_until_idle()
+        await _finished(world, replay["id"])
 
         calls = await _calls(world, replay["id"])
         assert [(name, status) for name, _, status, _ in calls] == [
