@@ -9,9 +9,9 @@ interceptor), which answers only the calls of runs that have a :class:`ReplayRow
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 
 from corral.errors import ModelAPIError
 from corral.gateway.models import ModelRequest, ModelResponse, current_model_call
@@ -28,6 +28,11 @@ REPLAY_PROVIDER: Final = "replay"
 
 _MAX_CACHED: Final = 10_000
 """Runs (recordings, and whether a run replays) kept in memory before the caches are reset."""
+
+_REPLAYS = cast(Table, ReplayRow.__table__)
+_REPLAY_OF = select(_REPLAYS.c.source_run_id, _REPLAYS.c.mode).where(
+    _REPLAYS.c.tenant_id == bindparam("b_tenant"), _REPLAYS.c.run_id == bindparam("b_run")
+)
 
 
 class Recordings:
@@ -148,14 +153,13 @@ class ReplayTools:
     async def _replay_of(self, tenant_id: str, run_id: str) -> _Replay | None:
         if run_id in self._runs:
             return self._runs[run_id]
-        async with self.recordings.store.read(tenant_id) as session:
-            row = (
-                await session.execute(
-                    select(ReplayRow).where(
-                        ReplayRow.tenant_id == tenant_id, ReplayRow.run_id == run_id
-                    )
-                )
-            ).scalar_one_or_none()
+        # Every run's first call asks: one indexed read, without a session (the hot path).
+        row = await self.recordings.store.read_sync(
+            lambda connection: connection.execute(
+                _REPLAY_OF, {"b_tenant": tenant_id, "b_run": run_id}
+            ).first(),
+            tenant_id,
+        )
         if len(self._runs) >= _MAX_CACHED:
             self._runs.clear()
         replay = None if row is None else _Replay(row.source_run_id, row.mode)
