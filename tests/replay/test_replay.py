@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from conftest import agent_document, register
 from corral.api import create_app
 from corral.contracts import Tool
+from corral.errors import ModelAPIError, NotFound
+from corral.gateway.models import FinalAnswer, Message, ModelRequest
 from corral.gateway.tools import BuiltinTool
 from corral.platform import Platform
 from corral.runtime import TERMINAL_STATUSES, get_run, list_steps
@@ -196,3 +199,22 @@ async def test_an_agent_may_not_name_the_replay_provider(settings):
         response = await world.as_("POST", "/v1/apply", json={"documents": [document]})
         assert response.status_code == 422
         assert "reserved for `corral runs replay`" in response.text
+
+
+async def test_the_replay_provider_serves_a_run_only_its_own_tenants_recording(settings, workspace):
+    model = ScriptedModel([ScriptedModel.answer("done")])
+    async with live_world(settings, scripted=model) as world:
+        await register(world.platform, agent_document())
+        source = await _run(world, workspace)
+        request = ModelRequest(model="", messages=[Message("user", "hi")])
+        gateway = world.platform.models
+        with pytest.raises(ModelAPIError, match="replayed runs only"):
+            await gateway.complete([f"replay/{source}"], request, tenant_id="default")
+        with pytest.raises((NotFound, ModelAPIError)):
+            await gateway.complete(
+                [f"replay/{source}"], request, tenant_id="acme", run_id="run_acme"
+            )
+        _, response = await gateway.complete(
+            [f"replay/{source}"], request, tenant_id="default", run_id="run_own"
+        )
+        assert response.decision == FinalAnswer("done")
