@@ -47,6 +47,7 @@ from corral.policy import (
     principal_ref,
 )
 from corral.registry import apply_documents, default_models, tenant_models
+from corral.replay import REPLAY_PROVIDER, Recordings, ReplayModel, ReplayTools
 from corral.resilience import CircuitBreakers
 from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
@@ -215,6 +216,10 @@ class Platform:
         )
         self.tools.mcp = cast("McpExecutor", _McpOnDemand(self))
         self.tools.result_cache = StoreToolResultCache(self.store)
+        # Replayed runs: recorded model outputs (model ``replay/RUN``) and recorded tool results.
+        recordings = Recordings(self.store)
+        self.models.providers[REPLAY_PROVIDER] = ReplayModel(recordings)
+        self.tools.interceptor = ReplayTools(recordings)
         self.executor = RunExecutor(
             self.store,
             self.models,

@@ -20,6 +20,8 @@ __all__ = [
     "ApprovalVoteOut",
     "AuditEventOut",
     "AuditVerificationOut",
+    "FeedbackCreate",
+    "FeedbackOut",
     "KillSwitchCreate",
     "KillSwitchEngagedOut",
     "KillSwitchOut",
@@ -31,6 +33,9 @@ __all__ = [
     "PolicySourceOut",
     "PromotionCreate",
     "PromotionOut",
+    "PromptOut",
+    "PromptVersionOut",
+    "ReplayCreate",
     "RollbackCreate",
     "RunCreate",
     "RunEventOut",
@@ -579,3 +584,64 @@ class SecretOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     """When the current version was set."""
+
+
+class PromptOut(BaseModel):
+    """A prompt with its latest version."""
+
+    name: str
+    latest_version: str
+    digest: str
+    description: str
+    updated_at: datetime
+
+
+class PromptVersionOut(BaseModel):
+    """One immutable version of a prompt."""
+
+    version: str
+    digest: str
+    created_at: datetime
+    description: str
+    content: str
+
+
+class FeedbackCreate(BaseModel):
+    """A rating of a run's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: Literal[-1, 0, 1] = Field(description="-1: a bad answer, 0: neutral, 1: a good answer.")
+    label: Annotated[str | None, Field(min_length=1, max_length=64)] = Field(
+        None, description="A short category, e.g. `wrong_tool` or `hallucination`."
+    )
+    comment: Annotated[str | None, Field(max_length=4000)] = None
+
+
+class FeedbackOut(BaseModel):
+    """One rating of a run, with who gave it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    run_id: str
+    agent_name: str
+    agent_version: str
+    score: int
+    label: str | None
+    comment: str | None
+    principal: str
+    created_at: datetime
+
+
+class ReplayCreate(BaseModel):
+    """Replay a recorded run: exactly, or with another agent version (``what_if``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: Annotated[str | None, Field(min_length=1, max_length=63)] = Field(
+        None, description="Agent to run instead of the recorded run's (a what-if replay)."
+    )
+    version: Annotated[str | None, Field(min_length=1, max_length=32)] = Field(
+        None, description="Agent version to run (a what-if replay); omitted: the latest."
+    )

@@ -17,10 +17,13 @@ from corral.api import (
     audit,
     control,
     costs,
+    feedback,
     mcp_servers,
     models,
     policies,
+    prompts,
     releases,
+    replays,
     runs,
     secrets,
     slo,
@@ -109,6 +112,9 @@ def create_app(
     app.router.routes[:0] = openai_compat.routes
     app.include_router(costs.router)
     app.include_router(slo.router)
+    app.include_router(prompts.router)
+    app.include_router(feedback.router)
+    app.include_router(replays.router)
     app.include_router(metrics_router(public=platform.settings.observability.metrics_public))
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH

@@ -14,12 +14,15 @@ from corral.cli import (
     audit,
     control,
     costs,
+    feedback,
     identity,
     mcp,
     models,
     policy,
+    prompts,
     registry,
     releases,
+    replay,
     runs,
     secrets,
     server,
@@ -52,6 +55,7 @@ app.command(rich_help_panel="Release")(releases.promotions)
 app.command(rich_help_panel="Runs")(runs.run)
 app.command(rich_help_panel="Runs")(runs.trace)
 app.command(rich_help_panel="Runs")(control.cancel)
+control.runs_app.command("replay")(replay.replay)
 app.add_typer(control.runs_app, name="runs", rich_help_panel="Runs")
 app.add_typer(control.kill_switch_app, name="kill-switch", rich_help_panel="Govern")
 app.command(rich_help_panel="Govern")(approvals.approvals)
@@ -61,10 +65,12 @@ app.add_typer(policy.app, name="policy", rich_help_panel="Govern")
 app.add_typer(secrets.app, name="secrets", rich_help_panel="Govern")
 app.add_typer(mcp.app, name="mcp", rich_help_panel="Registry")
 app.add_typer(models.app, name="models", rich_help_panel="Registry")
+app.add_typer(prompts.app, name="prompts", rich_help_panel="Registry")
 mcp.tools_app.command("import-openapi")(tools.import_openapi)
 app.add_typer(mcp.tools_app, name="tools", rich_help_panel="Registry")
 app.add_typer(audit.app, name="audit", rich_help_panel="Evidence")
 app.command(rich_help_panel="Evidence")(costs.costs)
+app.command(rich_help_panel="Evidence")(feedback.feedback)
 app.command(rich_help_panel="Identity")(identity.whoami)
 app.add_typer(identity.tenants_app, name="tenants", rich_help_panel="Identity")
 app.add_typer(identity.users_app, name="users", rich_help_panel="Identity")

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from corral.contracts._models import API_VERSION, Agent, McpServer, Model, Policy, Tool
+from corral.contracts._models import API_VERSION, Agent, McpServer, Model, Policy, Prompt, Tool
 from corral.contracts._positions import Lines, dotted, line_of
 from corral.contracts._yaml import YamlDocument, load_yaml, read_yaml_file
 from corral.errors import ContractIssue, InvalidContract
@@ -21,6 +21,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "McpServer": McpServer,
     "Model": Model,
     "Policy": Policy,
+    "Prompt": Prompt,
     "Tool": Tool,
 }
 """Contract kinds this version understands, by ``kind``."""
@@ -34,7 +35,7 @@ class Document:
 
     source: str
     index: int
-    contract: Agent | McpServer | Model | Policy | Tool
+    contract: Agent | McpServer | Model | Policy | Prompt | Tool
 
 
 def load_paths(paths: Sequence[Path]) -> list[Document]:
@@ -131,7 +132,7 @@ def _validated(parsed: list[YamlDocument], source: str) -> list[Document]:
 
 def parse_document(
     data: Any, *, lines: _Lines | None = None
-) -> Agent | McpServer | Model | Policy | Tool:
+) -> Agent | McpServer | Model | Policy | Prompt | Tool:
     """Validate one already-parsed document (a mapping with ``apiVersion`` and ``kind``).
 
     Raises:
@@ -163,7 +164,7 @@ def parse_document(
                 for err in exc.errors(include_url=False)
             ]
         ) from None
-    assert isinstance(contract, Agent | McpServer | Model | Policy | Tool)
+    assert isinstance(contract, Agent | McpServer | Model | Policy | Prompt | Tool)
     return contract
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "Observability",
     "Policy",
     "PolicySpec",
+    "Prompt",
+    "PromptSpec",
     "Tool",
     "ToolMetadata",
     "ToolSpec",
@@ -53,6 +55,10 @@ _TOOL_NAME = r"^[a-z0-9]([-_.a-z0-9]{0,61}[a-z0-9])?$"
 _SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$"
 # A tool pattern in allow/deny lists: a tool name, optionally ending in ``*`` (``fs.*``).
 _TOOL_PATTERN = r"^[a-z0-9][-_.a-z0-9]*\*?$|^\*$"
+_PROMPT_REF = (
+    r"^prompts/([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)@((0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*))$"
+)
+"""An agent's ``instructions_ref``: ``prompts/NAME@VERSION`` (group 1: name, group 3: version)."""
 
 
 class _Strict(BaseModel):
@@ -110,6 +116,18 @@ class AgentModel(_Strict):
     """Seconds a model response stays in the tenant's exact-match response cache; ``None``
     (the default): responses are not cached. Only deterministic requests are cached
     (temperature 0 or a fixed seed), keyed by every field that changes the output."""
+
+    @field_validator("default", "allowed", "fallback")
+    @classmethod
+    def _not_replay(cls, value: str | list[str]) -> str | list[str]:
+        # ``replay/RUN`` serves a recorded run's outputs: only `corral runs replay` uses it.
+        for name in [value] if isinstance(value, str) else value:
+            if name.startswith("replay/"):
+                raise ValueError(
+                    f"{name!r}: the 'replay' provider is reserved for `corral runs replay`; "
+                    "name another model"
+                )
+        return value
 
 
 class AgentTools(_Strict):
@@ -247,7 +265,18 @@ class AgentSpec(_Strict):
     risk_tier: Literal["low", "medium", "high", "critical"] = "medium"
     status: Literal["draft", "active", "deprecated", "retired"] = "active"
     model: AgentModel = AgentModel()
-    instructions: Annotated[str, Field(min_length=1, max_length=100_000)]
+    # Left out of documents when unset; applied with ``instructions_ref``, the registry fills it
+    # with the referenced prompt's content, so a stored version always carries its instructions.
+    instructions: Annotated[
+        str | None, Field(min_length=1, max_length=100_000, exclude_if=lambda v: v is None)
+    ] = None
+    """The system instructions, inline. Give these or ``instructions_ref``, not both."""
+    instructions_ref: Annotated[
+        str | None, Field(pattern=_PROMPT_REF, exclude_if=lambda v: v is None)
+    ] = None
+    """A ``Prompt`` version of the tenant, ``prompts/NAME@VERSION``, resolved when the agent is
+    applied: its content becomes the instructions and its digest part of the agent version's
+    digest, so pointing at another prompt version makes a new agent version."""
     tools: AgentTools = AgentTools()
     limits: AgentLimits = AgentLimits()
     memory: list[MemoryScope] = Field(default_factory=list)
@@ -266,6 +295,19 @@ class AgentSpec(_Strict):
     # Left out of documents when unset, so existing agents keep their digests.
     slo: Annotated[AgentSlo | None, Field(exclude_if=lambda v: v is None)] = None
     """Service-level objectives, alerted on when breached (see :class:`AgentSlo`)."""
+
+    @model_validator(mode="after")
+    def _has_instructions(self) -> AgentSpec:
+        if self.instructions is None and self.instructions_ref is None:
+            raise ValueError(
+                "give 'instructions' (inline text) or 'instructions_ref' (prompts/NAME@VERSION)"
+            )
+        return self
+
+    @property
+    def system_instructions(self) -> str:
+        """The instructions the run starts with (a stored version always has them)."""
+        return self.instructions or ""
 
 
 class Agent(_Strict):
@@ -697,5 +739,24 @@ class Model(_Strict):
     kind: Literal["Model"] = "Model"
     metadata: Metadata
     spec: ModelSpec
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PromptSpec(_Strict):
+    """A versioned prompt: text agents use as their instructions (``instructions_ref``)."""
+
+    description: Annotated[str, Field(min_length=1, max_length=2000)] = "A prompt."
+    content: Annotated[str, Field(min_length=1, max_length=100_000)]
+    """The prompt text, as the agent's system instructions."""
+
+
+class Prompt(_Strict):
+    """A ``Prompt`` document: each changed ``content`` is a new immutable, digested version."""
+
+    api_version: Literal["corral.dev/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["Prompt"] = "Prompt"
+    metadata: Metadata
+    spec: PromptSpec
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

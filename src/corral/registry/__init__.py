@@ -5,6 +5,12 @@ the version bound to it.
 """
 
 from corral.registry._models import BUILTIN_DEFAULT_MODEL, default_models, tenant_models
+from corral.registry._prompts import (
+    get_prompt_version,
+    list_prompt_versions,
+    list_prompts,
+    prompt_diff,
+)
 from corral.registry._reads import (
     OfferedTool,
     load_agent_version,
@@ -76,16 +82,20 @@ __all__ = [
     "document_of",
     "get_agent",
     "get_agent_version",
+    "get_prompt_version",
     "latest_agent_versions",
     "list_agent_versions",
     "list_agents",
     "list_promotions",
+    "list_prompt_versions",
+    "list_prompts",
     "list_tools",
     "load_agent_version",
     "load_stage_agent",
     "next_patch",
     "offered_tools",
     "promote",
+    "prompt_diff",
     "reject_promotion",
     "rollback",
     "stage_bindings",

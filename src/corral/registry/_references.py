@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.contracts import Agent, McpServer, Model, Policy, Tool
+from corral.contracts import Agent, McpServer, Model, Policy, Prompt, Tool
 from corral.errors import ContractIssue
 from corral.registry._tables import McpServerRow, ToolRow
 
@@ -54,7 +54,7 @@ class UnmatchedTool:
 
 async def unmatched_tools(
     session: AsyncSession,
-    contracts: Sequence[Agent | McpServer | Model | Policy | Tool],
+    contracts: Sequence[Agent | McpServer | Model | Policy | Prompt | Tool],
     *,
     tenant_id: str,
 ) -> list[UnmatchedTool]:

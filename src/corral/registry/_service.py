@@ -12,7 +12,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event, canonical_json
-from corral.contracts import Agent, McpServer, Model, Policy, Tool
+from corral.contracts import Agent, McpServer, Model, Policy, Prompt, Tool
 from corral.errors import Conflict, Forbidden, InvalidContract, NotFound
 from corral.policy import (
     PolicyEngine,
@@ -21,6 +21,7 @@ from corral.policy import (
     policy_sources,
     tenant_policy_documents,
 )
+from corral.registry._prompts import PendingPrompt, pending_of, resolve_instructions
 from corral.registry._references import unmatched_tools
 from corral.registry._tables import (
     AgentRow,
@@ -29,6 +30,8 @@ from corral.registry._tables import (
     McpServerVersionRow,
     ModelRow,
     ModelVersionRow,
+    PromptRow,
+    PromptVersionRow,
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
@@ -52,7 +55,7 @@ __all__ = [
 FIRST_VERSION = "0.1.0"
 """Version given to the first version of an object whose document names none."""
 
-Contract = Agent | McpServer | Model | Policy | Tool
+Contract = Agent | McpServer | Model | Policy | Prompt | Tool
 
 
 @dataclass(frozen=True)
@@ -163,17 +166,27 @@ async def apply_documents(
     if not endpoints_allowed:
         _refuse_endpoints(contracts)
     seen: set[tuple[str, str]] = set()
-    results: list[ApplyResult] = []
-    for contract in contracts:
+    applied: dict[int, ApplyResult] = {}
+    prompts: list[PendingPrompt] = []
+    # Prompts first: an Agent of the same apply may reference one of their new versions.
+    for index in sorted(range(len(contracts)), key=lambda i: contracts[i].kind != "Prompt"):
+        contract = contracts[index]
         key = (contract.kind, contract.metadata.name)
         if key in seen:
             raise Conflict(
                 f"{contract.kind} {contract.metadata.name!r} appears twice; apply it once."
             )
         seen.add(key)
-        results.append(
-            await _apply_one(session, contract, tenant_id=tenant_id, actor=actor, dry_run=dry_run)
+        if isinstance(contract, Agent):
+            contract = await resolve_instructions(
+                session, contract, tenant_id=tenant_id, pending=prompts
+            )
+        applied[index] = result = await _apply_one(
+            session, contract, tenant_id=tenant_id, actor=actor, dry_run=dry_run
         )
+        if isinstance(contract, Prompt):
+            prompts.append(pending_of(contract, result.version))
+    results = [applied[index] for index in range(len(contracts))]
     policies = [c for c in contracts if isinstance(c, Policy)]
     if policies:
         versions = {r.name: r.version for r in results if r.kind == "Policy"}
@@ -290,6 +303,13 @@ async def _latest(session: AsyncSession, contract: Contract, tenant_id: str) -> 
             .where(PolicyRow.tenant_id == tenant_id, PolicyRow.name == name)
             .where(PolicyVersionRow.version == PolicyRow.latest_version)
         )
+    elif isinstance(contract, Prompt):
+        query = (
+            select(PromptRow, PromptVersionRow)
+            .join(PromptVersionRow, PromptVersionRow.prompt_id == PromptRow.id)
+            .where(PromptRow.tenant_id == tenant_id, PromptRow.name == name)
+            .where(PromptVersionRow.version == PromptRow.latest_version)
+        )
     else:
         query = (
             select(ToolRow, ToolVersionRow)
@@ -350,7 +370,12 @@ async def _store_version(
     now = utcnow()
     version_id = new_id("ver")
     version_row: (
-        AgentVersionRow | ToolVersionRow | PolicyVersionRow | McpServerVersionRow | ModelVersionRow
+        AgentVersionRow
+        | ToolVersionRow
+        | PolicyVersionRow
+        | McpServerVersionRow
+        | ModelVersionRow
+        | PromptVersionRow
     )
     if isinstance(contract, Agent):
         if row is None:
@@ -368,6 +393,11 @@ async def _store_version(
             row = ModelRow(id=new_id("mdl"), tenant_id=tenant_id, name=result.name, created_at=now)
             session.add(row)
         version_row = ModelVersionRow(model_id=row.id)
+    elif isinstance(contract, Prompt):
+        if row is None:
+            row = PromptRow(id=new_id("prm"), tenant_id=tenant_id, name=result.name, created_at=now)
+            session.add(row)
+        version_row = PromptVersionRow(prompt_id=row.id)
     elif isinstance(contract, McpServer):
         if row is None:
             row = McpServerRow(id=new_id("mcp"), tenant_id=tenant_id, name=result.name)

@@ -19,6 +19,8 @@ __all__ = [
     "ModelRow",
     "ModelVersionRow",
     "PromotionRow",
+    "PromptRow",
+    "PromptVersionRow",
     "StageBindingRow",
     "ToolRow",
     "ToolVersionRow",
@@ -204,5 +206,34 @@ class ModelVersionRow(TenantMixin, Base):
     version: Mapped[str] = mapped_column(String(32))
     ordinal: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(71))
+    document: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PromptRow(TenantMixin, Base):
+    """A prompt's identity; its text lives in :class:`PromptVersionRow`."""
+
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    latest_version: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PromptVersionRow(TenantMixin, Base):
+    """One immutable version of a ``Prompt`` document."""
+
+    __tablename__ = "prompt_versions"
+    __table_args__ = (UniqueConstraint("prompt_id", "version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(71))
+    """``sha256:<hex>`` of the canonical JSON of the document (version excluded)."""
     document: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

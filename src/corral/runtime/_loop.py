@@ -847,7 +847,7 @@ class RunExecutor(ToolPhase):
             if spec.tools.permits(name)
         }
         pending = StepRecord.from_pending(run.pending_decision) if run.pending_decision else None
-        messages = initial_messages(spec.instructions, run.task, run.workspace)
+        messages = initial_messages(spec.system_instructions, run.task, run.workspace)
         for step in loaded.steps:
             outputs = [
                 (c["id"], c["name"], _output_of(loaded.calls, step.index, i))

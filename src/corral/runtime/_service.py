@@ -423,6 +423,7 @@ async def create_run(
     governance: Governance | None = None,
     requester_roles: Iterable[str] | None = None,
     requester_groups: Iterable[str] = (),
+    replay_of: str | None = None,
 ) -> RunRow:
     """Create a ``QUEUED`` run and its ``run.created`` audit event in the caller's transaction.
 
@@ -444,6 +445,9 @@ async def create_run(
             referenced from the ``run.created`` audit event). ``None``: no policy check.
         requester_roles: The requester's roles in the tenant (Cedar ``principal.roles``).
         requester_groups: A user requester's groups (Cedar ``principal.groups``).
+        replay_of: A run of the tenant whose recorded model outputs this run replays: its
+            model is ``replay/<replay_of>`` (the replay provider; ``model`` is ignored). Only
+            the replay service passes it, after checking the run is the tenant's.
 
     Raises:
         NotFound: unknown agent or version (the message lists the known ones).
@@ -503,8 +507,8 @@ async def create_run(
             target=kill.target,
             engaged_by=kill.engaged_by,
         )
-    chosen = model or spec.model.default
-    if chosen not in (spec.model.default, *spec.model.allowed):
+    chosen = f"replay/{replay_of}" if replay_of else model or spec.model.default
+    if not replay_of and chosen not in (spec.model.default, *spec.model.allowed):
         raise InvalidRequest(
             f"Model {chosen!r} is not allowed to agent {agent_name!r}; allowed: "
             f"{', '.join([spec.model.default, *spec.model.allowed])}."

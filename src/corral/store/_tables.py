@@ -4,6 +4,7 @@ from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.cache._tables import ModelResponseCacheRow, ToolResultCacheRow
 from corral.costs._tables import BudgetReservationRow, ModelCallRow
+from corral.feedback._tables import FeedbackRow
 from corral.observability._tables import SpanRow
 from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
 from corral.registry._tables import (
@@ -15,10 +16,13 @@ from corral.registry._tables import (
     ModelRow,
     ModelVersionRow,
     PromotionRow,
+    PromptRow,
+    PromptVersionRow,
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
 )
+from corral.replay._tables import ReplayRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.secrets._tables import SecretRow
 from corral.slo._tables import SloEvaluatorRow, SloStateRow
@@ -33,6 +37,7 @@ __all__ = [
     "AuditEventRow",
     "AuditHeadRow",
     "BudgetReservationRow",
+    "FeedbackRow",
     "KillSwitchRow",
     "LocalUserRow",
     "McpServerRow",
@@ -46,7 +51,10 @@ __all__ = [
     "PolicyRow",
     "PolicyVersionRow",
     "PromotionRow",
+    "PromptRow",
+    "PromptVersionRow",
     "QuotaRow",
+    "ReplayRow",
     "RoleGrantRow",
     "RunEventRow",
     "RunRow",

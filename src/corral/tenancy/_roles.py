@@ -38,6 +38,8 @@ _READ: Final = frozenset(
         "quotas.read",
         "identity.read",
         "users.read",
+        # Every member may rate a run's answer (``POST /v1/runs/{id}/feedback``).
+        "feedback.write",
     }
 )
 

@@ -46,8 +46,10 @@ from corral.gateway.models._decision import (
 from corral.gateway.models._gateway import (
     FAILOVERS,
     ModelAuthorizer,
+    ModelCallScope,
     ModelGateway,
     SecretRenderer,
+    current_model_call,
 )
 from corral.gateway.models._inbound import (
     ChatCompletionsRequest,
@@ -109,6 +111,7 @@ __all__ = [
     "Message",
     "ModelAuthorizer",
     "ModelCallCosts",
+    "ModelCallScope",
     "ModelCatalog",
     "ModelGateway",
     "ModelProvider",
@@ -131,6 +134,7 @@ __all__ = [
     "Usage",
     "WireChat",
     "cost_upper_bound",
+    "current_model_call",
     "decision_instructions",
     "decision_schema",
     "deployments_of",

@@ -13,6 +13,7 @@ was tried before (:attr:`ModelResponse.attempts`), so the runtime can audit the 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import hashlib
 import os
@@ -46,8 +47,10 @@ from corral.resilience import CircuitBreakers
 __all__ = [
     "FAILOVERS",
     "ModelAuthorizer",
+    "ModelCallScope",
     "ModelGateway",
     "SecretRenderer",
+    "current_model_call",
     "split_model_name",
 ]
 
@@ -58,6 +61,35 @@ FAILOVERS = Counter(
     registry=REGISTRY,
 )
 """``corral_model_failovers_total{outcome="failed|circuit_open|denied|outside_residency"}``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCallScope:
+    """Whose model call a provider is answering (see :func:`current_model_call`).
+
+    Attributes:
+        tenant_id: The calling tenant, or ``None`` (a call outside any tenant).
+        run_id: The calling run, or ``None`` (a call outside a managed run).
+    """
+
+    tenant_id: str | None
+    run_id: str | None
+
+
+_NO_CALL = ModelCallScope(None, None)
+_CURRENT_CALL: contextvars.ContextVar[ModelCallScope | None] = contextvars.ContextVar(
+    "corral_model_call", default=None
+)
+
+
+def current_model_call() -> ModelCallScope:
+    """The tenant and run of the model call in progress (both ``None`` outside one).
+
+    For providers that answer per run: the replay provider serves a run only its own
+    tenant's recorded outputs.
+    """
+    return _CURRENT_CALL.get() or _NO_CALL
+
 
 SecretRenderer = Callable[[str, str], Awaitable[str]]
 """``await render(tenant_id, "${secret:NAME}")`` -> the secret's value (the credential broker)."""
@@ -368,6 +400,7 @@ class ModelGateway:
             if request.max_output_tokens:
                 span.set_attribute("gen_ai.request.max_tokens", request.max_output_tokens)
             started = time.perf_counter()
+            scope = _CURRENT_CALL.set(ModelCallScope(tenant_id, run_id))
             try:
                 provider, own = await self._provider(deployment, tenant_id)
                 sent = deployment.apply(request)
@@ -383,6 +416,8 @@ class ModelGateway:
                 span.set_attribute("error.type", exc.code)
                 span.set_status(Status(StatusCode.ERROR, exc.message))
                 raise
+            finally:
+                _CURRENT_CALL.reset(scope)
             observe_model_call(
                 deployment.provider,
                 deployment.model,

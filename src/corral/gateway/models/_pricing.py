@@ -31,7 +31,7 @@ __all__ = [
     "settings_override",
 ]
 
-FREE_PROVIDERS = frozenset({"local", "scripted"})
+FREE_PROVIDERS = frozenset({"local", "scripted", "replay"})
 """Providers whose calls cost nothing unless an override prices them."""
 
 _MTOK = Decimal(1_000_000)
@@ -53,7 +53,7 @@ def price_call(provider: str, model: str, usage: Usage, override: Price | None) 
         override: The deployment's price, if it has one: used instead of the price table.
 
     Returns:
-        US dollars; ``0`` for ``local`` and ``scripted`` without an override.
+        US dollars; ``0`` for ``local``, ``scripted`` and ``replay`` without an override.
 
     Raises:
         ModelPriceUnknown: the model is in no price table and has no override (the message

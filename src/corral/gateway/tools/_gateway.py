@@ -43,6 +43,7 @@ __all__ = [
     "ResolvedTool",
     "ToolExecutor",
     "ToolGateway",
+    "ToolInterceptor",
     "current_tool_call",
     "neutralise_fence_tags",
     "truncate_utf8",
@@ -251,6 +252,22 @@ class ToolExecutor(Protocol):
         ...
 
 
+class ToolInterceptor(Protocol):
+    """Answers some runs' tool calls instead of executing them.
+
+    Replayed runs serve recorded results; the platform sets one on
+    :attr:`ToolGateway.interceptor`.
+    """
+
+    async def intercept(self, ctx: ToolCallContext, prepared: PreparedCall) -> ToolResult | None:
+        """The result that replaces executing ``prepared``, or ``None`` to execute it.
+
+        Called for calls of managed runs only (``ctx.run_id`` set), after the policy decision,
+        approvals and the idempotency record, immediately before execution.
+        """
+        ...
+
+
 class ToolGateway:
     """Executes tool calls for managed runs.
 
@@ -282,6 +299,8 @@ class ToolGateway:
         """Executes ``http`` tools."""
         self.result_cache: ToolResultCache | None = None
         """The tool-result cache of read-only tools that opt in (set by the platform)."""
+        self.interceptor: ToolInterceptor | None = None
+        """Answers some runs' calls without executing them (set by the platform: replay)."""
 
     @contextlib.contextmanager
     def span(self, ctx: ToolCallContext, name: str, call_id: str) -> Iterator[_SpanRecorder]:
@@ -390,8 +409,12 @@ class ToolGateway:
         revealed is replaced with ``[REDACTED:secret]`` in the output and the error *before*
         the size cap, so neither a value nor a part of one reaches the model, the store or a
         span. A refused ``secret.use`` makes the call ``DENIED``; a secret that is not set,
-        ``FAILED``.
+        ``FAILED``. A run's call that the :attr:`interceptor` answers is not executed.
         """
+        if self.interceptor is not None and ctx.run_id is not None:
+            answered = await self.interceptor.intercept(ctx, prepared)
+            if answered is not None:
+                return answered
         with secret_scope(self._secret_check(ctx, prepared.tool)) as revealed:
             try:
                 return await self._execute_call(ctx, prepared, revealed.values)

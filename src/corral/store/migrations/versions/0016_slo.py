@@ -6,7 +6,7 @@ evaluator: who judged last and when, so that one worker of N judges per interval
 work in the system scope, no tenant column).
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0015
 Create Date: 2026-12-07
 """
 
@@ -19,7 +19,7 @@ import corral.store._base
 from corral.store._rls import enable_row_level_security
 
 revision: str = "0016"
-down_revision: str | None = "0013"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
