@@ -25,6 +25,7 @@ from corral.policy._schema import (
     PolicyAction,
     cedar_schema,
 )
+from corral.policy._reads import list_run_decisions
 from corral.policy._service import (
     Authorization,
     DecisionRow,
@@ -88,6 +89,7 @@ __all__ = [
     "decision_row",
     "explain",
     "insert_decisions",
+    "list_run_decisions",
     "load_cases",
     "policy_sources",
     "principal_ref",

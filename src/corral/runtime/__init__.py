@@ -11,6 +11,7 @@ from corral.runtime._control import (
     resume_run,
 )
 from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
+from corral.runtime._overview import RunOverview, run_overview
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
 from corral.runtime._reads import MAX_EVENTS_READ, RunEvent, answer_sources, read_events
 from corral.runtime._service import (
@@ -40,6 +41,7 @@ __all__ = [
     "Phase",
     "RunEvent",
     "RunExecutor",
+    "RunOverview",
     "RunStatus",
     "StepKind",
     "ToolCallStatus",
@@ -59,5 +61,6 @@ __all__ = [
     "release_kill_switch",
     "resolve_in_doubt",
     "resume_run",
+    "run_overview",
     "start_run",
 ]
