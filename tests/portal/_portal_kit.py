@@ -103,6 +103,4 @@ async def login(client: httpx.AsyncClient, key: str) -> httpx.Response:
     """Log in through the login form; returns the response of the form's POST."""
     form = await client.get("/ui/login")
     assert form.status_code == 200
-    return await client.post(
-        "/ui/login", data={"api_key": key, "csrf_token": csrf_of(form.text)}
-    )
+    return await client.post("/ui/login", data={"api_key": key, "csrf_token": csrf_of(form.text)})

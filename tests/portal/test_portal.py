@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _portal_kit import REQUESTER, ROLES, Ledger, csrf_of, login, seed, write_then_answer
 from fastapi.routing import APIRoute
 
-from _portal_kit import REQUESTER, ROLES, Ledger, csrf_of, login, seed, write_then_answer
 from corral.api import create_app
 from corral.approvals import Approval, list_approvals
 from corral.platform import Platform
@@ -319,4 +319,3 @@ async def test_the_overview_and_the_run_list_show_the_runs(portal: Portal) -> No
     assert run_id in table.text and "<html" not in table.text
     status = await alice.get(f"/ui/runs/{run_id}/status", params={"was": "AWAITING_APPROVAL"})
     assert "AWAITING_APPROVAL" in status.text and 'hx-trigger="every 1s"' in status.text
-

@@ -18,6 +18,7 @@ from corral.policy._cases import (
 )
 from corral.policy._defaults import DEFAULT_POLICIES, DEFAULT_POLICY_TEXT
 from corral.policy._engine import PolicyEngine
+from corral.policy._reads import list_run_decisions
 from corral.policy._schema import (
     ACTIONS,
     PRINCIPAL_TYPES,
@@ -25,7 +26,6 @@ from corral.policy._schema import (
     PolicyAction,
     cedar_schema,
 )
-from corral.policy._reads import list_run_decisions
 from corral.policy._service import (
     Authorization,
     DecisionRow,

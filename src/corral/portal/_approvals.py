@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import Request
 from starlette.responses import Response
 
-from corral.approvals import Vote, decide_approval, list_approvals
+from corral.approvals import APPROVAL_STATUSES, Vote, decide_approval, list_approvals
 from corral.portal._routes import router
 from corral.portal._web import (
     PORTAL_PATH,
@@ -21,7 +19,6 @@ from corral.portal._web import (
 
 __all__ = ["approvals", "approve", "reject"]
 
-_SHOWN = ("pending", "approved", "rejected", "expired", "withdrawn")
 
 
 @router.get("/approvals")
@@ -30,10 +27,7 @@ async def approvals(request: Request) -> Response:
     session = await session_of(request)
     require(session, "approvals.read")
     status = request.query_params.get("status", "pending")
-    chosen: Literal["pending", "approved", "rejected", "expired", "withdrawn"] | None = None
-    for known in _SHOWN:
-        if status == known:
-            chosen = known
+    chosen = next((known for known in APPROVAL_STATUSES if known == status), None)
     requests = await list_approvals(
         platform_of(request).store,
         tenant_id=session.principal.tenant_id,
@@ -44,7 +38,7 @@ async def approvals(request: Request) -> Response:
         "title": "Approvals",
         "requests": requests,
         "status": chosen or "",
-        "statuses": _SHOWN,
+        "statuses": APPROVAL_STATUSES,
         "can_decide": session.principal.can("approvals.decide"),
     }
     return render(request, "approvals.html", context)

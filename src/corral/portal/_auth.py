@@ -60,9 +60,7 @@ async def login_submit(request: Request) -> Response:
     """Check the key as ``Authorization: Bearer`` would; on success set the session cookie."""
     form = await form_of(request)
     nonce = request.cookies.get(_LOGIN_COOKIE, "")
-    if not nonce or not hmac.compare_digest(
-        form.get(CSRF_FIELD, ""), _login_token(request, nonce)
-    ):
+    if not nonce or not hmac.compare_digest(form.get(CSRF_FIELD, ""), _login_token(request, nonce)):
         raise Forbidden(
             "The login form's CSRF token is missing or stale; reload the login page.",
             code="csrf_failed",

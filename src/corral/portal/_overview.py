@@ -1,4 +1,4 @@
-"""The overview: runs per day by status, health figures, costs week over week, what needs a person."""
+"""The overview: runs per day by status, health, costs week over week, what needs a person."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Runs: a filterable, paginated list with live status, a run's detail (steps, decisions, tool
-calls, approvals, the span waterfall) and its cancel button."""
+"""Runs: a filterable, paginated list with live status; a run's detail; its cancel button.
+
+The detail shows steps, decisions, tool calls, approvals and the span waterfall.
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ page (a worker, the CLI) does not load it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -111,12 +111,16 @@ def render(
     from corral.portal._pages import visible_pages
 
     session: PortalSession | None = getattr(request.state, "portal_session", None)
-    page = _environment().get_template(template).render(
-        request=request,
-        session=session,
-        pages=visible_pages(session.principal) if session else [],
-        prefix=PORTAL_PATH,
-        **context,
+    page = (
+        _environment()
+        .get_template(template)
+        .render(
+            request=request,
+            session=session,
+            pages=visible_pages(session.principal) if session else [],
+            prefix=PORTAL_PATH,
+            **context,
+        )
     )
     return HTMLResponse(page, status_code=status_code)
 
@@ -184,7 +188,7 @@ class PortalRoute(APIRoute):
 
     status_for: StatusFor = staticmethod(lambda _error: 500)
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:

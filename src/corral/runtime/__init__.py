@@ -11,8 +11,8 @@ from corral.runtime._control import (
     resume_run,
 )
 from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
-from corral.runtime._overview import RunOverview, run_overview
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
+from corral.runtime._overview import RunOverview, run_overview
 from corral.runtime._reads import MAX_EVENTS_READ, RunEvent, answer_sources, read_events
 from corral.runtime._service import (
     RUN_STATUSES,

@@ -141,4 +141,3 @@ async def _calls_by_tool(
         .limit(top)
     )
     return [(str(name), int(n)) for name, n in rows]
-
