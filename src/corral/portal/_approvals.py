@@ -20,7 +20,6 @@ from corral.portal._web import (
 __all__ = ["approvals", "approve", "reject"]
 
 
-
 @router.get("/approvals")
 async def approvals(request: Request) -> Response:
     """Approval requests, pending first by default (permission ``approvals.read``)."""
