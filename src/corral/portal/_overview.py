@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -10,11 +11,11 @@ from typing import Any
 from fastapi import Request
 from starlette.responses import Response
 
-from corral.approvals import list_approvals
+from corral.approvals import Approval, list_approvals
 from corral.costs import costs_report
 from corral.portal._routes import router
 from corral.portal._web import platform_of, render, require, session_of
-from corral.runtime import list_kill_switches, run_overview
+from corral.runtime import KillSwitchInfo, RunOverview, list_kill_switches, run_overview
 from corral.store import utcnow
 
 __all__ = ["STATUS_COLORS", "Bar", "overview"]
@@ -95,9 +96,11 @@ async def _costs(request: Request, tenant_id: str, now: datetime) -> dict[str, A
     platform = platform_of(request)
     since = datetime.combine(now.date() - timedelta(days=2 * WINDOW_DAYS - 1), datetime.min.time())
     since = since.replace(tzinfo=now.tzinfo)
-    by_day = await costs_report(platform.store, by="day", since=since, tenant_id=tenant_id)
     week_start = since + timedelta(days=WINDOW_DAYS)
-    by_agent = await costs_report(platform.store, by="agent", since=week_start, tenant_id=tenant_id)
+    by_day, by_agent = await asyncio.gather(
+        costs_report(platform.store, by="day", since=since, tenant_id=tenant_id),
+        costs_report(platform.store, by="agent", since=week_start, tenant_id=tenant_id),
+    )
     cost_by_day = {group.key: group.cost_usd for group in by_day}
     days = _days(now.date(), 2 * WINDOW_DAYS)
     this_week = sum((cost_by_day.get(d, Decimal(0)) for d in days[WINDOW_DAYS:]), Decimal(0))
@@ -123,21 +126,28 @@ async def overview(request: Request) -> Response:
     now = utcnow()
     days = _days(now.date(), WINDOW_DAYS)
     since = datetime.combine(now.date() - timedelta(days=WINDOW_DAYS - 1), datetime.min.time())
-    async with platform.store.read(principal.tenant_id) as db:
-        runs = await run_overview(
-            db, tenant_id=principal.tenant_id, since=since.replace(tzinfo=now.tzinfo)
-        )
-    approvals = (
-        await list_approvals(
+
+    async def runs_part() -> RunOverview:
+        async with platform.store.read(principal.tenant_id) as db:
+            return await run_overview(
+                db, tenant_id=principal.tenant_id, since=since.replace(tzinfo=now.tzinfo)
+            )
+
+    async def approvals_part() -> list[Approval] | None:
+        if not principal.can("approvals.read"):
+            return None
+        return await list_approvals(
             platform.store, tenant_id=principal.tenant_id, status="pending", limit=20
         )
-        if principal.can("approvals.read")
-        else None
-    )
-    switches = (
-        await list_kill_switches(platform.store, tenant_id=principal.tenant_id)
-        if principal.can("killswitch.read")
-        else None
+
+    async def switches_part() -> list[KillSwitchInfo] | None:
+        if not principal.can("killswitch.read"):
+            return None
+        return await list_kill_switches(platform.store, tenant_id=principal.tenant_id)
+
+    # Independent reads, each in a snapshot of its own: concurrently, not one after another.
+    runs, approvals, switches, costs = await asyncio.gather(
+        runs_part(), approvals_part(), switches_part(), _costs(request, principal.tenant_id, now)
     )
     context = {
         "title": "Overview",
@@ -151,6 +161,6 @@ async def overview(request: Request) -> Response:
         "p95": _seconds(runs.latency_p95_seconds),
         "approvals": approvals,
         "switches": switches,
-        **await _costs(request, principal.tenant_id, now),
+        **costs,
     }
     return render(request, "overview.html", context)
