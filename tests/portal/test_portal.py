@@ -16,10 +16,12 @@ import pytest
 from _portal_kit import REQUESTER, ROLES, Ledger, csrf_of, login, seed, write_then_answer
 from fastapi.routing import APIRoute
 
+from conftest import agent_document, register
 from corral.api import create_app
 from corral.approvals import Approval, list_approvals
 from corral.platform import Platform
 from corral.portal._routes import router
+from corral.registry import list_agent_versions, stage_bindings
 from corral.runtime import create_run, get_run
 from corral.settings import GovernanceSettings, Settings
 from corral.tenancy import revoke_key
@@ -233,6 +235,8 @@ POST_PERMISSIONS = {
     "/ui/runs/{run_id}/cancel": "runs.control",
     "/ui/approvals/{approval_id}/approve": "approvals.decide",
     "/ui/approvals/{approval_id}/reject": "approvals.decide",
+    "/ui/agents/{name}/promote": "releases.promote",
+    "/ui/agents/{name}/rollback": "releases.promote",
 }
 """Every portal POST that acts, with the permission its REST twin requires."""
 
@@ -251,16 +255,21 @@ def _post_routes() -> set[str]:
 async def test_every_portal_post_is_refused_without_its_permission(portal: Portal) -> None:
     assert _post_routes() == set(POST_PERMISSIONS) | UNGOVERNED_POSTS
     run_id, approval = await portal.paused_run()
-    ids = {"run_id": run_id, "approval_id": approval.id}
-    # Dave (viewer) holds neither; Bob lacks runs.control, Alice approvals.decide.
-    lacking = {"runs.control": ["user:dave", "user:bob"], "approvals.decide": ["user:dave"]}
-    lacking["approvals.decide"].append("user:alice")
+    ids = {"run_id": run_id, "approval_id": approval.id, "name": "repo-analyst"}
+    # Dave (viewer) holds none; Bob lacks runs.control and releases.promote, Alice
+    # approvals.decide.
+    lacking = {
+        "runs.control": ["user:dave", "user:bob"],
+        "approvals.decide": ["user:dave", "user:alice"],
+        "releases.promote": ["user:dave", "user:bob"],
+    }
     for path, permission in POST_PERMISSIONS.items():
         for principal in lacking[permission]:
             client = await portal.logged_in(principal)
             token = csrf_of((await client.get("/ui")).text)
             response = await client.post(
-                path.format(**ids), data={"csrf_token": token, "comment": "no"}
+                path.format(**ids),
+                data={"csrf_token": token, "comment": "no", "version": "1", "stage": "staging"},
             )
             assert response.status_code == 403, (path, principal)
             assert "permission_denied" in response.text and permission in response.text
@@ -319,3 +328,41 @@ async def test_the_overview_and_the_run_list_show_the_runs(portal: Portal) -> No
     assert run_id in table.text and "<html" not in table.text
     status = await alice.get(f"/ui/runs/{run_id}/status", params={"was": "AWAITING_APPROVAL"})
     assert "AWAITING_APPROVAL" in status.text and 'hx-trigger="every 1s"' in status.text
+
+
+async def test_promote_and_roll_back_in_the_portal(portal: Portal) -> None:
+    await register(portal.platform, agent_document(description="Second version."))
+    async with portal.platform.store.read("default") as session:
+        versions = [
+            v.version
+            for v in await list_agent_versions(session, "repo-analyst", tenant_id="default")
+        ]
+    newest, first = versions[0], versions[-1]
+    alice = await portal.logged_in("user:alice")
+    page = await alice.get("/ui/agents")
+    assert "repo-analyst" in page.text and "platform-team" in page.text
+    page = await alice.get("/ui/agents/repo-analyst")
+    assert "Promote" in page.text and newest in page.text
+    token = csrf_of(page.text)
+    for version in (first, newest):
+        done = await alice.post(
+            "/ui/agents/repo-analyst/promote",
+            data={"csrf_token": token, "version": version, "stage": "staging"},
+        )
+        assert done.status_code == 303, done.text
+    assert await staging(portal) == newest
+    back = await alice.post(
+        "/ui/agents/repo-analyst/rollback", data={"csrf_token": token, "stage": "staging"}
+    )
+    assert back.status_code == 303
+    assert await staging(portal) == first
+    dave = await portal.logged_in("user:dave")
+    viewer_page = await dave.get("/ui/agents/repo-analyst")
+    assert viewer_page.status_code == 200
+    assert "/promote" not in viewer_page.text and "/rollback" not in viewer_page.text
+
+
+async def staging(portal: Portal) -> str:
+    async with portal.platform.store.read("default") as session:
+        bindings = await stage_bindings(session, "repo-analyst", tenant_id="default")
+    return next(b.version for b in bindings if b.stage == "staging")

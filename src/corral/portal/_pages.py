@@ -33,6 +33,7 @@ PAGES: tuple[NavPage, ...] = (
     NavPage("Overview", "", "runs.read"),
     NavPage("Runs", "/runs", "runs.read"),
     NavPage("Approvals", "/approvals", "approvals.read"),
+    NavPage("Agents", "/agents", "agents.read"),
 )
 
 
