@@ -4,8 +4,9 @@ One server (uvicorn in a thread, SQLite, the worker running in it, a scripted mo
 every test of the module. Each test logs in with a key through the login form. Screenshots of
 a failing test are saved under ``$TMPDIR/corral-portal-screenshots/``.
 
-Skipped only when ``/usr/bin/chromium`` is missing and ``CORRAL_TEST_REQUIRE_BROWSER`` is not
-``1`` (``scripts/test.sh`` installs chromium and sets it).
+Playwright is started and stopped by this module (not pytest-playwright's session fixtures):
+see :func:`browser`. Skipped only when ``/usr/bin/chromium`` is missing and
+``CORRAL_TEST_REQUIRE_BROWSER`` is not ``1`` (``scripts/test.sh`` installs chromium, sets it).
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from _portal_kit import ROLES, Ledger, seed, write_then_answer
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from corral.api import create_app
 from corral.platform import Platform
@@ -38,26 +38,37 @@ WAIT_MS = 30_000
 """Upper bound for a run to reach a state the page waits for (a shared CI machine)."""
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args() -> dict[str, Any]:
-    """pytest-playwright's launch options: Debian's chromium, never a downloaded browser."""
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, never a downloaded browser; Playwright stopped after the module.
+
+    Module-scoped instead of pytest-playwright's session-scoped ``browser``: the sync API
+    keeps an event loop running in the main thread while Playwright is started, and every
+    async test that ran after it in the session would fail to start its own loop.
+    """
     if not os.access(CHROMIUM, os.X_OK):
         message = f"{CHROMIUM} is missing: `apt-get install chromium`"
         if os.environ.get("CORRAL_TEST_REQUIRE_BROWSER") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    return {
-        "executable_path": CHROMIUM,
-        "args": [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-        ],
-    }
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+    finally:
+        playwright.stop()
 
 
 @dataclass
