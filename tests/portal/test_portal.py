@@ -6,7 +6,10 @@ every state a test looks at is reached deterministically.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,3 +369,21 @@ async def staging(portal: Portal) -> str:
     async with portal.platform.store.read("default") as session:
         bindings = await stage_bindings(session, "repo-analyst", tenant_id="default")
     return next(b.version for b in bindings if b.stage == "staging")
+
+
+def test_jinja2_is_imported_only_when_a_page_is_rendered(tmp_path: Path) -> None:
+    """Building the app (as every API process does) loads no template engine."""
+    code = (
+        "import sys\nfrom corral.api import create_app\nfrom corral.platform import Platform\n"
+        "from corral.settings import Settings\n"
+        f"create_app(Platform(Settings(home={str(tmp_path)!r})))\n"
+        "print('jinja2' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "CORRAL_HOME": str(tmp_path)},
+    )
+    assert done.stdout.strip().splitlines()[-1] == "False"
