@@ -196,3 +196,15 @@ def test_a_viewer_sees_no_approve_button_and_a_forged_post_fails(
         # The browser's own session cookie, but no CSRF token: refused.
         forged = page.request.post(f"{live.base_url}{action}", form={"comment": "x"})
         assert forged.status == 403 and "csrf_failed" in forged.text()
+
+
+def test_promote_a_version_in_the_browser(browser: Browser, live: Live) -> None:
+    with logged_in(browser, live, "user:alice", "promote") as page:
+        page.get_by_role("link", name="Agents").click()
+        page.get_by_role("link", name="repo-analyst").click()
+        expect(page.locator("#stage-staging")).to_have_count(0)
+        version = page.get_by_label("Version").input_value()
+        page.get_by_label("Stage").select_option("staging")
+        page.get_by_role("button", name="Promote").click()
+        expect(page.locator("#stage-staging")).to_contain_text(version)
+        expect(page.locator("#stage-staging")).to_contain_text("user:alice")
