@@ -19,5 +19,13 @@ echo "==> mypy --strict src"
 mypy src
 echo "==> lint-imports (domain boundaries: .importlinter)"
 lint-imports --no-cache
+# The portal's browser tests drive Debian's chromium through Playwright (never `playwright
+# install`); CI runs as root. With CORRAL_TEST_REQUIRE_BROWSER=1 they fail instead of skipping.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "==> apt-get install chromium (portal browser tests)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+export CORRAL_TEST_REQUIRE_BROWSER=1
+
 echo "==> pytest (SQLite + PostgreSQL, embedded model included)"
 pytest -q -p no:cacheprovider "$@"

@@ -30,12 +30,13 @@ from corral.api import (
     tenancy,
 )
 from corral.api._deps import ApiRateLimiter, PlatformDep, annotate_permissions, requires
-from corral.api._errors import document_errors, install_error_handlers
+from corral.api._errors import document_errors, install_error_handlers, status_for
 from corral.api._limits import RequestSizeLimit
 from corral.api._text import reject_lone_surrogates
 from corral.api.metrics import metrics_router
 from corral.api.openai_compat import OpenAICompatEndpoint
 from corral.platform import Platform
+from corral.portal import mount_portal
 from corral.store import SYSTEM
 from corral.tenancy import PUBLIC
 
@@ -136,6 +137,7 @@ def create_app(
             "providers": sorted(platform.models.providers),
         }
 
+    mount_portal(app, status_for=status_for)  # /ui: server-rendered pages over the same services
     annotate_permissions(app)
     _document(app)
     return app

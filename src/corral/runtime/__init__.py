@@ -12,6 +12,7 @@ from corral.runtime._control import (
 )
 from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
+from corral.runtime._overview import RunOverview, run_overview
 from corral.runtime._reads import (
     MAX_EVENTS_READ,
     EndedRun,
@@ -48,6 +49,7 @@ __all__ = [
     "Phase",
     "RunEvent",
     "RunExecutor",
+    "RunOverview",
     "RunStatus",
     "StepKind",
     "ToolCallStatus",
@@ -68,5 +70,6 @@ __all__ = [
     "release_kill_switch",
     "resolve_in_doubt",
     "resume_run",
+    "run_overview",
     "start_run",
 ]

@@ -162,6 +162,26 @@ class Identity:
         if not hmac.compare_digest(digest, row.digest if row is not None else "0" * 64):
             raise Unauthorized("Invalid API key.")
         assert row is not None
+        return self._key_principal(row, key_id, tenant)
+
+    async def authenticate_key_id(self, key_id: str) -> Principal:
+        """The principal of API key ``key_id``, re-checked as :meth:`authenticate` checks a key.
+
+        For a session the key already opened (the portal's signed cookie names the key id, not
+        the secret): the key must still exist, be unrevoked and unexpired, and its tenant active.
+
+        Raises:
+            Unauthorized: an unknown, revoked or expired key.
+            Forbidden: the key's tenant is suspended.
+        """
+        row = await self._key_row(key_id)
+        if row is None:
+            raise Unauthorized(f"API key {key_id} no longer exists; log in again.")
+        principal = self._key_principal(row, key_id, None)
+        await self.check_tenant(principal.tenant_id)
+        return principal
+
+    def _key_principal(self, row: Any, key_id: str, tenant: str | None) -> Principal:
         if row.revoked_at is not None:
             raise Unauthorized(f"API key {key_id} was revoked; create a new one.")
         if row.expires_at is not None and row.expires_at <= utcnow():

@@ -1,0 +1,137 @@
+"""Agents: the list, and an agent's versions, stage bindings, runs, promote and rollback."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import Request
+from starlette.responses import Response
+
+from corral.errors import PolicyRefused
+from corral.portal._routes import router
+from corral.portal._web import (
+    PORTAL_PATH,
+    form_of,
+    platform_of,
+    redirect,
+    render,
+    require,
+    session_of,
+)
+from corral.registry import (
+    latest_agent_versions,
+    list_agent_versions,
+    list_agents,
+    promote,
+    rollback,
+    stage_bindings,
+)
+from corral.runtime import list_runs
+
+__all__ = ["agent_detail", "agents", "promote_version", "rollback_stage"]
+
+
+def _spec(document: dict[str, Any]) -> dict[str, Any]:
+    spec = document.get("spec", {})
+    return spec if isinstance(spec, dict) else {}
+
+
+@router.get("/agents")
+async def agents(request: Request) -> Response:
+    """Agents with owner, risk tier, status and latest version (permission ``agents.read``)."""
+    session = await session_of(request)
+    require(session, "agents.read")
+    tenant_id = session.principal.tenant_id
+    async with platform_of(request).store.read(tenant_id) as db:
+        rows = await list_agents(db, tenant_id=tenant_id, limit=500)
+        latest = await latest_agent_versions(db, rows, tenant_id=tenant_id)
+    listed = [
+        {"agent": row, "spec": _spec(latest[row.id].document) if row.id in latest else {}}
+        for row in rows
+    ]
+    return render(request, "agents.html", {"title": "Agents", "agents": listed})
+
+
+@router.get("/agents/{name}")
+async def agent_detail(request: Request, name: str) -> Response:
+    """An agent's versions, what each stage runs, its latest runs; promote and roll back."""
+    session = await session_of(request)
+    require(session, "agents.read")
+    principal = session.principal
+    platform = platform_of(request)
+    stages = platform.settings.governance.stages
+    async with platform.store.read(principal.tenant_id) as db:
+        versions = await list_agent_versions(db, name, tenant_id=principal.tenant_id)
+        bindings = (
+            await stage_bindings(db, name, tenant_id=principal.tenant_id, stages=stages)
+            if principal.can("releases.read")
+            else []
+        )
+        runs = await list_runs(db, tenant_id=principal.tenant_id, agent_name=name, limit=20)
+    context = {
+        "title": f"Agent {name}",
+        "name": name,
+        "versions": versions,
+        "spec": _spec(versions[0].document) if versions else {},
+        "bindings": bindings,
+        "stages": stages,
+        "runs": runs,
+        "can_promote": principal.can("releases.promote"),
+    }
+    return render(request, "agent.html", context)
+
+
+@router.post("/agents/{name}/promote")
+async def promote_version(request: Request, name: str) -> Response:
+    """Promote as ``POST /v1/agents/{name}/promotions`` does (``releases.promote``)."""
+    session = await session_of(request)
+    require(session, "releases.promote")
+    form = await form_of(request)
+    platform = platform_of(request)
+    principal = session.principal
+    governance = platform.settings.governance
+    try:
+        async with platform.store.transaction(principal.tenant_id) as db:
+            await promote(
+                db,
+                platform.governance,
+                tenant_id=principal.tenant_id,
+                actor=principal.principal,
+                agent_name=name,
+                version=form.get("version", ""),
+                stage=form.get("stage", ""),
+                stages=governance.stages,
+                approval_ttl=timedelta(seconds=governance.approval_ttl_seconds),
+                actor_roles=principal.roles,
+            )
+    except PolicyRefused as exc:
+        await platform.store.run_sync(exc.record, principal.tenant_id)  # evidence, as REST
+        raise
+    return redirect(request, f"{PORTAL_PATH}/agents/{name}")
+
+
+@router.post("/agents/{name}/rollback")
+async def rollback_stage(request: Request, name: str) -> Response:
+    """Roll a stage back as ``POST /v1/agents/{name}/rollback`` does (``releases.promote``)."""
+    session = await session_of(request)
+    require(session, "releases.promote")
+    form = await form_of(request)
+    platform = platform_of(request)
+    principal = session.principal
+    try:
+        async with platform.store.transaction(principal.tenant_id) as db:
+            await rollback(
+                db,
+                platform.governance,
+                tenant_id=principal.tenant_id,
+                actor=principal.principal,
+                agent_name=name,
+                stage=form.get("stage", ""),
+                stages=platform.settings.governance.stages,
+                actor_roles=principal.roles,
+            )
+    except PolicyRefused as exc:
+        await platform.store.run_sync(exc.record, principal.tenant_id)
+        raise
+    return redirect(request, f"{PORTAL_PATH}/agents/{name}")

@@ -1,0 +1,106 @@
+"""What the portal tests share: a platform whose agent's write tool needs approval, keys, logins."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from conftest import agent_document, register
+from corral.contracts import Tool
+from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
+from corral.gateway.tools import BuiltinTool
+from corral.platform import Platform
+from corral.registry import bind_stage, get_agent, get_agent_version
+from corral.tenancy import issue_key
+
+REQUESTER = "user:alice"
+ROLES = {
+    "user:alice": ["builder", "operator"],
+    "user:bob": ["approver"],
+    "user:dave": ["viewer"],
+}
+"""Alice starts and cancels runs; Bob approves; Dave only reads."""
+
+
+class Ledger:
+    """``ledger.write`` (``side_effect: write``): needs approval in ``production``."""
+
+    def __init__(self) -> None:
+        self.executions: list[int] = []
+
+    def builtins(self) -> dict[str, BuiltinTool]:
+        contract = Tool.model_validate(
+            {
+                "apiVersion": "corral.dev/v1",
+                "kind": "Tool",
+                "metadata": {"name": "ledger.write", "version": "1.0.0"},
+                "spec": {
+                    "description": "Write entry n to the ledger.",
+                    "type": "builtin",
+                    "side_effect": "write",
+                    "input_schema": {
+                        "type": "object",
+                        "properties": {"n": {"type": "integer"}},
+                        "required": ["n"],
+                        "additionalProperties": False,
+                    },
+                },
+            }
+        )
+        return {"ledger.write": BuiltinTool(contract, self._write)}
+
+    async def _write(self, arguments: dict[str, Any], _ws: Path | None, **_: Any) -> str:
+        self.executions.append(arguments["n"])
+        return f"entry {arguments['n']} written"
+
+
+def write_then_answer(request: ModelRequest) -> ToolCall | FinalAnswer:
+    """Write entry 7 once, then answer with what the tool said."""
+    results = [m.content for m in request.messages if m.role == "tool"]
+    if not results:
+        return ToolCall("call_0", "ledger.write", {"n": 7})
+    return FinalAnswer(f"done: {results[-1]}")
+
+
+async def seed(platform: Platform) -> dict[str, str]:
+    """Register the agent bound to ``production``; return an API key per principal of ROLES."""
+    await register(platform, agent_document(tools={"allowed": ["ledger.*"]}))
+    async with platform.store.transaction("default") as session:
+        agent = await get_agent(session, "repo-analyst", tenant_id="default")
+        _, version = await get_agent_version(
+            session, "repo-analyst", agent.latest_version, tenant_id="default"
+        )
+        await bind_stage(
+            session, agent, version, "production", actor="user:test", tenant_id="default"
+        )
+    keys = {}
+    for principal, roles in ROLES.items():
+        keys[principal] = await issue_key(
+            platform.store,
+            server_secret=platform.identity.server_secret,
+            tenant_id="default",
+            principal=principal,
+            roles=roles,
+            name=f"portal-{principal.partition(':')[2]}",
+        )
+    return keys
+
+
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(page: str) -> str:
+    """The CSRF token a page's forms carry."""
+    match = _CSRF.search(page)
+    assert match is not None, page[:2000]
+    return match.group(1)
+
+
+async def login(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    """Log in through the login form; returns the response of the form's POST."""
+    form = await client.get("/ui/login")
+    assert form.status_code == 200
+    return await client.post("/ui/login", data={"api_key": key, "csrf_token": csrf_of(form.text)})

@@ -1,0 +1,389 @@
+"""The portal over HTTP (no browser): sessions, CSRF, security headers, permissions, actions.
+
+On SQLite and PostgreSQL. Runs are driven with ``worker.run_until_idle()`` (no worker loop), so
+every state a test looks at is reached deterministically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from _portal_kit import REQUESTER, ROLES, Ledger, csrf_of, login, seed, write_then_answer
+from fastapi.routing import APIRoute
+
+from conftest import agent_document, register
+from corral.api import create_app
+from corral.approvals import Approval, list_approvals
+from corral.platform import Platform
+from corral.portal._routes import router
+from corral.registry import list_agent_versions, stage_bindings
+from corral.runtime import create_run, get_run
+from corral.settings import GovernanceSettings, Settings
+from corral.tenancy import revoke_key
+from corral.testing import ScriptedModel
+
+
+@pytest.fixture
+def settings(tmp_path: Path, settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"governance": GovernanceSettings(roles=ROLES, policy_refresh_seconds=0)}
+    )
+
+
+@dataclass
+class Portal:
+    platform: Platform
+    app: object
+    keys: dict[str, str]
+    ledger: Ledger
+    clients: list[httpx.AsyncClient]
+
+    def client(self, scheme: str = "http") -> httpx.AsyncClient:
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),  # type: ignore[arg-type]
+            base_url=f"{scheme}://corral",
+        )
+        self.clients.append(client)
+        return client
+
+    async def logged_in(self, principal: str) -> httpx.AsyncClient:
+        client = self.client()
+        assert (await login(client, self.keys[principal])).status_code == 303
+        return client
+
+    async def paused_run(self) -> tuple[str, Approval]:
+        async with self.platform.store.transaction("default") as session:
+            run = await create_run(
+                session,
+                tenant_id="default",
+                agent_name="repo-analyst",
+                task="Write entry 7.",
+                requested_by=REQUESTER,
+                stage="production",
+                governance=self.platform.governance,
+            )
+        await self.platform.worker.run_until_idle()
+        assert await self.status(run.id) == "AWAITING_APPROVAL"
+        (approval,) = await list_approvals(
+            self.platform.store, tenant_id="default", run_id=run.id, status="pending"
+        )
+        return run.id, approval
+
+    async def status(self, run_id: str) -> str:
+        async with self.platform.store.read("default") as session:
+            return str((await get_run(session, run_id, tenant_id="default")).status)
+
+
+@pytest.fixture
+async def portal(settings: Settings) -> AsyncIterator[Portal]:
+    ledger = Ledger()
+    platform = Platform(
+        settings,
+        providers={"scripted": ScriptedModel(write_then_answer)},
+        builtins=ledger.builtins(),
+    )
+    app = create_app(platform, run_worker=False)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    found = Portal(platform, app, await seed(platform), ledger, [])
+    try:
+        yield found
+    finally:
+        for client in found.clients:
+            await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+# --- sessions -------------------------------------------------------------------------------------
+
+
+async def test_login_sets_a_signed_http_only_cookie_that_holds_no_key(portal: Portal) -> None:
+    client = portal.client()
+    response = await login(client, portal.keys["user:bob"])
+    assert (response.status_code, response.headers["location"]) == (303, "/ui")
+    cookie = next(
+        h for h in response.headers.get_list("set-cookie") if h.startswith("corral_session=")
+    )
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/ui" in cookie
+    assert "Secure" not in cookie  # plain http; see the https test below
+    secret = portal.keys["user:bob"].rsplit("_", 1)[1]
+    assert secret not in cookie and portal.keys["user:bob"] not in cookie
+    page = await client.get("/ui")
+    assert page.status_code == 200 and "user:bob" in page.text
+
+    https = portal.client("https")
+    response = await login(https, portal.keys["user:bob"])
+    assert "Secure" in next(
+        h for h in response.headers.get_list("set-cookie") if h.startswith("corral_session=")
+    )
+
+
+async def test_a_wrong_key_or_a_forged_cookie_gets_no_session(portal: Portal) -> None:
+    client = portal.client()
+    response = await login(client, "crl_000000000000_" + "A" * 43)
+    assert response.status_code == 401 and "Invalid API key" in response.text
+    assert (await client.get("/ui/runs")).headers["location"] == "/ui/login"
+
+    real = await portal.logged_in("user:dave")
+    value = real.cookies["corral_session"]
+    key_id, expires, nonce, mac = value.split(".")
+    for forged in (
+        f"{key_id}.{int(expires) + 999}.{nonce}.{mac}",  # a longer life, same MAC
+        f"{portal.keys['user:bob'][4:16]}.{expires}.{nonce}.{mac}",  # another key's id
+    ):
+        other = portal.client()
+        other.cookies.set("corral_session", forged, domain="corral", path="/ui")
+        assert (await other.get("/ui/runs")).status_code == 303
+
+
+async def test_a_revoked_key_ends_its_sessions_and_logout_ends_one(portal: Portal) -> None:
+    client = await portal.logged_in("user:dave")
+    assert (await client.get("/ui/runs")).status_code == 200
+    key_id = portal.keys["user:dave"][4:16]
+    admin = await portal.platform.identity.authenticate(f"Bearer {portal.keys['user:alice']}")
+    admin_all = type(admin)(
+        id="user:local-admin", tenant_id="default", roles=frozenset({"admin"}), kind="user"
+    )
+    await revoke_key(portal.platform.store, admin_all, key_id)
+    portal.platform.identity.invalidate_key(key_id)  # as DELETE /v1/keys/{id} does
+    assert (await client.get("/ui/runs")).headers["location"] == "/ui/login"
+
+    bob = await portal.logged_in("user:bob")
+    page = await bob.get("/ui")
+    out = await bob.post("/ui/logout", data={"csrf_token": csrf_of(page.text)})
+    assert out.status_code == 303
+    assert (await bob.get("/ui")).headers["location"] == "/ui/login"
+
+
+async def test_every_page_sends_the_security_headers(portal: Portal) -> None:
+    client = await portal.logged_in("user:alice")
+    run_id, _ = await portal.paused_run()
+    for path in ("/ui/login", "/ui", "/ui/runs", f"/ui/runs/{run_id}", "/ui/approvals"):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "same-origin"
+        assert "<script>" not in response.text and " style=" not in response.text
+        assert re.search(r"<script[^>]* src=\"/ui/static/htmx.min.js\"", response.text)
+    htmx = await client.get("/ui/static/htmx.min.js")
+    assert htmx.status_code == 200 and "htmx" in htmx.text[:2000]
+    # The REST API is untouched by the portal's headers.
+    assert "content-security-policy" not in (await client.get("/healthz")).headers
+
+
+# --- actions: approve, cancel ---------------------------------------------------------------------
+
+
+async def test_an_approver_approves_in_the_portal_and_the_run_resumes(portal: Portal) -> None:
+    run_id, approval = await portal.paused_run()
+    bob = await portal.logged_in("user:bob")
+    queue = await bob.get("/ui/approvals")
+    assert approval.id in queue.text and "ledger.write" in queue.text
+    assert "0 of 1" in queue.text and REQUESTER in queue.text and "tool-write" in queue.text
+    assert f'action="/ui/approvals/{approval.id}/approve"' in queue.text
+
+    decided = await bob.post(
+        f"/ui/approvals/{approval.id}/approve",
+        data={"csrf_token": csrf_of(queue.text), "comment": "looks right"},
+    )
+    assert (decided.status_code, decided.headers["location"]) == (303, f"/ui/runs/{run_id}")
+    assert await portal.status(run_id) == "QUEUED"
+    await portal.platform.worker.run_until_idle()
+    assert await portal.status(run_id) == "SUCCEEDED"
+    assert portal.ledger.executions == [7]
+
+    page = await bob.get(f"/ui/runs/{run_id}")
+    assert "entry 7 written" in page.text and "&lt;tool_output" in page.text  # escaped
+    assert 'id="waterfall"' in page.text and "invoke_agent" in page.text
+    assert "require_approval" in page.text  # the stored policy decision of the call
+    assert "approved" in page.text and "1/1" in page.text
+
+
+async def test_an_operator_cancels_a_run_in_the_portal(portal: Portal) -> None:
+    run_id, _ = await portal.paused_run()
+    alice = await portal.logged_in("user:alice")
+    page = await alice.get(f"/ui/runs/{run_id}")
+    assert 'id="cancel-run"' in page.text
+    done = await alice.post(f"/ui/runs/{run_id}/cancel", data={"csrf_token": csrf_of(page.text)})
+    assert done.status_code == 303
+    assert await portal.status(run_id) == "CANCELLED"
+    again = await alice.post(f"/ui/runs/{run_id}/cancel", data={"csrf_token": csrf_of(page.text)})
+    assert again.status_code == 409 and "CANCELLED" in again.text
+
+
+async def test_a_viewer_sees_no_buttons(portal: Portal) -> None:
+    run_id, approval = await portal.paused_run()
+    dave = await portal.logged_in("user:dave")
+    queue = await dave.get("/ui/approvals")
+    assert approval.id in queue.text
+    assert "/approve" not in queue.text and "/reject" not in queue.text
+    run = await dave.get(f"/ui/runs/{run_id}")
+    assert run.status_code == 200 and "cancel-run" not in run.text
+
+
+# --- refusals -------------------------------------------------------------------------------------
+
+POST_PERMISSIONS = {
+    "/ui/runs/{run_id}/cancel": "runs.control",
+    "/ui/approvals/{approval_id}/approve": "approvals.decide",
+    "/ui/approvals/{approval_id}/reject": "approvals.decide",
+    "/ui/agents/{name}/promote": "releases.promote",
+    "/ui/agents/{name}/rollback": "releases.promote",
+}
+"""Every portal POST that acts, with the permission its REST twin requires."""
+
+UNGOVERNED_POSTS = {"/ui/login", "/ui/logout"}
+
+
+def _post_routes() -> set[str]:
+    """Every POST route of the portal's router (the one ``mount_portal`` includes)."""
+    return {
+        route.path
+        for route in router.routes
+        if isinstance(route, APIRoute) and "POST" in route.methods
+    }
+
+
+async def test_every_portal_post_is_refused_without_its_permission(portal: Portal) -> None:
+    assert _post_routes() == set(POST_PERMISSIONS) | UNGOVERNED_POSTS
+    run_id, approval = await portal.paused_run()
+    ids = {"run_id": run_id, "approval_id": approval.id, "name": "repo-analyst"}
+    # Dave (viewer) holds none; Bob lacks runs.control and releases.promote, Alice
+    # approvals.decide.
+    lacking = {
+        "runs.control": ["user:dave", "user:bob"],
+        "approvals.decide": ["user:dave", "user:alice"],
+        "releases.promote": ["user:dave", "user:bob"],
+    }
+    for path, permission in POST_PERMISSIONS.items():
+        for principal in lacking[permission]:
+            client = await portal.logged_in(principal)
+            token = csrf_of((await client.get("/ui")).text)
+            response = await client.post(
+                path.format(**ids),
+                data={"csrf_token": token, "comment": "no", "version": "1", "stage": "staging"},
+            )
+            assert response.status_code == 403, (path, principal)
+            assert "permission_denied" in response.text and permission in response.text
+    assert await portal.status(run_id) == "AWAITING_APPROVAL"
+
+
+async def test_a_forged_post_is_refused(portal: Portal) -> None:
+    run_id, approval = await portal.paused_run()
+    bob = await portal.logged_in("user:bob")
+    other = await portal.logged_in("user:bob")  # another session of the same key
+    foreign = csrf_of((await other.get("/ui")).text)
+    path = f"/ui/approvals/{approval.id}/approve"
+    for data, headers in (
+        ({}, {}),
+        ({"csrf_token": "x" * 43}, {}),
+        ({"csrf_token": foreign}, {}),
+        ({}, {"X-CSRF-Token": foreign}),
+    ):
+        response = await bob.post(path, data=data, headers=headers)
+        assert response.status_code == 403 and "csrf_failed" in response.text
+    assert await portal.status(run_id) == "AWAITING_APPROVAL"
+    # Login is protected too (no login CSRF): a post without the form's token is refused.
+    fresh = portal.client()
+    refused = await fresh.post("/ui/login", data={"api_key": portal.keys["user:bob"]})
+    assert refused.status_code == 403 and "corral_session" not in fresh.cookies
+    # The htmx way: the session's token in the header is accepted.
+    token = csrf_of((await bob.get("/ui")).text)
+    ok = await bob.post(path, headers={"X-CSRF-Token": token, "HX-Request": "true"})
+    assert (ok.status_code, ok.headers["hx-redirect"]) == (204, f"/ui/runs/{run_id}")
+
+
+async def test_an_unknown_run_is_not_found(portal: Portal) -> None:
+    alice = await portal.logged_in("user:alice")
+    page = await alice.get("/ui/runs/run_doesnotexist")
+    assert page.status_code == 404
+
+
+# --- pages ----------------------------------------------------------------------------------------
+
+
+async def test_the_overview_and_the_run_list_show_the_runs(portal: Portal) -> None:
+    run_id, _ = await portal.paused_run()
+    alice = await portal.logged_in("user:alice")
+    overview = await alice.get("/ui")
+    assert overview.status_code == 200
+    assert "AWAITING_APPROVAL 1" in overview.text
+    assert "ledger.write" in overview.text  # top tools by calls
+    assert "<svg" in overview.text and "<rect" in overview.text
+    runs = await alice.get("/ui/runs", params={"status": "AWAITING_APPROVAL"})
+    assert run_id in runs.text and 'hx-trigger="every 2s"' in runs.text
+    none = await alice.get("/ui/runs", params={"agent": "someone-else"})
+    assert run_id not in none.text and "No runs match" in none.text
+    bad = await alice.get("/ui/runs", params={"status": "NOPE"})
+    assert bad.status_code == 400
+    table = await alice.get("/ui/runs-table")
+    assert run_id in table.text and "<html" not in table.text
+    status = await alice.get(f"/ui/runs/{run_id}/status", params={"was": "AWAITING_APPROVAL"})
+    assert "AWAITING_APPROVAL" in status.text and 'hx-trigger="every 1s"' in status.text
+
+
+async def test_promote_and_roll_back_in_the_portal(portal: Portal) -> None:
+    await register(portal.platform, agent_document(description="Second version."))
+    async with portal.platform.store.read("default") as session:
+        versions = [
+            v.version
+            for v in await list_agent_versions(session, "repo-analyst", tenant_id="default")
+        ]
+    newest, first = versions[0], versions[-1]
+    alice = await portal.logged_in("user:alice")
+    page = await alice.get("/ui/agents")
+    assert "repo-analyst" in page.text and "platform-team" in page.text
+    page = await alice.get("/ui/agents/repo-analyst")
+    assert "Promote" in page.text and newest in page.text
+    token = csrf_of(page.text)
+    for version in (first, newest):
+        done = await alice.post(
+            "/ui/agents/repo-analyst/promote",
+            data={"csrf_token": token, "version": version, "stage": "staging"},
+        )
+        assert done.status_code == 303, done.text
+    assert await staging(portal) == newest
+    back = await alice.post(
+        "/ui/agents/repo-analyst/rollback", data={"csrf_token": token, "stage": "staging"}
+    )
+    assert back.status_code == 303
+    assert await staging(portal) == first
+    dave = await portal.logged_in("user:dave")
+    viewer_page = await dave.get("/ui/agents/repo-analyst")
+    assert viewer_page.status_code == 200
+    assert "/promote" not in viewer_page.text and "/rollback" not in viewer_page.text
+
+
+async def staging(portal: Portal) -> str:
+    async with portal.platform.store.read("default") as session:
+        bindings = await stage_bindings(session, "repo-analyst", tenant_id="default")
+    return next(b.version for b in bindings if b.stage == "staging")
+
+
+def test_jinja2_is_imported_only_when_a_page_is_rendered(tmp_path: Path) -> None:
+    """Building the app (as every API process does) loads no template engine."""
+    code = (
+        "import sys\nfrom corral.api import create_app\nfrom corral.platform import Platform\n"
+        "from corral.settings import Settings\n"
+        f"create_app(Platform(Settings(home={str(tmp_path)!r})))\n"
+        "print('jinja2' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "CORRAL_HOME": str(tmp_path)},
+    )
+    assert done.stdout.strip().splitlines()[-1] == "False"
