@@ -4,8 +4,8 @@ One server (uvicorn in a thread, SQLite, the worker running in it, a scripted mo
 every test of the module. Each test logs in with a key through the login form. Screenshots of
 a failing test are saved under ``$TMPDIR/corral-portal-screenshots/``.
 
-Playwright is started and stopped by this module (not pytest-playwright's session fixtures):
-see :func:`browser`. Skipped only when ``/usr/bin/chromium`` is missing and
+Playwright is started and stopped by this module (pytest-playwright is not used, see
+:func:`browser`). Skipped only when ``/usr/bin/chromium`` is missing and
 ``CORRAL_TEST_REQUIRE_BROWSER`` is not ``1`` (``scripts/test.sh`` installs chromium, sets it).
 """
 
@@ -53,7 +53,7 @@ LAUNCH_ARGS = [
 def browser() -> Iterator[Browser]:
     """Debian's chromium, never a downloaded browser; Playwright stopped after the module.
 
-    Module-scoped instead of pytest-playwright's session-scoped ``browser``: the sync API
+    Module-scoped, not pytest-playwright's session-scoped ``browser``: the sync API
     keeps an event loop running in the main thread while Playwright is started, and every
     async test that ran after it in the session would fail to start its own loop.
     """
