@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 from starlette.routing import Route
@@ -17,6 +17,7 @@ from corral.api import (
     audit,
     control,
     costs,
+    health,
     mcp_servers,
     models,
     policies,
@@ -25,15 +26,13 @@ from corral.api import (
     secrets,
     tenancy,
 )
-from corral.api._deps import ApiRateLimiter, PlatformDep, annotate_permissions, requires
+from corral.api._deps import ApiRateLimiter, annotate_permissions
 from corral.api._errors import document_errors, install_error_handlers
 from corral.api._limits import RequestSizeLimit
 from corral.api._text import reject_lone_surrogates
 from corral.api.metrics import metrics_router
 from corral.api.openai_compat import OpenAICompatEndpoint
 from corral.platform import Platform
-from corral.store import SYSTEM
-from corral.tenancy import PUBLIC
 
 if TYPE_CHECKING:
     from corral.api.mcp import McpEndpoint
@@ -107,6 +106,7 @@ def create_app(
     # in the route table: the hottest path of a BYO agent is matched without scanning the rest.
     app.router.routes[:0] = openai_compat.routes
     app.include_router(costs.router)
+    app.include_router(health.router)
     app.include_router(metrics_router(public=platform.settings.observability.metrics_public))
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
@@ -114,19 +114,6 @@ def create_app(
         app.router.routes.append(
             Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
         )
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz(
-        platform: PlatformDep, _public: Annotated[None, requires(PUBLIC)]
-    ) -> dict[str, object]:
-        """Liveness: the store answers and which model providers are configured."""
-        async with platform.store.read(SYSTEM) as session:
-            await session.connection()
-        return {
-            "status": "ok",
-            "store": platform.store.dialect,
-            "providers": sorted(platform.models.providers),
-        }
 
     annotate_permissions(app)
     _document(app)

@@ -12,7 +12,13 @@ from corral.runtime._control import (
 )
 from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
-from corral.runtime._reads import MAX_EVENTS_READ, RunEvent, answer_sources, read_events
+from corral.runtime._reads import (
+    MAX_EVENTS_READ,
+    RunEvent,
+    answer_sources,
+    count_queued_runs,
+    read_events,
+)
 from corral.runtime._service import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
@@ -47,6 +53,7 @@ __all__ = [
     "Workspaces",
     "answer_sources",
     "cancel_run",
+    "count_queued_runs",
     "create_run",
     "default_worker_id",
     "engage_kill_switch",

@@ -108,6 +108,10 @@ class DeploymentBreakers:
             breaker.opened_at = self.clock()
             breaker.trial_in_flight = False
 
+    def states(self) -> dict[str, BreakerState]:
+        """The state of every breaker that has seen a failure, by key (for metrics, readiness)."""
+        return {key: self.state(key) for key in list(self._breakers)}
+
     def failures(self, key: str) -> int:
         """Consecutive failures counted for ``key``."""
         breaker = self._breakers.get(key)

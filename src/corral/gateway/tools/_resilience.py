@@ -239,6 +239,10 @@ class CircuitBreakers:
             breaker.opened_at = self.clock()
             breaker.trial_in_flight = False
 
+    def states(self) -> dict[str, BreakerState]:
+        """The state of every breaker that has seen a failure, by key (for metrics, readiness)."""
+        return {key: self.state(key) for key in list(self._breakers)}
+
     @contextlib.asynccontextmanager
     async def guard(self, upstream: str) -> AsyncIterator[None]:
         """Around one attempt: refuse it when open, record how it ended.
