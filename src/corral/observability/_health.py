@@ -114,9 +114,7 @@ async def run_probes(probes: Sequence[Probe], *, timeout_seconds: float) -> Read
             async with asyncio.timeout(timeout_seconds):
                 return await probe.run()
         except TimeoutError:
-            why = (
-                f"no answer within {timeout_seconds:g} s (CORRAL_HEALTH__CHECK_TIMEOUT_SECONDS)"
-            )
+            why = f"no answer within {timeout_seconds:g} s (CORRAL_HEALTH__CHECK_TIMEOUT_SECONDS)"
         except Exception as exc:
             why = f"the check failed with {type(exc).__name__}; see this process's log"
         return [Check(name, "fail", why) for name in probe.names]

@@ -29,10 +29,11 @@ exposes its own numbers at its own ``/metrics``: scrape every process. With
 (set before Python starts, the same for all; emptied at each deployment), prometheus_client's
 multiprocess mode writes each process's values to memory-mapped files there and any process's
 ``/metrics`` serves their sum (gauges: ``corral_runs_in_flight`` summed over live processes,
-``corral_run_queue_depth`` the most recent value). In that mode the ``process_*`` / ``python_*``
-collectors are left out (they would describe only the scraping process), exemplars are not
-recorded (the client does not support them there), and the breaker gauge shows the scraping
-process's breakers.
+``corral_run_queue_depth`` the most recent value; a process that exits normally drops its
+live gauges, one killed leaves them until the directory is emptied). In that mode the
+``process_*`` / ``python_*`` collectors are left out (they would describe only the scraping
+process), exemplars are not recorded (the client does not support them there), and the breaker
+gauge shows the scraping process's breakers.
 
 Exemplars. Histograms of durations and the tool-call counter carry the current trace id as an
 exemplar (``trace_id``); they appear only in the OpenMetrics exposition, which ``/metrics``
@@ -42,6 +43,7 @@ when exemplar storage is enabled).
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -60,7 +62,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -106,6 +108,10 @@ __all__ = [
 
 MULTIPROCESS: Final = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 """Whether prometheus_client's multiprocess mode is on (read once, as the client does)."""
+
+if MULTIPROCESS:
+    # A process that exits leaves its files; its live gauges (runs in flight) must not count.
+    atexit.register(mark_process_dead, os.getpid())
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 """Corral's metrics (see the module docstring for why not the client's default registry)."""
@@ -241,8 +247,7 @@ RUNS_FINISHED = Counter(
 
 RUNS_IN_FLIGHT = Gauge(
     "corral_runs_in_flight",
-    "Runs this process's worker is driving now (summed over live processes in multiprocess "
-    "mode).",
+    "Runs this process's worker is driving now (summed over live processes in multiprocess mode).",
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
@@ -455,8 +460,11 @@ _BREAKER_SOURCES: dict[int, BreakerSource] = {}
 
 
 class _BreakerCollector(Collector):
-    """``corral_circuit_breaker_state{kind, name, state}``: 1 for each breaker's state, read
-    from the registered sources at scrape time (breakers live in each gateway's memory)."""
+    """``corral_circuit_breaker_state{kind, name, state}``, read at scrape time.
+
+    1 for each breaker's state, 0 for the others, from the registered sources (breakers live
+    in each gateway's memory).
+    """
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
@@ -499,7 +507,7 @@ def _scrape_registry() -> CollectorRegistry:
     if not MULTIPROCESS:
         return REGISTRY
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(_BREAKERS)
     return registry
 

@@ -543,9 +543,7 @@ _RUNNABLE = or_(
 )
 _EXPIRED = and_(_RUNS.c.status == "RUNNING", _RUNS.c.lease_expires_at < bindparam("b_now"))
 # One read, two index probes (ix_runs_claim): is anything queued, has any lease expired?
-_ANY_RUNNABLE = select(
-    exists().where(_RUNS.c.status == "QUEUED"), exists().where(_EXPIRED)
-)
+_ANY_RUNNABLE = select(exists().where(_RUNS.c.status == "QUEUED"), exists().where(_EXPIRED))
 _EXPIRED_IDS = select(_RUNS.c.id).where(_EXPIRED)
 
 
