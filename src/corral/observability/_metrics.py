@@ -67,6 +67,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from corral.observability._exposition import text_exposition
+
 __all__ = [
     "AGENT_RUNS_FINISHED",
     "APPROVAL_WAIT",
@@ -517,7 +519,7 @@ def exposition() -> bytes:
 
     In multiprocess mode (see the module docstring), every Corral process's values summed.
     """
-    return generate_latest(_scrape_registry())
+    return text_exposition(_scrape_registry())
 
 
 def negotiated_exposition(accept: str | None) -> tuple[bytes, str]:
@@ -527,6 +529,8 @@ def negotiated_exposition(accept: str | None) -> tuple[bytes, str]:
     otherwise the Prometheus text format.
     """
     encoder, content_type = choose_encoder(accept or "")
+    if encoder is generate_latest:
+        return text_exposition(_scrape_registry()), content_type
     return encoder(_scrape_registry()), content_type
 
 
