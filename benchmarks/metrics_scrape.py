@@ -124,8 +124,8 @@ def main() -> None:
     parser.add_argument("--store-url", default=None, help="default: SQLite in a temp home")
     args = parser.parse_args()
     results = asyncio.run(measure(args))
-    print("| format | p50 ms | p95 ms | max ms | series | bytes |")
-    print("|---|---|---|---|---|---|")
+    print("| format | p50 ms | p95 ms | max ms | CPU p50 ms | series | bytes |")
+    print("|---|---|---|---|---|---|---|")
     for label, r in results.items():
         print(
             f"| {label} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['max_ms']:.2f} | "
