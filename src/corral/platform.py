@@ -284,7 +284,8 @@ class Platform:
             provider, _, rest = key.partition("|")
             base_url, _, model = rest.rpartition("|")
             parts = urlsplit(base_url)
-            origin = f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.hostname else ""
+            port = f":{parts.port}" if parts.port else ""
+            origin = f"{parts.scheme}://{parts.hostname}{port}" if parts.hostname else ""
             yield "model", f"{provider}|{origin}|{model}", state
         for upstream, state in self.tools.resilience.breakers.states().items():
             yield "tool", upstream, state

@@ -234,3 +234,18 @@ async def test_healthz_answers_without_the_store_readyz_does_not(
     await platform.close()
     assert live.status_code == 200 and live.json()["status"] == "ok"
     assert ready.status_code == 503 and "store" in ready.json()["failed"]
+
+
+async def test_model_breakers_are_named_without_credentials_or_path(settings: Settings) -> None:
+    from corral.observability import exposition, sample_value
+
+    async with started(keyed(uncached(settings))) as platform:
+        breakers = platform.models.breakers
+        key = "openai|https://user:pa55word@llm.example.com:8443/v1/secret-path|gpt-x"
+        for _ in range(breakers.failure_threshold):
+            breakers.record_failure(key)
+        name = "openai|https://llm.example.com:8443|gpt-x"
+        labels = {"kind": "model", "name": name, "state": "open"}
+        assert sample_value("corral_circuit_breaker_state", labels) == 1
+        text = exposition().decode()
+    assert "pa55word" not in text and "secret-path" not in text
