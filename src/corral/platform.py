@@ -6,14 +6,16 @@ temporary store with :class:`corral.testing.ScriptedModel` as a provider.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
@@ -35,7 +37,18 @@ from corral.gateway.models import (
     local_provider,
 )
 from corral.gateway.tools import BuiltinTool, ToolGateway
-from corral.observability import Tracing
+from corral.observability import (
+    Check,
+    Probe,
+    Readiness,
+    Tracing,
+    check_disk,
+    check_redis,
+    check_store,
+    register_breakers,
+    run_probes,
+    set_queue_depth,
+)
 from corral.policy import (
     Entity,
     EntityRef,
@@ -49,8 +62,14 @@ from corral.policy import (
 from corral.registry import apply_documents, default_models, tenant_models
 from corral.replay import REPLAY_PROVIDER, Recordings, ReplayModel, ReplayTools
 from corral.resilience import CircuitBreakers
-from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
-from corral.secrets import SecretBroker
+from corral.runtime import (
+    APPROVAL_EFFECTS,
+    RunExecutor,
+    Worker,
+    Workspaces,
+    count_queued_runs,
+)
+from corral.secrets import KEY_FILE_NAME, SecretBroker
 from corral.settings import Settings
 from corral.slo import SloEvaluator
 from corral.store import (
@@ -177,6 +196,9 @@ class Platform:
         self._extra_providers = dict(providers or {})
         self._start_local_model = start_local_model
         self._migrate = migrate
+        self._unregister_breakers: Callable[[], None] = lambda: None
+        self._readiness_lock = asyncio.Lock()
+        self._readiness: tuple[float, Readiness] | None = None
         self.local_server: LocalModelServer | None = None
         self.governance = Governance(
             self.store,
@@ -261,6 +283,157 @@ class Platform:
         for tenant_id in tenants:
             await self.register_builtin_tools(tenant_id)
         self.models.providers.update(await self._build_providers())
+        self._unregister_breakers = register_breakers(self._breaker_states)
+
+    def _breaker_states(self) -> Iterator[tuple[str, str, str]]:
+        """``(kind, name, state)`` of this platform's model and tool breakers (for metrics).
+
+        A model breaker is named ``provider|scheme://host:port|model``: a deployment's
+        ``base_url`` may carry credentials or a path, which a metric label must not.
+        """
+        for key, state in self.models.breakers.snapshot().items():
+            provider, _, rest = key.partition("|")
+            base_url, _, model = rest.rpartition("|")
+            parts = urlsplit(base_url)
+            port = f":{parts.port}" if parts.port else ""
+            origin = f"{parts.scheme}://{parts.hostname}{port}" if parts.hostname else ""
+            yield "model", f"{provider}|{origin}|{model}", state
+        for upstream, state in self.tools.resilience.breakers.snapshot().items():
+            yield "tool", upstream, state
+
+    async def refresh_metrics(self) -> None:
+        """Update the metrics computed at scrape time (the run queue depth: one count)."""
+        set_queue_depth(await count_queued_runs(self.store))
+
+    async def readiness(self) -> Readiness:
+        """Whether this process can serve: the checks of ``GET /readyz`` and ``corral status``.
+
+        See :mod:`corral.observability` (``_health``) for what each check means; every
+        ``detail`` is safe to show without credentials. An answer younger than
+        ``health.cache_seconds`` is reused, and concurrent callers share one run of the checks.
+        """
+        async with self._readiness_lock:
+            cached = self._readiness
+            max_age = self.settings.health.cache_seconds
+            if cached is None or time.monotonic() - cached[0] >= max_age:
+                cached = self._readiness = (time.monotonic(), await self._run_readiness())
+        return cached[1]
+
+    async def _run_readiness(self) -> Readiness:
+        settings = self.settings
+
+        async def store() -> list[Check]:
+            return await check_store(self.store)
+
+        async def redis() -> list[Check]:
+            return await check_redis(
+                {
+                    "CORRAL_TOOLS__RATE_LIMIT_STORAGE_URL": settings.tools.rate_limit_storage_url,
+                    "CORRAL_IDENTITY__RATE_LIMIT_STORAGE_URL": (
+                        settings.identity.rate_limit_storage_url
+                    ),
+                }
+            )
+
+        async def local() -> list[Check]:
+            return [await self._check_local_model()]
+
+        async def local_checks() -> list[Check]:
+            return [
+                check_disk(settings.home, min_free_mb=settings.health.min_free_disk_mb),
+                self._check_master_key(),
+                self._check_mcp_upstreams(),
+            ]
+
+        return await run_probes(
+            [
+                Probe(("store", "migrations"), store),
+                Probe(("local_model",), local),
+                Probe(("redis",), redis),
+                Probe(("disk", "master_key", "mcp_upstreams"), local_checks),
+            ],
+            timeout_seconds=settings.health.check_timeout_seconds,
+        )
+
+    async def _check_local_model(self) -> Check:
+        """``local_model``: the embedded model server answers ``GET /v1/models``."""
+        if not (self._start_local_model and self.settings.local_model.enabled):
+            return Check("local_model", "skipped", "this process does not run the embedded model")
+        if "local" in self._extra_providers:
+            return Check("local_model", "skipped", "the local provider is replaced")
+        server = self.local_server
+        if server is None:
+            return Check(
+                "local_model",
+                "fail",
+                "the embedded model did not start; see the local-model log under "
+                "CORRAL_HOME/logs, or start Corral with --no-local-model",
+            )
+        import httpx  # only where the embedded model runs
+
+        headers = {"Authorization": f"Bearer {server.api_key}"}
+        async with httpx.AsyncClient(headers=headers) as client:
+            try:
+                response = await client.get(f"{server.base_url}/models")
+            except httpx.HTTPError as exc:
+                response = None
+                why = type(exc).__name__
+        if response is not None and response.status_code == 200:
+            return Check("local_model", "ok", "the embedded model answers")
+        if response is not None:
+            why = f"HTTP {response.status_code}"
+        return Check(
+            "local_model",
+            "fail",
+            f"the embedded model server does not answer ({why}); restart Corral, and see the "
+            "local-model log under CORRAL_HOME/logs",
+        )
+
+    def _check_master_key(self) -> Check:
+        """``master_key``: the secrets master key is configured (or can be, in embedded mode)."""
+        settings = self.settings
+        if settings.secrets.master_key is None and not (settings.home / KEY_FILE_NAME).exists():
+            if settings.sqlite_path is not None:
+                return Check(
+                    "master_key",
+                    "ok",
+                    "the embedded store's key is generated under CORRAL_HOME at the first secret",
+                )
+            return Check(
+                "master_key",
+                "fail",
+                "no secrets master key: set CORRAL_SECRETS__MASTER_KEY to the base64 of 32 "
+                "random bytes, the same for every API replica and worker",
+            )
+        try:
+            _ = self.secrets.master_key
+        except CorralError as exc:
+            return Check(
+                "master_key",
+                "fail",
+                f"the secrets master key cannot be used ({exc.code}): fix "
+                "CORRAL_SECRETS__MASTER_KEY, or the key file's content or mode (0600)",
+            )
+        return Check("master_key", "ok", "the secrets master key is loaded")
+
+    def _check_mcp_upstreams(self) -> Check:
+        """``mcp_upstreams``: the MCP servers' breakers as last seen here (none is called)."""
+        states = [
+            state
+            for upstream, state in self.tools.resilience.breakers.snapshot().items()
+            if upstream.startswith("mcp:")
+        ]
+        open_ = sum(state != "closed" for state in states)
+        if not open_:
+            return Check(
+                "mcp_upstreams", "ok", f"no open circuit breaker ({len(states)} upstream(s) seen)"
+            )
+        return Check(
+            "mcp_upstreams",
+            "warn",
+            f"{open_} of {len(states)} MCP upstream(s) seen failing have an open circuit "
+            "breaker; `corral mcp` lists the servers, their logs are under CORRAL_HOME/logs",
+        )
 
     async def ensure_local_admin(self) -> Path:
         """Make ``{home}/admin.key`` hold a working key of ``user:local-admin`` (mode 0600).
@@ -419,6 +592,7 @@ class Platform:
 
     async def close(self) -> None:
         """Stop MCP sessions, HTTP tool pools, the embedded model; close providers and store."""
+        self._unregister_breakers()
         if "mcp" in self.__dict__:  # never built: no MCP server was used
             await self.mcp.close()
         await self.tools.aclose()

@@ -26,6 +26,7 @@ __all__ = [
     "AlertWebhook",
     "ApiSettings",
     "GovernanceSettings",
+    "HealthSettings",
     "LocalModelSettings",
     "McpEndpointSettings",
     "ModelGatewaySettings",
@@ -501,6 +502,20 @@ class AlertSettings(BaseModel):
     """Longest wait between two attempts."""
 
 
+class HealthSettings(BaseModel):
+    """Readiness checks of ``GET /readyz`` and ``corral status`` (``CORRAL_HEALTH__*``)."""
+
+    min_free_disk_mb: int = Field(default=512, ge=0)
+    """Free megabytes (MiB) needed on the file system holding ``CORRAL_HOME`` (SQLite database,
+    logs, workspaces); less makes the process not ready."""
+    check_timeout_seconds: float = Field(default=2.0, gt=0)
+    """Seconds each check may take (store, local model, Redis) before it counts as failed."""
+    cache_seconds: float = Field(default=1.0, ge=0)
+    """Seconds ``GET /readyz`` reuses its last answer, and concurrent requests share one run
+    of the checks: the route is public, so a flood of requests costs at most one run of the
+    checks per interval. ``0``: every request runs them (concurrent ones still share)."""
+
+
 class Settings(BaseSettings):
     """Root settings: one group per domain."""
 
@@ -526,6 +541,7 @@ class Settings(BaseSettings):
     models: ModelGatewaySettings = ModelGatewaySettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     alerts: AlertSettings = AlertSettings()
+    health: HealthSettings = HealthSettings()
     region: str | None = None
     """This process's region label (``CORRAL_REGION``): model deployments in it are preferred,
     others are the failover."""

@@ -231,3 +231,88 @@ async def test_metrics_public_serves_without_credentials(settings: Settings) -> 
             "corral_cache_hits",
             "corral_runs_in_flight",
         } <= families
+
+
+async def test_a_run_shows_its_steps_agent_queue_and_exemplars(settings: Settings) -> None:
+    """The series added for issue 13: step duration, runs by agent, queue depth, breakers,
+    lease reclaims, and (OpenMetrics only) exemplars carrying the run's trace id."""
+    model = ScriptedModel(
+        [ScriptedModel.call("fs.list_dir", path="."), ScriptedModel.answer("Listed.")]
+    )
+    async with live(settings, scripted=model) as world:
+        created = await world.as_("POST", "/v1/tenants", json={"id": TENANT}, tenant="default")
+        assert created.status_code == 201, created.text
+        workspace = world.platform.workspaces.ensure_builtin_root(TENANT) / "project"
+        workspace.mkdir()
+        applied = await world.as_("POST", "/v1/apply", json={"documents": [agent_document()]})
+        assert applied.status_code == 200, applied.text
+
+        before = parse(await world.scrape())
+        run = await run_to_end(world, workspace)
+        assert run["status"] == "SUCCEEDED"
+        after = parse(await world.scrape())
+        headers = await world.headers(TENANT, "user:ops", ["operator"])
+        headers["Accept"] = "application/openmetrics-text; version=1.0.0"
+        openmetrics = await world.client.get("/metrics", headers=headers)
+
+    agent = {"agent": "repo-analyst"}
+    assert (
+        delta(before, after, "corral_agent_runs_finished_total", **agent, status="SUCCEEDED") == 1
+    )
+    steps = "corral_run_step_duration_seconds"
+    assert delta(before, after, f"{steps}_count", **agent) == 2  # the tool step, the answer
+    assert delta(before, after, f"{steps}_sum", **agent) > 0
+    assert after[("corral_run_queue_depth", frozenset())] == 0
+    assert delta(before, after, "corral_lease_reclaims_total") == 0
+    families = {name for name, _labels in after}
+    assert "corral_runs_in_flight" in families
+
+    assert openmetrics.status_code == 200, openmetrics.text
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    exemplars: dict[str, set[str]] = {}
+    for family in openmetrics_families(openmetrics.text):
+        for sample in family.samples:
+            if sample.exemplar is not None and sample.labels.get("agent", "repo-analyst") == (
+                "repo-analyst"
+            ):
+                exemplars.setdefault(sample.name, set()).add(sample.exemplar.labels["trace_id"])
+    # The step's and the model call's histograms point at the run's trace.
+    assert run["trace_id"] in exemplars[f"{steps}_bucket"]
+    assert run["trace_id"] in exemplars["gen_ai_client_operation_duration_seconds_bucket"]
+
+
+def openmetrics_families(text: str) -> list[Any]:
+    """The families of an OpenMetrics exposition (the parser checks its syntax)."""
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_parse,
+    )
+
+    return list(openmetrics_parse(text))
+
+
+async def test_queue_depth_counts_queued_runs_at_scrape_time(settings: Settings) -> None:
+    platform = Platform(settings, providers={"scripted": ScriptedModel([])})
+    app = create_app(platform, run_worker=False)  # nobody takes the runs
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://corral")
+    world = Live(platform, client)
+    try:
+        applied = await world.as_(
+            "POST", "/v1/apply", json={"documents": [agent_document()]}, tenant="default"
+        )
+        assert applied.status_code == 200, applied.text
+        workspace = platform.workspaces.ensure_builtin_root("default")
+        for _ in range(3):
+            created = await world.as_(
+                "POST",
+                "/v1/agents/repo-analyst/runs",
+                json={"stage": "dev", "task": "t", "workspace": str(workspace)},
+                tenant="default",
+            )
+            assert created.status_code == 201, created.text
+        samples = parse(await world.scrape(tenant="default"))
+    finally:
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+    assert samples[("corral_run_queue_depth", frozenset())] == 3

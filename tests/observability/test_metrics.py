@@ -89,3 +89,28 @@ def test_the_process_global_registry_holds_no_corral_metric() -> None:
     names = {m.name for m in prometheus_client.REGISTRY.collect()}
     assert not {n for n in names if n.startswith(("corral_", "gen_ai_"))}
     assert b"corral_runs_in_flight" in exposition()
+
+
+def test_the_fast_text_encoder_writes_what_the_clients_does() -> None:
+    """Byte for byte, on every metric type, odd label values, and ``_created`` series."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+    from prometheus_client import generate_latest as client_encoder
+
+    from corral.observability._exposition import text_exposition
+
+    registry = CollectorRegistry()
+    calls = Counter(
+        "t_calls", "Calls with a \\ and a\nnewline in help.", ["tool"], registry=registry
+    )
+    waits = Histogram("t_wait_seconds", "Waits.", ["agent"], buckets=(0.5, 2), registry=registry)
+    level = Gauge("t_level", "A gauge without labels.", registry=registry)
+    Info("t_build", "Build.", registry=registry).info({"version": "1.2.3"})
+    for tool in ("plain", 'quote"d', "back\\slash", "new\nline", "ünï"):
+        calls.labels(tool).inc(3)
+    waits.labels("a").observe(1.0)
+    waits.labels("b").observe(7.25)
+    level.set(-0.000123)
+    ours = text_exposition(registry)
+    assert ours == client_encoder(registry)
+    assert b'tool="quote\\"d"' in ours and b"t_calls_created" in ours
+    assert text_exposition(registry) == ours  # the cached label strings give the same output

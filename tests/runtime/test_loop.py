@@ -510,6 +510,7 @@ async def test_expired_lease_is_resumed_from_the_next_step(make_platform, worksp
     second = Worker(platform.store, platform.executor, worker_id="w2")
     assert await second.claim() is None
 
+    reclaims = sample_value("corral_lease_reclaims_total")
     async with platform.store.transaction("default") as session:
         await session.execute(
             update(RunRow)
@@ -517,6 +518,7 @@ async def test_expired_lease_is_resumed_from_the_next_step(make_platform, worksp
             .values(lease_owner="dead-worker", lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     await second.run_until_idle()
+    assert sample_value("corral_lease_reclaims_total") == reclaims + 1
 
     run, steps = await load(platform, run_id)
     assert (run.status, run.output, run.lease_owner) == ("SUCCEEDED", "resumed", None)

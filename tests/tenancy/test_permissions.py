@@ -25,7 +25,7 @@ def test_every_route_in_the_openapi_document_declares_a_permission(settings) -> 
         for permission in op["x-corral-permission"].split():
             assert permission == PUBLIC or permission in PERMISSIONS, (method, path, permission)
     public = sorted(p for p, _m, op in operations if op["x-corral-permission"] == PUBLIC)
-    assert public == ["/healthz"]
+    assert public == ["/healthz", "/readyz"]
 
 
 def test_roles_carry_only_their_permissions() -> None:

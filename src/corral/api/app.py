@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 from starlette.routing import Route
@@ -18,6 +18,7 @@ from corral.api import (
     control,
     costs,
     feedback,
+    health,
     mcp_servers,
     models,
     policies,
@@ -29,7 +30,7 @@ from corral.api import (
     slo,
     tenancy,
 )
-from corral.api._deps import ApiRateLimiter, PlatformDep, annotate_permissions, requires
+from corral.api._deps import ApiRateLimiter, annotate_permissions
 from corral.api._errors import document_errors, install_error_handlers, status_for
 from corral.api._limits import RequestSizeLimit
 from corral.api._text import reject_lone_surrogates
@@ -37,8 +38,6 @@ from corral.api.metrics import metrics_router
 from corral.api.openai_compat import OpenAICompatEndpoint
 from corral.platform import Platform
 from corral.portal import mount_portal
-from corral.store import SYSTEM
-from corral.tenancy import PUBLIC
 
 if TYPE_CHECKING:
     from corral.api.mcp import McpEndpoint
@@ -116,6 +115,7 @@ def create_app(
     app.include_router(prompts.router)
     app.include_router(feedback.router)
     app.include_router(replays.router)
+    app.include_router(health.router)
     app.include_router(metrics_router(public=platform.settings.observability.metrics_public))
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
@@ -123,19 +123,6 @@ def create_app(
         app.router.routes.append(
             Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
         )
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz(
-        platform: PlatformDep, _public: Annotated[None, requires(PUBLIC)]
-    ) -> dict[str, object]:
-        """Liveness: the store answers and which model providers are configured."""
-        async with platform.store.read(SYSTEM) as session:
-            await session.connection()
-        return {
-            "status": "ok",
-            "store": platform.store.dialect,
-            "providers": sorted(platform.models.providers),
-        }
 
     mount_portal(app, status_for=status_for)  # /ui: server-rendered pages over the same services
     annotate_permissions(app)

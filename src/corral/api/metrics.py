@@ -13,17 +13,18 @@ credentials, for a Prometheus on a trusted network that cannot hold a key.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 
-from corral.api._deps import requires
-from corral.observability import CONTENT_TYPE, exposition
+from corral.api._deps import PlatformDep, requires
+from corral.observability import CONTENT_TYPE, negotiated_exposition
 from corral.tenancy import PUBLIC
 
 __all__ = ["METRICS_PATH", "metrics_router"]
 
 METRICS_PATH = "/metrics"
+_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 def metrics_router(*, public: bool) -> APIRouter:
@@ -35,10 +36,23 @@ def metrics_router(*, public: bool) -> APIRouter:
         METRICS_PATH,
         dependencies=[permission],
         response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text."}},
+        responses={
+            200: {
+                "content": {CONTENT_TYPE: {}, _OPENMETRICS: {}},
+                "description": "Prometheus text, or OpenMetrics when asked for.",
+            }
+        },
     )
-    async def metrics() -> Response:
-        """Every Corral metric of this process, in the Prometheus text format."""
-        return Response(exposition(), media_type=CONTENT_TYPE)
+    async def metrics(
+        platform: PlatformDep, accept: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """Every Corral metric of this process (of every process in multiprocess mode).
+
+        The Prometheus text format, or OpenMetrics with exemplars (trace ids) when ``Accept``
+        asks for ``application/openmetrics-text``.
+        """
+        await platform.refresh_metrics()
+        body, content_type = negotiated_exposition(accept)
+        return Response(body, media_type=content_type)
 
     return router

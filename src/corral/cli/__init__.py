@@ -26,6 +26,7 @@ from corral.cli import (
     runs,
     secrets,
     server,
+    status,
     tools,
 )
 from corral.cli._help import readable_placeholders
@@ -45,6 +46,7 @@ app = typer.Typer(
 app.command(rich_help_panel="Serve")(server.up)
 app.command(rich_help_panel="Serve")(server.worker)
 app.add_typer(server.db_app, name="db", rich_help_panel="Serve")
+app.command(rich_help_panel="Serve")(status.status)
 app.command(rich_help_panel="Registry")(registry.apply)
 app.command(rich_help_panel="Registry")(registry.get)
 app.command(rich_help_panel="Registry")(registry.describe)

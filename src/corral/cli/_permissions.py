@@ -22,6 +22,7 @@ COMMAND_PERMISSIONS: Final[dict[str, str]] = {
     "db upgrade": LOCAL,
     "schema": LOCAL,
     "version": LOCAL,
+    "status": "none (GET /readyz is public)",
     "policy test": LOCAL,
     "apply": "agents.write",
     "get": "agents.read, tools.read or runs.read (by resource)",

@@ -18,6 +18,7 @@ from corral.runtime._reads import (
     EndedRun,
     RunEvent,
     answer_sources,
+    count_queued_runs,
     ended_runs,
     read_events,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "Workspaces",
     "answer_sources",
     "cancel_run",
+    "count_queued_runs",
     "create_run",
     "default_worker_id",
     "ended_runs",

@@ -21,6 +21,7 @@ import contextlib
 import enum
 import functools
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -65,6 +66,7 @@ from corral.observability import (
     Tracing,
     count_model_cost,
     count_run_finished,
+    observe_step,
 )
 from corral.policy import (
     Entity,
@@ -227,6 +229,7 @@ class RunExecutor(ToolPhase):
         record: StepRecord | None = state.pending
         terminal: Terminal | None = None
         phase = Phase.CALL_TOOLS if record is not None else Phase.CHECK
+        step_started = time.perf_counter()
         while True:
             if phase is Phase.CHECK:
                 terminal = self._check(state)
@@ -246,6 +249,10 @@ class RunExecutor(ToolPhase):
                 terminal, phase = outcome, Phase.CHECKPOINT
             elif phase is Phase.CHECKPOINT:
                 await self._checkpoint(state, record, terminal, worker_id, actor, root)
+                if record is not None:
+                    now = time.perf_counter()
+                    observe_step(state.agent_name, now - step_started, trace_id=state.trace_id)
+                    step_started = now
                 if terminal is not None:
                     return terminal.status
                 phase, record = Phase.CHECK, None
@@ -741,7 +748,7 @@ class RunExecutor(ToolPhase):
         for call in checkpoint.model_calls:
             count_model_cost(call.provider, call.model, call.cost_usd)
         if terminal is not None:
-            count_run_finished(terminal.status, terminal.reason)
+            count_run_finished(terminal.status, terminal.reason, agent=state.agent_name)
         state.signals = signals
         state.reservation = None
         if record is not None:

@@ -541,7 +541,10 @@ _RUNNABLE = or_(
     _RUNS.c.status == "QUEUED",
     and_(_RUNS.c.status == "RUNNING", _RUNS.c.lease_expires_at < bindparam("b_now")),
 )
-_ANY_RUNNABLE = select(_RUNS.c.id).where(_RUNNABLE).limit(1)
+_EXPIRED = and_(_RUNS.c.status == "RUNNING", _RUNS.c.lease_expires_at < bindparam("b_now"))
+# One read, two index probes (ix_runs_claim): is anything queued, has any lease expired?
+_ANY_RUNNABLE = select(exists().where(_RUNS.c.status == "QUEUED"), exists().where(_EXPIRED))
+_EXPIRED_IDS = select(_RUNS.c.id).where(_EXPIRED)
 
 
 def _claim_statement(dialect: str) -> Any:
@@ -589,6 +592,8 @@ class Claimed:
     """The run's ``lease_epoch`` after this claim: the fencing token of the new lease."""
     loaded: LoadedRun | None = field(default=None, compare=False, repr=False)
     """The run as :func:`load_run` reads it, in the claim's transaction (``claim(load=True)``)."""
+    reclaimed: bool = field(default=False, compare=False)
+    """Whether the run was ``RUNNING`` under an expired lease (taken over, not dequeued)."""
 
 
 def claim(
@@ -622,8 +627,13 @@ def claim(
         The runs claimed, oldest first (empty when none is runnable).
     """
     # A plain read first: an idle worker's poll costs one read and no UPDATE.
-    if connection.execute(_ANY_RUNNABLE, {"b_now": now}).first() is None:
+    queued, expired = connection.execute(_ANY_RUNNABLE, {"b_now": now}).one()
+    if not (queued or expired):
         return []
+    # Rare (a worker died or stalled): which runs a claim now takes over from an expired lease.
+    reclaimable = (
+        set(connection.execute(_EXPIRED_IDS, {"b_now": now}).scalars()) if expired else set()
+    )
     rows = connection.execute(
         _CLAIMS[dialect == "postgresql"],
         {"b_now": now, "b_limit": limit, "b_owner": worker_id, "b_expires": now + lease},
@@ -636,6 +646,7 @@ def claim(
             r.step_count,
             r.lease_epoch,
             load_run(connection, r.id) if load else None,
+            reclaimed=r.id in reclaimable,
         )
         for r in rows
     ]

@@ -6,16 +6,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import InvalidRequest
 from corral.runtime._service import TERMINAL_STATUSES
 from corral.runtime._status import StepKind
 from corral.runtime._tables import RunEventRow, RunRow, StepRow
-from corral.store import Store
+from corral.store import SYSTEM, Store
 
-__all__ = ["MAX_EVENTS_READ", "EndedRun", "RunEvent", "answer_sources", "ended_runs", "read_events"]
+__all__ = [
+    "MAX_EVENTS_READ",
+    "EndedRun",
+    "RunEvent",
+    "answer_sources",
+    "count_queued_runs",
+    "ended_runs",
+    "read_events",
+]
 
 MAX_EVENTS_READ = 500
 """The most events one :func:`read_events` call returns."""
@@ -136,3 +144,15 @@ async def answer_sources(session: AsyncSession, run_id: str) -> list[str]:
     )
     sources = decision.get("sources", []) if isinstance(decision, dict) else []
     return [str(path) for path in sources]
+
+
+async def count_queued_runs(store: Store) -> int:
+    """Runs waiting for a worker (``QUEUED``) in every tenant: one count on ``ix_runs_claim``.
+
+    The ``corral_run_queue_depth`` gauge, computed when ``/metrics`` is scraped.
+    """
+    async with store.read(SYSTEM) as session:
+        count = await session.scalar(
+            select(func.count()).select_from(RunRow).where(RunRow.status == "QUEUED")
+        )
+    return int(count or 0)

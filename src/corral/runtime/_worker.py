@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from corral.observability import count_run_finished
+from corral.observability import count_lease_reclaims, count_run_finished
 from corral.runtime._loop import LeaseLost, RunExecutor
 from corral.runtime._persist import (
     Claimed,
@@ -132,7 +132,7 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[Claimed]:
         now, dialect = self.clock(), self.store.dialect
-        return await self.store.run_sync(
+        claimed = await self.store.run_sync(
             functools.partial(
                 claim,
                 worker_id=self.worker_id,
@@ -144,6 +144,8 @@ class Worker:
             ),
             SYSTEM,
         )
+        count_lease_reclaims(sum(c.reclaimed for c in claimed))
+        return claimed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and execute runs until ``stop`` is set; then wait for active runs to checkpoint."""
