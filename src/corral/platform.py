@@ -6,6 +6,7 @@ temporary store with :class:`corral.testing.ScriptedModel` as a provider.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -48,7 +49,7 @@ from corral.policy import (
     principal_ref,
 )
 from corral.registry import apply_documents, default_models, tenant_models
-from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
+from corral.runtime import APPROVAL_EFFECTS, RunApprovalEffects, RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
 from corral.settings import Settings
 from corral.store import (
@@ -172,6 +173,8 @@ class Platform:
             ),
         )
         self.tracing = Tracing()
+        # Approval decisions record the waiting run's approval.wait span with this tracing.
+        install_approval_effects(RunApprovalEffects(self.tracing))
         self._extra_providers = dict(providers or {})
         self._start_local_model = start_local_model
         self._migrate = migrate
@@ -180,6 +183,7 @@ class Platform:
             self.store,
             roles=settings.governance.roles,
             refresh_seconds=settings.governance.policy_refresh_seconds,
+            tracer=self.tracing.tracer,
         )
         self.identity = Identity(self.store, settings.identity, home=settings.home)
         self.quotas = Quotas(self.store, settings.quotas, model_usage=daily_model_usage)
@@ -407,7 +411,10 @@ class Platform:
         return rendered
 
     async def close(self) -> None:
-        """Stop MCP sessions, HTTP tool pools, the embedded model; close providers and store."""
+        """Stop MCP sessions, HTTP tool pools, the embedded model; close providers and store.
+
+        Spans queued for OTLP export are flushed last (in a thread: the export is blocking).
+        """
         if "mcp" in self.__dict__:  # never built: no MCP server was used
             await self.mcp.close()
         await self.tools.aclose()
@@ -418,4 +425,7 @@ class Platform:
             if close is not None:
                 await close()
         await self.store.dispose()
-        self.tracing.shutdown()
+        if self.tracing.otlp is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
+        else:
+            self.tracing.shutdown()

@@ -25,6 +25,7 @@ __all__ = [
     "ApiSettings",
     "GovernanceSettings",
     "LocalModelSettings",
+    "LogSettings",
     "McpEndpointSettings",
     "ModelGatewaySettings",
     "ObservabilitySettings",
@@ -452,6 +453,21 @@ class ObservabilitySettings(BaseModel):
     scrape setting)."""
 
 
+class LogSettings(BaseModel):
+    """Structured logs (``CORRAL_LOG__*``): structlog, one line per event."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    """``json``: one JSON object per line (for log collectors); ``console``: readable
+    key=value lines; ``auto``: console on a terminal, JSON otherwise."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Lowest level written, for Corral's loggers and every library's."""
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """Root settings: one group per domain."""
 
@@ -476,6 +492,7 @@ class Settings(BaseSettings):
     workspaces: WorkspaceSettings = WorkspaceSettings()
     models: ModelGatewaySettings = ModelGatewaySettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    log: LogSettings = LogSettings()
     region: str | None = None
     """This process's region label (``CORRAL_REGION``): model deployments in it are preferred,
     others are the failover."""

@@ -1,5 +1,13 @@
-"""Evidence: OpenTelemetry spans (GenAI semantic conventions) and Prometheus metrics."""
+"""Evidence: OpenTelemetry spans (GenAI semantic conventions), Prometheus metrics, JSON logs."""
 
+from corral.observability._logging import (
+    LOG_CONTEXT_KEYS,
+    bind_log_context,
+    bind_log_values,
+    configure_logging,
+    get_logger,
+    redact_event,
+)
 from corral.observability._metrics import (
     APPROVAL_WAIT,
     CACHE_HIT_ATTRIBUTE,
@@ -27,7 +35,14 @@ from corral.observability._metrics import (
     sample_value,
 )
 from corral.observability._tables import SpanRow
-from corral.observability._tracing import RUN_ID_ATTRIBUTE, StoreSpanExporter, Tracing, new_trace_id
+from corral.observability._tracing import (
+    OTLP_ENDPOINT_VARIABLES,
+    RUN_ID_ATTRIBUTE,
+    StoreSpanExporter,
+    Tracing,
+    new_trace_id,
+    otlp_configured,
+)
 
 __all__ = [
     "APPROVAL_WAIT",
@@ -35,8 +50,10 @@ __all__ = [
     "CACHE_HIT_ATTRIBUTE",
     "CACHE_MISSES",
     "CONTENT_TYPE",
+    "LOG_CONTEXT_KEYS",
     "MODEL_COST",
     "MODEL_DURATION",
+    "OTLP_ENDPOINT_VARIABLES",
     "REGISTRY",
     "RUNS_FINISHED",
     "RUNS_IN_FLIGHT",
@@ -49,14 +66,20 @@ __all__ = [
     "StoreSpanExporter",
     "TokenCounts",
     "Tracing",
+    "bind_log_context",
+    "bind_log_values",
+    "configure_logging",
     "count_cache_lookup",
     "count_model_cost",
     "count_run_finished",
     "count_tool_call",
     "exposition",
+    "get_logger",
     "new_trace_id",
     "observe_approval_wait",
     "observe_model_call",
+    "otlp_configured",
     "reason_class",
+    "redact_event",
     "sample_value",
 ]

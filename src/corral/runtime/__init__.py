@@ -10,7 +10,7 @@ from corral.runtime._control import (
     resolve_in_doubt,
     resume_run,
 )
-from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
+from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH, RunApprovalEffects
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
 from corral.runtime._reads import MAX_EVENTS_READ, RunEvent, answer_sources, read_events
 from corral.runtime._service import (
@@ -38,6 +38,7 @@ __all__ = [
     "KillSwitchInfo",
     "LeaseLost",
     "Phase",
+    "RunApprovalEffects",
     "RunEvent",
     "RunExecutor",
     "RunStatus",

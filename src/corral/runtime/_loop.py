@@ -63,8 +63,10 @@ from corral.gateway.models import (
 )
 from corral.gateway.tools import ResolvedTool, ToolGateway
 from corral.observability import (
+    RUN_ID_ATTRIBUTE,
     RUNS_IN_FLIGHT,
     Tracing,
+    bind_log_context,
     count_model_cost,
     count_run_finished,
 )
@@ -212,7 +214,7 @@ class RunExecutor(ToolPhase):
         self._running[run_id] = state
         RUNS_IN_FLIGHT.inc()
         try:
-            with trace.use_span(root, end_on_exit=False):
+            with trace.use_span(root, end_on_exit=False), _log_context(state):
                 return await self._loop(state, worker_id, actor, root)
         except BaseException:
             if root.is_recording():  # a refused final checkpoint ended it already
@@ -287,6 +289,7 @@ class RunExecutor(ToolPhase):
         self, state: RunState, worker_id: str
     ) -> tuple[StepRecord | None, Terminal | None]:
         spec = state.spec
+        built = self.tracing.tracer.start_span("context.build")  # the step's context packet
         messages = fit_context(state.messages, spec.limits.max_input_tokens)
         tools = [t for t in state.definitions if t.name not in state.resting]
         state.resting = set()
@@ -303,6 +306,7 @@ class RunExecutor(ToolPhase):
             max_output_tokens=spec.model.max_output_tokens,
             answer_sources=tuple(state.sources) if spec.answer.cite_sources else None,
         )
+        _context_built(built, state, request)
         started = self.clock()
         await self._refresh_tenant(state.tenant_id)
         limits = await self._budget_limits(state)
@@ -920,6 +924,24 @@ class RunExecutor(ToolPhase):
         if tool is None:
             tool = self._tools[key] = ResolvedTool.from_document(document)
         return tool
+
+
+def _log_context(state: RunState) -> contextlib.AbstractContextManager[None]:
+    """Every log line of the run's execution carries its ids (the span ids come per line)."""
+    return bind_log_context(
+        run_id=state.run_id,
+        tenant_id=state.tenant_id,
+        principal=state.requested_by or None,
+    )
+
+
+def _context_built(span: Span, state: RunState, request: ModelRequest) -> None:
+    """End the ``context.build`` span with what the packet holds."""
+    span.set_attribute(RUN_ID_ATTRIBUTE, state.run_id)
+    span.set_attribute("corral.context.messages", len(request.messages))
+    span.set_attribute("corral.context.tools", len(request.tools))
+    span.set_attribute("corral.context.chars", sum(len(m.content) for m in request.messages))
+    span.end()
 
 
 def _pending_cost(pending: StepRecord | None) -> Decimal:
