@@ -94,9 +94,10 @@ async def test_a_governed_runs_spans_reach_the_collector(
     assert tool.attributes["gen_ai.tool.name"] == "fs.list_dir"
 
     # The decisions: what was decided, by which policies, for which action.
-    assert (tool_decision.attributes["corral.policy.action"], model_decision.attributes[
-        "corral.policy.action"
-    ]) == ("tool.call", "model.call")
+    assert (
+        tool_decision.attributes["corral.policy.action"],
+        model_decision.attributes["corral.policy.action"],
+    ) == ("tool.call", "model.call")
     for decision in (tool_decision, model_decision):
         assert decision.attributes["corral.policy.decision"] == "allow"
         assert decision.attributes["corral.policy.ids"]  # the permits that allowed it
@@ -105,14 +106,12 @@ async def test_a_governed_runs_spans_reach_the_collector(
     assert tool_decision.attributes["corral.policy.principal"] == "Agent::repo-analyst"
 
     # The context packets: what each model call was given.
-    first, second = sorted(
-        by_name(spans, "context.build"), key=lambda s: s.start_time_unix_nano
-    )
+    first, second = sorted(by_name(spans, "context.build"), key=lambda s: s.start_time_unix_nano)
     assert first.attributes["corral.run.id"] == run.id
     assert first.attributes["corral.context.tools"] > 0
-    assert second.attributes["corral.context.messages"] > first.attributes[
-        "corral.context.messages"
-    ]
+    assert (
+        second.attributes["corral.context.messages"] > first.attributes["corral.context.messages"]
+    )
 
 
 async def test_spans_queued_for_export_are_flushed_when_the_platform_closes(
@@ -125,9 +124,7 @@ async def test_spans_queued_for_export_are_flushed_when_the_platform_closes(
         run, stored = await run_and_spans(platform, workspace)
     finally:
         await platform.close()
-    assert {s.span_id for s in receiver.spans_of(run.trace_id)} == {
-        s["span_id"] for s in stored
-    }
+    assert {s.span_id for s in receiver.spans_of(run.trace_id)} == {s["span_id"] for s in stored}
 
 
 def test_export_is_off_unless_an_endpoint_is_set(monkeypatch: pytest.MonkeyPatch) -> None:

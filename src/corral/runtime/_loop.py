@@ -69,6 +69,7 @@ from corral.observability import (
     bind_log_context,
     count_model_cost,
     count_run_finished,
+    get_logger,
 )
 from corral.policy import (
     Entity,
@@ -99,6 +100,8 @@ from corral.store import SYSTEM, Store, new_id, utcnow
 from corral.tenancy import Quotas
 
 __all__ = ["LAST_ITERATION_NOTICE", "LeaseLost", "Phase", "RunExecutor"]
+
+log = get_logger(__name__)
 
 
 _PLACEHOLDER = re.compile(r"\s*(<[^<>]{0,40}>|\.\.\.)?\s*")
@@ -215,7 +218,9 @@ class RunExecutor(ToolPhase):
         RUNS_IN_FLIGHT.inc()
         try:
             with trace.use_span(root, end_on_exit=False), _log_context(state):
-                return await self._loop(state, worker_id, actor, root)
+                status = await self._loop(state, worker_id, actor, root)
+                log.debug("run segment ended", status=status, steps=state.step_count)
+                return status
         except BaseException:
             if root.is_recording():  # a refused final checkpoint ended it already
                 root.end()
