@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends
+from test_spans import run_and_spans
 
 from conftest import PrincipalKeys, log_lines
 from corral.api import create_app
@@ -21,7 +22,6 @@ from corral.secrets import REDACTED, secret_scope
 from corral.settings import LogSettings, Settings
 from corral.tenancy import Principal
 from corral.testing import ScriptedModel
-from test_spans import run_and_spans
 
 log = get_logger("corral.tests.logging")
 
@@ -78,7 +78,8 @@ def test_no_secret_in_a_log_line(json_logs: io.StringIO) -> None:
     value = "s3cr3t-planted-value"
     with secret_scope() as revealed:
         revealed.add(value)
-        log.debug("calling upstream with %s", value, headers={"Authorization": "Bearer abc.def.ghi"})
+        headers = {"Authorization": "Bearer abc.def.ghi"}
+        log.debug("calling upstream with %s", value, headers=headers)
         logging.getLogger("careless.tool").warning("retrying with token=%s", value.upper())
     log.info("key presented", authorization=api_key, password="hunter22", note=f"key {api_key}")
     try:
