@@ -21,6 +21,7 @@ import contextlib
 import enum
 import functools
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -294,7 +295,7 @@ class RunExecutor(ToolPhase):
         self, state: RunState, worker_id: str
     ) -> tuple[StepRecord | None, Terminal | None]:
         spec = state.spec
-        built = self.tracing.tracer.start_span("context.build")  # the step's context packet
+        building_ns = time.time_ns()  # the context.build span: the step's context packet
         messages = fit_context(state.messages, spec.limits.max_input_tokens)
         tools = [t for t in state.definitions if t.name not in state.resting]
         state.resting = set()
@@ -311,7 +312,7 @@ class RunExecutor(ToolPhase):
             max_output_tokens=spec.model.max_output_tokens,
             answer_sources=tuple(state.sources) if spec.answer.cite_sources else None,
         )
-        _context_built(built, state, request)
+        self._context_built(state, request, building_ns)
         started = self.clock()
         await self._refresh_tenant(state.tenant_id)
         limits = await self._budget_limits(state)
@@ -392,6 +393,19 @@ class RunExecutor(ToolPhase):
         )
         record.model_call = self._meter(state, model, response)
         return record, terminal
+
+    def _context_built(self, state: RunState, request: ModelRequest, started_ns: int) -> None:
+        """Record the ``context.build`` span: what the packet holds (attributes set at once)."""
+        self.tracing.tracer.start_span(
+            "context.build",
+            start_time=started_ns,
+            attributes={
+                RUN_ID_ATTRIBUTE: state.run_id,
+                "corral.context.messages": len(request.messages),
+                "corral.context.tools": len(request.tools),
+                "corral.context.chars": sum(len(m.content) for m in request.messages),
+            },
+        ).end()
 
     async def _budget_limits(self, state: RunState) -> BudgetLimits:
         """The cost budgets of the run's next model call (tenant limits are cached)."""
@@ -938,15 +952,6 @@ def _log_context(state: RunState) -> contextlib.AbstractContextManager[None]:
         tenant_id=state.tenant_id,
         principal=state.requested_by or None,
     )
-
-
-def _context_built(span: Span, state: RunState, request: ModelRequest) -> None:
-    """End the ``context.build`` span with what the packet holds."""
-    span.set_attribute(RUN_ID_ATTRIBUTE, state.run_id)
-    span.set_attribute("corral.context.messages", len(request.messages))
-    span.set_attribute("corral.context.tools", len(request.tools))
-    span.set_attribute("corral.context.chars", sum(len(m.content) for m in request.messages))
-    span.end()
 
 
 def _pending_cost(pending: StepRecord | None) -> Decimal:
