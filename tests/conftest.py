@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
+import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from corral.api import create_app
 from corral.contracts import parse_document
 from corral.gateway.models import ModelProvider
+from corral.observability import configure_logging
 from corral.platform import Platform
 from corral.registry import apply_documents
-from corral.settings import Settings, StoreSettings
+from corral.settings import LogSettings, Settings, StoreSettings
 from corral.store import SYSTEM
 from corral.tenancy import ROLES, issue_key
 
@@ -288,3 +292,30 @@ async def api(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[httpx
     for client, lifespan in reversed(contexts):
         await client.aclose()
         await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """Every log line of the test as production writes it (structlog JSON), at DEBUG.
+
+    The root logger's handlers and level and uvicorn's loggers are restored afterwards.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    named = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "uvicorn.access")]
+    saved = [(logger.handlers[:], logger.propagate) for logger in named]
+    stream = io.StringIO()
+    configure_logging(LogSettings(format="json", level="DEBUG"), stream=stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for logger, (kept, propagate) in zip(named, saved, strict=True):
+            logger.handlers[:] = kept
+            logger.propagate = propagate
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The JSON lines written so far."""
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]

@@ -175,3 +175,29 @@ asyncio.run(main())
     loaded = _loaded_after(code, str(tmp_path))
     assert "fastapi" in loaded
     assert loaded.isdisjoint({"mcp", "mcp_types"}), sorted(loaded & {"mcp", "mcp_types"})
+
+
+OTLP_EXPORT = ("google", "requests")
+"""What the OTLP/HTTP exporter brings (protobuf, requests): imported only when
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) asks for span export."""
+
+
+def test_the_otlp_exporter_is_imported_only_when_an_endpoint_is_set(tmp_path: Path) -> None:
+    code = f"""
+import asyncio
+from corral.platform import Platform
+from corral.settings import Settings
+
+async def main():
+    platform = Platform(Settings(home={str(tmp_path)!r}))
+    await platform.start()
+    await platform.close()
+
+asyncio.run(main())
+"""
+    assert _loaded_after(code, str(tmp_path)).isdisjoint(OTLP_EXPORT)
+    configured = code.replace(
+        "import asyncio",
+        "import asyncio, os\nos.environ['OTEL_EXPORTER_OTLP_ENDPOINT'] = 'http://127.0.0.1:9'",
+    )
+    assert set(OTLP_EXPORT) <= _loaded_after(configured, str(tmp_path))

@@ -64,6 +64,7 @@ from corral.replay import REPLAY_PROVIDER, Recordings, ReplayModel, ReplayTools
 from corral.resilience import CircuitBreakers
 from corral.runtime import (
     APPROVAL_EFFECTS,
+    RunApprovalEffects,
     RunExecutor,
     Worker,
     Workspaces,
@@ -193,6 +194,8 @@ class Platform:
             ),
         )
         self.tracing = Tracing()
+        # Approval decisions record the waiting run's approval.wait span with this tracing.
+        install_approval_effects(RunApprovalEffects(self.tracing))
         self._extra_providers = dict(providers or {})
         self._start_local_model = start_local_model
         self._migrate = migrate
@@ -204,6 +207,7 @@ class Platform:
             self.store,
             roles=settings.governance.roles,
             refresh_seconds=settings.governance.policy_refresh_seconds,
+            tracer=self.tracing.tracer,
         )
         self.identity = Identity(self.store, settings.identity, home=settings.home)
         self.quotas = Quotas(self.store, settings.quotas, model_usage=daily_model_usage)
@@ -591,7 +595,10 @@ class Platform:
         return rendered
 
     async def close(self) -> None:
-        """Stop MCP sessions, HTTP tool pools, the embedded model; close providers and store."""
+        """Stop MCP sessions, HTTP tool pools, the embedded model; close providers and store.
+
+        Spans queued for OTLP export are flushed last (in a thread: the export is blocking).
+        """
         self._unregister_breakers()
         if "mcp" in self.__dict__:  # never built: no MCP server was used
             await self.mcp.close()
@@ -604,4 +611,7 @@ class Platform:
             if close is not None:
                 await close()
         await self.store.dispose()
-        self.tracing.shutdown()
+        if self.tracing.otlp is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
+        else:
+            self.tracing.shutdown()

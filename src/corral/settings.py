@@ -28,6 +28,7 @@ __all__ = [
     "GovernanceSettings",
     "HealthSettings",
     "LocalModelSettings",
+    "LogSettings",
     "McpEndpointSettings",
     "ModelGatewaySettings",
     "ObservabilitySettings",
@@ -516,6 +517,21 @@ class HealthSettings(BaseModel):
     checks per interval. ``0``: every request runs them (concurrent ones still share)."""
 
 
+class LogSettings(BaseModel):
+    """Structured logs (``CORRAL_LOG__*``): structlog, one line per event."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    """``json``: one JSON object per line (for log collectors); ``console``: readable
+    key=value lines; ``auto``: console on a terminal, JSON otherwise."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Lowest level written, for Corral's loggers and every library's."""
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """Root settings: one group per domain."""
 
@@ -542,6 +558,7 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = ObservabilitySettings()
     alerts: AlertSettings = AlertSettings()
     health: HealthSettings = HealthSettings()
+    log: LogSettings = LogSettings()
     region: str | None = None
     """This process's region label (``CORRAL_REGION``): model deployments in it are preferred,
     others are the failover."""

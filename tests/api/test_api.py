@@ -210,8 +210,12 @@ async def test_run_end_to_end(api, workspace: Path) -> None:
     assert sorted(s["name"] for s in spans) == [
         "chat test",
         "chat test",
+        "context.build",
+        "context.build",
         "execute_tool fs.list_dir",
         "invoke_agent repo-analyst",
+        "policy.evaluate",
+        "policy.evaluate",
     ]
 
     succeeded = (await client.get("/v1/runs", params={"status": "SUCCEEDED"})).json()

@@ -113,10 +113,16 @@ async def test_sdk_client_lists_and_calls_the_fs_tools(
     )
     assert (decision.principal, decision.decision) == ('ServiceAccount::"service:ide"', "allow")
     assert decision.resource == 'Tool::"fs.read_file"'
-    [span] = await rows(live, select(_SPANS).where(_SPANS.c.trace_id == trace_id))
+    span, policy = sorted(
+        await rows(live, select(_SPANS).where(_SPANS.c.trace_id == trace_id)),
+        key=lambda s: s.name,
+    )
     assert span.name == "execute_tool fs.read_file"
     assert span.attributes["corral.principal"] == "service:ide"
     assert span.attributes["gen_ai.tool.call.id"] == call_id
+    # The decision is a child span, the same as in a managed run.
+    assert (policy.name, policy.parent_span_id) == ("policy.evaluate", span.span_id)
+    assert policy.attributes["corral.policy.decision_id"] == decision.id
 
 
 async def test_protocol_methods_errors_and_headers(live: LiveCorral) -> None:

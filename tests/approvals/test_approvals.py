@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from corral.observability import REGISTRY, sample_value
 from corral.platform import Platform
 from corral.policy._service import arguments_digest
 from corral.registry import bind_stage, get_agent, get_agent_version
-from corral.runtime import cancel_run, create_run, get_run
+from corral.runtime import cancel_run, create_run, get_run, list_run_spans
 from corral.runtime._tables import RunRow, ToolCallRow
 from corral.settings import GovernanceSettings, Settings
 from corral.store import SYSTEM, utcnow
@@ -883,3 +883,53 @@ async def test_agents_and_service_accounts_no_policy_permits_never_vote(
         )
     assert (await run_of(platform, run_id)).status == "AWAITING_APPROVAL"
     assert (await get_approval(platform.store, request.id, tenant_id="default")).votes == []
+
+
+# --- the wait, as a span of the run's trace -------------------------------------------------------
+
+
+def as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def wait_spans(platform: Platform, run_id: str) -> tuple[RunRow, list[dict[str, Any]]]:
+    async with platform.store.read("default") as session:
+        run = await get_run(session, run_id, tenant_id="default")
+        spans = await list_run_spans(session, run_id, tenant_id="default")
+    return run, [s for s in spans if s["name"] == "approval.wait"]
+
+
+async def test_the_wait_for_a_decision_is_an_approval_wait_span(governed: Governed) -> None:
+    platform = await governed(Ledger(), approval_ttl_seconds=60)
+    approved_run, first = await paused_run(platform)
+    rejected_run, second = await paused_run(platform)
+    expired_run, third = await paused_run(platform)
+    assert (await wait_spans(platform, approved_run))[1] == []  # none while it waits
+
+    approved = await vote(platform, first.id, "user:bob")
+    rejected = await vote(platform, second.id, "user:carol", "reject", reason="not today")
+    assert await expire_approvals(platform.store, now=third.expires_at) == 1
+
+    cases = [
+        (approved_run, first, "approved", "user:bob", approved.decided_at),
+        (rejected_run, second, "rejected", "user:carol", rejected.decided_at),
+        (expired_run, third, "expired", "system", third.expires_at),
+    ]
+    for run_id, request, status, actor, decided_at in cases:
+        run, [span] = await wait_spans(platform, run_id)
+        # In the run's trace, from the stored request time to the decision.
+        assert (span["trace_id"], span["parent_span_id"]) == (run.trace_id, None)
+        assert decided_at is not None
+        assert as_utc(span["start_time"]) == as_utc(request.created_at)
+        assert as_utc(span["end_time"]) == as_utc(decided_at)
+        assert span["attributes"] == {
+            "corral.run.id": run_id,
+            "corral.approval.id": request.id,
+            "corral.approval.status": status,
+            "corral.approval.subject": "tool:ledger.write",
+            "corral.approval.decided_by": actor,
+            "corral.policy.decision_id": request.policy_decision_id,
+        }
+    await platform.worker.run_until_idle()  # the approved run finishes; still one wait span
+    run, [_] = await wait_spans(platform, approved_run)
+    assert run.status == "SUCCEEDED"

@@ -49,7 +49,12 @@ async def test_run_is_one_trace_of_genai_spans(make_platform, workspace) -> None
     platform = await make_platform(scripted=model)
     run, spans = await run_and_spans(platform, workspace)
     assert run.status == "SUCCEEDED"
-    assert len(spans) == 6  # 1 agent + 3 chat + 2 tool
+    # 1 agent + 3 chat + 2 tool + 3 context packets + 2 policy decisions (the model.call,
+    # decided once per run segment, and fs.list_dir's tool.call: the path outside the
+    # workspace is refused before any decision).
+    assert len(spans) == 11
+    assert len(named(spans, "context.build")) == 3
+    assert len(named(spans, "policy.evaluate")) == 2
 
     [root] = named(spans, "invoke_agent")
     assert root["name"] == "invoke_agent repo-analyst"
@@ -88,12 +93,19 @@ async def test_run_is_one_trace_of_genai_spans(make_platform, workspace) -> None
     assert failing["attributes"]["corral.tool.status"] == "FAILED"
     assert failing["status"] == "ERROR"
 
-    # One trace, the run's; every other span is a direct child of the agent span.
+    # One trace, the run's; every other span is a direct child of the agent span, but a tool
+    # call's decision, which is its execute_tool span's child.
     assert {s["trace_id"] for s in spans} == {run.trace_id}
     assert len({s["span_id"] for s in spans}) == len(spans)
+    [model_decision, tool_decision] = sorted(
+        named(spans, "policy.evaluate"), key=lambda s: s["attributes"]["corral.policy.action"]
+    )
+    assert model_decision["attributes"]["corral.policy.action"] == "model.call"
+    assert tool_decision["parent_span_id"] == listing["span_id"]
     for span in spans:
         if span is not root:
-            assert span["parent_span_id"] == root["span_id"]
+            parent = listing if span is tool_decision else root
+            assert span["parent_span_id"] == parent["span_id"]
             assert root["start_time"] <= span["start_time"] <= span["end_time"]
             assert span["end_time"] <= root["end_time"]
 

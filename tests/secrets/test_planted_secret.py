@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import logging
 import secrets
@@ -19,7 +20,7 @@ import pytest
 from _secrets_world import policy_document, secret_settings_fixture  # noqa: F401
 from sqlalchemy import select
 
-from conftest import PrincipalKeys, agent_document, register
+from conftest import PrincipalKeys, agent_document, log_lines, register
 from corral.api import create_app
 from corral.contracts import Tool
 from corral.errors import ToolFailed
@@ -168,16 +169,23 @@ async def finished_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]
 
 
 async def test_a_planted_secret_is_used_by_the_tool_and_found_nowhere_else(
-    secret_settings: Settings, caplog: pytest.LogCaptureFixture
+    secret_settings: Settings, caplog: pytest.LogCaptureFixture, json_logs: io.StringIO
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with served(secret_settings) as (platform, client):
-        await _plant_and_search(platform, client, caplog)
+        planted, run_id = await _plant_and_search(platform, client, caplog)
+    # The structured logs, every logger at DEBUG, as production writes them: not a trace of
+    # either value, and the run's lines carry its id.
+    assert leaks(json_logs.getvalue(), planted) == []
+    lines = log_lines(json_logs)
+    assert any(line.get("run_id") == run_id for line in lines)
+    assert {line["level"] for line in lines} >= {"debug"}
 
 
 async def _plant_and_search(
     platform: Platform, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
-) -> None:
+) -> tuple[list[str], str]:
+    """Plant two secrets, run an agent whose tools use one; the values and the run's id."""
     value, unrevealed = f"sk-{secrets.token_urlsafe(24)}", f"sk-{secrets.token_urlsafe(24)}"
     responses: list[str] = []
 
@@ -237,6 +245,7 @@ async def _plant_and_search(
     assert leaks(await dump_database(platform), planted) == []
     logged = caplog.text + "\n".join(repr(r.args) + repr(r.__dict__) for r in caplog.records)
     assert leaks(logged, planted) == []
+    return planted, run_id
 
 
 async def run_once(platform: Platform) -> str:

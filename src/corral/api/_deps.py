@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import Forbidden, QuotaExceeded
 from corral.gateway.tools import async_storage_url
+from corral.observability import bind_log_values
 from corral.platform import Platform
 from corral.tenancy import PERMISSIONS, PUBLIC, Principal
 
@@ -82,6 +83,7 @@ async def authenticate(
 ) -> Principal:
     """The request's principal: verify its credentials, check its tenant, count the request."""
     principal = await platform.identity.authenticate(authorization, tenant=x_corral_tenant)
+    bind_log_values(tenant_id=principal.tenant_id, principal=principal.id)
     limiter: ApiRateLimiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None:
         await limiter.hit(principal)

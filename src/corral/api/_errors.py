@@ -8,7 +8,6 @@ methods (405, with an ``Allow`` header naming every method of the path, RFC 9110
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,10 +35,11 @@ from corral.errors import (
     Unauthorized,
     UpstreamFailed,
 )
+from corral.observability import get_logger
 
 __all__ = ["STATUS_CODES", "ErrorOut", "document_errors", "install_error_handlers", "status_for"]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 
 
 class ErrorOut(BaseModel):

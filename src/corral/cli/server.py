@@ -7,7 +7,6 @@ only: an idle ``corral worker`` does not hold them in memory.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import socket
 from pathlib import Path
@@ -17,6 +16,7 @@ import typer
 from sqlalchemy.engine import make_url
 
 from corral.cli._client import fail
+from corral.observability import configure_logging
 from corral.platform import Platform
 from corral.settings import Settings, get_settings
 from corral.store import Store, current_revision, head_revision, upgrade
@@ -69,7 +69,7 @@ def up(
             f"port {settings.local_model.port} for the embedded model is in use; stop that "
             "process or set CORRAL_LOCAL_MODEL__PORT, or start with --no-local-model."
         )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log)
     # The embedded SQLite store migrates itself; a shared database is migrated deliberately
     # (`corral db upgrade`) and the server refuses to start on one that is behind.
     platform = Platform(
@@ -87,6 +87,7 @@ def up(
         host=api.host,
         port=api.port,
         log_level="warning",
+        log_config=None,  # uvicorn's loggers propagate to the structlog handler
         timeout_graceful_shutdown=5,
     )
 
@@ -103,7 +104,7 @@ def worker(
     if concurrency:
         runtime = settings.runtime.model_copy(update={"worker_concurrency": concurrency})
         settings = settings.model_copy(update={"runtime": runtime})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log)
     asyncio.run(_worker(settings))
 
 

@@ -1,4 +1,4 @@
-"""Evidence: OpenTelemetry spans (GenAI semantic conventions), Prometheus metrics, readiness."""
+"""Evidence: spans (OpenTelemetry GenAI conventions), Prometheus metrics, JSON logs, readiness."""
 
 from corral.observability._health import (
     Check,
@@ -9,6 +9,14 @@ from corral.observability._health import (
     check_redis,
     check_store,
     run_probes,
+)
+from corral.observability._logging import (
+    LOG_CONTEXT_KEYS,
+    bind_log_context,
+    bind_log_values,
+    configure_logging,
+    get_logger,
+    redact_event,
 )
 from corral.observability._metrics import (
     AGENT_RUNS_FINISHED,
@@ -49,7 +57,14 @@ from corral.observability._metrics import (
     set_queue_depth,
 )
 from corral.observability._tables import SpanRow
-from corral.observability._tracing import RUN_ID_ATTRIBUTE, StoreSpanExporter, Tracing, new_trace_id
+from corral.observability._tracing import (
+    OTLP_ENDPOINT_VARIABLES,
+    RUN_ID_ATTRIBUTE,
+    StoreSpanExporter,
+    Tracing,
+    new_trace_id,
+    otlp_configured,
+)
 
 __all__ = [
     "AGENT_RUNS_FINISHED",
@@ -60,9 +75,11 @@ __all__ = [
     "CACHE_MISSES",
     "CONTENT_TYPE",
     "LEASE_RECLAIMS",
+    "LOG_CONTEXT_KEYS",
     "MODEL_COST",
     "MODEL_DURATION",
     "MULTIPROCESS",
+    "OTLP_ENDPOINT_VARIABLES",
     "QUEUE_DEPTH",
     "REGISTRY",
     "RUNS_FINISHED",
@@ -82,21 +99,27 @@ __all__ = [
     "StoreSpanExporter",
     "TokenCounts",
     "Tracing",
+    "bind_log_context",
+    "bind_log_values",
     "check_disk",
     "check_redis",
     "check_store",
+    "configure_logging",
     "count_cache_lookup",
     "count_lease_reclaims",
     "count_model_cost",
     "count_run_finished",
     "count_tool_call",
     "exposition",
+    "get_logger",
     "negotiated_exposition",
     "new_trace_id",
     "observe_approval_wait",
     "observe_model_call",
     "observe_step",
+    "otlp_configured",
     "reason_class",
+    "redact_event",
     "register_breakers",
     "run_probes",
     "sample_value",

@@ -7,29 +7,54 @@ Spans follow the OpenTelemetry GenAI semantic conventions
 Finished spans wait in :class:`StoreSpanExporter` until the runtime drains them into the same
 transaction as the step that produced them, so a step's checkpoint, audit events and spans
 commit (or vanish) together.
+
+When the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)
+variable is set, every span is also sent to that OTLP/HTTP collector (protobuf encoding; the
+exporter reads ``OTEL_EXPORTER_OTLP_*_HEADERS``, ``_TIMEOUT``, ``_COMPRESSION`` and
+``_CERTIFICATE`` itself) through a batch processor: a background thread exports, so no step
+waits on the network. :meth:`Tracing.shutdown` (``Platform.close``) flushes what is queued.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
+import os
 import secrets
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Tracer
 
-__all__ = ["RUN_ID_ATTRIBUTE", "StoreSpanExporter", "Tracing", "new_trace_id"]
+__all__ = [
+    "OTLP_ENDPOINT_VARIABLES",
+    "RUN_ID_ATTRIBUTE",
+    "StoreSpanExporter",
+    "Tracing",
+    "new_trace_id",
+    "otlp_configured",
+]
+
+log = logging.getLogger(__name__)
+
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+"""Either of these (OpenTelemetry's standard variables) turns OTLP span export on."""
+_PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+_SUPPORTED_PROTOCOL = "http/protobuf"
 
 RUN_ID_ATTRIBUTE = "corral.run.id"
 """Span attribute naming the run a span belongs to."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _TRACE_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "corral_trace_id", default=None
@@ -53,7 +78,12 @@ class _RunTraceIds(RandomIdGenerator):
 
 
 def _time(nanoseconds: int | None) -> datetime:
-    return datetime.fromtimestamp((nanoseconds or 0) / 1e9, tz=UTC)
+    return _EPOCH + timedelta(microseconds=(nanoseconds or 0) // 1000)
+
+
+def _nanoseconds(moment: datetime) -> int:
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return (aware - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def _attribute(value: Any) -> Any:
@@ -79,26 +109,21 @@ class StoreSpanExporter(SpanExporter):
         """Remove and return the finished spans of ``trace_id`` as rows of the ``spans`` table."""
         with self._lock:
             spans = self._pending.pop(trace_id, [])
-        rows = []
-        for span in spans:
-            assert span.context is not None
-            attributes = {key: _attribute(value) for key, value in (span.attributes or {}).items()}
-            rows.append(
-                {
-                    "tenant_id": tenant_id,
-                    "span_id": format(span.context.span_id, "016x"),
-                    "trace_id": trace_id,
-                    "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
-                    "run_id": attributes.get(RUN_ID_ATTRIBUTE, run_id),
-                    "name": span.name,
-                    "kind": span.kind.name,
-                    "status": span.status.status_code.name,
-                    "start_time": _time(span.start_time),
-                    "end_time": _time(span.end_time),
-                    "attributes": attributes,
-                }
-            )
-        return rows
+        return _rows(spans, trace_id, tenant_id, run_id)
+
+    def take(
+        self, trace_id: str, span_id: int, *, tenant_id: str, run_id: str | None
+    ) -> list[dict[str, Any]]:
+        """Remove and return one finished span of ``trace_id`` (its row; none if not pending)."""
+        with self._lock:
+            pending = self._pending.get(trace_id, [])
+            taken = [s for s in pending if s.context is not None and s.context.span_id == span_id]
+            rest = [s for s in pending if s not in taken]
+            if rest:
+                self._pending[trace_id] = rest
+            else:
+                self._pending.pop(trace_id, None)
+        return _rows(taken, trace_id, tenant_id, run_id)
 
     def discard(self, trace_id: str) -> None:
         """Forget the pending spans of a trace (its transaction failed)."""
@@ -109,6 +134,32 @@ class StoreSpanExporter(SpanExporter):
         """Drop everything pending."""
         with self._lock:
             self._pending.clear()
+
+
+def _rows(
+    spans: list[ReadableSpan], trace_id: str, tenant_id: str, run_id: str | None
+) -> list[dict[str, Any]]:
+    """Rows of the ``spans`` table."""
+    rows = []
+    for span in spans:
+        assert span.context is not None
+        attributes = {key: _attribute(value) for key, value in (span.attributes or {}).items()}
+        rows.append(
+            {
+                "tenant_id": tenant_id,
+                "span_id": format(span.context.span_id, "016x"),
+                "trace_id": trace_id,
+                "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
+                "run_id": attributes.get(RUN_ID_ATTRIBUTE, run_id),
+                "name": span.name,
+                "kind": span.kind.name,
+                "status": span.status.status_code.name,
+                "start_time": _time(span.start_time),
+                "end_time": _time(span.end_time),
+                "attributes": attributes,
+            }
+        )
+    return rows
 
 
 class _HandOver(SpanProcessor):
@@ -127,17 +178,66 @@ class _HandOver(SpanProcessor):
             self._exporter.export((span,))
 
 
+def otlp_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment asks for OTLP span export (an endpoint variable is set).
+
+    ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` turn it off again.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    return any(env.get(name, "").strip() for name in OTLP_ENDPOINT_VARIABLES)
+
+
+def _otlp_processor(environ: Mapping[str, str]) -> SpanProcessor | None:
+    """A batch processor exporting to the configured OTLP/HTTP endpoint, or ``None``."""
+    if not otlp_configured(environ):
+        return None
+    protocol = next(
+        (environ[name].strip() for name in _PROTOCOL_VARIABLES if environ.get(name, "").strip()),
+        _SUPPORTED_PROTOCOL,
+    )
+    if protocol != _SUPPORTED_PROTOCOL:
+        log.warning(
+            "OTLP protocol %r is not supported; spans are exported with %r instead (set "
+            "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf and point the endpoint at the "
+            "collector's OTLP/HTTP port, usually 4318)",
+            protocol,
+            _SUPPORTED_PROTOCOL,
+        )
+    # Imported only when configured: the exporter brings protobuf and requests.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    return BatchSpanProcessor(OTLPSpanExporter())
+
+
 class Tracing:
-    """A tracer provider of Corral's own (the global one is left to the host application)."""
+    """A tracer provider of Corral's own (the global one is left to the host application).
+
+    Args:
+        service_name: ``service.name`` of the spans, unless ``OTEL_SERVICE_NAME`` names it.
+
+    The ``OTEL_*`` variables are read from the process environment when it is built.
+    """
 
     def __init__(self, *, service_name: str = "corral") -> None:
+        env = os.environ
         self.exporter = StoreSpanExporter()
+        # Resource.create adds OTEL_RESOURCE_ATTRIBUTES; the service name given wins over them.
+        name = env.get("OTEL_SERVICE_NAME", "").strip() or service_name
         self.provider = TracerProvider(
-            resource=Resource.create({"service.name": service_name}),
+            resource=Resource.create({"service.name": name}),
             id_generator=_RunTraceIds(),
             shutdown_on_exit=False,
         )
         self.provider.add_span_processor(_HandOver(self.exporter))
+        self.otlp = _otlp_processor(env)
+        """The OTLP batch processor when export is configured (:func:`otlp_configured`)."""
+        if self.otlp is not None:
+            self.provider.add_span_processor(self.otlp)
         self.tracer: Tracer = self.provider.get_tracer("corral")
 
     @staticmethod
@@ -150,6 +250,46 @@ class Tracing:
         finally:
             _TRACE_ID.reset(token)
 
+    def record(
+        self,
+        name: str,
+        *,
+        trace_id: str,
+        start: datetime,
+        end: datetime,
+        attributes: Mapping[str, Any],
+        tenant_id: str,
+        run_id: str | None,
+    ) -> list[dict[str, Any]]:
+        """Record a span that already happened (``approval.wait``) as a root span of a trace.
+
+        It is exported like any other span (OTLP included); its row is returned for the
+        caller's transaction rather than left for a later drain.
+
+        Args:
+            name: Span name.
+            trace_id: The trace it belongs to (32 hex digits).
+            start: When it started (a naive time is taken as UTC).
+            end: When it ended.
+            attributes: Its attributes.
+            tenant_id: Tenant of the row.
+            run_id: Run of the row (``corral.run.id`` in ``attributes`` wins).
+
+        Returns:
+            The span's row for the ``spans`` table (one, or none if it was not sampled).
+        """
+        with self.trace(trace_id):
+            span = self.tracer.start_span(
+                name, context=Context(), start_time=_nanoseconds(start), attributes=attributes
+            )
+        span.end(end_time=_nanoseconds(end))
+        span_id = span.get_span_context().span_id
+        return self.exporter.take(trace_id, span_id, tenant_id=tenant_id, run_id=run_id)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Export every span queued for OTLP now; ``False`` if that took over the timeout."""
+        return self.provider.force_flush(timeout_millis)
+
     def shutdown(self) -> None:
-        """Stop the provider."""
+        """Stop the provider (queued OTLP spans are exported first)."""
         self.provider.shutdown()

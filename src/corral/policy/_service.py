@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -307,6 +309,8 @@ class Governance:
         roles: Roles per principal (``{"user:alice": ["approver"]}``) until identity lands.
         refresh_seconds: How long a tenant's engine is used before the store is checked for
             Policy changes made by other processes.
+        tracer: Tracer of the ``policy.evaluate`` spans, one per decision made inside a
+            recording span (a run's, a governed call's); ``None``: no spans.
     """
 
     def __init__(
@@ -315,8 +319,10 @@ class Governance:
         *,
         roles: Mapping[str, list[str]] | None = None,
         refresh_seconds: float = 2.0,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
+        self.tracer = tracer
         self.roles = dict(roles or {})
         self.refresh_seconds = refresh_seconds
         self._engines: dict[str, tuple[float, PolicyEngine]] = {}
@@ -394,6 +400,22 @@ class Governance:
         ``session``: the caller's open session when it decides inside a transaction (see
         :meth:`engine`).
         """
+        started = time.time_ns()
+        decision = await self._decide(
+            tenant_id, request, entities, approvals_granted=approvals_granted, session=session
+        )
+        self._span(request, decision, started)
+        return decision
+
+    async def _decide(
+        self,
+        tenant_id: str,
+        request: PolicyRequest,
+        entities: list[Entity],
+        *,
+        approvals_granted: Iterable[str] = (),
+        session: AsyncSession | None = None,
+    ) -> PolicyDecision:
         engine = await self.engine(tenant_id, session=session)
         return engine.evaluate(
             request, self._entity_set(engine, entities), approvals_granted=tuple(approvals_granted)
@@ -403,7 +425,34 @@ class Governance:
         self, engine: PolicyEngine, request: PolicyRequest, entities: list[Entity]
     ) -> PolicyDecision:
         """:meth:`decide` with an engine already at hand (:meth:`engine`), from any thread."""
-        return engine.evaluate(request, self._entity_set(engine, entities))
+        started = time.time_ns()
+        decision = engine.evaluate(request, self._entity_set(engine, entities))
+        self._span(request, decision, started)
+        return decision
+
+    def _span(self, request: PolicyRequest, decision: PolicyDecision, started_ns: int) -> None:
+        """Record a ``policy.evaluate`` span under the current span, if one is recording.
+
+        Outside a recording span (an API request deciding ``agent.invoke``) nothing is
+        recorded: such a span would belong to no stored trace.
+        """
+        if self.tracer is None or not trace.get_current_span().is_recording():
+            return
+        span = self.tracer.start_span(
+            "policy.evaluate",
+            start_time=started_ns,
+            attributes={
+                "corral.policy.action": request.action,
+                "corral.policy.decision": decision.decision,
+                "corral.policy.ids": list(decision.determining_policies),
+                "corral.policy.decision_id": decision.id,
+                "corral.policy.principal": f"{request.principal.type}::{request.principal.id}",
+                "corral.policy.resource": f"{request.resource.type}::{request.resource.id}",
+            },
+        )
+        if decision.errors:
+            span.set_attribute("error.type", "policy_evaluation_error")
+        span.end()
 
     def _entity_set(self, engine: PolicyEngine, entities: list[Entity]) -> EntitySet | list[Entity]:
         """The parsed entities, cached; the list itself when it does not parse.
@@ -457,10 +506,12 @@ class Governance:
             The :class:`Authorization`.
         """
         granted = tuple(approvals_granted)
-        decision = await self.decide(tenant_id, request, entities, approvals_granted=granted)
+        started = time.time_ns()
+        decision = await self._decide(tenant_id, request, entities, approvals_granted=granted)
         if contract is not None:
             agent_name, rules = contract
             decision = contract_approvals(decision, agent_name, rules, request.resource.id, granted)
+        self._span(request, decision, started)
         row = DecisionRow.of(decision, request, tenant_id=tenant_id, run_id=run_id)
         decider = None
         if path_guard and decision.decision == "allow":

@@ -10,7 +10,7 @@ from corral.runtime._control import (
     resolve_in_doubt,
     resume_run,
 )
-from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH
+from corral.runtime._effects import APPROVAL_EFFECTS, TENANT_KILL_SWITCH, RunApprovalEffects
 from corral.runtime._loop import LeaseLost, Phase, RunExecutor
 from corral.runtime._overview import RunOverview, run_overview
 from corral.runtime._reads import (
@@ -48,6 +48,7 @@ __all__ = [
     "KillSwitchInfo",
     "LeaseLost",
     "Phase",
+    "RunApprovalEffects",
     "RunEvent",
     "RunExecutor",
     "RunOverview",

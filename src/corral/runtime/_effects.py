@@ -13,6 +13,7 @@ from typing import Any, Literal, cast
 from sqlalchemy import Connection, Table, select
 
 from corral.errors import Conflict
+from corral.observability import RUN_ID_ATTRIBUTE, SpanRow, Tracing
 from corral.registry import complete_promotion, reject_promotion
 from corral.runtime._control import _engage, _finish, _release, _resume
 from corral.runtime._status import RunStatus
@@ -21,6 +22,7 @@ from corral.runtime._tables import RunRow
 __all__ = ["APPROVAL_EFFECTS", "TENANT_KILL_SWITCH", "RunApprovalEffects", "TenantRunsSwitch"]
 
 _RUNS = cast(Table, RunRow.__table__)
+_INSERT_SPANS = cast(Table, SpanRow.__table__).insert()
 
 
 def _awaiting_run(connection: Connection, approval: Any) -> Any | None:
@@ -45,7 +47,46 @@ class RunApprovalEffects:
     ``REJECTED`` (``approval_rejected`` / ``approval_expired``); a promotion completes or is
     rejected (:func:`corral.registry.complete_promotion`,
     :func:`corral.registry.reject_promotion`).
+
+    Args:
+        tracing: Where the run's ``approval.wait`` span goes (from the request's creation to
+            its decision, in the run's trace, stored in the decision's transaction and
+            exported like every span); ``None``: no span.
     """
+
+    def __init__(self, tracing: Tracing | None = None) -> None:
+        self.tracing = tracing
+
+    def _waited(
+        self,
+        connection: Connection,
+        approval: Any,
+        run: Any,
+        status: str,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        """Store the ``approval.wait`` span of the run that waited on ``approval``."""
+        if self.tracing is None or run is None:
+            return
+        rows = self.tracing.record(
+            "approval.wait",
+            trace_id=run.trace_id,
+            start=approval.created_at,
+            end=now,
+            attributes={
+                RUN_ID_ATTRIBUTE: run.id,
+                "corral.approval.id": approval.id,
+                "corral.approval.status": status,
+                "corral.approval.subject": approval.subject,
+                "corral.approval.decided_by": actor,
+                "corral.policy.decision_id": approval.policy_decision_id,
+            },
+            tenant_id=run.tenant_id,
+            run_id=run.id,
+        )
+        if rows:
+            connection.execute(_INSERT_SPANS, rows)
 
     def run_statuses(self, connection: Connection, run_ids: set[str]) -> dict[str, str]:
         """The status of each of these runs that exists."""
@@ -74,7 +115,8 @@ class RunApprovalEffects:
             # A call from outside a run (inbound MCP): nothing waits; its caller repeats the
             # call, which this approval then covers once (corral.gateway.tools).
             return
-        if _awaiting_run(connection, approval) is None:
+        waiting = _awaiting_run(connection, approval)
+        if waiting is None:
             run = connection.execute(
                 select(_RUNS.c.status).where(_RUNS.c.id == approval.run_id)
             ).scalar_one_or_none()
@@ -89,6 +131,7 @@ class RunApprovalEffects:
             actor,
             {"approval_id": approval.id, "approved_by": approvers},
         )
+        self._waited(connection, approval, waiting, "approved", actor, now)
 
     def ended(
         self,
@@ -107,6 +150,7 @@ class RunApprovalEffects:
         run = _awaiting_run(connection, approval)
         if run is not None:
             _finish(connection, [run], RunStatus.REJECTED, f"approval_{status}", error, actor, now)
+            self._waited(connection, approval, run, status, actor, now)
 
 
 class TenantRunsSwitch:

@@ -62,10 +62,13 @@ from corral.gateway.models import (
 )
 from corral.gateway.tools import ResolvedTool, ToolGateway
 from corral.observability import (
+    RUN_ID_ATTRIBUTE,
     RUNS_IN_FLIGHT,
     Tracing,
+    bind_log_context,
     count_model_cost,
     count_run_finished,
+    get_logger,
     observe_step,
 )
 from corral.policy import (
@@ -97,6 +100,8 @@ from corral.store import SYSTEM, Store, new_id, utcnow
 from corral.tenancy import Quotas
 
 __all__ = ["LAST_ITERATION_NOTICE", "LeaseLost", "Phase", "RunExecutor"]
+
+log = get_logger(__name__)
 
 
 _PLACEHOLDER = re.compile(r"\s*(<[^<>]{0,40}>|\.\.\.)?\s*")
@@ -212,8 +217,10 @@ class RunExecutor(ToolPhase):
         self._running[run_id] = state
         RUNS_IN_FLIGHT.inc()
         try:
-            with trace.use_span(root, end_on_exit=False):
-                return await self._loop(state, worker_id, actor, root)
+            with trace.use_span(root, end_on_exit=False), _log_context(state):
+                status = await self._loop(state, worker_id, actor, root)
+                log.debug("run segment ended", status=status, steps=state.step_count)
+                return status
         except BaseException:
             if root.is_recording():  # a refused final checkpoint ended it already
                 root.end()
@@ -292,6 +299,7 @@ class RunExecutor(ToolPhase):
         self, state: RunState, worker_id: str
     ) -> tuple[StepRecord | None, Terminal | None]:
         spec = state.spec
+        building_ns = time.time_ns()  # the context.build span: the step's context packet
         messages = fit_context(state.messages, spec.limits.max_input_tokens)
         tools = [t for t in state.definitions if t.name not in state.resting]
         state.resting = set()
@@ -308,6 +316,7 @@ class RunExecutor(ToolPhase):
             max_output_tokens=spec.model.max_output_tokens,
             answer_sources=tuple(state.sources) if spec.answer.cite_sources else None,
         )
+        self._context_built(state, request, building_ns)
         started = self.clock()
         await self._refresh_tenant(state.tenant_id)
         limits = await self._budget_limits(state)
@@ -388,6 +397,19 @@ class RunExecutor(ToolPhase):
         )
         record.model_call = self._meter(state, model, response)
         return record, terminal
+
+    def _context_built(self, state: RunState, request: ModelRequest, started_ns: int) -> None:
+        """Record the ``context.build`` span: what the packet holds (attributes set at once)."""
+        self.tracing.tracer.start_span(
+            "context.build",
+            start_time=started_ns,
+            attributes={
+                RUN_ID_ATTRIBUTE: state.run_id,
+                "corral.context.messages": len(request.messages),
+                "corral.context.tools": len(request.tools),
+                "corral.context.chars": sum(len(m.content) for m in request.messages),
+            },
+        ).end()
 
     async def _budget_limits(self, state: RunState) -> BudgetLimits:
         """The cost budgets of the run's next model call (tenant limits are cached)."""
@@ -910,6 +932,15 @@ class RunExecutor(ToolPhase):
         if tool is None:
             tool = self._tools[key] = ResolvedTool.from_document(document)
         return tool
+
+
+def _log_context(state: RunState) -> contextlib.AbstractContextManager[None]:
+    """Every log line of the run's execution carries its ids (the span ids come per line)."""
+    return bind_log_context(
+        run_id=state.run_id,
+        tenant_id=state.tenant_id,
+        principal=state.requested_by or None,
+    )
 
 
 def _pending_cost(pending: StepRecord | None) -> Decimal:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import random
 import socket
@@ -14,7 +13,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from corral.observability import count_lease_reclaims, count_run_finished
+from corral.observability import (
+    bind_log_values,
+    count_lease_reclaims,
+    count_run_finished,
+    get_logger,
+)
 from corral.runtime._loop import LeaseLost, RunExecutor
 from corral.runtime._persist import (
     Claimed,
@@ -29,7 +33,7 @@ from corral.store import SYSTEM, Store, is_transient_error, utcnow
 
 __all__ = ["Backoff", "Worker", "default_worker_id"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def default_worker_id() -> str:
@@ -223,6 +227,7 @@ class Worker:
 
     async def _execute(self, run_id: str, epoch: int, loaded: LoadedRun | None = None) -> None:
         error: Exception | None = None
+        bind_log_values(run_id=run_id, worker_id=self.worker_id)  # this run's task only
         self._driving[run_id] += 1
         try:
             await self.executor.execute(run_id, self.worker_id, lease_epoch=epoch, loaded=loaded)

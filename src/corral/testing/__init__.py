@@ -1,4 +1,4 @@
-"""Test doubles for users' tests and benchmarks: a scripted model and a live test server.
+"""Test doubles for users' tests and benchmarks: scripted model, test server, OTLP receiver.
 
 ```python
 from corral.testing import ScriptedModel
@@ -9,6 +9,7 @@ model = ScriptedModel([ScriptedModel.call("fs.list_dir", path="."), ScriptedMode
 
 from corral.testing._chat_upstream import DEFAULT_USAGE, FakeChatUpstream, ReplyFunction
 from corral.testing._clock import ManualClock
+from corral.testing._otlp import OtlpReceiver, ReceivedSpan
 from corral.testing._scripted import EXHAUSTED_ANSWER, ScriptedModel, ScriptFunction, ScriptStep
 from corral.testing._server import serve_in_thread
 from corral.testing._upstream import FakeOpenAIUpstream, UpstreamReply
@@ -19,6 +20,8 @@ __all__ = [
     "FakeChatUpstream",
     "FakeOpenAIUpstream",
     "ManualClock",
+    "OtlpReceiver",
+    "ReceivedSpan",
     "ReplyFunction",
     "ScriptFunction",
     "ScriptStep",

@@ -1,0 +1,232 @@
+"""A small OTLP/HTTP receiver: what a collector would get from Corral, decoded for assertions.
+
+It accepts ``POST /v1/traces`` with a protobuf ``ExportTraceServiceRequest`` (the OTLP/HTTP
+binary encoding, gzip or not; https://opentelemetry.io/docs/specs/otlp/#otlphttp) and keeps
+each span as a :class:`ReceivedSpan`. Point Corral at it with the standard variables
+(:meth:`OtlpReceiver.environ`), run something, flush the tracer provider, read the spans.
+
+```python
+from corral.testing import OtlpReceiver
+
+with OtlpReceiver() as receiver:
+    assert receiver.environ()["OTEL_EXPORTER_OTLP_ENDPOINT"] == receiver.endpoint
+    assert receiver.spans == []
+```
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+__all__ = ["OtlpReceiver", "ReceivedSpan"]
+
+_PROTOBUF = "application/x-protobuf"
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """One span as an OTLP collector received it.
+
+    Attributes:
+        trace_id: 32 lowercase hex digits.
+        span_id: 16 lowercase hex digits.
+        parent_span_id: The parent's span id; ``None`` for a root span.
+        name: The span name (``invoke_agent repo-analyst``).
+        kind: ``SPAN_KIND_INTERNAL``, ``SPAN_KIND_CLIENT``...
+        start_time_unix_nano: Start, nanoseconds since the Unix epoch.
+        end_time_unix_nano: End, nanoseconds since the Unix epoch.
+        attributes: Attribute values as Python values (arrays as lists).
+        status_code: ``STATUS_CODE_UNSET``, ``STATUS_CODE_OK`` or ``STATUS_CODE_ERROR``.
+        status_message: The status description.
+        resource: The resource's attributes (``service.name``...).
+        scope: The instrumentation scope's name (``corral``).
+    """
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: str
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    attributes: dict[str, Any]
+    status_code: str
+    status_message: str
+    resource: dict[str, Any] = field(default_factory=dict)
+    scope: str = ""
+
+
+def _value(any_value: Any) -> Any:
+    """A protobuf ``AnyValue`` as a Python value."""
+    kind = any_value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_value(v) for v in any_value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in any_value.kvlist_value.values}
+    return getattr(any_value, kind)
+
+
+def _attributes(key_values: Any) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in key_values}
+
+
+def decode_traces(body: bytes) -> list[ReceivedSpan]:
+    """The spans of one binary ``ExportTraceServiceRequest``.
+
+    Raises:
+        google.protobuf.message.DecodeError: ``body`` is not one.
+    """
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    spans = []
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                spans.append(
+                    ReceivedSpan(
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex() or None,
+                        name=span.name,
+                        kind=Span.SpanKind.Name(span.kind),
+                        start_time_unix_nano=span.start_time_unix_nano,
+                        end_time_unix_nano=span.end_time_unix_nano,
+                        attributes=_attributes(span.attributes),
+                        status_code=Status.StatusCode.Name(span.status.code),
+                        status_message=span.status.message,
+                        resource=resource,
+                        scope=scope_spans.scope.name,
+                    )
+                )
+    return spans
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        encoding = (self.headers.get("Content-Encoding") or "").lower()
+        if encoding == "gzip":
+            body = gzip.decompress(body)
+        elif encoding == "deflate":
+            body = zlib.decompress(body)
+        if self.path not in ("/v1/traces", "/v1/metrics", "/v1/logs"):
+            self._answer(404, b"")
+            return
+        if not (self.headers.get("Content-Type") or "").startswith(_PROTOBUF):
+            self._answer(415, b"only OTLP/HTTP protobuf (application/x-protobuf) is accepted")
+            return
+        self.server.receiver._received(self.path, dict(self.headers.items()), body)
+        self._answer(200, b"")  # an empty Export*ServiceResponse: everything accepted
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", _PROTOBUF if status == 200 else "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the records
+        return
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, receiver: OtlpReceiver, host: str) -> None:
+        super().__init__((host, 0), _Handler)
+        self.receiver = receiver
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP endpoint on a free local port, for tests; use it as a context manager.
+
+    Args:
+        host: Interface to listen on.
+
+    Attributes:
+        spans: Every span received so far, in arrival order.
+        headers: The HTTP headers of each trace export request (``OTEL_EXPORTER_OTLP_HEADERS``
+            arrive here).
+        bodies: Raw bodies received, by path (``/v1/metrics`` and ``/v1/logs`` are accepted and
+            kept undecoded).
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.spans: list[ReceivedSpan] = []
+        self.headers: list[dict[str, str]] = []
+        self.bodies: dict[str, list[bytes]] = {}
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL (``http://127.0.0.1:PORT``): ``OTEL_EXPORTER_OTLP_ENDPOINT``'s value."""
+        if self._server is None:
+            raise RuntimeError("the receiver is not started; use it in a `with` block")
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    def environ(self) -> dict[str, str]:
+        """The variables that send an OpenTelemetry SDK's spans here."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        }
+
+    def spans_of(self, trace_id: str) -> list[ReceivedSpan]:
+        """The spans received for one trace (32 hex digits)."""
+        with self._lock:
+            return [span for span in self.spans if span.trace_id == trace_id]
+
+    def children(self, parent: ReceivedSpan) -> Iterator[ReceivedSpan]:
+        """The spans received whose parent is ``parent``."""
+        with self._lock:
+            found = [s for s in self.spans if s.parent_span_id == parent.span_id]
+        yield from found
+
+    def _received(self, path: str, headers: Mapping[str, str], body: bytes) -> None:
+        decoded = decode_traces(body) if path == "/v1/traces" else []
+        with self._lock:
+            self.bodies.setdefault(path, []).append(body)
+            if path == "/v1/traces":
+                self.headers.append({k.lower(): v for k, v in headers.items()})
+                self.spans.extend(decoded)
+
+    def __enter__(self) -> OtlpReceiver:
+        self._server = _Server(self, self.host)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="corral-otlp-receiver", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
