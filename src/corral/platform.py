@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -48,6 +48,7 @@ from corral.policy import (
     principal_ref,
 )
 from corral.registry import apply_documents, default_models, tenant_models
+from corral.releases import evaluate_releases
 from corral.runtime import APPROVAL_EFFECTS, RunExecutor, Worker, Workspaces
 from corral.secrets import SecretBroker
 from corral.settings import Settings
@@ -230,6 +231,13 @@ class Platform:
             signal_poll=timedelta(seconds=settings.runtime.signal_poll_seconds),
             store_retry_initial=timedelta(seconds=settings.runtime.store_retry_initial_seconds),
             store_retry_max=timedelta(seconds=settings.runtime.store_retry_max_seconds),
+            heartbeat_tasks=[self.evaluate_releases],
+        )
+
+    async def evaluate_releases(self, now: datetime) -> None:
+        """Apply experiments' stop rule and move rollouts along (a worker heartbeat task)."""
+        await evaluate_releases(
+            self.store, self.governance, now, stages=self.settings.governance.stages
         )
 
     async def start(self) -> None:

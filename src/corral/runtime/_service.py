@@ -35,7 +35,16 @@ from corral.policy import (
     insert_decisions,
     principal_ref,
 )
-from corral.registry import AgentRow, AgentVersionRow, StageBindingRow, get_agent, get_agent_version
+from corral.registry import (
+    AgentRow,
+    AgentVersionRow,
+    Assignment,
+    StageBindingRow,
+    assign_version,
+    get_agent,
+    get_agent_version,
+    record_assignment,
+)
 from corral.runtime._persist import active_kill_switch
 from corral.runtime._status import RUN_STATUSES, TERMINAL_STATUSES, RunStatus
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
@@ -290,6 +299,10 @@ def _start_on_writer(
         ).first()
     if found is None:
         raise _VersionMissing
+    run_id = new_id("run")
+    assignment = None
+    if request.version is None:
+        found, assignment = _assigned(connection, found, request, run_id)
     spec = _spec_of(connection, found.version_id, found.digest)
     if spec.status == "retired" or found.status == "retired":
         raise PolicyDenied(
@@ -326,7 +339,7 @@ def _start_on_writer(
     now = utcnow()
     values: dict[str, Any] = dict.fromkeys(_RUN_COLUMNS)
     values.update(
-        id=new_id("run"),
+        id=run_id,
         tenant_id=tenant_id,
         agent_id=found.id,
         agent_name=agent_name,
@@ -351,13 +364,14 @@ def _start_on_writer(
         updated_at=now,
     )
     connection.execute(_RUNS.insert(), values)
+    variant = _record_variant(connection, assignment, values, now)
     connection.execute(
         _RUN_EVENTS.insert(),
         {
             "tenant_id": tenant_id,
             "run_id": values["id"],
             "type": "run.created",
-            "data": {"agent": agent_name, "version": found.version, "model": chosen},
+            "data": {"agent": agent_name, "version": found.version, "model": chosen, **variant},
             "created_at": now,
         },
     )
@@ -381,11 +395,83 @@ def _start_on_writer(
                     "model": chosen,
                     "workspace": resolved,
                     "deprecated": spec.status == "deprecated",
+                    **variant,
                 },
             )
         ],
     )
     return RunRow(**values)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """The agent and version a run runs (the shape of the ``_STAGE_VERSION`` row)."""
+
+    id: str
+    status: str
+    version_id: str
+    version: str
+    digest: str
+
+
+def _assigned(
+    connection: Connection, found: Any, request: _StartRequest, run_id: str
+) -> tuple[Any, Assignment | None]:
+    """The version a new run gets when an experiment or rollout splits its agent's stage."""
+    assignment = assign_version(
+        connection,
+        tenant_id=request.tenant_id,
+        agent_id=found.id,
+        stage=request.stage,
+        run_id=run_id,
+        requested_by=request.requested_by,
+    )
+    if assignment is None:
+        return found, None
+    chosen = _Found(
+        found.id, found.status, assignment.version_id, assignment.version, assignment.digest
+    )
+    return chosen, assignment
+
+
+def _record_variant(
+    connection: Connection, assignment: Assignment | None, run: dict[str, Any], now: Any
+) -> dict[str, str]:
+    """Record the run's variant (and start its shadow copy); returns it for the audit event.
+
+    A shadow copy is a second run of the shadow version on the same task in stage
+    ``shadow``, where the default policy denies every tool that is not read-only. Its result
+    is never returned to the caller, who only knows the live run's id.
+    """
+    if assignment is None:
+        return {}
+    tenant_id, run_id = run["tenant_id"], run["id"]
+    record_assignment(connection, assignment, tenant_id=tenant_id, run_id=run_id, now=now)
+    if assignment.shadow_version_id is not None:
+        version, digest = connection.execute(
+            select(_VERSIONS.c.version, _VERSIONS.c.digest).where(
+                _VERSIONS.c.id == assignment.shadow_version_id
+            )
+        ).one()
+        shadow = {
+            **run,
+            "id": new_id("run"),
+            "agent_version_id": assignment.shadow_version_id,
+            "agent_version": version,
+            "model": _spec_of(connection, assignment.shadow_version_id, digest).model.default,
+            "stage": "shadow",
+            "trace_id": new_trace_id(),
+        }
+        connection.execute(_RUNS.insert(), shadow)
+        record_assignment(
+            connection,
+            Assignment(assignment.split_id, assignment.kind, "shadow", "", version, "", None),
+            tenant_id=tenant_id,
+            run_id=shadow["id"],
+            now=now,
+            shadow_of=run_id,
+        )
+    return {"split": assignment.split_id, "variant": assignment.variant}
 
 
 def _decide_invoke(
@@ -469,6 +555,22 @@ async def create_run(
     agent_row, version_row = await _version_for_stage(
         session, agent_name, stage, version, tenant_id=tenant_id
     )
+    run_id, assignment = new_id("run"), None
+    if version is None:
+        assignment = await session.run_sync(
+            lambda sync: assign_version(
+                sync.connection(),
+                tenant_id=tenant_id,
+                agent_id=agent_row.id,
+                stage=stage,
+                run_id=run_id,
+                requested_by=requested_by,
+            )
+        )
+        if assignment is not None:
+            assigned = await session.get(AgentVersionRow, assignment.version_id)
+            assert assigned is not None
+            version_row = assigned
     spec = Agent.model_validate(version_row.document).spec
     # The agent's status is its latest version's: once retired, no version of it runs, not
     # an older one asked for by number nor one a stage is still bound to.
@@ -511,7 +613,7 @@ async def create_run(
         )
     now = utcnow()
     run = RunRow(
-        id=new_id("run"),
+        id=run_id,
         tenant_id=tenant_id,
         agent_id=agent_row.id,
         agent_name=agent_name,
@@ -545,6 +647,10 @@ async def create_run(
         )
     )
     await session.flush()
+    run_values = {column: getattr(run, column) for column in _RUN_COLUMNS}
+    variant = await session.run_sync(
+        lambda sync: _record_variant(sync.connection(), assignment, run_values, now)
+    )
     await append_event(
         session,
         tenant_id=tenant_id,
@@ -563,6 +669,7 @@ async def create_run(
             "model": chosen,
             "workspace": resolved,
             "deprecated": spec.status == "deprecated",
+            **variant,
         },
     )
     return run

@@ -18,7 +18,10 @@ from corral.registry._tables import (
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
+    TrafficAssignmentRow,
+    TrafficSplitRow,
 )
+from corral.releases._tables import ExperimentRow, ReleaseDecisionRow, RolloutRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.secrets._tables import SecretRow
 from corral.tenancy._tables import ApiKeyRow, LocalUserRow, QuotaRow, RoleGrantRow, TenantRow
@@ -32,6 +35,7 @@ __all__ = [
     "AuditEventRow",
     "AuditHeadRow",
     "BudgetReservationRow",
+    "ExperimentRow",
     "KillSwitchRow",
     "LocalUserRow",
     "McpServerRow",
@@ -46,7 +50,9 @@ __all__ = [
     "PolicyVersionRow",
     "PromotionRow",
     "QuotaRow",
+    "ReleaseDecisionRow",
     "RoleGrantRow",
+    "RolloutRow",
     "RunEventRow",
     "RunRow",
     "SecretRow",
@@ -58,4 +64,6 @@ __all__ = [
     "ToolResultCacheRow",
     "ToolRow",
     "ToolVersionRow",
+    "TrafficAssignmentRow",
+    "TrafficSplitRow",
 ]
