@@ -17,10 +17,12 @@ from corral.api import (
     audit,
     control,
     costs,
+    experiments,
     mcp_servers,
     models,
     policies,
     releases,
+    rollouts,
     runs,
     secrets,
     tenancy,
@@ -98,6 +100,8 @@ def create_app(
     app.include_router(audit.router)
     app.include_router(policies.router)
     app.include_router(releases.router)
+    app.include_router(experiments.router)
+    app.include_router(rollouts.router)
     app.include_router(approvals.router)
     app.include_router(mcp_servers.router)
     app.include_router(models.router)

@@ -14,12 +14,14 @@ from corral.cli import (
     audit,
     control,
     costs,
+    experiments,
     identity,
     mcp,
     models,
     policy,
     registry,
     releases,
+    rollouts,
     runs,
     secrets,
     server,
@@ -49,6 +51,8 @@ app.command(rich_help_panel="Registry")(registry.schema)
 app.command(rich_help_panel="Release")(releases.promote)
 app.command(rich_help_panel="Release")(releases.rollback)
 app.command(rich_help_panel="Release")(releases.promotions)
+app.add_typer(rollouts.app, name="rollout", rich_help_panel="Release")
+app.add_typer(experiments.app, name="experiments", rich_help_panel="Release")
 app.command(rich_help_panel="Runs")(runs.run)
 app.command(rich_help_panel="Runs")(runs.trace)
 app.command(rich_help_panel="Runs")(control.cancel)
