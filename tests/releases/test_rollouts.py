@@ -210,7 +210,7 @@ async def test_a_rollout_is_refused_without_a_baseline_or_alongside_another(
         await start(platform, clock)
     async with platform.store.transaction("default") as session:
         aborted = await abort_rollout(session, AGENT, tenant_id="default", actor=ADMIN, now=clock())
-    assert aborted.status == "running"  # the row as it was; the store has it aborted
+    assert aborted.status == "aborted"
     assert {run.agent_version for run in await runs(platform, 5)} == {"0.1.0"}
     assert await audit_actions(platform, "rollout.") == ["rollout.started", "rollout.aborted"]
 

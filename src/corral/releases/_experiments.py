@@ -334,6 +334,9 @@ async def stop_experiment(
 ) -> ExperimentStatus:
     """Stop a running experiment by hand: the split ends; audited ``experiment.stopped``.
 
+    Returns:
+        The experiment (now ``stopped``), its final metrics and the verdict it was stopped at.
+
     Raises:
         NotFound: no such experiment in this tenant.
         Conflict: it is no longer running.
@@ -344,6 +347,7 @@ async def stop_experiment(
     await session.run_sync(
         lambda sync: _end(sync.connection(), status, "stopped", actor, None, now)
     )
+    await session.refresh(status.experiment)
     return status
 
 

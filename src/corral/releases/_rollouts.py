@@ -340,6 +340,7 @@ async def abort_rollout(
             sync.connection(), rollout, "aborted", actor, now, {}, reason="aborted"
         )
     )
+    await session.refresh(rollout)
     return rollout
 
 
