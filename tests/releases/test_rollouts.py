@@ -266,7 +266,15 @@ async def test_an_experiment_assigns_by_user_and_decides_on_significance(
         SplitVariant("control", "", "0.1.0", 5_000),
         SplitVariant("treatment", "", "0.1.1", 5_000),
     ]
-    users = [f"user:u{i}" for i in range(12)]
+    # Six users that hash to each variant (the experiment id, the salt, is random).
+    by_variant: dict[str, list[str]] = {"0.1.0": [], "0.1.1": []}
+    for i in range(1_000):
+        user = f"user:u{i}"
+        version = choose_variant(arms, bucket_of(experiment.id, user)).version
+        if len(by_variant[version]) < 6:
+            by_variant[version].append(user)
+    users = by_variant["0.1.0"] + by_variant["0.1.1"]
+    assert len(users) == 12
     for user in users:
         got = {run.agent_version for run in await runs(platform, 2, user=user)}
         assert got == {choose_variant(arms, bucket_of(experiment.id, user)).version}
