@@ -319,6 +319,7 @@ PUBLIC = {
         "median",
         "percentile",
         "rollout_status",
+        "shadow_agreement",
         "start_experiment",
         "start_rollout",
         "stop_experiment",

@@ -134,7 +134,7 @@ async def audit_actions(platform: Platform, prefix: str) -> list[str]:
 async def test_a_healthy_canary_advances_step_by_step_and_is_promoted(make_platform: Any) -> None:
     platform, clock = await world(make_platform, bad_candidate=False)
     rollout_id = await start(
-        platform, clock, steps_percent=(25, 50, 100), step_minutes=10, min_canary_runs=3
+        platform, clock, steps_percent=(25, 50, 100), step_minutes=10, min_canary_runs=2
     )
     first = await runs(platform, 40)
     versions = Counter(run.agent_version for run in first)
@@ -232,6 +232,7 @@ async def test_a_shadow_step_runs_the_candidate_on_copies_and_never_returns_them
     assert {run.status for run in shadows} == {RunStatus.SUCCEEDED}
     assert status.share_percent == 0
     assert status.metrics["shadow"].finished == 4
+    assert (status.shadow_compared, status.shadow_same) == (4, 4)  # both answer "ok"
     clock.advance(seconds=31 * 60)
     assert await evaluate(platform, clock) == "advanced"  # to the first live step
     await runs(platform, 10)

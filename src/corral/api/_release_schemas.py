@@ -179,6 +179,10 @@ class RolloutStatusOut(BaseModel):
     share_percent: int
     metrics: dict[str, VariantMetricsOut]
     breaches: list[str]
+    shadow_compared: int
+    """Finished shadow runs compared with the live run they copied."""
+    shadow_same: int
+    """Of those, runs whose output equals the live run's."""
 
     @classmethod
     def of(cls, status: RolloutStatus) -> RolloutStatusOut:
@@ -188,4 +192,6 @@ class RolloutStatusOut(BaseModel):
             share_percent=status.share_percent,
             metrics=metrics_out(status.metrics),
             breaches=list(status.breaches),
+            shadow_compared=status.shadow_compared,
+            shadow_same=status.shadow_same,
         )

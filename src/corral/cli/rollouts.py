@@ -72,6 +72,11 @@ def _print(result: dict[str, Any]) -> None:
         for name, m in result["metrics"].items()
     ]  # fmt: skip
     typer.echo(table(["VARIANT", "RUNS", "FINISHED", "ERROR", "MEDIAN $", "P95 S"], rows))
+    if result["shadow_compared"]:
+        typer.echo(
+            f"shadow: {result['shadow_same']} of {result['shadow_compared']} answers "
+            "the same as the live run"
+        )
     for breach in result["breaches"]:
         typer.echo(f"breach: {breach}")
 

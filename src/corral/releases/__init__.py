@@ -25,6 +25,7 @@ from corral.releases._metrics import (
     SuccessSource,
     TerminalSuccess,
     VariantMetrics,
+    shadow_agreement,
     variant_metrics,
 )
 from corral.releases._rollouts import (
@@ -66,6 +67,7 @@ __all__ = [
     "median",
     "percentile",
     "rollout_status",
+    "shadow_agreement",
     "start_experiment",
     "start_rollout",
     "stop_experiment",

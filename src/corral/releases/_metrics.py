@@ -27,6 +27,7 @@ __all__ = [
     "SuccessSource",
     "TerminalSuccess",
     "VariantMetrics",
+    "shadow_agreement",
     "variant_metrics",
 ]
 
@@ -154,3 +155,29 @@ def _summarise(
         median_cost_usd=median([run.cost_usd for run in runs]),
         p95_latency_seconds=percentile(latencies, 0.95),
     )
+
+
+def shadow_agreement(connection: Connection, split_id: str, *, tenant_id: str) -> tuple[int, int]:
+    """How often finished shadow runs gave the same output as the live run they copied.
+
+    Returns:
+        ``(compared, same)``: pairs where both runs finished, and of those, pairs whose
+        outputs are equal (exact text, after stripping surrounding whitespace).
+    """
+    live = _RUNS.alias("live")
+    shadow = _RUNS.alias("shadow")
+    rows = connection.execute(
+        select(live.c.output, shadow.c.output)
+        .select_from(_ASSIGNMENTS)
+        .join(shadow, shadow.c.id == _ASSIGNMENTS.c.run_id)
+        .join(live, live.c.id == _ASSIGNMENTS.c.shadow_of)
+        .where(
+            _ASSIGNMENTS.c.split_id == split_id,
+            _ASSIGNMENTS.c.tenant_id == tenant_id,
+            _ASSIGNMENTS.c.shadow_of.is_not(None),
+            live.c.status.in_(TERMINAL_STATUSES),
+            shadow.c.status.in_(TERMINAL_STATUSES),
+        )
+    ).all()
+    same = sum(1 for a, b in rows if (a or "").strip() == (b or "").strip())
+    return len(rows), same

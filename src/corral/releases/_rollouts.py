@@ -52,7 +52,12 @@ from corral.registry import (
 )
 from corral.releases._decisions import record_decision
 from corral.releases._experiments import metrics_json
-from corral.releases._metrics import SuccessSource, VariantMetrics, variant_metrics
+from corral.releases._metrics import (
+    SuccessSource,
+    VariantMetrics,
+    shadow_agreement,
+    variant_metrics,
+)
 from corral.releases._tables import RolloutRow
 from corral.store import SYSTEM, Store, new_id
 
@@ -110,12 +115,16 @@ class RolloutStatus:
         share_percent: The candidate's share of new runs now (0 in the shadow step).
         metrics: Per variant (``baseline``, ``candidate``, ``shadow``).
         breaches: What the canary breaches now (empty when healthy or not yet judged).
+        shadow_compared: Finished shadow runs compared with the live run they copied.
+        shadow_same: Of those, runs whose output equals the live run's.
     """
 
     rollout: RolloutRow
     share_percent: int
     metrics: dict[str, VariantMetrics]
     breaches: tuple[str, ...]
+    shadow_compared: int = 0
+    shadow_same: int = 0
 
 
 def _check_plan(plan: RolloutPlan) -> list[int]:
@@ -296,8 +305,13 @@ async def rollout_status(
             sync.connection(), rollout.id, tenant_id=tenant_id, source=source
         )
     )
+    compared, same = (0, 0)
+    if rollout.shadow:
+        compared, same = await session.run_sync(
+            lambda sync: shadow_agreement(sync.connection(), rollout.id, tenant_id=tenant_id)
+        )
     share = rollout.steps[rollout.step_index]
-    return RolloutStatus(rollout, share, metrics, breaches(rollout, metrics))
+    return RolloutStatus(rollout, share, metrics, breaches(rollout, metrics), compared, same)
 
 
 async def _latest(session: AsyncSession, agent_name: str, tenant_id: str) -> RolloutRow:
