@@ -35,6 +35,7 @@ from corral.registry import (
     get_agent_version,
     put_split,
     remove_split,
+    stage_bindings,
 )
 from corral.releases._decisions import record_decision
 from corral.releases._metrics import SuccessSource, VariantMetrics, variant_metrics
@@ -138,13 +139,23 @@ async def start_experiment(
     Audited ``experiment.started``; the decision is stored in ``release_decisions``.
 
     Raises:
-        NotFound: no such agent or version.
+        NotFound: no such agent or version, or no version is bound to the stage.
         InvalidRequest: fewer than two variants, duplicate names, weights not summing to 100,
             or a bad ``min_samples`` / ``alpha``.
         Conflict: an experiment or rollout already splits the stage.
     """
     _check_plan(plan)
     agent = await get_agent(session, plan.agent_name, tenant_id=tenant_id)
+    bound = await stage_bindings(session, plan.agent_name, tenant_id=tenant_id)
+    if plan.stage not in {binding.stage for binding in bound}:
+        # Runs in a stage start from its bound version: without one, no run would start.
+        raise NotFound(
+            f"Agent {plan.agent_name!r} has no version in {plan.stage!r}, so no run starts "
+            f"there to split; promote one first (`corral promote {plan.agent_name}@VERSION "
+            f"--to {plan.stage}`).",
+            kind="stage_binding",
+            name=f"{plan.agent_name}:{plan.stage}",
+        )
     variants = []
     for name, version, weight in plan.variants:
         _, row = await get_agent_version(session, plan.agent_name, version, tenant_id=tenant_id)

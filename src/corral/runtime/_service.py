@@ -38,13 +38,12 @@ from corral.policy import (
 from corral.registry import (
     AgentRow,
     AgentVersionRow,
-    Assignment,
     StageBindingRow,
     assign_version,
     get_agent,
     get_agent_version,
-    record_assignment,
 )
+from corral.runtime._assign import assigned_version, record_variant
 from corral.runtime._persist import active_kill_switch
 from corral.runtime._status import RUN_STATUSES, TERMINAL_STATUSES, RunStatus
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
@@ -302,7 +301,14 @@ def _start_on_writer(
     run_id = new_id("run")
     assignment = None
     if request.version is None:
-        found, assignment = _assigned(connection, found, request, run_id)
+        found, assignment = assigned_version(
+            connection,
+            found,
+            tenant_id=tenant_id,
+            stage=stage,
+            run_id=run_id,
+            requested_by=request.requested_by,
+        )
     spec = _spec_of(connection, found.version_id, found.digest)
     if spec.status == "retired" or found.status == "retired":
         raise PolicyDenied(
@@ -364,7 +370,7 @@ def _start_on_writer(
         updated_at=now,
     )
     connection.execute(_RUNS.insert(), values)
-    variant = _record_variant(connection, assignment, values, now)
+    variant = record_variant(connection, assignment, values, now)
     connection.execute(
         _RUN_EVENTS.insert(),
         {
@@ -401,77 +407,6 @@ def _start_on_writer(
         ],
     )
     return RunRow(**values)
-
-
-@dataclass(frozen=True)
-class _Found:
-    """The agent and version a run runs (the shape of the ``_STAGE_VERSION`` row)."""
-
-    id: str
-    status: str
-    version_id: str
-    version: str
-    digest: str
-
-
-def _assigned(
-    connection: Connection, found: Any, request: _StartRequest, run_id: str
-) -> tuple[Any, Assignment | None]:
-    """The version a new run gets when an experiment or rollout splits its agent's stage."""
-    assignment = assign_version(
-        connection,
-        tenant_id=request.tenant_id,
-        agent_id=found.id,
-        stage=request.stage,
-        run_id=run_id,
-        requested_by=request.requested_by,
-    )
-    if assignment is None:
-        return found, None
-    chosen = _Found(
-        found.id, found.status, assignment.version_id, assignment.version, assignment.digest
-    )
-    return chosen, assignment
-
-
-def _record_variant(
-    connection: Connection, assignment: Assignment | None, run: dict[str, Any], now: Any
-) -> dict[str, str]:
-    """Record the run's variant (and start its shadow copy); returns it for the audit event.
-
-    A shadow copy is a second run of the shadow version on the same task in stage
-    ``shadow``, where the default policy denies every tool that is not read-only. Its result
-    is never returned to the caller, who only knows the live run's id.
-    """
-    if assignment is None:
-        return {}
-    tenant_id, run_id = run["tenant_id"], run["id"]
-    record_assignment(connection, assignment, tenant_id=tenant_id, run_id=run_id, now=now)
-    if assignment.shadow_version_id is not None:
-        version, digest = connection.execute(
-            select(_VERSIONS.c.version, _VERSIONS.c.digest).where(
-                _VERSIONS.c.id == assignment.shadow_version_id
-            )
-        ).one()
-        shadow = {
-            **run,
-            "id": new_id("run"),
-            "agent_version_id": assignment.shadow_version_id,
-            "agent_version": version,
-            "model": _spec_of(connection, assignment.shadow_version_id, digest).model.default,
-            "stage": "shadow",
-            "trace_id": new_trace_id(),
-        }
-        connection.execute(_RUNS.insert(), shadow)
-        record_assignment(
-            connection,
-            Assignment(assignment.split_id, assignment.kind, "shadow", "", version, "", None),
-            tenant_id=tenant_id,
-            run_id=shadow["id"],
-            now=now,
-            shadow_of=run_id,
-        )
-    return {"split": assignment.split_id, "variant": assignment.variant}
 
 
 def _decide_invoke(
@@ -649,7 +584,7 @@ async def create_run(
     await session.flush()
     run_values = {column: getattr(run, column) for column in _RUN_COLUMNS}
     variant = await session.run_sync(
-        lambda sync: _record_variant(sync.connection(), assignment, run_values, now)
+        lambda sync: record_variant(sync.connection(), assignment, run_values, now)
     )
     await append_event(
         session,
