@@ -150,6 +150,8 @@ async def test_a_healthy_canary_advances_step_by_step_and_is_promoted(make_platf
     )
     clock.advance(seconds=5 * 60)
     assert await evaluate(platform, clock) == "unchanged"  # the step's 10 minutes are not over
+    # A second evaluator (another worker's heartbeat) within the interval finds it claimed.
+    assert await evaluate(platform, clock) is None
     clock.advance(seconds=6 * 60)
     assert await evaluate(platform, clock) == "advanced"
     await runs(platform, 20)
