@@ -287,8 +287,12 @@ async def test_an_experiment_assigns_by_user_and_decides_on_significance(
     assert status.metrics["treatment"].success_rate == 0.0
     assert status.verdict.stop and status.verdict.winner == "control"
 
+    await platform.worker.run_heartbeat_tasks()  # the stop rule, as every heartbeat applies it
+    async with platform.store.read("default") as session:
+        decided = await experiment_status(session, experiment.id, tenant_id="default", now=clock())
+    assert (decided.experiment.status, decided.experiment.winner) == ("decided", "control")
     async with platform.store.transaction("default") as session:
-        assert await evaluate_experiments(session, now=clock()) == [experiment.id]
+        assert await evaluate_experiments(session, now=clock()) == []  # nothing left running
     assert await audit_actions(platform, "experiment.") == [
         "experiment.started",
         "experiment.decided",
