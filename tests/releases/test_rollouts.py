@@ -207,6 +207,17 @@ async def test_a_rollout_is_refused_without_a_baseline_or_alongside_another(
     platform, clock = await world(make_platform, bad_candidate=False)
     with pytest.raises(InvalidRequest, match="increasing"):
         await start(platform, clock, steps_percent=(50, 25, 100))
+    await register(platform, agent_document(AGENT, description="A draft.", status="draft"))
+    async with platform.store.transaction("default") as session:
+        with pytest.raises(InvalidRequest, match="is draft"):
+            await start_rollout(
+                session,
+                RolloutPlan(agent_name=AGENT, version="0.1.2", stage=STAGE),
+                tenant_id="default",
+                actor=ADMIN,
+                actor_roles=ROLES,
+                now=clock(),
+            )
     await start(platform, clock)
     with pytest.raises(Conflict, match="already splits"):
         await start(platform, clock)

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from corral.contracts import Agent
 from corral.errors import Conflict, InvalidRequest, NotFound
 from corral.registry import (
     KeyBy,
@@ -48,10 +49,12 @@ __all__ = [
     "ExperimentPlan",
     "ExperimentStatus",
     "Verdict",
+    "check_runnable",
     "evaluate_experiment",
     "evaluate_experiments",
     "experiment_status",
     "list_experiments",
+    "metrics_json",
     "start_experiment",
     "stop_experiment",
 ]
@@ -159,6 +162,7 @@ async def start_experiment(
     variants = []
     for name, version, weight in plan.variants:
         _, row = await get_agent_version(session, plan.agent_name, version, tenant_id=tenant_id)
+        check_runnable(plan.agent_name, row.version, row.document, plan.stage)
         variants.append(Variant(name, row.id, row.version, round(weight * 100)))
     experiment = ExperimentRow(
         id=new_id("exp"),
@@ -214,6 +218,20 @@ async def start_experiment(
 
     await session.run_sync(lambda sync: write(sync.connection()))
     return experiment
+
+
+def check_runnable(agent_name: str, version: str, document: dict[str, Any], stage: str) -> None:
+    """Refuse a draft or retired version: runs of it would be refused outside ``dev``.
+
+    Raises:
+        InvalidRequest: the version is a draft or retired.
+    """
+    status = Agent.model_validate(document).spec.status
+    if status in ("draft", "retired"):
+        raise InvalidRequest(
+            f"Agent {agent_name!r}@{version} is {status}: its runs in {stage!r} would be "
+            "refused; apply it with status 'active' (a new version) and use that."
+        )
 
 
 def _check_plan(plan: ExperimentPlan) -> None:

@@ -51,7 +51,7 @@ from corral.registry import (
     stage_bindings,
 )
 from corral.releases._decisions import record_decision
-from corral.releases._experiments import metrics_json
+from corral.releases._experiments import check_runnable, metrics_json
 from corral.releases._metrics import (
     SuccessSource,
     VariantMetrics,
@@ -160,7 +160,8 @@ async def start_rollout(
     """Start rolling ``plan.version`` out to ``plan.stage``; audited ``rollout.started``.
 
     Raises:
-        InvalidRequest: bad steps or margins, or the candidate already runs in the stage.
+        InvalidRequest: bad steps or margins, the candidate is a draft or retired, or it
+            already runs in the stage.
         NotFound: no such agent or version, or nothing is bound to the stage yet (promote a
             first version with ``corral promote``: a rollout needs a baseline).
         Conflict: an experiment or rollout already splits the stage.
@@ -169,6 +170,7 @@ async def start_rollout(
     agent, candidate = await get_agent_version(
         session, plan.agent_name, plan.version, tenant_id=tenant_id
     )
+    check_runnable(plan.agent_name, candidate.version, candidate.document, plan.stage)
     bound = {
         b.stage: b for b in await stage_bindings(session, plan.agent_name, tenant_id=tenant_id)
     }
