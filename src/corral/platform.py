@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -60,6 +60,7 @@ from corral.policy import (
     principal_ref,
 )
 from corral.registry import apply_documents, default_models, tenant_models
+from corral.releases import evaluate_releases
 from corral.replay import REPLAY_PROVIDER, Recordings, ReplayModel, ReplayTools
 from corral.resilience import CircuitBreakers
 from corral.runtime import (
@@ -265,9 +266,16 @@ class Platform:
             signal_poll=timedelta(seconds=settings.runtime.signal_poll_seconds),
             store_retry_initial=timedelta(seconds=settings.runtime.store_retry_initial_seconds),
             store_retry_max=timedelta(seconds=settings.runtime.store_retry_max_seconds),
+            heartbeat_tasks=[self.evaluate_releases],
         )
         self.slo = SloEvaluator(self.store, settings.alerts, holder=self.worker.worker_id)
         self.worker.add_heartbeat_job(self.slo.interval, self.slo.tick)
+
+    async def evaluate_releases(self, now: datetime) -> None:
+        """Apply experiments' stop rule and move rollouts along (a worker heartbeat task)."""
+        await evaluate_releases(
+            self.store, self.governance, now, stages=self.settings.governance.stages
+        )
 
     async def start(self) -> None:
         """Migrate (or check), register builtin tools, start providers.

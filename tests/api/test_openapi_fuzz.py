@@ -33,10 +33,17 @@ MAX_EXAMPLES = 20
 VICTIM = "fuzz-victim"
 """The tenant the fuzzer may suspend and resume; its own key's tenant stays active."""
 
-LOOSER_SCHEMA = (("POST", "/v1/apply"), ("POST", "/v1/agents"), ("PUT", "/v1/quotas/{name}"))
+LOOSER_SCHEMA = (
+    ("POST", "/v1/apply"),
+    ("POST", "/v1/agents"),
+    ("PUT", "/v1/quotas/{name}"),
+    ("POST", "/v1/experiments"),
+    ("POST", "/v1/agents/{name}/rollouts"),
+)
 """Operations whose rules go beyond what JSON Schema can say, so a schema-valid request may be
-refused: contract documents (Cedar text must compile, a tool's schema must be a schema...) and
-quota limits (whole for counts: the body cannot depend on the path)."""
+refused: contract documents (Cedar text must compile, a tool's schema must be a schema...),
+quota limits (whole for counts: the body cannot depend on the path), experiment variants
+(distinct names, weights summing to 100) and rollout steps (increasing, ending at 100)."""
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ FOREIGN = tool("fs.read_file@globex", "read", tenant="globex")
 
 
 def test_every_default_policy_has_a_reason(defaults: PolicyEngine) -> None:
-    assert len(defaults.policies) == 11
+    assert len(defaults.policies) == 12
     assert all(policy.reason for policy in defaults.policies.values())
 
 
@@ -155,3 +155,18 @@ def test_a_viewer_cannot_promote(defaults: PolicyEngine) -> None:
     # Nobody is asked to approve a promotion that would be denied anyway.
     assert decision.decision == "deny"
     assert decision.approver_roles == []
+
+
+@pytest.mark.parametrize("effect", ["write", "destructive"])
+def test_a_shadow_run_may_call_read_only_tools_only(defaults: PolicyEngine, effect: str) -> None:
+    side_effecting = tool("fs.write_file", effect)
+    for granted in ([], ["tool-write-needs-approval", "tool-destructive-needs-approval"]):
+        decision = defaults.evaluate(
+            request(side_effecting.uid, stage="shadow", destructive_allowed=True),
+            [agent(), side_effecting],
+            approvals_granted=granted,
+        )
+        assert decision.decision == "deny"  # no approval can let a shadow copy write
+        assert "tool-shadow-read-only" in decision.determining_policies
+    read = defaults.evaluate(request(READ.uid, stage="shadow"), [agent(), READ])
+    assert read.decision == "allow"

@@ -17,6 +17,7 @@ from corral.api import (
     audit,
     control,
     costs,
+    experiments,
     feedback,
     health,
     mcp_servers,
@@ -25,6 +26,7 @@ from corral.api import (
     prompts,
     releases,
     replays,
+    rollouts,
     runs,
     secrets,
     slo,
@@ -102,6 +104,8 @@ def create_app(
     app.include_router(audit.router)
     app.include_router(policies.router)
     app.include_router(releases.router)
+    app.include_router(experiments.router)
+    app.include_router(rollouts.router)
     app.include_router(approvals.router)
     app.include_router(mcp_servers.router)
     app.include_router(models.router)

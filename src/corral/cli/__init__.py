@@ -14,6 +14,7 @@ from corral.cli import (
     audit,
     control,
     costs,
+    experiments,
     feedback,
     identity,
     mcp,
@@ -23,6 +24,7 @@ from corral.cli import (
     registry,
     releases,
     replay,
+    rollouts,
     runs,
     secrets,
     server,
@@ -54,6 +56,8 @@ app.command(rich_help_panel="Registry")(registry.schema)
 app.command(rich_help_panel="Release")(releases.promote)
 app.command(rich_help_panel="Release")(releases.rollback)
 app.command(rich_help_panel="Release")(releases.promotions)
+app.add_typer(rollouts.app, name="rollout", rich_help_panel="Release")
+app.add_typer(experiments.app, name="experiments", rich_help_panel="Release")
 app.command(rich_help_panel="Runs")(runs.run)
 app.command(rich_help_panel="Runs")(runs.trace)
 app.command(rich_help_panel="Runs")(control.cancel)

@@ -17,6 +17,8 @@ What it decides (everything else is denied by default, including ``memory.read``
     the tool in ``tools.allowed`` itself (a wildcard such as ``fs.*`` never counts). Cedar
     cannot let a later ``permit`` override a ``forbid``, so the exception has to be data the
     forbid reads (its ``unless`` clause).
+  * in stage ``shadow`` (a rollout's candidate on a copy of live tasks), every tool that is
+    not read-only is denied (``tool-shadow-read-only``).
 
 * ``agent.invoke``: allowed within the tenant, denied for a ``retired`` agent.
 * ``model.call``: allowed (which models an agent may use is its contract's business).
@@ -75,6 +77,11 @@ unless { context.destructive_allowed };
 @reason("A destructive tool needs an approver's approval in every stage.")
 forbid (principal, action == Action::"tool.call", resource)
 when { resource.side_effect == "destructive" };
+
+@id("tool-shadow-read-only")
+@reason("A shadow run (a candidate on a copy of live tasks) may call read-only tools only.")
+forbid (principal, action == Action::"tool.call", resource)
+when { resource.side_effect != "read" && context.stage == "shadow" };
 
 @id("agent-invoke-in-tenant")
 @reason("Agents may be invoked within their tenant.")

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from corral.store import Base, TenantMixin, utcnow
+from corral.store import Base, JSONType, TenantMixin, utcnow
 
 __all__ = [
     "AgentRow",
@@ -24,6 +24,8 @@ __all__ = [
     "StageBindingRow",
     "ToolRow",
     "ToolVersionRow",
+    "TrafficAssignmentRow",
+    "TrafficSplitRow",
 ]
 
 
@@ -123,6 +125,46 @@ class PromotionRow(TenantMixin, Base):
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
+
+
+class TrafficSplitRow(TenantMixin, Base):
+    """How new runs of an agent in a stage are split between versions (an experiment, a rollout).
+
+    While a row exists for (agent, stage), a run created for that stage runs the version of
+    the variant its key hashes to (:func:`corral.registry.assign_version`) instead of the
+    version bound to the stage. At most one split per agent and stage.
+    """
+
+    __tablename__ = "traffic_splits"
+    __table_args__ = (UniqueConstraint("agent_id", "stage"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    """The id of the experiment or rollout that owns the split (its hash salt too)."""
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    """``experiment`` or ``rollout``."""
+    key_by: Mapped[str] = mapped_column(String(16))
+    """What is hashed: ``run`` (the run id) or ``user`` (the requesting principal)."""
+    variants: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    """``[{"name", "version_id", "version", "weight_bp"}]``; weights in basis points, sum 10,000."""
+    shadow_version_id: Mapped[str | None] = mapped_column(String(40))
+    """A version that also runs, in stage ``shadow``, on a copy of every live task (or none)."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrafficAssignmentRow(TenantMixin, Base):
+    """Which variant of a traffic split a run got (its version is the run's version)."""
+
+    __tablename__ = "traffic_assignments"
+
+    run_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    split_id: Mapped[str] = mapped_column(String(40), index=True)
+    variant: Mapped[str] = mapped_column(String(63))
+    version: Mapped[str] = mapped_column(String(32))
+    shadow_of: Mapped[str | None] = mapped_column(String(40))
+    """For a shadow run: the live run whose task it copied."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class McpServerRow(TenantMixin, Base):

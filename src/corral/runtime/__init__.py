@@ -33,6 +33,7 @@ from corral.runtime._service import (
     start_run,
 )
 from corral.runtime._status import RunStatus, StepKind, ToolCallStatus
+from corral.runtime._tables import RunRow
 from corral.runtime._worker import Worker, default_worker_id
 from corral.runtime._workspaces import WORKSPACES_DIR, Workspaces
 
@@ -52,6 +53,7 @@ __all__ = [
     "RunEvent",
     "RunExecutor",
     "RunOverview",
+    "RunRow",
     "RunStatus",
     "StepKind",
     "ToolCallStatus",

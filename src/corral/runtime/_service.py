@@ -35,7 +35,15 @@ from corral.policy import (
     insert_decisions,
     principal_ref,
 )
-from corral.registry import AgentRow, AgentVersionRow, StageBindingRow, get_agent, get_agent_version
+from corral.registry import (
+    AgentRow,
+    AgentVersionRow,
+    StageBindingRow,
+    assign_version,
+    get_agent,
+    get_agent_version,
+)
+from corral.runtime._assign import assigned_version, record_variant
 from corral.runtime._persist import active_kill_switch
 from corral.runtime._status import RUN_STATUSES, TERMINAL_STATUSES, RunStatus
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
@@ -290,6 +298,17 @@ def _start_on_writer(
         ).first()
     if found is None:
         raise _VersionMissing
+    run_id = new_id("run")
+    assignment = None
+    if request.version is None:
+        found, assignment = assigned_version(
+            connection,
+            found,
+            tenant_id=tenant_id,
+            stage=stage,
+            run_id=run_id,
+            requested_by=request.requested_by,
+        )
     spec = _spec_of(connection, found.version_id, found.digest)
     if spec.status == "retired" or found.status == "retired":
         raise PolicyDenied(
@@ -326,7 +345,7 @@ def _start_on_writer(
     now = utcnow()
     values: dict[str, Any] = dict.fromkeys(_RUN_COLUMNS)
     values.update(
-        id=new_id("run"),
+        id=run_id,
         tenant_id=tenant_id,
         agent_id=found.id,
         agent_name=agent_name,
@@ -351,13 +370,14 @@ def _start_on_writer(
         updated_at=now,
     )
     connection.execute(_RUNS.insert(), values)
+    variant = record_variant(connection, assignment, values, now)
     connection.execute(
         _RUN_EVENTS.insert(),
         {
             "tenant_id": tenant_id,
             "run_id": values["id"],
             "type": "run.created",
-            "data": {"agent": agent_name, "version": found.version, "model": chosen},
+            "data": {"agent": agent_name, "version": found.version, "model": chosen, **variant},
             "created_at": now,
         },
     )
@@ -381,6 +401,7 @@ def _start_on_writer(
                     "model": chosen,
                     "workspace": resolved,
                     "deprecated": spec.status == "deprecated",
+                    **variant,
                 },
             )
         ],
@@ -473,6 +494,22 @@ async def create_run(
     agent_row, version_row = await _version_for_stage(
         session, agent_name, stage, version, tenant_id=tenant_id
     )
+    run_id, assignment = new_id("run"), None
+    if version is None:
+        assignment = await session.run_sync(
+            lambda sync: assign_version(
+                sync.connection(),
+                tenant_id=tenant_id,
+                agent_id=agent_row.id,
+                stage=stage,
+                run_id=run_id,
+                requested_by=requested_by,
+            )
+        )
+        if assignment is not None:
+            assigned = await session.get(AgentVersionRow, assignment.version_id)
+            assert assigned is not None
+            version_row = assigned
     spec = Agent.model_validate(version_row.document).spec
     # The agent's status is its latest version's: once retired, no version of it runs, not
     # an older one asked for by number nor one a stage is still bound to.
@@ -515,7 +552,7 @@ async def create_run(
         )
     now = utcnow()
     run = RunRow(
-        id=new_id("run"),
+        id=run_id,
         tenant_id=tenant_id,
         agent_id=agent_row.id,
         agent_name=agent_name,
@@ -549,6 +586,10 @@ async def create_run(
         )
     )
     await session.flush()
+    run_values = {column: getattr(run, column) for column in _RUN_COLUMNS}
+    variant = await session.run_sync(
+        lambda sync: record_variant(sync.connection(), assignment, run_values, now)
+    )
     await append_event(
         session,
         tenant_id=tenant_id,
@@ -567,6 +608,7 @@ async def create_run(
             "model": chosen,
             "workspace": resolved,
             "deprecated": spec.status == "deprecated",
+            **variant,
         },
     )
     return run

@@ -21,7 +21,10 @@ from corral.registry._tables import (
     StageBindingRow,
     ToolRow,
     ToolVersionRow,
+    TrafficAssignmentRow,
+    TrafficSplitRow,
 )
+from corral.releases._tables import ExperimentRow, ReleaseDecisionRow, RolloutRow
 from corral.replay._tables import ReplayRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.secrets._tables import SecretRow
@@ -37,6 +40,7 @@ __all__ = [
     "AuditEventRow",
     "AuditHeadRow",
     "BudgetReservationRow",
+    "ExperimentRow",
     "FeedbackRow",
     "KillSwitchRow",
     "LocalUserRow",
@@ -54,8 +58,10 @@ __all__ = [
     "PromptRow",
     "PromptVersionRow",
     "QuotaRow",
+    "ReleaseDecisionRow",
     "ReplayRow",
     "RoleGrantRow",
+    "RolloutRow",
     "RunEventRow",
     "RunRow",
     "SecretRow",
@@ -69,4 +75,6 @@ __all__ = [
     "ToolResultCacheRow",
     "ToolRow",
     "ToolVersionRow",
+    "TrafficAssignmentRow",
+    "TrafficSplitRow",
 ]

@@ -1,0 +1,62 @@
+"""Routes: ``/v1/agents/{name}/rollouts`` (canary rollouts with automatic rollback)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter
+
+from corral.api._deps import Caller, PlatformDep, ReadSessionDep, requires
+from corral.api._release_schemas import RolloutCreate, RolloutOut, RolloutStatusOut
+from corral.releases import RolloutPlan, abort_rollout, rollout_status, start_rollout
+from corral.store import utcnow
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["releases"])
+
+
+@router.post("/agents/{name}/rollouts", response_model=RolloutOut, status_code=201)
+async def post_rollout(
+    name: str,
+    body: RolloutCreate,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("releases.promote")],
+) -> RolloutOut:
+    """Start a canary rollout; workers advance it, roll it back or promote it (as the caller)."""
+    plan = RolloutPlan(agent_name=name, **body.model_dump())
+    async with platform.store.transaction(caller.tenant_id) as session:
+        row = await start_rollout(
+            session,
+            plan,
+            tenant_id=caller.tenant_id,
+            actor=caller.principal,
+            actor_roles=sorted(caller.roles),
+            now=utcnow(),
+        )
+    return RolloutOut.model_validate(row)
+
+
+@router.get("/agents/{name}/rollout", response_model=RolloutStatusOut)
+async def get_rollout(
+    name: str,
+    session: ReadSessionDep,
+    caller: Annotated[Caller, requires("releases.read")],
+) -> RolloutStatusOut:
+    """The agent's latest rollout, its share now, per-variant metrics and breaches."""
+    return RolloutStatusOut.of(await rollout_status(session, name, tenant_id=caller.tenant_id))
+
+
+@router.post("/agents/{name}/rollout/abort", response_model=RolloutStatusOut)
+async def post_rollout_abort(
+    name: str,
+    platform: PlatformDep,
+    caller: Annotated[Caller, requires("releases.promote")],
+) -> RolloutStatusOut:
+    """Abort the agent's active rollout: the stage keeps its version (audited)."""
+    async with platform.store.transaction(caller.tenant_id) as session:
+        await abort_rollout(
+            session, name, tenant_id=caller.tenant_id, actor=caller.principal, now=utcnow()
+        )
+    async with platform.store.read(caller.tenant_id) as session:
+        return RolloutStatusOut.of(await rollout_status(session, name, tenant_id=caller.tenant_id))
