@@ -17,6 +17,7 @@ from corral.api import (
     audit,
     control,
     costs,
+    evals,
     mcp_servers,
     models,
     policies,
@@ -107,6 +108,7 @@ def create_app(
     # in the route table: the hottest path of a BYO agent is matched without scanning the rest.
     app.router.routes[:0] = openai_compat.routes
     app.include_router(costs.router)
+    app.include_router(evals.router)
     app.include_router(metrics_router(public=platform.settings.observability.metrics_public))
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH

@@ -14,6 +14,7 @@ from corral.cli import (
     audit,
     control,
     costs,
+    evals,
     identity,
     mcp,
     models,
@@ -64,6 +65,7 @@ app.add_typer(models.app, name="models", rich_help_panel="Registry")
 mcp.tools_app.command("import-openapi")(tools.import_openapi)
 app.add_typer(mcp.tools_app, name="tools", rich_help_panel="Registry")
 app.add_typer(audit.app, name="audit", rich_help_panel="Evidence")
+app.add_typer(evals.app, name="eval", rich_help_panel="Evidence")
 app.command(rich_help_panel="Evidence")(costs.costs)
 app.command(rich_help_panel="Identity")(identity.whoami)
 app.add_typer(identity.tenants_app, name="tenants", rich_help_panel="Identity")

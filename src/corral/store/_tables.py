@@ -4,6 +4,13 @@ from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.cache._tables import ModelResponseCacheRow, ToolResultCacheRow
 from corral.costs._tables import BudgetReservationRow, ModelCallRow
+from corral.evals._tables import (
+    EvalCaseResultRow,
+    EvalGraderResultRow,
+    EvalRunRow,
+    EvalSuiteRow,
+    EvalSuiteVersionRow,
+)
 from corral.observability._tables import SpanRow
 from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
 from corral.registry._tables import (
@@ -32,6 +39,11 @@ __all__ = [
     "AuditEventRow",
     "AuditHeadRow",
     "BudgetReservationRow",
+    "EvalCaseResultRow",
+    "EvalGraderResultRow",
+    "EvalRunRow",
+    "EvalSuiteRow",
+    "EvalSuiteVersionRow",
     "KillSwitchRow",
     "LocalUserRow",
     "McpServerRow",
