@@ -253,7 +253,9 @@ async def get_evals(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[EvalOut]:
     """Evals, newest first (without their case results)."""
-    rows = await list_evals(session, tenant_id=caller.tenant_id, agent=agent, suite=suite, limit=limit)
+    rows = await list_evals(
+        session, tenant_id=caller.tenant_id, agent=agent, suite=suite, limit=limit
+    )
     return [_eval_out(EvalReport(row, [], {}), cases=False) for row in rows]
 
 

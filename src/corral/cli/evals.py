@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +21,7 @@ POLL_SECONDS = 1.0
 """How often ``corral eval run`` grades and redraws its progress."""
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     """Formats ``corral eval export`` writes."""
 
     inspect = "inspect"

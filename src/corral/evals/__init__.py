@@ -7,13 +7,14 @@ version digest on a suite.
 from corral.evals._gate import CaseDelta, Comparison, EvalResult, compare_versions, latest_eval
 from corral.evals._graders import (
     JUDGE_SCHEMA,
+    NOT_STARTED,
     Judge,
     JudgeReply,
     Observation,
     ObservedCall,
     Verdict,
     grade,
-    grader_name,
+    grader_names,
 )
 from corral.evals._inspect import INSPECT_LOG_VERSION, inspect_log
 from corral.evals._judge import gateway_judge
@@ -45,6 +46,7 @@ __all__ = [
     "INSPECT_LOG_VERSION",
     "JUDGE_SCHEMA",
     "MAX_REPEAT",
+    "NOT_STARTED",
     "CaseDelta",
     "Comparison",
     "EvalCaseResultRow",
@@ -69,7 +71,7 @@ __all__ = [
     "get_suite_version",
     "grade",
     "grade_eval",
-    "grader_name",
+    "grader_names",
     "inspect_log",
     "latest_eval",
     "list_evals",

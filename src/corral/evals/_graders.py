@@ -32,17 +32,21 @@ from corral.contracts import (
 
 __all__ = [
     "JUDGE_SCHEMA",
+    "NOT_STARTED",
     "Judge",
     "JudgeReply",
     "Observation",
     "ObservedCall",
     "Verdict",
     "grade",
-    "grader_name",
+    "grader_names",
 ]
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 _FENCE = re.compile(r"^```(?:json)?\s*\n(.*?)\n```\s*$", re.DOTALL)
+
+NOT_STARTED = "NOT_STARTED"
+"""The ``run_status`` of a case whose run could not start: every grader fails it."""
 
 JUDGE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -59,7 +63,7 @@ _JUDGE_VALIDATOR = jsonschema_rs.validator_for(JUDGE_SCHEMA)
 
 @dataclass(frozen=True)
 class ObservedCall:
-    """A tool call the run attempted: its tool, arguments and status (``COMPLETED``, ``DENIED``...)."""
+    """A tool call the run attempted: tool, arguments, status (``COMPLETED``, ``DENIED``...)."""
 
     tool: str
     arguments: Mapping[str, Any]
@@ -126,9 +130,17 @@ Grader = (
 )
 
 
-def grader_name(grader: Grader, index: int) -> str:
-    """The grader's ``name``, else ``{type}`` (``{type}-{index}`` past the first grader)."""
-    return grader.name or (grader.type if index == 0 else f"{grader.type}-{index}")
+def grader_names(graders: Sequence[Grader]) -> list[str]:
+    """Each grader's ``name``, else its ``type`` (``{type}-{n}`` from a type's second use on)."""
+    names: list[str] = []
+    for grader in graders:
+        name = grader.name or grader.type
+        n = 2
+        while name in names:
+            name = f"{grader.name or grader.type}-{n}"
+            n += 1
+        names.append(name)
+    return names
 
 
 async def grade(
@@ -144,8 +156,11 @@ async def grade(
         judge: Asks a model; required by ``judge`` graders (without it they fail).
 
     Returns:
-        The verdict. A run without an answer fails every answer grader.
+        The verdict. A run without an answer fails every answer grader; a run that did
+        not start fails every grader.
     """
+    if seen.run_status == NOT_STARTED:
+        return Verdict(name, grader.type, False, 0.0, "the run did not start")
     if isinstance(grader, JudgeGrader):
         return await _judge(grader, seen, name, judge)
     if isinstance(grader, PolicyGrader | CostGrader | LatencyGrader | TrajectoryGrader):
@@ -252,9 +267,7 @@ def _judge_prompt(grader: JudgeGrader, seen: Observation) -> str:
     )
 
 
-async def _judge(
-    grader: JudgeGrader, seen: Observation, name: str, judge: Judge | None
-) -> Verdict:
+async def _judge(grader: JudgeGrader, seen: Observation, name: str, judge: Judge | None) -> Verdict:
     if judge is None:
         return Verdict(name, grader.type, False, 0.0, "no judge model available")
     if seen.output is None:

@@ -78,9 +78,7 @@ def _scores(report: EvalReport) -> list[dict[str, Any]]:
             "name": name,
             "scorer": name,
             "params": {},
-            "metrics": {
-                "accuracy": {"name": "accuracy", "value": sum(v) / len(v), "params": {}}
-            },
+            "metrics": {"accuracy": {"name": "accuracy", "value": sum(v) / len(v), "params": {}}},
         }
         for name, v in by_grader.items()
     ]

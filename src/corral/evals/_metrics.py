@@ -106,7 +106,14 @@ def summarize(
         )
     )
     return Summary(
-        runs, passed_runs, rate, violations, median, latency, sum((o[4] for o in outcomes), Decimal(0)), passed
+        runs,
+        passed_runs,
+        rate,
+        violations,
+        median,
+        latency,
+        sum((o[4] for o in outcomes), Decimal(0)),
+        passed,
     )
 
 
@@ -141,5 +148,5 @@ def bootstrap_delta(
         for _ in range(samples)
     )
     low = deltas[int(0.025 * (samples - 1))]
-    high = deltas[int(math.ceil(0.975 * (samples - 1)))]
+    high = deltas[math.ceil(0.975 * (samples - 1))]
     return Interval(statistic(b) - statistic(a), low, high)

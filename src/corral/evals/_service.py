@@ -20,7 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.contracts import EvalCase, EvalSuite
 from corral.errors import CorralError, InvalidRequest, NotFound
-from corral.evals._graders import Judge, Observation, ObservedCall, Verdict, grade, grader_name
+from corral.evals._graders import (
+    NOT_STARTED,
+    Judge,
+    Observation,
+    ObservedCall,
+    Verdict,
+    grade,
+    grader_names,
+)
 from corral.evals._metrics import Summary, summarize
 from corral.evals._suites import get_suite_version
 from corral.evals._tables import EvalCaseResultRow, EvalGraderResultRow, EvalRunRow
@@ -143,8 +151,15 @@ async def start_eval(
         session.add(row)
         await session.flush()
     starter = _Starter(
-        store, row, contract, requested_by, frozenset(requester_roles), workspaces, workspace,
-        governance, quotas,
+        store,
+        row,
+        contract,
+        requested_by,
+        frozenset(requester_roles),
+        workspaces,
+        workspace,
+        governance,
+        quotas,
     )
     for case in contract.spec.cases:
         for index in range(repeat):
@@ -208,7 +223,9 @@ class _Starter:
         if not case.sandboxed:
             return case.workspace or self.suite.spec.workspace or self.workspace
         self.workspaces.ensure_builtin_root(tenant_id)
-        sandbox = sandbox_root(self.workspaces, tenant_id, self.eval_run.id) / f"{case.name}-{index}"
+        sandbox = (
+            sandbox_root(self.workspaces, tenant_id, self.eval_run.id) / f"{case.name}-{index}"
+        )
         if case.fixture is not None:
             # The tenant must be allowed to read the fixture itself, as a workspace.
             source = self.workspaces.resolve(tenant_id, case.fixture)
@@ -258,8 +275,8 @@ async def grade_eval(
             case = cases[result.case_name]
             graders = [*suite.spec.graders, *case.graders]
             verdicts = [
-                await grade(g, case, seen, name=grader_name(g, i), judge=judge)
-                for i, g in enumerate(graders)
+                await grade(g, case, seen, name=name, judge=judge)
+                for g, name in zip(graders, grader_names(graders), strict=True)
             ]
             await _store_grades(store, result, seen, verdicts, tenant_id)
     await _complete_if_done(store, eval_id, suite, tenant_id)
@@ -278,7 +295,7 @@ async def _observe(
 ) -> Observation | None:
     """What the case run did, or ``None`` while it has not ended."""
     if result.run_id is None:
-        return Observation(task="", output=None, run_status="NOT_STARTED")
+        return Observation(task="", output=None, run_status=NOT_STARTED)
     async with store.read(tenant_id) as session:
         run = await get_run(session, result.run_id, tenant_id=tenant_id)
         steps = await list_steps(session, result.run_id, tenant_id=tenant_id)
@@ -361,7 +378,13 @@ async def _complete_if_done(store: Store, eval_id: str, suite: EvalSuite, tenant
             return
         summary = summarize(
             [
-                (bool(c.passed), c.policy_violations, c.cost_usd, c.latency_seconds, c.judge_cost_usd)
+                (
+                    bool(c.passed),
+                    c.policy_violations,
+                    c.cost_usd,
+                    c.latency_seconds,
+                    c.judge_cost_usd,
+                )
                 for c in cases
             ],
             suite.spec.thresholds,

@@ -83,7 +83,9 @@ async def _apply_one(
     ).scalar_one_or_none()
     latest = None if row is None else await _version_row(session, row, row.latest_version)
     if latest is not None and latest.digest == digest:
-        return ApplyResult("EvalSuite", name, "unchanged", latest.version, latest.version, digest, "")
+        return ApplyResult(
+            "EvalSuite", name, "unchanged", latest.version, latest.version, digest, ""
+        )
     explicit = suite.metadata.version
     if latest is None:
         version = explicit or FIRST_VERSION
@@ -190,8 +192,7 @@ async def get_suite_version(
     found = await _version_row(session, row, version or row.latest_version)
     if found is None:
         raise NotFound(
-            f"EvalSuite {name!r} has no version {version!r}; the latest is "
-            f"{row.latest_version}.",
+            f"EvalSuite {name!r} has no version {version!r}; the latest is {row.latest_version}.",
             kind="eval_suite_version",
             name=f"{name}@{version}",
         )

@@ -70,7 +70,9 @@ def _suites() -> None:
         sa.Column("created_at", _TIME, nullable=False),
         _tenant(),
         sa.ForeignKeyConstraint(
-            ["suite_id"], ["eval_suites.id"], name=op.f("fk_eval_suite_versions_suite_id_eval_suites")
+            ["suite_id"],
+            ["eval_suites.id"],
+            name=op.f("fk_eval_suite_versions_suite_id_eval_suites"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_eval_suite_versions")),
         sa.UniqueConstraint(
@@ -120,7 +122,9 @@ def _runs() -> None:
         sa.Column("graded_at", _TIME, nullable=True),
         _tenant(),
         sa.ForeignKeyConstraint(
-            ["eval_run_id"], ["eval_runs.id"], name=op.f("fk_eval_case_results_eval_run_id_eval_runs")
+            ["eval_run_id"],
+            ["eval_runs.id"],
+            name=op.f("fk_eval_case_results_eval_run_id_eval_runs"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_eval_case_results")),
         sa.UniqueConstraint(
