@@ -112,9 +112,8 @@ async def test_evals_need_permissions_and_stay_in_their_tenant(api, settings, wo
     created = await client.post("/v1/tenants", json={"id": "acme", "display_name": "Acme"})
     assert created.status_code == 201, created.text
     settings.governance.roles["user:eve"] = ["builder"]
-    eve = {
-        "Authorization": f"Bearer {await PrincipalKeys(client.auth.platform, 'acme').key('user:eve')}"
-    }
+    eve_key = await PrincipalKeys(client.auth.platform, "acme").key("user:eve")
+    eve = {"Authorization": f"Bearer {eve_key}"}
     assert (await client.get(f"/v1/evals/{eval_id}", headers=eve)).status_code == 404
     assert (
         await client.post(f"/v1/evals/{eval_id}/grade", json={}, headers=eve)

@@ -59,7 +59,7 @@ async def apply(
 ) -> list[ApplyResultOut]:
     """Apply Agent, Tool, Policy, Model, McpServer and EvalSuite documents in one transaction.
 
-    All of them, or none; results list the registry's kinds first, then eval suites.
+    All of them, or none; one result per document, in order.
 
     An Agent allowing a tool that matches no registered tool gets a warning in its result
     (``strict``: the apply is refused). Only a platform admin may give a ``Model`` deployment
@@ -78,14 +78,20 @@ async def apply(
             strict=body.strict,
             endpoints_allowed=PLATFORM_ADMIN in caller.roles,
         )
-        # Eval suites are versioned by the evals domain, after the agents they may name.
-        results += await apply_suites(
-            session,
-            suites,
-            tenant_id=caller.tenant_id,
-            actor=caller.principal,
-            dry_run=body.dry_run,
+        # Eval suites are versioned by the evals domain; results keep the documents' order.
+        suite_results = iter(
+            await apply_suites(
+                session,
+                suites,
+                tenant_id=caller.tenant_id,
+                actor=caller.principal,
+                dry_run=body.dry_run,
+            )
         )
+        registry_results = iter(results)
+        results = [
+            next(suite_results if isinstance(c, EvalSuite) else registry_results) for c in parsed
+        ]
     if any(r.kind == "Policy" and r.action != "unchanged" for r in results) and not body.dry_run:
         # Committed: this process decides with the new set from the next decision on.
         platform.governance.invalidate(caller.tenant_id)
