@@ -201,6 +201,8 @@ class _Starter:
             run_id = run.id
         except CorralError as exc:
             error = exc.message
+        except OSError as exc:  # building the sandbox failed (disk full, unreadable fixture)
+            error = f"Could not build the case's sandbox: {exc.strerror or exc}."
         async with self.store.transaction(tenant_id) as session:
             row = EvalCaseResultRow(
                 id=new_id("ecase"),
