@@ -16,6 +16,7 @@ from corral.contracts import EvalSuite, Tool, parse_document
 from corral.evals import (
     apply_suites,
     compare_versions,
+    gateway_judge,
     get_eval,
     grade_eval,
     inspect_log,
@@ -100,7 +101,10 @@ async def run_eval(platform: Platform, suite: str = "qa", **options: Any):
         **options,
     )
     await platform.worker.run_until_idle()
-    return await grade_eval(platform.store, row.id, tenant_id=TENANT, actor="user:test")
+    judge = gateway_judge(platform.models, TENANT)
+    return await grade_eval(
+        platform.store, row.id, tenant_id=TENANT, actor="user:test", judge=judge
+    )
 
 
 async def test_an_eval_runs_each_case_through_the_runtime_with_results_per_grader(
@@ -324,3 +328,40 @@ async def test_the_eval_tables_match_migration_0014(make_platform) -> None:
 
     async with platform.store.engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+async def test_a_judge_grades_through_the_model_gateway_and_its_cost_is_counted(
+    make_platform, workspace: Path
+) -> None:
+    def model(request: ModelRequest) -> list[ToolCall] | FinalAnswer:
+        if "Rubric:" in request.messages[-1].content:  # the judge's call
+            return FinalAnswer('{"score": 0.8, "reason": "names the answer"}')
+        return FinalAnswer("42")
+
+    platform = await make_platform(scripted=ScriptedModel(model))
+    judge_alias = {
+        "apiVersion": "corral.dev/v1",
+        "kind": "Model",
+        "metadata": {"name": "judge"},
+        "spec": {
+            "deployments": [
+                {
+                    "provider": "scripted",
+                    "model": "judge",
+                    "prices": {"input_usd_per_mtok": "1000", "output_usd_per_mtok": "1000"},
+                }
+            ]
+        },
+    }
+    await register(platform, agent_document(), judge_alias)
+    graders = [{"type": "judge", "rubric": "The answer is 42.", "model": "judge"}]
+    cases = [{"name": "answers", "task": "What is the answer?", "graders": graders}]
+    await apply_suite(platform, suite_document(cases=cases))
+    report = await run_eval(platform, workspace=str(workspace))
+
+    [case] = report.cases
+    [_policy, judged] = report.graders[case.id]
+    assert (judged.grader_type, judged.passed, judged.score) == ("judge", True, 0.8), judged.detail
+    assert judged.detail == "names the answer"
+    assert judged.cost_usd > 0 and case.judge_cost_usd == judged.cost_usd
+    assert report.summary is not None and report.summary.judge_cost_usd == judged.cost_usd

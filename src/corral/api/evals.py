@@ -239,7 +239,9 @@ async def post_grade(
         eval_id,
         tenant_id=caller.tenant_id,
         actor=caller.principal,
-        judge=gateway_judge(platform.models, caller.tenant_id),
+        judge=gateway_judge(
+            platform.models, caller.tenant_id, prices=platform.settings.quotas.model_prices
+        ),
     )
     return _eval_out(report)
 
