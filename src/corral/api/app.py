@@ -150,6 +150,7 @@ _EXTRA_ERRORS: dict[tuple[str, str], set[int]] = {
     ("put", "/v1/secrets/{name}"): {503},
     ("delete", "/v1/secrets/{name}"): {503},
     ("get", "/v1/secrets"): {503},
+    ("get", "/v1/evals/compare"): {404},  # an agent, version or eval missing
 }
 """Statuses beyond the common ones (see ``corral.api._errors.document_errors``)."""
 
