@@ -476,6 +476,7 @@ PUBLIC = {
         "sandbox_root",
         "start_eval",
         "suite_digest",
+        "summarize",
     ],
     "corral.contracts": [
         "API_VERSION",

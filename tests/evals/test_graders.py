@@ -8,8 +8,15 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from corral.contracts import EvalCase, Grader
-from corral.evals import JudgeReply, Observation, ObservedCall, grade, grader_names
+from corral.contracts import EvalCase, EvalThresholds, Grader
+from corral.evals import (
+    JudgeReply,
+    Observation,
+    ObservedCall,
+    grade,
+    grader_names,
+    summarize,
+)
 
 CASE = EvalCase(name="c", task="What is the answer?", expected="42")
 CALLS = (
@@ -135,3 +142,12 @@ def test_grader_names_default_to_the_type_and_stay_unique() -> None:
         grader({"type": "regex", "pattern": "a", "name": "r"}),
     ]
     assert grader_names(graders) == ["policy", "policy-2", "r"]
+
+
+def test_a_summary_writes_money_as_fixed_decimal_text() -> None:
+    zero = Decimal("0E-12")
+    summary = summarize([(True, 0, zero, 1.0, Decimal("0.000120000000"))], EvalThresholds())
+    assert (summary.to_json()["median_cost_usd"], summary.to_json()["judge_cost_usd"]) == (
+        "0",
+        "0.00012",
+    )

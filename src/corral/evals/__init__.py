@@ -18,7 +18,14 @@ from corral.evals._graders import (
 )
 from corral.evals._inspect import INSPECT_LOG_VERSION, inspect_log
 from corral.evals._judge import gateway_judge
-from corral.evals._metrics import BOOTSTRAP_SAMPLES, Interval, Summary, bootstrap_delta, p95
+from corral.evals._metrics import (
+    BOOTSTRAP_SAMPLES,
+    Interval,
+    Summary,
+    bootstrap_delta,
+    p95,
+    summarize,
+)
 from corral.evals._service import (
     EVAL_SANDBOX_STAGE,
     EVAL_STAGE,
@@ -79,4 +86,5 @@ __all__ = [
     "sandbox_root",
     "start_eval",
     "suite_digest",
+    "summarize",
 ]

@@ -49,9 +49,9 @@ class Summary:
             "passed_runs": self.passed_runs,
             "success_rate": self.success_rate,
             "policy_violations": self.policy_violations,
-            "median_cost_usd": str(self.median_cost_usd),
+            "median_cost_usd": _usd(self.median_cost_usd),
             "p95_latency_seconds": self.p95_latency_seconds,
-            "judge_cost_usd": str(self.judge_cost_usd),
+            "judge_cost_usd": _usd(self.judge_cost_usd),
             "passed": self.passed,
         }
 
@@ -68,6 +68,14 @@ class Summary:
             judge_cost_usd=Decimal(data["judge_cost_usd"]),
             passed=data["passed"],
         )
+
+
+def _usd(amount: Decimal) -> str:
+    """Exact decimal text in fixed notation, no trailing zeros (``0.00012``, ``0``)."""
+    text = f"{amount:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
 
 
 def p95(values: Sequence[float]) -> float | None:
