@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end: install, start Corral (API + worker + embedded model), apply the
 # example agent, run it on the source tree of the installed httpx package, and print the answer,
-# the steps, the trace and the audit chain. Data goes to CORRAL_HOME (default: a fresh temp dir).
+# the steps, the trace and the audit chain; then run the example eval suite on the same agent
+# version (questions about httpx, through the same governed runtime) and print its score table. Data goes to CORRAL_HOME (default: a fresh temp dir).
 CORRAL_EXTRAS=local
 # shellcheck source=scripts/_env.sh
 . "$(dirname "$0")/_env.sh"
@@ -36,5 +37,9 @@ echo "==> corral trace $RUN_ID"
 corral trace "$RUN_ID"
 echo "==> corral audit events --run $RUN_ID"
 corral audit events --run "$RUN_ID"
+echo "==> corral apply -f examples/evals/"
+corral apply -f examples/evals/
+echo "==> corral eval run repo-analyst --workspace $WORKSPACE"
+corral eval run repo-analyst --workspace "$WORKSPACE" || true
 echo "==> corral audit verify"
 corral audit verify

@@ -148,7 +148,7 @@ def test_unknown_kind_lists_the_known_kinds() -> None:
     [issue] = issues_of("apiVersion: corral.dev/v1\nkind: Gadget\nmetadata: {name: x}\n")
     assert (issue.path, issue.line) == ("kind", 2)
     assert "Gadget" in issue.message
-    assert "Agent, McpServer, Model, Policy, Prompt, Tool" in issue.message
+    assert "Agent, EvalSuite, McpServer, Model, Policy, Prompt, Tool" in issue.message
 
 
 def test_document_that_is_not_a_mapping_is_refused() -> None:

@@ -64,6 +64,19 @@ def test_a_write_tool_outside_dev_needs_an_approver(defaults: PolicyEngine, stag
     assert approved.decision == "allow"
 
 
+def test_an_eval_run_without_a_sandbox_may_only_read(defaults: PolicyEngine) -> None:
+    assert defaults.evaluate(request(READ.uid, stage="eval"), [agent(), READ]).decision == "allow"
+    for side_effect in (WRITE, DESTROY):
+        decision = defaults.evaluate(request(side_effect.uid, stage="eval"), [agent(), side_effect])
+        assert decision.decision == "deny"
+        assert "tool-side-effect-in-eval" in decision.determining_policies
+
+
+def test_a_write_tool_in_an_eval_sandbox_is_allowed(defaults: PolicyEngine) -> None:
+    decision = defaults.evaluate(request(WRITE.uid, stage="eval-sandbox"), [agent(), WRITE])
+    assert decision.decision == "allow"
+
+
 def test_a_write_tool_of_another_tenant_is_denied_not_asked(defaults: PolicyEngine) -> None:
     foreign_write = tool("fs.write_file", "write", tenant="globex")
     decision = defaults.evaluate(request(foreign_write.uid), [agent(), foreign_write])

@@ -15,8 +15,9 @@ from corral.api._schemas import (
     Page,
     ToolOut,
 )
-from corral.contracts import Agent, parse_document
+from corral.contracts import Agent, EvalSuite, parse_document
 from corral.errors import ContractIssue, InvalidContract
+from corral.evals import apply_suites
 from corral.registry import (
     ApplyResult,
     apply_documents,
@@ -56,13 +57,17 @@ def _parse_all(documents: list[dict[str, Any]]) -> list[Any]:
 async def apply(
     body: ApplyRequest, platform: PlatformDep, caller: Annotated[Caller, requires("agents.write")]
 ) -> list[ApplyResultOut]:
-    """Apply Agent, Tool and Policy documents in one transaction: all of them, or none.
+    """Apply Agent, Tool, Policy, Model, McpServer and EvalSuite documents in one transaction.
+
+    All of them, or none; one result per document, in order.
 
     An Agent allowing a tool that matches no registered tool gets a warning in its result
     (``strict``: the apply is refused). Only a platform admin may give a ``Model`` deployment
     its own ``base_url`` (403 ``model_endpoint_forbidden`` otherwise).
     """
-    contracts = _parse_all(body.documents)
+    parsed = _parse_all(body.documents)
+    suites = [c for c in parsed if isinstance(c, EvalSuite)]
+    contracts = [c for c in parsed if not isinstance(c, EvalSuite)]
     async with platform.store.transaction(caller.tenant_id) as session:
         results = await apply_documents(
             session,
@@ -73,6 +78,20 @@ async def apply(
             strict=body.strict,
             endpoints_allowed=PLATFORM_ADMIN in caller.roles,
         )
+        # Eval suites are versioned by the evals domain; results keep the documents' order.
+        suite_results = iter(
+            await apply_suites(
+                session,
+                suites,
+                tenant_id=caller.tenant_id,
+                actor=caller.principal,
+                dry_run=body.dry_run,
+            )
+        )
+        registry_results = iter(results)
+        results = [
+            next(suite_results if isinstance(c, EvalSuite) else registry_results) for c in parsed
+        ]
     if any(r.kind == "Policy" and r.action != "unchanged" for r in results) and not body.dry_run:
         # Committed: this process decides with the new set from the next decision on.
         platform.governance.invalidate(caller.tenant_id)

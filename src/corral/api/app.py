@@ -17,6 +17,7 @@ from corral.api import (
     audit,
     control,
     costs,
+    evals,
     experiments,
     feedback,
     health,
@@ -120,6 +121,7 @@ def create_app(
     app.include_router(feedback.router)
     app.include_router(replays.router)
     app.include_router(health.router)
+    app.include_router(evals.router)
     app.include_router(metrics_router(public=platform.settings.observability.metrics_public))
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
@@ -149,6 +151,7 @@ _EXTRA_ERRORS: dict[tuple[str, str], set[int]] = {
     ("put", "/v1/secrets/{name}"): {503},
     ("delete", "/v1/secrets/{name}"): {503},
     ("get", "/v1/secrets"): {503},
+    ("get", "/v1/evals/compare"): {404},  # an agent, version or eval missing
 }
 """Statuses beyond the common ones (see ``corral.api._errors.document_errors``)."""
 

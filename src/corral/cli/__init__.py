@@ -14,6 +14,7 @@ from corral.cli import (
     audit,
     control,
     costs,
+    evals,
     experiments,
     feedback,
     identity,
@@ -75,6 +76,7 @@ app.add_typer(prompts.app, name="prompts", rich_help_panel="Registry")
 mcp.tools_app.command("import-openapi")(tools.import_openapi)
 app.add_typer(mcp.tools_app, name="tools", rich_help_panel="Registry")
 app.add_typer(audit.app, name="audit", rich_help_panel="Evidence")
+app.add_typer(evals.app, name="eval", rich_help_panel="Evidence")
 app.command(rich_help_panel="Evidence")(costs.costs)
 app.command(rich_help_panel="Evidence")(feedback.feedback)
 app.command(rich_help_panel="Identity")(identity.whoami)

@@ -35,7 +35,7 @@ def apply(
         ),
     ] = False,
 ) -> None:
-    """Register Agent, Tool, Policy and McpServer documents (all of them, or none).
+    """Register Agent, Tool, Policy, Model, McpServer and EvalSuite documents (all, or none).
 
     One transaction. Unchanged documents are no-ops; a changed one becomes a new version. An
     agent allowing a tool name or wildcard that matches no registered tool (those applied with

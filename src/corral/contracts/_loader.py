@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from corral.contracts._evals import EvalSuite
 from corral.contracts._models import API_VERSION, Agent, McpServer, Model, Policy, Prompt, Tool
 from corral.contracts._positions import Lines, dotted, line_of
 from corral.contracts._yaml import YamlDocument, load_yaml, read_yaml_file
@@ -18,6 +19,7 @@ __all__ = ["KINDS", "Document", "load_documents", "load_paths", "parse_document"
 
 KINDS: dict[str, type[BaseModel]] = {
     "Agent": Agent,
+    "EvalSuite": EvalSuite,
     "McpServer": McpServer,
     "Model": Model,
     "Policy": Policy,
@@ -35,7 +37,7 @@ class Document:
 
     source: str
     index: int
-    contract: Agent | McpServer | Model | Policy | Prompt | Tool
+    contract: Agent | EvalSuite | McpServer | Model | Policy | Prompt | Tool
 
 
 def load_paths(paths: Sequence[Path]) -> list[Document]:
@@ -132,7 +134,7 @@ def _validated(parsed: list[YamlDocument], source: str) -> list[Document]:
 
 def parse_document(
     data: Any, *, lines: _Lines | None = None
-) -> Agent | McpServer | Model | Policy | Prompt | Tool:
+) -> Agent | EvalSuite | McpServer | Model | Policy | Prompt | Tool:
     """Validate one already-parsed document (a mapping with ``apiVersion`` and ``kind``).
 
     Raises:
@@ -164,7 +166,7 @@ def parse_document(
                 for err in exc.errors(include_url=False)
             ]
         ) from None
-    assert isinstance(contract, Agent | McpServer | Model | Policy | Prompt | Tool)
+    assert isinstance(contract, Agent | EvalSuite | McpServer | Model | Policy | Prompt | Tool)
     return contract
 
 

@@ -9,8 +9,10 @@ What it decides (everything else is denied by default, including ``memory.read``
 * Tools, by the tool's ``side_effect``:
 
   * ``read``: allowed within the tenant;
-  * ``write``: allowed within the tenant; outside stage ``dev`` it needs one approval from
-    role ``approver``;
+  * ``write``: allowed within the tenant; outside stages ``dev`` and ``eval-sandbox`` (an eval
+    run in a sandbox the suite provides) it needs one approval from role ``approver``;
+  * ``write`` and ``destructive`` are denied in stage ``eval`` (an eval run without a sandbox:
+    ``tool-side-effect-in-eval``);
   * ``destructive``: denied unless *explicitly permitted*, and then it needs one approval
     from role ``approver`` in every stage. Explicitly permitted means the caller sets
     ``context.destructive_allowed``; the runtime does that only when the agent's contract names
@@ -61,9 +63,16 @@ when {
 @id("tool-write-needs-approval")
 @decision("require_approval")
 @approver_role("approver")
-@reason("A write tool outside dev needs an approver's approval.")
+@reason("A write tool outside dev (and an eval's sandbox) needs an approver's approval.")
 forbid (principal, action == Action::"tool.call", resource)
-when { resource.side_effect == "write" && context.stage != "dev" };
+when {
+  resource.side_effect == "write" && context.stage != "dev" && context.stage != "eval-sandbox"
+};
+
+@id("tool-side-effect-in-eval")
+@reason("An eval run without a sandbox may not call tools with side effects.")
+forbid (principal, action == Action::"tool.call", resource)
+when { context.stage == "eval" && resource.side_effect != "read" };
 
 @id("tool-destructive-not-allowed")
 @reason("A destructive tool is denied unless the agent's contract names it explicitly.")

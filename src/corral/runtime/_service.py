@@ -206,6 +206,10 @@ class _VersionMissing(Exception):
     """The agent, its stage binding or the version asked for is not in the store."""
 
 
+# Stages that run any version asked for by number (drafts included): ``dev``, and the eval
+# stages (corral.evals runs the exact version under evaluation there).
+_EXPLICIT_VERSION_STAGES = frozenset({"dev", "eval", "eval-sandbox"})
+
 _AGENTS = cast(Table, AgentRow.__table__)
 _VERSIONS = cast(Table, AgentVersionRow.__table__)
 _BINDINGS = cast(Table, StageBindingRow.__table__)
@@ -283,7 +287,7 @@ def _start_on_writer(
         raise request.workspace
     resolved = request.workspace
     if request.version is not None:
-        if stage != "dev":
+        if stage not in _EXPLICIT_VERSION_STAGES:
             raise InvalidRequest(
                 f"An explicit version runs only in stage 'dev'; stage {stage!r} runs the version "
                 f"promoted to it (`corral promote {agent_name}@{request.version} --to {stage}`)."
@@ -316,7 +320,7 @@ def _start_on_writer(
             "status 'active' to bring it back.",
             code="agent_retired",
         )
-    if spec.status == "draft" and stage != "dev":
+    if spec.status == "draft" and stage not in _EXPLICIT_VERSION_STAGES:
         raise PolicyDenied(
             f"Agent {agent_name!r}@{found.version} is a draft: it runs only in stage "
             "'dev'; apply it with status 'active' before promoting it.",
@@ -519,7 +523,7 @@ async def create_run(
             "status 'active' to bring it back.",
             code="agent_retired",
         )
-    if spec.status == "draft" and stage != "dev":
+    if spec.status == "draft" and stage not in _EXPLICIT_VERSION_STAGES:
         raise PolicyDenied(
             f"Agent {agent_name!r}@{version_row.version} is a draft: it runs only in stage "
             "'dev'; apply it with status 'active' before promoting it.",
@@ -618,7 +622,7 @@ async def _version_for_stage(
     session: AsyncSession, agent_name: str, stage: str, version: str | None, *, tenant_id: str
 ) -> tuple[AgentRow, AgentVersionRow]:
     if version is not None:
-        if stage != "dev":
+        if stage not in _EXPLICIT_VERSION_STAGES:
             raise InvalidRequest(
                 f"An explicit version runs only in stage 'dev'; stage {stage!r} runs the version "
                 f"promoted to it (`corral promote {agent_name}@{version} --to {stage}`)."

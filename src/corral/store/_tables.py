@@ -4,6 +4,13 @@ from corral.approvals._tables import ApprovalRow, ApprovalVoteRow
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.cache._tables import ModelResponseCacheRow, ToolResultCacheRow
 from corral.costs._tables import BudgetReservationRow, ModelCallRow
+from corral.evals._tables import (
+    EvalCaseResultRow,
+    EvalGraderResultRow,
+    EvalRunRow,
+    EvalSuiteRow,
+    EvalSuiteVersionRow,
+)
 from corral.feedback._tables import FeedbackRow
 from corral.observability._tables import SpanRow
 from corral.policy._tables import PolicyDecisionRow, PolicyRow, PolicyVersionRow
@@ -40,6 +47,11 @@ __all__ = [
     "AuditEventRow",
     "AuditHeadRow",
     "BudgetReservationRow",
+    "EvalCaseResultRow",
+    "EvalGraderResultRow",
+    "EvalRunRow",
+    "EvalSuiteRow",
+    "EvalSuiteVersionRow",
     "ExperimentRow",
     "FeedbackRow",
     "KillSwitchRow",
