@@ -289,3 +289,22 @@ async def test_redis_storage_shares_counts_between_replicas() -> None:
         await replica_a.clear(ctx, "api.shared")
         replica_a.close()
         replica_b.close()
+
+
+def test_mcp_breakers_are_per_tenant_and_http_breakers_per_host() -> None:
+    from corral.contracts import ToolSpec
+    from corral.gateway.tools._gateway import breaker_key
+
+    mcp = ToolSpec.model_validate(
+        {
+            "description": "Search issues.",
+            "type": "mcp",
+            "mcp": {"server": "github", "tool": "search", "digest": "sha256:" + "0" * 64},
+        }
+    )
+    # Server names are each tenant's own: one tenant's failing 'github' must not open another's.
+    assert breaker_key(mcp, "tenant-a") != breaker_key(mcp, "tenant-b")
+    assert breaker_key(mcp, "tenant-a") == "mcp:tenant-a/github"
+    http = http_tool("api.issues", "https://api.example.com/issues").contract.spec
+    assert breaker_key(http, "tenant-a") == breaker_key(http, "tenant-b")
+    assert breaker_key(ToolSpec(description="Read a file."), "tenant-a") is None

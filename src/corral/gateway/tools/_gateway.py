@@ -492,7 +492,7 @@ class ToolGateway:
     ) -> str:
         """Through the upstream's circuit breaker, with retries (tools with an upstream)."""
         spec = tool.contract.spec
-        upstream = _upstream(spec)
+        upstream = breaker_key(spec, ctx.tenant_id)
         if upstream is None:
             return await self._execute(ctx, tool, arguments)
         retries = spec.http.retries if spec.http is not None else None
@@ -534,12 +534,18 @@ class ToolGateway:
             _CURRENT_CALL.reset(token)
 
 
-def _upstream(spec: ToolSpec) -> str | None:
-    """The breaker key of the tool's upstream; ``None`` for builtins (no upstream)."""
+def breaker_key(spec: ToolSpec, tenant_id: str) -> str | None:
+    """The breaker key of the tool's upstream; ``None`` for builtins (no upstream).
+
+    An HTTP API is keyed by ``scheme://host:port``: the same host is the same upstream for
+    every tenant. An MCP server is keyed by tenant and name (``mcp:TENANT/NAME``): server names
+    are chosen by each tenant, and one tenant's failing ``github`` server must not open the
+    breaker of another tenant's ``github``.
+    """
     if spec.http is not None:
         return upstream_of(spec.http)
     if spec.mcp is not None:
-        return f"mcp:{spec.mcp.server}"
+        return f"mcp:{tenant_id}/{spec.mcp.server}"
     return None
 
 
