@@ -9,10 +9,11 @@ says anything sensitive (no URL, host, path or tenant; see :mod:`corral.observab
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
 from corral.api._deps import PlatformDep, requires
 from corral.tenancy import PUBLIC
@@ -21,10 +22,20 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["health"])
 
-_READINESS = {
-    "description": "Every check's status and detail; `failed` names the failed checks.",
-    "content": {
-        "application/json": {
+
+class CheckOut(BaseModel):
+    """One readiness check."""
+
+    status: Literal["ok", "warn", "fail"]
+    detail: str
+    """What was checked, and on failure what to do (no URL, host or tenant name)."""
+
+
+class ReadinessOut(BaseModel):
+    """``GET /readyz``: every check's status; ``failed`` names the failed ones."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
             "example": {
                 "status": "not_ready",
                 "failed": ["migrations"],
@@ -32,13 +43,22 @@ _READINESS = {
                     "store": {"status": "ok", "detail": "sqlite answers"},
                     "migrations": {
                         "status": "fail",
-                        "detail": "the database is at revision '0012', this Corral needs "
-                        "'0013'; run `corral db upgrade`",
+                        "detail": "the database is at revision '0016', this Corral needs "
+                        "'0017'; run `corral db upgrade`",
                     },
                 },
             }
         }
-    },
+    )
+
+    status: Literal["ready", "not_ready"]
+    failed: list[str]
+    checks: dict[str, CheckOut]
+
+
+_READINESS: dict[int | str, dict[str, Any]] = {
+    200: {"model": ReadinessOut, "description": "Every check passed (or only warned)."},
+    503: {"model": ReadinessOut, "description": "A check failed: `failed` names it."},
 }
 
 
@@ -54,7 +74,7 @@ async def healthz(
     }
 
 
-@router.get("/readyz", responses={200: _READINESS, 503: _READINESS})
+@router.get("/readyz", responses=_READINESS)
 async def readyz(platform: PlatformDep, _public: Annotated[None, requires(PUBLIC)]) -> JSONResponse:
     """Readiness: 200 when every check passes, 503 naming each failed check and the fix."""
     readiness = await platform.readiness()
