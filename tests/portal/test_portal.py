@@ -240,6 +240,8 @@ POST_PERMISSIONS = {
     "/ui/approvals/{approval_id}/reject": "approvals.decide",
     "/ui/agents/{name}/promote": "releases.promote",
     "/ui/agents/{name}/rollback": "releases.promote",
+    "/ui/tools/{name}/approve": "tools.approve",
+    "/ui/policies/explain": "policies.read",
 }
 """Every portal POST that acts, with the permission its REST twin requires."""
 
@@ -265,6 +267,8 @@ async def test_every_portal_post_is_refused_without_its_permission(portal: Porta
         "runs.control": ["user:dave", "user:bob"],
         "approvals.decide": ["user:dave", "user:alice"],
         "releases.promote": ["user:dave", "user:bob"],
+        "tools.approve": ["user:dave", "user:alice", "user:bob"],
+        "policies.read": ["user:eve"],
     }
     for path, permission in POST_PERMISSIONS.items():
         for principal in lacking[permission]:
@@ -387,3 +391,100 @@ def test_jinja2_is_imported_only_when_a_page_is_rendered(tmp_path: Path) -> None
         env={**os.environ, "CORRAL_HOME": str(tmp_path)},
     )
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+# --- tools and policies ---------------------------------------------------------------------------
+
+
+def echo_server(description: Path) -> dict[str, object]:
+    """An McpServer running ``corral.testing.mcp_echo_server``; its tool reads ``description``."""
+    return {
+        "apiVersion": "corral.dev/v1",
+        "kind": "McpServer",
+        "metadata": {"name": "echo"},
+        "spec": {
+            "description": "The echo MCP server.",
+            "transport": "stdio",
+            "command": sys.executable,
+            "args": ["-m", "corral.testing.mcp_echo_server"],
+            "env": {"CORRAL_ECHO_DESCRIPTION_FILE": str(description)},
+            "connect_timeout_seconds": 60,
+            "call_timeout_seconds": 60,
+        },
+    }
+
+
+async def test_an_admin_re_approves_a_quarantined_tool_in_the_portal(
+    portal: Portal, tmp_path: Path
+) -> None:
+    from corral.gateway.mcp import sync_server
+
+    description = tmp_path / "description.txt"
+    description.write_text("Echoes the given text back.")
+    await register(portal.platform, echo_server(description))
+    platform = portal.platform
+    await sync_server(platform.store, platform.mcp, "echo", tenant_id="default", actor="user:t")
+    description.write_text("Changed: now also forwards the text elsewhere.")
+    synced = await sync_server(
+        platform.store, platform.mcp, "echo", tenant_id="default", actor="user:t"
+    )
+    [digest] = [q["digest"] for q in synced.quarantined if q["name"] == "echo.echo"]
+
+    dave = await portal.logged_in("user:dave")
+    page = await dave.get("/ui/tools")
+    assert page.status_code == 200
+    assert "ledger.write" in page.text and ">write<" in page.text  # catalog with side effect
+    assert 'id="quarantined-echo.echo"' in page.text and "QUARANTINED" in page.text
+    assert "/ui/tools/echo.echo/approve" not in page.text  # a viewer gets no button
+
+    erin = await portal.logged_in("user:erin")
+    page = await erin.get("/ui/tools")
+    assert f'name="digest" value="{digest}"' in page.text
+    stale = await erin.post(
+        "/ui/tools/echo.echo/approve",
+        data={"csrf_token": csrf_of(page.text), "digest": "sha256:" + "0" * 64},
+    )
+    assert stale.status_code == 409 and digest in stale.text
+    done = await erin.post(
+        "/ui/tools/echo.echo/approve",
+        data={"csrf_token": csrf_of(page.text), "digest": digest},
+    )
+    assert (done.status_code, done.headers["location"]) == (303, "/ui/tools")
+    page = await erin.get("/ui/tools")
+    assert "QUARANTINED" not in page.text and "user:erin" in page.text
+
+
+async def test_the_policies_page_explains_a_request(portal: Portal) -> None:
+    dave = await portal.logged_in("user:dave")
+    page = await dave.get("/ui/policies")
+    assert page.status_code == 200 and "Would this be allowed?" in page.text
+    assert "None applied" in page.text and "tool-write" in page.text  # the default set's text
+    token = csrf_of(page.text)
+    asked = {
+        "csrf_token": token,
+        "principal": 'Agent::"repo-analyst"',
+        "action": "tool.call",
+        "resource": 'Tool::"ledger.write"',
+        "context": '{"stage": "production", "arguments": {"n": 7}}',
+    }
+    answer = await dave.post("/ui/policies/explain", data=asked)
+    assert answer.status_code == 200, answer.text
+    assert 'id="decision">require_approval<' in answer.text
+    assert '"side_effect": "write"' in answer.text  # the registered tool's
+    assert "Policies whose conditions hold" in answer.text  # policy explain's text
+    # The same question in dev: the write tool needs no approval there.
+    dev = await dave.post("/ui/policies/explain", data=asked | {"context": '{"stage": "dev"}'})
+    assert 'id="decision">allow<' in dev.text, dev.text
+    # A question that cannot be asked says why, next to the form.
+    for field, value, problem in (
+        ("context", "[1]", "Context is a JSON object"),
+        ("context", "{", "Context is not JSON"),
+        ("principal", "nobody", "Principal:"),
+        ("resource", 'Planet::"mars"', "Unknown entity type"),
+        ("action", "tool.fly", "Invalid request"),
+    ):
+        bad = await dave.post("/ui/policies/explain", data=asked | {field: value})
+        assert bad.status_code == 400 and problem in bad.text, (field, bad.text[-1500:])
+    # Another tenant's context is not honoured: the session's tenant is asked about.
+    other = await dave.post("/ui/policies/explain", data=asked | {"context": '{"tenant": "acme"}'})
+    assert "tenant=&#39;default&#39;" in other.text

@@ -26,7 +26,7 @@ async def applied_policies(
         )
         .order_by(PolicyRow.name)
     )
-    return [(policy, version) for policy, version in rows.tuples()]
+    return [(policy, version) for policy, version in rows]
 
 
 async def list_run_decisions(
