@@ -208,3 +208,23 @@ def test_promote_a_version_in_the_browser(browser: Browser, live: Live) -> None:
         page.get_by_role("button", name="Promote").click()
         expect(page.locator("#stage-staging")).to_contain_text(version)
         expect(page.locator("#stage-staging")).to_contain_text("user:alice")
+
+
+def test_ask_the_policies_whether_a_call_would_be_allowed(browser: Browser, live: Live) -> None:
+    with logged_in(browser, live, "user:dave", "policies") as page:
+        page.get_by_role("link", name="Policies").click()
+        page.get_by_label("Principal").fill('Agent::"repo-analyst"')
+        page.get_by_label("Action").select_option("tool.call")
+        page.get_by_label("Resource").fill('Tool::"ledger.write"')
+        page.get_by_label("Context (JSON)").fill('{"stage": "production"}')
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator("#decision")).to_have_text("require_approval")
+        expect(page.locator("#answer pre")).to_contain_text("Policies whose conditions hold")
+        # The question stays in the form; in dev the same call is allowed.
+        expect(page.get_by_label("Resource")).to_have_value('Tool::"ledger.write"')
+        page.get_by_label("Context (JSON)").fill('{"stage": "dev"}')
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator("#decision")).to_have_text("allow")
+        page.get_by_label("Context (JSON)").fill("not json")
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator("#answer")).to_contain_text("Context is not JSON")
