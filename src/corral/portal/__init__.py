@@ -14,7 +14,16 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from corral.errors import CorralError
-from corral.portal import _agents, _approvals, _auth, _overview, _policies, _runs, _tools
+from corral.portal import (
+    _agents,
+    _approvals,
+    _audit,
+    _auth,
+    _overview,
+    _policies,
+    _runs,
+    _tools,
+)
 from corral.portal._pages import PAGES, NavPage
 from corral.portal._routes import router
 from corral.portal._web import PORTAL_PATH, PortalRoute, SecurityHeaders
@@ -29,6 +38,7 @@ _PAGE_MODULES = (
     _agents,
     _tools,
     _policies,
+    _audit,
 )  # each adds its routes to ``router``
 
 

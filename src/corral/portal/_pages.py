@@ -36,6 +36,7 @@ PAGES: tuple[NavPage, ...] = (
     NavPage("Agents", "/agents", "agents.read"),
     NavPage("Tools", "/tools", "tools.read"),
     NavPage("Policies", "/policies", "policies.read"),
+    NavPage("Audit", "/audit", "audit.read"),
 )
 
 
