@@ -539,3 +539,43 @@ async def test_the_audit_page_pages_back_through_the_events(portal: Portal) -> N
     chained_first = [seq for seq in seen_first if seq]  # on PostgreSQL, unchained yet: no seq
     assert len(chained_first) == len(set(chained_first))
     assert not set(chained_first) & {seq for seq in seen_second if seq}
+
+
+async def test_a_breached_objective_shows_a_banner_on_every_page(portal: Portal) -> None:
+    from datetime import timedelta
+
+    from corral.store import utcnow
+
+    platform = portal.platform
+    dave = await portal.logged_in("user:dave")
+    assert 'id="slo-banner"' not in (await dave.get("/ui")).text
+    # One iteration is not enough to write and answer: every run of "flaky" fails.
+    flaky = agent_document(
+        "flaky",
+        tools={"allowed": ["ledger.*"]},
+        limits={"max_iterations": 1},
+        slo={"error_rate_max": 0.3, "min_runs": 2},
+    )
+    await register(platform, flaky)
+    async with platform.store.transaction("default") as session:
+        for _ in range(3):
+            await create_run(
+                session,
+                tenant_id="default",
+                agent_name="flaky",
+                task="Write entry 7.",
+                requested_by=REQUESTER,
+            )
+    await platform.worker.run_until_idle()
+    breached = await platform.slo.evaluate(now=utcnow() + timedelta(seconds=1))
+    assert [t.action for t in breached] == ["slo.breached"]
+
+    # The banner's breaches are cached per app for a few seconds: start this app's cache over.
+    portal.app.state.portal_breaches = {}  # type: ignore[attr-defined]
+    fresh = dave
+    for path in ("/ui", "/ui/runs", "/ui/agents", "/ui/tools", "/ui/policies", "/ui/audit"):
+        page = await fresh.get(path)
+        assert page.status_code == 200, path
+        assert 'id="slo-banner"' in page.text and "flaky</a> error_rate 1" in page.text, path
+    eve = await portal.logged_in("user:eve")  # reads no agents: no banner
+    assert 'id="slo-banner"' not in (await eve.get("/ui")).text
