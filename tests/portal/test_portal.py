@@ -579,3 +579,26 @@ async def test_a_breached_objective_shows_a_banner_on_every_page(portal: Portal)
         assert 'id="slo-banner"' in page.text and "flaky</a> error_rate 1" in page.text, path
     eve = await portal.logged_in("user:eve")  # reads no agents: no banner
     assert 'id="slo-banner"' not in (await eve.get("/ui")).text
+
+
+async def test_the_overview_names_open_breakers_but_not_another_tenants(
+    portal: Portal, tmp_path: Path
+) -> None:
+    platform = portal.platform
+    await register(platform, echo_server(tmp_path / "description.txt"))
+    models, tools = platform.models.breakers, platform.tools.resilience.breakers
+    keys = [
+        (models, "openai|https://user:pw@llm.example/v1|gpt-x"),
+        (tools, "mcp:echo"),  # this tenant's server
+        (tools, "mcp:acme-private"),  # a server only another tenant has
+    ]
+    for breakers, key in keys:
+        for _ in range(breakers.failure_threshold):
+            await breakers.record_failure(key)
+    dave = await portal.logged_in("user:dave")
+    page = (await dave.get("/ui")).text
+    listed = page[page.index('id="breakers"') :].split("</ul>")[0]
+    assert "model openai/gpt-x</strong>: open" in listed
+    assert "MCP server echo</strong>: open" in listed
+    assert "1 other tool upstream(s)" in listed
+    assert "acme-private" not in page and "user:pw" not in page
