@@ -259,6 +259,7 @@ def test_no_page_has_a_serious_accessibility_violation(browser: Browser, live: L
             "/ui/policies",
             "/ui/audit",
             "/ui/audit/verify",
+            "/ui/tenancy",
             "/ui/runs/run_doesnotexist",  # the error page
         ]
         for path in paths:

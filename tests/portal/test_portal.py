@@ -242,6 +242,7 @@ POST_PERMISSIONS = {
     "/ui/agents/{name}/rollback": "releases.promote",
     "/ui/tools/{name}/approve": "tools.approve",
     "/ui/policies/explain": "policies.read",
+    "/ui/keys/{key_id}/revoke": "keys.manage",
 }
 """Every portal POST that acts, with the permission its REST twin requires."""
 
@@ -260,7 +261,12 @@ def _post_routes() -> set[str]:
 async def test_every_portal_post_is_refused_without_its_permission(portal: Portal) -> None:
     assert _post_routes() == set(POST_PERMISSIONS) | UNGOVERNED_POSTS
     run_id, approval = await portal.paused_run()
-    ids = {"run_id": run_id, "approval_id": approval.id, "name": "repo-analyst"}
+    ids = {
+        "run_id": run_id,
+        "approval_id": approval.id,
+        "name": "repo-analyst",
+        "key_id": portal.keys["user:erin"][4:16],
+    }
     # Dave (viewer) holds none; Bob lacks runs.control and releases.promote, Alice
     # approvals.decide.
     lacking = {
@@ -269,6 +275,7 @@ async def test_every_portal_post_is_refused_without_its_permission(portal: Porta
         "releases.promote": ["user:dave", "user:bob"],
         "tools.approve": ["user:dave", "user:alice", "user:bob"],
         "policies.read": ["user:eve"],
+        "keys.manage": ["user:dave", "user:alice", "user:bob"],
     }
     for path, permission in POST_PERMISSIONS.items():
         for principal in lacking[permission]:
@@ -602,3 +609,26 @@ async def test_the_overview_names_open_breakers_but_not_another_tenants(
     assert "MCP server echo</strong>: open" in listed
     assert "1 other tool upstream(s)" in listed
     assert "acme-private" not in page and "user:pw" not in page
+
+
+async def test_an_admin_sees_keys_and_quotas_and_revokes_a_key(portal: Portal) -> None:
+    dave_key = portal.keys["user:dave"][4:16]
+    dave = await portal.logged_in("user:dave")
+    assert (await dave.get("/ui/tenancy")).status_code == 403
+    assert "/ui/tenancy" not in (await dave.get("/ui")).text  # not in a viewer's navigation
+    erin = await portal.logged_in("user:erin")
+    page = await erin.get("/ui/tenancy")
+    assert page.status_code == 200 and 'id="quotas"' in page.text
+    assert f'id="key-{dave_key}"' in page.text and "portal-dave" in page.text
+    assert 'id="tenants"' not in page.text  # a tenant admin is no platform admin
+    secret = portal.keys["user:dave"].rsplit("_", 1)[1]
+    assert secret not in page.text
+    done = await erin.post(f"/ui/keys/{dave_key}/revoke", data={"csrf_token": csrf_of(page.text)})
+    assert (done.status_code, done.headers["location"]) == (303, "/ui/tenancy")
+    assert (await dave.get("/ui")).headers["location"] == "/ui/login"  # at once
+    again = await erin.post(f"/ui/keys/{dave_key}/revoke", data={"csrf_token": csrf_of(page.text)})
+    assert again.status_code == 409
+    unknown = await erin.post(
+        "/ui/keys/000000000000/revoke", data={"csrf_token": csrf_of(page.text)}
+    )
+    assert unknown.status_code == 404

@@ -22,6 +22,7 @@ from corral.portal import (
     _overview,
     _policies,
     _runs,
+    _tenancy,
     _tools,
 )
 from corral.portal._pages import PAGES, NavPage
@@ -39,6 +40,7 @@ _PAGE_MODULES = (
     _tools,
     _policies,
     _audit,
+    _tenancy,
 )  # each adds its routes to ``router``
 
 

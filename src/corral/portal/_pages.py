@@ -37,6 +37,7 @@ PAGES: tuple[NavPage, ...] = (
     NavPage("Tools", "/tools", "tools.read"),
     NavPage("Policies", "/policies", "policies.read"),
     NavPage("Audit", "/audit", "audit.read"),
+    NavPage("Tenant", "/tenancy", "keys.manage"),
 )
 
 
