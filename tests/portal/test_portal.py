@@ -494,7 +494,9 @@ async def test_the_policies_page_explains_a_request(portal: Portal) -> None:
         assert bad.status_code == 400 and problem in bad.text, (field, bad.text[-1500:])
     # Another tenant's context is not honoured: the session's tenant is asked about.
     other = await dave.post("/ui/policies/explain", data=asked | {"context": '{"tenant": "acme"}'})
-    assert "tenant=&#39;default&#39;" in other.text
+    assert (
+        "tenant=&#39;default&#39;" in other.text and "requester=&#39;user:dave&#39;" in other.text
+    )
 
 
 async def test_the_audit_page_filters_pages_and_verifies_the_chain(portal: Portal) -> None:

@@ -31,6 +31,7 @@ from corral.policy import (
 from corral.portal._routes import router
 from corral.portal._web import form_of, platform_of, render, require, session_of
 from corral.registry import get_agent_version, list_tools
+from corral.tenancy import Principal
 
 __all__ = ["explain_request", "policies"]
 
@@ -92,7 +93,7 @@ async def explain_request(request: Request) -> Response:
     posted = await form_of(request)
     form = {field: posted.get(field, "").strip() for field in _EXAMPLE}
     try:
-        answer = await _answer(request, session.principal.tenant_id, form)
+        answer = await _answer(request, session.principal, form)
     except _Problem as exc:
         answer = {"problem": str(exc)}
     return await _page(request, form, answer)
@@ -102,12 +103,13 @@ class _Problem(ValueError):
     """A form field that cannot make a request; shown next to the form."""
 
 
-async def _answer(request: Request, tenant_id: str, form: dict[str, str]) -> dict[str, Any]:
+async def _answer(request: Request, asker: Principal, form: dict[str, str]) -> dict[str, Any]:
+    tenant_id = asker.tenant_id
     refs = {role: _ref(form[role], role) for role in ("principal", "resource")}
     context = _context(form["context"])
     context.update(tenant=tenant_id)
     context.setdefault("stage", "production")
-    context.setdefault("requester", "user:local-admin")
+    context.setdefault("requester", asker.id)  # the CLI: CORRAL_PRINCIPAL
     platform = platform_of(request)
     async with platform.store.read(tenant_id) as db:
         entities = [
