@@ -118,6 +118,7 @@ PUBLIC = {
         "PolicySource",
         "PolicyVersionRow",
         "agent_entity",
+        "applied_policies",
         "arguments_digest",
         "cedar_schema",
         "contract_approvals",

@@ -21,8 +21,11 @@ ROLES = {
     "user:alice": ["builder", "operator"],
     "user:bob": ["approver"],
     "user:dave": ["viewer"],
+    "user:erin": ["admin"],
+    "user:eve": [],
 }
-"""Alice starts and cancels runs; Bob approves; Dave only reads."""
+"""Alice starts and cancels runs; Bob approves; Dave only reads; Erin administers the tenant
+(approves tools); Eve is a member without a role."""
 
 
 class Ledger:

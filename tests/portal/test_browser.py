@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from _portal_kit import ROLES, Ledger, seed, write_then_answer
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from corral.api import create_app
@@ -208,3 +209,71 @@ def test_promote_a_version_in_the_browser(browser: Browser, live: Live) -> None:
         page.get_by_role("button", name="Promote").click()
         expect(page.locator("#stage-staging")).to_contain_text(version)
         expect(page.locator("#stage-staging")).to_contain_text("user:alice")
+
+
+def test_ask_the_policies_whether_a_call_would_be_allowed(browser: Browser, live: Live) -> None:
+    with logged_in(browser, live, "user:dave", "policies") as page:
+        page.get_by_role("link", name="Policies").click()
+        page.get_by_label("Principal").fill('Agent::"repo-analyst"')
+        page.get_by_label("Action").select_option("tool.call")
+        page.get_by_label("Resource").fill('Tool::"ledger.write"')
+        page.get_by_label("Context (JSON)").fill('{"stage": "production"}')
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator("#decision")).to_have_text("require_approval")
+        expect(page.locator("#answer pre")).to_contain_text("Policies whose conditions hold")
+        # The question stays in the form; in dev the same call is allowed.
+        expect(page.get_by_label("Resource")).to_have_value('Tool::"ledger.write"')
+        page.get_by_label("Context (JSON)").fill('{"stage": "dev"}')
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator("#decision")).to_have_text("allow")
+        page.get_by_label("Context (JSON)").fill("not json")
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator("#answer")).to_contain_text("Context is not JSON")
+
+
+def _serious(page: Page) -> list[str]:
+    """axe-core's serious and critical violations on the page, one line each."""
+    results = Axe().run(page)
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at "
+        + ", ".join(str(node["target"]) for node in v["nodes"][:3])
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def test_no_page_has_a_serious_accessibility_violation(browser: Browser, live: Live) -> None:
+    run_id = live.start_paused_run()
+    found: dict[str, list[str]] = {}
+    with logged_in(browser, live, "user:erin", "axe") as page:
+        page.goto(f"/ui/runs/{run_id}")
+        wait_for_status(page, "AWAITING_APPROVAL")
+        paths = [
+            "/ui",
+            "/ui/runs",
+            f"/ui/runs/{run_id}",
+            "/ui/approvals",
+            "/ui/agents",
+            "/ui/agents/repo-analyst",
+            "/ui/tools",
+            "/ui/policies",
+            "/ui/audit",
+            "/ui/audit/verify",
+            "/ui/tenancy",
+            "/ui/runs/run_doesnotexist",  # the error page
+        ]
+        for path in paths:
+            page.goto(path)
+            found[path] = _serious(page)
+        page.goto("/ui/policies")
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator("#decision")).to_be_visible()
+        found["/ui/policies/explain"] = _serious(page)
+    context = browser.new_context(base_url=live.base_url)
+    try:
+        login = context.new_page()
+        login.goto("/ui/login")
+        found["/ui/login"] = _serious(login)
+    finally:
+        context.close()
+    assert {path: issues for path, issues in found.items() if issues} == {}

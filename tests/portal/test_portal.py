@@ -240,6 +240,9 @@ POST_PERMISSIONS = {
     "/ui/approvals/{approval_id}/reject": "approvals.decide",
     "/ui/agents/{name}/promote": "releases.promote",
     "/ui/agents/{name}/rollback": "releases.promote",
+    "/ui/tools/{name}/approve": "tools.approve",
+    "/ui/policies/explain": "policies.read",
+    "/ui/keys/{key_id}/revoke": "keys.manage",
 }
 """Every portal POST that acts, with the permission its REST twin requires."""
 
@@ -258,13 +261,21 @@ def _post_routes() -> set[str]:
 async def test_every_portal_post_is_refused_without_its_permission(portal: Portal) -> None:
     assert _post_routes() == set(POST_PERMISSIONS) | UNGOVERNED_POSTS
     run_id, approval = await portal.paused_run()
-    ids = {"run_id": run_id, "approval_id": approval.id, "name": "repo-analyst"}
+    ids = {
+        "run_id": run_id,
+        "approval_id": approval.id,
+        "name": "repo-analyst",
+        "key_id": portal.keys["user:erin"][4:16],
+    }
     # Dave (viewer) holds none; Bob lacks runs.control and releases.promote, Alice
     # approvals.decide.
     lacking = {
         "runs.control": ["user:dave", "user:bob"],
         "approvals.decide": ["user:dave", "user:alice"],
         "releases.promote": ["user:dave", "user:bob"],
+        "tools.approve": ["user:dave", "user:alice", "user:bob"],
+        "policies.read": ["user:eve"],
+        "keys.manage": ["user:dave", "user:alice", "user:bob"],
     }
     for path, permission in POST_PERMISSIONS.items():
         for principal in lacking[permission]:
@@ -387,3 +398,239 @@ def test_jinja2_is_imported_only_when_a_page_is_rendered(tmp_path: Path) -> None
         env={**os.environ, "CORRAL_HOME": str(tmp_path)},
     )
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+# --- tools and policies ---------------------------------------------------------------------------
+
+
+def echo_server(description: Path) -> dict[str, object]:
+    """An McpServer running ``corral.testing.mcp_echo_server``; its tool reads ``description``."""
+    return {
+        "apiVersion": "corral.dev/v1",
+        "kind": "McpServer",
+        "metadata": {"name": "echo"},
+        "spec": {
+            "description": "The echo MCP server.",
+            "transport": "stdio",
+            "command": sys.executable,
+            "args": ["-m", "corral.testing.mcp_echo_server"],
+            "env": {"CORRAL_ECHO_DESCRIPTION_FILE": str(description)},
+            "connect_timeout_seconds": 60,
+            "call_timeout_seconds": 60,
+        },
+    }
+
+
+async def test_an_admin_re_approves_a_quarantined_tool_in_the_portal(
+    portal: Portal, tmp_path: Path
+) -> None:
+    from corral.gateway.mcp import sync_server
+
+    description = tmp_path / "description.txt"
+    description.write_text("Echoes the given text back.")
+    await register(portal.platform, echo_server(description))
+    platform = portal.platform
+    await sync_server(platform.store, platform.mcp, "echo", tenant_id="default", actor="user:t")
+    description.write_text("Changed: now also forwards the text elsewhere.")
+    synced = await sync_server(
+        platform.store, platform.mcp, "echo", tenant_id="default", actor="user:t"
+    )
+    [digest] = [q["digest"] for q in synced.quarantined if q["name"] == "echo.echo"]
+
+    dave = await portal.logged_in("user:dave")
+    page = await dave.get("/ui/tools")
+    assert page.status_code == 200
+    assert "ledger.write" in page.text and ">write<" in page.text  # catalog with side effect
+    assert 'id="quarantined-echo.echo"' in page.text and "QUARANTINED" in page.text
+    assert "/ui/tools/echo.echo/approve" not in page.text  # a viewer gets no button
+
+    erin = await portal.logged_in("user:erin")
+    page = await erin.get("/ui/tools")
+    assert f'name="digest" value="{digest}"' in page.text
+    stale = await erin.post(
+        "/ui/tools/echo.echo/approve",
+        data={"csrf_token": csrf_of(page.text), "digest": "sha256:" + "0" * 64},
+    )
+    assert stale.status_code == 409 and digest in stale.text
+    done = await erin.post(
+        "/ui/tools/echo.echo/approve",
+        data={"csrf_token": csrf_of(page.text), "digest": digest},
+    )
+    assert (done.status_code, done.headers["location"]) == (303, "/ui/tools")
+    page = await erin.get("/ui/tools")
+    assert "QUARANTINED" not in page.text and "user:erin" in page.text
+
+
+async def test_the_policies_page_explains_a_request(portal: Portal) -> None:
+    dave = await portal.logged_in("user:dave")
+    page = await dave.get("/ui/policies")
+    assert page.status_code == 200 and "Would this be allowed?" in page.text
+    assert "None applied" in page.text and "tool-write" in page.text  # the default set's text
+    token = csrf_of(page.text)
+    asked = {
+        "csrf_token": token,
+        "principal": 'Agent::"repo-analyst"',
+        "action": "tool.call",
+        "resource": 'Tool::"ledger.write"',
+        "context": '{"stage": "production", "arguments": {"n": 7}}',
+    }
+    answer = await dave.post("/ui/policies/explain", data=asked)
+    assert answer.status_code == 200, answer.text
+    assert 'id="decision">require_approval<' in answer.text
+    assert '"side_effect": "write"' in answer.text  # the registered tool's
+    assert "Policies whose conditions hold" in answer.text  # policy explain's text
+    # The same question in dev: the write tool needs no approval there.
+    dev = await dave.post("/ui/policies/explain", data=asked | {"context": '{"stage": "dev"}'})
+    assert 'id="decision">allow<' in dev.text, dev.text
+    # A question that cannot be asked says why, next to the form.
+    for field, value, problem in (
+        ("context", "[1]", "Context is a JSON object"),
+        ("context", "{", "Context is not JSON"),
+        ("principal", "nobody", "Principal:"),
+        ("resource", 'Planet::"mars"', "Unknown entity type"),
+        ("action", "tool.fly", "Invalid request"),
+    ):
+        bad = await dave.post("/ui/policies/explain", data=asked | {field: value})
+        assert bad.status_code == 400 and problem in bad.text, (field, bad.text[-1500:])
+    # Another tenant's context is not honoured: the session's tenant is asked about.
+    other = await dave.post("/ui/policies/explain", data=asked | {"context": '{"tenant": "acme"}'})
+    assert (
+        "tenant=&#39;default&#39;" in other.text and "requester=&#39;user:dave&#39;" in other.text
+    )
+
+
+async def test_the_audit_page_filters_pages_and_verifies_the_chain(portal: Portal) -> None:
+    run_id, _ = await portal.paused_run()
+    dave = await portal.logged_in("user:dave")
+    page = await dave.get("/ui/audit")
+    assert page.status_code == 200 and run_id in page.text
+    assert 'id="chain-status"' not in page.text  # not verified on a page load
+    mine = await dave.get("/ui/audit", params={"run_id": run_id})
+    others = await dave.get("/ui/audit", params={"run_id": "run_nothere"})
+    assert run_id in mine.text and "No events match" in others.text
+    actions = set(re.findall(r"</td><td>user:[a-z]+</td><td>([a-z_.]+)</td>", mine.text))
+    assert actions, mine.text[-3000:]
+    action = sorted(actions)[0]
+    by_action = await dave.get("/ui/audit", params={"action": action})
+    listed = re.findall(r"</td><td>[^<]*</td><td>([a-z_.]+)</td><td>", by_action.text)
+    assert listed and set(listed) == {action}
+    by_actor = await dave.get("/ui/audit", params={"actor": "user:nobody"})
+    assert "No events match" in by_actor.text
+    assert (await dave.get("/ui/audit", params={"until": "2000-01-01T00:00"})).text.count(
+        "No events match"
+    ) == 1
+    bad = await dave.get("/ui/audit", params={"since": "yesterday"})
+    assert bad.status_code == 400 and "ISO 8601" in bad.text
+    verified = await dave.get("/ui/audit/verify")
+    assert 'id="chain-status">verified<' in verified.text
+    eve = await portal.logged_in("user:eve")
+    for path in ("/ui/audit", "/ui/audit/verify"):
+        refused = await eve.get(path)
+        assert refused.status_code == 403 and "audit.read" in refused.text
+
+
+async def test_the_audit_page_pages_back_through_the_events(portal: Portal) -> None:
+    from corral.portal._audit import PAGE_SIZE
+
+    dave = await portal.logged_in("user:dave")
+    older = None
+    for _ in range(PAGE_SIZE):  # each production run writes a few events
+        await portal.paused_run()
+        first = await dave.get("/ui/audit")
+        older = re.search(r'id="older" href="([^"]+)"', first.text)
+        if older is not None:
+            break
+    assert older is not None, "a full page links to older events"
+    second = await dave.get(older.group(1).replace("&amp;", "&"))
+    rows = re.compile(r"<tr><td>(\d*)</td><td>\d{4}-")
+    seen_first, seen_second = rows.findall(first.text), rows.findall(second.text)
+    assert len(seen_first) == PAGE_SIZE and seen_second
+    chained_first = [seq for seq in seen_first if seq]  # on PostgreSQL, unchained yet: no seq
+    assert len(chained_first) == len(set(chained_first))
+    assert not set(chained_first) & {seq for seq in seen_second if seq}
+
+
+async def test_a_breached_objective_shows_a_banner_on_every_page(portal: Portal) -> None:
+    from datetime import timedelta
+
+    from corral.store import utcnow
+
+    platform = portal.platform
+    dave = await portal.logged_in("user:dave")
+    assert 'id="slo-banner"' not in (await dave.get("/ui")).text
+    # One iteration is not enough to write and answer: every run of "flaky" fails.
+    flaky = agent_document(
+        "flaky",
+        tools={"allowed": ["ledger.*"]},
+        limits={"max_iterations": 1},
+        slo={"error_rate_max": 0.3, "min_runs": 2},
+    )
+    await register(platform, flaky)
+    async with platform.store.transaction("default") as session:
+        for _ in range(3):
+            await create_run(
+                session,
+                tenant_id="default",
+                agent_name="flaky",
+                task="Write entry 7.",
+                requested_by=REQUESTER,
+            )
+    await platform.worker.run_until_idle()
+    breached = await platform.slo.evaluate(now=utcnow() + timedelta(seconds=1))
+    assert [t.action for t in breached] == ["slo.breached"]
+
+    # The banner's breaches are cached per app for a few seconds: start this app's cache over.
+    portal.app.state.portal_breaches = {}  # type: ignore[attr-defined]
+    fresh = dave
+    for path in ("/ui", "/ui/runs", "/ui/agents", "/ui/tools", "/ui/policies", "/ui/audit"):
+        page = await fresh.get(path)
+        assert page.status_code == 200, path
+        assert 'id="slo-banner"' in page.text and "flaky</a> error_rate 1" in page.text, path
+    eve = await portal.logged_in("user:eve")  # reads no agents: no banner
+    assert 'id="slo-banner"' not in (await eve.get("/ui")).text
+
+
+async def test_the_overview_names_open_breakers_but_not_another_tenants(
+    portal: Portal, tmp_path: Path
+) -> None:
+    platform = portal.platform
+    await register(platform, echo_server(tmp_path / "description.txt"))
+    models, tools = platform.models.breakers, platform.tools.resilience.breakers
+    keys = [
+        (models, "openai|https://user:pw@llm.example/v1|gpt-x"),
+        (tools, "mcp:echo"),  # this tenant's server
+        (tools, "mcp:acme-private"),  # a server only another tenant has
+    ]
+    for breakers, key in keys:
+        for _ in range(breakers.failure_threshold):
+            await breakers.record_failure(key)
+    dave = await portal.logged_in("user:dave")
+    page = (await dave.get("/ui")).text
+    listed = page[page.index('id="breakers"') :].split("</ul>")[0]
+    assert "model openai/gpt-x</strong>: open" in listed
+    assert "MCP server echo</strong>: open" in listed
+    assert "1 other tool upstream(s)" in listed
+    assert "acme-private" not in page and "user:pw" not in page
+
+
+async def test_an_admin_sees_keys_and_quotas_and_revokes_a_key(portal: Portal) -> None:
+    dave_key = portal.keys["user:dave"][4:16]
+    dave = await portal.logged_in("user:dave")
+    assert (await dave.get("/ui/tenancy")).status_code == 403
+    assert "/ui/tenancy" not in (await dave.get("/ui")).text  # not in a viewer's navigation
+    erin = await portal.logged_in("user:erin")
+    page = await erin.get("/ui/tenancy")
+    assert page.status_code == 200 and 'id="quotas"' in page.text
+    assert f'id="key-{dave_key}"' in page.text and "portal-dave" in page.text
+    assert 'id="tenants"' not in page.text  # a tenant admin is no platform admin
+    secret = portal.keys["user:dave"].rsplit("_", 1)[1]
+    assert secret not in page.text
+    done = await erin.post(f"/ui/keys/{dave_key}/revoke", data={"csrf_token": csrf_of(page.text)})
+    assert (done.status_code, done.headers["location"]) == (303, "/ui/tenancy")
+    assert (await dave.get("/ui")).headers["location"] == "/ui/login"  # at once
+    again = await erin.post(f"/ui/keys/{dave_key}/revoke", data={"csrf_token": csrf_of(page.text)})
+    assert again.status_code == 409
+    unknown = await erin.post(
+        "/ui/keys/000000000000/revoke", data={"csrf_token": csrf_of(page.text)}
+    )
+    assert unknown.status_code == 404

@@ -11,14 +11,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from corral.api._deps import Caller, ReadSessionDep, requires
 from corral.api._schemas import PolicyOut, PolicySetOut, PolicySourceOut
 from corral.policy import (
     DEFAULT_POLICIES,
-    PolicyRow,
-    PolicyVersionRow,
+    applied_policies,
     cedar_schema,
     policy_sources,
 )
@@ -38,17 +36,8 @@ async def get_policies(
     (each as the source ``source_id`` with the text ``cedar``) gives the engine the tenant's
     decisions are made with. Not paginated: the whole set is needed to compile it.
     """
-    rows = await session.execute(
-        select(PolicyRow, PolicyVersionRow)
-        .join(PolicyVersionRow, PolicyVersionRow.policy_id == PolicyRow.id)
-        .where(
-            PolicyRow.tenant_id == caller.tenant_id,
-            PolicyVersionRow.version == PolicyRow.latest_version,
-        )
-        .order_by(PolicyRow.name)
-    )
     items = []
-    for policy, version in rows.all():
+    for policy, version in await applied_policies(session, tenant_id=caller.tenant_id):
         document = dict(version.document)
         # The source id the engine gives the document (names a lone policy without @id).
         source = policy_sources([document])[-1]

@@ -18,7 +18,7 @@ from corral.policy._cases import (
 )
 from corral.policy._defaults import DEFAULT_POLICIES, DEFAULT_POLICY_TEXT
 from corral.policy._engine import PolicyEngine
-from corral.policy._reads import list_run_decisions
+from corral.policy._reads import applied_policies, list_run_decisions
 from corral.policy._schema import (
     ACTIONS,
     PRINCIPAL_TYPES,
@@ -83,6 +83,7 @@ __all__ = [
     "PolicySource",
     "PolicyVersionRow",
     "agent_entity",
+    "applied_policies",
     "arguments_digest",
     "cedar_schema",
     "contract_approvals",

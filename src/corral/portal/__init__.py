@@ -14,14 +14,34 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from corral.errors import CorralError
-from corral.portal import _agents, _approvals, _auth, _overview, _runs
+from corral.portal import (
+    _agents,
+    _approvals,
+    _audit,
+    _auth,
+    _overview,
+    _policies,
+    _runs,
+    _tenancy,
+    _tools,
+)
 from corral.portal._pages import PAGES, NavPage
 from corral.portal._routes import router
 from corral.portal._web import PORTAL_PATH, PortalRoute, SecurityHeaders
 
 __all__ = ["PAGES", "PORTAL_PATH", "NavPage", "mount_portal"]
 
-_PAGE_MODULES = (_auth, _overview, _runs, _approvals, _agents)  # each adds its routes to ``router``
+_PAGE_MODULES = (
+    _auth,
+    _overview,
+    _runs,
+    _approvals,
+    _agents,
+    _tools,
+    _policies,
+    _audit,
+    _tenancy,
+)  # each adds its routes to ``router``
 
 
 def mount_portal(app: FastAPI, *, status_for: Callable[[CorralError], int]) -> None:

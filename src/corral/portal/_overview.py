@@ -13,12 +13,13 @@ from starlette.responses import Response
 
 from corral.approvals import Approval, list_approvals
 from corral.costs import costs_report
+from corral.platform import Platform
 from corral.portal._routes import router
 from corral.portal._web import platform_of, render, require, session_of
 from corral.runtime import KillSwitchInfo, RunOverview, list_kill_switches, run_overview
 from corral.store import utcnow
 
-__all__ = ["STATUS_COLORS", "Bar", "overview"]
+__all__ = ["STATUS_COLORS", "Bar", "open_breakers", "overview"]
 
 WINDOW_DAYS = 7
 """The overview's window: runs, latency and failure rate of the last 7 UTC days."""
@@ -146,8 +147,12 @@ async def overview(request: Request) -> Response:
         return await list_kill_switches(platform.store, tenant_id=principal.tenant_id)
 
     # Independent reads, each in a snapshot of its own: concurrently, not one after another.
-    runs, approvals, switches, costs = await asyncio.gather(
-        runs_part(), approvals_part(), switches_part(), _costs(request, principal.tenant_id, now)
+    runs, approvals, switches, costs, breakers = await asyncio.gather(
+        runs_part(),
+        approvals_part(),
+        switches_part(),
+        _costs(request, principal.tenant_id, now),
+        open_breakers(platform, principal.tenant_id),
     )
     context = {
         "title": "Overview",
@@ -161,6 +166,42 @@ async def overview(request: Request) -> Response:
         "p95": _seconds(runs.latency_p95_seconds),
         "approvals": approvals,
         "switches": switches,
+        "breakers": breakers,
         **costs,
     }
     return render(request, "overview.html", context)
+
+
+async def open_breakers(platform: Platform, tenant_id: str) -> list[tuple[str, str]]:
+    """``(upstream, state)`` of the breakers open or half-open in this process.
+
+    A model deployment is named ``provider/model`` (its base URL may carry credentials); an
+    MCP server only when the tenant has one of that name (breakers are keyed by server name,
+    and another tenant's server names are its data); other tool upstreams are counted, not
+    named.
+    """
+    found: list[tuple[str, str]] = []
+    for key, state in sorted(platform.models.breakers.snapshot().items()):
+        if state != "closed":
+            provider, _, rest = key.partition("|")
+            found.append((f"model {provider}/{rest.rpartition('|')[2]}", state))
+    tools = {
+        k: v for k, v in platform.tools.resilience.breakers.snapshot().items() if v != "closed"
+    }
+    if not tools:
+        return found
+    servers: set[str] = set()
+    if any(key.startswith("mcp:") for key in tools):
+        from corral.gateway.mcp import list_servers  # with the MCP client SDK: on first use
+
+        async with platform.store.read(tenant_id) as db:
+            servers = {server.name for server in await list_servers(db, tenant_id=tenant_id)}
+    hidden = 0
+    for key, state in sorted(tools.items()):
+        if key.startswith("mcp:") and key[4:] in servers:
+            found.append((f"MCP server {key[4:]}", state))
+        else:
+            hidden += 1
+    if hidden:
+        found.append((f"{hidden} other tool upstream(s)", "open or half-open"))
+    return found

@@ -34,6 +34,10 @@ PAGES: tuple[NavPage, ...] = (
     NavPage("Runs", "/runs", "runs.read"),
     NavPage("Approvals", "/approvals", "approvals.read"),
     NavPage("Agents", "/agents", "agents.read"),
+    NavPage("Tools", "/tools", "tools.read"),
+    NavPage("Policies", "/policies", "policies.read"),
+    NavPage("Audit", "/audit", "audit.read"),
+    NavPage("Tenant", "/tenancy", "keys.manage"),
 )
 
 

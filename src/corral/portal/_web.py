@@ -7,6 +7,7 @@ page (a worker, the CLI) does not load it.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from corral.portal._session import CSRF_FIELD, CSRF_HEADER, PortalSession, load_
 
 if TYPE_CHECKING:
     from jinja2 import Environment
+
+    from corral.slo import SloBreach
 
 __all__ = [
     "PORTAL_PATH",
@@ -118,6 +121,7 @@ def render(
             request=request,
             session=session,
             pages=visible_pages(session.principal) if session else [],
+            slo_breaches=getattr(request.state, "portal_breaches", []),
             prefix=PORTAL_PATH,
             **context,
         )
@@ -141,6 +145,8 @@ async def session_of(request: Request) -> PortalSession:
     """
     session = await load_session(request, platform_of(request).identity)
     request.state.portal_session = session
+    if request.method == "GET" and session.principal.can("agents.read"):
+        request.state.portal_breaches = await _breaches(request, session.principal.tenant_id)
     if request.method == "POST":
         token = request.headers.get(CSRF_HEADER) or (await form_of(request)).get(CSRF_FIELD)
         if not session.csrf_ok(token):
@@ -150,6 +156,28 @@ async def session_of(request: Request) -> PortalSession:
                 code="csrf_failed",
             )
     return session
+
+
+SLO_BANNER_TTL_SECONDS = 5.0
+"""How long the SLO banner's breaches of a tenant are reused before the store is asked again."""
+
+
+async def _breaches(request: Request, tenant_id: str) -> list[SloBreach]:
+    """The tenant's breached objectives (as ``GET /v1/slo/breaches``), cached per app."""
+    from corral.slo import active_breaches
+
+    state = request.app.state
+    cache: dict[str, tuple[float, list[SloBreach]]] | None = getattr(state, "portal_breaches", None)
+    if cache is None:
+        cache = state.portal_breaches = {}
+    now = time.monotonic()
+    cached = cache.get(tenant_id)
+    if cached is not None and now - cached[0] < SLO_BANNER_TTL_SECONDS:
+        return cached[1]
+    async with platform_of(request).store.read(tenant_id) as db:
+        breaches = await active_breaches(db, tenant_id=tenant_id)
+    cache[tenant_id] = (now, breaches)
+    return breaches
 
 
 def require(session: PortalSession, permission: str) -> None:
