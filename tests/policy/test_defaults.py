@@ -20,7 +20,7 @@ FOREIGN = tool("fs.read_file@globex", "read", tenant="globex")
 
 
 def test_every_default_policy_has_a_reason(defaults: PolicyEngine) -> None:
-    assert len(defaults.policies) == 12
+    assert len(defaults.policies) == 13
     assert all(policy.reason for policy in defaults.policies.values())
 
 

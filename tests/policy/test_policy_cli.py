@@ -56,7 +56,7 @@ def test_example_cases_pass_once_the_examples_are_applied(server: str) -> None:
         'PASS  reading under secrets/ is denied: Agent::"repo-analyst" tool.call '
         'Tool::"fs.read_file" [stage production]: expected deny, got deny (by no-secrets-read)'
     )
-    assert lines[-1] == f"10 passed, 0 failed ({CASES}; 13 policies)"
+    assert lines[-1] == f"10 passed, 0 failed ({CASES}; 15 policies)"
 
     body = httpx.get(f"{server}/v1/policies", headers=auth_headers()).json()
     assert body["tenant_id"] == "default"

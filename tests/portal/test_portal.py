@@ -598,8 +598,8 @@ async def test_the_overview_names_open_breakers_but_not_another_tenants(
     models, tools = platform.models.breakers, platform.tools.resilience.breakers
     keys = [
         (models, "openai|https://user:pw@llm.example/v1|gpt-x"),
-        (tools, "mcp:echo"),  # this tenant's server
-        (tools, "mcp:acme-private"),  # a server only another tenant has
+        (tools, "mcp:default/echo"),  # this tenant's server
+        (tools, "mcp:acme/acme-private"),  # another tenant's server
     ]
     for breakers, key in keys:
         for _ in range(breakers.failure_threshold):
@@ -610,7 +610,7 @@ async def test_the_overview_names_open_breakers_but_not_another_tenants(
     assert "model openai/gpt-x</strong>: open" in listed
     assert "MCP server echo</strong>: open" in listed
     assert "1 other tool upstream(s)" in listed
-    assert "acme-private" not in page and "user:pw" not in page
+    assert "acme" not in page and "user:pw" not in page
 
 
 async def test_an_admin_sees_keys_and_quotas_and_revokes_a_key(portal: Portal) -> None:

@@ -175,10 +175,9 @@ async def overview(request: Request) -> Response:
 async def open_breakers(platform: Platform, tenant_id: str) -> list[tuple[str, str]]:
     """``(upstream, state)`` of the breakers open or half-open in this process.
 
-    A model deployment is named ``provider/model`` (its base URL may carry credentials); an
-    MCP server only when the tenant has one of that name (breakers are keyed by server name,
-    and another tenant's server names are its data); other tool upstreams are counted, not
-    named.
+    A model deployment is named ``provider/model`` (its base URL may carry credentials); the
+    tenant's own MCP servers by name (their breakers are keyed ``mcp:TENANT/NAME``); other
+    tool upstreams, other tenants' servers included, are counted, not named.
     """
     found: list[tuple[str, str]] = []
     for key, state in sorted(platform.models.breakers.snapshot().items()):
@@ -190,16 +189,11 @@ async def open_breakers(platform: Platform, tenant_id: str) -> list[tuple[str, s
     }
     if not tools:
         return found
-    servers: set[str] = set()
-    if any(key.startswith("mcp:") for key in tools):
-        from corral.gateway.mcp import list_servers  # with the MCP client SDK: on first use
-
-        async with platform.store.read(tenant_id) as db:
-            servers = {server.name for server in await list_servers(db, tenant_id=tenant_id)}
+    own = f"mcp:{tenant_id}/"  # MCP breakers are keyed by tenant and server name
     hidden = 0
     for key, state in sorted(tools.items()):
-        if key.startswith("mcp:") and key[4:] in servers:
-            found.append((f"MCP server {key[4:]}", state))
+        if key.startswith(own):
+            found.append((f"MCP server {key.removeprefix(own)}", state))
         else:
             hidden += 1
     if hidden:
