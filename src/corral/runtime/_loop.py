@@ -911,6 +911,7 @@ class RunExecutor(ToolPhase):
             pending=pending,
             stage=run.stage,
             requested_by=run.requested_by,
+            replay_of=run.replay_of,
             approved=loaded.approved,
             step_calls={c.call_index: c for c in loaded.calls if c.step_index == run.step_count},
         )

@@ -449,6 +449,7 @@ async def create_run(
     requester_roles: Iterable[str] | None = None,
     requester_groups: Iterable[str] = (),
     replay_of: str | None = None,
+    replay_outputs: bool = True,
 ) -> RunRow:
     """Create a ``QUEUED`` run and its ``run.created`` audit event in the caller's transaction.
 
@@ -470,9 +471,12 @@ async def create_run(
             referenced from the ``run.created`` audit event). ``None``: no policy check.
         requester_roles: The requester's roles in the tenant (Cedar ``principal.roles``).
         requester_groups: A user requester's groups (Cedar ``principal.groups``).
-        replay_of: A run of the tenant whose recorded model outputs this run replays: its
-            model is ``replay/<replay_of>`` (the replay provider; ``model`` is ignored). Only
-            the replay service passes it, after checking the run is the tenant's.
+        replay_of: A recorded run of the tenant this run replays (stored as
+            ``runs.replay_of``: its tool calls get the recorded results). Only the replay
+            service passes it, after checking the run is the tenant's.
+        replay_outputs: With ``replay_of``: also replay its recorded model outputs (an
+            ``exact`` replay): the model is ``replay/<replay_of>`` (the replay provider;
+            ``model`` is ignored). ``False``: a ``what_if`` replay, the agent's own model.
 
     Raises:
         NotFound: unknown agent or version (the message lists the known ones).
@@ -548,8 +552,9 @@ async def create_run(
             target=kill.target,
             engaged_by=kill.engaged_by,
         )
-    chosen = f"replay/{replay_of}" if replay_of else model or spec.model.default
-    if not replay_of and chosen not in (spec.model.default, *spec.model.allowed):
+    exact = replay_of is not None and replay_outputs
+    chosen = f"replay/{replay_of}" if exact else model or spec.model.default
+    if not exact and chosen not in (spec.model.default, *spec.model.allowed):
         raise InvalidRequest(
             f"Model {chosen!r} is not allowed to agent {agent_name!r}; allowed: "
             f"{', '.join([spec.model.default, *spec.model.allowed])}."
@@ -568,6 +573,7 @@ async def create_run(
         workspace=resolved,
         requested_by=requested_by,
         model=chosen,
+        replay_of=replay_of,
         trace_id=new_trace_id(),
         step_count=0,
         iterations=0,
