@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, Table, and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import AuditRecord, append_event, append_events
@@ -39,6 +39,7 @@ from corral.registry import (
     AgentRow,
     AgentVersionRow,
     StageBindingRow,
+    TrafficSplitRow,
     assign_version,
     get_agent,
     get_agent_version,
@@ -213,6 +214,7 @@ _EXPLICIT_VERSION_STAGES = frozenset({"dev", "eval", "eval-sandbox"})
 _AGENTS = cast(Table, AgentRow.__table__)
 _VERSIONS = cast(Table, AgentVersionRow.__table__)
 _BINDINGS = cast(Table, StageBindingRow.__table__)
+_SPLITS = cast(Table, TrafficSplitRow.__table__)
 _RUNS = cast(Table, RunRow.__table__)
 _RUN_EVENTS = cast(Table, RunEventRow.__table__)
 _RUN_COLUMNS = tuple(column.key for column in _RUNS.columns)
@@ -232,6 +234,9 @@ _EXPLICIT_VERSION = (
         _VERSIONS.c.version == bindparam("b_version"),
     )
 )
+# The stage's version and, in the same statement, whether a traffic split is active on the
+# agent's stage (one probe of its unique (agent_id, stage) index): a run of an agent with no
+# experiment or rollout costs no extra read, and no cache can be stale across processes.
 _STAGE_VERSION = (
     select(
         _AGENTS.c.id,
@@ -239,9 +244,13 @@ _STAGE_VERSION = (
         _VERSIONS.c.id.label("version_id"),
         _VERSIONS.c.version,
         _VERSIONS.c.digest,
+        _SPLITS.c.id.label("split_id"),
     )
     .join(_BINDINGS, _BINDINGS.c.agent_id == _AGENTS.c.id)
     .join(_VERSIONS, _VERSIONS.c.id == _BINDINGS.c.version_id)
+    .outerjoin(
+        _SPLITS, and_(_SPLITS.c.agent_id == _AGENTS.c.id, _SPLITS.c.stage == _BINDINGS.c.stage)
+    )
     .where(
         _AGENTS.c.tenant_id == bindparam("b_tenant"),
         _AGENTS.c.name == bindparam("b_agent"),
@@ -304,7 +313,7 @@ def _start_on_writer(
         raise _VersionMissing
     run_id = new_id("run")
     assignment = None
-    if request.version is None:
+    if request.version is None and found.split_id is not None:
         found, assignment = assigned_version(
             connection,
             found,
