@@ -295,6 +295,7 @@ def _start_on_writer(
     if isinstance(request.workspace, BaseException):
         raise request.workspace
     resolved = request.workspace
+    found: Any  # a row of _EXPLICIT_VERSION, or of _STAGE_VERSION (with its split_id)
     if request.version is not None:
         if stage not in _EXPLICIT_VERSION_STAGES:
             raise InvalidRequest(
