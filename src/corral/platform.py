@@ -45,6 +45,7 @@ from corral.observability import (
     check_disk,
     check_redis,
     check_store,
+    record_child_span,
     register_breakers,
     run_probes,
     set_queue_depth,
@@ -208,7 +209,7 @@ class Platform:
             self.store,
             roles=settings.governance.roles,
             refresh_seconds=settings.governance.policy_refresh_seconds,
-            tracer=self.tracing.tracer,
+            record_span=functools.partial(record_child_span, self.tracing.tracer),
         )
         self.identity = Identity(self.store, settings.identity, home=settings.home)
         self.quotas = Quotas(self.store, settings.quotas, model_usage=daily_model_usage)
