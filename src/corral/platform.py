@@ -267,7 +267,11 @@ class Platform:
             signal_poll=timedelta(seconds=settings.runtime.signal_poll_seconds),
             store_retry_initial=timedelta(seconds=settings.runtime.store_retry_initial_seconds),
             store_retry_max=timedelta(seconds=settings.runtime.store_retry_max_seconds),
-            heartbeat_tasks=[self.evaluate_releases],
+        )
+        # Experiments' stop rule and rollout steps, as often as approvals are swept.
+        self.worker.add_heartbeat_job(
+            timedelta(seconds=self.worker.approval_sweep_seconds),
+            lambda: self.evaluate_releases(self.worker.clock()),
         )
         self.slo = SloEvaluator(self.store, settings.alerts, holder=self.worker.worker_id)
         self.worker.add_heartbeat_job(self.slo.interval, self.slo.tick)
