@@ -185,8 +185,10 @@ async def sqlalchemy_session(steps: int, store: Store) -> Sample:
 
 
 def script(steps: int) -> Callable[[ModelRequest], ToolCall | FinalAnswer]:
-    """``fs.list_dir('.')`` for the first ``steps - 1`` model calls of a run, then an answer.
+    """``fs.list_dir('dN')`` for the first ``steps - 1`` model calls of a run, then an answer.
 
+    Each call lists another empty directory ``d0``, ``d1``...: a call repeating an earlier one
+    is answered without executing it (loop detection), which would not measure a real step.
     A run whose task starts with :data:`ONE_STEP_TASK` answers at once (one step, no tool).
     """
 
@@ -195,7 +197,7 @@ def script(steps: int) -> Callable[[ModelRequest], ToolCall | FinalAnswer]:
             return FinalAnswer("done")
         done = sum(1 for m in request.messages if m.role == "assistant")
         if done < steps - 1:
-            return ToolCall("call_0", NOOP_TOOL, {"path": "."})
+            return ToolCall("call_0", NOOP_TOOL, {"path": f"d{done}"})
         return FinalAnswer("done")
 
     return decide
@@ -439,6 +441,8 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     workspace = tmp / "workspace"
     workspace.mkdir()
+    for index in range(args.steps):
+        (workspace / f"d{index}").mkdir()
     settings = Settings(home=tmp / "home", workspaces={"roots": [tmp]})
     if settings.store_url != f"sqlite+aiosqlite:///{tmp / 'home' / 'corral.db'}":
         raise SystemExit(

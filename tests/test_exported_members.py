@@ -542,6 +542,7 @@ PUBLIC = {
         "run_probes",
         "get_logger",
         "otlp_configured",
+        "record_child_span",
         "redact_event",
         "sample_value",
         "set_queue_depth",

@@ -45,6 +45,7 @@ from corral.observability import (
     check_disk,
     check_redis,
     check_store,
+    record_child_span,
     register_breakers,
     run_probes,
     set_queue_depth,
@@ -208,7 +209,7 @@ class Platform:
             self.store,
             roles=settings.governance.roles,
             refresh_seconds=settings.governance.policy_refresh_seconds,
-            tracer=self.tracing.tracer,
+            record_span=functools.partial(record_child_span, self.tracing.tracer),
         )
         self.identity = Identity(self.store, settings.identity, home=settings.home)
         self.quotas = Quotas(self.store, settings.quotas, model_usage=daily_model_usage)
@@ -266,7 +267,11 @@ class Platform:
             signal_poll=timedelta(seconds=settings.runtime.signal_poll_seconds),
             store_retry_initial=timedelta(seconds=settings.runtime.store_retry_initial_seconds),
             store_retry_max=timedelta(seconds=settings.runtime.store_retry_max_seconds),
-            heartbeat_tasks=[self.evaluate_releases],
+        )
+        # Experiments' stop rule and rollout steps, as often as approvals are swept.
+        self.worker.add_heartbeat_job(
+            timedelta(seconds=self.worker.approval_sweep_seconds),
+            lambda: self.evaluate_releases(self.worker.clock()),
         )
         self.slo = SloEvaluator(self.store, settings.alerts, holder=self.worker.worker_id)
         self.worker.add_heartbeat_job(self.slo.interval, self.slo.tick)

@@ -183,7 +183,7 @@ async def test_a_canary_whose_error_rate_rises_is_rolled_back(make_platform: Any
         assert set(statuses.scalars()) == {RunStatus.BUDGET_EXCEEDED}
 
     clock.advance(seconds=60)  # well inside the step: a breach does not wait for it
-    await platform.worker.run_heartbeat_tasks()  # what every worker heartbeat does
+    await platform.worker.run_heartbeat_jobs()  # what every worker heartbeat does
 
     assert await staging_version(platform) == "0.1.0"
     assert {run.agent_version for run in await runs(platform, 10)} == {"0.1.0"}
@@ -298,7 +298,7 @@ async def test_an_experiment_assigns_by_user_and_decides_on_significance(
     assert status.metrics["treatment"].success_rate == 0.0
     assert status.verdict.stop and status.verdict.winner == "control"
 
-    await platform.worker.run_heartbeat_tasks()  # the stop rule, as every heartbeat applies it
+    await platform.worker.run_heartbeat_jobs()  # the stop rule, as every heartbeat applies it
     async with platform.store.read("default") as session:
         decided = await experiment_status(session, experiment.id, tenant_id="default", now=clock())
     assert (decided.experiment.status, decided.experiment.winner) == ("decided", "control")

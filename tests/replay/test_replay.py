@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine, event
 
 from conftest import agent_document, register
 from corral.api import create_app
@@ -174,7 +175,39 @@ async def test_a_what_if_replay_serves_recorded_results_and_denies_new_effects(s
         async with world.platform.store.read("default") as session:
             done = await get_run(session, replay["id"], tenant_id="default")
         assert (done.status, done.output) == ("SUCCEEDED", "noted twice")
+        assert done.replay_of == source
     finally:
+        await world.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_a_run_that_is_not_a_replay_never_reads_the_replay_table(settings, workspace):
+    model = ScriptedModel(
+        [
+            ScriptedModel.call("notes.append", text="one"),
+            ScriptedModel.call("notes.append", text="two"),
+            ScriptedModel.answer("noted"),
+        ]
+    )
+    notes = Notes()
+    lifespan, world = await _world(settings, model, notes)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        await register(world.platform, agent_document(tools={"allowed": ["notes.*"]}))
+        run_id = await _run(world, workspace)
+        assert notes.executions == 2
+        async with world.platform.store.read("default") as session:
+            run = await get_run(session, run_id, tenant_id="default")
+        assert (run.status, run.replay_of) == ("SUCCEEDED", None)
+        assert any("tool_calls" in s for s in statements)  # the listener saw the run's writes
+        assert [s for s in statements if "run_replays" in s] == []
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
         await world.client.aclose()
         await lifespan.__aexit__(None, None, None)
 

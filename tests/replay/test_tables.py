@@ -1,4 +1,4 @@
-"""The prompt, feedback and replay tables are what migration 0015 made."""
+"""The prompt, feedback and replay tables are what migrations 0015 and 0018 made."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 
 from corral.store import Base
 
-_TABLES = ("prompts", "prompt_versions", "run_feedback", "run_replays")
+_TABLES = ("prompts", "prompt_versions", "run_feedback", "run_replays", "runs")
 
 
 async def test_the_new_tables_are_what_the_migration_made(make_platform: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 
 from conftest import agent_document, register
 from corral.audit._tables import AuditEventRow
@@ -92,3 +92,25 @@ async def test_a_policy_refusal_is_stored_by_the_service_after_the_rollback(
         AuditEventRow.outcome == "denied",
     )
     assert (stored, events) == (1, 1)
+
+
+async def test_a_run_without_a_traffic_split_reads_splits_only_in_the_stage_lookup(
+    make_platform: Any,
+) -> None:
+    platform = await make_platform(scripted=ScriptedModel([]))
+    await register(platform, agent_document())
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        run = await _start(platform, ("builder",))
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    assert run.status is RunStatus.QUEUED
+    splits = [s for s in statements if "traffic_splits" in s]
+    # One statement resolves the stage's version and whether a split is active; none else.
+    assert len(splits) == 1
+    assert "stage_bindings" in splits[0]

@@ -64,6 +64,7 @@ from corral.observability._tracing import (
     Tracing,
     new_trace_id,
     otlp_configured,
+    record_child_span,
 )
 
 __all__ = [
@@ -119,6 +120,7 @@ __all__ = [
     "observe_step",
     "otlp_configured",
     "reason_class",
+    "record_child_span",
     "redact_event",
     "register_breakers",
     "run_probes",

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any, cast
 
 from opentelemetry import trace
-from opentelemetry.trace import Tracer
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -309,8 +308,11 @@ class Governance:
         roles: Roles per principal (``{"user:alice": ["approver"]}``) until identity lands.
         refresh_seconds: How long a tenant's engine is used before the store is checked for
             Policy changes made by other processes.
-        tracer: Tracer of the ``policy.evaluate`` spans, one per decision made inside a
-            recording span (a run's, a governed call's); ``None``: no spans.
+        record_span: Records the ``policy.evaluate`` spans, one per decision made inside a
+            recording span (a run's, a governed call's), as ``record_span(name, start_ns,
+            attributes)``: the platform passes :func:`corral.observability.record_child_span`
+            bound to its tracer (``corral.observability`` imports this package, so it cannot
+            be imported here). ``None``: no spans.
     """
 
     def __init__(
@@ -319,10 +321,10 @@ class Governance:
         *,
         roles: Mapping[str, list[str]] | None = None,
         refresh_seconds: float = 2.0,
-        tracer: Tracer | None = None,
+        record_span: Callable[[str, int, dict[str, Any]], None] | None = None,
     ) -> None:
         self.store = store
-        self.tracer = tracer
+        self.record_span = record_span
         self.roles = dict(roles or {})
         self.refresh_seconds = refresh_seconds
         self._engines: dict[str, tuple[float, PolicyEngine]] = {}
@@ -436,23 +438,19 @@ class Governance:
         Outside a recording span (an API request deciding ``agent.invoke``) nothing is
         recorded: such a span would belong to no stored trace.
         """
-        if self.tracer is None or not trace.get_current_span().is_recording():
+        if self.record_span is None or not trace.get_current_span().is_recording():
             return
-        span = self.tracer.start_span(
-            "policy.evaluate",
-            start_time=started_ns,
-            attributes={
-                "corral.policy.action": request.action,
-                "corral.policy.decision": decision.decision,
-                "corral.policy.ids": list(decision.determining_policies),
-                "corral.policy.decision_id": decision.id,
-                "corral.policy.principal": f"{request.principal.type}::{request.principal.id}",
-                "corral.policy.resource": f"{request.resource.type}::{request.resource.id}",
-            },
-        )
+        attributes: dict[str, Any] = {
+            "corral.policy.action": request.action,
+            "corral.policy.decision": decision.decision,
+            "corral.policy.ids": list(decision.determining_policies),
+            "corral.policy.decision_id": decision.id,
+            "corral.policy.principal": f"{request.principal.type}::{request.principal.id}",
+            "corral.policy.resource": f"{request.resource.type}::{request.resource.id}",
+        }
         if decision.errors:
-            span.set_attribute("error.type", "policy_evaluation_error")
-        span.end()
+            attributes["error.type"] = "policy_evaluation_error"
+        self.record_span("policy.evaluate", started_ns, attributes)
 
     def _entity_set(self, engine: PolicyEngine, entities: list[Entity]) -> EntitySet | list[Entity]:
         """The parsed entities, cached; the list itself when it does not parse.

@@ -3,21 +3,17 @@
 Both are selected by the run, not by branches in the loop: a replayed run's model is
 ``replay/<recorded run>``, which the model gateway routes to :class:`ReplayModel` like any
 ``provider/model``; every run's tool call passes :class:`ReplayTools` (the tool gateway's
-interceptor), which answers only the calls of runs that have a :class:`ReplayRow`.
+interceptor), which answers only the calls of runs whose ``runs.replay_of`` is set.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final, cast
-
-from sqlalchemy import Table, bindparam, select
+from typing import Final
 
 from corral.errors import ModelAPIError
 from corral.gateway.models import ModelRequest, ModelResponse, current_model_call
 from corral.gateway.tools import PreparedCall, ToolCallContext, ToolResult
 from corral.replay._recording import Recording
-from corral.replay._tables import ReplayRow
 from corral.runtime import list_steps
 from corral.store import Store
 
@@ -27,12 +23,7 @@ REPLAY_PROVIDER: Final = "replay"
 """The provider part of a replayed run's model name, ``replay/<recorded run id>``."""
 
 _MAX_CACHED: Final = 10_000
-"""Runs (recordings, and whether a run replays) kept in memory before the caches are reset."""
-
-_REPLAYS = cast(Table, ReplayRow.__table__)
-_REPLAY_OF = select(_REPLAYS.c.source_run_id, _REPLAYS.c.mode).where(
-    _REPLAYS.c.tenant_id == bindparam("b_tenant"), _REPLAYS.c.run_id == bindparam("b_run")
-)
+"""Recordings kept in memory before the caches are reset."""
 
 
 class Recordings:
@@ -102,12 +93,6 @@ class ReplayModel:
         return response
 
 
-@dataclass(frozen=True)
-class _Replay:
-    source_run_id: str
-    mode: str
-
-
 class ReplayTools:
     """The tool gateway's interceptor: replayed runs get recorded results, never side effects.
 
@@ -115,20 +100,19 @@ class ReplayTools:
     same canonical arguments (the same step and position first). A call with no recorded
     outcome runs if its tool is read-only; a side-effecting one is ``DENIED``
     (``replay_unrecorded``), so a replay never repeats nor adds an effect. Calls of other
-    runs pass through (whether a run replays is read once per run and process).
+    runs pass through without a read: whether a run replays is ``runs.replay_of``, loaded
+    with the run and carried in :attr:`ToolCallContext.replay_of`.
     """
 
     def __init__(self, recordings: Recordings) -> None:
         self.recordings = recordings
-        self._runs: dict[str, _Replay | None] = {}
 
     async def intercept(self, ctx: ToolCallContext, prepared: PreparedCall) -> ToolResult | None:
         """The recorded result for a replayed run's call, a refusal, or ``None`` to execute."""
-        assert ctx.run_id is not None
-        replay = await self._replay_of(ctx.tenant_id, ctx.run_id)
-        if replay is None:
+        source_run_id = ctx.replay_of
+        if source_run_id is None:
             return None
-        recording = await self.recordings.get(ctx.tenant_id, replay.source_run_id)
+        recording = await self.recordings.get(ctx.tenant_id, source_run_id)
         tool = prepared.tool
         recorded = recording.call(
             tool.name, prepared.arguments, step_index=ctx.step_index, call_index=ctx.call_index
@@ -138,7 +122,7 @@ class ReplayTools:
         if tool.contract.spec.side_effect == "read":
             return None
         message = (
-            f"replay: run {replay.source_run_id!r} recorded no result for this call of "
+            f"replay: run {source_run_id!r} recorded no result for this call of "
             f"{tool.name!r} (side_effect: {tool.contract.spec.side_effect}), and a replay never "
             "executes a side-effecting call; run the agent normally to try it"
         )
@@ -149,19 +133,3 @@ class ReplayTools:
             error_type="replay_unrecorded",
             tool_version=tool.version,
         )
-
-    async def _replay_of(self, tenant_id: str, run_id: str) -> _Replay | None:
-        if run_id in self._runs:
-            return self._runs[run_id]
-        # Every run's first call asks: one indexed read, without a session (the hot path).
-        row = await self.recordings.store.read_sync(
-            lambda connection: connection.execute(
-                _REPLAY_OF, {"b_tenant": tenant_id, "b_run": run_id}
-            ).first(),
-            tenant_id,
-        )
-        if len(self._runs) >= _MAX_CACHED:
-            self._runs.clear()
-        replay = None if row is None else _Replay(row.source_run_id, row.mode)
-        self._runs[run_id] = replay
-        return replay

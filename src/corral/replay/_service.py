@@ -103,7 +103,8 @@ async def start_replay(
             version=version if mode == "what_if" else source.agent_version,
             governance=governance,
             requester_roles=requester_roles,
-            replay_of=run_id if mode == "exact" else None,
+            replay_of=run_id,
+            replay_outputs=mode == "exact",
         )
         session.add(
             ReplayRow(

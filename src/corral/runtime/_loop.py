@@ -70,6 +70,7 @@ from corral.observability import (
     count_run_finished,
     get_logger,
     observe_step,
+    record_child_span,
 )
 from corral.policy import (
     Entity,
@@ -400,16 +401,17 @@ class RunExecutor(ToolPhase):
 
     def _context_built(self, state: RunState, request: ModelRequest, started_ns: int) -> None:
         """Record the ``context.build`` span: what the packet holds (attributes set at once)."""
-        self.tracing.tracer.start_span(
+        record_child_span(
+            self.tracing.tracer,
             "context.build",
-            start_time=started_ns,
-            attributes={
+            started_ns,
+            {
                 RUN_ID_ATTRIBUTE: state.run_id,
                 "corral.context.messages": len(request.messages),
                 "corral.context.tools": len(request.tools),
                 "corral.context.chars": sum(len(m.content) for m in request.messages),
             },
-        ).end()
+        )
 
     async def _budget_limits(self, state: RunState) -> BudgetLimits:
         """The cost budgets of the run's next model call (tenant limits are cached)."""
@@ -911,6 +913,7 @@ class RunExecutor(ToolPhase):
             pending=pending,
             stage=run.stage,
             requested_by=run.requested_by,
+            replay_of=run.replay_of,
             approved=loaded.approved,
             step_calls={c.call_index: c for c in loaded.calls if c.step_index == run.step_count},
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, Table, and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import AuditRecord, append_event, append_events
@@ -39,6 +39,7 @@ from corral.registry import (
     AgentRow,
     AgentVersionRow,
     StageBindingRow,
+    TrafficSplitRow,
     assign_version,
     get_agent,
     get_agent_version,
@@ -213,6 +214,7 @@ _EXPLICIT_VERSION_STAGES = frozenset({"dev", "eval", "eval-sandbox"})
 _AGENTS = cast(Table, AgentRow.__table__)
 _VERSIONS = cast(Table, AgentVersionRow.__table__)
 _BINDINGS = cast(Table, StageBindingRow.__table__)
+_SPLITS = cast(Table, TrafficSplitRow.__table__)
 _RUNS = cast(Table, RunRow.__table__)
 _RUN_EVENTS = cast(Table, RunEventRow.__table__)
 _RUN_COLUMNS = tuple(column.key for column in _RUNS.columns)
@@ -232,6 +234,9 @@ _EXPLICIT_VERSION = (
         _VERSIONS.c.version == bindparam("b_version"),
     )
 )
+# The stage's version and, in the same statement, whether a traffic split is active on the
+# agent's stage (one probe of its unique (agent_id, stage) index): a run of an agent with no
+# experiment or rollout costs no extra read, and no cache can be stale across processes.
 _STAGE_VERSION = (
     select(
         _AGENTS.c.id,
@@ -239,9 +244,13 @@ _STAGE_VERSION = (
         _VERSIONS.c.id.label("version_id"),
         _VERSIONS.c.version,
         _VERSIONS.c.digest,
+        _SPLITS.c.id.label("split_id"),
     )
     .join(_BINDINGS, _BINDINGS.c.agent_id == _AGENTS.c.id)
     .join(_VERSIONS, _VERSIONS.c.id == _BINDINGS.c.version_id)
+    .outerjoin(
+        _SPLITS, and_(_SPLITS.c.agent_id == _AGENTS.c.id, _SPLITS.c.stage == _BINDINGS.c.stage)
+    )
     .where(
         _AGENTS.c.tenant_id == bindparam("b_tenant"),
         _AGENTS.c.name == bindparam("b_agent"),
@@ -286,6 +295,7 @@ def _start_on_writer(
     if isinstance(request.workspace, BaseException):
         raise request.workspace
     resolved = request.workspace
+    found: Any  # a row of _EXPLICIT_VERSION, or of _STAGE_VERSION (with its split_id)
     if request.version is not None:
         if stage not in _EXPLICIT_VERSION_STAGES:
             raise InvalidRequest(
@@ -304,7 +314,7 @@ def _start_on_writer(
         raise _VersionMissing
     run_id = new_id("run")
     assignment = None
-    if request.version is None:
+    if request.version is None and found.split_id is not None:
         found, assignment = assigned_version(
             connection,
             found,
@@ -449,6 +459,7 @@ async def create_run(
     requester_roles: Iterable[str] | None = None,
     requester_groups: Iterable[str] = (),
     replay_of: str | None = None,
+    replay_outputs: bool = True,
 ) -> RunRow:
     """Create a ``QUEUED`` run and its ``run.created`` audit event in the caller's transaction.
 
@@ -470,9 +481,12 @@ async def create_run(
             referenced from the ``run.created`` audit event). ``None``: no policy check.
         requester_roles: The requester's roles in the tenant (Cedar ``principal.roles``).
         requester_groups: A user requester's groups (Cedar ``principal.groups``).
-        replay_of: A run of the tenant whose recorded model outputs this run replays: its
-            model is ``replay/<replay_of>`` (the replay provider; ``model`` is ignored). Only
-            the replay service passes it, after checking the run is the tenant's.
+        replay_of: A recorded run of the tenant this run replays (stored as
+            ``runs.replay_of``: its tool calls get the recorded results). Only the replay
+            service passes it, after checking the run is the tenant's.
+        replay_outputs: With ``replay_of``: also replay its recorded model outputs (an
+            ``exact`` replay): the model is ``replay/<replay_of>`` (the replay provider;
+            ``model`` is ignored). ``False``: a ``what_if`` replay, the agent's own model.
 
     Raises:
         NotFound: unknown agent or version (the message lists the known ones).
@@ -548,8 +562,9 @@ async def create_run(
             target=kill.target,
             engaged_by=kill.engaged_by,
         )
-    chosen = f"replay/{replay_of}" if replay_of else model or spec.model.default
-    if not replay_of and chosen not in (spec.model.default, *spec.model.allowed):
+    exact = replay_of is not None and replay_outputs
+    chosen = f"replay/{replay_of}" if exact else model or spec.model.default
+    if not exact and chosen not in (spec.model.default, *spec.model.allowed):
         raise InvalidRequest(
             f"Model {chosen!r} is not allowed to agent {agent_name!r}; allowed: "
             f"{', '.join([spec.model.default, *spec.model.allowed])}."
@@ -568,6 +583,7 @@ async def create_run(
         workspace=resolved,
         requested_by=requested_by,
         model=chosen,
+        replay_of=replay_of,
         trace_id=new_trace_id(),
         step_count=0,
         iterations=0,

@@ -166,6 +166,8 @@ class RunState:
     resting: set[str] = field(default_factory=set)
     """Tools whose call the last step repeated: not offered to the next model call, so a
     model stuck on one call (a small model re-listing ``.``) must do something else."""
+    replay_of: str | None = None
+    """The recorded run this run replays (``runs.replay_of``), or ``None``."""
     sources: list[str] = field(default_factory=list)
     """Workspace paths the run's tool calls returned, first seen first (what a final answer
     may cite under ``answer.cite_sources``)."""

@@ -46,7 +46,12 @@ class RunRow(TenantMixin, Base):
     """A run: its status, budgets used and lease. Small; large payloads live in steps."""
 
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_claim", "status", "lease_expires_at"),)
+    __table_args__ = (
+        Index("ix_runs_claim", "status", "lease_expires_at"),
+        # The portal overview and the SLO evaluator scan a tenant's runs by these times.
+        Index("ix_runs_tenant_created", "tenant_id", "created_at"),
+        Index("ix_runs_tenant_finished", "tenant_id", "finished_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
@@ -59,6 +64,9 @@ class RunRow(TenantMixin, Base):
     workspace: Mapped[str | None] = mapped_column(Text)
     requested_by: Mapped[str] = mapped_column(String(200))
     model: Mapped[str] = mapped_column(String(200))
+    replay_of: Mapped[str | None] = mapped_column(String(40))
+    """The recorded run this run replays (``corral runs replay``), or ``None``: loaded with the
+    run, so the tool gateway's replay interceptor never reads the store for other runs."""
     output: Mapped[str | None] = mapped_column(Text)
     terminal_reason: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)

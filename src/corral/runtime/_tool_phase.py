@@ -130,6 +130,7 @@ class ToolPhase:
                 principal_entity=agent_entity(state.agent_name, state.tenant_id, state.spec),
                 stage=state.stage,
                 requester=state.requested_by,
+                replay_of=state.replay_of,
             )
             key = call_key(call["name"], call["arguments"])
             first = state.seen_calls.get(key)

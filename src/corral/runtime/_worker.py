@@ -10,7 +10,7 @@ import random
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from corral.observability import (
@@ -71,9 +71,9 @@ class Worker:
         store_retry_max: Largest backoff bound.
         clock: Current UTC time, for claims and lease renewals (tests pass a
             :class:`corral.testing.ManualClock`; it must be the executor's clock).
-        heartbeat_tasks: Called with ``clock()`` every ``approval_sweep_seconds`` by the
-            heartbeat, idle or not (the platform passes the releases evaluator: experiments'
-            stop rule, rollout steps). A failure is logged; the next heartbeat tries again.
+
+    Periodic work beyond leases and approvals (the releases evaluator, the SLO evaluator)
+    is added with :meth:`add_heartbeat_job`.
     """
 
     approval_sweep_seconds: float = 5.0
@@ -92,10 +92,8 @@ class Worker:
         store_retry_initial: timedelta = timedelta(seconds=0.5),
         store_retry_max: timedelta = timedelta(seconds=30),
         clock: Callable[[], datetime] = utcnow,
-        heartbeat_tasks: Sequence[Callable[[datetime], Awaitable[object]]] = (),
     ) -> None:
         self.clock = clock
-        self.heartbeat_tasks = list(heartbeat_tasks)
         self.store = store
         self.executor = executor
         self.worker_id = worker_id or default_worker_id()
@@ -328,7 +326,6 @@ class Worker:
             if asyncio.get_running_loop().time() - last_sweep >= self.approval_sweep_seconds:
                 last_sweep = asyncio.get_running_loop().time()
                 await self._expire_approvals()
-                await self.run_heartbeat_tasks()
             for job in self._jobs:
                 job.start_if_due(asyncio.get_running_loop().time())
             if not self._driving:
@@ -360,13 +357,14 @@ class Worker:
         )
         return driving
 
-    async def run_heartbeat_tasks(self) -> None:
-        """Call each of ``heartbeat_tasks`` with the worker's clock (errors are logged)."""
-        for task in self.heartbeat_tasks:
-            try:
-                await task(self.clock())
-            except Exception:
-                log.exception("a heartbeat task failed; the next heartbeat tries again")
+    async def run_heartbeat_jobs(self) -> None:
+        """Run every :meth:`add_heartbeat_job` job now, one after the other (errors are logged).
+
+        What the heartbeat does over time, at once: for tests and tools that drive the
+        worker with an explicit clock.
+        """
+        for job in self._jobs:
+            await _logged(job.job)
 
     async def _expire_approvals(self) -> None:
         """Expire overdue approval requests (idle workers too: paused runs hold no worker)."""

@@ -43,6 +43,8 @@ class ToolCallContext:
             for each workspace-relative canonical path a tool reaches on its own (a
             directory's entries) whether it is allowed; set by the caller that decided the
             call. ``None``: every path is decided as the call was.
+        replay_of: The recorded run the call's run replays (``runs.replay_of``); ``None``:
+            not a replay, and the tool gateway's interceptor lets the call through unread.
     """
 
     tenant_id: str
@@ -58,6 +60,7 @@ class ToolCallContext:
     requester: str = ""
     progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None
     path_decider: Callable[[Sequence[str]], list[bool]] | None = None
+    replay_of: str | None = None
     on_secret_use: Callable[[DecisionRow, AuditRecord], None] | None = None
 
     @property
