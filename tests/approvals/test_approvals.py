@@ -292,7 +292,10 @@ async def test_a_write_call_waits_for_an_approver_then_runs_exactly_once(
         0,
     )
     assert request.policy_ids == ["tool-write-needs-approval"]
-    assert request.reason == "A write tool outside dev (and an eval's sandbox) needs an approver's approval."
+    assert (
+        request.reason
+        == "A write tool outside dev (and an eval's sandbox) needs an approver's approval."
+    )
     assert request.requested_by == REQUESTER and request.votes == []
     assert timedelta(hours=23) < request.expires_at - request.created_at <= timedelta(hours=24)
 
