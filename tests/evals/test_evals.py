@@ -101,7 +101,14 @@ async def run_eval(platform: Platform, suite: str = "qa", **options: Any):
         **options,
     )
     await platform.worker.run_until_idle()
-    judge = gateway_judge(platform.models, TENANT)
+    judge = gateway_judge(
+        platform.models,
+        TENANT,
+        governance=platform.governance,
+        store=platform.store,
+        principal="user:test",
+        roles=["builder"],
+    )
     return await grade_eval(
         platform.store, row.id, tenant_id=TENANT, actor="user:test", judge=judge
     )
