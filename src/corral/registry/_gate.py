@@ -149,11 +149,15 @@ async def check_gate(
     for suite_gate in gate.suites:
         found = await lookup(session, agent_name, digest, suite_gate.suite, tenant_id=tenant_id)
         suites.append(_judge_suite(suite_gate, found))
-    failures = [f for s in suites for f in s["failures"]]
-    if failures:
+    failed = [s for s in suites if s["failures"]]
+    if failed:
+        runs = ", ".join(
+            f"`corral eval run {s['suite']} --agent {agent_name}@{version}`" for s in failed
+        )
         raise Conflict(
             f"Agent {agent_name!r}@{version} ({digest[:19]}) fails its eval gate for "
-            f"{stage!r}: {'; '.join(failures)}.",
+            f"{stage!r}: {'; '.join(f for s in failed for f in s['failures'])}. Fix the agent "
+            f"and apply it, or run {runs} once it passes.",
             code="eval_gate_failed",
         )
     rates = [s["success_rate"] for s in suites]
