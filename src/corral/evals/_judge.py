@@ -95,34 +95,8 @@ def gateway_judge(
     """
     caller = governance.principal_entity(principal, tenant_id, roles=roles)
 
-    async def judge(model: str, prompt: str) -> JudgeReply:
-        rows: list[dict[str, Any]] = []
-
-        async def authorize(name: str, served: Served | None = None) -> str | None:
-            provider, _, short = name.partition("/")
-            request = PolicyRequest(
-                principal=principal_ref(principal),
-                action="model.call",
-                resource=EntityRef("Model", name),
-                context=PolicyContext(
-                    tenant=tenant_id,
-                    stage=JUDGE_STAGE,
-                    requester=principal,
-                    region=None if served is None else served.region,
-                    deployment=None if served is None else served.deployment,
-                ),
-            )
-            entity = Entity(EntityRef("Model", name), {"provider": provider, "name": short})
-            decision = await governance.decide(tenant_id, request, [caller, entity])
-            rows.append(decision_row(decision, request, tenant_id=tenant_id, run_id=None))
-            if decision.decision == "allow":
-                return None
-            because = "; ".join(decision.reasons) or "no policy permits it"
-            return (
-                f"policy does not allow the judge model {name!r} for {principal!r}: {because} "
-                f"(decision {decision.id})"
-            )
-
+    async def judge(alias: str, prompt: str) -> JudgeReply:
+        authorize = _Authorizer(governance, tenant_id, principal, caller)
         request = ModelRequest(
             model="",
             messages=[Message("system", _SYSTEM), Message("user", prompt)],
@@ -132,11 +106,12 @@ def gateway_judge(
         response: ModelResponse | None = None
         try:
             _, response = await models.complete(
-                [model], request, authorize=authorize, tenant_id=tenant_id
+                [alias], request, authorize=authorize, tenant_id=tenant_id
             )
         finally:
             cost = None if response is None else _cost(response, prices or {})
-            calls = _ledger_rows(tenant_id, principal, model, response, cost)
+            calls = _ledger_rows(tenant_id, principal, alias, response, cost)
+            rows = authorize.rows
             if rows or calls:  # the decisions and the ledger row, in one transaction
                 await store.run_sync(functools.partial(_record, rows=rows, calls=calls), tenant_id)
         decision = response.decision
@@ -144,6 +119,43 @@ def gateway_judge(
         return JudgeReply(text, cost or Decimal(0))
 
     return judge
+
+
+class _Authorizer:
+    """Decides ``model.call`` for each deployment the judge's call tries; keeps the rows."""
+
+    def __init__(
+        self, governance: Governance, tenant_id: str, principal: str, caller: Entity
+    ) -> None:
+        self.governance, self.tenant_id, self.principal = governance, tenant_id, principal
+        self.caller = caller
+        self.rows: list[dict[str, Any]] = []
+
+    async def __call__(self, model: str, served: Served | None = None) -> str | None:
+        """``None`` when policy allows calling ``model`` (``provider/model``), else why not."""
+        provider, _, name = model.partition("/")
+        request = PolicyRequest(
+            principal=principal_ref(self.principal),
+            action="model.call",
+            resource=EntityRef("Model", model),
+            context=PolicyContext(
+                tenant=self.tenant_id,
+                stage=JUDGE_STAGE,
+                requester=self.principal,
+                region=None if served is None else served.region,
+                deployment=None if served is None else served.deployment,
+            ),
+        )
+        entity = Entity(EntityRef("Model", model), {"provider": provider, "name": name})
+        decision = await self.governance.decide(self.tenant_id, request, [self.caller, entity])
+        self.rows.append(decision_row(decision, request, tenant_id=self.tenant_id, run_id=None))
+        if decision.decision == "allow":
+            return None
+        because = "; ".join(decision.reasons) or "no policy permits it"
+        return (
+            f"policy does not allow the judge model {model!r} for {self.principal!r}: "
+            f"{because} (decision {decision.id})"
+        )
 
 
 def _record(connection: Connection, *, rows: list[dict[str, Any]], calls: list[ModelCall]) -> None:
