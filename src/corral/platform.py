@@ -24,6 +24,7 @@ from corral.approvals import install_approval_effects
 from corral.cache import StoreResponseCache, StoreToolResultCache
 from corral.costs import daily_model_usage
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
+from corral.evals import latest_eval
 from corral.gateway.models import (
     LocalModelServer,
     Message,
@@ -279,7 +280,11 @@ class Platform:
     async def evaluate_releases(self, now: datetime) -> None:
         """Apply experiments' stop rule and move rollouts along (a worker heartbeat task)."""
         await evaluate_releases(
-            self.store, self.governance, now, stages=self.settings.governance.stages
+            self.store,
+            self.governance,
+            now,
+            stages=self.settings.governance.stages,
+            evals=latest_eval,
         )
 
     async def start(self) -> None:

@@ -256,6 +256,13 @@ class GovernanceSettings(BaseModel):
     policy_refresh_seconds: float = 2.0
     """How long a process uses a tenant's compiled policies before checking for changes made
     by other processes (changes made through the same process apply at once)."""
+    eval_gate_stages: list[str] = Field(default_factory=lambda: ["staging", "production"])
+    """Stages a promotion to needs a passing eval of the exact version digest on every suite
+    the agent's ``evaluation`` block names (rollouts reaching 100 % included)."""
+    require_eval_for_production: bool = True
+    """Refuse to promote to ``production`` an agent that has no ``evaluation`` block (no eval
+    baseline, invariant 11); ``False`` lets such agents through (``CORRAL_GOVERNANCE__
+    REQUIRE_EVAL_FOR_PRODUCTION=false``)."""
 
 
 class OidcSettings(BaseModel):

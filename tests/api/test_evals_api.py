@@ -120,3 +120,19 @@ async def test_evals_need_permissions_and_stay_in_their_tenant(api, settings, wo
     ).status_code == 404
     assert (await client.post("/v1/evals", json={"suite": "qa"}, headers=eve)).status_code == 404
     await finished(client, eval_id)
+
+
+@pytest.mark.parametrize("stage", ["eval", "eval-sandbox"])
+async def test_callers_cannot_run_in_the_eval_stages(api, workspace: Path, stage: str) -> None:
+    client = await api(scripted=ScriptedModel(model))
+    applied = await client.post("/v1/apply", json={"documents": [agent_document()]})
+    assert applied.status_code == 200, applied.text
+    body = {"task": "Answer.", "stage": stage, "workspace": str(workspace)}
+    refused = await client.post("/v1/agents/repo-analyst/runs", json=body)
+    assert refused.status_code == 422, refused.text
+    assert f"stage {stage!r} is reserved for eval runs" in refused.json()["message"]
+    assert "`corral eval run SUITE --agent AGENT@VERSION`" in refused.json()["message"]
+    listed = await client.get("/v1/runs")
+    assert listed.json()["items"] == []
+    allowed = await client.post("/v1/agents/repo-analyst/runs", json={**body, "stage": "dev"})
+    assert allowed.status_code == 201, allowed.text

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from conftest import agent_document, register
 from corral.contracts import EvalSuite, Tool, parse_document
+from corral.costs import ModelCallRow
 from corral.evals import (
     apply_suites,
     compare_versions,
@@ -26,6 +27,7 @@ from corral.evals import (
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.gateway.tools import BuiltinTool
 from corral.platform import Platform
+from corral.policy._tables import PolicyDecisionRow
 from corral.registry import get_agent_version
 from corral.runtime import get_run, list_steps
 from corral.settings import Settings
@@ -101,7 +103,14 @@ async def run_eval(platform: Platform, suite: str = "qa", **options: Any):
         **options,
     )
     await platform.worker.run_until_idle()
-    judge = gateway_judge(platform.models, TENANT)
+    judge = gateway_judge(
+        platform.models,
+        TENANT,
+        governance=platform.governance,
+        store=platform.store,
+        principal="user:test",
+        roles=["builder"],
+    )
     return await grade_eval(
         platform.store, row.id, tenant_id=TENANT, actor="user:test", judge=judge
     )
@@ -365,3 +374,70 @@ async def test_a_judge_grades_through_the_model_gateway_and_its_cost_is_counted(
     assert judged.detail == "names the answer"
     assert judged.cost_usd > 0 and case.judge_cost_usd == judged.cost_usd
     assert report.summary is not None and report.summary.judge_cost_usd == judged.cost_usd
+
+
+async def test_the_judges_model_call_is_decided_by_policy_and_written_to_the_ledger(
+    make_platform, workspace: Path
+) -> None:
+    def model(request: ModelRequest) -> list[ToolCall] | FinalAnswer:
+        if "Rubric:" in request.messages[-1].content:
+            return FinalAnswer('{"score": 1, "reason": "fine"}')
+        return FinalAnswer("42")
+
+    platform = await make_platform(scripted=ScriptedModel(model))
+    graders = [{"type": "judge", "rubric": "The answer is 42.", "model": "scripted/judge"}]
+    cases = [{"name": "answers", "task": "What is the answer?", "graders": graders}]
+    await register(platform, agent_document())
+    await apply_suite(platform, suite_document(cases=cases))
+
+    allowed = await run_eval(platform, workspace=str(workspace))
+    [judged] = [g for g in allowed.graders[allowed.cases[0].id] if g.grader_type == "judge"]
+    assert judged.passed is True, judged.detail
+    async with platform.store.read(TENANT) as session:
+        ledger = (
+            await session.scalars(
+                select(ModelCallRow).where(
+                    ModelCallRow.model == "judge", ModelCallRow.principal == "user:test"
+                )
+            )
+        ).all()
+        decided = (
+            await session.scalars(
+                select(PolicyDecisionRow).where(
+                    PolicyDecisionRow.action == "model.call",
+                    PolicyDecisionRow.resource == 'Model::"scripted/judge"',
+                )
+            )
+        ).all()
+    assert len(ledger) == 1 and ledger[0].run_id is None
+    assert [d.decision for d in decided] == ["allow"]
+
+    forbid = {
+        "apiVersion": "corral.dev/v1",
+        "kind": "Policy",
+        "metadata": {"name": "no-judge"},
+        "spec": {
+            "description": "The judge model may not be called.",
+            "cedar": '@id("no-judge")\n@reason("The judge model is off.")\nforbid (principal, '
+            'action == Action::"model.call", resource == Model::"scripted/judge");',
+        },
+    }
+    await register(platform, forbid)
+    platform.governance.invalidate(TENANT)
+    denied = await run_eval(platform, workspace=str(workspace))
+    [judged] = [g for g in denied.graders[denied.cases[0].id] if g.grader_type == "judge"]
+    assert judged.passed is False and "The judge model is off." in judged.detail, judged.detail
+    assert denied.run.passed is False
+    async with platform.store.read(TENANT) as session:
+        decisions = (
+            await session.scalars(
+                select(PolicyDecisionRow.decision).where(
+                    PolicyDecisionRow.action == "model.call",
+                    PolicyDecisionRow.resource == 'Model::"scripted/judge"',
+                )
+            )
+        ).all()
+        calls = (
+            await session.scalars(select(ModelCallRow).where(ModelCallRow.model == "judge"))
+        ).all()
+    assert sorted(decisions) == ["allow", "deny"] and len(calls) == 1

@@ -1,4 +1,4 @@
-"""Invariants 1, 2, 3, 6, 10 and 15 of DESIGN.md ("Invariants"), on SQLite and PostgreSQL.
+"""Invariants 1, 2, 3, 6, 10, 11 and 15 of DESIGN.md ("Invariants"), on SQLite and PostgreSQL.
 
 Each test tries to break its invariant the way a caller, a model or a policy author could:
 unknown and look-alike names, old versions and stage bindings of retired agents, tools outside
@@ -502,6 +502,36 @@ async def test_invalid_policy_is_refused_whole_and_writes_nothing(
 
     assert [await count_rows(world, table) for table in tables] == before
     assert (await world.client.get("/v1/policies")).json()["items"] == []
+
+
+# --- 11 Every production agent version has an eval baseline -------------------------------------
+
+
+async def test_11_no_version_reaches_production_without_a_passing_eval_of_its_digest(
+    world: World,
+) -> None:
+    gate = {"suites": [{"suite": "qa"}]}
+    applied = await world.client.post(
+        "/v1/apply",
+        json={"documents": [agent_document(), agent_document("gated", evaluation=gate)]},
+    )
+    assert applied.status_code == 200, applied.text
+    for agent, code in [("repo-analyst", "eval_baseline_missing"), ("gated", "eval_gate_failed")]:
+        for stage in ("production", "staging"):
+            refused = await world.client.post(
+                f"/v1/agents/{agent}/promotions", json={"version": "0.1.0", "stage": stage}
+            )
+            if agent == "repo-analyst" and stage == "staging":
+                assert refused.status_code == 201, refused.text  # no gate: staging is open
+                continue
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["code"] == code
+            assert "corral eval run" in refused.json()["message"]
+    async with world.platform.store.read("default") as session:
+        promoted = await session.scalars(
+            select(AuditEventRow.subject).where(AuditEventRow.action == "agent.promoted")
+        )
+        assert list(promoted) == ["agent:repo-analyst@0.1.0"]
 
 
 # --- 15 The audit chain verifies end to end -------------------------------------------------------

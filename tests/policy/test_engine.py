@@ -642,6 +642,8 @@ def test_errors_in_policies_naming_the_request_carry_their_ids() -> None:
             workspace='/srv/ré"pos',
         ),
         PolicyContext("acme", "dev", "alice", region="eu-west", deployment="smart#0"),
+        PolicyContext("acme", "staging", "alice", eval_passed=True, eval_score=Decimal("0.75")),
+        PolicyContext("acme", "staging", "alice", eval_passed=False),
     ],
 )
 def test_the_context_text_is_the_canonical_json_of_the_context(context: PolicyContext) -> None:

@@ -51,8 +51,13 @@ ROLES = {
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """The shared settings, with a builder and a viewer besides the local admin."""
-    return settings.model_copy(update={"governance": GovernanceSettings(roles=ROLES)})
+    """The shared settings, with a builder and a viewer besides the local admin.
+
+    These tests are about promotion mechanics, not the eval gate (tests/registry/test_gate.py):
+    agents without an eval baseline may reach production here.
+    """
+    governance = GovernanceSettings(roles=ROLES, require_eval_for_production=False)
+    return settings.model_copy(update={"governance": governance})
 
 
 async def versions(platform: Platform, count: int, name: str = AGENT) -> list[str]:
@@ -77,6 +82,7 @@ async def promote_as(
                 version=version,
                 stage=stage,
                 stages=platform.settings.governance.stages,
+                require_eval_for_production=False,
             )
     except PolicyRefused as exc:
         await platform.store.run_sync(exc.record, "default")
@@ -623,7 +629,8 @@ runner = CliRunner()
 
 @pytest.fixture
 def server_settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", governance=GovernanceSettings(roles=ROLES))
+    governance = GovernanceSettings(roles=ROLES, require_eval_for_production=False)
+    return Settings(home=tmp_path / "home", governance=governance)
 
 
 @pytest.fixture

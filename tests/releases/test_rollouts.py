@@ -17,6 +17,7 @@ from sqlalchemy import Connection, select
 from conftest import agent_document, register
 from corral.audit._tables import AuditEventRow
 from corral.errors import Conflict, InvalidRequest
+from corral.evals import latest_eval
 from corral.platform import Platform
 from corral.registry import Variant as SplitVariant
 from corral.registry import bucket_of, choose_variant, promote, stage_bindings
@@ -48,7 +49,9 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"governance": GovernanceSettings(roles={ADMIN: ROLES})})
 
 
-async def world(make_platform: Any, *, bad_candidate: bool) -> tuple[Platform, ManualClock]:
+async def world(
+    make_platform: Any, *, bad_candidate: bool, **candidate_spec: Any
+) -> tuple[Platform, ManualClock]:
     """v0.1.0 answers and runs in staging; v0.1.1 (the candidate) answers too, or fails."""
     platform = await make_platform(
         scripted=ScriptedModel(lambda request: ScriptedModel.answer("ok")),
@@ -58,7 +61,7 @@ async def world(make_platform: Any, *, bad_candidate: bool) -> tuple[Platform, M
     platform.executor.clock = clock
     platform.worker.clock = clock
     await register(platform, agent_document(AGENT, description="The baseline."))
-    candidate: dict[str, Any] = {"description": "The candidate."}
+    candidate: dict[str, Any] = {"description": "The candidate.", **candidate_spec}
     if bad_candidate:
         candidate.update(model={"default": "flaky/test"}, limits={"max_iterations": 1})
     await register(platform, agent_document(AGENT, **candidate))
@@ -170,6 +173,30 @@ async def test_a_healthy_canary_advances_step_by_step_and_is_promoted(make_platf
         "rollout.promoted",
     ]
     assert "agent.promoted" in await audit_actions(platform, "agent.promoted")
+
+
+async def test_a_rollout_reaching_100_percent_passes_the_eval_gate(make_platform: Any) -> None:
+    gate = {"suites": [{"suite": "qa"}]}
+    platform, clock = await world(make_platform, bad_candidate=False, evaluation=gate)
+    rollout_id = await start(
+        platform, clock, steps_percent=(50, 100), step_minutes=10, min_canary_runs=2
+    )
+    await runs(platform, 20)
+    clock.advance(seconds=11 * 60)
+    outcomes = await evaluate_rollouts(
+        platform.store,
+        platform.governance,
+        now=clock(),
+        stages=platform.settings.governance.stages,
+        evals=latest_eval,
+    )
+    assert outcomes == {rollout_id: "promotion_refused"}
+    assert await staging_version(platform) == "0.1.0"
+    async with platform.store.read("default") as session:
+        status = await rollout_status(session, AGENT, tenant_id="default")
+    assert status.rollout.status == "promotion_refused"
+    assert "fails its eval gate" in (status.rollout.reason or "")
+    assert "`corral eval run qa --agent repo-analyst@0.1.1`" in (status.rollout.reason or "")
 
 
 async def test_a_canary_whose_error_rate_rises_is_rolled_back(make_platform: Any) -> None:

@@ -6,7 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+
+from corral.evals import EVAL_SANDBOX_STAGE, EVAL_STAGE
 
 __all__ = [
     "MAX_CURSOR",
@@ -150,8 +152,19 @@ class RunCreate(BaseModel):
         "production",
         pattern=r"^[a-z][a-z0-9-]{0,31}$",
         description="Release stage whose bound version runs (API default: production; "
-        "`corral run` sends dev).",
+        "`corral run` sends dev). `eval` and `eval-sandbox` are reserved for eval runs.",
     )
+
+    @field_validator("stage")
+    @classmethod
+    def _not_an_eval_stage(cls, stage: str) -> str:
+        """The eval stages run only the evals package's case runs (their policy differs)."""
+        if stage in (EVAL_STAGE, EVAL_SANDBOX_STAGE):
+            raise ValueError(
+                f"stage {stage!r} is reserved for eval runs; run an eval suite with "
+                "`corral eval run SUITE --agent AGENT@VERSION` (POST /v1/evals) instead"
+            )
+        return stage
 
 
 def usd_text(value: object) -> object:

@@ -240,7 +240,13 @@ async def post_grade(
         tenant_id=caller.tenant_id,
         actor=caller.principal,
         judge=gateway_judge(
-            platform.models, caller.tenant_id, prices=platform.settings.quotas.model_prices
+            platform.models,
+            caller.tenant_id,
+            governance=platform.governance,
+            store=platform.store,
+            principal=caller.principal,
+            roles=caller.roles,
+            prices=platform.settings.quotas.model_prices,
         ),
     )
     return _eval_out(report)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from corral.api._deps import Caller, PlatformDep, ReadSessionDep, requires
 from corral.api._schemas import PromotionCreate, PromotionOut, RollbackCreate, StageBindingOut
 from corral.errors import PolicyRefused
+from corral.evals import latest_eval
 from corral.registry import list_promotions, promote, rollback, stage_bindings
 
 __all__ = ["router"]
@@ -53,6 +54,9 @@ async def post_promotion(
                 stages=governance.stages,
                 approval_ttl=timedelta(seconds=governance.approval_ttl_seconds),
                 actor_roles=caller.roles,
+                evals=latest_eval,
+                gate_stages=governance.eval_gate_stages,
+                require_eval_for_production=governance.require_eval_for_production,
             )
     except PolicyRefused as exc:
         await platform.store.run_sync(exc.record, caller.tenant_id)  # the refusal is evidence too

@@ -190,11 +190,43 @@ class ApprovalRule(_Strict):
     expires_after_seconds: Annotated[int, Field(ge=60)] = 86_400
 
 
-class EvaluationGate(_Strict):
-    """Evals a version must pass before promotion."""
+class SuiteGate(_Strict):
+    """One eval suite a version must pass, and the thresholds its latest eval must meet.
 
-    suite: str
-    min_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+    A threshold left unset falls back to the suite's own (the eval's ``passed``).
+    """
+
+    suite: Annotated[str, Field(pattern=_NAME)]
+    min_success_rate: Annotated[float | None, Field(ge=0, le=1)] = None
+    """Share of case runs whose graders all pass (0..1)."""
+    max_policy_violations: Annotated[int, Field(ge=0)] = 0
+    """Tool calls denied by policy or needing approval during the eval."""
+    max_median_cost_usd: Annotated[Decimal | None, Field(ge=0)] = None
+    """Median model cost of a case run, US dollars."""
+    max_p95_latency_seconds: Annotated[float | None, Field(gt=0)] = None
+    """95th percentile case-run latency, seconds."""
+
+
+class ManualReviewConditions(_Strict):
+    """Changes, against the version the stage runs now, that add a person's approval."""
+
+    tool_set_changed: bool = False
+    """The allowed or denied tool patterns differ."""
+    write_tool_added: bool = False
+    """A registered ``write`` or ``destructive`` tool became allowed."""
+    memory_writes_enabled: bool = False
+    """A memory scope became ``read_write``."""
+    risk_tier_raised: bool = False
+    """``risk_tier`` went up (low < medium < high < critical)."""
+
+
+class EvaluationGate(_Strict):
+    """Evals a version must pass before promotion to a gated stage (``staging``, ``production``)."""
+
+    suites: Annotated[list[SuiteGate], Field(min_length=1, max_length=20)]
+    manual_review_required_if: ManualReviewConditions = ManualReviewConditions()
+    reviewer_role: Annotated[str, Field(min_length=1, max_length=100)] = "approver"
+    """Role that approves a promotion a manual-review condition matched."""
 
 
 class Observability(_Strict):

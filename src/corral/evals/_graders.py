@@ -29,6 +29,7 @@ from corral.contracts import (
     RegexGrader,
     TrajectoryGrader,
 )
+from corral.errors import BudgetExceeded, PolicyDenied
 
 __all__ = [
     "JUDGE_SCHEMA",
@@ -272,7 +273,10 @@ async def _judge(grader: JudgeGrader, seen: Observation, name: str, judge: Judge
         return Verdict(name, grader.type, False, 0.0, "no judge model available")
     if seen.output is None:
         return Verdict(name, grader.type, False, 0.0, f"no answer (run {seen.run_status})")
-    reply = await judge(grader.model, _judge_prompt(grader, seen))
+    try:
+        reply = await judge(grader.model, _judge_prompt(grader, seen))
+    except (PolicyDenied, BudgetExceeded) as exc:  # decided, recorded, and a failed grade
+        return Verdict(name, grader.type, False, 0.0, f"the judge's call was refused: {exc}")
     fenced = _FENCE.match(reply.text.strip())
     try:
         value = json.loads(fenced.group(1) if fenced else reply.text)

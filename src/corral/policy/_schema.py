@@ -67,6 +67,8 @@ _CONTEXT: Final[dict[str, dict[str, Any]]] = {
     "workspace": _OPTIONAL_STRING,
     "region": _OPTIONAL_STRING,
     "deployment": _OPTIONAL_STRING,
+    "eval_passed": {"type": "Boolean", "required": False},
+    "eval_score": {"type": "Extension", "name": "decimal", "required": False},
 }
 
 _APPLIES_TO: Final[dict[PolicyAction, tuple[tuple[str, ...], tuple[str, ...]]]] = {
@@ -109,6 +111,10 @@ def cedar_schema() -> dict[str, Any]:
       only; absent when the run has none), e.g. ``context.workspace like "/srv/repos/*"``.
     * ``region``, ``deployment``: optional String (``model.call`` only), the region label and
       name of the model deployment about to be called, e.g. ``context.region == "eu-west"``.
+    * ``eval_passed``: optional Boolean, ``eval_score``: optional ``decimal`` (0..1)
+      (``agent.promote`` only, when the eval gate checked the version): whether its evals
+      passed, and the lowest success rate among them, e.g.
+      ``context has eval_score && context.eval_score.greaterThanOrEqual(decimal("0.9"))``.
 
     Returns:
         A new dict each call (callers may extend it), ready for ``json.dumps``.

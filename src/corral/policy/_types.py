@@ -188,6 +188,10 @@ class PolicyContext:
             if it has one.
         deployment: For ``model.call``: the deployment's name (``alias#index``, or the
             ``provider/model`` name itself).
+        eval_passed: For ``agent.promote`` to a gated stage: whether the version's evals of
+            its exact digest passed the agent's eval gate (absent when nothing was checked).
+        eval_score: For ``agent.promote``: the lowest success rate (0..1) among those evals;
+            Cedar ``decimal``, 4 places.
     """
 
     tenant: str
@@ -202,6 +206,8 @@ class PolicyContext:
     workspace: str | None = None
     region: str | None = None
     deployment: str | None = None
+    eval_passed: bool | None = None
+    eval_score: Decimal | None = None
 
     def to_cedar(self, approvals_granted: Iterable[str] = ()) -> dict[str, Any]:
         """Cedar's JSON context, with ``approvals_granted`` as a sorted set."""
@@ -226,6 +232,10 @@ class PolicyContext:
             context["region"] = self.region
         if self.deployment is not None:
             context["deployment"] = self.deployment
+        if self.eval_passed is not None:
+            context["eval_passed"] = self.eval_passed
+        if self.eval_score is not None:
+            context["eval_score"] = _cedar_decimal(self.eval_score)
         return context
 
     def cedar_json(self, approvals_granted: Iterable[str] = ()) -> str:
@@ -252,6 +262,13 @@ class PolicyContext:
             '"estimated_cost_usd":{"__extn":{"arg":"'
             f'{_decimal_text(self.estimated_cost_usd)}","fn":"decimal"}}}}',
         ]
+        if self.eval_passed is not None:
+            parts.append(f'"eval_passed":{"true" if self.eval_passed else "false"}')
+        if self.eval_score is not None:
+            parts.append(
+                f'"eval_score":{{"__extn":{{"arg":"{_decimal_text(self.eval_score)}",'
+                '"fn":"decimal"}}'
+            )
         if self.path is not None:
             parts.append(f'"path":{encode_basestring(posixpath.normpath(self.path))}')
         if self.region is not None:

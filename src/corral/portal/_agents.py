@@ -9,6 +9,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from corral.errors import PolicyRefused
+from corral.evals import latest_eval
 from corral.portal._routes import router
 from corral.portal._web import (
     PORTAL_PATH,
@@ -104,6 +105,9 @@ async def promote_version(request: Request, name: str) -> Response:
                 stages=governance.stages,
                 approval_ttl=timedelta(seconds=governance.approval_ttl_seconds),
                 actor_roles=principal.roles,
+                evals=latest_eval,
+                gate_stages=governance.eval_gate_stages,
+                require_eval_for_production=governance.require_eval_for_production,
             )
     except PolicyRefused as exc:
         await platform.store.run_sync(exc.record, principal.tenant_id)  # evidence, as REST

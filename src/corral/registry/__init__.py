@@ -4,6 +4,7 @@ A release binds an agent version to a stage (``promote``, ``rollback``); runs in
 the version bound to it.
 """
 
+from corral.registry._gate import EvalBaseline, EvalLookup, GateResult
 from corral.registry._models import BUILTIN_DEFAULT_MODEL, default_models, tenant_models
 from corral.registry._prompts import (
     get_prompt_version,
@@ -80,6 +81,9 @@ __all__ = [
     "AgentVersionRow",
     "ApplyResult",
     "Assignment",
+    "EvalBaseline",
+    "EvalLookup",
+    "GateResult",
     "KeyBy",
     "McpServerRow",
     "McpServerVersionRow",

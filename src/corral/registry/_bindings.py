@@ -281,8 +281,12 @@ def request_approval(
     current: str | None,
     expires_at: datetime,
     now: datetime,
+    extra: dict[str, Any] | None = None,
 ) -> Promotion:
-    """Write the pending promotion, its approval request and their audit events."""
+    """Write the pending promotion, its approval request and their audit events.
+
+    ``extra``: more details for the ``agent.promote`` audit event (the eval gate's result).
+    """
     from corral.approvals import approval_request  # the approvals service imports this module
 
     arguments = {"agent": target.agent_name, "version": target.version, "stage": target.stage}
@@ -310,6 +314,7 @@ def request_approval(
         "approver_roles": list(decision.approver_roles),
         "required_approvals": required,
         "policies": list(decision.determining_policies),
+        **(extra or {}),
     }
     append_events(
         connection,

@@ -25,6 +25,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -62,6 +63,7 @@ from corral.registry._bindings import (
     stage_history,
     version_of,
 )
+from corral.registry._gate import EvalLookup, GateResult, check_gate
 from corral.registry._service import digest_of, get_agent, get_agent_version
 from corral.registry._tables import AgentVersionRow, PromotionRow, StageBindingRow
 from corral.settings import GovernanceSettings
@@ -100,6 +102,9 @@ async def promote(
     stages: Sequence[str] | None = None,
     approval_ttl: timedelta | None = None,
     actor_roles: Iterable[str] | None = None,
+    evals: EvalLookup | None = None,
+    gate_stages: Sequence[str] | None = None,
+    require_eval_for_production: bool | None = None,
 ) -> Promotion:
     """Promote ``agent_name@version`` to ``stage``, in the caller's transaction.
 
@@ -122,6 +127,19 @@ async def promote(
         stages: The configured stages (settings ``governance.stages``); ``None``: defaults.
         approval_ttl: Lifetime of an approval request; ``None``: the settings default.
         actor_roles: The actor's roles in the tenant (Cedar ``principal.roles``).
+        evals: Reads the latest eval of a digest on a suite (``corral.evals.latest_eval``);
+            ``None``: a promotion to a gated stage of an agent with an ``evaluation`` block
+            is refused (fail closed).
+        gate_stages: Stages the eval gate applies to (settings ``governance.eval_gate_stages``);
+            ``None``: the settings default.
+        require_eval_for_production: Refuse ``production`` to an agent without an
+            ``evaluation`` block (settings ``governance.require_eval_for_production``);
+            ``None``: the settings default.
+
+    The eval gate (:mod:`corral.registry._gate`) runs before policy; its result is in the
+    ``agent.promote`` context (``eval_passed``, ``eval_score``) and the audit event, and a
+    matched ``manual_review_required_if`` condition adds an approval (role
+    ``evaluation.reviewer_role``) to a promotion policy allows.
 
     Returns:
         The promotion, ``done`` or ``pending_approval`` (with its approval id, approver roles
@@ -131,7 +149,8 @@ async def promote(
         InvalidRequest: ``stage`` is not configured, or is ``dev``.
         NotFound: no such agent (listing the agents) or version (listing the versions).
         Conflict: the stage already runs this version; another promotion to the stage awaits
-            approval; or the stored version no longer matches its digest.
+            approval; the stored version no longer matches its digest; or the eval gate
+            refuses (``eval_gate_failed``, ``eval_baseline_missing``, ``eval_gate_unavailable``).
         PolicyDenied: the version is a draft or retired.
         PolicyRefused: policy denies the promotion (call its ``record`` after the rollback).
     """
@@ -139,6 +158,23 @@ async def promote(
     _check_stage(agent_name, stage, defaults.stages if stages is None else stages, "promoted to")
     agent, row = await get_agent_version(session, agent_name, version, tenant_id=tenant_id)
     spec = _promotable_spec(agent_name, row, stage)
+    gate = await check_gate(
+        session,
+        evals,
+        tenant_id=tenant_id,
+        agent_id=agent.id,
+        agent_name=agent_name,
+        version=row.version,
+        digest=row.digest,
+        spec=spec,
+        stage=stage,
+        gate_stages=defaults.eval_gate_stages if gate_stages is None else gate_stages,
+        require_eval_for_production=(
+            defaults.require_eval_for_production
+            if require_eval_for_production is None
+            else require_eval_for_production
+        ),
+    )
     decision, stored = await _decide(
         governance,
         tenant_id,
@@ -148,6 +184,7 @@ async def promote(
         stage,
         actor_roles=actor_roles,
         session=session,
+        gate=gate,
     )
     if decision.decision == "deny":
         raise _refusal(
@@ -158,12 +195,29 @@ async def promote(
             action="agent.promote",
             subject=f"agent:{agent_name}@{row.version}",
             what=f"promote agent {agent_name!r}@{row.version} to {stage!r}",
-            details={"stage": stage, "digest": row.digest},
+            details={"stage": stage, "digest": row.digest, **gate.details()},
         )
     target = Target(tenant_id, actor, agent.id, agent_name, stage, row.id, row.version, row.digest)
     ttl = approval_ttl or timedelta(seconds=defaults.approval_ttl_seconds)
+    decision = _with_review(decision, gate, spec)
     return await session.run_sync(
-        lambda sync: _write_promotion(sync.connection(), target, decision, stored, ttl)
+        lambda sync: _write_promotion(sync.connection(), target, decision, stored, ttl, gate)
+    )
+
+
+def _with_review(decision: PolicyDecision, gate: GateResult, spec: Any) -> PolicyDecision:
+    """``decision``, asking a reviewer too when a manual-review condition matched."""
+    if not gate.review_reasons or decision.decision == "deny":
+        return decision
+    reasons = [f"manual review required: {', '.join(gate.review_reasons)}"]
+    if decision.decision == "require_approval":
+        return replace(decision, reasons=[*decision.reasons, *reasons])
+    return replace(
+        decision,
+        decision="require_approval",
+        reasons=reasons,
+        approver_roles=[spec.evaluation.reviewer_role],
+        required_approvals=1,
     )
 
 
@@ -220,6 +274,7 @@ async def _decide(
     *,
     actor_roles: Iterable[str] | None = None,
     session: AsyncSession | None = None,
+    gate: GateResult | None = None,
 ) -> tuple[PolicyDecision, dict[str, Any]]:
     """Decide ``agent.promote``; returns the decision and its ``policy_decisions`` row.
 
@@ -229,7 +284,13 @@ async def _decide(
         principal=principal_ref(actor),
         action="agent.promote",
         resource=EntityRef("Agent", agent_name),
-        context=PolicyContext(tenant=tenant_id, stage=stage, requester=actor),
+        context=PolicyContext(
+            tenant=tenant_id,
+            stage=stage,
+            requester=actor,
+            eval_passed=None if gate is None else gate.passed,
+            eval_score=None if gate is None or gate.score is None else Decimal(str(gate.score)),
+        ),
     )
     entities = [
         governance.principal_entity(actor, tenant_id, roles=actor_roles),
@@ -288,6 +349,7 @@ def _write_promotion(
     decision: PolicyDecision,
     stored: dict[str, Any],
     approval_ttl: timedelta,
+    gate: GateResult,
 ) -> Promotion:
     """Bind now or ask for approval, with the agent row locked against concurrent changes."""
     now = utcnow()
@@ -305,9 +367,11 @@ def _write_promotion(
         promotion = insert_promotion(
             connection, target, "promote", "done", previous, decision.id, None, now
         )
-        audit_bound(connection, target, promotion, "agent.promoted", {})
+        audit_bound(connection, target, promotion, "agent.promoted", gate.details())
         return promotion
-    return request_approval(connection, target, decision, current, now + approval_ttl, now)
+    return request_approval(
+        connection, target, decision, current, now + approval_ttl, now, gate.details()
+    )
 
 
 # -- settling a pending promotion (called by the approvals service) ------------------------------

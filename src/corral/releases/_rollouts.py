@@ -41,6 +41,7 @@ from corral.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
 from corral.policy import Governance
 from corral.registry import (
     BUCKETS,
+    EvalLookup,
     Variant,
     get_agent_version,
     list_promotions,
@@ -390,6 +391,7 @@ async def evaluate_rollouts(
     stages: Sequence[str] | None = None,
     interval: timedelta = timedelta(seconds=10),
     source: SuccessSource | None = None,
+    evals: EvalLookup | None = None,
 ) -> dict[str, str]:
     """Advance, promote or roll back every active rollout that is due (the worker heartbeat).
 
@@ -400,6 +402,8 @@ async def evaluate_rollouts(
         stages: The configured stages (settings ``governance.stages``).
         interval: A rollout is evaluated at most once per ``interval``.
         source: Decides which runs succeeded (default: ended ``SUCCEEDED``).
+        evals: Reads eval results for the promotion gate at 100% (``corral.evals.latest_eval``);
+            ``None``: a gated promotion is refused (``promotion_refused``).
 
     Returns:
         What happened to each rollout evaluated, by id (``advanced``, ``rolled_back``,
@@ -415,7 +419,7 @@ async def evaluate_rollouts(
     for rollout_id, tenant_id in due:
         try:
             outcome = await _evaluate_one(
-                store, governance, rollout_id, tenant_id, now, stages, interval, source
+                store, governance, rollout_id, tenant_id, now, stages, interval, source, evals
             )
         except Exception:
             log.exception(
@@ -436,8 +440,10 @@ async def _evaluate_one(
     stages: Sequence[str] | None,
     interval: timedelta,
     source: SuccessSource | None,
+    evals: EvalLookup | None = None,
 ) -> str | None:
     refused: PolicyRefused | None = None
+    gate_failure: Conflict | None = None
     async with store.transaction(tenant_id) as session:
         claimed = await session.run_sync(
             lambda sync: _claim(sync.connection(), rollout_id, now, interval)
@@ -447,10 +453,16 @@ async def _evaluate_one(
         rollout = await session.get(RolloutRow, rollout_id)
         assert rollout is not None
         try:
-            return await _judge(session, governance, rollout, now, stages, source)
+            return await _judge(session, governance, rollout, now, stages, source, evals)
         except PolicyRefused as exc:
             refused = exc
-    await store.run_sync(refused.record, tenant_id)
+        except Conflict as exc:
+            if not exc.code.startswith("eval_"):
+                raise
+            gate_failure = exc  # the eval gate refused the candidate at 100%
+    if refused is not None:
+        await store.run_sync(refused.record, tenant_id)
+    reason = (refused or gate_failure or Conflict("refused")).message
     async with store.transaction(tenant_id) as session:
         rollout = await session.get(RolloutRow, rollout_id)
         assert rollout is not None
@@ -462,7 +474,7 @@ async def _evaluate_one(
                 "system:rollouts",
                 now,
                 {},
-                reason=refused.message,
+                reason=reason,
             )
         )
     return "promotion_refused"
@@ -489,6 +501,7 @@ async def _judge(
     now: datetime,
     stages: Sequence[str] | None,
     source: SuccessSource | None,
+    evals: EvalLookup | None = None,
 ) -> str:
     if rollout.status == "pending_promotion":
         return await _settle_promotion(session, rollout, now)
@@ -518,7 +531,7 @@ async def _judge(
     if not ready or now - rollout.step_started_at < timedelta(minutes=rollout.step_minutes):
         return "unchanged"
     if rollout.steps[rollout.step_index + 1] == 100:
-        return await _promote(session, governance, rollout, now, stages, metrics)
+        return await _promote(session, governance, rollout, now, stages, metrics, evals)
     return await _advance(session, rollout, now, metrics)
 
 
@@ -567,6 +580,7 @@ async def _promote(
     now: datetime,
     stages: Sequence[str] | None,
     metrics: dict[str, VariantMetrics],
+    evals: EvalLookup | None = None,
 ) -> str:
     """Bind the candidate through the promotion service, as the rollout's starter."""
     promotion = await promote(
@@ -579,6 +593,7 @@ async def _promote(
         stage=rollout.stage,
         stages=stages,
         actor_roles=rollout.started_roles,
+        evals=evals,
     )
     details = {"promotion_id": promotion.id, "metrics": metrics_json(metrics)}
     if promotion.status == "done":

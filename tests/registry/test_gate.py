@@ -1,0 +1,227 @@
+"""The promotion gate: evals of the exact digest, manual review, the agent.promote context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from conftest import agent_document, register
+from corral.audit._tables import AuditEventRow
+from corral.contracts import EvalSuite, parse_document
+from corral.errors import Conflict, PolicyRefused
+from corral.evals import apply_suites, gateway_judge, grade_eval, latest_eval, start_eval
+from corral.gateway.models import FinalAnswer, ModelRequest
+from corral.platform import Platform
+from corral.registry import Promotion, promote
+from corral.testing import ScriptedModel
+
+TENANT = "default"
+ADMIN = "user:local-admin"
+ROLES = ["admin", "builder", "operator", "approver", "platform-admin"]
+GATE = {"suites": [{"suite": "qa", "min_success_rate": 1.0}]}
+
+
+def suite_document() -> dict[str, Any]:
+    cases = [
+        {"name": "answers", "task": "What is the answer?", "expected": "42"},
+        {"name": "greets", "task": "Say hello.", "expected": "hello"},
+    ]
+    return {
+        "apiVersion": "corral.dev/v1",
+        "kind": "EvalSuite",
+        "metadata": {"name": "qa"},
+        "spec": {
+            "agent": "repo-analyst",
+            "cases": [{**c, "graders": [{"type": "exact"}]} for c in cases],
+        },
+    }
+
+
+def model(request: ModelRequest) -> FinalAnswer:
+    """Greets; answers 42, or 41 when its instructions say so."""
+    task = next(m.content for m in request.messages if m.role == "user")
+    if "hello" in task:
+        return FinalAnswer("hello")
+    return FinalAnswer("41" if "Say 41" in request.messages[0].content else "42")
+
+
+async def setup(make_platform: Any) -> Platform:
+    platform: Platform = await make_platform(scripted=ScriptedModel(model))
+    suite = parse_document(suite_document())
+    assert isinstance(suite, EvalSuite)
+    async with platform.store.transaction(TENANT) as session:
+        await apply_suites(session, [suite], tenant_id=TENANT, actor="user:test")
+    return platform
+
+
+async def evaluate(platform: Platform, version: str, workspace: Path) -> bool:
+    row = await start_eval(
+        platform.store,
+        tenant_id=TENANT,
+        suite="qa",
+        agent="repo-analyst",
+        version=version,
+        requested_by="user:test",
+        requester_roles=["builder"],
+        workspaces=platform.workspaces,
+        governance=platform.governance,
+        workspace=str(workspace),
+    )
+    await platform.worker.run_until_idle()
+    judge = gateway_judge(
+        platform.models,
+        TENANT,
+        governance=platform.governance,
+        store=platform.store,
+        principal="user:test",
+    )
+    report = await grade_eval(
+        platform.store, row.id, tenant_id=TENANT, actor="user:test", judge=judge
+    )
+    assert report.run.status == "completed"
+    return bool(report.run.passed)
+
+
+async def promote_to(platform: Platform, version: str, stage: str, **options: Any) -> Promotion:
+    async with platform.store.transaction(TENANT) as session:
+        return await promote(
+            session,
+            platform.governance,
+            tenant_id=TENANT,
+            actor=ADMIN,
+            agent_name="repo-analyst",
+            version=version,
+            stage=stage,
+            actor_roles=ROLES,
+            **{"evals": latest_eval, **options},
+        )
+
+
+async def test_a_failing_version_cannot_be_promoted_until_a_passing_eval_of_its_digest(
+    make_platform, workspace: Path
+) -> None:
+    platform = await setup(make_platform)
+    await register(platform, agent_document(instructions="Say 41.", evaluation=GATE))
+
+    with pytest.raises(Conflict) as no_eval:
+        await promote_to(platform, "0.1.0", "staging")
+    assert no_eval.value.code == "eval_gate_failed"
+    assert "suite 'qa' has no completed eval of this digest" in no_eval.value.message
+    assert "`corral eval run qa --agent repo-analyst@0.1.0`" in no_eval.value.message
+
+    assert await evaluate(platform, "0.1.0", workspace) is False
+    with pytest.raises(Conflict) as failing:
+        await promote_to(platform, "0.1.0", "staging")
+    assert "success rate 0.500 < 1.0" in failing.value.message, failing.value.message
+
+    # The fix is a new version: its digest has no eval yet, whatever 0.1.0's evals say.
+    await register(platform, agent_document(instructions="Answer.", evaluation=GATE))
+    with pytest.raises(Conflict, match="no completed eval of this digest"):
+        await promote_to(platform, "0.1.1", "staging")
+    assert await evaluate(platform, "0.1.1", workspace) is True
+    promotion = await promote_to(platform, "0.1.1", "staging")
+    assert (promotion.status, promotion.version) == ("done", "0.1.1")
+
+    async with platform.store.read(TENANT) as session:
+        event = (
+            await session.scalars(
+                select(AuditEventRow).where(AuditEventRow.action == "agent.promoted")
+            )
+        ).one()
+    gate = event.details["eval_gate"]
+    assert (gate["passed"], gate["score"], gate["suites"][0]["suite"]) == (True, 1.0, "qa")
+    assert gate["suites"][0]["eval_id"].startswith("eval")
+
+
+async def test_production_needs_an_eval_baseline_unless_the_setting_allows_it(
+    make_platform,
+) -> None:
+    platform = await setup(make_platform)
+    await register(platform, agent_document())
+    with pytest.raises(Conflict) as refused:
+        await promote_to(platform, "0.1.0", "production")
+    assert refused.value.code == "eval_baseline_missing"
+    assert "CORRAL_GOVERNANCE__REQUIRE_EVAL_FOR_PRODUCTION" in refused.value.message
+    # staging has no baseline rule for agents without a gate.
+    assert (await promote_to(platform, "0.1.0", "staging")).status == "done"
+    allowed = await promote_to(platform, "0.1.0", "production", require_eval_for_production=False)
+    assert allowed.status == "pending_approval"  # the default production approval policy
+
+
+async def test_a_gated_promotion_without_an_eval_reader_fails_closed(make_platform) -> None:
+    platform = await setup(make_platform)
+    await register(platform, agent_document(evaluation=GATE))
+    with pytest.raises(Conflict) as refused:
+        await promote_to(platform, "0.1.0", "staging", evals=None)
+    assert refused.value.code == "eval_gate_unavailable"
+
+
+async def test_manual_review_conditions_add_an_approval(make_platform, workspace: Path) -> None:
+    platform = await setup(make_platform)
+    await register(platform, agent_document(instructions="Answer.", evaluation=GATE))
+    assert await evaluate(platform, "0.1.0", workspace)
+    assert (await promote_to(platform, "0.1.0", "staging")).status == "done"
+
+    review = {"tool_set_changed": True, "risk_tier_raised": True}
+    gate = {**GATE, "manual_review_required_if": review}
+    # Same tools, risk tier lowered: no condition matches, so no approval is asked.
+    await register(
+        platform, agent_document(instructions="Answer!", evaluation=gate, risk_tier="low")
+    )
+    assert await evaluate(platform, "0.1.1", workspace)
+    assert (await promote_to(platform, "0.1.1", "staging")).status == "done"
+
+    changed = agent_document(
+        instructions="Answer!",
+        evaluation=gate,
+        risk_tier="high",
+        tools={"allowed": ["fs.*", "notes.*"]},
+    )
+    await register(platform, changed)
+    assert await evaluate(platform, "0.1.2", workspace)
+    pending = await promote_to(platform, "0.1.2", "staging")
+    assert pending.status == "pending_approval" and pending.approval_id is not None
+    assert (pending.approver_roles, pending.required_approvals) == (("approver",), 1)
+    async with platform.store.read(TENANT) as session:
+        event = (
+            await session.scalars(
+                select(AuditEventRow).where(
+                    AuditEventRow.action == "agent.promote",
+                    AuditEventRow.outcome == "pending_approval",
+                )
+            )
+        ).one()
+    assert event.details["eval_gate"]["manual_review"] == ["tool_set_changed", "risk_tier_raised"]
+    assert event.details["approval_id"] == pending.approval_id
+
+
+async def test_eval_score_reaches_the_agent_promote_policy_context(
+    make_platform, workspace: Path
+) -> None:
+    platform = await setup(make_platform)
+    await register(
+        platform,
+        {
+            "apiVersion": "corral.dev/v1",
+            "kind": "Policy",
+            "metadata": {"name": "promote-only-perfect"},
+            "spec": {
+                "description": "Staging takes only versions whose evals all passed fully.",
+                "cedar": (
+                    '@id("promote-only-perfect")\n'
+                    'forbid (principal, action == Action::"agent.promote", resource)\n'
+                    'when { context.stage == "staging" && context has eval_score && '
+                    'context.eval_score.lessThan(decimal("1.0")) };'
+                ),
+            },
+        },
+    )
+    platform.governance.invalidate(TENANT)
+    lenient = {"suites": [{"suite": "qa", "min_success_rate": 0.5}]}
+    await register(platform, agent_document(instructions="Say 41.", evaluation=lenient))
+    assert await evaluate(platform, "0.1.0", workspace) is False  # the suite's own bar: 1.0
+    with pytest.raises(PolicyRefused, match="promote-only-perfect"):
+        await promote_to(platform, "0.1.0", "staging")
