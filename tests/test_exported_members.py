@@ -91,6 +91,8 @@ PUBLIC = {
         "cost_upper_bound",
     ],
     "corral.policy": [
+        "EXPLAIN_DEFAULT_ATTRIBUTES",
+        "TOOL_RISK",
         "ACTIONS",
         "DEFAULT_POLICIES",
         "DEFAULT_POLICY_TEXT",

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -24,6 +24,8 @@ from corral.errors import ContractIssue, InvalidContract
 from corral.policy import (
     ACTIONS,
     DEFAULT_POLICIES,
+    EXPLAIN_DEFAULT_ATTRIBUTES,
+    TOOL_RISK,
     CaseResult,
     EntityRef,
     PolicyEngine,
@@ -185,18 +187,6 @@ def _case_line(result: CaseResult) -> str:
 
 # -- corral policy explain -----------------------------------------------------------------------
 
-_DEFAULT_ATTRS: Final[Mapping[str, Mapping[str, object]]] = {
-    "Agent": {"owner": "unknown", "risk_tier": "medium", "status": "active"},
-    "Tool": {"owner": "corral", "side_effect": "read", "risk": "low", "kind": "builtin"},
-    "User": {"roles": [], "groups": []},
-    "ServiceAccount": {"roles": []},
-    "Namespace": {},
-}
-"""Attributes an entity gets when neither the registry nor ``--attr`` gives them."""
-
-# As corral.policy._service.tool_entity derives a tool's risk from its side effect.
-_TOOL_RISK: Final = {"read": "low", "write": "medium", "destructive": "high"}
-
 
 @app.command("explain")
 def explain_request(
@@ -294,7 +284,7 @@ def _base_attrs(ref: EntityRef, tenant: str, *, registered: bool) -> dict[str, o
     if declared is None:
         known = ", ".join(sorted(_schema_attributes()))
         fail(f"unknown entity type {ref.type!r}; the schema's types: {known}.", code=2)
-    attrs: dict[str, object] = dict(_DEFAULT_ATTRS.get(ref.type, {}))
+    attrs: dict[str, object] = dict(EXPLAIN_DEFAULT_ATTRIBUTES.get(ref.type, {}))
     if "tenant" in declared:
         attrs["tenant"] = tenant
     if ref.type == "Model":
@@ -322,7 +312,7 @@ def _registered_attrs(ref: EntityRef) -> dict[str, object]:
         after = page["next"]
     if ref.type == "Tool":
         side_effect = found["side_effect"]
-        return {"side_effect": side_effect, "kind": found["type"], "risk": _TOOL_RISK[side_effect]}
+        return {"side_effect": side_effect, "kind": found["type"], "risk": TOOL_RISK[side_effect]}
     agent = client.get(f"/v1/agents/{ref.id}")
     return {"owner": agent["owner"], "risk_tier": agent["risk_tier"], "status": agent["status"]}
 

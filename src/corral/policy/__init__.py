@@ -27,6 +27,8 @@ from corral.policy._schema import (
     cedar_schema,
 )
 from corral.policy._service import (
+    EXPLAIN_DEFAULT_ATTRIBUTES,
+    TOOL_RISK,
     Authorization,
     DecisionRow,
     Governance,
@@ -59,8 +61,10 @@ __all__ = [
     "ACTIONS",
     "DEFAULT_POLICIES",
     "DEFAULT_POLICY_TEXT",
+    "EXPLAIN_DEFAULT_ATTRIBUTES",
     "PRINCIPAL_TYPES",
     "RESOURCE_TYPES",
+    "TOOL_RISK",
     "Authorization",
     "CaseExpectation",
     "CaseResult",

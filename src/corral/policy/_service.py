@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from opentelemetry import trace
 from sqlalchemy import Connection, Table, select
@@ -35,6 +35,8 @@ from corral.policy._types import (
 from corral.store import Store, utcnow
 
 __all__ = [
+    "EXPLAIN_DEFAULT_ATTRIBUTES",
+    "TOOL_RISK",
     "Authorization",
     "DecisionRow",
     "Governance",
@@ -124,7 +126,17 @@ def agent_entity(agent_name: str, tenant_id: str, spec: Any) -> Entity:
     )
 
 
-_RISK = {"read": "low", "write": "medium", "destructive": "high"}
+TOOL_RISK: Final[Mapping[str, str]] = {"read": "low", "write": "medium", "destructive": "high"}
+"""A tool's ``risk`` attribute, from its side effect."""
+
+EXPLAIN_DEFAULT_ATTRIBUTES: Final[Mapping[str, Mapping[str, object]]] = {
+    "Agent": {"owner": "unknown", "risk_tier": "medium", "status": "active"},
+    "Tool": {"owner": "corral", "side_effect": "read", "risk": "low", "kind": "builtin"},
+    "User": {"roles": [], "groups": []},
+    "ServiceAccount": {"roles": []},
+    "Namespace": {},
+}
+"""Attributes ``policy explain`` (CLI and portal) gives an entity nothing else describes."""
 
 
 def tool_entity(tool: Any, tenant_id: str) -> Entity:
@@ -136,7 +148,7 @@ def tool_entity(tool: Any, tenant_id: str) -> Entity:
             "tenant": tenant_id,
             "owner": tool.contract.metadata.labels.get("owner", "corral"),
             "side_effect": spec.side_effect,
-            "risk": _RISK[spec.side_effect],
+            "risk": TOOL_RISK[spec.side_effect],
             "kind": spec.type,
         },
     )

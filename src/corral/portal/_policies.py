@@ -10,7 +10,7 @@ defaults; nothing is stored (a question is not a decision).
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Any
 
 import yaml
 from fastapi import Request
@@ -21,6 +21,8 @@ from corral.errors import InvalidContract, NotFound
 from corral.policy import (
     ACTIONS,
     DEFAULT_POLICIES,
+    EXPLAIN_DEFAULT_ATTRIBUTES,
+    TOOL_RISK,
     EntityRef,
     applied_policies,
     cedar_schema,
@@ -35,15 +37,6 @@ from corral.tenancy import Principal
 
 __all__ = ["explain_request", "policies"]
 
-_DEFAULT_ATTRS: Final[dict[str, dict[str, object]]] = {
-    "Agent": {"owner": "unknown", "risk_tier": "medium", "status": "active"},
-    "Tool": {"owner": "corral", "side_effect": "read", "risk": "low", "kind": "builtin"},
-    "User": {"roles": [], "groups": []},
-    "ServiceAccount": {"roles": []},
-}
-"""As ``corral policy explain``: attributes of an entity the registry does not describe."""
-
-_TOOL_RISK: Final = {"read": "low", "write": "medium", "destructive": "high"}
 
 _EXAMPLE = {
     "principal": 'Agent::"repo-analyst"',
@@ -160,7 +153,7 @@ async def _attrs(db: AsyncSession, ref: EntityRef, tenant_id: str) -> dict[str, 
     declared = cedar_schema()[""]["entityTypes"].get(ref.type)
     if declared is None:
         raise _Problem(f"Unknown entity type {ref.type!r}.")
-    attrs = dict(_DEFAULT_ATTRS.get(ref.type, {}))
+    attrs = dict(EXPLAIN_DEFAULT_ATTRIBUTES.get(ref.type, {}))
     if "tenant" in declared["shape"]["attributes"]:
         attrs["tenant"] = tenant_id
     if ref.type == "Model":
@@ -193,7 +186,7 @@ async def _tool_attrs(db: AsyncSession, name: str, tenant_id: str) -> dict[str, 
                 return {
                     "side_effect": side_effect,
                     "kind": tool.type,
-                    "risk": _TOOL_RISK[side_effect],
+                    "risk": TOOL_RISK[side_effect],
                 }
         if len(rows) < 500:
             return {}
