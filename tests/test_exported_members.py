@@ -21,6 +21,7 @@ PUBLIC = {
         "start_replay",
     ],
     "corral.feedback": [
+        "FeedbackSuccess",
         "FeedbackMetrics",
         "FeedbackRow",
         "MAX_COMMENT_CHARS",

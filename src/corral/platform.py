@@ -25,6 +25,7 @@ from corral.cache import StoreResponseCache, StoreToolResultCache
 from corral.costs import daily_model_usage
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
 from corral.evals import latest_eval
+from corral.feedback import FeedbackSuccess
 from corral.gateway.models import (
     LocalModelServer,
     Message,
@@ -284,6 +285,7 @@ class Platform:
             self.governance,
             now,
             stages=self.settings.governance.stages,
+            source=FeedbackSuccess(),  # users' ratings count: a disliked answer is no success
             evals=latest_eval,
         )
 

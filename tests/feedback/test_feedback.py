@@ -113,3 +113,34 @@ async def test_metrics_per_agent_version(settings):
         "0.1.1": (2, Decimal("-0.5")),
     }
     assert other == {}
+
+
+async def test_runs_users_dislike_are_no_success_for_experiments(settings):
+    from corral.feedback import FeedbackSuccess, record_feedback
+    from corral.releases import FinishedRun
+
+    answers = [ScriptedModel.answer("42"), ScriptedModel.answer("42"), ScriptedModel.answer("42")]
+    async with live_world(settings, scripted=ScriptedModel(answers)) as world:
+        await register(world.platform, agent_document())
+        liked, disliked, unrated = [await _finished_run(world) for _ in range(3)]
+        async with world.platform.store.transaction("default") as session:
+            for run_id, scores in ((liked, [1, -1, 1]), (disliked, [-1, 0])):
+                for index, score in enumerate(scores):
+                    await record_feedback(
+                        session,
+                        run_id,
+                        tenant_id="default",
+                        principal=f"user:u{index}",
+                        score=score,
+                    )
+        finished = [
+            FinishedRun(run_id, "SUCCEEDED", Decimal(0), 1.0)
+            for run_id in (liked, disliked, unrated)
+        ]
+        finished.append(FinishedRun("run_failed", "FAILED", Decimal(0), 1.0))
+
+        def successes(connection):
+            return FeedbackSuccess().successes(connection, finished)
+
+        found = await world.platform.store.read_sync(successes, "default")
+    assert found == {liked, unrated}

@@ -12,6 +12,7 @@ from corral.feedback._service import (
     list_feedback,
     record_feedback,
 )
+from corral.feedback._success import FeedbackSuccess
 from corral.feedback._tables import FeedbackRow
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "SCORES",
     "FeedbackMetrics",
     "FeedbackRow",
+    "FeedbackSuccess",
     "feedback_metrics",
     "list_feedback",
     "record_feedback",
