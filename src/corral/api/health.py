@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from corral.api._deps import PlatformDep, requires
+from corral.observability import CheckStatus
 from corral.tenancy import PUBLIC
 
 __all__ = ["router"]
@@ -26,7 +27,7 @@ router = APIRouter(tags=["health"])
 class CheckOut(BaseModel):
     """One readiness check."""
 
-    status: Literal["ok", "warn", "fail"]
+    status: CheckStatus
     detail: str
     """What was checked, and on failure what to do (no URL, host or tenant name)."""
 
