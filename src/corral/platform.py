@@ -276,6 +276,9 @@ class Platform:
             lambda: self.evaluate_releases(self.worker.clock()),
         )
         self.slo = SloEvaluator(self.store, settings.alerts, holder=self.worker.worker_id)
+        self.success_source = FeedbackSuccess()
+        """What experiments and rollouts count as a success: users' ratings count, so a
+        disliked answer is no success (heartbeat decisions and the status routes alike)."""
         self.worker.add_heartbeat_job(self.slo.interval, self.slo.tick)
 
     async def evaluate_releases(self, now: datetime) -> None:
@@ -285,7 +288,7 @@ class Platform:
             self.governance,
             now,
             stages=self.settings.governance.stages,
-            source=FeedbackSuccess(),  # users' ratings count: a disliked answer is no success
+            source=self.success_source,
             evals=latest_eval,
         )
 

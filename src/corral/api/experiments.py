@@ -60,12 +60,17 @@ async def get_experiments(
 @router.get("/experiments/{experiment_id}", response_model=ExperimentStatusOut)
 async def get_experiment(
     experiment_id: str,
+    platform: PlatformDep,
     session: ReadSessionDep,
     caller: Annotated[Caller, requires("releases.read")],
 ) -> ExperimentStatusOut:
     """An experiment with its per-variant metrics and the stop rule's verdict now."""
     status = await experiment_status(
-        session, experiment_id, tenant_id=caller.tenant_id, now=utcnow()
+        session,
+        experiment_id,
+        tenant_id=caller.tenant_id,
+        now=utcnow(),
+        source=platform.success_source,
     )
     return ExperimentStatusOut.of(status)
 
@@ -84,5 +89,6 @@ async def post_experiment_stop(
             tenant_id=caller.tenant_id,
             actor=caller.principal,
             now=utcnow(),
+            source=platform.success_source,
         )
     return ExperimentStatusOut.of(status)

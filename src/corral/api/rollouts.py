@@ -40,11 +40,16 @@ async def post_rollout(
 @router.get("/agents/{name}/rollout", response_model=RolloutStatusOut)
 async def get_rollout(
     name: str,
+    platform: PlatformDep,
     session: ReadSessionDep,
     caller: Annotated[Caller, requires("releases.read")],
 ) -> RolloutStatusOut:
     """The agent's latest rollout, its share now, per-variant metrics and breaches."""
-    return RolloutStatusOut.of(await rollout_status(session, name, tenant_id=caller.tenant_id))
+    return RolloutStatusOut.of(
+        await rollout_status(
+            session, name, tenant_id=caller.tenant_id, source=platform.success_source
+        )
+    )
 
 
 @router.post("/agents/{name}/rollout/abort", response_model=RolloutStatusOut)
@@ -59,4 +64,8 @@ async def post_rollout_abort(
             session, name, tenant_id=caller.tenant_id, actor=caller.principal, now=utcnow()
         )
     async with platform.store.read(caller.tenant_id) as session:
-        return RolloutStatusOut.of(await rollout_status(session, name, tenant_id=caller.tenant_id))
+        return RolloutStatusOut.of(
+            await rollout_status(
+                session, name, tenant_id=caller.tenant_id, source=platform.success_source
+            )
+        )
