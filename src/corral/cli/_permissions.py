@@ -72,6 +72,7 @@ COMMAND_PERMISSIONS: Final[dict[str, str]] = {
     "eval list": "runs.read",
     "eval compare": "runs.read",
     "eval export": "runs.read",
+    "eval add-case": "runs.read (writes the suite file locally)",
     "whoami": "identity.read",
     "tenants create": "tenants.manage",
     "tenants list": "tenants.manage",

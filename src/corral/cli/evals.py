@@ -1,4 +1,4 @@
-"""CLI: ``corral eval run|show|list|compare|export`` (eval suites on agent versions)."""
+"""CLI: ``corral eval run|show|list|compare|export|add-case`` (eval suites on agent versions)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ import typer
 
 from corral.cli._client import ApiClient, fail
 from corral.cli._render import table
+from corral.cli._suite_file import (
+    Expect,
+    SuiteFileError,
+    append_case,
+    case_from_run,
+    read_suite,
+    render_case,
+)
 
 __all__ = ["app"]
 
@@ -212,3 +220,65 @@ def export(
     log = ApiClient().get(f"/v1/evals/{eval_id}/inspect")
     output_file.write_text(json.dumps(log, indent=2))
     typer.echo(f"wrote {output_file} ({format_.value} eval log, {len(log['samples'])} samples)")
+
+
+@app.command("add-case")
+def add_case(
+    suite_file: Annotated[
+        Path, typer.Argument(metavar="SUITE_FILE", help="EvalSuite YAML file to append to.")
+    ],
+    from_run: Annotated[
+        str, typer.Option("--from-run", metavar="RUN", help="Id of the run to turn into a case.")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Case name; default: from the run id (run-3f2a...).")
+    ] = None,
+    expect: Annotated[
+        Expect,
+        typer.Option(
+            help="final: an exact grader on the run's answer; contains: the answer must "
+            "contain it; none: only the suite's graders (a policy grader if it has none)."
+        ),
+    ] = Expect.final,
+    allow_failed: Annotated[
+        bool, typer.Option("--allow-failed", help="Accept a run that finished without succeeding.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the case; write nothing.")
+    ] = False,
+) -> None:
+    """Turn a finished run into a regression case at the end of a suite file's cases.
+
+    The case gets the run's task and workspace, and expects its final answer (see --expect);
+    a comment above it names the run, agent and version. Only SUCCEEDED runs of your
+    tenant, unless --allow-failed. The rest of the file is kept as written; the file must
+    still parse as the suite plus the case, else nothing is written. Apply the file and
+    `corral eval run` the suite to use the case.
+
+    Example: corral eval add-case examples/evals/repo-analyst.yaml --from-run run_3f2a...
+    """
+    try:
+        _, suite = read_suite(suite_file)
+    except SuiteFileError as exc:
+        fail(str(exc), code=2)
+    run = ApiClient().get(f"/v1/runs/{from_run}")
+    if run.get("finished_at") is None:
+        fail(f"Run {run['id']} is {run['status']}, not finished; add it once it has ended.")
+    if run["status"] != "SUCCEEDED" and not allow_failed:
+        fail(
+            f"Run {run['id']} ended {run['status']}, not SUCCEEDED; pass --allow-failed "
+            "(with --expect none if it has no answer) to keep it as a case anyway."
+        )
+    comment = (
+        f"From run {run['id']} of {run['agent_name']}@{run['agent_version']} "
+        f"({run['stage']}, {run['status']}), by corral eval add-case."
+    )
+    try:
+        case = case_from_run(run, suite, name=name, expect=expect)
+        if dry_run:
+            typer.echo(render_case(case, comment=comment), nl=False)
+            return
+        append_case(suite_file, case, comment=comment)
+    except SuiteFileError as exc:
+        fail(str(exc), code=2)
+    typer.echo(f"added case {case.name!r} to {suite_file} (suite {suite.metadata.name!r})")
