@@ -232,6 +232,7 @@ PUBLIC = {
         "EXHAUSTED_ANSWER",
         "FakeOpenAIUpstream",
         "FakeChatUpstream",
+        "FakeOidcProvider",
         "ManualClock",
         "OtlpReceiver",
         "ReceivedSpan",

@@ -291,6 +291,22 @@ class OidcSettings(BaseModel):
     jwks_cache_seconds: float = 300.0
     """How long fetched signing keys are used before the key set is fetched again (an unknown
     ``kid`` refetches at most every 10 seconds)."""
+    client_id: str | None = None
+    """The portal's client id at the issuer (``client_id`` of the authorization request, and the
+    ID token's expected ``aud``); ``None``: :attr:`audience`."""
+    client_secret: SecretStr | None = None
+    """The portal's client secret, sent to the token endpoint with HTTP Basic auth (RFC 6749
+    section 2.3.1); ``None``: a public client (PKCE only)."""
+    authorization_endpoint: str | None = None
+    """Where the portal sends the browser to sign in; ``None``: read from
+    ``{issuer}/.well-known/openid-configuration`` (cached)."""
+    token_endpoint: str | None = None
+    """Where the portal exchanges the code for tokens; ``None``: from the discovery document."""
+    scopes: str = "openid profile email"
+    """The ``scope`` of the authorization request (space-separated; ``openid`` is required)."""
+    redirect_url: str | None = None
+    """The callback registered at the issuer; ``None``: the request's base URL +
+    ``/ui/login/oidc/callback`` (set it behind a proxy that rewrites the host or scheme)."""
 
 
 class IdentitySettings(BaseModel):

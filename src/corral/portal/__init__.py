@@ -1,7 +1,8 @@
 """The portal: server-rendered pages at ``/ui`` (Jinja2 + htmx), served by the API's app.
 
 Pages read and write through the same service functions and permissions as the REST routes.
-Sessions are signed cookies naming an API key (see ``_session``); every POST carries a
+Sessions are signed cookies naming an API key or an OIDC user (see ``_session``; OIDC
+sign-in with the authorization code flow and PKCE in ``_oidc``); every POST carries a
 session-bound CSRF token; every response under ``/ui`` carries a strict CSP.
 """
 

@@ -1,4 +1,4 @@
-"""Login with an API key (verified exactly as Bearer auth), logout."""
+"""Login with an API key (verified exactly as Bearer auth) or with OIDC, logout."""
 
 from __future__ import annotations
 
@@ -7,14 +7,21 @@ import hmac
 import secrets
 
 from fastapi import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
-from corral.errors import CorralError, Forbidden, Unauthorized
+from corral.errors import CorralError, Forbidden, InvalidRequest, Unauthorized
+from corral.portal import _oidc
 from corral.portal._routes import router
-from corral.portal._session import COOKIE_NAME, CSRF_FIELD, SESSION_SECONDS, new_cookie
+from corral.portal._session import (
+    COOKIE_NAME,
+    CSRF_FIELD,
+    SESSION_SECONDS,
+    new_cookie,
+    new_user_cookie,
+)
 from corral.portal._web import PORTAL_PATH, form_of, platform_of, redirect, render, session_of
 
-__all__ = ["login_form", "login_submit", "logout"]
+__all__ = ["login_form", "login_submit", "logout", "oidc_callback", "oidc_start"]
 
 _LOGIN_COOKIE = "corral_login"
 """Before a session exists, the login form's CSRF token is bound to this random cookie."""
@@ -31,12 +38,14 @@ def _secure(request: Request) -> bool:
 
 def _login_page(request: Request, *, error: str | None = None, status_code: int = 200) -> Response:
     nonce = secrets.token_urlsafe(16)
-    response = render(
-        request,
-        "login.html",
-        {"title": "Log in", "error": error, "csrf_token": _login_token(request, nonce)},
-        status_code=status_code,
-    )
+    oidc = platform_of(request).identity.settings.oidc
+    context = {
+        "title": "Log in",
+        "error": error,
+        "csrf_token": _login_token(request, nonce),
+        "oidc_host": _oidc.issuer_host(oidc) if oidc is not None else None,
+    }
+    response = render(request, "login.html", context, status_code=status_code)
     response.set_cookie(
         _LOGIN_COOKIE,
         nonce,
@@ -73,17 +82,89 @@ async def login_submit(request: Request) -> Response:
             raise Unauthorized("Log in with an API key (`crl_...`).")
     except CorralError as exc:
         return _login_page(request, error=exc.message, status_code=401)
+    response = _start_session(request, new_cookie(identity, principal.key_id))
+    response.delete_cookie(_LOGIN_COOKIE, path=PORTAL_PATH)
+    return response
+
+
+def _start_session(request: Request, cookie: str) -> Response:
     response = redirect(request, PORTAL_PATH)
     response.set_cookie(
         COOKIE_NAME,
-        new_cookie(identity, principal.key_id),
+        cookie,
         max_age=SESSION_SECONDS,
         path=PORTAL_PATH,
         httponly=True,
         samesite="lax",
         secure=_secure(request),
     )
-    response.delete_cookie(_LOGIN_COOKIE, path=PORTAL_PATH)
+    return response
+
+
+def _redirect_uri(request: Request) -> str:
+    oidc = platform_of(request).identity.settings.oidc
+    if oidc is not None and oidc.redirect_url:
+        return oidc.redirect_url
+    return f"{str(request.base_url).rstrip('/')}{_oidc.STATE_PATH}/callback"
+
+
+def _refused(request: Request, exc: CorralError) -> Response:
+    status = {InvalidRequest: 400, Unauthorized: 401, Forbidden: 403}.get(type(exc), 401)
+    response = _login_page(request, error=exc.message, status_code=status)
+    response.delete_cookie(_oidc.STATE_COOKIE, path=_oidc.STATE_PATH)
+    return response
+
+
+@router.get("/login/oidc")
+async def oidc_start(request: Request) -> Response:
+    """Send the browser to the issuer (authorization code flow with PKCE)."""
+    identity = platform_of(request).identity
+    oidc = identity.settings.oidc
+    if oidc is None:
+        return _login_page(
+            request,
+            error="OIDC sign-in is not configured; log in with an API key.",
+            status_code=400,
+        )
+    try:
+        url, cookie = await _oidc.authorization_url(
+            identity, oidc, redirect_uri=_redirect_uri(request)
+        )
+    except CorralError as exc:
+        return _refused(request, exc)
+    response = RedirectResponse(url, status_code=302)
+    response.set_cookie(
+        _oidc.STATE_COOKIE,
+        cookie,
+        max_age=_oidc.STATE_SECONDS,
+        path=_oidc.STATE_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request),
+    )
+    return response
+
+
+@router.get("/login/oidc/callback")
+async def oidc_callback(request: Request) -> Response:
+    """The issuer's redirect back: check state, redeem the code, open the session."""
+    identity = platform_of(request).identity
+    oidc = identity.settings.oidc
+    if oidc is None:
+        return _refused(request, InvalidRequest("OIDC sign-in is not configured."))
+    try:
+        principal = await _oidc.complete_sign_in(
+            identity,
+            oidc,
+            params=dict(request.query_params),
+            cookie=request.cookies.get(_oidc.STATE_COOKIE),
+            redirect_uri=_redirect_uri(request),
+        )
+        cookie = new_user_cookie(identity, principal)
+    except CorralError as exc:
+        return _refused(request, exc)
+    response = _start_session(request, cookie)
+    response.delete_cookie(_oidc.STATE_COOKIE, path=_oidc.STATE_PATH)
     return response
 
 

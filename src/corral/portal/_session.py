@@ -1,9 +1,12 @@
-"""Portal sessions: a signed, expiring cookie naming an API key id, and session-bound CSRF tokens.
+"""Portal sessions: a signed, expiring cookie naming a key or a user; session-bound CSRF tokens.
 
-The cookie is ``{key_id}.{expires_unix}.{nonce}.{mac}``: no secret of the key is in it. ``mac``
-is HMAC-SHA256 (RFC 2104) over the other three parts under a secret derived from the server's
-identity secret, so only this deployment can mint one. Every request re-checks the key itself
-(:meth:`corral.tenancy.Identity.authenticate_key_id`): a revoked key ends its sessions.
+The cookie is ``{subject}.{expires_unix}.{nonce}.{mac}``: no secret of a key is in it. The
+subject is an API key id (12 hex digits) or, after an OIDC sign-in, ``u-`` and the base64url of
+``{"u": principal id, "t": tenant, "g": [groups]}``. ``mac`` is HMAC-SHA256 (RFC 2104) over the
+other three parts under a secret derived from the server's identity secret, so only this
+deployment can mint one. Every request re-checks the subject: the key itself
+(:meth:`corral.tenancy.Identity.authenticate_key_id`: a revoked key ends its sessions), or the
+user's tenant and role grants (:meth:`corral.tenancy.Identity.authenticate_user`).
 The CSRF token is another HMAC, over the whole cookie value: it changes with every login and
 is useless without the cookie.
 """
@@ -11,8 +14,10 @@ is useless without the cookie.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -31,6 +36,7 @@ __all__ = [
     "PortalSession",
     "load_session",
     "new_cookie",
+    "new_user_cookie",
 ]
 
 COOKIE_NAME = "corral_session"
@@ -41,7 +47,10 @@ CSRF_HEADER = "X-CSRF-Token"
 SESSION_SECONDS = 8 * 3600
 """A session's lifetime: log in again after it."""
 
-_COOKIE = re.compile(r"^([0-9a-f]{12})\.([0-9]{1,12})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
+_COOKIE = re.compile(
+    r"^([0-9a-f]{12}|u-[A-Za-z0-9_-]{1,3000})\.([0-9]{1,12})\.([A-Za-z0-9_-]{22})"
+    r"\.([A-Za-z0-9_-]{43})$"
+)
 
 
 def _secret(identity: Identity) -> bytes:
@@ -60,6 +69,35 @@ def new_cookie(identity: Identity, key_id: str, *, now: float | None = None) -> 
     nonce = secrets.token_urlsafe(16)
     body = f"{key_id}.{expires}.{nonce}"
     return f"{body}.{_mac(_secret(identity), body)}"
+
+
+def new_user_cookie(identity: Identity, principal: Principal, *, now: float | None = None) -> str:
+    """A signed session cookie value for an OIDC user, valid :data:`SESSION_SECONDS`.
+
+    Raises:
+        Unauthorized: the user's groups do not fit in a cookie (about 2 KB of names).
+    """
+    subject = {"u": principal.id, "t": principal.tenant_id, "g": list(principal.groups)}
+    encoded = base64.urlsafe_b64encode(json.dumps(subject, separators=(",", ":")).encode())
+    body = encoded.decode().rstrip("=")
+    if len(body) > 3000:
+        raise Unauthorized(
+            f"{principal.id} is in too many groups for a portal session; ask the identity "
+            "provider's admin to send fewer groups to Corral, or log in with an API key."
+        )
+    expires = int((time.time() if now is None else now) + SESSION_SECONDS)
+    body = f"u-{body}.{expires}.{secrets.token_urlsafe(16)}"
+    return f"{body}.{_mac(_secret(identity), body)}"
+
+
+def _user_of(subject: str) -> tuple[str, str, tuple[str, ...]]:
+    """Principal id, tenant and groups of a signed ``u-...`` subject."""
+    encoded = subject[2:]
+    try:
+        value = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        return str(value["u"]), str(value["t"]), tuple(str(g) for g in value["g"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise Unauthorized("The portal session is not valid; log in again.") from None
 
 
 @dataclass(frozen=True)
@@ -89,11 +127,15 @@ async def load_session(request: Request, identity: Identity) -> PortalSession:
     match = _COOKIE.match(value)
     if match is None:
         raise Unauthorized("Log in to the portal with an API key.")
-    key_id, expires, _nonce, mac = match.groups()
+    subject, expires, _nonce, mac = match.groups()
     secret = _secret(identity)
     if not hmac.compare_digest(mac, _mac(secret, value.rpartition(".")[0])):
         raise Unauthorized("The portal session is not valid; log in again.")
     if int(expires) <= time.time():
         raise Unauthorized("The portal session expired; log in again.")
-    principal = await identity.authenticate_key_id(key_id)
+    if subject.startswith("u-"):
+        user, tenant_id, groups = _user_of(subject)
+        principal = await identity.authenticate_user(user, tenant_id=tenant_id, groups=groups)
+    else:
+        principal = await identity.authenticate_key_id(subject)
     return PortalSession(principal, _mac(secret, f"csrf:{value}"))

@@ -227,8 +227,62 @@ class Identity:
                 "Unknown credential: not an API key (`crl_...`), and OIDC is not configured "
                 "(set CORRAL_IDENTITY__OIDC__ISSUER, __AUDIENCE and __JWKS_URL)."
             )
-        oidc = self._jwt.settings
         claims = await self._jwt.verify(token)
+        principal = await self._user_principal(claims, tenant)
+        await self._audit_login(principal, token)
+        return principal
+
+    async def authenticate_id_token(self, id_token: str, *, nonce: str) -> Principal:
+        """The principal behind an OIDC ID token the portal received from the token endpoint.
+
+        Verified as a bearer token is (signature, ``iss``, ``exp``, ``nbf``), with ``aud`` the
+        portal's client id (``identity.oidc.client_id``, default the audience) and the ``nonce``
+        claim equal to ``nonce`` (OpenID Connect Core 1.0, section 3.1.3.7); the claims map to
+        the principal exactly as a bearer token's do.
+
+        Raises:
+            Unauthorized: OIDC is not configured, or the token fails verification or carries
+                another nonce.
+            Forbidden: the tenant is suspended, or the user has no role in it.
+        """
+        if self._jwt is None:
+            raise Unauthorized("OIDC is not configured; log in with an API key.")
+        oidc = self._jwt.settings
+        claims = await self._jwt.verify(id_token, audience=oidc.client_id or oidc.audience)
+        claimed = claims.get("nonce")
+        if not isinstance(claimed, str) or not hmac.compare_digest(claimed, nonce):
+            raise Unauthorized(
+                "The ID token's nonce is not the one this sign-in sent (a replayed token?); "
+                "sign in again."
+            )
+        principal = await self._user_principal(claims, None)
+        await self._audit_login(principal, id_token)
+        return principal
+
+    async def authenticate_user(
+        self, principal_id: str, *, tenant_id: str, groups: tuple[str, ...]
+    ) -> Principal:
+        """A user's principal re-checked for a session a verified token opened earlier.
+
+        The tenant must still be active and the user (or one of ``groups``) still hold a role
+        there; the roles are read again, so a revoked grant ends the user's sessions.
+
+        Raises:
+            Unauthorized: the user no longer holds a role in the tenant.
+            Forbidden: the tenant is suspended.
+        """
+        await self.check_tenant(tenant_id)
+        roles = await self.roles_of(tenant_id, principal_id, groups)
+        if not roles:
+            raise Unauthorized(f"{principal_id} no longer has a role in tenant {tenant_id!r}.")
+        return Principal(
+            id=principal_id, tenant_id=tenant_id, roles=roles, kind="user", groups=groups
+        )
+
+    async def _user_principal(self, claims: dict[str, Any], tenant: str | None) -> Principal:
+        """Verified claims to a user principal: user, groups and tenant claims, role grants."""
+        assert self._jwt is not None
+        oidc = self._jwt.settings
         user = claims.get(oidc.user_claim)
         if not isinstance(user, str) or not user:
             raise Unauthorized(f"The token has no {oidc.user_claim!r} claim naming the user.")
@@ -252,11 +306,9 @@ class Identity:
                 f"{principal_id} has no role in tenant {acting_in!r}; ask its admin for one "
                 f"(`corral roles grant {principal_id} viewer`)."
             )
-        principal = Principal(
+        return Principal(
             id=principal_id, tenant_id=acting_in, roles=roles, kind="user", groups=groups
         )
-        await self._audit_login(principal, token)
-        return principal
 
     async def roles_of(
         self, tenant_id: str, principal: str, groups: tuple[str, ...]
@@ -317,7 +369,13 @@ class _JwtVerifier:
         self._fetched = float("-inf")
         self._lock = asyncio.Lock()
 
-    async def verify(self, token: str) -> dict[str, Any]:
+    async def verify(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
+        """The token's claims once verified; ``aud`` must be ``audience`` (default: settings').
+
+        Raises:
+            Unauthorized: the token is malformed, expired, not yet valid, for another
+                audience or issuer, or signed with an unknown key or refused algorithm.
+        """
         import jwt  # with cryptography, about 10 MB: imported when OIDC is first used
 
         try:
@@ -336,7 +394,7 @@ class _JwtVerifier:
                 token,
                 key=key,
                 algorithms=list(self.settings.algorithms),
-                audience=self.settings.audience,
+                audience=audience or self.settings.audience,
                 issuer=self.settings.issuer,
                 leeway=self.settings.leeway_seconds,
                 options={"require": ["exp", "iss", "aud"]},
@@ -346,7 +404,9 @@ class _JwtVerifier:
         except jwt.ImmatureSignatureError:
             raise Unauthorized("The token is not valid yet (nbf).") from None
         except jwt.InvalidAudienceError:
-            raise Unauthorized(f"The token's audience is not {self.settings.audience!r}.") from None
+            raise Unauthorized(
+                f"The token's audience is not {audience or self.settings.audience!r}."
+            ) from None
         except jwt.InvalidIssuerError:
             raise Unauthorized(f"The token's issuer is not {self.settings.issuer!r}.") from None
         except jwt.PyJWTError as exc:

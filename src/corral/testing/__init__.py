@@ -1,4 +1,4 @@
-"""Test doubles for users' tests and benchmarks: scripted model, test server, OTLP receiver.
+"""Test doubles for users' tests and benchmarks: scripted model, servers, OTLP, OIDC provider.
 
 ```python
 from corral.testing import ScriptedModel
@@ -9,6 +9,7 @@ model = ScriptedModel([ScriptedModel.call("fs.list_dir", path="."), ScriptedMode
 
 from corral.testing._chat_upstream import DEFAULT_USAGE, FakeChatUpstream, ReplyFunction
 from corral.testing._clock import ManualClock
+from corral.testing._oidc import FakeOidcProvider
 from corral.testing._otlp import OtlpReceiver, ReceivedSpan
 from corral.testing._scripted import EXHAUSTED_ANSWER, ScriptedModel, ScriptFunction, ScriptStep
 from corral.testing._server import serve_in_thread
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_USAGE",
     "EXHAUSTED_ANSWER",
     "FakeChatUpstream",
+    "FakeOidcProvider",
     "FakeOpenAIUpstream",
     "ManualClock",
     "OtlpReceiver",
