@@ -14,11 +14,11 @@ import httpx
 from conftest import agent_document, register
 from corral.api import create_app
 from corral.approvals import Approval, list_approvals
-from corral.contracts import Tool
+from corral.contracts import Tool, parse_document
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.gateway.tools import BuiltinTool
 from corral.platform import Platform
-from corral.registry import bind_stage, get_agent, get_agent_version
+from corral.registry import apply_documents, bind_stage, get_agent, get_agent_version
 from corral.runtime import create_run, get_run
 from corral.settings import Settings
 from corral.tenancy import issue_key
@@ -98,6 +98,16 @@ async def seed(platform: Platform) -> dict[str, str]:
             name=f"portal-{principal.partition(':')[2]}",
         )
     return keys
+
+
+async def apply_in_acme(portal: Portal, *documents: dict[str, Any]) -> None:
+    """Apply each document in tenant ``acme`` (builtin tools registered there first)."""
+    await portal.platform.register_builtin_tools("acme")
+    for document in documents:
+        async with portal.platform.store.transaction("acme") as session:
+            await apply_documents(
+                session, [parse_document(document)], tenant_id="acme", actor="user:test"
+            )
 
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
