@@ -269,7 +269,7 @@ async def test_the_overview_and_the_run_list_show_the_runs(portal: Portal) -> No
     assert "ledger.write" in overview.text  # top tools by calls
     assert "<svg" in overview.text and "<rect" in overview.text
     runs = await alice.get("/ui/runs", params={"status": "AWAITING_APPROVAL"})
-    assert run_id in runs.text and 'hx-trigger="every 2s"' in runs.text
+    assert run_id in runs.text and 'hx-trigger="every 2s, runs-changed"' in runs.text
     none = await alice.get("/ui/runs", params={"agent": "someone-else"})
     assert run_id not in none.text and "No runs match" in none.text
     bad = await alice.get("/ui/runs", params={"status": "NOPE"})
