@@ -33,6 +33,7 @@ __all__ = [
     "ModelGatewaySettings",
     "ObservabilitySettings",
     "OpenAISettings",
+    "PortalSettings",
     "RuntimeSettings",
     "SecretsSettings",
     "Settings",
@@ -540,6 +541,18 @@ class HealthSettings(BaseModel):
     checks per interval. ``0``: every request runs them (concurrent ones still share)."""
 
 
+class PortalSettings(BaseModel):
+    """The web portal at ``/ui`` (``CORRAL_PORTAL__*``)."""
+
+    run_events_poll_seconds: float = Field(default=2.0, gt=0, le=60)
+    """Seconds between two reads of the store by ``GET /ui/runs/events`` (the runs page's
+    live status); also the reconnect delay (``retry:``) the stream tells the browser."""
+    run_events_max_seconds: float = Field(default=300.0, ge=0, le=3600)
+    """Seconds one ``GET /ui/runs/events`` stream lasts before it ends (the browser
+    reconnects with ``Last-Event-ID``), so no stream outlives its session for long. ``0``:
+    one batch, then the stream ends."""
+
+
 class LogSettings(BaseModel):
     """Structured logs (``CORRAL_LOG__*``): structlog, one line per event."""
 
@@ -581,6 +594,7 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = ObservabilitySettings()
     alerts: AlertSettings = AlertSettings()
     health: HealthSettings = HealthSettings()
+    portal: PortalSettings = PortalSettings()
     log: LogSettings = LogSettings()
     region: str | None = None
     """This process's region label (``CORRAL_REGION``): model deployments in it are preferred,

@@ -11,24 +11,18 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-from _portal_kit import REQUESTER, ROLES, Ledger, csrf_of, login, seed, write_then_answer
+from _portal_kit import REQUESTER, ROLES, Portal, csrf_of, login, open_portal
 from fastapi.routing import APIRoute
 
 from conftest import agent_document, register
-from corral.api import create_app
-from corral.approvals import Approval, list_approvals
-from corral.platform import Platform
 from corral.portal._routes import router
 from corral.registry import list_agent_versions, stage_bindings
-from corral.runtime import create_run, get_run
+from corral.runtime import create_run
 from corral.settings import GovernanceSettings, Settings
 from corral.tenancy import revoke_key
-from corral.testing import ScriptedModel
 
 
 @pytest.fixture
@@ -38,68 +32,10 @@ def settings(tmp_path: Path, settings: Settings) -> Settings:
     )
 
 
-@dataclass
-class Portal:
-    platform: Platform
-    app: object
-    keys: dict[str, str]
-    ledger: Ledger
-    clients: list[httpx.AsyncClient]
-
-    def client(self, scheme: str = "http") -> httpx.AsyncClient:
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),  # type: ignore[arg-type]
-            base_url=f"{scheme}://corral",
-        )
-        self.clients.append(client)
-        return client
-
-    async def logged_in(self, principal: str) -> httpx.AsyncClient:
-        client = self.client()
-        assert (await login(client, self.keys[principal])).status_code == 303
-        return client
-
-    async def paused_run(self) -> tuple[str, Approval]:
-        async with self.platform.store.transaction("default") as session:
-            run = await create_run(
-                session,
-                tenant_id="default",
-                agent_name="repo-analyst",
-                task="Write entry 7.",
-                requested_by=REQUESTER,
-                stage="production",
-                governance=self.platform.governance,
-            )
-        await self.platform.worker.run_until_idle()
-        assert await self.status(run.id) == "AWAITING_APPROVAL"
-        (approval,) = await list_approvals(
-            self.platform.store, tenant_id="default", run_id=run.id, status="pending"
-        )
-        return run.id, approval
-
-    async def status(self, run_id: str) -> str:
-        async with self.platform.store.read("default") as session:
-            return str((await get_run(session, run_id, tenant_id="default")).status)
-
-
 @pytest.fixture
 async def portal(settings: Settings) -> AsyncIterator[Portal]:
-    ledger = Ledger()
-    platform = Platform(
-        settings,
-        providers={"scripted": ScriptedModel(write_then_answer)},
-        builtins=ledger.builtins(),
-    )
-    app = create_app(platform, run_worker=False)
-    lifespan = app.router.lifespan_context(app)
-    await lifespan.__aenter__()
-    found = Portal(platform, app, await seed(platform), ledger, [])
-    try:
+    async with open_portal(settings) as found:
         yield found
-    finally:
-        for client in found.clients:
-            await client.aclose()
-        await lifespan.__aexit__(None, None, None)
 
 
 # --- sessions -------------------------------------------------------------------------------------
@@ -333,7 +269,7 @@ async def test_the_overview_and_the_run_list_show_the_runs(portal: Portal) -> No
     assert "ledger.write" in overview.text  # top tools by calls
     assert "<svg" in overview.text and "<rect" in overview.text
     runs = await alice.get("/ui/runs", params={"status": "AWAITING_APPROVAL"})
-    assert run_id in runs.text and 'hx-trigger="every 2s"' in runs.text
+    assert run_id in runs.text and 'hx-trigger="every 2s, runs-changed"' in runs.text
     none = await alice.get("/ui/runs", params={"agent": "someone-else"})
     assert run_id not in none.text and "No runs match" in none.text
     bad = await alice.get("/ui/runs", params={"status": "NOPE"})

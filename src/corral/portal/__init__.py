@@ -20,6 +20,7 @@ from corral.portal import (
     _approvals,
     _audit,
     _auth,
+    _live,
     _overview,
     _policies,
     _runs,
@@ -35,6 +36,7 @@ __all__ = ["PAGES", "PORTAL_PATH", "NavPage", "mount_portal"]
 _PAGE_MODULES = (
     _auth,
     _overview,
+    _live,
     _runs,
     _approvals,
     _agents,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
 from starlette.responses import Response
 
-from corral.errors import PolicyRefused
+from corral.errors import InvalidRequest, PolicyRefused
 from corral.evals import latest_eval
 from corral.portal._routes import router
 from corral.portal._web import (
@@ -21,6 +22,8 @@ from corral.portal._web import (
     session_of,
 )
 from corral.registry import (
+    AgentVersionRow,
+    agent_version_diff,
     latest_agent_versions,
     list_agent_versions,
     list_agents,
@@ -30,7 +33,59 @@ from corral.registry import (
 )
 from corral.runtime import list_runs
 
-__all__ = ["agent_detail", "agents", "promote_version", "rollback_stage"]
+__all__ = ["DiffLine", "agent_detail", "agents", "diff_lines", "promote_version", "rollback_stage"]
+
+
+@dataclass(frozen=True)
+class DiffLine:
+    """One line of a unified diff and its kind, the line's CSS class (``diff-{kind}``)."""
+
+    kind: str
+    """``add``, ``del``, ``hunk`` (``@@``), ``file`` (``---``/``+++``) or ``ctx``."""
+    text: str
+
+
+def diff_lines(diff: str) -> list[DiffLine]:
+    """Classify each line of a unified diff for the page (the template escapes the text)."""
+    lines = []
+    for text in diff.splitlines():
+        if text.startswith(("---", "+++")):
+            kind = "file"
+        elif text.startswith("@@"):
+            kind = "hunk"
+        elif text.startswith("+"):
+            kind = "add"
+        elif text.startswith("-"):
+            kind = "del"
+        else:
+            kind = "ctx"
+        lines.append(DiffLine(kind, text))
+    return lines
+
+
+def _diff_pair(request: Request, versions: list[AgentVersionRow]) -> tuple[str, str] | None:
+    """The two versions to compare: ``?diff=OLD..NEW``, ``?from=&to=``, else the two newest.
+
+    Raises:
+        InvalidRequest: ``diff`` without ``..``, or only one of ``from`` and ``to``.
+    """
+    query = request.query_params
+    if "diff" in query:
+        old, dots, new = query["diff"].partition("..")
+        if not dots or not old.strip() or not new.strip():
+            raise InvalidRequest(
+                f"diff={query['diff']!r} is not OLD..NEW; write two versions, e.g. "
+                "?diff=1.0.0..1.0.1."
+            )
+        return old.strip()[:32], new.strip()[:32]
+    old, new = query.get("from", "").strip(), query.get("to", "").strip()
+    if old or new:
+        if not (old and new):
+            raise InvalidRequest("Give both from= and to= (two versions of this agent).")
+        return old[:32], new[:32]
+    if len(versions) < 2:
+        return None
+    return versions[1].version, versions[0].version
 
 
 def _spec(document: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +111,12 @@ async def agents(request: Request) -> Response:
 
 @router.get("/agents/{name}")
 async def agent_detail(request: Request, name: str) -> Response:
-    """An agent's versions, what each stage runs, its latest runs; promote and roll back."""
+    """An agent's versions, what each stage runs, its latest runs; promote and roll back.
+
+    With two versions or more, the page shows the unified diff of two versions' specs
+    (canonical YAML): ``?diff=OLD..NEW`` or ``?from=OLD&to=NEW``, by default the two newest.
+    An unknown version is a 404 page naming the versions that exist.
+    """
     session = await session_of(request)
     require(session, "agents.read")
     principal = session.principal
@@ -70,6 +130,10 @@ async def agent_detail(request: Request, name: str) -> Response:
             else []
         )
         runs = await list_runs(db, tenant_id=principal.tenant_id, agent_name=name, limit=20)
+        pair = _diff_pair(request, versions)
+        diff = (
+            await agent_version_diff(db, name, *pair, tenant_id=principal.tenant_id) if pair else ""
+        )
     context = {
         "title": f"Agent {name}",
         "name": name,
@@ -79,6 +143,9 @@ async def agent_detail(request: Request, name: str) -> Response:
         "stages": stages,
         "runs": runs,
         "can_promote": principal.can("releases.promote"),
+        "diff_from": pair[0] if pair else "",
+        "diff_to": pair[1] if pair else "",
+        "diff": diff_lines(diff),
     }
     return render(request, "agent.html", context)
 

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from corral.approvals import list_approvals
 from corral.errors import InvalidRequest
 from corral.policy import list_run_decisions
+from corral.portal._live import cursor_of  # first: its /runs/events precedes /runs/{run_id}
 from corral.portal._routes import router
 from corral.portal._web import PORTAL_PATH, platform_of, redirect, render, require, session_of
 from corral.runtime import (
@@ -26,6 +27,7 @@ from corral.runtime import (
     list_runs,
     list_steps,
 )
+from corral.store import utcnow
 
 __all__ = ["PAGE_SIZE", "WaterfallBar", "cancel", "run_detail", "run_status", "runs", "runs_table"]
 
@@ -62,6 +64,7 @@ async def _table_context(request: Request) -> dict[str, Any]:
     require(session, "runs.read")
     tenant_id = session.principal.tenant_id
     filters = _filters(request)
+    since = cursor_of(utcnow())  # taken before the read: no change falls between the two
     async with platform_of(request).store.read(tenant_id) as db:
         rows = await list_runs(
             db,
@@ -81,6 +84,7 @@ async def _table_context(request: Request) -> dict[str, Any]:
         "query": urlencode(filters),
         "next_page": next_page,
         "live": any(r.status not in TERMINAL_STATUSES for r in rows),
+        "since": since,
     }
 
 

@@ -32,6 +32,7 @@ from corral.registry._releases import (
 from corral.registry._service import (
     FIRST_VERSION,
     ApplyResult,
+    agent_version_diff,
     apply_documents,
     bind_stage,
     digest_of,
@@ -43,6 +44,7 @@ from corral.registry._service import (
     list_agents,
     list_tools,
     next_patch,
+    spec_yaml,
 )
 from corral.registry._splits import (
     BUCKETS,
@@ -99,6 +101,7 @@ __all__ = [
     "TrafficAssignmentRow",
     "TrafficSplitRow",
     "Variant",
+    "agent_version_diff",
     "apply_documents",
     "assign_version",
     "bind_stage",
@@ -130,6 +133,7 @@ __all__ = [
     "remove_split",
     "reweight_split",
     "rollback",
+    "spec_yaml",
     "stage_bindings",
     "tenant_models",
 ]

@@ -518,6 +518,47 @@ async def list_agent_versions(
     return list((await session.execute(query)).scalars())
 
 
+def spec_yaml(document: dict[str, Any]) -> str:
+    """The canonical YAML of a stored document's ``spec``: keys sorted, block style.
+
+    Two versions whose specs are equal give the same text, whatever order their YAML files
+    wrote the keys in (the registry stores the validated document with defaults filled in).
+    """
+    spec = document.get("spec", {})
+    return yaml.safe_dump(spec, sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+async def agent_version_diff(
+    session: AsyncSession, name: str, old: str, new: str, *, tenant_id: str
+) -> str:
+    """Unified diff (:func:`difflib.unified_diff`) of two versions' specs as canonical YAML.
+
+    Args:
+        session: A session scoped to ``tenant_id``.
+        name: The agent.
+        old: The version the diff starts from (``-`` lines), e.g. ``1.0.0``.
+        new: The version it ends at (``+`` lines).
+        tenant_id: The caller's tenant; another tenant's agent reads as missing.
+
+    Returns:
+        The diff, headed ``--- {name}@{old}`` / ``+++ {name}@{new}``; empty when the specs
+        are equal.
+
+    Raises:
+        NotFound: no such agent, or no such version (the message lists the versions).
+    """
+    _, before = await get_agent_version(session, name, old, tenant_id=tenant_id)
+    _, after = await get_agent_version(session, name, new, tenant_id=tenant_id)
+    return "".join(
+        difflib.unified_diff(
+            spec_yaml(before.document).splitlines(keepends=True),
+            spec_yaml(after.document).splitlines(keepends=True),
+            f"{name}@{before.version}",
+            f"{name}@{after.version}",
+        )
+    )
+
+
 async def get_agent_version(
     session: AsyncSession, name: str, version: str | None = None, *, tenant_id: str
 ) -> tuple[AgentRow, AgentVersionRow]:

@@ -18,8 +18,10 @@ from corral.store import SYSTEM, Store
 __all__ = [
     "MAX_EVENTS_READ",
     "EndedRun",
+    "RunChange",
     "RunEvent",
     "answer_sources",
+    "changed_runs",
     "count_queued_runs",
     "ended_runs",
     "read_events",
@@ -81,6 +83,45 @@ async def ended_runs(
         for name, status, created, finished in rows
         if finished is not None
     ]
+
+
+@dataclass(frozen=True)
+class RunChange:
+    """A run's status as of its last change (the portal's live runs list streams these)."""
+
+    id: str
+    status: str
+    """Its :class:`~corral.runtime.RunStatus` value."""
+    updated_at: datetime
+    """When the run's row last changed (UTC): a status change, a step, a cancel request."""
+
+
+async def changed_runs(
+    session: AsyncSession, *, tenant_id: str, since: datetime, limit: int = MAX_EVENTS_READ
+) -> list[RunChange]:
+    """The tenant's runs whose row changed after ``since``, oldest change first.
+
+    A change is anything that moves ``updated_at``: every status change does, and so do
+    steps and cancel requests (the caller compares statuses).
+
+    Args:
+        session: A session scoped to ``tenant_id``.
+        tenant_id: The tenant; other tenants' runs are never read.
+        since: Only rows with ``updated_at`` strictly after this time (UTC).
+        limit: At most this many (1..:data:`MAX_EVENTS_READ`).
+
+    Raises:
+        InvalidRequest: ``limit`` out of range.
+    """
+    if not 1 <= limit <= MAX_EVENTS_READ:
+        raise InvalidRequest(f"limit must be 1 to {MAX_EVENTS_READ}, not {limit}.")
+    rows = await session.execute(
+        select(RunRow.id, RunRow.status, RunRow.updated_at)
+        .where(RunRow.tenant_id == tenant_id, RunRow.updated_at > since)
+        .order_by(RunRow.updated_at, RunRow.id)
+        .limit(limit)
+    )
+    return [RunChange(run_id, str(status), updated) for run_id, status, updated in rows]
 
 
 async def read_events(
