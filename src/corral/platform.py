@@ -270,9 +270,9 @@ class Platform:
             store_retry_initial=timedelta(seconds=settings.runtime.store_retry_initial_seconds),
             store_retry_max=timedelta(seconds=settings.runtime.store_retry_max_seconds),
         )
-        # Experiments' stop rule and rollout steps, as often as approvals are swept.
+        # Experiments' stop rule and rollout steps.
         self.worker.add_heartbeat_job(
-            timedelta(seconds=self.worker.approval_sweep_seconds),
+            timedelta(seconds=settings.releases.heartbeat_seconds),
             lambda: self.evaluate_releases(self.worker.clock()),
         )
         self.slo = SloEvaluator(self.store, settings.alerts, holder=self.worker.worker_id)

@@ -33,6 +33,7 @@ __all__ = [
     "ModelGatewaySettings",
     "ObservabilitySettings",
     "OpenAISettings",
+    "ReleaseSettings",
     "RuntimeSettings",
     "SecretsSettings",
     "Settings",
@@ -510,6 +511,15 @@ class AlertSettings(BaseModel):
     """Longest wait between two attempts."""
 
 
+class ReleaseSettings(BaseModel):
+    """Experiments and rollouts (``CORRAL_RELEASES__*``; see :mod:`corral.releases`)."""
+
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    """How often a worker's heartbeat applies the experiments' stop rule and moves rollouts
+    along (each rollout is evaluated by one worker of all per interval). It bounds how late a
+    step, a rollback or a decided experiment happens after its condition holds."""
+
+
 class HealthSettings(BaseModel):
     """Readiness checks of ``GET /readyz`` and ``corral status`` (``CORRAL_HEALTH__*``)."""
 
@@ -564,6 +574,7 @@ class Settings(BaseSettings):
     models: ModelGatewaySettings = ModelGatewaySettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     alerts: AlertSettings = AlertSettings()
+    releases: ReleaseSettings = ReleaseSettings()
     health: HealthSettings = HealthSettings()
     log: LogSettings = LogSettings()
     region: str | None = None
