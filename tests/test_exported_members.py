@@ -524,6 +524,7 @@ PUBLIC = {
         "ModelOutcome",
         "Probe",
         "Readiness",
+        "RedisClients",
         "SpanRow",
         "StoreSpanExporter",
         "TokenCounts",

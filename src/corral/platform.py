@@ -43,6 +43,7 @@ from corral.observability import (
     Check,
     Probe,
     Readiness,
+    RedisClients,
     Tracing,
     check_disk,
     check_redis,
@@ -206,6 +207,8 @@ class Platform:
         self._unregister_breakers: Callable[[], None] = lambda: None
         self._readiness_lock = asyncio.Lock()
         self._readiness: tuple[float, Readiness] | None = None
+        self._redis_clients = RedisClients()
+        """The readiness check's Redis clients: made on the first check, closed in close()."""
         self.local_server: LocalModelServer | None = None
         self.governance = Governance(
             self.store,
@@ -359,7 +362,8 @@ class Platform:
                     "CORRAL_IDENTITY__RATE_LIMIT_STORAGE_URL": (
                         settings.identity.rate_limit_storage_url
                     ),
-                }
+                },
+                clients=self._redis_clients,
             )
 
         async def local() -> list[Check]:
@@ -627,6 +631,7 @@ class Platform:
             await self.mcp.close()
         await self.tools.aclose()
         await self.slo.aclose()
+        self._redis_clients.close()
         if self.local_server is not None:
             await self.local_server.stop()
         for provider in [*self.models.providers.values(), *self.models.deployment_providers]:
