@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import Connection, insert, select
 
 from corral._files import make_home_private, write_private_file
 from corral.approvals import install_approval_effects
@@ -44,10 +44,12 @@ from corral.observability import (
     Probe,
     Readiness,
     RedisClients,
+    SpanRow,
     Tracing,
     check_disk,
     check_redis,
     check_store,
+    new_trace_id,
     record_child_span,
     register_breakers,
     run_probes,
@@ -143,11 +145,24 @@ class ModelTest:
         model: ``provider/model`` of the deployment that answered.
         response: Its response (``served``, ``usage``, ``cost_usd``, ``attempts``...).
         latency_ms: Milliseconds for the whole gateway call, retries and failovers included.
+        trace_id: The trace of the call's spans (``chat {model}``, policy decisions), stored
+            like every other call's (32 hex digits).
     """
 
     model: str
     response: ModelResponse
     latency_ms: float
+    trace_id: str
+
+
+def _insert_test_rows(
+    connection: Connection, decisions: list[dict[str, Any]], spans: list[dict[str, Any]]
+) -> None:
+    """A model test's policy decisions and spans, in the caller's transaction."""
+    if decisions:
+        insert_decisions(connection, decisions)
+    if spans:
+        connection.execute(insert(SpanRow), spans)
 
 
 class Platform:
@@ -599,16 +614,22 @@ class Platform:
             )
 
         request = ModelRequest(model="", messages=[Message("user", prompt)], max_output_tokens=16)
+        trace_id = new_trace_id()
         started = time.perf_counter()
         try:
-            model, response = await self.models.complete(
-                [alias], request, authorize=authorize, tenant_id=tenant_id
-            )
+            with Tracing.trace(trace_id):
+                model, response = await self.models.complete(
+                    [alias], request, authorize=authorize, tenant_id=tenant_id
+                )
         finally:
-            if rows:
+            # The spans are stored (and leave the exporter) whether the call answered or not.
+            spans = self.tracing.exporter.drain(trace_id, tenant_id=tenant_id, run_id=None)
+            if rows or spans:
                 async with self.store.transaction(tenant_id) as session:
-                    await session.run_sync(lambda sync: insert_decisions(sync.connection(), rows))
-        return ModelTest(model, response, (time.perf_counter() - started) * 1000)
+                    await session.run_sync(
+                        lambda sync: _insert_test_rows(sync.connection(), rows, spans)
+                    )
+        return ModelTest(model, response, (time.perf_counter() - started) * 1000, trace_id)
 
     async def _tenant_models(self, tenant_id: str) -> dict[str, ModelSpec]:
         """A tenant's ``Model`` specs by alias (the model catalog's loader)."""
