@@ -269,6 +269,7 @@ PUBLIC = {
         "append_events",
         "canonical_json",
         "event_hash",
+        "settle_chains",
         "verify_chain",
     ],
     "corral.registry": [

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, insert, select
 
 from corral._files import make_home_private, write_private_file
 from corral.approvals import install_approval_effects
+from corral.audit import settle_chains
 from corral.cache import StoreResponseCache, StoreToolResultCache
 from corral.costs import daily_model_usage
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
@@ -645,6 +646,9 @@ class Platform:
     async def close(self) -> None:
         """Stop MCP sessions, HTTP tool pools, the embedded model; close providers and store.
 
+        The audit sequencer's pending passes run before the store closes, so every audit event
+        this process appended is chained (:func:`corral.audit.settle_chains`).
+
         Spans queued for OTLP export are flushed last (in a thread: the export is blocking).
         """
         self._unregister_breakers()
@@ -659,6 +663,8 @@ class Platform:
             close = getattr(provider, "aclose", None)
             if close is not None:
                 await close()
+        # Audit events appended unchained (their head was held) are chained before the pool goes.
+        await settle_chains(self.store.engine)
         await self.store.dispose()
         if self.tracing.otlp is not None:
             await asyncio.to_thread(self.tracing.shutdown)
