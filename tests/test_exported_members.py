@@ -270,6 +270,7 @@ PUBLIC = {
         "append_events",
         "canonical_json",
         "event_hash",
+        "settle_chains",
         "verify_chain",
     ],
     "corral.registry": [
@@ -529,6 +530,7 @@ PUBLIC = {
         "ModelOutcome",
         "Probe",
         "Readiness",
+        "RedisClients",
         "SpanRow",
         "StoreSpanExporter",
         "TokenCounts",

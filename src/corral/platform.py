@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import Connection, insert, select
 
 from corral._files import make_home_private, write_private_file
 from corral.approvals import install_approval_effects
+from corral.audit import settle_chains
 from corral.cache import StoreResponseCache, StoreToolResultCache
 from corral.costs import daily_model_usage
 from corral.errors import CorralError, LocalModelUnavailable, ModelAPIError
@@ -43,10 +44,13 @@ from corral.observability import (
     Check,
     Probe,
     Readiness,
+    RedisClients,
+    SpanRow,
     Tracing,
     check_disk,
     check_redis,
     check_store,
+    new_trace_id,
     record_child_span,
     register_breakers,
     run_probes,
@@ -142,11 +146,24 @@ class ModelTest:
         model: ``provider/model`` of the deployment that answered.
         response: Its response (``served``, ``usage``, ``cost_usd``, ``attempts``...).
         latency_ms: Milliseconds for the whole gateway call, retries and failovers included.
+        trace_id: The trace of the call's spans (``chat {model}``, policy decisions), stored
+            like every other call's (32 hex digits).
     """
 
     model: str
     response: ModelResponse
     latency_ms: float
+    trace_id: str
+
+
+def _insert_test_rows(
+    connection: Connection, decisions: list[dict[str, Any]], spans: list[dict[str, Any]]
+) -> None:
+    """A model test's policy decisions and spans, in the caller's transaction."""
+    if decisions:
+        insert_decisions(connection, decisions)
+    if spans:
+        connection.execute(insert(SpanRow), spans)
 
 
 class Platform:
@@ -206,6 +223,8 @@ class Platform:
         self._unregister_breakers: Callable[[], None] = lambda: None
         self._readiness_lock = asyncio.Lock()
         self._readiness: tuple[float, Readiness] | None = None
+        self._redis_clients = RedisClients()
+        """The readiness check's Redis clients: made on the first check, closed in close()."""
         self.local_server: LocalModelServer | None = None
         self.governance = Governance(
             self.store,
@@ -270,9 +289,9 @@ class Platform:
             store_retry_initial=timedelta(seconds=settings.runtime.store_retry_initial_seconds),
             store_retry_max=timedelta(seconds=settings.runtime.store_retry_max_seconds),
         )
-        # Experiments' stop rule and rollout steps, as often as approvals are swept.
+        # Experiments' stop rule and rollout steps.
         self.worker.add_heartbeat_job(
-            timedelta(seconds=self.worker.approval_sweep_seconds),
+            timedelta(seconds=settings.releases.heartbeat_seconds),
             lambda: self.evaluate_releases(self.worker.clock()),
         )
         self.slo = SloEvaluator(self.store, settings.alerts, holder=self.worker.worker_id)
@@ -359,7 +378,8 @@ class Platform:
                     "CORRAL_IDENTITY__RATE_LIMIT_STORAGE_URL": (
                         settings.identity.rate_limit_storage_url
                     ),
-                }
+                },
+                clients=self._redis_clients,
             )
 
         async def local() -> list[Check]:
@@ -595,16 +615,22 @@ class Platform:
             )
 
         request = ModelRequest(model="", messages=[Message("user", prompt)], max_output_tokens=16)
+        trace_id = new_trace_id()
         started = time.perf_counter()
         try:
-            model, response = await self.models.complete(
-                [alias], request, authorize=authorize, tenant_id=tenant_id
-            )
+            with Tracing.trace(trace_id):
+                model, response = await self.models.complete(
+                    [alias], request, authorize=authorize, tenant_id=tenant_id
+                )
         finally:
-            if rows:
+            # The spans are stored (and leave the exporter) whether the call answered or not.
+            spans = self.tracing.exporter.drain(trace_id, tenant_id=tenant_id, run_id=None)
+            if rows or spans:
                 async with self.store.transaction(tenant_id) as session:
-                    await session.run_sync(lambda sync: insert_decisions(sync.connection(), rows))
-        return ModelTest(model, response, (time.perf_counter() - started) * 1000)
+                    await session.run_sync(
+                        lambda sync: _insert_test_rows(sync.connection(), rows, spans)
+                    )
+        return ModelTest(model, response, (time.perf_counter() - started) * 1000, trace_id)
 
     async def _tenant_models(self, tenant_id: str) -> dict[str, ModelSpec]:
         """A tenant's ``Model`` specs by alias (the model catalog's loader)."""
@@ -620,6 +646,9 @@ class Platform:
     async def close(self) -> None:
         """Stop MCP sessions, HTTP tool pools, the embedded model; close providers and store.
 
+        The audit sequencer's pending passes run before the store closes, so every audit event
+        this process appended is chained (:func:`corral.audit.settle_chains`).
+
         Spans queued for OTLP export are flushed last (in a thread: the export is blocking).
         """
         self._unregister_breakers()
@@ -627,12 +656,15 @@ class Platform:
             await self.mcp.close()
         await self.tools.aclose()
         await self.slo.aclose()
+        self._redis_clients.close()
         if self.local_server is not None:
             await self.local_server.stop()
         for provider in [*self.models.providers.values(), *self.models.deployment_providers]:
             close = getattr(provider, "aclose", None)
             if close is not None:
                 await close()
+        # Audit events appended unchained (their head was held) are chained before the pool goes.
+        await settle_chains(self.store.engine)
         await self.store.dispose()
         if self.tracing.otlp is not None:
             await asyncio.to_thread(self.tracing.shutdown)

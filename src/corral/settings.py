@@ -34,6 +34,7 @@ __all__ = [
     "ObservabilitySettings",
     "OpenAISettings",
     "PortalSettings",
+    "ReleaseSettings",
     "RuntimeSettings",
     "SecretsSettings",
     "Settings",
@@ -527,6 +528,15 @@ class AlertSettings(BaseModel):
     """Longest wait between two attempts."""
 
 
+class ReleaseSettings(BaseModel):
+    """Experiments and rollouts (``CORRAL_RELEASES__*``; see :mod:`corral.releases`)."""
+
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    """How often a worker's heartbeat applies the experiments' stop rule and moves rollouts
+    along (each rollout is evaluated by one worker of all per interval). It bounds how late a
+    step, a rollback or a decided experiment happens after its condition holds."""
+
+
 class HealthSettings(BaseModel):
     """Readiness checks of ``GET /readyz`` and ``corral status`` (``CORRAL_HEALTH__*``)."""
 
@@ -593,6 +603,7 @@ class Settings(BaseSettings):
     models: ModelGatewaySettings = ModelGatewaySettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     alerts: AlertSettings = AlertSettings()
+    releases: ReleaseSettings = ReleaseSettings()
     health: HealthSettings = HealthSettings()
     portal: PortalSettings = PortalSettings()
     log: LogSettings = LogSettings()

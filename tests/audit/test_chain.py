@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, select, update
 
 from conftest import agent_document, register, superuser_transaction
 from corral.audit import GENESIS_HASH, append_event, event_hash, verify_chain
-from corral.audit._chain import ChainVerification, _sequencer, chain_pending
+from corral.audit._chain import ChainVerification, _Sequencer, _sequencer, chain_pending
 from corral.audit._tables import AuditEventRow, AuditHeadRow
 from corral.platform import Platform
 from corral.runtime import create_run
@@ -316,3 +316,32 @@ async def check_trigger(platform: Platform, pending: AuditEventRow) -> None:
             await session.execute(
                 update(table).where(table.c.id == pending.id).values(hash="c" * 64)
             )
+
+
+async def test_a_platform_closed_right_after_an_audited_action_leaves_its_chain_whole(
+    settings, monkeypatch
+) -> None:
+    """``Platform.close`` chains what the process appended unchained before the store goes."""
+    # The background pass would come only after an hour: only close can chain in time.
+    monkeypatch.setattr(_Sequencer, "interval", 3600.0)
+    platform = Platform(settings)
+    await platform.start()
+    await register(platform, agent_document())  # the tenant's head exists
+    if platform.store.dialect == "postgresql":
+        async with platform.store.transaction("default") as holder:
+            await note(holder, "held", tenant_id="default")
+            # The apply finds the head held: its audit event is committed unchained.
+            await register(platform, agent_document(instructions="Version two."))
+            assert [e.hash for e in await events(platform) if e.seq is None] == [None]
+    else:  # one writer: every append chains at once
+        await register(platform, agent_document(instructions="Version two."))
+    await platform.close()
+
+    reopened = Platform(settings)
+    try:
+        stored = await events(reopened)  # read before verify_chain, which chains first
+        assert [e.action for e in stored if e.hash is None] == []
+        assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+        assert (await verify(reopened)).ok
+    finally:
+        await reopened.close()

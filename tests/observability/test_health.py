@@ -10,13 +10,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import coredis
 import httpx
+import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -217,6 +220,27 @@ async def test_redis_configured_but_unreachable_fails(settings: Settings) -> Non
     [redis] = [c for c in readiness.checks if c.name == "redis"]
     assert "CORRAL_TOOLS__RATE_LIMIT_STORAGE_URL" in redis.detail
     assert "127.0.0.1" not in redis.detail
+
+
+async def test_the_redis_check_reuses_one_client_per_process(settings: Settings) -> None:
+    """Probing ``/readyz`` again and again opens no new Redis connection per probe."""
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except OSError:
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    name = f"corral-readyz-{uuid.uuid4().hex[:12]}"  # tells this test's connections apart
+    url = f"redis://127.0.0.1:6379/0?client_name={name}"
+    tools = settings.tools.model_copy(update={"rate_limit_storage_url": url})
+    observer = coredis.Redis(host="127.0.0.1", port=6379, decode_responses=True)
+
+    async def connections() -> int:
+        return sum(1 for client in await observer.client_list() if client.get("name") == name)
+
+    async with started(keyed(uncached(settings)).model_copy(update={"tools": tools})) as platform:
+        for _ in range(3):
+            assert status_of(await platform.readiness())["redis"] == "ok"
+        assert await connections() == 1
+    observer.connection_pool.disconnect()
 
 
 async def test_healthz_answers_without_the_store_readyz_does_not(

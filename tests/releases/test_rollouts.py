@@ -34,7 +34,7 @@ from corral.releases import (
     start_rollout,
 )
 from corral.runtime import RunRow, RunStatus, start_run
-from corral.settings import GovernanceSettings, Settings
+from corral.settings import GovernanceSettings, ReleaseSettings, Settings
 from corral.store import Base
 from corral.testing import ManualClock, ScriptedModel
 
@@ -349,3 +349,16 @@ async def test_the_release_tables_are_what_the_migration_made(make_platform: Any
 
     async with platform.store.engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+async def test_the_release_heartbeat_runs_at_its_own_interval(settings: Settings) -> None:
+    """``releases.heartbeat_seconds`` paces the evaluator, not the approvals' sweep interval."""
+    assert ReleaseSettings().heartbeat_seconds == 5.0  # the effective interval until now
+    tuned = settings.model_copy(update={"releases": ReleaseSettings(heartbeat_seconds=7.5)})
+    platform = Platform(tuned)
+    try:
+        intervals = [job.interval_seconds for job in platform.worker._jobs]
+        assert 7.5 in intervals
+        assert platform.worker.approval_sweep_seconds not in intervals
+    finally:
+        await platform.close()

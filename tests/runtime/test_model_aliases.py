@@ -18,6 +18,7 @@ from corral.audit._tables import AuditEventRow
 from corral.contracts import parse_document
 from corral.errors import ModelAPIError, NotFound
 from corral.gateway.models import FinalAnswer, ModelRequest
+from corral.observability import SpanRow
 from corral.platform import Platform
 from corral.policy._tables import PolicyDecisionRow
 from corral.registry import apply_documents
@@ -222,3 +223,24 @@ async def test_model_aliases_are_per_tenant(make_platform: Any) -> None:
     catalog.invalidate("acme")
     assert [d.model_name for d in await catalog.resolve("acme", "smart")] == ["gamma/y"]
     assert [d.provider for d in await catalog.resolve("default", "smart")] == ["alpha"]
+
+
+async def test_a_model_test_call_stores_its_spans_answered_or_not(make_platform: Any) -> None:
+    spare = ScriptedModel([ScriptedModel.answer("from spare")], name="spare")
+    platform: Platform = await make_platform(down=ScriptedModel(_down, name="down"), spare=spare)
+    await register(
+        platform,
+        model_document("smart", {"provider": "spare", "model": "s1", "region": "eu-west"}),
+        model_document("broken", {"provider": "down", "model": "d1", "region": "eu-west"}),
+    )
+    tested = await platform.test_model("smart", tenant_id="default", principal="user:test")
+    with pytest.raises(ModelAPIError):
+        await platform.test_model("broken", tenant_id="default", principal="user:test")
+    async with platform.store.read("default") as session:
+        spans = (await session.scalars(select(SpanRow).where(SpanRow.run_id.is_(None)))).all()
+    answered = [s for s in spans if s.trace_id == tested.trace_id]
+    assert [(s.name, s.status) for s in answered if s.name.startswith("chat")] == [
+        ("chat s1", "UNSET")
+    ]
+    failed = [s for s in spans if s.trace_id != tested.trace_id and s.name.startswith("chat")]
+    assert [s.status for s in failed] == ["ERROR"]

@@ -8,6 +8,7 @@ from corral.audit._chain import (
     append_events,
     canonical_json,
     event_hash,
+    settle_chains,
     verify_chain,
 )
 from corral.audit._tables import AuditEventRow
@@ -21,5 +22,6 @@ __all__ = [
     "append_events",
     "canonical_json",
     "event_hash",
+    "settle_chains",
     "verify_chain",
 ]

@@ -25,6 +25,7 @@ row without touching its content (migration 0010).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,6 +52,7 @@ __all__ = [
     "canonical_json",
     "chain_pending",
     "event_hash",
+    "settle_chains",
     "verify_chain",
 ]
 
@@ -324,6 +326,8 @@ class _Sequencer:
         self.woken: dict[str, float] = {}
         self.task: asyncio.Task[None] | None = None
         self.pool = engine.pool
+        self.hurry: asyncio.Event | None = None
+        """Set by :meth:`settle`: the task passes now, then stops."""
 
     def wake(self, tenant_id: str) -> None:
         try:
@@ -333,12 +337,24 @@ class _Sequencer:
         self.woken[tenant_id] = time.monotonic()
         if self.task is None or self.task.done():
             self.pool = self.engine.pool
-            self.task = loop.create_task(self._run(), name="corral audit sequencer")
+            self.hurry = asyncio.Event()
+            self.task = loop.create_task(self._run(self.hurry), name="corral audit sequencer")
 
-    async def _run(self) -> None:
+    async def settle(self) -> None:
+        """Run the pending passes now and wait for the task to end (the process is closing)."""
+        task, hurry = self.task, self.hurry
+        if task is None or task.done() or hurry is None:
+            return
+        if task.get_loop() is not asyncio.get_running_loop():  # its loop is gone or elsewhere
+            return
+        hurry.set()
+        await task
+
+    async def _run(self, hurry: asyncio.Event) -> None:
         engine = AsyncEngine(self.engine)
         while self.woken:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), self.interval)
             for tenant_id, woken_at in list(self.woken.items()):
                 if self.engine.pool is not self.pool:  # disposed: the platform is closing
                     self.woken.clear()
@@ -347,8 +363,9 @@ class _Sequencer:
                     await self._pass(engine, tenant_id)
                 except Exception as exc:  # the next append or pass chains them
                     log.warning("chaining audit events of %r failed: %s", tenant_id, exc)
-                if time.monotonic() - woken_at > self.linger and (
-                    self.woken.get(tenant_id) == woken_at
+                if hurry.is_set() or (
+                    time.monotonic() - woken_at > self.linger
+                    and self.woken.get(tenant_id) == woken_at
                 ):
                     del self.woken[tenant_id]
 
@@ -369,6 +386,23 @@ def _sequencer(engine: Engine) -> _Sequencer:
     if sequencer is None:
         sequencer = _SEQUENCERS[engine] = _Sequencer(engine)
     return sequencer
+
+
+async def settle_chains(engine: AsyncEngine) -> None:
+    """Chain now what this process appended unchained, and stop its background sequencer.
+
+    Call it before disposing of ``engine`` (:meth:`corral.platform.Platform.close` does): the
+    sequencer's pending passes run at once instead of after their interval, so no event this
+    process appended is left unchained at shutdown. An event whose tenant's head another
+    transaction holds stays unchained; that transaction chains it before it commits. A pass
+    that fails is logged, and the next append or :func:`verify_chain` chains the events.
+
+    Args:
+        engine: The store's engine (the one the events were appended through).
+    """
+    sequencer = _SEQUENCERS.get(engine.sync_engine)
+    if sequencer is not None:
+        await sequencer.settle()
 
 
 async def append_event(

@@ -24,15 +24,19 @@ import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from corral.store import Store, current_revision, head_revision
+
+if TYPE_CHECKING:
+    from limits.aio.storage import Storage as AsyncStorage
 
 __all__ = [
     "Check",
     "CheckStatus",
     "Probe",
     "Readiness",
+    "RedisClients",
     "check_disk",
     "check_redis",
     "check_store",
@@ -174,28 +178,77 @@ def check_disk(home: Path, *, min_free_mb: int) -> Check:
     )
 
 
-async def check_redis(urls: dict[str, str | None]) -> list[Check]:
+class RedisClients:
+    """The ``redis`` check's storage clients: one per configured URL, kept for the process.
+
+    A client (and its connection pool) is made by the first check that needs it and reused by
+    every later one, so a load balancer probing ``/readyz`` every second opens no new
+    connection per probe. :meth:`close` (from :meth:`corral.platform.Platform.close`) drops
+    their connections; a later check reconnects.
+    """
+
+    def __init__(self) -> None:
+        self._storages: dict[str, AsyncStorage] = {}
+
+    def storage(self, url: str) -> AsyncStorage:
+        """The async ``limits`` storage of ``url`` (``async+`` is prefixed when missing).
+
+        Raises:
+            limits.errors.ConfigurationError: the URL's backend needs a missing package
+                (Redis: ``coredis``).
+        """
+        from limits.storage import storage_from_string
+
+        storage = self._storages.get(url)
+        if storage is None:
+            async_url = url if url.startswith("async+") else f"async+{url}"
+            storage = cast("AsyncStorage", storage_from_string(async_url))
+            self._storages[url] = storage
+        return storage
+
+    def close(self) -> None:
+        """Drop every client's connections and forget the clients."""
+        storages, self._storages = self._storages, {}
+        for storage in storages.values():
+            bridge = getattr(storage, "bridge", None)
+            if bridge is not None:
+                # limits has no close(); its coredis client holds a connection pool.
+                pool = getattr(bridge.get_connection(), "connection_pool", None)
+                if pool is not None:
+                    pool.disconnect()
+
+
+async def check_redis(
+    urls: dict[str, str | None], *, clients: RedisClients | None = None
+) -> list[Check]:
     """``redis``: every configured shared-counter storage answers a ping.
 
     Args:
         urls: Storage URL by the setting that names it (``CORRAL_TOOLS__RATE_LIMIT_STORAGE_URL``
             ...); ``None`` values are not configured. Details name the setting, never the URL.
+        clients: The process's clients, reused across checks; without it the check makes its
+            own and closes them before it returns.
     """
     configured = {setting: url for setting, url in urls.items() if url}
     if not configured:
         return [Check("redis", "skipped", "no shared rate-limit storage is configured")]
     from limits.errors import ConfigurationError
-    from limits.storage import storage_from_string
 
+    own = clients is None
+    used = RedisClients() if clients is None else clients
     problems: list[str] = []
-    for setting, url in configured.items():
-        try:
-            storage = storage_from_string(url if url.startswith("async+") else f"async+{url}")
-        except ConfigurationError:
-            problems.append(f"{setting} cannot be used (Redis needs the coredis package)")
-            continue
-        if not await storage.check():  # type: ignore[misc]
-            problems.append(f"the storage of {setting} does not answer; check that it runs")
+    try:
+        for setting, url in configured.items():
+            try:
+                storage = used.storage(url)
+            except ConfigurationError:
+                problems.append(f"{setting} cannot be used (Redis needs the coredis package)")
+                continue
+            if not await storage.check():
+                problems.append(f"the storage of {setting} does not answer; check that it runs")
+    finally:
+        if own:
+            used.close()
     if problems:
         return [Check("redis", "fail", "; ".join(problems))]
     return [Check("redis", "ok", f"{len(configured)} storage(s) answer")]

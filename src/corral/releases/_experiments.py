@@ -39,8 +39,9 @@ from corral.registry import (
     stage_bindings,
 )
 from corral.releases._decisions import record_decision
-from corral.releases._metrics import SuccessSource, VariantMetrics, variant_metrics
+from corral.releases._metrics import SuccessSource, VariantMetrics
 from corral.releases._stats import two_proportion_z_test
+from corral.releases._status import metrics_json, split_metrics
 from corral.releases._tables import ExperimentRow
 from corral.store import new_id
 
@@ -54,7 +55,6 @@ __all__ = [
     "evaluate_experiments",
     "experiment_status",
     "list_experiments",
-    "metrics_json",
     "start_experiment",
     "stop_experiment",
 ]
@@ -317,11 +317,7 @@ async def experiment_status(
         NotFound: no such experiment in this tenant.
     """
     experiment = await _get(session, experiment_id, tenant_id)
-    metrics = await session.run_sync(
-        lambda sync: variant_metrics(
-            sync.connection(), experiment.id, tenant_id=tenant_id, source=source
-        )
-    )
+    metrics = await split_metrics(session, experiment.id, tenant_id=tenant_id, source=source)
     return ExperimentStatus(experiment, metrics, evaluate_experiment(experiment, metrics, now))
 
 
@@ -427,27 +423,6 @@ def _end_sync(
     sync: Session, *, status: ExperimentStatus, winner: str | None, now: datetime
 ) -> None:
     _end(sync.connection(), status, "decided", "system:experiments", winner, now)
-
-
-def metrics_json(metrics: dict[str, VariantMetrics]) -> dict[str, Any]:
-    """Per-variant metrics as JSON-safe values (rates and figures as decimal strings)."""
-
-    def text(value: object) -> str | None:
-        return None if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
-
-    return {
-        name: {
-            "runs": m.runs,
-            "finished": m.finished,
-            "errors": m.errors,
-            "successes": m.successes,
-            "error_rate": text(m.error_rate),
-            "success_rate": text(m.success_rate),
-            "median_cost_usd": text(m.median_cost_usd),
-            "p95_latency_seconds": text(m.p95_latency_seconds),
-        }
-        for name, m in sorted(metrics.items())
-    }
 
 
 async def evaluate_experiments(

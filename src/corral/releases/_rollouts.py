@@ -52,13 +52,9 @@ from corral.registry import (
     stage_bindings,
 )
 from corral.releases._decisions import record_decision
-from corral.releases._experiments import check_runnable, metrics_json
-from corral.releases._metrics import (
-    SuccessSource,
-    VariantMetrics,
-    shadow_agreement,
-    variant_metrics,
-)
+from corral.releases._experiments import check_runnable
+from corral.releases._metrics import SuccessSource, VariantMetrics, shadow_agreement
+from corral.releases._status import metrics_json, split_metrics
 from corral.releases._tables import RolloutRow
 from corral.store import SYSTEM, Store, new_id
 
@@ -303,11 +299,7 @@ async def rollout_status(
         NotFound: the agent never had a rollout.
     """
     rollout = await _latest(session, agent_name, tenant_id)
-    metrics = await session.run_sync(
-        lambda sync: variant_metrics(
-            sync.connection(), rollout.id, tenant_id=tenant_id, source=source
-        )
-    )
+    metrics = await split_metrics(session, rollout.id, tenant_id=tenant_id, source=source)
     compared, same = (0, 0)
     if rollout.shadow:
         compared, same = await session.run_sync(
@@ -505,11 +497,7 @@ async def _judge(
 ) -> str:
     if rollout.status == "pending_promotion":
         return await _settle_promotion(session, rollout, now)
-    metrics = await session.run_sync(
-        lambda sync: variant_metrics(
-            sync.connection(), rollout.id, tenant_id=rollout.tenant_id, source=source
-        )
-    )
+    metrics = await split_metrics(session, rollout.id, tenant_id=rollout.tenant_id, source=source)
     found = breaches(rollout, metrics)
     actor = "system:rollouts"
     if found:
