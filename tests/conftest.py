@@ -41,6 +41,24 @@ POSTGRES_URL = os.environ.get(
 REQUIRE_POSTGRES = os.environ.get("CORRAL_TEST_REQUIRE_POSTGRES") == "1"
 APP_ROLE = "corral_app"
 APP_POSTGRES_URL = str(make_url(POSTGRES_URL).set(username=APP_ROLE, password=None))
+
+_STDLIB_ASYNCIO_RUN = asyncio.run
+
+
+@pytest.fixture(autouse=True)
+def _asyncio_left_unpatched() -> Iterator[None]:
+    """Fail the test after which ``asyncio.run`` is no longer the standard library's.
+
+    ``nest_asyncio`` (applied by, for one, ``inspect_ai``'s sync readers when called under a
+    running loop) patches asyncio for the rest of the process: its ``asyncio.run`` never closes
+    the loops it makes, and the garbage collector then fails some later, unrelated test with
+    ``ResourceWarning: unclosed event loop``. Use the library's async API instead.
+    """
+    yield
+    assert asyncio.run is _STDLIB_ASYNCIO_RUN, (
+        "this test let a library patch asyncio globally (nest_asyncio?); "
+        "call its async API from async tests"
+    )
 _CREATE_APP_ROLE = f"""
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN

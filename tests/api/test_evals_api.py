@@ -90,7 +90,9 @@ async def test_an_eval_over_rest_from_apply_to_inspect_export(
     path = tmp_path / "eval.json"
     path.write_text(json.dumps(log))
     inspect_log = pytest.importorskip("inspect_ai.log")
-    read = inspect_log.read_eval_log(str(path))
+    # The async reader: the sync one, called under a running loop, applies nest_asyncio, which
+    # patches asyncio.run for the rest of the process (its loops are then never closed).
+    read = await inspect_log.read_eval_log_async(str(path))
     assert (read.status, read.eval.task, len(read.samples)) == ("success", "corral/qa", 4)
     assert {s.scores["policy"].value for s in read.samples} == {"C"}
 
