@@ -427,6 +427,7 @@ PUBLIC = {
         "resolve_in_doubt",
         "resume_run",
         "run_overview",
+        "session_id_problem",
         "start_run",
     ],
     "corral.gateway.mcp": [
