@@ -303,6 +303,7 @@ PUBLIC = {
         "assign_version",
         "bind_stage",
         "bucket_of",
+        "check_gate",
         "choose_variant",
         "complete_promotion",
         "default_models",
