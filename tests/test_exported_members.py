@@ -305,6 +305,7 @@ PUBLIC = {
         "assign_version",
         "bind_stage",
         "bucket_of",
+        "check_gate",
         "choose_variant",
         "complete_promotion",
         "default_models",
@@ -432,6 +433,7 @@ PUBLIC = {
         "resolve_in_doubt",
         "resume_run",
         "run_overview",
+        "session_id_problem",
         "start_run",
     ],
     "corral.gateway.mcp": [

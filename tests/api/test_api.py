@@ -260,6 +260,31 @@ async def test_audit_events_page_by_seq(api) -> None:
     assert rest["next"] is None
 
 
+async def test_a_run_carries_its_session_id_and_a_bad_one_is_422(api) -> None:
+    client = await api(scripted=ScriptedModel([]))
+    await apply(client, agent_document())
+    created = await client.post(
+        "/v1/agents/repo-analyst/runs",
+        json={"stage": "dev", "task": "x", "session_id": "chat:42.a_b-c"},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["session_id"] == "chat:42.a_b-c"
+    read = (await client.get(f"/v1/runs/{created.json()['id']}")).json()
+    assert read["session_id"] == "chat:42.a_b-c"
+    without = await client.post("/v1/agents/repo-analyst/runs", json={"stage": "dev", "task": "x"})
+    assert without.json()["session_id"] is None
+    for bad in ("", "has space", "x" * 129, "semi;colon"):
+        response = await client.post(
+            "/v1/agents/repo-analyst/runs",
+            json={"stage": "dev", "task": "x", "session_id": bad},
+        )
+        assert response.status_code == 422, bad
+        assert any(
+            "session_id" in issue and "1 to 128 characters" in issue
+            for issue in response.json()["issues"]
+        ), response.json()
+
+
 async def test_run_requests_that_cannot_be_honoured(api, tmp_path: Path) -> None:
     client = await api(scripted=ScriptedModel([]))
     await apply(client, agent_document())

@@ -15,7 +15,15 @@ from corral.errors import Conflict, PolicyRefused
 from corral.evals import apply_suites, gateway_judge, grade_eval, latest_eval, start_eval
 from corral.gateway.models import FinalAnswer, ModelRequest
 from corral.platform import Platform
-from corral.registry import Promotion, promote
+from corral.registry import (
+    Promotion,
+    TrafficSplitRow,
+    bind_stage,
+    get_agent_version,
+    promote,
+)
+from corral.releases import RolloutPlan, RolloutRow, start_rollout
+from corral.store import utcnow
 from corral.testing import ScriptedModel
 
 TENANT = "default"
@@ -225,3 +233,72 @@ async def test_eval_score_reaches_the_agent_promote_policy_context(
     assert await evaluate(platform, "0.1.0", workspace) is False  # the suite's own bar: 1.0
     with pytest.raises(PolicyRefused, match="promote-only-perfect"):
         await promote_to(platform, "0.1.0", "staging")
+
+
+async def start_production_rollout(platform: Platform, version: str, **options: Any) -> Any:
+    async with platform.store.transaction(TENANT) as session:
+        return await start_rollout(
+            session,
+            RolloutPlan(
+                agent_name="repo-analyst", version=version, stage="production", shadow=True
+            ),
+            tenant_id=TENANT,
+            actor=ADMIN,
+            actor_roles=ROLES,
+            now=utcnow(),
+            **{"evals": latest_eval, "require_eval_for_production": True, **options},
+        )
+
+
+async def test_a_production_rollout_runs_the_eval_gate_before_any_traffic(
+    make_platform, workspace: Path
+) -> None:
+    platform = await setup(make_platform)
+    await register(platform, agent_document(instructions="Answer.", evaluation=GATE))
+    async with platform.store.transaction(TENANT) as session:
+        agent, baseline = await get_agent_version(session, "repo-analyst", tenant_id=TENANT)
+        await bind_stage(session, agent, baseline, "production", actor=ADMIN, tenant_id=TENANT)
+
+    await register(platform, agent_document(instructions="Say 41.", evaluation=GATE))
+    with pytest.raises(Conflict) as no_eval:
+        await start_production_rollout(platform, "0.1.1")
+    assert no_eval.value.code == "eval_gate_failed"
+    assert "`corral eval run qa --agent repo-analyst@0.1.1`" in no_eval.value.message
+    assert await evaluate(platform, "0.1.1", workspace) is False
+    with pytest.raises(Conflict) as failing:
+        await start_production_rollout(platform, "0.1.1")
+    assert failing.value.code == "eval_gate_failed"
+    assert "success rate 0.500 < 1.0" in failing.value.message
+    with pytest.raises(Conflict) as unreadable:
+        await start_production_rollout(platform, "0.1.1", evals=None)
+    assert unreadable.value.code == "eval_gate_unavailable"
+
+    await register(platform, agent_document(instructions="No gate."))
+    with pytest.raises(Conflict) as baseline_missing:
+        await start_production_rollout(platform, "0.1.2")
+    assert baseline_missing.value.code == "eval_baseline_missing"
+
+    # Nothing was split: production's new runs all get the bound version, no shadow copies.
+    async with platform.store.read(TENANT) as session:
+        assert (await session.scalars(select(RolloutRow))).all() == []
+        assert (await session.scalars(select(TrafficSplitRow))).all() == []
+
+    await register(platform, agent_document(instructions="Answer well.", evaluation=GATE))
+    assert await evaluate(platform, "0.1.3", workspace) is True
+    rollout = await start_production_rollout(platform, "0.1.3")
+    assert (rollout.status, rollout.candidate_version, rollout.steps[0]) == ("running", "0.1.3", 0)
+
+
+async def test_a_production_rollout_is_not_eval_gated_when_the_setting_is_off(
+    make_platform,
+) -> None:
+    platform = await setup(make_platform)
+    await register(platform, agent_document(instructions="Answer."))
+    async with platform.store.transaction(TENANT) as session:
+        agent, baseline = await get_agent_version(session, "repo-analyst", tenant_id=TENANT)
+        await bind_stage(session, agent, baseline, "production", actor=ADMIN, tenant_id=TENANT)
+    await register(platform, agent_document(instructions="Answer!"))
+    with pytest.raises(Conflict, match="no 'evaluation' block"):
+        await start_production_rollout(platform, "0.1.1")
+    rollout = await start_production_rollout(platform, "0.1.1", require_eval_for_production=False)
+    assert rollout.status == "running"

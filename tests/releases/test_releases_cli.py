@@ -14,6 +14,7 @@ from corral.api import create_app
 from corral.cli import app as cli
 from corral.cli._client import auth_headers
 from corral.platform import Platform
+from corral.registry import Variant, bucket_of, choose_variant
 from corral.settings import GovernanceSettings, Settings, get_settings
 from corral.testing import ScriptedModel, serve_in_thread
 
@@ -81,6 +82,34 @@ def test_experiments_start_status_stop(server: tuple[str, Settings]) -> None:
     assert f"experiment {experiment_id} (prompt-b): stopped" in invoke(
         "experiments", "stop", experiment_id
     )
+
+
+def test_runs_of_one_session_get_one_variant_of_an_experiment_keyed_by_session(
+    server: tuple[str, Settings],
+) -> None:
+    url, _ = server
+    invoke("promote", f"{AGENT}@0.1.0", "--to", "staging")
+    started = invoke(
+        "experiments", "start", "by-session", "--agent", AGENT, "--stage", "staging",
+        "--variant", "control=0.1.0:50", "--variant", "treatment=0.1.1:50", "--key-by", "session",
+    )  # fmt: skip
+    experiment_id = started.split()[1]
+    arms = [Variant("control", "", "0.1.0", 5_000), Variant("treatment", "", "0.1.1", 5_000)]
+    sessions: dict[str, str] = {}  # the first session hashing to each version
+    for i in range(1_000):
+        name = f"chat-{i}"
+        sessions.setdefault(choose_variant(arms, bucket_of(experiment_id, name)).version, name)
+    assert set(sessions) == {"0.1.0", "0.1.1"}
+    for version, session_id in sessions.items():
+        for _ in range(3):
+            created = invoke("run", AGENT, "Hi", "--stage", "staging", "--session", session_id)
+            assert f"({AGENT}@{version}," in created, created
+        run_id = created.split()[1]
+        run = httpx.get(f"{url}/v1/runs/{run_id}", headers=auth_headers()).json()
+        assert run["session_id"] == session_id
+    bad = runner.invoke(cli, ["run", AGENT, "Hi", "--stage", "staging", "--session", "a b"])
+    assert bad.exit_code != 0
+    assert "1 to 128 characters" in bad.output
 
 
 def test_a_viewer_reads_but_cannot_start_and_another_tenant_sees_nothing(

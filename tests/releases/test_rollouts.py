@@ -338,6 +338,71 @@ async def test_an_experiment_assigns_by_user_and_decides_on_significance(
     assert {run.agent_version for run in await runs(platform, 3, user=users[0])} == {"0.1.0"}
 
 
+async def test_an_experiment_keyed_by_session_gives_a_session_one_variant(
+    make_platform: Any,
+) -> None:
+    platform, clock = await world(make_platform, bad_candidate=False)
+    async with platform.store.transaction("default") as session:
+        experiment = await start_experiment(
+            session,
+            ExperimentPlan(
+                name="by-session",
+                agent_name=AGENT,
+                stage=STAGE,
+                variants=[("control", "0.1.0", 50), ("treatment", "0.1.1", 50)],
+                key_by="session",
+            ),
+            tenant_id="default",
+            actor=ADMIN,
+            now=clock(),
+        )
+    assert experiment.key_by == "session"
+    arms = [
+        SplitVariant("control", "", "0.1.0", 5_000),
+        SplitVariant("treatment", "", "0.1.1", 5_000),
+    ]
+
+    def expected(key: str) -> str:
+        return choose_variant(arms, bucket_of(experiment.id, key)).version
+
+    # Three sessions that hash to each variant (the experiment id, the salt, is random).
+    sessions: dict[str, list[str]] = {"0.1.0": [], "0.1.1": []}
+    for i in range(1_000):
+        name = f"chat:{i}"
+        if len(sessions[expected(name)]) < 3:
+            sessions[expected(name)].append(name)
+
+    async def start_in(session_id: str | None, user: str) -> RunRow:
+        return await start_run(
+            platform.store,
+            tenant_id="default",
+            agent_name=AGENT,
+            task="Question",
+            requested_by=user,
+            requester_roles=ROLES,
+            stage=STAGE,
+            session_id=session_id,
+        )
+
+    for session_id in sessions["0.1.0"] + sessions["0.1.1"]:
+        # Different users and run ids, one session: one variant, the session's.
+        started = [await start_in(session_id, f"user:u{i}") for i in range(4)]
+        assert {run.agent_version for run in started} == {expected(session_id)}
+        assert {run.session_id for run in started} == {session_id}
+    # A run without a session falls back to its run id, as key_by run does.
+    loose = [await start_in(None, ADMIN) for _ in range(20)]
+    assert all(run.session_id is None for run in loose)
+    assert all(run.agent_version == expected(run.id) for run in loose)
+    assert {run.agent_version for run in loose} == {"0.1.0", "0.1.1"}
+    async with platform.store.read("default") as session:
+        stored = await session.get(RunRow, loose[0].id)
+        assert stored is not None and stored.session_id is None
+    with pytest.raises(InvalidRequest, match="1 to 128 characters"):
+        await start_in("a session with spaces", ADMIN)
+    with pytest.raises(InvalidRequest, match="1 to 128 characters"):
+        await start_in("x" * 129, ADMIN)
+
+
 async def test_the_release_tables_are_what_the_migration_made(make_platform: Any) -> None:
     platform = await make_platform()
     names = ("traffic_", "experiments", "rollouts", "release_decisions")

@@ -45,8 +45,9 @@ class ExperimentCreate(BaseModel):
     agent: str = Field(pattern=_NAME)
     stage: str = Field(pattern=_STAGE)
     variants: list[VariantIn] = Field(min_length=2, max_length=10)
-    key_by: Literal["run", "user"] = "run"
-    """Hash the run id, or the requesting principal (a user keeps one variant)."""
+    key_by: Literal["run", "user", "session"] = "run"
+    """Hash the run id, the requesting principal (a user keeps one variant) or the run's
+    ``session_id`` (a session keeps one variant; a run without one is keyed by its id)."""
     metric: Literal["success", "error"] = "success"
     min_samples: int = Field(100, ge=1, le=1_000_000)
     """Finished runs each variant needs before the stop rule may end it."""

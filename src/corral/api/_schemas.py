@@ -9,6 +9,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 from corral.evals import EVAL_SANDBOX_STAGE, EVAL_STAGE
+from corral.runtime import session_id_problem
 
 __all__ = [
     "MAX_CURSOR",
@@ -154,6 +155,20 @@ class RunCreate(BaseModel):
         description="Release stage whose bound version runs (API default: production; "
         "`corral run` sends dev). `eval` and `eval-sandbox` are reserved for eval runs.",
     )
+    session_id: str | None = Field(
+        None,
+        description="The caller's session (1-128 of A-Za-z0-9._:-), stored on the run; an "
+        "experiment keyed by session gives one session's runs the same variant.",
+    )
+
+    @field_validator("session_id")
+    @classmethod
+    def _valid_session_id(cls, session_id: str | None) -> str | None:
+        """A session id is 1 to 128 of ``A-Za-z0-9._:-`` (422 with what to send otherwise)."""
+        problem = None if session_id is None else session_id_problem(session_id)
+        if problem is not None:
+            raise ValueError(problem)
+        return session_id
 
     @field_validator("stage")
     @classmethod
@@ -195,6 +210,8 @@ class RunOut(BaseModel):
     workspace: str | None
     model: str
     requested_by: str
+    session_id: str | None = None
+    """The caller's session given at creation (``None``: none)."""
     output: str | None
     terminal_reason: str | None
     error: str | None

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from corral.api._deps import Caller, PlatformDep, ReadSessionDep, requires
 from corral.api._release_schemas import RolloutCreate, RolloutOut, RolloutStatusOut
+from corral.evals import latest_eval
 from corral.releases import RolloutPlan, abort_rollout, rollout_status, start_rollout
 from corral.store import utcnow
 
@@ -23,8 +24,13 @@ async def post_rollout(
     platform: PlatformDep,
     caller: Annotated[Caller, requires("releases.promote")],
 ) -> RolloutOut:
-    """Start a canary rollout; workers advance it, roll it back or promote it (as the caller)."""
+    """Start a canary rollout; workers advance it, roll it back or promote it (as the caller).
+
+    To ``production`` (with ``governance.require_eval_for_production`` on) the candidate must
+    pass the promotion's eval gate first: 409 ``eval_gate_failed`` / ``eval_baseline_missing``.
+    """
     plan = RolloutPlan(agent_name=name, **body.model_dump())
+    governance = platform.settings.governance
     async with platform.store.transaction(caller.tenant_id) as session:
         row = await start_rollout(
             session,
@@ -33,6 +39,9 @@ async def post_rollout(
             actor=caller.principal,
             actor_roles=sorted(caller.roles),
             now=utcnow(),
+            evals=latest_eval,
+            gate_stages=governance.eval_gate_stages,
+            require_eval_for_production=governance.require_eval_for_production,
         )
     return RolloutOut.model_validate(row)
 

@@ -74,6 +74,7 @@ async def post_run(
         workspaces=platform.workspaces,
         governance=platform.governance,
         quotas=platform.quotas,
+        session_id=body.session_id,
     )
     platform.worker.wake()
     return RunOut.model_validate(run)

@@ -35,7 +35,13 @@ def start(
         typer.Option("--variant", help="NAME=VERSION:PERCENT (repeat; the first is the control)."),
     ],
     stage: Annotated[str, typer.Option("--stage", help="Stage whose new runs are split.")],
-    key_by: Annotated[str, typer.Option("--key-by", help="run or user.")] = "run",
+    key_by: Annotated[
+        str,
+        typer.Option(
+            "--key-by",
+            help="run, user or session (a run's --session id; a run without one: its run id).",
+        ),
+    ] = "run",
     metric: Annotated[str, typer.Option("--metric", help="success or error.")] = "success",
     min_samples: Annotated[int, typer.Option("--min-samples", help="Per variant.")] = 100,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,

@@ -63,6 +63,14 @@ def run(
     timeout: Annotated[
         float, typer.Option(help="With --follow: give up waiting after this many seconds.")
     ] = 900.0,
+    session: Annotated[
+        str | None,
+        typer.Option(
+            "--session",
+            help="Your session id (1-128 of A-Za-z0-9._:-); an experiment keyed by session "
+            "gives every run of one session the same variant.",
+        ),
+    ] = None,
 ) -> None:
     """Start a run of AGENT on TASK and print its id (with --follow: its steps and answer).
 
@@ -79,6 +87,8 @@ def run(
         "model": model,
         "stage": stage,
     }
+    if session is not None:
+        body["session_id"] = session
     created = client.post(f"/v1/agents/{agent}/runs", body)
     run_id = created["id"]
     typer.echo(

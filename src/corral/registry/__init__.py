@@ -4,7 +4,7 @@ A release binds an agent version to a stage (``promote``, ``rollback``); runs in
 the version bound to it.
 """
 
-from corral.registry._gate import EvalBaseline, EvalLookup, GateResult
+from corral.registry._gate import EvalBaseline, EvalLookup, GateResult, check_gate
 from corral.registry._models import BUILTIN_DEFAULT_MODEL, default_models, tenant_models
 from corral.registry._prompts import (
     get_prompt_version,
@@ -106,6 +106,7 @@ __all__ = [
     "assign_version",
     "bind_stage",
     "bucket_of",
+    "check_gate",
     "choose_variant",
     "complete_promotion",
     "default_models",

@@ -7,8 +7,10 @@ a deterministic hash, so the same key always lands on the same variant:
     bucket = int.from_bytes(SHA-256(f"{split_id}:{key}")[:8], "big") mod 10,000
 
 and the variant is the first whose cumulative weight exceeds the bucket. The key is the run id
-(``key_by = "run"``: every run drawn afresh) or the requesting principal (``key_by = "user"``:
-a user sees one variant for the whole split). Salting with the split id makes two splits
+(``key_by = "run"``: every run drawn afresh), the requesting principal (``key_by = "user"``:
+a user sees one variant for the whole split) or the run's session id (``key_by = "session"``:
+the runs of one session share a variant; a run without a session id falls back to its run
+id). Salting with the split id makes two splits
 independent of each other. The modulo bias of 2^64 mod 10,000 is below 10^-15: negligible.
 
 Synchronous Core statements over a ``Connection``: the runtime calls :func:`assign_version`
@@ -45,7 +47,7 @@ __all__ = [
 BUCKETS = 10_000
 """Hash buckets: weights are in basis points (1/10,000)."""
 
-KeyBy = Literal["run", "user"]
+KeyBy = Literal["run", "user", "session"]
 
 _SPLITS = cast(Table, TrafficSplitRow.__table__)
 _ASSIGNMENTS = cast(Table, TrafficAssignmentRow.__table__)
@@ -138,6 +140,7 @@ def assign_version(
     stage: str,
     run_id: str,
     requested_by: str,
+    session_id: str | None = None,
 ) -> Assignment | None:
     """The variant a new run of ``agent_id`` in ``stage`` gets, or ``None`` without a split.
 
@@ -148,13 +151,19 @@ def assign_version(
         stage: The stage the run is created for.
         run_id: The new run's id (the key when the split is keyed by run).
         requested_by: The requesting principal (the key when keyed by user).
+        session_id: The run's session id (the key when keyed by session); ``None``: the
+            run id is the key instead.
     """
     split = connection.execute(
         _SPLIT_OF, {"b_tenant": tenant_id, "b_agent": agent_id, "b_stage": stage}
     ).first()
     if split is None:
         return None
-    key = requested_by if split.key_by == "user" else run_id
+    key = run_id
+    if split.key_by == "user":
+        key = requested_by
+    elif split.key_by == "session" and session_id is not None:
+        key = session_id
     chosen = choose_variant(_variants(split.variants), bucket_of(split.id, key))
     digest = connection.execute(
         select(_VERSIONS.c.digest).where(_VERSIONS.c.id == chosen.version_id)

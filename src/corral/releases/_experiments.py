@@ -73,7 +73,8 @@ class ExperimentPlan:
         stage: The stage whose new runs are split.
         variants: ``(name, version, weight_percent)``; the first is the control; weights sum
             to 100 (hundredths of a percent are kept).
-        key_by: Hash the run id (``run``) or the requesting principal (``user``).
+        key_by: Hash the run id (``run``), the requesting principal (``user``) or the run's
+            ``session_id`` (``session``; a run created without one is hashed by its run id).
         metric: Compare success rates (``success``) or error rates (``error``).
         min_samples: Finished runs each variant needs before the test may stop it (>= 1).
         alpha: Significance level (0 < alpha < 1).

@@ -37,12 +37,16 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.contracts import Agent
 from corral.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
 from corral.policy import Governance
 from corral.registry import (
     BUCKETS,
+    AgentRow,
+    AgentVersionRow,
     EvalLookup,
     Variant,
+    check_gate,
     get_agent_version,
     list_promotions,
     promote,
@@ -56,6 +60,7 @@ from corral.releases._experiments import check_runnable
 from corral.releases._metrics import SuccessSource, VariantMetrics, shadow_agreement
 from corral.releases._status import metrics_json, split_metrics
 from corral.releases._tables import RolloutRow
+from corral.settings import GovernanceSettings
 from corral.store import SYSTEM, Store, new_id
 
 __all__ = [
@@ -72,6 +77,7 @@ log = logging.getLogger(__name__)
 
 _ROLLOUTS = cast(Table, RolloutRow.__table__)
 _ACTIVE = ("running", "pending_promotion")
+_PRODUCTION = "production"
 
 
 @dataclass(frozen=True)
@@ -153,15 +159,40 @@ async def start_rollout(
     actor: str,
     actor_roles: Sequence[str],
     now: datetime,
+    evals: EvalLookup | None = None,
+    gate_stages: Sequence[str] | None = None,
+    require_eval_for_production: bool | None = None,
 ) -> RolloutRow:
     """Start rolling ``plan.version`` out to ``plan.stage``; audited ``rollout.started``.
+
+    A rollout to ``production`` while ``governance.require_eval_for_production`` is on runs
+    the promotion's eval gate (:func:`corral.registry.check_gate`) on the candidate first, so
+    a version without a passing eval of its digest never takes production traffic, not 5% of
+    it nor its shadow copies. (Reaching 100% runs the gate again, through the promotion.)
+
+    Args:
+        session: A session inside the caller's transaction.
+        plan: What to roll out, where and how.
+        tenant_id: Tenant of the caller.
+        actor: Principal starting it (the promotion at 100% is made as them).
+        actor_roles: Their roles in the tenant.
+        now: The current time.
+        evals: Reads the latest eval of a digest on a suite (``corral.evals.latest_eval``);
+            ``None``: a gated start of an agent with an ``evaluation`` block is refused
+            (``eval_gate_unavailable``, fail closed).
+        gate_stages: Stages the eval gate applies to (settings ``governance.eval_gate_stages``);
+            ``None``: the settings default.
+        require_eval_for_production: Settings ``governance.require_eval_for_production``;
+            ``None``: the settings default.
 
     Raises:
         InvalidRequest: bad steps or margins, the candidate is a draft or retired, or it
             already runs in the stage.
         NotFound: no such agent or version, or nothing is bound to the stage yet (promote a
             first version with ``corral promote``: a rollout needs a baseline).
-        Conflict: an experiment or rollout already splits the stage.
+        Conflict: an experiment or rollout already splits the stage; or the eval gate
+            refuses a production rollout (``eval_gate_failed``, ``eval_baseline_missing``,
+            ``eval_gate_unavailable``), as it refuses ``corral promote``.
     """
     steps = _check_plan(plan)
     agent, candidate = await get_agent_version(
@@ -184,6 +215,21 @@ async def start_rollout(
         raise InvalidRequest(
             f"Stage {plan.stage!r} already runs {plan.agent_name}@{candidate.version}; "
             "roll out a different version."
+        )
+    defaults = GovernanceSettings()
+    if plan.stage == _PRODUCTION and (
+        defaults.require_eval_for_production
+        if require_eval_for_production is None
+        else require_eval_for_production
+    ):
+        await _check_candidate_gate(
+            session,
+            evals,
+            agent,
+            candidate,
+            stage=plan.stage,
+            tenant_id=tenant_id,
+            gate_stages=defaults.eval_gate_stages if gate_stages is None else gate_stages,
         )
     _, baseline = await get_agent_version(
         session, plan.agent_name, baseline_version, tenant_id=tenant_id
@@ -232,6 +278,32 @@ async def start_rollout(
 
     await session.run_sync(lambda sync: write(sync.connection()))
     return rollout
+
+
+async def _check_candidate_gate(
+    session: AsyncSession,
+    evals: EvalLookup | None,
+    agent: AgentRow,
+    candidate: AgentVersionRow,
+    *,
+    stage: str,
+    tenant_id: str,
+    gate_stages: Sequence[str],
+) -> None:
+    """The promotion's eval gate on the candidate's digest; raises its ``Conflict``."""
+    await check_gate(
+        session,
+        evals,
+        tenant_id=tenant_id,
+        agent_id=agent.id,
+        agent_name=agent.name,
+        version=candidate.version,
+        digest=candidate.digest,
+        spec=Agent.model_validate(candidate.document).spec,
+        stage=stage,
+        gate_stages=gate_stages,
+        require_eval_for_production=True,
+    )
 
 
 def _record(

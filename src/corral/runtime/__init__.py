@@ -32,6 +32,7 @@ from corral.runtime._service import (
     list_run_spans,
     list_runs,
     list_steps,
+    session_id_problem,
     start_run,
 )
 from corral.runtime._status import RunStatus, StepKind, ToolCallStatus
@@ -80,5 +81,6 @@ __all__ = [
     "resolve_in_doubt",
     "resume_run",
     "run_overview",
+    "session_id_problem",
     "start_run",
 ]

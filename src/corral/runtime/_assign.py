@@ -45,6 +45,7 @@ def assigned_version(
     stage: str,
     run_id: str,
     requested_by: str,
+    session_id: str | None = None,
 ) -> tuple[Any, Assignment | None]:
     """``found`` (agent and the stage's version), or the version the split assigns instead."""
     assignment = assign_version(
@@ -54,6 +55,7 @@ def assigned_version(
         stage=stage,
         run_id=run_id,
         requested_by=requested_by,
+        session_id=session_id,
     )
     if assignment is None:
         return found, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -60,8 +61,33 @@ __all__ = [
     "list_run_spans",
     "list_runs",
     "list_steps",
+    "session_id_problem",
     "start_run",
 ]
+
+
+# What a run's session_id may be: 1 to 128 letters, digits, '.', '_', ':' or '-'.
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def session_id_problem(session_id: str) -> str | None:
+    """Why ``session_id`` is not a valid run session id, or ``None`` when it is.
+
+    Valid: 1 to 128 characters, each a letter, digit, ``.``, ``_``, ``:`` or ``-``. The
+    message says what to send instead.
+    """
+    if _SESSION_ID.fullmatch(session_id):
+        return None
+    return (
+        f"session_id {session_id[:40]!r} is not valid: send 1 to 128 characters of letters, "
+        "digits, '.', '_', ':' or '-' (e.g. 'chat-42'), or omit it."
+    )
+
+
+def _check_session_id(session_id: str | None) -> None:
+    problem = None if session_id is None else session_id_problem(session_id)
+    if problem is not None:
+        raise InvalidRequest(problem)
 
 
 async def start_run(
@@ -80,6 +106,7 @@ async def start_run(
     workspaces: Workspaces | None = None,
     governance: Governance | None = None,
     quotas: Quotas | None = None,
+    session_id: str | None = None,
 ) -> RunRow:
     """Start a run for a principal: what ``POST /v1/agents/{name}/runs`` does, in one call.
 
@@ -106,6 +133,9 @@ async def start_run(
         workspaces: Decides which workspaces the tenant may use; required with ``workspace``.
         governance: Decides ``agent.invoke``; ``None``: no policy check.
         quotas: The tenant quotas (``runs_per_day``, ``concurrent_runs``); ``None``: none.
+        session_id: The caller's session (1 to 128 of ``A-Za-z0-9._:-``), stored on the run;
+            an experiment keyed by session gives one session's runs the same variant.
+            ``None``: no session (such an experiment keys the run by its id).
 
     Returns:
         The ``QUEUED`` run, committed.
@@ -117,6 +147,7 @@ async def start_run(
         PolicyRefused: policy does not allow ``agent.invoke``; the decision is stored.
         NotFound, PolicyDenied, KillSwitchEngaged, InvalidRequest: as :func:`create_run`.
     """
+    _check_session_id(session_id)
     roles = frozenset(requester_roles)
     if stage == "production" and not permits(roles, "runs.create.production"):
         raise Forbidden(
@@ -156,6 +187,7 @@ async def start_run(
             version=version,
             model=model,
             workspace=resolved,
+            session_id=session_id,
         ),
         limits=limits,
         invoke=invoke,
@@ -192,6 +224,7 @@ class _StartRequest:
     version: str | None
     model: str | None
     workspace: str | BaseException | None
+    session_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +355,7 @@ def _start_on_writer(
             stage=stage,
             run_id=run_id,
             requested_by=request.requested_by,
+            session_id=request.session_id,
         )
     spec = _spec_of(connection, found.version_id, found.digest)
     if spec.status == "retired" or found.status == "retired":
@@ -370,6 +404,7 @@ def _start_on_writer(
         task=task,
         workspace=resolved,
         requested_by=request.requested_by,
+        session_id=request.session_id,
         model=chosen,
         trace_id=new_trace_id(),
         step_count=0,
@@ -460,6 +495,7 @@ async def create_run(
     requester_groups: Iterable[str] = (),
     replay_of: str | None = None,
     replay_outputs: bool = True,
+    session_id: str | None = None,
 ) -> RunRow:
     """Create a ``QUEUED`` run and its ``run.created`` audit event in the caller's transaction.
 
@@ -487,6 +523,7 @@ async def create_run(
         replay_outputs: With ``replay_of``: also replay its recorded model outputs (an
             ``exact`` replay): the model is ``replay/<replay_of>`` (the replay provider;
             ``model`` is ignored). ``False``: a ``what_if`` replay, the agent's own model.
+        session_id: The caller's session, as :func:`start_run` takes it.
 
     Raises:
         NotFound: unknown agent or version (the message lists the known ones).
@@ -498,10 +535,11 @@ async def create_run(
         KillSwitchEngaged: a kill switch covers the agent, its tenant or the platform.
         PolicyDenied: ``workspace_protected`` or ``workspace_not_allowed``: see
             :meth:`Workspaces.resolve`.
-        InvalidRequest: empty task, a workspace that is not a directory, or a model the agent
-            does not allow.
+        InvalidRequest: empty task, a workspace that is not a directory, a model the agent
+            does not allow, or a ``session_id`` that is not 1 to 128 of ``A-Za-z0-9._:-``.
         ValueError: ``workspace`` without ``workspaces``.
     """
+    _check_session_id(session_id)
     if not task.strip() or len(task) > 100_000:
         raise InvalidRequest("The task must be 1 to 100,000 characters of text.")
     resolved = None
@@ -522,6 +560,7 @@ async def create_run(
                 stage=stage,
                 run_id=run_id,
                 requested_by=requested_by,
+                session_id=session_id,
             )
         )
         if assignment is not None:
@@ -584,6 +623,7 @@ async def create_run(
         requested_by=requested_by,
         model=chosen,
         replay_of=replay_of,
+        session_id=session_id,
         trace_id=new_trace_id(),
         step_count=0,
         iterations=0,

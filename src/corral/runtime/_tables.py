@@ -67,6 +67,9 @@ class RunRow(TenantMixin, Base):
     replay_of: Mapped[str | None] = mapped_column(String(40))
     """The recorded run this run replays (``corral runs replay``), or ``None``: loaded with the
     run, so the tool gateway's replay interceptor never reads the store for other runs."""
+    session_id: Mapped[str | None] = mapped_column(String(128))
+    """The caller's session this run belongs to (1-128 of ``A-Za-z0-9._:-``), or ``None``:
+    an experiment keyed by session gives the runs of one session the same variant."""
     output: Mapped[str | None] = mapped_column(Text)
     terminal_reason: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
