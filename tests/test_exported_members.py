@@ -235,6 +235,8 @@ PUBLIC = {
         "FakeOidcProvider",
         "ManualClock",
         "OtlpReceiver",
+        "ReceivedMetric",
+        "ReceivedPoint",
         "ReceivedSpan",
         "ReplyFunction",
         "ScriptFunction",
