@@ -1,4 +1,4 @@
-"""Evidence: spans (OpenTelemetry GenAI conventions), Prometheus metrics, JSON logs, readiness."""
+"""Evidence: spans (OpenTelemetry GenAI), Prometheus and OTLP metrics, JSON logs, readiness."""
 
 from corral.observability._health import (
     Check,
@@ -56,6 +56,13 @@ from corral.observability._metrics import (
     sample_value,
     set_queue_depth,
 )
+from corral.observability._otlp_metrics import (
+    OTLP_METRICS_ENDPOINT_VARIABLES,
+    OtlpMetricExporter,
+    metrics_request,
+    otlp_metric_exporter,
+    otlp_metrics_configured,
+)
 from corral.observability._tables import SpanRow
 from corral.observability._tracing import (
     OTLP_ENDPOINT_VARIABLES,
@@ -81,6 +88,7 @@ __all__ = [
     "MODEL_DURATION",
     "MULTIPROCESS",
     "OTLP_ENDPOINT_VARIABLES",
+    "OTLP_METRICS_ENDPOINT_VARIABLES",
     "QUEUE_DEPTH",
     "REGISTRY",
     "RUNS_FINISHED",
@@ -94,6 +102,7 @@ __all__ = [
     "Check",
     "CheckStatus",
     "ModelOutcome",
+    "OtlpMetricExporter",
     "Probe",
     "Readiness",
     "SpanRow",
@@ -113,12 +122,15 @@ __all__ = [
     "count_tool_call",
     "exposition",
     "get_logger",
+    "metrics_request",
     "negotiated_exposition",
     "new_trace_id",
     "observe_approval_wait",
     "observe_model_call",
     "observe_step",
     "otlp_configured",
+    "otlp_metric_exporter",
+    "otlp_metrics_configured",
     "reason_class",
     "record_child_span",
     "redact_event",
