@@ -114,6 +114,7 @@ async def test_a_runs_metrics_reach_the_collector(
     ]
     assert sum(point.bucket_counts) == point.count
     assert 0 < point.start_time_unix_nano <= point.time_unix_nano
+    assert run.trace_id in point.exemplar_trace_ids  # a step of this run, linked to its trace
 
     tokens = receiver.last_metric("gen_ai_client_token_usage").point(
         gen_ai_provider_name="scripted", gen_ai_request_model="test", gen_ai_token_type="input"
@@ -175,7 +176,7 @@ def test_counters_gauges_and_histograms_convert_exactly() -> None:
     calls = Counter("demo_calls", "Calls.", ["tool"], registry=registry)
     depth = Gauge("demo_depth", "Depth.", registry=registry)
     latency = Histogram("demo_seconds", "Latency.", ["route"], buckets=(1, 2, 5), registry=registry)
-    calls.labels("a").inc(3)
+    calls.labels("a").inc(3, exemplar={"trace_id": "ab" * 16})
     calls.labels("b").inc()
     depth.set(-2.5)
     for seconds in (0.5, 1.5, 1.7, 4, 9):
@@ -199,6 +200,8 @@ def test_counters_gauges_and_histograms_convert_exactly() -> None:
         ("b", 1.0),
     }
     assert receiver.last_metric("demo_calls").description == "Calls."
+    assert receiver.last_metric("demo_calls").point(tool="a").exemplar_trace_ids == ["ab" * 16]
+    assert receiver.last_metric("demo_calls").point(tool="b").exemplar_trace_ids == []
     # A point's cumulative period starts when the client created its label set.
     created = registry.get_sample_value("demo_calls_created", {"tool": "a"})
     assert created is not None

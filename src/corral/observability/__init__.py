@@ -1,4 +1,10 @@
-"""Evidence: spans (OpenTelemetry GenAI), Prometheus and OTLP metrics, JSON logs, readiness."""
+"""Evidence: spans (OpenTelemetry GenAI), Prometheus and OTLP metrics, JSON logs, readiness.
+
+:class:`OtlpMetricExporter` and :func:`metrics_request` are imported on first use (protobuf and
+httpx, which a process that exports no metrics over OTLP never needs).
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from corral.observability._health import (
     Check,
@@ -56,21 +62,17 @@ from corral.observability._metrics import (
     sample_value,
     set_queue_depth,
 )
-from corral.observability._otlp_metrics import (
-    OTLP_METRICS_ENDPOINT_VARIABLES,
-    OtlpMetricExporter,
-    metrics_request,
-    otlp_metric_exporter,
-    otlp_metrics_configured,
-)
 from corral.observability._tables import SpanRow
 from corral.observability._tracing import (
     OTLP_ENDPOINT_VARIABLES,
+    OTLP_METRICS_ENDPOINT_VARIABLES,
     RUN_ID_ATTRIBUTE,
     StoreSpanExporter,
     Tracing,
     new_trace_id,
     otlp_configured,
+    otlp_metric_exporter,
+    otlp_metrics_configured,
     record_child_span,
 )
 
@@ -139,3 +141,16 @@ __all__ = [
     "sample_value",
     "set_queue_depth",
 ]
+
+
+if TYPE_CHECKING:
+    from corral.observability._otlp_metrics import OtlpMetricExporter, metrics_request
+
+
+def __getattr__(name: str) -> Any:
+    """Import the OTLP metric exporter when first asked for (PEP 562)."""
+    if name in ("OtlpMetricExporter", "metrics_request"):
+        from corral.observability import _otlp_metrics
+
+        return getattr(_otlp_metrics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,12 @@ becomes a cumulative, monotonic Sum named by its family (``corral_tool_calls``, 
 ``_total``), a gauge a Gauge, a histogram a cumulative Histogram (explicit bounds from ``le``,
 per-bucket counts from the cumulative buckets, sum and count); labels become attributes. A point
 starts at its ``_created`` time when the client has one, else when this module was imported.
+Exemplars naming a trace (durations, tool calls; not in multiprocess mode) become OTLP exemplars
+with that ``trace_id``, so a backend can jump from a point to the trace.
 Other metric types (none of Corral's) are left out.
+
+This module (protobuf, httpx) is imported only when export is configured
+(:func:`~corral.observability.otlp_metric_exporter`).
 
 Each process exports its own values, as an OpenTelemetry SDK would (also in prometheus_client's
 multiprocess mode): give each process its own ``service.instance.id`` through
@@ -44,24 +49,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.util.re import parse_env_headers
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from corral.observability._metrics import REGISTRY
 
-__all__ = [
-    "OTLP_METRICS_ENDPOINT_VARIABLES",
-    "OtlpMetricExporter",
-    "metrics_request",
-    "otlp_metric_exporter",
-    "otlp_metrics_configured",
-]
+__all__ = ["OtlpMetricExporter", "metrics_request"]
 
 log = logging.getLogger(__name__)
-
-OTLP_METRICS_ENDPOINT_VARIABLES = (
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-)
-"""Either of these (OpenTelemetry's standard variables) turns OTLP metric export on."""
 
 _SUPPORTED_PROTOCOL = "http/protobuf"
 _DEFAULT_INTERVAL_MS = 60_000
@@ -69,19 +63,6 @@ _DEFAULT_TIMEOUT_MS = 10_000
 _FAILURE_LOG_SECONDS = 60.0
 _CUMULATIVE = metrics_pb2.AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _IMPORTED_NS = time.time_ns()
-
-
-def otlp_metrics_configured(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the environment asks for OTLP metric export (an endpoint variable is set).
-
-    ``OTEL_SDK_DISABLED=true`` or ``OTEL_METRICS_EXPORTER=none`` turn it off again.
-    """
-    env = os.environ if environ is None else environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    if env.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
-        return False
-    return any(env.get(name, "").strip() for name in OTLP_METRICS_ENDPOINT_VARIABLES)
 
 
 def _any_value(value: Any) -> AnyValue:
@@ -116,6 +97,30 @@ def _start_times(metric: Metric, default_ns: int) -> dict[tuple[tuple[str, str],
     }
 
 
+def _exemplars(samples: Iterable[Sample], now_ns: int) -> list[metrics_pb2.Exemplar]:
+    """The samples' exemplars that name a trace (``trace_id``, 32 hex digits) as OTLP ones."""
+    exemplars = []
+    for sample in samples:
+        exemplar = sample.exemplar
+        trace_id = exemplar.labels.get("trace_id", "") if exemplar is not None else ""
+        if exemplar is None or len(trace_id) != 32:
+            continue
+        try:
+            trace_bytes = bytes.fromhex(trace_id)
+        except ValueError:
+            continue
+        exemplars.append(
+            metrics_pb2.Exemplar(
+                time_unix_nano=int(float(exemplar.timestamp) * 1e9)
+                if exemplar.timestamp
+                else now_ns,
+                as_double=float(exemplar.value),
+                trace_id=trace_bytes,
+            )
+        )
+    return exemplars
+
+
 def _number_points(
     metric: Metric, sample_name: str, start_ns: int, now_ns: int
 ) -> list[metrics_pb2.NumberDataPoint]:
@@ -126,6 +131,7 @@ def _number_points(
             start_time_unix_nano=starts.get(_label_key(s.labels), start_ns),
             time_unix_nano=now_ns,
             as_double=float(s.value),
+            exemplars=_exemplars([s], now_ns),
         )
         for s in metric.samples
         if s.name == sample_name
@@ -137,6 +143,7 @@ def _histogram_points(
 ) -> list[metrics_pb2.HistogramDataPoint]:
     starts = _start_times(metric, start_ns)
     buckets: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+    bucket_samples: dict[tuple[tuple[str, str], ...], list[Sample]] = {}
     totals: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
     for sample in metric.samples:
         labels = {k: v for k, v in sample.labels.items() if k != "le"}
@@ -144,6 +151,7 @@ def _histogram_points(
         suffix = sample.name[len(metric.name) :]
         if suffix == "_bucket":
             buckets.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
+            bucket_samples.setdefault(key, []).append(sample)
         elif suffix in ("_sum", "_count"):
             totals.setdefault(key, {})[suffix] = sample.value
     points = []
@@ -165,6 +173,7 @@ def _histogram_points(
                 sum=totals.get(key, {}).get("_sum", 0.0),
                 bucket_counts=counts,
                 explicit_bounds=bounds,
+                exemplars=_exemplars(bucket_samples[key], now_ns),
             )
         )
     return points
@@ -249,7 +258,8 @@ class OtlpMetricExporter:
     """Pushes a registry's metrics to an OTLP/HTTP collector, now or periodically.
 
     Built from the ``OTEL_*`` variables (see the module docstring); most code uses
-    :func:`otlp_metric_exporter`, which returns ``None`` when export is not configured.
+    :func:`~corral.observability.otlp_metric_exporter`, which returns ``None`` when export is
+    not configured.
 
     Args:
         resource: The resource of the metrics (the spans' one: ``Tracing.provider.resource``).
@@ -374,17 +384,3 @@ class OtlpMetricExporter:
         with self._lock:
             self._closed = True
             self._client.close()
-
-
-def otlp_metric_exporter(
-    resource: Resource, environ: Mapping[str, str] | None = None
-) -> OtlpMetricExporter | None:
-    """An exporter of :data:`~corral.observability.REGISTRY`, or ``None`` if not configured.
-
-    Args:
-        resource: The resource of the metrics (the spans' one).
-        environ: The variables read (default ``os.environ``; see :func:`otlp_metrics_configured`).
-    """
-    if not otlp_metrics_configured(environ):
-        return None
-    return OtlpMetricExporter(resource=resource, environ=environ)

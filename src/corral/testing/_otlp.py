@@ -132,6 +132,7 @@ class ReceivedPoint:
         explicit_bounds: A Histogram's bucket upper bounds (``+Inf`` implied after the last).
         bucket_counts: A Histogram's observations per bucket (not cumulative), one more than
             ``explicit_bounds``.
+        exemplar_trace_ids: The trace ids (32 hex digits) of the point's exemplars.
     """
 
     attributes: dict[str, Any]
@@ -142,6 +143,7 @@ class ReceivedPoint:
     sum: float = 0.0
     explicit_bounds: list[float] = field(default_factory=list)
     bucket_counts: list[int] = field(default_factory=list)
+    exemplar_trace_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ def _point(point: Any, kind: str) -> ReceivedPoint:
         "attributes": _attributes(point.attributes),
         "start_time_unix_nano": point.start_time_unix_nano,
         "time_unix_nano": point.time_unix_nano,
+        "exemplar_trace_ids": [e.trace_id.hex() for e in getattr(point, "exemplars", [])],
     }
     if kind in ("sum", "gauge"):
         number = point.WhichOneof("value")
