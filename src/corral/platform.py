@@ -51,6 +51,7 @@ from corral.observability import (
     check_redis,
     check_store,
     new_trace_id,
+    otlp_metric_exporter,
     record_child_span,
     register_breakers,
     run_probes,
@@ -215,6 +216,9 @@ class Platform:
             ),
         )
         self.tracing = Tracing()
+        self.metric_export = otlp_metric_exporter(self.tracing.provider.resource)
+        """Pushes the metrics to the OTLP collector when one is configured (started by
+        :meth:`start`, flushed by :meth:`close`)."""
         # Approval decisions record the waiting run's approval.wait span with this tracing.
         install_approval_effects(RunApprovalEffects(self.tracing))
         self._extra_providers = dict(providers or {})
@@ -330,6 +334,8 @@ class Platform:
             await self.register_builtin_tools(tenant_id)
         self.models.providers.update(await self._build_providers())
         self._unregister_breakers = register_breakers(self._breaker_states)
+        if self.metric_export is not None:
+            self.metric_export.start()
 
     def _breaker_states(self) -> Iterator[tuple[str, str, str]]:
         """``(kind, name, state)`` of this platform's model and tool breakers (for metrics).
@@ -649,7 +655,8 @@ class Platform:
         The audit sequencer's pending passes run before the store closes, so every audit event
         this process appended is chained (:func:`corral.audit.settle_chains`).
 
-        Spans queued for OTLP export are flushed last (in a thread: the export is blocking).
+        Spans queued for OTLP export, and the metrics' final values when OTLP metric export is
+        on, are flushed last (in a thread: the export is blocking).
         """
         self._unregister_breakers()
         if "mcp" in self.__dict__:  # never built: no MCP server was used
@@ -666,6 +673,8 @@ class Platform:
         # Audit events appended unchained (their head was held) are chained before the pool goes.
         await settle_chains(self.store.engine)
         await self.store.dispose()
+        if self.metric_export is not None:
+            await asyncio.to_thread(self.metric_export.shutdown)
         if self.tracing.otlp is not None:
             await asyncio.to_thread(self.tracing.shutdown)
         else:

@@ -1,4 +1,10 @@
-"""Evidence: spans (OpenTelemetry GenAI conventions), Prometheus metrics, JSON logs, readiness."""
+"""Evidence: spans (OpenTelemetry GenAI), Prometheus and OTLP metrics, JSON logs, readiness.
+
+:class:`OtlpMetricExporter` and :func:`metrics_request` are imported on first use (protobuf and
+httpx, which a process that exports no metrics over OTLP never needs).
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from corral.observability._health import (
     Check,
@@ -60,11 +66,14 @@ from corral.observability._metrics import (
 from corral.observability._tables import SpanRow
 from corral.observability._tracing import (
     OTLP_ENDPOINT_VARIABLES,
+    OTLP_METRICS_ENDPOINT_VARIABLES,
     RUN_ID_ATTRIBUTE,
     StoreSpanExporter,
     Tracing,
     new_trace_id,
     otlp_configured,
+    otlp_metric_exporter,
+    otlp_metrics_configured,
     record_child_span,
 )
 
@@ -82,6 +91,7 @@ __all__ = [
     "MODEL_DURATION",
     "MULTIPROCESS",
     "OTLP_ENDPOINT_VARIABLES",
+    "OTLP_METRICS_ENDPOINT_VARIABLES",
     "QUEUE_DEPTH",
     "REGISTRY",
     "RUNS_FINISHED",
@@ -95,6 +105,7 @@ __all__ = [
     "Check",
     "CheckStatus",
     "ModelOutcome",
+    "OtlpMetricExporter",
     "Probe",
     "Readiness",
     "RedisClients",
@@ -115,12 +126,15 @@ __all__ = [
     "count_tool_call",
     "exposition",
     "get_logger",
+    "metrics_request",
     "negotiated_exposition",
     "new_trace_id",
     "observe_approval_wait",
     "observe_model_call",
     "observe_step",
     "otlp_configured",
+    "otlp_metric_exporter",
+    "otlp_metrics_configured",
     "reason_class",
     "record_child_span",
     "redact_event",
@@ -129,3 +143,16 @@ __all__ = [
     "sample_value",
     "set_queue_depth",
 ]
+
+
+if TYPE_CHECKING:
+    from corral.observability._otlp_metrics import OtlpMetricExporter, metrics_request
+
+
+def __getattr__(name: str) -> Any:
+    """Import the OTLP metric exporter when first asked for (PEP 562)."""
+    if name in ("OtlpMetricExporter", "metrics_request"):
+        from corral.observability import _otlp_metrics
+
+        return getattr(_otlp_metrics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -39,13 +39,19 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, Tracer
 
+if TYPE_CHECKING:
+    from corral.observability._otlp_metrics import OtlpMetricExporter
+
 __all__ = [
     "OTLP_ENDPOINT_VARIABLES",
+    "OTLP_METRICS_ENDPOINT_VARIABLES",
     "RUN_ID_ATTRIBUTE",
     "StoreSpanExporter",
     "Tracing",
     "new_trace_id",
     "otlp_configured",
+    "otlp_metric_exporter",
+    "otlp_metrics_configured",
     "record_child_span",
 ]
 
@@ -53,6 +59,11 @@ log = logging.getLogger(__name__)
 
 OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 """Either of these (OpenTelemetry's standard variables) turns OTLP span export on."""
+OTLP_METRICS_ENDPOINT_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+)
+"""Either of these (OpenTelemetry's standard variables) turns OTLP metric export on."""
 _PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 _SUPPORTED_PROTOCOL = "http/protobuf"
 
@@ -252,6 +263,37 @@ def otlp_configured(environ: Mapping[str, str] | None = None) -> bool:
     if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return False
     return any(env.get(name, "").strip() for name in OTLP_ENDPOINT_VARIABLES)
+
+
+def otlp_metrics_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment asks for OTLP metric export (an endpoint variable is set).
+
+    ``OTEL_SDK_DISABLED=true`` or ``OTEL_METRICS_EXPORTER=none`` turn it off again.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if env.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
+        return False
+    return any(env.get(name, "").strip() for name in OTLP_METRICS_ENDPOINT_VARIABLES)
+
+
+def otlp_metric_exporter(
+    resource: Resource, environ: Mapping[str, str] | None = None
+) -> OtlpMetricExporter | None:
+    """An exporter of :data:`~corral.observability.REGISTRY`, or ``None`` if not configured.
+
+    The exporter (protobuf, httpx) is imported only when configured.
+
+    Args:
+        resource: The resource of the metrics (the spans' one: ``Tracing.provider.resource``).
+        environ: The variables read (default ``os.environ``; see :func:`otlp_metrics_configured`).
+    """
+    if not otlp_metrics_configured(environ):
+        return None
+    from corral.observability._otlp_metrics import OtlpMetricExporter
+
+    return OtlpMetricExporter(resource=resource, environ=environ)
 
 
 def _otlp_processor(environ: Mapping[str, str]) -> SpanProcessor | None:

@@ -10,7 +10,7 @@ model = ScriptedModel([ScriptedModel.call("fs.list_dir", path="."), ScriptedMode
 from corral.testing._chat_upstream import DEFAULT_USAGE, FakeChatUpstream, ReplyFunction
 from corral.testing._clock import ManualClock
 from corral.testing._oidc import FakeOidcProvider
-from corral.testing._otlp import OtlpReceiver, ReceivedSpan
+from corral.testing._otlp import OtlpReceiver, ReceivedMetric, ReceivedPoint, ReceivedSpan
 from corral.testing._scripted import EXHAUSTED_ANSWER, ScriptedModel, ScriptFunction, ScriptStep
 from corral.testing._server import serve_in_thread
 from corral.testing._upstream import FakeOpenAIUpstream, UpstreamReply
@@ -23,6 +23,8 @@ __all__ = [
     "FakeOpenAIUpstream",
     "ManualClock",
     "OtlpReceiver",
+    "ReceivedMetric",
+    "ReceivedPoint",
     "ReceivedSpan",
     "ReplyFunction",
     "ScriptFunction",

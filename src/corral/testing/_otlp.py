@@ -2,8 +2,10 @@
 
 It accepts ``POST /v1/traces`` with a protobuf ``ExportTraceServiceRequest`` (the OTLP/HTTP
 binary encoding, gzip or not; https://opentelemetry.io/docs/specs/otlp/#otlphttp) and keeps
-each span as a :class:`ReceivedSpan`. Point Corral at it with the standard variables
-(:meth:`OtlpReceiver.environ`), run something, flush the tracer provider, read the spans.
+each span as a :class:`ReceivedSpan`, and ``POST /v1/metrics`` with an
+``ExportMetricsServiceRequest``, keeping each metric as a :class:`ReceivedMetric`. Point Corral
+at it with the standard variables (:meth:`OtlpReceiver.environ`), run something, flush the
+tracer provider (or export the metrics once), read the spans and metrics.
 
 ```python
 from corral.testing import OtlpReceiver
@@ -25,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-__all__ = ["OtlpReceiver", "ReceivedSpan"]
+__all__ = ["OtlpReceiver", "ReceivedMetric", "ReceivedPoint", "ReceivedSpan"]
 
 _PROTOBUF = "application/x-protobuf"
 
@@ -116,6 +118,136 @@ def decode_traces(body: bytes) -> list[ReceivedSpan]:
     return spans
 
 
+@dataclass(frozen=True)
+class ReceivedPoint:
+    """One data point of a received metric.
+
+    Attributes:
+        attributes: The point's attributes (the Prometheus labels).
+        start_time_unix_nano: Start of the cumulative period, nanoseconds since the Unix epoch.
+        time_unix_nano: When the value was read, nanoseconds since the Unix epoch.
+        value: A Sum's or Gauge's value; ``None`` for a Histogram.
+        count: A Histogram's number of observations.
+        sum: A Histogram's sum of observations.
+        explicit_bounds: A Histogram's bucket upper bounds (``+Inf`` implied after the last).
+        bucket_counts: A Histogram's observations per bucket (not cumulative), one more than
+            ``explicit_bounds``.
+        exemplar_trace_ids: The trace ids (32 hex digits) of the point's exemplars.
+    """
+
+    attributes: dict[str, Any]
+    start_time_unix_nano: int
+    time_unix_nano: int
+    value: float | None = None
+    count: int = 0
+    sum: float = 0.0
+    explicit_bounds: list[float] = field(default_factory=list)
+    bucket_counts: list[int] = field(default_factory=list)
+    exemplar_trace_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReceivedMetric:
+    """One metric of one export request, as an OTLP collector received it.
+
+    Attributes:
+        name: The metric name (``corral_tool_calls``).
+        kind: ``sum``, ``gauge``, ``histogram``, ``exponential_histogram`` or ``summary``.
+        points: Its data points.
+        description: Its description.
+        unit: Its unit (often empty).
+        monotonic: Whether a Sum is monotonic.
+        temporality: ``AGGREGATION_TEMPORALITY_CUMULATIVE`` or ``..._DELTA`` (Sum, Histogram);
+            empty otherwise.
+        resource: The resource's attributes (``service.name``...).
+        scope: The instrumentation scope's name (``corral``).
+    """
+
+    name: str
+    kind: str
+    points: list[ReceivedPoint]
+    description: str = ""
+    unit: str = ""
+    monotonic: bool = False
+    temporality: str = ""
+    resource: dict[str, Any] = field(default_factory=dict)
+    scope: str = ""
+
+    def point(self, **attributes: Any) -> ReceivedPoint:
+        """The one point whose attributes are exactly ``attributes``.
+
+        Raises:
+            LookupError: There is none (the message lists the attribute sets there are).
+        """
+        for point in self.points:
+            if point.attributes == attributes:
+                return point
+        raise LookupError(
+            f"Metric {self.name!r} has no point with attributes {attributes!r}; it has "
+            f"{[p.attributes for p in self.points]!r}."
+        )
+
+
+def _point(point: Any, kind: str) -> ReceivedPoint:
+    common = {
+        "attributes": _attributes(point.attributes),
+        "start_time_unix_nano": point.start_time_unix_nano,
+        "time_unix_nano": point.time_unix_nano,
+        "exemplar_trace_ids": [e.trace_id.hex() for e in getattr(point, "exemplars", [])],
+    }
+    if kind in ("sum", "gauge"):
+        number = point.WhichOneof("value")
+        return ReceivedPoint(**common, value=float(getattr(point, number)) if number else None)
+    if kind == "histogram":
+        return ReceivedPoint(
+            **common,
+            count=point.count,
+            sum=point.sum,
+            explicit_bounds=list(point.explicit_bounds),
+            bucket_counts=list(point.bucket_counts),
+        )
+    return ReceivedPoint(**common, count=point.count, sum=point.sum)
+
+
+def decode_metrics(body: bytes) -> list[ReceivedMetric]:
+    """The metrics of one binary ``ExportMetricsServiceRequest``.
+
+    Raises:
+        google.protobuf.message.DecodeError: ``body`` is not one.
+    """
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+
+    request = ExportMetricsServiceRequest()
+    request.ParseFromString(body)
+    metrics = []
+    for resource_metrics in request.resource_metrics:
+        resource = _attributes(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data") or ""
+                data = getattr(metric, kind) if kind else None
+                temporality = getattr(data, "aggregation_temporality", None)
+                metrics.append(
+                    ReceivedMetric(
+                        name=metric.name,
+                        kind=kind,
+                        points=[_point(p, kind) for p in data.data_points] if data else [],
+                        description=metric.description,
+                        unit=metric.unit,
+                        monotonic=bool(getattr(data, "is_monotonic", False)),
+                        temporality=(
+                            AggregationTemporality.Name(temporality) if temporality else ""
+                        ),
+                        resource=resource,
+                        scope=scope_metrics.scope.name,
+                    )
+                )
+    return metrics
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
@@ -165,14 +297,18 @@ class OtlpReceiver:
         spans: Every span received so far, in arrival order.
         headers: The HTTP headers of each trace export request (``OTEL_EXPORTER_OTLP_HEADERS``
             arrive here).
-        bodies: Raw bodies received, by path (``/v1/metrics`` and ``/v1/logs`` are accepted and
-            kept undecoded).
+        metrics: Every metric received so far, one per metric per export request, in arrival
+            order (a cumulative metric exported twice appears twice: see :meth:`last_metric`).
+        metric_headers: The HTTP headers of each metric export request.
+        bodies: Raw bodies received, by path (``/v1/logs`` is accepted and kept undecoded).
     """
 
     def __init__(self, *, host: str = "127.0.0.1") -> None:
         self.host = host
         self.spans: list[ReceivedSpan] = []
         self.headers: list[dict[str, str]] = []
+        self.metrics: list[ReceivedMetric] = []
+        self.metric_headers: list[dict[str, str]] = []
         self.bodies: dict[str, list[bytes]] = {}
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -203,13 +339,31 @@ class OtlpReceiver:
             found = [s for s in self.spans if s.parent_span_id == parent.span_id]
         yield from found
 
+    def last_metric(self, name: str) -> ReceivedMetric:
+        """The metric ``name`` as the latest metric export request carried it.
+
+        Raises:
+            LookupError: No request carried it (the message lists the names received).
+        """
+        with self._lock:
+            found = [m for m in self.metrics if m.name == name]
+            names = sorted({m.name for m in self.metrics})
+        if not found:
+            raise LookupError(f"No metric {name!r} was received; received: {names!r}.")
+        return found[-1]
+
     def _received(self, path: str, headers: Mapping[str, str], body: bytes) -> None:
-        decoded = decode_traces(body) if path == "/v1/traces" else []
+        spans = decode_traces(body) if path == "/v1/traces" else []
+        metrics = decode_metrics(body) if path == "/v1/metrics" else []
+        lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
             self.bodies.setdefault(path, []).append(body)
             if path == "/v1/traces":
-                self.headers.append({k.lower(): v for k, v in headers.items()})
-                self.spans.extend(decoded)
+                self.headers.append(lowered)
+                self.spans.extend(spans)
+            elif path == "/v1/metrics":
+                self.metric_headers.append(lowered)
+                self.metrics.extend(metrics)
 
     def __enter__(self) -> OtlpReceiver:
         self._server = _Server(self, self.host)
