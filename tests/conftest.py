@@ -59,6 +59,8 @@ def _asyncio_left_unpatched() -> Iterator[None]:
         "this test let a library patch asyncio globally (nest_asyncio?); "
         "call its async API from async tests"
     )
+
+
 _CREATE_APP_ROLE = f"""
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
