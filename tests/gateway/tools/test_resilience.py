@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -155,6 +154,8 @@ async def test_the_breaker_opens_fails_fast_naming_the_upstream_then_half_opens(
 ) -> None:
     gateway = make_gateway(retries=0, breaker_failure_threshold=3, breaker_reset_seconds=1.0)
     tool = http_tool("api.switch", f"{upstream.url}/switch", allow_hosts=LOCAL)
+    now = [1_000.0]  # an explicit clock: the test never waits on a loaded machine's timer
+    gateway.resilience.breakers.clock = lambda: now[0]
     upstream.state["healthy"] = False
     try:
         before = upstream.hits["/switch"]
@@ -166,12 +167,12 @@ async def test_the_breaker_opens_fails_fast_naming_the_upstream_then_half_opens(
         assert "3 consecutive failures" in result.output
         assert upstream.hits["/switch"] == before + 3  # the open breaker sent nothing
         assert gateway.resilience.breakers.state(upstream.url) == "open"
-        await asyncio.sleep(1.05)
+        now[0] += 1.05
         assert gateway.resilience.breakers.state(upstream.url) == "half_open"
         # A failing trial opens it again at once.
         assert (await call(gateway, tool)).error_type == "upstream_error"
         assert (await call(gateway, tool)).error_type == "circuit_open"
-        await asyncio.sleep(1.05)
+        now[0] += 1.05
         upstream.state["healthy"] = True
         assert (await call(gateway, tool)).status == "COMPLETED"
         assert gateway.resilience.breakers.state(upstream.url) == "closed"
