@@ -130,6 +130,9 @@ def _failures(event: Any) -> list[str]:
 
 # pytest turns warnings into errors; hypothesis warns about its own large reprs, not Corral.
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
+# Every route times MAX_EXAMPLES requests: 60-200 s on a loaded 2-core machine, more as routes
+# are added; the bound is the example count, not the clock.
+@pytest.mark.timeout(900)
 def test_every_route_keeps_its_openapi_contract(fuzz_app: tuple[Any, str, str]) -> None:
     app, key, victim_key_id = fuzz_app
     config = _config(key, victim_key_id)
