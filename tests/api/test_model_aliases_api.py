@@ -62,6 +62,7 @@ async def test_a_test_call_reports_the_deployment_tokens_and_latency(api: Any) -
     )
     assert body["latency_ms"] >= 0
     assert body["attempts"] == []
+    assert len(body["trace_id"]) == 32 and int(body["trace_id"], 16) > 0
 
 
 async def test_unknown_aliases_are_404s_naming_the_known_ones(api: Any) -> None:

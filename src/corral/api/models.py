@@ -72,6 +72,9 @@ class ModelTestOut(BaseModel):
     cost_usd: Decimal | None = Field(description="US dollars, when the call was priced.")
     answer: str = Field(description="The model's final answer, else its raw reply.")
     attempts: list[AttemptOut]
+    trace_id: str = Field(
+        description="The call's trace: its `chat` span and policy decisions are stored under it."
+    )
 
 
 def _alias_out(platform: PlatformDep, name: str, spec: ModelSpec, source: str) -> ModelAliasOut:
@@ -164,4 +167,5 @@ async def post_model_alias_test(
             )
             for a in response.attempts
         ],
+        trace_id=result.trace_id,
     )
