@@ -17,6 +17,7 @@ flagged (:attr:`WireStream.usage_missing`): the caller bills it from its reserva
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:  # imported with the first upstream: `corral worker` and the C
     import httpx
 
 __all__ = ["WireChat", "WireStream", "usage_of"]
+
+DRAIN_SECONDS = 1.0
+"""After ``data: [DONE]``, how long a stream's body may take to end, in seconds."""
 
 _MAX_ERROR_CHARS = 500
 """Upstream error bodies are cut to this many characters in ``ModelAPIError`` messages."""
@@ -234,8 +238,9 @@ class WireStream:
         """
         import httpx
 
+        lines = self._response.aiter_lines()
         try:
-            async for line in self._response.aiter_lines():
+            async for line in lines:
                 if not line.startswith("data:"):
                     continue  # comments (keep-alives), event names, blank separators
                 payload = line[5:].strip()
@@ -244,12 +249,27 @@ class WireStream:
                     break
                 if self._keep(payload):
                     yield b"data: " + payload.encode() + b"\n\n"
+            if self.finished:
+                await self._drain(lines)
         except httpx.HTTPError as exc:
             self.error = repr(exc)
             self.malformed = True
         finally:
             await self._response.aclose()
         yield b"data: [DONE]\n\n"
+
+    async def _drain(self, lines: AsyncIterator[str]) -> None:
+        """Read the body's end after ``[DONE]`` (at most :data:`DRAIN_SECONDS`).
+
+        A response closed before its body ended also closes its connection; read to the end,
+        the connection goes back to the pool and the next call skips a TCP connect.
+        """
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for _ in lines:
+                    pass
+        except TimeoutError:
+            pass  # an upstream that keeps the body open: its connection is closed
 
     def _keep(self, payload: str) -> bool:
         """Read one chunk's usage and model; whether to pass the chunk on."""
