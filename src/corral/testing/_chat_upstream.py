@@ -59,6 +59,8 @@ class FakeChatUpstream:
 
     Attributes:
         requests: Every request body received, oldest first.
+        clients: Every client address (``host:port``) requests came from: one per TCP
+            connection, so a client that reuses its connections leaves few.
         base_url: ``http://127.0.0.1:<port>/v1`` once started.
     """
 
@@ -77,6 +79,7 @@ class FakeChatUpstream:
         self.malformed_stream = malformed_stream
         self.status = status
         self.requests: list[dict[str, Any]] = []
+        self.clients: set[str] = set()
         self.base_url = ""
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
@@ -134,6 +137,8 @@ class FakeChatUpstream:
         body = json.loads(await request.body())
         with self._lock:
             self.requests.append(body)
+            if request.client is not None:
+                self.clients.add(f"{request.client.host}:{request.client.port}")
         if self.status is not None:
             return JSONResponse(
                 {"error": {"message": "fake upstream failure", "type": "server_error"}},

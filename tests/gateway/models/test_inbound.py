@@ -134,6 +134,21 @@ async def test_a_stream_the_client_leaves_is_still_recorded(
     assert upstream.requests[0]["stream_options"] == {"include_usage": True}
 
 
+async def test_streams_read_to_the_end_reuse_the_upstream_connection(
+    platform: Platform, upstream: FakeChatUpstream
+) -> None:
+    chat = inbound(platform)
+    body = json.dumps(json.loads(BODY) | {"stream": True}).encode()
+    for _ in range(3):
+        reply = await chat.complete(SERVICE, body)
+        assert reply.stream is not None
+        events = [event async for event in reply.stream]
+        assert events[-1] == b"data: [DONE]\n\n"
+    await chat.aclose()
+    assert upstream.request_count == 3
+    assert len(upstream.clients) == 1  # one keep-alive connection, not one per stream
+
+
 def test_usage_of_maps_openai_usage() -> None:
     assert usage_of(
         {
