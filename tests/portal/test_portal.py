@@ -76,7 +76,7 @@ async def test_a_wrong_key_or_a_forged_cookie_gets_no_session(portal: Portal) ->
         f"{portal.keys['user:bob'][4:16]}.{expires}.{nonce}.{mac}",  # another key's id
     ):
         other = portal.client()
-        other.cookies.set("corral_session", forged, domain="corral", path="/ui")
+        other.cookies.set("corral_session", forged, domain="corral.local", path="/ui")
         assert (await other.get("/ui/runs")).status_code == 303
 
 
@@ -179,10 +179,12 @@ POST_PERMISSIONS = {
     "/ui/tools/{name}/approve": "tools.approve",
     "/ui/policies/explain": "policies.read",
     "/ui/keys/{key_id}/revoke": "keys.manage",
+    "/ui/tenancy/sign-out": "keys.manage",
 }
 """Every portal POST that acts, with the permission its REST twin requires."""
 
-UNGOVERNED_POSTS = {"/ui/login", "/ui/logout"}
+UNGOVERNED_POSTS = {"/ui/login", "/ui/logout", "/ui/logout/everywhere"}
+"""Open to every signed-in principal: they end only their own sessions."""
 
 
 def _post_routes() -> set[str]:
