@@ -1,4 +1,5 @@
-"""Portal sessions ended server-side: logout, sign out everywhere, an admin's sign-out.
+"""Portal sessions ended server-side (logout, sign out everywhere, an admin's sign-out) and
+the platform-wide audit view (issue 13).
 
 On SQLite and PostgreSQL. A "copied cookie" is the same cookie value set in a second client,
 as an attacker who read it from the first browser would.
@@ -12,13 +13,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _portal_kit import ROLES, Portal, csrf_of, open_portal
+from _portal_kit import ROLES, Portal, csrf_of, login, open_portal
 from sqlalchemy import select
 
 from corral.audit import AuditEventRow
 from corral.settings import GovernanceSettings, Settings
 from corral.store import utcnow
-from corral.tenancy import SessionRevocationRow, end_session
+from corral.tenancy import (
+    SessionRevocationRow,
+    audit_identity_event,
+    create_tenant,
+    end_session,
+    issue_key,
+)
 
 
 @pytest.fixture
@@ -122,3 +129,54 @@ async def test_expired_revocations_are_pruned_when_one_is_written(portal: Portal
     async with store.read("default") as db:
         left = (await db.execute(select(SessionRevocationRow.session_id))).scalars()
         assert list(left) == ["b" * 22]
+
+
+# --- the platform-wide audit view -----------------------------------------------------------------
+
+
+async def _acme_event(portal: Portal) -> None:
+    store = portal.platform.store
+    await create_tenant(store, tenant_id="acme", display_name=None, actor="user:test")
+    await audit_identity_event(
+        store, "acme", actor="user:acme-admin", action="acme.private", subject="acme:secret"
+    )
+
+
+async def test_a_platform_admin_reads_another_tenants_audit_events(portal: Portal) -> None:
+    await _acme_event(portal)
+    key = await issue_key(
+        portal.platform.store,
+        server_secret=portal.platform.identity.server_secret,
+        tenant_id="default",
+        principal="user:root",
+        roles=["admin", "platform-admin"],
+        name="portal-root",
+    )
+    root = portal.client()
+    assert (await login(root, key)).status_code == 303
+    own = await root.get("/ui/audit")
+    assert own.status_code == 200 and 'id="f-tenant"' in own.text
+    assert '<option value="acme"' in own.text and "acme.private" not in own.text
+    acme = await root.get("/ui/audit", params={"tenant": "acme"})
+    assert acme.status_code == 200 and "acme.private" in acme.text
+    every = await root.get("/ui/audit", params={"tenant": "*all"})
+    assert every.status_code == 200 and "acme.private" in every.text
+    assert "<td>default</td>" in every.text and "<td>acme</td>" in every.text
+    verified = await root.get("/ui/audit/verify", params={"tenant": "acme"})
+    assert verified.status_code == 200 and 'id="chain-status">verified' in verified.text
+    assert (await root.get("/ui/audit/verify", params={"tenant": "*all"})).status_code == 400
+    assert (await root.get("/ui/audit", params={"tenant": "nope"})).status_code == 404
+
+
+async def test_a_tenant_admin_cannot_read_another_tenants_audit_events(portal: Portal) -> None:
+    await _acme_event(portal)
+    erin = await portal.logged_in("user:erin")
+    own = await erin.get("/ui/audit")
+    assert own.status_code == 200 and 'id="f-tenant"' not in own.text
+    assert (await erin.get("/ui/audit", params={"tenant": "default"})).status_code == 200
+    for forged in ("acme", "*all", "nope"):
+        for path in ("/ui/audit", "/ui/audit/verify"):
+            refused = await erin.get(path, params={"tenant": forged})
+            assert refused.status_code == 403, (path, forged)
+            assert "cross_tenant" in refused.text or "not yours" in refused.text
+            assert "acme.private" not in refused.text
