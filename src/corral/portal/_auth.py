@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import timedelta
 
 from fastapi import Request
 from starlette.responses import RedirectResponse, Response
@@ -20,8 +21,16 @@ from corral.portal._session import (
     new_user_cookie,
 )
 from corral.portal._web import PORTAL_PATH, form_of, platform_of, redirect, render, session_of
+from corral.tenancy import end_session, end_sessions_of
 
-__all__ = ["login_form", "login_submit", "logout", "oidc_callback", "oidc_start"]
+__all__ = [
+    "login_form",
+    "login_submit",
+    "logout",
+    "logout_everywhere",
+    "oidc_callback",
+    "oidc_start",
+]
 
 _LOGIN_COOKIE = "corral_login"
 """Before a session exists, the login form's CSRF token is bound to this random cookie."""
@@ -170,8 +179,31 @@ async def oidc_callback(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    """End the session (its cookie is deleted)."""
-    await session_of(request)
+    """End the session server-side (a copy of its cookie stops working) and delete the cookie."""
+    session = await session_of(request)
+    await end_session(
+        platform_of(request).store,
+        session.principal,
+        session.session_id,
+        expires_at=session.expires_at,
+    )
+    return _signed_out(request)
+
+
+@router.post("/logout/everywhere")
+async def logout_everywhere(request: Request) -> Response:
+    """End every portal session of the caller's principal, in every browser (audited)."""
+    session = await session_of(request)
+    await end_sessions_of(
+        platform_of(request).store,
+        session.principal,
+        session.principal.id,
+        max_session=timedelta(seconds=SESSION_SECONDS),
+    )
+    return _signed_out(request)
+
+
+def _signed_out(request: Request) -> Response:
     response = redirect(request, f"{PORTAL_PATH}/login")
     response.delete_cookie(
         COOKIE_NAME, path=PORTAL_PATH, httponly=True, samesite="lax", secure=_secure(request)

@@ -4,9 +4,13 @@ The cookie is ``{subject}.{expires_unix}.{nonce}.{mac}``: no secret of a key is 
 subject is an API key id (12 hex digits) or, after an OIDC sign-in, ``u-`` and the base64url of
 ``{"u": principal id, "t": tenant, "g": [groups]}``. ``mac`` is HMAC-SHA256 (RFC 2104) over the
 other three parts under a secret derived from the server's identity secret, so only this
-deployment can mint one. Every request re-checks the subject: the key itself
+deployment can mint one. ``nonce`` is the session's id (random, 128 bits); the session was
+issued :data:`SESSION_SECONDS` before ``expires_unix``. Every request re-checks the subject:
+the key itself
 (:meth:`corral.tenancy.Identity.authenticate_key_id`: a revoked key ends its sessions), or the
 user's tenant and role grants (:meth:`corral.tenancy.Identity.authenticate_user`).
+and that the session was not ended server-side (:func:`corral.tenancy.session_ended`: logout,
+"sign out everywhere", an admin's sign-out; one store round trip, nothing cached).
 The CSRF token is another HMAC, over the whole cookie value: it changes with every login and
 is useless without the cookie.
 """
@@ -22,11 +26,12 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 
 from corral.errors import Unauthorized
-from corral.tenancy import Identity, Principal
+from corral.tenancy import Identity, Principal, session_ended
 
 __all__ = [
     "COOKIE_NAME",
@@ -100,6 +105,9 @@ def _user_of(subject: str) -> tuple[str, str, tuple[str, ...]]:
         raise Unauthorized("The portal session is not valid; log in again.") from None
 
 
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class PortalSession:
     """A logged-in portal request.
@@ -107,10 +115,14 @@ class PortalSession:
     Attributes:
         principal: Who, re-authenticated from the key for this request.
         csrf_token: The token every POST of this session must carry.
+        session_id: The random id in the cookie (logout ends it server-side).
+        expires_at: When the cookie expires (UTC).
     """
 
     principal: Principal
     csrf_token: str
+    session_id: str = ""
+    expires_at: datetime = _NEVER
 
     def csrf_ok(self, token: str | None) -> bool:
         """Whether ``token`` is this session's CSRF token (constant-time)."""
@@ -121,13 +133,14 @@ async def load_session(request: Request, identity: Identity) -> PortalSession:
     """The request's session from its cookie, the key re-checked.
 
     Raises:
-        Unauthorized: no cookie, a forged or expired one, or a key that no longer works.
+        Unauthorized: no cookie, a forged or expired one, a key that no longer works, or a
+            session ended server-side.
     """
     value = request.cookies.get(COOKIE_NAME, "")
     match = _COOKIE.match(value)
     if match is None:
         raise Unauthorized("Log in to the portal with an API key.")
-    subject, expires, _nonce, mac = match.groups()
+    subject, expires, session_id, mac = match.groups()
     secret = _secret(identity)
     if not hmac.compare_digest(mac, _mac(secret, value.rpartition(".")[0])):
         raise Unauthorized("The portal session is not valid; log in again.")
@@ -138,4 +151,8 @@ async def load_session(request: Request, identity: Identity) -> PortalSession:
         principal = await identity.authenticate_user(user, tenant_id=tenant_id, groups=groups)
     else:
         principal = await identity.authenticate_key_id(subject)
-    return PortalSession(principal, _mac(secret, f"csrf:{value}"))
+    expires_at = datetime.fromtimestamp(int(expires), UTC)
+    issued_at = datetime.fromtimestamp(int(expires) - SESSION_SECONDS, UTC)
+    if await session_ended(identity.store, principal, session_id, issued_at=issued_at):
+        raise Unauthorized("This portal session was signed out; log in again.")
+    return PortalSession(principal, _mac(secret, f"csrf:{value}"), session_id, expires_at)

@@ -5,23 +5,27 @@ Each section needs the permission its REST twin requires; the tenants only for a
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
 from starlette.responses import Response
 
+from corral.errors import InvalidRequest
 from corral.portal._routes import router
+from corral.portal._session import SESSION_SECONDS
 from corral.portal._web import (
     PORTAL_PATH,
+    form_of,
     platform_of,
     redirect,
     render,
     require,
     session_of,
 )
-from corral.tenancy import list_keys, list_tenants, revoke_key
+from corral.tenancy import end_sessions_of, list_keys, list_tenants, revoke_key
 
-__all__ = ["revoke", "tenancy"]
+__all__ = ["revoke", "sign_out", "tenancy"]
 
 
 @router.get("/tenancy")
@@ -54,4 +58,24 @@ async def revoke(request: Request, key_id: str) -> Response:
     platform = platform_of(request)
     await revoke_key(platform.store, session.principal, key_id)
     platform.identity.invalidate_key(key_id)
+    return redirect(request, f"{PORTAL_PATH}/tenancy")
+
+
+@router.post("/tenancy/sign-out")
+async def sign_out(request: Request) -> Response:
+    """End every portal session of a principal of the tenant (``keys.manage``; audited)."""
+    session = await session_of(request)
+    require(session, "keys.manage")
+    principal = (await form_of(request)).get("principal", "").strip()
+    if not principal or len(principal) > 200:
+        raise InvalidRequest(
+            "Name the principal to sign out, such as user:alice or service:ci-bot.",
+            code="invalid_principal",
+        )
+    await end_sessions_of(
+        platform_of(request).store,
+        session.principal,
+        principal,
+        max_session=timedelta(seconds=SESSION_SECONDS),
+    )
     return redirect(request, f"{PORTAL_PATH}/tenancy")

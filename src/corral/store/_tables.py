@@ -36,7 +36,15 @@ from corral.replay._tables import ReplayRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.secrets._tables import SecretRow
 from corral.slo._tables import SloEvaluatorRow, SloStateRow
-from corral.tenancy._tables import ApiKeyRow, LocalUserRow, QuotaRow, RoleGrantRow, TenantRow
+from corral.tenancy._tables import (
+    ApiKeyRow,
+    LocalUserRow,
+    QuotaRow,
+    RoleGrantRow,
+    SessionCutoffRow,
+    SessionRevocationRow,
+    TenantRow,
+)
 
 __all__ = [
     "AgentRow",
@@ -77,6 +85,8 @@ __all__ = [
     "RunEventRow",
     "RunRow",
     "SecretRow",
+    "SessionCutoffRow",
+    "SessionRevocationRow",
     "SloEvaluatorRow",
     "SloStateRow",
     "SpanRow",

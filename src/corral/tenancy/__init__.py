@@ -32,7 +32,16 @@ from corral.tenancy._service import (
     set_quota,
     set_tenant_status,
 )
-from corral.tenancy._tables import ApiKeyRow, LocalUserRow, QuotaRow, RoleGrantRow, TenantRow
+from corral.tenancy._sessions import end_session, end_sessions_of, session_ended
+from corral.tenancy._tables import (
+    ApiKeyRow,
+    LocalUserRow,
+    QuotaRow,
+    RoleGrantRow,
+    SessionCutoffRow,
+    SessionRevocationRow,
+    TenantRow,
+)
 from corral.tenancy._users import accountable_humans, create_user, list_users
 
 __all__ = [
@@ -53,6 +62,8 @@ __all__ = [
     "QuotaUsage",
     "Quotas",
     "RoleGrantRow",
+    "SessionCutoffRow",
+    "SessionRevocationRow",
     "TenantKillSwitch",
     "TenantRow",
     "accountable_humans",
@@ -62,6 +73,8 @@ __all__ = [
     "create_local_admin_key",
     "create_tenant",
     "create_user",
+    "end_session",
+    "end_sessions_of",
     "generate_key",
     "grant_role",
     "issue_key",
@@ -76,6 +89,7 @@ __all__ = [
     "permits",
     "revoke_key",
     "revoke_role",
+    "session_ended",
     "set_quota",
     "set_tenant_status",
 ]

@@ -5,12 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Numeric, String, Text, UniqueConstraint
+from sqlalchemy import Numeric, PrimaryKeyConstraint, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.store import Base, JSONType, TenantMixin, utcnow
 
-__all__ = ["ApiKeyRow", "LocalUserRow", "QuotaRow", "RoleGrantRow", "TenantRow"]
+__all__ = [
+    "ApiKeyRow",
+    "LocalUserRow",
+    "QuotaRow",
+    "RoleGrantRow",
+    "SessionCutoffRow",
+    "SessionRevocationRow",
+    "TenantRow",
+]
 
 
 class TenantRow(Base):
@@ -115,3 +123,35 @@ class QuotaRow(TenantMixin, Base):
     limit: Mapped[Decimal] = mapped_column(Numeric(20, 6))
     updated_by: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SessionRevocationRow(TenantMixin, Base):
+    """A portal session ended server-side (logout): its cookie is refused until it expires.
+
+    Kept only while the session could still be presented; expired rows are pruned on write.
+    """
+
+    __tablename__ = "session_revocations"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """The random id in the session cookie (22 base64url characters)."""
+    principal: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    """When the session would have expired anyway; the row is useless after it."""
+    revoked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SessionCutoffRow(TenantMixin, Base):
+    """Every portal session of a principal issued at or before ``not_before`` is ended.
+
+    Written by "sign out everywhere" and an admin's sign-out of a principal: one row per
+    principal instead of one per session.
+    """
+
+    __tablename__ = "session_cutoffs"
+    __table_args__ = (PrimaryKeyConstraint("tenant_id", "principal"),)
+
+    principal: Mapped[str] = mapped_column(String(200))
+    not_before: Mapped[datetime]
+    """Sessions issued at or before it (whole seconds, UTC) are refused."""
+    set_by: Mapped[str] = mapped_column(String(200))
