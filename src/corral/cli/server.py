@@ -88,6 +88,9 @@ def up(
         port=api.port,
         log_level="warning",
         log_config=None,  # uvicorn's loggers propagate to the structlog handler
+        # At "warning" no access line is ever written, yet with the logger reachable uvicorn
+        # still formats each request's client address and path for it; off skips that work.
+        access_log=False,
         timeout_graceful_shutdown=5,
     )
 

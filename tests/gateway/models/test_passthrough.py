@@ -84,3 +84,25 @@ async def test_an_error_status_keeps_its_status_and_body() -> None:
         finally:
             await wire.aclose()
     assert raised.value.status_code == 429 and raised.value.retryable
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_http_proxy_from_the_environment_carries_the_call(
+    stream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The upstream's host does not resolve: only the proxy (the fake upstream) can answer.
+    with FakeChatUpstream() as proxy:
+        for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url.removesuffix("/v1"))
+        wire = WireChat("openai", "http://upstream.invalid/v1", "k", timeout_seconds=30)
+        try:
+            if stream:
+                events = [e async for e in (await wire.stream(BODY, forward_usage=True)).events()]
+                assert events[-1] == b"data: [DONE]\n\n"
+            else:
+                parsed, _ = await wire.create(BODY)
+                assert parsed["object"] == "chat.completion"
+        finally:
+            await wire.aclose()
+        assert proxy.request_count == 1

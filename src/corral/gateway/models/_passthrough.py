@@ -29,6 +29,7 @@ from corral.gateway.models._base import Usage
 
 if TYPE_CHECKING:  # imported with the first upstream: `corral worker` and the CLI never need it
     import aiohttp
+    from yarl import URL
 
 __all__ = ["WireChat", "WireStream", "usage_of"]
 
@@ -89,13 +90,24 @@ class WireChat:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: URL | None = None
+        self._proxy_auth: aiohttp.BasicAuth | None = None
 
     @property
     def _client(self) -> aiohttp.ClientSession:
         """The connection pool, made on first use (aiohttp binds it to the running loop)."""
         if self._session is None:
             import aiohttp
+            from aiohttp.helpers import get_env_proxy_for_url
+            from yarl import URL
 
+            # HTTP(S)_PROXY and NO_PROXY, as the openai SDK honours them, read once per pool as
+            # its httpx client does: aiohttp's trust_env re-reads them (and ~/.netrc) in a
+            # worker thread on every request, two thread hops per call.
+            try:
+                self._proxy, self._proxy_auth = get_env_proxy_for_url(URL(self.url))
+            except LookupError:
+                self._proxy, self._proxy_auth = None, None
             timeout = self.timeout_seconds
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
@@ -105,7 +117,6 @@ class WireChat:
                     total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
                 ),
                 connector=aiohttp.TCPConnector(limit=200, limit_per_host=0),
-                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as the openai SDK honours them
             )
         return self._session
 
@@ -132,7 +143,13 @@ class WireChat:
         import aiohttp
 
         try:
-            async with self._client.post(self.url, data=pydantic_core.to_json(body)) as response:
+            client = self._client
+            async with client.post(
+                self.url,
+                data=pydantic_core.to_json(body),
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
+            ) as response:
                 status = response.status
                 content = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -179,9 +196,12 @@ class WireChat:
             },
         }
         try:
-            response = await self._client.post(
+            client = self._client
+            response = await client.post(
                 self.url,
                 data=pydantic_core.to_json(body),
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
                 headers={"Accept": "text/event-stream"},
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
