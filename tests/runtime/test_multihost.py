@@ -296,8 +296,12 @@ def start_worker(net: Network, procs: Processes, role: str, home: Path, url: str
     return ready
 
 
-async def until(what: str, check: Any, procs: Processes) -> None:
-    """Poll ``await check()`` until true; fail after :data:`DEADLINE_SECONDS`."""
+async def until(what: str, check: Any, procs: Processes, explain: Any = None) -> None:
+    """Poll ``await check()`` until true; fail after :data:`DEADLINE_SECONDS`.
+
+    ``explain``, if given, is awaited on a timeout and its text goes into the failure message
+    (what was stuck, read from the store).
+    """
     began = time.monotonic()
     while not await check():
         dead = {
@@ -306,7 +310,9 @@ async def until(what: str, check: Any, procs: Processes) -> None:
             if p.poll() is not None and n not in procs.excused
         }
         assert not dead, f"{dead} exited while waiting for {what}"
-        assert time.monotonic() - began < DEADLINE_SECONDS, f"timed out waiting for {what}"
+        if time.monotonic() - began >= DEADLINE_SECONDS:
+            detail = "" if explain is None else f"\n{await explain()}"
+            raise AssertionError(f"timed out waiting for {what}{detail}")
         await asyncio.sleep(0.2)
 
 
@@ -511,7 +517,33 @@ async def run_scenario(
 
         return await admin.store.run_sync(count, "default") == 0
 
-    await until("every run to end", all_done, procs)
+    async def stuck() -> str:
+        def read(connection: Connection) -> str:
+            runs = connection.execute(
+                select(
+                    RunRow.id,
+                    RunRow.status,
+                    RunRow.step_count,
+                    RunRow.lease_owner,
+                    RunRow.lease_expires_at,
+                    RunRow.lease_epoch,
+                ).where(RunRow.status.not_in(TERMINAL_STATUSES))
+            ).all()
+            sessions = connection.execute(
+                text(
+                    "SELECT pid, client_addr, state, wait_event_type, wait_event, "
+                    "now() - xact_start AS in_xact, left(query, 120) AS query "
+                    "FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+            ).all()
+            return "open runs:\n" + "\n".join(map(str, runs)) + (
+                "\nsessions:\n" + "\n".join(map(str, sessions))
+            )
+
+        return str(await admin.store.run_sync(read, "default")) + "\n" + procs.tails(40)
+
+    await until("every run to end", all_done, procs, explain=stuck)
     figures = check(await admin.store.run_sync(read_everything, "default"), broken)
     # The replacement finished runs both the cut-off worker and the killed one had started.
     assert figures["from_w1"] >= 1 and figures["from_w2"] >= 1, figures
