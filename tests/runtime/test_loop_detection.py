@@ -175,6 +175,36 @@ async def test_a_degenerate_answer_is_refused_then_a_good_one_accepted(
     assert run.iterations == 4  # the refused answers counted
 
 
+async def test_an_answer_echoing_the_repeat_note_is_refused(make_platform, workspace) -> None:
+    def script(request: ModelRequest) -> ToolCall | FinalAnswer:
+        texts = tool_texts(request)
+        if len(texts) < 2:
+            return LIST_ROOT  # the second one is answered with the repeat note
+        if request.messages[-1].role == "tool":
+            return FinalAnswer(texts[-1])  # a small model copies the last message it saw
+        return FinalAnswer("The repository holds README.md and a pkg package.")
+
+    model = ScriptedModel(script)
+    platform = await make_platform(scripted=model)
+    await register(platform, agent_document(limits={"max_iterations": 5}))
+    run_id = await start(platform, workspace)
+    await platform.worker.run_until_idle()
+
+    run, steps = await load(platform, run_id)
+    assert (run.status, run.output) == (
+        "SUCCEEDED",
+        "The repository holds README.md and a pkg package.",
+    )
+    assert [s.kind for s, _ in steps] == [
+        "tool_calls",
+        "tool_calls",
+        "invalid_decision",
+        "final_answer",
+    ]
+    assert "You already called fs.list_dir" in model.requests[2].messages[-1].content
+    assert "repeats Corral's note about a repeated tool call" in steps[2][0].error
+
+
 async def test_cited_sources_are_offered_checked_and_shown(api, workspace) -> None:
     script = [
         ScriptedModel.call("fs.read_file", path="README.md"),

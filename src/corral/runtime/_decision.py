@@ -2,8 +2,9 @@
 
 :func:`decision_record` turns a model response into the step's :class:`StepRecord` (a final
 answer, tool calls, or an invalid decision fed back to the model) and the run's ending if the
-answer is accepted; :func:`refusal` says why a final answer is refused (a placeholder, a
-repeated phrase, sources no tool call returned).
+answer is accepted; :func:`refusal` says why a final answer is refused (a placeholder, the
+runtime's own note on a repeated call echoed back, a repeated phrase, sources no tool call
+returned).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ __all__ = ["decision_record", "refusal"]
 
 _PLACEHOLDER = re.compile(r"\s*(<[^<>]{0,40}>|\.\.\.)?\s*")
 """An empty answer, or only a template's placeholder (small models copy ``<short answer>``)."""
+_ECHOED_REPEAT_NOTE = re.compile(r"You already called \S+ with these arguments at step \d+")
+"""The runtime's note on a repeated call (``_tool_phase.repeat_feedback``), echoed back as the
+answer: small models copy the last message they saw."""
 
 
 def decision_record(
@@ -58,6 +62,11 @@ def refusal(state: RunState, answer: FinalAnswer, *, withdrawn: bool) -> str | N
     """Why a final answer is refused as an invalid decision, phrased for the model."""
     if _PLACEHOLDER.fullmatch(answer.text):
         return f"{answer.text.strip()!r} is a placeholder: reply with your actual answer"
+    if _ECHOED_REPEAT_NOTE.search(answer.text):
+        return (
+            "your final answer repeats Corral's note about a repeated tool call; answer the "
+            "task itself, using the tool results above"
+        )
     phrase = repeated_phrase(answer.text)
     if phrase is not None:
         return (
