@@ -228,6 +228,7 @@ PUBLIC = {
         "head_revision",
         "is_transient_error",
         "new_id",
+        "postgres_session_settings",
         "skip_locked",
         "upgrade",
         "utcnow",

@@ -88,6 +88,7 @@ from corral.store import (
     Store,
     check_pool_capacity,
     ensure_migrated,
+    postgres_session_settings,
     upgrade,
 )
 from corral.tenancy import Identity, Quotas, TenantRow, create_local_admin_key
@@ -209,10 +210,9 @@ class Platform:
             sqlite_busy_timeout_ms=settings.store.sqlite_busy_timeout_ms,
             pool_size=settings.store.pool_size,
             max_overflow=settings.store.max_overflow,
-            connect_args=(
-                {"server_settings": {"search_path": settings.store.postgres_schema}}
-                if settings.store.postgres_schema
-                else None
+            postgres_settings=postgres_session_settings(
+                schema=settings.store.postgres_schema,
+                dead_client_seconds=settings.store.postgres_dead_client_seconds,
             ),
         )
         self.tracing = Tracing()

@@ -123,6 +123,13 @@ class StoreSettings(BaseModel):
     connections."""
     postgres_schema: str | None = None
     """PostgreSQL schema (``search_path``) holding Corral's tables. ``None``: the default."""
+    postgres_dead_client_seconds: float = Field(default=30.0, ge=0)
+    """Seconds after which PostgreSQL ends the session of a Corral process it cannot reach
+    any more (its host partitioned or gone), releasing the session's locks so other workers
+    take over its runs. Set per session through ``tcp_user_timeout`` and TCP keepalives
+    (:func:`corral.store.postgres_session_settings`); without them a silent peer's session
+    can hold its locks for about 15 minutes. 0: leave the server's settings (for example
+    behind PgBouncer, which refuses these startup parameters unless told to ignore them)."""
 
 
 class ApiSettings(BaseModel):

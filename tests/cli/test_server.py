@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+from corral.platform import Platform
+from corral.settings import Settings, StoreSettings
 
 
 def _corral(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -55,3 +59,25 @@ def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "api.port" in result.stderr
+
+
+async def test_db_upgrade_migrates_the_configured_schema(
+    tmp_path: Path, store_settings: StoreSettings
+) -> None:
+    # `corral db upgrade` once ignored CORRAL_STORE__POSTGRES_SCHEMA and migrated the default
+    # schema, which the platform then never read.
+    env = {**os.environ, "CORRAL_HOME": str(tmp_path / "home")}
+    env["CORRAL_STORE__URL"] = str(store_settings.url)
+    if store_settings.postgres_schema:
+        env["CORRAL_STORE__POSTGRES_SCHEMA"] = store_settings.postgres_schema
+    command = [sys.executable, "-c", "from corral.cli import main; main()", "db", "upgrade"]
+    result = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "database migrated (empty) ->" in result.stdout
+    platform = Platform(Settings(home=tmp_path / "home", store=store_settings), migrate=False)
+    try:
+        await platform.start()  # refuses an unmigrated database: it found the migrated schema
+    finally:
+        await platform.close()

@@ -15,8 +15,9 @@ for a gate row) until both workers hold runs there, then **cuts one worker's lin
 must complete; each step and each effect exactly once; a call attempted again only after
 the worker attempting it was cut off or killed; the audit chain verifies.
 
-Needs root and iproute2 (skips otherwise, saying why). Leases last 3 s, but nothing asserted
-depends on timing: the test polls with generous deadlines.
+Needs root and iproute2 (skips otherwise, saying why). Leases last 3 s and a silent worker's
+sessions end after about 10 s, but nothing asserted depends on timing: the test polls with
+generous deadlines.
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ HOLD_STEP = 2
 LEASE_SECONDS = 3.0
 CONCURRENCY = 8
 """Runs each worker drives at once (2 workers x 8 > RUNS / 2: both hold runs at the gate)."""
+DEAD_CLIENT_SECONDS = 10
+"""How long the server keeps a silent worker's sessions (and the run rows they hold locked).
+A worker cut off mid-checkpoint leaves its session waiting for the rest of a pipelined
+statement with unacknowledged data in flight, where neither keepalives nor
+``idle_in_transaction_session_timeout`` apply: before Corral set ``tcp_user_timeout`` the run
+stayed locked (skipped by every claim) for about 15 minutes."""
 DEADLINE_SECONDS = 300.0
 """Generous bound for each phase (start-up, reaching the gate, finishing) on a loaded machine."""
 API_PORT = 8420
@@ -234,12 +241,9 @@ def start_postgres(net: Network, procs: Processes, directory: Path) -> str:
     settings = {
         "max_connections": "300",
         "fsync": "off",
-        # A partitioned worker's session would hold its locks until TCP gives up (hours by
-        # default); a production deployment sets these too.
-        "idle_in_transaction_session_timeout": "10s",
-        "tcp_keepalives_idle": "5",
-        "tcp_keepalives_interval": "2",
-        "tcp_keepalives_count": "2",
+        # Nothing about dead clients here: Corral's own sessions carry tcp_user_timeout and
+        # keepalives (CORRAL_STORE__POSTGRES_DEAD_CLIENT_SECONDS, below), which is what ends the
+        # cut-off worker's sessions and frees the runs they held locked.
     }
     options = [item for k, v in settings.items() for item in ("-c", f"{k}={v}")]
     procs.start(
@@ -268,6 +272,7 @@ def node_env(home: Path, url: str, worker_id: str = "") -> dict[str, str]:
         CORRAL_STORE__URL=url,
         CORRAL_STORE__POOL_SIZE="10",
         CORRAL_STORE__MAX_OVERFLOW="5",
+        CORRAL_STORE__POSTGRES_DEAD_CLIENT_SECONDS=str(DEAD_CLIENT_SECONDS),
         CORRAL_RUNTIME__LEASE_SECONDS=str(LEASE_SECONDS),
         CORRAL_RUNTIME__POLL_INTERVAL_SECONDS="0.1",
         CORRAL_RUNTIME__SIGNAL_POLL_SECONDS="0.5",

@@ -19,7 +19,13 @@ from corral.cli._client import fail
 from corral.observability import configure_logging
 from corral.platform import Platform
 from corral.settings import Settings, get_settings
-from corral.store import Store, current_revision, head_revision, upgrade
+from corral.store import (
+    Store,
+    current_revision,
+    head_revision,
+    postgres_session_settings,
+    upgrade,
+)
 
 __all__ = ["db_app", "up", "worker"]
 
@@ -149,7 +155,13 @@ def db_upgrade() -> None:
 
     async def go() -> tuple[str | None, str | None]:
         settings = get_settings()
-        store = Store(settings.store_url)
+        store = Store(  # the schema and session settings a Platform's store uses
+            settings.store_url,
+            postgres_settings=postgres_session_settings(
+                schema=settings.store.postgres_schema,
+                dead_client_seconds=settings.store.postgres_dead_client_seconds,
+            ),
+        )
         try:
             before = await current_revision(store)
             await upgrade(store)

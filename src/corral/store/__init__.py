@@ -18,6 +18,7 @@ from corral.store._engine import (
     Store,
     SystemScope,
     create_engine,
+    postgres_session_settings,
     skip_locked,
 )
 from corral.store._errors import is_transient_error
@@ -45,6 +46,7 @@ __all__ = [
     "head_revision",
     "is_transient_error",
     "new_id",
+    "postgres_session_settings",
     "skip_locked",
     "upgrade",
     "utcnow",

@@ -6,7 +6,7 @@ import asyncio
 import json
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +176,7 @@ def create_engine(
     connect_args: dict[str, Any] | None = None,
     pool_size: int = 10,
     max_overflow: int = 5,
+    postgres_settings: Mapping[str, str] | None = None,
 ) -> AsyncEngine:
     """Create an async engine for ``url`` with Corral's per-database settings.
 
@@ -191,9 +192,17 @@ def create_engine(
         connect_args: Passed to the driver's ``connect`` (e.g. asyncpg ``server_settings``).
         pool_size: PostgreSQL pooled connections.
         max_overflow: PostgreSQL connections allowed above ``pool_size``.
+        postgres_settings: Server settings for each PostgreSQL session (merged into asyncpg's
+            ``server_settings``; see :func:`postgres_session_settings`); ignored on SQLite.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        if postgres_settings:
+            connect_args = dict(connect_args or {})
+            connect_args["server_settings"] = {
+                **postgres_settings,
+                **connect_args.get("server_settings", {}),
+            }
         return create_async_engine(
             url,
             echo=echo,
@@ -240,6 +249,8 @@ class Store:
         connect_args: Passed to the driver's ``connect``.
         pool_size: PostgreSQL pooled connections.
         max_overflow: PostgreSQL connections allowed above ``pool_size``.
+        postgres_settings: Server settings for each PostgreSQL session (see
+            :func:`postgres_session_settings`); ignored on SQLite.
     """
 
     group_commit_max: int = 64
@@ -254,6 +265,7 @@ class Store:
         connect_args: dict[str, Any] | None = None,
         pool_size: int = 10,
         max_overflow: int = 5,
+        postgres_settings: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
         self.pool_size = pool_size
@@ -265,6 +277,7 @@ class Store:
             connect_args=connect_args,
             pool_size=pool_size,
             max_overflow=max_overflow,
+            postgres_settings=postgres_settings,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(
@@ -463,6 +476,48 @@ def _answer(jobs: list[_Job]) -> None:
             job.future.set_result(job.result)
         else:
             job.future.set_exception(job.result)
+
+
+def postgres_session_settings(
+    *, schema: str | None = None, dead_client_seconds: float = 0.0
+) -> dict[str, str]:
+    """Server settings for each PostgreSQL session Corral opens (asyncpg ``server_settings``).
+
+    ``dead_client_seconds`` bounds how long the server keeps the session of a Corral process
+    it can no longer reach (its host partitioned or gone), and so the row locks that session
+    holds: a run a partitioned worker was checkpointing stays locked, and ``FOR UPDATE SKIP
+    LOCKED`` claims skip it, until the session ends. Two TCP settings cover the two ways a
+    link goes silent:
+
+    * data the server sent is not acknowledged (the session was mid-statement, e.g. between
+      the messages of a pipelined ``executemany``): ``tcp_user_timeout`` (milliseconds,
+      PostgreSQL 12+, Linux ``TCP_USER_TIMEOUT``, RFC 5482). Without it the kernel
+      retransmits for about 15 minutes (``tcp_retries2``), and keepalives do not apply while
+      data is unacknowledged;
+    * the link is idle: keepalives, first probe after half the time, then 3 probes
+      (``tcp_keepalives_idle`` / ``_interval`` / ``_count``, whole seconds).
+
+    Args:
+        schema: The ``search_path`` (the schema holding Corral's tables); ``None``: the default.
+        dead_client_seconds: About how long a silent client's session may live, in seconds;
+            0: leave the server's own settings.
+
+    Returns:
+        PostgreSQL setting name -> value, as strings (empty when nothing is set).
+    """
+    settings: dict[str, str] = {}
+    if schema:
+        settings["search_path"] = schema
+    if dead_client_seconds > 0:
+        idle = max(1, int(dead_client_seconds / 2))
+        interval = max(1, int((dead_client_seconds - idle) / 3))
+        settings.update(
+            tcp_user_timeout=str(int(dead_client_seconds * 1000)),
+            tcp_keepalives_idle=str(idle),
+            tcp_keepalives_interval=str(interval),
+            tcp_keepalives_count="3",
+        )
+    return settings
 
 
 def skip_locked(query: Any, dialect: str) -> Any:
