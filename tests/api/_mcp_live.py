@@ -115,7 +115,10 @@ class LiveCorral:
     @contextlib.asynccontextmanager
     async def client(self, key: str, mode: str = "auto") -> AsyncIterator[Client]:
         """The official SDK's ``Client`` on ``/mcp`` with ``Authorization: Bearer <key>``."""
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as http:
+        # httpx's default 5 s read timeout tripped on a loaded 2-core machine (a CI run).
+        async with httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {key}"}, timeout=120
+        ) as http:
             transport = streamable_http_client(self.mcp_url, http_client=http)
             async with Client(transport, mode=mode) as client:
                 yield client

@@ -54,7 +54,7 @@ async def post(live: LiveCorral, body: Any, *, key: str | None, **headers: str) 
     if key is not None:
         sent["Authorization"] = f"Bearer {key}"
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=120) as http:
         return await http.post(live.mcp_url, content=content, headers=sent)
 
 
@@ -183,7 +183,7 @@ async def test_protocol_methods_errors_and_headers(live: LiveCorral) -> None:
 
     bad_version = await post(live, rpc("ping"), key=key, **{"MCP-Protocol-Version": "1999-01-01"})
     assert bad_version.status_code == 400
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=120) as http:
         stream = await http.get(live.mcp_url, headers={"Authorization": f"Bearer {key}"})
     assert stream.status_code == 405
     assert stream.headers["allow"] == "POST"

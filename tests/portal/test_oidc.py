@@ -81,7 +81,7 @@ async def authorize(client: httpx.AsyncClient) -> str:
     """Start a sign-in in ``client``; the provider's redirect back (the callback URL)."""
     start = await client.get("/ui/login/oidc")
     assert start.status_code == 302, start.text
-    async with httpx.AsyncClient() as browser:
+    async with httpx.AsyncClient(timeout=120) as browser:
         back = await browser.get(start.headers["location"])
     assert back.status_code == 302
     callback: str = back.headers["location"]
@@ -121,7 +121,7 @@ async def test_a_user_signs_in_and_gets_the_roles_of_their_groups(
     assert state_cookie.startswith("corral_oidc=")
     assert "HttpOnly" in state_cookie and "SameSite=lax" in state_cookie
     assert "Path=/ui/login/oidc" in state_cookie and "Max-Age=600" in state_cookie
-    async with httpx.AsyncClient() as browser:
+    async with httpx.AsyncClient(timeout=120) as browser:
         callback = (await browser.get(start.headers["location"])).headers["location"]
     done = await client.get(callback)
     assert (done.status_code, done.headers["location"]) == (303, "/ui")
