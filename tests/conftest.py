@@ -61,6 +61,18 @@ def _asyncio_left_unpatched() -> Iterator[None]:
     )
 
 
+LLM_TIMEOUT_SECONDS = 600
+"""The per-test timeout of a test that runs the embedded model and sets none of its own: its
+decoding takes 30-60 s on a quiet 2-core machine and several times that under load (one took
+over the suite's 120 s in a helper's run)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("llm") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(LLM_TIMEOUT_SECONDS))
+
+
 _CREATE_APP_ROLE = f"""
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
