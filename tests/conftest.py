@@ -1,4 +1,4 @@
-"""Shared fixtures: a started Platform on SQLite and on PostgreSQL, and an API client.
+"""Shared fixtures: a started Platform on SQLite and on PostgreSQL, an API client, a live server.
 
 PostgreSQL tests use ``CORRAL_TEST_POSTGRES_URL`` (default: the local server on 127.0.0.1:5432,
 database ``test``), each test in a schema of its own. When the server is unreachable they skip,
@@ -16,10 +16,11 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -31,9 +32,10 @@ from corral.gateway.models import ModelProvider
 from corral.observability import configure_logging
 from corral.platform import Platform
 from corral.registry import apply_documents
-from corral.settings import LogSettings, Settings, StoreSettings
+from corral.settings import LogSettings, Settings, StoreSettings, get_settings
 from corral.store import SYSTEM
 from corral.tenancy import ROLES, issue_key
+from corral.testing import serve_in_thread
 
 POSTGRES_URL = os.environ.get(
     "CORRAL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -324,6 +326,38 @@ async def api(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[httpx
     for client, lifespan in reversed(contexts):
         await client.aclose()
         await lifespan.__aexit__(None, None, None)
+
+
+class CliServer(Protocol):
+    """The ``cli_server`` fixture's function."""
+
+    def __call__(self, app: FastAPI, *, home: Path | None = None) -> str: ...
+
+
+@pytest.fixture
+def cli_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[CliServer]:
+    """``url = cli_server(app, home=settings.home)``: serve ``app`` until the test ends, the CLI
+    pointed at it.
+
+    uvicorn serves it in a thread (:func:`corral.testing.serve_in_thread`); ``CORRAL_API__URL``
+    names it, ``CORRAL_API_KEY`` and ``CORRAL_TENANT`` are unset, and ``CORRAL_HOME`` is
+    ``home`` when given: an app made with ``local_admin=True`` writes the local admin's key
+    there, which the CLI then sends (as after ``corral up``). Settings are re-read after.
+    """
+    with contextlib.ExitStack() as served:
+
+        def serve(app: FastAPI, *, home: Path | None = None) -> str:
+            monkeypatch.delenv("CORRAL_API_KEY", raising=False)
+            monkeypatch.delenv("CORRAL_TENANT", raising=False)
+            if home is not None:
+                monkeypatch.setenv("CORRAL_HOME", str(home))
+            url = served.enter_context(serve_in_thread(app))
+            monkeypatch.setenv("CORRAL_API__URL", url)
+            get_settings.cache_clear()
+            return url
+
+        yield serve
+    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +14,14 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import key_for
+from conftest import CliServer, key_for
 from corral.api import create_app
 from corral.cli import app
 from corral.cli._client import auth_headers
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.platform import Platform
-from corral.settings import Settings, get_settings
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.settings import Settings
+from corral.testing import ScriptedModel
 
 ROLES = {
     "user:local-admin": ["admin", "builder", "operator", "approver"],
@@ -75,25 +75,17 @@ def server_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def server(
-    server_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
+def server(server_settings: Settings, tmp_path: Path, cli_server: CliServer) -> str:
     """A live API with a worker, the agent and the policy applied; the CLI points at it.
 
     The CLI acts as the local admin (the key ``corral up`` writes) until :func:`as_` switches.
     """
     platform = Platform(server_settings, providers={"scripted": ScriptedModel(list_then_answer)})
-    with serve_in_thread(create_app(platform, local_admin=True)) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(server_settings.home))
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        get_settings.cache_clear()
-        (tmp_path / "governed.yaml").write_text(DOCUMENTS)
-        applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "governed.yaml")])
-        assert applied.exit_code == 0, applied.output
-        yield url
-    get_settings.cache_clear()
+    url = cli_server(create_app(platform, local_admin=True), home=server_settings.home)
+    (tmp_path / "governed.yaml").write_text(DOCUMENTS)
+    applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "governed.yaml")])
+    assert applied.exit_code == 0, applied.output
+    return url
 
 
 @pytest.fixture

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.platform import Platform
 from corral.settings import Settings, get_settings
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.testing import ScriptedModel
 
 AGENT_YAML = """\
 apiVersion: corral.dev/v1
@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def server(tmp_path: Path, cli_server: CliServer) -> str:
     """A live API with a worker; the CLI is pointed at it through CORRAL_API__URL."""
     model = ScriptedModel(
         lambda request: (
@@ -52,14 +52,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         workspaces={"roots": [tmp_path]},
     )
     app_ = create_app(Platform(settings, providers={"scripted": model}), local_admin=True)
-    with serve_in_thread(app_) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))  # the CLI sends the admin's key
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        get_settings.cache_clear()
-        yield url
-    get_settings.cache_clear()
+    return cli_server(app_, home=settings.home)  # the CLI sends the admin's key
 
 
 runner = CliRunner()

@@ -18,6 +18,7 @@ import sqlalchemy
 from typer.testing import CliRunner
 
 import corral.cli.runs
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.cli._client import auth_headers
@@ -26,9 +27,9 @@ from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.gateway.tools._fs import BuiltinTool
 from corral.platform import Platform
 from corral.runtime._tables import RunRow
-from corral.settings import Settings, get_settings
+from corral.settings import Settings
 from corral.store import utcnow
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.testing import ScriptedModel
 
 AGENT_YAML = """\
 apiVersion: corral.dev/v1
@@ -120,7 +121,7 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+def server(tmp_path: Path, cli_server: CliServer) -> Iterator[Server]:
     """A live API with a worker and the agent applied; the CLI points at it."""
     script, sent = Script(), []
     settings = Settings(
@@ -133,18 +134,13 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
         providers={"scripted": ScriptedModel(script)},
         builtins={"test.send_email": email_tool(sent)},
     )
-    with serve_in_thread(create_app(platform, local_admin=True)) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))  # the CLI sends the admin's key
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        get_settings.cache_clear()
-        (tmp_path / "agent.yaml").write_text(AGENT_YAML)
-        applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "agent.yaml")])
-        assert applied.exit_code == 0, applied.output
-        yield Server(url, script, sent, tmp_path / "home" / "corral.db")
-        script.gate.set()
-    get_settings.cache_clear()
+    # The CLI sends the admin's key.
+    url = cli_server(create_app(platform, local_admin=True), home=settings.home)
+    (tmp_path / "agent.yaml").write_text(AGENT_YAML)
+    applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "agent.yaml")])
+    assert applied.exit_code == 0, applied.output
+    yield Server(url, script, sent, tmp_path / "home" / "corral.db")
+    script.gate.set()
 
 
 def start(task: str, *args: str) -> str:

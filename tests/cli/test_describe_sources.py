@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.gateway.models import FinalAnswer
 from corral.platform import Platform
-from corral.settings import Settings, get_settings
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.settings import Settings
+from corral.testing import ScriptedModel
 
 AGENT_YAML = """\
 apiVersion: corral.dev/v1
@@ -31,7 +31,7 @@ spec:
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def server(tmp_path: Path, cli_server: CliServer) -> str:
     model = ScriptedModel(
         [
             ScriptedModel.call("fs.list_dir", path="."),
@@ -45,14 +45,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         workspaces={"roots": [tmp_path]},
     )
     app_ = create_app(Platform(settings, providers={"scripted": model}), local_admin=True)
-    with serve_in_thread(app_) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        get_settings.cache_clear()
-        yield url
-    get_settings.cache_clear()
+    return cli_server(app_, home=settings.home)
 
 
 def test_describe_run_shows_the_repeat_and_the_sources(server: str, tmp_path: Path) -> None:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.cli._suite_file import Expect, SuiteFileError, append_case, case_from_run
 from corral.contracts import EvalSuite, load_paths
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.platform import Platform
-from corral.settings import Settings, get_settings
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.settings import Settings
+from corral.testing import ScriptedModel
 
 runner = CliRunner()
 
@@ -59,19 +58,9 @@ def model(request: ModelRequest) -> list[ToolCall] | FinalAnswer:
     return FinalAnswer("It prints 42.")
 
 
-@contextmanager
-def serving(settings: Settings, monkeypatch: pytest.MonkeyPatch, *, worker: bool) -> Iterator[str]:
+def serve(cli_server: CliServer, settings: Settings, *, worker: bool) -> None:
     platform = Platform(settings, providers={"scripted": ScriptedModel(model)})
-    with serve_in_thread(create_app(platform, run_worker=worker, local_admin=True)) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        get_settings.cache_clear()
-        try:
-            yield url
-        finally:
-            get_settings.cache_clear()
+    cli_server(create_app(platform, run_worker=worker, local_admin=True), home=settings.home)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -101,66 +90,66 @@ def start_run(workspace: Path, *, follow: bool) -> str:
 
 
 def test_a_run_becomes_a_case_the_suite_runs(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, files: Path, tmp_path: Path
+    settings: Settings, cli_server: CliServer, files: Path, tmp_path: Path
 ) -> None:
     suite_file = files / "suite.yaml"
-    with serving(settings, monkeypatch, worker=True):
-        run_id = start_run(tmp_path / "ws", follow=True)
+    serve(cli_server, settings, worker=True)
+    run_id = start_run(tmp_path / "ws", follow=True)
 
-        code, out = cli("eval", "add-case", str(suite_file), "--from-run", run_id, "--dry-run")
-        assert code == 0, out
-        assert "task: What does it print?" in out and "expected: It prints 42." in out
-        assert f"# From run {run_id} of repo-analyst@0.1.0 (dev, SUCCEEDED)" in out
-        assert suite_file.read_text() == SUITE_YAML  # a dry run writes nothing
+    code, out = cli("eval", "add-case", str(suite_file), "--from-run", run_id, "--dry-run")
+    assert code == 0, out
+    assert "task: What does it print?" in out and "expected: It prints 42." in out
+    assert f"# From run {run_id} of repo-analyst@0.1.0 (dev, SUCCEEDED)" in out
+    assert suite_file.read_text() == SUITE_YAML  # a dry run writes nothing
 
-        code, out = cli(
-            "eval", "add-case", str(suite_file), "--from-run", run_id, "--name", "prints-42"
-        )
-        assert code == 0, out
-        assert "added case 'prints-42'" in out
-        text = suite_file.read_text()
-        assert text.startswith(SUITE_YAML.split("  # The gate")[0])  # kept as written
-        assert text.endswith("  # The gate is loose on purpose.\n  thresholds:\n"
-                             "    min_success_rate: 1.0\n")  # fmt: skip
-        suite = load_paths([suite_file])[0].contract
-        assert isinstance(suite, EvalSuite)
-        case = suite.spec.cases[-1]
-        assert [c.name for c in suite.spec.cases] == ["lists", "prints-42"]
-        assert case.task == "What does it print?" and case.expected == "It prints 42."
-        assert case.workspace == str(tmp_path / "ws")
-        assert [g.type for g in case.graders] == ["exact"]
+    code, out = cli(
+        "eval", "add-case", str(suite_file), "--from-run", run_id, "--name", "prints-42"
+    )
+    assert code == 0, out
+    assert "added case 'prints-42'" in out
+    text = suite_file.read_text()
+    assert text.startswith(SUITE_YAML.split("  # The gate")[0])  # kept as written
+    assert text.endswith("  # The gate is loose on purpose.\n  thresholds:\n"
+                         "    min_success_rate: 1.0\n")  # fmt: skip
+    suite = load_paths([suite_file])[0].contract
+    assert isinstance(suite, EvalSuite)
+    case = suite.spec.cases[-1]
+    assert [c.name for c in suite.spec.cases] == ["lists", "prints-42"]
+    assert case.task == "What does it print?" and case.expected == "It prints 42."
+    assert case.workspace == str(tmp_path / "ws")
+    assert [g.type for g in case.graders] == ["exact"]
 
-        code, out = cli("apply", "-f", str(files))
-        assert code == 0 and "evalsuite/qa created" in out, out
-        code, out = cli("eval", "run", "qa", "--workspace", str(tmp_path / "ws"))
-        assert code == 0, out
-        assert any(line.split()[:2] == ["prints-42", "1/1"] for line in out.splitlines()), out
+    code, out = cli("apply", "-f", str(files))
+    assert code == 0 and "evalsuite/qa created" in out, out
+    code, out = cli("eval", "run", "qa", "--workspace", str(tmp_path / "ws"))
+    assert code == 0, out
+    assert any(line.split()[:2] == ["prints-42", "1/1"] for line in out.splitlines()), out
 
-        code, out = cli(
-            "eval", "add-case", str(suite_file), "--from-run", run_id, "--name", "prints-42"
-        )
-        assert code == 2 and "already has a case named 'prints-42'" in out, out
-        assert suite_file.read_text() == text
+    code, out = cli(
+        "eval", "add-case", str(suite_file), "--from-run", run_id, "--name", "prints-42"
+    )
+    assert code == 2 and "already has a case named 'prints-42'" in out, out
+    assert suite_file.read_text() == text
 
 
 def test_unfinished_and_other_tenants_runs_are_refused(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, files: Path, tmp_path: Path
+    settings: Settings, cli_server: CliServer, files: Path, tmp_path: Path
 ) -> None:
     suite_file = files / "suite.yaml"
-    with serving(settings, monkeypatch, worker=False):  # no worker: the run stays QUEUED
-        run_id = start_run(tmp_path / "ws", follow=False)
-        code, out = cli("eval", "add-case", str(suite_file), "--from-run", run_id)
-        assert code == 1 and f"Run {run_id} is QUEUED, not finished" in out, out
+    serve(cli_server, settings, worker=False)  # no worker: the run stays QUEUED
+    run_id = start_run(tmp_path / "ws", follow=False)
+    code, out = cli("eval", "add-case", str(suite_file), "--from-run", run_id)
+    assert code == 1 and f"Run {run_id} is QUEUED, not finished" in out, out
 
-        code, out = cli("tenants", "create", "team-red", "--name", "Team Red")
-        assert code == 0, out
-        code, out = cli(
-            "eval", "add-case", str(suite_file), "--from-run", run_id,
-            env={"CORRAL_TENANT": "team-red"},
-        )  # fmt: skip
-        assert code == 1 and "not found" in out.lower() and run_id in out, out
-        code, out = cli("eval", "add-case", str(suite_file), "--from-run", "run_nope")
-        assert code == 1 and "not found" in out.lower(), out
+    code, out = cli("tenants", "create", "team-red", "--name", "Team Red")
+    assert code == 0, out
+    code, out = cli(
+        "eval", "add-case", str(suite_file), "--from-run", run_id,
+        env={"CORRAL_TENANT": "team-red"},
+    )  # fmt: skip
+    assert code == 1 and "not found" in out.lower() and run_id in out, out
+    code, out = cli("eval", "add-case", str(suite_file), "--from-run", "run_nope")
+    assert code == 1 and "not found" in out.lower(), out
     assert suite_file.read_text() == SUITE_YAML
 
 

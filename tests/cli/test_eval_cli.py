@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.gateway.models import FinalAnswer, ModelRequest, ToolCall
 from corral.platform import Platform
-from corral.settings import Settings, get_settings
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.settings import Settings
+from corral.testing import ScriptedModel
 
 AGENT_YAML = """\
 apiVersion: corral.dev/v1
@@ -38,7 +38,7 @@ def model(request: ModelRequest) -> list[ToolCall] | FinalAnswer:
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_server: CliServer) -> str:
     """A live API with a worker (SQLite); the CLI is pointed at it through CORRAL_API__URL."""
     settings = Settings(
         home=tmp_path / "home",
@@ -48,15 +48,8 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     app_ = create_app(
         Platform(settings, providers={"scripted": ScriptedModel(model)}), local_admin=True
     )
-    with serve_in_thread(app_) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        monkeypatch.setattr("corral.cli.evals.POLL_SECONDS", 0.05)
-        get_settings.cache_clear()
-        yield url
-    get_settings.cache_clear()
+    monkeypatch.setattr("corral.cli.evals.POLL_SECONDS", 0.05)
+    return cli_server(app_, home=settings.home)
 
 
 SUITE_YAML = """\

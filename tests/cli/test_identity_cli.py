@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.platform import Platform
-from corral.settings import Settings, get_settings
-from corral.testing import serve_in_thread
+from corral.settings import Settings
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def live(tmp_path: Path, cli_server: CliServer) -> Path:
     home = tmp_path / "home"
     settings = Settings(home=home, store={"url": f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"})
-    monkeypatch.setenv("CORRAL_HOME", str(home))
-    monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-    monkeypatch.delenv("CORRAL_TENANT", raising=False)
-    with serve_in_thread(create_app(Platform(settings), local_admin=True)) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        get_settings.cache_clear()
-        yield home
-    get_settings.cache_clear()
+    cli_server(create_app(Platform(settings), local_admin=True), home=home)
+    return home
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.errors import ModelAPIError
 from corral.gateway.models import FinalAnswer, ModelRequest
 from corral.platform import Platform
-from corral.settings import Settings, get_settings
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.settings import Settings
+from corral.testing import ScriptedModel
 
 MODELS = """\
 apiVersion: corral.dev/v1
@@ -33,21 +33,14 @@ def _down(_request: ModelRequest) -> FinalAnswer:
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def server(tmp_path: Path, cli_server: CliServer) -> str:
     settings = Settings(home=tmp_path / "home", workspaces={"roots": [tmp_path]})
     providers = {
         "down": ScriptedModel(_down, name="down"),
         "spare": ScriptedModel(lambda _r: ScriptedModel.answer("ok"), name="spare"),
     }
     app_ = create_app(Platform(settings, providers=providers), local_admin=True)
-    with serve_in_thread(app_) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        get_settings.cache_clear()
-        yield url
-    get_settings.cache_clear()
+    return cli_server(app_, home=settings.home)
 
 
 runner = CliRunner()

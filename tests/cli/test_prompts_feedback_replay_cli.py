@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.platform import Platform
-from corral.settings import Settings, get_settings
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.settings import Settings
+from corral.testing import ScriptedModel
 
 PROMPT_YAML = """\
 apiVersion: corral.dev/v1
@@ -40,7 +40,7 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def server(tmp_path: Path, cli_server: CliServer) -> str:
     model = ScriptedModel(
         lambda request: (
             ScriptedModel.call("fs.list_dir", path=".")
@@ -54,14 +54,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         workspaces={"roots": [tmp_path]},
     )
     app_ = create_app(Platform(settings, providers={"scripted": model}), local_admin=True)
-    with serve_in_thread(app_) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        get_settings.cache_clear()
-        yield url
-    get_settings.cache_clear()
+    return cli_server(app_, home=settings.home)
 
 
 def test_prompts_feedback_and_replay(server: str, tmp_path: Path) -> None:

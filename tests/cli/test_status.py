@@ -4,36 +4,31 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.platform import Platform
-from corral.settings import Settings, get_settings
-from corral.testing import serve_in_thread
+from corral.settings import Settings
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A served Corral on SQLite; yields its database file."""
+def live(tmp_path: Path, cli_server: CliServer) -> Path:
+    """A served Corral on SQLite; gives its database file."""
     database = tmp_path / "c.db"
     settings = Settings(
         home=tmp_path / "home",
         store={"url": f"sqlite+aiosqlite:///{database}"},
         health={"cache_seconds": 0},
     )
-    monkeypatch.delenv("CORRAL_API_KEY", raising=False)  # /readyz needs no credentials
-    with serve_in_thread(create_app(Platform(settings), run_worker=False)) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        get_settings.cache_clear()
-        yield database
-    get_settings.cache_clear()
+    cli_server(create_app(Platform(settings), run_worker=False))  # /readyz needs no credentials
+    return database
 
 
 def test_status_prints_each_check_and_exits_0_when_ready(live: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -12,17 +11,17 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import agent_document, register
+from conftest import CliServer, agent_document, register
 from corral.api import create_app
 from corral.cli import app as cli_app
 from corral.cli.costs import parse_since
 from corral.costs import ModelCall, record_model_call
 from corral.gateway.models import Usage
 from corral.platform import Platform
-from corral.settings import ModelPrice, Settings, StoreSettings, get_settings
+from corral.settings import ModelPrice, Settings, StoreSettings
 from corral.store import Store
 from corral.tenancy import issue_key
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.testing import ScriptedModel
 
 NOW = datetime.now(UTC)
 
@@ -166,17 +165,11 @@ def test_since_takes_durations_and_iso_times() -> None:
 
 
 @pytest.fixture
-def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def live(tmp_path: Path, cli_server: CliServer) -> Settings:
     home = tmp_path / "home"
     settings = Settings(home=home, store={"url": f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"})
-    monkeypatch.setenv("CORRAL_HOME", str(home))
-    monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-    monkeypatch.delenv("CORRAL_TENANT", raising=False)
-    with serve_in_thread(create_app(Platform(settings), local_admin=True)) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        get_settings.cache_clear()
-        yield settings
-    get_settings.cache_clear()
+    cli_server(create_app(Platform(settings), local_admin=True), home=home)
+    return settings
 
 
 def test_corral_costs_prints_the_groups(live: Settings) -> None:

@@ -4,7 +4,7 @@ and ``corral audit verify --tenant``."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from _live import serve
 from _world import World, open_world
 from typer.testing import CliRunner
 
-from conftest import agent_document
+from conftest import CliServer, agent_document
 from corral.cli import app
 from corral.runtime import engage_kill_switch, release_kill_switch
 from corral.settings import Settings
@@ -95,9 +95,8 @@ async def test_events_filter_by_time_and_chain(world: World) -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with serve(tmp_path, monkeypatch) as url:
-        yield url
+def server(tmp_path: Path, cli_server: CliServer) -> str:
+    return serve(tmp_path, cli_server)
 
 
 def test_cli_export_streams_every_page_as_json_lines(

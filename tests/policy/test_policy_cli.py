@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.cli import app
 from corral.cli._client import auth_headers
 from corral.policy import DEFAULT_POLICY_TEXT
@@ -23,9 +23,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with serve(tmp_path, monkeypatch) as url:
-        yield url
+def server(tmp_path: Path, cli_server: CliServer) -> str:
+    return serve(tmp_path, cli_server)
 
 
 def corral(*args: str) -> tuple[int, str]:

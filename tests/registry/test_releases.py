@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from conftest import agent_document, key_for, register
+from conftest import CliServer, agent_document, key_for, register
 from corral.api import create_app
 from corral.approvals import decide_approval
 from corral.approvals._tables import ApprovalRow
@@ -34,9 +33,8 @@ from corral.registry import (
 )
 from corral.registry._tables import AgentVersionRow
 from corral.runtime import create_run
-from corral.settings import GovernanceSettings, Settings, get_settings
+from corral.settings import GovernanceSettings, Settings
 from corral.store import utcnow
-from corral.testing import serve_in_thread
 
 AGENT = "repo-analyst"
 PRODUCTION_POLICY = "agent-promote-production-approval"
@@ -634,28 +632,20 @@ def server_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def server(
-    server_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
+def server(server_settings: Settings, tmp_path: Path, cli_server: CliServer) -> str:
     """A live API on SQLite with two versions of the agent applied; the CLI points at it.
 
     The CLI acts as the local admin (the key ``corral up`` writes) unless CORRAL_API_KEY is set.
     """
     settings = server_settings
     app = create_app(Platform(settings), run_worker=False, local_admin=True)
-    with serve_in_thread(app) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))  # the CLI sends the admin's key
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        get_settings.cache_clear()
-        for index in range(2):
-            path = tmp_path / f"agent-{index}.yaml"
-            path.write_text(AGENT_YAML.format(description=f"Version number {index}."))
-            applied = runner.invoke(cli, ["apply", "-f", str(path)])
-            assert applied.exit_code == 0, applied.output
-        yield url
-    get_settings.cache_clear()
+    url = cli_server(app, home=settings.home)  # the CLI sends the admin's key
+    for index in range(2):
+        path = tmp_path / f"agent-{index}.yaml"
+        path.write_text(AGENT_YAML.format(description=f"Version number {index}."))
+        applied = runner.invoke(cli, ["apply", "-f", str(path)])
+        assert applied.exit_code == 0, applied.output
+    return url
 
 
 def test_cli_promote_rollback_promotions_and_describe(

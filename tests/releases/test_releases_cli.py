@@ -2,47 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import agent_document, key_for
+from conftest import CliServer, agent_document, key_for
 from corral.api import create_app
 from corral.cli import app as cli
 from corral.cli._client import auth_headers
 from corral.platform import Platform
 from corral.registry import Variant, bucket_of, choose_variant
 from corral.settings import GovernanceSettings, Settings, get_settings
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.testing import ScriptedModel
 
 AGENT = "repo-analyst"
 runner = CliRunner()
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Settings]]:
+def server(tmp_path: Path, cli_server: CliServer) -> tuple[str, Settings]:
     settings = Settings(
         home=tmp_path / "home",
         governance=GovernanceSettings(roles={"user:viewer": ["viewer"]}),
     )
     model = ScriptedModel(lambda request: ScriptedModel.answer("ok"))
     app = create_app(Platform(settings, providers={"scripted": model}), local_admin=True)
-    with serve_in_thread(app) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        monkeypatch.delenv("CORRAL_TENANT", raising=False)
-        get_settings.cache_clear()
-        documents = [agent_document(AGENT, description=f"Version {index}.") for index in range(2)]
-        for document in documents:
-            response = httpx.post(
-                f"{url}/v1/apply", json={"documents": [document]}, headers=auth_headers()
-            )
-            assert response.status_code == 200, response.text
-        yield url, settings
+    url = cli_server(app, home=settings.home)
+    documents = [agent_document(AGENT, description=f"Version {index}.") for index in range(2)]
+    for document in documents:
+        response = httpx.post(
+            f"{url}/v1/apply", json={"documents": [document]}, headers=auth_headers()
+        )
+        assert response.status_code == 200, response.text
+    return url, settings
     get_settings.cache_clear()
 
 

@@ -6,7 +6,7 @@ import base64
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -14,14 +14,13 @@ import pytest
 from _secrets_world import secret_settings_fixture  # noqa: F401
 from typer.testing import CliRunner
 
-from conftest import PrincipalKeys
+from conftest import CliServer, PrincipalKeys
 from corral.api import create_app
 from corral.cli import app as cli
 from corral.platform import Platform
 from corral.secrets._crypto import MasterKey, SealedValue, decode_master_key, unseal
-from corral.settings import Settings, get_settings
+from corral.settings import Settings
 from corral.tenancy import create_tenant
-from corral.testing import serve_in_thread
 
 VALUE = "s3cr3t-planted-4e1f9b"
 
@@ -135,17 +134,12 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def live(tmp_path: Path, cli_server: CliServer) -> Path:
     """A live server in the embedded mode (SQLite, no master key configured): its home."""
     home = tmp_path / "home"
     settings = Settings(home=home, runtime={"poll_interval_seconds": 0.02})
-    with serve_in_thread(create_app(Platform(settings), local_admin=True)) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(home))
-        monkeypatch.delenv("CORRAL_API_KEY", raising=False)
-        get_settings.cache_clear()
-        yield home
-    get_settings.cache_clear()
+    cli_server(create_app(Platform(settings), local_admin=True), home=home)
+    return home
 
 
 def stored_value(home: Path, name: str) -> str:

@@ -35,6 +35,7 @@ from corral.api import (
 )
 from corral.api._deps import ApiRateLimiter, annotate_permissions
 from corral.api._errors import document_errors, install_error_handlers, status_for
+from corral.api._headers import StripHeaderWhitespace
 from corral.api._limits import RequestSizeLimit
 from corral.api._text import reject_lone_surrogates
 from corral.api.metrics import metrics_router
@@ -93,6 +94,7 @@ def create_app(
     app.state.rate_limiter = ApiRateLimiter(
         identity.api_rate_limit, identity.rate_limit_storage_url
     )
+    app.add_middleware(StripHeaderWhitespace)  # inside the size limit, which counts raw bytes
     app.add_middleware(
         RequestSizeLimit,
         max_body_bytes=identity.max_body_bytes,

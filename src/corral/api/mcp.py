@@ -375,10 +375,6 @@ class McpEndpoint:
         """Check Host/Origin, authenticate, then hand the request to the SDK."""
         if scope["type"] != "http":  # pragma: no cover - the route is HTTP only
             return
-        # A field value excludes its leading and trailing whitespace (RFC 9110, section 5.5).
-        # h11 strips it, httptools keeps it: strip here so Mcp-Name/Mcp-Method and the other
-        # headers compare the same under either HTTP parser.
-        scope["headers"] = [(name, value.strip(b" \t")) for name, value in scope["headers"]]
         headers = Headers(scope=scope)
         refusal = self._refuse_host_or_origin(headers)
         if refusal is None and scope["method"] != "POST":

@@ -25,12 +25,12 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit
 
 from corral.settings import OidcSettings
+from corral.testing._http import ThreadedHTTPServer
 
 __all__ = ["FakeOidcProvider"]
 
@@ -44,7 +44,7 @@ class _Grant:
     nonce: str | None
 
 
-class FakeOidcProvider:
+class FakeOidcProvider(ThreadedHTTPServer):
     """An OIDC issuer that signs in one configured user without asking.
 
     Args:
@@ -71,6 +71,7 @@ class FakeOidcProvider:
     ) -> None:
         from cryptography.hazmat.primitives.asymmetric import rsa
 
+        super().__init__(thread_name="fake-oidc-provider")
         self.client_id = client_id
         self.client_secret = client_secret
         self.user = user
@@ -82,14 +83,11 @@ class FakeOidcProvider:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._grants: dict[str, _Grant] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def issuer(self) -> str:
         """``http://127.0.0.1:<port>``: the ``iss`` of its tokens."""
-        assert self._server is not None, "start the provider first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._url
 
     def settings(self, **overrides: Any) -> OidcSettings:
         """OIDC settings pointing at this provider (endpoints by discovery), with ``overrides``."""
@@ -200,8 +198,7 @@ class FakeOidcProvider:
             return "invalid_grant"
         return None
 
-    def start(self) -> FakeOidcProvider:
-        """Listen on an ephemeral port of 127.0.0.1 and serve in a daemon thread."""
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -238,31 +235,4 @@ class FakeOidcProvider:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-oidc-provider", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeOidcProvider:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return Handler

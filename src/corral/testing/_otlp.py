@@ -23,9 +23,10 @@ import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from corral.testing._http import ThreadedHTTPServer
 
 __all__ = ["OtlpReceiver", "ReceivedMetric", "ReceivedPoint", "ReceivedSpan"]
 
@@ -249,7 +250,7 @@ def decode_metrics(body: bytes) -> list[ReceivedMetric]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    receiver: OtlpReceiver
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -265,7 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not (self.headers.get("Content-Type") or "").startswith(_PROTOBUF):
             self._answer(415, b"only OTLP/HTTP protobuf (application/x-protobuf) is accepted")
             return
-        self.server.receiver._received(self.path, dict(self.headers.items()), body)
+        self.receiver._received(self.path, dict(self.headers.items()), body)
         self._answer(200, b"")  # an empty Export*ServiceResponse: everything accepted
 
     def _answer(self, status: int, body: bytes) -> None:
@@ -279,15 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, receiver: OtlpReceiver, host: str) -> None:
-        super().__init__((host, 0), _Handler)
-        self.receiver = receiver
-
-
-class OtlpReceiver:
+class OtlpReceiver(ThreadedHTTPServer):
     """An OTLP/HTTP endpoint on a free local port, for tests; use it as a context manager.
 
     Args:
@@ -304,6 +297,7 @@ class OtlpReceiver:
     """
 
     def __init__(self, *, host: str = "127.0.0.1") -> None:
+        super().__init__(host=host, thread_name="corral-otlp-receiver")
         self.host = host
         self.spans: list[ReceivedSpan] = []
         self.headers: list[dict[str, str]] = []
@@ -311,15 +305,11 @@ class OtlpReceiver:
         self.metric_headers: list[dict[str, str]] = []
         self.bodies: dict[str, list[bytes]] = {}
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
         """The base URL (``http://127.0.0.1:PORT``): ``OTEL_EXPORTER_OTLP_ENDPOINT``'s value."""
-        if self._server is None:
-            raise RuntimeError("the receiver is not started; use it in a `with` block")
-        return f"http://{self.host}:{self._server.server_address[1]}"
+        return self._url
 
     def environ(self) -> dict[str, str]:
         """The variables that send an OpenTelemetry SDK's spans here."""
@@ -365,22 +355,8 @@ class OtlpReceiver:
                 self.metric_headers.append(lowered)
                 self.metrics.extend(metrics)
 
-    def __enter__(self) -> OtlpReceiver:
-        self._server = _Server(self, self.host)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="corral-otlp-receiver", daemon=True
-        )
-        self._thread.start()
-        return self
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        class Handler(_Handler):
+            receiver = self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        return Handler

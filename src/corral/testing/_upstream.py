@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from corral.testing._http import ThreadedHTTPServer
 
 __all__ = ["FakeOpenAIUpstream", "UpstreamReply"]
 
@@ -70,7 +71,7 @@ def _completion(model: str, text: str) -> dict[str, Any]:
     }
 
 
-class FakeOpenAIUpstream:
+class FakeOpenAIUpstream(ThreadedHTTPServer):
     """An OpenAI-wire server answering from a script, then with ``answer``.
 
     Args:
@@ -82,14 +83,13 @@ class FakeOpenAIUpstream:
     def __init__(
         self, replies: list[UpstreamReply] | None = None, *, answer: str = "ok", name: str = "fake"
     ) -> None:
+        super().__init__(thread_name=f"fake-upstream-{name}")
         self.replies = list(replies or [])
         self.answer = answer
         self.name = name
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def request_count(self) -> int:
@@ -99,8 +99,7 @@ class FakeOpenAIUpstream:
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:<port>/v1``."""
-        assert self._server is not None, "start the upstream first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"{self._url}/v1"
 
     def _next(self, body: dict[str, Any], headers: dict[str, str]) -> UpstreamReply:
         with self._lock:
@@ -110,8 +109,7 @@ class FakeOpenAIUpstream:
                 return self.replies.pop(0)
         return UpstreamReply.answer(self.answer)
 
-    def start(self) -> FakeOpenAIUpstream:
-        """Listen on an ephemeral port of 127.0.0.1 and serve in a daemon thread."""
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -141,31 +139,4 @@ class FakeOpenAIUpstream:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"fake-upstream-{self.name}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeOpenAIUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return Handler

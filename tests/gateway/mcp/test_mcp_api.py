@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,11 @@ import pytest
 from _mcp_world import echo_server, server_document
 from typer.testing import CliRunner
 
+from conftest import CliServer
 from corral.api import create_app
 from corral.cli import app
 from corral.platform import Platform
-from corral.settings import GovernanceSettings, Settings, get_settings
-from corral.testing import serve_in_thread
+from corral.settings import GovernanceSettings, Settings
 
 ROLES = {"user:dave": ["viewer"], "user:erin": ["admin"]}
 
@@ -98,23 +98,19 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A live API on SQLite, the CLI pointed at it; yields the echo description file."""
+def live(tmp_path: Path, cli_server: CliServer) -> Path:
+    """A live API on SQLite, the CLI pointed at it; gives the echo description file."""
     settings = Settings(home=tmp_path / "home", runtime={"poll_interval_seconds": 0.02})
     description = tmp_path / "description.txt"
     description.write_text("Echoes the given text back.")
-    with serve_in_thread(create_app(Platform(settings), local_admin=True)) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))
-        get_settings.cache_clear()
-        document = echo_server(env={"CORRAL_ECHO_DESCRIPTION_FILE": str(description)})
-        import yaml
+    cli_server(create_app(Platform(settings), local_admin=True), home=settings.home)
+    document = echo_server(env={"CORRAL_ECHO_DESCRIPTION_FILE": str(description)})
+    import yaml
 
-        (tmp_path / "echo.yaml").write_text(yaml.safe_dump(document))
-        applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "echo.yaml")])
-        assert applied.exit_code == 0, applied.output
-        yield description
-    get_settings.cache_clear()
+    (tmp_path / "echo.yaml").write_text(yaml.safe_dump(document))
+    applied = runner.invoke(app, ["apply", "-f", str(tmp_path / "echo.yaml")])
+    assert applied.exit_code == 0, applied.output
+    return description
 
 
 def test_cli_sync_list_and_approve(live: Path) -> None:

@@ -17,7 +17,7 @@ from _http_upstream import PETSTORE, Upstream, serve_upstream
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from conftest import agent_document, register
+from conftest import CliServer, agent_document, register
 from corral.api import create_app
 from corral.cli import app as cli
 from corral.contracts import Tool
@@ -26,8 +26,8 @@ from corral.gateway.models import ModelRequest, ToolCall
 from corral.gateway.tools._openapi import import_openapi, list_operations, tool_name_for
 from corral.platform import Platform
 from corral.runtime import create_run, get_run, list_steps
-from corral.settings import SecretsSettings, Settings, get_settings
-from corral.testing import ScriptedModel, serve_in_thread
+from corral.settings import SecretsSettings, Settings
+from corral.testing import ScriptedModel
 
 
 @pytest.fixture(scope="module")
@@ -359,16 +359,11 @@ async def _local_admin(settings: Settings) -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def server(tmp_path: Path, cli_server: CliServer) -> str:
     """A live API; the CLI finds it through CORRAL_API__URL and the admin key in CORRAL_HOME."""
     settings = Settings(home=tmp_path / "home", runtime={"poll_interval_seconds": 0.02})
     asyncio.run(_local_admin(settings))
-    with serve_in_thread(create_app(Platform(settings))) as url:
-        monkeypatch.setenv("CORRAL_API__URL", url)
-        monkeypatch.setenv("CORRAL_HOME", str(settings.home))
-        get_settings.cache_clear()
-        yield url
-    get_settings.cache_clear()
+    return cli_server(create_app(Platform(settings)), home=settings.home)
 
 
 def test_cli_imports_operations_through_the_api(server: str, tmp_path: Path) -> None:
