@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import importlib
 import io
 import json
 import os
@@ -102,7 +103,10 @@ def serve_upstream(port: int) -> None:
     from corral.testing import FakeChatUpstream
 
     app = FakeChatUpstream().app
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # The floor stays put whichever event loop Corral's server gets (uvloop when installed).
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop="asyncio"
+    )
 
 
 def serve_corral(
@@ -127,6 +131,7 @@ def serve_corral(
 
         signal.signal(signal.SIGTERM, write_profile)
         profiler.enable()
+    # As `corral up`: uvicorn's "auto" event loop (uvloop when installed) and HTTP parser.
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -217,7 +222,7 @@ async def _measure(
     requests: dict[str, Request], cpus: dict[str, Callable[[], float]], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     rows = []
-    for concurrency in (1, args.concurrency):
+    for concurrency in dict.fromkeys((1, args.concurrency)):  # ``--concurrency 1``: once
         for request in requests.values():  # warm-up: connections, caches, policy engine
             await _batch(request, 20, concurrency)
         latencies: dict[str, list[float]] = {name: [] for name in requests}
@@ -385,9 +390,14 @@ async def main(args: argparse.Namespace) -> None:
 
 def _print(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     store = "PostgreSQL" if args.store else "SQLite"
+    try:  # what uvicorn's "auto" loop picks in the server
+        importlib.import_module("uvloop")
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
     print(
         f"/v1/chat/completions over a local fake upstream, {store}, {args.calls} calls per row, "
-        f"Corral out of process (load average {os.getloadavg()[0]:.1f})"
+        f"Corral out of process, {loop} event loop (load average {os.getloadavg()[0]:.1f})"
     )
     print(
         f"{'variant':<30} {'clients':>7} {'calls/s':>8} {'p50 ms':>8} {'p99 ms':>8} "

@@ -253,6 +253,51 @@ def test_inputs_digest_is_stable_for_equal_requests() -> None:
     assert len(digests) == 4
 
 
+def _count_cedar_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    real = cedarpy.is_authorized
+
+    def counting(*args: Any, **kwargs: Any) -> cedarpy.AuthzResult:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cedarpy, "is_authorized", counting)
+    return calls
+
+
+def test_equal_inputs_ask_cedar_once_and_each_get_their_own_decision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _count_cedar_calls(monkeypatch)
+    policies = engine(PERMIT_TOOLS + APPROVE_WRITES)
+    first = policies.evaluate(request(WRITE.uid), BASE)
+    again = policies.evaluate(request(WRITE.uid), list(reversed(BASE)))
+    assert calls[0] == 1
+    assert again.id != first.id
+    assert again.decision == first.decision == "require_approval"
+    assert again.determining_policies == first.determining_policies == ["approve-writes"]
+    assert again.inputs_digest == first.inputs_digest
+    # Other inputs are other digests: Cedar is asked again and decides them on their own.
+    granted = policies.evaluate(request(WRITE.uid), BASE, approvals_granted=["approve-writes"])
+    assert granted.decision == "allow"
+    read = policies.evaluate(request(READ.uid), BASE)
+    assert read.decision == "allow"
+    assert calls[0] == 3
+    # An engine with other policies remembers nothing of this one's.
+    assert engine(PERMIT_TOOLS + DENY_WRITES).evaluate(request(WRITE.uid), BASE).decision == "deny"
+    assert calls[0] == 4
+
+
+def test_an_evaluation_error_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_cedar_calls(monkeypatch)
+    policies = engine(PERMIT_TOOLS + DENY_WRITES)
+    for _ in range(2):
+        decision = policies.evaluate(request(WRITE.uid), [agent()])
+        assert decision.decision == "deny"
+        assert len(decision.errors) == 1
+    assert calls[0] == 2
+
+
 def test_inputs_digest_is_the_sha256_of_the_canonical_request_and_entities() -> None:
     import hashlib
 

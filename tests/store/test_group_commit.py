@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -67,5 +68,58 @@ async def test_a_failing_function_in_a_group_leaves_the_others_committed(tmp_pat
         assert results[0] == "a" and results[2] == "c"
         assert isinstance(results[1], ValueError) and "refused b" in str(results[1])
         assert await _values(store) == ["a", "c"]
+    finally:
+        await store.dispose()
+
+
+def _where(value: str, threads: list[int], *, fail: bool = False) -> object:
+    def fn(connection: Connection) -> str:
+        threads.append(threading.get_ident())
+        return _insert(value, fail=fail)(connection)  # type: ignore[operator,no-any-return]
+
+    return fn
+
+
+async def test_inline_when_idle_commits_in_the_calling_thread(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
+    try:
+        await store.run_sync(
+            lambda c: c.execute(text("CREATE TABLE items (value TEXT UNIQUE)")), SYSTEM
+        )
+        threads: list[int] = []
+        fn = _where("a", threads)
+        assert await store.run_sync(fn, SYSTEM, inline_when_idle=True) == "a"  # type: ignore[arg-type]
+        failing = _where("b", threads, fail=True)
+        try:
+            await store.run_sync(failing, SYSTEM, inline_when_idle=True)  # type: ignore[arg-type]
+        except ValueError as exc:
+            assert "refused b" in str(exc)
+        else:
+            raise AssertionError("the failing function's error was not raised")
+        assert threads == [threading.get_ident()] * 2
+        assert await _values(store) == ["a"]  # "b" was rolled back
+    finally:
+        await store.dispose()
+
+
+async def test_inline_when_idle_goes_to_the_writer_when_the_lock_is_taken(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    store = Store(f"sqlite+aiosqlite:///{path}")
+    try:
+        await store.run_sync(
+            lambda c: c.execute(text("CREATE TABLE items (value TEXT UNIQUE)")), SYSTEM
+        )
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+        threads: list[int] = []
+        fn = _where("a", threads)
+        pending = asyncio.ensure_future(store.run_sync(fn, SYSTEM, inline_when_idle=True))  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # it tried inline, found the lock taken, and was queued
+        assert not pending.done()
+        other.execute("COMMIT")
+        other.close()
+        assert await pending == "a"
+        assert threads and threads[0] != threading.get_ident()
+        assert await _values(store) == ["a"]
     finally:
         await store.dispose()

@@ -51,6 +51,8 @@ _CONSTRAINT_PREFIX: Final = "constraint_"
 _PATH_MARKER: Final = "\0corral:path\0"
 """Stands for the path in a context text written once for many paths (no path has a NUL)."""
 _EVALUATION_ERROR = re.compile(r"^error while evaluating policy `(?P<policy_id>[^`]*)`")
+_MATCH_CACHE_SIZE: Final = 4096
+"""Cedar results an engine remembers (by inputs digest) before it forgets them all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,7 @@ class PolicyEngine:
         )
         probe = {pid: {**body, "effect": "permit"} for pid, body in bodies.items()}
         self._slicer = PolicySlicer(probe, schema_dict)
+        self._matches: dict[str, _Match] = {}
 
     @property
     def policies(self) -> Mapping[str, CompiledPolicy]:
@@ -425,6 +428,13 @@ class PolicyEngine:
             digest = sha256_hex(f'{{"entities_sha256":null,"request":{request_json}}}')
             return _Match((), (exc.message,), digest)
         digest = sha256_hex(f'{{"entities_sha256":"{entity_set.digest}","request":{request_json}}}')
+        # Cedar is a pure function of the policies (fixed for this engine), the request and
+        # the entities, and the digest names the last two (granted approvals are in the
+        # context): the same inputs match the same policies. Each call still gets its own
+        # decision (id, row); only the Cedar evaluation is reused.
+        cached = self._matches.get(digest)
+        if cached is not None:
+            return cached
         cedar_request = {
             "principal": request.principal.to_cedar(),
             "action": {"type": "Action", "id": request.action},
@@ -445,7 +455,12 @@ class PolicyEngine:
         # Granted approval-forbids are out of the set: drop what Cedar says about them.
         removed = granted & self._approval_ids
         matched, errors = _read_result(result, cedar_slice.names, removed)
-        return _Match(matched, errors, digest)
+        match = _Match(matched, errors, digest)
+        if not errors:
+            if len(self._matches) >= _MATCH_CACHE_SIZE:
+                self._matches.clear()
+            self._matches[digest] = match
+        return match
 
     def _decide(self, request: PolicyRequest, match: _Match) -> _Outcome:
         if match.errors:

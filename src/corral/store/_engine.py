@@ -16,6 +16,7 @@ import orjson
 import sqlalchemy
 from sqlalchemy import Connection, Engine, event, or_
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -294,7 +295,7 @@ class Store:
                 **_JSON_CODEC,
             )
             _configure_sqlite(self._sync_engine, sqlite_busy_timeout_ms)
-            self._writer = _Writer(self._sync_engine, self.group_commit_max)
+            self._writer = _Writer(self._sync_engine, self.group_commit_max, sqlite_busy_timeout_ms)
 
     @property
     def dialect(self) -> str:
@@ -333,16 +334,23 @@ class Store:
         if connection.dialect.name == "postgresql":
             await connection.execute(_SET_SCOPE, {"scope": setting})
 
-    async def run_sync(self, fn: Callable[[Connection], T], scope: Scope) -> T:
+    async def run_sync(
+        self, fn: Callable[[Connection], T], scope: Scope, *, inline_when_idle: bool = False
+    ) -> T:
         """Run ``fn(connection)`` inside one transaction (committed if it returns).
 
         ``fn`` must not touch the event loop: on SQLite it runs on the writer thread. ``fn``
         uses Core statements, which must filter by ``tenant_id`` themselves; ``scope`` (a tenant
         id or :data:`SYSTEM`) is enforced on PostgreSQL by row-level security.
+
+        ``inline_when_idle`` (SQLite, for small writes on a latency path): when the writer
+        thread has nothing to do and the database's write lock is free, ``fn`` runs and
+        commits in the calling thread at once (blocking the loop for its statements) instead
+        of a round trip through the writer thread; otherwise it goes to the writer thread.
         """
         _scope_setting(scope)  # refuses an empty scope on SQLite as well
         if self._writer is not None:
-            return await self._writer.submit(fn)
+            return await self._writer.submit(fn, inline_when_idle=inline_when_idle)
         async with self.engine.begin() as connection:
             await self._set_scope(connection, scope)
             return await connection.run_sync(fn)
@@ -391,14 +399,28 @@ _STOP: Final = object()
 class _Writer:
     """SQLite's one writer thread, committing the functions waiting in its queue together."""
 
-    def __init__(self, engine: Engine, group_max: int) -> None:
+    def __init__(self, engine: Engine, group_max: int, busy_timeout_ms: int = 30_000) -> None:
         self._engine = engine
         self._group_max = group_max
+        self._busy_timeout_ms = int(busy_timeout_ms)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._committing = threading.Lock()
+        """Held while a group (or an inline job) is in its transaction."""
 
-    def submit(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
+    def submit(
+        self, fn: Callable[[Connection], T], *, inline_when_idle: bool = False
+    ) -> asyncio.Future[T]:
+        if inline_when_idle and self._queue.empty() and self._committing.acquire(blocking=False):
+            try:
+                loop = asyncio.get_running_loop()
+                job = _Job(fn, loop.create_future(), loop)
+                if self._inline(job):
+                    _answer([job])
+                    return job.future
+            finally:
+                self._committing.release()
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -434,7 +456,8 @@ class _Writer:
                     stop = True
                     break
                 group.append(item)
-            self._commit(group)
+            with self._committing:
+                self._commit(group)
             by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
             for job in group:
                 by_loop.setdefault(job.loop, []).append(job)
@@ -445,6 +468,30 @@ class _Writer:
                     pass
             if stop:
                 return
+
+    def _inline(self, job: _Job) -> bool:
+        """Run ``job`` in this thread if the write lock is free at once; ``False``: it was not.
+
+        The connection waits for no lock (``busy_timeout`` 0 for this transaction): another
+        connection's write (the async engine, another process) sends the job to the thread.
+        """
+        with self._engine.connect() as connection:
+            driver = connection.connection.driver_connection  # no SQLAlchemy autobegin
+            assert driver is not None
+            driver.execute("PRAGMA busy_timeout=0")
+            try:
+                try:
+                    transaction = connection.begin()
+                except OperationalError:  # SQLITE_BUSY: someone else writes
+                    return False
+                try:
+                    with transaction:
+                        job.result, job.ok = job.fn(connection), True
+                except Exception as exc:
+                    job.ok, job.result = False, exc
+            finally:
+                driver.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        return True
 
     def _commit(self, group: list[_Job]) -> None:
         """Run ``group`` in one transaction; each job ends with ``ok`` and its result or error."""

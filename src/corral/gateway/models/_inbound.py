@@ -1026,6 +1026,8 @@ class _RecordBatches:
         self.store = store
         self._pending: dict[str, list[tuple[str, _Rows, asyncio.Future[None]]]] = {}
         self._flushing: asyncio.Task[None] | None = None
+        self._waited = False
+        """A call of the pending batches waits for its commit (it may then run inline)."""
 
     async def write(self, tenant_id: str, trace_id: str, rows: _Rows, *, wait: bool) -> None:
         """Store ``rows`` in the next batch; with ``wait``, return once it is committed.
@@ -1035,6 +1037,7 @@ class _RecordBatches:
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(tenant_id, []).append((trace_id, rows, done))
+        self._waited = self._waited or wait
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.ensure_future(self._flush())
         if wait:
@@ -1050,11 +1053,16 @@ class _RecordBatches:
     async def _flush(self) -> None:
         while self._pending:
             batches, self._pending = self._pending, {}
+            waited, self._waited = self._waited, False
             for tenant_id, items in batches.items():
-                await self._write(tenant_id, items)
+                await self._write(tenant_id, items, inline=waited)
 
     async def _write(
-        self, tenant_id: str, items: list[tuple[str, _Rows, asyncio.Future[None]]]
+        self,
+        tenant_id: str,
+        items: list[tuple[str, _Rows, asyncio.Future[None]]],
+        *,
+        inline: bool,
     ) -> None:
         def write(connection: Connection) -> None:
             insert_decisions(connection, [d for _, rows, _ in items for d in rows.decisions])
@@ -1067,7 +1075,9 @@ class _RecordBatches:
                     rows.ledger(connection)
 
         try:
-            await self.store.run_sync(write, tenant_id)
+            # A caller waits for this commit: on SQLite, skip the writer thread's round trip
+            # (two thread wake-ups) when it is idle; deferred records leave the loop free.
+            await self.store.run_sync(write, tenant_id, inline_when_idle=inline)
         except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             for trace_id, _, done in items:
