@@ -226,6 +226,7 @@ PUBLIC = {
         "current_revision",
         "ensure_migrated",
         "head_revision",
+        "insert_rows",
         "is_transient_error",
         "new_id",
         "skip_locked",

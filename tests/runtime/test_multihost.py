@@ -537,8 +537,10 @@ async def run_scenario(
                     "AND pid <> pg_backend_pid()"
                 )
             ).all()
-            return "open runs:\n" + "\n".join(map(str, runs)) + (
-                "\nsessions:\n" + "\n".join(map(str, sessions))
+            return (
+                "open runs:\n"
+                + "\n".join(map(str, runs))
+                + ("\nsessions:\n" + "\n".join(map(str, sessions)))
             )
 
         return str(await admin.store.run_sync(read, "default")) + "\n" + procs.tails(40)

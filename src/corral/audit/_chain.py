@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from corral.audit._tables import AuditEventRow, AuditHeadRow
-from corral.store import utcnow
+from corral.store import insert_rows, utcnow
 
 __all__ = [
     "GENESIS_HASH",
@@ -262,7 +262,7 @@ def append_events(connection: Connection, tenant_id: str, records: list[AuditRec
         last_seq += 1
         event["seq"], event["prev_hash"] = last_seq, prev_hash
         event["hash"] = prev_hash = event_hash(event)
-    connection.execute(_INSERT_EVENTS, rows)
+    insert_rows(connection, _EVENTS, rows)
     connection.execute(_MOVE_HEAD, {"b_tenant": tenant_id, "b_seq": last_seq, "b_hash": prev_hash})
     return prev_hash
 

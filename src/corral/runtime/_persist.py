@@ -28,7 +28,7 @@ from corral.observability import SpanRow
 from corral.policy import insert_decisions
 from corral.registry import AgentVersionRow, McpToolPinRow, ToolRow, ToolVersionRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
-from corral.store import skip_locked
+from corral.store import insert_rows, skip_locked
 
 __all__ = [
     "Checkpoint",
@@ -259,15 +259,12 @@ def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals 
     if row is None:
         return None
     if checkpoint.step is not None:
-        connection.execute(_INSERT_STEP, [checkpoint.step])
-    if checkpoint.tool_calls:
-        connection.execute(_INSERT_CALLS, checkpoint.tool_calls)
+        insert_rows(connection, _STEPS, [checkpoint.step])
+    insert_rows(connection, _CALLS, checkpoint.tool_calls)
     if checkpoint.audit:
         append_events(connection, checkpoint.tenant_id, checkpoint.audit)
-    if checkpoint.spans:
-        connection.execute(_INSERT_SPANS, checkpoint.spans)
-    if checkpoint.events:
-        connection.execute(_INSERT_EVENTS, checkpoint.events)
+    insert_rows(connection, _SPANS, checkpoint.spans)
+    insert_rows(connection, _EVENTS, checkpoint.events)
     insert_decisions(connection, checkpoint.decisions)
     if checkpoint.model_calls or checkpoint.reservation_ids:
         insert_model_calls(

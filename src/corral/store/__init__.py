@@ -21,6 +21,7 @@ from corral.store._engine import (
     skip_locked,
 )
 from corral.store._errors import is_transient_error
+from corral.store._insert import insert_rows
 from corral.store._migrate import current_revision, ensure_migrated, head_revision, upgrade
 from corral.store._pool import ConnectionBudget, check_pool_capacity
 
@@ -43,6 +44,7 @@ __all__ = [
     "current_revision",
     "ensure_migrated",
     "head_revision",
+    "insert_rows",
     "is_transient_error",
     "new_id",
     "skip_locked",
