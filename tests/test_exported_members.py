@@ -225,6 +225,7 @@ PUBLIC = {
         "create_engine",
         "current_revision",
         "ensure_migrated",
+        "execute_direct",
         "head_revision",
         "insert_rows",
         "is_transient_error",

@@ -11,6 +11,7 @@ from corral.store._base import (
     new_id,
     utcnow,
 )
+from corral.store._direct import execute_direct, insert_rows
 from corral.store._engine import (
     SYSTEM,
     MissingTenantScope,
@@ -21,7 +22,6 @@ from corral.store._engine import (
     skip_locked,
 )
 from corral.store._errors import is_transient_error
-from corral.store._insert import insert_rows
 from corral.store._migrate import current_revision, ensure_migrated, head_revision, upgrade
 from corral.store._pool import ConnectionBudget, check_pool_capacity
 
@@ -43,6 +43,7 @@ __all__ = [
     "create_engine",
     "current_revision",
     "ensure_migrated",
+    "execute_direct",
     "head_revision",
     "insert_rows",
     "is_transient_error",

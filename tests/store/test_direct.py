@@ -1,4 +1,4 @@
-"""``insert_rows`` stores exactly what ``connection.execute(table.insert(), rows)`` stores."""
+"""``insert_rows`` and ``execute_direct`` do exactly what ``connection.execute`` does."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     event,
     select,
     text,
@@ -24,7 +25,16 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from corral.settings import StoreSettings
-from corral.store import SYSTEM, JSONType, Store, USDAmount, UTCDateTime, insert_rows, utcnow
+from corral.store import (
+    SYSTEM,
+    JSONType,
+    Store,
+    USDAmount,
+    UTCDateTime,
+    execute_direct,
+    insert_rows,
+    utcnow,
+)
 
 _METADATA = MetaData()
 _ITEMS = Table(
@@ -144,5 +154,60 @@ async def test_statement_listeners_still_see_the_insert(store: Store) -> None:
         finally:
             event.remove(connection, "before_cursor_execute", listener)
 
+    def update(connection: Connection) -> list[tuple[Any, ...]]:
+        event.listen(connection, "before_cursor_execute", listener)
+        try:
+            execute_direct(connection, _MOVE, {"b_name": "seen-1", "kind": "moved"})
+            return execute_direct(connection, _SELECT, {"b_flag": True})
+        finally:
+            event.remove(connection, "before_cursor_execute", listener)
+
     await store.run_sync(insert, SYSTEM)
+    selected = await store.run_sync(update, SYSTEM)
+    assert selected == [("seen-1", "moved")]
     assert [s for s in seen if s.startswith("INSERT INTO insert_items")]
+    assert [s for s in seen if s.startswith("UPDATE insert_items")]
+
+
+# Built once, as the hot path builds them: an UPDATE whose SET columns come from the
+# parameters, with a literal in its WHERE and RETURNING; a SELECT with a literal LIMIT.
+_UPDATE = (
+    _ITEMS.update()
+    .where(_ITEMS.c.name == bindparam("b_name"), _ITEMS.c.kind == "plain")
+    .returning(_ITEMS.c.name, _ITEMS.c.flag)
+)
+_MOVE = _ITEMS.update().where(_ITEMS.c.name == bindparam("b_name"))
+_SELECT = (
+    select(_ITEMS.c.name, _ITEMS.c.kind)
+    .where(_ITEMS.c.flag == bindparam("b_flag"), _ITEMS.c.kind != "gone")
+    .order_by(_ITEMS.c.name)
+    .limit(1)
+)
+
+
+async def test_execute_direct_updates_and_returns_as_a_core_execute(store: Store) -> None:
+    at = datetime(2027, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    changes = {"data": {"k": ["v"]}, "raw": None, "at": at, "cost_usd": Decimal("1.5")}
+
+    def both(connection: Connection) -> tuple[Any, ...]:
+        connection.execute(_ITEMS.insert(), _rows("core") + _rows("fast"))
+        core = connection.execute(_UPDATE, {"b_name": "core-1", **changes}).all()
+        fast = execute_direct(connection, _UPDATE, {"b_name": "fast-1", **changes})
+        missed = execute_direct(connection, _UPDATE, {"b_name": "nobody", **changes})
+        selected = execute_direct(connection, _SELECT, {"b_flag": False})
+        return (
+            core,
+            fast,
+            missed,
+            selected,
+            _stored(connection, "core"),
+            _stored(connection, "fast"),
+        )
+
+    core, fast, missed, selected, stored_core, stored_fast = await store.run_sync(both, SYSTEM)
+    assert [(name, bool(flag)) for name, flag in fast] == [("fast-1", True)]
+    assert [tuple(r) for r in core] == [("core-1", True)]
+    assert missed == []
+    assert selected == [("core-2", "plain")]
+    assert stored_fast == stored_core
+    assert stored_fast[0] != stored_fast[1]  # the update changed the first row only
