@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from corral.audit._tables import AuditEventRow, AuditHeadRow
-from corral.store import utcnow
+from corral.store import execute_direct, insert_rows, utcnow
 
 __all__ = [
     "GENESIS_HASH",
@@ -168,15 +168,15 @@ def _take_head(
     """
     params = {"b_tenant": tenant_id}
     if connection.dialect.name != "postgresql":
-        head = connection.execute(_READ_HEAD, params).one_or_none()
-        if head is None:
+        heads = execute_direct(connection, _READ_HEAD, params)
+        if not heads:
             if not create:
                 return None
             connection.execute(
                 _HEADS.insert().values(tenant_id=tenant_id, seq=0, hash=GENESIS_HASH)
             )
             return 0, GENESIS_HASH
-        return int(head.seq), str(head.hash)
+        return int(heads[0][0]), str(heads[0][1])
     head = connection.execute(_TAKE_HEAD, params).one_or_none()
     if head is None:
         if not create or connection.execute(_READ_HEAD, params).one_or_none() is not None:
@@ -262,8 +262,10 @@ def append_events(connection: Connection, tenant_id: str, records: list[AuditRec
         last_seq += 1
         event["seq"], event["prev_hash"] = last_seq, prev_hash
         event["hash"] = prev_hash = event_hash(event)
-    connection.execute(_INSERT_EVENTS, rows)
-    connection.execute(_MOVE_HEAD, {"b_tenant": tenant_id, "b_seq": last_seq, "b_hash": prev_hash})
+    insert_rows(connection, _EVENTS, rows)
+    execute_direct(
+        connection, _MOVE_HEAD, {"b_tenant": tenant_id, "b_seq": last_seq, "b_hash": prev_hash}
+    )
     return prev_hash
 
 

@@ -36,6 +36,7 @@ from sqlalchemy import (
     Connection,
     ScalarSelect,
     Table,
+    bindparam,
     func,
     select,
     text,
@@ -338,6 +339,15 @@ def release_reservations(
     """
     ids, runs = list(reservation_ids), list(run_ids)
     if ids:
-        connection.execute(_RESERVATIONS.delete().where(_RESERVATIONS.c.id.in_(ids)))
+        connection.execute(_RELEASE_BY_ID, {"b_ids": ids})
     if runs:
-        connection.execute(_RESERVATIONS.delete().where(_RESERVATIONS.c.run_id.in_(runs)))
+        connection.execute(_RELEASE_BY_RUN, {"b_runs": runs})
+
+
+# Built once (a step settles its reservation in every checkpoint): an expanding IN.
+_RELEASE_BY_ID = _RESERVATIONS.delete().where(
+    _RESERVATIONS.c.id.in_(bindparam("b_ids", expanding=True))
+)
+_RELEASE_BY_RUN = _RESERVATIONS.delete().where(
+    _RESERVATIONS.c.run_id.in_(bindparam("b_runs", expanding=True))
+)

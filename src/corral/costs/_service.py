@@ -20,7 +20,7 @@ from corral.costs._budgets import (
 )
 from corral.costs._tables import ModelCallRow
 from corral.gateway.models import Usage
-from corral.store import PICO, SYSTEM, Store, new_id, utcnow
+from corral.store import PICO, SYSTEM, Store, insert_rows, new_id, utcnow
 
 __all__ = [
     "COST_GROUPINGS",
@@ -162,9 +162,7 @@ def insert_model_calls(
         calls: The calls.
         reservation_ids: Reservations settled by them (deleted).
     """
-    rows = [call.row() for call in calls]
-    if rows:
-        connection.execute(_CALLS.insert(), rows)
+    insert_rows(connection, _CALLS, [call.row() for call in calls])
     release_reservations(connection, reservation_ids=reservation_ids)
 
 

@@ -32,7 +32,7 @@ from corral.policy._types import (
     PolicyRequest,
     PolicySource,
 )
-from corral.store import Store, utcnow
+from corral.store import Store, insert_rows, utcnow
 
 __all__ = [
     "EXPLAIN_DEFAULT_ATTRIBUTES",
@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 _DECISIONS = cast(Table, PolicyDecisionRow.__table__)
-_INSERT_DECISIONS = _DECISIONS.insert()  # built once: building costs more than executing
 _POLICIES = cast(Table, PolicyRow.__table__)
 _POLICY_VERSIONS = cast(Table, PolicyVersionRow.__table__)
 
@@ -262,8 +261,9 @@ def decision_row(
 def insert_decisions(connection: Connection, rows: Sequence[dict[str, Any] | DecisionRow]) -> None:
     """Store decisions (in the transaction of the action they governed)."""
     if rows:
-        connection.execute(
-            _INSERT_DECISIONS,
+        insert_rows(
+            connection,
+            _DECISIONS,
             [row.as_row() if isinstance(row, DecisionRow) else row for row in rows],
         )
 

@@ -28,7 +28,7 @@ from corral.observability import SpanRow
 from corral.policy import insert_decisions
 from corral.registry import AgentVersionRow, McpToolPinRow, ToolRow, ToolVersionRow
 from corral.runtime._tables import KillSwitchRow, RunEventRow, RunRow, StepRow, ToolCallRow
-from corral.store import skip_locked
+from corral.store import execute_direct, insert_rows, skip_locked
 
 __all__ = [
     "Checkpoint",
@@ -132,7 +132,7 @@ class Lease:
         return {"b_run_id": self.run_id, "b_worker_id": self.worker_id, "b_epoch": self.epoch}
 
 
-def _fence(connection: Connection, lease: Lease, **values: Any) -> Any:
+def _fence(connection: Connection, lease: Lease, **values: Any) -> tuple[Any, ...] | None:
     """Set ``values`` on the run if ``lease`` still holds it.
 
     Args:
@@ -141,10 +141,11 @@ def _fence(connection: Connection, lease: Lease, **values: Any) -> Any:
         **values: Columns of ``runs`` to set.
 
     Returns:
-        The row (``cancel_requested``), or ``None`` when the lease was taken over or the run is
-        no longer ``RUNNING`` (nothing written).
+        The row (``(cancel_requested,)``), or ``None`` when the lease was taken over or the run
+        is no longer ``RUNNING`` (nothing written).
     """
-    return connection.execute(_FENCED_RUN, {**lease.params(), **values}).one_or_none()
+    rows = execute_direct(connection, _FENCED_RUN, {**lease.params(), **values})
+    return rows[0] if rows else None
 
 
 @dataclass
@@ -217,8 +218,8 @@ def active_kill_switch(
         tenant_id: The agent's tenant.
         agent_name: The agent.
     """
-    row = connection.execute(_ACTIVE_KILL, {"b_tenant": tenant_id, "b_agent": agent_name}).first()
-    return None if row is None else KillSwitch(row.scope, row.target, row.engaged_by, row.reason)
+    rows = execute_direct(connection, _ACTIVE_KILL, {"b_tenant": tenant_id, "b_agent": agent_name})
+    return KillSwitch(*rows[0]) if rows else None  # (scope, target, engaged_by, reason)
 
 
 def read_signals(
@@ -232,12 +233,10 @@ def read_signals(
         tenant_id: The run's tenant.
         agent_name: The run's agent (kill switches of it apply).
     """
-    row = connection.execute(_RUN_SIGNALS, lease.params()).one_or_none()
-    if row is None:
+    rows = execute_direct(connection, _RUN_SIGNALS, lease.params())
+    if not rows:
         return None
-    return Signals(
-        bool(row.cancel_requested), active_kill_switch(connection, tenant_id, agent_name)
-    )
+    return Signals(bool(rows[0][0]), active_kill_switch(connection, tenant_id, agent_name))
 
 
 def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals | None:
@@ -251,32 +250,31 @@ def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals 
     running = checkpoint.run_values.get("status", "RUNNING") == "RUNNING"
     if running:
         params = {"b_tenant": checkpoint.tenant_id, "b_agent": checkpoint.agent_name}
-        row = connection.execute(
-            _FENCED_RUN_SIGNALS, {**lease.params(), **params, **checkpoint.run_values}
-        ).one_or_none()
+        rows = execute_direct(
+            connection, _FENCED_RUN_SIGNALS, {**lease.params(), **params, **checkpoint.run_values}
+        )
+        row = rows[0] if rows else None
     else:
         row = _fence(connection, lease, **checkpoint.run_values)
     if row is None:
         return None
     if checkpoint.step is not None:
-        connection.execute(_INSERT_STEP, [checkpoint.step])
-    if checkpoint.tool_calls:
-        connection.execute(_INSERT_CALLS, checkpoint.tool_calls)
+        insert_rows(connection, _STEPS, [checkpoint.step])
+    insert_rows(connection, _CALLS, checkpoint.tool_calls)
     if checkpoint.audit:
         append_events(connection, checkpoint.tenant_id, checkpoint.audit)
-    if checkpoint.spans:
-        connection.execute(_INSERT_SPANS, checkpoint.spans)
-    if checkpoint.events:
-        connection.execute(_INSERT_EVENTS, checkpoint.events)
+    insert_rows(connection, _SPANS, checkpoint.spans)
+    insert_rows(connection, _EVENTS, checkpoint.events)
     insert_decisions(connection, checkpoint.decisions)
     if checkpoint.model_calls or checkpoint.reservation_ids:
         insert_model_calls(
             connection, checkpoint.model_calls, reservation_ids=checkpoint.reservation_ids
         )
-    if not running or row.kill_id is None:
-        return Signals(bool(row.cancel_requested))
+    cancel_requested = bool(row[0])  # a SQLite boolean is 0 or 1
+    if not running or row[1] is None:  # (cancel_requested, kill_id)
+        return Signals(cancel_requested)
     kill = active_kill_switch(connection, checkpoint.tenant_id, checkpoint.agent_name)
-    return Signals(bool(row.cancel_requested), kill)
+    return Signals(cancel_requested, kill)
 
 
 def record_started_call(
@@ -310,9 +308,7 @@ def record_started_call(
     row = _fence(connection, lease, pending_decision=pending_decision)
     if row is None:
         return None
-    signals = Signals(
-        bool(row.cancel_requested), active_kill_switch(connection, tenant_id, agent_name)
-    )
+    signals = Signals(bool(row[0]), active_kill_switch(connection, tenant_id, agent_name))
     if signals.cancel_requested or signals.kill is not None:
         return signals
     existing = connection.execute(

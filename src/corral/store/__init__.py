@@ -11,6 +11,7 @@ from corral.store._base import (
     new_id,
     utcnow,
 )
+from corral.store._direct import execute_direct, insert_rows
 from corral.store._engine import (
     SYSTEM,
     MissingTenantScope,
@@ -43,7 +44,9 @@ __all__ = [
     "create_engine",
     "current_revision",
     "ensure_migrated",
+    "execute_direct",
     "head_revision",
+    "insert_rows",
     "is_transient_error",
     "new_id",
     "postgres_session_settings",

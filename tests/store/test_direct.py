@@ -1,0 +1,213 @@
+"""``insert_rows`` and ``execute_direct`` do exactly what ``connection.execute`` does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+
+from corral.settings import StoreSettings
+from corral.store import (
+    SYSTEM,
+    JSONType,
+    Store,
+    USDAmount,
+    UTCDateTime,
+    execute_direct,
+    insert_rows,
+    utcnow,
+)
+
+_METADATA = MetaData()
+_ITEMS = Table(
+    "insert_items",
+    _METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(32), nullable=False, unique=True),
+    Column("data", JSONType),
+    Column("raw", JSON),
+    Column("at", UTCDateTime()),
+    Column("cost_usd", USDAmount()),
+    Column("flag", Boolean, nullable=False),
+    Column("kind", String(16), nullable=False, default="plain"),
+    Column("stamped_at", UTCDateTime(), default=utcnow),
+)
+
+
+@pytest.fixture
+async def store(store_settings: StoreSettings) -> AsyncIterator[Store]:
+    schema = store_settings.postgres_schema
+    store = Store(
+        store_settings.url,
+        connect_args={"server_settings": {"search_path": schema}} if schema else None,
+    )
+    await store.run_sync(lambda c: _METADATA.create_all(c), SYSTEM)
+    try:
+        yield store
+    finally:
+        await store.dispose()
+
+
+def _rows(prefix: str) -> list[dict[str, Any]]:
+    at = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+    return [
+        {
+            "name": f"{prefix}-1",
+            "data": {"b": [1, 2.5, "é"], "a": None},
+            "raw": None,
+            "at": at,
+            "cost_usd": Decimal("0.000123456789"),
+            "flag": True,
+            "stamped_at": at,
+        },
+        {
+            "name": f"{prefix}-2",
+            "data": None,
+            "raw": ["x"],
+            "at": None,
+            "cost_usd": None,
+            "flag": False,
+            "stamped_at": at,
+        },
+    ]
+
+
+def _stored(connection: Connection, prefix: str) -> list[tuple[Any, ...]]:
+    """The rows as the database holds them (no SQLAlchemy result processing), minus the id."""
+    cast = "::text" if connection.dialect.name == "postgresql" else ""
+    columns = ", ".join(f"{c.name}{cast}" for c in _ITEMS.c if c.name not in ("id", "name"))
+    result = connection.exec_driver_sql(
+        f"SELECT {columns} FROM insert_items WHERE name LIKE '{prefix}-%' ORDER BY name"
+    )
+    return [tuple(row) for row in result]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_stores_the_same_values_as_a_core_insert(store: Store, count: int) -> None:
+    def both(connection: Connection) -> tuple[list[Any], list[Any]]:
+        connection.execute(_ITEMS.insert(), _rows("core")[:count])
+        insert_rows(connection, _ITEMS, _rows("fast")[:count])
+        return _stored(connection, "core"), _stored(connection, "fast")
+
+    core, fast = await store.run_sync(both, SYSTEM)
+    assert len(fast) == count
+    assert fast == core
+    read = await store.run_sync(
+        lambda c: c.execute(select(_ITEMS).where(_ITEMS.c.name == "fast-1")).one(), SYSTEM
+    )
+    assert read.kind == "plain"  # the constant default of a column the rows leave out
+    assert read.cost_usd == Decimal("0.000123456789")
+    assert read.data == {"b": [1, 2.5, "é"], "a": None}
+
+
+async def test_a_column_with_a_callable_default_left_out_gets_its_default(store: Store) -> None:
+    rows = [{k: v for k, v in row.items() if k != "stamped_at"} for row in _rows("late")]
+    before = utcnow()
+    await store.run_sync(lambda c: insert_rows(c, _ITEMS, rows), SYSTEM)
+    stamped = await store.run_sync(
+        lambda c: list(c.execute(select(_ITEMS.c.stamped_at).order_by(_ITEMS.c.name)).scalars()),
+        SYSTEM,
+    )
+    assert len(stamped) == 2
+    assert all(value >= before for value in stamped)
+
+
+async def test_a_constraint_violation_is_raised_as_sqlalchemy_raises_it(store: Store) -> None:
+    await store.run_sync(lambda c: insert_rows(c, _ITEMS, _rows("dup")[:1]), SYSTEM)
+    with pytest.raises(IntegrityError):
+        await store.run_sync(lambda c: insert_rows(c, _ITEMS, _rows("dup")), SYSTEM)
+    # The failed transaction wrote nothing: the first row only.
+    count = await store.run_sync(
+        lambda c: c.execute(text("SELECT count(*) FROM insert_items")).scalar_one(), SYSTEM
+    )
+    assert count == 1
+
+
+async def test_statement_listeners_still_see_the_insert(store: Store) -> None:
+    seen: list[str] = []
+
+    def listener(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    def insert(connection: Connection) -> None:
+        event.listen(connection, "before_cursor_execute", listener)
+        try:
+            insert_rows(connection, _ITEMS, _rows("seen"))
+        finally:
+            event.remove(connection, "before_cursor_execute", listener)
+
+    def update(connection: Connection) -> list[tuple[Any, ...]]:
+        event.listen(connection, "before_cursor_execute", listener)
+        try:
+            execute_direct(connection, _MOVE, {"b_name": "seen-1", "kind": "moved"})
+            return execute_direct(connection, _SELECT, {"b_flag": True})
+        finally:
+            event.remove(connection, "before_cursor_execute", listener)
+
+    await store.run_sync(insert, SYSTEM)
+    selected = await store.run_sync(update, SYSTEM)
+    assert selected == [("seen-1", "moved")]
+    assert [s for s in seen if s.startswith("INSERT INTO insert_items")]
+    assert [s for s in seen if s.startswith("UPDATE insert_items")]
+
+
+# Built once, as the hot path builds them: an UPDATE whose SET columns come from the
+# parameters, with a literal in its WHERE and RETURNING; a SELECT with a literal LIMIT.
+_UPDATE = (
+    _ITEMS.update()
+    .where(_ITEMS.c.name == bindparam("b_name"), _ITEMS.c.kind == "plain")
+    .returning(_ITEMS.c.name, _ITEMS.c.flag)
+)
+_MOVE = _ITEMS.update().where(_ITEMS.c.name == bindparam("b_name"))
+_SELECT = (
+    select(_ITEMS.c.name, _ITEMS.c.kind)
+    .where(_ITEMS.c.flag == bindparam("b_flag"), _ITEMS.c.kind != "gone")
+    .order_by(_ITEMS.c.name)
+    .limit(1)
+)
+
+
+async def test_execute_direct_updates_and_returns_as_a_core_execute(store: Store) -> None:
+    at = datetime(2027, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    changes = {"data": {"k": ["v"]}, "raw": None, "at": at, "cost_usd": Decimal("1.5")}
+
+    def both(connection: Connection) -> tuple[Any, ...]:
+        connection.execute(_ITEMS.insert(), _rows("core") + _rows("fast"))
+        core = connection.execute(_UPDATE, {"b_name": "core-1", **changes}).all()
+        fast = execute_direct(connection, _UPDATE, {"b_name": "fast-1", **changes})
+        missed = execute_direct(connection, _UPDATE, {"b_name": "nobody", **changes})
+        selected = execute_direct(connection, _SELECT, {"b_flag": False})
+        return (
+            core,
+            fast,
+            missed,
+            selected,
+            _stored(connection, "core"),
+            _stored(connection, "fast"),
+        )
+
+    core, fast, missed, selected, stored_core, stored_fast = await store.run_sync(both, SYSTEM)
+    assert [(name, bool(flag)) for name, flag in fast] == [("fast-1", True)]
+    assert [tuple(r) for r in core] == [("core-1", True)]
+    assert missed == []
+    assert selected == [("core-2", "plain")]
+    assert stored_fast == stored_core
+    assert stored_fast[0] != stored_fast[1]  # the update changed the first row only
