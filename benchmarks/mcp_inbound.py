@@ -31,17 +31,23 @@ least depends on what else runs. Every response is checked
 (HTTP 200, no JSON-RPC error, ``isError`` false). Client and server share the machine's cores:
 compare rows of one invocation, not absolute figures across machines.
 
+``--profile-server PATH``: the fast-path server process runs under ``cProfile`` and writes a
+``pstats`` dump to PATH when it is stopped (read it with ``python -m pstats``); its CPU figures
+are then inflated by the profiler.
+
 Run: ``python benchmarks/mcp_inbound.py [--calls 1000] [--concurrency 20] [--rounds 10]
-[--store URL] [--json PATH]``.
+[--store URL] [--profile-server PATH] [--json PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import platform as pyplatform
+import signal
 import socket
 import statistics
 import subprocess
@@ -116,6 +122,18 @@ def serve(home: Path, port: int, store: str | None, schema: str | None, *, fast:
         endpoint = getattr(route, "app", None)
         if isinstance(endpoint, McpEndpoint):
             endpoint.fast_path = fast
+    dump = os.environ.get("CORRAL_BENCH_PROFILE_SERVER") if fast else None
+    if dump:
+        profiler = cProfile.Profile()
+
+        def write_profile(*_: object) -> None:
+            # uvicorn shuts down on SIGTERM, restores this handler, then raises SIGTERM again.
+            profiler.disable()
+            profiler.dump_stats(dump)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, write_profile)
+        profiler.enable()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -390,4 +408,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=10, help="interleaved slices per variant")
     parser.add_argument("--store", help="PostgreSQL URL (postgresql+asyncpg://...)")
     parser.add_argument("--json", help="write the rows and the environment here")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--profile-server",
+        metavar="PATH",
+        help="cProfile the fast-path server process; pstats dump written to PATH",
+    )
+    arguments = parser.parse_args()
+    if arguments.profile_server:  # inherited by the server child
+        os.environ["CORRAL_BENCH_PROFILE_SERVER"] = arguments.profile_server
+    asyncio.run(main(arguments))
