@@ -140,7 +140,16 @@ def serve(home: Path, port: int, store: str | None, schema: str | None, *, fast:
 
         signal.signal(signal.SIGTERM, write_profile)
         profiler.enable()
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # A client idle longer than uvicorn's 5 s keep-alive (a slow machine, the other variants'
+    # slices) could send on a connection the server was closing: "Server disconnected".
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=300,
+    )
 
 
 def _cpu_seconds_of(pid: int) -> Callable[[], float]:
