@@ -437,8 +437,8 @@ class McpEndpoint:
         body = await self._serve_one(request, version, Request(scope, replay))
         # As the SDK's transport writes it (``_create_json_response``), without building a
         # Response for it: the same two headers, in the same order.
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        sent = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": sent})
         await send({"type": "http.response.body", "body": body})
         return None
 
