@@ -21,6 +21,11 @@ SDK's stateless transport, as before the fast path): the baseline, measured in t
 ``DirectToolCalls.call`` (in-process, in the parent, on the same store) is the governed call
 alone, without HTTP, authentication or JSON-RPC: what is left once the transport is cheap.
 
+The same ``ping`` and ``tools/call`` also go to Corral's ASGI application in this process,
+without HTTP (``/mcp ..., ASGI in-process``: the request's scope and body handed to the app,
+its messages collected): the transport's own CPU (routing, middleware, authentication,
+JSON-RPC) next to ``DirectToolCalls.call`` alone, without the sockets and the HTTP parser.
+
 Each is measured ``--calls`` times sequentially (one client), then with ``--concurrency``
 clients sharing ``--calls`` calls, every variant in ``--rounds`` slices taken in turn (so that
 a shared machine's changing load weighs on all of them alike); latency is
@@ -31,17 +36,24 @@ least depends on what else runs. Every response is checked
 (HTTP 200, no JSON-RPC error, ``isError`` false). Client and server share the machine's cores:
 compare rows of one invocation, not absolute figures across machines.
 
+``--profile-server PATH``: the fast-path server process runs under ``cProfile`` and writes a
+``pstats`` dump to PATH when it is stopped (read it with ``python -m pstats``); its CPU figures
+are then inflated by the profiler.
+
 Run: ``python benchmarks/mcp_inbound.py [--calls 1000] [--concurrency 20] [--rounds 10]
-[--store URL] [--json PATH]``.
+[--store URL] [--profile-server PATH] [--json PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import cProfile
 import json
 import os
 import platform as pyplatform
+import signal
 import socket
 import statistics
 import subprocess
@@ -116,7 +128,28 @@ def serve(home: Path, port: int, store: str | None, schema: str | None, *, fast:
         endpoint = getattr(route, "app", None)
         if isinstance(endpoint, McpEndpoint):
             endpoint.fast_path = fast
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    dump = os.environ.get("CORRAL_BENCH_PROFILE_SERVER") if fast else None
+    if dump:
+        profiler = cProfile.Profile()
+
+        def write_profile(*_: object) -> None:
+            # uvicorn shuts down on SIGTERM, restores this handler, then raises SIGTERM again.
+            profiler.disable()
+            profiler.dump_stats(dump)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, write_profile)
+        profiler.enable()
+    # A client idle longer than uvicorn's 5 s keep-alive (a slow machine, the other variants'
+    # slices) could send on a connection the server was closing: "Server disconnected".
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=300,
+    )
 
 
 def _cpu_seconds_of(pid: int) -> Callable[[], float]:
@@ -251,6 +284,63 @@ async def _direct_requests(settings: Settings, key: str) -> tuple[Platform, dict
     return platform, {"DirectToolCalls.call, in-process": direct}
 
 
+async def _asgi_requests(
+    settings: Settings, key: str, stack: contextlib.AsyncExitStack
+) -> dict[str, Request]:
+    """``ping`` and ``tools/call`` handed to Corral's ASGI app in this process (no HTTP)."""
+    from corral.api import create_app
+
+    app = create_app(Platform(settings, builtins={"bench.echo": ECHO}), run_worker=False)
+    await stack.enter_async_context(app.router.lifespan_context(app))
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"accept", b"application/json, text/event-stream"),
+        (b"content-type", b"application/json"),
+        (b"mcp-protocol-version", b"2025-11-25"),
+    ]
+
+    async def post(body: dict[str, Any]) -> dict[str, Any]:
+        raw = json.dumps(body).encode()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 50000),
+            "scheme": "http",
+            "method": "POST",
+            "root_path": "",
+            "path": "/mcp",
+            "raw_path": b"/mcp",
+            "query_string": b"",
+            "headers": [*headers, (b"content-length", str(len(raw)).encode())],
+            "state": {},
+        }
+        messages: list[dict[str, Any]] = [{"type": "http.request", "body": raw}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 200, sent
+        return dict(json.loads(b"".join(m.get("body", b"") for m in sent[1:])))
+
+    async def ping(_client: httpx.AsyncClient, i: int) -> None:
+        assert "result" in await post({"jsonrpc": "2.0", "id": i, "method": "ping"})
+
+    async def call(_client: httpx.AsyncClient, i: int) -> None:
+        params = {"name": "bench.echo", "arguments": {"n": i}}
+        reply = await post({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": params})
+        assert reply["result"] and not reply["result"]["isError"], reply
+
+    return {"/mcp ping, ASGI in-process": ping, "/mcp tools/call, ASGI in-process": call}
+
+
 Variant = tuple[Request, Callable[[], float]]
 """A request and the CPU clock (seconds) of the process that serves it."""
 
@@ -326,7 +416,9 @@ async def main(args: argparse.Namespace) -> None:
         for mode, port in ports.items()
     ]
     direct, direct_requests = await _direct_requests(settings, key)
+    stack = contextlib.AsyncExitStack()
     try:
+        asgi_requests = await _asgi_requests(settings, key, stack)
         url, baseline = (f"http://127.0.0.1:{port}" for port in ports.values())
         for child, served in zip(children, (url, baseline), strict=True):
             await _wait_ready(served, child)
@@ -336,11 +428,13 @@ async def main(args: argparse.Namespace) -> None:
             **{name: (r, sdk_cpu) for name, r in _baseline_requests(baseline, key).items()},
             # In this process: its CPU clock also counts the benchmark's own loop (small).
             **{name: (r, time.process_time) for name, r in direct_requests.items()},
+            **{name: (r, time.process_time) for name, r in asgi_requests.items()},
         }
         rows = await _measure(variants, args.calls, args.concurrency, args.rounds)
     finally:
         for client in _CLIENTS:
             await client.aclose()
+        await stack.aclose()
         await direct.close()
         for child in children:
             child.terminate()
@@ -390,4 +484,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=10, help="interleaved slices per variant")
     parser.add_argument("--store", help="PostgreSQL URL (postgresql+asyncpg://...)")
     parser.add_argument("--json", help="write the rows and the environment here")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--profile-server",
+        metavar="PATH",
+        help="cProfile the fast-path server process; pstats dump written to PATH",
+    )
+    arguments = parser.parse_args()
+    if arguments.profile_server:  # inherited by the server child
+        os.environ["CORRAL_BENCH_PROFILE_SERVER"] = arguments.profile_server
+    asyncio.run(main(arguments))

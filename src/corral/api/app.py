@@ -128,8 +128,11 @@ def create_app(
     if mcp is not None:  # authenticates itself (Bearer, permission mcp.call): see api/mcp.py
         from corral.api.mcp import MCP_PATH
 
-        app.router.routes.append(
-            Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+        # Next to the OpenAI routes, for the same reason: matched before the ~70 routes of the
+        # included routers, whose matching cost more CPU than the rest of the HTTP stack.
+        app.router.routes.insert(
+            len(openai_compat.routes),
+            Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False),
         )
 
     mount_portal(app, status_for=status_for)  # /ui: server-rendered pages over the same services

@@ -430,19 +430,23 @@ class McpEndpoint:
         request = self._fast_request(body) if complete else None
         if request is None:
             return replay
-        reply = await self._serve_one(request, version, Request(scope, replay))
-        # As the SDK's transport writes it (``_create_json_response``).
-        response = Response(
-            reply.model_dump_json(by_alias=True, exclude_unset=True),
-            headers={"Content-Type": "application/json"},
-        )
-        await response(scope, replay, send)
+        body = await self._serve_one(request, version, Request(scope, replay))
+        # As the SDK's transport writes it (``_create_json_response``), without building a
+        # Response for it: the same two headers, in the same order.
+        sent = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": sent})
+        await send({"type": "http.response.body", "body": body})
         return None
 
     async def _serve_one(
         self, request: types.JSONRPCRequest, version: str | None, http: Request
-    ) -> types.JSONRPCResponse | types.JSONRPCError:
-        """The reply to ``request``, as the SDK's stateless transport and dispatcher give it."""
+    ) -> bytes:
+        """The reply to ``request`` (JSON), as the SDK's stateless transport and dispatcher give it.
+
+        A result is already in its wire form (the SDK's kernel shaped it for ``version``): it is
+        written into the envelope directly, as ``JSONRPCResponse.model_dump_json`` would write
+        it, without validating the dictionary into the model first.
+        """
         import mcp_types as types
         from mcp.server.connection import Connection
         from mcp.server.runner import serve_one
@@ -472,8 +476,9 @@ class McpEndpoint:
             if error is None:  # as the SDK's dispatcher answers an unexpected exception
                 logger.exception("handler for %r raised", request.method)
                 error = types.ErrorData(code=0, message=str(exc))
-            return types.JSONRPCError(jsonrpc="2.0", id=request.id, error=error)
-        return types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
+            reply = types.JSONRPCError(jsonrpc="2.0", id=request.id, error=error)
+            return reply.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        return pydantic_core.to_json({"jsonrpc": "2.0", "id": request.id, "result": result})
 
     @staticmethod
     def _fast_request(body: bytes) -> types.JSONRPCRequest | None:
