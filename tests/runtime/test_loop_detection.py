@@ -39,6 +39,22 @@ async def load(platform: Platform, run_id: str) -> tuple[Any, list[Any]]:
     return run, steps
 
 
+GOOD_ANSWER = "The repository holds README.md and a pkg package."
+
+
+async def run_to_the_end(
+    make_platform: Any, workspace: Path, script: Any, *, iterations: int
+) -> tuple[ScriptedModel, Any, list[Any]]:
+    """Run the agent on ``script`` until idle; the model, the run and its steps."""
+    model = ScriptedModel(script)
+    platform = await make_platform(scripted=model)
+    await register(platform, agent_document(limits={"max_iterations": iterations}))
+    run_id = await start(platform, workspace)
+    await platform.worker.run_until_idle()
+    run, steps = await load(platform, run_id)
+    return model, run, steps
+
+
 def tool_texts(request: ModelRequest) -> list[str]:
     return [m.content for m in request.messages if m.role == "tool"]
 
@@ -150,19 +166,10 @@ async def test_a_degenerate_answer_is_refused_then_a_good_one_accepted(
         LIST_ROOT,
         ScriptedModel.answer("Your final answer is: " * 20),
         ScriptedModel.answer(" <short answer> "),  # a template copied verbatim
-        ScriptedModel.answer("The repository holds README.md and a pkg package."),
+        ScriptedModel.answer(GOOD_ANSWER),
     ]
-    model = ScriptedModel(script)
-    platform = await make_platform(scripted=model)
-    await register(platform, agent_document(limits={"max_iterations": 4}))
-    run_id = await start(platform, workspace)
-    await platform.worker.run_until_idle()
-
-    run, steps = await load(platform, run_id)
-    assert (run.status, run.output) == (
-        "SUCCEEDED",
-        "The repository holds README.md and a pkg package.",
-    )
+    model, run, steps = await run_to_the_end(make_platform, workspace, script, iterations=4)
+    assert (run.status, run.output) == ("SUCCEEDED", GOOD_ANSWER)
     assert [s.kind for s, _ in steps] == [
         "tool_calls",
         "invalid_decision",
@@ -182,19 +189,10 @@ async def test_an_answer_echoing_the_repeat_note_is_refused(make_platform, works
             return LIST_ROOT  # the second one is answered with the repeat note
         if request.messages[-1].role == "tool":
             return FinalAnswer(texts[-1])  # a small model copies the last message it saw
-        return FinalAnswer("The repository holds README.md and a pkg package.")
+        return FinalAnswer(GOOD_ANSWER)
 
-    model = ScriptedModel(script)
-    platform = await make_platform(scripted=model)
-    await register(platform, agent_document(limits={"max_iterations": 5}))
-    run_id = await start(platform, workspace)
-    await platform.worker.run_until_idle()
-
-    run, steps = await load(platform, run_id)
-    assert (run.status, run.output) == (
-        "SUCCEEDED",
-        "The repository holds README.md and a pkg package.",
-    )
+    model, run, steps = await run_to_the_end(make_platform, workspace, script, iterations=5)
+    assert (run.status, run.output) == ("SUCCEEDED", GOOD_ANSWER)
     assert [s.kind for s, _ in steps] == [
         "tool_calls",
         "tool_calls",
