@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -10,7 +11,7 @@ from typing import Self
 __all__ = ["ThreadedHTTPServer"]
 
 
-class ThreadedHTTPServer:
+class ThreadedHTTPServer(abc.ABC):
     """A :class:`~http.server.ThreadingHTTPServer` on a free port, served in a daemon thread.
 
     A thread of its own, so it answers while the test's event loop waits on the client; one
@@ -29,9 +30,9 @@ class ThreadedHTTPServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
+    @abc.abstractmethod
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         """The request handler class; called once per :meth:`start`."""
-        raise NotImplementedError
 
     @property
     def _url(self) -> str:
