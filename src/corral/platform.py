@@ -88,7 +88,6 @@ from corral.store import (
     Store,
     check_pool_capacity,
     ensure_migrated,
-    postgres_session_settings,
     upgrade,
 )
 from corral.tenancy import Identity, Quotas, TenantRow, create_local_admin_key
@@ -204,17 +203,7 @@ class Platform:
             settings.mcp_endpoint.workspace = self.workspaces.check_endpoint_workspace(
                 settings.mcp_endpoint.workspace
             )
-        self.store = Store(
-            settings.store_url,
-            echo=settings.store.echo,
-            sqlite_busy_timeout_ms=settings.store.sqlite_busy_timeout_ms,
-            pool_size=settings.store.pool_size,
-            max_overflow=settings.store.max_overflow,
-            postgres_settings=postgres_session_settings(
-                schema=settings.store.postgres_schema,
-                dead_client_seconds=settings.store.postgres_dead_client_seconds,
-            ),
-        )
+        self.store = Store.from_settings(settings)
         self.tracing = Tracing()
         self.metric_export = otlp_metric_exporter(self.tracing.provider.resource)
         """Pushes the metrics to the OTLP collector when one is configured (started by

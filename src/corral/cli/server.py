@@ -23,7 +23,6 @@ from corral.store import (
     Store,
     current_revision,
     head_revision,
-    postgres_session_settings,
     upgrade,
 )
 
@@ -158,13 +157,7 @@ def db_upgrade() -> None:
 
     async def go() -> tuple[str | None, str | None]:
         settings = get_settings()
-        store = Store(  # the schema and session settings a Platform's store uses
-            settings.store_url,
-            postgres_settings=postgres_session_settings(
-                schema=settings.store.postgres_schema,
-                dead_client_seconds=settings.store.postgres_dead_client_seconds,
-            ),
-        )
+        store = Store.from_settings(settings)  # as a Platform opens it
         try:
             before = await current_revision(store)
             await upgrade(store)

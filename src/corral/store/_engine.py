@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 import sqlalchemy
@@ -28,6 +28,9 @@ from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from corral.errors import MissingTenantScope
 from corral.store._base import TenantMixin
+
+if TYPE_CHECKING:
+    from corral.settings import Settings
 
 __all__ = [
     "SYSTEM",
@@ -296,6 +299,32 @@ class Store:
             )
             _configure_sqlite(self._sync_engine, sqlite_busy_timeout_ms)
             self._writer = _Writer(self._sync_engine, self.group_commit_max, sqlite_busy_timeout_ms)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store ``settings`` configure, as every Corral process opens it.
+
+        URL, pool, SQLite busy timeout and the PostgreSQL session settings (schema,
+        dead-client detection).
+
+        Args:
+            settings: Corral's settings; ``settings.store_url`` and ``settings.store`` are read.
+
+        Returns:
+            A new :class:`Store` (call :meth:`dispose` when done).
+        """
+        store = settings.store
+        return cls(
+            settings.store_url,
+            echo=store.echo,
+            sqlite_busy_timeout_ms=store.sqlite_busy_timeout_ms,
+            pool_size=store.pool_size,
+            max_overflow=store.max_overflow,
+            postgres_settings=postgres_session_settings(
+                schema=store.postgres_schema,
+                dead_client_seconds=store.postgres_dead_client_seconds,
+            ),
+        )
 
     @property
     def dialect(self) -> str:
