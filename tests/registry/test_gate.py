@@ -235,13 +235,13 @@ async def test_eval_score_reaches_the_agent_promote_policy_context(
         await promote_to(platform, "0.1.0", "staging")
 
 
-async def start_production_rollout(platform: Platform, version: str, **options: Any) -> Any:
+async def start_production_rollout(
+    platform: Platform, version: str, stage: str = "production", **options: Any
+) -> Any:
     async with platform.store.transaction(TENANT) as session:
         return await start_rollout(
             session,
-            RolloutPlan(
-                agent_name="repo-analyst", version=version, stage="production", shadow=True
-            ),
+            RolloutPlan(agent_name="repo-analyst", version=version, stage=stage, shadow=True),
             tenant_id=TENANT,
             actor=ADMIN,
             actor_roles=ROLES,
@@ -302,3 +302,27 @@ async def test_a_production_rollout_is_not_eval_gated_when_the_setting_is_off(
         await start_production_rollout(platform, "0.1.1")
     rollout = await start_production_rollout(platform, "0.1.1", require_eval_for_production=False)
     assert rollout.status == "running"
+
+
+async def test_a_staging_rollout_runs_the_eval_gate_at_start_and_an_ungated_stage_does_not(
+    make_platform, workspace: Path
+) -> None:
+    platform = await setup(make_platform)
+    await register(platform, agent_document(instructions="Answer.", evaluation=GATE))
+    async with platform.store.transaction(TENANT) as session:
+        agent, baseline = await get_agent_version(session, "repo-analyst", tenant_id=TENANT)
+        for stage in ("staging", "canary-lab"):
+            await bind_stage(session, agent, baseline, stage, actor=ADMIN, tenant_id=TENANT)
+
+    await register(platform, agent_document(instructions="Say 41.", evaluation=GATE))
+    assert await evaluate(platform, "0.1.1", workspace) is False
+    with pytest.raises(Conflict) as failing:
+        await start_production_rollout(platform, "0.1.1", stage="staging")
+    assert failing.value.code == "eval_gate_failed"
+    assert "'staging'" in failing.value.message
+    async with platform.store.read(TENANT) as session:
+        assert (await session.scalars(select(RolloutRow))).all() == []
+
+    # A stage outside governance.eval_gate_stages is not gated, at start or at 100 %.
+    rollout = await start_production_rollout(platform, "0.1.1", stage="canary-lab")
+    assert (rollout.status, rollout.stage) == ("running", "canary-lab")

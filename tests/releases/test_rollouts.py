@@ -98,7 +98,9 @@ async def runs(platform: Platform, count: int, *, user: str = ADMIN) -> list[Run
     return started
 
 
-async def start(platform: Platform, clock: ManualClock, **plan: Any) -> str:
+async def start(
+    platform: Platform, clock: ManualClock, gate_stages: list[str] | None = None, **plan: Any
+) -> str:
     async with platform.store.transaction("default") as session:
         rollout = await start_rollout(
             session,
@@ -107,6 +109,8 @@ async def start(platform: Platform, clock: ManualClock, **plan: Any) -> str:
             actor=ADMIN,
             actor_roles=ROLES,
             now=clock(),
+            evals=latest_eval,
+            gate_stages=gate_stages,
         )
     return rollout.id
 
@@ -178,9 +182,12 @@ async def test_a_healthy_canary_advances_step_by_step_and_is_promoted(make_platf
 async def test_a_rollout_reaching_100_percent_passes_the_eval_gate(make_platform: Any) -> None:
     gate = {"suites": [{"suite": "qa"}]}
     platform, clock = await world(make_platform, bad_candidate=False, evaluation=gate)
-    rollout_id = await start(
-        platform, clock, steps_percent=(50, 100), step_minutes=10, min_canary_runs=2
-    )
+    plan = {"steps_percent": (50, 100), "step_minutes": 10, "min_canary_runs": 2}
+    with pytest.raises(Conflict) as refused:  # the gate already runs at start
+        await start(platform, clock, **plan)
+    assert refused.value.code == "eval_gate_failed"
+    # Started while the stage was not gated (the settings changed since): 100 % still is.
+    rollout_id = await start(platform, clock, gate_stages=[], **plan)
     await runs(platform, 20)
     clock.advance(seconds=11 * 60)
     outcomes = await evaluate_rollouts(

@@ -26,8 +26,8 @@ async def post_rollout(
 ) -> RolloutOut:
     """Start a canary rollout; workers advance it, roll it back or promote it (as the caller).
 
-    To ``production`` (with ``governance.require_eval_for_production`` on) the candidate must
-    pass the promotion's eval gate first: 409 ``eval_gate_failed`` / ``eval_baseline_missing``.
+    To a gated stage (``governance.eval_gate_stages``) the candidate must pass the promotion's
+    eval gate first: 409 ``eval_gate_failed`` / ``eval_baseline_missing``.
     """
     plan = RolloutPlan(agent_name=name, **body.model_dump())
     governance = platform.settings.governance

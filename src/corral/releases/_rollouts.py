@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 
 _ROLLOUTS = cast(Table, RolloutRow.__table__)
 _ACTIVE = ("running", "pending_promotion")
-_PRODUCTION = "production"
 
 
 @dataclass(frozen=True)
@@ -165,10 +164,11 @@ async def start_rollout(
 ) -> RolloutRow:
     """Start rolling ``plan.version`` out to ``plan.stage``; audited ``rollout.started``.
 
-    A rollout to ``production`` while ``governance.require_eval_for_production`` is on runs
-    the promotion's eval gate (:func:`corral.registry.check_gate`) on the candidate first, so
-    a version without a passing eval of its digest never takes production traffic, not 5% of
-    it nor its shadow copies. (Reaching 100% runs the gate again, through the promotion.)
+    A rollout to a gated stage (``governance.eval_gate_stages``, default ``staging`` and
+    ``production``) runs the promotion's eval gate (:func:`corral.registry.check_gate`) on the
+    candidate first, exactly as the promotion at 100% will: a version without a passing eval
+    of its digest never takes that stage's traffic, not 5% of it nor its shadow copies.
+    (Reaching 100% runs the gate again, through the promotion.)
 
     Args:
         session: A session inside the caller's transaction.
@@ -191,8 +191,9 @@ async def start_rollout(
         NotFound: no such agent or version, or nothing is bound to the stage yet (promote a
             first version with ``corral promote``: a rollout needs a baseline).
         Conflict: an experiment or rollout already splits the stage; or the eval gate
-            refuses a production rollout (``eval_gate_failed``, ``eval_baseline_missing``,
-            ``eval_gate_unavailable``), as it refuses ``corral promote``.
+            refuses the candidate in a gated stage (``eval_gate_failed``,
+            ``eval_baseline_missing``, ``eval_gate_unavailable``), as it refuses
+            ``corral promote``.
     """
     steps = _check_plan(plan)
     agent, candidate = await get_agent_version(
@@ -217,11 +218,8 @@ async def start_rollout(
             "roll out a different version."
         )
     defaults = GovernanceSettings()
-    if plan.stage == _PRODUCTION and (
-        defaults.require_eval_for_production
-        if require_eval_for_production is None
-        else require_eval_for_production
-    ):
+    stages = defaults.eval_gate_stages if gate_stages is None else gate_stages
+    if plan.stage in stages:
         await _check_candidate_gate(
             session,
             evals,
@@ -229,7 +227,12 @@ async def start_rollout(
             candidate,
             stage=plan.stage,
             tenant_id=tenant_id,
-            gate_stages=defaults.eval_gate_stages if gate_stages is None else gate_stages,
+            gate_stages=stages,
+            require_eval_for_production=(
+                defaults.require_eval_for_production
+                if require_eval_for_production is None
+                else require_eval_for_production
+            ),
         )
     _, baseline = await get_agent_version(
         session, plan.agent_name, baseline_version, tenant_id=tenant_id
@@ -289,6 +292,7 @@ async def _check_candidate_gate(
     stage: str,
     tenant_id: str,
     gate_stages: Sequence[str],
+    require_eval_for_production: bool,
 ) -> None:
     """The promotion's eval gate on the candidate's digest; raises its ``Conflict``."""
     await check_gate(
@@ -302,7 +306,7 @@ async def _check_candidate_gate(
         spec=Agent.model_validate(candidate.document).spec,
         stage=stage,
         gate_stages=gate_stages,
-        require_eval_for_production=True,
+        require_eval_for_production=require_eval_for_production,
     )
 
 
