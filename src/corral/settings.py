@@ -316,6 +316,13 @@ class OidcSettings(BaseModel):
     redirect_url: str | None = None
     """The callback registered at the issuer; ``None``: the request's base URL +
     ``/ui/login/oidc/callback`` (set it behind a proxy that rewrites the host or scheme)."""
+    end_session_endpoint: str | None = None
+    """The issuer's logout endpoint (OpenID Connect RP-Initiated Logout 1.0); ``None``: the
+    discovery document's ``end_session_endpoint``. After a portal sign-out, an OIDC user is
+    offered a link there to end the session at the identity provider too."""
+    post_logout_redirect_url: str | None = None
+    """Where the identity provider sends the browser after its logout (must be registered
+    there); ``None``: the request's base URL + ``/ui/login``."""
 
 
 class IdentitySettings(BaseModel):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -18,13 +20,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from _portal_kit import csrf_of, login
 from pydantic import SecretStr
 
 from corral.api import create_app
 from corral.platform import Platform
 from corral.portal import _oidc
 from corral.settings import Settings
-from corral.tenancy import Principal, grant_role, revoke_role
+from corral.tenancy import Principal, grant_role, issue_key, revoke_role
 from corral.testing import FakeOidcProvider
 
 CLIENT_ID = "corral-portal"
@@ -142,6 +145,49 @@ async def test_a_user_signs_in_and_gets_the_roles_of_their_groups(
     overview = await client.get("/ui")
     assert overview.status_code == 200 and "user:carol" in overview.text
     assert (await client.get("/ui/tenancy")).status_code == 200  # admin through group:sre
+
+
+async def test_signing_out_offers_the_providers_logout_to_an_oidc_user_only(
+    portal: Portal, idp: FakeOidcProvider
+) -> None:
+    client = portal.client()
+    assert (await client.get(await authorize(client))).status_code == 303
+    page = await client.get("/ui")
+    out = await client.post("/ui/logout", data={"csrf_token": csrf_of(page.text)})
+    assert (out.status_code, out.headers["location"]) == (303, "/ui/login?signed_out=oidc")
+    signed_out = await client.get(out.headers["location"])
+    link = re.search(r'href="([^"]*/logout\?[^"]*)"', signed_out.text)
+    assert link is not None, signed_out.text
+    url = html.unescape(link.group(1))
+    assert url.startswith(f"{idp.issuer}/logout?")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    assert query == {
+        "client_id": CLIENT_ID,
+        "post_logout_redirect_uri": "http://corral/ui/login",
+    }
+    async with httpx.AsyncClient(timeout=120) as browser:
+        back = await browser.get(url)
+    assert (back.status_code, back.headers["location"]) == (302, "http://corral/ui/login")
+    assert idp.logout_requests == [query]
+    assert (await client.get("/ui")).headers["location"] == "/ui/login"  # Corral's ended too
+
+    # A key's session signs out to the plain login page.
+    keyed = portal.client()
+    key = await issue_key(
+        portal.platform.store,
+        server_secret=portal.platform.identity.server_secret,
+        tenant_id="default",
+        principal="user:kim",
+        roles=["viewer"],
+        name="portal-kim",
+    )
+    assert (await login(keyed, key)).status_code == 303
+    page = await keyed.get("/ui")
+    out = await keyed.post("/ui/logout", data={"csrf_token": csrf_of(page.text)})
+    assert out.headers["location"] == "/ui/login"
+    # An endpoint that is not http(s) (a hostile discovery document) is never linked.
+    portal.platform.identity.settings.oidc = idp.settings(end_session_endpoint="javascript:x")
+    assert "/logout?" not in (await keyed.get("/ui/login?signed_out=oidc")).text
 
 
 async def test_a_viewer_signs_in_as_a_viewer(portal: Portal, idp: FakeOidcProvider) -> None:

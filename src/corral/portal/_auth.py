@@ -45,7 +45,13 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def _login_page(request: Request, *, error: str | None = None, status_code: int = 200) -> Response:
+def _login_page(
+    request: Request,
+    *,
+    error: str | None = None,
+    status_code: int = 200,
+    idp_logout_url: str | None = None,
+) -> Response:
     nonce = secrets.token_urlsafe(16)
     oidc = platform_of(request).identity.settings.oidc
     context = {
@@ -53,6 +59,7 @@ def _login_page(request: Request, *, error: str | None = None, status_code: int 
         "error": error,
         "csrf_token": _login_token(request, nonce),
         "oidc_host": _oidc.issuer_host(oidc) if oidc is not None else None,
+        "idp_logout_url": idp_logout_url,
     }
     response = render(request, "login.html", context, status_code=status_code)
     response.set_cookie(
@@ -69,8 +76,26 @@ def _login_page(request: Request, *, error: str | None = None, status_code: int 
 
 @router.get("/login")
 async def login_form(request: Request) -> Response:
-    """The login page: paste an API key."""
-    return _login_page(request)
+    """The login page: paste an API key, or sign in with OIDC.
+
+    After an OIDC user's sign-out (``?signed_out=oidc``) it also links to the identity
+    provider's logout (RP-Initiated Logout 1.0), built from the settings alone: the portal
+    has already ended its own session, the provider's is the user's choice.
+    """
+    oidc = platform_of(request).identity.settings.oidc
+    idp_logout_url = None
+    if oidc is not None and request.query_params.get("signed_out") == "oidc":
+        idp_logout_url = await _oidc.end_session_url(
+            oidc, post_logout_redirect_uri=_post_logout_uri(request)
+        )
+    return _login_page(request, idp_logout_url=idp_logout_url)
+
+
+def _post_logout_uri(request: Request) -> str:
+    oidc = platform_of(request).identity.settings.oidc
+    if oidc is not None and oidc.post_logout_redirect_url:
+        return oidc.post_logout_redirect_url
+    return f"{str(request.base_url).rstrip('/')}{PORTAL_PATH}/login"
 
 
 @router.post("/login")
@@ -187,7 +212,7 @@ async def logout(request: Request) -> Response:
         session.session_id,
         expires_at=session.expires_at,
     )
-    return _signed_out(request)
+    return _signed_out(request, oidc_user=session.oidc_user)
 
 
 @router.post("/logout/everywhere")
@@ -200,11 +225,13 @@ async def logout_everywhere(request: Request) -> Response:
         session.principal.id,
         max_session=timedelta(seconds=SESSION_SECONDS),
     )
-    return _signed_out(request)
+    return _signed_out(request, oidc_user=session.oidc_user)
 
 
-def _signed_out(request: Request) -> Response:
-    response = redirect(request, f"{PORTAL_PATH}/login")
+def _signed_out(request: Request, *, oidc_user: bool) -> Response:
+    # An OIDC user's login page offers the identity provider's logout as well.
+    query = "?signed_out=oidc" if oidc_user else ""
+    response = redirect(request, f"{PORTAL_PATH}/login{query}")
     response.delete_cookie(
         COOKIE_NAME, path=PORTAL_PATH, httponly=True, samesite="lax", secure=_secure(request)
     )

@@ -33,6 +33,7 @@ __all__ = [
     "STATE_SECONDS",
     "authorization_url",
     "complete_sign_in",
+    "end_session_url",
     "issuer_host",
     "state_cookie",
 ]
@@ -95,10 +96,12 @@ def _read_state(identity: Identity, value: str | None) -> dict[str, Any]:
     return payload
 
 
-async def _endpoints(oidc: OidcSettings) -> tuple[str, str]:
-    """The authorization and token endpoints: configured, else from discovery (cached)."""
-    if oidc.authorization_endpoint and oidc.token_endpoint:
-        return oidc.authorization_endpoint, oidc.token_endpoint
+async def _discovery_document(oidc: OidcSettings) -> dict[str, Any]:
+    """The issuer's discovery document (cached :data:`DISCOVERY_CACHE_SECONDS`).
+
+    Raises:
+        Unauthorized: it cannot be read or is not a JSON object.
+    """
     url = f"{oidc.issuer.rstrip('/')}/.well-known/openid-configuration"
     cached = _discovery.get(url)
     if cached is None or time.monotonic() - cached[0] >= DISCOVERY_CACHE_SECONDS:
@@ -118,14 +121,49 @@ async def _endpoints(oidc: OidcSettings) -> tuple[str, str]:
             ) from None
         cached = (time.monotonic(), document)
         _discovery[url] = cached
-    authorize = oidc.authorization_endpoint or cached[1].get("authorization_endpoint")
-    token = oidc.token_endpoint or cached[1].get("token_endpoint")
+    return cached[1]
+
+
+async def _endpoints(oidc: OidcSettings) -> tuple[str, str]:
+    """The authorization and token endpoints: configured, else from discovery (cached)."""
+    if oidc.authorization_endpoint and oidc.token_endpoint:
+        return oidc.authorization_endpoint, oidc.token_endpoint
+    document = await _discovery_document(oidc)
+    authorize = oidc.authorization_endpoint or document.get("authorization_endpoint")
+    token = oidc.token_endpoint or document.get("token_endpoint")
     if not isinstance(authorize, str) or not isinstance(token, str):
         raise Unauthorized(
-            f"The discovery document {url} names no authorization or token endpoint; set "
-            "CORRAL_IDENTITY__OIDC__AUTHORIZATION_ENDPOINT and __TOKEN_ENDPOINT."
+            f"The discovery document of {oidc.issuer} names no authorization or token "
+            "endpoint; set CORRAL_IDENTITY__OIDC__AUTHORIZATION_ENDPOINT and __TOKEN_ENDPOINT."
         )
     return authorize, token
+
+
+async def end_session_url(oidc: OidcSettings, *, post_logout_redirect_uri: str) -> str | None:
+    """Where to send a signed-out user to end their session at the identity provider too.
+
+    OpenID Connect RP-Initiated Logout 1.0, section 2: the ``end_session_endpoint`` (configured,
+    else from discovery) with ``client_id`` and ``post_logout_redirect_uri`` (no
+    ``id_token_hint``: the portal does not keep ID tokens).
+
+    Returns:
+        The URL, or ``None`` when the issuer offers no such endpoint or discovery fails (the
+        portal sign-out itself never depends on the issuer).
+    """
+    endpoint: object = oidc.end_session_endpoint
+    if not endpoint:
+        try:
+            endpoint = (await _discovery_document(oidc)).get("end_session_endpoint")
+        except Unauthorized:
+            return None
+    if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+        return None
+    query = {
+        "client_id": oidc.client_id or oidc.audience,
+        "post_logout_redirect_uri": post_logout_redirect_uri,
+    }
+    separator = "&" if "?" in endpoint else "?"
+    return f"{endpoint}{separator}{urlencode(query)}"
 
 
 async def authorization_url(

@@ -117,12 +117,14 @@ class PortalSession:
         csrf_token: The token every POST of this session must carry.
         session_id: The random id in the cookie (logout ends it server-side).
         expires_at: When the cookie expires (UTC).
+        oidc_user: Whether the session was opened by an OIDC sign-in (not an API key).
     """
 
     principal: Principal
     csrf_token: str
     session_id: str = ""
     expires_at: datetime = _NEVER
+    oidc_user: bool = False
 
     def csrf_ok(self, token: str | None) -> bool:
         """Whether ``token`` is this session's CSRF token (constant-time)."""
@@ -146,7 +148,8 @@ async def load_session(request: Request, identity: Identity) -> PortalSession:
         raise Unauthorized("The portal session is not valid; log in again.")
     if int(expires) <= time.time():
         raise Unauthorized("The portal session expired; log in again.")
-    if subject.startswith("u-"):
+    oidc_user = subject.startswith("u-")
+    if oidc_user:
         user, tenant_id, groups = _user_of(subject)
         principal = await identity.authenticate_user(user, tenant_id=tenant_id, groups=groups)
     else:
@@ -155,4 +158,5 @@ async def load_session(request: Request, identity: Identity) -> PortalSession:
     issued_at = datetime.fromtimestamp(int(expires) - SESSION_SECONDS, UTC)
     if await session_ended(identity.store, principal, session_id, issued_at=issued_at):
         raise Unauthorized("This portal session was signed out; log in again.")
-    return PortalSession(principal, _mac(secret, f"csrf:{value}"), session_id, expires_at)
+    csrf = _mac(secret, f"csrf:{value}")
+    return PortalSession(principal, csrf, session_id, expires_at, oidc_user=oidc_user)

@@ -59,6 +59,7 @@ class FakeOidcProvider(ThreadedHTTPServer):
         authorize_requests: The query of every ``/authorize`` request.
         token_requests: The form of every ``/token`` request.
         token_errors: The ``error`` of every refused ``/token`` request (``invalid_grant``...).
+        logout_requests: The query of every ``/logout`` request (RP-Initiated Logout 1.0).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class FakeOidcProvider(ThreadedHTTPServer):
         self.authorize_requests: list[dict[str, str]] = []
         self.token_requests: list[dict[str, str]] = []
         self.token_errors: list[str] = []
+        self.logout_requests: list[dict[str, str]] = []
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._grants: dict[str, _Grant] = {}
         self._lock = threading.Lock()
@@ -106,6 +108,7 @@ class FakeOidcProvider(ThreadedHTTPServer):
             "issuer": self.issuer,
             "authorization_endpoint": f"{self.issuer}/authorize",
             "token_endpoint": f"{self.issuer}/token",
+            "end_session_endpoint": f"{self.issuer}/logout",
             "jwks_uri": f"{self.issuer}/jwks",
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
@@ -157,6 +160,12 @@ class FakeOidcProvider(ThreadedHTTPServer):
         reply["state"] = query.get("state", "")
         separator = "&" if "?" in redirect_uri else "?"
         return f"{redirect_uri}{separator}{urlencode(reply)}"
+
+    def logout(self, query: dict[str, str]) -> str | None:
+        """Where ``/logout`` redirects for ``query``: its ``post_logout_redirect_uri``, if any."""
+        with self._lock:
+            self.logout_requests.append(query)
+        return query.get("post_logout_redirect_uri")
 
     def token(self, form: dict[str, str], authorization: str | None) -> tuple[int, dict[str, Any]]:
         """``/token``'s status and body for ``form`` and the ``Authorization`` header."""
@@ -214,6 +223,15 @@ class FakeOidcProvider(ThreadedHTTPServer):
                 elif url.path == "/authorize":
                     self.send_response(302)
                     self.send_header("Location", provider.authorize(dict(parse_qsl(url.query))))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif url.path == "/logout":
+                    back = provider.logout(dict(parse_qsl(url.query)))
+                    if back is None:
+                        self._json(200, {"signed_out": True})
+                        return
+                    self.send_response(302)
+                    self.send_header("Location", back)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 else:
