@@ -235,7 +235,16 @@ async def test_eval_score_reaches_the_agent_promote_policy_context(
         await promote_to(platform, "0.1.0", "staging")
 
 
-async def start_production_rollout(
+async def bound_baseline(platform: Platform, *stages: str, **document: Any) -> None:
+    """Register the baseline version (``agent_document(**document)``) and bind ``stages`` to it."""
+    await register(platform, agent_document(**document))
+    async with platform.store.transaction(TENANT) as session:
+        agent, baseline = await get_agent_version(session, "repo-analyst", tenant_id=TENANT)
+        for stage in stages:
+            await bind_stage(session, agent, baseline, stage, actor=ADMIN, tenant_id=TENANT)
+
+
+async def start_gated_rollout(
     platform: Platform, version: str, stage: str = "production", **options: Any
 ) -> Any:
     async with platform.store.transaction(TENANT) as session:
@@ -254,28 +263,25 @@ async def test_a_production_rollout_runs_the_eval_gate_before_any_traffic(
     make_platform, workspace: Path
 ) -> None:
     platform = await setup(make_platform)
-    await register(platform, agent_document(instructions="Answer.", evaluation=GATE))
-    async with platform.store.transaction(TENANT) as session:
-        agent, baseline = await get_agent_version(session, "repo-analyst", tenant_id=TENANT)
-        await bind_stage(session, agent, baseline, "production", actor=ADMIN, tenant_id=TENANT)
+    await bound_baseline(platform, "production", instructions="Answer.", evaluation=GATE)
 
     await register(platform, agent_document(instructions="Say 41.", evaluation=GATE))
     with pytest.raises(Conflict) as no_eval:
-        await start_production_rollout(platform, "0.1.1")
+        await start_gated_rollout(platform, "0.1.1")
     assert no_eval.value.code == "eval_gate_failed"
     assert "`corral eval run qa --agent repo-analyst@0.1.1`" in no_eval.value.message
     assert await evaluate(platform, "0.1.1", workspace) is False
     with pytest.raises(Conflict) as failing:
-        await start_production_rollout(platform, "0.1.1")
+        await start_gated_rollout(platform, "0.1.1")
     assert failing.value.code == "eval_gate_failed"
     assert "success rate 0.500 < 1.0" in failing.value.message
     with pytest.raises(Conflict) as unreadable:
-        await start_production_rollout(platform, "0.1.1", evals=None)
+        await start_gated_rollout(platform, "0.1.1", evals=None)
     assert unreadable.value.code == "eval_gate_unavailable"
 
     await register(platform, agent_document(instructions="No gate."))
     with pytest.raises(Conflict) as baseline_missing:
-        await start_production_rollout(platform, "0.1.2")
+        await start_gated_rollout(platform, "0.1.2")
     assert baseline_missing.value.code == "eval_baseline_missing"
 
     # Nothing was split: production's new runs all get the bound version, no shadow copies.
@@ -285,7 +291,7 @@ async def test_a_production_rollout_runs_the_eval_gate_before_any_traffic(
 
     await register(platform, agent_document(instructions="Answer well.", evaluation=GATE))
     assert await evaluate(platform, "0.1.3", workspace) is True
-    rollout = await start_production_rollout(platform, "0.1.3")
+    rollout = await start_gated_rollout(platform, "0.1.3")
     assert (rollout.status, rollout.candidate_version, rollout.steps[0]) == ("running", "0.1.3", 0)
 
 
@@ -293,14 +299,11 @@ async def test_a_production_rollout_is_not_eval_gated_when_the_setting_is_off(
     make_platform,
 ) -> None:
     platform = await setup(make_platform)
-    await register(platform, agent_document(instructions="Answer."))
-    async with platform.store.transaction(TENANT) as session:
-        agent, baseline = await get_agent_version(session, "repo-analyst", tenant_id=TENANT)
-        await bind_stage(session, agent, baseline, "production", actor=ADMIN, tenant_id=TENANT)
+    await bound_baseline(platform, "production", instructions="Answer.")
     await register(platform, agent_document(instructions="Answer!"))
     with pytest.raises(Conflict, match="no 'evaluation' block"):
-        await start_production_rollout(platform, "0.1.1")
-    rollout = await start_production_rollout(platform, "0.1.1", require_eval_for_production=False)
+        await start_gated_rollout(platform, "0.1.1")
+    rollout = await start_gated_rollout(platform, "0.1.1", require_eval_for_production=False)
     assert rollout.status == "running"
 
 
@@ -308,21 +311,17 @@ async def test_a_staging_rollout_runs_the_eval_gate_at_start_and_an_ungated_stag
     make_platform, workspace: Path
 ) -> None:
     platform = await setup(make_platform)
-    await register(platform, agent_document(instructions="Answer.", evaluation=GATE))
-    async with platform.store.transaction(TENANT) as session:
-        agent, baseline = await get_agent_version(session, "repo-analyst", tenant_id=TENANT)
-        for stage in ("staging", "canary-lab"):
-            await bind_stage(session, agent, baseline, stage, actor=ADMIN, tenant_id=TENANT)
+    await bound_baseline(platform, "staging", "canary-lab", instructions="Answer.", evaluation=GATE)
 
     await register(platform, agent_document(instructions="Say 41.", evaluation=GATE))
     assert await evaluate(platform, "0.1.1", workspace) is False
     with pytest.raises(Conflict) as failing:
-        await start_production_rollout(platform, "0.1.1", stage="staging")
+        await start_gated_rollout(platform, "0.1.1", stage="staging")
     assert failing.value.code == "eval_gate_failed"
     assert "'staging'" in failing.value.message
     async with platform.store.read(TENANT) as session:
         assert (await session.scalars(select(RolloutRow))).all() == []
 
     # A stage outside governance.eval_gate_stages is not gated, at start or at 100 %.
-    rollout = await start_production_rollout(platform, "0.1.1", stage="canary-lab")
+    rollout = await start_gated_rollout(platform, "0.1.1", stage="canary-lab")
     assert (rollout.status, rollout.stage) == ("running", "canary-lab")
