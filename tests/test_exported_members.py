@@ -595,6 +595,7 @@ PUBLIC = {
         "Reservation",
         "check_run_budget",
         "cost_report",
+        "costs_by_day_and_agent",
         "costs_report",
         "daily_model_usage",
         "day_start",

@@ -43,9 +43,8 @@ async def test_counts_failure_rate_and_latency_percentiles(make_platform: Platfo
             .where(RunRow.id == ids[20])
             .values(created_at=base - timedelta(days=3), status="RUNNING")
         )
-    async with platform.store.read("default") as session:
-        found = await run_overview(session, tenant_id="default", since=base)
-        other = await run_overview(session, tenant_id="acme", since=base)
+    found = await run_overview(platform.store, tenant_id="default", since=base)
+    other = await run_overview(platform.store, tenant_id="acme", since=base)
 
     assert found.runs_by_day == {
         "2026-03-02": {"SUCCEEDED": 14},

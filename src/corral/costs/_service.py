@@ -28,7 +28,9 @@ __all__ = [
     "CostGroup",
     "CostGrouping",
     "ModelCall",
+    "cost_by_day_and_agent",
     "cost_report",
+    "costs_by_day_and_agent",
     "costs_report",
     "daily_model_usage",
     "insert_model_calls",
@@ -367,6 +369,43 @@ async def costs_report(
     scope = SYSTEM if tenant_id is None else tenant_id
     return await store.read_sync(
         functools.partial(cost_report, by=by, since=since, tenant_id=tenant_id), scope
+    )
+
+
+def cost_by_day_and_agent(
+    connection: Connection, *, since: datetime, tenant_id: str
+) -> list[tuple[str, str, Decimal]]:
+    """The tenant's model-call cost since ``since`` per UTC day and agent, in one statement.
+
+    Grouped as :func:`cost_report` groups ``by="day"`` and ``by="agent"`` (a call without an
+    agent counts as ``(none)``), so summing over one key gives that report's ``cost_usd``; it
+    reads only the ``(tenant_id, created_at, agent, cost_usd)`` index (migration 0021).
+
+    Args:
+        connection: A transaction scoped to ``tenant_id``.
+        since: Calls from this time on.
+        tenant_id: The tenant.
+
+    Returns:
+        ``(YYYY-MM-DD, agent, US dollars)`` for each day and agent with calls, in no order.
+    """
+    dialect = connection.dialect.name
+    day, agent = _group_columns("day", dialect)[0], _group_columns("agent", dialect)[0]
+    cost = func.coalesce(func.sum(type_coerce(_CALLS.c.cost_usd, BigInteger())), 0)
+    rows = connection.execute(
+        select(day, agent, cost)
+        .where(_CALLS.c.tenant_id == tenant_id, _CALLS.c.created_at >= since)
+        .group_by(day, agent)
+    )
+    return [(str(when), str(name), Decimal(int(usd)) * PICO) for when, name, usd in rows]
+
+
+async def costs_by_day_and_agent(
+    store: Store, *, since: datetime, tenant_id: str
+) -> list[tuple[str, str, Decimal]]:
+    """:func:`cost_by_day_and_agent` in a read transaction of its own."""
+    return await store.read_sync(
+        functools.partial(cost_by_day_and_agent, since=since, tenant_id=tenant_id), tenant_id
     )
 
 

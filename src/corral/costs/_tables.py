@@ -22,7 +22,8 @@ class ModelCallRow(TenantMixin, Base):
 
     __tablename__ = "model_calls"
     __table_args__ = (
-        Index("ix_model_calls_tenant_day", "tenant_id", "created_at"),
+        # Cost per day and agent (the portal overview) from the index alone.
+        Index("ix_model_calls_tenant_day_cost", "tenant_id", "created_at", "agent", "cost_usd"),
         Index("ix_model_calls_tenant_agent_day", "tenant_id", "agent", "created_at"),
     )
 

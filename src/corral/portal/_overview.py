@@ -12,7 +12,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from corral.approvals import Approval, list_approvals
-from corral.costs import costs_report
+from corral.costs import costs_by_day_and_agent
 from corral.platform import Platform
 from corral.portal._routes import router
 from corral.portal._web import platform_of, render, require, session_of
@@ -96,23 +96,28 @@ def _seconds(value: float | None) -> str:
 async def _costs(request: Request, tenant_id: str, now: datetime) -> dict[str, Any]:
     platform = platform_of(request)
     since = datetime.combine(now.date() - timedelta(days=2 * WINDOW_DAYS - 1), datetime.min.time())
-    since = since.replace(tzinfo=now.tzinfo)
-    week_start = since + timedelta(days=WINDOW_DAYS)
-    by_day, by_agent = await asyncio.gather(
-        costs_report(platform.store, by="day", since=since, tenant_id=tenant_id),
-        costs_report(platform.store, by="agent", since=week_start, tenant_id=tenant_id),
-    )
-    cost_by_day = {group.key: group.cost_usd for group in by_day}
     days = _days(now.date(), 2 * WINDOW_DAYS)
+    week_start = days[WINDOW_DAYS]
+    # One statement per day and agent; its sums per day and per agent of this week are the
+    # figures a report by day (two weeks) and one by agent (this week) would give.
+    cost_by_day: dict[str, Decimal] = {}
+    cost_by_agent: dict[str, Decimal] = {}
+    for day, agent, cost in await costs_by_day_and_agent(
+        platform.store, since=since.replace(tzinfo=now.tzinfo), tenant_id=tenant_id
+    ):
+        cost_by_day[day] = cost_by_day.get(day, Decimal(0)) + cost
+        if day >= week_start:  # ISO days sort as text
+            cost_by_agent[agent] = cost_by_agent.get(agent, Decimal(0)) + cost
     this_week = sum((cost_by_day.get(d, Decimal(0)) for d in days[WINDOW_DAYS:]), Decimal(0))
     last_week = sum((cost_by_day.get(d, Decimal(0)) for d in days[:WINDOW_DAYS]), Decimal(0))
     change = None if not last_week else float((this_week - last_week) / last_week)
+    top_agents = sorted(cost_by_agent.items(), key=lambda item: (-item[1], item[0]))[:5]
     return {
         "cost_bars": _cost_chart(cost_by_day, days),
         "cost_this_week": this_week,
         "cost_last_week": last_week,
         "cost_change": "n/a" if change is None else f"{change * 100:+.0f}%",
-        "top_agents": [(g.key, g.cost_usd) for g in by_agent[:5]],
+        "top_agents": top_agents,
     }
 
 
@@ -129,10 +134,9 @@ async def overview(request: Request) -> Response:
     since = datetime.combine(now.date() - timedelta(days=WINDOW_DAYS - 1), datetime.min.time())
 
     async def runs_part() -> RunOverview:
-        async with platform.store.read(principal.tenant_id) as db:
-            return await run_overview(
-                db, tenant_id=principal.tenant_id, since=since.replace(tzinfo=now.tzinfo)
-            )
+        return await run_overview(
+            platform.store, tenant_id=principal.tenant_id, since=since.replace(tzinfo=now.tzinfo)
+        )
 
     async def approvals_part() -> list[Approval] | None:
         if not principal.can("approvals.read"):

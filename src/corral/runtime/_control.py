@@ -682,6 +682,7 @@ async def list_kill_switches(
         tenant_id: The caller's tenant.
         include_released: Released switches too (``False``: engaged ones only).
     """
-    return await store.run_sync(
+    # A read: a snapshot of its own (no write lock, no writer-thread round trip on SQLite).
+    return await store.read_sync(
         functools.partial(_list, tenant_id=tenant_id, include_released=include_released), tenant_id
     )

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, cast, func, literal_column, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, Float, cast, func, literal_column, select
 
 from corral.runtime._service import TERMINAL_STATUSES
 from corral.runtime._status import RunStatus
 from corral.runtime._tables import RunRow, ToolCallRow
+from corral.store import Store
 
 __all__ = ["RunOverview", "run_overview"]
 
@@ -69,26 +70,30 @@ def _seconds(start: Any, end: Any, dialect: str) -> Any:
     return (func.julianday(end) - func.julianday(start)) * 86400.0
 
 
-async def run_overview(
-    session: AsyncSession, *, tenant_id: str, since: datetime, top: int = 5
+def read_run_overview(
+    connection: Connection, *, tenant_id: str, since: datetime, top: int = 5
 ) -> RunOverview:
     """Runs per day by status, running runs, failure rate, latency percentiles, top tools.
 
+    Five statements, each answered from an index alone (migration 0021): the counts per day
+    and status, the running count, one nearest-rank percentile each, the top tools.
+
     Args:
-        session: A read transaction in ``tenant_id``.
+        connection: A read transaction in ``tenant_id`` (Core statements: they filter by
+            tenant themselves).
         tenant_id: The tenant whose runs count.
-        since: Runs created from this time on (aware UTC).
+        since: Runs (and tool calls) created from this time on (aware UTC).
         top: How many tools the top list holds.
 
     Returns:
         The aggregates; percentiles are nearest-rank over the window's finished runs.
     """
-    dialect = session.get_bind().dialect.name
+    dialect = connection.dialect.name
     day = _day(RunRow.created_at, dialect)
     in_window = (RunRow.tenant_id == tenant_id, RunRow.created_at >= since)
     by_day: dict[str, dict[str, int]] = {}
     finished = failed = 0
-    counted = await session.execute(
+    counted = connection.execute(
         select(day, RunRow.status, func.count()).where(*in_window).group_by(day, RunRow.status)
     )
     for when, status, count in counted:
@@ -96,10 +101,10 @@ async def run_overview(
         if status in TERMINAL_STATUSES:
             finished += int(count)
             failed += int(count) if status in _FAILED else 0
-    running = await session.scalar(
+    running = connection.scalar(
         select(func.count()).where(RunRow.tenant_id == tenant_id, RunRow.status == "RUNNING")
     )
-    p50, p95 = await _latency_percentiles(session, in_window, finished, dialect)
+    p50, p95 = _latency_percentiles(connection, in_window, finished, dialect)
     return RunOverview(
         runs_by_day=dict(sorted(by_day.items())),
         running_now=int(running or 0),
@@ -107,35 +112,66 @@ async def run_overview(
         failed=failed,
         latency_p50_seconds=p50,
         latency_p95_seconds=p95,
-        tool_calls_by_tool=await _calls_by_tool(session, tenant_id, since, top),
+        tool_calls_by_tool=_calls_by_tool(connection, tenant_id, since, top),
     )
 
 
-async def _latency_percentiles(
-    session: AsyncSession, in_window: tuple[Any, ...], finished: int, dialect: str
+async def run_overview(
+    store: Store, *, tenant_id: str, since: datetime, top: int = 5
+) -> RunOverview:
+    """:func:`read_run_overview` in a read snapshot of its own.
+
+    On SQLite the statements run in the calling thread with the stdlib driver (no thread hop
+    per statement; they read only index entries); on PostgreSQL through the async engine.
+    """
+    return await store.read_sync(
+        functools.partial(read_run_overview, tenant_id=tenant_id, since=since, top=top),
+        tenant_id,
+    )
+
+
+_RANKS = (0.50, 0.95)
+
+
+def _nearest_rank_offset(rank: float, finished: int) -> int:
+    """0-based offset of the nearest-rank ``rank`` percentile of ``finished`` values."""
+    return max(0, min(finished - 1, int(rank * finished + 0.999999) - 1))
+
+
+def _latency_percentiles(
+    connection: Connection, in_window: tuple[Any, ...], finished: int, dialect: str
 ) -> tuple[float | None, float | None]:
     if not finished:
         return None, None
-    seconds = cast(_seconds(RunRow.created_at, RunRow.finished_at, dialect), Float)
-    ordered = (
-        select(seconds)
-        .where(*in_window, RunRow.finished_at.is_not(None))
-        .order_by(seconds)
-        .limit(1)
-    )
+    window = (*in_window, RunRow.finished_at.is_not(None))
     found: list[float | None] = []
-    for rank in (0.50, 0.95):
-        offset = max(0, min(finished - 1, int(rank * finished + 0.999999) - 1))
-        value = await session.scalar(ordered.offset(offset))
+    if dialect == "sqlite":
+        # The driver runs in this process: fetching the window's durations unsorted and
+        # sorting them here computes each once (one index-only pass) instead of once per
+        # percentile in an ORDER BY ... OFFSET, about half the CPU.
+        durations = sorted(
+            float(row[0])
+            for row in connection.execute(
+                select(_seconds(RunRow.created_at, RunRow.finished_at, dialect)).where(*window)
+            )
+        )
+        for rank in _RANKS:
+            offset = _nearest_rank_offset(rank, finished)
+            found.append(durations[offset] if offset < len(durations) else None)
+        return found[0], found[1]
+    seconds = cast(_seconds(RunRow.created_at, RunRow.finished_at, dialect), Float)
+    ordered = select(seconds).where(*window).order_by(seconds).limit(1)
+    for rank in _RANKS:
+        value = connection.scalar(ordered.offset(_nearest_rank_offset(rank, finished)))
         found.append(None if value is None else float(value))
     return found[0], found[1]
 
 
-async def _calls_by_tool(
-    session: AsyncSession, tenant_id: str, since: datetime, top: int
+def _calls_by_tool(
+    connection: Connection, tenant_id: str, since: datetime, top: int
 ) -> list[tuple[str, int]]:
     count = func.count()
-    rows = await session.execute(
+    rows = connection.execute(
         select(ToolCallRow.tool_name, count)
         .where(ToolCallRow.tenant_id == tenant_id, ToolCallRow.started_at >= since)
         .group_by(ToolCallRow.tool_name)

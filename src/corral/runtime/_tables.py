@@ -48,9 +48,11 @@ class RunRow(TenantMixin, Base):
     __tablename__ = "runs"
     __table_args__ = (
         Index("ix_runs_claim", "status", "lease_expires_at"),
-        # The portal overview and the SLO evaluator scan a tenant's runs by these times.
-        Index("ix_runs_tenant_created", "tenant_id", "created_at"),
+        # The portal overview and the SLO evaluator scan a tenant's runs by these times; the
+        # overview's counts and latencies read status and finished_at from the index alone.
+        Index("ix_runs_tenant_created_status", "tenant_id", "created_at", "status", "finished_at"),
         Index("ix_runs_tenant_finished", "tenant_id", "finished_at"),
+        Index("ix_runs_tenant_status", "tenant_id", "status"),  # the runs running now
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -129,7 +131,11 @@ class ToolCallRow(TenantMixin, Base):
     """One tool call of a step, with its idempotency key ``{run_id}:{step}:{call_index}``."""
 
     __tablename__ = "tool_calls"
-    __table_args__ = (UniqueConstraint("idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("idempotency_key"),
+        # The portal overview counts a tenant's recent calls per tool from the index alone.
+        Index("ix_tool_calls_tenant_started", "tenant_id", "started_at", "tool_name"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
