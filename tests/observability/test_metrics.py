@@ -9,7 +9,15 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    enable_created_metrics,
+)
 from prometheus_client import generate_latest as client_encoder
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -102,9 +110,9 @@ def test_the_process_global_registry_holds_no_corral_metric() -> None:
     assert b"corral_runs_in_flight" in exposition()
 
 
-def every_kind_of_metric() -> CollectorRegistry:
+def every_kind_of_metric(**target_info: str) -> CollectorRegistry:
     """Each metric type Corral uses, exemplars, units, and values and help needing escapes."""
-    registry = CollectorRegistry()
+    registry = CollectorRegistry(target_info=target_info or None)
     calls = Counter(
         "t_calls", 'Calls with a \\ and a\nnewline and a " in help.', ["tool"], registry=registry
     )
@@ -118,6 +126,10 @@ def every_kind_of_metric() -> CollectorRegistry:
     waits.labels("a").observe(1.0, {"trace_id": 'odd "trace"\\\n'})
     waits.labels("b").observe(7.25, {"trace_id": "1", "span_id": "2"})  # written sorted
     level.set(-0.000123)
+    Gauge("t_computed", "From a function.", registry=registry).set_function(lambda: 4.5)
+    Counter("t_plain", "No labels.", registry=registry).inc(2)
+    below = Histogram("t_below", "Negative bounds: no _sum.", buckets=(-1, 0), registry=registry)
+    below.observe(-0.5)
 
     class Breakers(Collector):  # a custom collector, as the breaker gauge is
         def collect(self) -> Iterator[Metric]:
@@ -159,6 +171,20 @@ def test_the_fast_encoders_write_what_the_clients_do(
     assert _exposition.negotiated(registry, accept) == (expected, content_type)
     assert _exposition.negotiated(registry, accept) == (expected, content_type)  # cached labels
     assert b'tool="quote\\"d"' in expected
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "application/openmetrics-text"])
+def test_without_created_series_or_with_target_info_too(accept: str) -> None:
+    encoder, _ = choose_encoder(accept)
+    with_info = every_kind_of_metric(env="prod", region='eu"1')
+    assert _exposition.negotiated(with_info, accept)[0] == encoder(with_info)
+    registry = every_kind_of_metric()
+    disable_created_metrics()
+    try:
+        ours = _exposition.negotiated(registry, accept)[0]
+        assert ours == encoder(registry) and b"_created" not in ours
+    finally:
+        enable_created_metrics()
 
 
 def test_the_openmetrics_encoder_writes_exemplars_created_and_eof() -> None:

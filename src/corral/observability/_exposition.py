@@ -21,16 +21,25 @@ sample names in OpenMetrics without ``:``), which this encoder never writes itse
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Final
+from typing import Final, NamedTuple
+from weakref import WeakKeyDictionary
 
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import metrics as client_metrics
+from prometheus_client import values as client_values
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["negotiated", "openmetrics_exposition", "text_exposition"]
@@ -57,9 +66,7 @@ _go_float: Final[Callable[[float], str]] = floatToGoString
 _label_strings: dict[tuple[tuple[str, str], ...], str] = {}
 """Formatted ``{k="v",...}`` by label set (bounded by the process's series)."""
 _plain_sample_names: set[str] = set()
-"""Sample names already checked against :data:`_PLAIN_NAME` (OpenMetrics)."""
-_legacy_sample_names: set[str] = set()
-"""Sample names already checked against :data:`_METRIC_NAME` (text format)."""
+"""Sample names already checked against :data:`_PLAIN_NAME`."""
 _MAX_CACHED: Final = 100_000
 
 
@@ -92,23 +99,177 @@ def _labels(labels: dict[str, str]) -> str:
     return found
 
 
-def _family(metric: Metric, output: list[str]) -> None:
-    name, kind = metric.name, metric.type
+_Row = tuple[str, str, float, Exemplar | None]
+"""One sample: its name, its line up to the value (``name{labels} ``), value, exemplar."""
+
+
+class _Family(NamedTuple):
+    """One metric family, as :class:`~prometheus_client.metrics_core.Metric` describes it."""
+
+    name: str
+    documentation: str
+    type: str
+    unit: str
+    rows: list[_Row]
+
+
+def _sample_rows(metric: Metric) -> list[_Row]:
+    """The rows of a collected metric's samples."""
+    rows: list[_Row] = []
+    for sample in metric.samples:
+        name = sample.name
+        if name not in _plain_sample_names:
+            _check_name(name, _PLAIN_NAME, _plain_sample_names)
+        if sample.timestamp is not None or sample.native_histogram is not None:
+            raise _Unusual(name)
+        rows.append((name, name + _labels(sample.labels) + " ", sample.value, sample.exemplar))
+    return rows
+
+
+class _Layout(NamedTuple):
+    """A counter's, gauge's or histogram's sample names and, per child, its lines' prefixes."""
+
+    names: tuple[str, ...]
+    prefixes: dict[Sequence[str], tuple[str, ...]]
+
+
+_layouts: WeakKeyDictionary[Collector, _Layout] = WeakKeyDictionary()
+"""Per metric object: its series' line prefixes, formatted once (they never change)."""
+
+
+def _layout(collector: Counter | Gauge | Histogram) -> _Layout:
+    found = _layouts.get(collector)
+    if found is None:
+        name = collector._name
+        suffixes = {Counter: ("_total", "_created"), Gauge: ("",)}.get(
+            type(collector), ("_bucket", "_count", "_sum", "_created")
+        )
+        names = tuple(name + suffix for suffix in suffixes)
+        for sample_name in names:
+            if not _PLAIN_NAME.match(sample_name):
+                raise _Unusual(sample_name)
+        found = _layouts[collector] = _Layout(names, {})
+    return found
+
+
+def _prefixes(collector: Collector, layout: _Layout, labelvalues: Sequence[str]) -> tuple[str, ...]:
+    found = layout.prefixes.get(labelvalues)
+    if found is None:
+        labels = dict(zip(collector._labelnames, labelvalues, strict=True))  # type: ignore[attr-defined]
+        plain = _labels(labels) + " "
+        if isinstance(collector, Histogram):
+            bucket, count, total, created = layout.names
+            buckets = [
+                bucket + _labels({**labels, "le": _go_float(bound)}) + " "
+                for bound in collector._upper_bounds
+            ]
+            found = (*buckets, count + plain, total + plain, created + plain)
+        else:
+            found = tuple(name + plain for name in layout.names)
+        if len(layout.prefixes) < _MAX_CACHED:
+            layout.prefixes[labelvalues] = found
+    return found
+
+
+def _read_child(
+    child: Counter | Gauge | Histogram,
+    names: tuple[str, ...],
+    prefixes: tuple[str, ...],
+    rows: list[_Row],
+) -> None:
+    """Append ``child``'s samples, as its ``_child_samples`` makes them, to ``rows``."""
+    created = client_metrics._use_created
+    if isinstance(child, Counter):
+        value = child._value
+        rows.append((names[0], prefixes[0], value.get(), value.get_exemplar()))
+        if created:
+            rows.append((names[1], prefixes[1], child._created, None))
+    elif isinstance(child, Gauge):
+        rows.append((names[0], prefixes[0], child._value.get(), None))
+    else:
+        acc = 0.0
+        buckets = child._buckets
+        for bucket, prefix in zip(buckets, prefixes, strict=False):
+            acc += bucket.get()
+            rows.append((names[0], prefix, acc, bucket.get_exemplar()))
+        count, total, created_prefix = prefixes[len(buckets) :]
+        rows.append((names[1], count, acc, None))
+        if child._upper_bounds[0] >= 0:
+            rows.append((names[2], total, child._sum.get(), None))
+        if created:
+            rows.append((names[3], created_prefix, child._created, None))
+
+
+def _direct_family(collector: Collector) -> _Family | None:
+    """A plain counter's, gauge's or histogram's family read from its children directly.
+
+    ``None`` for anything else (its own ``collect`` is used): other metric types, subclasses,
+    a gauge with ``set_function``, multiprocess mode's memory-mapped values.
+    """
+    if type(collector) not in (Counter, Gauge, Histogram):
+        return None
+    if client_values.ValueClass is not client_values.MutexValue:
+        return None
+    metric: Metric = collector._get_metric()  # type: ignore[attr-defined]
+    if collector._is_parent():  # type: ignore[attr-defined]
+        with collector._lock:  # type: ignore[attr-defined]
+            children = list(collector._metrics.items())  # type: ignore[attr-defined]
+    else:
+        children = [((), collector)]
+    layout = _layout(collector)  # type: ignore[arg-type]
+    rows: list[_Row] = []
+    for labelvalues, child in children:
+        if "_child_samples" in vars(child):  # Gauge.set_function
+            return None
+        _read_child(child, layout.names, _prefixes(collector, layout, labelvalues), rows)
+    return _Family(metric.name, metric.documentation, metric.type, metric.unit, rows)
+
+
+def _collectors(registry: Collector) -> list[Collector] | None:
+    """A plain registry's collectors in ``collect()``'s order; ``None`` for any other."""
+    if type(registry) is not CollectorRegistry or registry._target_info:
+        return None
+    with registry._lock:
+        return list(registry._collector_to_names)
+
+
+def _collected(metric: Metric) -> _Family:
+    rows = _sample_rows(metric)
+    return _Family(metric.name, metric.documentation, metric.type, metric.unit, rows)
+
+
+def _families(registry: Collector) -> list[_Family]:
+    """Every family of ``registry``, in ``registry.collect()``'s order.
+
+    Counters, gauges and histograms of a plain registry are read from their children
+    directly: the client's ``collect`` builds a label dict and a ``Sample`` per sample (and
+    formats each bucket bound), about half of a scrape's CPU otherwise. The rest is collected.
+    """
+    collectors = _collectors(registry)
+    if collectors is None:
+        return [_collected(metric) for metric in registry.collect()]
+    families: list[_Family] = []
+    for collector in collectors:
+        family = _direct_family(collector)
+        if family is not None:
+            families.append(family)
+        else:
+            families.extend(_collected(metric) for metric in collector.collect())
+    return families
+
+
+def _text_family(family: _Family, output: list[str]) -> None:
+    name, kind = family.name, family.type
     if not _METRIC_NAME.match(name):
         raise _Unusual(name)
     exposed = name + "_total" if kind == "counter" else name + "_info" if kind == "info" else name
-    help_text = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
     output.append(f"# HELP {exposed} {help_text}\n# TYPE {exposed} {_TYPES.get(kind, kind)}\n")
     extra: dict[str, list[str]] = {}
-    for sample in metric.samples:
-        if sample.timestamp is not None:
-            raise _Unusual(sample.name)
-        if sample.name not in _legacy_sample_names:
-            _check_name(sample.name, _METRIC_NAME, _legacy_sample_names)
-        value = _go_float(sample.value)
-        line = f"{sample.name}{_labels(sample.labels)} {value}\n"
-        suffix = sample.name[len(name) :]
-        if suffix in _OM_SUFFIXES and sample.name.startswith(name):
+    for sample_name, prefix, value, _ in family.rows:
+        line = prefix + _go_float(value) + "\n"
+        suffix = sample_name[len(name) :]
+        if suffix in _OM_SUFFIXES and sample_name.startswith(name):
             extra.setdefault(suffix, []).append(line)
         else:
             output.append(line)
@@ -129,56 +290,48 @@ def text_exposition(registry: Collector, *, escaping: str = openmetrics.UNDERSCO
         The exposition, UTF-8.
     """
     output: list[str] = []
-    metrics = list(registry.collect())
     try:
         if escaping not in _ESCAPINGS:
             raise _Unusual(escaping)
-        for metric in metrics:
-            _family(metric, output)
+        for family in _families(registry):
+            _text_family(family, output)
     except _Unusual:
         return _client_text(registry, escaping)
     return "".join(output).encode("utf-8")
 
 
-def _is_valid_exemplar_metric(metric: Metric, sample: Sample) -> bool:
+def _is_valid_exemplar_metric(kind: str, name: str, sample_name: str) -> bool:
     """Where OpenMetrics allows an exemplar (prometheus_client's rule, same order)."""
-    kind, name = metric.type, sample.name
-    if kind == "counter" and name.endswith("_total"):
+    if kind == "counter" and sample_name.endswith("_total"):
         return True
-    if kind == "gaugehistogram" and name.endswith("_bucket"):
+    if kind == "gaugehistogram" and sample_name.endswith("_bucket"):
         return True
-    return kind == "histogram" and (name.endswith("_bucket") or name == metric.name)
+    return kind == "histogram" and (sample_name.endswith("_bucket") or sample_name == name)
 
 
-def _om_sample(metric: Metric, sample: Sample) -> str:
-    name = sample.name
-    if name not in _plain_sample_names:
-        _check_name(name, _PLAIN_NAME, _plain_sample_names)
-    if sample.native_histogram is not None or sample.value is None:
-        raise _Unusual(name)
-    line = name + _labels(sample.labels) + " " + _go_float(sample.value)
-    if sample.timestamp is not None:
-        line += f" {sample.timestamp}"
-    exemplar = sample.exemplar
-    if exemplar is not None:
-        if not _is_valid_exemplar_metric(metric, sample):
-            raise _Unusual(name)  # the client raises its ValueError
-        pairs = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(exemplar.labels.items()))
-        line += " # {" + pairs + "} " + _go_float(exemplar.value)
-        if exemplar.timestamp is not None:
-            line += f" {exemplar.timestamp}"
-    return line + "\n"
+def _exemplar(family: _Family, sample_name: str, exemplar: Exemplar) -> str:
+    if not _is_valid_exemplar_metric(family.type, family.name, sample_name):
+        raise _Unusual(sample_name)  # the client raises its ValueError
+    pairs = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(exemplar.labels.items()))
+    text = " # {" + pairs + "} " + _go_float(exemplar.value)
+    return text if exemplar.timestamp is None else f"{text} {exemplar.timestamp}"
 
 
-def _om_family(metric: Metric, output: list[str]) -> None:
-    name = metric.name
+def _om_family(family: _Family, output: list[str]) -> None:
+    name = family.name
     if not _METRIC_NAME.match(name):
         raise _Unusual(name)
-    header = f"# HELP {name} {_escape_value(metric.documentation)}\n# TYPE {name} {metric.type}\n"
-    if metric.unit:
-        header += f"# UNIT {name} {metric.unit}\n"
+    header = f"# HELP {name} {_escape_value(family.documentation)}\n# TYPE {name} {family.type}\n"
+    if family.unit:
+        header += f"# UNIT {name} {family.unit}\n"
     output.append(header)
-    output.extend([_om_sample(metric, sample) for sample in metric.samples])
+    for sample_name, prefix, value, exemplar in family.rows:
+        if exemplar is None:
+            output.append(prefix + _go_float(value) + "\n")
+        else:
+            output.append(
+                prefix + _go_float(value) + _exemplar(family, sample_name, exemplar) + "\n"
+            )
 
 
 def openmetrics_exposition(
@@ -200,12 +353,11 @@ def openmetrics_exposition(
             error, from its encoder).
     """
     output: list[str] = []
-    metrics = list(registry.collect())
     try:
         if escaping not in _ESCAPINGS:
             raise _Unusual(escaping)
-        for metric in metrics:
-            _om_family(metric, output)
+        for family in _families(registry):
+            _om_family(family, output)
     except _Unusual:
         return _client_openmetrics(registry, escaping, version)
     output.append("# EOF\n")
