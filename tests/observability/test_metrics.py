@@ -128,6 +128,11 @@ def every_kind_of_metric(**target_info: str) -> CollectorRegistry:
     level.set(-0.000123)
     Gauge("t_computed", "From a function.", registry=registry).set_function(lambda: 4.5)
     Counter("t_plain", "No labels.", registry=registry).inc(2)
+    zeros = Gauge("t_zero", "Signed zeros and an int.", ["sign"], registry=registry)
+    zeros.labels("minus").set(-0.0)
+    zeros.labels("plus").set(0)
+    zeros.labels("int").set(7)
+    zeros.labels("nan").set(float("nan"))
     below = Histogram("t_below", "Negative bounds: no _sum.", buckets=(-1, 0), registry=registry)
     below.observe(-0.5)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
+from math import copysign
 from typing import Final, NamedTuple
 from weakref import WeakKeyDictionary
 
@@ -60,14 +61,36 @@ _TYPES: Final = {
 _client_text: Callable[..., bytes] = generate_latest
 """The client's encoders, the fallbacks (module names, so a test can check they are not used)."""
 _client_openmetrics: Callable[..., bytes] = openmetrics.generate_latest
-_go_float: Final[Callable[[float], str]] = floatToGoString
-"""Go's float formatting, as the client writes values (``+Inf``, ``1e+22``)."""
+_client_go: Final[Callable[[float], str]] = floatToGoString
 
 _label_strings: dict[tuple[tuple[str, str], ...], str] = {}
 """Formatted ``{k="v",...}`` by label set (bounded by the process's series)."""
 _plain_sample_names: set[str] = set()
 """Sample names already checked against :data:`_PLAIN_NAME`."""
 _MAX_CACHED: Final = 100_000
+
+
+_go_strings: dict[float, str] = {}
+"""The client's text of each non-zero value seen (counts, sums, ``_created`` timestamps)."""
+_MAX_GO_STRINGS: Final = 50_000
+
+
+def _go_float(value: float) -> str:
+    """``value`` as the client writes it (Go's formatting: ``+Inf``, ``1e+22``), memoised.
+
+    Equal floats other than zero have one text (an ``int`` equal to a float is written as
+    that float, as the client does); ``0.0`` and ``-0.0`` are equal keys with different
+    texts, so zero is never memoised.
+    """
+    found = _go_strings.get(value)
+    if found is None:
+        if value == 0:
+            return "-0.0" if copysign(1.0, value) < 0 else "0.0"
+        found = _client_go(value)
+        if len(_go_strings) >= _MAX_GO_STRINGS:
+            _go_strings.clear()
+        _go_strings[value] = found
+    return found
 
 
 class _Unusual(Exception):
