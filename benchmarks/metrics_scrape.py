@@ -46,7 +46,7 @@ class _Usage:
     reasoning_tokens = 0
 
 
-def fill_registry(args: argparse.Namespace, platform: Platform) -> None:
+async def fill_registry(args: argparse.Namespace, platform: Platform) -> None:
     """Series of a busy deployment: per agent, tool, model, and some open breakers."""
     for a in range(args.agents):
         agent = f"agent-{a:03d}"
@@ -63,7 +63,7 @@ def fill_registry(args: argparse.Namespace, platform: Platform) -> None:
     breakers = platform.tools.resilience.breakers
     for b in range(args.breakers):
         for _ in range(breakers.failure_threshold):
-            breakers.record_failure(f"mcp:server-{b:02d}")
+            await breakers.record_failure(f"mcp:server-{b:02d}")
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,7 +74,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     app = create_app(platform, run_worker=False)
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
-    fill_registry(args, platform)
+    await fill_registry(args, platform)
     results: dict[str, Any] = {}
     transport = httpx.ASGITransport(app=app)
     try:

@@ -62,3 +62,21 @@ def test_two_processes_write_and_one_scrape_sums_them(tmp_path: Path) -> None:
     assert samples[("corral_runs_in_flight", ())] == 1
     # The per-process collectors would describe only the scraper: left out.
     assert not any(name.startswith("process_") for name, _labels in samples)
+
+
+SAME_BYTES = """
+from prometheus_client.exposition import choose_encoder
+from corral.observability._exposition import negotiated
+from corral.observability._metrics import _scrape_registry
+registry = _scrape_registry()
+for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
+    encoder, content_type = choose_encoder(accept)
+    assert negotiated(registry, accept) == (encoder(registry), content_type), accept
+print("same")
+"""
+
+
+def test_the_summed_scrape_is_the_clients_byte_for_byte_in_both_formats(tmp_path: Path) -> None:
+    python(WRITER, tmp_path)
+    python(WRITER, tmp_path)
+    assert python(SAME_BYTES, tmp_path) == "same\n"

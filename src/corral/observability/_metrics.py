@@ -57,9 +57,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -67,7 +65,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from corral.observability._exposition import text_exposition
+from corral.observability._exposition import negotiated, text_exposition
 
 __all__ = [
     "AGENT_RUNS_FINISHED",
@@ -526,12 +524,10 @@ def negotiated_exposition(accept: str | None) -> tuple[bytes, str]:
     """The metrics in the format an ``Accept`` header asks for, and its content type.
 
     OpenMetrics (with exemplars) when ``accept`` names ``application/openmetrics-text``;
-    otherwise the Prometheus text format.
+    otherwise the Prometheus text format (prometheus_client's ``choose_encoder`` decides, with
+    the version and name escaping asked for).
     """
-    encoder, content_type = choose_encoder(accept or "")
-    if encoder is generate_latest:
-        return text_exposition(_scrape_registry()), content_type
-    return encoder(_scrape_registry()), content_type
+    return negotiated(_scrape_registry(), accept or "")
 
 
 def sample_value(name: str, labels: dict[str, str] | None = None) -> float:
