@@ -206,6 +206,55 @@ async def test_manual_review_conditions_add_an_approval(make_platform, workspace
     assert event.details["approval_id"] == pending.approval_id
 
 
+NOTES_TOOL = {
+    "apiVersion": "corral.dev/v1",
+    "kind": "Tool",
+    "metadata": {"name": "notes.append"},
+    "spec": {
+        "description": "Append a note.",
+        "type": "http",
+        "side_effect": "write",
+        "http": {"url": "https://notes.example.com/"},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("condition", "change"),
+    [
+        ("write_tool_added", {"tools": {"allowed": ["fs.*", "notes.*"]}}),
+        ("memory_writes_enabled", {"memory": [{"name": "notes", "access": "read_write"}]}),
+    ],
+)
+async def test_a_write_tool_or_memory_writes_added_need_a_review(
+    make_platform, workspace: Path, condition: str, change: dict[str, Any]
+) -> None:
+    platform = await setup(make_platform)
+    review = {"write_tool_added": True, "memory_writes_enabled": True}
+    gate = {**GATE, "manual_review_required_if": review}
+    # Read-only tools and read-only memory: neither condition matches, staging binds at once
+    # (the registered write tool is not among the tools this version may call).
+    base = {"instructions": "Answer.", "evaluation": gate, "memory": [{"name": "notes"}]}
+    await register(platform, NOTES_TOOL, agent_document(**base))
+    assert await evaluate(platform, "0.1.0", workspace)
+    assert (await promote_to(platform, "0.1.0", "staging")).status == "done"
+
+    await register(platform, agent_document(**{**base, **change}))
+    assert await evaluate(platform, "0.1.1", workspace)
+    pending = await promote_to(platform, "0.1.1", "staging")
+    assert pending.status == "pending_approval" and pending.approval_id is not None
+    async with platform.store.read(TENANT) as session:
+        event = (
+            await session.scalars(
+                select(AuditEventRow).where(
+                    AuditEventRow.action == "agent.promote",
+                    AuditEventRow.outcome == "pending_approval",
+                )
+            )
+        ).one()
+    assert event.details["eval_gate"]["manual_review"] == [condition]
+
+
 async def test_eval_score_reaches_the_agent_promote_policy_context(
     make_platform, workspace: Path
 ) -> None:
