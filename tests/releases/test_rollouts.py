@@ -7,6 +7,7 @@ with one iteration allowed its runs end BUDGET_EXCEEDED (an error).
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -25,7 +26,10 @@ from corral.releases import (
     ExperimentPlan,
     ReleaseDecisionRow,
     RolloutPlan,
+    RolloutRow,
+    VariantMetrics,
     abort_rollout,
+    breaches,
     evaluate_experiments,
     evaluate_rollouts,
     experiment_status,
@@ -226,6 +230,44 @@ async def test_a_canary_whose_error_rate_rises_is_rolled_back(make_platform: Any
     assert decision.details["metrics"]["candidate"]["error_rate"] == "1"
     assert await audit_actions(platform, "rollout.") == ["rollout.started", "rollout.rolled_back"]
     assert await evaluate(platform, clock) is None  # nothing active is left to evaluate
+
+
+def canary_metrics(
+    variant: str, *, finished: int = 20, errors: int = 0, cost: str = "0.010", p95: float = 2.0
+) -> VariantMetrics:
+    return VariantMetrics(
+        variant, finished, finished, errors, finished - errors, Decimal(cost), p95
+    )
+
+
+@pytest.mark.parametrize(
+    ("candidate", "breach"),
+    [
+        (canary_metrics("candidate", errors=2), "error_rate 0.100 > baseline 0.000"),
+        (canary_metrics("candidate", p95=3.1), "p95_latency_seconds 3.100 > baseline 2.000"),
+        (canary_metrics("candidate", cost="0.016"), "median_cost_usd 0.016 > baseline 0.010"),
+    ],
+    ids=["error_rate", "p95_latency", "median_cost"],
+)
+def test_a_canary_breaching_error_rate_latency_or_cost_is_named(
+    candidate: VariantMetrics, breach: str
+) -> None:
+    """Margins: +5 points of error rate, +50 % p95 latency, +50 % median cost (the defaults)."""
+    rollout = RolloutRow(
+        steps=[25, 100],
+        step_index=0,
+        min_canary_runs=20,
+        max_error_rate_increase=0.05,
+        max_latency_increase_ratio=0.5,
+        max_cost_increase_ratio=0.5,
+    )
+    baseline = canary_metrics("baseline")
+    assert breaches(rollout, {"baseline": baseline, "candidate": candidate}) == (breach,)
+    # Within the margins (or with too few canary runs yet) nothing is breached.
+    within = canary_metrics("candidate", errors=1, p95=3.0, cost="0.015")
+    assert breaches(rollout, {"baseline": baseline, "candidate": within}) == ()
+    few = canary_metrics("candidate", finished=19, errors=19, p95=99, cost="9")
+    assert breaches(rollout, {"baseline": baseline, "candidate": few}) == ()
 
 
 async def test_a_rollout_is_refused_without_a_baseline_or_alongside_another(
