@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from _portal_kit import REQUESTER, ROLES, Portal, csrf_of, login, open_portal
 from fastapi.routing import APIRoute
+from markupsafe import escape
 
 from conftest import agent_document, register
 from corral.portal._routes import router
 from corral.registry import list_agent_versions, stage_bindings
-from corral.runtime import create_run
+from corral.runtime import create_run, get_run
 from corral.settings import GovernanceSettings, Settings
 from corral.tenancy import revoke_key
 
@@ -103,7 +104,9 @@ async def test_a_revoked_key_ends_its_sessions_and_logout_ends_one(portal: Porta
 async def test_every_page_sends_the_security_headers(portal: Portal) -> None:
     client = await portal.logged_in("user:alice")
     run_id, _ = await portal.paused_run()
-    for path in ("/ui/login", "/ui", "/ui/runs", f"/ui/runs/{run_id}", "/ui/approvals"):
+    pages = ("/ui/login", "/ui", "/ui/runs", f"/ui/runs/{run_id}", "/ui/approvals")
+    pages += ("/ui/agents", "/ui/agents/repo-analyst", "/ui/tools", "/ui/policies", "/ui/audit")
+    for path in pages:
         response = await client.get(path)
         assert response.status_code == 200, path
         csp = response.headers["content-security-policy"]
@@ -145,6 +148,15 @@ async def test_an_approver_approves_in_the_portal_and_the_run_resumes(portal: Po
     assert 'id="waterfall"' in page.text and "invoke_agent" in page.text
     assert "require_approval" in page.text  # the stored policy decision of the call
     assert "approved" in page.text and "1/1" in page.text
+    async with portal.platform.store.read("default") as session:
+        run = await get_run(session, run_id, tenant_id="default")
+    assert run.output and run.input_tokens > 0
+    assert f'id="final-answer">{escape(run.output)}<' in page.text
+    assert f"<dd>{run.input_tokens} in · {run.output_tokens} out</dd>" in page.text
+    assert f"<dd>${run.cost_usd:.6f}</dd>" in page.text
+    # The approver's comment is kept with the vote.
+    decided_page = await bob.get("/ui/approvals", params={"status": "approved"})
+    assert "user:bob: approve looks right" in decided_page.text
 
 
 async def test_an_operator_cancels_a_run_in_the_portal(portal: Portal) -> None:
