@@ -7,6 +7,7 @@ with one iteration allowed its runs end BUDGET_EXCEEDED (an error).
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -378,6 +379,52 @@ async def test_an_experiment_assigns_by_user_and_decides_on_significance(
         "experiment.decided",
     ]
     assert {run.agent_version for run in await runs(platform, 3, user=users[0])} == {"0.1.0"}
+
+
+async def test_an_experiment_waits_for_its_min_samples_then_ends_at_its_max_duration(
+    make_platform: Any,
+) -> None:
+    platform, clock = await world(make_platform, bad_candidate=True)
+    async with platform.store.transaction("default") as session:
+        experiment = await start_experiment(
+            session,
+            ExperimentPlan(
+                name="too-short",
+                agent_name=AGENT,
+                stage=STAGE,
+                variants=[("control", "0.1.0", 50), ("treatment", "0.1.1", 50)],
+                key_by="run",
+                min_samples=100,
+                max_duration=timedelta(hours=1),
+            ),
+            tenant_id="default",
+            actor=ADMIN,
+            now=clock(),
+        )
+    started = await runs(platform, 30)
+    assert {run.agent_version for run in started} == {"0.1.0", "0.1.1"}
+    async with platform.store.read("default") as session:
+        status = await experiment_status(session, experiment.id, tenant_id="default", now=clock())
+    # 100 % against 0 % is significant, but under 100 runs per variant nothing is decided.
+    assert [c.significant for c in status.verdict.comparisons] == [True]
+    assert not status.verdict.stop
+    assert status.verdict.reason == "significant_but_under_min_samples"
+    await platform.worker.run_heartbeat_jobs()
+    async with platform.store.read("default") as session:
+        going = await experiment_status(session, experiment.id, tenant_id="default", now=clock())
+    assert going.experiment.status == "running"
+
+    clock.advance(seconds=3601)
+    await platform.worker.run_heartbeat_jobs()
+    async with platform.store.read("default") as session:
+        ended = await experiment_status(session, experiment.id, tenant_id="default", now=clock())
+    assert (ended.experiment.status, ended.experiment.winner) == ("decided", None)
+    assert ended.verdict.reason == "max_duration"
+    assert await audit_actions(platform, "experiment.") == [
+        "experiment.started",
+        "experiment.decided",
+    ]
+    assert {run.agent_version for run in await runs(platform, 6)} == {"0.1.0"}  # split ended
 
 
 async def test_an_experiment_keyed_by_session_gives_a_session_one_variant(
