@@ -21,7 +21,7 @@ from markupsafe import escape
 from conftest import agent_document, register
 from corral.portal._routes import router
 from corral.registry import list_agent_versions, stage_bindings
-from corral.runtime import create_run, get_run
+from corral.runtime import create_run, engage_kill_switch, get_run
 from corral.settings import GovernanceSettings, Settings
 from corral.tenancy import revoke_key
 
@@ -293,6 +293,30 @@ async def test_the_overview_and_the_run_list_show_the_runs(portal: Portal) -> No
     assert run_id in table.text and "<html" not in table.text
     status = await alice.get(f"/ui/runs/{run_id}/status", params={"was": "AWAITING_APPROVAL"})
     assert "AWAITING_APPROVAL" in status.text and 'hx-trigger="every 1s"' in status.text
+
+
+async def test_the_overview_lists_pending_approvals_and_engaged_kill_switches(
+    portal: Portal,
+) -> None:
+    run_id, _ = await portal.paused_run()
+    await register(portal.platform, agent_document("other-agent"))
+    await engage_kill_switch(
+        portal.platform.store,
+        scope="agent",
+        target="other-agent",
+        tenant_id="default",
+        reason="incident 7",
+        actor="user:ops",
+    )
+    alice = await portal.logged_in("user:alice")
+    page = (await alice.get("/ui")).text
+    for tile in ("running now", "failure rate", "p50 run latency", "p95 run latency"):
+        assert f"<span>{tile}" in page, tile
+    assert "cost this week" in page and "Top agents by cost" in page
+    pending = page[page.index("<h2>Pending approvals</h2>") :].split("</ul>")[0]
+    assert f"{run_id}</a>" in pending and " · 0/1 · " in pending
+    switches = page[page.index("<h2>Engaged kill switches</h2>") :].split("</ul>")[0]
+    assert "<strong>agent other-agent</strong>: incident 7 (user:ops)" in switches
 
 
 async def test_promote_and_roll_back_in_the_portal(portal: Portal) -> None:
