@@ -345,6 +345,10 @@ async def test_promote_and_roll_back_in_the_portal(portal: Portal) -> None:
     )
     assert back.status_code == 303
     assert await staging(portal) == first
+    listed = (await alice.get("/ui/agents")).text
+    row = listed[listed.index('href="/ui/agents/repo-analyst"') :].split("</tr>")[0]
+    stages = re.findall(r'<span class="badge">([a-z]+ [0-9.]+)</span>', row)
+    assert stages == [f"dev {newest}", f"staging {first}", f"production {first}"], row
     dave = await portal.logged_in("user:dave")
     viewer_page = await dave.get("/ui/agents/repo-analyst")
     assert viewer_page.status_code == 200
