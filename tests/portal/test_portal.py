@@ -355,6 +355,18 @@ async def test_promote_and_roll_back_in_the_portal(portal: Portal) -> None:
     assert "/promote" not in viewer_page.text and "/rollback" not in viewer_page.text
 
 
+async def test_the_agent_page_lists_its_runs_with_their_cost(portal: Portal) -> None:
+    run_id, _ = await portal.paused_run()
+    async with portal.platform.store.read("default") as session:
+        run = await get_run(session, run_id, tenant_id="default")
+    dave = await portal.logged_in("user:dave")
+    page = (await dave.get("/ui/agents/repo-analyst")).text
+    runs = page[page.index("<h2>Latest runs</h2>") :]
+    row = runs[runs.index(f'href="/ui/runs/{run_id}"') :].split("</tr>")[0]
+    assert f"{run.agent_version} (production)" in row and "AWAITING_APPROVAL" in row
+    assert f"${run.cost_usd:.6f}</td>" in row
+
+
 async def staging(portal: Portal) -> str:
     async with portal.platform.store.read("default") as session:
         bindings = await stage_bindings(session, "repo-analyst", tenant_id="default")
