@@ -345,6 +345,7 @@ PUBLIC = {
         "rollback",
         "spec_yaml",
         "stage_bindings",
+        "stage_versions",
         "tenant_models",
     ],
     "corral.slo": [

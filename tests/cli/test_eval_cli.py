@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,9 @@ spec:
 """
 
 
-def test_eval_run_prints_scores_compare_and_export(server: str, tmp_path: Path) -> None:
+def test_eval_run_prints_scores_compare_and_export(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files = tmp_path / "docs"
     files.mkdir()
     (files / "agent.yaml").write_text(AGENT_YAML)
@@ -83,10 +86,15 @@ def test_eval_run_prints_scores_compare_and_export(server: str, tmp_path: Path) 
     applied = runner.invoke(app, ["apply", "-f", str(files)])
     assert "evalsuite/qa created: 0.1.0" in applied.output, applied.output
 
+    # As on a terminal (CliRunner's is none): the bar is drawn only on a TTY (typer vendors click).
+    monkeypatch.setattr("typer._click._termui_impl.isatty", lambda _file: True)
     first = runner.invoke(
         app, ["eval", "run", "qa", "--repeat", "2", "--workspace", str(workspace)]
     )
     assert first.exit_code == 0, first.output
+    bar = first.output.split("\n")[0]  # redrawn in place: "\r" between the states
+    assert re.search(r"^\reval \S+ +\[-*\] +0%\r", bar), bar  # before any case is graded
+    assert re.search(r"\reval \S+ +\[#*\] +100%", bar), bar  # and full once all are
     lines = first.output.splitlines()
     assert any(line.split()[:3] == ["lists", "2/2", "2/2"] for line in lines), first.output
     assert "success rate 100% (4/4)" in first.output

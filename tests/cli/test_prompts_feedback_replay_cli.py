@@ -73,6 +73,9 @@ def test_prompts_feedback_and_replay(server: str, tmp_path: Path) -> None:
     assert listed.output.splitlines()[1].split()[:2] == ["analyst", "0.1.1"]
     described = runner.invoke(app, ["prompts", "describe", "analyst@0.1.0"])
     assert "prompts/analyst@0.1.0" in described.output and "Be brief." in described.output
+    history = described.output.splitlines()[1:4]  # the header, then every version, newest first
+    assert [row.split()[0] for row in history] == ["VERSION", "0.1.1", "0.1.0"], described.output
+    assert all(row.split()[1].startswith("sha256:") for row in history[1:]), described.output
     diff = runner.invoke(app, ["prompts", "diff", "analyst", "0.1.0", "0.1.1"])
     assert "-Be brief.\n+Be thorough.\n" in diff.output
 

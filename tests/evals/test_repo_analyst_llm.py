@@ -50,6 +50,8 @@ async def test_the_repo_analyst_suite_runs_on_the_embedded_model(tmp_path: Path)
     platform = Platform(settings, start_local_model=True)
     await platform.start()
     try:
+        ready = {check.name: check.status for check in (await platform.readiness()).checks}
+        assert ready["local_model"] == "ok"  # /readyz and `corral status`: the model answers
         async with platform.store.transaction("default") as session:
             await apply_documents(session, list(agents), tenant_id="default", actor="user:test")
             await apply_suites(session, suites, tenant_id="default", actor="user:test")

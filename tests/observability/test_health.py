@@ -90,6 +90,28 @@ async def test_a_started_platform_is_ready_and_readyz_says_why(settings: Setting
         assert leak not in response.text, leak
 
 
+async def test_readyz_fails_when_the_embedded_model_did_not_start(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A process that should run the embedded model but could not start it is not ready."""
+    broken = keyed(uncached(settings)).model_copy(
+        update={
+            "local_model": settings.local_model.model_copy(
+                update={"model_path": tmp_path / "nope.gguf"}
+            )
+        }
+    )
+    platform = Platform(broken, start_local_model=True)
+    await platform.start()
+    try:
+        readiness = await platform.readiness()
+    finally:
+        await platform.close()
+    assert not readiness.ready and status_of(readiness)["local_model"] == "fail"
+    [check] = [c for c in readiness.checks if c.name == "local_model"]
+    assert "--no-local-model" in check.detail and "logs" in check.detail
+
+
 async def test_readyz_fails_when_migrations_lag(settings: Settings) -> None:
     async with served(keyed(uncached(settings))) as (platform, client):
         async with platform.store.engine.begin() as connection:

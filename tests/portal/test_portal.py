@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from _portal_kit import REQUESTER, ROLES, Portal, csrf_of, login, open_portal
 from fastapi.routing import APIRoute
+from markupsafe import escape
 
 from conftest import agent_document, register
 from corral.portal._routes import router
 from corral.registry import list_agent_versions, stage_bindings
-from corral.runtime import create_run
+from corral.runtime import create_run, engage_kill_switch, get_run
 from corral.settings import GovernanceSettings, Settings
 from corral.tenancy import revoke_key
 
@@ -103,7 +104,9 @@ async def test_a_revoked_key_ends_its_sessions_and_logout_ends_one(portal: Porta
 async def test_every_page_sends_the_security_headers(portal: Portal) -> None:
     client = await portal.logged_in("user:alice")
     run_id, _ = await portal.paused_run()
-    for path in ("/ui/login", "/ui", "/ui/runs", f"/ui/runs/{run_id}", "/ui/approvals"):
+    pages = ("/ui/login", "/ui", "/ui/runs", f"/ui/runs/{run_id}", "/ui/approvals")
+    pages += ("/ui/agents", "/ui/agents/repo-analyst", "/ui/tools", "/ui/policies", "/ui/audit")
+    for path in pages:
         response = await client.get(path)
         assert response.status_code == 200, path
         csp = response.headers["content-security-policy"]
@@ -145,6 +148,15 @@ async def test_an_approver_approves_in_the_portal_and_the_run_resumes(portal: Po
     assert 'id="waterfall"' in page.text and "invoke_agent" in page.text
     assert "require_approval" in page.text  # the stored policy decision of the call
     assert "approved" in page.text and "1/1" in page.text
+    async with portal.platform.store.read("default") as session:
+        run = await get_run(session, run_id, tenant_id="default")
+    assert run.output and run.input_tokens > 0
+    assert f'id="final-answer">{escape(run.output)}<' in page.text
+    assert f"<dd>{run.input_tokens} in · {run.output_tokens} out</dd>" in page.text
+    assert f"<dd>${run.cost_usd:.6f}</dd>" in page.text
+    # The approver's comment is kept with the vote.
+    decided_page = await bob.get("/ui/approvals", params={"status": "approved"})
+    assert "user:bob: approve looks right" in decided_page.text
 
 
 async def test_an_operator_cancels_a_run_in_the_portal(portal: Portal) -> None:
@@ -283,6 +295,30 @@ async def test_the_overview_and_the_run_list_show_the_runs(portal: Portal) -> No
     assert "AWAITING_APPROVAL" in status.text and 'hx-trigger="every 1s"' in status.text
 
 
+async def test_the_overview_lists_pending_approvals_and_engaged_kill_switches(
+    portal: Portal,
+) -> None:
+    run_id, _ = await portal.paused_run()
+    await register(portal.platform, agent_document("other-agent"))
+    await engage_kill_switch(
+        portal.platform.store,
+        scope="agent",
+        target="other-agent",
+        tenant_id="default",
+        reason="incident 7",
+        actor="user:ops",
+    )
+    alice = await portal.logged_in("user:alice")
+    page = (await alice.get("/ui")).text
+    for tile in ("running now", "failure rate", "p50 run latency", "p95 run latency"):
+        assert f"<span>{tile}" in page, tile
+    assert "cost this week" in page and "Top agents by cost" in page
+    pending = page[page.index("<h2>Pending approvals</h2>") :].split("</ul>")[0]
+    assert f"{run_id}</a>" in pending and " · 0/1 · " in pending
+    switches = page[page.index("<h2>Engaged kill switches</h2>") :].split("</ul>")[0]
+    assert "<strong>agent other-agent</strong>: incident 7 (user:ops)" in switches
+
+
 async def test_promote_and_roll_back_in_the_portal(portal: Portal) -> None:
     await register(portal.platform, agent_document(description="Second version."))
     async with portal.platform.store.read("default") as session:
@@ -309,10 +345,26 @@ async def test_promote_and_roll_back_in_the_portal(portal: Portal) -> None:
     )
     assert back.status_code == 303
     assert await staging(portal) == first
+    listed = (await alice.get("/ui/agents")).text
+    row = listed[listed.index('href="/ui/agents/repo-analyst"') :].split("</tr>")[0]
+    stages = re.findall(r'<span class="badge">([a-z]+ [0-9.]+)</span>', row)
+    assert stages == [f"dev {newest}", f"staging {first}", f"production {first}"], row
     dave = await portal.logged_in("user:dave")
     viewer_page = await dave.get("/ui/agents/repo-analyst")
     assert viewer_page.status_code == 200
     assert "/promote" not in viewer_page.text and "/rollback" not in viewer_page.text
+
+
+async def test_the_agent_page_lists_its_runs_with_their_cost(portal: Portal) -> None:
+    run_id, _ = await portal.paused_run()
+    async with portal.platform.store.read("default") as session:
+        run = await get_run(session, run_id, tenant_id="default")
+    dave = await portal.logged_in("user:dave")
+    page = (await dave.get("/ui/agents/repo-analyst")).text
+    runs = page[page.index("<h2>Latest runs</h2>") :]
+    row = runs[runs.index(f'href="/ui/runs/{run_id}"') :].split("</tr>")[0]
+    assert f"{run.agent_version} (production)" in row and "AWAITING_APPROVAL" in row
+    assert f"${run.cost_usd:.6f}</td>" in row
 
 
 async def staging(portal: Portal) -> str:

@@ -180,3 +180,27 @@ async def test_a_tenant_admin_cannot_read_another_tenants_audit_events(portal: P
             assert refused.status_code == 403, (path, forged)
             assert "cross_tenant" in refused.text or "not yours" in refused.text
             assert "acme.private" not in refused.text
+
+
+async def test_a_platform_admin_sees_every_tenant_on_the_tenancy_page(portal: Portal) -> None:
+    await create_tenant(
+        portal.platform.store, tenant_id="acme", display_name="Acme", actor="user:t"
+    )
+    key = await issue_key(
+        portal.platform.store,
+        server_secret=portal.platform.identity.server_secret,
+        tenant_id="default",
+        principal="user:root",
+        roles=["admin", "platform-admin"],
+        name="portal-root",
+    )
+    root = portal.client()
+    assert (await login(root, key)).status_code == 303
+    page = await root.get("/ui/tenancy")
+    assert page.status_code == 200 and 'id="quotas"' in page.text
+    tenants = page.text[page.text.index('id="tenants"') :].split("</table>")[0]
+    assert "<td>acme</td><td>Acme</td>" in tenants and "<td>default</td>" in tenants
+    assert "by user:t" in tenants
+    # A tenant admin gets the keys and quotas of the tenant, never the list of tenants.
+    erin = await portal.logged_in("user:erin")
+    assert 'id="tenants"' not in (await erin.get("/ui/tenancy")).text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from corral.evals import apply_suites, gateway_judge, grade_eval, latest_eval, s
 from corral.gateway.models import FinalAnswer, ModelRequest
 from corral.platform import Platform
 from corral.registry import (
+    EvalLookup,
     Promotion,
     TrafficSplitRow,
     bind_stage,
@@ -144,6 +147,56 @@ async def test_a_failing_version_cannot_be_promoted_until_a_passing_eval_of_its_
     assert gate["suites"][0]["eval_id"].startswith("eval")
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """A completed eval as the gate reads it (an :class:`corral.registry.EvalBaseline`)."""
+
+    eval_id: str = "eval_given"
+    passed: bool = True
+    success_rate: float = 1.0
+    policy_violations: int = 0
+    median_cost_usd: Decimal = Decimal("0.002")
+    p95_latency_seconds: float | None = 4.0
+
+
+@pytest.mark.parametrize(
+    ("observed", "failure"),
+    [
+        ({"success_rate": 0.85}, "success rate 0.850 < 0.9"),
+        ({"policy_violations": 1}, "policy violations 1 > 0"),
+        ({"median_cost_usd": Decimal("0.011")}, "median cost $0.011 > $0.01"),
+        ({"p95_latency_seconds": 12.5}, "p95 latency 12.5s > 10.0s"),
+        (
+            {"p95_latency_seconds": None},
+            "p95 latency unknown (no case run started) where at most 10.0s",
+        ),
+    ],
+    ids=["success_rate", "policy_violations", "median_cost", "p95_latency", "no_latency"],
+)
+async def test_each_gate_threshold_refuses_a_promotion(
+    make_platform, observed: dict[str, Any], failure: str
+) -> None:
+    platform = await setup(make_platform)
+    thresholds = {"min_success_rate": 0.9, "max_median_cost_usd": "0.01"}
+    gate = {"suites": [{"suite": "qa", **thresholds, "max_p95_latency_seconds": 10}]}
+    await register(platform, agent_document(evaluation=gate))
+
+    def given(**values: Any) -> EvalLookup:
+        async def lookup(*_: Any, tenant_id: str) -> Baseline:
+            return Baseline(**values)
+
+        return lookup
+
+    with pytest.raises(Conflict) as refused:
+        await promote_to(platform, "0.1.0", "staging", evals=given(**observed))
+    assert refused.value.code == "eval_gate_failed"
+    assert failure in refused.value.message, refused.value.message
+    # The same version with every threshold met (each at its limit) is promoted.
+    at_limit = {"success_rate": 0.9, "median_cost_usd": Decimal("0.01"), "p95_latency_seconds": 10}
+    promotion = await promote_to(platform, "0.1.0", "staging", evals=given(**at_limit))
+    assert promotion.status == "done"
+
+
 async def test_production_needs_an_eval_baseline_unless_the_setting_allows_it(
     make_platform,
 ) -> None:
@@ -204,6 +257,55 @@ async def test_manual_review_conditions_add_an_approval(make_platform, workspace
         ).one()
     assert event.details["eval_gate"]["manual_review"] == ["tool_set_changed", "risk_tier_raised"]
     assert event.details["approval_id"] == pending.approval_id
+
+
+NOTES_TOOL = {
+    "apiVersion": "corral.dev/v1",
+    "kind": "Tool",
+    "metadata": {"name": "notes.append"},
+    "spec": {
+        "description": "Append a note.",
+        "type": "http",
+        "side_effect": "write",
+        "http": {"url": "https://notes.example.com/"},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("condition", "change"),
+    [
+        ("write_tool_added", {"tools": {"allowed": ["fs.*", "notes.*"]}}),
+        ("memory_writes_enabled", {"memory": [{"name": "notes", "access": "read_write"}]}),
+    ],
+)
+async def test_a_write_tool_or_memory_writes_added_need_a_review(
+    make_platform, workspace: Path, condition: str, change: dict[str, Any]
+) -> None:
+    platform = await setup(make_platform)
+    review = {"write_tool_added": True, "memory_writes_enabled": True}
+    gate = {**GATE, "manual_review_required_if": review}
+    # Read-only tools and read-only memory: neither condition matches, staging binds at once
+    # (the registered write tool is not among the tools this version may call).
+    base = {"instructions": "Answer.", "evaluation": gate, "memory": [{"name": "notes"}]}
+    await register(platform, NOTES_TOOL, agent_document(**base))
+    assert await evaluate(platform, "0.1.0", workspace)
+    assert (await promote_to(platform, "0.1.0", "staging")).status == "done"
+
+    await register(platform, agent_document(**{**base, **change}))
+    assert await evaluate(platform, "0.1.1", workspace)
+    pending = await promote_to(platform, "0.1.1", "staging")
+    assert pending.status == "pending_approval" and pending.approval_id is not None
+    async with platform.store.read(TENANT) as session:
+        event = (
+            await session.scalars(
+                select(AuditEventRow).where(
+                    AuditEventRow.action == "agent.promote",
+                    AuditEventRow.outcome == "pending_approval",
+                )
+            )
+        ).one()
+    assert event.details["eval_gate"]["manual_review"] == [condition]
 
 
 async def test_eval_score_reaches_the_agent_promote_policy_context(

@@ -7,6 +7,8 @@ with one iteration allowed its runs end BUDGET_EXCEEDED (an error).
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -25,7 +27,10 @@ from corral.releases import (
     ExperimentPlan,
     ReleaseDecisionRow,
     RolloutPlan,
+    RolloutRow,
+    VariantMetrics,
     abort_rollout,
+    breaches,
     evaluate_experiments,
     evaluate_rollouts,
     experiment_status,
@@ -235,6 +240,44 @@ async def test_a_canary_whose_error_rate_rises_is_rolled_back(make_platform: Any
     assert await evaluate(platform, clock) is None  # nothing active is left to evaluate
 
 
+def canary_metrics(
+    variant: str, *, finished: int = 20, errors: int = 0, cost: str = "0.010", p95: float = 2.0
+) -> VariantMetrics:
+    return VariantMetrics(
+        variant, finished, finished, errors, finished - errors, Decimal(cost), p95
+    )
+
+
+@pytest.mark.parametrize(
+    ("candidate", "breach"),
+    [
+        (canary_metrics("candidate", errors=2), "error_rate 0.100 > baseline 0.000"),
+        (canary_metrics("candidate", p95=3.1), "p95_latency_seconds 3.100 > baseline 2.000"),
+        (canary_metrics("candidate", cost="0.016"), "median_cost_usd 0.016 > baseline 0.010"),
+    ],
+    ids=["error_rate", "p95_latency", "median_cost"],
+)
+def test_a_canary_breaching_error_rate_latency_or_cost_is_named(
+    candidate: VariantMetrics, breach: str
+) -> None:
+    """Margins: +5 points of error rate, +50 % p95 latency, +50 % median cost (the defaults)."""
+    rollout = RolloutRow(
+        steps=[25, 100],
+        step_index=0,
+        min_canary_runs=20,
+        max_error_rate_increase=0.05,
+        max_latency_increase_ratio=0.5,
+        max_cost_increase_ratio=0.5,
+    )
+    baseline = canary_metrics("baseline")
+    assert breaches(rollout, {"baseline": baseline, "candidate": candidate}) == (breach,)
+    # Within the margins (or with too few canary runs yet) nothing is breached.
+    within = canary_metrics("candidate", errors=1, p95=3.0, cost="0.015")
+    assert breaches(rollout, {"baseline": baseline, "candidate": within}) == ()
+    few = canary_metrics("candidate", finished=19, errors=19, p95=99, cost="9")
+    assert breaches(rollout, {"baseline": baseline, "candidate": few}) == ()
+
+
 async def test_a_rollout_is_refused_without_a_baseline_or_alongside_another(
     make_platform: Any,
 ) -> None:
@@ -343,6 +386,52 @@ async def test_an_experiment_assigns_by_user_and_decides_on_significance(
         "experiment.decided",
     ]
     assert {run.agent_version for run in await runs(platform, 3, user=users[0])} == {"0.1.0"}
+
+
+async def test_an_experiment_waits_for_its_min_samples_then_ends_at_its_max_duration(
+    make_platform: Any,
+) -> None:
+    platform, clock = await world(make_platform, bad_candidate=True)
+    async with platform.store.transaction("default") as session:
+        experiment = await start_experiment(
+            session,
+            ExperimentPlan(
+                name="too-short",
+                agent_name=AGENT,
+                stage=STAGE,
+                variants=[("control", "0.1.0", 50), ("treatment", "0.1.1", 50)],
+                key_by="run",
+                min_samples=100,
+                max_duration=timedelta(hours=1),
+            ),
+            tenant_id="default",
+            actor=ADMIN,
+            now=clock(),
+        )
+    started = await runs(platform, 30)
+    assert {run.agent_version for run in started} == {"0.1.0", "0.1.1"}
+    async with platform.store.read("default") as session:
+        status = await experiment_status(session, experiment.id, tenant_id="default", now=clock())
+    # 100 % against 0 % is significant, but under 100 runs per variant nothing is decided.
+    assert [c.significant for c in status.verdict.comparisons] == [True]
+    assert not status.verdict.stop
+    assert status.verdict.reason == "significant_but_under_min_samples"
+    await platform.worker.run_heartbeat_jobs()
+    async with platform.store.read("default") as session:
+        going = await experiment_status(session, experiment.id, tenant_id="default", now=clock())
+    assert going.experiment.status == "running"
+
+    clock.advance(seconds=3601)
+    await platform.worker.run_heartbeat_jobs()
+    async with platform.store.read("default") as session:
+        ended = await experiment_status(session, experiment.id, tenant_id="default", now=clock())
+    assert (ended.experiment.status, ended.experiment.winner) == ("decided", None)
+    assert ended.verdict.reason == "max_duration"
+    assert await audit_actions(platform, "experiment.") == [
+        "experiment.started",
+        "experiment.decided",
+    ]
+    assert {run.agent_version for run in await runs(platform, 6)} == {"0.1.0"}  # split ended
 
 
 async def test_an_experiment_keyed_by_session_gives_a_session_one_variant(

@@ -30,6 +30,7 @@ from corral.registry import (
     promote,
     rollback,
     stage_bindings,
+    stage_versions,
 )
 from corral.runtime import list_runs
 
@@ -95,18 +96,39 @@ def _spec(document: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/agents")
 async def agents(request: Request) -> Response:
-    """Agents with owner, risk tier, status and latest version (permission ``agents.read``)."""
+    """Agents with owner, risk tier, status, latest version and what each stage runs.
+
+    Permission ``agents.read``; the stage bindings also need ``releases.read`` (as on the
+    agent's page), otherwise the column is left out.
+    """
     session = await session_of(request)
     require(session, "agents.read")
     tenant_id = session.principal.tenant_id
-    async with platform_of(request).store.read(tenant_id) as db:
+    platform = platform_of(request)
+    show_stages = session.principal.can("releases.read")
+    async with platform.store.read(tenant_id) as db:
         rows = await list_agents(db, tenant_id=tenant_id, limit=500)
         latest = await latest_agent_versions(db, rows, tenant_id=tenant_id)
+        bound = (
+            await stage_versions(
+                db,
+                [row.id for row in rows],
+                tenant_id=tenant_id,
+                stages=platform.settings.governance.stages,
+            )
+            if show_stages
+            else {}
+        )
     listed = [
-        {"agent": row, "spec": _spec(latest[row.id].document) if row.id in latest else {}}
+        {
+            "agent": row,
+            "spec": _spec(latest[row.id].document) if row.id in latest else {},
+            "stages": bound.get(row.id, []),
+        }
         for row in rows
     ]
-    return render(request, "agents.html", {"title": "Agents", "agents": listed})
+    context = {"title": "Agents", "agents": listed, "show_stages": show_stages}
+    return render(request, "agents.html", context)
 
 
 @router.get("/agents/{name}")

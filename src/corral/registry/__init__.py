@@ -28,6 +28,7 @@ from corral.registry._releases import (
     reject_promotion,
     rollback,
     stage_bindings,
+    stage_versions,
 )
 from corral.registry._service import (
     FIRST_VERSION,
@@ -136,5 +137,6 @@ __all__ = [
     "rollback",
     "spec_yaml",
     "stage_bindings",
+    "stage_versions",
     "tenant_models",
 ]

@@ -182,11 +182,11 @@ def _judge_suite(gate: SuiteGate, found: EvalBaseline | None) -> dict[str, Any]:
         )
     if gate.max_median_cost_usd is not None and found.median_cost_usd > gate.max_median_cost_usd:
         failures.append(f"median cost ${found.median_cost_usd} > ${gate.max_median_cost_usd}")
-    latency = found.p95_latency_seconds
-    if gate.max_p95_latency_seconds is not None and (
-        latency is None or latency > gate.max_p95_latency_seconds
-    ):
-        failures.append(f"p95 latency {latency}s > {gate.max_p95_latency_seconds}s")
+    latency, bound = found.p95_latency_seconds, gate.max_p95_latency_seconds
+    if bound is not None and latency is None:
+        failures.append(f"p95 latency unknown (no case run started) where at most {bound}s")
+    elif bound is not None and latency is not None and latency > bound:
+        failures.append(f"p95 latency {latency}s > {bound}s")
     if gate.min_success_rate is None and not found.passed:
         failures.append("the suite's own thresholds did not hold")
     return {

@@ -713,3 +713,38 @@ async def stage_bindings(
         for row, digest in rows
     ]
     return sorted(bindings, key=lambda b: (order.get(b.stage, len(order)), b.stage))
+
+
+async def stage_versions(
+    session: AsyncSession,
+    agent_ids: Sequence[str],
+    *,
+    tenant_id: str,
+    stages: Sequence[str] = (),
+) -> dict[str, list[tuple[str, str]]]:
+    """The ``(stage, version)`` pairs each of ``agent_ids`` runs now, in one query.
+
+    Args:
+        session: A session.
+        agent_ids: Agent ids of ``tenant_id`` (ids of another tenant find nothing).
+        tenant_id: Tenant of the caller.
+        stages: Order to list stages in (settings ``governance.stages``); stages not in it
+            come last, by name.
+
+    Returns:
+        Agent id -> its bound stages in that order; an agent bound to no stage is absent.
+    """
+    if not agent_ids:
+        return {}
+    rows = await session.execute(
+        select(StageBindingRow.agent_id, StageBindingRow.stage, StageBindingRow.version).where(
+            StageBindingRow.tenant_id == tenant_id, StageBindingRow.agent_id.in_(agent_ids)
+        )
+    )
+    order = {stage: index for index, stage in enumerate(stages)}
+    found: dict[str, list[tuple[str, str]]] = {}
+    for agent_id, stage, version in rows:
+        found.setdefault(agent_id, []).append((stage, version))
+    for pairs in found.values():
+        pairs.sort(key=lambda pair: (order.get(pair[0], len(order)), pair[0]))
+    return found
