@@ -9,11 +9,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from corral.contracts import Agent, EvalSuite, load_paths
 from corral.evals import apply_suites, grade_eval, start_eval
 from corral.platform import Platform
 from corral.registry import apply_documents
+from corral.runtime import RunRow
 from corral.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +70,8 @@ async def test_the_repo_analyst_suite_runs_on_the_embedded_model(tmp_path: Path)
         )
         await platform.worker.run_until_idle()
         report = await grade_eval(platform.store, row.id, tenant_id="default", actor="user:test")
+        async with platform.store.read("default") as session:
+            runs = (await session.scalars(select(RunRow))).all()
     finally:
         await platform.close()
 
@@ -80,3 +84,9 @@ async def test_the_repo_analyst_suite_runs_on_the_embedded_model(tmp_path: Path)
         assert len(report.graders[case.id]) == len(suite.spec.graders) + len(spec.graders)
         assert case.passed == all(g.passed for g in report.graders[case.id])
     assert report.summary.case_runs == len(suite.spec.cases)
+    # The model really generated in every case run (a runtime that cannot generate on this CPU
+    # fails every call with model_error, and the graders would still grade the failed runs).
+    assert len(runs) == len(suite.spec.cases)
+    for run in runs:
+        assert run.terminal_reason != "model_error", run.error
+        assert run.output_tokens > 0, (run.status, run.terminal_reason, run.error)
