@@ -14,6 +14,7 @@ from sqlalchemy import Connection, select
 from conftest import agent_document, register
 from corral.contracts import EvalSuite, Tool, parse_document
 from corral.costs import ModelCallRow
+from corral.errors import ModelAPIError
 from corral.evals import (
     apply_suites,
     compare_versions,
@@ -158,6 +159,30 @@ async def test_an_eval_runs_each_case_through_the_runtime_with_results_per_grade
     # Graded once: grading again changes nothing.
     again = await grade_eval(platform.store, report.run.id, tenant_id=TENANT, actor="user:test")
     assert sum(len(v) for v in again.graders.values()) == 2 * 2 + 2 * 3
+
+
+async def test_an_eval_whose_case_run_errored_is_inconclusive_and_gates_nothing(
+    make_platform, workspace: Path
+) -> None:
+    def provider_down(request: ModelRequest) -> list[ToolCall] | FinalAnswer:
+        task = next(m.content for m in request.messages if m.role == "user")
+        if "answer" in task:
+            raise ModelAPIError("upstream returned 503", provider="scripted", status_code=503)
+        return analyst(request)
+
+    platform = await make_platform(scripted=ScriptedModel(provider_down))
+    await register(platform, agent_document())
+    # No threshold a failed case could break: only the errored run makes the eval fail.
+    await apply_suite(platform, suite_document(thresholds={"min_success_rate": 0.0}))
+    report = await run_eval(platform, workspace=str(workspace))
+
+    assert report.run.status == "completed" and report.run.passed is False
+    assert report.summary is not None
+    assert (report.summary.errored_runs, report.summary.case_runs) == (1, 2)
+    async with platform.store.read(TENANT) as session:
+        _, version = await get_agent_version(session, "repo-analyst", tenant_id=TENANT)
+        gate = await latest_eval(session, "repo-analyst", version.digest, "qa", tenant_id=TENANT)
+    assert gate is not None and (gate.passed, gate.errored_runs) == (False, 1)
 
 
 async def test_a_changed_agent_needs_a_new_eval_and_compare_finds_the_regression(

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from conftest import agent_document, register
 from corral.audit._tables import AuditEventRow
 from corral.contracts import EvalSuite, parse_document
-from corral.errors import Conflict, PolicyRefused
+from corral.errors import Conflict, ModelAPIError, PolicyRefused
 from corral.evals import apply_suites, gateway_judge, grade_eval, latest_eval, start_eval
 from corral.gateway.models import FinalAnswer, ModelRequest
 from corral.platform import Platform
@@ -59,8 +59,8 @@ def model(request: ModelRequest) -> FinalAnswer:
     return FinalAnswer("41" if "Say 41" in request.messages[0].content else "42")
 
 
-async def setup(make_platform: Any) -> Platform:
-    platform: Platform = await make_platform(scripted=ScriptedModel(model))
+async def setup(make_platform: Any, respond: Any = model) -> Platform:
+    platform: Platform = await make_platform(scripted=ScriptedModel(respond))
     suite = parse_document(suite_document())
     assert isinstance(suite, EvalSuite)
     async with platform.store.transaction(TENANT) as session:
@@ -157,6 +157,7 @@ class Baseline:
     policy_violations: int = 0
     median_cost_usd: Decimal = Decimal("0.002")
     p95_latency_seconds: float | None = 4.0
+    errored_runs: int = 0
 
 
 @pytest.mark.parametrize(
@@ -170,8 +171,16 @@ class Baseline:
             {"p95_latency_seconds": None},
             "p95 latency unknown (no case run started) where at most 10.0s",
         ),
+        ({"errored_runs": 2}, "2 case run(s) ended in an error of the model provider"),
     ],
-    ids=["success_rate", "policy_violations", "median_cost", "p95_latency", "no_latency"],
+    ids=[
+        "success_rate",
+        "policy_violations",
+        "median_cost",
+        "p95_latency",
+        "no_latency",
+        "errored",
+    ],
 )
 async def test_each_gate_threshold_refuses_a_promotion(
     make_platform, observed: dict[str, Any], failure: str
@@ -427,3 +436,22 @@ async def test_a_staging_rollout_runs_the_eval_gate_at_start_and_an_ungated_stag
     # A stage outside governance.eval_gate_stages is not gated, at start or at 100 %.
     rollout = await start_gated_rollout(platform, "0.1.1", stage="canary-lab")
     assert (rollout.status, rollout.stage) == ("running", "canary-lab")
+
+
+async def test_an_eval_with_an_errored_case_run_is_no_baseline(
+    make_platform, workspace: Path
+) -> None:
+    def provider_down(request: ModelRequest) -> FinalAnswer:
+        if any("hello" in m.content for m in request.messages if m.role == "user"):
+            raise ModelAPIError("upstream returned 503", provider="scripted", status_code=503)
+        return model(request)
+
+    platform = await setup(make_platform, provider_down)
+    # Only policy violations are gated: the errored run alone must refuse the promotion.
+    gate = {"suites": [{"suite": "qa", "max_policy_violations": 0}]}
+    await register(platform, agent_document(instructions="Answer.", evaluation=gate))
+    assert await evaluate(platform, "0.1.0", workspace) is False
+    with pytest.raises(Conflict) as refused:
+        await promote_to(platform, "0.1.0", "staging")
+    assert refused.value.code == "eval_gate_failed"
+    assert "1 case run(s) ended in an error of the model provider" in refused.value.message

@@ -76,11 +76,23 @@ def score_table(result: dict[str, Any]) -> str:
             f"median cost {_money(summary['median_cost_usd'])}  "
             f"p95 latency {'-' if latency is None else f'{latency:.1f}s'}  "
             f"judge cost {_money(summary['judge_cost_usd'])}\n"
-            f"{'PASSED' if result['passed'] else 'FAILED'}: {result['suite']}@"
+            + _errored_note(summary.get("errored_runs", 0))
+            + f"{'PASSED' if result['passed'] else 'FAILED'}: {result['suite']}@"
             f"{result['suite_version']} on {result['agent']}@{result['agent_version']} "
             f"({result['agent_digest'][:19]})  eval {result['id']}"
         )
     return text
+
+
+def _errored_note(errored: int) -> str:
+    """A line saying the eval is inconclusive when case runs errored (empty when none)."""
+    if not errored:
+        return ""
+    return (
+        f"{errored} case run(s) ended in a model provider or platform error (model_error, "
+        "internal_error): inconclusive, not passed; see `corral get runs --status FAILED`, "
+        "fix the cause and run the eval again\n"
+    )
 
 
 @app.command("run")

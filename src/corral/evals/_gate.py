@@ -34,6 +34,8 @@ class EvalResult:
         median_cost_usd: Median model cost of a case run, US dollars.
         p95_latency_seconds: 95th percentile run latency, seconds (``None``: no run started).
         finished_at: When grading completed.
+        errored_runs: Case runs that ended in a provider or platform error (an eval with any
+            did not pass).
     """
 
     eval_id: str
@@ -48,6 +50,7 @@ class EvalResult:
     median_cost_usd: Decimal
     p95_latency_seconds: float | None
     finished_at: datetime | None
+    errored_runs: int = 0
 
 
 async def latest_eval(
@@ -90,6 +93,7 @@ async def latest_eval(
         median_cost_usd=summary.median_cost_usd,
         p95_latency_seconds=summary.p95_latency_seconds,
         finished_at=row.finished_at,
+        errored_runs=summary.errored_runs,
     )
 
 

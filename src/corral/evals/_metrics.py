@@ -30,7 +30,10 @@ class Summary:
         median_cost_usd: Median cost of a case run's model calls, US dollars.
         p95_latency_seconds: 95th percentile (nearest rank) of run latency, seconds.
         judge_cost_usd: Model-as-judge calls, all runs, US dollars.
-        passed: Whether the suite's thresholds hold.
+        passed: Whether the suite's thresholds hold and no case run errored.
+        errored_runs: Case runs that ended in an error of the platform or the model provider
+            (terminal reason ``model_error`` or ``internal_error``): they show nothing of the
+            agent version, so an eval with any is inconclusive (not passed).
     """
 
     case_runs: int
@@ -41,6 +44,7 @@ class Summary:
     p95_latency_seconds: float | None
     judge_cost_usd: Decimal
     passed: bool
+    errored_runs: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe (money as strings)."""
@@ -53,6 +57,7 @@ class Summary:
             "p95_latency_seconds": self.p95_latency_seconds,
             "judge_cost_usd": _usd(self.judge_cost_usd),
             "passed": self.passed,
+            "errored_runs": self.errored_runs,
         }
 
     @classmethod
@@ -67,6 +72,7 @@ class Summary:
             p95_latency_seconds=data["p95_latency_seconds"],
             judge_cost_usd=Decimal(data["judge_cost_usd"]),
             passed=data["passed"],
+            errored_runs=data.get("errored_runs", 0),  # absent in summaries stored before
         )
 
 
@@ -89,6 +95,8 @@ def p95(values: Sequence[float]) -> float | None:
 def summarize(
     outcomes: Sequence[tuple[bool, int, Decimal, float | None, Decimal]],
     thresholds: EvalThresholds,
+    *,
+    errored_runs: int = 0,
 ) -> Summary:
     """Summarize graded case runs against ``thresholds``.
 
@@ -96,6 +104,8 @@ def summarize(
         outcomes: Per case run: ``(passed, policy_violations, cost_usd, latency_seconds,
             judge_cost_usd)``.
         thresholds: The suite's.
+        errored_runs: How many of those case runs ended in a platform or provider error;
+            any makes the eval not pass, whatever the thresholds.
     """
     runs = len(outcomes)
     passed_runs = sum(1 for o in outcomes if o[0])
@@ -105,6 +115,7 @@ def summarize(
     latency = p95([o[3] for o in outcomes if o[3] is not None])
     passed = (
         runs > 0
+        and errored_runs == 0
         and rate >= thresholds.min_success_rate
         and violations <= thresholds.max_policy_violations
         and (thresholds.max_median_cost_usd is None or median <= thresholds.max_median_cost_usd)
@@ -122,6 +133,7 @@ def summarize(
         latency,
         sum((o[4] for o in outcomes), Decimal(0)),
         passed,
+        errored_runs,
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Final
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +38,7 @@ from corral.registry import get_agent_version
 from corral.runtime import (
     PAUSED_STATUSES,
     TERMINAL_STATUSES,
+    RunRow,
     Workspaces,
     cancel_run,
     get_run,
@@ -64,6 +66,9 @@ EVAL_SANDBOX_STAGE = "eval-sandbox"
 """The stage of eval runs in a sandbox the suite provides: side effects stay in the sandbox."""
 MAX_REPEAT = 20
 """Most runs per case in one eval."""
+ERROR_REASONS: Final = frozenset({"model_error", "internal_error"})
+"""Terminal reasons of a case run that errored (the model provider or the platform failed):
+such a run shows nothing of the agent version, and an eval with one does not pass."""
 
 
 @dataclass(frozen=True)
@@ -378,6 +383,11 @@ async def _complete_if_done(store: Store, eval_id: str, suite: EvalSuite, tenant
         )
         if any(c.status == "pending" for c in cases):
             return
+        run_ids = [c.run_id for c in cases if c.run_id is not None]
+        reasons = await session.scalars(
+            select(RunRow.terminal_reason).where(RunRow.id.in_(run_ids))
+        )
+        errored = sum(1 for reason in reasons if reason in ERROR_REASONS)
         summary = summarize(
             [
                 (
@@ -390,6 +400,7 @@ async def _complete_if_done(store: Store, eval_id: str, suite: EvalSuite, tenant
                 for c in cases
             ],
             suite.spec.thresholds,
+            errored_runs=errored,
         )
         await session.execute(
             update(EvalRunRow)

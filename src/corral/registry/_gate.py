@@ -58,6 +58,10 @@ class EvalBaseline(Protocol):
     def p95_latency_seconds(self) -> float | None:
         """95th percentile case-run latency, seconds."""
 
+    @property
+    def errored_runs(self) -> int:
+        """Case runs that ended in a provider or platform error (``model_error``...)."""
+
 
 class EvalLookup(Protocol):
     """The latest completed eval of one agent digest on one suite (``corral.evals.latest_eval``)."""
@@ -174,6 +178,13 @@ def _judge_suite(gate: SuiteGate, found: EvalBaseline | None) -> dict[str, Any]:
             "failures": [f"suite {gate.suite!r} has no completed eval of this digest"],
         }
     failures: list[str] = []
+    if found.errored_runs:
+        failures.append(
+            f"{found.errored_runs} case run(s) ended in an error of the model provider or the "
+            "platform (model_error, internal_error), so the eval shows nothing of those cases; "
+            "see `corral get runs --status FAILED` and `corral describe run RUN`, fix the "
+            "cause and run the eval again"
+        )
     if gate.min_success_rate is not None and found.success_rate < gate.min_success_rate:
         failures.append(f"success rate {found.success_rate:.3f} < {gate.min_success_rate}")
     if found.policy_violations > gate.max_policy_violations:
@@ -187,7 +198,7 @@ def _judge_suite(gate: SuiteGate, found: EvalBaseline | None) -> dict[str, Any]:
         failures.append(f"p95 latency unknown (no case run started) where at most {bound}s")
     elif bound is not None and latency is not None and latency > bound:
         failures.append(f"p95 latency {latency}s > {bound}s")
-    if gate.min_success_rate is None and not found.passed:
+    if gate.min_success_rate is None and not found.passed and not found.errored_runs:
         failures.append("the suite's own thresholds did not hold")
     return {
         "suite": gate.suite,
