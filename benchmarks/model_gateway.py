@@ -131,8 +131,10 @@ def serve_corral(
 
         signal.signal(signal.SIGTERM, write_profile)
         profiler.enable()
-    # As `corral up`: uvicorn's "auto" event loop (uvloop when installed) and HTTP parser.
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # As `corral up`: uvicorn's "auto" event loop (uvloop when installed) and its HTTP protocol
+    # (a tree without `corral.api.http_protocol`, as main before Wave 4: uvicorn's "auto").
+    http = getattr(importlib.import_module("corral.api"), "http_protocol", lambda: "auto")()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http=http)
 
 
 def _cpu_seconds_of(pid: int) -> Callable[[], float]:

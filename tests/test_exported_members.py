@@ -580,7 +580,7 @@ PUBLIC = {
         "sample_value",
         "set_queue_depth",
     ],
-    "corral.api": ["STATUS_CODES", "create_app", "status_for"],
+    "corral.api": ["STATUS_CODES", "create_app", "http_protocol", "status_for"],
     "corral.portal": ["PAGES", "PORTAL_PATH", "NavPage", "mount_portal"],
     "corral.costs": [
         "COST_GROUPINGS",

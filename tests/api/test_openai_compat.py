@@ -9,6 +9,7 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -27,6 +28,7 @@ from sqlalchemy import Table, select
 
 from conftest import agent_document, register
 from corral.api import create_app
+from corral.api.openai_compat import EventStreamResponse
 from corral.audit._tables import AuditEventRow
 from corral.costs import ModelCallRow
 from corral.gateway.models import LOCAL_MODEL_ALIAS, LocalModelServer, local_provider
@@ -732,3 +734,74 @@ async def test_an_agent_daily_budget_refuses_the_call_that_would_exceed_it(
         CALL_COST,  # the first call's settled cost; its reservation was released
     )
     assert [row.cost_usd for row in calls] == [Decimal(CALL_COST)]
+
+
+def _http_scope() -> dict[str, Any]:
+    """As uvicorn's httptools server describes a request: ASGI spec 2.3."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [],
+    }
+
+
+async def test_an_event_stream_ends_when_the_client_goes_away() -> None:
+    """A client that disconnects mid-stream stops the body iterator (which then cleans up)."""
+    sent: list[dict[str, Any]] = []
+    closed = asyncio.Event()
+    gone = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"data: {}\n\n"
+                await asyncio.sleep(0)
+        finally:
+            closed.set()
+
+    async def receive() -> dict[str, Any]:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) == 3:
+            gone.set()  # the client reads two chunks, then hangs up
+
+    response = EventStreamResponse(endless(), media_type="text/event-stream")
+    await asyncio.wait_for(response(_http_scope(), receive, send), timeout=30)
+    await asyncio.wait_for(closed.wait(), timeout=30)
+    assert sent[0]["type"] == "http.response.start"
+    assert all(m.get("more_body") for m in sent[1:])  # cut short: no final empty body
+
+
+async def test_an_event_stream_sent_whole_is_not_cancelled_by_the_servers_disconnect() -> None:
+    """uvicorn answers ``http.disconnect`` once the response is complete: that is no hang-up."""
+    sent: list[dict[str, Any]] = []
+    complete = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for index in range(3):
+            yield f"data: {index}\n\n".encode()
+
+    async def receive() -> dict[str, Any]:
+        await complete.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            complete.set()
+
+    response = EventStreamResponse(chunks(), media_type="text/event-stream")
+    await response(_http_scope(), receive, send)
+    await asyncio.sleep(0)  # the listener runs now: it must not cancel this task
+    await asyncio.sleep(0)
+    assert [m.get("body") for m in sent[1:]] == [
+        b"data: 0\n\n",
+        b"data: 1\n\n",
+        b"data: 2\n\n",
+        b"",
+    ]

@@ -55,7 +55,7 @@ def up(
     """
     import uvicorn
 
-    from corral.api import create_app
+    from corral.api import create_app, http_protocol
 
     base = get_settings()
     api = base.api.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
@@ -100,6 +100,8 @@ def up(
         # uvloop (a dependency, not on Windows) when installed, else asyncio: about 0.3 ms less
         # CPU per proxied model call (benchmarks/README.md, model_gateway.py "Wave 3").
         loop="auto",
+        # uvicorn's httptools protocol, answering a response's headers and body in one write.
+        http=http_protocol(),
     )
 
 

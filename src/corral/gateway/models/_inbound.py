@@ -898,13 +898,16 @@ class InboundChat:
         seconds = time.perf_counter() - call.started
         observe_model_call(served.provider, served.model, seconds, usage=shown)
         count_model_cost(served.provider, served.model, cost)
-        span.set_attribute("gen_ai.usage.input_tokens", shown.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", shown.output_tokens)
-        span.set_attribute("corral.usage.cache_read_tokens", shown.cache_read_tokens)
-        span.set_attribute("corral.usage.reasoning_tokens", shown.reasoning_tokens)
-        span.set_attribute("corral.usage.missing", usage is None)
+        attributes: dict[str, Any] = {
+            "gen_ai.usage.input_tokens": shown.input_tokens,
+            "gen_ai.usage.output_tokens": shown.output_tokens,
+            "corral.usage.cache_read_tokens": shown.cache_read_tokens,
+            "corral.usage.reasoning_tokens": shown.reasoning_tokens,
+            "corral.usage.missing": usage is None,
+        }
         if cost is not None:
-            span.set_attribute("corral.cost_usd", str(cost))
+            attributes["corral.cost_usd"] = str(cost)
+        span.set_attributes(attributes)  # one lock and validation pass, not one per attribute
         details: dict[str, Any] = {
             "usage": {
                 "input_tokens": shown.input_tokens,
@@ -1145,26 +1148,32 @@ def _principal_entity(principal: Principal) -> tuple[EntityRef, Entity]:
 def _served_attributes(span: Span, served: Served) -> None:
     """The deployment that answered (after a failover, not the first one tried)."""
     span.update_name(f"chat {served.model}")
-    span.set_attribute("gen_ai.provider.name", served.provider)
-    span.set_attribute("gen_ai.request.model", served.model)
-    span.set_attribute("corral.model.deployment", served.deployment)
+    attributes: dict[str, Any] = {
+        "gen_ai.provider.name": served.provider,
+        "gen_ai.request.model": served.model,
+        "corral.model.deployment": served.deployment,
+    }
     if served.region:
-        span.set_attribute("corral.model.region", served.region)
+        attributes["corral.model.region"] = served.region
+    span.set_attributes(attributes)
 
 
 def _request_attributes(
     span: Span, principal: Principal, served: Served, request: ChatCompletionsRequest
 ) -> None:
-    span.set_attribute("gen_ai.operation.name", "chat")
-    span.set_attribute("gen_ai.provider.name", served.provider)
-    span.set_attribute("gen_ai.request.model", served.model)
-    span.set_attribute("corral.principal", principal.id)
-    span.set_attribute("corral.model.alias", served.alias)
-    span.set_attribute("corral.model.channel", "inbound")
-    span.set_attribute("corral.stream", request.stream)
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": served.provider,
+        "gen_ai.request.model": served.model,
+        "corral.principal": principal.id,
+        "corral.model.alias": served.alias,
+        "corral.model.channel": "inbound",
+        "corral.stream": request.stream,
+    }
     if request.max_output_tokens:
-        span.set_attribute("gen_ai.request.max_tokens", request.max_output_tokens)
+        attributes["gen_ai.request.max_tokens"] = request.max_output_tokens
     if request.temperature is not None:
-        span.set_attribute("gen_ai.request.temperature", request.temperature)
+        attributes["gen_ai.request.temperature"] = request.temperature
     if request.seed is not None:
-        span.set_attribute("gen_ai.request.seed", request.seed)
+        attributes["gen_ai.request.seed"] = request.seed
+    span.set_attributes(attributes)
