@@ -96,6 +96,19 @@ async def evaluate(platform: Platform, version: str, workspace: Path) -> bool:
     return bool(report.run.passed)
 
 
+async def pending_promotion_event(platform: Platform) -> AuditEventRow:
+    """The one ``agent.promote`` audit event of a promotion waiting for approval."""
+    async with platform.store.read(TENANT) as session:
+        return (
+            await session.scalars(
+                select(AuditEventRow).where(
+                    AuditEventRow.action == "agent.promote",
+                    AuditEventRow.outcome == "pending_approval",
+                )
+            )
+        ).one()
+
+
 async def promote_to(platform: Platform, version: str, stage: str, **options: Any) -> Promotion:
     async with platform.store.transaction(TENANT) as session:
         return await promote(
@@ -255,15 +268,7 @@ async def test_manual_review_conditions_add_an_approval(make_platform, workspace
     pending = await promote_to(platform, "0.1.2", "staging")
     assert pending.status == "pending_approval" and pending.approval_id is not None
     assert (pending.approver_roles, pending.required_approvals) == (("approver",), 1)
-    async with platform.store.read(TENANT) as session:
-        event = (
-            await session.scalars(
-                select(AuditEventRow).where(
-                    AuditEventRow.action == "agent.promote",
-                    AuditEventRow.outcome == "pending_approval",
-                )
-            )
-        ).one()
+    event = await pending_promotion_event(platform)
     assert event.details["eval_gate"]["manual_review"] == ["tool_set_changed", "risk_tier_raised"]
     assert event.details["approval_id"] == pending.approval_id
 
@@ -305,15 +310,7 @@ async def test_a_write_tool_or_memory_writes_added_need_a_review(
     assert await evaluate(platform, "0.1.1", workspace)
     pending = await promote_to(platform, "0.1.1", "staging")
     assert pending.status == "pending_approval" and pending.approval_id is not None
-    async with platform.store.read(TENANT) as session:
-        event = (
-            await session.scalars(
-                select(AuditEventRow).where(
-                    AuditEventRow.action == "agent.promote",
-                    AuditEventRow.outcome == "pending_approval",
-                )
-            )
-        ).one()
+    event = await pending_promotion_event(platform)
     assert event.details["eval_gate"]["manual_review"] == [condition]
 
 
