@@ -215,13 +215,20 @@ def serve(home: Path, port: int, postgres: str | None, schema: str | None) -> No
 
     from corral.api import create_app
 
+    settings = server_settings(home, postgres, schema)
     platform = Platform(
-        server_settings(home, postgres, schema),
+        settings,
         providers={"scripted": ScriptedModel(decide, name="scripted")},
         builtins=BUILTINS,
     )
     uvicorn.run(
-        create_app(platform), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        create_app(platform),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        # As `corral up`: idle connections outlive the clients' pool expiry (httpx: 5 s).
+        timeout_keep_alive=settings.api.keep_alive_seconds,
     )
 
 
@@ -305,11 +312,12 @@ class Soak:
     cancelled: set[str] = field(default_factory=set)
     loading: bool = True
     ops: Counter[str] = field(default_factory=Counter)
+    began: float = field(default_factory=time.monotonic)
 
     def error(self, text: str) -> None:
         self.report.error_count += 1
-        if len(self.report.errors) < 50:
-            self.report.errors.append(text[:500])
+        if len(self.report.errors) < 50:  # when, to match it with the RSS samples and the log
+            self.report.errors.append(f"at {time.monotonic() - self.began:.1f} s: {text[:500]}")
 
     def headers(self, principal: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[principal]}"}
@@ -393,7 +401,7 @@ class Soak:
                 try:
                     await self.operation(http, rng, n * 10_000_000 + i)
                 except httpx.HTTPError as exc:
-                    self.error(f"client {n}: {exc!r}")
+                    self.error(f"client {n}: {_request_of(exc)}{exc!r}")
                 i += 1
 
     async def approver(self) -> None:
@@ -403,7 +411,7 @@ class Soak:
                 try:
                     await self._decide_pending(http, rng)
                 except httpx.HTTPError as exc:
-                    self.error(f"approver: {exc!r}")
+                    self.error(f"approver: {_request_of(exc)}{exc!r}")
                 await asyncio.sleep(0.2)
 
     async def _decide_pending(self, http: httpx.AsyncClient, rng: random.Random) -> None:
@@ -426,6 +434,14 @@ class Soak:
             if self.check(voted, 200, 409) and voted.status_code == 200:
                 self.votes[approval["run_id"]] = how
                 self.report.votes[how] = self.report.votes.get(how, 0) + 1
+
+
+def _request_of(exc: httpx.HTTPError) -> str:
+    """``"POST /mcp: "``: the request an HTTP error happened on, when it has one."""
+    try:
+        return f"{exc.request.method} {exc.request.url.path}: "
+    except RuntimeError:  # raised by httpx when the error carries no request
+        return ""
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -612,7 +628,7 @@ async def soak(config: Config, *, schema: str | None = None) -> Report:
         url = f"http://127.0.0.1:{port}"
         await _wait_ready(url, child)
         state = Soak(config, url, keys, report)
-        began = time.monotonic()
+        began = state.began
         tasks = [
             asyncio.create_task(sampler(state, admin, home, child.pid, began)),
             asyncio.create_task(state.approver()),

@@ -139,6 +139,12 @@ class ApiSettings(BaseModel):
     port: int = 8420
     url: str | None = None
     """URL the CLI calls. ``None``: ``http://{host}:{port}``."""
+    keep_alive_seconds: int = Field(default=65, gt=0)
+    """How long the server keeps an idle HTTP/1.1 connection open, in seconds. It must outlast
+    the idle expiry of the clients' connection pools (httpx, and so the ``openai`` and
+    ``anthropic`` SDKs: 5 s; a load balancer: AWS ALB 60 s): with equal timeouts a request sent
+    on a connection just as the server closes it fails with "Server disconnected without
+    sending a response". uvicorn's default is 5 s."""
 
 
 class LocalModelSettings(BaseModel):

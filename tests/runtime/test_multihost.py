@@ -288,8 +288,10 @@ import sys, uvicorn
 from corral.api import create_app
 from corral.platform import Platform
 from corral.settings import Settings
-app = create_app(Platform(Settings(), migrate=False), run_worker=False)
-uvicorn.run(app, host=sys.argv[1], port=int(sys.argv[2]), log_level="warning")
+settings = Settings()
+app = create_app(Platform(settings, migrate=False), run_worker=False)
+uvicorn.run(app, host=sys.argv[1], port=int(sys.argv[2]), log_level="warning",
+            timeout_keep_alive=settings.api.keep_alive_seconds)
 """
 
 

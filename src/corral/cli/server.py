@@ -97,6 +97,7 @@ def up(
         # still formats each request's client address and path for it; off skips that work.
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=settings.api.keep_alive_seconds,
         # uvloop (a dependency, not on Windows) when installed, else asyncio: about 0.3 ms less
         # CPU per proxied model call (benchmarks/README.md, model_gateway.py "Wave 3").
         loop="auto",

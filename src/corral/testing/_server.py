@@ -32,7 +32,10 @@ def serve_in_thread(
         RuntimeError: the server did not start within ``startup_timeout_seconds``.
     """
     port = _free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    # Idle connections outlive an httpx client's pool expiry (5 s), as with `corral up`: a loaded
+    # machine must not turn uvicorn's 5 s default into a disconnect in the middle of a test.
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=65)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"corral-test-server:{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout_seconds
