@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, func, select
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from corral.approvals import ApprovalRow, approval_request
@@ -65,7 +65,7 @@ from corral.registry import (
     ToolRow,
     ToolVersionRow,
 )
-from corral.store import Store, new_id, utcnow
+from corral.store import Store, execute_direct, insert_rows, new_id, utcnow
 from corral.tenancy import Principal
 
 __all__ = ["DirectCallResult", "DirectCallStatus", "DirectToolCalls"]
@@ -150,7 +150,6 @@ class _Catalog:
 
 
 _APPROVAL_INSERT = _APPROVALS.insert()
-_SPAN_INSERT = _SPANS.insert()
 _NO_CATALOG = _Catalog([], frozenset(), None, [])
 
 
@@ -201,7 +200,8 @@ _CALL_APPROVALS = (
         _APPROVALS.c.requested_by == bindparam("b_requested_by"),
         _APPROVALS.c.subject == bindparam("b_subject"),
         _APPROVALS.c.arguments_digest == bindparam("b_digest"),
-        _APPROVALS.c.status.in_(("approved", "pending")),
+        # Not ``in_``: an expanding IN is rendered per execution (no direct execution).
+        or_(_APPROVALS.c.status == "approved", _APPROVALS.c.status == "pending"),
         _APPROVALS.c.idempotency_key.is_(None),
     )
     .order_by(_APPROVALS.c.created_at)
@@ -274,7 +274,8 @@ def _catalog_version(
         requested_by, tool, digest = call
         values |= {"b_requested_by": requested_by, "b_subject": f"tool:{tool}", "b_digest": digest}
     statement = _CATALOG_VERSION[agent_name is not None, call is not None]
-    row = tuple(connection.execute(statement, values).one())
+    # Driver values (a SQLite timestamp as its text): the version is only compared with itself.
+    (row,) = execute_direct(connection, statement, values)
     if call is None:
         return row, False
     return row[:-1], bool(row[-1])
@@ -354,8 +355,7 @@ def _record(
     insert_decisions(connection, decisions)
     if audit:
         append_events(connection, tenant_id, audit)
-    if spans:
-        connection.execute(_SPAN_INSERT, spans)
+    insert_rows(connection, _SPANS, spans)
     return True
 
 
@@ -741,12 +741,16 @@ class _DirectRecorder:
     async def write(self, write: Callable[[Connection], bool]) -> bool:
         """Run ``write`` in one transaction of its own.
 
+        The caller waits for this commit: on SQLite it is made in the loop thread when the
+        writer thread is idle and the write lock is free at once (no round trip through the
+        writer thread, two thread wake-ups); otherwise by the writer thread, with others.
+
         Raises:
             CallNotRecorded: The store refused it (nothing of it was written).
         """
         tenant_id = self.principal.tenant_id
         try:
-            return await self.calls.store.run_sync(write, tenant_id)
+            return await self.calls.store.run_sync(write, tenant_id, inline_when_idle=True)
         except SQLAlchemyError as exc:
             raise CallNotRecorded(self.ctx.idempotency_key, exc) from exc
 

@@ -160,8 +160,13 @@ def wrap_untrusted(tool_name: str, call_id: str, text: str) -> str:
 _ATTRIBUTE_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"}
 
 
+_ATTRIBUTE_SPECIAL = re.compile("[&<>\"']")
+
+
 def _attribute(value: str) -> str:
     """``value`` as an XML attribute value: printable ASCII only, the rest as references."""
+    if value.isascii() and value.isprintable() and not _ATTRIBUTE_SPECIAL.search(value):
+        return value  # nothing to escape (tool names, call ids): the common case
     return "".join(
         _ATTRIBUTE_ESCAPES.get(char, char) if " " <= char <= "~" else f"&#x{ord(char):X};"
         for char in value
