@@ -483,10 +483,25 @@ _LOAD_APPROVED = select(
 )
 
 
+# Agent version documents by version row id: a version's document never changes (the
+# executor keeps its parsed spec by the same id), so a run of a known version reads none.
+_DOCUMENTS: dict[str, dict[str, Any]] = {}
+
+
+def _agent_document(connection: Connection, version_id: str) -> dict[str, Any]:
+    document = _DOCUMENTS.get(version_id)
+    if document is None:
+        document = connection.execute(_LOAD_DOCUMENT, {"b_version": version_id}).scalar_one()
+        if len(_DOCUMENTS) >= 1024:
+            _DOCUMENTS.clear()
+        _DOCUMENTS[version_id] = document
+    return document
+
+
 def load_run(connection: Connection, run_id: str) -> LoadedRun:
     """Read everything needed to rebuild a run's state (one transaction)."""
     run = connection.execute(_LOAD_RUN, {"b_run": run_id}).one()
-    document = connection.execute(_LOAD_DOCUMENT, {"b_version": run.agent_version_id}).scalar_one()
+    document = _agent_document(connection, run.agent_version_id)
     tools = connection.execute(_LOAD_TOOLS, {"b_tenant": run.tenant_id}).all()
     steps = list(connection.execute(_LOAD_STEPS, {"b_run": run_id}))
     calls = list(connection.execute(_LOAD_CALLS, {"b_run": run_id}))
@@ -539,7 +554,7 @@ _RUNNABLE = or_(
 )
 _EXPIRED = and_(_RUNS.c.status == "RUNNING", _RUNS.c.lease_expires_at < bindparam("b_now"))
 # One read, two index probes (ix_runs_claim): is anything queued, has any lease expired?
-_ANY_RUNNABLE = select(exists().where(_RUNS.c.status == "QUEUED"), exists().where(_EXPIRED))
+_ANY_RUNNABLE: Any = select(exists().where(_RUNS.c.status == "QUEUED"), exists().where(_EXPIRED))
 _EXPIRED_IDS = select(_RUNS.c.id).where(_EXPIRED)
 
 
@@ -623,7 +638,7 @@ def claim(
         The runs claimed, oldest first (empty when none is runnable).
     """
     # A plain read first: an idle worker's poll costs one read and no UPDATE.
-    queued, expired = connection.execute(_ANY_RUNNABLE, {"b_now": now}).one()
+    ((queued, expired),) = execute_direct(connection, _ANY_RUNNABLE, {"b_now": now})
     if not (queued or expired):
         return []
     # Rare (a worker died or stalled): which runs a claim now takes over from an expired lease.
@@ -647,7 +662,9 @@ def claim(
         for r in rows
     ]
     # A reclaimed run's budget reservation was its dead (or fenced-out) worker's: release it.
-    release_reservations(connection, run_ids=[c.run_id for c in claimed])
+    # Only an executor holding a lease reserves, so a run claimed for the first time
+    # (lease_epoch 1 now) has none: a burst of new runs costs no DELETE.
+    release_reservations(connection, run_ids=[c.run_id for c in claimed if c.lease_epoch > 1])
     for tenant_id in {c.tenant_id for c in claimed}:
         append_events(
             connection,

@@ -50,7 +50,7 @@ from corral.runtime._persist import active_kill_switch
 from corral.runtime._status import RUN_STATUSES, TERMINAL_STATUSES, RunStatus
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.runtime._workspaces import Workspaces
-from corral.store import Store, new_id, utcnow
+from corral.store import Store, insert_rows, new_id, utcnow
 from corral.tenancy import Quotas, check_run_start, permits
 
 __all__ = [
@@ -418,17 +418,20 @@ def _start_on_writer(
         created_at=now,
         updated_at=now,
     )
-    connection.execute(_RUNS.insert(), values)
+    insert_rows(connection, _RUNS, [values])
     variant = record_variant(connection, assignment, values, now)
-    connection.execute(
-        _RUN_EVENTS.insert(),
-        {
-            "tenant_id": tenant_id,
-            "run_id": values["id"],
-            "type": "run.created",
-            "data": {"agent": agent_name, "version": found.version, "model": chosen, **variant},
-            "created_at": now,
-        },
+    insert_rows(
+        connection,
+        _RUN_EVENTS,
+        [
+            {
+                "tenant_id": tenant_id,
+                "run_id": values["id"],
+                "type": "run.created",
+                "data": {"agent": agent_name, "version": found.version, "model": chosen, **variant},
+                "created_at": now,
+            }
+        ],
     )
     append_events(
         connection,

@@ -10,6 +10,7 @@ files, and any directory that contains one of them (a workspace of ``/`` would r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,29 +83,31 @@ class Workspaces:
                 data directory, a key file or the database; ``workspace_not_allowed`` when it
                 is not under one of the tenant's roots.
         """
-        path = Path(workspace).expanduser()
-        if not path.is_absolute():
+        path = os.path.expanduser(workspace)
+        if not os.path.isabs(path):
             raise InvalidRequest(
                 f"Workspace {workspace!r} must be an absolute path on the server "
                 "(the CLI resolves relative paths for you)."
             )
+        # Plain strings and os.path (what Path.resolve runs underneath): the same canonical
+        # paths and checks as pathlib, without a Path object per component and comparison.
         try:
-            canonical = path.resolve(strict=True)
+            canonical = os.path.realpath(path, strict=True)
         except (OSError, RuntimeError, ValueError):  # missing, a loop, unreadable, a NUL byte
             canonical = None
-        if canonical is None or not canonical.is_dir():
+        if canonical is None or not os.path.isdir(canonical):
             raise InvalidRequest(f"Workspace {workspace!r} is not a directory on the server.")
         self._refuse_protected(workspace, canonical, tenant_id)
-        roots = [root.resolve() for root in self.roots(tenant_id)]
-        if not any(canonical.is_relative_to(root) for root in roots):
+        roots = [os.path.realpath(root) for root in self.roots(tenant_id)]
+        if not any(_within(canonical, root) for root in roots):
             raise PolicyDenied(
                 f"Workspace {_named(workspace, canonical)} is not under a "
                 f"workspace root of tenant {tenant_id!r} "
-                f"({', '.join(repr(str(r)) for r in roots)}); put it under "
+                f"({', '.join(repr(r) for r in roots)}); put it under "
                 f"{str(self.builtin_root(tenant_id))!r}, or {_HOW_TO_ADD}.",
                 code="workspace_not_allowed",
             )
-        return canonical
+        return Path(canonical)
 
     def check_endpoint_workspace(self, workspace: Path) -> Path:
         """Canonicalise the inbound ``/mcp`` endpoint's workspace and refuse Corral's own data.
@@ -134,48 +137,57 @@ class Workspaces:
                 "absolute directory on the server."
             )
         # No tenant's directory is carved out of the home: the endpoint serves every tenant.
-        self._refuse_protected(str(workspace), canonical, None)
+        self._refuse_protected(str(workspace), str(canonical), None)
         return canonical
 
-    def _refuse_protected(self, workspace: str, canonical: Path, tenant_id: str | None) -> None:
-        home = self.home.resolve()
+    def _refuse_protected(self, workspace: str, canonical: str, tenant_id: str | None) -> None:
+        home = os.path.realpath(self.home)
         # Inside the home only the tenant's own directory is open: not the home, not
         # ``workspaces/`` (every tenant's), not another tenant's; nothing for no tenant.
-        carve_out = self.builtin_root(tenant_id).resolve() if tenant_id is not None else None
-        inside_home = canonical.is_relative_to(home) and not (
-            carve_out is not None and canonical.is_relative_to(carve_out)
+        carve_out = (
+            os.path.realpath(self.builtin_root(tenant_id)) if tenant_id is not None else None
+        )
+        inside_home = _within(canonical, home) and not (
+            carve_out is not None and _within(canonical, carve_out)
         )
         hit = next(
             (
                 protected
-                for protected in self._protected()
-                if protected.is_relative_to(canonical)  # the workspace contains it
+                for protected in self._protected(home)
+                if _within(protected, canonical)  # the workspace contains it
             ),
             home if inside_home else None,
         )
         if hit is not None:
             raise PolicyDenied(
                 f"Workspace {_named(workspace, canonical)} would expose Corral's "
-                f"own data ({str(hit)!r}): CORRAL_HOME, its key files and the database are never "
+                f"own data ({hit!r}): CORRAL_HOME, its key files and the database are never "
                 "a workspace, nor is a directory that contains them. Use a directory holding "
                 "only the files the agent should read"
                 + (
-                    f", under {str(carve_out)!r}, or {_HOW_TO_ADD}."
+                    f", under {carve_out!r}, or {_HOW_TO_ADD}."
                     if carve_out is not None
                     else ", outside CORRAL_HOME."
                 ),
                 code="workspace_protected",
             )
 
-    def _protected(self) -> Iterator[Path]:
-        """Canonical paths a workspace may not contain: the home and the protected files."""
-        yield self.home.resolve()
+    def _protected(self, home: str) -> Iterator[str]:
+        """Canonical paths a workspace may not contain: ``home`` (canonical), its files."""
+        yield home
         for path in self._protected_files:
-            yield path.resolve()
+            yield os.path.realpath(path)
 
 
-def _named(workspace: str, canonical: Path) -> str:
+def _within(path: str, root: str) -> bool:
+    """Whether canonical ``path`` is ``root`` or under it (``Path.is_relative_to`` on strings)."""
+    if path == root:
+        return True
+    return path.startswith(root if root.endswith(os.sep) else root + os.sep)
+
+
+def _named(workspace: str, canonical: str) -> str:
     """``'given'``, with ``(resolved: 'canonical')`` when the two differ."""
-    if str(canonical) == workspace:
+    if canonical == workspace:
         return repr(workspace)
-    return f"{workspace!r} (resolved: {str(canonical)!r})"
+    return f"{workspace!r} (resolved: {canonical!r})"
