@@ -87,7 +87,7 @@ from corral.policy import (
     principal_ref,
 )
 from corral.registry import AgentRow, AgentVersionRow, StageBindingRow, load_stage_agent
-from corral.store import Store
+from corral.store import Store, insert_rows
 from corral.tenancy import Principal, Quotas
 
 __all__ = [
@@ -101,7 +101,6 @@ __all__ = [
 ]
 
 _SPANS = cast(Table, SpanRow.__table__)
-_SPAN_INSERT = _SPANS.insert()
 _AGENTS = cast(Table, AgentRow.__table__)
 _AGENT_VERSIONS = cast(Table, AgentVersionRow.__table__)
 _BINDINGS = cast(Table, StageBindingRow.__table__)
@@ -1070,9 +1069,8 @@ class _RecordBatches:
         def write(connection: Connection) -> None:
             insert_decisions(connection, [d for _, rows, _ in items for d in rows.decisions])
             append_events(connection, tenant_id, [a for _, rows, _ in items for a in rows.audits])
-            spans = [span for _, rows, _ in items for span in rows.spans]
-            if spans:
-                connection.execute(_SPAN_INSERT, spans)
+            # Compiled once, values processed as SQLAlchemy would (as the runtime's checkpoint).
+            insert_rows(connection, _SPANS, [span for _, rows, _ in items for span in rows.spans])
             for _, rows, _ in items:
                 if rows.ledger is not None:
                     rows.ledger(connection)
