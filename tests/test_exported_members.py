@@ -702,6 +702,7 @@ PUBLIC = {
         "Prompt",
         "PromptSpec",
         "RegexGrader",
+        "SCHEMA_CHECKED",
         "SuiteGate",
         "Tool",
         "ToolMetadata",
