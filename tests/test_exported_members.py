@@ -227,6 +227,7 @@ PUBLIC = {
         "ensure_migrated",
         "execute_direct",
         "head_revision",
+        "insert_on_conflict",
         "insert_rows",
         "is_transient_error",
         "new_id",
