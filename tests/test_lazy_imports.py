@@ -118,11 +118,12 @@ asyncio.run(main())
     assert "openai" in loaded  # the local provider is an OpenAI-compatible one
 
 
-IDLE_WORKER_NEVER = ("alembic", "cryptography", "jwt", "httpx")
+IDLE_WORKER_NEVER = ("alembic", "cryptography", "jwt", "httpx", "rich", "jsonschema_rs", "limits")
 """Packages `corral worker` imports only when it uses them: alembic to migrate (`corral db
 upgrade`; the worker checks the revision with plain SQL), cryptography when a secret is sealed
 or opened, PyJWT when an OIDC token arrives, httpx when an ``http`` tool runs or a command calls
-the API."""
+the API, jsonschema_rs when a tool's schema is compiled, limits at the first tool call; rich
+never (structlog is imported with it hidden)."""
 
 
 @pytest.mark.parametrize("module", ["corral.platform", "corral.cli"])
@@ -201,3 +202,38 @@ asyncio.run(main())
         "import asyncio, os\nos.environ['OTEL_EXPORTER_OTLP_ENDPOINT'] = 'http://127.0.0.1:9'",
     )
     assert set(OTLP_EXPORT) <= _loaded_after(configured, str(tmp_path))
+
+
+def test_a_sqlite_worker_loads_no_postgresql_dialect(tmp_path: Path) -> None:
+    """SQLAlchemy's PostgreSQL dialect is imported when PostgreSQL is used, not on SQLite.
+
+    The store is migrated first (the migrations name PostgreSQL types), then a worker-style
+    ``Platform(migrate=False)`` starts on it in a new interpreter.
+    """
+    code = f"""
+import asyncio, json, sys
+from corral.platform import Platform
+from corral.settings import Settings
+
+MIGRATE = True
+
+async def main():
+    platform = Platform(Settings(home={str(tmp_path)!r}), migrate=MIGRATE)
+    await platform.start()
+    await platform.close()
+
+asyncio.run(main())
+print(json.dumps([m for m in sys.modules if m.startswith("sqlalchemy.dialects.")]))
+"""
+    dialects = []
+    for script in (code, code.replace("MIGRATE = True", "MIGRATE = False")):
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"CORRAL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **_python_path()},
+        )
+        dialects = json.loads(done.stdout.splitlines()[-1])
+    assert "sqlalchemy.dialects.sqlite" in dialects
+    assert not [m for m in dialects if m.startswith("sqlalchemy.dialects.postgresql")], dialects

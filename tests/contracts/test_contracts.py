@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from conftest import agent_document
 from corral.contracts import (
+    SCHEMA_CHECKED,
     Agent,
     AgentModel,
     AgentTools,
@@ -221,6 +222,22 @@ def test_tool_with_an_invalid_input_schema_is_refused(schema: dict, expected: st
     [issue] = info.value.issues
     assert issue.path == "spec.input_schema"
     assert expected in issue.message
+
+
+def test_schema_checked_skips_only_the_schema_compilation() -> None:
+    # For Corral's own built-in tools (compiled by tests/gateway/tools/test_fs.py): the rest of
+    # the document is validated as usual, 'type': 'object' included.
+    unknown_type = {"type": "object", "properties": {"url": {"type": "no-such-type"}}}
+    with pytest.raises(ValidationError, match="JSON Schema"):
+        Tool.model_validate(tool_document(unknown_type))
+    tool = Tool.model_validate(tool_document(unknown_type), context=SCHEMA_CHECKED)
+    assert tool.spec.input_schema == unknown_type
+    with pytest.raises(ValidationError, match="'type': 'object'"):
+        Tool.model_validate(tool_document({"type": "string"}), context=SCHEMA_CHECKED)
+    with pytest.raises(ValidationError, match="metadata"):
+        Tool.model_validate(
+            {**tool_document({"type": "object"}), "metadata": {}}, context=SCHEMA_CHECKED
+        )
 
 
 def test_implementation_only_for_builtin_tools() -> None:

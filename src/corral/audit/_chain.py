@@ -36,12 +36,11 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from corral.audit._tables import AuditEventRow, AuditHeadRow
-from corral.store import execute_direct, insert_rows, utcnow
+from corral.store import execute_direct, insert_on_conflict, insert_rows, utcnow
 
 __all__ = [
     "GENESIS_HASH",
@@ -148,11 +147,6 @@ _MOVE_HEAD = (
     .values(seq=bindparam("b_seq"), hash=bindparam("b_hash"))
 )
 _INSERT_EVENTS = _EVENTS.insert()
-_CREATE_HEAD = (
-    postgresql.insert(_HEADS)
-    .values(tenant_id=bindparam("b_tenant"), seq=0, hash=GENESIS_HASH)
-    .on_conflict_do_nothing(index_elements=[_HEADS.c.tenant_id])
-)
 
 
 def _take_head(
@@ -181,7 +175,11 @@ def _take_head(
     if head is None:
         if not create or connection.execute(_READ_HEAD, params).one_or_none() is not None:
             return None  # held by another transaction (or none yet: nothing to chain)
-        connection.execute(_CREATE_HEAD, params)
+        connection.execute(
+            insert_on_conflict(_HEADS, "postgresql")
+            .values(tenant_id=tenant_id, seq=0, hash=GENESIS_HASH)
+            .on_conflict_do_nothing(index_elements=[_HEADS.c.tenant_id])
+        )
         head = connection.execute(_TAKE_HEAD, params).one_or_none()
     return None if head is None else (int(head.seq), str(head.hash))
 

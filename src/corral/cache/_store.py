@@ -13,12 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from corral.cache._tables import ModelResponseCacheRow, ToolResultCacheRow
 from corral.gateway.models import CachedResponse, response_document, response_from_document
 from corral.gateway.tools import ToolResult, result_document, result_from_document
-from corral.store import Store, utcnow
+from corral.store import Store, insert_on_conflict, utcnow
 
 __all__ = ["StoreResponseCache", "StoreToolResultCache"]
 
@@ -45,7 +44,7 @@ def _write(table: Table, values: dict[str, Any], connection: Connection) -> None
             table.c.tenant_id == values["tenant_id"], table.c.expires_at <= values["created_at"]
         )
     )
-    insert = (postgresql if connection.dialect.name == "postgresql" else sqlite).insert(table)
+    insert = insert_on_conflict(table, connection.dialect.name)
     replaced = {k: v for k, v in values.items() if k not in ("tenant_id", "digest")}
     connection.execute(
         insert.values(**values).on_conflict_do_update(

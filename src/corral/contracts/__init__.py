@@ -21,6 +21,7 @@ from corral.contracts._evals import (
 from corral.contracts._loader import KINDS, Document, load_documents, load_paths, parse_document
 from corral.contracts._models import (
     API_VERSION,
+    SCHEMA_CHECKED,
     Agent,
     AgentAnswer,
     AgentLimits,
@@ -73,6 +74,7 @@ __all__ = [
     "MAX_YAML_ALIAS_NODES",
     "MAX_YAML_BYTES",
     "MAX_YAML_DEPTH",
+    "SCHEMA_CHECKED",
     "Agent",
     "AgentAnswer",
     "AgentLimits",

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from fnmatch import fnmatchcase
-from typing import Annotated, Any, Literal
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "API_VERSION",
@@ -49,6 +58,13 @@ __all__ = [
 ]
 
 API_VERSION: Literal["corral.dev/v1"] = "corral.dev/v1"
+
+SCHEMA_CHECKED: Final[Mapping[str, bool]] = MappingProxyType({"corral_schema_checked": True})
+"""Validation context (``Tool.model_validate(document, context=SCHEMA_CHECKED)``) for documents
+whose ``input_schema`` Corral itself wrote and a test compiles: Corral's built-in tools, built at
+import. It skips compiling the schema with ``jsonschema_rs`` (its ``type: object`` is still
+required), so importing Corral does not load that 6 MB extension module; every other document is
+compiled as usual."""
 
 _NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _TOOL_NAME = r"^[a-z0-9]([-_.a-z0-9]{0,61}[a-z0-9])?$"
@@ -528,13 +544,14 @@ class ToolSpec(_Strict):
 
     @field_validator("input_schema")
     @classmethod
-    def _schema_is_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
-        import jsonschema_rs
+    def _schema_is_valid(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if not (info.context and info.context.get("corral_schema_checked")):
+            import jsonschema_rs  # imported by the first schema compiled, not by `import corral`
 
-        try:
-            jsonschema_rs.validator_for(value)
-        except Exception as exc:  # jsonschema_rs raises ValidationError or ValueError
-            raise ValueError(f"not a valid JSON Schema: {exc}") from exc
+            try:
+                jsonschema_rs.validator_for(value)
+            except Exception as exc:  # jsonschema_rs raises ValidationError or ValueError
+                raise ValueError(f"not a valid JSON Schema: {exc}") from exc
         if value.get("type") != "object":
             raise ValueError("the arguments schema must have 'type': 'object'")
         return value

@@ -6,14 +6,13 @@ through a :class:`Judge` (the model gateway, in the service) and counts the call
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
-
-import jsonschema_rs
+from typing import TYPE_CHECKING, Any
 
 from corral.contracts import (
     ContainsGrader,
@@ -30,6 +29,9 @@ from corral.contracts import (
     TrajectoryGrader,
 )
 from corral.errors import BudgetExceeded, PolicyDenied
+
+if TYPE_CHECKING:
+    import jsonschema_rs
 
 __all__ = [
     "JUDGE_SCHEMA",
@@ -59,7 +61,19 @@ JUDGE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 """What a judge model must answer: ``{"score": 0..1, "reason": "..."}`` and nothing else."""
-_JUDGE_VALIDATOR = jsonschema_rs.validator_for(JUDGE_SCHEMA)
+
+
+def _validator_for(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    # jsonschema_rs (about 6 MB RSS) is imported by the first grade that needs it, not by every
+    # process that imports the evals domain (an idle worker or server).
+    import jsonschema_rs
+
+    return jsonschema_rs.validator_for(schema)
+
+
+@functools.cache
+def _judge_validator() -> jsonschema_rs.Validator:
+    return _validator_for(JUDGE_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -206,7 +220,7 @@ def _json_check(schema: dict[str, Any], output: str) -> tuple[bool, str]:
         value = json.loads(fenced.group(1) if fenced else output)
     except ValueError as exc:
         return False, f"not JSON: {exc}"
-    errors = [e.message for e in jsonschema_rs.validator_for(schema).iter_errors(value)]
+    errors = [e.message for e in _validator_for(schema).iter_errors(value)]
     return not errors, "valid" if not errors else "; ".join(errors[:3])
 
 
@@ -282,7 +296,7 @@ async def _judge(grader: JudgeGrader, seen: Observation, name: str, judge: Judge
         value = json.loads(fenced.group(1) if fenced else reply.text)
     except ValueError:
         value = None
-    if value is None or not _JUDGE_VALIDATOR.is_valid(value):
+    if value is None or not _judge_validator().is_valid(value):
         detail = f"the judge's answer is not the required JSON: {reply.text[:200]!r}"
         return Verdict(name, grader.type, False, 0.0, detail, reply.cost_usd)
     score = float(value["score"])

@@ -22,11 +22,34 @@ import sys
 from collections.abc import Iterator, MutableMapping
 from typing import Any, Final, TextIO
 
-import structlog
 from opentelemetry import trace
 
 from corral.secrets import REDACTED, current_secret_scope, redact_secrets
 from corral.settings import LogSettings
+
+
+@contextlib.contextmanager
+def _absent(module: str) -> Iterator[None]:
+    """Imports of ``module`` fail inside the block, unless it is already imported.
+
+    ``structlog`` imports ``rich`` (with ``pygments`` and ``attrs``: about 5 MB RSS) whenever it
+    is installed (``typer`` installs it), for its rich tracebacks and pretty-printed locals.
+    Corral renders tracebacks with ``structlog.dev.plain_traceback`` and never renders locals,
+    so a server or worker need not hold them: a ``None`` entry in ``sys.modules`` makes
+    ``import rich`` raise ``ImportError``, which structlog treats as "not installed".
+    """
+    hidden = module not in sys.modules
+    if hidden:
+        sys.modules[module] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if hidden and sys.modules.get(module, False) is None:
+            del sys.modules[module]
+
+
+with _absent("rich"):
+    import structlog
 
 __all__ = [
     "LOG_CONTEXT_KEYS",

@@ -9,7 +9,6 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Table, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import append_event
@@ -19,7 +18,7 @@ from corral.registry import latest_agent_versions, list_agents
 from corral.runtime import ended_runs
 from corral.slo._judge import OBJECTIVES, Observation, judge
 from corral.slo._tables import SloEvaluatorRow, SloStateRow
-from corral.store import Store
+from corral.store import Store, insert_on_conflict
 
 __all__ = [
     "EVALUATOR_NAME",
@@ -137,9 +136,8 @@ def claim_evaluation(
     ).rowcount
     if moved:
         return True
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     inserted = connection.execute(
-        dialect.insert(table)
+        insert_on_conflict(table, connection.dialect.name)
         .values(name=EVALUATOR_NAME, holder=holder, evaluated_at=now)
         .on_conflict_do_nothing(index_elements=[table.c.name])
     ).rowcount

@@ -19,6 +19,7 @@ from corral.store._engine import (
     Store,
     SystemScope,
     create_engine,
+    insert_on_conflict,
     postgres_session_settings,
     skip_locked,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "ensure_migrated",
     "execute_direct",
     "head_revision",
+    "insert_on_conflict",
     "insert_rows",
     "is_transient_error",
     "new_id",

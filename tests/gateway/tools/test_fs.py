@@ -320,6 +320,14 @@ def test_builtin_tools_are_the_three_fs_tools() -> None:
         assert tool.contract.spec.side_effect == "read"
 
 
+def test_builtin_tool_documents_validate_with_their_schemas_compiled() -> None:
+    # _fs builds them with SCHEMA_CHECKED (no jsonschema_rs at import): a document that only
+    # validates that way would be refused when a user applies it.
+    for tool in BUILTIN_TOOLS.values():
+        document = tool.contract.model_dump(mode="json", by_alias=True, exclude_none=True)
+        assert Tool.model_validate(document) == tool.contract
+
+
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_input_schema_is_valid_and_tight(name: str) -> None:
     schema = BUILTIN_TOOLS[name].contract.spec.input_schema

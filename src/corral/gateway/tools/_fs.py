@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from corral.contracts import API_VERSION, Tool
+from corral.contracts import API_VERSION, SCHEMA_CHECKED, Tool
 from corral.errors import PathOutsideWorkspace, ToolFailed
 from corral.gateway.tools._guard import PathGuard, current_path_guard
 
@@ -519,6 +519,8 @@ _PATH_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": _MAX_PATH_CHARS}
 
 
 def _contract(name: str, description: str, input_schema: dict[str, Any]) -> Tool:
+    # SCHEMA_CHECKED: compiling these schemas would import jsonschema_rs in every process that
+    # imports Corral; tests/gateway/tools/test_fs.py validates them without it.
     return Tool.model_validate(
         {
             "apiVersion": API_VERSION,
@@ -530,7 +532,8 @@ def _contract(name: str, description: str, input_schema: dict[str, Any]) -> Tool
                 "side_effect": "read",
                 "input_schema": input_schema,
             },
-        }
+        },
+        context=SCHEMA_CHECKED,
     )
 
 

@@ -25,12 +25,8 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import limits
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from limits.errors import ConfigurationError
-from limits.storage import storage_from_string
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
 
@@ -38,6 +34,10 @@ from corral.errors import CircuitOpen, RateLimited, UpstreamFailed
 from corral.gateway.tools._base import ToolCallContext
 from corral.resilience import CircuitBreakers
 from corral.settings import ToolSettings
+
+if TYPE_CHECKING:
+    import limits
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 __all__ = ["Resilience", "ToolRateLimiter", "guard"]
 
@@ -49,8 +49,18 @@ T = TypeVar("T")
 _NOT_SENT = "upstream_unreachable"
 
 
+_LIMIT_SETTINGS: Final = (
+    "rate_limit_per_tool",
+    "rate_limit_per_agent",
+    "rate_limit_per_tenant",
+    "rate_limit_storage_url",
+)
+
+
 @functools.lru_cache(maxsize=256)
 def _parse_rate(rate: str) -> tuple[limits.RateLimitItem, ...]:
+    import limits  # about 2 MB RSS with its dependencies: imported by the first tool call
+
     return tuple(limits.parse_many(rate))
 
 
@@ -74,6 +84,24 @@ class ToolRateLimiter:
     """
 
     def __init__(self, settings: ToolSettings) -> None:
+        self.settings = settings
+        self.storage_url = async_storage_url(settings.rate_limit_storage_url)
+        self._storage: Any = None
+        self._built: SlidingWindowCounterRateLimiter | None = None
+        # The defaults (valid, in memory) are built by the first tool call, so that an idle
+        # worker does not import `limits`; configured values are checked now, at start.
+        defaults = type(settings).model_fields
+        if any(getattr(settings, name) != defaults[name].default for name in _LIMIT_SETTINGS):
+            self._build()
+
+    def _build(self) -> SlidingWindowCounterRateLimiter:
+        if self._built is not None:
+            return self._built
+        from limits.aio.strategies import SlidingWindowCounterRateLimiter
+        from limits.errors import ConfigurationError
+        from limits.storage import storage_from_string
+
+        settings = self.settings
         for rate in (
             settings.rate_limit_per_tool,
             settings.rate_limit_per_agent,
@@ -85,18 +113,16 @@ class ToolRateLimiter:
                 raise ValueError(
                     f"tool rate limit {rate!r} is not in limits notation (e.g. '600/minute')"
                 ) from None
-        url = async_storage_url(settings.rate_limit_storage_url)
         try:
-            storage = storage_from_string(url)
+            storage = storage_from_string(self.storage_url)
         except ConfigurationError as exc:
             raise ValueError(
                 f"cannot use rate-limit storage {settings.rate_limit_storage_url!r}: {exc} "
                 "(Redis storage needs the coredis package)"
             ) from exc
-        self.settings = settings
-        self.storage_url = url
         self._storage = storage
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._built = SlidingWindowCounterRateLimiter(storage)
+        return self._built
 
     def close(self) -> None:
         """Drop the storage's connections (Redis); the next call reconnects."""
@@ -135,13 +161,14 @@ class ToolRateLimiter:
                 before it have counted the call. When the storage fails (Redis down) the call
                 is let through uncounted and a warning logged: availability over counting.
         """
+        limiter = self._build()
         for scope, key, rate, identifiers in self._checks(ctx, tool_name, tool_rate):
             for item in _parse_rate(rate):
                 try:
-                    allowed = await self._limiter.hit(item, *identifiers)
+                    allowed = await limiter.hit(item, *identifiers)
                     if allowed:
                         continue
-                    stats = await self._limiter.get_window_stats(item, *identifiers)
+                    stats = await limiter.get_window_stats(item, *identifiers)
                 except Exception as exc:  # storage errors differ per backend
                     log.warning("rate-limit storage failed, call not counted: %s", exc)
                     return
@@ -151,9 +178,10 @@ class ToolRateLimiter:
         self, ctx: ToolCallContext, tool_name: str, *, tool_rate: str | None = None
     ) -> None:
         """Forget the counts :meth:`acquire` would check for this call (tests, operators)."""
+        limiter = self._build()
         for _scope, _key, rate, identifiers in self._checks(ctx, tool_name, tool_rate):
             for item in _parse_rate(rate):
-                await self._limiter.clear(item, *identifiers)
+                await limiter.clear(item, *identifiers)
 
 
 def _rate_limited(scope: str, key: str, rate: str, retry_after_seconds: float) -> RateLimited:
