@@ -21,7 +21,13 @@ configured, the MCP SDK when an MCP server is used, the local model's runtime ne
 
 def _loaded_after(code: str, tmp_home: str) -> set[str]:
     """Top-level packages in ``sys.modules`` after running ``code`` in a new interpreter."""
-    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    listed = "import json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    modules = _last_line(f"{code}\n{listed}", tmp_home)
+    return {name.split(".")[0] for name in json.loads(modules)}
+
+
+def _last_line(script: str, tmp_home: str) -> str:
+    """The last line ``script`` prints, run in a new interpreter with ``CORRAL_HOME=tmp_home``."""
     done = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
@@ -29,7 +35,24 @@ def _loaded_after(code: str, tmp_home: str) -> set[str]:
         check=True,
         env={"CORRAL_HOME": tmp_home, "PATH": "/usr/bin:/bin", **_python_path()},
     )
-    return {name.split(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
+    return done.stdout.splitlines()[-1]
+
+
+def _started(home: Path, *, migrate: bool) -> str:
+    """Code that starts and closes a ``Platform`` on ``home``, as `corral worker` does when
+    ``migrate`` is false (the store must be migrated already)."""
+    return f"""
+import asyncio
+from corral.platform import Platform
+from corral.settings import Settings
+
+async def main():
+    platform = Platform(Settings(home={str(home)!r}), migrate={migrate})
+    await platform.start()
+    await platform.close()
+
+asyncio.run(main())
+"""
 
 
 def _python_path() -> dict[str, str]:
@@ -137,22 +160,8 @@ def test_importing_corral_loads_nothing_an_idle_worker_does_not_use(
 
 def test_the_worker_checks_the_revision_without_alembic(tmp_path: Path) -> None:
     """Migrate a store, then start a Platform on it with migrate=False, as `corral worker` does."""
-    code = f"""
-import asyncio
-from corral.platform import Platform
-from corral.settings import Settings
-
-MIGRATE = True
-
-async def main():
-    platform = Platform(Settings(home={str(tmp_path)!r}), migrate=MIGRATE)
-    await platform.start()
-    await platform.close()
-
-asyncio.run(main())
-"""
-    assert "alembic" in _loaded_after(code, str(tmp_path))  # migrating needs it
-    loaded = _loaded_after(code.replace("MIGRATE = True", "MIGRATE = False"), str(tmp_path))
+    assert "alembic" in _loaded_after(_started(tmp_path, migrate=True), str(tmp_path))
+    loaded = _loaded_after(_started(tmp_path, migrate=False), str(tmp_path))
     assert loaded.isdisjoint(IDLE_WORKER_NEVER), sorted(loaded & set(IDLE_WORKER_NEVER))
 
 
@@ -210,30 +219,10 @@ def test_a_sqlite_worker_loads_no_postgresql_dialect(tmp_path: Path) -> None:
     The store is migrated first (the migrations name PostgreSQL types), then a worker-style
     ``Platform(migrate=False)`` starts on it in a new interpreter.
     """
-    code = f"""
-import asyncio, json, sys
-from corral.platform import Platform
-from corral.settings import Settings
-
-MIGRATE = True
-
-async def main():
-    platform = Platform(Settings(home={str(tmp_path)!r}), migrate=MIGRATE)
-    await platform.start()
-    await platform.close()
-
-asyncio.run(main())
-print(json.dumps([m for m in sys.modules if m.startswith("sqlalchemy.dialects.")]))
-"""
+    listed = 'import json, sys\nprint(json.dumps([m for m in sys.modules if "dialects." in m]))'
     dialects = []
-    for script in (code, code.replace("MIGRATE = True", "MIGRATE = False")):
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={"CORRAL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **_python_path()},
-        )
-        dialects = json.loads(done.stdout.splitlines()[-1])
+    for migrate in (True, False):
+        script = f"{_started(tmp_path, migrate=migrate)}\n{listed}"
+        dialects = json.loads(_last_line(script, str(tmp_path)))
     assert "sqlalchemy.dialects.sqlite" in dialects
     assert not [m for m in dialects if m.startswith("sqlalchemy.dialects.postgresql")], dialects
