@@ -15,7 +15,8 @@ Variants, each with one keep-alive ``httpx.AsyncClient`` per simulated client an
   decision, the tenant's model quotas, the raw-wire upstream call, and one transaction storing
   the decision, the ``model.call`` audit event and the ``chat`` span.
 * ``corral, deferred records``: the same on a second Corral server (same store) whose
-  ``InboundChat.defer_records`` is on: it answers before the call's rows are committed.
+  ``models.inbound_records`` is ``after_answer``: it answers before the call's rows are
+  committed.
 * the upstream and the first Corral with ``"stream": true`` (time to the last byte; Corral adds
   ``stream_options.include_usage`` upstream and meters the usage chunk).
 
@@ -86,10 +87,13 @@ Request = Callable[[httpx.AsyncClient], Awaitable[None]]
 _CLIENTS: list[httpx.AsyncClient] = []
 
 
-def _settings(home: Path, store: str | None, schema: str | None, upstream: str) -> Settings:
+def _settings(
+    home: Path, store: str | None, schema: str | None, upstream: str, *, deferred: bool = False
+) -> Settings:
     values: dict[str, Any] = {
         "home": home,
         "openai": {"base_url": upstream, "api_key": "bench-upstream-key"},
+        "models": {"inbound_records": "after_answer" if deferred else "before_answer"},
     }
     if store:
         values["store"] = {"url": store, "postgres_schema": schema}
@@ -117,8 +121,8 @@ def serve_corral(
 
     from corral.api import create_app
 
-    app = create_app(Platform(_settings(home, store, schema, up)), run_worker=False)
-    app.state.openai_compat.chat.defer_records = deferred
+    platform = Platform(_settings(home, store, schema, up, deferred=deferred))
+    app = create_app(platform, run_worker=False)
     dump = os.environ.get("CORRAL_BENCH_PROFILE_SERVER") if not deferred else None
     if dump:
         profiler = cProfile.Profile()

@@ -475,6 +475,15 @@ class ModelGatewaySettings(BaseModel):
     breaker_storage_url: str | None = None
     """Where deployment breaker state lives: unset, in each process; ``redis://HOST:PORT``,
     shared by every replica and worker (needs ``corral[redis]``)."""
+    inbound_records: Literal["before_answer", "after_answer"] = "before_answer"
+    """When ``POST /v1/chat/completions`` commits a call's record (policy decision, ``model.call``
+    audit event, ``chat`` span, cost row). ``before_answer``: the answer waits for the commit,
+    so every answered call is in the audit chain even if the process dies right after.
+    ``after_answer``: the record is committed in the next batch, just after the answer (saves
+    the commit's latency, about 1 ms per call on SQLite: the ``corral, deferred records`` row
+    of ``benchmarks/model_gateway.py``); a crash between the answer and that commit loses the
+    records of the calls answered in between, and a failed batch is logged as an error.
+    Decisions, quotas and budgets are checked before the call either way (ADR 0008)."""
 
 
 class SecretsSettings(BaseModel):

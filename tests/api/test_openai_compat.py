@@ -805,3 +805,21 @@ async def test_an_event_stream_sent_whole_is_not_cancelled_by_the_servers_discon
         b"data: 2\n\n",
         b"",
     ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "deferred"), [("before_answer", False), ("after_answer", True)]
+)
+def test_inbound_records_setting_chooses_when_the_record_is_committed(
+    settings: Settings, setting: str, deferred: bool
+) -> None:
+    settings = settings.model_copy(
+        update={"models": settings.models.model_copy(update={"inbound_records": setting})}
+    )
+    app = create_app(Platform(settings), run_worker=False)
+    assert app.state.openai_compat.chat.defer_records is deferred
+
+
+def test_inbound_records_setting_refuses_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="before_answer"):
+        Settings(models={"inbound_records": "never"})  # type: ignore[arg-type]

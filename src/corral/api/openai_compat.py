@@ -137,6 +137,7 @@ class OpenAICompatEndpoint:
             quotas=platform.quotas,
             stage=platform.settings.mcp_endpoint.stage,
             costs=InboundCosts(platform.store, platform.quotas),
+            defer_records=platform.settings.models.inbound_records == "after_answer",
         )
 
     @property

@@ -11,7 +11,11 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
+from corral.settings import ApiSettings
+
 __all__ = ["serve_in_thread"]
+
+_KEEP_ALIVE_SECONDS = ApiSettings().keep_alive_seconds
 
 
 def _free_port(host: str) -> int:
@@ -34,7 +38,9 @@ def serve_in_thread(
     port = _free_port(host)
     # Idle connections outlive an httpx client's pool expiry (5 s), as with `corral up`: a loaded
     # machine must not turn uvicorn's 5 s default into a disconnect in the middle of a test.
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=65)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_keep_alive=_KEEP_ALIVE_SECONDS
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"corral-test-server:{port}", daemon=True)
     thread.start()
