@@ -292,6 +292,7 @@ _STAGE_VERSION = (
     )
 )
 
+
 def _start_on_writer(
     connection: Connection,
     request: _StartRequest,
