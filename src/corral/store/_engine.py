@@ -28,6 +28,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from corral.errors import MissingTenantScope
 from corral.store._base import TenantMixin
+from corral.store._direct import execute_driver_sql
 
 if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql, sqlite
@@ -172,7 +173,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_begin(connection: Any) -> None:
         # Reads take a snapshot without the write lock (WAL readers never block the writer).
         readonly = connection.get_execution_options().get("corral_readonly", False)
-        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        execute_driver_sql(connection, "BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 def create_engine(
