@@ -14,6 +14,7 @@ import pytest
 from conftest import agent_document
 from corral.errors import InvalidRequest, PolicyDenied
 from corral.runtime import Workspaces
+from corral.runtime._workspaces import _realpath
 from corral.settings import Settings
 from corral.testing import ScriptedModel
 from tenancy._world import World, live_world
@@ -222,3 +223,27 @@ def test_the_mcp_endpoint_workspace_may_not_expose_corrals_data(tmp_path: Path) 
         assert refused.value.code == "workspace_protected"
     with pytest.raises(InvalidRequest, match="CORRAL_MCP_ENDPOINT__WORKSPACE"):
         resolver.check_endpoint_workspace(Path("relative"))
+
+
+def test_realpath_with_known_parents_is_os_realpath(tmp_path: Path) -> None:
+    """The check's shared-prefix realpath gives os.path.realpath's answer, symlinks included."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "a" / "f").write_text("")
+    (tmp_path / "a" / "lx").symlink_to(tmp_path / "x")
+    (tmp_path / "a" / "b" / "up").symlink_to("../..")
+    (tmp_path / "x" / "back").symlink_to(tmp_path / "a" / "b")
+    (tmp_path / "a" / "lf").symlink_to("f")
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "dangling").symlink_to("missing/z")
+    parts = ["a", "b", "lx", "up", "back", "f", "lf", "loop", "dangling", "missing", "..", "."]
+    known: dict[str, str] = {}  # shared across the paths, as within one check
+    for first in parts:
+        for second in parts:
+            for third in ("", "b", "lf", ".."):
+                path = (
+                    str(tmp_path / first / second / third)
+                    if third
+                    else str(tmp_path / first / second)
+                )
+                assert _realpath(path, known) == os.path.realpath(path), path

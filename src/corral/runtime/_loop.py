@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from corral.contracts import AgentSpec
 from corral.costs import Budgets
 from corral.gateway.models import ModelGateway, Pricer
 from corral.gateway.tools import ResolvedTool, ToolGateway
@@ -103,7 +102,6 @@ class RunExecutor(ModelPhase, Checkpointing, Resume):
         self.tools = tools
         self.tracing = tracing
         self.lease = lease
-        self._specs: dict[str, AgentSpec] = {}
         self._tools: dict[tuple[str, str, str], ResolvedTool] = {}
         self._running: dict[str, RunState] = {}
         self.governance = governance

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Integer, Table, and_, bindparam, exists, func
 
 from corral.approvals import ApprovalRow
 from corral.audit import AuditRecord, append_events
+from corral.contracts import Agent, AgentSpec
 from corral.costs import ModelCall, insert_model_calls, release_reservations
 from corral.observability import SpanRow
 from corral.policy import insert_decisions
@@ -434,7 +435,8 @@ class LoadedRun:
     """A run as stored: its row, agent document, offered tool documents, steps and calls."""
 
     run: Any
-    agent_document: dict[str, Any]
+    spec: AgentSpec
+    """The run's agent version's spec (:func:`agent_spec`)."""
     tool_documents: list[tuple[str, str, dict[str, Any]]]
     """``(name, version, document)`` of every registered tool of the tenant (latest version),
     quarantined MCP tools excepted."""
@@ -483,37 +485,68 @@ _LOAD_APPROVED = select(
 )
 
 
-# Agent version documents by version row id: a version's document never changes (the
-# executor keeps its parsed spec by the same id), so a run of a known version reads none.
-_DOCUMENTS: dict[str, dict[str, Any]] = {}
+_SPECS: dict[str, AgentSpec] = {}
+"""Parsed specs of agent versions by version row id (this process's one cache of them)."""
 
 
-def _agent_document(connection: Connection, version_id: str) -> dict[str, Any]:
-    document = _DOCUMENTS.get(version_id)
-    if document is None:
+def agent_spec(connection: Connection, version_id: str) -> AgentSpec:
+    """The spec of agent version ``version_id``, read and parsed once per process.
+
+    A version row never changes (``agent_versions`` rows are immutable: a new document is a
+    new version with a new id), so the parsed spec is kept by id (at most 1,024; then the
+    cache starts over) and a known version costs no read.
+
+    Args:
+        connection: A connection in a transaction (read only on a cache miss).
+        version_id: ``agent_versions.id``.
+
+    Returns:
+        The version's :class:`~corral.contracts.AgentSpec` (shared: do not mutate it).
+
+    Raises:
+        sqlalchemy.exc.NoResultFound: No such version.
+    """
+    spec = _SPECS.get(version_id)
+    if spec is None:
         document = connection.execute(_LOAD_DOCUMENT, {"b_version": version_id}).scalar_one()
-        if len(_DOCUMENTS) >= 1024:
-            _DOCUMENTS.clear()
-        _DOCUMENTS[version_id] = document
-    return document
+        spec = Agent.model_validate(document).spec
+        if len(_SPECS) >= 1024:
+            _SPECS.clear()
+        _SPECS[version_id] = spec
+    return spec
 
 
-def load_run(connection: Connection, run_id: str) -> LoadedRun:
-    """Read everything needed to rebuild a run's state (one transaction)."""
-    run = connection.execute(_LOAD_RUN, {"b_run": run_id}).one()
-    document = _agent_document(connection, run.agent_version_id)
+def load_run(connection: Connection, run_id: str, *, run: Any = None) -> LoadedRun:
+    """Read everything needed to rebuild a run's state (one transaction).
+
+    Args:
+        connection: The transaction's connection.
+        run_id: The run.
+        run: Its ``runs`` row as already read in this transaction (every column, as the
+            claim's ``RETURNING`` gives it); ``None``: read here. A row with ``lease_epoch``
+            1 is a run in its first lease: no worker wrote steps, tool calls or approvals for
+            it (all are written under a lease), so they are not read.
+    """
+    if run is None:
+        run = connection.execute(_LOAD_RUN, {"b_run": run_id}).one()
+    spec = agent_spec(connection, run.agent_version_id)
     tools = connection.execute(_LOAD_TOOLS, {"b_tenant": run.tenant_id}).all()
-    steps = list(connection.execute(_LOAD_STEPS, {"b_run": run_id}))
-    calls = list(connection.execute(_LOAD_CALLS, {"b_run": run_id}))
-    approvals = connection.execute(
-        _LOAD_APPROVED, {"b_run": run_id, "b_step": run.step_count}
-    ).all()
+    if run.lease_epoch == 1 and run.step_count == 0:
+        steps: list[Any] = []
+        calls: list[Any] = []
+        approvals: list[Any] = []
+    else:
+        steps = list(connection.execute(_LOAD_STEPS, {"b_run": run_id}))
+        calls = list(connection.execute(_LOAD_CALLS, {"b_run": run_id}))
+        approvals = list(
+            connection.execute(_LOAD_APPROVED, {"b_run": run_id, "b_step": run.step_count})
+        )
     signals = Signals(
         bool(run.cancel_requested), active_kill_switch(connection, run.tenant_id, run.agent_name)
     )
     return LoadedRun(
         run,
-        document,
+        spec,
         [tuple(t) for t in tools],
         steps,
         calls,
@@ -577,13 +610,8 @@ def _claim_statement(dialect: str) -> Any:
             started_at=func.coalesce(_RUNS.c.started_at, bindparam("b_now")),
             updated_at=bindparam("b_now"),
         )
-        .returning(
-            _RUNS.c.id,
-            _RUNS.c.tenant_id,
-            _RUNS.c.trace_id,
-            _RUNS.c.step_count,
-            _RUNS.c.lease_epoch,
-        )
+        # Every column: the row as updated is what load_run would read next.
+        .returning(*_RUNS.c)
     )
 
 
@@ -656,7 +684,7 @@ def claim(
             r.trace_id,
             r.step_count,
             r.lease_epoch,
-            load_run(connection, r.id) if load else None,
+            load_run(connection, r.id, run=r) if load else None,
             reclaimed=r.id in reclaimable,
         )
         for r in rows

@@ -15,7 +15,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from corral.contracts import Agent, AgentSpec
 from corral.gateway.models import ToolDefinition
 from corral.gateway.tools import ResolvedTool
 from corral.runtime._context import initial_messages, step_messages
@@ -32,7 +31,6 @@ class Resume:
 
     store: Store
     clock: Callable[[], datetime]
-    _specs: dict[str, AgentSpec]
     _tools: dict[tuple[str, str, str], ResolvedTool]
 
     async def _load(
@@ -45,7 +43,7 @@ class Resume:
             if run.lease_owner != worker_id or run.status != "RUNNING":
                 raise LeaseLost(run_id, worker_id=worker_id, lease_epoch=None)
             lease_epoch = int(run.lease_epoch)
-        spec = self._agent_spec(run.agent_version_id, loaded.agent_document)
+        spec = loaded.spec
         tools = {
             name: self._resolved_tool(run.tenant_id, name, version, document)
             for name, version, document in loaded.tool_documents
@@ -93,13 +91,6 @@ class Resume:
         )
         replay_calls(state, loaded.steps, loaded.calls)
         return state
-
-    def _agent_spec(self, version_id: str, document: dict[str, Any]) -> AgentSpec:
-        # Versions are immutable: a parsed spec can be kept for the process's lifetime.
-        spec = self._specs.get(version_id)
-        if spec is None:
-            spec = self._specs[version_id] = Agent.model_validate(document).spec
-        return spec
 
     def _resolved_tool(
         self, tenant_id: str, name: str, version: str, document: dict[str, Any]

@@ -97,8 +97,9 @@ class Workspaces:
             canonical = None
         if canonical is None or not os.path.isdir(canonical):
             raise InvalidRequest(f"Workspace {workspace!r} is not a directory on the server.")
-        self._refuse_protected(workspace, canonical, tenant_id)
-        roots = [os.path.realpath(root) for root in self.roots(tenant_id)]
+        known: dict[str, str] = {}  # canonical forms of the directories met in this check
+        self._refuse_protected(workspace, canonical, tenant_id, known)
+        roots = [_realpath(str(root), known) for root in self.roots(tenant_id)]
         if not any(_within(canonical, root) for root in roots):
             raise PolicyDenied(
                 f"Workspace {_named(workspace, canonical)} is not under a "
@@ -140,12 +141,19 @@ class Workspaces:
         self._refuse_protected(str(workspace), str(canonical), None)
         return canonical
 
-    def _refuse_protected(self, workspace: str, canonical: str, tenant_id: str | None) -> None:
-        home = os.path.realpath(self.home)
+    def _refuse_protected(
+        self,
+        workspace: str,
+        canonical: str,
+        tenant_id: str | None,
+        known: dict[str, str] | None = None,
+    ) -> None:
+        known = {} if known is None else known
+        home = _realpath(str(self.home), known)
         # Inside the home only the tenant's own directory is open: not the home, not
         # ``workspaces/`` (every tenant's), not another tenant's; nothing for no tenant.
         carve_out = (
-            os.path.realpath(self.builtin_root(tenant_id)) if tenant_id is not None else None
+            _realpath(str(self.builtin_root(tenant_id)), known) if tenant_id is not None else None
         )
         inside_home = _within(canonical, home) and not (
             carve_out is not None and _within(canonical, carve_out)
@@ -153,7 +161,7 @@ class Workspaces:
         hit = next(
             (
                 protected
-                for protected in self._protected(home)
+                for protected in self._protected(home, known)
                 if _within(protected, canonical)  # the workspace contains it
             ),
             home if inside_home else None,
@@ -172,11 +180,34 @@ class Workspaces:
                 code="workspace_protected",
             )
 
-    def _protected(self, home: str) -> Iterator[str]:
+    def _protected(self, home: str, known: dict[str, str]) -> Iterator[str]:
         """Canonical paths a workspace may not contain: ``home`` (canonical), its files."""
         yield home
         for path in self._protected_files:
-            yield os.path.realpath(path)
+            yield _realpath(str(path), known)
+
+
+def _realpath(path: str, known: dict[str, str]) -> str:
+    """``os.path.realpath(path)`` (not strict), reusing the canonical parents in ``known``.
+
+    ``realpath`` resolves a path one component after the other, so the canonical form of
+    ``parent/name`` is that of ``parent`` followed by ``name`` (itself resolved if it is a
+    symlink): the parent's is computed once per check and kept in ``known`` (the home, the
+    database's directory), which saves an ``lstat`` per component of every protected path.
+    Nothing is kept between checks: a symlink changed since is followed as it is now.
+    """
+    cached = known.get(path)
+    if cached is not None:
+        return cached
+    parent, name = os.path.split(path)
+    if not parent or parent == path or name in ("", os.curdir, os.pardir):
+        real = os.path.realpath(path)  # the root, a relative name, "..": realpath's own rules
+    else:
+        real = os.path.join(_realpath(parent, known), name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+    known[path] = real
+    return real
 
 
 def _within(path: str, root: str) -> bool:

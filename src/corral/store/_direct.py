@@ -195,6 +195,26 @@ def insert_rows(connection: Connection, table: Table, rows: Sequence[Mapping[str
 _INSERTS: weakref.WeakKeyDictionary[Table, Insert] = weakref.WeakKeyDictionary()
 
 
+def execute_driver_sql(connection: Connection, sql: str) -> None:
+    """Run ``sql`` (no parameters, no rows) on the DB-API cursor, as ``exec_driver_sql`` would.
+
+    For the statements of every transaction (``BEGIN IMMEDIATE``): the same driver call and
+    the same wrapped errors (a busy database is ``sqlalchemy.exc.OperationalError``; a lost
+    connection is invalidated), without SQLAlchemy's execution context and result. With
+    ``echo`` or a cursor-execute listener it goes through ``connection.exec_driver_sql``.
+
+    Raises:
+        sqlalchemy.exc.DBAPIError: The driver refused the statement.
+    """
+    if connection.engine.echo or (
+        connection.dispatch.before_cursor_execute
+        or connection.engine.dispatch.before_cursor_execute
+    ):
+        connection.exec_driver_sql(sql)
+        return
+    _run(connection, _Prepared(sql, (), {}, (), True, False), [()])
+
+
 def execute_direct(
     connection: Connection, statement: Direct, parameters: Mapping[str, Any]
 ) -> list[tuple[Any, ...]]:

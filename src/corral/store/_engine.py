@@ -28,6 +28,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from corral.errors import MissingTenantScope
 from corral.store._base import TenantMixin
+from corral.store._direct import execute_driver_sql
 
 if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql, sqlite
@@ -172,7 +173,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_begin(connection: Any) -> None:
         # Reads take a snapshot without the write lock (WAL readers never block the writer).
         readonly = connection.get_execution_options().get("corral_readonly", False)
-        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        execute_driver_sql(connection, "BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 def create_engine(
@@ -440,6 +441,9 @@ class _Writer:
         self._lock = threading.Lock()
         self._committing = threading.Lock()
         """Held while a group (or an inline job) is in its transaction."""
+        self._connection: Connection | None = None
+        """The writer thread's connection, kept between groups (no pool checkout and return
+        per transaction); dropped after a failed transaction, closed when the thread stops."""
 
     def submit(
         self, fn: Callable[[Connection], T], *, inline_when_idle: bool = False
@@ -473,6 +477,20 @@ class _Writer:
             thread.join()
 
     def _serve(self) -> None:
+        try:
+            self._serve_jobs()
+        finally:
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # already broken: nothing to give back
+                connection.invalidate()
+
+    def _serve_jobs(self) -> None:
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -527,8 +545,12 @@ class _Writer:
 
     def _commit(self, group: list[_Job]) -> None:
         """Run ``group`` in one transaction; each job ends with ``ok`` and its result or error."""
+        connection = None
         try:
-            with self._engine.begin() as connection:
+            connection = self._connection
+            if connection is None:
+                connection = self._connection = self._engine.connect()
+            with connection.begin():
                 if len(group) == 1:
                     job = group[0]
                     job.result, job.ok = job.fn(connection), True
@@ -542,6 +564,8 @@ class _Writer:
                         connection.exec_driver_sql("ROLLBACK TO SAVEPOINT corral_job")
                     connection.exec_driver_sql("RELEASE SAVEPOINT corral_job")
         except Exception as exc:  # BEGIN, a savepoint or the COMMIT failed: nothing persisted
+            if connection is None or connection.invalidated or connection.in_transaction():
+                self._drop_connection()  # broken (or not rolled back): the next one is fresh
             for job in group:
                 if job.ok or job.result is None:
                     job.ok, job.result = False, exc
