@@ -7,6 +7,7 @@ this process is seen at once; one applied by another process within ``policy_ref
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import time
@@ -341,6 +342,10 @@ class Governance:
         self.refresh_seconds = refresh_seconds
         self._engines: dict[str, tuple[float, PolicyEngine]] = {}
         self._by_digest: dict[str, PolicyEngine] = {}
+        # One reload per tenant at a time: callers without a session arriving while it runs
+        # wait for it and take its engine (the tool phase's decisions otherwise all reload).
+        self._reloads: dict[str, asyncio.Future[PolicyEngine | None]] = {}
+        self._generation = 0
         # Parsed entity sets by their content: an agent and a tool version look the same in
         # every call, and parsing them is a third of a decision's cost.
         self._entity_sets: dict[str, EntitySet] = {}
@@ -348,6 +353,8 @@ class Governance:
     def invalidate(self, tenant_id: str) -> None:
         """Forget the tenant's engine (its Policy documents changed in this process)."""
         self._engines.pop(tenant_id, None)
+        self._reloads.pop(tenant_id, None)
+        self._generation += 1
 
     async def engine(self, tenant_id: str, *, session: AsyncSession | None = None) -> PolicyEngine:
         """The tenant's engine (built from the defaults and its Policy documents).
@@ -364,16 +371,43 @@ class Governance:
         if cached is not None and now - cached[0] < self.refresh_seconds:
             return cached[1]
         if session is not None:
-            documents = await _policy_documents(session, tenant_id)
-        else:
+            return self._build(tenant_id, now, await _policy_documents(session, tenant_id))
+        pending = self._reloads.get(tenant_id)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            # That reload failed (or was cancelled): read them ourselves.
+        reload: asyncio.Future[PolicyEngine | None] = asyncio.get_running_loop().create_future()
+        self._reloads[tenant_id] = reload
+        generation = self._generation
+        engine: PolicyEngine | None = None
+        try:
             async with self.store.read(tenant_id) as own:
                 documents = await _policy_documents(own, tenant_id)
+            engine = self._build(tenant_id, now, documents, cache=generation == self._generation)
+        finally:
+            if self._reloads.get(tenant_id) is reload:
+                del self._reloads[tenant_id]
+            reload.set_result(engine)
+        return engine
+
+    def _build(
+        self, tenant_id: str, now: float, documents: list[dict[str, Any]], *, cache: bool = True
+    ) -> PolicyEngine:
+        """The engine of ``documents`` (shared by content); cached for the tenant if ``cache``.
+
+        Raises:
+            InvalidContract: A stored policy does not compile.
+        """
         sources = policy_sources(documents)
         key = "|".join(f"{s.id}:{hash(s.text)}" for s in sources)
         engine = self._by_digest.get(key)
         if engine is None:
             engine = self._by_digest[key] = PolicyEngine(sources)
-        self._engines[tenant_id] = (now, engine)
+        if cache:
+            # Not when invalidated during the read (what was read could predate the change).
+            self._engines[tenant_id] = (now, engine)
         return engine
 
     def principal_entity(

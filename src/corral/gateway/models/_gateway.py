@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from opentelemetry.trace import Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
 from prometheus_client import Counter
 
 from corral.errors import ModelAPIError, NotFound, PolicyDenied
@@ -387,18 +388,21 @@ class ModelGateway:
         tenant_id: str | None,
     ) -> ModelResponse:
         with self.tracer.start_as_current_span(f"chat {deployment.model}") as span:
-            span.set_attribute("gen_ai.operation.name", "chat")
-            span.set_attribute("gen_ai.provider.name", deployment.provider)
-            span.set_attribute("gen_ai.request.model", deployment.model)
-            span.set_attribute("corral.model.alias", deployment.alias)
-            span.set_attribute(CACHE_HIT_ATTRIBUTE, False)
-            span.set_attribute("corral.model.deployment", deployment.name)
+            attributes: dict[str, AttributeValue] = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": deployment.provider,
+                "gen_ai.request.model": deployment.model,
+                "corral.model.alias": deployment.alias,
+                CACHE_HIT_ATTRIBUTE: False,
+                "corral.model.deployment": deployment.name,
+            }
             if deployment.region:
-                span.set_attribute("corral.model.region", deployment.region)
+                attributes["corral.model.region"] = deployment.region
             if run_id:
-                span.set_attribute("corral.run.id", run_id)
+                attributes["corral.run.id"] = run_id
             if request.max_output_tokens:
-                span.set_attribute("gen_ai.request.max_tokens", request.max_output_tokens)
+                attributes["gen_ai.request.max_tokens"] = request.max_output_tokens
+            span.set_attributes(attributes)  # one lock and call for all, same order
             started = time.perf_counter()
             scope = _CURRENT_CALL.set(ModelCallScope(tenant_id, run_id))
             try:
@@ -424,9 +428,13 @@ class ModelGateway:
                 time.perf_counter() - started,
                 usage=response.usage,
             )
-            span.set_attribute("gen_ai.response.model", response.response_model or deployment.model)
-            span.set_attribute("gen_ai.usage.input_tokens", response.usage.input_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", response.usage.output_tokens)
+            span.set_attributes(
+                {
+                    "gen_ai.response.model": response.response_model or deployment.model,
+                    "gen_ai.usage.input_tokens": response.usage.input_tokens,
+                    "gen_ai.usage.output_tokens": response.usage.output_tokens,
+                }
+            )
             if response.decision is None:
                 span.set_attribute("error.type", "invalid_decision")
             return response

@@ -123,6 +123,24 @@ async def call_with_retries(
         after = exc.retry_after_seconds
         return after is None or after <= policy.max_retry_after_seconds
 
+    # The first attempt runs directly: ``tenacity`` (an ``AsyncRetrying``, its retry state and
+    # an ``inspect`` check per call) is entered only when it fails with an error to retry. Its
+    # loop then starts by "replaying" that first failure (``attempt_number`` 1, same jitter
+    # draws), so the retries, waits and the error raised are the same as a loop from the start.
+    try:
+        return await attempt()
+    except ModelAPIError as error:
+        if retries < 1 or not retryable(error):
+            raise
+        first: ModelAPIError | None = error
+
+    async def replay_then_attempt() -> T:
+        nonlocal first
+        if first is not None:
+            failed, first = first, None
+            raise failed
+        return await attempt()
+
     retrying = AsyncRetrying(
         stop=stop_after_attempt(retries + 1),
         wait=wait,
@@ -130,4 +148,4 @@ async def call_with_retries(
         sleep=sleep,
         reraise=True,
     )
-    return await retrying(attempt)
+    return await retrying(replay_then_attempt)

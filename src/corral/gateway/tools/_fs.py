@@ -112,32 +112,34 @@ def resolve_with_root(workspace: Path | None, path: str) -> tuple[Path, Path]:
             f"Path {path!r} is absolute; use a path relative to the workspace root "
             "(e.g. 'src/main.py', or '.' for the root)."
         )
-    root = Path(os.path.realpath(workspace))
-    if not root.is_dir():
+    # On strings (``os.path`` only): the same system calls as ``Path.resolve``/``is_dir``, no
+    # ``Path`` parsed per comparison; two ``Path`` objects are built for the answer.
+    root = os.path.realpath(workspace)
+    if not os.path.isdir(root):
         raise ToolFailed(
             "This run's workspace is not an existing directory; "
             "start the run with `--workspace DIR` naming a directory.",
             code="no_workspace",
         )
-    if workspace.is_absolute() and root != Path(os.path.abspath(workspace)):
+    if workspace.is_absolute() and root != os.path.abspath(workspace):
         # The workspace was stored canonical when it was checked against its roots; a directory
         # on its path replaced by a symlink since then would lead the tools elsewhere.
         raise ToolFailed(
-            f"This run's workspace {str(workspace)!r} now resolves to {str(root)!r}: a directory "
+            f"This run's workspace {str(workspace)!r} now resolves to {root!r}: a directory "
             "on its path was replaced by a symlink after the run was created. Start a new run "
             "on the directory you mean.",
             code="workspace_moved",
         )
     resolved = _realpath_under(root, path)
-    if not resolved.is_relative_to(root):
+    if resolved != root and not resolved.startswith(root if root.endswith("/") else root + "/"):
         raise PathOutsideWorkspace(
             f"Path {path!r} resolves outside the workspace (through '..' or a symlink); "
             "use a path relative to the workspace root that stays inside it."
         )
-    return resolved, root
+    return Path(resolved), Path(root)
 
 
-def _realpath_under(root: Path, path: str) -> Path:
+def _realpath_under(root: str, path: str) -> str:
     """``realpath(root / path)`` for a canonical ``root``, without re-reading ``root``'s parts.
 
     :func:`os.path.realpath` calls ``lstat`` on every component, the root's included; the root
@@ -145,20 +147,20 @@ def _realpath_under(root: Path, path: str) -> Path:
     symlink or a ``..`` among them hands the whole path to :func:`os.path.realpath` (same
     result, the general algorithm); ``.`` and ``""`` cost no system call.
     """
-    current = str(root)
+    current = root
     for part in path.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
-            return Path(os.path.realpath(os.path.join(root, path)))
+            return os.path.realpath(os.path.join(root, path))
         current = os.path.join(current, part)
         try:
             is_link = stat.S_ISLNK(os.lstat(current).st_mode)
         except OSError:  # realpath (not strict) treats a missing component as a plain name
             is_link = False
         if is_link:
-            return Path(os.path.realpath(os.path.join(root, path)))
-    return Path(current)
+            return os.path.realpath(os.path.join(root, path))
+    return current
 
 
 # --- arguments ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from opentelemetry.trace import Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
 
 from corral.contracts import AgentTools, Tool, ToolSpec
 from corral.errors import CorralError, PolicyDenied, ToolFailed
@@ -311,11 +312,14 @@ class ToolGateway:
     def span(self, ctx: ToolCallContext, name: str, call_id: str) -> Iterator[_SpanRecorder]:
         """An ``execute_tool {name}`` span; call the yielded function with the call's result."""
         with self.tracer.start_as_current_span(f"execute_tool {name}") as span:
-            span.set_attribute("gen_ai.operation.name", "execute_tool")
-            span.set_attribute("gen_ai.tool.name", name)
-            span.set_attribute("gen_ai.tool.call.id", call_id)
+            attributes: dict[str, AttributeValue] = {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": name,
+                "gen_ai.tool.call.id": call_id,
+            }
             if ctx.run_id:
-                span.set_attribute("corral.run.id", ctx.run_id)
+                attributes["corral.run.id"] = ctx.run_id
+            span.set_attributes(attributes)  # one lock and call for all, same order
 
             def record(result: ToolResult) -> None:
                 span.set_attribute("corral.tool.status", result.status)
