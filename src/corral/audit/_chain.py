@@ -171,17 +171,18 @@ def _take_head(
             )
             return 0, GENESIS_HASH
         return int(heads[0][0]), str(heads[0][1])
-    head = connection.execute(_TAKE_HEAD, params).one_or_none()
-    if head is None:
-        if not create or connection.execute(_READ_HEAD, params).one_or_none() is not None:
+    # Driver values (an integer, a string): no result processing for this per-append read.
+    taken = execute_direct(connection, _TAKE_HEAD, params)
+    if not taken:
+        if not create or execute_direct(connection, _READ_HEAD, params):
             return None  # held by another transaction (or none yet: nothing to chain)
         connection.execute(
             insert_on_conflict(_HEADS, "postgresql")
             .values(tenant_id=tenant_id, seq=0, hash=GENESIS_HASH)
             .on_conflict_do_nothing(index_elements=[_HEADS.c.tenant_id])
         )
-        head = connection.execute(_TAKE_HEAD, params).one_or_none()
-    return None if head is None else (int(head.seq), str(head.hash))
+        taken = execute_direct(connection, _TAKE_HEAD, params)
+    return (int(taken[0][0]), str(taken[0][1])) if taken else None
 
 
 def _chain_unchained(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -25,10 +27,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.util import await_, greenlet_spawn
 
 from corral.errors import MissingTenantScope
 from corral.store._base import TenantMixin
-from corral.store._direct import execute_driver_sql
+from corral.store._direct import execute_direct, execute_driver_sql
 
 if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql, sqlite
@@ -72,6 +75,14 @@ _POSTGRES_SCOPE_SETTING = "corral.tenant_id"
 (migration 0004); ``*`` is the system scope."""
 
 _SET_SCOPE = sqlalchemy.text(f"SELECT set_config('{_POSTGRES_SCOPE_SETTING}', :scope, true)")
+_SET_SCOPE_DIRECT = sqlalchemy.select(
+    sqlalchemy.func.set_config(
+        sqlalchemy.literal(_POSTGRES_SCOPE_SETTING),
+        sqlalchemy.bindparam("scope", type_=sqlalchemy.String),
+        sqlalchemy.true(),
+    )
+)
+"""The same statement for :func:`execute_direct` (compiled once: no per-execute SQLAlchemy)."""
 
 
 def _scope_setting(scope: Scope) -> str:
@@ -176,6 +187,92 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         execute_driver_sql(connection, "BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+_PLAIN_SCOPE = re.compile(r"[A-Za-z0-9_.:@*-]{1,200}")
+"""Scopes written into the ``BEGIN`` round trip as a literal (anything else: a bound parameter)."""
+
+
+class _ScopeAtBegin:
+    """The tenant scope :meth:`Store.run_sync` wants set with the ``BEGIN`` of its checkout.
+
+    Attributes:
+        setting: The value of ``corral.tenant_id`` (see :func:`_scope_setting`).
+        done: Set by :func:`_ping_by_beginning` once the ``BEGIN`` also set the scope.
+    """
+
+    __slots__ = ("done", "setting")
+
+    def __init__(self, setting: str) -> None:
+        self.setting, self.done = setting, False
+
+
+_SCOPE_AT_BEGIN: ContextVar[_ScopeAtBegin | None] = ContextVar(
+    "corral_scope_at_begin", default=None
+)
+"""Set by :meth:`Store._run_in_greenlet` around its checkout (in its own greenlet)."""
+
+
+class _ScopedTransaction:
+    """A transaction begun by :func:`_ping_by_beginning` with its scope, as the adapter sees it.
+
+    SQLAlchemy's asyncpg adapter only ends its transaction object (``commit()`` /
+    ``rollback()``, each awaited once); these send what asyncpg's own ``Transaction`` sends.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def commit(self) -> None:
+        await self._connection.execute("COMMIT;")
+
+    async def rollback(self) -> None:
+        await self._connection.execute("ROLLBACK;")
+
+
+def _ping_by_beginning(dbapi_connection: Any) -> bool:
+    """PostgreSQL pool pre-ping in one round trip: ``BEGIN`` the transaction the caller will use.
+
+    SQLAlchemy's asyncpg adapter pings a pooled connection with three round trips
+    (``BEGIN``, ``SELECT ;``, ``ROLLBACK``, so that it works behind PgBouncer's transaction
+    mode), then sends ``BEGIN`` again with the checked-out connection's first statement. Every
+    Corral checkout runs a transaction, so the ping begins it instead and the first statement
+    goes straight after. When :meth:`Store.run_sync` / :meth:`Store.read_sync` asked for it
+    (:data:`_SCOPE_AT_BEGIN`), the same round trip also sets the tenant scope
+    (``BEGIN; SELECT set_config('corral.tenant_id', ..., true)``, one simple query), so a
+    checkpoint's transaction starts with one round trip where there were five.
+
+    A dead connection fails the ``BEGIN`` as it failed the ping, with the same translated
+    error, so the pool replaces it exactly as before (``pool_pre_ping``). A connection whose
+    transaction is already begun, or in autocommit, or with a non-default isolation level, is
+    pinged or begun as the adapter does. A connection checked out and returned with no
+    statement is rolled back at check-in (the pool's reset), as any open transaction is.
+
+    Args:
+        dbapi_connection: SQLAlchemy's ``AsyncAdapt_asyncpg_connection``.
+
+    Returns:
+        ``True`` (a failure raises the driver's error, which the pool classifies).
+    """
+    adapter = dbapi_connection
+    if adapter._transaction is not None or adapter.autocommit:
+        adapter.ping()
+        return True
+    pending = _SCOPE_AT_BEGIN.get()
+    default = adapter.isolation_level is None and not adapter.readonly and not adapter.deferrable
+    if pending is None or not default or not _PLAIN_SCOPE.fullmatch(pending.setting):
+        await_(adapter._start_transaction())
+        return True
+    query = f"BEGIN; SELECT set_config('{_POSTGRES_SCOPE_SETTING}', '{pending.setting}', true);"
+    try:
+        await_(adapter._connection.execute(query))
+    except Exception as error:  # translated as the adapter translates its own errors
+        adapter._handle_exception(error)
+    adapter._transaction = _ScopedTransaction(adapter._connection)
+    pending.done = True
+    return True
+
+
 def create_engine(
     url: str,
     *,
@@ -211,7 +308,7 @@ def create_engine(
                 **postgres_settings,
                 **connect_args.get("server_settings", {}),
             }
-        return create_async_engine(
+        engine = create_async_engine(
             url,
             echo=echo,
             **_JSON_CODEC,
@@ -220,6 +317,10 @@ def create_engine(
             max_overflow=max_overflow,
             connect_args=connect_args or {},
         )
+        if engine.dialect.driver == "asyncpg":
+            # The pool pings through the engine's dialect instance (``pool._dialect``).
+            engine.dialect.do_ping = _ping_by_beginning  # type: ignore[method-assign]
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # Every Store transaction ends in COMMIT or ROLLBACK, so the pool's reset-on-return
@@ -381,12 +482,10 @@ class Store:
         commits in the calling thread at once (blocking the loop for its statements) instead
         of a round trip through the writer thread; otherwise it goes to the writer thread.
         """
-        _scope_setting(scope)  # refuses an empty scope on SQLite as well
+        setting = _scope_setting(scope)  # refuses an empty scope on SQLite as well
         if self._writer is not None:
             return await self._writer.submit(fn, inline_when_idle=inline_when_idle)
-        async with self.engine.begin() as connection:
-            await self._set_scope(connection, scope)
-            return await connection.run_sync(fn)
+        return await greenlet_spawn(self._run_in_greenlet, fn, setting, False)
 
     async def read_sync(self, fn: Callable[[Connection], T], scope: Scope) -> T:
         """Run ``fn(connection)`` in one read-only snapshot (small indexed reads on hot paths).
@@ -396,17 +495,35 @@ class Store:
         PostgreSQL through the async engine's ``run_sync``. ``fn`` must not write; ``scope`` as
         for :meth:`run_sync`.
         """
-        _scope_setting(scope)
+        setting = _scope_setting(scope)
         if self._sync_engine is not None:
             with self._sync_engine.connect() as connection:
                 connection = connection.execution_options(corral_readonly=True)
                 with connection.begin():
                     return fn(connection)
-        async with self.engine.connect() as connection:
-            connection = await connection.execution_options(corral_readonly=True)
-            async with connection.begin():
-                await self._set_scope(connection, scope)
-                return await connection.run_sync(fn)
+        return await greenlet_spawn(self._run_in_greenlet, fn, setting, True)
+
+    def _run_in_greenlet(self, fn: Callable[[Connection], T], setting: str, readonly: bool) -> T:
+        """Check out, begin, scope, ``fn``, commit, check in: all in one greenlet.
+
+        The async engine's own ``begin()`` / ``execute`` / ``run_sync`` / commit / close each
+        spawn a greenlet and go through the async wrappers; here the synchronous engine under
+        it runs the same pool checkout (pre-ping), transaction, statements and commit in the
+        greenlet :meth:`run_sync` or :meth:`read_sync` spawned (PostgreSQL only).
+        """
+        pending = _ScopeAtBegin(setting)
+        token = _SCOPE_AT_BEGIN.set(pending)
+        try:
+            connection = self.engine.sync_engine.connect()  # the pre-ping may set the scope
+        finally:
+            _SCOPE_AT_BEGIN.reset(token)
+        with connection:
+            if readonly:
+                connection = connection.execution_options(corral_readonly=True)
+            with connection.begin():
+                if not pending.done:
+                    execute_direct(connection, _SET_SCOPE_DIRECT, {"scope": setting})
+                return fn(connection)
 
     async def dispose(self) -> None:
         """Close every pooled connection and the writer thread."""
