@@ -165,6 +165,41 @@ def test_the_worker_checks_the_revision_without_alembic(tmp_path: Path) -> None:
     assert loaded.isdisjoint(IDLE_WORKER_NEVER), sorted(loaded & set(IDLE_WORKER_NEVER))
 
 
+def test_corral_up_migrates_in_a_child_and_keeps_no_alembic(tmp_path: Path) -> None:
+    """`corral up` on a fresh home: the store reaches the head revision through a short-lived
+    `corral db upgrade` process, and the server's own process imports no alembic, no migration
+    and no PostgreSQL dialect; on a store at head no child is started."""
+    code = """
+import asyncio, subprocess
+from corral.cli.server import _migrate_in_child
+from corral.settings import Settings
+from corral.store import Store, current_revision, head_revision
+
+settings = Settings()  # CORRAL_HOME: a fresh directory
+
+async def revision():
+    store = Store.from_settings(settings)
+    try:
+        return await current_revision(store)
+    finally:
+        await store.dispose()
+
+assert asyncio.run(revision()) is None
+_migrate_in_child(settings)
+assert asyncio.run(revision()) == head_revision()
+def refuse(*args, **kwargs):
+    raise AssertionError("a child was started for a store at head")
+subprocess.run = refuse
+_migrate_in_child(settings)
+"""
+    loaded = _loaded_after(code, str(tmp_path / "first"))
+    assert "corral" in loaded
+    assert "alembic" not in loaded
+    listed = 'import json, sys\nprint(json.dumps([m for m in sys.modules if "dialects." in m]))'
+    dialects = json.loads(_last_line(f"{code}\n{listed}", str(tmp_path / "second")))
+    assert not [m for m in dialects if m.startswith("sqlalchemy.dialects.postgresql")], dialects
+
+
 def test_a_started_api_loads_no_mcp_sdk_until_mcp_is_called(tmp_path: Path) -> None:
     """`corral up`'s application through its lifespan, /mcp enabled (the default)."""
     code = f"""
