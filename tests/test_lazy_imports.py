@@ -220,6 +220,44 @@ asyncio.run(main())
     loaded = _loaded_after(code, str(tmp_path))
     assert "fastapi" in loaded
     assert loaded.isdisjoint({"mcp", "mcp_types"}), sorted(loaded & {"mcp", "mcp_types"})
+    assert "limits" not in loaded  # the API rate limiter, default settings: first request
+
+
+def test_the_default_api_rate_limiter_imports_limits_at_its_first_request(tmp_path: Path) -> None:
+    """Default rate, in-memory counters: ``limits`` comes with the first counted request, and
+    the limit still holds; a configured rate is parsed (and a bad one refused) at once."""
+    code = """
+import asyncio, sys
+from corral.api._deps import ApiRateLimiter
+from corral.errors import QuotaExceeded
+from corral.settings import IdentitySettings
+from corral.tenancy import Principal
+
+defaults = IdentitySettings()
+limiter = ApiRateLimiter(defaults.api_rate_limit, defaults.rate_limit_storage_url)
+assert "limits" not in sys.modules
+principal = Principal(id="user:p", tenant_id="t", roles=frozenset(), kind="user")
+
+async def main():
+    await limiter.hit(principal)
+    assert "limits" in sys.modules
+    small = ApiRateLimiter("2/minute", None)
+    await small.hit(principal)
+    await small.hit(principal)
+    try:
+        await small.hit(principal)
+    except QuotaExceeded:
+        pass
+    else:
+        raise AssertionError("the third request in a minute was let through")
+    try:
+        ApiRateLimiter("often", None)
+    except ValueError:
+        print("refused")
+
+asyncio.run(main())
+"""
+    assert _last_line(code, str(tmp_path)) == "refused"
 
 
 OTLP_EXPORT = ("google", "requests")
