@@ -165,6 +165,41 @@ def test_the_worker_checks_the_revision_without_alembic(tmp_path: Path) -> None:
     assert loaded.isdisjoint(IDLE_WORKER_NEVER), sorted(loaded & set(IDLE_WORKER_NEVER))
 
 
+def test_corral_up_migrates_in_a_child_and_keeps_no_alembic(tmp_path: Path) -> None:
+    """`corral up` on a fresh home: the store reaches the head revision through a short-lived
+    `corral db upgrade` process, and the server's own process imports no alembic, no migration
+    and no PostgreSQL dialect; on a store at head no child is started."""
+    code = """
+import asyncio, subprocess
+from corral.cli.server import _migrate_in_child
+from corral.settings import Settings
+from corral.store import Store, current_revision, head_revision
+
+settings = Settings()  # CORRAL_HOME: a fresh directory
+
+async def revision():
+    store = Store.from_settings(settings)
+    try:
+        return await current_revision(store)
+    finally:
+        await store.dispose()
+
+assert asyncio.run(revision()) is None
+_migrate_in_child(settings)
+assert asyncio.run(revision()) == head_revision()
+def refuse(*args, **kwargs):
+    raise AssertionError("a child was started for a store at head")
+subprocess.run = refuse
+_migrate_in_child(settings)
+"""
+    loaded = _loaded_after(code, str(tmp_path / "first"))
+    assert "corral" in loaded
+    assert "alembic" not in loaded
+    listed = 'import json, sys\nprint(json.dumps([m for m in sys.modules if "dialects." in m]))'
+    dialects = json.loads(_last_line(f"{code}\n{listed}", str(tmp_path / "second")))
+    assert not [m for m in dialects if m.startswith("sqlalchemy.dialects.postgresql")], dialects
+
+
 def test_a_started_api_loads_no_mcp_sdk_until_mcp_is_called(tmp_path: Path) -> None:
     """`corral up`'s application through its lifespan, /mcp enabled (the default)."""
     code = f"""
@@ -185,6 +220,44 @@ asyncio.run(main())
     loaded = _loaded_after(code, str(tmp_path))
     assert "fastapi" in loaded
     assert loaded.isdisjoint({"mcp", "mcp_types"}), sorted(loaded & {"mcp", "mcp_types"})
+    assert "limits" not in loaded  # the API rate limiter, default settings: first request
+
+
+def test_the_default_api_rate_limiter_imports_limits_at_its_first_request(tmp_path: Path) -> None:
+    """Default rate, in-memory counters: ``limits`` comes with the first counted request, and
+    the limit still holds; a configured rate is parsed (and a bad one refused) at once."""
+    code = """
+import asyncio, sys
+from corral.api._deps import ApiRateLimiter
+from corral.errors import QuotaExceeded
+from corral.settings import IdentitySettings
+from corral.tenancy import Principal
+
+defaults = IdentitySettings()
+limiter = ApiRateLimiter(defaults.api_rate_limit, defaults.rate_limit_storage_url)
+assert "limits" not in sys.modules
+principal = Principal(id="user:p", tenant_id="t", roles=frozenset(), kind="user")
+
+async def main():
+    await limiter.hit(principal)
+    assert "limits" in sys.modules
+    small = ApiRateLimiter("2/minute", None)
+    await small.hit(principal)
+    await small.hit(principal)
+    try:
+        await small.hit(principal)
+    except QuotaExceeded:
+        pass
+    else:
+        raise AssertionError("the third request in a minute was let through")
+    try:
+        ApiRateLimiter("often", None)
+    except ValueError:
+        print("refused")
+
+asyncio.run(main())
+"""
+    assert _last_line(code, str(tmp_path)) == "refused"
 
 
 OTLP_EXPORT = ("google", "requests")

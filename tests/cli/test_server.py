@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -46,6 +47,29 @@ def test_worker_on_an_unmigrated_database_says_db_upgrade_in_one_line(tmp_path: 
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "corral db upgrade" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_up_on_a_database_it_cannot_migrate_says_why_and_the_fix_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """`corral up` migrates the embedded store in a `corral db upgrade` child; its failure (here a
+    revision this Corral does not know) is one error line, and the server never starts."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with sqlite3.connect(home / "corral.db") as db:
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        db.execute("INSERT INTO alembic_version VALUES ('9999')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _corral(home, "up", "--port", str(port), "--no-local-model")
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert f"migrating the database at sqlite+aiosqlite:///{home / 'corral.db'} failed" in errors[0]
+    assert "9999" in errors[0] and "run `corral db upgrade`" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert "API on" not in result.stdout
 
 
 def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path) -> None:

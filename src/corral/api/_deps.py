@@ -11,21 +11,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import limits
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import storage_from_string
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import Forbidden, QuotaExceeded
 from corral.gateway.tools import async_storage_url
 from corral.observability import bind_log_values
 from corral.platform import Platform
+from corral.settings import IdentitySettings
 from corral.tenancy import PERMISSIONS, PUBLIC, Principal
+
+if TYPE_CHECKING:
+    import limits
+    from limits.aio.strategies import MovingWindowRateLimiter
 
 __all__ = [
     "ApiRateLimiter",
@@ -51,17 +53,43 @@ PlatformDep = Annotated[Platform, Depends(_platform)]
 
 
 class ApiRateLimiter:
-    """Requests per principal (``identity.api_rate_limit``), in memory or Redis (``limits``)."""
+    """Requests per principal (``identity.api_rate_limit``), in memory or Redis (``limits``).
+
+    With the default rate and in-memory counters, ``limits`` (about 2 MB resident with its
+    dependencies) is imported and the limiter built by the first authenticated request, so an
+    idle `corral up` does not hold it; configured values are parsed (and refused) at once.
+
+    Raises:
+        ValueError: a configured rate is not in ``limits`` notation.
+        limits.errors.ConfigurationError: a configured storage URL ``limits`` cannot use.
+    """
 
     def __init__(self, rate: str, storage_url: str | None) -> None:
-        self.items = limits.parse_many(rate)
-        self.limiter = MovingWindowRateLimiter(storage_from_string(async_storage_url(storage_url)))
+        self.rate = rate
+        self.storage_url = storage_url
+        self._built: tuple[list[limits.RateLimitItem], MovingWindowRateLimiter] | None = None
+        fields = IdentitySettings.model_fields
+        defaults = (fields["api_rate_limit"].default, fields["rate_limit_storage_url"].default)
+        if (rate, storage_url) != defaults:
+            self._build()
+
+    def _build(self) -> tuple[list[limits.RateLimitItem], MovingWindowRateLimiter]:
+        """The parsed rates and the limiter, built once (no ``await``: one build per process)."""
+        if self._built is None:
+            import limits
+            from limits.aio.strategies import MovingWindowRateLimiter
+            from limits.storage import storage_from_string
+
+            storage = storage_from_string(async_storage_url(self.storage_url))
+            self._built = (limits.parse_many(self.rate), MovingWindowRateLimiter(storage))
+        return self._built
 
     async def hit(self, principal: Principal) -> None:
         """Count one request; raise :class:`QuotaExceeded` (429) over the limit."""
-        for item in self.items:
-            if not await self.limiter.hit(item, principal.tenant_id, principal.id):
-                stats = await self.limiter.get_window_stats(item, principal.tenant_id, principal.id)
+        items, limiter = self._built or self._build()
+        for item in items:
+            if not await limiter.hit(item, principal.tenant_id, principal.id):
+                stats = await limiter.get_window_stats(item, principal.tenant_id, principal.id)
                 wait = max(1, math.ceil(stats.reset_time - time.time()))
                 raise QuotaExceeded(
                     f"Too many requests from {principal.id}: the limit is {item}. Retry in "

@@ -7,8 +7,11 @@ only: an idle ``corral worker`` does not hold them in memory.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -77,10 +80,13 @@ def up(
     configure_logging(settings.log)
     # The embedded SQLite store migrates itself; a shared database is migrated deliberately
     # (`corral db upgrade`) and the server refuses to start on one that is behind.
+    migrate = settings.store_url.startswith("sqlite")
+    if migrate:
+        _migrate_in_child(settings)
     platform = Platform(
         settings,
         start_local_model=local_model and settings.local_model.enabled,
-        migrate=settings.store_url.startswith("sqlite"),
+        migrate=migrate,
     )
     typer.echo(
         f"Corral {settings.store_url.split('://')[0]} store in {settings.home}; "
@@ -104,6 +110,46 @@ def up(
         # uvicorn's httptools protocol, answering a response's headers and body in one write.
         http=http_protocol(),
     )
+
+
+def _migrate_in_child(settings: Settings) -> None:
+    """Bring the store to the head revision in a short-lived ``corral db upgrade`` process.
+
+    Does nothing when the store is at the head already (one plain SQL read, no alembic). Alembic,
+    the migrations and the SQL dialects they import (about 10 MB resident) are then loaded by the
+    child only, not by the long-running `corral up` (whose platform start finds the store at
+    head). The child is ``sys.executable -m corral db upgrade`` with this process's environment
+    and ``CORRAL_STORE__URL`` set to ``settings.store_url``.
+
+    Raises:
+        typer.Exit: code 1, after one ``error:`` line naming the database, the child's exit
+            code and last line of output, and the command that shows the whole error.
+    """
+
+    async def at_head() -> bool:
+        store = Store.from_settings(settings)
+        try:
+            return await current_revision(store) == head_revision()
+        finally:
+            await store.dispose()
+
+    if asyncio.run(at_head()):
+        return
+    env = {**os.environ, "CORRAL_STORE__URL": settings.store_url}
+    child = subprocess.run(
+        [sys.executable, "-m", "corral", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if child.returncode != 0:
+        output = (child.stderr.strip() or child.stdout.strip() or "no output").splitlines()[-1]
+        url = make_url(settings.store_url).render_as_string(hide_password=True)
+        fail(
+            f"migrating the database at {url} failed (exit {child.returncode}): {output}; "
+            "fix the cause, then run `corral db upgrade` to see the whole error and migrate."
+        )
 
 
 def worker(
