@@ -6,8 +6,9 @@ import asyncio
 import json
 import queue
 import re
+import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -164,6 +165,27 @@ def _json_loads(text: str | bytes) -> Any:
 
 
 _JSON_CODEC: Final = {"json_serializer": _json_dumps, "json_deserializer": _json_loads}
+
+
+class RollbackOnClose(sqlite3.Connection):
+    """A SQLite connection that rolls back its open transaction before it closes.
+
+    Python's ``sqlite3`` (before 3.12) closes with ``sqlite3_close_v2`` only: while a cursor
+    elsewhere still holds one of its statements, SQLite keeps the connection open as a
+    "zombie" (https://sqlite.org/c3ref/close.html), with its transaction and so the
+    database's write lock. SQLAlchemy closes a connection that way when a task is cancelled
+    in the middle of a statement; every other writer then waits ``busy_timeout`` and fails
+    with ``database is locked``. Rolling back first releases the lock whatever holds the
+    statements (since SQLite 3.7.11 a ``ROLLBACK`` aborts pending statements).
+    """
+
+    def close(self) -> None:
+        try:
+            if self.in_transaction:
+                self.rollback()
+        except sqlite3.Error:  # already broken: closing still frees what it can
+            pass
+        super().close()
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
@@ -323,12 +345,10 @@ def create_engine(
         return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    # Every Store transaction ends in COMMIT or ROLLBACK, so the pool's reset-on-return
-    # rollback would be a wasted round trip to the driver's thread.
     engine = create_async_engine(
         url,
         echo=echo,
-        connect_args=connect_args or {},
+        connect_args={"factory": RollbackOnClose, **(connect_args or {})},
         pool_reset_on_return=None,
         **_JSON_CODEC,
     )
@@ -448,8 +468,7 @@ class Store:
         Raises:
             MissingTenantScope: ``scope`` is empty.
         """
-        async with self.sessions(info={_SCOPE_KEY: scope}) as session, session.begin():
-            await self._set_scope(await session.connection(), scope)
+        async with self._session(self.sessions, scope) as session:
             yield session
 
     @asynccontextmanager
@@ -459,9 +478,37 @@ class Store:
         Writing through it is a programming error (SQLite would fail to upgrade the lock).
         ``scope`` as for :meth:`transaction`.
         """
-        async with self._read_sessions(info={_SCOPE_KEY: scope}) as session, session.begin():
-            await self._set_scope(await session.connection(), scope)
+        async with self._session(self._read_sessions, scope) as session:
             yield session
+
+    @asynccontextmanager
+    async def _session(
+        self, maker: async_sessionmaker[AsyncSession], scope: Scope
+    ) -> AsyncIterator[AsyncSession]:
+        """One session in one transaction, whose begin and end a cancellation cannot split.
+
+        A task cancelled while the driver runs ``BEGIN``, ``COMMIT``, ``ROLLBACK`` or the
+        pool's check-in would leave SQLAlchemy to drop the connection half-way; on SQLite the
+        driver's connection then keeps its write lock (every other writer times out on
+        ``database is locked``). So those steps finish first and the cancellation is raised
+        after them.
+        """
+        session = maker(info={_SCOPE_KEY: scope})
+        try:
+            await _to_completion(self._begin(session, scope))
+        except BaseException:
+            await _to_completion(session.close())
+            raise
+        try:
+            yield session
+        except BaseException:
+            await _to_completion(_end(session, commit=False))
+            raise
+        await _to_completion(_end(session, commit=True))
+
+    async def _begin(self, session: AsyncSession, scope: Scope) -> None:
+        await session.begin()
+        await self._set_scope(await session.connection(), scope)
 
     async def _set_scope(self, connection: AsyncConnection, scope: Scope) -> None:
         setting = _scope_setting(scope)
@@ -686,6 +733,34 @@ class _Writer:
             for job in group:
                 if job.ok or job.result is None:
                     job.ok, job.result = False, exc
+
+
+async def _end(session: AsyncSession, *, commit: bool) -> None:
+    """Commit (or roll back) ``session``'s transaction, then close it whatever happened."""
+    try:
+        await (session.commit() if commit else session.rollback())
+    finally:
+        await session.close()
+
+
+async def _to_completion(step: Coroutine[Any, Any, None]) -> None:
+    """Await ``step`` to its end even if the awaiting task is cancelled meanwhile.
+
+    Raises:
+        asyncio.CancelledError: the awaiting task was cancelled (raised once ``step`` ended).
+        Exception: what ``step`` raised (if the task was not cancelled).
+    """
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        error = None if task.cancelled() else task.exception()
+        raise asyncio.CancelledError from error
+    task.result()
 
 
 def _answer(jobs: list[_Job]) -> None:
