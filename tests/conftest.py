@@ -16,12 +16,12 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -36,6 +36,8 @@ from corral.settings import LogSettings, Settings, StoreSettings, get_settings
 from corral.store import SYSTEM
 from corral.tenancy import ROLES, issue_key
 from corral.testing import serve_in_thread
+
+T = TypeVar("T")
 
 POSTGRES_URL = os.environ.get(
     "CORRAL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -267,6 +269,47 @@ async def superuser_transaction(platform: Platform) -> AsyncIterator[Any]:
             yield connection
     finally:
         await engine.dispose()
+
+
+@contextlib.contextmanager
+def statements_reading(platform: Platform, table: str) -> Iterator[list[str]]:
+    """The SQL statements reading ``FROM {table}`` that the platform's store runs in the block.
+
+    Yields the list they are appended to as they run (on every connection of the store's pool).
+    """
+    sync_engine = platform.store.engine.sync_engine
+    fragment = f"FROM {table}"
+    seen: list[str] = []
+
+    def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if fragment in statement:
+            seen.append(statement)
+
+    event.listen(sync_engine, "before_cursor_execute", on_execute)
+    try:
+        yield seen
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", on_execute)
+
+
+async def concurrent_reloads(
+    invalidate: Callable[[str], None], load: Callable[[str], Awaitable[T]]
+) -> tuple[list[T], list[T]]:
+    """Callers of a per-tenant cache racing on its misses (the single-flight wiring tests).
+
+    Invalidates ``default`` and loads it from 20 concurrent callers; then invalidates
+    ``default`` and ``team-x`` and loads each from 5 concurrent callers. A single-flight cache
+    reads the store 3 times in all: once per tenant and miss.
+
+    Returns:
+        ``(the 20 values of default, the 5 of default followed by the 5 of team-x)``.
+    """
+    invalidate("default")
+    first = await asyncio.gather(*(load("default") for _ in range(20)))
+    invalidate("default")
+    invalidate("team-x")
+    both = await asyncio.gather(*(load(t) for t in ("default", "team-x") for _ in range(5)))
+    return first, both
 
 
 def key_for(

@@ -6,9 +6,8 @@ import asyncio
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import event
 
-from conftest import agent_document
+from conftest import agent_document, concurrent_reloads, statements_reading
 from corral.errors import QuotaExceeded
 from corral.settings import ModelPrice
 from corral.testing import ScriptedModel
@@ -243,24 +242,8 @@ async def test_concurrent_callers_share_one_reload_of_a_tenants_limits(settings)
     async with live_world(settings, scripted=ScriptedModel([])) as world:
         await world.as_("PUT", "/v1/quotas/runs_per_day", json={"limit": 7})
         quotas = world.platform.quotas
-        engine = world.platform.store.engine.sync_engine
-        reads: list[str] = []
-
-        def on_execute(_conn, _cursor, statement: str, *_: object) -> None:
-            if "FROM quotas" in statement:
-                reads.append(statement)
-
-        event.listen(engine, "before_cursor_execute", on_execute)
-        try:
-            quotas.invalidate("default")
-            first = await asyncio.gather(*(quotas.limits("default") for _ in range(20)))
-            quotas.invalidate("default")
-            quotas.invalidate("team-x")
-            both = await asyncio.gather(
-                *(quotas.limits(t) for t in ("default", "team-x") for _ in range(5))
-            )
-        finally:
-            event.remove(engine, "before_cursor_execute", on_execute)
+        with statements_reading(world.platform, "quotas") as reads:
+            first, both = await concurrent_reloads(quotas.invalidate, quotas.limits)
         assert all(limits == {"runs_per_day": Decimal(7)} for limits in first)
         assert both[:5] == [{"runs_per_day": Decimal(7)}] * 5 and both[5:] == [{}] * 5
         assert len(reads) == 3  # one per tenant and cache miss, not one per caller

@@ -7,7 +7,6 @@ this process is seen at once; one applied by another process within ``policy_ref
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import time
@@ -20,6 +19,7 @@ from opentelemetry import trace
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral._singleflight import SingleFlightCache
 from corral.audit import canonical_json
 from corral.errors import InvalidRequest
 from corral.policy._defaults import DEFAULT_POLICIES
@@ -339,25 +339,35 @@ class Governance:
         self.store = store
         self.record_span = record_span
         self.roles = dict(roles or {})
-        self.refresh_seconds = refresh_seconds
-        self._engines: dict[str, tuple[float, PolicyEngine]] = {}
-        self._by_digest: dict[str, PolicyEngine] = {}
         # One reload per tenant at a time: callers without a session arriving while it runs
         # wait for it and take its engine (the tool phase's decisions otherwise all reload).
-        self._reloads: dict[str, asyncio.Future[PolicyEngine | None]] = {}
-        self._generation = 0
+        self._engines: SingleFlightCache[str, PolicyEngine] = SingleFlightCache(
+            ttl_seconds=refresh_seconds
+        )
+        self._by_digest: dict[str, PolicyEngine] = {}
         # Parsed entity sets by their content: an agent and a tool version look the same in
         # every call, and parsing them is a third of a decision's cost.
         self._entity_sets: dict[str, EntitySet] = {}
 
+    @property
+    def refresh_seconds(self) -> float:
+        """How long a tenant's engine is used before the store is checked again (seconds)."""
+        return self._engines.ttl_seconds
+
+    @refresh_seconds.setter
+    def refresh_seconds(self, seconds: float) -> None:
+        self._engines.ttl_seconds = seconds
+
     def invalidate(self, tenant_id: str) -> None:
         """Forget the tenant's engine (its Policy documents changed in this process)."""
-        self._engines.pop(tenant_id, None)
-        self._reloads.pop(tenant_id, None)
-        self._generation += 1
+        self._engines.invalidate(tenant_id)
 
     async def engine(self, tenant_id: str, *, session: AsyncSession | None = None) -> PolicyEngine:
         """The tenant's engine (built from the defaults and its Policy documents).
+
+        Cached for ``refresh_seconds``. Without ``session``, a cache miss is reloaded once per
+        tenant: callers arriving during that reload wait for it and get its engine, or its
+        error (with ``session``, the caller's own transaction reads them).
 
         Args:
             tenant_id: The tenant.
@@ -365,37 +375,26 @@ class Governance:
                 it from inside a transaction: a second pooled connection opened while the
                 transaction holds SQLite's write lock (or the last free connection) can wait on
                 it forever.
-        """
-        cached = self._engines.get(tenant_id)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self.refresh_seconds:
-            return cached[1]
-        if session is not None:
-            return self._build(tenant_id, now, await _policy_documents(session, tenant_id))
-        pending = self._reloads.get(tenant_id)
-        if pending is not None:
-            shared = await asyncio.shield(pending)
-            if shared is not None:
-                return shared
-            # That reload failed (or was cancelled): read them ourselves.
-        reload: asyncio.Future[PolicyEngine | None] = asyncio.get_running_loop().create_future()
-        self._reloads[tenant_id] = reload
-        generation = self._generation
-        engine: PolicyEngine | None = None
-        try:
-            async with self.store.read(tenant_id) as own:
-                documents = await _policy_documents(own, tenant_id)
-            engine = self._build(tenant_id, now, documents, cache=generation == self._generation)
-        finally:
-            if self._reloads.get(tenant_id) is reload:
-                del self._reloads[tenant_id]
-            reload.set_result(engine)
-        return engine
 
-    def _build(
-        self, tenant_id: str, now: float, documents: list[dict[str, Any]], *, cache: bool = True
-    ) -> PolicyEngine:
-        """The engine of ``documents`` (shared by content); cached for the tenant if ``cache``.
+        Raises:
+            InvalidContract: A stored policy does not compile (not cached: the next call
+                reloads).
+        """
+        if session is not None:
+            return await self._engines.get(
+                tenant_id, lambda: self._load(tenant_id, session), shared=False
+            )
+        return await self._engines.get(tenant_id, lambda: self._load(tenant_id))
+
+    async def _load(self, tenant_id: str, session: AsyncSession | None = None) -> PolicyEngine:
+        if session is not None:
+            return self._build(await _policy_documents(session, tenant_id))
+        async with self.store.read(tenant_id) as own:
+            documents = await _policy_documents(own, tenant_id)
+        return self._build(documents)
+
+    def _build(self, documents: list[dict[str, Any]]) -> PolicyEngine:
+        """The engine of ``documents``, shared by every tenant with the same policies.
 
         Raises:
             InvalidContract: A stored policy does not compile.
@@ -405,9 +404,6 @@ class Governance:
         engine = self._by_digest.get(key)
         if engine is None:
             engine = self._by_digest[key] = PolicyEngine(sources)
-        if cache:
-            # Not when invalidated during the read (what was read could predate the change).
-            self._engines[tenant_id] = (now, engine)
         return engine
 
     def principal_entity(

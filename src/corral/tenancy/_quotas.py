@@ -9,8 +9,6 @@ number of API replicas at most.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral._singleflight import SingleFlightCache
 from corral.errors import QuotaExceeded
 from corral.settings import QuotaSettings
 from corral.store import Store, utcnow
@@ -69,16 +68,14 @@ class Quotas:
         self.store = store
         self.settings = settings
         self.model_usage = model_usage
-        self._limits: dict[str, tuple[float, dict[str, Decimal]]] = {}
         # One reload per tenant at a time: callers arriving while it runs wait for it.
-        self._reloads: dict[str, asyncio.Future[dict[str, Decimal] | None]] = {}
-        self._generation = 0
+        self._limits: SingleFlightCache[str, dict[str, Decimal]] = SingleFlightCache(
+            ttl_seconds=settings.cache_seconds
+        )
 
     def invalidate(self, tenant_id: str) -> None:
         """Forget a tenant's cached limits (they changed through this process)."""
-        self._limits.pop(tenant_id, None)
-        self._reloads.pop(tenant_id, None)
-        self._generation += 1
+        self._limits.invalidate(tenant_id)
 
     async def limits(
         self, tenant_id: str, *, session: AsyncSession | None = None
@@ -86,8 +83,8 @@ class Quotas:
         """The tenant's limits by quota name.
 
         Cached for ``settings.cache_seconds``. Without ``session``, a cache miss is reloaded
-        once per tenant: callers arriving during that reload wait for it and get its result
-        (with ``session``, the caller's own transaction reads them).
+        once per tenant: callers arriving during that reload wait for it and get its result, or
+        its error (with ``session``, the caller's own transaction reads them).
 
         Args:
             tenant_id: The tenant.
@@ -98,38 +95,15 @@ class Quotas:
         Returns:
             ``{quota name: limit}``; a quota without a row is unlimited (absent).
         """
-        cached = self._limits.get(tenant_id)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self.settings.cache_seconds:
-            return cached[1]
         if session is not None:
-            read = await _read_limits(session, tenant_id)
-            self._limits[tenant_id] = (now, read)
-            return read
-        pending = self._reloads.get(tenant_id)
-        if pending is not None:
-            shared = await asyncio.shield(pending)
-            if shared is not None:
-                return shared
-            # That reload failed (or was cancelled): read them ourselves.
-        reload: asyncio.Future[dict[str, Decimal] | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._reloads[tenant_id] = reload
-        generation = self._generation
-        limits: dict[str, Decimal] | None = None
-        try:
-            async with self.store.read(tenant_id) as own:
-                limits = await _read_limits(own, tenant_id)
-        finally:
-            if self._reloads.get(tenant_id) is reload:
-                del self._reloads[tenant_id]
-            if limits is not None and generation == self._generation:
-                # Not invalidated meanwhile (what was read could predate the change).
-                self._limits[tenant_id] = (now, limits)
-            reload.set_result(limits)
-        assert limits is not None  # the read raised otherwise
-        return limits
+            return await self._limits.get(
+                tenant_id, lambda: _read_limits(session, tenant_id), shared=False
+            )
+        return await self._limits.get(tenant_id, lambda: self._reload(tenant_id))
+
+    async def _reload(self, tenant_id: str) -> dict[str, Decimal]:
+        async with self.store.read(tenant_id) as own:
+            return await _read_limits(own, tenant_id)
 
     async def check_run_start(self, session: AsyncSession, tenant_id: str) -> None:
         """Refuse a new run over ``runs_per_day`` or ``concurrent_runs``.
