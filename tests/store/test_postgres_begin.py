@@ -11,6 +11,7 @@ out for nothing holds no transaction once it is back in the pool.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,13 +30,17 @@ def _scope_and_pid(connection: Connection) -> tuple[Any, int]:
     return setting, int(pid)
 
 
-async def _started(settings: Settings) -> Platform | None:
-    platform = Platform(settings)
-    await platform.start()
-    if platform.store.dialect != "postgresql":
-        await platform.close()
-        return None
-    return platform
+@pytest.fixture
+async def platform(settings: Settings) -> AsyncIterator[Platform]:
+    """A started platform on PostgreSQL, closed after the test; skips on SQLite."""
+    started = Platform(settings)
+    await started.start()
+    try:
+        if started.store.dialect != "postgresql":
+            pytest.skip("PostgreSQL only")
+        yield started
+    finally:
+        await started.close()
 
 
 async def _outside_any_transaction(platform: Platform) -> Any:
@@ -46,81 +51,61 @@ async def _outside_any_transaction(platform: Platform) -> Any:
         ).scalar()
 
 
-async def test_each_transaction_sees_its_own_scope_and_none_leaks(
-    settings: Settings,
-) -> None:
-    platform = await _started(settings)
-    if platform is None:
-        pytest.skip("PostgreSQL only")
+async def test_each_transaction_sees_its_own_scope_and_none_leaks(platform: Platform) -> None:
     store = platform.store
-    try:
-        scopes: list[Scope] = ["acme", "globex", SYSTEM, "it's-odd\\tenant", "acme"]
-        pids = set()
-        for _ in range(2):  # the second pass reuses pooled connections (the pre-ping path)
-            for scope in scopes:
-                expected = "*" if scope is SYSTEM else scope
-                seen, pid = await store.run_sync(_scope_and_pid, scope)
-                assert seen == expected
-                seen, pid = await store.read_sync(_scope_and_pid, scope)
-                assert seen == expected
-                pids.add(pid)
-                # Transaction-local: the next user of the connection starts with no scope.
-                assert await _outside_any_transaction(platform) in (None, "")
-        # Concurrent transactions each see their own.
-        got = await asyncio.gather(
-            *(store.run_sync(_scope_and_pid, f"t{i}") for i in range(8)),
-            *(store.read_sync(_scope_and_pid, f"r{i}") for i in range(8)),
-        )
-        assert [g[0] for g in got] == [f"t{i}" for i in range(8)] + [f"r{i}" for i in range(8)]
-    finally:
-        await platform.close()
+    scopes: list[Scope] = ["acme", "globex", SYSTEM, "it's-odd\\tenant", "acme"]
+    pids = set()
+    for _ in range(2):  # the second pass reuses pooled connections (the pre-ping path)
+        for scope in scopes:
+            expected = "*" if scope is SYSTEM else scope
+            seen, pid = await store.run_sync(_scope_and_pid, scope)
+            assert seen == expected
+            seen, pid = await store.read_sync(_scope_and_pid, scope)
+            assert seen == expected
+            pids.add(pid)
+            # Transaction-local: the next user of the connection starts with no scope.
+            assert await _outside_any_transaction(platform) in (None, "")
+    # Concurrent transactions each see their own.
+    got = await asyncio.gather(
+        *(store.run_sync(_scope_and_pid, f"t{i}") for i in range(8)),
+        *(store.read_sync(_scope_and_pid, f"r{i}") for i in range(8)),
+    )
+    assert [g[0] for g in got] == [f"t{i}" for i in range(8)] + [f"r{i}" for i in range(8)]
 
 
 async def test_a_pooled_connection_the_server_ended_is_replaced(
-    settings: Settings,
+    platform: Platform, settings: Settings
 ) -> None:
-    platform = await _started(settings)
-    if platform is None:
-        pytest.skip("PostgreSQL only")
     store = platform.store
+    _, pid = await store.run_sync(_scope_and_pid, "acme")
+    other = create_async_engine(settings.store_url)  # not a connection of the pool
     try:
-        _, pid = await store.run_sync(_scope_and_pid, "acme")
-        other = create_async_engine(settings.store_url)  # not a connection of the pool
-        try:
-            async with other.begin() as connection:
-                await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        finally:
-            await other.dispose()
-        # The pooled connection is dead; the pre-ping (its BEGIN) finds it and the pool
-        # replaces it: the call succeeds with its scope, on another backend.
-        for _ in range(3):
-            seen, new_pid = await store.run_sync(_scope_and_pid, "acme")
-            assert seen == "acme" and new_pid != pid
+        async with other.begin() as connection:
+            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     finally:
-        await platform.close()
+        await other.dispose()
+    # The pooled connection is dead; the pre-ping (its BEGIN) finds it and the pool
+    # replaces it: the call succeeds with its scope, on another backend.
+    for _ in range(3):
+        seen, new_pid = await store.run_sync(_scope_and_pid, "acme")
+        assert seen == "acme" and new_pid != pid
 
 
 async def test_a_connection_checked_out_for_nothing_is_returned_idle(
-    settings: Settings,
+    platform: Platform, settings: Settings
 ) -> None:
-    platform = await _started(settings)
-    if platform is None:
-        pytest.skip("PostgreSQL only")
     store = platform.store
+    _, pid = await store.run_sync(_scope_and_pid, "acme")  # one pooled connection
+    async with store.engine.connect():
+        pass  # checked out (pinged: begun) and returned with no statement
+    other = create_async_engine(settings.store_url)  # not a connection of the pool
     try:
-        _, pid = await store.run_sync(_scope_and_pid, "acme")  # one pooled connection
-        async with store.engine.connect():
-            pass  # checked out (pinged: begun) and returned with no statement
-        other = create_async_engine(settings.store_url)  # not a connection of the pool
-        try:
-            async with other.connect() as probe:
-                states = (
-                    await probe.execute(
-                        text("SELECT state FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
-                    )
-                ).scalars()
-                assert list(states) == ["idle"]  # not "idle in transaction"
-        finally:
-            await other.dispose()
+        async with other.connect() as probe:
+            states = (
+                await probe.execute(
+                    text("SELECT state FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                )
+            ).scalars()
+            assert list(states) == ["idle"]  # not "idle in transaction"
     finally:
-        await platform.close()
+        await other.dispose()

@@ -262,6 +262,11 @@ def test_a_bad_default_rate_is_refused() -> None:
         ToolRateLimiter(ToolSettings(rate_limit_per_agent="many"))
 
 
+def test_a_bad_storage_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot use rate-limit storage 'nope://localhost'"):
+        ToolRateLimiter(ToolSettings(rate_limit_storage_url="nope://localhost"))
+
+
 def redis_reachable() -> bool:
     try:
         socket.create_connection(REDIS, timeout=1).close()

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
@@ -47,14 +47,6 @@ T = TypeVar("T")
 
 # Only requests that never reached the upstream are safe to repeat for any tool.
 _NOT_SENT = "upstream_unreachable"
-
-
-_LIMIT_SETTINGS: Final = (
-    "rate_limit_per_tool",
-    "rate_limit_per_agent",
-    "rate_limit_per_tenant",
-    "rate_limit_storage_url",
-)
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,8 +82,9 @@ class ToolRateLimiter:
         self._built: SlidingWindowCounterRateLimiter | None = None
         # The defaults (valid, in memory) are built by the first tool call, so that an idle
         # worker does not import `limits`; configured values are checked now, at start.
-        defaults = type(settings).model_fields
-        if any(getattr(settings, name) != defaults[name].default for name in _LIMIT_SETTINGS):
+        # "Configured" is any `rate_limit_*` setting given explicitly (env, file, argument),
+        # so that a rate setting added later is checked without being listed here.
+        if any(name.startswith("rate_limit_") for name in settings.model_fields_set):
             self._build()
 
     def _build(self) -> SlidingWindowCounterRateLimiter:
