@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -116,6 +116,36 @@ async def test_stores_the_same_values_as_a_core_insert(store: Store, count: int)
     assert read.kind == "plain"  # the constant default of a column the rows leave out
     assert read.cost_usd == Decimal("0.000123456789")
     assert read.data == {"b": [1, 2.5, "é"], "a": None}
+
+
+async def test_timestamps_are_stored_as_a_core_insert_stores_them(store: Store) -> None:
+    """UTCDateTime's one-function processor on SQLite writes the text SQLAlchemy writes."""
+    moments = [
+        datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC),  # no microseconds
+        datetime(2026, 12, 31, 23, 30, 0, 1, tzinfo=timezone(timedelta(hours=-2))),  # next year
+        datetime(1999, 1, 1, 0, 15, 0, 999999, tzinfo=timezone(timedelta(hours=5, minutes=45))),
+    ]
+
+    def rows(prefix: str) -> list[dict[str, Any]]:
+        return [
+            {**_rows(prefix)[0], "name": f"{prefix}-{i}", "at": at, "stamped_at": at}
+            for i, at in enumerate(moments)
+        ]
+
+    def both(connection: Connection) -> tuple[list[Any], list[Any]]:
+        connection.execute(_ITEMS.insert(), rows("tcore"))
+        insert_rows(connection, _ITEMS, rows("tfast"))
+        return _stored(connection, "tcore"), _stored(connection, "tfast")
+
+    core, fast = await store.run_sync(both, SYSTEM)
+    assert len(fast) == len(moments)
+    assert fast == core
+
+    def naive(connection: Connection) -> None:
+        insert_rows(connection, _ITEMS, [{**_rows("naive")[0], "at": datetime(2026, 1, 1)}])  # noqa: DTZ001
+
+    with pytest.raises(ValueError, match="naive datetime"):
+        await store.run_sync(naive, SYSTEM)
 
 
 async def test_a_column_with_a_callable_default_left_out_gets_its_default(store: Store) -> None:

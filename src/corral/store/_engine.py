@@ -719,14 +719,15 @@ class _Writer:
                     job = group[0]
                     job.result, job.ok = job.fn(connection), True
                     return
+                # On the DB-API cursor (as BEGIN IMMEDIATE): two statements per job of a group.
                 for job in group:
-                    connection.exec_driver_sql("SAVEPOINT corral_job")
+                    execute_driver_sql(connection, "SAVEPOINT corral_job")
                     try:
                         job.result, job.ok = job.fn(connection), True
                     except Exception as exc:
                         job.result = exc
-                        connection.exec_driver_sql("ROLLBACK TO SAVEPOINT corral_job")
-                    connection.exec_driver_sql("RELEASE SAVEPOINT corral_job")
+                        execute_driver_sql(connection, "ROLLBACK TO SAVEPOINT corral_job")
+                    execute_driver_sql(connection, "RELEASE SAVEPOINT corral_job")
         except Exception as exc:  # BEGIN, a savepoint or the COMMIT failed: nothing persisted
             if connection is None or connection.invalidated or connection.in_transaction():
                 self._drop_connection()  # broken (or not rolled back): the next one is fresh
