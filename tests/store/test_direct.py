@@ -17,11 +17,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    TypeDecorator,
     bindparam,
     event,
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from corral.settings import StoreSettings
@@ -241,3 +243,29 @@ async def test_execute_direct_updates_and_returns_as_a_core_execute(store: Store
     assert selected == [("core-2", "plain")]
     assert stored_fast == stored_core
     assert stored_fast[0] != stored_fast[1]  # the update changed the first row only
+
+
+@pytest.mark.parametrize("dialect_name", ["sqlite", "postgresql"])
+def test_utc_datetime_binds_what_sqlalchemys_chain_binds(dialect_name: str) -> None:
+    """The type's own bind processor (one function on SQLite) against the default chain."""
+    dialect = sqlite.dialect() if dialect_name == "sqlite" else postgresql.dialect()
+    column_type = UTCDateTime().dialect_impl(dialect)  # as a compiled statement binds it
+    process = column_type.bind_processor(dialect)
+    chain = TypeDecorator.bind_processor(column_type, dialect)
+    moments = [
+        None,
+        datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 30, 0, 1, tzinfo=timezone(timedelta(hours=-2))),
+        datetime(1999, 1, 1, 0, 15, 0, 999999, tzinfo=timezone(timedelta(hours=5, minutes=45))),
+        datetime(1, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=11))),
+    ]
+    if chain is None:
+        assert process is None
+        return
+    assert process is not None
+    assert [process(at) for at in moments] == [chain(at) for at in moments]
+    if dialect_name == "sqlite":
+        assert process(moments[1]) == "2026-03-04 05:06:07.000000"  # SQLite's DATETIME text
+    for bind in (process, chain):
+        with pytest.raises(ValueError, match="naive datetime"):
+            bind(datetime(2026, 1, 1))  # noqa: DTZ001

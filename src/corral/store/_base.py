@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
@@ -63,10 +64,59 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """On SQLite, one function writing the text SQLAlchemy's chain writes; else the chain.
+
+        SQLAlchemy chains :meth:`process_bind_param` (to UTC, naive) and the dialect's
+        ``DATETIME`` text (a ``%``-format through a dict of the fields): about 4 us per value,
+        and a run step binds about 19. The one function returns the same text (checked against
+        the chain on sample values: other offsets, no microseconds, ``None``) and raises the
+        same ``ValueError`` for a naive value; if the check fails (a different ``DATETIME``
+        format), the chain is used.
+        """
+        chain = super().bind_processor(dialect)
+        if dialect.name != "sqlite" or chain is None:
+            return chain
+        try:
+            same = all(_sqlite_text(sample) == chain(sample) for sample in _SAMPLES)
+        except Exception:  # any difference keeps SQLAlchemy's chain
+            same = False
+        return _sqlite_text if same else chain
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+_SAMPLES = (
+    None,
+    datetime(2026, 12, 7, 20, 55, 1, 123456, tzinfo=UTC),
+    datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    datetime(999, 12, 31, 23, 59, 59, 1, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(2026, 6, 30, 23, 30, tzinfo=timezone(timedelta(hours=2, minutes=30))),
+)
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    """``value`` as SQLite's ``DATETIME`` text in UTC (``UTCDateTime``'s bind on SQLite)."""
+    if value is None:
+        return None
+    tzinfo = value.tzinfo
+    if tzinfo is None:
+        raise ValueError("naive datetime given; use corral.store.utcnow()")
+    if tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return _SQLITE_DATETIME % (
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
 
 
 PICO = Decimal("1e-12")
