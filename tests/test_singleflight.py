@@ -175,3 +175,31 @@ async def test_an_unshared_load_runs_in_its_caller_and_is_cached() -> None:
     assert await cache.get("t", Gate("unused")) == "own"
     shared.release.set()
     assert await in_flight == "shared"
+
+
+async def test_peek_returns_only_a_fresh_cached_value() -> None:
+    clock = Clock()
+    cache: SingleFlightCache[str, str] = SingleFlightCache(ttl_seconds=10, clock=clock)
+    assert cache.peek("t") is None  # nothing loaded
+    assert await cache.get("t", loaded("v1")) == "v1"
+    assert cache.peek("t") == "v1"
+    assert cache.peek("other") is None
+    clock.now += 9.5
+    assert cache.peek("t") == "v1"
+    clock.now += 0.5
+    assert cache.peek("t") is None  # expired
+    assert await cache.get("t", loaded("v2")) == "v2"
+    assert cache.peek("t") == "v2"
+    cache.invalidate("t")
+    assert cache.peek("t") is None  # invalidated
+
+
+async def test_peek_does_not_see_a_load_in_flight() -> None:
+    cache: SingleFlightCache[str, str] = SingleFlightCache(ttl_seconds=60)
+    gate = Gate("v1")
+    caller = asyncio.ensure_future(cache.get("t", gate))
+    await gate.entered.wait()
+    assert cache.peek("t") is None
+    gate.release.set()
+    assert await caller == "v1"
+    assert cache.peek("t") == "v1"

@@ -54,6 +54,17 @@ class SingleFlightCache(Generic[K, V]):
         self._flights.pop(key, None)
         self._generation += 1
 
+    def peek(self, key: K) -> V | None:
+        """``key``'s cached value if it is still fresh, else ``None``; never loads or waits.
+
+        The synchronous fast path of :meth:`get` (a hit without a coroutine): callers fall
+        back to :meth:`get` on ``None``. A value that is itself ``None`` reads as a miss.
+        """
+        cached = self._values.get(key)
+        if cached is not None and self._clock() - cached[0] < self.ttl_seconds:
+            return cached[1]
+        return None
+
     async def get(self, key: K, load: Callable[[], Awaitable[V]], *, shared: bool = True) -> V:
         """``key``'s cached value, or the value of one load of it.
 

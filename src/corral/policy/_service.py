@@ -380,6 +380,9 @@ class Governance:
             InvalidContract: A stored policy does not compile (not cached: the next call
                 reloads).
         """
+        engine = self._engines.peek(tenant_id)
+        if engine is not None:
+            return engine
         if session is not None:
             return await self._engines.get(
                 tenant_id, lambda: self._load(tenant_id, session), shared=False

@@ -95,6 +95,9 @@ class Quotas:
         Returns:
             ``{quota name: limit}``; a quota without a row is unlimited (absent).
         """
+        limits = self._limits.peek(tenant_id)
+        if limits is not None:
+            return limits
         if session is not None:
             return await self._limits.get(
                 tenant_id, lambda: _read_limits(session, tenant_id), shared=False
