@@ -385,16 +385,19 @@ class Governance:
             return engine
         if session is not None:
             return await self._engines.get(
-                tenant_id, lambda: self._load(tenant_id, session), shared=False
+                tenant_id, lambda: self._load_in(session, tenant_id), shared=False
             )
         return await self._engines.get(tenant_id, lambda: self._load(tenant_id))
 
-    async def _load(self, tenant_id: str, session: AsyncSession | None = None) -> PolicyEngine:
-        if session is not None:
-            return self._build(await _policy_documents(session, tenant_id))
+    async def _load(self, tenant_id: str) -> PolicyEngine:
+        """The tenant's engine, read in a read-only session of its own."""
         async with self.store.read(tenant_id) as own:
             documents = await _policy_documents(own, tenant_id)
         return self._build(documents)
+
+    async def _load_in(self, session: AsyncSession, tenant_id: str) -> PolicyEngine:
+        """The tenant's engine, read in the caller's ``session``."""
+        return self._build(await _policy_documents(session, tenant_id))
 
     def _build(self, documents: list[dict[str, Any]]) -> PolicyEngine:
         """The engine of ``documents``, shared by every tenant with the same policies.
