@@ -262,6 +262,15 @@ def test_a_bad_default_rate_is_refused() -> None:
         ToolRateLimiter(ToolSettings(rate_limit_per_agent="many"))
 
 
+@pytest.mark.parametrize(
+    "name", ["rate_limit_per_tool", "rate_limit_per_agent", "rate_limit_per_tenant"]
+)
+def test_each_bad_default_rate_is_refused(name: str) -> None:
+    settings = ToolSettings.model_validate({name: "many"})
+    with pytest.raises(ValueError, match="'many' is not in limits notation"):
+        ToolRateLimiter(settings)
+
+
 def test_a_bad_storage_url_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot use rate-limit storage 'nope://localhost'"):
         ToolRateLimiter(ToolSettings(rate_limit_storage_url="nope://localhost"))

@@ -95,11 +95,9 @@ class ToolRateLimiter:
         from limits.storage import storage_from_string
 
         settings = self.settings
-        for rate in (
-            settings.rate_limit_per_tool,
-            settings.rate_limit_per_agent,
-            settings.rate_limit_per_tenant,
-        ):
+        for name, rate in settings:  # every default rate (`rate_limit_per_*`), as in __init__
+            if not name.startswith("rate_limit_per_"):
+                continue
             try:
                 _parse_rate(rate)
             except ValueError:
