@@ -269,3 +269,52 @@ def test_utc_datetime_binds_what_sqlalchemys_chain_binds(dialect_name: str) -> N
     for bind in (process, chain):
         with pytest.raises(ValueError, match="naive datetime"):
             bind(datetime(2026, 1, 1))  # noqa: DTZ001
+
+
+_SELECT_ALL = (
+    select(_ITEMS, _ITEMS.c.name.label("again"))
+    .where(_ITEMS.c.name.like(bindparam("b_like")), _ITEMS.c.kind == "plain")
+    .order_by(_ITEMS.c.name)
+)
+_CLAIM = (
+    _ITEMS.update()
+    .where(_ITEMS.c.name == bindparam("b_name"))
+    .values(kind=bindparam("b_kind", "taken", type_=_ITEMS.c.kind.type), at=bindparam("b_at"))
+    .returning(*_ITEMS.c)
+)
+
+
+async def test_execute_direct_processed_rows_are_a_core_execute_s(store: Store) -> None:
+    """Processed values and fields by name: what ``connection.execute(...).all()`` gives."""
+    at = datetime(2027, 5, 6, 7, 8, 9, 10, tzinfo=UTC)
+
+    def both(connection: Connection) -> tuple[Any, ...]:
+        connection.execute(_ITEMS.insert(), _rows("pcore") + _rows("pfast"))
+        selected_core = connection.execute(_SELECT_ALL, {"b_like": "p%"}).all()
+        selected = execute_direct(connection, _SELECT_ALL, {"b_like": "p%"}, processed=True)
+        none = execute_direct(connection, _SELECT_ALL, {"b_like": "nobody%"}, processed=True)
+        core = connection.execute(_CLAIM, {"b_name": "pcore-1", "b_at": at}).all()
+        fast = execute_direct(connection, _CLAIM, {"b_name": "pfast-1", "b_at": at}, processed=True)
+        stored = _stored(connection, "pcore"), _stored(connection, "pfast")
+        return selected_core, selected, none, core, fast, stored
+
+    selected_core, selected, none, core, fast, (stored_core, stored_fast) = await store.run_sync(
+        both, SYSTEM
+    )
+    assert none == []
+    assert len(selected) == 4
+    for mine, theirs in zip(selected, selected_core, strict=True):
+        assert tuple(mine) == tuple(theirs)
+        assert [type(v) for v in mine] == [type(v) for v in theirs]
+        assert all(getattr(mine, key) == value for key, value in theirs._mapping.items())
+    # The UPDATE ... RETURNING of another row: the same values but the id and the name.
+    assert fast[0]._fields == tuple(core[0]._mapping)
+    assert [type(v) for v in fast[0]] == [type(v) for v in core[0]]
+    assert tuple(fast[0])[2:] == tuple(core[0])[2:]
+    assert selected[0].data == {"b": [1, 2.5, "é"], "a": None}
+    assert selected[0].cost_usd == Decimal("0.000123456789")
+    assert selected[0].flag is True
+    assert selected[0].at == datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+    assert selected[0].again == "pcore-1"
+    assert (fast[0].name, fast[0].kind, fast[0].at) == ("pfast-1", "taken", at)
+    assert stored_fast == stored_core  # both updates stored the same values

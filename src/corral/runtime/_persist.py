@@ -530,7 +530,7 @@ def load_run(connection: Connection, run_id: str, *, run: Any = None) -> LoadedR
     if run is None:
         run = connection.execute(_LOAD_RUN, {"b_run": run_id}).one()
     spec = agent_spec(connection, run.agent_version_id)
-    tools = connection.execute(_LOAD_TOOLS, {"b_tenant": run.tenant_id}).all()
+    tools = execute_direct(connection, _LOAD_TOOLS, {"b_tenant": run.tenant_id}, processed=True)
     if run.lease_epoch == 1 and run.step_count == 0:
         steps: list[Any] = []
         calls: list[Any] = []
@@ -603,7 +603,8 @@ def _claim_statement(dialect: str) -> Any:
         _RUNS.update()
         .where(_RUNS.c.id.in_(candidates.scalar_subquery()))
         .values(
-            status="RUNNING",
+            # A parameter with a fixed value (same SQL): execute_direct(processed=True) runs it.
+            status=bindparam("b_running", "RUNNING", type_=_RUNS.c.status.type),
             lease_owner=bindparam("b_owner"),
             lease_expires_at=bindparam("b_expires", type_=_RUNS.c.lease_expires_at.type),
             lease_epoch=_RUNS.c.lease_epoch + 1,
@@ -673,10 +674,12 @@ def claim(
     reclaimable = (
         set(connection.execute(_EXPIRED_IDS, {"b_now": now}).scalars()) if expired else set()
     )
-    rows = connection.execute(
+    rows = execute_direct(
+        connection,
         _CLAIMS[dialect == "postgresql"],
         {"b_now": now, "b_limit": limit, "b_owner": worker_id, "b_expires": now + lease},
-    ).all()
+        processed=True,
+    )
     claimed = [
         Claimed(
             r.id,

@@ -51,7 +51,7 @@ from corral.runtime._persist import active_kill_switch, agent_spec
 from corral.runtime._status import RUN_STATUSES, TERMINAL_STATUSES, RunStatus
 from corral.runtime._tables import RunEventRow, RunRow, StepRow, ToolCallRow
 from corral.runtime._workspaces import Workspaces
-from corral.store import Store, insert_rows, new_id, utcnow
+from corral.store import Store, execute_direct, insert_rows, new_id, utcnow
 from corral.tenancy import Quotas, check_run_start, permits
 
 __all__ = [
@@ -320,16 +320,22 @@ def _start_on_writer(
                 f"An explicit version runs only in stage 'dev'; stage {stage!r} runs the version "
                 f"promoted to it (`corral promote {agent_name}@{request.version} --to {stage}`)."
             )
-        found = connection.execute(
+        rows = execute_direct(
+            connection,
             _EXPLICIT_VERSION,
             {"b_tenant": tenant_id, "b_agent": agent_name, "b_version": request.version},
-        ).first()
+            processed=True,
+        )
     else:
-        found = connection.execute(
-            _STAGE_VERSION, {"b_tenant": tenant_id, "b_agent": agent_name, "b_stage": stage}
-        ).first()
-    if found is None:
+        rows = execute_direct(
+            connection,
+            _STAGE_VERSION,
+            {"b_tenant": tenant_id, "b_agent": agent_name, "b_stage": stage},
+            processed=True,
+        )
+    if not rows:
         raise _VersionMissing
+    found = rows[0]
     run_id = new_id("run")
     assignment = None
     if request.version is None and found.split_id is not None:

@@ -18,7 +18,9 @@ expression as a value, an expanding ``IN``), and connections with cursor-execute
 
 from __future__ import annotations
 
+import keyword
 import weakref
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -216,8 +218,12 @@ def execute_driver_sql(connection: Connection, sql: str) -> None:
 
 
 def execute_direct(
-    connection: Connection, statement: Direct, parameters: Mapping[str, Any]
-) -> list[tuple[Any, ...]]:
+    connection: Connection,
+    statement: Direct,
+    parameters: Mapping[str, Any],
+    *,
+    processed: bool = False,
+) -> list[Any]:
     """Execute ``statement`` once with ``parameters``; its rows as the driver returns them.
 
     For small statements built once and run on every step. An ``UPDATE`` without
@@ -227,17 +233,107 @@ def execute_direct(
         connection: The transaction's connection (SQLite or PostgreSQL).
         statement: The statement; the cache holds it by identity, so build it once.
         parameters: Bind parameters and, for an ``UPDATE`` or ``INSERT``, column values.
+        processed: Return the rows as ``connection.execute(...).all()`` does (see
+            :func:`_execute_processed`) instead of tuples of driver values.
 
     Returns:
         The rows (``RETURNING`` or ``SELECT``) as tuples of driver values: no result
         processing, so only for columns whose driver value is what the caller wants (strings,
-        integers; a SQLite boolean is ``0``/``1``).
+        integers; a SQLite boolean is ``0``/``1``). With ``processed``, processed rows whose
+        fields are named by the columns' keys.
 
     Raises:
         sqlalchemy.exc.DBAPIError: The driver refused the statement.
     """
+    if processed:
+        return _execute_processed(connection, statement, parameters)
     plan = _plan(connection, statement, [parameters]) if parameters else None
     if plan is None:
         result = connection.execute(statement, dict(parameters))
         return [tuple(row) for row in result] if result.returns_rows else []
     return [tuple(row) for row in _run(connection, *plan)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """How to turn one statement's driver rows into processed rows with named fields."""
+
+    make: Callable[[Sequence[Any]], tuple[Any, ...]]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+
+_READERS: weakref.WeakKeyDictionary[Dialect, dict[Direct, _Reader | None]]
+_READERS = weakref.WeakKeyDictionary()
+
+
+def _reader(dialect: Dialect, statement: Direct) -> _Reader | None:
+    """The result processors of ``statement``'s columns on SQLite; ``None``: use SQLAlchemy.
+
+    Only SQLite: its driver reports no column types, so SQLAlchemy picks each processor from
+    the column's type alone (``coltype`` ``None``), as done here. Other drivers' processors may
+    depend on the type the cursor reports (asyncpg's ``NUMERIC``), so they keep ``execute``.
+    """
+    by_statement = _READERS.get(dialect)
+    if by_statement is None:
+        by_statement = _READERS.setdefault(dialect, {})
+    try:
+        return by_statement[statement]
+    except KeyError:
+        pass
+    reader = None
+    if dialect.name == "sqlite":
+        compiled: Any = statement.compile(dialect=dialect)
+        columns = list(compiled._result_columns)
+        keys = [column.keyname for column in columns]
+        if (
+            columns
+            and all(isinstance(key, str) and key.isidentifier() for key in keys)
+            and not any(key.startswith("_") or keyword.iskeyword(key) for key in keys)
+            and len(set(keys)) == len(keys)
+        ):
+            processors = tuple(
+                column.type._cached_result_processor(dialect, None) for column in columns
+            )
+            row_type: Any = namedtuple("Row", keys)  # type: ignore[misc]
+            reader = _Reader(row_type._make, processors)
+    by_statement[statement] = reader
+    return reader
+
+
+def _execute_processed(
+    connection: Connection, statement: Direct, parameters: Mapping[str, Any]
+) -> list[Any]:
+    """Execute ``statement`` once with ``parameters``; its rows processed, fields by name.
+
+    :func:`execute_direct` with SQLAlchemy's result processing: each value is what
+    ``connection.execute(statement, parameters).all()`` gives (an aware ``datetime``, a
+    decoded JSON document, a ``bool``, a ``Decimal``), and each row has the columns' keys as
+    attributes (``row.id``), indexes and iterates as that ``Row`` does. On SQLite, rows are
+    named tuples built by the driver-level path; elsewhere (or when the statement needs
+    SQLAlchemy) they are SQLAlchemy's ``Row`` objects.
+
+    Args:
+        connection: The transaction's connection (SQLite or PostgreSQL).
+        statement: The statement; cached by identity, so build it once.
+        parameters: Bind parameters and, for an ``UPDATE`` or ``INSERT``, column values.
+
+    Returns:
+        The rows (``RETURNING`` or ``SELECT``).
+
+    Raises:
+        sqlalchemy.exc.DBAPIError: The driver refused the statement.
+    """
+    reader = _reader(connection.dialect, statement) if parameters else None
+    plan = None if reader is None else _plan(connection, statement, [parameters])
+    if plan is None or reader is None:
+        return list(connection.execute(statement, dict(parameters)).all())
+    make, processors = reader.make, reader.processors
+    return [
+        make(
+            [
+                value if process is None else process(value)
+                for value, process in zip(row, processors, strict=True)
+            ]
+        )
+        for row in _run(connection, *plan)
+    ]
