@@ -111,7 +111,17 @@ _FENCED_RUN_SIGNALS = (
         .label("kill_id"),
     )
 )
-_RUN_SIGNALS = select(_RUNS.c.cancel_requested).where(_HELD)
+# The same two answers for a read (before a read-only tool call): one statement, the switch's
+# details read only when one applies.
+_RUN_SIGNALS = select(
+    _RUNS.c.cancel_requested,
+    select(_KILLS.c.id)
+    .where(_KILL_APPLIES)
+    .order_by(_KILLS.c.engaged_at)
+    .limit(1)
+    .scalar_subquery()
+    .label("kill_id"),
+).where(_HELD)
 
 
 @dataclass(frozen=True)
@@ -234,10 +244,14 @@ def read_signals(
         tenant_id: The run's tenant.
         agent_name: The run's agent (kill switches of it apply).
     """
-    rows = execute_direct(connection, _RUN_SIGNALS, lease.params())
+    params = {**lease.params(), "b_tenant": tenant_id, "b_agent": agent_name}
+    rows = execute_direct(connection, _RUN_SIGNALS, params)
     if not rows:
         return None
-    return Signals(bool(rows[0][0]), active_kill_switch(connection, tenant_id, agent_name))
+    cancel_requested, kill_id = rows[0]
+    if kill_id is None:
+        return Signals(bool(cancel_requested))
+    return Signals(bool(cancel_requested), active_kill_switch(connection, tenant_id, agent_name))
 
 
 def write_checkpoint(connection: Connection, checkpoint: Checkpoint) -> Signals | None:
