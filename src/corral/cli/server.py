@@ -109,6 +109,9 @@ def up(
         loop="auto",
         # uvicorn's httptools protocol, answering a response's headers and body in one write.
         http=http_protocol(),
+        # No route of Corral's is a WebSocket one (a handshake was refused with 403 anyway);
+        # "auto" would import the ``websockets`` package into the idle server.
+        ws="none",
     )
 
 
