@@ -96,32 +96,20 @@ _ACTIVE_KILL = (
     .order_by(_KILLS.c.engaged_at)
     .limit(1)
 )
-# The checkpoint's fenced update also says whether a kill switch applies (a scalar subquery in
-# RETURNING): one statement instead of two; the switch's details are read only when one does.
-_FENCED_RUN_SIGNALS = (
-    _RUNS.update()
-    .where(_HELD)
-    .returning(
-        _RUNS.c.cancel_requested,
-        select(_KILLS.c.id)
-        .where(_KILL_APPLIES)
-        .order_by(_KILLS.c.engaged_at)
-        .limit(1)
-        .scalar_subquery()
-        .label("kill_id"),
-    )
-)
-# The same two answers for a read (before a read-only tool call): one statement, the switch's
-# details read only when one applies.
-_RUN_SIGNALS = select(
-    _RUNS.c.cancel_requested,
+# The id of the oldest kill switch that applies to the run, or NULL.
+_KILL_ID = (
     select(_KILLS.c.id)
     .where(_KILL_APPLIES)
     .order_by(_KILLS.c.engaged_at)
     .limit(1)
     .scalar_subquery()
-    .label("kill_id"),
-).where(_HELD)
+    .label("kill_id")
+)
+# The checkpoint's fenced update also says whether a kill switch applies (a scalar subquery in
+# RETURNING): one statement instead of two; the switch's details are read only when one does.
+_FENCED_RUN_SIGNALS = _RUNS.update().where(_HELD).returning(_RUNS.c.cancel_requested, _KILL_ID)
+# The same two answers for a read (before a read-only tool call).
+_RUN_SIGNALS = select(_RUNS.c.cancel_requested, _KILL_ID).where(_HELD)
 
 
 @dataclass(frozen=True)
